@@ -1,0 +1,176 @@
+//! Running apps: one actor per app owns its wasmtime `Store`, its instance
+//! and its event queue, and calls the guest's exports one at a time.
+//!
+//! The store data, [`AppCtx`], holds one context per capability (WASI,
+//! device, storage, log) in the style of wasmtime's WASI crates, plus the
+//! limiter and the deadline of the call in progress.
+
+mod actor;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::WasiCtx;
+
+pub use actor::{AppSpec, spawn};
+
+use crate::bindings::Value;
+use crate::device::DeviceCtx;
+use crate::log::LogCtx;
+use crate::storage::StorageCtx;
+
+/// The data of an app's `Store`.
+pub struct AppCtx {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: AppLimiter,
+    pub(crate) device: DeviceCtx,
+    pub(crate) storage: StorageCtx,
+    pub(crate) log: LogCtx,
+    /// When the export call in progress must have returned.
+    deadline: Instant,
+    call_timeout: Duration,
+}
+
+/// A call ran past its deadline and was interrupted.
+#[derive(Debug, thiserror::Error)]
+#[error("the call ran past its deadline of {} ms", .0.as_millis())]
+pub struct DeadlineExceeded(pub Duration);
+
+/// A guest asked for more linear memory than its limit allows.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {limit} MiB reached (the guest asked for {desired} MiB)", limit = .limit >> 20, desired = .desired >> 20)]
+pub struct MemoryLimitHit {
+    pub limit: usize,
+    pub desired: usize,
+}
+
+/// Caps an app's memory and tables. Growing past the memory limit traps
+/// with [`MemoryLimitHit`] rather than failing the `memory.grow`, so the
+/// crash report says what happened instead of "unreachable".
+pub struct AppLimiter {
+    memory_limit: usize,
+}
+
+/// Elements a guest's tables may hold.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for AppLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            return Err(MemoryLimitHit {
+                limit: self.memory_limit,
+                desired,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Where an app is in its life.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppState {
+    Starting,
+    Running,
+    /// Crashed; waiting `retry_in` before the next start.
+    Restarting { error: String, retry_in: Duration },
+    /// Crashed too often; left stopped until the gateway restarts or the
+    /// app is deployed again.
+    Quarantined { error: String },
+    Stopped,
+}
+
+impl AppState {
+    /// The state's name as `wasmgate status` and the database show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AppState::Starting => "starting",
+            AppState::Running => "running",
+            AppState::Restarting { .. } => "restarting",
+            AppState::Quarantined { .. } => "quarantined",
+            AppState::Stopped => "stopped",
+        }
+    }
+
+    /// The error behind a restart or quarantine.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            AppState::Restarting { error, .. } | AppState::Quarantined { error } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// What an app's actor publishes about itself.
+#[derive(Debug, Clone)]
+pub struct AppStatus {
+    pub state: AppState,
+    pub restarts: u64,
+    /// sha256 of the component it runs.
+    pub component: String,
+}
+
+/// Something for the guest to handle, with where to send the outcome.
+pub enum AppEvent {
+    Desired {
+        device: String,
+        changes: Vec<(String, Value)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Action {
+        device: String,
+        name: String,
+        argument: Option<Value>,
+        reply: oneshot::Sender<Result<Option<Value>, String>>,
+    },
+}
+
+/// The rest of the host's way to talk to a running app.
+#[derive(Clone)]
+pub struct AppHandle {
+    name: Arc<str>,
+    events: mpsc::Sender<AppEvent>,
+    status: watch::Receiver<AppStatus>,
+}
+
+/// How many events may wait for an app before senders wait in turn.
+pub const EVENT_QUEUE: usize = 256;
+
+impl AppHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn status(&self) -> AppStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Deliver desired changes (already checked against the model).
+    pub async fn desired(&self, device: String, changes: Vec<(String, Value)>) -> Result<(), String> {
+        let (reply, outcome) = oneshot::channel();
+        self.send(AppEvent::Desired { device, changes, reply }).await?;
+        outcome.await.map_err(|_| self.gone())?
+    }
+
+    /// Invoke an action (its argument already checked against the model).
+    pub async fn action(&self, device: String, name: String, argument: Option<Value>) -> Result<Option<Value>, String> {
+        let (reply, outcome) = oneshot::channel();
+        self.send(AppEvent::Action { device, name, argument, reply }).await?;
+        outcome.await.map_err(|_| self.gone())?
+    }
+
+    async fn send(&self, event: AppEvent) -> Result<(), String> {
+        self.events.send(event).await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> String {
+        format!("app {} stopped before handling the request", self.name)
+    }
+}

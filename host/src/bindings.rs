@@ -1,0 +1,19 @@
+//! The one `bindgen!` for the `wasmgate:device/app` world (see `wit/`).
+//!
+//! Every import is trappable: the host implementations return a
+//! `wasmtime::Result` whose `Err` traps the guest (a limit violation or a host
+//! bug), while the errors a guest is expected to handle are WIT `result`s.
+//! Exports are called asynchronously so that epoch interruption can yield to
+//! tokio and a busy guest never blocks the other apps.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "app",
+    imports: { default: trappable },
+    exports: { default: async },
+    with: {
+        "wasmgate:device/device.device": crate::device::DeviceHandle,
+    },
+});
+
+pub use wasmgate::device::types::{Error as GuestError, Point, Severity, Time};

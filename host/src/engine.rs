@@ -1,0 +1,172 @@
+//! The wasmtime engine every app shares: component model, async on tokio,
+//! epoch interruption (the clock behind per-call deadlines), the linker with
+//! every host interface, and the on-disk compile cache.
+//!
+//! The compile cache keeps each compiled component in `<data dir>/cache`,
+//! keyed by the sha256 of the component and by the engine's compatibility
+//! hash, so a restart with unchanged components loads native code instead of
+//! compiling (milliseconds instead of seconds for a large guest).
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::app::AppCtx;
+use crate::bindings::AppPre;
+
+/// How often the epoch advances: the granularity of call deadlines, and how
+/// often a busy guest yields to the other tasks on its thread.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The engine, the linker and the compile cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<AppCtx>,
+    cache_dir: PathBuf,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// How a component was made ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Compiled,
+    Cache,
+}
+
+/// A component ready to instantiate.
+pub struct Loaded {
+    pub pre: AppPre<AppCtx>,
+    /// sha256 of the component file, hex.
+    pub digest: String,
+    pub source: Source,
+    pub elapsed: Duration,
+}
+
+impl Runtime {
+    /// Build the engine and linker, and start the epoch ticker.
+    pub fn new(cache_dir: &Path) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+
+        let mut linker = Linker::new(&engine);
+        crate::wasi::add(&mut linker)?;
+        crate::device::add(&mut linker)?;
+        crate::storage::add(&mut linker)?;
+        crate::log::add(&mut linker)?;
+
+        std::fs::create_dir_all(cache_dir)
+            .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_path_buf(),
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load a component file: from the compile cache if this exact component
+    /// was compiled by a compatible engine before, else compile and cache it.
+    /// Then check that it fits the `app` world and link it.
+    pub fn load(&self, path: &Path) -> anyhow::Result<Loaded> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let cached = self.cache_path(&digest);
+
+        let mut component = None;
+        if cached.exists() {
+            // SAFETY: `deserialize_file` trusts that the file is native code
+            // this engine produced. Only this process writes the cache (under
+            // the data dir, atomically via rename), and the file name carries
+            // the engine's compatibility hash; a file that still fails to load
+            // is removed and the component is compiled again.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(c) => component = Some((c, Source::Cache)),
+                Err(e) => {
+                    tracing::warn!(cache = %cached.display(), "discarding an unusable compile cache entry: {e}");
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+        let (component, source) = match component {
+            Some(found) => found,
+            None => {
+                let component = Component::from_binary(&self.engine, &bytes)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+                self.store_in_cache(&component, &cached);
+                (component, Source::Compiled)
+            }
+        };
+
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .and_then(|pre| AppPre::new(pre).map_err(anyhow::Error::from))
+            .with_context(|| {
+                format!(
+                    "{} does not fit the wasmgate:device/app@0.1.0 world (or imports something the gateway does not give guests)",
+                    path.display()
+                )
+            })?;
+        Ok(Loaded {
+            pre,
+            digest,
+            source,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn cache_path(&self, digest: &str) -> PathBuf {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.cache_dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
+    }
+
+    fn store_in_cache(&self, component: &Component, path: &Path) {
+        let write = || -> anyhow::Result<()> {
+            let bytes = component.serialize().map_err(anyhow::Error::from)?;
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, path)?;
+            Ok(())
+        };
+        // A cache that cannot be written costs time at the next start, not
+        // correctness: say so and carry on.
+        if let Err(e) = write() {
+            tracing::warn!(cache = %path.display(), "could not write the compile cache: {e:#}");
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,30 @@
+//! wasmgate: a WebAssembly edge runtime for IoT gateways.
+//!
+//! The host owns everything that touches the outside world; user logic runs
+//! as sandboxed components of the `wasmgate:device/app` world (see `wit/`).
+//! Where things live:
+//!
+//! - [`config`]: `gateway.toml`. [`model`]: device models and value checks.
+//! - [`engine`]: the wasmtime engine, linker, epoch ticker, compile cache.
+//! - [`bindings`]: the one `bindgen!`. One module per WIT interface
+//!   implements its `Host` trait: [`device`], [`storage`], [`log`]; plus
+//!   [`wasi`] for the WASI subset guests get.
+//! - [`app`]: one actor per running app (store, events, restarts).
+//! - [`store`]: the SQLite database. [`outbox`]: durable store-and-forward.
+//! - [`gateway`]: start-up and shutdown. [`status`], [`cli`]: the CLI.
+
+pub mod app;
+pub mod bindings;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod engine;
+pub mod gateway;
+pub mod log;
+pub mod model;
+pub mod outbox;
+pub mod status;
+pub mod storage;
+pub mod store;
+pub mod value;
+pub mod wasi;

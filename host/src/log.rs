@@ -1,0 +1,73 @@
+//! Host side of the `wasmgate:device/log` interface: a guest's log lines go
+//! to the gateway's log (tracing) with the app's name on every line.
+
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker};
+
+use crate::app::AppCtx;
+use crate::bindings::wasmgate::device::log::{Host, Level, add_to_linker};
+
+/// Longer lines are cut here so one call cannot flood the log.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// Per-app state of the log interface.
+pub struct LogCtx {
+    app: Arc<str>,
+}
+
+impl LogCtx {
+    pub fn new(app: Arc<str>) -> Self {
+        LogCtx { app }
+    }
+}
+
+/// Cut `line` to at most `MAX_LINE_BYTES`, on a character boundary.
+pub fn clip(line: &str) -> &str {
+    if line.len() <= MAX_LINE_BYTES {
+        return line;
+    }
+    let mut end = MAX_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+struct LogData;
+
+impl HasData for LogData {
+    type Data<'a> = &'a mut LogCtx;
+}
+
+/// Add the log interface to the linker.
+pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
+    add_to_linker::<AppCtx, LogData>(linker, |app| &mut app.log)
+}
+
+impl Host for LogCtx {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let app = &*self.app;
+        let message = clip(&message);
+        match level {
+            Level::Trace => tracing::trace!(app = %app, "{message}"),
+            Level::Debug => tracing::debug!(app = %app, "{message}"),
+            Level::Info => tracing::info!(app = %app, "{message}"),
+            Level::Warn => tracing::warn!(app = %app, "{message}"),
+            Level::Error => tracing::error!(app = %app, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_clipped_on_a_char_boundary() {
+        let long = "é".repeat(MAX_LINE_BYTES);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_LINE_BYTES && clipped.len() >= MAX_LINE_BYTES - 1);
+        assert_eq!(clip("short"), "short");
+    }
+}

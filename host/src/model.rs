@@ -1,0 +1,438 @@
+//! Device models: what an app's devices have (attributes, actions,
+//! time-series, alerts), read from a JSON file per app, and the checks every
+//! value from a guest or the cloud passes before it is stored or delivered.
+//!
+//! A model is checked once at load, so a bad model stops the gateway with a
+//! message naming the file and the problem, not a guest at run time.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::bindings::Value;
+use crate::value::{ValueKind, from_json, kind_of};
+
+/// The longest text or bytes value the host takes, in bytes. Larger content
+/// belongs in a file transfer, not in a twin attribute or a point.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// The most fields one report, point or alert may carry.
+pub const MAX_FIELDS: usize = 256;
+
+/// Why a model file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: cannot read the device model: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid device model: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid device model: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// One attribute of the device twin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeSpec {
+    #[serde(rename = "type")]
+    pub kind: ValueKind,
+    /// Whether the cloud may set a desired value.
+    #[serde(default)]
+    pub writable: bool,
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Inclusive `[min, max]`, for integer and number attributes.
+    #[serde(default)]
+    pub range: Option<[f64; 2]>,
+    /// The desired value until the cloud sets one.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A typed field of a time-series point, an alert, or an action argument.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    #[serde(rename = "type")]
+    pub kind: ValueKind,
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub range: Option<[f64; 2]>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// An action the cloud can invoke, with at most one argument.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    #[serde(default)]
+    pub argument: Option<FieldSpec>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A time-series ("data store") and the fields of its points.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesSpec {
+    pub fields: BTreeMap<String, FieldSpec>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// An alert and the fields it carries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSpec {
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldSpec>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A device model as written in the JSON file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceModel {
+    /// A name for the model, e.g. `urn:example:thermostat:1`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttributeSpec>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionSpec>,
+    #[serde(default)]
+    pub series: BTreeMap<String, SeriesSpec>,
+    #[serde(default)]
+    pub alerts: BTreeMap<String, AlertSpec>,
+    /// The attributes' defaults, typed; filled in by `load`.
+    #[serde(skip)]
+    defaults: HashMap<String, Value>,
+}
+
+/// Names become MQTT topic segments and SQL keys: keep them plain.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name (1 to 64 characters from A-Z a-z 0-9 _ - .)"
+        ))
+    }
+}
+
+impl DeviceModel {
+    /// Read and check a model file.
+    pub fn load(path: &Path) -> Result<DeviceModel, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ModelError::Parse { message, .. } => ModelError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            ModelError::Invalid { key, message, .. } => ModelError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and check a model from JSON text (errors carry an empty path).
+    pub fn parse(text: &str) -> Result<DeviceModel, ModelError> {
+        let mut model: DeviceModel =
+            serde_json::from_str(text).map_err(|e| ModelError::Parse {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?;
+        model.validate().map_err(|(key, message)| ModelError::Invalid {
+            path: PathBuf::new(),
+            key,
+            message,
+        })?;
+        Ok(model)
+    }
+
+    fn validate(&mut self) -> Result<(), (String, String)> {
+        let spec_range = |key: &str, kind: ValueKind, range: Option<[f64; 2]>| match range {
+            None => Ok(()),
+            Some(_) if !matches!(kind, ValueKind::Integer | ValueKind::Number) => Err((
+                format!("{key}.range"),
+                format!("a range needs an integer or number type, not {kind}"),
+            )),
+            Some([min, max]) if !(min.is_finite() && max.is_finite() && min <= max) => Err((
+                format!("{key}.range"),
+                format!("[{min}, {max}] is not a range (finite, min <= max)"),
+            )),
+            Some(_) => Ok(()),
+        };
+        let fields = |key: &str, fields: &BTreeMap<String, FieldSpec>| {
+            for (name, spec) in fields {
+                let key = format!("{key}.{name}");
+                check_name(name).map_err(|m| (key.clone(), m))?;
+                spec_range(&key, spec.kind, spec.range)?;
+            }
+            Ok::<(), (String, String)>(())
+        };
+
+        for (name, spec) in &self.attributes {
+            let key = format!("attributes.{name}");
+            check_name(name).map_err(|m| (key.clone(), m))?;
+            spec_range(&key, spec.kind, spec.range)?;
+            if let Some(json) = &spec.default {
+                let value = from_json(json, spec.kind)
+                    .and_then(|v| check_value(v, spec.kind, spec.range))
+                    .map_err(|m| (format!("{key}.default"), m))?;
+                self.defaults.insert(name.clone(), value);
+            }
+        }
+        for (name, spec) in &self.actions {
+            let key = format!("actions.{name}");
+            check_name(name).map_err(|m| (key.clone(), m))?;
+            if let Some(arg) = &spec.argument {
+                spec_range(&format!("{key}.argument"), arg.kind, arg.range)?;
+            }
+        }
+        for (name, spec) in &self.series {
+            let key = format!("series.{name}");
+            check_name(name).map_err(|m| (key.clone(), m))?;
+            if spec.fields.is_empty() {
+                return Err((format!("{key}.fields"), "a series needs at least one field".into()));
+            }
+            fields(&format!("{key}.fields"), &spec.fields)?;
+        }
+        for (name, spec) in &self.alerts {
+            let key = format!("alerts.{name}");
+            check_name(name).map_err(|m| (key.clone(), m))?;
+            fields(&format!("{key}.fields"), &spec.fields)?;
+        }
+        Ok(())
+    }
+
+    /// The default desired value of an attribute.
+    pub fn default_of(&self, attribute: &str) -> Option<&Value> {
+        self.defaults.get(attribute)
+    }
+
+    /// Check a report: every attribute known, typed and in range, no name
+    /// twice. All or nothing; returns the values as they will be stored.
+    pub fn check_report(&self, attributes: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, String> {
+        if attributes.is_empty() {
+            return Err("a report needs at least one attribute".into());
+        }
+        check_fields_with(attributes, "attribute", |name| {
+            self.attributes
+                .get(name)
+                .map(|s| (s.kind, s.range))
+                .ok_or_else(|| unknown("attribute", name, self.attributes.keys()))
+        })
+    }
+
+    /// Check one point of `series`.
+    pub fn check_point(&self, series: &str, values: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, String> {
+        let spec = self
+            .series
+            .get(series)
+            .ok_or_else(|| unknown("series", series, self.series.keys()))?;
+        if values.is_empty() {
+            return Err(format!("a point of series `{series}` needs at least one field"));
+        }
+        check_fields_with(values, &format!("series `{series}` field"), |name| {
+            spec.fields
+                .get(name)
+                .map(|s| (s.kind, s.range))
+                .ok_or_else(|| unknown(&format!("field of series `{series}`:"), name, spec.fields.keys()))
+        })
+    }
+
+    /// Check an alert and its values.
+    pub fn check_alert(&self, alert: &str, values: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, String> {
+        let spec = self
+            .alerts
+            .get(alert)
+            .ok_or_else(|| unknown("alert", alert, self.alerts.keys()))?;
+        check_fields_with(values, &format!("alert `{alert}` field"), |name| {
+            spec.fields
+                .get(name)
+                .map(|s| (s.kind, s.range))
+                .ok_or_else(|| unknown(&format!("field of alert `{alert}`:"), name, spec.fields.keys()))
+        })
+    }
+
+    /// A stored attribute value (JSON) read back with the model's type.
+    pub fn attribute_from_json(&self, name: &str, json: &serde_json::Value) -> Option<Value> {
+        let spec = self.attributes.get(name)?;
+        from_json(json, spec.kind).ok()
+    }
+}
+
+fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    if known.is_empty() {
+        format!("unknown {what} `{name}` (the model declares none)")
+    } else {
+        format!("unknown {what} `{name}` (the model declares: {})", known.join(", "))
+    }
+}
+
+/// Check named values against the kinds and ranges `spec_of` gives.
+fn check_fields_with(
+    values: Vec<(String, Value)>,
+    what: &str,
+    spec_of: impl Fn(&str) -> Result<(ValueKind, Option<[f64; 2]>), String>,
+) -> Result<Vec<(String, Value)>, String> {
+    if values.len() > MAX_FIELDS {
+        return Err(format!("{} values is more than the limit of {MAX_FIELDS}", values.len()));
+    }
+    let mut seen = HashSet::with_capacity(values.len());
+    values
+        .into_iter()
+        .map(|(name, value)| {
+            if !seen.insert(name.clone()) {
+                return Err(format!("{what} `{name}` given twice"));
+            }
+            let (kind, range) = spec_of(&name)?;
+            let value = check_value(value, kind, range).map_err(|m| format!("{what} `{name}`: {m}"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Check one value against a kind and an optional inclusive range. Integers
+/// are widened to numbers where the model asks for a number.
+pub fn check_value(value: Value, kind: ValueKind, range: Option<[f64; 2]>) -> Result<Value, String> {
+    let value = match (value, kind) {
+        (Value::Integer(i), ValueKind::Number) => Value::Number(i as f64),
+        (value, kind) if kind_of(&value) == kind => value,
+        (value, kind) => return Err(format!("expected {kind}, got {}", kind_of(&value))),
+    };
+    let numeric = match &value {
+        Value::Number(n) if !n.is_finite() => return Err(format!("{n} is not a finite number")),
+        Value::Number(n) => Some(*n),
+        Value::Integer(i) => Some(*i as f64),
+        Value::Text(s) if s.len() > MAX_VALUE_BYTES => {
+            return Err(format!("text of {} bytes is over the limit of {MAX_VALUE_BYTES}", s.len()));
+        }
+        Value::Bytes(b) if b.len() > MAX_VALUE_BYTES => {
+            return Err(format!("{} bytes is over the limit of {MAX_VALUE_BYTES}", b.len()));
+        }
+        _ => None,
+    };
+    if let (Some(x), Some([min, max])) = (numeric, range)
+        && !(min..=max).contains(&x)
+    {
+        return Err(format!("{x} is out of range [{min}, {max}]"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = r#"{
+        "attributes": {
+            "level": { "type": "number", "range": [0, 100], "unit": "%" },
+            "enabled": { "type": "boolean", "writable": true, "default": true },
+            "label": { "type": "text" }
+        },
+        "series": { "levels": { "fields": { "level": { "type": "number" } } } },
+        "alerts": { "high": { "fields": { "level": { "type": "number" } } } },
+        "actions": { "reset": {}, "calibrate": { "argument": { "type": "number" } } }
+    }"#;
+
+    fn model() -> DeviceModel {
+        DeviceModel::parse(MODEL).expect("test model parses")
+    }
+
+    #[test]
+    fn good_values_pass_and_integers_widen() {
+        let out = model()
+            .check_report(vec![("level".into(), Value::Integer(42))])
+            .expect("accepted");
+        assert!(matches!(out[0].1, Value::Number(n) if n == 42.0));
+        assert!(matches!(model().default_of("enabled"), Some(Value::Boolean(true))));
+    }
+
+    #[test]
+    fn each_kind_of_bad_report_has_a_clear_error() {
+        let m = model();
+        let err = |attrs: Vec<(&str, Value)>| {
+            m.check_report(attrs.into_iter().map(|(n, v)| (n.to_string(), v)).collect())
+                .unwrap_err()
+        };
+        assert_eq!(err(vec![("level", Value::Number(250.0))]), "attribute `level`: 250 is out of range [0, 100]");
+        assert_eq!(err(vec![("level", Value::Text("x".into()))]), "attribute `level`: expected number, got text");
+        assert_eq!(
+            err(vec![("colour", Value::Boolean(true))]),
+            "unknown attribute `colour` (the model declares: enabled, label, level)"
+        );
+        assert_eq!(err(vec![("level", Value::Number(f64::NAN))]), "attribute `level`: NaN is not a finite number");
+        assert_eq!(
+            err(vec![("level", Value::Number(1.0)), ("level", Value::Number(2.0))]),
+            "attribute `level` given twice"
+        );
+        assert!(err(vec![("label", Value::Text("x".repeat(MAX_VALUE_BYTES + 1)))]).contains("over the limit"));
+    }
+
+    #[test]
+    fn points_and_alerts_are_checked_against_their_declarations() {
+        let m = model();
+        assert!(m.check_point("levels", vec![("level".into(), Value::Number(1.0))]).is_ok());
+        assert_eq!(
+            m.check_point("nope", vec![("level".into(), Value::Number(1.0))]).unwrap_err(),
+            "unknown series `nope` (the model declares: levels)"
+        );
+        assert!(m.check_point("levels", vec![("depth".into(), Value::Number(1.0))]).unwrap_err().contains("`depth`"));
+        assert!(m.check_alert("high", vec![]).is_ok());
+        assert!(m.check_alert("low", vec![]).unwrap_err().starts_with("unknown alert `low`"));
+    }
+
+    #[test]
+    fn bad_models_fail_at_load_naming_the_key() {
+        let invalid = |text: &str| match DeviceModel::parse(text) {
+            Err(ModelError::Invalid { key, message, .. }) => format!("{key}: {message}"),
+            Err(ModelError::Parse { message, .. }) => format!("parse: {message}"),
+            other => panic!("expected an error, got {other:?}"),
+        };
+        assert_eq!(
+            invalid(r#"{"attributes": {"t": {"type": "text", "range": [0, 1]}}}"#),
+            "attributes.t.range: a range needs an integer or number type, not text"
+        );
+        assert_eq!(
+            invalid(r#"{"attributes": {"t": {"type": "number", "range": [5, 1]}}}"#),
+            "attributes.t.range: [5, 1] is not a range (finite, min <= max)"
+        );
+        assert_eq!(
+            invalid(r#"{"attributes": {"t": {"type": "integer", "range": [0, 10], "default": 11}}}"#),
+            "attributes.t.default: 11 is out of range [0, 10]"
+        );
+        assert!(invalid(r#"{"attributes": {"a/b": {"type": "integer"}}}"#).starts_with("attributes.a/b: "));
+        assert!(invalid(r#"{"series": {"s": {"fields": {}}}}"#).starts_with("series.s.fields: "));
+        let parse = invalid("{\n  \"attributes\": {\"t\": {\"type\": \"float\"}}\n}");
+        assert!(parse.contains("unknown variant `float`") && parse.contains("line 2"), "{parse}");
+        assert!(invalid(r#"{"atributes": {}}"#).contains("unknown field `atributes`"));
+    }
+}

@@ -1,0 +1,147 @@
+//! `wasmgate status`: what a gateway's data directory says about it, whether
+//! the gateway is running or not (SQLite in WAL mode lets us read while it
+//! writes).
+
+use anyhow::Context as _;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::gateway::LOCK_FILE;
+use crate::value::now_ns;
+
+/// The status of one gateway.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub gateway: String,
+    pub store: String,
+    /// The pid of the running gateway, if one holds the data directory.
+    pub running_pid: Option<u32>,
+    pub apps: Vec<AppStatus>,
+    pub outbox: Vec<OutboxStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub state: String,
+    pub restarts: i64,
+    pub error: Option<String>,
+    pub component: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutboxStatus {
+    pub kind: String,
+    pub device: String,
+    pub name: String,
+    pub entries: i64,
+    pub points: i64,
+    pub oldest_age_s: f64,
+}
+
+/// Read the status from the config's data directory.
+pub fn read(config: &Config) -> anyhow::Result<Status> {
+    let db_path = config.database_path();
+    if !db_path.exists() {
+        anyhow::bail!(
+            "no database at {}: this gateway has not run yet (start it with `wasmgate run --config {}`)",
+            db_path.display(),
+            config.path.display()
+        );
+    }
+    let conn = crate::store::open_read_only(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let now = now_ns() as i64;
+    let apps = crate::store::app_rows(&conn)?
+        .into_iter()
+        .map(|row| AppStatus {
+            name: row.name,
+            state: row.state,
+            restarts: row.restarts,
+            error: row.detail,
+            component: row.component,
+        })
+        .collect();
+    let outbox = crate::outbox::depth(&conn)?
+        .into_iter()
+        .map(|d| OutboxStatus {
+            kind: d.kind,
+            device: d.device,
+            name: d.name,
+            entries: d.entries,
+            points: d.points,
+            oldest_age_s: (now - d.oldest_ns).max(0) as f64 / 1e9,
+        })
+        .collect();
+    Ok(Status {
+        gateway: config.gateway_id.clone(),
+        store: db_path.display().to_string(),
+        running_pid: running_pid(config),
+        apps,
+        outbox,
+    })
+}
+
+/// The pid in the lock file, if a live process holds the lock.
+fn running_pid(config: &Config) -> Option<u32> {
+    let path = config.data_dir.join(LOCK_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    if file.try_lock_shared().is_ok() {
+        return None;
+    }
+    std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+}
+
+impl Status {
+    /// The human-readable form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let running = match self.running_pid {
+            Some(pid) => format!("running (pid {pid})"),
+            None => "not running".to_string(),
+        };
+        let _ = writeln!(out, "gateway {}: {running}", self.gateway);
+        let _ = writeln!(out, "store   {}", self.store);
+        let _ = writeln!(out);
+        if self.apps.is_empty() {
+            let _ = writeln!(out, "no apps have run yet");
+        } else {
+            let _ = writeln!(out, "{:<20} {:<12} {:>8}  {:<14} LAST ERROR", "APP", "STATE", "RESTARTS", "COMPONENT");
+            for app in &self.apps {
+                let component = app.component.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-");
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<12} {:>8}  {:<14} {}",
+                    app.name,
+                    app.state,
+                    app.restarts,
+                    component,
+                    app.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        let _ = writeln!(out);
+        if self.outbox.is_empty() {
+            let _ = writeln!(out, "outbox: empty");
+        } else {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<20} {:<16} {:>8} {:>10} {:>10}",
+                "OUTBOX", "DEVICE", "NAME", "ENTRIES", "POINTS", "OLDEST"
+            );
+            for o in &self.outbox {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<20} {:<16} {:>8} {:>10} {:>9.1}s",
+                    o.kind,
+                    o.device,
+                    if o.name.is_empty() { "-" } else { &o.name },
+                    o.entries,
+                    o.points,
+                    o.oldest_age_s
+                );
+            }
+        }
+        out
+    }
+}

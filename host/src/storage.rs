@@ -1,0 +1,173 @@
+//! Host side of the `wasmgate:device/storage` interface: durable key-value
+//! data private to each app, in the `kv` table of the gateway's database.
+//!
+//! Every key is stored with the app's name, and every query is bound to it,
+//! so no app can name another's keys. Sizes are checked before any I/O.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker};
+
+use crate::app::AppCtx;
+use crate::bindings::GuestError;
+use crate::bindings::wasmgate::device::storage::{Host, add_to_linker};
+
+/// The longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// The largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// Per-app state of the storage interface.
+pub struct StorageCtx {
+    app: Arc<str>,
+    db: Connection,
+    quota: u64,
+    /// Bytes of keys and values the app holds now.
+    used: u64,
+}
+
+impl StorageCtx {
+    /// Open the app's storage, counting what it already holds.
+    pub fn new(app: Arc<str>, db: Connection, quota: u64) -> rusqlite::Result<Self> {
+        let used: i64 = db.query_row(
+            "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE app = ?1",
+            params![&*app],
+            |r| r.get(0),
+        )?;
+        Ok(StorageCtx {
+            app,
+            db,
+            quota,
+            used: used.max(0) as u64,
+        })
+    }
+
+    fn failed(&self, what: &str, e: rusqlite::Error) -> GuestError {
+        tracing::error!(app = %self.app, "storage {what} failed: {e}");
+        GuestError::Unavailable(format!("storage {what} failed: {e}"))
+    }
+
+    fn check_key(key: &str) -> Result<(), GuestError> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(GuestError::Invalid(format!(
+                "key of {} bytes is over the limit of {MAX_KEY_BYTES}",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn stored_size(&self, key: &str) -> rusqlite::Result<Option<u64>> {
+        self.db
+            .query_row(
+                "SELECT length(value) FROM kv WHERE app = ?1 AND key = ?2",
+                params![&*self.app, key],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|size| size.map(|s| s.max(0) as u64 + key.len() as u64))
+    }
+}
+
+struct StorageData;
+
+impl HasData for StorageData {
+    type Data<'a> = &'a mut StorageCtx;
+}
+
+/// Add the storage interface to the linker.
+pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
+    add_to_linker::<AppCtx, StorageData>(linker, |app| &mut app.storage)
+}
+
+impl Host for StorageCtx {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, GuestError>> {
+        if let Err(e) = Self::check_key(&key) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .db
+            .query_row(
+                "SELECT value FROM kv WHERE app = ?1 AND key = ?2",
+                params![&*self.app, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.failed("get", e)))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), GuestError>> {
+        if let Err(e) = Self::check_key(&key) {
+            return Ok(Err(e));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Ok(Err(GuestError::Invalid(format!(
+                "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
+                value.len()
+            ))));
+        }
+        let old = match self.stored_size(&key) {
+            Ok(old) => old.unwrap_or(0),
+            Err(e) => return Ok(Err(self.failed("set", e))),
+        };
+        let new = (key.len() + value.len()) as u64;
+        let used = self.used - old.min(self.used) + new;
+        if used > self.quota {
+            return Ok(Err(GuestError::Limit(format!(
+                "storage quota of {} bytes would be exceeded ({used} bytes)",
+                self.quota
+            ))));
+        }
+        let result = self.db.execute(
+            "INSERT INTO kv (app, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
+            params![&*self.app, key, value],
+        );
+        Ok(match result {
+            Ok(_) => {
+                self.used = used;
+                Ok(())
+            }
+            Err(e) => Err(self.failed("set", e)),
+        })
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), GuestError>> {
+        if let Err(e) = Self::check_key(&key) {
+            return Ok(Err(e));
+        }
+        let old = match self.stored_size(&key) {
+            Ok(old) => old.unwrap_or(0),
+            Err(e) => return Ok(Err(self.failed("delete", e))),
+        };
+        Ok(
+            match self.db.execute(
+                "DELETE FROM kv WHERE app = ?1 AND key = ?2",
+                params![&*self.app, key],
+            ) {
+                Ok(_) => {
+                    self.used = self.used.saturating_sub(old);
+                    Ok(())
+                }
+                Err(e) => Err(self.failed("delete", e)),
+            },
+        )
+    }
+
+    fn keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, GuestError>> {
+        if let Err(e) = Self::check_key(&prefix) {
+            return Ok(Err(e));
+        }
+        // Compare bytes, not characters, so any UTF-8 prefix matches exactly.
+        let result = (|| {
+            let mut stmt = self.db.prepare_cached(
+                "SELECT key FROM kv WHERE app = ?1
+                 AND substr(CAST(key AS BLOB), 1, length(CAST(?2 AS BLOB))) = CAST(?2 AS BLOB)
+                 ORDER BY CAST(key AS BLOB)",
+            )?;
+            stmt.query_map(params![&*self.app, prefix], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })();
+        Ok(result.map_err(|e| self.failed("keys", e)))
+    }
+}

@@ -1,0 +1,223 @@
+//! The gateway's SQLite database: one file in the data directory, WAL mode,
+//! so an operator can read it with the `sqlite3` shell while the gateway runs.
+//!
+//! It holds per-app key-value data (`kv`), the device twins (`twin`,
+//! `devices`), the outbox (see `outbox`), app states (`apps`) and the state
+//! apps hand over across a clean restart (`saved_state`). Each capability
+//! opens its own connection, so no app waits on a lock held by another
+//! app's Rust code; SQLite serialises the writes.
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::value::now_ns;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS kv (
+    app   TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (app, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS devices (
+    device           TEXT PRIMARY KEY,
+    app              TEXT NOT NULL,
+    reported_version INTEGER NOT NULL DEFAULT 0,
+    desired_version  INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS twin (
+    device          TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    reported        TEXT,
+    reported_at     INTEGER,
+    desired         TEXT,
+    desired_version INTEGER,
+    PRIMARY KEY (device, name)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin')),
+    device     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    points     INTEGER NOT NULL,
+    payload    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
+
+CREATE TABLE IF NOT EXISTS apps (
+    name       TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,
+    detail     TEXT,
+    restarts   INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL,
+    component  TEXT
+);
+
+CREATE TABLE IF NOT EXISTS saved_state (
+    app      TEXT PRIMARY KEY,
+    state    BLOB NOT NULL,
+    saved_at INTEGER NOT NULL
+);
+"#;
+
+/// Open (creating if needed) the database for reading and writing.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    // WAL lets `wasmgate status` and the sqlite3 shell read while the gateway
+    // writes; synchronous=NORMAL in WAL mode keeps every commit across a
+    // process crash and loses at most the last commits on power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// Open an existing database read-only (for `wasmgate status`).
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Create the tables this build needs; refuse a database from a newer build.
+pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "the database has schema version {version}, newer than this wasmgate's {SCHEMA_VERSION}; \
+             use a newer wasmgate or another data directory"
+        );
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// Record which app owns a device (so cloud traffic for it can be routed).
+pub fn claim_device(conn: &Connection, device: &str, app: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO devices (device, app) VALUES (?1, ?2)
+         ON CONFLICT (device) DO UPDATE SET app = excluded.app",
+        params![device, app],
+    )?;
+    Ok(())
+}
+
+/// An app's state as the gateway last wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRow {
+    pub name: String,
+    pub state: String,
+    pub detail: Option<String>,
+    pub restarts: i64,
+    pub updated_at: i64,
+    pub component: Option<String>,
+}
+
+/// Write an app's state (`running`, `restarting`, `quarantined`, `stopped`).
+pub fn set_app_state(
+    conn: &Connection,
+    name: &str,
+    state: &str,
+    detail: Option<&str>,
+    restarts: u64,
+    component: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO apps (name, state, detail, restarts, updated_at, component)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (name) DO UPDATE SET state = excluded.state, detail = excluded.detail,
+             restarts = excluded.restarts, updated_at = excluded.updated_at,
+             component = excluded.component",
+        params![name, state, detail, restarts as i64, now_ns() as i64, component],
+    )?;
+    Ok(())
+}
+
+/// Every app's last written state, by name.
+pub fn app_rows(conn: &Connection) -> rusqlite::Result<Vec<AppRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT name, state, detail, restarts, updated_at, component FROM apps ORDER BY name",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(AppRow {
+            name: r.get(0)?,
+            state: r.get(1)?,
+            detail: r.get(2)?,
+            restarts: r.get(3)?,
+            updated_at: r.get(4)?,
+            component: r.get(5)?,
+        })
+    })?
+    .collect()
+}
+
+/// Keep what an app's `save` returned, for its next `init`.
+pub fn put_saved_state(conn: &Connection, app: &str, state: &[u8]) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO saved_state (app, state, saved_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (app) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at",
+        params![app, state, now_ns() as i64],
+    )?;
+    Ok(())
+}
+
+/// The state an app saved at the last clean stop, if any.
+pub fn saved_state(conn: &Connection, app: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.query_row(
+        "SELECT state FROM saved_state WHERE app = ?1",
+        params![app],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Forget an app's saved state once a new instance has taken it.
+pub fn clear_saved_state(conn: &Connection, app: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM saved_state WHERE app = ?1", params![app])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_is_created_once_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let conn = open(&path).expect("open");
+        migrate(&conn).expect("first migrate");
+        migrate(&conn).expect("second migrate is a no-op");
+        set_app_state(&conn, "a", "running", None, 0, "sha").expect("write");
+        set_app_state(&conn, "a", "quarantined", Some("trap"), 3, "sha").expect("update");
+        let rows = app_rows(&conn).expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, "quarantined");
+        assert_eq!(rows[0].restarts, 3);
+
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
+        let err = migrate(&conn).unwrap_err().to_string();
+        assert!(err.contains("newer than this wasmgate"), "{err}");
+    }
+
+    #[test]
+    fn saved_state_round_trips_and_clears() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open(&dir.path().join("t.db")).expect("open");
+        migrate(&conn).expect("migrate");
+        assert_eq!(saved_state(&conn, "a").expect("read"), None);
+        put_saved_state(&conn, "a", b"hello").expect("put");
+        assert_eq!(saved_state(&conn, "a").expect("read"), Some(b"hello".to_vec()));
+        clear_saved_state(&conn, "a").expect("clear");
+        assert_eq!(saved_state(&conn, "a").expect("read"), None);
+    }
+}

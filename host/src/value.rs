@@ -1,0 +1,171 @@
+//! Typed values: conversions between the WIT `value` and JSON, and time.
+//!
+//! JSON is the form values take in the SQLite store and on the wire. It is
+//! typed by the device model, so the JSON itself stays plain: numbers,
+//! strings, booleans, and bytes as base64 text.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::bindings::{Time, Value};
+
+/// The kind of a value, as a device model declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueKind {
+    Boolean,
+    Integer,
+    Number,
+    Text,
+    Bytes,
+}
+
+impl fmt::Display for ValueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ValueKind::Boolean => "boolean",
+            ValueKind::Integer => "integer",
+            ValueKind::Number => "number",
+            ValueKind::Text => "text",
+            ValueKind::Bytes => "bytes",
+        })
+    }
+}
+
+/// The kind of a value a guest passed.
+pub fn kind_of(value: &Value) -> ValueKind {
+    match value {
+        Value::Boolean(_) => ValueKind::Boolean,
+        Value::Integer(_) => ValueKind::Integer,
+        Value::Number(_) => ValueKind::Number,
+        Value::Text(_) => ValueKind::Text,
+        Value::Bytes(_) => ValueKind::Bytes,
+    }
+}
+
+/// A value as JSON. Numbers are finite by the time they get here (the model
+/// check refuses NaN and infinities), so nothing is lost.
+pub fn to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Boolean(b) => serde_json::Value::Bool(*b),
+        Value::Integer(i) => serde_json::Value::from(*i),
+        Value::Number(n) => serde_json::Number::from_f64(*n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Value::Text(s) => serde_json::Value::String(s.clone()),
+        Value::Bytes(b) => serde_json::Value::String(BASE64.encode(b)),
+    }
+}
+
+/// A JSON value read as `kind`. Integers are accepted where a number is
+/// expected; nothing else is converted.
+pub fn from_json(json: &serde_json::Value, kind: ValueKind) -> Result<Value, String> {
+    let wrong = || format!("expected {kind}, got {}", json_kind(json));
+    match kind {
+        ValueKind::Boolean => json.as_bool().map(Value::Boolean).ok_or_else(wrong),
+        ValueKind::Integer => json.as_i64().map(Value::Integer).ok_or_else(wrong),
+        ValueKind::Number => json.as_f64().map(Value::Number).ok_or_else(wrong),
+        ValueKind::Text => json
+            .as_str()
+            .map(|s| Value::Text(s.to_string()))
+            .ok_or_else(wrong),
+        ValueKind::Bytes => {
+            let text = json.as_str().ok_or_else(wrong)?;
+            BASE64
+                .decode(text)
+                .map(Value::Bytes)
+                .map_err(|e| format!("expected base64 bytes: {e}"))
+        }
+    }
+}
+
+fn json_kind(json: &serde_json::Value) -> &'static str {
+    match json {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(n) if n.is_f64() => "number",
+        serde_json::Value::Number(_) => "integer",
+        serde_json::Value::String(_) => "text",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Named values as one JSON object, in the order given.
+pub fn fields_to_json(fields: &[(String, Value)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        fields
+            .iter()
+            .map(|(name, value)| (name.clone(), to_json(value)))
+            .collect(),
+    )
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A guest's time in nanoseconds since the epoch, or an error if it does not
+/// fit in 64 bits (after the year 2554).
+pub fn time_to_ns(time: Time) -> Result<u64, String> {
+    let (n, scale, unit) = match time {
+        Time::Seconds(n) => (n, 1_000_000_000, "s"),
+        Time::Milliseconds(n) => (n, 1_000_000, "ms"),
+        Time::Microseconds(n) => (n, 1_000, "us"),
+        Time::Nanoseconds(n) => (n, 1, "ns"),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("time {n} {unit} is out of range (after the year 2554)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_each_kind() {
+        let cases = [
+            (Value::Boolean(true), ValueKind::Boolean),
+            (Value::Integer(-7), ValueKind::Integer),
+            (Value::Number(21.5), ValueKind::Number),
+            (Value::Text("hé".into()), ValueKind::Text),
+            (Value::Bytes(vec![0, 1, 255]), ValueKind::Bytes),
+        ];
+        for (value, kind) in cases {
+            let back = from_json(&to_json(&value), kind).expect("round trip");
+            assert_eq!(format!("{back:?}"), format!("{value:?}"));
+        }
+    }
+
+    #[test]
+    fn integers_are_numbers_but_not_the_reverse() {
+        assert!(matches!(
+            from_json(&serde_json::json!(3), ValueKind::Number),
+            Ok(Value::Number(n)) if n == 3.0
+        ));
+        assert_eq!(
+            from_json(&serde_json::json!(3.5), ValueKind::Integer).unwrap_err(),
+            "expected integer, got number"
+        );
+        assert_eq!(
+            from_json(&serde_json::json!("x"), ValueKind::Boolean).unwrap_err(),
+            "expected boolean, got text"
+        );
+    }
+
+    #[test]
+    fn times_convert_to_nanoseconds_and_overflow_is_refused() {
+        assert_eq!(time_to_ns(Time::Seconds(2)), Ok(2_000_000_000));
+        assert_eq!(time_to_ns(Time::Milliseconds(3)), Ok(3_000_000));
+        assert_eq!(time_to_ns(Time::Microseconds(4)), Ok(4_000));
+        assert_eq!(time_to_ns(Time::Nanoseconds(5)), Ok(5));
+        assert!(time_to_ns(Time::Seconds(u64::MAX / 10)).is_err());
+    }
+}
