@@ -166,13 +166,22 @@ impl Config {
         // Absolute, so logs and `status` show where things really are.
         let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
 
         check_name(&file.gateway.id).map_err(|m| invalid("gateway.id".into(), m))?;
         if file.gateway.flush_interval_ms == 0 || file.gateway.flush_interval_ms > 10_000 {
             return Err(invalid(
                 "gateway.flush_interval_ms".into(),
-                format!("{} is not between 1 and 10000", file.gateway.flush_interval_ms),
+                format!(
+                    "{} is not between 1 and 10000",
+                    file.gateway.flush_interval_ms
+                ),
             ));
         }
 
@@ -183,29 +192,49 @@ impl Config {
             let key = |field: &str| format!("app[{i}].{field}");
             check_name(&app.name).map_err(|m| invalid(key("name"), m))?;
             if !names.insert(app.name.clone()) {
-                return Err(invalid(key("name"), format!("app {:?} is defined twice", app.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("app {:?} is defined twice", app.name),
+                ));
             }
             let device = app.device.clone().unwrap_or_else(|| app.name.clone());
             check_name(&device).map_err(|m| invalid(key("device"), m))?;
             if device == file.gateway.id {
-                return Err(invalid(key("device"), format!("{device:?} is the gateway's own device id")));
+                return Err(invalid(
+                    key("device"),
+                    format!("{device:?} is the gateway's own device id"),
+                ));
             }
             if !devices.insert(device.clone()) {
-                return Err(invalid(key("device"), format!("device {device:?} belongs to two apps")));
+                return Err(invalid(
+                    key("device"),
+                    format!("device {device:?} belongs to two apps"),
+                ));
             }
             let between = |field: &str, v: u64, min: u64, max: u64| {
                 if (min..=max).contains(&v) {
                     Ok(v)
                 } else {
-                    Err(invalid(key(field), format!("{v} is not between {min} and {max}")))
+                    Err(invalid(
+                        key(field),
+                        format!("{v} is not between {min} and {max}"),
+                    ))
                 }
             };
             let tick = between("tick_interval_ms", app.tick_interval_ms, 1, 86_400_000)?;
             let timeout = between("call_timeout_ms", app.call_timeout_ms, 1, 600_000)?;
             let memory = between("memory_limit_mib", app.memory_limit_mib, 1, 4096)?;
-            let quota = between("storage_quota_kib", app.storage_quota_kib, 1, 16 * 1024 * 1024)?;
+            let quota = between(
+                "storage_quota_kib",
+                app.storage_quota_kib,
+                1,
+                16 * 1024 * 1024,
+            )?;
             let r = &app.restart;
-            if r.max_crashes == 0 || r.backoff_initial_ms == 0 || r.backoff_max_ms < r.backoff_initial_ms {
+            if r.max_crashes == 0
+                || r.backoff_initial_ms == 0
+                || r.backoff_max_ms < r.backoff_initial_ms
+            {
                 return Err(invalid(
                     key("restart"),
                     "max_crashes and backoff_initial_ms must be positive and backoff_max_ms at least backoff_initial_ms".into(),
@@ -221,7 +250,10 @@ impl Config {
                     other => {
                         return Err(invalid(
                             key(&format!("config.{k}")),
-                            format!("expected a string, number or boolean, got a {}", other.type_str()),
+                            format!(
+                                "expected a string, number or boolean, got a {}",
+                                other.type_str()
+                            ),
                         ));
                     }
                 };
@@ -299,9 +331,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_the_key_and_the_line() {
-        let err = parse("[gateway]\nid = \"gw\"\ncolour = \"red\"\n").unwrap_err().to_string();
+        let err = parse("[gateway]\nid = \"gw\"\ncolour = \"red\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/etc/wg/gateway.toml: "), "{err}");
-        assert!(err.contains("line 3") && err.contains("unknown field `colour`"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("unknown field `colour`"),
+            "{err}"
+        );
 
         let err = parse("[gateway]\nid = \"gw\"\n[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n")
             .unwrap_err()
@@ -335,6 +372,11 @@ mod tests {
             parse(nested).unwrap_err().to_string(),
             "/etc/wg/gateway.toml: app[0].config.x: expected a string, number or boolean, got a array"
         );
-        assert!(parse("[gateway]\nid = \"a/b\"\n").unwrap_err().to_string().contains("gateway.id"));
+        assert!(
+            parse("[gateway]\nid = \"a/b\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("gateway.id")
+        );
     }
 }

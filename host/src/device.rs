@@ -88,7 +88,9 @@ impl DeviceCtx {
     fn buffer(&mut self, device: &str, series: &str, points: Vec<outbox::Point>) {
         self.pending_points += points.len();
         match self.pending.last_mut() {
-            Some(last) if last.device == device && last.series == series => last.points.extend(points),
+            Some(last) if last.device == device && last.series == series => {
+                last.points.extend(points)
+            }
             _ => self.pending.push(Batch {
                 device: device.to_string(),
                 series: series.to_string(),
@@ -109,7 +111,11 @@ impl DeviceCtx {
             .map_err(|e| self.unavailable("report", e))
     }
 
-    fn store_report(&mut self, device: &str, attributes: &[(String, Value)]) -> rusqlite::Result<()> {
+    fn store_report(
+        &mut self,
+        device: &str,
+        attributes: &[(String, Value)],
+    ) -> rusqlite::Result<()> {
         let now = now_ns();
         let tx = self.db.transaction()?;
         let version: i64 = tx.query_row(
@@ -272,12 +278,20 @@ impl HostDevice for DeviceView<'_> {
         Ok(self.ctx.report(&id, attributes))
     }
 
-    fn reported(&mut self, handle: Resource<DeviceHandle>, name: String) -> wasmtime::Result<Option<Value>> {
+    fn reported(
+        &mut self,
+        handle: Resource<DeviceHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<Value>> {
         let id = self.id_of(&handle)?;
         Ok(self.ctx.twin_value(&id, "reported", &name))
     }
 
-    fn desired(&mut self, handle: Resource<DeviceHandle>, name: String) -> wasmtime::Result<Option<Value>> {
+    fn desired(
+        &mut self,
+        handle: Resource<DeviceHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<Value>> {
         let id = self.id_of(&handle)?;
         Ok(self
             .ctx

@@ -93,7 +93,8 @@ impl Runtime {
     /// Then check that it fits the `app` world and link it.
     pub fn load(&self, path: &Path) -> anyhow::Result<Loaded> {
         let started = Instant::now();
-        let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let cached = self.cache_path(&digest);
 
@@ -118,7 +119,9 @@ impl Runtime {
             None => {
                 let component = Component::from_binary(&self.engine, &bytes)
                     .map_err(anyhow::Error::from)
-                    .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+                    .with_context(|| {
+                        format!("{} is not a valid WebAssembly component", path.display())
+                    })?;
                 self.store_in_cache(&component, &cached);
                 (component, Source::Compiled)
             }
@@ -145,8 +148,11 @@ impl Runtime {
 
     fn cache_path(&self, digest: &str) -> PathBuf {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.cache_dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        self.cache_dir
+            .join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
     }
 
     fn store_in_cache(&self, component: &Component, path: &Path) {

@@ -59,8 +59,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let db_path = config.database_path();
-    let db = crate::store::open(&db_path).with_context(|| format!("opening the database {}", db_path.display()))?;
-    crate::store::migrate(&db).with_context(|| format!("preparing the database {}", db_path.display()))?;
+    let db = crate::store::open(&db_path)
+        .with_context(|| format!("opening the database {}", db_path.display()))?;
+    crate::store::migrate(&db)
+        .with_context(|| format!("preparing the database {}", db_path.display()))?;
 
     let models = config
         .apps
@@ -103,7 +105,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut handles: Vec<AppHandle> = Vec::new();
     for ((app, model), component) in config.apps.iter().zip(models).zip(loaded) {
         let files_dir = app_files_dir(&config.data_dir, &app.name);
-        std::fs::create_dir_all(&files_dir).with_context(|| format!("creating {}", files_dir.display()))?;
+        std::fs::create_dir_all(&files_dir)
+            .with_context(|| format!("creating {}", files_dir.display()))?;
         let spec = AppSpec {
             config: app.clone(),
             model,

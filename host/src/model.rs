@@ -162,16 +162,17 @@ impl DeviceModel {
 
     /// Parse and check a model from JSON text (errors carry an empty path).
     pub fn parse(text: &str) -> Result<DeviceModel, ModelError> {
-        let mut model: DeviceModel =
-            serde_json::from_str(text).map_err(|e| ModelError::Parse {
-                path: PathBuf::new(),
-                message: e.to_string(),
-            })?;
-        model.validate().map_err(|(key, message)| ModelError::Invalid {
+        let mut model: DeviceModel = serde_json::from_str(text).map_err(|e| ModelError::Parse {
             path: PathBuf::new(),
-            key,
-            message,
+            message: e.to_string(),
         })?;
+        model
+            .validate()
+            .map_err(|(key, message)| ModelError::Invalid {
+                path: PathBuf::new(),
+                key,
+                message,
+            })?;
         Ok(model)
     }
 
@@ -219,7 +220,10 @@ impl DeviceModel {
             let key = format!("series.{name}");
             check_name(name).map_err(|m| (key.clone(), m))?;
             if spec.fields.is_empty() {
-                return Err((format!("{key}.fields"), "a series needs at least one field".into()));
+                return Err((
+                    format!("{key}.fields"),
+                    "a series needs at least one field".into(),
+                ));
             }
             fields(&format!("{key}.fields"), &spec.fields)?;
         }
@@ -238,7 +242,10 @@ impl DeviceModel {
 
     /// Check a report: every attribute known, typed and in range, no name
     /// twice. All or nothing; returns the values as they will be stored.
-    pub fn check_report(&self, attributes: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, String> {
+    pub fn check_report(
+        &self,
+        attributes: Vec<(String, Value)>,
+    ) -> Result<Vec<(String, Value)>, String> {
         if attributes.is_empty() {
             return Err("a report needs at least one attribute".into());
         }
@@ -251,24 +258,40 @@ impl DeviceModel {
     }
 
     /// Check one point of `series`.
-    pub fn check_point(&self, series: &str, values: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, String> {
+    pub fn check_point(
+        &self,
+        series: &str,
+        values: Vec<(String, Value)>,
+    ) -> Result<Vec<(String, Value)>, String> {
         let spec = self
             .series
             .get(series)
             .ok_or_else(|| unknown("series", series, self.series.keys()))?;
         if values.is_empty() {
-            return Err(format!("a point of series `{series}` needs at least one field"));
+            return Err(format!(
+                "a point of series `{series}` needs at least one field"
+            ));
         }
         check_fields_with(values, &format!("series `{series}` field"), |name| {
             spec.fields
                 .get(name)
                 .map(|s| (s.kind, s.range))
-                .ok_or_else(|| unknown(&format!("field of series `{series}`:"), name, spec.fields.keys()))
+                .ok_or_else(|| {
+                    unknown(
+                        &format!("field of series `{series}`:"),
+                        name,
+                        spec.fields.keys(),
+                    )
+                })
         })
     }
 
     /// Check an alert and its values.
-    pub fn check_alert(&self, alert: &str, values: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, String> {
+    pub fn check_alert(
+        &self,
+        alert: &str,
+        values: Vec<(String, Value)>,
+    ) -> Result<Vec<(String, Value)>, String> {
         let spec = self
             .alerts
             .get(alert)
@@ -277,7 +300,13 @@ impl DeviceModel {
             spec.fields
                 .get(name)
                 .map(|s| (s.kind, s.range))
-                .ok_or_else(|| unknown(&format!("field of alert `{alert}`:"), name, spec.fields.keys()))
+                .ok_or_else(|| {
+                    unknown(
+                        &format!("field of alert `{alert}`:"),
+                        name,
+                        spec.fields.keys(),
+                    )
+                })
         })
     }
 
@@ -293,7 +322,10 @@ fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) 
     if known.is_empty() {
         format!("unknown {what} `{name}` (the model declares none)")
     } else {
-        format!("unknown {what} `{name}` (the model declares: {})", known.join(", "))
+        format!(
+            "unknown {what} `{name}` (the model declares: {})",
+            known.join(", ")
+        )
     }
 }
 
@@ -304,7 +336,10 @@ fn check_fields_with(
     spec_of: impl Fn(&str) -> Result<(ValueKind, Option<[f64; 2]>), String>,
 ) -> Result<Vec<(String, Value)>, String> {
     if values.len() > MAX_FIELDS {
-        return Err(format!("{} values is more than the limit of {MAX_FIELDS}", values.len()));
+        return Err(format!(
+            "{} values is more than the limit of {MAX_FIELDS}",
+            values.len()
+        ));
     }
     let mut seen = HashSet::with_capacity(values.len());
     values
@@ -314,7 +349,8 @@ fn check_fields_with(
                 return Err(format!("{what} `{name}` given twice"));
             }
             let (kind, range) = spec_of(&name)?;
-            let value = check_value(value, kind, range).map_err(|m| format!("{what} `{name}`: {m}"))?;
+            let value =
+                check_value(value, kind, range).map_err(|m| format!("{what} `{name}`: {m}"))?;
             Ok((name, value))
         })
         .collect()
@@ -322,7 +358,11 @@ fn check_fields_with(
 
 /// Check one value against a kind and an optional inclusive range. Integers
 /// are widened to numbers where the model asks for a number.
-pub fn check_value(value: Value, kind: ValueKind, range: Option<[f64; 2]>) -> Result<Value, String> {
+pub fn check_value(
+    value: Value,
+    kind: ValueKind,
+    range: Option<[f64; 2]>,
+) -> Result<Value, String> {
     let value = match (value, kind) {
         (Value::Integer(i), ValueKind::Number) => Value::Number(i as f64),
         (value, kind) if kind_of(&value) == kind => value,
@@ -333,10 +373,16 @@ pub fn check_value(value: Value, kind: ValueKind, range: Option<[f64; 2]>) -> Re
         Value::Number(n) => Some(*n),
         Value::Integer(i) => Some(*i as f64),
         Value::Text(s) if s.len() > MAX_VALUE_BYTES => {
-            return Err(format!("text of {} bytes is over the limit of {MAX_VALUE_BYTES}", s.len()));
+            return Err(format!(
+                "text of {} bytes is over the limit of {MAX_VALUE_BYTES}",
+                s.len()
+            ));
         }
         Value::Bytes(b) if b.len() > MAX_VALUE_BYTES => {
-            return Err(format!("{} bytes is over the limit of {MAX_VALUE_BYTES}", b.len()));
+            return Err(format!(
+                "{} bytes is over the limit of {MAX_VALUE_BYTES}",
+                b.len()
+            ));
         }
         _ => None,
     };
@@ -373,7 +419,10 @@ mod tests {
             .check_report(vec![("level".into(), Value::Integer(42))])
             .expect("accepted");
         assert!(matches!(out[0].1, Value::Number(n) if n == 42.0));
-        assert!(matches!(model().default_of("enabled"), Some(Value::Boolean(true))));
+        assert!(matches!(
+            model().default_of("enabled"),
+            Some(Value::Boolean(true))
+        ));
     }
 
     #[test]
@@ -383,31 +432,61 @@ mod tests {
             m.check_report(attrs.into_iter().map(|(n, v)| (n.to_string(), v)).collect())
                 .unwrap_err()
         };
-        assert_eq!(err(vec![("level", Value::Number(250.0))]), "attribute `level`: 250 is out of range [0, 100]");
-        assert_eq!(err(vec![("level", Value::Text("x".into()))]), "attribute `level`: expected number, got text");
+        assert_eq!(
+            err(vec![("level", Value::Number(250.0))]),
+            "attribute `level`: 250 is out of range [0, 100]"
+        );
+        assert_eq!(
+            err(vec![("level", Value::Text("x".into()))]),
+            "attribute `level`: expected number, got text"
+        );
         assert_eq!(
             err(vec![("colour", Value::Boolean(true))]),
             "unknown attribute `colour` (the model declares: enabled, label, level)"
         );
-        assert_eq!(err(vec![("level", Value::Number(f64::NAN))]), "attribute `level`: NaN is not a finite number");
         assert_eq!(
-            err(vec![("level", Value::Number(1.0)), ("level", Value::Number(2.0))]),
+            err(vec![("level", Value::Number(f64::NAN))]),
+            "attribute `level`: NaN is not a finite number"
+        );
+        assert_eq!(
+            err(vec![
+                ("level", Value::Number(1.0)),
+                ("level", Value::Number(2.0))
+            ]),
             "attribute `level` given twice"
         );
-        assert!(err(vec![("label", Value::Text("x".repeat(MAX_VALUE_BYTES + 1)))]).contains("over the limit"));
+        assert!(
+            err(vec![(
+                "label",
+                Value::Text("x".repeat(MAX_VALUE_BYTES + 1))
+            )])
+            .contains("over the limit")
+        );
     }
 
     #[test]
     fn points_and_alerts_are_checked_against_their_declarations() {
         let m = model();
-        assert!(m.check_point("levels", vec![("level".into(), Value::Number(1.0))]).is_ok());
+        assert!(
+            m.check_point("levels", vec![("level".into(), Value::Number(1.0))])
+                .is_ok()
+        );
         assert_eq!(
-            m.check_point("nope", vec![("level".into(), Value::Number(1.0))]).unwrap_err(),
+            m.check_point("nope", vec![("level".into(), Value::Number(1.0))])
+                .unwrap_err(),
             "unknown series `nope` (the model declares: levels)"
         );
-        assert!(m.check_point("levels", vec![("depth".into(), Value::Number(1.0))]).unwrap_err().contains("`depth`"));
+        assert!(
+            m.check_point("levels", vec![("depth".into(), Value::Number(1.0))])
+                .unwrap_err()
+                .contains("`depth`")
+        );
         assert!(m.check_alert("high", vec![]).is_ok());
-        assert!(m.check_alert("low", vec![]).unwrap_err().starts_with("unknown alert `low`"));
+        assert!(
+            m.check_alert("low", vec![])
+                .unwrap_err()
+                .starts_with("unknown alert `low`")
+        );
     }
 
     #[test]
@@ -426,13 +505,21 @@ mod tests {
             "attributes.t.range: [5, 1] is not a range (finite, min <= max)"
         );
         assert_eq!(
-            invalid(r#"{"attributes": {"t": {"type": "integer", "range": [0, 10], "default": 11}}}"#),
+            invalid(
+                r#"{"attributes": {"t": {"type": "integer", "range": [0, 10], "default": 11}}}"#
+            ),
             "attributes.t.default: 11 is out of range [0, 10]"
         );
-        assert!(invalid(r#"{"attributes": {"a/b": {"type": "integer"}}}"#).starts_with("attributes.a/b: "));
+        assert!(
+            invalid(r#"{"attributes": {"a/b": {"type": "integer"}}}"#)
+                .starts_with("attributes.a/b: ")
+        );
         assert!(invalid(r#"{"series": {"s": {"fields": {}}}}"#).starts_with("series.s.fields: "));
         let parse = invalid("{\n  \"attributes\": {\"t\": {\"type\": \"float\"}}\n}");
-        assert!(parse.contains("unknown variant `float`") && parse.contains("line 2"), "{parse}");
+        assert!(
+            parse.contains("unknown variant `float`") && parse.contains("line 2"),
+            "{parse}"
+        );
         assert!(invalid(r#"{"atributes": {}}"#).contains("unknown field `atributes`"));
     }
 }

@@ -56,7 +56,14 @@ pub fn insert(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
     )?;
     let now = now_ns() as i64;
     for e in entries {
-        stmt.execute(params![e.kind.as_str(), e.device, e.name, now, e.points, e.payload])?;
+        stmt.execute(params![
+            e.kind.as_str(),
+            e.device,
+            e.name,
+            now,
+            e.points,
+            e.payload
+        ])?;
     }
     Ok(())
 }
@@ -152,7 +159,9 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, interval: Duration)
     let mut oldest: Option<Instant> = None;
     let mut failing = false;
     loop {
-        let wait = oldest.map_or(Duration::from_secs(3600), |t| interval.saturating_sub(t.elapsed()));
+        let wait = oldest.map_or(Duration::from_secs(3600), |t| {
+            interval.saturating_sub(t.elapsed())
+        });
         let command = match rx.recv_timeout(wait) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
@@ -206,7 +215,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, interval: Duration)
         }
         if stop {
             if failing {
-                tracing::error!(points = pending_points, "outbox: stopping with uncommitted points");
+                tracing::error!(
+                    points = pending_points,
+                    "outbox: stopping with uncommitted points"
+                );
             }
             return;
         }
@@ -301,11 +313,19 @@ mod tests {
         let sender = ingest.sender();
         for i in 0..3 {
             sender
-                .append(Batch { device: "d".into(), series: "s".into(), points: vec![point(i, i as i64)] })
+                .append(Batch {
+                    device: "d".into(),
+                    series: "s".into(),
+                    points: vec![point(i, i as i64)],
+                })
                 .expect("append");
         }
         sender
-            .append(Batch { device: "d".into(), series: "other".into(), points: vec![point(9, 9)] })
+            .append(Batch {
+                device: "d".into(),
+                series: "other".into(),
+                points: vec![point(9, 9)],
+            })
             .expect("append");
         sender.flush().expect("flush");
         let conn = crate::store::open(&path).expect("open");
@@ -314,7 +334,9 @@ mod tests {
         let s = rows.iter().find(|d| d.name == "s").expect("series s");
         assert_eq!((s.entries, s.points), (1, 3));
         let payload: Vec<u8> = conn
-            .query_row("SELECT payload FROM outbox WHERE name = 's'", [], |r| r.get(0))
+            .query_row("SELECT payload FROM outbox WHERE name = 's'", [], |r| {
+                r.get(0)
+            })
             .expect("row");
         let json: serde_json::Value = serde_json::from_slice(&payload).expect("json");
         let ns: Vec<i64> = json

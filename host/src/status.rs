@@ -50,7 +50,8 @@ pub fn read(config: &Config) -> anyhow::Result<Status> {
             config.path.display()
         );
     }
-    let conn = crate::store::open_read_only(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let conn = crate::store::open_read_only(&db_path)
+        .with_context(|| format!("opening {}", db_path.display()))?;
     let now = now_ns() as i64;
     let apps = crate::store::app_rows(&conn)?
         .into_iter()
@@ -106,9 +107,17 @@ impl Status {
         if self.apps.is_empty() {
             let _ = writeln!(out, "no apps have run yet");
         } else {
-            let _ = writeln!(out, "{:<20} {:<12} {:>8}  {:<14} LAST ERROR", "APP", "STATE", "RESTARTS", "COMPONENT");
+            let _ = writeln!(
+                out,
+                "{:<20} {:<12} {:>8}  {:<14} LAST ERROR",
+                "APP", "STATE", "RESTARTS", "COMPONENT"
+            );
             for app in &self.apps {
-                let component = app.component.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-");
+                let component = app
+                    .component
+                    .as_deref()
+                    .map(|c| &c[..c.len().min(12)])
+                    .unwrap_or("-");
                 let _ = writeln!(
                     out,
                     "{:<20} {:<12} {:>8}  {:<14} {}",

@@ -137,7 +137,14 @@ pub fn set_app_state(
          ON CONFLICT (name) DO UPDATE SET state = excluded.state, detail = excluded.detail,
              restarts = excluded.restarts, updated_at = excluded.updated_at,
              component = excluded.component",
-        params![name, state, detail, restarts as i64, now_ns() as i64, component],
+        params![
+            name,
+            state,
+            detail,
+            restarts as i64,
+            now_ns() as i64,
+            component
+        ],
     )?;
     Ok(())
 }
@@ -204,7 +211,8 @@ mod tests {
         assert_eq!(rows[0].state, "quarantined");
         assert_eq!(rows[0].restarts, 3);
 
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
         let err = migrate(&conn).unwrap_err().to_string();
         assert!(err.contains("newer than this wasmgate"), "{err}");
     }
@@ -216,7 +224,10 @@ mod tests {
         migrate(&conn).expect("migrate");
         assert_eq!(saved_state(&conn, "a").expect("read"), None);
         put_saved_state(&conn, "a", b"hello").expect("put");
-        assert_eq!(saved_state(&conn, "a").expect("read"), Some(b"hello".to_vec()));
+        assert_eq!(
+            saved_state(&conn, "a").expect("read"),
+            Some(b"hello".to_vec())
+        );
         clear_saved_state(&conn, "a").expect("clear");
         assert_eq!(saved_state(&conn, "a").expect("read"), None);
     }

@@ -8,6 +8,7 @@
 //! through cap-std (inside wasmtime-wasi), which refuses `..`, absolute paths
 //! and symlinks that lead out of the preopened directory.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -25,11 +26,15 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 use crate::app::AppCtx;
 
 /// The guest's WASI context: its directory at `/`, stdio into the log.
-pub fn context(app: &Arc<str>, dir: &Path, last_stderr: &Arc<Mutex<String>>) -> anyhow::Result<WasiCtx> {
+pub fn context(app: &Arc<str>, dir: &Path, stderr_tail: &StderrTail) -> anyhow::Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .stdout(GuestOutput::new(app.clone(), Stream::Stdout, None))
-        .stderr(GuestOutput::new(app.clone(), Stream::Stderr, Some(last_stderr.clone())))
+        .stderr(GuestOutput::new(
+            app.clone(),
+            Stream::Stderr,
+            Some(stderr_tail.clone()),
+        ))
         .preopened_dir(dir, "/", FsPerms::ReadWrite)?;
     Ok(builder.build())
 }
@@ -81,19 +86,63 @@ enum Stream {
     Stderr,
 }
 
-/// A guest's stdout or stderr: complete lines become log lines of the app
-/// (stdout at info, stderr at warn). Stderr's last line is also kept so a
+/// The last lines a guest wrote to stderr during the current call, so that a
 /// crash report can say what the guest printed before it trapped (a Rust
 /// panic message, for example).
+#[derive(Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+/// Lines a crash report quotes.
+const TAIL_LINES: usize = 3;
+
+impl StderrTail {
+    fn push(&self, line: &str) {
+        // Rust's hint about RUST_BACKTRACE says nothing about the crash.
+        if line.starts_with("note: run with `RUST_BACKTRACE") {
+            return;
+        }
+        if let Ok(mut tail) = self.0.lock() {
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.to_string());
+        }
+    }
+
+    /// Forget earlier calls' output.
+    pub fn clear(&self) {
+        if let Ok(mut tail) = self.0.lock() {
+            tail.clear();
+        }
+    }
+
+    /// The kept lines joined with " / ", if any.
+    pub fn summary(&self) -> Option<String> {
+        let tail = self.0.lock().ok()?;
+        (!tail.is_empty()).then(|| {
+            tail.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" / ")
+        })
+    }
+}
+
+/// A guest's stdout or stderr: complete lines become log lines of the app
+/// (stdout at info, stderr at warn); stderr also feeds the [`StderrTail`].
 struct GuestOutput {
     app: Arc<str>,
     stream: Stream,
-    last_line: Option<Arc<Mutex<String>>>,
+    last_lines: Option<StderrTail>,
 }
 
 impl GuestOutput {
-    fn new(app: Arc<str>, stream: Stream, last_line: Option<Arc<Mutex<String>>>) -> Self {
-        GuestOutput { app, stream, last_line }
+    fn new(app: Arc<str>, stream: Stream, last_lines: Option<StderrTail>) -> Self {
+        GuestOutput {
+            app,
+            stream,
+            last_lines,
+        }
     }
 }
 
@@ -108,7 +157,7 @@ impl StdoutStream for GuestOutput {
         Box::new(LineWriter {
             app: self.app.clone(),
             stream: self.stream,
-            last_line: self.last_line.clone(),
+            last_lines: self.last_lines.clone(),
             buf: Vec::new(),
         })
     }
@@ -117,7 +166,7 @@ impl StdoutStream for GuestOutput {
 struct LineWriter {
     app: Arc<str>,
     stream: Stream,
-    last_line: Option<Arc<Mutex<String>>>,
+    last_lines: Option<StderrTail>,
     buf: Vec<u8>,
 }
 
@@ -133,17 +182,18 @@ impl LineWriter {
             Stream::Stdout => tracing::info!(app = %app, stream = "stdout", "{text}"),
             Stream::Stderr => tracing::warn!(app = %app, stream = "stderr", "{text}"),
         }
-        if let Some(last) = &self.last_line
-            && let Ok(mut last) = last.lock()
-        {
-            last.clear();
-            last.push_str(text);
+        if let Some(tail) = &self.last_lines {
+            tail.push(text);
         }
     }
 }
 
 impl AsyncWrite for LineWriter {
-    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.buf.extend_from_slice(data);
         while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=end).collect();

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::{AppCtx, AppEvent, AppHandle, AppLimiter, AppState, AppStatus, DeadlineExceeded, EVENT_QUEUE, MemoryLimitHit};
+use super::{
+    AppCtx, AppEvent, AppHandle, AppLimiter, AppState, AppStatus, DeadlineExceeded, EVENT_QUEUE,
+    MemoryLimitHit,
+};
 use crate::bindings::{App, AppPre};
 use crate::config::AppConfig;
 use crate::device::DeviceCtx;
@@ -21,6 +24,7 @@ use crate::model::DeviceModel;
 use crate::outbox::IngestSender;
 use crate::storage::StorageCtx;
 use crate::value::now_ns;
+use crate::wasi::StderrTail;
 
 /// Everything an actor needs to run one app.
 pub struct AppSpec {
@@ -35,7 +39,11 @@ pub struct AppSpec {
 }
 
 /// Start the app's actor on `tasks`; it runs until `cancel`.
-pub fn spawn(spec: AppSpec, cancel: CancellationToken, tasks: &mut JoinSet<()>) -> anyhow::Result<AppHandle> {
+pub fn spawn(
+    spec: AppSpec,
+    cancel: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<AppHandle> {
     let name: Arc<str> = spec.config.name.as_str().into();
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
     let (status_tx, status) = watch::channel(AppStatus {
@@ -77,7 +85,7 @@ struct Actor {
 struct Instance {
     store: Store<AppCtx>,
     app: App,
-    last_stderr: Arc<Mutex<String>>,
+    stderr_tail: StderrTail,
 }
 
 enum Ended {
@@ -99,7 +107,9 @@ impl Actor {
             let handed_over = previous.is_some();
             let ended = match self.start(previous.take()).await {
                 Ok(mut instance) => {
-                    if handed_over && let Err(e) = crate::store::clear_saved_state(&self.db, &self.name) {
+                    if handed_over
+                        && let Err(e) = crate::store::clear_saved_state(&self.db, &self.name)
+                    {
                         tracing::warn!(app = %self.name, "could not clear the saved state: {e}");
                     }
                     self.set_state(AppState::Running);
@@ -144,7 +154,11 @@ impl Actor {
         let window = Duration::from_secs(policy.window_s);
         let now = Instant::now();
         self.crashes.push_back(now);
-        while self.crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             self.crashes.pop_front();
         }
         let count = self.crashes.len() as u32;
@@ -158,7 +172,12 @@ impl Actor {
             return None;
         }
         let factor = 1u64 << (count - 1).min(20);
-        let backoff = Duration::from_millis(policy.backoff_initial_ms.saturating_mul(factor).min(policy.backoff_max_ms));
+        let backoff = Duration::from_millis(
+            policy
+                .backoff_initial_ms
+                .saturating_mul(factor)
+                .min(policy.backoff_max_ms),
+        );
         tracing::warn!(
             app = %self.name,
             "app crashed: {error}; restarting in {} ms (crash {count} of {} allowed within {}s)",
@@ -179,7 +198,10 @@ impl Actor {
         let mut instance = self.instantiate().await?;
         let config = self.spec.config.config.clone();
         instance.arm(self.spec.config.call_timeout);
-        let result = instance.app.call_init(&mut instance.store, &config, previous.as_deref()).await;
+        let result = instance
+            .app
+            .call_init(&mut instance.store, &config, previous.as_deref())
+            .await;
         match instance.finish(result, "init", self.spec.config.call_timeout)? {
             Ok(()) => {
                 tracing::info!(
@@ -196,10 +218,11 @@ impl Actor {
 
     async fn instantiate(&mut self) -> Result<Instance, String> {
         let spec = &self.spec;
-        let last_stderr = Arc::new(Mutex::new(String::new()));
-        let open = || crate::store::open(&spec.db_path).map_err(|e| format!("opening the database: {e}"));
+        let stderr_tail = StderrTail::default();
+        let open =
+            || crate::store::open(&spec.db_path).map_err(|e| format!("opening the database: {e}"));
         let ctx = AppCtx {
-            wasi: crate::wasi::context(&self.name, &spec.files_dir, &last_stderr)
+            wasi: crate::wasi::context(&self.name, &spec.files_dir, &stderr_tail)
                 .map_err(|e| format!("preparing WASI: {e:#}"))?,
             table: ResourceTable::new(),
             limiter: AppLimiter {
@@ -238,8 +261,12 @@ impl Actor {
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| describe(&e, "instantiation", &last_stderr))?;
-        Ok(Instance { store, app, last_stderr })
+            .map_err(|e| describe(&e, "instantiation", &stderr_tail))?;
+        Ok(Instance {
+            store,
+            app,
+            stderr_tail,
+        })
     }
 
     async fn serve(&mut self, instance: &mut Instance, cancel: &CancellationToken) -> Ended {
@@ -321,25 +348,35 @@ impl Actor {
 impl Instance {
     /// Set the deadline for the next export call.
     fn arm(&mut self, timeout: Duration) {
-        if let Ok(mut last) = self.last_stderr.lock() {
-            last.clear();
-        }
+        self.stderr_tail.clear();
         self.store.data_mut().deadline = Instant::now() + timeout;
         self.store.set_epoch_deadline(1);
     }
 
     /// After an export call: hand over buffered points and turn a trap into
     /// a crash report.
-    fn finish<T>(&mut self, result: wasmtime::Result<T>, call: &str, _timeout: Duration) -> Result<T, String> {
+    fn finish<T>(
+        &mut self,
+        result: wasmtime::Result<T>,
+        call: &str,
+        _timeout: Duration,
+    ) -> Result<T, String> {
         self.store.data_mut().device.flush();
-        result.map_err(|e| describe(&e, call, &self.last_stderr))
+        result.map_err(|e| describe(&e, call, &self.stderr_tail))
     }
 
     async fn handle(&mut self, event: AppEvent, timeout: Duration) -> Result<(), String> {
         match event {
-            AppEvent::Desired { device, changes, reply } => {
+            AppEvent::Desired {
+                device,
+                changes,
+                reply,
+            } => {
                 self.arm(timeout);
-                let result = self.app.call_on_desired(&mut self.store, &device, &changes).await;
+                let result = self
+                    .app
+                    .call_on_desired(&mut self.store, &device, &changes)
+                    .await;
                 match self.finish(result, "on-desired", timeout) {
                     Ok(outcome) => {
                         let _ = reply.send(outcome);
@@ -351,7 +388,12 @@ impl Instance {
                     }
                 }
             }
-            AppEvent::Action { device, name, argument, reply } => {
+            AppEvent::Action {
+                device,
+                name,
+                argument,
+                reply,
+            } => {
                 self.arm(timeout);
                 let result = self
                     .app
@@ -373,7 +415,7 @@ impl Instance {
 }
 
 /// Say why a call failed, for the log, the app's state and the cloud.
-fn describe(error: &wasmtime::Error, call: &str, last_stderr: &Mutex<String>) -> String {
+fn describe(error: &wasmtime::Error, call: &str, stderr_tail: &StderrTail) -> String {
     let mut text = if let Some(deadline) = error.downcast_ref::<DeadlineExceeded>() {
         format!("{call}: {deadline}")
     } else if let Some(memory) = error.downcast_ref::<MemoryLimitHit>() {
@@ -383,10 +425,8 @@ fn describe(error: &wasmtime::Error, call: &str, last_stderr: &Mutex<String>) ->
     } else {
         format!("{call} failed: {error}")
     };
-    if let Ok(last) = last_stderr.lock()
-        && !last.is_empty()
-    {
-        text.push_str(&format!(" (last stderr line: {})", last.as_str()));
+    if let Some(tail) = stderr_tail.summary() {
+        text.push_str(&format!(" (guest stderr: {tail})"));
     }
     text
 }

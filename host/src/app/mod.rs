@@ -58,7 +58,12 @@ pub struct AppLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ResourceLimiter for AppLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             return Err(MemoryLimitHit {
                 limit: self.memory_limit,
@@ -69,7 +74,12 @@ impl ResourceLimiter for AppLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -80,10 +90,15 @@ pub enum AppState {
     Starting,
     Running,
     /// Crashed; waiting `retry_in` before the next start.
-    Restarting { error: String, retry_in: Duration },
+    Restarting {
+        error: String,
+        retry_in: Duration,
+    },
     /// Crashed too often; left stopped until the gateway restarts or the
     /// app is deployed again.
-    Quarantined { error: String },
+    Quarantined {
+        error: String,
+    },
     Stopped,
 }
 
@@ -153,16 +168,36 @@ impl AppHandle {
     }
 
     /// Deliver desired changes (already checked against the model).
-    pub async fn desired(&self, device: String, changes: Vec<(String, Value)>) -> Result<(), String> {
+    pub async fn desired(
+        &self,
+        device: String,
+        changes: Vec<(String, Value)>,
+    ) -> Result<(), String> {
         let (reply, outcome) = oneshot::channel();
-        self.send(AppEvent::Desired { device, changes, reply }).await?;
+        self.send(AppEvent::Desired {
+            device,
+            changes,
+            reply,
+        })
+        .await?;
         outcome.await.map_err(|_| self.gone())?
     }
 
     /// Invoke an action (its argument already checked against the model).
-    pub async fn action(&self, device: String, name: String, argument: Option<Value>) -> Result<Option<Value>, String> {
+    pub async fn action(
+        &self,
+        device: String,
+        name: String,
+        argument: Option<Value>,
+    ) -> Result<Option<Value>, String> {
         let (reply, outcome) = oneshot::channel();
-        self.send(AppEvent::Action { device, name, argument, reply }).await?;
+        self.send(AppEvent::Action {
+            device,
+            name,
+            argument,
+            reply,
+        })
+        .await?;
         outcome.await.map_err(|_| self.gone())?
     }
 

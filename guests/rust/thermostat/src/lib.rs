@@ -101,12 +101,19 @@ impl App for Thermostat {
         }
         self.ticks += 1;
         if let Err(e) = storage::set(TICKS_KEY, &self.ticks.to_le_bytes()) {
-            warn!("could not store the tick counter: {e}");
+            warn!(
+                "could not store the tick counter: {}: {}",
+                e.kind(),
+                e.message()
+            );
         }
 
-        let point = [field("temperature", temperature), field("humidity", humidity)];
+        let point = [
+            field("temperature", temperature),
+            field("humidity", humidity),
+        ];
         if let Err(e) = device.record("climate", None, &point) {
-            warn!("record refused: {e}");
+            warn!("record refused: {}: {}", e.kind(), e.message());
         }
         let attributes = [
             field("temperature", temperature),
@@ -115,12 +122,12 @@ impl App for Thermostat {
             field("ticks", self.ticks as i64),
         ];
         if let Err(e) = device.report(&attributes) {
-            warn!("report refused: {e}");
+            warn!("report refused: {}: {}", e.kind(), e.message());
         }
         if temperature > self.overheat_at {
             let values = [field("temperature", temperature)];
             if let Err(e) = device.alert("overheat", Severity::Warning, &values) {
-                warn!("alert refused: {e}");
+                warn!("alert refused: {}: {}", e.kind(), e.message());
             }
         }
         info!(
@@ -154,7 +161,8 @@ impl App for Thermostat {
             "reset" => {
                 let before = self.ticks;
                 self.ticks = 0;
-                storage::set(TICKS_KEY, &0u64.to_le_bytes()).map_err(|e| e.to_string())?;
+                storage::set(TICKS_KEY, &0u64.to_le_bytes())
+                    .map_err(|e| e.message().to_string())?;
                 info!("reset: tick counter was {before}");
                 Ok(Some(Value::Integer(before as i64)))
             }

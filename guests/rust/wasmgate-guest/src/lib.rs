@@ -25,6 +25,7 @@
 
 /// The bindings generated from `wit/` for the `wasmgate:device/app` world.
 /// `export_app!` is public so that app crates can export their `Guest` type.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "app",
@@ -166,6 +167,24 @@ impl From<Vec<u8>> for Value {
     }
 }
 
+impl Error {
+    /// What kind of refusal this is: `invalid`, `limit` or `unavailable`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid",
+            Error::Limit(_) => "limit",
+            Error::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The host's explanation.
+    pub fn message(&self) -> &str {
+        match self {
+            Error::Invalid(m) | Error::Limit(m) | Error::Unavailable(m) => m,
+        }
+    }
+}
+
 /// Write a line to the app's log.
 pub fn log(level: Level, message: &str) {
     wasmgate::device::log::log(level, message);
@@ -238,12 +257,15 @@ macro_rules! app {
                     device: ::std::string::String,
                     name: ::std::string::String,
                     argument: ::std::option::Option<$crate::Value>,
-                ) -> ::std::result::Result<::std::option::Option<$crate::Value>, ::std::string::String> {
+                ) -> ::std::result::Result<
+                    ::std::option::Option<$crate::Value>,
+                    ::std::string::String,
+                > {
                     with_app(|app| $crate::App::on_action(app, device, name, argument))
                 }
             }
 
-            $crate::export_app!(Exports with_types_in $crate::bindings);
+            $crate::export_app! { Exports with_types_in $crate::bindings }
         };
     };
 }

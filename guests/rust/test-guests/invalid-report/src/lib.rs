@@ -9,7 +9,7 @@ struct InvalidReport;
 fn outcome(r: Result<(), wasmgate_guest::Error>) -> String {
     match r {
         Ok(()) => "accepted".to_string(),
-        Err(e) => format!("refused ({e})"),
+        Err(e) => format!("refused ({}: {})", e.kind(), e.message()),
     }
 }
 
@@ -20,17 +20,32 @@ impl App for InvalidReport {
 
     fn on_tick(&mut self, _now: Timestamp) {
         let d = this_device();
-        info!("out-of-range: {}", outcome(d.report(&[field("level", 250.0)])));
-        info!("wrong-type: {}", outcome(d.report(&[field("level", "high")])));
+        info!(
+            "out-of-range: {}",
+            outcome(d.report(&[field("level", 250.0)]))
+        );
+        info!(
+            "wrong-type: {}",
+            outcome(d.report(&[field("level", "high")]))
+        );
         info!("unknown: {}", outcome(d.report(&[field("colour", "red")])));
-        info!("not-finite: {}", outcome(d.report(&[field("level", f64::NAN)])));
+        info!(
+            "not-finite: {}",
+            outcome(d.report(&[field("level", f64::NAN)]))
+        );
         // One bad attribute spoils the whole report: `level` must not be stored.
         info!(
             "mixed: {}",
             outcome(d.report(&[field("level", 10.0), field("enabled", Value::Integer(1))]))
         );
-        info!("series-field: {}", outcome(d.record("levels", None, &[field("depth", 1.0)])));
-        info!("series-unknown: {}", outcome(d.record("nope", None, &[field("level", 1.0)])));
+        info!(
+            "series-field: {}",
+            outcome(d.record("levels", None, &[field("depth", 1.0)]))
+        );
+        info!(
+            "series-unknown: {}",
+            outcome(d.record("nope", None, &[field("level", 1.0)]))
+        );
         info!(
             "alert-unknown: {}",
             outcome(d.alert("meltdown", Severity::Critical, &[]))

@@ -17,7 +17,7 @@ impl App for MemoryBomb {
         loop {
             // Touch every page so the allocation is real.
             self.hoard.push(vec![0xa5; 1 << 20]);
-            if self.hoard.len() % 16 == 0 {
+            if self.hoard.len().is_multiple_of(16) {
                 info!("holding {} MiB", self.hoard.len());
             }
         }

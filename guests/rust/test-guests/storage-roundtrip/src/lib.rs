@@ -9,11 +9,12 @@ struct StorageRoundtrip {
 }
 
 fn load_counter() -> Result<i64, String> {
-    match storage::get("counter").map_err(|e| e.to_string())? {
+    match storage::get("counter").map_err(|e| e.message().to_string())? {
         None => Ok(0),
         Some(bytes) => {
             let text = String::from_utf8(bytes).map_err(|e| e.to_string())?;
-            text.parse().map_err(|e| format!("bad counter {text:?}: {e}"))
+            text.parse()
+                .map_err(|e| format!("bad counter {text:?}: {e}"))
         }
     }
 }
@@ -33,7 +34,7 @@ impl App for StorageRoundtrip {
         self.counter += 1;
         let n = self.counter;
         if let Err(e) = storage::set("counter", n.to_string().as_bytes()) {
-            warn!("set counter failed: {e}");
+            warn!("set counter failed: {}: {}", e.kind(), e.message());
             return;
         }
         // A round trip through every call; the result goes to the log.

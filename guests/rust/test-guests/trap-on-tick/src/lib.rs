@@ -11,7 +11,10 @@ struct TrapOnTick {
 impl App for TrapOnTick {
     fn init(config: Config, _previous: Option<Vec<u8>>) -> Result<Self, String> {
         info!("trap-on-tick started");
-        Ok(TrapOnTick { healthy_ticks: config.parse_or("healthy_ticks", 0)?, ticks: 0 })
+        Ok(TrapOnTick {
+            healthy_ticks: config.parse_or("healthy_ticks", 0)?,
+            ticks: 0,
+        })
     }
 
     fn on_tick(&mut self, _now: Timestamp) {

@@ -1,0 +1,276 @@
+//! Test harness: builds the real guests, writes a real `gateway.toml`, starts
+//! the real `wasmgate` binary, and reads its log and its SQLite file.
+//!
+//! Each test binary includes this module; not every binary uses every helper.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// The wasmgate binary cargo built for this test run.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wasmgate"))
+}
+
+/// Build the guests (once per test binary; cargo serialises concurrent
+/// builds) and return the path of the named component.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(root().join("guests/build"))
+            .arg("rust")
+            .status()
+            .expect("guests/build runs");
+        assert!(status.success(), "guests/build failed");
+    });
+    let path = root()
+        .join("guests/rust/target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "no guest component at {}", path.display());
+    path
+}
+
+/// A device model used by the tests, from tests/models.
+pub fn model(name: &str) -> PathBuf {
+    root().join("tests/models").join(format!("{name}.json"))
+}
+
+/// A gateway under test: its own temporary directory with config and data.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    apps: Vec<String>,
+    gateway_extra: String,
+}
+
+impl Gateway {
+    pub fn new() -> Gateway {
+        Gateway {
+            dir: tempfile::tempdir().expect("tempdir"),
+            apps: Vec::new(),
+            gateway_extra: String::new(),
+        }
+    }
+
+    /// Add an app: `extra` is more TOML for its `[[app]]` table.
+    pub fn app(mut self, name: &str, component: &Path, model: &Path, extra: &str) -> Gateway {
+        self.apps.push(format!(
+            "[[app]]\nname = \"{name}\"\ncomponent = \"{}\"\nmodel = \"{}\"\n{extra}\n",
+            component.display(),
+            model.display()
+        ));
+        self
+    }
+
+    /// More TOML for the `[gateway]` table.
+    pub fn gateway(mut self, extra: &str) -> Gateway {
+        self.gateway_extra.push_str(extra);
+        self.gateway_extra.push('\n');
+        self
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data/wasmgate.db")
+    }
+
+    /// Write gateway.toml (again) from what was added.
+    pub fn write_config(&self) {
+        let text = format!(
+            "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\n{}\n{}",
+            self.gateway_extra,
+            self.apps.join("\n")
+        );
+        std::fs::write(self.config_path(), text).expect("write gateway.toml");
+    }
+
+    /// Start `wasmgate run` on this gateway's config.
+    pub fn start(&self) -> Running {
+        self.write_config();
+        Running::spawn(&self.config_path())
+    }
+
+    /// Open the gateway's database (read-only use).
+    pub fn db(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.db_path()).expect("open the gateway's database");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        conn
+    }
+
+    /// `wasmgate status --json` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(binary())
+            .args(["status", "--json", "--config"])
+            .arg(self.config_path())
+            .output()
+            .expect("wasmgate status runs");
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status prints JSON")
+    }
+}
+
+/// A running `wasmgate` process and everything it has logged so far.
+pub struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    pub fn spawn(config: &Path) -> Running {
+        let mut child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wasmgate");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("  | {line}");
+                    lines.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        Running { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("log lock").clone()
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait until a line contains `needle`; return it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_until(timeout, needle, |lines| {
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Wait until `check` finds something in the log.
+    pub fn wait_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = check(&self.lines()) {
+                return found;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the reader threads a moment to collect the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(found) = check(&self.lines()) {
+                    return found;
+                }
+                panic!("wasmgate exited ({status}) before the log showed {what:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what:?} in the log"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wasmgate did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `wasmgate` with `args` to completion: (success, stdout, stderr).
+pub fn run_to_end(args: &[&str], config: &Path) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .arg(config)
+        .output()
+        .expect("wasmgate runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parse a number that follows `key=` in a log line.
+pub fn field_after(line: &str, key: &str) -> Option<i64> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    let digits: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+/// The highest `counter=N` logged by the storage-roundtrip guest so far.
+pub fn last_counter(lines: &[String]) -> Option<i64> {
+    lines
+        .iter()
+        .filter(|l| l.contains("roundtrip="))
+        .filter_map(|l| field_after(l, "counter"))
+        .max()
+}

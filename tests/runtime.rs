@@ -1,0 +1,262 @@
+//! The gateway runs real guests end to end: ticks become outbox entries and
+//! twin state, key-value data and the twin survive restarts (clean and
+//! `kill -9`), unchanged components come from the compile cache, and
+//! `wasmgate status` tells what the data directory holds.
+
+mod common;
+
+use common::{Gateway, guest, last_counter, model, run_to_end};
+use std::time::Duration;
+
+const FAST: &str = "tick_interval_ms = 50";
+
+fn counter_gateway() -> Gateway {
+    Gateway::new().app(
+        "counter",
+        &guest("storage-roundtrip"),
+        &model("counter"),
+        FAST,
+    )
+}
+
+/// Every point the guest recorded, in outbox order, as the `n` field.
+fn recorded_counts(gw: &Gateway) -> Vec<i64> {
+    let db = gw.db();
+    let mut stmt = db
+        .prepare("SELECT payload FROM outbox WHERE kind = 'telemetry' AND device = 'counter' AND name = 'count' ORDER BY seq")
+        .expect("query");
+    let payloads: Vec<Vec<u8>> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("payloads");
+    payloads
+        .iter()
+        .flat_map(|p| {
+            let points: serde_json::Value = serde_json::from_slice(p).expect("payload is JSON");
+            points
+                .as_array()
+                .expect("a batch is an array of points")
+                .iter()
+                .map(|point| {
+                    assert!(
+                        point["time"].as_u64().expect("time") > 1_600_000_000_000_000_000,
+                        "time is in ns"
+                    );
+                    point["values"]["n"].as_i64().expect("n")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn reported(gw: &Gateway, device: &str, name: &str) -> Option<String> {
+    gw.db()
+        .query_row(
+            "SELECT reported FROM twin WHERE device = ?1 AND name = ?2",
+            [device, name],
+            |r| r.get(0),
+        )
+        .ok()
+}
+
+#[test]
+fn ticks_produce_outbox_entries_with_the_right_values() {
+    let gw = counter_gateway();
+    let mut run = gw.start();
+    run.wait_for(
+        "counter=10 roundtrip=true record=true report=true",
+        Duration::from_secs(30),
+    );
+    assert!(run.stop().success());
+
+    let last = last_counter(&run.lines()).expect("counter logged");
+    let counts = recorded_counts(&gw);
+    assert_eq!(
+        counts,
+        (1..=last).collect::<Vec<_>>(),
+        "every tick's point, once, in order"
+    );
+    assert_eq!(reported(&gw, "counter", "counter"), Some(last.to_string()));
+
+    // One twin report per tick, with increasing versions.
+    let db = gw.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT payload FROM outbox WHERE kind = 'twin' AND device = 'counter' ORDER BY seq",
+        )
+        .expect("query");
+    let versions: Vec<i64> = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .expect("rows")
+        .map(|p| {
+            let json: serde_json::Value = serde_json::from_slice(&p.expect("row")).expect("json");
+            assert!(json["attributes"]["counter"].is_i64());
+            json["version"].as_i64().expect("version")
+        })
+        .collect();
+    assert_eq!(versions, (1..=last).collect::<Vec<_>>());
+}
+
+#[test]
+fn kv_data_and_twin_state_survive_clean_and_hard_restarts() {
+    let gw = counter_gateway();
+    let mut run = gw.start();
+    run.wait_for("counter=5 roundtrip=true", Duration::from_secs(30));
+    assert!(run.stop().success());
+    let after_first = last_counter(&run.lines()).expect("counter");
+    assert!(after_first >= 5);
+
+    // A clean restart: the guest reads its counter and its reported twin back.
+    let mut run = gw.start();
+    let started = run.wait_for("storage-roundtrip started", Duration::from_secs(30));
+    assert!(
+        started.contains(&format!("counter={after_first} ")),
+        "counter restored from storage: {started}"
+    );
+    assert!(
+        started.contains(&format!("reported=Some(Value::Integer({after_first}))")),
+        "{started}"
+    );
+    run.wait_for(
+        &format!("counter={} roundtrip=true", after_first + 3),
+        Duration::from_secs(30),
+    );
+
+    // kill -9: storage writes are durable when `set` returns, so the next
+    // start sees at least the last counter the guest logged.
+    let logged = last_counter(&run.lines()).expect("counter");
+    run.kill9();
+    let mut run = gw.start();
+    let started = run.wait_for("storage-roundtrip started", Duration::from_secs(30));
+    let restored = common::field_after(&started, "counter").expect("counter in the start line");
+    assert!(
+        restored >= logged,
+        "restored {restored} < logged {logged} after kill -9"
+    );
+    run.wait_for(
+        &format!("counter={} roundtrip=true", restored + 1),
+        Duration::from_secs(30),
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn a_restart_with_unchanged_components_does_not_recompile() {
+    let gw = counter_gateway();
+    let mut run = gw.start();
+    run.wait_for("compiled component", Duration::from_secs(60));
+    run.wait_for("counter=1 ", Duration::from_secs(30));
+    assert!(run.stop().success());
+
+    let mut run = gw.start();
+    run.wait_for("from the compile cache", Duration::from_secs(30));
+    run.wait_for("app started", Duration::from_secs(30));
+    assert_eq!(
+        run.count("compiled component"),
+        0,
+        "nothing was compiled on the second start"
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn the_thermostat_example_records_reports_and_alerts() {
+    let gw = Gateway::new().app(
+        "thermostat",
+        &guest("thermostat"),
+        &common::root().join("examples/thermostat/thermostat.model.json"),
+        "tick_interval_ms = 20\n[app.config]\nstart_temperature = 19.0\noverheat_at = 20.0",
+    );
+    let mut run = gw.start();
+    run.wait_for("tick 40:", Duration::from_secs(30));
+    assert!(run.stop().success());
+
+    let db = gw.db();
+    let payloads: Vec<Vec<u8>> = db
+        .prepare(
+            "SELECT payload FROM outbox WHERE kind = 'telemetry' AND name = 'climate' ORDER BY seq",
+        )
+        .expect("query")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("payloads");
+    let points: Vec<serde_json::Value> = payloads
+        .iter()
+        .flat_map(|p| serde_json::from_slice::<Vec<serde_json::Value>>(p).expect("json"))
+        .collect();
+    assert!(points.len() >= 40, "a point per tick: {}", points.len());
+    for p in &points {
+        let t = p["values"]["temperature"].as_f64().expect("temperature");
+        let h = p["values"]["humidity"].as_f64().expect("humidity");
+        assert!(
+            (10.0..30.0).contains(&t) && (30.0..60.0).contains(&h),
+            "plausible reading {p}"
+        );
+    }
+    // Heating from 19 °C towards 21 °C passes 20 °C: the overheat alert fires.
+    let alerts: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE kind = 'alert' AND name = 'overheat'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("alerts");
+    assert!(alerts > 0, "overheat alerts raised");
+    let heating = reported(&gw, "thermostat", "heating").expect("heating reported");
+    assert!(heating == "true" || heating == "false");
+    assert_eq!(
+        reported(&gw, "thermostat", "setpoint").as_deref(),
+        Some("21.0")
+    );
+}
+
+#[test]
+fn status_reports_apps_and_outbox_of_a_running_and_a_stopped_gateway() {
+    let gw = counter_gateway();
+    gw.write_config();
+    let (ok, _, err) = run_to_end(&["status", "--config"], &gw.config_path());
+    assert!(!ok && err.contains("has not run yet"), "{err}");
+
+    let mut run = gw.start();
+    run.wait_for("counter=3 ", Duration::from_secs(30));
+    let status = gw.status();
+    assert_eq!(status["running_pid"].as_u64(), Some(u64::from(run.pid())));
+    assert_eq!(status["apps"][0]["name"], "counter");
+    assert_eq!(status["apps"][0]["state"], "running");
+    assert!(run.stop().success());
+
+    let status = gw.status();
+    assert!(status["running_pid"].is_null());
+    assert_eq!(status["apps"][0]["state"], "stopped");
+    let telemetry = status["outbox"]
+        .as_array()
+        .expect("outbox")
+        .iter()
+        .find(|o| o["kind"] == "telemetry" && o["name"] == "count")
+        .expect("the count series is in the outbox")
+        .clone();
+    assert!(telemetry["points"].as_i64().expect("points") >= 3);
+
+    let (ok, table, _) = run_to_end(&["status", "--config"], &gw.config_path());
+    assert!(ok);
+    assert!(
+        table.contains("counter") && table.contains("stopped") && table.contains("count"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_second_gateway_on_the_same_data_directory_is_refused() {
+    let gw = counter_gateway();
+    let mut first = gw.start();
+    first.wait_for("app started", Duration::from_secs(30));
+    let (ok, _, err) = run_to_end(&["run", "--config"], &gw.config_path());
+    assert!(!ok);
+    assert!(
+        err.contains("another wasmgate") && err.contains(&first.pid().to_string()),
+        "{err}"
+    );
+    assert!(first.stop().success());
+}

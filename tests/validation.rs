@@ -1,0 +1,144 @@
+//! Bad input gets a clear error and nothing of it is stored: values a guest
+//! reports against its device model, a malformed gateway.toml, a malformed
+//! model file, and a file that is not a component.
+
+mod common;
+
+use common::{Gateway, guest, model, run_to_end};
+use std::time::Duration;
+
+#[test]
+fn values_outside_the_model_are_refused_with_clear_errors_and_never_stored() {
+    let gw = Gateway::new().app(
+        "level",
+        &guest("invalid-report"),
+        &model("level"),
+        "tick_interval_ms = 100",
+    );
+    let mut run = gw.start();
+    run.wait_for("valid: accepted", Duration::from_secs(30));
+    let expect = [
+        "out-of-range: refused (invalid: attribute `level`: 250 is out of range [0, 100])",
+        "wrong-type: refused (invalid: attribute `level`: expected number, got text)",
+        "unknown: refused (invalid: unknown attribute `colour` (the model declares: enabled, level))",
+        "not-finite: refused (invalid: attribute `level`: NaN is not a finite number)",
+        "mixed: refused (invalid: attribute `enabled`: expected boolean, got integer)",
+        "series-field: refused (invalid: unknown field of series `levels`: `depth` (the model declares: level))",
+        "series-unknown: refused (invalid: unknown series `nope` (the model declares: levels))",
+        "alert-unknown: refused (invalid: unknown alert `meltdown` (the model declares: high))",
+    ];
+    for line in expect {
+        run.wait_for(line, Duration::from_secs(5));
+    }
+    // The host logs each refusal too, naming the app.
+    let refusal = run.wait_for(
+        "report refused: attribute `level`: 250 is out of range",
+        Duration::from_secs(5),
+    );
+    assert!(refusal.contains("level"), "{refusal}");
+    assert!(run.stop().success());
+
+    // Only the valid report reached the twin and the outbox.
+    let db = gw.db();
+    let twin: Vec<(String, String)> = db
+        .prepare("SELECT name, reported FROM twin WHERE device = 'level' ORDER BY name")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("twin");
+    assert_eq!(twin, vec![("level".to_string(), "42.0".to_string())]);
+    let bad_rows: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE kind != 'twin' OR CAST(payload AS TEXT) NOT LIKE '%\"level\":42.0%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(bad_rows, 0, "nothing refused was stored");
+}
+
+#[test]
+fn a_malformed_gateway_toml_fails_naming_the_file_line_and_key() {
+    let gw = Gateway::new();
+    let path = gw.config_path();
+    std::fs::write(
+        &path,
+        "[gateway]\nid = \"gw\"\n\n[[app]]\nname = \"a\"\ncomponnet = \"a.wasm\"\n",
+    )
+    .expect("write");
+    let (ok, _, err) = run_to_end(&["run", "--config"], &path);
+    assert!(!ok);
+    assert!(
+        err.contains(&path.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(err.contains("line 6"), "names the line: {err}");
+    assert!(
+        err.contains("unknown field `componnet`"),
+        "names the key: {err}"
+    );
+
+    std::fs::write(
+        &path,
+        "[gateway]\nid = \"gw\"\nflush_interval_ms = \"soon\"\n",
+    )
+    .expect("write");
+    let (ok, _, err) = run_to_end(&["run", "--config"], &path);
+    assert!(
+        !ok && err.contains("line 3") && err.contains("flush_interval_ms"),
+        "{err}"
+    );
+
+    let (ok, _, err) = run_to_end(&["run", "--config"], &gw.dir.path().join("missing.toml"));
+    assert!(
+        !ok && err.contains("missing.toml: cannot read the config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_malformed_model_fails_naming_the_file_and_the_problem() {
+    let gw = Gateway::new();
+    let bad = gw.dir.path().join("bad.model.json");
+    std::fs::write(
+        &bad,
+        r#"{"attributes": {"speed": {"type": "number", "range": [10, 1]}}}"#,
+    )
+    .expect("write");
+    let gw = gw.app("a", &guest("storage-roundtrip"), &bad, "");
+    gw.write_config();
+    let (ok, _, err) = run_to_end(&["run", "--config"], &gw.config_path());
+    assert!(!ok);
+    assert!(err.contains("bad.model.json"), "{err}");
+    assert!(
+        err.contains("attributes.speed.range: [10, 1] is not a range"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &bad,
+        "{\n  \"attributes\": {\n    \"speed\": {\"type\": \"number\",}\n  }\n}",
+    )
+    .expect("write");
+    let (ok, _, err) = run_to_end(&["run", "--config"], &gw.config_path());
+    assert!(
+        !ok && err.contains("bad.model.json") && err.contains("line 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused_at_start() {
+    let gw = Gateway::new();
+    let junk = gw.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm this is not a component").expect("write");
+    let gw = gw.app("junk", &junk, &model("empty"), "");
+    gw.write_config();
+    let (ok, _, err) = run_to_end(&["run", "--config"], &gw.config_path());
+    assert!(!ok);
+    assert!(
+        err.contains("app junk") && err.contains("is not a valid WebAssembly component"),
+        "{err}"
+    );
+}
