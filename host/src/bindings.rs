@@ -16,4 +16,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use wasmgate::device::types::{Error as GuestError, Point, Severity, Time};
+pub use self::wasmgate::device::types::{Error as GuestError, Point, Severity, Time};

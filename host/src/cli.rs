@@ -19,6 +19,15 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run a gateway for development: as `run`, but with the embedded MQTT
+    /// broker on 127.0.0.1:1883 if the config has no [cloud].
+    Dev {
+        /// The gateway's config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Speak the cloud protocol through a broker, as the operator does.
+    Cloud(CloudArgs),
     /// Show a gateway's apps and outbox, whether it is running or not.
     Status {
         /// The gateway's config file.
@@ -27,5 +36,73 @@ pub enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// How the operator reaches the broker.
+#[derive(Debug, clap::Args)]
+pub struct CloudArgs {
+    /// The broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
+    #[arg(long, env = "WASMGATE_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    #[arg(long, env = "WASMGATE_USERNAME")]
+    pub username: Option<String>,
+    #[arg(long, env = "WASMGATE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// PEM CA certificates to trust (mqtts).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM client key, for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// How long to wait for the broker and for answers, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: CloudCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudCommand {
+    /// Print telemetry, alerts, twins and statuses as they arrive.
+    Watch {
+        /// Only this gateway.
+        gateway: Option<String>,
+    },
+    /// List gateways (online or not), their apps and devices.
+    Devices,
+    /// Read or set a device's twin.
+    Twin {
+        #[command(subcommand)]
+        command: TwinCommand,
+    },
+    /// Invoke an action and print its result (exit status 1 on an error).
+    Call {
+        /// GATEWAY/DEVICE
+        target: String,
+        action: String,
+        /// The argument: JSON (21.5, true, "text") or plain text.
+        argument: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TwinCommand {
+    /// Print the device's reported attributes.
+    Get {
+        /// GATEWAY/DEVICE
+        target: String,
+    },
+    /// Set desired attributes and print what the gateway accepted (exit
+    /// status 1 if anything was rejected).
+    Set {
+        /// GATEWAY/DEVICE
+        target: String,
+        /// NAME=VALUE, the value as JSON or plain text.
+        #[arg(required = true)]
+        values: Vec<String>,
     },
 }

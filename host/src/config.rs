@@ -33,8 +33,62 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct File {
     gateway: GatewaySection,
+    #[serde(default)]
+    cloud: Option<CloudSection>,
     #[serde(default, rename = "app")]
     apps: Vec<AppSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudSection {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    embedded: bool,
+    #[serde(default = "default_embedded_listen")]
+    embedded_listen: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive_s")]
+    keep_alive_s: u64,
+    #[serde(default = "default_backoff_initial_ms")]
+    backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    backoff_max_ms: u64,
+    #[serde(default = "default_max_inflight")]
+    max_inflight: u16,
+    #[serde(default = "default_status_interval_s")]
+    status_interval_s: u64,
+}
+
+fn default_embedded_listen() -> String {
+    "127.0.0.1:1883".into()
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+fn default_backoff_initial_ms() -> u64 {
+    500
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+fn default_max_inflight() -> u16 {
+    32
+}
+fn default_status_interval_s() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,7 +176,119 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long recorded points may wait in memory before they are committed.
     pub flush_interval: Duration,
+    /// The cloud link; `None` runs offline (everything stays in the outbox).
+    pub cloud: Option<CloudConfig>,
     pub apps: Vec<AppConfig>,
+}
+
+/// The cloud link, as gateway.toml's `[cloud]` gives it.
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    pub broker: BrokerSettings,
+    /// Run an in-process broker listening here, and connect to it.
+    pub embedded: Option<std::net::SocketAddr>,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Publishes awaiting the broker's acknowledgement at once.
+    pub max_inflight: u16,
+    /// How often the retained status is refreshed (it is also sent on every change).
+    pub status_interval: Duration,
+}
+
+impl CloudConfig {
+    /// The embedded broker on 127.0.0.1:1883 with default settings (`wasmgate dev`).
+    pub fn embedded(gateway_id: &str) -> CloudConfig {
+        let section = CloudSection {
+            url: None,
+            embedded: true,
+            embedded_listen: default_embedded_listen(),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            keep_alive_s: default_keep_alive_s(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            max_inflight: default_max_inflight(),
+            status_interval_s: default_status_interval_s(),
+        };
+        // The defaults are valid by construction.
+        cloud_config(section, gateway_id, &|p: &Path| p.to_path_buf()).unwrap_or_else(|(k, m)| unreachable!("{k}: {m}"))
+    }
+}
+
+/// How to reach and log in to an MQTT broker (the gateway's link and the
+/// operator's `wasmgate cloud` commands share this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA certificates to trust (required for `mqtts://`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+}
+
+impl BrokerSettings {
+    /// Settings from a `mqtt://host[:port]` or `mqtts://host[:port]` URL.
+    pub fn from_url(url: &str, client_id: &str) -> Result<BrokerSettings, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!("{url:?} is not an mqtt:// or mqtts:// URL"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("{url:?}: {port:?} is not a port number"))?,
+            ),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("{url:?}: no host name"));
+        }
+        Ok(BrokerSettings {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+            tls,
+            client_id: client_id.to_string(),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            keep_alive: Duration::from_secs(30),
+        })
+    }
+
+    /// Check the TLS settings hang together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("cert_file and key_file go together (mutual TLS needs both)".into());
+        }
+        if !self.tls && (self.ca_file.is_some() || self.cert_file.is_some()) {
+            return Err("ca_file, cert_file and key_file need an mqtts:// url".into());
+        }
+        if self.tls && self.ca_file.is_none() {
+            return Err("an mqtts:// url needs ca_file: the CA certificates to trust".into());
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err("a password needs a username".into());
+        }
+        Ok(())
+    }
 }
 
 /// One app as the gateway runs it.
@@ -272,11 +438,16 @@ impl Config {
                 name: app.name,
             });
         }
+        let cloud = match file.cloud {
+            None => None,
+            Some(cloud) => Some(cloud_config(cloud, &file.gateway.id, &resolve).map_err(|(k, m)| invalid(k, m))?),
+        };
         Ok(Config {
             path: path.to_path_buf(),
             gateway_id: file.gateway.id,
             data_dir: resolve(&file.gateway.data_dir),
             flush_interval: Duration::from_millis(file.gateway.flush_interval_ms),
+            cloud,
             apps,
         })
     }
@@ -285,6 +456,63 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("wasmgate.db")
     }
+}
+
+/// Check `[cloud]`; errors are (key, message).
+fn cloud_config(
+    cloud: CloudSection,
+    gateway_id: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<CloudConfig, (String, String)> {
+    let key = |k: &str| format!("cloud.{k}");
+    let client_id = cloud.client_id.clone().unwrap_or_else(|| gateway_id.to_string());
+    let (mut broker, embedded) = match (&cloud.url, cloud.embedded) {
+        (Some(_), true) => {
+            return Err((key("embedded"), "give either url or embedded = true, not both".into()));
+        }
+        (None, false) => {
+            return Err((key("url"), "give the broker's url, or embedded = true for an in-process broker".into()));
+        }
+        (Some(url), false) => (BrokerSettings::from_url(url, &client_id).map_err(|m| (key("url"), m))?, None),
+        (None, true) => {
+            let addr: std::net::SocketAddr = cloud
+                .embedded_listen
+                .parse()
+                .map_err(|_| (key("embedded_listen"), format!("{:?} is not an address:port", cloud.embedded_listen)))?;
+            let url = format!("mqtt://{}", addr);
+            (BrokerSettings::from_url(&url, &client_id).map_err(|m| (key("embedded_listen"), m))?, Some(addr))
+        }
+    };
+    broker.username = cloud.username;
+    broker.password = cloud.password;
+    broker.ca_file = cloud.ca_file.as_deref().map(resolve);
+    broker.cert_file = cloud.cert_file.as_deref().map(resolve);
+    broker.key_file = cloud.key_file.as_deref().map(resolve);
+    if !(5..=3600).contains(&cloud.keep_alive_s) {
+        return Err((key("keep_alive_s"), format!("{} is not between 5 and 3600", cloud.keep_alive_s)));
+    }
+    broker.keep_alive = Duration::from_secs(cloud.keep_alive_s);
+    broker.check().map_err(|m| (key("url"), m))?;
+    if cloud.backoff_initial_ms == 0 || cloud.backoff_max_ms < cloud.backoff_initial_ms {
+        return Err((
+            key("backoff_initial_ms"),
+            "backoff_initial_ms must be positive and at most backoff_max_ms".into(),
+        ));
+    }
+    if !(1..=1000).contains(&cloud.max_inflight) {
+        return Err((key("max_inflight"), format!("{} is not between 1 and 1000", cloud.max_inflight)));
+    }
+    if cloud.status_interval_s == 0 {
+        return Err((key("status_interval_s"), "must be positive".into()));
+    }
+    Ok(CloudConfig {
+        broker,
+        embedded,
+        backoff_initial: Duration::from_millis(cloud.backoff_initial_ms),
+        backoff_max: Duration::from_millis(cloud.backoff_max_ms),
+        max_inflight: cloud.max_inflight,
+        status_interval: Duration::from_secs(cloud.status_interval_s),
+    })
 }
 
 #[cfg(test)]
@@ -378,5 +606,28 @@ mod tests {
                 .to_string()
                 .contains("gateway.id")
         );
+    }
+    #[test]
+    fn cloud_settings_are_checked() {
+        let cloud = |body: &str| parse(&format!("[gateway]\nid = \"gw\"\n[cloud]\n{body}\n"));
+        let c = cloud("url = \"mqtts://broker.example:8884\"\nca_file = \"ca.pem\"\nusername = \"u\"\npassword = \"p\"")
+            .expect("valid")
+            .cloud
+            .expect("cloud");
+        assert_eq!((c.broker.host.as_str(), c.broker.port, c.broker.tls), ("broker.example", 8884, true));
+        assert_eq!(c.broker.client_id, "gw");
+        assert_eq!(c.broker.ca_file.as_deref(), Some(Path::new("/etc/wg/ca.pem")));
+        let e = cloud("embedded = true").expect("valid").cloud.expect("cloud");
+        assert_eq!(e.embedded, Some("127.0.0.1:1883".parse().expect("addr")));
+        assert_eq!((e.broker.host.as_str(), e.broker.port, e.broker.tls), ("127.0.0.1", 1883, false));
+
+        let err = |body: &str| cloud(body).unwrap_err().to_string();
+        assert!(err("").contains("cloud.url: give the broker's url"));
+        assert!(err("url = \"http://x\"").contains("is not an mqtt:// or mqtts:// URL"));
+        assert!(err("url = \"mqtts://x\"").contains("needs ca_file"));
+        assert!(err("url = \"mqtt://x\"\nca_file = \"ca.pem\"").contains("need an mqtts:// url"));
+        assert!(err("url = \"mqtts://x\"\nca_file = \"c\"\ncert_file = \"c\"").contains("go together"));
+        assert!(err("url = \"mqtt://x:99999\"").contains("is not a port number"));
+        assert!(err("url = \"mqtt://x\"\nembedded = true").contains("not both"));
     }
 }

@@ -10,6 +10,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
+use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::app::AppCtx;
@@ -39,6 +40,8 @@ pub struct DeviceCtx {
     model: Arc<DeviceModel>,
     db: Connection,
     ingest: IngestSender,
+    /// Signalled when a report or alert is in the outbox.
+    outbox_signal: Arc<Notify>,
     pending: Vec<Batch>,
     pending_points: usize,
     handles: usize,
@@ -51,6 +54,7 @@ impl DeviceCtx {
         model: Arc<DeviceModel>,
         db: Connection,
         ingest: IngestSender,
+        outbox_signal: Arc<Notify>,
     ) -> Self {
         DeviceCtx {
             app,
@@ -58,6 +62,7 @@ impl DeviceCtx {
             model,
             db,
             ingest,
+            outbox_signal,
             pending: Vec::new(),
             pending_points: 0,
             handles: 0,
@@ -108,7 +113,9 @@ impl DeviceCtx {
             .check_report(attributes)
             .map_err(|m| self.refuse(device, "report", m))?;
         self.store_report(device, &attributes)
-            .map_err(|e| self.unavailable("report", e))
+            .map_err(|e| self.unavailable("report", e))?;
+        self.outbox_signal.notify_one();
+        Ok(())
     }
 
     fn store_report(
@@ -220,7 +227,9 @@ impl DeviceCtx {
             points: 1,
             payload: payload.to_string().into_bytes(),
         };
-        outbox::insert(&self.db, &[entry]).map_err(|e| self.unavailable("alert", e))
+        outbox::insert(&self.db, &[entry]).map_err(|e| self.unavailable("alert", e))?;
+        self.outbox_signal.notify_one();
+        Ok(())
     }
 }
 

@@ -11,11 +11,15 @@ use anyhow::Context as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppHandle, AppSpec};
+use crate::cloud::downlink::{Downlink, Route};
+use crate::cloud::link::{self, LinkSpec};
 use crate::config::Config;
 use crate::engine::{Runtime, Source};
 use crate::model::DeviceModel;
@@ -99,25 +103,67 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         loaded.push(component);
     }
 
-    let ingest = Ingest::start(&db_path, config.flush_interval)?;
+    if let Some(listen) = config.cloud.as_ref().and_then(|c| c.embedded) {
+        crate::cloud::broker::start(listen)?;
+    }
+
+    let outbox_signal = Arc::new(Notify::new());
+    let status_signal = Arc::new(Notify::new());
+    let ingest = Ingest::start(&db_path, config.flush_interval, outbox_signal.clone())?;
     let stop_apps = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut handles: Vec<AppHandle> = Vec::new();
+    let mut routes = HashMap::new();
     for ((app, model), component) in config.apps.iter().zip(models).zip(loaded) {
         let files_dir = app_files_dir(&config.data_dir, &app.name);
         std::fs::create_dir_all(&files_dir)
             .with_context(|| format!("creating {}", files_dir.display()))?;
         let spec = AppSpec {
             config: app.clone(),
-            model,
+            model: model.clone(),
             pre: component.pre,
             digest: component.digest,
             db_path: db_path.clone(),
             files_dir,
             ingest: ingest.sender(),
+            outbox_signal: outbox_signal.clone(),
+            status_signal: status_signal.clone(),
         };
-        handles.push(app::spawn(spec, stop_apps.child_token(), &mut tasks)?);
+        let handle = app::spawn(spec, stop_apps.child_token(), &mut tasks)?;
+        routes.insert(app.device.clone(), Route { app: handle.clone(), model });
+        handles.push(handle);
     }
+
+    // The cloud link: started after the apps so that its first status
+    // lists them, stopped after them so that it can say they stopped.
+    let stop_link = CancellationToken::new();
+    let link = match &config.cloud {
+        None => {
+            tracing::info!("no [cloud] configured: running offline; everything stays in the outbox");
+            None
+        }
+        Some(cloud) => {
+            let (replies_tx, replies) = mpsc::channel(256);
+            let downlink = Downlink::new(
+                config.gateway_id.clone(),
+                routes,
+                replies_tx,
+                db_path.clone(),
+                stop_link.child_token(),
+            );
+            let spec = LinkSpec {
+                gateway: config.gateway_id.clone(),
+                config: cloud.clone(),
+                db_path: db_path.clone(),
+                outbox_signal: outbox_signal.clone(),
+                status_signal: status_signal.clone(),
+                apps: handles.iter().zip(&config.apps).map(|(h, a)| (h.clone(), a.device.clone())).collect(),
+                downlink,
+                replies,
+            };
+            Some(tokio::spawn(link::run(spec, stop_link.clone())))
+        }
+    };
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: stopping {} app(s)", handles.len());
@@ -128,6 +174,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     tokio::task::block_in_place(|| ingest.shutdown());
+    stop_link.cancel();
+    if let Some(link) = link {
+        match link.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the cloud link failed: {e:#}"),
+            Err(e) => tracing::error!("the cloud link task failed: {e}"),
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

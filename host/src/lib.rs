@@ -11,11 +11,13 @@
 //!   [`wasi`] for the WASI subset guests get.
 //! - [`app`]: one actor per running app (store, events, restarts).
 //! - [`store`]: the SQLite database. [`outbox`]: durable store-and-forward.
+//! - [`cloud`]: the MQTT link, the downlink, the operator CLI, the embedded broker.
 //! - [`gateway`]: start-up and shutdown. [`status`], [`cli`]: the CLI.
 
 pub mod app;
 pub mod bindings;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod device;
 pub mod engine;

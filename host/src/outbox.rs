@@ -12,6 +12,7 @@
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -108,14 +109,15 @@ const MAX_PENDING_POINTS: usize = 1_000_000;
 
 impl Ingest {
     /// Start the writer thread on its own connection to `db_path`.
-    pub fn start(db_path: &Path, flush_interval: Duration) -> anyhow::Result<Ingest> {
+    /// `committed` is signalled after each commit (the cloud link waits on it).
+    pub fn start(db_path: &Path, flush_interval: Duration, committed: Arc<tokio::sync::Notify>) -> anyhow::Result<Ingest> {
         let conn = crate::store::open(db_path)?;
         // Bounded: an app that records faster than the disk can take is slowed
         // down here rather than growing the host's memory without end.
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
         let thread = std::thread::Builder::new()
             .name("wasmgate-ingest".into())
-            .spawn(move || writer(conn, rx, flush_interval))?;
+            .spawn(move || writer(conn, rx, flush_interval, committed))?;
         Ok(Ingest {
             sender: IngestSender { tx },
             thread: Some(thread),
@@ -153,7 +155,7 @@ impl IngestSender {
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, interval: Duration) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, interval: Duration, committed: Arc<tokio::sync::Notify>) {
     let mut pending: Vec<Batch> = Vec::new();
     let mut pending_points = 0usize;
     let mut oldest: Option<Instant> = None;
@@ -196,6 +198,9 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, interval: Duration)
                 if failing {
                     tracing::info!("outbox: writes work again");
                     failing = false;
+                }
+                if !pending.is_empty() {
+                    committed.notify_one();
                 }
                 pending.clear();
                 pending_points = 0;
@@ -264,6 +269,66 @@ fn encode_points(points: &[&Point]) -> Vec<u8> {
     serde_json::to_vec(&list).unwrap_or_default()
 }
 
+/// A row as the cloud link reads it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub seq: i64,
+    pub kind: String,
+    pub device: String,
+    pub name: String,
+    pub payload: Vec<u8>,
+}
+
+/// The next `limit` rows to send: alerts first, then everything in order.
+pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, kind, device, name, payload FROM outbox
+         ORDER BY CASE kind WHEN 'alert' THEN 0 ELSE 1 END, seq LIMIT ?1",
+    )?;
+    stmt.query_map([limit as i64], |r| {
+        Ok(Row {
+            seq: r.get(0)?,
+            kind: r.get(1)?,
+            device: r.get(2)?,
+            name: r.get(3)?,
+            payload: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+/// Remove a delivered row.
+pub fn delete(conn: &Connection, seq: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+    Ok(())
+}
+
+/// The newest twin row of a device (0 if none).
+pub fn last_twin_seq(conn: &Connection, device: &str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE kind = 'twin' AND device = ?1",
+        [device],
+        |r| r.get(0),
+    )
+}
+
+/// Remove a device's twin rows up to `seq`: the retained state that was
+/// delivered covers them all.
+pub fn delete_twin_upto(conn: &Connection, device: &str, seq: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM outbox WHERE kind = 'twin' AND device = ?1 AND seq <= ?2",
+        params![device, seq],
+    )?;
+    Ok(())
+}
+
+/// Entries and points in the whole outbox.
+pub fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row("SELECT COUNT(*), COALESCE(SUM(points), 0) FROM outbox", [], |r| {
+        Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+    })
+}
+
 /// How much is waiting in the outbox for one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Depth {
@@ -309,7 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");
         crate::store::migrate(&crate::store::open(&path).expect("open")).expect("migrate");
-        let ingest = Ingest::start(&path, Duration::from_secs(60)).expect("start");
+        let ingest = Ingest::start(&path, Duration::from_secs(60), Arc::default()).expect("start");
         let sender = ingest.sender();
         for i in 0..3 {
             sender

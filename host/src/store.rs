@@ -111,6 +111,60 @@ pub fn claim_device(conn: &Connection, device: &str, app: &str) -> rusqlite::Res
     Ok(())
 }
 
+/// The last desired version applied to a device (0 if none).
+pub fn desired_version(conn: &Connection, device: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT desired_version FROM devices WHERE device = ?1",
+        params![device],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0).max(0) as u64)
+}
+
+/// Record an applied desired change: the accepted values (JSON) and the
+/// version, in one transaction.
+pub fn apply_desired(
+    conn: &mut Connection,
+    device: &str,
+    version: u64,
+    accepted: &[(String, String)],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for (name, json) in accepted {
+        tx.execute(
+            "INSERT INTO twin (device, name, desired, desired_version) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device, name) DO UPDATE
+             SET desired = excluded.desired, desired_version = excluded.desired_version",
+            params![device, name, json, version as i64],
+        )?;
+    }
+    tx.execute(
+        "UPDATE devices SET desired_version = ?2 WHERE device = ?1",
+        params![device, version as i64],
+    )?;
+    tx.commit()
+}
+
+/// A device's reported attributes (name, JSON text) and report version.
+pub fn reported_state(conn: &Connection, device: &str) -> rusqlite::Result<(u64, Vec<(String, String)>)> {
+    let version = conn
+        .query_row(
+            "SELECT reported_version FROM devices WHERE device = ?1",
+            params![device],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, reported FROM twin WHERE device = ?1 AND reported IS NOT NULL ORDER BY name",
+    )?;
+    let attributes = stmt
+        .query_map(params![device], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((version.max(0) as u64, attributes))
+}
+
 /// An app's state as the gateway last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRow {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,10 @@ pub struct AppSpec {
     /// The app's own directory, its only WASI preopen.
     pub files_dir: PathBuf,
     pub ingest: IngestSender,
+    /// Signalled when a report or alert reaches the outbox.
+    pub outbox_signal: Arc<Notify>,
+    /// Signalled when the app's state changes.
+    pub status_signal: Arc<Notify>,
 }
 
 /// Start the app's actor on `tasks`; it runs until `cancel`.
@@ -234,6 +238,7 @@ impl Actor {
                 spec.model.clone(),
                 open()?,
                 spec.ingest.clone(),
+                spec.outbox_signal.clone(),
             ),
             storage: StorageCtx::new(self.name.clone(), open()?, spec.config.storage_quota_bytes)
                 .map_err(|e| format!("opening storage: {e}"))?,
@@ -337,6 +342,7 @@ impl Actor {
         ) {
             tracing::warn!(app = %self.name, "could not record the app state: {e}");
         }
+        self.spec.status_signal.notify_one();
         self.status.send_replace(AppStatus {
             state,
             restarts: self.restarts,

@@ -1,0 +1,317 @@
+//! Downlink: desired changes and action requests from the cloud.
+//!
+//! The link hands every message it receives to [`Downlink::dispatch`], which
+//! never blocks it: it checks the topic and size, finds the device's app,
+//! and queues the message on that device's worker. Each device has one
+//! worker, so its messages are handled in the order they came; workers for
+//! different devices run side by side. Nothing reaches a guest before it
+//! passed the device model: unknown, read-only, wrong-typed or out-of-range
+//! values are refused in the answer and logged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_BYTES};
+use super::topics::{self, Kind};
+use crate::app::AppHandle;
+use crate::model::DeviceModel;
+use crate::value::to_json;
+
+/// How long a downlink message may wait for its app (queue, restarts, call)
+/// before the cloud is told it timed out.
+pub const APP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Messages waiting per device before new ones are refused as "busy".
+const DEVICE_QUEUE: usize = 64;
+
+/// A publish the link should send for us (an ack or an action response).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Which app speaks for a device, and with which model.
+#[derive(Clone)]
+pub struct Route {
+    pub app: AppHandle,
+    pub model: Arc<DeviceModel>,
+}
+
+enum Request {
+    Desired(Vec<u8>),
+    Action { name: String, payload: Vec<u8> },
+}
+
+/// Routes downlink messages to per-device workers.
+pub struct Downlink {
+    gateway: String,
+    routes: HashMap<String, Route>,
+    workers: HashMap<String, mpsc::Sender<Request>>,
+    replies: mpsc::Sender<Reply>,
+    db_path: PathBuf,
+    cancel: CancellationToken,
+}
+
+impl Downlink {
+    pub fn new(
+        gateway: String,
+        routes: HashMap<String, Route>,
+        replies: mpsc::Sender<Reply>,
+        db_path: PathBuf,
+        cancel: CancellationToken,
+    ) -> Self {
+        Downlink {
+            gateway,
+            routes,
+            workers: HashMap::new(),
+            replies,
+            db_path,
+            cancel,
+        }
+    }
+
+    /// Handle one message the link received. Never waits.
+    pub fn dispatch(&mut self, topic: &str, payload: &[u8]) {
+        let Some(parsed) = topics::parse(topic).filter(|p| p.gateway == self.gateway) else {
+            tracing::warn!(topic, "ignoring a message on a topic that is not part of this gateway's protocol");
+            return;
+        };
+        let device = parsed.device.to_string();
+        let (request, reply_topic) = match parsed.kind {
+            Kind::Desired => (Request::Desired(payload.to_vec()), topics::topic(&self.gateway, &device, "twin/ack")),
+            Kind::ActionRequest(name) => (
+                Request::Action { name: name.to_string(), payload: payload.to_vec() },
+                topics::topic(&self.gateway, &device, &format!("action/{name}/res")),
+            ),
+            _ => {
+                tracing::warn!(topic, "ignoring a message the gateway does not take (only twin/desired and action/+/req come down)");
+                return;
+            }
+        };
+        let refuse = |error: String| {
+            tracing::warn!(topic, device = %device, "downlink refused: {error}");
+            refusal(&request, reply_topic.clone(), error)
+        };
+        if payload.len() > MAX_DOWNLINK_BYTES {
+            let reply = refuse(format!(
+                "message of {} bytes is over the limit of {MAX_DOWNLINK_BYTES}",
+                payload.len()
+            ));
+            self.send(reply);
+            return;
+        }
+        let Some(route) = self.routes.get(&device).cloned() else {
+            let reply = refuse(format!("no app on gateway {} speaks for device {device}", self.gateway));
+            self.send(reply);
+            return;
+        };
+        let worker = self.workers.entry(device.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
+            let worker = Worker {
+                gateway: self.gateway.clone(),
+                device: device.clone(),
+                route,
+                replies: self.replies.clone(),
+                db_path: self.db_path.clone(),
+            };
+            tokio::spawn(worker.run(rx, self.cancel.clone()));
+            tx
+        });
+        if let Err(e) = worker.try_send(request) {
+            let request = match e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            tracing::warn!(device = %device, "downlink refused: {DEVICE_QUEUE} requests are already waiting");
+            let reply = refusal(&request, reply_topic, format!("device {device} is busy: {DEVICE_QUEUE} requests are waiting"));
+            self.send(reply);
+        }
+    }
+
+    fn send(&self, reply: Reply) {
+        if self.replies.try_send(reply).is_err() {
+            tracing::warn!("dropping a downlink reply: the link is not keeping up");
+        }
+    }
+}
+
+/// The error answer to a request that never reached its worker.
+fn refusal(request: &Request, topic: String, error: String) -> Reply {
+    let payload = match request {
+        Request::Desired(payload) => serde_json::to_vec(&Ack {
+            version: version_of(payload),
+            error: Some(error),
+            ..Ack::default()
+        }),
+        Request::Action { payload, .. } => serde_json::to_vec(&ActionResponse {
+            id: id_of(payload),
+            result: None,
+            error: Some(error),
+        }),
+    };
+    Reply { topic, payload: payload.unwrap_or_default() }
+}
+
+/// The `version` of a desired message, if it has one, even if the rest is bad.
+fn version_of(payload: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(payload).ok()?.get("version")?.as_u64()
+}
+
+/// The `id` of an action request, if it has a usable one.
+fn id_of(payload: &[u8]) -> Option<String> {
+    let id = serde_json::from_slice::<serde_json::Value>(payload).ok()?.get("id")?.as_str()?.to_string();
+    (id.len() <= 128).then_some(id)
+}
+
+struct Worker {
+    gateway: String,
+    device: String,
+    route: Route,
+    replies: mpsc::Sender<Reply>,
+    db_path: PathBuf,
+}
+
+impl Worker {
+    async fn run(self, mut requests: mpsc::Receiver<Request>, cancel: CancellationToken) {
+        let mut db = match crate::store::open(&self.db_path) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::error!(device = %self.device, "downlink worker cannot open the database: {e}");
+                return;
+            }
+        };
+        loop {
+            let request = tokio::select! {
+                _ = cancel.cancelled() => return,
+                request = requests.recv() => match request {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            let reply = match request {
+                Request::Desired(payload) => Reply {
+                    topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
+                    payload: serde_json::to_vec(&self.desired(&mut db, &payload).await).unwrap_or_default(),
+                },
+                Request::Action { name, payload } => Reply {
+                    topic: topics::topic(&self.gateway, &self.device, &format!("action/{name}/res")),
+                    payload: serde_json::to_vec(&self.action(&name, &payload).await).unwrap_or_default(),
+                },
+            };
+            if self.replies.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn desired(&self, db: &mut rusqlite::Connection, payload: &[u8]) -> Ack {
+        let device = &self.device;
+        let desired: Desired = match serde_json::from_slice(payload) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(device = %device, "refused a malformed desired message: {e}");
+                return Ack {
+                    version: version_of(payload),
+                    error: Some(format!("malformed desired message: {e}")),
+                    ..Ack::default()
+                };
+            }
+        };
+        let version = desired.version;
+        let applied = match crate::store::desired_version(db, device) {
+            Ok(v) => v,
+            Err(e) => return self.failed(version, format!("the gateway cannot read its twin: {e}")),
+        };
+        if version == applied {
+            tracing::info!(device = %device, version, "desired version already applied; not applying it again");
+            return Ack { version: Some(version), duplicate: true, ..Ack::default() };
+        }
+        let mut ack = Ack { version: Some(version), ..Ack::default() };
+        if version < applied {
+            for name in desired.attributes.keys() {
+                ack.rejected
+                    .insert(name.clone(), format!("stale: version {version} is older than the applied version {applied}"));
+            }
+            tracing::warn!(device = %device, version, applied, "refused a stale desired change");
+            return ack;
+        }
+
+        let mut accepted = Vec::new();
+        for (name, json) in &desired.attributes {
+            match self.route.model.check_desired(name, json) {
+                Ok(value) => accepted.push((name.clone(), value)),
+                Err(reason) => {
+                    tracing::warn!(device = %device, attribute = %name, "desired value refused: {reason}");
+                    ack.rejected.insert(name.clone(), reason);
+                }
+            }
+        }
+        if !accepted.is_empty() {
+            let outcome = tokio::time::timeout(APP_TIMEOUT, self.route.app.desired(device.clone(), accepted.clone())).await;
+            let refused = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(reason)) => Some(format!("the app refused it: {reason}")),
+                Err(_) => Some(format!("the app did not answer within {} s", APP_TIMEOUT.as_secs())),
+            };
+            if let Some(reason) = refused {
+                tracing::warn!(device = %device, version, "desired change not applied: {reason}");
+                for (name, _) in accepted.drain(..) {
+                    ack.rejected.insert(name, reason.clone());
+                }
+            }
+        }
+        let stored: Vec<(String, String)> = accepted.iter().map(|(n, v)| (n.clone(), to_json(v).to_string())).collect();
+        // The version is recorded even if every attribute was refused, so an
+        // older message arriving later is recognised as stale.
+        if let Err(e) = crate::store::apply_desired(db, device, version, &stored) {
+            return self.failed(version, format!("the gateway could not store the change: {e}"));
+        }
+        ack.accepted = accepted.into_iter().map(|(n, _)| n).collect();
+        tracing::info!(device = %device, version, accepted = ?ack.accepted, rejected = ack.rejected.len(), "desired change handled");
+        ack
+    }
+
+    fn failed(&self, version: u64, error: String) -> Ack {
+        tracing::error!(device = %self.device, "{error}");
+        Ack { version: Some(version), error: Some(error), ..Ack::default() }
+    }
+
+    async fn action(&self, name: &str, payload: &[u8]) -> ActionResponse {
+        let device = &self.device;
+        let request: ActionRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(device = %device, action = name, "refused a malformed action request: {e}");
+                return ActionResponse { id: id_of(payload), result: None, error: Some(format!("malformed action request: {e}")) };
+            }
+        };
+        let fail = |error: String| {
+            tracing::warn!(device = %device, action = name, id = %request.id, "action failed: {error}");
+            ActionResponse { id: Some(request.id.clone()), result: None, error: Some(error) }
+        };
+        if request.id.is_empty() || request.id.len() > 128 {
+            return fail("the request id must be 1 to 128 characters".into());
+        }
+        let argument = match self.route.model.check_action(name, request.argument.as_ref()) {
+            Ok(a) => a,
+            Err(reason) => return fail(reason),
+        };
+        let call = self.route.app.action(device.clone(), name.to_string(), argument);
+        match tokio::time::timeout(APP_TIMEOUT, call).await {
+            Ok(Ok(result)) => {
+                tracing::info!(device = %device, action = name, id = %request.id, "action answered");
+                ActionResponse {
+                    id: Some(request.id.clone()),
+                    result: Some(result.as_ref().map(to_json).unwrap_or(serde_json::Value::Null)),
+                    error: None,
+                }
+            }
+            Ok(Err(reason)) => fail(reason),
+            Err(_) => fail(format!("the app did not answer within {} s", APP_TIMEOUT.as_secs())),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The gateway's connection to the broker.
+//!
+//! One task owns the rumqttc `EventLoop` and is the only one that publishes,
+//! so the order in which publishes leave is the order of the
+//! `Outgoing::Publish(pkid)` events, and each acknowledged packet id maps
+//! back to exactly the outbox row it carried. An outbox row is deleted only
+//! when its PUBACK arrives. On a disconnect, every publish not yet
+//! acknowledged is forgotten by rumqttc (its pending list is cleared) and
+//! sent again from the outbox after the reconnect, so delivery is at least
+//! once and a batch id lets consumers drop the rare duplicate.
+//!
+//! Reconnects back off exponentially (with jitter) up to a cap. The session
+//! is persistent, so downlink messages sent while the gateway was away are
+//! delivered when it comes back.
+
+use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::downlink::{Downlink, Reply};
+use super::protocol::{AppInfo, OutboxInfo, Status};
+use super::topics;
+use crate::app::AppHandle;
+use crate::config::CloudConfig;
+use crate::outbox;
+use crate::value::now_ns;
+
+/// Everything the link needs.
+pub struct LinkSpec {
+    pub gateway: String,
+    pub config: CloudConfig,
+    pub db_path: PathBuf,
+    /// Signalled when rows are added to the outbox.
+    pub outbox_signal: Arc<Notify>,
+    /// Signalled when an app's state changes.
+    pub status_signal: Arc<Notify>,
+    /// The apps, for the status message.
+    pub apps: Vec<(AppHandle, String)>,
+    pub downlink: Downlink,
+    pub replies: mpsc::Receiver<Reply>,
+}
+
+/// What a publish carried, to settle when its PUBACK comes.
+#[derive(Debug)]
+enum Sent {
+    /// Outbox rows: `telemetry` and `alert` rows one by one, or every `twin`
+    /// row of a device up to `seq` (the retained state covers them all).
+    Row { seq: i64, twin_device: Option<String> },
+    /// A reply or status: resent after a reconnect if not acknowledged.
+    Message(Reply, bool),
+}
+
+/// Outbox rows read per pump beyond those already in flight.
+const READ_AHEAD: usize = 64;
+
+/// Replies and statuses kept for sending while offline.
+const MAX_QUEUED_MESSAGES: usize = 1024;
+
+struct Link {
+    spec_gateway: String,
+    status_topic: String,
+    client: AsyncClient,
+    db: rusqlite::Connection,
+    apps: Vec<(AppHandle, String)>,
+    window: usize,
+    connected: bool,
+    /// Submitted to rumqttc, waiting for their `Outgoing::Publish` event.
+    submitted: VecDeque<Sent>,
+    /// Sent, waiting for PUBACK, by packet id.
+    inflight: HashMap<u16, Sent>,
+    /// Outbox rows in `submitted` or `inflight`.
+    rows_out: HashSet<i64>,
+    /// Devices whose retained twin state is in flight.
+    twins_out: HashSet<String>,
+    /// Replies and statuses waiting for a connection or a free slot.
+    messages: VecDeque<(Reply, bool)>,
+}
+
+/// Run the link until `cancel`; then mark the gateway offline and disconnect.
+pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()> {
+    let LinkSpec { gateway, config, db_path, outbox_signal, status_signal, apps, mut downlink, mut replies } = spec;
+    let status_topic = topics::topic(&gateway, &gateway, "status");
+    let mut options = super::mqtt_options(&config.broker, false)?;
+    let will = Status { online: false, time: None, reason: Some("connection lost".into()), apps: vec![], outbox: OutboxInfo::default() };
+    options
+        .set_inflight(config.max_inflight)
+        .set_last_will(LastWill::new(&status_topic, serde_json::to_vec(&will)?, QoS::AtLeastOnce, true));
+    let url = format!("{}://{}:{}", if config.broker.tls { "mqtts" } else { "mqtt" }, config.broker.host, config.broker.port);
+    let (client, mut eventloop) = AsyncClient::new(options, usize::from(config.max_inflight) * 2 + 16);
+
+    let mut link = Link {
+        spec_gateway: gateway.clone(),
+        status_topic,
+        client,
+        db: crate::store::open(&db_path)?,
+        apps,
+        window: usize::from(config.max_inflight),
+        connected: false,
+        submitted: VecDeque::new(),
+        inflight: HashMap::new(),
+        rows_out: HashSet::new(),
+        twins_out: HashSet::new(),
+        messages: VecDeque::new(),
+    };
+    let mut backoff = config.backoff_initial;
+    let mut was_connected = false;
+    let mut status_timer = tokio::time::interval(config.status_interval);
+    status_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // A slow poll of the outbox in case a signal was missed.
+    let mut outbox_timer = tokio::time::interval(Duration::from_secs(1));
+    outbox_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+
+    tracing::info!(broker = %url, client_id = %config.broker.client_id, "connecting to the broker");
+    'run: loop {
+        // `poll` must not be dropped half-way (a connection attempt would be
+        // abandoned), so it stays pinned while the other branches run; they
+        // only talk to rumqttc through the client.
+        let event = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break 'run,
+                    event = &mut poll => break event,
+                    Some(reply) = replies.recv() => {
+                        link.queue(reply, false);
+                        link.pump();
+                    }
+                    _ = outbox_signal.notified() => link.pump(),
+                    _ = outbox_timer.tick() => link.pump(),
+                    _ = status_signal.notified() => {
+                        link.queue_status(true, None);
+                        link.pump();
+                    }
+                    _ = status_timer.tick() => {
+                        link.queue_status(true, None);
+                        link.pump();
+                    }
+                }
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!(broker = %url, "connected to the broker");
+                backoff = config.backoff_initial;
+                was_connected = true;
+                link.connected = true;
+                for filter in topics::downlink_filters(&gateway) {
+                    if let Err(e) = link.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        tracing::error!("cannot subscribe: {e}");
+                    }
+                }
+                link.queue_status(true, None);
+                link.pump();
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                    tracing::error!("the broker refused a subscription: desired changes or actions will not arrive (check its ACL)");
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                link.acknowledged(ack.pkid);
+                link.pump();
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                downlink.dispatch(&publish.topic, &publish.payload);
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.sent(pkid),
+            Ok(_) => {}
+            Err(e) => {
+                // rumqttc would republish what was in flight; the outbox
+                // does that instead, so forget it here.
+                eventloop.pending.clear();
+                link.disconnected();
+                let wait = jitter(backoff);
+                if was_connected {
+                    tracing::warn!(broker = %url, "lost the connection to the broker: {}; reconnecting in {} ms", describe(&e), wait.as_millis());
+                    was_connected = false;
+                } else {
+                    tracing::warn!(broker = %url, "cannot connect to the broker: {}; retrying in {} ms", describe(&e), wait.as_millis());
+                }
+                backoff = (backoff * 2).min(config.backoff_max);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => break 'run,
+                }
+            }
+        }
+    }
+
+    // Shutdown: say so in the retained status, then disconnect cleanly (a
+    // clean disconnect does not fire the last will).
+    if link.connected {
+        link.queue_status(false, Some("shutdown"));
+        link.pump();
+        let _ = link.client.try_disconnect();
+        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                event = eventloop.poll() => match event {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.sent(pkid),
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                },
+            }
+        }
+        tracing::info!("disconnected from the broker");
+    }
+    Ok(())
+}
+
+/// A connection error in words an operator can act on.
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
+        ConnectionError::Io(io) => format!("network error: {io}"),
+        other => other.to_string(),
+    }
+}
+
+/// ±25 % so that a fleet does not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let r = super::random_u64() % 500; // 0..500 per mille
+    d.mul_f64(0.75 + r as f64 / 1000.0)
+}
+
+impl Link {
+    fn queue(&mut self, reply: Reply, retain: bool) {
+        if self.messages.len() >= MAX_QUEUED_MESSAGES {
+            tracing::warn!(topic = %reply.topic, "dropping a reply: {MAX_QUEUED_MESSAGES} are already waiting for the broker");
+            return;
+        }
+        self.messages.push_back((reply, retain));
+    }
+
+    fn queue_status(&mut self, online: bool, reason: Option<&str>) {
+        // Only the newest status matters.
+        let topic = self.status_topic.clone();
+        self.messages.retain(|(r, _)| r.topic != topic);
+        let status = self.status(online, reason);
+        let payload = serde_json::to_vec(&status).unwrap_or_default();
+        self.messages.push_back((Reply { topic, payload }, true));
+    }
+
+    fn status(&self, online: bool, reason: Option<&str>) -> Status {
+        let outbox = outbox::totals(&self.db)
+            .map(|(entries, points)| OutboxInfo { entries, points })
+            .unwrap_or_default();
+        let apps = self
+            .apps
+            .iter()
+            .map(|(handle, device)| {
+                let status = handle.status();
+                AppInfo {
+                    name: handle.name().to_string(),
+                    device: device.clone(),
+                    state: status.state.name().to_string(),
+                    version: status.component.clone(),
+                    restarts: status.restarts,
+                    error: status.state.error().map(str::to_string),
+                }
+            })
+            .collect();
+        Status { online, time: Some(now_ns()), reason: reason.map(str::to_string), apps, outbox }
+    }
+
+    fn room(&self) -> bool {
+        self.submitted.len() + self.inflight.len() < self.window
+    }
+
+    /// Send what fits in the window: queued messages first, then the outbox
+    /// (alerts before everything else, then in order).
+    fn pump(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while self.room() {
+            let Some((reply, retain)) = self.messages.pop_front() else { break };
+            if let Err(e) = self.client.try_publish(&reply.topic, QoS::AtLeastOnce, retain, reply.payload.clone()) {
+                tracing::debug!("publish queue full: {e}");
+                self.messages.push_front((reply, retain));
+                return;
+            }
+            self.submitted.push_back(Sent::Message(reply, retain));
+        }
+        if !self.room() {
+            return;
+        }
+        let rows = match self.read_rows() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("cannot read the outbox: {e}");
+                return;
+            }
+        };
+        for row in rows {
+            if !self.room() {
+                break;
+            }
+            let seq = row.seq;
+            let published = match row.kind.as_str() {
+                "twin" => self.publish_twin(&row.device),
+                "alert" => self.publish_alert(seq, &row.device, &row.name, &row.payload),
+                _ => self.publish_telemetry(seq, &row.device, &row.name, &row.payload),
+            };
+            match published {
+                Ok(Some(sent)) => {
+                    if let Sent::Row { twin_device: Some(d), .. } = &sent {
+                        self.twins_out.insert(d.clone());
+                    } else {
+                        self.rows_out.insert(seq);
+                    }
+                    self.submitted.push_back(sent);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!("publish queue full: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Rows not in flight, alerts first, then by sequence.
+    fn read_rows(&self) -> rusqlite::Result<Vec<outbox::Row>> {
+        let rows = outbox::next_rows(&self.db, self.rows_out.len() + READ_AHEAD)?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| {
+                let twin_out = r.kind == "twin" && self.twins_out.contains(&r.device);
+                !(self.rows_out.contains(&r.seq) || twin_out)
+            })
+            .collect())
+    }
+
+    fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
+        self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload)
+    }
+
+    /// The device's whole reported state, retained; settles every twin row
+    /// of the device written so far.
+    fn publish_twin(&mut self, device: &str) -> Result<Option<Sent>, rumqttc::ClientError> {
+        if self.twins_out.contains(device) {
+            return Ok(None);
+        }
+        let upto = match outbox::last_twin_seq(&self.db, device) {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!("cannot read the outbox: {e}");
+                return Ok(None);
+            }
+        };
+        let (version, attributes) = match crate::store::reported_state(&self.db, device) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!("cannot read the twin of {device}: {e}");
+                return Ok(None);
+            }
+        };
+        let attributes: serde_json::Map<String, serde_json::Value> = attributes
+            .into_iter()
+            .filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?)))
+            .collect();
+        let payload = serde_json::json!({ "version": version, "time": now_ns(), "attributes": attributes });
+        let topic = topics::topic(&self.spec_gateway, device, "twin/reported");
+        self.publish(&topic, true, payload.to_string().into_bytes())?;
+        Ok(Some(Sent::Row { seq: upto, twin_device: Some(device.to_string()) }))
+    }
+
+    fn publish_alert(&mut self, seq: i64, device: &str, name: &str, payload: &[u8]) -> Result<Option<Sent>, rumqttc::ClientError> {
+        let mut alert: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload).unwrap_or_default();
+        alert.insert("id".into(), format!("{}-{seq}", self.spec_gateway).into());
+        let topic = topics::topic(&self.spec_gateway, device, &format!("alert/{name}"));
+        self.publish(&topic, false, serde_json::to_vec(&alert).unwrap_or_default())?;
+        Ok(Some(Sent::Row { seq, twin_device: None }))
+    }
+
+    fn publish_telemetry(&mut self, seq: i64, device: &str, series: &str, points: &[u8]) -> Result<Option<Sent>, rumqttc::ClientError> {
+        // The stored batch is already the JSON array of points: wrap it
+        // rather than parse and re-encode it.
+        let mut payload = Vec::with_capacity(points.len() + 64);
+        payload.extend_from_slice(format!("{{\"batch\":\"{}-{seq}\",\"points\":", self.spec_gateway).as_bytes());
+        payload.extend_from_slice(points);
+        payload.push(b'}');
+        let topic = topics::topic(&self.spec_gateway, device, &format!("telemetry/{series}"));
+        self.publish(&topic, false, payload)?;
+        Ok(Some(Sent::Row { seq, twin_device: None }))
+    }
+
+    /// rumqttc sent the next submitted publish with packet id `pkid`.
+    fn sent(&mut self, pkid: u16) {
+        match self.submitted.pop_front() {
+            Some(sent) => {
+                self.inflight.insert(pkid, sent);
+            }
+            None => tracing::warn!(pkid, "a publish left that the link did not submit"),
+        }
+    }
+
+    /// The broker acknowledged packet `pkid`: settle what it carried.
+    fn acknowledged(&mut self, pkid: u16) {
+        let Some(sent) = self.inflight.remove(&pkid) else {
+            tracing::debug!(pkid, "acknowledgement for an unknown packet");
+            return;
+        };
+        if let Sent::Row { seq, twin_device } = sent {
+            let deleted = match &twin_device {
+                Some(device) => {
+                    self.twins_out.remove(device);
+                    outbox::delete_twin_upto(&self.db, device, seq)
+                }
+                None => {
+                    self.rows_out.remove(&seq);
+                    outbox::delete(&self.db, seq)
+                }
+            };
+            if let Err(e) = deleted {
+                // The row stays and is sent again: a duplicate, not a loss.
+                tracing::error!(seq, "cannot remove a delivered row from the outbox: {e}");
+            }
+        }
+    }
+
+    /// Forget what was in flight; rows are read from the outbox again and
+    /// unacknowledged messages are queued again, in their order.
+    fn disconnected(&mut self) {
+        self.connected = false;
+        let mut unsent: Vec<Sent> = self.inflight.drain().map(|(_, s)| s).collect();
+        unsent.extend(self.submitted.drain(..));
+        let mut again: Vec<(Reply, bool)> = unsent
+            .into_iter()
+            .filter_map(|s| match s {
+                Sent::Message(reply, retain) => Some((reply, retain)),
+                Sent::Row { .. } => None,
+            })
+            .collect();
+        again.extend(self.messages.drain(..));
+        self.messages = again.into();
+        self.rows_out.clear();
+        self.twins_out.clear();
+    }
+}

@@ -1,0 +1,95 @@
+//! The cloud link over MQTT, and the operator's side of the same protocol.
+//!
+//! - [`link`]: the gateway's connection. One long-lived task owns the rumqttc
+//!   `EventLoop`; it publishes the outbox (rows are deleted only when the
+//!   broker acknowledges them), keeps the retained `status`, and hands
+//!   downlink messages to [`downlink`].
+//! - [`downlink`]: desired changes and action requests: checked against the
+//!   device model, delivered to the app that owns the device, answered.
+//! - [`operator`]: `wasmgate cloud ...`, the enterprise side.
+//! - [`broker`]: the embedded broker for development and the demo.
+//! - [`topics`], [`protocol`]: topic names and JSON payloads
+//!   (`docs/protocol.md`).
+
+pub mod broker;
+pub mod downlink;
+pub mod link;
+pub mod operator;
+pub mod protocol;
+pub mod topics;
+
+use anyhow::Context as _;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use std::sync::Arc;
+
+use crate::config::BrokerSettings;
+
+/// The largest packet the link sends or accepts. Larger downlink payloads
+/// still arrive (so that one oversized retained message cannot knock the
+/// gateway off the broker in a loop) and are refused by size in `downlink`.
+pub const MAX_PACKET_BYTES: usize = 16 << 20;
+
+/// rumqttc options for `settings`, with TLS set up from its PEM files.
+pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::Result<MqttOptions> {
+    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    options
+        .set_keep_alive(settings.keep_alive)
+        .set_clean_session(clean_session)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(user) = &settings.username {
+        options.set_credentials(user, settings.password.clone().unwrap_or_default());
+    }
+    if settings.tls {
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(settings)?))));
+    }
+    Ok(options)
+}
+
+/// A rustls client config: the CAs from `ca_file`, and the client
+/// certificate and key for mutual TLS if given. Uses the ring provider.
+fn tls_config(settings: &BrokerSettings) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let ca_file = settings.ca_file.as_ref().context("TLS needs a CA file (ca_file)")?;
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading CA certificates from {}", ca_file.display()))?;
+    anyhow::ensure!(!cas.is_empty(), "{} holds no certificates", ca_file.display());
+    for ca in cas {
+        roots
+            .add(ca)
+            .with_context(|| format!("using a CA certificate from {}", ca_file.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("setting up TLS")?
+        .with_root_certificates(roots);
+    let config = match (&settings.cert_file, &settings.key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let chain = CertificateDer::pem_file_iter(cert_file)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading the client certificate {}", cert_file.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key_file)
+                .with_context(|| format!("reading the client key {}", key_file.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("the client certificate and key do not go together")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// A random-enough token (ids, jitter) without a crate for it: the standard
+/// library's randomly keyed hasher over the clock and a counter.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::value::now_ns());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}

@@ -1,0 +1,132 @@
+//! The JSON payloads of the cloud protocol, shared by the gateway and the
+//! operator's `wasmgate cloud` commands. `docs/protocol.md` describes them;
+//! keep the two in step.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The largest downlink payload the gateway reads; larger ones are refused
+/// with an error reply.
+pub const MAX_DOWNLINK_BYTES: usize = 64 * 1024;
+
+/// `status` (retained, on the gateway's own device; also the last will).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub online: bool,
+    /// Nanoseconds since the epoch; absent in the last will.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
+    /// Why the gateway is offline: `shutdown` or `connection lost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub apps: Vec<AppInfo>,
+    #[serde(default)]
+    pub outbox: OutboxInfo,
+}
+
+/// One app in the status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AppInfo {
+    pub name: String,
+    pub device: String,
+    /// `starting`, `running`, `restarting`, `quarantined` or `stopped`.
+    pub state: String,
+    /// sha256 of the running component.
+    pub version: String,
+    pub restarts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What waits in the outbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OutboxInfo {
+    pub entries: u64,
+    pub points: u64,
+}
+
+/// `twin/reported` (retained): every reported attribute of the device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reported {
+    pub version: u64,
+    pub time: u64,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `twin/desired` (down): attributes to change. `version` must grow with
+/// each change; an older or equal version is not applied again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Desired {
+    pub version: u64,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `twin/ack`: what became of a desired change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ack {
+    /// The version acknowledged; absent if the message could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub accepted: Vec<String>,
+    /// Refused attributes and why.
+    #[serde(default)]
+    pub rejected: BTreeMap<String, String>,
+    /// This version was applied before; nothing was done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// The whole message was refused (unreadable, unknown device, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `action/{name}/req` (down).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Correlation id, echoed in the response (at most 128 characters).
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argument: Option<serde_json::Value>,
+}
+
+/// `action/{name}/res`: `result` on success, `error` otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActionResponse {
+    /// The request's id; absent if the request could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `telemetry/{series}` (QoS 1): a batch of points.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TelemetryBatch {
+    /// `{gateway}-{sequence}`: the same batch sent twice has the same id.
+    pub batch: String,
+    pub points: Vec<Point>,
+}
+
+/// One point of a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Point {
+    /// Nanoseconds since the epoch.
+    pub time: u64,
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `alert/{name}` (QoS 1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Alert {
+    /// `{gateway}-{sequence}`, for de-duplication.
+    pub id: String,
+    pub time: u64,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    pub values: serde_json::Map<String, serde_json::Value>,
+}

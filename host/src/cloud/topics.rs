@@ -1,0 +1,83 @@
+//! Topic names of the cloud protocol (`docs/protocol.md`). Every topic is
+//! `wg/v1/{gateway}/{device}/...`, so a broker ACL on `wg/v1/{client-id}/#`
+//! confines a gateway to its own subtree.
+
+/// The first two levels of every topic.
+pub const ROOT: &str = "wg/v1";
+
+/// `wg/v1/{gateway}/{device}/{suffix}`
+pub fn topic(gateway: &str, device: &str, suffix: &str) -> String {
+    format!("{ROOT}/{gateway}/{device}/{suffix}")
+}
+
+/// The topics a gateway subscribes to: desired changes and action requests
+/// for any of its devices.
+pub fn downlink_filters(gateway: &str) -> [String; 2] {
+    [
+        format!("{ROOT}/{gateway}/+/twin/desired"),
+        format!("{ROOT}/{gateway}/+/action/+/req"),
+    ]
+}
+
+/// What a topic under `wg/v1/` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    pub gateway: &'a str,
+    pub device: &'a str,
+    pub kind: Kind<'a>,
+}
+
+/// The message kinds of the protocol, by topic suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind<'a> {
+    Status,
+    Reported,
+    Desired,
+    Ack,
+    Telemetry(&'a str),
+    Alert(&'a str),
+    ActionRequest(&'a str),
+    ActionResponse(&'a str),
+}
+
+/// Parse a protocol topic; `None` for anything that is not one.
+pub fn parse(topic: &str) -> Option<Parsed<'_>> {
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
+    let mut parts = rest.split('/');
+    let gateway = parts.next().filter(|s| !s.is_empty())?;
+    let device = parts.next().filter(|s| !s.is_empty())?;
+    let tail: Vec<&str> = parts.collect();
+    let kind = match tail.as_slice() {
+        ["status"] => Kind::Status,
+        ["twin", "reported"] => Kind::Reported,
+        ["twin", "desired"] => Kind::Desired,
+        ["twin", "ack"] => Kind::Ack,
+        ["telemetry", series] if !series.is_empty() => Kind::Telemetry(series),
+        ["alert", name] if !name.is_empty() => Kind::Alert(name),
+        ["action", name, "req"] if !name.is_empty() => Kind::ActionRequest(name),
+        ["action", name, "res"] if !name.is_empty() => Kind::ActionResponse(name),
+        _ => return None,
+    };
+    Some(Parsed { gateway, device, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip_and_junk_is_refused() {
+        let t = topic("gw", "dev", "action/reset/req");
+        assert_eq!(t, "wg/v1/gw/dev/action/reset/req");
+        assert_eq!(
+            parse(&t),
+            Some(Parsed { gateway: "gw", device: "dev", kind: Kind::ActionRequest("reset") })
+        );
+        assert_eq!(parse("wg/v1/gw/dev/telemetry/climate").map(|p| p.kind), Some(Kind::Telemetry("climate")));
+        assert_eq!(parse("wg/v1/gw/gw/status").map(|p| p.kind), Some(Kind::Status));
+        for junk in ["wg/v1/gw", "wg/v1/gw/dev/nope", "wg/v1//dev/status", "wg/v2/gw/dev/status", "wg/v1/gw/dev/action/x/req/y"] {
+            assert_eq!(parse(junk), None, "{junk}");
+        }
+        assert_eq!(downlink_filters("gw")[1], "wg/v1/gw/+/action/+/req");
+    }
+}
