@@ -20,7 +20,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run a gateway for development: as `run`, but with the embedded MQTT
-    /// broker on 127.0.0.1:1883 if the config has no [cloud].
+    /// broker on 127.0.0.1:18830 if the config has no [cloud].
     Dev {
         /// The gateway's config file.
         #[arg(long, short, value_name = "FILE")]
@@ -43,7 +43,11 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct CloudArgs {
     /// The broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
-    #[arg(long, env = "WASMGATE_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    #[arg(
+        long,
+        env = "WASMGATE_BROKER",
+        default_value = "mqtt://127.0.0.1:18830"
+    )]
     pub broker: String,
     #[arg(long, env = "WASMGATE_USERNAME")]
     pub username: Option<String>,

@@ -72,8 +72,10 @@ struct CloudSection {
     status_interval_s: u64,
 }
 
+/// Not MQTT's 1883: a system Mosquitto (installed for the tests, say) often
+/// holds that one, and the demo must not collide with it.
 fn default_embedded_listen() -> String {
-    "127.0.0.1:1883".into()
+    "127.0.0.1:18830".into()
 }
 fn default_keep_alive_s() -> u64 {
     30
@@ -196,7 +198,7 @@ pub struct CloudConfig {
 }
 
 impl CloudConfig {
-    /// The embedded broker on 127.0.0.1:1883 with default settings (`wasmgate dev`).
+    /// The embedded broker on 127.0.0.1:18830 with default settings (`wasmgate dev`).
     pub fn embedded(gateway_id: &str) -> CloudConfig {
         let section = CloudSection {
             url: None,
@@ -215,7 +217,8 @@ impl CloudConfig {
             status_interval_s: default_status_interval_s(),
         };
         // The defaults are valid by construction.
-        cloud_config(section, gateway_id, &|p: &Path| p.to_path_buf()).unwrap_or_else(|(k, m)| unreachable!("{k}: {m}"))
+        cloud_config(section, gateway_id, &|p: &Path| p.to_path_buf())
+            .unwrap_or_else(|(k, m)| unreachable!("{k}: {m}"))
     }
 }
 
@@ -260,7 +263,10 @@ impl BrokerSettings {
             return Err(format!("{url:?}: no host name"));
         }
         Ok(BrokerSettings {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
             tls,
             client_id: client_id.to_string(),
@@ -440,7 +446,9 @@ impl Config {
         }
         let cloud = match file.cloud {
             None => None,
-            Some(cloud) => Some(cloud_config(cloud, &file.gateway.id, &resolve).map_err(|(k, m)| invalid(k, m))?),
+            Some(cloud) => Some(
+                cloud_config(cloud, &file.gateway.id, &resolve).map_err(|(k, m)| invalid(k, m))?,
+            ),
         };
         Ok(Config {
             path: path.to_path_buf(),
@@ -465,22 +473,40 @@ fn cloud_config(
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<CloudConfig, (String, String)> {
     let key = |k: &str| format!("cloud.{k}");
-    let client_id = cloud.client_id.clone().unwrap_or_else(|| gateway_id.to_string());
+    let client_id = cloud
+        .client_id
+        .clone()
+        .unwrap_or_else(|| gateway_id.to_string());
     let (mut broker, embedded) = match (&cloud.url, cloud.embedded) {
         (Some(_), true) => {
-            return Err((key("embedded"), "give either url or embedded = true, not both".into()));
+            return Err((
+                key("embedded"),
+                "give either url or embedded = true, not both".into(),
+            ));
         }
         (None, false) => {
-            return Err((key("url"), "give the broker's url, or embedded = true for an in-process broker".into()));
+            return Err((
+                key("url"),
+                "give the broker's url, or embedded = true for an in-process broker".into(),
+            ));
         }
-        (Some(url), false) => (BrokerSettings::from_url(url, &client_id).map_err(|m| (key("url"), m))?, None),
+        (Some(url), false) => (
+            BrokerSettings::from_url(url, &client_id).map_err(|m| (key("url"), m))?,
+            None,
+        ),
         (None, true) => {
-            let addr: std::net::SocketAddr = cloud
-                .embedded_listen
-                .parse()
-                .map_err(|_| (key("embedded_listen"), format!("{:?} is not an address:port", cloud.embedded_listen)))?;
+            let addr: std::net::SocketAddr = cloud.embedded_listen.parse().map_err(|_| {
+                (
+                    key("embedded_listen"),
+                    format!("{:?} is not an address:port", cloud.embedded_listen),
+                )
+            })?;
             let url = format!("mqtt://{}", addr);
-            (BrokerSettings::from_url(&url, &client_id).map_err(|m| (key("embedded_listen"), m))?, Some(addr))
+            (
+                BrokerSettings::from_url(&url, &client_id)
+                    .map_err(|m| (key("embedded_listen"), m))?,
+                Some(addr),
+            )
         }
     };
     broker.username = cloud.username;
@@ -489,7 +515,10 @@ fn cloud_config(
     broker.cert_file = cloud.cert_file.as_deref().map(resolve);
     broker.key_file = cloud.key_file.as_deref().map(resolve);
     if !(5..=3600).contains(&cloud.keep_alive_s) {
-        return Err((key("keep_alive_s"), format!("{} is not between 5 and 3600", cloud.keep_alive_s)));
+        return Err((
+            key("keep_alive_s"),
+            format!("{} is not between 5 and 3600", cloud.keep_alive_s),
+        ));
     }
     broker.keep_alive = Duration::from_secs(cloud.keep_alive_s);
     broker.check().map_err(|m| (key("url"), m))?;
@@ -500,7 +529,10 @@ fn cloud_config(
         ));
     }
     if !(1..=1000).contains(&cloud.max_inflight) {
-        return Err((key("max_inflight"), format!("{} is not between 1 and 1000", cloud.max_inflight)));
+        return Err((
+            key("max_inflight"),
+            format!("{} is not between 1 and 1000", cloud.max_inflight),
+        ));
     }
     if cloud.status_interval_s == 0 {
         return Err((key("status_interval_s"), "must be positive".into()));
@@ -614,19 +646,33 @@ mod tests {
             .expect("valid")
             .cloud
             .expect("cloud");
-        assert_eq!((c.broker.host.as_str(), c.broker.port, c.broker.tls), ("broker.example", 8884, true));
+        assert_eq!(
+            (c.broker.host.as_str(), c.broker.port, c.broker.tls),
+            ("broker.example", 8884, true)
+        );
         assert_eq!(c.broker.client_id, "gw");
-        assert_eq!(c.broker.ca_file.as_deref(), Some(Path::new("/etc/wg/ca.pem")));
-        let e = cloud("embedded = true").expect("valid").cloud.expect("cloud");
-        assert_eq!(e.embedded, Some("127.0.0.1:1883".parse().expect("addr")));
-        assert_eq!((e.broker.host.as_str(), e.broker.port, e.broker.tls), ("127.0.0.1", 1883, false));
+        assert_eq!(
+            c.broker.ca_file.as_deref(),
+            Some(Path::new("/etc/wg/ca.pem"))
+        );
+        let e = cloud("embedded = true")
+            .expect("valid")
+            .cloud
+            .expect("cloud");
+        assert_eq!(e.embedded, Some("127.0.0.1:18830".parse().expect("addr")));
+        assert_eq!(
+            (e.broker.host.as_str(), e.broker.port, e.broker.tls),
+            ("127.0.0.1", 18830, false)
+        );
 
         let err = |body: &str| cloud(body).unwrap_err().to_string();
         assert!(err("").contains("cloud.url: give the broker's url"));
         assert!(err("url = \"http://x\"").contains("is not an mqtt:// or mqtts:// URL"));
         assert!(err("url = \"mqtts://x\"").contains("needs ca_file"));
         assert!(err("url = \"mqtt://x\"\nca_file = \"ca.pem\"").contains("need an mqtts:// url"));
-        assert!(err("url = \"mqtts://x\"\nca_file = \"c\"\ncert_file = \"c\"").contains("go together"));
+        assert!(
+            err("url = \"mqtts://x\"\nca_file = \"c\"\ncert_file = \"c\"").contains("go together")
+        );
         assert!(err("url = \"mqtt://x:99999\"").contains("is not a port number"));
         assert!(err("url = \"mqtt://x\"\nembedded = true").contains("not both"));
     }

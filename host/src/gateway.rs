@@ -8,10 +8,10 @@
 //! commits the telemetry still in memory.
 
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -130,7 +130,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             status_signal: status_signal.clone(),
         };
         let handle = app::spawn(spec, stop_apps.child_token(), &mut tasks)?;
-        routes.insert(app.device.clone(), Route { app: handle.clone(), model });
+        routes.insert(
+            app.device.clone(),
+            Route {
+                app: handle.clone(),
+                model,
+            },
+        );
         handles.push(handle);
     }
 
@@ -139,7 +145,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let stop_link = CancellationToken::new();
     let link = match &config.cloud {
         None => {
-            tracing::info!("no [cloud] configured: running offline; everything stays in the outbox");
+            tracing::info!(
+                "no [cloud] configured: running offline; everything stays in the outbox"
+            );
             None
         }
         Some(cloud) => {
@@ -157,7 +165,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 db_path: db_path.clone(),
                 outbox_signal: outbox_signal.clone(),
                 status_signal: status_signal.clone(),
-                apps: handles.iter().zip(&config.apps).map(|(h, a)| (h.clone(), a.device.clone())).collect(),
+                apps: handles
+                    .iter()
+                    .zip(&config.apps)
+                    .map(|(h, a)| (h.clone(), a.device.clone()))
+                    .collect(),
                 downlink,
                 replies,
             };

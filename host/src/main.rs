@@ -32,7 +32,9 @@ fn main() -> ExitCode {
 /// every connection, and some ordinary disconnects as errors; it is silent
 /// unless RUST_LOG names it.
 fn log_filter() -> EnvFilter {
-    let spec = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
     let spec = spec.unwrap_or_else(|| "info".to_string());
     let quiet_broker = !spec.contains("rumqttd");
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
@@ -92,26 +94,52 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// `wasmgate cloud ...`; `Ok(false)` when the answer was an error.
 async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
     let client_id = format!("wasmgate-cli-{:08x}", wasmgate::cloud::random_u64() as u32);
-    let mut broker = BrokerSettings::from_url(&args.broker, &client_id).map_err(anyhow::Error::msg)?;
+    let mut broker =
+        BrokerSettings::from_url(&args.broker, &client_id).map_err(anyhow::Error::msg)?;
     broker.username = args.username;
     broker.password = args.password;
     broker.ca_file = args.ca;
     broker.cert_file = args.cert;
     broker.key_file = args.key;
-    broker.check().map_err(|e| anyhow::anyhow!("--broker/--ca/--cert/--key: {e}"))?;
-    let mut session = Session::connect(&broker, std::time::Duration::from_secs(args.timeout)).await?;
-    match args.command {
-        CloudCommand::Watch { gateway } => operator::watch(&mut session, gateway.as_deref()).await.map(|()| true),
-        CloudCommand::Devices => operator::devices(&mut session).await.map(|()| true),
-        CloudCommand::Twin { command: TwinCommand::Get { target } } => {
-            let (gateway, device) = operator::split_target(&target)?;
-            operator::twin_get(&mut session, gateway, device).await.map(|()| true)
+    broker
+        .check()
+        .map_err(|e| anyhow::anyhow!("--broker/--ca/--cert/--key: {e}"))?;
+    // Check the arguments before going to the network.
+    match &args.command {
+        CloudCommand::Twin {
+            command: TwinCommand::Get { target } | TwinCommand::Set { target, .. },
         }
-        CloudCommand::Twin { command: TwinCommand::Set { target, values } } => {
+        | CloudCommand::Call { target, .. } => {
+            operator::split_target(target)?;
+        }
+        CloudCommand::Watch { .. } | CloudCommand::Devices => {}
+    }
+    let mut session =
+        Session::connect(&broker, std::time::Duration::from_secs(args.timeout)).await?;
+    match args.command {
+        CloudCommand::Watch { gateway } => operator::watch(&mut session, gateway.as_deref())
+            .await
+            .map(|()| true),
+        CloudCommand::Devices => operator::devices(&mut session).await.map(|()| true),
+        CloudCommand::Twin {
+            command: TwinCommand::Get { target },
+        } => {
+            let (gateway, device) = operator::split_target(&target)?;
+            operator::twin_get(&mut session, gateway, device)
+                .await
+                .map(|()| true)
+        }
+        CloudCommand::Twin {
+            command: TwinCommand::Set { target, values },
+        } => {
             let (gateway, device) = operator::split_target(&target)?;
             operator::twin_set(&mut session, gateway, device, &values).await
         }
-        CloudCommand::Call { target, action, argument } => {
+        CloudCommand::Call {
+            target,
+            action,
+            argument,
+        } => {
             let (gateway, device) = operator::split_target(&target)?;
             operator::call(&mut session, gateway, device, &action, argument.as_deref()).await
         }

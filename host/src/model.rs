@@ -325,7 +325,11 @@ impl DeviceModel {
 
     /// Check an action invocation from the cloud: a known action, with an
     /// argument if and only if it takes one, of its type and in its range.
-    pub fn check_action(&self, action: &str, argument: Option<&serde_json::Value>) -> Result<Option<Value>, String> {
+    pub fn check_action(
+        &self,
+        action: &str,
+        argument: Option<&serde_json::Value>,
+    ) -> Result<Option<Value>, String> {
         let spec = self
             .actions
             .get(action)
@@ -333,9 +337,10 @@ impl DeviceModel {
         match (&spec.argument, argument) {
             (None, None | Some(serde_json::Value::Null)) => Ok(None),
             (None, Some(_)) => Err(format!("action `{action}` takes no argument")),
-            (Some(arg), None | Some(serde_json::Value::Null)) => {
-                Err(format!("action `{action}` needs an argument of type {}", arg.kind))
-            }
+            (Some(arg), None | Some(serde_json::Value::Null)) => Err(format!(
+                "action `{action}` needs an argument of type {}",
+                arg.kind
+            )),
             (Some(arg), Some(json)) => from_json(json, arg.kind)
                 .and_then(|v| check_value(v, arg.kind, arg.range))
                 .map(Some)
@@ -525,23 +530,48 @@ mod tests {
     #[test]
     fn desired_values_and_action_arguments_from_the_cloud_are_checked() {
         let m = model();
-        assert!(matches!(m.check_desired("enabled", &serde_json::json!(false)), Ok(Value::Boolean(false))));
-        assert_eq!(m.check_desired("level", &serde_json::json!(5)).unwrap_err(), "attribute `level` is read-only");
-        assert_eq!(m.check_desired("enabled", &serde_json::json!("yes")).unwrap_err(), "expected boolean, got text");
-        assert!(m.check_desired("nope", &serde_json::json!(1)).unwrap_err().starts_with("unknown attribute `nope`"));
+        assert!(matches!(
+            m.check_desired("enabled", &serde_json::json!(false)),
+            Ok(Value::Boolean(false))
+        ));
+        assert_eq!(
+            m.check_desired("level", &serde_json::json!(5)).unwrap_err(),
+            "attribute `level` is read-only"
+        );
+        assert_eq!(
+            m.check_desired("enabled", &serde_json::json!("yes"))
+                .unwrap_err(),
+            "expected boolean, got text"
+        );
+        assert!(
+            m.check_desired("nope", &serde_json::json!(1))
+                .unwrap_err()
+                .starts_with("unknown attribute `nope`")
+        );
 
         assert!(matches!(m.check_action("reset", None), Ok(None)));
-        assert_eq!(m.check_action("reset", Some(&serde_json::json!(1))).unwrap_err(), "action `reset` takes no argument");
-        assert!(matches!(m.check_action("calibrate", Some(&serde_json::json!(2))), Ok(Some(Value::Number(n))) if n == 2.0));
+        assert_eq!(
+            m.check_action("reset", Some(&serde_json::json!(1)))
+                .unwrap_err(),
+            "action `reset` takes no argument"
+        );
+        assert!(
+            matches!(m.check_action("calibrate", Some(&serde_json::json!(2))), Ok(Some(Value::Number(n))) if n == 2.0)
+        );
         assert_eq!(
             m.check_action("calibrate", None).unwrap_err(),
             "action `calibrate` needs an argument of type number"
         );
         assert_eq!(
-            m.check_action("calibrate", Some(&serde_json::json!("x"))).unwrap_err(),
+            m.check_action("calibrate", Some(&serde_json::json!("x")))
+                .unwrap_err(),
             "argument of action `calibrate`: expected number, got text"
         );
-        assert!(m.check_action("explode", None).unwrap_err().starts_with("unknown action `explode`"));
+        assert!(
+            m.check_action("explode", None)
+                .unwrap_err()
+                .starts_with("unknown action `explode`")
+        );
     }
 
     #[test]

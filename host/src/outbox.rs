@@ -110,7 +110,11 @@ const MAX_PENDING_POINTS: usize = 1_000_000;
 impl Ingest {
     /// Start the writer thread on its own connection to `db_path`.
     /// `committed` is signalled after each commit (the cloud link waits on it).
-    pub fn start(db_path: &Path, flush_interval: Duration, committed: Arc<tokio::sync::Notify>) -> anyhow::Result<Ingest> {
+    pub fn start(
+        db_path: &Path,
+        flush_interval: Duration,
+        committed: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<Ingest> {
         let conn = crate::store::open(db_path)?;
         // Bounded: an app that records faster than the disk can take is slowed
         // down here rather than growing the host's memory without end.
@@ -155,7 +159,12 @@ impl IngestSender {
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, interval: Duration, committed: Arc<tokio::sync::Notify>) {
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    interval: Duration,
+    committed: Arc<tokio::sync::Notify>,
+) {
     let mut pending: Vec<Batch> = Vec::new();
     let mut pending_points = 0usize;
     let mut oldest: Option<Instant> = None;
@@ -324,9 +333,16 @@ pub fn delete_twin_upto(conn: &Connection, device: &str, seq: i64) -> rusqlite::
 
 /// Entries and points in the whole outbox.
 pub fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
-    conn.query_row("SELECT COUNT(*), COALESCE(SUM(points), 0) FROM outbox", [], |r| {
-        Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
-    })
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(points), 0) FROM outbox",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
+    )
 }
 
 /// How much is waiting in the outbox for one stream.

@@ -147,7 +147,10 @@ pub fn apply_desired(
 }
 
 /// A device's reported attributes (name, JSON text) and report version.
-pub fn reported_state(conn: &Connection, device: &str) -> rusqlite::Result<(u64, Vec<(String, String)>)> {
+pub fn reported_state(
+    conn: &Connection,
+    device: &str,
+) -> rusqlite::Result<(u64, Vec<(String, String)>)> {
     let version = conn
         .query_row(
             "SELECT reported_version FROM devices WHERE device = ?1",

@@ -4,6 +4,8 @@
 //! Each test binary includes this module; not every binary uses every helper.
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +53,7 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     apps: Vec<String>,
     gateway_extra: String,
+    sections: Vec<String>,
 }
 
 impl Gateway {
@@ -59,6 +62,7 @@ impl Gateway {
             dir: tempfile::tempdir().expect("tempdir"),
             apps: Vec::new(),
             gateway_extra: String::new(),
+            sections: Vec::new(),
         }
     }
 
@@ -79,6 +83,12 @@ impl Gateway {
         self
     }
 
+    /// Another table of gateway.toml, e.g. `[cloud]`.
+    pub fn section(mut self, text: &str) -> Gateway {
+        self.sections.push(text.to_string());
+        self
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("gateway.toml")
     }
@@ -90,8 +100,9 @@ impl Gateway {
     /// Write gateway.toml (again) from what was added.
     pub fn write_config(&self) {
         let text = format!(
-            "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\n{}\n{}",
+            "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\n{}\n{}\n{}",
             self.gateway_extra,
+            self.sections.join("\n"),
             self.apps.join("\n")
         );
         std::fs::write(self.config_path(), text).expect("write gateway.toml");
@@ -254,6 +265,41 @@ pub fn run_to_end(args: &[&str], config: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Run `wasmgate ARGS` to completion: (success, stdout, stderr).
+pub fn wasmgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("wasmgate runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `wasmgate ARGS` for `time`, then stop it; its stdout.
+pub fn wasmgate_for(args: &[&str], time: Duration) -> String {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wasmgate runs");
+    std::thread::sleep(time);
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Parse a number that follows `key=` in a log line.

@@ -1,12 +1,16 @@
 //! Project tasks, so that the README's commands work the same everywhere:
 //!
-//! - `cargo xtask demo`: build the guests and the host, run the thermostat demo.
+//! - `cargo xtask demo`: build the guests and the host, run the thermostat
+//!   demo (a gateway with its embedded MQTT broker), and act as the operator
+//!   next to it: watch what arrives, change the setpoint, call an action.
 //! - `cargo xtask test [ARGS]`: build the guests, run the whole test suite
 //!   (`cargo test --workspace ARGS`).
 //! - `cargo xtask guests`: build the guests only.
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,7 +19,7 @@ fn main() -> ExitCode {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let result = match args.first().map(String::as_str) {
-        Some("demo") => guests(&root).and_then(|()| demo(&root, &args[1..])),
+        Some("demo") => guests(&root).and_then(|()| demo(&root)),
         Some("test") => guests(&root).and_then(|()| test(&root, &args[1..])),
         Some("guests") => guests(&root),
         _ => Err("usage: cargo xtask demo | test [CARGO TEST ARGS] | guests".to_string()),
@@ -48,30 +52,104 @@ fn guests(root: &Path) -> Result<(), String> {
     run(Command::new(root.join("guests/build")).current_dir(root))
 }
 
-fn demo(root: &Path, extra: &[String]) -> Result<(), String> {
-    let config = root.join("examples/thermostat/gateway.toml");
-    eprintln!(
-        "xtask: running the thermostat demo ({}); stop it with Ctrl-C",
-        config.display()
-    );
-    run(cargo()
-        .current_dir(root)
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "wasmgate",
-            "--",
-            "run",
-            "--config",
-        ])
-        .arg(&config)
-        .args(extra))
+/// The tests need Mosquitto; say how to get it rather than fail later.
+fn check_mosquitto() -> Result<(), String> {
+    let found = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+        || Command::new("mosquitto").arg("-h").output().is_ok();
+    if found {
+        Ok(())
+    } else {
+        Err("the tests need the Mosquitto MQTT broker: install it with `sudo apt-get install mosquitto`".into())
+    }
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
+    check_mosquitto()?;
     run(cargo()
         .current_dir(root)
         .args(["test", "--workspace"])
         .args(extra))
+}
+
+fn demo(root: &Path) -> Result<(), String> {
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--quiet", "--package", "wasmgate"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let wasmgate = target.join("debug/wasmgate");
+    let config = root.join("examples/thermostat/gateway.toml");
+    say(&format!(
+        "starting the gateway: wasmgate run --config {}",
+        config.display()
+    ));
+    let mut gateway = Command::new(&wasmgate)
+        .args(["run", "--config"])
+        .arg(&config)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", wasmgate.display()))?;
+
+    let mut watch = match operate(&wasmgate, &mut gateway) {
+        Ok(watch) => watch,
+        Err(e) => {
+            let _ = gateway.kill();
+            return Err(e);
+        }
+    };
+    let status = gateway.wait().map_err(|e| e.to_string());
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let status = status?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the gateway exited with {status}"))
+    }
+}
+
+/// The operator's side of the demo, next to the running gateway; returns
+/// the `watch` process, which runs until the gateway stops.
+fn operate(wasmgate: &Path, gateway: &mut Child) -> Result<Child, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect("127.0.0.1:18830").is_err() {
+        if let Ok(Some(status)) = gateway.try_wait() {
+            return Err(format!("the gateway stopped ({status}); see its log above"));
+        }
+        if Instant::now() > deadline {
+            return Err("the gateway's embedded broker did not come up on 127.0.0.1:18830".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say("operator: wasmgate cloud watch demo-gateway   (what the cloud receives)");
+    let watch = Command::new(wasmgate)
+        .args(["cloud", "watch", "demo-gateway"])
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(4));
+    say("operator: wasmgate cloud twin set demo-gateway/thermostat setpoint=23.5");
+    let _ = Command::new(wasmgate)
+        .args([
+            "cloud",
+            "twin",
+            "set",
+            "demo-gateway/thermostat",
+            "setpoint=23.5",
+        ])
+        .status();
+    std::thread::sleep(Duration::from_secs(3));
+    say("operator: wasmgate cloud call demo-gateway/thermostat reset");
+    let _ = Command::new(wasmgate)
+        .args(["cloud", "call", "demo-gateway/thermostat", "reset"])
+        .status();
+    say(
+        "the gateway keeps running; try more `wasmgate cloud ...` commands in another terminal; Ctrl-C stops it",
+    );
+    Ok(watch)
+}
+
+fn say(line: &str) {
+    eprintln!("\n==> {line}\n");
 }

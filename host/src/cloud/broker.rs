@@ -65,7 +65,8 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
 /// An MQTT 3.1.1 CONNECT (clean session, client id "probe") and DISCONNECT.
 const PROBE: &[u8] = &[
     0x10, 17, // CONNECT, remaining length
-    0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, // protocol, level, clean session, keep alive
+    0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0,
+    10, // protocol, level, clean session, keep alive
     0, 5, b'p', b'r', b'o', b'b', b'e', // client id
     0xe0, 0, // DISCONNECT
 ];

@@ -78,18 +78,30 @@ impl Downlink {
     /// Handle one message the link received. Never waits.
     pub fn dispatch(&mut self, topic: &str, payload: &[u8]) {
         let Some(parsed) = topics::parse(topic).filter(|p| p.gateway == self.gateway) else {
-            tracing::warn!(topic, "ignoring a message on a topic that is not part of this gateway's protocol");
+            tracing::warn!(
+                topic,
+                "ignoring a message on a topic that is not part of this gateway's protocol"
+            );
             return;
         };
         let device = parsed.device.to_string();
         let (request, reply_topic) = match parsed.kind {
-            Kind::Desired => (Request::Desired(payload.to_vec()), topics::topic(&self.gateway, &device, "twin/ack")),
+            Kind::Desired => (
+                Request::Desired(payload.to_vec()),
+                topics::topic(&self.gateway, &device, "twin/ack"),
+            ),
             Kind::ActionRequest(name) => (
-                Request::Action { name: name.to_string(), payload: payload.to_vec() },
+                Request::Action {
+                    name: name.to_string(),
+                    payload: payload.to_vec(),
+                },
                 topics::topic(&self.gateway, &device, &format!("action/{name}/res")),
             ),
             _ => {
-                tracing::warn!(topic, "ignoring a message the gateway does not take (only twin/desired and action/+/req come down)");
+                tracing::warn!(
+                    topic,
+                    "ignoring a message the gateway does not take (only twin/desired and action/+/req come down)"
+                );
                 return;
             }
         };
@@ -106,7 +118,10 @@ impl Downlink {
             return;
         }
         let Some(route) = self.routes.get(&device).cloned() else {
-            let reply = refuse(format!("no app on gateway {} speaks for device {device}", self.gateway));
+            let reply = refuse(format!(
+                "no app on gateway {} speaks for device {device}",
+                self.gateway
+            ));
             self.send(reply);
             return;
         };
@@ -127,7 +142,11 @@ impl Downlink {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
             tracing::warn!(device = %device, "downlink refused: {DEVICE_QUEUE} requests are already waiting");
-            let reply = refusal(&request, reply_topic, format!("device {device} is busy: {DEVICE_QUEUE} requests are waiting"));
+            let reply = refusal(
+                &request,
+                reply_topic,
+                format!("device {device} is busy: {DEVICE_QUEUE} requests are waiting"),
+            );
             self.send(reply);
         }
     }
@@ -153,17 +172,27 @@ fn refusal(request: &Request, topic: String, error: String) -> Reply {
             error: Some(error),
         }),
     };
-    Reply { topic, payload: payload.unwrap_or_default() }
+    Reply {
+        topic,
+        payload: payload.unwrap_or_default(),
+    }
 }
 
 /// The `version` of a desired message, if it has one, even if the rest is bad.
 fn version_of(payload: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<serde_json::Value>(payload).ok()?.get("version")?.as_u64()
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("version")?
+        .as_u64()
 }
 
 /// The `id` of an action request, if it has a usable one.
 fn id_of(payload: &[u8]) -> Option<String> {
-    let id = serde_json::from_slice::<serde_json::Value>(payload).ok()?.get("id")?.as_str()?.to_string();
+    let id = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("id")?
+        .as_str()?
+        .to_string();
     (id.len() <= 128).then_some(id)
 }
 
@@ -195,11 +224,17 @@ impl Worker {
             let reply = match request {
                 Request::Desired(payload) => Reply {
                     topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
-                    payload: serde_json::to_vec(&self.desired(&mut db, &payload).await).unwrap_or_default(),
+                    payload: serde_json::to_vec(&self.desired(&mut db, &payload).await)
+                        .unwrap_or_default(),
                 },
                 Request::Action { name, payload } => Reply {
-                    topic: topics::topic(&self.gateway, &self.device, &format!("action/{name}/res")),
-                    payload: serde_json::to_vec(&self.action(&name, &payload).await).unwrap_or_default(),
+                    topic: topics::topic(
+                        &self.gateway,
+                        &self.device,
+                        &format!("action/{name}/res"),
+                    ),
+                    payload: serde_json::to_vec(&self.action(&name, &payload).await)
+                        .unwrap_or_default(),
                 },
             };
             if self.replies.send(reply).await.is_err() {
@@ -224,17 +259,28 @@ impl Worker {
         let version = desired.version;
         let applied = match crate::store::desired_version(db, device) {
             Ok(v) => v,
-            Err(e) => return self.failed(version, format!("the gateway cannot read its twin: {e}")),
+            Err(e) => {
+                return self.failed(version, format!("the gateway cannot read its twin: {e}"));
+            }
         };
         if version == applied {
             tracing::info!(device = %device, version, "desired version already applied; not applying it again");
-            return Ack { version: Some(version), duplicate: true, ..Ack::default() };
+            return Ack {
+                version: Some(version),
+                duplicate: true,
+                ..Ack::default()
+            };
         }
-        let mut ack = Ack { version: Some(version), ..Ack::default() };
+        let mut ack = Ack {
+            version: Some(version),
+            ..Ack::default()
+        };
         if version < applied {
             for name in desired.attributes.keys() {
-                ack.rejected
-                    .insert(name.clone(), format!("stale: version {version} is older than the applied version {applied}"));
+                ack.rejected.insert(
+                    name.clone(),
+                    format!("stale: version {version} is older than the applied version {applied}"),
+                );
             }
             tracing::warn!(device = %device, version, applied, "refused a stale desired change");
             return ack;
@@ -251,11 +297,18 @@ impl Worker {
             }
         }
         if !accepted.is_empty() {
-            let outcome = tokio::time::timeout(APP_TIMEOUT, self.route.app.desired(device.clone(), accepted.clone())).await;
+            let outcome = tokio::time::timeout(
+                APP_TIMEOUT,
+                self.route.app.desired(device.clone(), accepted.clone()),
+            )
+            .await;
             let refused = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(reason)) => Some(format!("the app refused it: {reason}")),
-                Err(_) => Some(format!("the app did not answer within {} s", APP_TIMEOUT.as_secs())),
+                Err(_) => Some(format!(
+                    "the app did not answer within {} s",
+                    APP_TIMEOUT.as_secs()
+                )),
             };
             if let Some(reason) = refused {
                 tracing::warn!(device = %device, version, "desired change not applied: {reason}");
@@ -264,11 +317,17 @@ impl Worker {
                 }
             }
         }
-        let stored: Vec<(String, String)> = accepted.iter().map(|(n, v)| (n.clone(), to_json(v).to_string())).collect();
+        let stored: Vec<(String, String)> = accepted
+            .iter()
+            .map(|(n, v)| (n.clone(), to_json(v).to_string()))
+            .collect();
         // The version is recorded even if every attribute was refused, so an
         // older message arriving later is recognised as stale.
         if let Err(e) = crate::store::apply_desired(db, device, version, &stored) {
-            return self.failed(version, format!("the gateway could not store the change: {e}"));
+            return self.failed(
+                version,
+                format!("the gateway could not store the change: {e}"),
+            );
         }
         ack.accepted = accepted.into_iter().map(|(n, _)| n).collect();
         tracing::info!(device = %device, version, accepted = ?ack.accepted, rejected = ack.rejected.len(), "desired change handled");
@@ -277,7 +336,11 @@ impl Worker {
 
     fn failed(&self, version: u64, error: String) -> Ack {
         tracing::error!(device = %self.device, "{error}");
-        Ack { version: Some(version), error: Some(error), ..Ack::default() }
+        Ack {
+            version: Some(version),
+            error: Some(error),
+            ..Ack::default()
+        }
     }
 
     async fn action(&self, name: &str, payload: &[u8]) -> ActionResponse {
@@ -286,32 +349,55 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(device = %device, action = name, "refused a malformed action request: {e}");
-                return ActionResponse { id: id_of(payload), result: None, error: Some(format!("malformed action request: {e}")) };
+                return ActionResponse {
+                    id: id_of(payload),
+                    result: None,
+                    error: Some(format!("malformed action request: {e}")),
+                };
             }
         };
         let fail = |error: String| {
             tracing::warn!(device = %device, action = name, id = %request.id, "action failed: {error}");
-            ActionResponse { id: Some(request.id.clone()), result: None, error: Some(error) }
+            ActionResponse {
+                id: Some(request.id.clone()),
+                result: None,
+                error: Some(error),
+            }
         };
         if request.id.is_empty() || request.id.len() > 128 {
             return fail("the request id must be 1 to 128 characters".into());
         }
-        let argument = match self.route.model.check_action(name, request.argument.as_ref()) {
+        let argument = match self
+            .route
+            .model
+            .check_action(name, request.argument.as_ref())
+        {
             Ok(a) => a,
             Err(reason) => return fail(reason),
         };
-        let call = self.route.app.action(device.clone(), name.to_string(), argument);
+        let call = self
+            .route
+            .app
+            .action(device.clone(), name.to_string(), argument);
         match tokio::time::timeout(APP_TIMEOUT, call).await {
             Ok(Ok(result)) => {
                 tracing::info!(device = %device, action = name, id = %request.id, "action answered");
                 ActionResponse {
                     id: Some(request.id.clone()),
-                    result: Some(result.as_ref().map(to_json).unwrap_or(serde_json::Value::Null)),
+                    result: Some(
+                        result
+                            .as_ref()
+                            .map(to_json)
+                            .unwrap_or(serde_json::Value::Null),
+                    ),
                     error: None,
                 }
             }
             Ok(Err(reason)) => fail(reason),
-            Err(_) => fail(format!("the app did not answer within {} s", APP_TIMEOUT.as_secs())),
+            Err(_) => fail(format!(
+                "the app did not answer within {} s",
+                APP_TIMEOUT.as_secs()
+            )),
         }
     }
 }

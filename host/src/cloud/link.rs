@@ -13,7 +13,9 @@
 //! is persistent, so downlink messages sent while the gateway was away are
 //! delivered when it comes back.
 
-use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +52,10 @@ pub struct LinkSpec {
 enum Sent {
     /// Outbox rows: `telemetry` and `alert` rows one by one, or every `twin`
     /// row of a device up to `seq` (the retained state covers them all).
-    Row { seq: i64, twin_device: Option<String> },
+    Row {
+        seq: i64,
+        twin_device: Option<String>,
+    },
     /// A reply or status: resent after a reconnect if not acknowledged.
     Message(Reply, bool),
 }
@@ -83,15 +88,41 @@ struct Link {
 
 /// Run the link until `cancel`; then mark the gateway offline and disconnect.
 pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()> {
-    let LinkSpec { gateway, config, db_path, outbox_signal, status_signal, apps, mut downlink, mut replies } = spec;
+    let LinkSpec {
+        gateway,
+        config,
+        db_path,
+        outbox_signal,
+        status_signal,
+        apps,
+        mut downlink,
+        mut replies,
+    } = spec;
     let status_topic = topics::topic(&gateway, &gateway, "status");
     let mut options = super::mqtt_options(&config.broker, false)?;
-    let will = Status { online: false, time: None, reason: Some("connection lost".into()), apps: vec![], outbox: OutboxInfo::default() };
+    let will = Status {
+        online: false,
+        time: None,
+        reason: Some("connection lost".into()),
+        apps: vec![],
+        outbox: OutboxInfo::default(),
+    };
     options
         .set_inflight(config.max_inflight)
-        .set_last_will(LastWill::new(&status_topic, serde_json::to_vec(&will)?, QoS::AtLeastOnce, true));
-    let url = format!("{}://{}:{}", if config.broker.tls { "mqtts" } else { "mqtt" }, config.broker.host, config.broker.port);
-    let (client, mut eventloop) = AsyncClient::new(options, usize::from(config.max_inflight) * 2 + 16);
+        .set_last_will(LastWill::new(
+            &status_topic,
+            serde_json::to_vec(&will)?,
+            QoS::AtLeastOnce,
+            true,
+        ));
+    let url = format!(
+        "{}://{}:{}",
+        if config.broker.tls { "mqtts" } else { "mqtt" },
+        config.broker.host,
+        config.broker.port
+    );
+    let (client, mut eventloop) =
+        AsyncClient::new(options, usize::from(config.max_inflight) * 2 + 16);
 
     let mut link = Link {
         spec_gateway: gateway.clone(),
@@ -160,8 +191,14 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 link.pump();
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                    tracing::error!("the broker refused a subscription: desired changes or actions will not arrive (check its ACL)");
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(
+                        "the broker refused a subscription: desired changes or actions will not arrive (check its ACL)"
+                    );
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
@@ -219,10 +256,23 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
 
 /// A connection error in words an operator can act on.
 fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
+    let text = match e {
+        ConnectionError::ConnectionRefused(code) => {
+            return format!("the broker refused the connection ({code:?})");
+        }
         ConnectionError::Io(io) => format!("network error: {io}"),
         other => other.to_string(),
+    };
+    // TLS failures surface deep inside rumqttc's errors; say which side
+    // did not trust the other.
+    if let Some(alert) = text.split("received fatal alert: ").nth(1) {
+        format!(
+            "the broker rejected the gateway's client certificate (TLS alert {alert}; check cert_file and key_file)"
+        )
+    } else if text.contains("invalid peer certificate") {
+        format!("the broker's certificate is not trusted by ca_file ({text})")
+    } else {
+        text
     }
 }
 
@@ -269,7 +319,13 @@ impl Link {
                 }
             })
             .collect();
-        Status { online, time: Some(now_ns()), reason: reason.map(str::to_string), apps, outbox }
+        Status {
+            online,
+            time: Some(now_ns()),
+            reason: reason.map(str::to_string),
+            apps,
+            outbox,
+        }
     }
 
     fn room(&self) -> bool {
@@ -283,8 +339,15 @@ impl Link {
             return;
         }
         while self.room() {
-            let Some((reply, retain)) = self.messages.pop_front() else { break };
-            if let Err(e) = self.client.try_publish(&reply.topic, QoS::AtLeastOnce, retain, reply.payload.clone()) {
+            let Some((reply, retain)) = self.messages.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.client.try_publish(
+                &reply.topic,
+                QoS::AtLeastOnce,
+                retain,
+                reply.payload.clone(),
+            ) {
                 tracing::debug!("publish queue full: {e}");
                 self.messages.push_front((reply, retain));
                 return;
@@ -313,7 +376,11 @@ impl Link {
             };
             match published {
                 Ok(Some(sent)) => {
-                    if let Sent::Row { twin_device: Some(d), .. } = &sent {
+                    if let Sent::Row {
+                        twin_device: Some(d),
+                        ..
+                    } = &sent
+                    {
                         self.twins_out.insert(d.clone());
                     } else {
                         self.rows_out.insert(seq);
@@ -341,8 +408,14 @@ impl Link {
             .collect())
     }
 
-    fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
-        self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload)
+    fn publish(
+        &self,
+        topic: &str,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), rumqttc::ClientError> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
     }
 
     /// The device's whole reported state, retained; settles every twin row
@@ -369,30 +442,59 @@ impl Link {
             .into_iter()
             .filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?)))
             .collect();
-        let payload = serde_json::json!({ "version": version, "time": now_ns(), "attributes": attributes });
+        let payload =
+            serde_json::json!({ "version": version, "time": now_ns(), "attributes": attributes });
         let topic = topics::topic(&self.spec_gateway, device, "twin/reported");
         self.publish(&topic, true, payload.to_string().into_bytes())?;
-        Ok(Some(Sent::Row { seq: upto, twin_device: Some(device.to_string()) }))
+        Ok(Some(Sent::Row {
+            seq: upto,
+            twin_device: Some(device.to_string()),
+        }))
     }
 
-    fn publish_alert(&mut self, seq: i64, device: &str, name: &str, payload: &[u8]) -> Result<Option<Sent>, rumqttc::ClientError> {
-        let mut alert: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload).unwrap_or_default();
+    fn publish_alert(
+        &mut self,
+        seq: i64,
+        device: &str,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<Option<Sent>, rumqttc::ClientError> {
+        let mut alert: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(payload).unwrap_or_default();
         alert.insert("id".into(), format!("{}-{seq}", self.spec_gateway).into());
         let topic = topics::topic(&self.spec_gateway, device, &format!("alert/{name}"));
-        self.publish(&topic, false, serde_json::to_vec(&alert).unwrap_or_default())?;
-        Ok(Some(Sent::Row { seq, twin_device: None }))
+        self.publish(
+            &topic,
+            false,
+            serde_json::to_vec(&alert).unwrap_or_default(),
+        )?;
+        Ok(Some(Sent::Row {
+            seq,
+            twin_device: None,
+        }))
     }
 
-    fn publish_telemetry(&mut self, seq: i64, device: &str, series: &str, points: &[u8]) -> Result<Option<Sent>, rumqttc::ClientError> {
+    fn publish_telemetry(
+        &mut self,
+        seq: i64,
+        device: &str,
+        series: &str,
+        points: &[u8],
+    ) -> Result<Option<Sent>, rumqttc::ClientError> {
         // The stored batch is already the JSON array of points: wrap it
         // rather than parse and re-encode it.
         let mut payload = Vec::with_capacity(points.len() + 64);
-        payload.extend_from_slice(format!("{{\"batch\":\"{}-{seq}\",\"points\":", self.spec_gateway).as_bytes());
+        payload.extend_from_slice(
+            format!("{{\"batch\":\"{}-{seq}\",\"points\":", self.spec_gateway).as_bytes(),
+        );
         payload.extend_from_slice(points);
         payload.push(b'}');
         let topic = topics::topic(&self.spec_gateway, device, &format!("telemetry/{series}"));
         self.publish(&topic, false, payload)?;
-        Ok(Some(Sent::Row { seq, twin_device: None }))
+        Ok(Some(Sent::Row {
+            seq,
+            twin_device: None,
+        }))
     }
 
     /// rumqttc sent the next submitted publish with packet id `pkid`.

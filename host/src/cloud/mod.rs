@@ -40,7 +40,9 @@ pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::R
         options.set_credentials(user, settings.password.clone().unwrap_or_default());
     }
     if settings.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(settings)?))));
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+            tls_config(settings)?,
+        ))));
     }
     Ok(options)
 }
@@ -51,26 +53,37 @@ fn tls_config(settings: &BrokerSettings) -> anyhow::Result<rustls::ClientConfig>
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    let ca_file = settings.ca_file.as_ref().context("TLS needs a CA file (ca_file)")?;
+    let ca_file = settings
+        .ca_file
+        .as_ref()
+        .context("TLS needs a CA file (ca_file)")?;
     let mut roots = rustls::RootCertStore::empty();
     let cas = CertificateDer::pem_file_iter(ca_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("reading CA certificates from {}", ca_file.display()))?;
-    anyhow::ensure!(!cas.is_empty(), "{} holds no certificates", ca_file.display());
+    anyhow::ensure!(
+        !cas.is_empty(),
+        "{} holds no certificates",
+        ca_file.display()
+    );
     for ca in cas {
         roots
             .add(ca)
             .with_context(|| format!("using a CA certificate from {}", ca_file.display()))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("setting up TLS")?
-        .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("setting up TLS")?
+    .with_root_certificates(roots);
     let config = match (&settings.cert_file, &settings.key_file) {
         (Some(cert_file), Some(key_file)) => {
             let chain = CertificateDer::pem_file_iter(cert_file)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("reading the client certificate {}", cert_file.display()))?;
+                .with_context(|| {
+                    format!("reading the client certificate {}", cert_file.display())
+                })?;
             let key = PrivateKeyDer::from_pem_file(key_file)
                 .with_context(|| format!("reading the client key {}", key_file.display()))?;
             builder

@@ -24,7 +24,12 @@ impl Session {
     pub async fn connect(settings: &BrokerSettings, timeout: Duration) -> anyhow::Result<Session> {
         let options = super::mqtt_options(settings, true)?;
         let (client, mut events) = AsyncClient::new(options, 64);
-        let url = format!("{}://{}:{}", if settings.tls { "mqtts" } else { "mqtt" }, settings.host, settings.port);
+        let url = format!(
+            "{}://{}:{}",
+            if settings.tls { "mqtts" } else { "mqtt" },
+            settings.host,
+            settings.port
+        );
         let connected = tokio::time::timeout(timeout, async {
             loop {
                 match events.poll().await {
@@ -36,9 +41,17 @@ impl Session {
         })
         .await;
         match connected {
-            Ok(Ok(())) => Ok(Session { client, events, timeout, url }),
+            Ok(Ok(())) => Ok(Session {
+                client,
+                events,
+                timeout,
+                url,
+            }),
             Ok(Err(e)) => anyhow::bail!("cannot connect to the broker {url}: {e}"),
-            Err(_) => anyhow::bail!("cannot connect to the broker {url}: no answer within {} s", timeout.as_secs()),
+            Err(_) => anyhow::bail!(
+                "cannot connect to the broker {url}: no answer within {} s",
+                timeout.as_secs()
+            ),
         }
     }
 
@@ -57,7 +70,9 @@ impl Session {
     }
 
     pub async fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> anyhow::Result<()> {
-        self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await?;
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await?;
         Ok(())
     }
 
@@ -114,7 +129,11 @@ pub async fn watch(session: &mut Session, gateway: Option<&str>) -> anyhow::Resu
 /// One line for a message: what it is, where from, and its payload.
 pub fn describe(message: &Publish) -> String {
     let payload = String::from_utf8_lossy(&message.payload);
-    let payload: String = if payload.len() > 2000 { format!("{}...", &payload[..payload.floor_char_boundary(2000)]) } else { payload.into_owned() };
+    let payload: String = if payload.len() > 2000 {
+        format!("{}...", &payload[..payload.floor_char_boundary(2000)])
+    } else {
+        payload.into_owned()
+    };
     match topics::parse(&message.topic) {
         Some(t) => {
             let what = match t.kind {
@@ -140,7 +159,8 @@ pub async fn twin_get(session: &mut Session, gateway: &str, device: &str) -> any
     let deadline = session.deadline();
     while let Some(message) = session.next(Some(deadline)).await? {
         if message.topic == topic {
-            let json: serde_json::Value = serde_json::from_slice(&message.payload).context("the reported state is not JSON")?;
+            let json: serde_json::Value = serde_json::from_slice(&message.payload)
+                .context("the reported state is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&json)?);
             return Ok(());
         }
@@ -150,26 +170,42 @@ pub async fn twin_get(session: &mut Session, gateway: &str, device: &str) -> any
 
 /// `twin set`: send desired values, wait for the gateway's ack, print it.
 /// Returns whether everything was accepted.
-pub async fn twin_set(session: &mut Session, gateway: &str, device: &str, values: &[String]) -> anyhow::Result<bool> {
+pub async fn twin_set(
+    session: &mut Session,
+    gateway: &str,
+    device: &str,
+    values: &[String],
+) -> anyhow::Result<bool> {
     let mut attributes = serde_json::Map::new();
     for pair in values {
-        let (name, value) = pair.split_once('=').with_context(|| format!("{pair:?} is not NAME=VALUE"))?;
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("{pair:?} is not NAME=VALUE"))?;
         attributes.insert(name.to_string(), parse_value(value));
     }
     // Milliseconds since the epoch: grows with every change an operator makes.
     let version = crate::value::now_ns() / 1_000_000;
     let ack_topic = topics::topic(gateway, device, "twin/ack");
     session.subscribe(&ack_topic).await?;
-    let desired = Desired { version, attributes };
+    let desired = Desired {
+        version,
+        attributes,
+    };
     session
-        .publish(&topics::topic(gateway, device, "twin/desired"), true, serde_json::to_vec(&desired)?)
+        .publish(
+            &topics::topic(gateway, device, "twin/desired"),
+            true,
+            serde_json::to_vec(&desired)?,
+        )
         .await?;
     let deadline = session.deadline();
     while let Some(message) = session.next(Some(deadline)).await? {
         if message.topic != ack_topic {
             continue;
         }
-        let Ok(ack) = serde_json::from_slice::<Ack>(&message.payload) else { continue };
+        let Ok(ack) = serde_json::from_slice::<Ack>(&message.payload) else {
+            continue;
+        };
         if ack.version != Some(version) {
             continue;
         }
@@ -196,20 +232,35 @@ pub async fn twin_set(session: &mut Session, gateway: &str, device: &str, values
 
 /// `call`: invoke an action, print the result or the error. Returns whether
 /// the action succeeded.
-pub async fn call(session: &mut Session, gateway: &str, device: &str, action: &str, argument: Option<&str>) -> anyhow::Result<bool> {
+pub async fn call(
+    session: &mut Session,
+    gateway: &str,
+    device: &str,
+    action: &str,
+    argument: Option<&str>,
+) -> anyhow::Result<bool> {
     let id = format!("cli-{:016x}", super::random_u64());
     let res_topic = topics::topic(gateway, device, &format!("action/{action}/res"));
     session.subscribe(&res_topic).await?;
-    let request = ActionRequest { id: id.clone(), argument: argument.map(parse_value) };
+    let request = ActionRequest {
+        id: id.clone(),
+        argument: argument.map(parse_value),
+    };
     session
-        .publish(&topics::topic(gateway, device, &format!("action/{action}/req")), false, serde_json::to_vec(&request)?)
+        .publish(
+            &topics::topic(gateway, device, &format!("action/{action}/req")),
+            false,
+            serde_json::to_vec(&request)?,
+        )
         .await?;
     let deadline = session.deadline();
     while let Some(message) = session.next(Some(deadline)).await? {
         if message.topic != res_topic {
             continue;
         }
-        let Ok(response) = serde_json::from_slice::<ActionResponse>(&message.payload) else { continue };
+        let Ok(response) = serde_json::from_slice::<ActionResponse>(&message.payload) else {
+            continue;
+        };
         if response.id.as_deref() != Some(id.as_str()) {
             continue;
         }
@@ -224,13 +275,18 @@ pub async fn call(session: &mut Session, gateway: &str, device: &str, action: &s
             }
         });
     }
-    anyhow::bail!("no response from {gateway}/{device} within {} s (is the gateway online?)", session.timeout.as_secs())
+    anyhow::bail!(
+        "no response from {gateway}/{device} within {} s (is the gateway online?)",
+        session.timeout.as_secs()
+    )
 }
 
 /// `devices`: every gateway's retained status: online or not, its apps and
 /// the devices they speak for.
 pub async fn devices(session: &mut Session) -> anyhow::Result<()> {
-    session.subscribe(&format!("{}/+/+/status", topics::ROOT)).await?;
+    session
+        .subscribe(&format!("{}/+/+/status", topics::ROOT))
+        .await?;
     // Retained statuses arrive right after the subscription; wait a moment.
     let deadline = Instant::now() + Duration::from_millis(1000).min(session.timeout);
     let mut seen = std::collections::BTreeMap::new();
@@ -247,14 +303,20 @@ pub async fn devices(session: &mut Session) -> anyhow::Result<()> {
         println!("no gateway has published a status on {}", session.url);
         return Ok(());
     }
-    println!("{:<20} {:<8} {:<20} {:<20} {:<12}", "GATEWAY", "ONLINE", "DEVICE", "APP", "STATE");
+    println!(
+        "{:<20} {:<8} {:<20} {:<20} {:<12}",
+        "GATEWAY", "ONLINE", "DEVICE", "APP", "STATE"
+    );
     for (gateway, status) in &seen {
         let online = if status.online { "yes" } else { "no" };
         if status.apps.is_empty() {
             println!("{gateway:<20} {online:<8}");
         }
         for app in &status.apps {
-            println!("{gateway:<20} {online:<8} {:<20} {:<20} {:<12}", app.device, app.name, app.state);
+            println!(
+                "{gateway:<20} {online:<8} {:<20} {:<20} {:<12}",
+                app.device, app.name, app.state
+            );
         }
     }
     Ok(())
@@ -267,7 +329,11 @@ mod tests {
     #[test]
     fn targets_and_values_parse() {
         assert_eq!(split_target("gw/dev").expect("ok"), ("gw", "dev"));
-        assert!(split_target("gw").is_err() && split_target("gw/a/b").is_err() && split_target("/d").is_err());
+        assert!(
+            split_target("gw").is_err()
+                && split_target("gw/a/b").is_err()
+                && split_target("/d").is_err()
+        );
         assert_eq!(parse_value("21.5"), serde_json::json!(21.5));
         assert_eq!(parse_value("true"), serde_json::json!(true));
         assert_eq!(parse_value("auto"), serde_json::json!("auto"));

@@ -58,7 +58,11 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["action", name, "res"] if !name.is_empty() => Kind::ActionResponse(name),
         _ => return None,
     };
-    Some(Parsed { gateway, device, kind })
+    Some(Parsed {
+        gateway,
+        device,
+        kind,
+    })
 }
 
 #[cfg(test)]
@@ -71,11 +75,27 @@ mod tests {
         assert_eq!(t, "wg/v1/gw/dev/action/reset/req");
         assert_eq!(
             parse(&t),
-            Some(Parsed { gateway: "gw", device: "dev", kind: Kind::ActionRequest("reset") })
+            Some(Parsed {
+                gateway: "gw",
+                device: "dev",
+                kind: Kind::ActionRequest("reset")
+            })
         );
-        assert_eq!(parse("wg/v1/gw/dev/telemetry/climate").map(|p| p.kind), Some(Kind::Telemetry("climate")));
-        assert_eq!(parse("wg/v1/gw/gw/status").map(|p| p.kind), Some(Kind::Status));
-        for junk in ["wg/v1/gw", "wg/v1/gw/dev/nope", "wg/v1//dev/status", "wg/v2/gw/dev/status", "wg/v1/gw/dev/action/x/req/y"] {
+        assert_eq!(
+            parse("wg/v1/gw/dev/telemetry/climate").map(|p| p.kind),
+            Some(Kind::Telemetry("climate"))
+        );
+        assert_eq!(
+            parse("wg/v1/gw/gw/status").map(|p| p.kind),
+            Some(Kind::Status)
+        );
+        for junk in [
+            "wg/v1/gw",
+            "wg/v1/gw/dev/nope",
+            "wg/v1//dev/status",
+            "wg/v2/gw/dev/status",
+            "wg/v1/gw/dev/action/x/req/y",
+        ] {
             assert_eq!(parse(junk), None, "{junk}");
         }
         assert_eq!(downlink_filters("gw")[1], "wg/v1/gw/+/action/+/req");

@@ -1,0 +1,292 @@
+//! A real Mosquitto broker for the tests (started on a free loopback port
+//! with a config file written here), a consumer that records everything it
+//! receives, and test certificates made with rcgen.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, Packet, QoS};
+use wasmgate::config::BrokerSettings;
+
+/// A Mosquitto process and its directory (config, persistence, log).
+pub struct Mosquitto {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Start a broker; `extra` is more mosquitto.conf for its listener
+    /// (TLS files, an ACL file).
+    pub fn start(extra: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = super::free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             user root\n\
+             persistence true\n\
+             persistence_location {dir}/\n\
+             autosave_interval 1\n\
+             max_queued_messages 100000\n\
+             message_size_limit 0\n\
+             log_dest file {dir}/mosquitto.log\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             {extra}\n",
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let mut broker = Mosquitto {
+            dir,
+            port,
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start mosquitto ({e}): install it with `apt-get install mosquitto`")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (mosquitto saves its sessions) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Settings for a client of this broker.
+    pub fn settings(&self, client_id: &str) -> BrokerSettings {
+        BrokerSettings::from_url(&self.url(), client_id).expect("url")
+    }
+
+    /// What the broker logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One message a consumer received.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "payload on {} is not JSON ({e}): {:?}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
+    }
+}
+
+/// An MQTT client that records every message on its subscriptions. It uses
+/// a persistent session, so messages sent while it reconnects are kept.
+pub struct Consumer {
+    client: Client,
+    messages: Arc<Mutex<Vec<Message>>>,
+}
+
+impl Consumer {
+    pub fn connect(settings: &BrokerSettings, filters: &[&str]) -> Consumer {
+        let options = wasmgate::cloud::mqtt_options(settings, false).expect("options");
+        let (client, mut connection) = Client::new(options, 256);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(Mutex::new(false));
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        {
+            let (client, messages, subscribed) =
+                (client.clone(), messages.clone(), subscribed.clone());
+            std::thread::spawn(move || {
+                for event in connection.iter() {
+                    match event {
+                        Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                            for f in &filters {
+                                let _ = client.try_subscribe(f.as_str(), QoS::AtLeastOnce);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            *subscribed.lock().expect("lock") = true
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            messages.lock().expect("lock").push(Message {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            })
+                        }
+                        Ok(_) => {}
+                        Err(rumqttc::ConnectionError::RequestsDone) => return,
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !*subscribed.lock().expect("lock") {
+            assert!(
+                Instant::now() < deadline,
+                "the test consumer could not subscribe"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Consumer { client, messages }
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        self.messages.lock().expect("lock").clone()
+    }
+
+    /// Messages on exactly `topic`.
+    pub fn on(&self, topic: &str) -> Vec<Message> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    /// Wait for a message on `topic` whose JSON satisfies `check`.
+    pub fn wait_json(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.on(topic).iter().map(Message::json).find(|j| check(j)) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching message on {topic} within {timeout:?}; got: {:?}",
+                self.on(topic)
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.into())
+            .expect("publish");
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// PEM files for TLS tests: a CA, a server certificate for 127.0.0.1, and
+/// client certificates, written into a directory.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// A CA ("name"-ca.pem) that signs a server cert (server.pem/.key) and a
+    /// client cert (client.pem/.key), all in `dir`, plus a second, unrelated
+    /// CA that signs rogue.pem/.key and is itself in other-ca.pem.
+    pub fn create(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let write =
+            |name: &str, text: String| std::fs::write(dir.join(name), text).expect("write pem");
+        let make_ca = |cn: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.self_signed(&key).expect("self-signed CA");
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf = |issuer: &Issuer<'_, KeyPair>, names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(names).expect("params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (ca_pem, ca) = make_ca("wasmgate test CA");
+        write("ca.pem", ca_pem);
+        let (cert, key) = leaf(&ca, vec!["127.0.0.1".into(), "localhost".into()], "broker");
+        write("server.pem", cert);
+        write("server.key", key);
+        let (cert, key) = leaf(&ca, vec![], "test-gw");
+        write("client.pem", cert);
+        write("client.key", key);
+        let (other_pem, other) = make_ca("some other CA");
+        write("other-ca.pem", other_pem);
+        let (cert, key) = leaf(&other, vec![], "rogue");
+        write("rogue.pem", cert);
+        write("rogue.key", key);
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}

@@ -1,0 +1,121 @@
+//! The operator's side: `wasmgate cloud` commands against a gateway running
+//! the embedded broker (the README demo's set-up), so nothing but the
+//! wasmgate binary is involved.
+
+mod common;
+
+use common::{Gateway, free_port, guest, root, wasmgate, wasmgate_for};
+use std::time::Duration;
+
+#[test]
+fn operator_commands_watch_set_call_and_list_through_the_embedded_broker() {
+    let port = free_port();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let gw = Gateway::new()
+        .section(&format!(
+            "[cloud]\nembedded = true\nembedded_listen = \"127.0.0.1:{port}\"\n"
+        ))
+        .app(
+            "thermostat",
+            &guest("thermostat"),
+            &root().join("examples/thermostat/thermostat.model.json"),
+            "tick_interval_ms = 100",
+        );
+    let mut run = gw.start();
+    run.wait_for("embedded MQTT broker running", Duration::from_secs(30));
+    run.wait_for("connected to the broker", Duration::from_secs(30));
+    run.wait_for("tick 3:", Duration::from_secs(30));
+    let cloud = |rest: &[&str]| {
+        let mut args = vec!["cloud", "--broker", broker.as_str(), "--timeout", "10"];
+        args.extend_from_slice(rest);
+        wasmgate(&args)
+    };
+
+    let watched = wasmgate_for(
+        &["cloud", "--broker", &broker, "watch", "test-gw"],
+        Duration::from_millis(1500),
+    );
+    assert!(
+        watched.contains("test-gw/thermostat telemetry climate: {\"batch\":\"test-gw-"),
+        "{watched}"
+    );
+    assert!(
+        watched.contains("test-gw/test-gw status: {\"online\":true"),
+        "{watched}"
+    );
+
+    let (ok, out, err) = cloud(&["twin", "set", "test-gw/thermostat", "setpoint=23.5"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "accepted: setpoint");
+    run.wait_for("setpoint changed 21.0 -> 23.5", Duration::from_secs(10));
+
+    let (ok, out, _) = cloud(&[
+        "twin",
+        "set",
+        "test-gw/thermostat",
+        "setpoint=99",
+        "heating=true",
+    ]);
+    assert!(!ok, "a rejected change fails");
+    assert!(
+        out.contains("rejected: setpoint: 99 is out of range [5, 30]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rejected: heating: attribute `heating` is read-only"),
+        "{out}"
+    );
+
+    let (ok, out, _) = cloud(&["call", "test-gw/thermostat", "reset"]);
+    assert!(ok);
+    assert!(
+        out.trim().parse::<i64>().expect("the old tick count") >= 3,
+        "{out}"
+    );
+    let (ok, out, _) = cloud(&["call", "test-gw/thermostat", "explode"]);
+    assert!(!ok);
+    assert!(out.starts_with("error: unknown action `explode`"), "{out}");
+
+    run.wait_for("tick 2:", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out, _) = cloud(&["twin", "get", "test-gw/thermostat"]);
+    assert!(ok);
+    let twin: serde_json::Value = serde_json::from_str(&out).expect("twin get prints JSON");
+    assert_eq!(twin["attributes"]["setpoint"], 23.5);
+
+    let (ok, out, _) = cloud(&["devices"]);
+    assert!(ok);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("test-gw"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("yes") && row.contains("thermostat") && row.contains("running"),
+        "{row}"
+    );
+
+    assert!(run.stop().success());
+    let (ok, _, err) = cloud(&["devices"]);
+    assert!(
+        !ok && err.contains("cannot connect to the broker"),
+        "the broker went with the gateway: {err}"
+    );
+}
+
+#[test]
+fn operator_commands_fail_clearly() {
+    let (ok, _, err) = wasmgate(&["cloud", "--broker", "http://x", "devices"]);
+    assert!(
+        !ok && err.contains("is not an mqtt:// or mqtts:// URL"),
+        "{err}"
+    );
+    let port = free_port().to_string();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let (ok, _, err) = wasmgate(&["cloud", "--broker", &broker, "--timeout", "2", "devices"]);
+    assert!(
+        !ok && err.contains(&format!("cannot connect to the broker {broker}")),
+        "{err}"
+    );
+    let (ok, _, err) = wasmgate(&["cloud", "--broker", &broker, "call", "no-slash", "reset"]);
+    assert!(!ok && err.contains("is not GATEWAY/DEVICE"), "{err}");
+}
