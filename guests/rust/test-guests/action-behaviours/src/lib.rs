@@ -20,15 +20,25 @@ impl App for ActionBehaviours {
                 return Err(format!("{name} = refuse is not allowed"));
             }
         }
-        info!("desired on {device}: {} change(s) applied: {changes:?}", changes.len());
+        info!(
+            "desired on {device}: {} change(s) applied: {changes:?}",
+            changes.len()
+        );
         Ok(())
     }
 
-    fn on_action(&mut self, _device: String, name: String, argument: Option<Value>) -> Result<Option<Value>, String> {
+    fn on_action(
+        &mut self,
+        _device: String,
+        name: String,
+        argument: Option<Value>,
+    ) -> Result<Option<Value>, String> {
         info!("action {name} with {argument:?}");
         match name.as_str() {
             "echo" => Ok(argument),
-            "double" => Ok(argument.and_then(|a| a.as_f64()).map(|x| Value::Number(x * 2.0))),
+            "double" => Ok(argument
+                .and_then(|a| a.as_f64())
+                .map(|x| Value::Number(x * 2.0))),
             "fail" => Err("failed as asked".to_string()),
             "trap" => panic!("trapped as asked"),
             "hang" => loop {
