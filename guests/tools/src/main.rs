@@ -1,0 +1,169 @@
+//! `wasmgate-guest-tool`: the component plumbing the non-Rust guests need,
+//! from the Bytecode Alliance's library crates, so that no guest build has to
+//! `cargo install wasm-tools wit-bindgen-cli`.
+//!
+//! ```text
+//! wasmgate-guest-tool c-bindings WIT_DIR WORLD OUT_DIR
+//! wasmgate-guest-tool embed CORE.wasm WIT_DIR WORLD -o OUT.wasm
+//! wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
+//! wasmgate-guest-tool adapter reactor|command -o OUT.wasm
+//! wasmgate-guest-tool imports COMPONENT.wasm
+//! ```
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use wasi_preview1_component_adapter_provider::{
+    WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+};
+use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
+use wit_parser::Resolve;
+
+const USAGE: &str = "usage:
+  wasmgate-guest-tool c-bindings WIT_DIR WORLD OUT_DIR
+  wasmgate-guest-tool embed CORE.wasm WIT_DIR WORLD -o OUT.wasm
+  wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
+  wasmgate-guest-tool adapter reactor|command -o OUT.wasm
+  wasmgate-guest-tool imports COMPONENT.wasm";
+
+fn main() {
+    if let Err(e) = run(std::env::args().skip(1).collect()) {
+        eprintln!("wasmgate-guest-tool: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Split `args` into positional arguments and `-o OUT`, `--adapter KIND`
+/// and boolean flags.
+struct Args {
+    positional: Vec<String>,
+    out: Option<PathBuf>,
+    adapter: Option<String>,
+    realloc_via_memory_grow: bool,
+}
+
+fn parse(args: Vec<String>) -> Result<Args> {
+    let mut parsed = Args {
+        positional: Vec::new(),
+        out: None,
+        adapter: None,
+        realloc_via_memory_grow: false,
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-o" | "--output" => parsed.out = Some(it.next().context("-o needs a path")?.into()),
+            "--adapter" => parsed.adapter = Some(it.next().context("--adapter needs reactor or command")?),
+            "--realloc-via-memory-grow" => parsed.realloc_via_memory_grow = true,
+            _ if arg.starts_with('-') => bail!("unknown option {arg}\n{USAGE}"),
+            _ => parsed.positional.push(arg),
+        }
+    }
+    Ok(parsed)
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        bail!("{USAGE}");
+    };
+    let args = parse(rest.to_vec())?;
+    let out = || args.out.clone().context("-o OUT is required");
+    match (command.as_str(), args.positional.as_slice()) {
+        ("c-bindings", [wit, world, dir]) => c_bindings(Path::new(wit), world, Path::new(dir)),
+        ("embed", [core, wit, world]) => embed(Path::new(core), Path::new(wit), world, &out()?),
+        ("new", [core]) => new(
+            Path::new(core),
+            args.adapter.as_deref(),
+            args.realloc_via_memory_grow,
+            &out()?,
+        ),
+        ("adapter", [kind]) => write(&out()?, adapter(kind)?),
+        ("imports", [component]) => imports(Path::new(component)),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn resolve(wit: &Path, world: &str) -> Result<(Resolve, wit_parser::WorldId)> {
+    let mut resolve = Resolve::default();
+    let (package, _) = resolve
+        .push_path(wit)
+        .with_context(|| format!("cannot parse the WIT in {}", wit.display()))?;
+    let world = resolve
+        .select_world(&[package], Some(world))
+        .with_context(|| format!("no world {world} in {}", wit.display()))?;
+    Ok((resolve, world))
+}
+
+/// wit-bindgen's C generator: `<world>.h`, `<world>.c` and
+/// `<world>_component_type.o` in `dir`.
+fn c_bindings(wit: &Path, world: &str, dir: &Path) -> Result<()> {
+    let (mut resolve, world) = resolve(wit, world)?;
+    let mut files = wit_bindgen_core::Files::default();
+    let opts = wit_bindgen_c::Opts::default();
+    opts.build()
+        .generate(&mut resolve, world, &mut files)
+        .context("wit-bindgen-c failed")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, contents) in files.iter() {
+        write(&dir.join(name), contents)?;
+    }
+    Ok(())
+}
+
+/// Embed the world's type information (UTF-8 strings) into a core module.
+fn embed(core: &Path, wit: &Path, world: &str, out: &Path) -> Result<()> {
+    let (resolve, world) = resolve(wit, world)?;
+    let mut module = read(core)?;
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8, false)
+        .context("cannot embed the component type")?;
+    write(out, &module)
+}
+
+fn adapter(kind: &str) -> Result<&'static [u8]> {
+    match kind {
+        "reactor" => Ok(WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER),
+        "command" => Ok(WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER),
+        _ => bail!("unknown adapter {kind}: reactor or command"),
+    }
+}
+
+/// Make a component of a core module that has its WIT embedded.
+fn new(core: &Path, adapter_kind: Option<&str>, realloc_via_memory_grow: bool, out: &Path) -> Result<()> {
+    let module = read(core)?;
+    let mut encoder = ComponentEncoder::default();
+    encoder
+        .validate(true)
+        .realloc_via_memory_grow(realloc_via_memory_grow)
+        .module(&module)?;
+    if let Some(kind) = adapter_kind {
+        encoder.adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter(kind)?)?;
+    }
+    let component = encoder.encode().context("cannot make the component")?;
+    write(out, &component)
+}
+
+/// Print the component's imports, one a line.
+fn imports(component: &Path) -> Result<()> {
+    let bytes = read(component)?;
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        match payload? {
+            wasmparser::Payload::ComponentImportSection(section) => {
+                for import in section {
+                    println!("{}", import?.name.name);
+                }
+            }
+            // Only the outer component's imports; stop at its first nested module or component.
+            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => {}
+            _ => {}
+        }
+    }
+    Ok(())
+}
