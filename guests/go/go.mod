@@ -1,0 +1,3 @@
+module wasmgate.example/guests/go
+
+go 1.24
