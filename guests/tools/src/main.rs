@@ -8,6 +8,8 @@
 //! wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
 //! wasmgate-guest-tool adapter reactor|command -o OUT.wasm
 //! wasmgate-guest-tool imports COMPONENT.wasm
+//! wasmgate-guest-tool check-imports COMPONENT.wasm
+//! wasmgate-guest-tool version
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -24,7 +26,9 @@ const USAGE: &str = "usage:
   wasmgate-guest-tool embed CORE.wasm WIT_DIR WORLD -o OUT.wasm
   wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
   wasmgate-guest-tool adapter reactor|command -o OUT.wasm
-  wasmgate-guest-tool imports COMPONENT.wasm";
+  wasmgate-guest-tool imports COMPONENT.wasm
+  wasmgate-guest-tool check-imports COMPONENT.wasm
+  wasmgate-guest-tool version";
 
 fn main() {
     if let Err(e) = run(std::env::args().skip(1).collect()) {
@@ -53,7 +57,9 @@ fn parse(args: Vec<String>) -> Result<Args> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "-o" | "--output" => parsed.out = Some(it.next().context("-o needs a path")?.into()),
-            "--adapter" => parsed.adapter = Some(it.next().context("--adapter needs reactor or command")?),
+            "--adapter" => {
+                parsed.adapter = Some(it.next().context("--adapter needs reactor or command")?)
+            }
             "--realloc-via-memory-grow" => parsed.realloc_via_memory_grow = true,
             _ if arg.starts_with('-') => bail!("unknown option {arg}\n{USAGE}"),
             _ => parsed.positional.push(arg),
@@ -78,7 +84,20 @@ fn run(args: Vec<String>) -> Result<()> {
             &out()?,
         ),
         ("adapter", [kind]) => write(&out()?, adapter(kind)?),
-        ("imports", [component]) => imports(Path::new(component)),
+        ("imports", [component]) => {
+            for name in imports(Path::new(component))? {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        ("check-imports", [component]) => check_imports(Path::new(component)),
+        ("version", []) => {
+            println!(
+                "wasmgate-guest-tool {} (wit-component 0.262.0, wit-bindgen-c 0.63.0, wasmtime 48.0.8 adapters)",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
         _ => bail!("{USAGE}"),
     }
 }
@@ -136,7 +155,12 @@ fn adapter(kind: &str) -> Result<&'static [u8]> {
 }
 
 /// Make a component of a core module that has its WIT embedded.
-fn new(core: &Path, adapter_kind: Option<&str>, realloc_via_memory_grow: bool, out: &Path) -> Result<()> {
+fn new(
+    core: &Path,
+    adapter_kind: Option<&str>,
+    realloc_via_memory_grow: bool,
+    out: &Path,
+) -> Result<()> {
     let module = read(core)?;
     let mut encoder = ComponentEncoder::default();
     encoder
@@ -150,20 +174,75 @@ fn new(core: &Path, adapter_kind: Option<&str>, realloc_via_memory_grow: bool, o
     write(out, &component)
 }
 
-/// Print the component's imports, one a line.
-fn imports(component: &Path) -> Result<()> {
+/// The component's imports (interfaces and world-level types), in order.
+fn imports(component: &Path) -> Result<Vec<String>> {
     let bytes = read(component)?;
+    let mut names = Vec::new();
+    let mut depth = 0u32;
     for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
         match payload? {
-            wasmparser::Payload::ComponentImportSection(section) => {
+            // Only the outer component's imports, not those of nested ones.
+            wasmparser::Payload::ComponentImportSection(section) if depth == 0 => {
                 for import in section {
-                    println!("{}", import?.name.name);
+                    names.push(import?.name.name.to_string());
                 }
             }
-            // Only the outer component's imports; stop at its first nested module or component.
-            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => {}
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    Ok(())
+    Ok(names)
+}
+
+/// What the gateway links for guests (host/src/wasi.rs and the WIT package):
+/// a component importing anything else does not start.
+const LINKED: &[&str] = &[
+    "wasmgate:device/types@0.1",
+    "wasmgate:device/device@0.1",
+    "wasmgate:device/storage@0.1",
+    "wasmgate:device/log@0.1",
+    "wasi:io/error@0.2",
+    "wasi:io/poll@0.2",
+    "wasi:io/streams@0.2",
+    "wasi:clocks/monotonic-clock@0.2",
+    "wasi:clocks/wall-clock@0.2",
+    "wasi:random/random@0.2",
+    "wasi:random/insecure@0.2",
+    "wasi:random/insecure-seed@0.2",
+    "wasi:cli/exit@0.2",
+    "wasi:cli/environment@0.2",
+    "wasi:cli/stdin@0.2",
+    "wasi:cli/stdout@0.2",
+    "wasi:cli/stderr@0.2",
+    "wasi:cli/terminal-input@0.2",
+    "wasi:cli/terminal-output@0.2",
+    "wasi:cli/terminal-stdin@0.2",
+    "wasi:cli/terminal-stdout@0.2",
+    "wasi:cli/terminal-stderr@0.2",
+    "wasi:filesystem/types@0.2",
+    "wasi:filesystem/preopens@0.2",
+];
+
+/// Fail, naming them, if the component imports interfaces the gateway does not link.
+fn check_imports(component: &Path) -> Result<()> {
+    let unlinked: Vec<String> = imports(component)?
+        .into_iter()
+        .filter(|name| name.contains(':'))
+        .filter(|name| {
+            !LINKED.iter().any(|l| {
+                name.strip_prefix(l)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+        })
+        .collect();
+    if unlinked.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} imports what the gateway does not give guests: {}",
+        component.display(),
+        unlinked.join(", ")
+    )
 }
