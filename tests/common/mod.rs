@@ -320,3 +320,30 @@ pub fn last_counter(lines: &[String]) -> Option<i64> {
         .filter_map(|l| field_after(l, "counter"))
         .max()
 }
+
+/// Build the thermostat app of one guest language with `guests/build LANG`
+/// and return its component. Builds run one at a time. A missing tool fails
+/// the test with guests/build's message, which names the tool and how to
+/// install it (guests/install-tools).
+pub fn thermostat_in(lang: &str) -> PathBuf {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let output = {
+        let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        Command::new(root().join("guests/build"))
+            .arg(lang)
+            .output()
+            .expect("guests/build runs")
+    };
+    assert!(
+        output.status.success(),
+        "guests/build {lang} failed (CI installs the guest tools with guests/install-tools):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = if lang == "rust" {
+        root().join("guests/rust/target/wasm32-wasip2/release/thermostat.wasm")
+    } else {
+        root().join("guests").join(lang).join("out/thermostat.wasm")
+    };
+    assert!(path.exists(), "no component at {}", path.display());
+    path
+}
