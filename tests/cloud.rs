@@ -634,3 +634,19 @@ fn an_acl_on_the_client_id_lets_the_gateway_work_and_keeps_it_in_its_subtree() {
         broker.log()
     );
 }
+
+#[test]
+fn the_last_will_marks_a_killed_gateway_offline() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &[&topic("test-gw", "status")]);
+    let gw = actions(&broker);
+    let mut run = gw.start();
+    consumer.wait_json(&topic("test-gw", "status"), T, |j| j["online"] == true);
+    run.kill9();
+    let will = consumer.wait_json(&topic("test-gw", "status"), T, |j| j["online"] == false);
+    assert_eq!(will["reason"], "connection lost");
+    // Retained: whoever looks later sees the gateway offline.
+    let late = Consumer::connect(&broker.settings("late"), &[&topic("test-gw", "status")]);
+    let seen = late.wait_json(&topic("test-gw", "status"), T, |_| true);
+    assert_eq!(seen["online"], false);
+}

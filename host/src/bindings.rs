@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
     world: "app",
     imports: { default: trappable },
     exports: { default: async },
+    additional_derives: [PartialEq],
     with: {
         "wasmgate:device/device.device": crate::device::DeviceHandle,
     },

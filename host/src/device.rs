@@ -9,6 +9,7 @@
 //! [`FLUSH_POINTS`]) and then handed to the outbox writer thread.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -17,7 +18,8 @@ use crate::app::AppCtx;
 use crate::bindings::wasmgate::device::device::{Host, HostDevice, add_to_linker};
 use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::model::DeviceModel;
-use crate::outbox::{self, Batch, IngestSender, Kind};
+use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
+use crate::policy::{Pipeline, Sample};
 use crate::value::{fields_to_json, now_ns, time_to_ns};
 
 /// Points buffered in the app before they are handed to the writer thread.
@@ -33,39 +35,37 @@ pub struct DeviceHandle {
     id: String,
 }
 
+/// What the device interface of one app works with.
+pub struct DeviceDeps {
+    pub app: Arc<str>,
+    pub default_device: String,
+    pub model: Arc<DeviceModel>,
+    pub db: Connection,
+    pub ingest: IngestSender,
+    pub usage: Arc<Usage>,
+    /// Signalled when a report or alert is in the outbox.
+    pub outbox_signal: Arc<Notify>,
+}
+
 /// Per-app state of the device interface.
 pub struct DeviceCtx {
-    app: Arc<str>,
-    default_device: String,
-    model: Arc<DeviceModel>,
-    db: Connection,
-    ingest: IngestSender,
-    /// Signalled when a report or alert is in the outbox.
-    outbox_signal: Arc<Notify>,
+    deps: DeviceDeps,
     pending: Vec<Batch>,
     pending_points: usize,
     handles: usize,
+    /// Policy pipelines by stream: `series/{device}/{name}` or
+    /// `attribute/{device}/{name}`.
+    pipelines: HashMap<String, Pipeline>,
 }
 
 impl DeviceCtx {
-    pub fn new(
-        app: Arc<str>,
-        default_device: String,
-        model: Arc<DeviceModel>,
-        db: Connection,
-        ingest: IngestSender,
-        outbox_signal: Arc<Notify>,
-    ) -> Self {
+    pub fn new(deps: DeviceDeps) -> Self {
         DeviceCtx {
-            app,
-            default_device,
-            model,
-            db,
-            ingest,
-            outbox_signal,
+            deps,
             pending: Vec::new(),
             pending_points: 0,
             handles: 0,
+            pipelines: HashMap::new(),
         }
     }
 
@@ -74,47 +74,75 @@ impl DeviceCtx {
     pub fn flush(&mut self) {
         self.pending_points = 0;
         for batch in self.pending.drain(..) {
-            if let Err(e) = self.ingest.append(batch) {
-                tracing::warn!(app = %self.app, "dropping recorded points: {e}");
+            if let Err(e) = self.deps.ingest.append(batch) {
+                tracing::warn!(app = %self.deps.app, "dropping recorded points: {e}");
             }
         }
     }
 
     fn refuse(&self, device: &str, what: &str, message: String) -> GuestError {
-        tracing::warn!(app = %self.app, device, "{what} refused: {message}");
+        tracing::warn!(app = %self.deps.app, device, "{what} refused: {message}");
         GuestError::Invalid(message)
     }
 
     fn unavailable(&self, what: &str, e: rusqlite::Error) -> GuestError {
-        tracing::error!(app = %self.app, "{what} could not be stored: {e}");
+        tracing::error!(app = %self.deps.app, "{what} could not be stored: {e}");
         GuestError::Unavailable(format!("the gateway could not store the {what}: {e}"))
     }
 
-    fn buffer(&mut self, device: &str, series: &str, points: Vec<outbox::Point>) {
-        self.pending_points += points.len();
-        match self.pending.last_mut() {
-            Some(last) if last.device == device && last.series == series => {
-                last.points.extend(points)
-            }
-            _ => self.pending.push(Batch {
-                device: device.to_string(),
-                series: series.to_string(),
-                points,
-            }),
+    /// The pipeline of a stream, created on first use; `None` without policies.
+    fn pipeline(
+        &mut self,
+        key: String,
+        stages: &[crate::policy::Stage],
+        implied: Option<&str>,
+    ) -> Option<&mut Pipeline> {
+        if stages.is_empty() {
+            return None;
         }
-        if self.pending_points >= FLUSH_POINTS {
-            self.flush();
-        }
+        Some(
+            self.pipelines
+                .entry(key)
+                .or_insert_with(|| Pipeline::new(stages.to_vec(), implied.map(str::to_string))),
+        )
     }
 
     fn report(&mut self, device: &str, attributes: Vec<(String, Value)>) -> Result<(), GuestError> {
-        let attributes = self
-            .model
+        let model = self.deps.model.clone();
+        let attributes = model
             .check_report(attributes)
             .map_err(|m| self.refuse(device, "report", m))?;
-        self.store_report(device, &attributes)
+        let now = now_ns();
+        let mut kept = Vec::with_capacity(attributes.len());
+        let mut raised = Vec::new();
+        for (name, value) in attributes {
+            let stages = model
+                .attributes
+                .get(&name)
+                .map(|a| a.policies.as_slice())
+                .unwrap_or(&[]);
+            match self.pipeline(format!("attribute/{device}/{name}"), stages, Some(&name)) {
+                None => kept.push((name, value)),
+                Some(pipeline) => {
+                    let (out, alerts) = pipeline.apply(Sample {
+                        time: now,
+                        values: vec![(name, value)],
+                    });
+                    raised.extend(alerts);
+                    kept.extend(out.into_iter().flat_map(|s| s.values));
+                }
+            }
+        }
+        for alert in raised {
+            self.store_alert(device, &alert.alert, &alert.severity, &alert.values)?;
+        }
+        if kept.is_empty() {
+            // The policies kept none of it: nothing to store, and not an error.
+            return Ok(());
+        }
+        self.store_report(device, &kept)
             .map_err(|e| self.unavailable("report", e))?;
-        self.outbox_signal.notify_one();
+        self.deps.outbox_signal.notify_one();
         Ok(())
     }
 
@@ -124,7 +152,7 @@ impl DeviceCtx {
         attributes: &[(String, Value)],
     ) -> rusqlite::Result<()> {
         let now = now_ns();
-        let tx = self.db.transaction()?;
+        let tx = self.deps.db.transaction()?;
         let version: i64 = tx.query_row(
             "UPDATE devices SET reported_version = reported_version + 1 WHERE device = ?1
              RETURNING reported_version",
@@ -164,19 +192,29 @@ impl DeviceCtx {
         // `column` is one of two constants below, never guest input.
         let sql = format!("SELECT {column} FROM twin WHERE device = ?1 AND name = ?2");
         let stored: Option<Option<String>> = self
+            .deps
             .db
             .query_row(&sql, params![device, name], |r| r.get(0))
             .optional()
             .unwrap_or_else(|e| {
-                tracing::error!(app = %self.app, "reading the twin failed: {e}");
+                tracing::error!(app = %self.deps.app, "reading the twin failed: {e}");
                 None
             });
         let json: serde_json::Value = serde_json::from_str(&stored.flatten()?).ok()?;
-        self.model.attribute_from_json(name, &json)
+        self.deps.model.attribute_from_json(name, &json)
     }
 
     fn record(&mut self, device: &str, series: &str, points: Vec<Point>) -> Result<(), GuestError> {
+        if let Some(error) = self.deps.usage.write_error() {
+            return Err(GuestError::Unavailable(error));
+        }
+        if let Err(message) = self.deps.usage.admit(device, series, points.len() as u64) {
+            tracing::warn!(app = %self.deps.app, device, series, "record refused: {message}");
+            return Err(GuestError::Limit(message));
+        }
+        let model = self.deps.model.clone();
         let now = now_ns();
+        // Check every point first: a refused call stores nothing.
         let mut checked = Vec::with_capacity(points.len());
         for (i, point) in points.into_iter().enumerate() {
             let at = |m: String| if i == 0 { m } else { format!("point {i}: {m}") };
@@ -184,18 +222,67 @@ impl DeviceCtx {
                 Some(t) => time_to_ns(t).map_err(|m| self.refuse(device, "record", at(m)))?,
                 None => now,
             };
-            let values = self
-                .model
+            let values = model
                 .check_point(series, point.values)
                 .map_err(|m| self.refuse(device, "record", at(m)))?;
-            let values = values
-                .iter()
-                .map(|(n, v)| (n.clone(), crate::value::to_json(v)))
-                .collect();
-            checked.push(outbox::Point { time, values });
+            checked.push(Sample { time, values });
         }
-        self.buffer(device, series, checked);
+        let stages = model
+            .series
+            .get(series)
+            .map(|s| s.policies.as_slice())
+            .unwrap_or(&[]);
+        let mut raised = Vec::new();
+        let kept: Vec<Sample> =
+            match self.pipeline(format!("series/{device}/{series}"), stages, None) {
+                None => checked,
+                Some(pipeline) => checked
+                    .into_iter()
+                    .filter_map(|sample| {
+                        let (out, alerts) = pipeline.apply(sample);
+                        raised.extend(alerts);
+                        out
+                    })
+                    .collect(),
+            };
+        for alert in raised {
+            self.store_alert(device, &alert.alert, &alert.severity, &alert.values)?;
+        }
+        if !kept.is_empty() {
+            self.buffer(device, series, &kept);
+        }
+        if self.deps.usage.config().sync_record {
+            // Durable before the call returns, as configured.
+            self.flush();
+            self.deps.ingest.flush().map_err(GuestError::Unavailable)?;
+        }
         Ok(())
+    }
+
+    /// Encode points into the app's pending batch of the stream.
+    fn buffer(&mut self, device: &str, series: &str, samples: &[Sample]) {
+        let batch = match self.pending.last_mut() {
+            Some(last) if last.device == device && last.series == series => last,
+            _ => {
+                self.pending.push(Batch {
+                    device: device.to_string(),
+                    series: series.to_string(),
+                    ..Batch::default()
+                });
+                let last = self.pending.len() - 1;
+                &mut self.pending[last]
+            }
+        };
+        for sample in samples {
+            encode_point(&mut batch.json, sample.time, &sample.values);
+            batch
+                .ends
+                .push(u32::try_from(batch.json.len()).unwrap_or(u32::MAX));
+        }
+        self.pending_points += samples.len();
+        if self.pending_points >= FLUSH_POINTS || batch.json.len() > (64 << 20) {
+            self.flush();
+        }
     }
 
     fn alert(
@@ -206,6 +293,7 @@ impl DeviceCtx {
         values: Vec<(String, Value)>,
     ) -> Result<(), GuestError> {
         let values = self
+            .deps
             .model
             .check_alert(name, values)
             .map_err(|m| self.refuse(device, "alert", m))?;
@@ -214,23 +302,62 @@ impl DeviceCtx {
             Severity::Warning => "warning",
             Severity::Critical => "critical",
         };
+        self.store_alert(device, name, severity, &values)
+    }
+
+    fn store_alert(
+        &mut self,
+        device: &str,
+        name: &str,
+        severity: &str,
+        values: &[(String, Value)],
+    ) -> Result<(), GuestError> {
         let payload = serde_json::json!({
             "time": now_ns(),
             "severity": severity,
-            "values": fields_to_json(&values),
-        });
-        tracing::info!(app = %self.app, device, alert = name, severity, "alert raised");
+            "values": fields_to_json(values),
+        })
+        .to_string()
+        .into_bytes();
+        tracing::info!(app = %self.deps.app, device, alert = name, severity, "alert raised");
+        let bytes = payload.len() as u64;
         let entry = outbox::Entry {
             kind: Kind::Alert,
             device: device.to_string(),
             name: name.to_string(),
             points: 1,
-            payload: payload.to_string().into_bytes(),
+            payload,
         };
-        outbox::insert(&self.db, &[entry]).map_err(|e| self.unavailable("alert", e))?;
-        self.outbox_signal.notify_one();
+        outbox::insert(&self.deps.db, &[entry]).map_err(|e| self.unavailable("alert", e))?;
+        self.deps.usage.added(Stream::alert(device, name), bytes, 1);
+        self.deps.outbox_signal.notify_one();
         Ok(())
     }
+}
+
+/// `{"time":<ns>,"values":{"name":<value>,...}}`, written straight into the
+/// batch: this is the hot path of `record`, so no intermediate JSON tree.
+fn encode_point(out: &mut Vec<u8>, time: u64, values: &[(String, Value)]) {
+    use std::io::Write as _;
+    let _ = write!(out, "{{\"time\":{time},\"values\":{{");
+    for (i, (name, value)) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Field names are checked identifiers ([A-Za-z0-9_.-]): no escaping.
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        let _ = match value {
+            Value::Boolean(b) => out.write_all(if *b { b"true" } else { b"false" }),
+            Value::Integer(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
+            Value::Number(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
+            Value::Text(t) => serde_json::to_writer(&mut *out, t).map_err(std::io::Error::other),
+            Value::Bytes(_) => serde_json::to_writer(&mut *out, &crate::value::to_json(value))
+                .map_err(std::io::Error::other),
+        };
+    }
+    out.extend_from_slice(b"}}");
 }
 
 /// A borrow of the store data that the generated `Host` traits are
@@ -266,7 +393,7 @@ impl Host for DeviceView<'_> {
             wasmtime::bail!("the app holds {MAX_HANDLES} device handles without dropping them");
         }
         let handle = self.table.push(DeviceHandle {
-            id: self.ctx.default_device.clone(),
+            id: self.ctx.deps.default_device.clone(),
         })?;
         self.ctx.handles += 1;
         Ok(handle)
@@ -305,7 +432,7 @@ impl HostDevice for DeviceView<'_> {
         Ok(self
             .ctx
             .twin_value(&id, "desired", &name)
-            .or_else(|| self.ctx.model.default_of(&name).cloned()))
+            .or_else(|| self.ctx.deps.model.default_of(&name).cloned()))
     }
 
     fn record(
@@ -344,5 +471,38 @@ impl HostDevice for DeviceView<'_> {
         self.table.delete(handle)?;
         self.ctx.handles = self.ctx.handles.saturating_sub(1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_encoded_as_the_protocol_documents_them() {
+        let mut out = Vec::new();
+        encode_point(
+            &mut out,
+            7,
+            &[
+                ("t".into(), Value::Number(21.5)),
+                ("n".into(), Value::Integer(-3)),
+                ("on".into(), Value::Boolean(true)),
+                ("label".into(), Value::Text("a \"b\"\n".into())),
+                ("raw".into(), Value::Bytes(vec![0, 255])),
+                ("whole".into(), Value::Number(2.0)),
+            ],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({"time": 7, "values": {"t": 21.5, "n": -3, "on": true, "label": "a \"b\"\n", "raw": "AP8=", "whole": 2.0}})
+        );
+        assert!(
+            String::from_utf8(out)
+                .expect("utf8")
+                .contains("\"whole\":2.0"),
+            "numbers stay numbers"
+        );
     }
 }

@@ -23,7 +23,8 @@ use crate::cloud::link::{self, LinkSpec};
 use crate::config::Config;
 use crate::engine::{Runtime, Source};
 use crate::model::DeviceModel;
-use crate::outbox::Ingest;
+use crate::outbox::{Ingest, Usage};
+use crate::store::Database;
 
 /// The name of the lock file that keeps two gateways off one data directory.
 pub const LOCK_FILE: &str = "wasmgate.lock";
@@ -62,11 +63,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let db_path = config.database_path();
-    let db = crate::store::open(&db_path)
+    let database = Database::new(config.database_path(), config.outbox.database_max_bytes);
+    let db_path = database.path().to_path_buf();
+    let db = database
+        .open()
         .with_context(|| format!("opening the database {}", db_path.display()))?;
     crate::store::migrate(&db)
         .with_context(|| format!("preparing the database {}", db_path.display()))?;
+    let usage = Arc::new(Usage::load(&db, config.outbox.clone()).context("reading the outbox")?);
 
     let models = config
         .apps
@@ -109,7 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let outbox_signal = Arc::new(Notify::new());
     let status_signal = Arc::new(Notify::new());
-    let ingest = Ingest::start(&db_path, config.flush_interval, outbox_signal.clone())?;
+    let ingest = Ingest::start(&database, usage.clone(), outbox_signal.clone())?;
     let stop_apps = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut handles: Vec<AppHandle> = Vec::new();
@@ -123,7 +127,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             model: model.clone(),
             pre: component.pre,
             digest: component.digest,
-            db_path: db_path.clone(),
+            db: database.clone(),
+            usage: usage.clone(),
             files_dir,
             ingest: ingest.sender(),
             outbox_signal: outbox_signal.clone(),
@@ -156,13 +161,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 config.gateway_id.clone(),
                 routes,
                 replies_tx,
-                db_path.clone(),
+                database.clone(),
                 stop_link.child_token(),
             );
             let spec = LinkSpec {
                 gateway: config.gateway_id.clone(),
                 config: cloud.clone(),
-                db_path: db_path.clone(),
+                db: database.clone(),
+                usage: usage.clone(),
                 outbox_signal: outbox_signal.clone(),
                 status_signal: status_signal.clone(),
                 apps: handles

@@ -5,6 +5,7 @@
 //! Where things live:
 //!
 //! - [`config`]: `gateway.toml`. [`model`]: device models and value checks.
+//!   [`policy`]: device policies (filters, sampling, windows, alert conditions).
 //! - [`engine`]: the wasmtime engine, linker, epoch ticker, compile cache.
 //! - [`bindings`]: the one `bindgen!`. One module per WIT interface
 //!   implements its `Host` trait: [`device`], [`storage`], [`log`]; plus
@@ -25,6 +26,7 @@ pub mod gateway;
 pub mod log;
 pub mod model;
 pub mod outbox;
+pub mod policy;
 pub mod status;
 pub mod storage;
 pub mod store;

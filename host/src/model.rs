@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::bindings::Value;
+use crate::policy::{self, Stage};
 use crate::value::{ValueKind, from_json, kind_of};
 
 /// The longest text or bytes value the host takes, in bytes. Larger content
@@ -56,6 +57,9 @@ pub struct AttributeSpec {
     pub default: Option<serde_json::Value>,
     #[serde(default)]
     pub description: Option<String>,
+    /// What happens to reported values before they are stored and sent.
+    #[serde(default)]
+    pub policies: Vec<Stage>,
 }
 
 /// A typed field of a time-series point, an alert, or an action argument.
@@ -89,6 +93,9 @@ pub struct SeriesSpec {
     pub fields: BTreeMap<String, FieldSpec>,
     #[serde(default)]
     pub description: Option<String>,
+    /// What happens to recorded points before they reach the outbox.
+    #[serde(default)]
+    pub policies: Vec<Stage>,
 }
 
 /// An alert and the fields it carries.
@@ -198,10 +205,29 @@ impl DeviceModel {
             Ok::<(), (String, String)>(())
         };
 
+        // Alert stages must name a declared alert that carries the field.
+        let alerts = &self.alerts;
+        let alert_has_field = |alert: &str, field: &str| match alerts.get(alert) {
+            None => Err(format!(
+                "raises `{alert}`, which the model does not declare"
+            )),
+            Some(a) if !a.fields.contains_key(field) => Err(format!(
+                "raises `{alert}`, which has no field `{field}` to carry the value"
+            )),
+            Some(_) => Ok(()),
+        };
+        let numeric = |kind: ValueKind| matches!(kind, ValueKind::Integer | ValueKind::Number);
         for (name, spec) in &self.attributes {
             let key = format!("attributes.{name}");
             check_name(name).map_err(|m| (key.clone(), m))?;
             spec_range(&key, spec.kind, spec.range)?;
+            policy::check(
+                &spec.policies,
+                &[(name.clone(), numeric(spec.kind))],
+                Some(name),
+                &alert_has_field,
+            )
+            .map_err(|(i, m)| (format!("{key}.policies[{i}]"), m))?;
             if let Some(json) = &spec.default {
                 let value = from_json(json, spec.kind)
                     .and_then(|v| check_value(v, spec.kind, spec.range))
@@ -226,6 +252,13 @@ impl DeviceModel {
                 ));
             }
             fields(&format!("{key}.fields"), &spec.fields)?;
+            let kinds: Vec<(String, bool)> = spec
+                .fields
+                .iter()
+                .map(|(n, f)| (n.clone(), numeric(f.kind)))
+                .collect();
+            policy::check(&spec.policies, &kinds, None, &alert_has_field)
+                .map_err(|(i, m)| (format!("{key}.policies[{i}]"), m))?;
         }
         for (name, spec) in &self.alerts {
             let key = format!("alerts.{name}");
@@ -571,6 +604,36 @@ mod tests {
             m.check_action("explode", None)
                 .unwrap_err()
                 .starts_with("unknown action `explode`")
+        );
+    }
+
+    #[test]
+    fn policies_are_checked_at_load() {
+        let with = |policies: &str| {
+            DeviceModel::parse(&format!(
+                r#"{{"series": {{"s": {{"fields": {{"t": {{"type": "number"}}}}, "policies": {policies}}}}},
+                    "alerts": {{"hot": {{"fields": {{"t": {{"type": "number"}}}}}}}}}}"#
+            ))
+        };
+        assert!(with(r#"[{"window": {"function": "mean", "count": 5}}, {"alert": {"field": "t", "above": 30, "raise": "hot"}}]"#).is_ok());
+        let err = with(r#"[{"filter": {"field": "t", "min": 1}}, {"alert": {"field": "t", "above": 30, "raise": "cold"}}]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(
+                "series.s.policies[1]: alert: raises `cold`, which the model does not declare"
+            ),
+            "{err}"
+        );
+        let err = with(r#"[{"smooth": {}}]"#).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `smooth`"), "{err}");
+        let attr = DeviceModel::parse(
+            r#"{"attributes": {"label": {"type": "text", "policies": [{"filter": {"max": 3}}]}}}"#,
+        );
+        assert!(
+            attr.unwrap_err()
+                .to_string()
+                .ends_with("attributes.label.policies[0]: filter: field `label` is not numeric")
         );
     }
 

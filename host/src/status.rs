@@ -37,7 +37,15 @@ pub struct OutboxStatus {
     pub name: String,
     pub entries: i64,
     pub points: i64,
-    pub oldest_age_s: f64,
+    pub bytes: i64,
+    /// Age of the oldest waiting entry, if any waits.
+    pub oldest_age_s: Option<f64>,
+    /// Points deleted unsent to make room (`drop-oldest`).
+    pub dropped: i64,
+    /// Points refused at `record` (`reject-newest`).
+    pub rejected: i64,
+    /// Points deleted unsent for age (`max_age_s`).
+    pub expired: i64,
 }
 
 /// Read the status from the config's data directory.
@@ -71,7 +79,11 @@ pub fn read(config: &Config) -> anyhow::Result<Status> {
             name: d.name,
             entries: d.entries,
             points: d.points,
-            oldest_age_s: (now - d.oldest_ns).max(0) as f64 / 1e9,
+            bytes: d.bytes,
+            oldest_age_s: d.oldest_ns.map(|t| (now - t).max(0) as f64 / 1e9),
+            dropped: d.dropped,
+            rejected: d.rejected,
+            expired: d.expired,
         })
         .collect();
     Ok(Status {
@@ -135,19 +147,36 @@ impl Status {
         } else {
             let _ = writeln!(
                 out,
-                "{:<10} {:<20} {:<16} {:>8} {:>10} {:>10}",
-                "OUTBOX", "DEVICE", "NAME", "ENTRIES", "POINTS", "OLDEST"
+                "{:<10} {:<16} {:<14} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                "OUTBOX",
+                "DEVICE",
+                "NAME",
+                "ENTRIES",
+                "POINTS",
+                "BYTES",
+                "OLDEST",
+                "DROPPED",
+                "REJECTED",
+                "EXPIRED"
             );
             for o in &self.outbox {
+                let oldest = o
+                    .oldest_age_s
+                    .map(|s| format!("{s:.1}s"))
+                    .unwrap_or_else(|| "-".into());
                 let _ = writeln!(
                     out,
-                    "{:<10} {:<20} {:<16} {:>8} {:>10} {:>9.1}s",
+                    "{:<10} {:<16} {:<14} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
                     o.kind,
                     o.device,
                     if o.name.is_empty() { "-" } else { &o.name },
                     o.entries,
                     o.points,
-                    o.oldest_age_s
+                    o.bytes,
+                    oldest,
+                    o.dropped,
+                    o.rejected,
+                    o.expired
                 );
             }
         }

@@ -8,13 +8,13 @@
 //! app's Rust code; SQLite serialises the writes.
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS kv (
@@ -52,6 +52,16 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
 
+CREATE TABLE IF NOT EXISTS outbox_counters (
+    kind     TEXT NOT NULL,
+    device   TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    dropped  INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    expired  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, device, name)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS apps (
     name       TEXT PRIMARY KEY,
     state      TEXT NOT NULL,
@@ -67,6 +77,35 @@ CREATE TABLE IF NOT EXISTS saved_state (
     saved_at INTEGER NOT NULL
 );
 "#;
+
+/// The gateway's database: where it is and how large it may grow. Every
+/// connection is opened through this, so the size cap holds on all of them.
+#[derive(Debug, Clone)]
+pub struct Database {
+    path: PathBuf,
+    max_bytes: Option<u64>,
+}
+
+impl Database {
+    pub fn new(path: PathBuf, max_bytes: Option<u64>) -> Database {
+        Database { path, max_bytes }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A read-write connection. With a cap, writes past it fail with
+    /// SQLITE_FULL, as on a full disk.
+    pub fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = open(&self.path)?;
+        if let Some(max) = self.max_bytes {
+            let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+            conn.pragma_update(None, "max_page_count", (max as i64 / page.max(512)).max(1))?;
+        }
+        Ok(conn)
+    }
+}
 
 /// Open (creating if needed) the database for reading and writing.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {

@@ -83,6 +83,16 @@ impl Gateway {
         self
     }
 
+    /// The same gateway (its data directory) with a config to write anew.
+    pub fn reconfigure(self) -> Gateway {
+        Gateway {
+            dir: self.dir,
+            apps: Vec::new(),
+            gateway_extra: String::new(),
+            sections: Vec::new(),
+        }
+    }
+
     /// Another table of gateway.toml, e.g. `[cloud]`.
     pub fn section(mut self, text: &str) -> Gateway {
         self.sections.push(text.to_string());
@@ -142,6 +152,8 @@ impl Gateway {
 pub struct Running {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// When each line was read (just after the process wrote it).
+    times: Arc<Mutex<Vec<std::time::SystemTime>>>,
 }
 
 impl Running {
@@ -155,19 +167,30 @@ impl Running {
             .spawn()
             .expect("start wasmgate");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let times = Arc::new(Mutex::new(Vec::new()));
         for stream in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().expect("stderr")),
         ] {
-            let lines = lines.clone();
+            let (lines, times) = (lines.clone(), times.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     eprintln!("  | {line}");
-                    lines.lock().expect("log lock").push(line);
+                    // One lock order (lines, then times) keeps the two in step.
+                    let mut lines = lines.lock().expect("log lock");
+                    lines.push(line);
+                    times
+                        .lock()
+                        .expect("log lock")
+                        .push(std::time::SystemTime::now());
                 }
             });
         }
-        Running { child, lines }
+        Running {
+            child,
+            lines,
+            times,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -177,6 +200,13 @@ impl Running {
     /// Every line logged so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().expect("log lock").clone()
+    }
+
+    /// Every line so far with the time it was read.
+    pub fn timed_lines(&self) -> Vec<(std::time::SystemTime, String)> {
+        let lines = self.lines.lock().expect("log lock");
+        let times = self.times.lock().expect("log lock");
+        times.iter().copied().zip(lines.iter().cloned()).collect()
     }
 
     /// How many lines so far contain `needle`.

@@ -18,11 +18,13 @@ use super::{
 };
 use crate::bindings::{App, AppPre};
 use crate::config::AppConfig;
-use crate::device::DeviceCtx;
+use crate::device::{DeviceCtx, DeviceDeps};
 use crate::log::LogCtx;
 use crate::model::DeviceModel;
 use crate::outbox::IngestSender;
+use crate::outbox::Usage;
 use crate::storage::StorageCtx;
+use crate::store::Database;
 use crate::value::now_ns;
 use crate::wasi::StderrTail;
 
@@ -32,7 +34,9 @@ pub struct AppSpec {
     pub model: Arc<DeviceModel>,
     pub pre: AppPre<AppCtx>,
     pub digest: String,
-    pub db_path: PathBuf,
+    pub db: Database,
+    /// The outbox's totals and limits.
+    pub usage: Arc<Usage>,
     /// The app's own directory, its only WASI preopen.
     pub files_dir: PathBuf,
     pub ingest: IngestSender,
@@ -55,7 +59,7 @@ pub fn spawn(
         restarts: 0,
         component: spec.digest.clone(),
     });
-    let db = crate::store::open(&spec.db_path)?;
+    let db = spec.db.open()?;
     let actor = Actor {
         name: name.clone(),
         spec,
@@ -223,8 +227,11 @@ impl Actor {
     async fn instantiate(&mut self) -> Result<Instance, String> {
         let spec = &self.spec;
         let stderr_tail = StderrTail::default();
-        let open =
-            || crate::store::open(&spec.db_path).map_err(|e| format!("opening the database: {e}"));
+        let open = || {
+            spec.db
+                .open()
+                .map_err(|e| format!("opening the database: {e}"))
+        };
         let ctx = AppCtx {
             wasi: crate::wasi::context(&self.name, &spec.files_dir, &stderr_tail)
                 .map_err(|e| format!("preparing WASI: {e:#}"))?,
@@ -232,14 +239,15 @@ impl Actor {
             limiter: AppLimiter {
                 memory_limit: spec.config.memory_limit_bytes,
             },
-            device: DeviceCtx::new(
-                self.name.clone(),
-                spec.config.device.clone(),
-                spec.model.clone(),
-                open()?,
-                spec.ingest.clone(),
-                spec.outbox_signal.clone(),
-            ),
+            device: DeviceCtx::new(DeviceDeps {
+                app: self.name.clone(),
+                default_device: spec.config.device.clone(),
+                model: spec.model.clone(),
+                db: open()?,
+                ingest: spec.ingest.clone(),
+                usage: spec.usage.clone(),
+                outbox_signal: spec.outbox_signal.clone(),
+            }),
             storage: StorageCtx::new(self.name.clone(), open()?, spec.config.storage_quota_bytes)
                 .map_err(|e| format!("opening storage: {e}"))?,
             log: LogCtx::new(self.name.clone()),

@@ -9,7 +9,6 @@
 //! values are refused in the answer and logged.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -19,6 +18,7 @@ use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_
 use super::topics::{self, Kind};
 use crate::app::AppHandle;
 use crate::model::DeviceModel;
+use crate::store::Database;
 use crate::value::to_json;
 
 /// How long a downlink message may wait for its app (queue, restarts, call)
@@ -53,7 +53,7 @@ pub struct Downlink {
     routes: HashMap<String, Route>,
     workers: HashMap<String, mpsc::Sender<Request>>,
     replies: mpsc::Sender<Reply>,
-    db_path: PathBuf,
+    db: Database,
     cancel: CancellationToken,
 }
 
@@ -62,7 +62,7 @@ impl Downlink {
         gateway: String,
         routes: HashMap<String, Route>,
         replies: mpsc::Sender<Reply>,
-        db_path: PathBuf,
+        db: Database,
         cancel: CancellationToken,
     ) -> Self {
         Downlink {
@@ -70,7 +70,7 @@ impl Downlink {
             routes,
             workers: HashMap::new(),
             replies,
-            db_path,
+            db,
             cancel,
         }
     }
@@ -132,7 +132,7 @@ impl Downlink {
                 device: device.clone(),
                 route,
                 replies: self.replies.clone(),
-                db_path: self.db_path.clone(),
+                db: self.db.clone(),
             };
             tokio::spawn(worker.run(rx, self.cancel.clone()));
             tx
@@ -201,12 +201,12 @@ struct Worker {
     device: String,
     route: Route,
     replies: mpsc::Sender<Reply>,
-    db_path: PathBuf,
+    db: Database,
 }
 
 impl Worker {
     async fn run(self, mut requests: mpsc::Receiver<Request>, cancel: CancellationToken) {
-        let mut db = match crate::store::open(&self.db_path) {
+        let mut db = match self.db.open() {
             Ok(db) => db,
             Err(e) => {
                 tracing::error!(device = %self.device, "downlink worker cannot open the database: {e}");

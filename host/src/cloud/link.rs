@@ -17,7 +17,6 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -25,18 +24,21 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::downlink::{Downlink, Reply};
-use super::protocol::{AppInfo, OutboxInfo, Status};
+use super::protocol::{AppInfo, OutboxInfo, Status, StreamInfo};
 use super::topics;
 use crate::app::AppHandle;
 use crate::config::CloudConfig;
-use crate::outbox;
+use crate::outbox::{self, Stream, Usage};
+use crate::store::Database;
 use crate::value::now_ns;
 
 /// Everything the link needs.
 pub struct LinkSpec {
     pub gateway: String,
     pub config: CloudConfig,
-    pub db_path: PathBuf,
+    pub db: Database,
+    /// The outbox's totals, limits and counters.
+    pub usage: Arc<Usage>,
     /// Signalled when rows are added to the outbox.
     pub outbox_signal: Arc<Notify>,
     /// Signalled when an app's state changes.
@@ -55,6 +57,9 @@ enum Sent {
     Row {
         seq: i64,
         twin_device: Option<String>,
+        /// The stream and size of a telemetry or alert row, to count it
+        /// out of the outbox when it is delivered.
+        counted: Option<(Stream, u64, u64)>,
     },
     /// A reply or status: resent after a reconnect if not acknowledged.
     Message(Reply, bool),
@@ -71,6 +76,7 @@ struct Link {
     status_topic: String,
     client: AsyncClient,
     db: rusqlite::Connection,
+    usage: Arc<Usage>,
     apps: Vec<(AppHandle, String)>,
     window: usize,
     connected: bool,
@@ -91,7 +97,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     let LinkSpec {
         gateway,
         config,
-        db_path,
+        db,
+        usage,
         outbox_signal,
         status_signal,
         apps,
@@ -128,7 +135,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         spec_gateway: gateway.clone(),
         status_topic,
         client,
-        db: crate::store::open(&db_path)?,
+        db: db.open()?,
+        usage,
         apps,
         window: usize::from(config.max_inflight),
         connected: false,
@@ -143,7 +151,19 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     let mut status_timer = tokio::time::interval(config.status_interval);
     status_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
     // A slow poll of the outbox in case a signal was missed.
-    let mut outbox_timer = tokio::time::interval(Duration::from_secs(1));
+    // Faster when some series holds batches back for more points.
+    let holds_batches = link.usage.config().defaults.batching.max_delay > Duration::ZERO
+        || link
+            .usage
+            .config()
+            .series
+            .values()
+            .any(|s| s.batching.max_delay > Duration::ZERO);
+    let mut outbox_timer = tokio::time::interval(if holds_batches {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_secs(1)
+    });
     outbox_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     tracing::info!(broker = %url, client_id = %config.broker.client_id, "connecting to the broker");
@@ -231,19 +251,41 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         }
     }
 
-    // Shutdown: say so in the retained status, then disconnect cleanly (a
-    // clean disconnect does not fire the last will).
+    // Shutdown: say so in the retained status, wait for the broker to have
+    // it, then disconnect cleanly (a clean disconnect does not fire the last
+    // will). The status goes past our window: rumqttc queues it behind what
+    // is in flight.
     if link.connected {
-        link.queue_status(false, Some("shutdown"));
-        link.pump();
-        let _ = link.client.try_disconnect();
-        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        let status = link.status(false, Some("shutdown"));
+        let reply = Reply {
+            topic: link.status_topic.clone(),
+            payload: serde_json::to_vec(&status).unwrap_or_default(),
+        };
+        let mut disconnecting = false;
+        if link
+            .publish(&reply.topic, true, reply.payload.clone())
+            .is_ok()
+        {
+            link.submitted.push_back(Sent::Message(reply, true));
+        } else {
+            disconnecting = link.client.try_disconnect().is_ok();
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(3));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
                 event = eventloop.poll() => match event {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.sent(pkid),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        link.acknowledged(ack.pkid);
+                        let status_pending = link.submitted.iter().chain(link.inflight.values()).any(
+                            |s| matches!(s, Sent::Message(r, _) if r.topic == link.status_topic),
+                        );
+                        if !status_pending && !disconnecting {
+                            disconnecting = link.client.try_disconnect().is_ok();
+                        }
+                    }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                     Ok(_) => {}
                 },
@@ -301,9 +343,28 @@ impl Link {
     }
 
     fn status(&self, online: bool, reason: Option<&str>) -> Status {
-        let outbox = outbox::totals(&self.db)
-            .map(|(entries, points)| OutboxInfo { entries, points })
-            .unwrap_or_default();
+        let (entries, points) = outbox::totals(&self.db).unwrap_or_default();
+        let streams: Vec<StreamInfo> = self
+            .usage
+            .snapshot()
+            .into_iter()
+            .map(|(s, st)| StreamInfo {
+                kind: s.kind.to_string(),
+                device: s.device,
+                name: s.name,
+                points: st.points,
+                bytes: st.bytes,
+                dropped: st.dropped,
+                rejected: st.rejected,
+                expired: st.expired,
+            })
+            .collect();
+        let outbox = OutboxInfo {
+            entries,
+            points,
+            bytes: self.usage.total_bytes(),
+            streams,
+        };
         let apps = self
             .apps
             .iter()
@@ -364,29 +425,34 @@ impl Link {
                 return;
             }
         };
-        for row in rows {
+        let mut streams_done: HashSet<(String, String)> = HashSet::new();
+        for (i, row) in rows.iter().enumerate() {
             if !self.room() {
                 break;
             }
-            let seq = row.seq;
             let published = match row.kind.as_str() {
                 "twin" => self.publish_twin(&row.device),
-                "alert" => self.publish_alert(seq, &row.device, &row.name, &row.payload),
-                _ => self.publish_telemetry(seq, &row.device, &row.name, &row.payload),
+                "alert" => self.publish_alert(row),
+                _ => {
+                    let key = (row.device.clone(), row.name.clone());
+                    if !streams_done.insert(key) {
+                        continue;
+                    }
+                    let same_stream: Vec<&outbox::Row> = rows[i..]
+                        .iter()
+                        .filter(|r| {
+                            r.kind == "telemetry" && r.device == row.device && r.name == row.name
+                        })
+                        .collect();
+                    if let Err(e) = self.publish_stream(&same_stream) {
+                        tracing::debug!("publish queue full: {e}");
+                        return;
+                    }
+                    continue;
+                }
             };
             match published {
-                Ok(Some(sent)) => {
-                    if let Sent::Row {
-                        twin_device: Some(d),
-                        ..
-                    } = &sent
-                    {
-                        self.twins_out.insert(d.clone());
-                    } else {
-                        self.rows_out.insert(seq);
-                    }
-                    self.submitted.push_back(sent);
-                }
+                Ok(Some(sent)) => self.submit(sent),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!("publish queue full: {e}");
@@ -394,6 +460,83 @@ impl Link {
                 }
             }
         }
+    }
+
+    fn submit(&mut self, sent: Sent) {
+        match &sent {
+            Sent::Row {
+                twin_device: Some(d),
+                ..
+            } => {
+                self.twins_out.insert(d.clone());
+            }
+            Sent::Row { seq, .. } => {
+                self.rows_out.insert(*seq);
+            }
+            Sent::Message(..) => {}
+        }
+        self.submitted.push_back(sent);
+    }
+
+    /// Publish the waiting rows of one telemetry stream (in order) as
+    /// batches of up to the series' `batch_max_points` / `batch_max_kib`,
+    /// merging small rows; a last batch that is not full waits while its
+    /// oldest point is younger than `batch_max_delay_ms`.
+    fn publish_stream(&mut self, rows: &[&outbox::Row]) -> Result<(), rumqttc::ClientError> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let batching = self.usage.config().series(&first.name).batching;
+        let stream = Stream::telemetry(&first.device, &first.name);
+        let mut start = 0;
+        while start < rows.len() && self.room() {
+            let (mut points, mut bytes, mut end) = (0u64, 0u64, start);
+            while end < rows.len() {
+                let (p, b) = (u64::from(rows[end].points), rows[end].payload.len() as u64);
+                if end > start
+                    && (points + p > u64::from(batching.max_points)
+                        || bytes + b > batching.max_bytes)
+                {
+                    break;
+                }
+                points += p;
+                bytes += b;
+                end += 1;
+            }
+            let full = end < rows.len()
+                || points >= u64::from(batching.max_points)
+                || bytes >= batching.max_bytes;
+            let age =
+                Duration::from_nanos(now_ns().saturating_sub(rows[start].created_at.max(0) as u64));
+            if !full && age < batching.max_delay {
+                return Ok(());
+            }
+            let row = if end - start == 1 {
+                rows[start].clone()
+            } else {
+                let group: Vec<outbox::Row> =
+                    rows[start..end].iter().map(|r| (*r).clone()).collect();
+                match outbox::merge(&mut self.db, &group) {
+                    Ok(merged) => {
+                        // Two brackets and a comma fewer per merged row.
+                        self.usage.removed(
+                            &stream,
+                            bytes.saturating_sub(merged.payload.len() as u64),
+                            0,
+                        );
+                        merged
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot merge outbox rows: {e}");
+                        return Ok(());
+                    }
+                }
+            };
+            let sent = self.publish_telemetry(&row)?;
+            self.submit(sent);
+            start = end;
+        }
+        Ok(())
     }
 
     /// Rows not in flight, alerts first, then by sequence.
@@ -449,52 +592,66 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: upto,
             twin_device: Some(device.to_string()),
+            counted: None,
         }))
     }
 
-    fn publish_alert(
-        &mut self,
-        seq: i64,
-        device: &str,
-        name: &str,
-        payload: &[u8],
-    ) -> Result<Option<Sent>, rumqttc::ClientError> {
+    fn publish_alert(&mut self, row: &outbox::Row) -> Result<Option<Sent>, rumqttc::ClientError> {
         let mut alert: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(payload).unwrap_or_default();
-        alert.insert("id".into(), format!("{}-{seq}", self.spec_gateway).into());
-        let topic = topics::topic(&self.spec_gateway, device, &format!("alert/{name}"));
+            serde_json::from_slice(&row.payload).unwrap_or_default();
+        alert.insert(
+            "id".into(),
+            format!("{}-{}", self.spec_gateway, row.seq).into(),
+        );
+        let topic = topics::topic(
+            &self.spec_gateway,
+            &row.device,
+            &format!("alert/{}", row.name),
+        );
         self.publish(
             &topic,
             false,
             serde_json::to_vec(&alert).unwrap_or_default(),
         )?;
         Ok(Some(Sent::Row {
-            seq,
+            seq: row.seq,
             twin_device: None,
+            counted: Some((
+                Stream::alert(&row.device, &row.name),
+                row.payload.len() as u64,
+                u64::from(row.points),
+            )),
         }))
     }
 
-    fn publish_telemetry(
-        &mut self,
-        seq: i64,
-        device: &str,
-        series: &str,
-        points: &[u8],
-    ) -> Result<Option<Sent>, rumqttc::ClientError> {
+    fn publish_telemetry(&mut self, row: &outbox::Row) -> Result<Sent, rumqttc::ClientError> {
         // The stored batch is already the JSON array of points: wrap it
         // rather than parse and re-encode it.
-        let mut payload = Vec::with_capacity(points.len() + 64);
+        let mut payload = Vec::with_capacity(row.payload.len() + 64);
         payload.extend_from_slice(
-            format!("{{\"batch\":\"{}-{seq}\",\"points\":", self.spec_gateway).as_bytes(),
+            format!(
+                "{{\"batch\":\"{}-{}\",\"points\":",
+                self.spec_gateway, row.seq
+            )
+            .as_bytes(),
         );
-        payload.extend_from_slice(points);
+        payload.extend_from_slice(&row.payload);
         payload.push(b'}');
-        let topic = topics::topic(&self.spec_gateway, device, &format!("telemetry/{series}"));
+        let topic = topics::topic(
+            &self.spec_gateway,
+            &row.device,
+            &format!("telemetry/{}", row.name),
+        );
         self.publish(&topic, false, payload)?;
-        Ok(Some(Sent::Row {
-            seq,
+        Ok(Sent::Row {
+            seq: row.seq,
             twin_device: None,
-        }))
+            counted: Some((
+                Stream::telemetry(&row.device, &row.name),
+                row.payload.len() as u64,
+                u64::from(row.points),
+            )),
+        })
     }
 
     /// rumqttc sent the next submitted publish with packet id `pkid`.
@@ -513,7 +670,12 @@ impl Link {
             tracing::debug!(pkid, "acknowledgement for an unknown packet");
             return;
         };
-        if let Sent::Row { seq, twin_device } = sent {
+        if let Sent::Row {
+            seq,
+            twin_device,
+            counted,
+        } = sent
+        {
             let deleted = match &twin_device {
                 Some(device) => {
                     self.twins_out.remove(device);
@@ -521,7 +683,13 @@ impl Link {
                 }
                 None => {
                     self.rows_out.remove(&seq);
-                    outbox::delete(&self.db, seq)
+                    // Only what was still there leaves the totals: a row can
+                    // be evicted or expire while it is in flight.
+                    outbox::delete(&self.db, seq).map(|gone| {
+                        if let (true, Some((stream, bytes, points))) = (gone, &counted) {
+                            self.usage.removed(stream, *bytes, *points);
+                        }
+                    })
                 }
             };
             if let Err(e) = deleted {

@@ -39,11 +39,35 @@ pub struct AppInfo {
     pub error: Option<String>,
 }
 
-/// What waits in the outbox.
+/// What waits in the outbox, and what it lost.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct OutboxInfo {
+    /// Rows of every kind.
     pub entries: u64,
     pub points: u64,
+    /// Bytes of telemetry and alerts (what the outbox limit counts).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Per stream (telemetry of a series, or an alert, of a device).
+    #[serde(default)]
+    pub streams: Vec<StreamInfo>,
+}
+
+/// One stream of the outbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreamInfo {
+    /// `telemetry` or `alert`.
+    pub kind: String,
+    pub device: String,
+    pub name: String,
+    pub points: u64,
+    pub bytes: u64,
+    /// Deleted unsent to make room (`drop-oldest`).
+    pub dropped: u64,
+    /// Refused at `record` (`reject-newest`).
+    pub rejected: u64,
+    /// Deleted unsent for age (`max_age_s`).
+    pub expired: u64,
 }
 
 /// `twin/reported` (retained): every reported attribute of the device.

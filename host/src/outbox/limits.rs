@@ -1,0 +1,415 @@
+//! Bounds on the outbox: how many bytes each stream and the whole gateway
+//! may hold, how old a point may get, and what happens at the limit.
+//!
+//! [`Usage`] keeps the running totals in memory (loaded from the database at
+//! start) and the counters of what was dropped, refused and expired, which
+//! `wasmgate status` and the `status` message show. The writer thread
+//! enforces the limits after every commit and once a second; a stream whose
+//! series is `reject-newest` is checked before a guest's `record` is
+//! accepted instead.
+
+use rusqlite::{Connection, Transaction, params};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::config::{OutboxConfig, WhenFull};
+use crate::value::now_ns;
+
+/// A stream of the outbox: telemetry of one series, or one alert, of one device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stream {
+    pub kind: &'static str,
+    pub device: String,
+    pub name: String,
+}
+
+impl Stream {
+    pub fn telemetry(device: &str, series: &str) -> Stream {
+        Stream {
+            kind: "telemetry",
+            device: device.to_string(),
+            name: series.to_string(),
+        }
+    }
+
+    pub fn alert(device: &str, name: &str) -> Stream {
+        Stream {
+            kind: "alert",
+            device: device.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    fn of(kind: &str, device: String, name: String) -> Option<Stream> {
+        let kind = match kind {
+            "telemetry" => "telemetry",
+            "alert" => "alert",
+            _ => return None,
+        };
+        Some(Stream { kind, device, name })
+    }
+}
+
+/// What one stream holds and what became of the points it lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamStats {
+    pub bytes: u64,
+    pub points: u64,
+    /// Deleted unsent to make room (`drop-oldest`).
+    pub dropped: u64,
+    /// Refused at `record` because the outbox was full (`reject-newest`).
+    pub rejected: u64,
+    /// Deleted unsent because they grew older than `max_age_s`.
+    pub expired: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    total_bytes: u64,
+    streams: HashMap<Stream, StreamStats>,
+    /// Set while the database refuses writes; guests get `unavailable`.
+    write_error: Option<String>,
+    /// Counters changed since they were last saved.
+    dirty: bool,
+}
+
+/// The outbox's running totals and counters, shared by the writer, the
+/// apps and the cloud link.
+pub struct Usage {
+    config: OutboxConfig,
+    inner: Mutex<Inner>,
+}
+
+impl Usage {
+    /// Totals from the rows in the database, counters from `outbox_counters`.
+    pub fn load(conn: &Connection, config: OutboxConfig) -> rusqlite::Result<Usage> {
+        let mut inner = Inner::default();
+        let mut stmt = conn.prepare(
+            "SELECT kind, device, name, COALESCE(SUM(length(payload)), 0), COALESCE(SUM(points), 0)
+             FROM outbox WHERE kind IN ('telemetry', 'alert') GROUP BY kind, device, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, device, name, bytes, points) = row?;
+            if let Some(stream) = Stream::of(&kind, device, name) {
+                let stats = inner.streams.entry(stream).or_default();
+                stats.bytes = bytes.max(0) as u64;
+                stats.points = points.max(0) as u64;
+                inner.total_bytes += stats.bytes;
+            }
+        }
+        let mut stmt = conn.prepare(
+            "SELECT kind, device, name, dropped, rejected, expired FROM outbox_counters",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, device, name, dropped, rejected, expired) = row?;
+            if let Some(stream) = Stream::of(&kind, device, name) {
+                let stats = inner.streams.entry(stream).or_default();
+                stats.dropped = dropped.max(0) as u64;
+                stats.rejected = rejected.max(0) as u64;
+                stats.expired = expired.max(0) as u64;
+            }
+        }
+        Ok(Usage {
+            config,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    pub fn config(&self) -> &OutboxConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic elsewhere already; the counters are
+        // still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a guest may record more points of `series` for `device`:
+    /// only `reject-newest` series are ever refused here.
+    pub fn admit(&self, device: &str, series: &str, points: u64) -> Result<(), String> {
+        let config = self.config.series(series);
+        if config.when_full != WhenFull::RejectNewest {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        let total = inner.total_bytes;
+        let stream = Stream::telemetry(device, series);
+        let stats = inner.streams.entry(stream).or_default();
+        let full = if total >= self.config.max_bytes {
+            Some(format!("the outbox holds {} KiB, its limit", total >> 10))
+        } else {
+            config
+                .max_bytes
+                .filter(|max| stats.bytes >= *max)
+                .map(|max| {
+                    format!(
+                        "series `{series}` holds {} KiB, its limit of {} KiB",
+                        stats.bytes >> 10,
+                        max >> 10
+                    )
+                })
+        };
+        match full {
+            None => Ok(()),
+            Some(why) => {
+                stats.rejected += points;
+                inner.dirty = true;
+                Err(format!(
+                    "outbox full: {why}; new points are refused until it drains (when_full = reject-newest)"
+                ))
+            }
+        }
+    }
+
+    /// Rows were written.
+    pub fn added(&self, stream: Stream, bytes: u64, points: u64) {
+        let mut inner = self.lock();
+        inner.total_bytes += bytes;
+        let stats = inner.streams.entry(stream).or_default();
+        stats.bytes += bytes;
+        stats.points += points;
+    }
+
+    /// Rows were delivered (or merged smaller).
+    pub fn removed(&self, stream: &Stream, bytes: u64, points: u64) {
+        let mut inner = self.lock();
+        inner.total_bytes = inner.total_bytes.saturating_sub(bytes);
+        if let Some(stats) = inner.streams.get_mut(stream) {
+            stats.bytes = stats.bytes.saturating_sub(bytes);
+            stats.points = stats.points.saturating_sub(points);
+        }
+    }
+
+    fn lost(&self, stream: &Stream, bytes: u64, points: u64, why: Loss) {
+        self.removed(stream, bytes, points);
+        let mut inner = self.lock();
+        inner.dirty = true;
+        if let Some(stats) = inner.streams.get_mut(stream) {
+            match why {
+                Loss::Dropped => stats.dropped += points,
+                Loss::Expired => stats.expired += points,
+            }
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.lock().total_bytes
+    }
+
+    pub fn write_error(&self) -> Option<String> {
+        self.lock().write_error.clone()
+    }
+
+    pub fn set_write_error(&self, error: Option<String>) {
+        self.lock().write_error = error;
+    }
+
+    /// Every stream's totals and counters, in order.
+    pub fn snapshot(&self) -> Vec<(Stream, StreamStats)> {
+        let mut out: Vec<_> = self
+            .lock()
+            .streams
+            .iter()
+            .map(|(s, st)| (s.clone(), st.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Write changed counters (in the caller's transaction).
+    pub fn save_counters(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        let mut inner = self.lock();
+        if !inner.dirty {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO outbox_counters (kind, device, name, dropped, rejected, expired) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (kind, device, name) DO UPDATE
+             SET dropped = excluded.dropped, rejected = excluded.rejected, expired = excluded.expired",
+        )?;
+        for (s, st) in &inner.streams {
+            if st.dropped + st.rejected + st.expired > 0 {
+                stmt.execute(params![
+                    s.kind,
+                    s.device,
+                    s.name,
+                    st.dropped as i64,
+                    st.rejected as i64,
+                    st.expired as i64
+                ])?;
+            }
+        }
+        inner.dirty = false;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Loss {
+    Dropped,
+    Expired,
+}
+
+/// Bring every stream and the gateway under their byte limits, deleting the
+/// oldest rows of `drop-oldest` streams: telemetry first, alerts last.
+pub fn enforce(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
+    let config = usage.config();
+    // Per-stream limits.
+    for (stream, stats) in usage.snapshot() {
+        if stream.kind != "telemetry" {
+            continue;
+        }
+        let series = config.series(&stream.name);
+        let (Some(max), WhenFull::DropOldest) = (series.max_bytes, series.when_full) else {
+            continue;
+        };
+        let mut over = stats.bytes.saturating_sub(max);
+        while over > 0 {
+            let victims = oldest(tx, Some(&stream), "telemetry", 0, 64)?;
+            if victims.is_empty() {
+                break;
+            }
+            for (seq, s, bytes, points) in victims {
+                if over == 0 {
+                    break;
+                }
+                delete(tx, seq)?;
+                usage.lost(&s, bytes, points, Loss::Dropped);
+                over = over.saturating_sub(bytes);
+            }
+        }
+    }
+    // The gateway's limit: telemetry of drop-oldest series, then alerts.
+    for kind in ["telemetry", "alert"] {
+        let mut after = 0i64;
+        while usage.total_bytes() > config.max_bytes {
+            let victims = oldest(tx, None, kind, after, 64)?;
+            let Some((last, ..)) = victims.last() else {
+                break;
+            };
+            after = *last;
+            for (seq, s, bytes, points) in victims {
+                let evictable =
+                    kind == "alert" || config.series(&s.name).when_full == WhenFull::DropOldest;
+                if !evictable {
+                    continue;
+                }
+                if usage.total_bytes() <= config.max_bytes {
+                    break;
+                }
+                delete(tx, seq)?;
+                usage.lost(&s, bytes, points, Loss::Dropped);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delete unsent rows older than their stream's `max_age_s`.
+pub fn expire(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
+    let now = now_ns();
+    for (stream, stats) in usage.snapshot() {
+        if stats.points == 0 {
+            continue;
+        }
+        let max_age = match stream.kind {
+            "telemetry" => usage.config().series(&stream.name).max_age,
+            _ => usage.config().defaults.max_age,
+        };
+        let Some(max_age) = max_age else { continue };
+        let cutoff = now.saturating_sub(u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX));
+        let mut stmt = tx.prepare_cached(
+            "DELETE FROM outbox WHERE kind = ?1 AND device = ?2 AND name = ?3 AND created_at < ?4
+             RETURNING length(payload), points",
+        )?;
+        let gone = stmt
+            .query_map(
+                params![stream.kind, stream.device, stream.name, cutoff as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (bytes, points) in gone {
+            usage.lost(&stream, bytes, points, Loss::Expired);
+        }
+    }
+    Ok(())
+}
+
+type Victim = (i64, Stream, u64, u64);
+
+/// The oldest rows of a stream, or of a kind, after sequence `after`.
+fn oldest(
+    tx: &Transaction<'_>,
+    stream: Option<&Stream>,
+    kind: &str,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Victim>> {
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String, String, String, i64, i64)> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    };
+    let rows = match stream {
+        Some(s) => tx
+            .prepare_cached(
+                "SELECT seq, kind, device, name, length(payload), points FROM outbox
+                 WHERE kind = ?1 AND device = ?2 AND name = ?3 AND seq > ?4 ORDER BY seq LIMIT ?5",
+            )?
+            .query_map(params![s.kind, s.device, s.name, after, limit as i64], map)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        None => tx
+            .prepare_cached(
+                "SELECT seq, kind, device, name, length(payload), points FROM outbox
+                 WHERE kind = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![kind, after, limit as i64], map)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|(seq, kind, device, name, bytes, points)| {
+            Some((
+                seq,
+                Stream::of(&kind, device, name)?,
+                bytes.max(0) as u64,
+                points.max(0) as u64,
+            ))
+        })
+        .collect())
+}
+
+fn delete(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+    Ok(())
+}

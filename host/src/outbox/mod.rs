@@ -1,0 +1,289 @@
+//! The outbox: everything waiting to go to the cloud, in SQLite, until the
+//! cloud link has it acknowledged. `docs/buffering.md` is the promise this
+//! module keeps.
+//!
+//! Three kinds of rows: `telemetry` (a batch of points of one series),
+//! `alert` and `twin` (a report of attributes). Twin reports and alerts are
+//! written by the reporting call itself, in its own transaction, so they are
+//! durable when the guest's call returns. Telemetry goes through [`ingest`]:
+//! a writer thread that group-commits points. [`limits`] keeps the outbox
+//! within its byte and age limits.
+
+pub mod ingest;
+pub mod limits;
+
+pub use ingest::{Batch, Ingest, IngestSender};
+pub use limits::{Stream, StreamStats, Usage};
+
+use rusqlite::{Connection, params};
+
+use crate::value::now_ns;
+
+/// What an outbox row carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Telemetry,
+    Alert,
+    Twin,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Telemetry => "telemetry",
+            Kind::Alert => "alert",
+            Kind::Twin => "twin",
+        }
+    }
+}
+
+/// A row to append.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: Kind,
+    pub device: String,
+    /// Series name, alert name, or "" for a twin report.
+    pub name: String,
+    pub points: u32,
+    /// JSON.
+    pub payload: Vec<u8>,
+}
+
+/// Append rows; the caller owns the transaction.
+pub fn insert(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO outbox (kind, device, name, created_at, points, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let now = now_ns() as i64;
+    for e in entries {
+        stmt.execute(params![
+            e.kind.as_str(),
+            e.device,
+            e.name,
+            now,
+            e.points,
+            e.payload
+        ])?;
+    }
+    Ok(())
+}
+
+/// A row as the cloud link reads it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub seq: i64,
+    pub kind: String,
+    pub device: String,
+    pub name: String,
+    pub points: u32,
+    pub created_at: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The next `limit` rows to send: alerts first, then everything in order.
+pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, kind, device, name, points, created_at, payload FROM outbox
+         ORDER BY CASE kind WHEN 'alert' THEN 0 ELSE 1 END, seq LIMIT ?1",
+    )?;
+    stmt.query_map([limit as i64], |r| {
+        Ok(Row {
+            seq: r.get(0)?,
+            kind: r.get(1)?,
+            device: r.get(2)?,
+            name: r.get(3)?,
+            points: r.get(4)?,
+            created_at: r.get(5)?,
+            payload: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+/// Remove a delivered row; whether it was still there (a row can be evicted
+/// or expired while it is in flight).
+pub fn delete(conn: &Connection, seq: i64) -> rusqlite::Result<bool> {
+    Ok(conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])? > 0)
+}
+
+/// Merge telemetry rows of one stream (in order) into the first of them:
+/// one message for the cloud, and still the first row's place in the order.
+/// Returns the merged row.
+pub fn merge(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<Row> {
+    let mut merged = rows[0].clone();
+    let mut payload = Vec::with_capacity(rows.iter().map(|r| r.payload.len()).sum());
+    payload.push(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        // Each payload is `[...]`: keep what is inside the brackets.
+        payload.extend_from_slice(&row.payload[1..row.payload.len().saturating_sub(1).max(1)]);
+    }
+    payload.push(b']');
+    merged.points = rows.iter().map(|r| r.points).sum();
+    merged.payload = payload;
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE outbox SET payload = ?2, points = ?3 WHERE seq = ?1",
+        params![merged.seq, merged.payload, merged.points],
+    )?;
+    for row in &rows[1..] {
+        tx.execute("DELETE FROM outbox WHERE seq = ?1", [row.seq])?;
+    }
+    tx.commit()?;
+    Ok(merged)
+}
+
+/// The newest twin row of a device (0 if none).
+pub fn last_twin_seq(conn: &Connection, device: &str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE kind = 'twin' AND device = ?1",
+        [device],
+        |r| r.get(0),
+    )
+}
+
+/// Remove a device's twin rows up to `seq`: the retained state that was
+/// delivered covers them all.
+pub fn delete_twin_upto(conn: &Connection, device: &str, seq: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM outbox WHERE kind = 'twin' AND device = ?1 AND seq <= ?2",
+        params![device, seq],
+    )?;
+    Ok(())
+}
+
+/// Rows and points in the whole outbox.
+pub fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(points), 0) FROM outbox",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
+    )
+}
+
+/// How much is waiting in the outbox for one stream, and what it lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Depth {
+    pub kind: String,
+    pub device: String,
+    pub name: String,
+    pub entries: i64,
+    pub points: i64,
+    pub bytes: i64,
+    pub oldest_ns: Option<i64>,
+    pub dropped: i64,
+    pub rejected: i64,
+    pub expired: i64,
+}
+
+/// Outbox depth and loss counters per stream (kind, device, name).
+pub fn depth(conn: &Connection) -> rusqlite::Result<Vec<Depth>> {
+    let mut stmt = conn.prepare(
+        "WITH streams AS (
+             SELECT kind, device, name FROM outbox
+             UNION SELECT kind, device, name FROM outbox_counters
+         )
+         SELECT s.kind, s.device, s.name,
+                COUNT(o.seq), COALESCE(SUM(o.points), 0), COALESCE(SUM(length(o.payload)), 0), MIN(o.created_at),
+                COALESCE(c.dropped, 0), COALESCE(c.rejected, 0), COALESCE(c.expired, 0)
+         FROM streams s
+         LEFT JOIN outbox o ON o.kind = s.kind AND o.device = s.device AND o.name = s.name
+         LEFT JOIN outbox_counters c ON c.kind = s.kind AND c.device = s.device AND c.name = s.name
+         GROUP BY s.kind, s.device, s.name ORDER BY s.kind, s.device, s.name",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(Depth {
+            kind: r.get(0)?,
+            device: r.get(1)?,
+            name: r.get(2)?,
+            entries: r.get(3)?,
+            points: r.get(4)?,
+            bytes: r.get(5)?,
+            oldest_ns: r.get(6)?,
+            dropped: r.get(7)?,
+            rejected: r.get(8)?,
+            expired: r.get(9)?,
+        })
+    })?
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OutboxConfig;
+    use std::sync::Arc;
+
+    fn point_batch(series: &str, ns: std::ops::Range<i64>) -> Batch {
+        let mut b = Batch {
+            device: "d".into(),
+            series: series.into(),
+            ..Batch::default()
+        };
+        for n in ns {
+            b.json
+                .extend_from_slice(format!(r#"{{"time":{n},"values":{{"n":{n}}}}}"#).as_bytes());
+            b.ends.push(b.json.len() as u32);
+        }
+        b
+    }
+
+    fn database() -> (tempfile::TempDir, crate::store::Database) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::Database::new(dir.path().join("t.db"), None);
+        crate::store::migrate(&db.open().expect("open")).expect("migrate");
+        (dir, db)
+    }
+
+    #[test]
+    fn batches_are_committed_in_order_and_merge_keeps_the_first_place() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        let usage = Arc::new(Usage::load(&conn, OutboxConfig::default()).expect("usage"));
+        let ingest = Ingest::start(&db, usage.clone(), Arc::default()).expect("start");
+        let sender = ingest.sender();
+        sender.append(point_batch("s", 0..2)).expect("append");
+        sender.append(point_batch("other", 9..10)).expect("append");
+        sender.flush().expect("flush");
+        sender.append(point_batch("s", 2..3)).expect("append");
+        sender.flush().expect("flush");
+        ingest.shutdown();
+
+        let mut conn = db.open().expect("open");
+        let rows: Vec<Row> = next_rows(&conn, 10)
+            .expect("rows")
+            .into_iter()
+            .filter(|r| r.name == "s")
+            .collect();
+        assert_eq!(rows.len(), 2);
+        let merged = merge(&mut conn, &rows).expect("merge");
+        assert_eq!((merged.seq, merged.points), (rows[0].seq, 3));
+        let json: serde_json::Value = serde_json::from_slice(&merged.payload).expect("json");
+        let ns: Vec<i64> = json
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|p| p["values"]["n"].as_i64().expect("n"))
+            .collect();
+        assert_eq!(ns, vec![0, 1, 2]);
+        let depth = depth(&conn).expect("depth");
+        let s = depth.iter().find(|d| d.name == "s").expect("s");
+        assert_eq!((s.entries, s.points), (1, 3));
+        assert_eq!(
+            usage
+                .snapshot()
+                .iter()
+                .map(|(_, st)| st.points)
+                .sum::<u64>(),
+            4
+        );
+    }
+}
