@@ -78,6 +78,9 @@ fn ingest_gateway(total: u64) -> Gateway {
 }
 
 fn committed_points(gw: &Gateway) -> u64 {
+    if !gw.db_path().exists() {
+        return 0;
+    }
     gw.db()
         .query_row(
             "SELECT COALESCE(SUM(points), 0) FROM outbox WHERE kind = 'telemetry'",

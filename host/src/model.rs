@@ -412,19 +412,23 @@ fn check_fields_with(
             values.len()
         ));
     }
-    let mut seen = HashSet::with_capacity(values.len());
-    values
-        .into_iter()
-        .map(|(name, value)| {
-            if !seen.insert(name.clone()) {
-                return Err(format!("{what} `{name}` given twice"));
-            }
-            let (kind, range) = spec_of(&name)?;
-            let value =
-                check_value(value, kind, range).map_err(|m| format!("{what} `{name}`: {m}"))?;
-            Ok((name, value))
-        })
-        .collect()
+    // Points usually carry a handful of fields: a scan beats hashing there,
+    // and this runs for every recorded point.
+    let mut seen = (values.len() > 16).then(|| HashSet::with_capacity(values.len()));
+    let mut checked: Vec<(String, Value)> = Vec::with_capacity(values.len());
+    for (name, value) in values {
+        let twice = match &mut seen {
+            Some(set) => !set.insert(name.clone()),
+            None => checked.iter().any(|(n, _)| *n == name),
+        };
+        if twice {
+            return Err(format!("{what} `{name}` given twice"));
+        }
+        let (kind, range) = spec_of(&name)?;
+        let value = check_value(value, kind, range).map_err(|m| format!("{what} `{name}`: {m}"))?;
+        checked.push((name, value));
+    }
+    Ok(checked)
 }
 
 /// Check one value against a kind and an optional inclusive range. Integers

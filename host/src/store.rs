@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload    BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
+CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, seq);
 
 CREATE TABLE IF NOT EXISTS outbox_counters (
     kind     TEXT NOT NULL,

@@ -492,7 +492,7 @@ impl Link {
         while start < rows.len() && self.room() {
             let (mut points, mut bytes, mut end) = (0u64, 0u64, start);
             while end < rows.len() {
-                let (p, b) = (u64::from(rows[end].points), rows[end].payload.len() as u64);
+                let (p, b) = (u64::from(rows[end].points), rows[end].bytes);
                 if end > start
                     && (points + p > u64::from(batching.max_points)
                         || bytes + b > batching.max_bytes)
@@ -511,20 +511,25 @@ impl Link {
             if !full && age < batching.max_delay {
                 return Ok(());
             }
-            let row = if end - start == 1 {
-                rows[start].clone()
+            let (row, payload) = if end - start == 1 {
+                match outbox::payload(&self.db, rows[start].seq) {
+                    Ok(Some(payload)) => (rows[start].clone(), payload),
+                    // Evicted or expired since it was read.
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        tracing::error!("cannot read the outbox: {e}");
+                        return Ok(());
+                    }
+                }
             } else {
                 let group: Vec<outbox::Row> =
                     rows[start..end].iter().map(|r| (*r).clone()).collect();
                 match outbox::merge(&mut self.db, &group) {
-                    Ok(merged) => {
+                    Ok((merged, payload)) => {
                         // Two brackets and a comma fewer per merged row.
-                        self.usage.removed(
-                            &stream,
-                            bytes.saturating_sub(merged.payload.len() as u64),
-                            0,
-                        );
-                        merged
+                        self.usage
+                            .removed(&stream, bytes.saturating_sub(merged.bytes), 0);
+                        (merged, payload)
                     }
                     Err(e) => {
                         tracing::error!("cannot merge outbox rows: {e}");
@@ -532,7 +537,7 @@ impl Link {
                     }
                 }
             };
-            let sent = self.publish_telemetry(&row)?;
+            let sent = self.publish_telemetry(&row, &payload)?;
             self.submit(sent);
             start = end;
         }
@@ -597,8 +602,16 @@ impl Link {
     }
 
     fn publish_alert(&mut self, row: &outbox::Row) -> Result<Option<Sent>, rumqttc::ClientError> {
+        let stored = match outbox::payload(&self.db, row.seq) {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::error!("cannot read the outbox: {e}");
+                return Ok(None);
+            }
+        };
         let mut alert: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&row.payload).unwrap_or_default();
+            serde_json::from_slice(&stored).unwrap_or_default();
         alert.insert(
             "id".into(),
             format!("{}-{}", self.spec_gateway, row.seq).into(),
@@ -618,16 +631,20 @@ impl Link {
             twin_device: None,
             counted: Some((
                 Stream::alert(&row.device, &row.name),
-                row.payload.len() as u64,
+                row.bytes,
                 u64::from(row.points),
             )),
         }))
     }
 
-    fn publish_telemetry(&mut self, row: &outbox::Row) -> Result<Sent, rumqttc::ClientError> {
+    fn publish_telemetry(
+        &mut self,
+        row: &outbox::Row,
+        points: &[u8],
+    ) -> Result<Sent, rumqttc::ClientError> {
         // The stored batch is already the JSON array of points: wrap it
         // rather than parse and re-encode it.
-        let mut payload = Vec::with_capacity(row.payload.len() + 64);
+        let mut payload = Vec::with_capacity(points.len() + 64);
         payload.extend_from_slice(
             format!(
                 "{{\"batch\":\"{}-{}\",\"points\":",
@@ -635,7 +652,7 @@ impl Link {
             )
             .as_bytes(),
         );
-        payload.extend_from_slice(&row.payload);
+        payload.extend_from_slice(points);
         payload.push(b'}');
         let topic = topics::topic(
             &self.spec_gateway,
@@ -648,7 +665,7 @@ impl Link {
             twin_device: None,
             counted: Some((
                 Stream::telemetry(&row.device, &row.name),
-                row.payload.len() as u64,
+                row.bytes,
                 u64::from(row.points),
             )),
         })

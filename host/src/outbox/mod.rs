@@ -69,7 +69,8 @@ pub fn insert(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// A row as the cloud link reads it.
+/// A row as the cloud link plans with it: everything but the payload,
+/// which [`payload`] reads once the row is sent.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub seq: i64,
@@ -78,16 +79,15 @@ pub struct Row {
     pub name: String,
     pub points: u32,
     pub created_at: i64,
-    pub payload: Vec<u8>,
+    /// Length of the payload.
+    pub bytes: u64,
 }
 
-/// The next `limit` rows to send: alerts first, then everything in order.
+/// The next rows to send: up to `limit` alerts first, then up to `limit`
+/// other rows in order. Payloads are not read: a backlog of large batches
+/// would otherwise be read again on every acknowledgement.
 pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, kind, device, name, points, created_at, payload FROM outbox
-         ORDER BY CASE kind WHEN 'alert' THEN 0 ELSE 1 END, seq LIMIT ?1",
-    )?;
-    stmt.query_map([limit as i64], |r| {
+    let map = |r: &rusqlite::Row<'_>| {
         Ok(Row {
             seq: r.get(0)?,
             kind: r.get(1)?,
@@ -95,10 +95,33 @@ pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> 
             name: r.get(3)?,
             points: r.get(4)?,
             created_at: r.get(5)?,
-            payload: r.get(6)?,
+            bytes: r.get::<_, i64>(6)?.max(0) as u64,
         })
-    })?
-    .collect()
+    };
+    let mut rows = conn
+        .prepare_cached(
+            "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
+             WHERE kind = 'alert' ORDER BY seq LIMIT ?1",
+        )?
+        .query_map([limit as i64], map)?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    rows.extend(
+        conn.prepare_cached(
+            "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
+             WHERE kind != 'alert' ORDER BY seq LIMIT ?1",
+        )?
+        .query_map([limit as i64], map)?
+        .collect::<rusqlite::Result<Vec<Row>>>()?,
+    );
+    Ok(rows)
+}
+
+/// A row's payload (`None` if the row is gone).
+pub fn payload(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Vec<u8>>> {
+    use rusqlite::OptionalExtension as _;
+    conn.prepare_cached("SELECT payload FROM outbox WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))
+        .optional()
 }
 
 /// Remove a delivered row; whether it was still there (a row can be evicted
@@ -109,31 +132,36 @@ pub fn delete(conn: &Connection, seq: i64) -> rusqlite::Result<bool> {
 
 /// Merge telemetry rows of one stream (in order) into the first of them:
 /// one message for the cloud, and still the first row's place in the order.
-/// Returns the merged row.
-pub fn merge(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<Row> {
+/// Returns the merged row and its payload.
+pub fn merge(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<(Row, Vec<u8>)> {
+    let tx = conn.transaction()?;
     let mut merged = rows[0].clone();
-    let mut payload = Vec::with_capacity(rows.iter().map(|r| r.payload.len()).sum());
+    let mut payload = Vec::with_capacity(rows.iter().map(|r| r.bytes as usize).sum());
     payload.push(b'[');
     for (i, row) in rows.iter().enumerate() {
+        let part: Vec<u8> = tx.query_row(
+            "SELECT payload FROM outbox WHERE seq = ?1",
+            [row.seq],
+            |r| r.get(0),
+        )?;
         if i > 0 {
             payload.push(b',');
         }
         // Each payload is `[...]`: keep what is inside the brackets.
-        payload.extend_from_slice(&row.payload[1..row.payload.len().saturating_sub(1).max(1)]);
+        payload.extend_from_slice(&part[1..part.len().saturating_sub(1).max(1)]);
     }
     payload.push(b']');
     merged.points = rows.iter().map(|r| r.points).sum();
-    merged.payload = payload;
-    let tx = conn.transaction()?;
+    merged.bytes = payload.len() as u64;
     tx.execute(
         "UPDATE outbox SET payload = ?2, points = ?3 WHERE seq = ?1",
-        params![merged.seq, merged.payload, merged.points],
+        params![merged.seq, payload, merged.points],
     )?;
     for row in &rows[1..] {
         tx.execute("DELETE FROM outbox WHERE seq = ?1", [row.seq])?;
     }
     tx.commit()?;
-    Ok(merged)
+    Ok((merged, payload))
 }
 
 /// The newest twin row of a device (0 if none).
@@ -264,9 +292,10 @@ mod tests {
             .filter(|r| r.name == "s")
             .collect();
         assert_eq!(rows.len(), 2);
-        let merged = merge(&mut conn, &rows).expect("merge");
+        let (merged, bytes) = merge(&mut conn, &rows).expect("merge");
         assert_eq!((merged.seq, merged.points), (rows[0].seq, 3));
-        let json: serde_json::Value = serde_json::from_slice(&merged.payload).expect("json");
+        assert_eq!(payload(&conn, merged.seq).expect("read"), Some(bytes.clone()));
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         let ns: Vec<i64> = json
             .as_array()
             .expect("array")
