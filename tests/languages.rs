@@ -27,30 +27,38 @@ const START: Duration = Duration::from_secs(300);
 /// Points compared with the Rust build: all of them come before the
 /// setpoint changes, so they depend on nothing but the seed.
 const EARLY: usize = 12;
+/// A thousand ticks at 2 ms, beside the other languages' on 2 cores.
+const ENDURANCE: Duration = Duration::from_secs(120);
 const SEED: u64 = 42;
 const START_TEMPERATURE: f64 = 19.0;
 const NEW_SETPOINT: f64 = 23.5;
 
-fn app_config() -> String {
+fn app_config(tick_interval_ms: u64) -> String {
     format!(
-        "tick_interval_ms = 50\ncall_timeout_ms = 2000\n[app.config]\n\
+        "tick_interval_ms = {tick_interval_ms}\ncall_timeout_ms = 2000\n[app.config]\n\
          start_temperature = {START_TEMPERATURE:.1}\noverheat_at = 20.0\nseed = {SEED}"
     )
 }
 
-fn gateway(component: &Path, cloud: Option<&Mosquitto>) -> Gateway {
+/// The thermostat app with `component` on `gw`, with a cloud link to `cloud`.
+fn configure(
+    gw: Gateway,
+    component: &Path,
+    cloud: Option<&Mosquitto>,
+    tick_interval_ms: u64,
+) -> Gateway {
     let gw = match cloud {
-        Some(broker) => Gateway::new().section(&format!(
+        Some(broker) => gw.section(&format!(
             "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
             broker.url()
         )),
-        None => Gateway::new(),
+        None => gw,
     };
     gw.app(
         "thermostat",
         component,
         &root().join("examples/thermostat/thermostat.model.json"),
-        &app_config(),
+        &app_config(tick_interval_ms),
     )
 }
 
@@ -118,7 +126,7 @@ fn delivered_points(consumer: &Consumer) -> Vec<(f64, f64)> {
 fn rust_points() -> &'static [(f64, f64)] {
     static POINTS: OnceLock<Vec<(f64, f64)>> = OnceLock::new();
     POINTS.get_or_init(|| {
-        let gw = gateway(&thermostat_in("rust"), None);
+        let gw = configure(Gateway::new(), &thermostat_in("rust"), None, 50);
         let mut run = gw.start();
         run.wait_for(&format!("tick {EARLY}:"), START);
         assert!(run.stop().success());
@@ -212,7 +220,7 @@ fn thermostat_scenario(lang: &str) {
     let expected = rust_points();
     let broker = Mosquitto::start("");
     let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
-    let gw = gateway(&component, Some(&broker));
+    let gw = configure(Gateway::new(), &component, Some(&broker), 50);
     let mut run = gw.start();
     run.wait_for("app started", START);
     run.wait_for(&format!("tick {EARLY}:"), T);
@@ -302,8 +310,13 @@ fn thermostat_scenario(lang: &str) {
     );
     assert_eq!(reported(&gw, "heating"), json!(heating), "{lang}");
 
+    assert_eq!(run.count("app crashed"), 0, "{lang}: the app crashed");
+
     // A restart: the counter and the setpoint come back, and save/init hand
     // the room temperature over instead of starting again from the config.
+    // This time it ticks every 2 ms, for a thousand ticks: a guest whose
+    // memory goes wrong as its heap grows crashes within them.
+    let gw = configure(gw.reconfigure(), &component, Some(&broker), 2);
     let mut run = gw.start();
     let started = run.wait_for("ticks so far", START);
     assert!(
@@ -329,7 +342,15 @@ fn thermostat_scenario(lang: &str) {
         0,
         "{lang}: the restart loads the component from the compile cache"
     );
+    run.wait_until(ENDURANCE, "a thousand ticks after the restart", |lines| {
+        lines
+            .iter()
+            .filter_map(|l| tick_line(l))
+            .any(|t| t.0 >= last + 1000)
+            .then_some(())
+    });
     assert!(run.stop().success());
+    assert_eq!(run.count("app crashed"), 0, "{lang}: the app crashed");
     assert!(
         stored_ticks(&gw) > last as u64,
         "{lang}: ticks after the restart are stored"

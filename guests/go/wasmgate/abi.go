@@ -250,6 +250,7 @@ func exportInit(configPtr, configLen, prevIsSome, prevPtr, prevLen uint32) uint3
 		previous = loadBytes(prevPtr, prevLen)
 	}
 	unpinAll(0)
+	checkAdapterArena()
 	if newApp == nil {
 		return resultString("wasmgate: the app did not call wasmgate.Register")
 	}

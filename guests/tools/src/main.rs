@@ -5,7 +5,7 @@
 //! ```text
 //! wasmgate-guest-tool c-bindings WIT_DIR WORLD OUT_DIR
 //! wasmgate-guest-tool embed CORE.wasm WIT_DIR WORLD -o OUT.wasm
-//! wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
+//! wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow | --adapter-arena] -o OUT.wasm
 //! wasmgate-guest-tool adapter reactor|command -o OUT.wasm
 //! wasmgate-guest-tool imports COMPONENT.wasm
 //! wasmgate-guest-tool check-imports COMPONENT.wasm
@@ -21,10 +21,12 @@ use wasi_preview1_component_adapter_provider::{
 use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
 use wit_parser::Resolve;
 
+mod arena;
+
 const USAGE: &str = "usage:
   wasmgate-guest-tool c-bindings WIT_DIR WORLD OUT_DIR
   wasmgate-guest-tool embed CORE.wasm WIT_DIR WORLD -o OUT.wasm
-  wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
+  wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow | --adapter-arena] -o OUT.wasm
   wasmgate-guest-tool adapter reactor|command -o OUT.wasm
   wasmgate-guest-tool imports COMPONENT.wasm
   wasmgate-guest-tool check-imports COMPONENT.wasm
@@ -44,6 +46,7 @@ struct Args {
     out: Option<PathBuf>,
     adapter: Option<String>,
     realloc_via_memory_grow: bool,
+    adapter_arena: bool,
 }
 
 fn parse(args: Vec<String>) -> Result<Args> {
@@ -52,6 +55,7 @@ fn parse(args: Vec<String>) -> Result<Args> {
         out: None,
         adapter: None,
         realloc_via_memory_grow: false,
+        adapter_arena: false,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -61,6 +65,7 @@ fn parse(args: Vec<String>) -> Result<Args> {
                 parsed.adapter = Some(it.next().context("--adapter needs reactor or command")?)
             }
             "--realloc-via-memory-grow" => parsed.realloc_via_memory_grow = true,
+            "--adapter-arena" => parsed.adapter_arena = true,
             _ if arg.starts_with('-') => bail!("unknown option {arg}\n{USAGE}"),
             _ => parsed.positional.push(arg),
         }
@@ -81,6 +86,7 @@ fn run(args: Vec<String>) -> Result<()> {
             Path::new(core),
             args.adapter.as_deref(),
             args.realloc_via_memory_grow,
+            args.adapter_arena,
             &out()?,
         ),
         ("adapter", [kind]) => write(&out()?, adapter(kind)?),
@@ -159,9 +165,14 @@ fn new(
     core: &Path,
     adapter_kind: Option<&str>,
     realloc_via_memory_grow: bool,
+    adapter_arena: bool,
     out: &Path,
 ) -> Result<()> {
-    let module = read(core)?;
+    let mut module = read(core)?;
+    if adapter_arena {
+        module = arena::add_adapter_realloc(&module)
+            .with_context(|| format!("cannot give the adapter an arena in {}", core.display()))?;
+    }
     let mut encoder = ComponentEncoder::default();
     encoder
         .validate(true)
