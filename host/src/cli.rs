@@ -18,6 +18,9 @@ pub enum Command {
         /// The gateway's config file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Deploy an app's component again whenever its file changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Run a gateway for development: as `run`, but with the embedded MQTT
     /// broker on 127.0.0.1:18830 if the config has no [cloud].
@@ -28,6 +31,51 @@ pub enum Command {
     },
     /// Speak the cloud protocol through a broker, as the operator does.
     Cloud(CloudArgs),
+    /// Deploy a new version of an app to the running gateway (hot swap).
+    Deploy {
+        app: String,
+        /// The component (.wasm).
+        component: PathBuf,
+        /// The device model (JSON); needed for a new app, else kept.
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
+        /// App config KEY=VALUE (replaces the app's config when given).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        app_config: Vec<String>,
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
+    /// List the running gateway's apps, their versions and states.
+    Apps {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
+    /// Go back to the app's previous version.
+    Rollback {
+        app: String,
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
+    /// Stop an app (it stays stopped across restarts).
+    Stop {
+        app: String,
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
+    /// Start a stopped app.
+    Start {
+        app: String,
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
+    /// Remove an app and its versions (its storage and files are kept).
+    Remove {
+        app: String,
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
     /// Show a gateway's apps and outbox, whether it is running or not.
     Status {
         /// The gateway's config file.
@@ -109,4 +157,12 @@ pub enum TwinCommand {
         #[arg(required = true)]
         values: Vec<String>,
     },
+}
+
+/// Which running gateway an admin command talks to.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArg {
+    /// The gateway's config file (its data directory holds the admin socket).
+    #[arg(long, short = 'g', value_name = "FILE", default_value = "gateway.toml")]
+    pub gateway: PathBuf,
 }

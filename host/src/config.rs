@@ -36,6 +36,8 @@ struct File {
     #[serde(default)]
     outbox: Option<OutboxSection>,
     #[serde(default)]
+    deploy: Option<DeploySection>,
+    #[serde(default)]
     cloud: Option<CloudSection>,
     #[serde(default, rename = "app")]
     apps: Vec<AppSection>,
@@ -101,6 +103,74 @@ struct GatewaySection {
     id: String,
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploySection {
+    #[serde(default)]
+    probation_s: Option<u64>,
+    #[serde(default)]
+    keep_versions: Option<usize>,
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+}
+
+/// `[deploy]`: how new versions are taken in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployConfig {
+    /// A new version that crashes within this is rolled back.
+    pub probation: Duration,
+    /// Earlier versions kept for rollback.
+    pub keep_versions: usize,
+    /// ed25519 public keys (32 bytes) whose signatures cloud deployments need.
+    pub trusted_keys: Vec<[u8; 32]>,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            probation: Duration::from_secs(30),
+            keep_versions: 3,
+            trusted_keys: Vec::new(),
+        }
+    }
+}
+
+fn deploy_config(section: DeploySection) -> Result<DeployConfig, (String, String)> {
+    let mut config = DeployConfig::default();
+    if let Some(s) = section.probation_s {
+        if s > 86_400 {
+            return Err((
+                "deploy.probation_s".into(),
+                format!("{s} is more than a day"),
+            ));
+        }
+        config.probation = Duration::from_secs(s);
+    }
+    if let Some(k) = section.keep_versions {
+        if !(1..=100).contains(&k) {
+            return Err((
+                "deploy.keep_versions".into(),
+                format!("{k} is not between 1 and 100"),
+            ));
+        }
+        config.keep_versions = k;
+    }
+    for (i, key) in section.trusted_keys.iter().enumerate() {
+        let bytes = hex::decode(key.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                (
+                    format!("deploy.trusted_keys[{i}]"),
+                    "not a hex ed25519 public key (64 hex digits; `wasmgate keygen` makes one)"
+                        .to_string(),
+                )
+            })?;
+        config.trusted_keys.push(bytes);
+    }
+    Ok(config)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,7 +255,7 @@ fn default_storage_quota_kib() -> u64 {
 
 /// What happens when an app crashes (traps, overruns its call deadline, hits
 /// its memory limit, or fails `init`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartPolicy {
     /// Wait before the first restart; doubled after each crash.
@@ -216,6 +286,7 @@ pub struct Config {
     pub gateway_id: String,
     pub data_dir: PathBuf,
     pub outbox: OutboxConfig,
+    pub deploy: DeployConfig,
     /// The cloud link; `None` runs offline (everything stays in the outbox).
     pub cloud: Option<CloudConfig>,
     pub apps: Vec<AppConfig>,
@@ -555,6 +626,8 @@ impl Config {
         check_name(&file.gateway.id).map_err(|m| invalid("gateway.id".into(), m))?;
         let outbox =
             outbox_config(file.outbox.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        let deploy =
+            deploy_config(file.deploy.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
 
         let mut names = HashSet::new();
         let mut devices = HashSet::new();
@@ -654,6 +727,7 @@ impl Config {
             gateway_id: file.gateway.id,
             data_dir: resolve(&file.gateway.data_dir),
             outbox,
+            deploy,
             cloud,
             apps,
         })

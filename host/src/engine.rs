@@ -88,14 +88,21 @@ impl Runtime {
         &self.engine
     }
 
-    /// Load a component file: from the compile cache if this exact component
-    /// was compiled by a compatible engine before, else compile and cache it.
-    /// Then check that it fits the `app` world and link it.
+    /// Load a component file (see [`Runtime::load_bytes`]).
     pub fn load(&self, path: &Path) -> anyhow::Result<Loaded> {
-        let started = Instant::now();
         let bytes =
             std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        self.load_bytes(&bytes)
+            .with_context(|| format!("component {}", path.display()))
+    }
+
+    /// Make a component ready to instantiate: from the compile cache if this
+    /// exact component was compiled by a compatible engine before, else
+    /// compile and cache it. Then check that it fits the `app` world and
+    /// link it.
+    pub fn load_bytes(&self, bytes: &[u8]) -> anyhow::Result<Loaded> {
+        let started = Instant::now();
+        let digest = hex::encode(Sha256::digest(bytes));
         let cached = self.cache_path(&digest);
 
         let mut component = None;
@@ -117,11 +124,9 @@ impl Runtime {
         let (component, source) = match component {
             Some(found) => found,
             None => {
-                let component = Component::from_binary(&self.engine, &bytes)
+                let component = Component::from_binary(&self.engine, bytes)
                     .map_err(anyhow::Error::from)
-                    .with_context(|| {
-                        format!("{} is not a valid WebAssembly component", path.display())
-                    })?;
+                    .context("it is not a valid WebAssembly component")?;
                 self.store_in_cache(&component, &cached);
                 (component, Source::Compiled)
             }
@@ -132,12 +137,9 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .and_then(|pre| AppPre::new(pre).map_err(anyhow::Error::from))
-            .with_context(|| {
-                format!(
-                    "{} does not fit the wasmgate:device/app@0.1.0 world (or imports something the gateway does not give guests)",
-                    path.display()
-                )
-            })?;
+            .context(
+                "it does not fit the wasmgate:device/app@0.1.0 world (or imports something the gateway does not give guests)",
+            )?;
         Ok(Loaded {
             pre,
             digest,

@@ -8,20 +8,19 @@
 //! commits the telemetry still in memory.
 
 use anyhow::Context as _;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, AppHandle, AppSpec};
-use crate::cloud::downlink::{Downlink, Route};
+use crate::app::{AppShared, Directory};
+use crate::cloud::downlink::Downlink;
 use crate::cloud::link::{self, LinkSpec};
 use crate::config::Config;
-use crate::engine::{Runtime, Source};
+use crate::deploy::{Deployer, admin};
+use crate::engine::Runtime;
 use crate::model::DeviceModel;
 use crate::outbox::{Ingest, Usage};
 use crate::store::Database;
@@ -59,7 +58,9 @@ pub fn app_files_dir(data_dir: &Path, app: &str) -> PathBuf {
 }
 
 /// Run the gateway until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// With `watch`, a changed component file of gateway.toml is deployed as a
+/// new version of its app (development mode).
+pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
@@ -72,40 +73,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("preparing the database {}", db_path.display()))?;
     let usage = Arc::new(Usage::load(&db, config.outbox.clone()).context("reading the outbox")?);
 
-    let models = config
-        .apps
-        .iter()
-        .map(|app| DeviceModel::load(&app.model).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Models are checked before anything starts: a bad one is an operator
+    // error to fix, named with its file.
+    for app in &config.apps {
+        DeviceModel::load(&app.model)?;
+    }
 
     tracing::info!(
         gateway = %config.gateway_id,
-        "starting with {} app(s); data in {}",
+        "starting with {} app(s) in gateway.toml; data in {}",
         config.apps.len(),
         config.data_dir.display()
     );
-    let runtime = Runtime::new(&config.data_dir.join("cache"))?;
-    let mut loaded = Vec::with_capacity(config.apps.len());
-    for app in &config.apps {
-        let component = tokio::task::block_in_place(|| runtime.load(&app.component))
-            .with_context(|| format!("app {}", app.name))?;
-        match component.source {
-            Source::Compiled => tracing::info!(
-                app = %app.name,
-                "compiled component {} in {} ms (kept in the compile cache)",
-                app.component.display(),
-                component.elapsed.as_millis()
-            ),
-            Source::Cache => tracing::info!(
-                app = %app.name,
-                "loaded component {} from the compile cache in {} ms",
-                app.component.display(),
-                component.elapsed.as_millis()
-            ),
-        }
-        crate::store::claim_device(&db, &app.device, &app.name)?;
-        loaded.push(component);
-    }
+    let runtime = Arc::new(Runtime::new(&config.data_dir.join("cache"))?);
 
     if let Some(listen) = config.cloud.as_ref().and_then(|c| c.embedded) {
         crate::cloud::broker::start(listen)?;
@@ -114,36 +94,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let outbox_signal = Arc::new(Notify::new());
     let status_signal = Arc::new(Notify::new());
     let ingest = Ingest::start(&database, usage.clone(), outbox_signal.clone())?;
-    let stop_apps = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let mut handles: Vec<AppHandle> = Vec::new();
-    let mut routes = HashMap::new();
-    for ((app, model), component) in config.apps.iter().zip(models).zip(loaded) {
-        let files_dir = app_files_dir(&config.data_dir, &app.name);
-        std::fs::create_dir_all(&files_dir)
-            .with_context(|| format!("creating {}", files_dir.display()))?;
-        let spec = AppSpec {
-            config: app.clone(),
-            model: model.clone(),
-            pre: component.pre,
-            digest: component.digest,
-            db: database.clone(),
-            usage: usage.clone(),
-            files_dir,
-            ingest: ingest.sender(),
-            outbox_signal: outbox_signal.clone(),
-            status_signal: status_signal.clone(),
-        };
-        let handle = app::spawn(spec, stop_apps.child_token(), &mut tasks)?;
-        routes.insert(
-            app.device.clone(),
-            Route {
-                app: handle.clone(),
-                model,
-            },
-        );
-        handles.push(handle);
-    }
+    let shared = AppShared {
+        db: database.clone(),
+        usage: usage.clone(),
+        ingest: ingest.sender(),
+        outbox_signal: outbox_signal.clone(),
+        status_signal: status_signal.clone(),
+    };
+    let directory = Directory::default();
+    let mut deployer = Deployer::new(
+        runtime,
+        shared,
+        directory.clone(),
+        config.data_dir.clone(),
+        config.deploy.probation,
+        config.deploy.keep_versions,
+    )?;
+    deployer.start_apps(&config).await?;
+    let (deploy, inbox) = crate::deploy::channel();
+    let stop_deployer = CancellationToken::new();
+    let deployer = tokio::spawn(deployer.run(inbox, stop_deployer.clone()));
+
+    let stop_admin = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve(
+        admin::socket_path(&config.data_dir),
+        deploy.clone(),
+        stop_admin.clone(),
+    ));
+    let watcher = watch.then(|| {
+        tokio::spawn(crate::deploy::watch::run(
+            config.clone(),
+            deploy.clone(),
+            stop_admin.clone(),
+        ))
+    });
 
     // The cloud link: started after the apps so that its first status
     // lists them, stopped after them so that it can say they stopped.
@@ -159,7 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let (replies_tx, replies) = mpsc::channel(256);
             let downlink = Downlink::new(
                 config.gateway_id.clone(),
-                routes,
+                directory.clone(),
                 replies_tx,
                 database.clone(),
                 stop_link.child_token(),
@@ -171,11 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 usage: usage.clone(),
                 outbox_signal: outbox_signal.clone(),
                 status_signal: status_signal.clone(),
-                apps: handles
-                    .iter()
-                    .zip(&config.apps)
-                    .map(|(h, a)| (h.clone(), a.device.clone()))
-                    .collect(),
+                apps: directory.clone(),
                 downlink,
                 replies,
             };
@@ -184,12 +164,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     shutdown.cancelled().await;
-    tracing::info!("shutting down: stopping {} app(s)", handles.len());
-    stop_apps.cancel();
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            tracing::error!("an app task failed: {e}");
-        }
+    tracing::info!("shutting down: stopping {} app(s)", directory.list().len());
+    stop_admin.cancel();
+    if let Ok(Err(e)) = admin.await {
+        tracing::warn!("the admin endpoint failed: {e:#}");
+    }
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
+    stop_deployer.cancel();
+    if let Err(e) = deployer.await {
+        tracing::error!("the deployer task failed: {e}");
     }
     tokio::task::block_in_place(|| ingest.shutdown());
     stop_link.cancel();

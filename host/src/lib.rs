@@ -13,6 +13,7 @@
 //! - [`app`]: one actor per running app (store, events, restarts).
 //! - [`store`]: the SQLite database. [`outbox`]: durable store-and-forward.
 //! - [`cloud`]: the MQTT link, the downlink, the operator CLI, the embedded broker.
+//! - [`deploy`]: deployments (admin socket, cloud, watch), registry, hot swap.
 //! - [`gateway`]: start-up and shutdown. [`status`], [`cli`]: the CLI.
 
 pub mod app;
@@ -20,6 +21,7 @@ pub mod bindings;
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod deploy;
 pub mod device;
 pub mod engine;
 pub mod gateway;

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 use wasmgate::cli::{Cli, CloudArgs, CloudCommand, Command, TwinCommand};
 use wasmgate::cloud::operator::{self, Session};
 use wasmgate::config::{BrokerSettings, Config};
+use wasmgate::deploy::admin::{self, Request};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,14 +50,72 @@ fn log_filter() -> EnvFilter {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Run { config } => serve(Config::load(&config)?).map(|()| true),
+        Command::Run { config, watch } => serve(Config::load(&config)?, watch).map(|()| true),
         Command::Dev { config } => {
             let mut config = Config::load(&config)?;
             if config.cloud.is_none() {
                 config.cloud = Some(wasmgate::config::CloudConfig::embedded(&config.gateway_id));
             }
-            serve(config).map(|()| true)
+            serve(config, true).map(|()| true)
         }
+        Command::Deploy {
+            app,
+            component,
+            model,
+            app_config,
+            gateway,
+        } => {
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            let model = match model {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not JSON", path.display()))?,
+                    )
+                }
+            };
+            let config = if app_config.is_empty() {
+                None
+            } else {
+                Some(
+                    app_config
+                        .iter()
+                        .map(|kv| {
+                            kv.split_once('=')
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                                .with_context(|| format!("--config {kv:?} is not KEY=VALUE"))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?,
+                )
+            };
+            admin(
+                &gateway.gateway,
+                Request::Deploy {
+                    app,
+                    component: admin::encode(&bytes),
+                    model,
+                    config,
+                },
+            )
+        }
+        Command::Apps { json, gateway } => {
+            let response = admin_response(&gateway.gateway, Request::Apps)?;
+            let apps = response.apps.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else {
+                print!("{}", render_apps(&apps));
+            }
+            Ok(true)
+        }
+        Command::Rollback { app, gateway } => admin(&gateway.gateway, Request::Rollback { app }),
+        Command::Stop { app, gateway } => admin(&gateway.gateway, Request::Stop { app }),
+        Command::Start { app, gateway } => admin(&gateway.gateway, Request::Start { app }),
+        Command::Remove { app, gateway } => admin(&gateway.gateway, Request::Remove { app }),
         Command::Cloud(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -77,8 +136,65 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
+/// Send a request to the running gateway of `config`; print its answer.
+fn admin(config: &std::path::Path, request: Request) -> anyhow::Result<bool> {
+    let response = admin_response(config, request)?;
+    match (&response.message, &response.error) {
+        (_, Some(error)) => println!("error: {error}"),
+        (Some(message), None) => println!("{message}"),
+        (None, None) => {}
+    }
+    Ok(response.ok)
+}
+
+fn admin_response(config: &std::path::Path, request: Request) -> anyhow::Result<admin::Response> {
+    let config = Config::load(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(admin::request(
+        &admin::socket_path(&config.data_dir),
+        &request,
+    ))
+}
+
+fn render_apps(apps: &[wasmgate::deploy::AppReport]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if apps.is_empty() {
+        return "no apps\n".into();
+    }
+    for app in apps {
+        let _ = writeln!(
+            out,
+            "{} (device {}): version {}, {}{}, {} restart(s)",
+            app.name,
+            app.device,
+            app.version,
+            app.state,
+            app.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            app.restarts
+        );
+        for v in &app.versions {
+            let _ = writeln!(
+                out,
+                "  v{:<4} {} {:<8} {}",
+                v.version,
+                &v.digest[..12.min(v.digest.len())],
+                v.source,
+                v.outcome
+            );
+        }
+    }
+    out
+}
+
 /// Run the gateway until Ctrl-C or SIGTERM.
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, watch: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wasmgate")
@@ -87,7 +203,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        wasmgate::gateway::run(config, shutdown).await
+        wasmgate::gateway::run(config, shutdown, watch).await
     })
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS kv (
@@ -137,6 +137,7 @@ pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
         );
     }
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(crate::deploy::registry::SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }

@@ -1,11 +1,18 @@
-//! The app actor: start (instantiate + `init`), serve events and ticks,
-//! and on a crash restart with backoff or quarantine.
+//! The app actor: start (instantiate + `init`), serve events and ticks, on
+//! a crash restart with backoff or quarantine, and on request swap in a new
+//! version, stop, start or go away.
+//!
+//! The actor is a small state machine ([`Phase`]). In every phase it
+//! listens for control messages ([`Control`]), so a fixed version can be
+//! deployed to an app that is restarting or quarantined, and for shutdown.
+//! Events (desired changes, actions) wait in their queue while a swap
+//! happens and are handled, in order, by whichever version runs after it.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -28,65 +35,134 @@ use crate::store::Database;
 use crate::value::now_ns;
 use crate::wasi::StderrTail;
 
-/// Everything an actor needs to run one app.
-pub struct AppSpec {
+/// One version of an app: its component (compiled and linked), model and
+/// settings.
+#[derive(Clone)]
+pub struct AppVersion {
     pub config: AppConfig,
     pub model: Arc<DeviceModel>,
     pub pre: AppPre<AppCtx>,
+    /// sha256 of the component.
     pub digest: String,
+    /// The version number in the deployment registry (0 if not registered).
+    pub number: i64,
+}
+
+/// What every app of the gateway shares.
+#[derive(Clone)]
+pub struct AppShared {
     pub db: Database,
     /// The outbox's totals and limits.
     pub usage: Arc<Usage>,
-    /// The app's own directory, its only WASI preopen.
-    pub files_dir: PathBuf,
     pub ingest: IngestSender,
     /// Signalled when a report or alert reaches the outbox.
     pub outbox_signal: Arc<Notify>,
-    /// Signalled when the app's state changes.
+    /// Signalled when an app's state changes.
     pub status_signal: Arc<Notify>,
 }
 
-/// Start the app's actor on `tasks`; it runs until `cancel`.
+/// Everything an actor needs to run one app.
+pub struct AppSpec {
+    pub version: AppVersion,
+    pub shared: AppShared,
+    /// The app's own directory, its only WASI preopen.
+    pub files_dir: PathBuf,
+    /// Start stopped (the operator stopped it before the gateway restarted).
+    pub stopped: bool,
+}
+
+/// How a deployment ended, reported after its probation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new version ran through its probation.
+    Kept,
+    /// It crashed during probation; the previous version runs again.
+    RolledBack(String),
+    /// The app was stopped, replaced again or shut down before the end of
+    /// the probation.
+    Interrupted,
+}
+
+/// Control messages, handled in every phase.
+pub enum Control {
+    /// Replace the running version. `reply` answers once `init` of the new
+    /// version returned (an error leaves the old version running);
+    /// `outcome` answers after `probation`.
+    Swap {
+        version: Box<AppVersion>,
+        probation: Duration,
+        reply: oneshot::Sender<Result<(), String>>,
+        outcome: oneshot::Sender<Outcome>,
+    },
+    /// Stop the app (its state saved) until `Start`.
+    Stop(oneshot::Sender<()>),
+    Start(oneshot::Sender<()>),
+    /// Stop and end the actor.
+    Remove(oneshot::Sender<()>),
+}
+
+/// Start the app's actor on `tasks`; it runs until `cancel` or `Remove`.
 pub fn spawn(
     spec: AppSpec,
     cancel: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<AppHandle> {
-    let name: Arc<str> = spec.config.name.as_str().into();
+    let name: Arc<str> = spec.version.config.name.as_str().into();
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let (control_tx, control) = mpsc::channel(16);
     let (status_tx, status) = watch::channel(AppStatus {
         state: AppState::Starting,
         restarts: 0,
-        component: spec.digest.clone(),
+        component: spec.version.digest.clone(),
+        version: spec.version.number,
     });
-    let db = spec.db.open()?;
+    let db = spec.shared.db.open()?;
+    let stopped = spec.stopped;
     let actor = Actor {
         name: name.clone(),
-        spec,
+        version: spec.version,
+        shared: spec.shared,
+        files_dir: spec.files_dir,
         events,
+        control,
         status: status_tx,
         db,
         crashes: VecDeque::new(),
         restarts: 0,
+        probation: None,
     };
-    tasks.spawn(actor.run(cancel));
+    tasks.spawn(actor.run(cancel, stopped));
     Ok(AppHandle {
         name,
         events: events_tx,
+        control: control_tx,
         status,
     })
 }
 
 struct Actor {
     name: Arc<str>,
-    spec: AppSpec,
+    version: AppVersion,
+    shared: AppShared,
+    files_dir: PathBuf,
     events: mpsc::Receiver<AppEvent>,
+    control: mpsc::Receiver<Control>,
     status: watch::Sender<AppStatus>,
     /// For the app's row in `apps` and its saved state.
     db: rusqlite::Connection,
     /// When the recent crashes happened, within the restart window.
     crashes: VecDeque<Instant>,
     restarts: u64,
+    /// A new version on trial, with the one to go back to.
+    probation: Option<Probation>,
+}
+
+struct Probation {
+    until: Instant,
+    previous: AppVersion,
+    /// What the previous version saved, for its `init` if it comes back.
+    saved: Option<Vec<u8>>,
+    outcome: oneshot::Sender<Outcome>,
 }
 
 /// A live instance and its store.
@@ -96,69 +172,84 @@ struct Instance {
     stderr_tail: StderrTail,
 }
 
-enum Ended {
-    Shutdown,
-    Crashed(String),
+/// Where the actor is.
+enum Phase {
+    /// Start an instance, with the state a previous instance handed over.
+    Start(Option<Vec<u8>>),
+    Serving(Box<Instance>),
+    /// Crashed; start again at the given time.
+    Waiting(Instant),
+    Quarantined,
+    Stopped,
+    /// Shut down or removed: leave the loop.
+    Done,
 }
 
 impl Actor {
-    async fn run(mut self, cancel: CancellationToken) {
-        let mut previous = match crate::store::saved_state(&self.db, &self.name) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::warn!(app = %self.name, "could not read the saved state: {e}");
-                None
+    async fn run(mut self, cancel: CancellationToken, stopped: bool) {
+        let mut phase = if stopped {
+            self.set_state(AppState::Stopped);
+            Phase::Stopped
+        } else {
+            match crate::store::saved_state(&self.db, &self.name) {
+                Ok(state) => Phase::Start(state),
+                Err(e) => {
+                    tracing::warn!(app = %self.name, "could not read the saved state: {e}");
+                    Phase::Start(None)
+                }
             }
         };
         loop {
-            self.set_state(AppState::Starting);
-            let handed_over = previous.is_some();
-            let ended = match self.start(previous.take()).await {
-                Ok(mut instance) => {
-                    if handed_over
-                        && let Err(e) = crate::store::clear_saved_state(&self.db, &self.name)
-                    {
-                        tracing::warn!(app = %self.name, "could not clear the saved state: {e}");
-                    }
-                    self.set_state(AppState::Running);
-                    match self.serve(&mut instance, &cancel).await {
-                        Ended::Shutdown => {
-                            self.stop(instance).await;
-                            self.set_state(AppState::Stopped);
-                            return;
-                        }
-                        crashed => crashed,
-                    }
-                }
-                Err(error) => Ended::Crashed(error),
+            phase = match phase {
+                Phase::Start(previous) => self.starting(previous).await,
+                Phase::Serving(instance) => self.serve(instance, &cancel).await,
+                Phase::Waiting(until) => self.waiting(until, &cancel).await,
+                Phase::Quarantined => self.idle(&cancel, true).await,
+                Phase::Stopped => self.idle(&cancel, false).await,
+                Phase::Done => return,
             };
-            let Ended::Crashed(error) = ended else { return };
-            if cancel.is_cancelled() {
-                self.set_state(AppState::Stopped);
-                return;
-            }
-            match self.after_crash(error) {
-                Some(backoff) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = cancel.cancelled() => {
-                            self.set_state(AppState::Stopped);
-                            return;
-                        }
-                    }
-                    self.restarts += 1;
+        }
+    }
+
+    async fn starting(&mut self, previous: Option<Vec<u8>>) -> Phase {
+        self.set_state(AppState::Starting);
+        let handed_over = previous.is_some();
+        match self.start(previous).await {
+            Ok(instance) => {
+                if handed_over && let Err(e) = crate::store::clear_saved_state(&self.db, &self.name)
+                {
+                    tracing::warn!(app = %self.name, "could not clear the saved state: {e}");
                 }
-                None => {
-                    self.quarantined(&cancel).await;
-                    return;
-                }
+                self.set_state(AppState::Running);
+                Phase::Serving(Box::new(instance))
             }
+            Err(error) => self.crashed(error),
+        }
+    }
+
+    /// A crash: roll back if the version is on probation; otherwise back
+    /// off before restarting, or quarantine.
+    fn crashed(&mut self, error: String) -> Phase {
+        if let Some(probation) = self.probation.take() {
+            let reason = format!(
+                "version {} crashed during its probation: {error}",
+                self.version.number
+            );
+            tracing::error!(app = %self.name, "{reason}; rolling back to version {}", probation.previous.number);
+            self.version = probation.previous;
+            self.crashes.clear();
+            let _ = probation.outcome.send(Outcome::RolledBack(reason));
+            return Phase::Start(probation.saved);
+        }
+        match self.after_crash(error) {
+            Some(backoff) => Phase::Waiting(Instant::now() + backoff),
+            None => Phase::Quarantined,
         }
     }
 
     /// Count a crash; the backoff before the next start, or `None` to quarantine.
     fn after_crash(&mut self, error: String) -> Option<Duration> {
-        let policy = &self.spec.config.restart;
+        let policy = &self.version.config.restart;
         let window = Duration::from_secs(policy.window_s);
         let now = Instant::now();
         self.crashes.push_back(now);
@@ -200,21 +291,35 @@ impl Actor {
         Some(backoff)
     }
 
-    /// Instantiate and call `init`. An error is the crash report.
+    /// Instantiate `self.version` and call `init`. An error is the crash report.
     async fn start(&mut self, previous: Option<Vec<u8>>) -> Result<Instance, String> {
+        let version = self.version.clone();
+        self.start_version(&version, previous).await
+    }
+
+    async fn start_version(
+        &mut self,
+        version: &AppVersion,
+        previous: Option<Vec<u8>>,
+    ) -> Result<Instance, String> {
         let started = Instant::now();
-        let mut instance = self.instantiate().await?;
-        let config = self.spec.config.config.clone();
-        instance.arm(self.spec.config.call_timeout);
+        let mut instance = self.instantiate(version).await?;
+        let timeout = version.config.call_timeout;
+        instance.arm(timeout);
         let result = instance
             .app
-            .call_init(&mut instance.store, &config, previous.as_deref())
+            .call_init(
+                &mut instance.store,
+                &version.config.config,
+                previous.as_deref(),
+            )
             .await;
-        match instance.finish(result, "init", self.spec.config.call_timeout)? {
+        match instance.finish(result, "init", timeout)? {
             Ok(()) => {
                 tracing::info!(
                     app = %self.name,
-                    component = &self.spec.digest[..12],
+                    version = version.number,
+                    component = &version.digest[..12],
                     "app started in {} ms",
                     started.elapsed().as_millis()
                 );
@@ -224,37 +329,39 @@ impl Actor {
         }
     }
 
-    async fn instantiate(&mut self) -> Result<Instance, String> {
-        let spec = &self.spec;
+    async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, String> {
+        let shared = &self.shared;
         let stderr_tail = StderrTail::default();
         let open = || {
-            spec.db
+            shared
+                .db
                 .open()
                 .map_err(|e| format!("opening the database: {e}"))
         };
+        let config = &version.config;
         let ctx = AppCtx {
-            wasi: crate::wasi::context(&self.name, &spec.files_dir, &stderr_tail)
+            wasi: crate::wasi::context(&self.name, &self.files_dir, &stderr_tail)
                 .map_err(|e| format!("preparing WASI: {e:#}"))?,
             table: ResourceTable::new(),
             limiter: AppLimiter {
-                memory_limit: spec.config.memory_limit_bytes,
+                memory_limit: config.memory_limit_bytes,
             },
             device: DeviceCtx::new(DeviceDeps {
                 app: self.name.clone(),
-                default_device: spec.config.device.clone(),
-                model: spec.model.clone(),
+                default_device: config.device.clone(),
+                model: version.model.clone(),
                 db: open()?,
-                ingest: spec.ingest.clone(),
-                usage: spec.usage.clone(),
-                outbox_signal: spec.outbox_signal.clone(),
+                ingest: shared.ingest.clone(),
+                usage: shared.usage.clone(),
+                outbox_signal: shared.outbox_signal.clone(),
             }),
-            storage: StorageCtx::new(self.name.clone(), open()?, spec.config.storage_quota_bytes)
+            storage: StorageCtx::new(self.name.clone(), open()?, config.storage_quota_bytes)
                 .map_err(|e| format!("opening storage: {e}"))?,
             log: LogCtx::new(self.name.clone()),
             deadline: Instant::now(),
-            call_timeout: spec.config.call_timeout,
+            call_timeout: config.call_timeout,
         };
-        let mut store = Store::new(spec.pre.engine(), ctx);
+        let mut store = Store::new(version.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         // Each epoch tick (10 ms) a running guest comes here: past its
         // deadline it traps, otherwise it yields so that other apps and the
@@ -267,10 +374,9 @@ impl Actor {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let timeout = spec.config.call_timeout;
-        store.data_mut().deadline = Instant::now() + timeout;
+        store.data_mut().deadline = Instant::now() + config.call_timeout;
         store.set_epoch_deadline(1);
-        let app = spec
+        let app = version
             .pre
             .instantiate_async(&mut store)
             .await
@@ -282,33 +388,248 @@ impl Actor {
         })
     }
 
-    async fn serve(&mut self, instance: &mut Instance, cancel: &CancellationToken) -> Ended {
-        let timeout = self.spec.config.call_timeout;
-        let mut ticker = tokio::time::interval(self.spec.config.tick_interval);
+    async fn serve(&mut self, mut instance: Box<Instance>, cancel: &CancellationToken) -> Phase {
+        let timeout = self.version.config.call_timeout;
+        let mut ticker = tokio::time::interval(self.version.config.tick_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let probation_end = self.probation.as_ref().map(|p| p.until);
         loop {
+            let probation_done = async {
+                match probation_end {
+                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Ended::Shutdown,
+                _ = cancel.cancelled() => {
+                    self.end_probation(Outcome::Interrupted);
+                    self.stop(*instance).await;
+                    self.set_state(AppState::Stopped);
+                    return Phase::Done;
+                }
+                Some(control) = self.control.recv() => match control {
+                    Control::Swap { version, probation, reply, outcome } => {
+                        return self.swap(instance, *version, probation, reply, outcome).await;
+                    }
+                    Control::Stop(done) => {
+                        self.end_probation(Outcome::Interrupted);
+                        self.stop(*instance).await;
+                        self.set_state(AppState::Stopped);
+                        let _ = done.send(());
+                        return Phase::Stopped;
+                    }
+                    Control::Start(done) => { let _ = done.send(()); }
+                    Control::Remove(done) => {
+                        self.end_probation(Outcome::Interrupted);
+                        self.stop(*instance).await;
+                        self.set_state(AppState::Stopped);
+                        let _ = done.send(());
+                        return Phase::Done;
+                    }
+                },
+                _ = probation_done => {
+                    tracing::info!(app = %self.name, version = self.version.number, "version passed its probation");
+                    self.end_probation(Outcome::Kept);
+                    return Phase::Serving(instance);
+                }
                 Some(event) = self.events.recv() => {
                     if let Err(crash) = instance.handle(event, timeout).await {
-                        return Ended::Crashed(crash);
+                        return self.crashed(crash);
                     }
                 }
                 _ = ticker.tick() => {
                     instance.arm(timeout);
                     let result = instance.app.call_on_tick(&mut instance.store, now_ns()).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
-                        return Ended::Crashed(crash);
+                        return self.crashed(crash);
                     }
                 }
             }
         }
     }
 
+    /// Hot swap: the new version is instantiated first; the old one saves
+    /// its state, which the new one's `init` receives. Only if that
+    /// succeeds does the new version take over; otherwise the old one keeps
+    /// running as if nothing happened.
+    async fn swap(
+        &mut self,
+        mut old: Box<Instance>,
+        version: AppVersion,
+        probation: Duration,
+        reply: oneshot::Sender<Result<(), String>>,
+        outcome: oneshot::Sender<Outcome>,
+    ) -> Phase {
+        self.end_probation(Outcome::Interrupted);
+        let started = Instant::now();
+        let mut new = match self.instantiate(&version).await {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = reply.send(Err(format!(
+                    "the new version could not start: {e}; version {} keeps running",
+                    self.version.number
+                )));
+                return Phase::Serving(old);
+            }
+        };
+        let timeout = self.version.config.call_timeout;
+        old.arm(timeout);
+        let saved = old.app.call_save(&mut old.store).await;
+        let saved = match old.finish(saved, "save", timeout) {
+            Ok(state) => state,
+            Err(crash) => {
+                // The old instance is gone; carry on with the new one, without state.
+                tracing::warn!(app = %self.name, "save failed during the swap: {crash}");
+                None
+            }
+        };
+        new.arm(version.config.call_timeout);
+        let init = new
+            .app
+            .call_init(&mut new.store, &version.config.config, saved.as_deref())
+            .await;
+        match new.finish(init, "init", version.config.call_timeout) {
+            Ok(Ok(())) => {}
+            failed => {
+                let why = match failed {
+                    Ok(Err(message)) => format!("init returned an error: {message}"),
+                    Err(crash) => crash,
+                    Ok(Ok(())) => unreachable!(),
+                };
+                tracing::warn!(app = %self.name, "version {} refused: {why}; version {} keeps running", version.number, self.version.number);
+                let _ = reply.send(Err(format!(
+                    "{why}; version {} keeps running",
+                    self.version.number
+                )));
+                return Phase::Serving(old);
+            }
+        }
+        let pause = started.elapsed();
+        tracing::info!(
+            app = %self.name,
+            from = self.version.number,
+            to = version.number,
+            component = &version.digest[..12],
+            "hot swap done in {} us; on probation for {} s",
+            pause.as_micros(),
+            probation.as_secs()
+        );
+        let previous = std::mem::replace(&mut self.version, version);
+        self.crashes.clear();
+        self.probation = Some(Probation {
+            until: Instant::now() + probation,
+            previous,
+            saved,
+            outcome,
+        });
+        self.set_state(AppState::Running);
+        let _ = reply.send(Ok(()));
+        drop(old);
+        Phase::Serving(new.into())
+    }
+
+    fn end_probation(&mut self, outcome: Outcome) {
+        if let Some(p) = self.probation.take() {
+            let _ = p.outcome.send(outcome);
+        }
+    }
+
+    /// Install a version while no instance runs (restarting, quarantined,
+    /// stopped); it starts at once unless the app is stopped.
+    fn install(
+        &mut self,
+        version: AppVersion,
+        reply: oneshot::Sender<Result<(), String>>,
+        outcome: oneshot::Sender<Outcome>,
+    ) {
+        self.end_probation(Outcome::Interrupted);
+        tracing::info!(app = %self.name, from = self.version.number, to = version.number, "new version installed");
+        self.version = version;
+        self.crashes.clear();
+        let _ = reply.send(Ok(()));
+        // Nothing was running to go back to: the version is kept.
+        let _ = outcome.send(Outcome::Kept);
+    }
+
+    async fn waiting(&mut self, until: Instant, cancel: &CancellationToken) -> Phase {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until.into()) => {
+                self.restarts += 1;
+                Phase::Start(None)
+            }
+            _ = cancel.cancelled() => {
+                self.set_state(AppState::Stopped);
+                Phase::Done
+            }
+            Some(control) = self.control.recv() => match control {
+                Control::Swap { version, reply, outcome, .. } => {
+                    self.install(*version, reply, outcome);
+                    Phase::Start(None)
+                }
+                Control::Stop(done) => {
+                    self.set_state(AppState::Stopped);
+                    let _ = done.send(());
+                    Phase::Stopped
+                }
+                Control::Start(done) => { let _ = done.send(()); Phase::Waiting(until) }
+                Control::Remove(done) => {
+                    self.set_state(AppState::Stopped);
+                    let _ = done.send(());
+                    Phase::Done
+                }
+            },
+        }
+    }
+
+    /// Quarantined or stopped: answer events with an error until a new
+    /// version, a start, or shutdown.
+    async fn idle(&mut self, cancel: &CancellationToken, quarantined: bool) -> Phase {
+        let this = if quarantined {
+            Phase::Quarantined
+        } else {
+            Phase::Stopped
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => Phase::Done,
+            Some(control) = self.control.recv() => match control {
+                Control::Swap { version, reply, outcome, .. } => {
+                    self.install(*version, reply, outcome);
+                    if quarantined { Phase::Start(None) } else { this }
+                }
+                Control::Stop(done) => {
+                    self.set_state(AppState::Stopped);
+                    let _ = done.send(());
+                    Phase::Stopped
+                }
+                Control::Start(done) => {
+                    let _ = done.send(());
+                    let saved = crate::store::saved_state(&self.db, &self.name).unwrap_or_default();
+                    Phase::Start(saved)
+                }
+                Control::Remove(done) => {
+                    let _ = done.send(());
+                    Phase::Done
+                }
+            },
+            Some(event) = self.events.recv() => {
+                let error = if quarantined {
+                    format!("app {} is quarantined", self.name)
+                } else {
+                    format!("app {} is stopped", self.name)
+                };
+                match event {
+                    AppEvent::Desired { reply, .. } => { let _ = reply.send(Err(error)); }
+                    AppEvent::Action { reply, .. } => { let _ = reply.send(Err(error)); }
+                }
+                this
+            }
+        }
+    }
+
     /// Clean stop: ask the guest for its state and keep it for the next start.
     async fn stop(&mut self, mut instance: Instance) {
-        let timeout = self.spec.config.call_timeout;
+        let timeout = self.version.config.call_timeout;
         instance.arm(timeout);
         let result = instance.app.call_save(&mut instance.store).await;
         match instance.finish(result, "save", timeout) {
@@ -318,23 +639,7 @@ impl Actor {
                 }
             }
             Ok(None) => {}
-            Err(crash) => tracing::warn!(app = %self.name, "save failed at shutdown: {crash}"),
-        }
-    }
-
-    /// Stay quarantined until shutdown, answering every event with an error.
-    async fn quarantined(&mut self, cancel: &CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                Some(event) = self.events.recv() => {
-                    let error = format!("app {} is quarantined", self.name);
-                    match event {
-                        AppEvent::Desired { reply, .. } => { let _ = reply.send(Err(error)); }
-                        AppEvent::Action { reply, .. } => { let _ = reply.send(Err(error)); }
-                    }
-                }
-            }
+            Err(crash) => tracing::warn!(app = %self.name, "save failed at stop: {crash}"),
         }
     }
 
@@ -346,15 +651,16 @@ impl Actor {
             state.name(),
             detail.as_deref(),
             self.restarts,
-            &self.spec.digest,
+            &self.version.digest,
         ) {
             tracing::warn!(app = %self.name, "could not record the app state: {e}");
         }
-        self.spec.status_signal.notify_one();
+        self.shared.status_signal.notify_one();
         self.status.send_replace(AppStatus {
             state,
             restarts: self.restarts,
-            component: self.spec.digest.clone(),
+            component: self.version.digest.clone(),
+            version: self.version.number,
         });
     }
 }

@@ -7,18 +7,20 @@
 
 mod actor;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtx;
 
-pub use actor::{AppSpec, spawn};
+pub use actor::{AppShared, AppSpec, AppVersion, Control, Outcome, spawn};
 
 use crate::bindings::Value;
 use crate::device::DeviceCtx;
 use crate::log::LogCtx;
+use crate::model::DeviceModel;
 use crate::storage::StorageCtx;
 
 /// The data of an app's `Store`.
@@ -130,6 +132,8 @@ pub struct AppStatus {
     pub restarts: u64,
     /// sha256 of the component it runs.
     pub component: String,
+    /// Its version number in the deployment registry.
+    pub version: i64,
 }
 
 /// Something for the guest to handle, with where to send the outcome.
@@ -152,6 +156,7 @@ pub enum AppEvent {
 pub struct AppHandle {
     name: Arc<str>,
     events: mpsc::Sender<AppEvent>,
+    control: mpsc::Sender<Control>,
     status: watch::Receiver<AppStatus>,
 }
 
@@ -201,11 +206,93 @@ impl AppHandle {
         outcome.await.map_err(|_| self.gone())?
     }
 
+    /// Swap in `version`: `Ok` once its `init` succeeded (an error leaves
+    /// the running version in place); the receiver tells how its probation
+    /// ended.
+    pub async fn swap(
+        &self,
+        version: AppVersion,
+        probation: Duration,
+    ) -> Result<oneshot::Receiver<Outcome>, String> {
+        let (reply, answer) = oneshot::channel();
+        let (outcome, outcome_rx) = oneshot::channel();
+        self.control
+            .send(Control::Swap {
+                version: Box::new(version),
+                probation,
+                reply,
+                outcome,
+            })
+            .await
+            .map_err(|_| self.gone())?;
+        answer.await.map_err(|_| self.gone())??;
+        Ok(outcome_rx)
+    }
+
+    /// Stop (saving its state), start, or remove the app.
+    pub async fn control(
+        &self,
+        make: impl FnOnce(oneshot::Sender<()>) -> Control,
+    ) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.control
+            .send(make(done))
+            .await
+            .map_err(|_| self.gone())?;
+        wait.await.map_err(|_| self.gone())
+    }
+
     async fn send(&self, event: AppEvent) -> Result<(), String> {
         self.events.send(event).await.map_err(|_| self.gone())
     }
 
     fn gone(&self) -> String {
         format!("app {} stopped before handling the request", self.name)
+    }
+}
+
+/// One app in the [`Directory`].
+#[derive(Clone)]
+pub struct Entry {
+    pub handle: AppHandle,
+    /// The device it speaks for.
+    pub device: String,
+    /// The model of the version it runs.
+    pub model: Arc<DeviceModel>,
+}
+
+/// The apps the gateway runs, by name: the deployer writes it, the cloud
+/// link reads it for the status and routes downlink messages by device.
+#[derive(Clone, Default)]
+pub struct Directory(Arc<RwLock<BTreeMap<String, Entry>>>);
+
+impl Directory {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, entry: Entry) {
+        self.write().insert(entry.handle.name().to_string(), entry);
+    }
+
+    pub fn remove(&self, app: &str) {
+        self.write().remove(app);
+    }
+
+    pub fn get(&self, app: &str) -> Option<Entry> {
+        self.read().get(app).cloned()
+    }
+
+    /// The app that speaks for `device`.
+    pub fn by_device(&self, device: &str) -> Option<Entry> {
+        self.read().values().find(|e| e.device == device).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Entry> {
+        self.read().values().cloned().collect()
     }
 }

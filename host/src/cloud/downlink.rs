@@ -9,15 +9,13 @@
 //! values are refused in the answer and logged.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_BYTES};
 use super::topics::{self, Kind};
-use crate::app::AppHandle;
-use crate::model::DeviceModel;
+use crate::app::Directory;
 use crate::store::Database;
 use crate::value::to_json;
 
@@ -35,13 +33,6 @@ pub struct Reply {
     pub payload: Vec<u8>,
 }
 
-/// Which app speaks for a device, and with which model.
-#[derive(Clone)]
-pub struct Route {
-    pub app: AppHandle,
-    pub model: Arc<DeviceModel>,
-}
-
 enum Request {
     Desired(Vec<u8>),
     Action { name: String, payload: Vec<u8> },
@@ -50,7 +41,9 @@ enum Request {
 /// Routes downlink messages to per-device workers.
 pub struct Downlink {
     gateway: String,
-    routes: HashMap<String, Route>,
+    /// Which app speaks for which device, with which model: looked up for
+    /// every message, so deployments take effect at once.
+    directory: Directory,
     workers: HashMap<String, mpsc::Sender<Request>>,
     replies: mpsc::Sender<Reply>,
     db: Database,
@@ -60,14 +53,14 @@ pub struct Downlink {
 impl Downlink {
     pub fn new(
         gateway: String,
-        routes: HashMap<String, Route>,
+        directory: Directory,
         replies: mpsc::Sender<Reply>,
         db: Database,
         cancel: CancellationToken,
     ) -> Self {
         Downlink {
             gateway,
-            routes,
+            directory,
             workers: HashMap::new(),
             replies,
             db,
@@ -117,20 +110,20 @@ impl Downlink {
             self.send(reply);
             return;
         }
-        let Some(route) = self.routes.get(&device).cloned() else {
+        if self.directory.by_device(&device).is_none() {
             let reply = refuse(format!(
                 "no app on gateway {} speaks for device {device}",
                 self.gateway
             ));
             self.send(reply);
             return;
-        };
+        }
         let worker = self.workers.entry(device.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
             let worker = Worker {
                 gateway: self.gateway.clone(),
                 device: device.clone(),
-                route,
+                directory: self.directory.clone(),
                 replies: self.replies.clone(),
                 db: self.db.clone(),
             };
@@ -199,7 +192,7 @@ fn id_of(payload: &[u8]) -> Option<String> {
 struct Worker {
     gateway: String,
     device: String,
-    route: Route,
+    directory: Directory,
     replies: mpsc::Sender<Reply>,
     db: Database,
 }
@@ -245,6 +238,16 @@ impl Worker {
 
     async fn desired(&self, db: &mut rusqlite::Connection, payload: &[u8]) -> Ack {
         let device = &self.device;
+        let Some(route) = self.directory.by_device(device) else {
+            return Ack {
+                version: version_of(payload),
+                error: Some(format!(
+                    "no app on gateway {} speaks for device {device}",
+                    self.gateway
+                )),
+                ..Ack::default()
+            };
+        };
         let desired: Desired = match serde_json::from_slice(payload) {
             Ok(d) => d,
             Err(e) => {
@@ -288,7 +291,7 @@ impl Worker {
 
         let mut accepted = Vec::new();
         for (name, json) in &desired.attributes {
-            match self.route.model.check_desired(name, json) {
+            match route.model.check_desired(name, json) {
                 Ok(value) => accepted.push((name.clone(), value)),
                 Err(reason) => {
                     tracing::warn!(device = %device, attribute = %name, "desired value refused: {reason}");
@@ -299,7 +302,7 @@ impl Worker {
         if !accepted.is_empty() {
             let outcome = tokio::time::timeout(
                 APP_TIMEOUT,
-                self.route.app.desired(device.clone(), accepted.clone()),
+                route.handle.desired(device.clone(), accepted.clone()),
             )
             .await;
             let refused = match outcome {
@@ -345,6 +348,16 @@ impl Worker {
 
     async fn action(&self, name: &str, payload: &[u8]) -> ActionResponse {
         let device = &self.device;
+        let Some(route) = self.directory.by_device(device) else {
+            return ActionResponse {
+                id: id_of(payload),
+                result: None,
+                error: Some(format!(
+                    "no app on gateway {} speaks for device {device}",
+                    self.gateway
+                )),
+            };
+        };
         let request: ActionRequest = match serde_json::from_slice(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -367,17 +380,12 @@ impl Worker {
         if request.id.is_empty() || request.id.len() > 128 {
             return fail("the request id must be 1 to 128 characters".into());
         }
-        let argument = match self
-            .route
-            .model
-            .check_action(name, request.argument.as_ref())
-        {
+        let argument = match route.model.check_action(name, request.argument.as_ref()) {
             Ok(a) => a,
             Err(reason) => return fail(reason),
         };
-        let call = self
-            .route
-            .app
+        let call = route
+            .handle
             .action(device.clone(), name.to_string(), argument);
         match tokio::time::timeout(APP_TIMEOUT, call).await {
             Ok(Ok(result)) => {

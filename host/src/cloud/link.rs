@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::downlink::{Downlink, Reply};
 use super::protocol::{AppInfo, OutboxInfo, Status, StreamInfo};
 use super::topics;
-use crate::app::AppHandle;
+use crate::app::Directory;
 use crate::config::CloudConfig;
 use crate::outbox::{self, Stream, Usage};
 use crate::store::Database;
@@ -44,7 +44,7 @@ pub struct LinkSpec {
     /// Signalled when an app's state changes.
     pub status_signal: Arc<Notify>,
     /// The apps, for the status message.
-    pub apps: Vec<(AppHandle, String)>,
+    pub apps: Directory,
     pub downlink: Downlink,
     pub replies: mpsc::Receiver<Reply>,
 }
@@ -77,7 +77,7 @@ struct Link {
     client: AsyncClient,
     db: rusqlite::Connection,
     usage: Arc<Usage>,
-    apps: Vec<(AppHandle, String)>,
+    apps: Directory,
     window: usize,
     connected: bool,
     /// Submitted to rumqttc, waiting for their `Outgoing::Publish` event.
@@ -367,12 +367,13 @@ impl Link {
         };
         let apps = self
             .apps
-            .iter()
-            .map(|(handle, device)| {
-                let status = handle.status();
+            .list()
+            .into_iter()
+            .map(|entry| {
+                let status = entry.handle.status();
                 AppInfo {
-                    name: handle.name().to_string(),
-                    device: device.clone(),
+                    name: entry.handle.name().to_string(),
+                    device: entry.device.clone(),
                     state: status.state.name().to_string(),
                     version: status.component.clone(),
                     restarts: status.restarts,

@@ -294,7 +294,10 @@ mod tests {
         assert_eq!(rows.len(), 2);
         let (merged, bytes) = merge(&mut conn, &rows).expect("merge");
         assert_eq!((merged.seq, merged.points), (rows[0].seq, 3));
-        assert_eq!(payload(&conn, merged.seq).expect("read"), Some(bytes.clone()));
+        assert_eq!(
+            payload(&conn, merged.seq).expect("read"),
+            Some(bytes.clone())
+        );
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         let ns: Vec<i64> = json
             .as_array()

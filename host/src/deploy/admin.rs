@@ -1,0 +1,197 @@
+//! The admin endpoint: a Unix socket in the data directory, readable and
+//! writable by the gateway's user only, through which `wasmgate deploy`,
+//! `apps`, `rollback`, `stop`, `start` and `remove` reach a running gateway.
+//!
+//! One JSON request per connection, one JSON line back:
+//! `{"op": "deploy", "app": "...", "component": "<base64>", "model": {...}, "config": [["k", "v"]]}`,
+//! `{"op": "apps"}`, `{"op": "rollback" | "stop" | "start" | "remove", "app": "..."}`
+//! → `{"ok": true, "message": "...", "apps": [...]}` or `{"ok": false, "error": "..."}`.
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{AppReport, DeployClient, DeployRequest, MAX_ARTIFACT_BYTES};
+
+/// The socket's name in the data directory.
+pub const SOCKET: &str = "admin.sock";
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Deploy {
+        app: String,
+        /// The component, base64.
+        component: String,
+        #[serde(default)]
+        model: Option<serde_json::Value>,
+        #[serde(default)]
+        config: Option<Vec<(String, String)>>,
+    },
+    Apps,
+    Rollback {
+        app: String,
+    },
+    Stop {
+        app: String,
+    },
+    Start {
+        app: String,
+    },
+    Remove {
+        app: String,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<AppReport>>,
+}
+
+/// Listen on the socket until `cancel`. A stale socket file from a killed
+/// gateway is replaced (the data directory lock says no other gateway runs).
+pub async fn serve(
+    path: PathBuf,
+    deploy: DeployClient,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    tracing::info!(socket = %path.display(), "admin endpoint ready");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let deploy = deploy.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(stream, deploy).await {
+                            tracing::warn!("admin request failed: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("admin endpoint: {e}"),
+            },
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn answer(stream: UnixStream, deploy: DeployClient) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    // Base64 of the largest component, and some room for the rest.
+    let limit = (MAX_ARTIFACT_BYTES / 3 * 4 + (1 << 20)) as u64;
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, limit));
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response {
+            error: Some(format!("malformed request: {e}")),
+            ..Response::default()
+        },
+        Ok(request) => handle(request, &deploy).await,
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+async fn handle(request: Request, deploy: &DeployClient) -> Response {
+    let result = match request {
+        Request::Deploy {
+            app,
+            component,
+            model,
+            config,
+        } => match BASE64.decode(component.as_bytes()) {
+            Err(e) => Err(format!("the component is not valid base64: {e}")),
+            Ok(component) => {
+                deploy
+                    .deploy(DeployRequest {
+                        app,
+                        component,
+                        model,
+                        config,
+                        spec: None,
+                        source: "cli".into(),
+                    })
+                    .await
+            }
+        },
+        Request::Apps => {
+            return match deploy.apps().await {
+                Ok(apps) => Response {
+                    ok: true,
+                    apps: Some(apps),
+                    ..Response::default()
+                },
+                Err(e) => Response {
+                    error: Some(e),
+                    ..Response::default()
+                },
+            };
+        }
+        Request::Rollback { app } => deploy.rollback(app).await,
+        Request::Stop { app } => deploy.stop(app).await,
+        Request::Start { app } => deploy.start(app).await,
+        Request::Remove { app } => deploy.remove(app).await,
+    };
+    match result {
+        Ok(message) => Response {
+            ok: true,
+            message: Some(message),
+            ..Response::default()
+        },
+        Err(error) => Response {
+            error: Some(error),
+            ..Response::default()
+        },
+    }
+}
+
+/// Send one request to a running gateway (the CLI side).
+pub async fn request(path: &Path, request: &Request) -> anyhow::Result<Response> {
+    let mut stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot reach the gateway's admin endpoint {} (is the gateway running?)",
+            path.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).await?;
+    serde_json::from_str(&answer)
+        .with_context(|| format!("unreadable answer from the gateway: {answer:?}"))
+}
+
+/// Base64 for a component file.
+pub fn encode(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}

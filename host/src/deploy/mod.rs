@@ -1,0 +1,662 @@
+//! Deployment: every way a new version of an app arrives (gateway.toml at
+//! start, `wasmgate deploy` through the admin socket, the cloud, a watched
+//! file), checked the same way, registered, and swapped in without
+//! restarting the gateway.
+//!
+//! The [`Deployer`] is one task that owns the engine's loading, the
+//! registry and the artifact store, and talks to the app actors. A new
+//! version is compiled and linked off the apps' event path, then handed to
+//! the app's actor, which swaps it in between two events. A version whose
+//! `init` fails never takes over; one that crashes during its probation is
+//! rolled back by the actor, and the deployer records why.
+
+pub mod admin;
+pub mod artifacts;
+pub mod registry;
+pub mod watch;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, AppShared, AppSpec, AppVersion, Control, Directory, Entry, Outcome};
+use crate::config::Config;
+use crate::engine::{Runtime, Source};
+use crate::model::{DeviceModel, check_name};
+use artifacts::Artifacts;
+use registry::Spec;
+
+/// How long a new version must run without crashing before it is kept.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(30);
+
+/// Versions kept for rollback besides the running one.
+pub const DEFAULT_KEEP: usize = 3;
+
+/// A new version to deploy. What is not given is taken from the version
+/// the app runs now.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub app: String,
+    pub component: Vec<u8>,
+    pub model: Option<serde_json::Value>,
+    pub config: Option<Vec<(String, String)>>,
+    /// Everything at once (gateway.toml and watch mode give it).
+    pub spec: Option<Spec>,
+    /// `config`, `cli`, `cloud`, `watch`.
+    pub source: String,
+}
+
+/// What `wasmgate apps` shows of one app.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AppReport {
+    pub name: String,
+    pub device: String,
+    pub version: i64,
+    pub state: String,
+    pub restarts: u64,
+    pub error: Option<String>,
+    pub versions: Vec<VersionReport>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct VersionReport {
+    pub version: i64,
+    pub digest: String,
+    pub source: String,
+    pub deployed_at: i64,
+    pub outcome: String,
+}
+
+enum Command {
+    Deploy(DeployRequest, oneshot::Sender<Result<String, String>>),
+    Rollback(String, oneshot::Sender<Result<String, String>>),
+    Stop(String, oneshot::Sender<Result<String, String>>),
+    Start(String, oneshot::Sender<Result<String, String>>),
+    Remove(String, oneshot::Sender<Result<String, String>>),
+    Apps(oneshot::Sender<Vec<AppReport>>),
+}
+
+/// The rest of the gateway's way to the deployer.
+#[derive(Clone)]
+pub struct DeployClient(mpsc::Sender<Command>);
+
+impl DeployClient {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(make(tx))
+            .await
+            .map_err(|_| "the gateway is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "the gateway is shutting down".to_string())
+    }
+
+    pub async fn deploy(&self, request: DeployRequest) -> Result<String, String> {
+        self.ask(|tx| Command::Deploy(request, tx)).await?
+    }
+    pub async fn rollback(&self, app: String) -> Result<String, String> {
+        self.ask(|tx| Command::Rollback(app, tx)).await?
+    }
+    pub async fn stop(&self, app: String) -> Result<String, String> {
+        self.ask(|tx| Command::Stop(app, tx)).await?
+    }
+    pub async fn start(&self, app: String) -> Result<String, String> {
+        self.ask(|tx| Command::Start(app, tx)).await?
+    }
+    pub async fn remove(&self, app: String) -> Result<String, String> {
+        self.ask(|tx| Command::Remove(app, tx)).await?
+    }
+    pub async fn apps(&self) -> Result<Vec<AppReport>, String> {
+        self.ask(Command::Apps).await
+    }
+}
+
+/// A probation that ended, reported back by the task that waited for it.
+struct Settled {
+    app: String,
+    version: i64,
+    previous: i64,
+    outcome: Outcome,
+}
+
+pub struct Deployer {
+    runtime: Arc<Runtime>,
+    /// Behind a mutex only so that the deployer's futures are `Send`; it is
+    /// never held across an await.
+    conn: std::sync::Mutex<rusqlite::Connection>,
+    artifacts: Artifacts,
+    directory: Directory,
+    shared: AppShared,
+    data_dir: PathBuf,
+    probation: Duration,
+    keep: usize,
+    apps: JoinSet<()>,
+    stop_apps: CancellationToken,
+    settled_tx: mpsc::Sender<Settled>,
+    settled: mpsc::Receiver<Settled>,
+}
+
+impl Deployer {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        shared: AppShared,
+        directory: Directory,
+        data_dir: PathBuf,
+        probation: Duration,
+        keep: usize,
+    ) -> anyhow::Result<Deployer> {
+        let (settled_tx, settled) = mpsc::channel(64);
+        Ok(Deployer {
+            runtime,
+            conn: std::sync::Mutex::new(shared.db.open()?),
+            artifacts: Artifacts::open(&data_dir.join("artifacts"))
+                .context("opening the artifact store")?,
+            directory,
+            shared,
+            data_dir,
+            probation,
+            keep,
+            apps: JoinSet::new(),
+            stop_apps: CancellationToken::new(),
+            settled_tx,
+            settled,
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bring the registry in line with gateway.toml and start every app.
+    ///
+    /// An app of gateway.toml seen for the first time, or whose component or
+    /// settings changed since the last start, is deployed from the config as
+    /// a new version. Otherwise the app runs the version it ran when the
+    /// gateway stopped, however that was deployed, stopped if the operator
+    /// had stopped it. Apps deployed from elsewhere run too. Everything is
+    /// checked before anything starts: a component that does not load stops
+    /// the start with an error naming the app.
+    pub async fn start_apps(&mut self, config: &Config) -> anyhow::Result<()> {
+        for app in &config.apps {
+            let model = DeviceModel::load(&app.model)?;
+            let component = std::fs::read(&app.component).with_context(|| {
+                format!(
+                    "app {}: reading component {}",
+                    app.name,
+                    app.component.display()
+                )
+            })?;
+            let model_json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&app.model)?)?;
+            let spec = Spec::from_config(app, model_json);
+            let fingerprint = artifacts::digest(
+                format!(
+                    "{}\n{}",
+                    artifacts::digest(&component),
+                    serde_json::to_string(&spec)?
+                )
+                .as_bytes(),
+            );
+            let current = registry::current(&self.db(), &app.name)?;
+            if current.as_ref().and_then(|c| c.config_digest.as_deref())
+                == Some(fingerprint.as_str())
+            {
+                continue;
+            }
+            drop(model);
+            let digest = self.artifacts.put(&component)?;
+            let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
+            registry::set_current(&self.db(), &app.name, number)?;
+            registry::set_config_digest(&self.db(), &app.name, &fingerprint)?;
+            registry::set_outcome(&self.db(), &app.name, number, "running")?;
+            if let Some(previous) = current {
+                tracing::info!(app = %app.name, "gateway.toml changed the app: version {number} replaces {}", previous.version);
+                registry::set_outcome(&self.db(), &app.name, previous.version, "replaced")?;
+            }
+        }
+        let all = registry::all(&self.db())?;
+        for current in all {
+            let version = self.load_version(&current.app, current.version).await?;
+            self.spawn_app(version, current.stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Load a registered version: its component (from the compile cache when
+    /// possible) and model.
+    async fn load_version(&self, app: &str, number: i64) -> anyhow::Result<AppVersion> {
+        let record = registry::get(&self.db(), app, number)?
+            .with_context(|| format!("app {app}: version {number} is not in the registry"))?;
+        let bytes = self
+            .artifacts
+            .get(&record.digest)
+            .with_context(|| format!("app {app}: the artifact of version {number} is missing"))?;
+        let model = DeviceModel::parse(&record.spec.model.to_string())
+            .map_err(|e| anyhow::anyhow!("app {app}: {e}"))?;
+        let runtime = self.runtime.clone();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
+            .await?
+            .with_context(|| format!("app {app}"))?;
+        log_load(app, &loaded.source, loaded.elapsed);
+        Ok(AppVersion {
+            config: record.spec.to_config(app),
+            model: Arc::new(model),
+            pre: loaded.pre,
+            digest: record.digest,
+            number,
+        })
+    }
+
+    fn spawn_app(&mut self, version: AppVersion, stopped: bool) -> anyhow::Result<()> {
+        let name = version.config.name.clone();
+        let files_dir = crate::gateway::app_files_dir(&self.data_dir, &name);
+        std::fs::create_dir_all(&files_dir)
+            .with_context(|| format!("creating {}", files_dir.display()))?;
+        crate::store::claim_device(&self.db(), &version.config.device, &name)?;
+        let device = version.config.device.clone();
+        let model = version.model.clone();
+        let spec = AppSpec {
+            version,
+            shared: self.shared.clone(),
+            files_dir,
+            stopped,
+        };
+        let handle = app::spawn(spec, self.stop_apps.child_token(), &mut self.apps)?;
+        self.directory.insert(Entry {
+            handle,
+            device,
+            model,
+        });
+        Ok(())
+    }
+
+    /// Serve deployment commands until `cancel`; then stop every app (each
+    /// finishes its call in progress and saves its state).
+    pub async fn run(mut self, mut inbox: Inbox, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(command) = inbox.0.recv() => self.handle(command).await,
+                Some(settled) = self.settled.recv() => self.settle(settled).await,
+            }
+        }
+        self.stop_apps.cancel();
+        while let Some(done) = self.apps.join_next().await {
+            if let Err(e) = done {
+                tracing::error!("an app task failed: {e}");
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Deploy(request, reply) => {
+                let app = request.app.clone();
+                let result = self.deploy(request).await;
+                match &result {
+                    Ok(message) => tracing::info!(app = %app, "{message}"),
+                    Err(error) => tracing::warn!(app = %app, "deployment refused: {error}"),
+                }
+                let _ = reply.send(result);
+            }
+            Command::Rollback(app, reply) => {
+                let _ = reply.send(self.rollback(&app).await);
+            }
+            Command::Stop(app, reply) => {
+                let _ = reply.send(self.stop(&app).await);
+            }
+            Command::Start(app, reply) => {
+                let _ = reply.send(self.start(&app).await);
+            }
+            Command::Remove(app, reply) => {
+                let _ = reply.send(self.remove(&app).await);
+            }
+            Command::Apps(reply) => {
+                let _ = reply.send(self.report());
+            }
+        }
+    }
+
+    async fn deploy(&mut self, request: DeployRequest) -> Result<String, String> {
+        let app = request.app.clone();
+        check_name(&app).map_err(|m| format!("app name: {m}"))?;
+        if request.component.len() > MAX_ARTIFACT_BYTES {
+            return Err(format!(
+                "the component is {} MiB, over the limit of {} MiB",
+                request.component.len() >> 20,
+                MAX_ARTIFACT_BYTES >> 20
+            ));
+        }
+        let db_error = |e: rusqlite::Error| format!("the deployment registry failed: {e}");
+        let current = registry::current(&self.db(), &app).map_err(db_error)?;
+        let running = match &current {
+            Some(c) => registry::get(&self.db(), &app, c.version).map_err(db_error)?,
+            None => None,
+        };
+        let spec = match (request.spec, &running) {
+            (Some(spec), _) => spec,
+            (None, Some(base)) => {
+                let mut spec = base.spec.clone();
+                if let Some(model) = request.model {
+                    spec.model = model;
+                }
+                if let Some(config) = request.config {
+                    spec.config = config;
+                }
+                spec
+            }
+            (None, None) => {
+                let model = request.model.ok_or_else(|| {
+                    format!("app {app} is new: its device model is needed (--model FILE)")
+                })?;
+                Spec::from_config(&default_app(&app), model)
+                    .with_config(request.config.unwrap_or_default())
+            }
+        };
+        check_name(&spec.device).map_err(|m| format!("device: {m}"))?;
+        if let Some(other) = self.directory.by_device(&spec.device)
+            && other.handle.name() != app
+        {
+            return Err(format!(
+                "device {} belongs to app {}",
+                spec.device,
+                other.handle.name()
+            ));
+        }
+        let model = DeviceModel::parse(&spec.model.to_string())
+            .map_err(|e| format!("the device model is invalid: {e}").replace(": : ", ": "))?;
+        let digest = self
+            .artifacts
+            .put(&request.component)
+            .map_err(|e| format!("cannot store the component: {e}"))?;
+        if let Some(base) = &running
+            && base.digest == digest
+            && base.spec == spec
+        {
+            return Ok(format!(
+                "app {app} already runs this (version {})",
+                base.version
+            ));
+        }
+        let runtime = self.runtime.clone();
+        let bytes = request.component;
+        let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
+            .await
+            .map_err(|e| format!("loading failed: {e}"))?
+            .map_err(|e| format!("the component was refused: {e:#}"))?;
+        log_load(&app, &loaded.source, loaded.elapsed);
+        let number =
+            registry::add(&self.db(), &app, &digest, &spec, &request.source).map_err(db_error)?;
+        let version = AppVersion {
+            config: spec.to_config(&app),
+            model: Arc::new(model),
+            pre: loaded.pre,
+            digest,
+            number,
+        };
+        self.switch_to(&app, version, current.map(|c| c.version))
+            .await
+    }
+
+    /// Run `version` in place of what runs now (swap, or first start).
+    async fn switch_to(
+        &mut self,
+        app: &str,
+        version: AppVersion,
+        previous: Option<i64>,
+    ) -> Result<String, String> {
+        let db_error = |e: rusqlite::Error| format!("the deployment registry failed: {e}");
+        let number = version.number;
+        let device = version.config.device.clone();
+        let model = version.model.clone();
+        let Some(entry) = self.directory.get(app) else {
+            self.spawn_app(version, false)
+                .map_err(|e| format!("cannot start the app: {e:#}"))?;
+            registry::set_current(&self.db(), app, number).map_err(db_error)?;
+            registry::set_outcome(&self.db(), app, number, "running").map_err(db_error)?;
+            self.tidy(app);
+            return Ok(format!("app {app}: version {number} started"));
+        };
+        crate::store::claim_device(&self.db(), &device, app).map_err(db_error)?;
+        match entry.handle.swap(version, self.probation).await {
+            Ok(outcome) => {
+                registry::set_current(&self.db(), app, number).map_err(db_error)?;
+                registry::set_outcome(&self.db(), app, number, "on probation").map_err(db_error)?;
+                self.directory.insert(Entry {
+                    handle: entry.handle,
+                    device,
+                    model,
+                });
+                let settled = self.settled_tx.clone();
+                let (app_name, previous) = (app.to_string(), previous.unwrap_or(0));
+                tokio::spawn(async move {
+                    let outcome = outcome.await.unwrap_or(Outcome::Interrupted);
+                    let _ = settled
+                        .send(Settled {
+                            app: app_name,
+                            version: number,
+                            previous,
+                            outcome,
+                        })
+                        .await;
+                });
+                Ok(format!(
+                    "app {app}: version {number} runs, on probation for {} s",
+                    self.probation.as_secs()
+                ))
+            }
+            Err(error) => {
+                registry::set_outcome(&self.db(), app, number, &format!("refused: {error}"))
+                    .map_err(db_error)?;
+                Err(format!("app {app}: version {number} refused: {error}"))
+            }
+        }
+    }
+
+    async fn settle(&mut self, settled: Settled) {
+        let Settled {
+            app,
+            version,
+            previous,
+            outcome,
+        } = settled;
+        let result = match outcome {
+            Outcome::Kept => {
+                tracing::info!(app = %app, version, "deployment kept after its probation");
+                registry::set_outcome(&self.db(), &app, version, "running")
+                    .and_then(|()| registry::set_outcome(&self.db(), &app, previous, "replaced"))
+            }
+            Outcome::RolledBack(reason) => {
+                tracing::error!(app = %app, version, "deployment rolled back to version {previous}: {reason}");
+                let back = registry::set_outcome(
+                    &self.db(),
+                    &app,
+                    version,
+                    &format!("rolled back: {reason}"),
+                )
+                .and_then(|()| registry::set_current(&self.db(), &app, previous))
+                .and_then(|()| registry::set_outcome(&self.db(), &app, previous, "running"));
+                if let (Ok(Some(record)), Some(entry)) = (
+                    registry::get(&self.db(), &app, previous),
+                    self.directory.get(&app),
+                ) && let Ok(model) = DeviceModel::parse(&record.spec.model.to_string())
+                {
+                    self.directory.insert(Entry {
+                        handle: entry.handle,
+                        device: record.spec.device.clone(),
+                        model: Arc::new(model),
+                    });
+                }
+                back
+            }
+            Outcome::Interrupted => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::error!(app = %app, "the deployment registry failed: {e}");
+        }
+        self.tidy(&app);
+    }
+
+    /// Forget old versions and the artifacts nobody uses.
+    fn tidy(&self, app: &str) {
+        if let Err(e) = registry::prune(&self.db(), app, self.keep) {
+            tracing::warn!(app, "could not prune old versions: {e}");
+        }
+        match registry::digests_in_use(&self.db()) {
+            Ok(keep) => self.artifacts.collect_garbage(&keep),
+            Err(e) => tracing::warn!("could not list the artifacts in use: {e}"),
+        }
+    }
+
+    async fn rollback(&mut self, app: &str) -> Result<String, String> {
+        let db_error = |e: rusqlite::Error| format!("the deployment registry failed: {e}");
+        let current = registry::current(&self.db(), app)
+            .map_err(db_error)?
+            .ok_or_else(|| format!("no app {app}"))?;
+        let target = registry::versions(&self.db(), app)
+            .map_err(db_error)?
+            .into_iter()
+            .find(|v| {
+                v.version < current.version && matches!(v.outcome.as_str(), "running" | "replaced")
+            })
+            .ok_or_else(|| format!("app {app} has no earlier version that ran to roll back to"))?;
+        let version = self
+            .load_version(app, target.version)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let message = self.switch_to(app, version, Some(current.version)).await?;
+        registry::set_outcome(
+            &self.db(),
+            app,
+            current.version,
+            "rolled back by the operator",
+        )
+        .map_err(db_error)?;
+        Ok(format!(
+            "{message} (rolled back from version {})",
+            current.version
+        ))
+    }
+
+    async fn stop(&mut self, app: &str) -> Result<String, String> {
+        let entry = self
+            .directory
+            .get(app)
+            .ok_or_else(|| format!("no app {app}"))?;
+        entry.handle.control(Control::Stop).await?;
+        registry::set_stopped(&self.db(), app, true).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "app {app} stopped (it stays stopped across restarts until `wasmgate start {app}`)"
+        ))
+    }
+
+    async fn start(&mut self, app: &str) -> Result<String, String> {
+        let entry = self
+            .directory
+            .get(app)
+            .ok_or_else(|| format!("no app {app}"))?;
+        entry.handle.control(Control::Start).await?;
+        registry::set_stopped(&self.db(), app, false).map_err(|e| e.to_string())?;
+        Ok(format!("app {app} started"))
+    }
+
+    async fn remove(&mut self, app: &str) -> Result<String, String> {
+        let entry = self
+            .directory
+            .get(app)
+            .ok_or_else(|| format!("no app {app}"))?;
+        entry.handle.control(Control::Remove).await?;
+        self.directory.remove(app);
+        registry::remove(&self.db(), app).map_err(|e| e.to_string())?;
+        self.tidy(app);
+        Ok(format!(
+            "app {app} removed (its storage and files are kept; deploying it again finds them)"
+        ))
+    }
+
+    fn report(&self) -> Vec<AppReport> {
+        self.directory
+            .list()
+            .into_iter()
+            .map(|entry| {
+                let status = entry.handle.status();
+                let name = entry.handle.name().to_string();
+                let versions = registry::versions(&self.db(), &name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| VersionReport {
+                        version: v.version,
+                        digest: v.digest,
+                        source: v.source,
+                        deployed_at: v.deployed_at,
+                        outcome: v.outcome,
+                    })
+                    .collect();
+                AppReport {
+                    name,
+                    device: entry.device.clone(),
+                    version: status.version,
+                    state: status.state.name().to_string(),
+                    restarts: status.restarts,
+                    error: status.state.error().map(str::to_string),
+                    versions,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The largest component the deployer takes.
+pub const MAX_ARTIFACT_BYTES: usize = 64 << 20;
+
+/// Where the deployer's commands arrive.
+pub struct Inbox(mpsc::Receiver<Command>);
+
+/// A client and the inbox it talks to.
+pub fn channel() -> (DeployClient, Inbox) {
+    let (tx, rx) = mpsc::channel(64);
+    (DeployClient(tx), Inbox(rx))
+}
+
+/// The settings a new app gets when its deployment gives none.
+fn default_app(name: &str) -> crate::config::AppConfig {
+    crate::config::AppConfig {
+        name: name.to_string(),
+        component: Default::default(),
+        model: Default::default(),
+        device: name.to_string(),
+        tick_interval: Duration::from_millis(1000),
+        call_timeout: Duration::from_millis(1000),
+        memory_limit_bytes: 64 << 20,
+        storage_quota_bytes: 10 << 20,
+        config: Vec::new(),
+        restart: Default::default(),
+    }
+}
+
+impl Spec {
+    fn with_config(mut self, config: Vec<(String, String)>) -> Spec {
+        self.config = config;
+        self
+    }
+}
+
+fn log_load(app: &str, source: &Source, elapsed: Duration) {
+    match source {
+        Source::Compiled => tracing::info!(
+            app,
+            "compiled component in {} ms (kept in the compile cache)",
+            elapsed.as_millis()
+        ),
+        Source::Cache => tracing::info!(
+            app,
+            "loaded component from the compile cache in {} ms",
+            elapsed.as_millis()
+        ),
+    }
+}

@@ -1,0 +1,305 @@
+//! The deployment registry, in SQLite: every version of every app (its
+//! component digest and everything else it needs to run), which version
+//! each app runs, whether the operator stopped it, and what became of each
+//! deployment. A restart of the gateway resumes exactly what ran.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AppConfig, RestartPolicy};
+use crate::value::now_ns;
+
+/// Everything an app version needs besides its component: kept with the
+/// version so that a rollback restores all of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub device: String,
+    pub tick_interval_ms: u64,
+    pub call_timeout_ms: u64,
+    pub memory_limit_bytes: usize,
+    pub storage_quota_bytes: u64,
+    pub config: Vec<(String, String)>,
+    pub restart: RestartPolicy,
+    /// The device model document.
+    pub model: serde_json::Value,
+}
+
+impl Spec {
+    pub fn from_config(app: &AppConfig, model: serde_json::Value) -> Spec {
+        Spec {
+            device: app.device.clone(),
+            tick_interval_ms: app.tick_interval.as_millis() as u64,
+            call_timeout_ms: app.call_timeout.as_millis() as u64,
+            memory_limit_bytes: app.memory_limit_bytes,
+            storage_quota_bytes: app.storage_quota_bytes,
+            config: app.config.clone(),
+            restart: app.restart.clone(),
+            model,
+        }
+    }
+
+    /// The app's settings as the actor runs them (`component` and `model`
+    /// paths are not used once an app is in the registry).
+    pub fn to_config(&self, name: &str) -> AppConfig {
+        AppConfig {
+            name: name.to_string(),
+            component: Default::default(),
+            model: Default::default(),
+            device: self.device.clone(),
+            tick_interval: std::time::Duration::from_millis(self.tick_interval_ms),
+            call_timeout: std::time::Duration::from_millis(self.call_timeout_ms),
+            memory_limit_bytes: self.memory_limit_bytes,
+            storage_quota_bytes: self.storage_quota_bytes,
+            config: self.config.clone(),
+            restart: self.restart.clone(),
+        }
+    }
+}
+
+/// One registered version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub app: String,
+    pub version: i64,
+    pub digest: String,
+    pub spec: Spec,
+    /// `config`, `cli`, `cloud`, `watch` or `rollback`.
+    pub source: String,
+    pub deployed_at: i64,
+    /// `deploying`, `running`, `replaced`, `rolled back: ...`, `refused: ...`.
+    pub outcome: String,
+}
+
+/// Which version an app runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub app: String,
+    pub version: i64,
+    pub stopped: bool,
+    /// What gateway.toml said when it last deployed this app (see `gateway`).
+    pub config_digest: Option<String>,
+}
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS app_versions (
+    app         TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    digest      TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    deployed_at INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    PRIMARY KEY (app, version)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS app_deployments (
+    app           TEXT PRIMARY KEY,
+    version       INTEGER NOT NULL,
+    stopped       INTEGER NOT NULL DEFAULT 0,
+    config_digest TEXT
+);
+"#;
+
+/// Register a new version; returns its number.
+pub fn add(
+    conn: &Connection,
+    app: &str,
+    digest: &str,
+    spec: &Spec,
+    source: &str,
+) -> rusqlite::Result<i64> {
+    let next: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) + 1 FROM app_versions WHERE app = ?1",
+        params![app],
+        |r| r.get(0),
+    )?;
+    let spec = serde_json::to_string(spec)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    conn.execute(
+        "INSERT INTO app_versions (app, version, digest, spec, source, deployed_at, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'deploying')",
+        params![app, next, digest, spec, source, now_ns() as i64],
+    )?;
+    Ok(next)
+}
+
+fn version_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Version> {
+    let spec: String = r.get(3)?;
+    Ok(Version {
+        app: r.get(0)?,
+        version: r.get(1)?,
+        digest: r.get(2)?,
+        spec: serde_json::from_str(&spec).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        })?,
+        source: r.get(4)?,
+        deployed_at: r.get(5)?,
+        outcome: r.get(6)?,
+    })
+}
+
+pub fn get(conn: &Connection, app: &str, version: i64) -> rusqlite::Result<Option<Version>> {
+    conn.query_row(
+        "SELECT app, version, digest, spec, source, deployed_at, outcome FROM app_versions WHERE app = ?1 AND version = ?2",
+        params![app, version],
+        version_from_row,
+    )
+    .optional()
+}
+
+/// Every version of an app, newest first.
+pub fn versions(conn: &Connection, app: &str) -> rusqlite::Result<Vec<Version>> {
+    conn.prepare("SELECT app, version, digest, spec, source, deployed_at, outcome FROM app_versions WHERE app = ?1 ORDER BY version DESC")?
+        .query_map(params![app], version_from_row)?
+        .collect()
+}
+
+pub fn set_outcome(
+    conn: &Connection,
+    app: &str,
+    version: i64,
+    outcome: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE app_versions SET outcome = ?3 WHERE app = ?1 AND version = ?2",
+        params![app, version, outcome],
+    )?;
+    Ok(())
+}
+
+pub fn current(conn: &Connection, app: &str) -> rusqlite::Result<Option<Current>> {
+    conn.query_row(
+        "SELECT app, version, stopped, config_digest FROM app_deployments WHERE app = ?1",
+        params![app],
+        |r| {
+            Ok(Current {
+                app: r.get(0)?,
+                version: r.get(1)?,
+                stopped: r.get::<_, i64>(2)? != 0,
+                config_digest: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Every app with a deployment, by name.
+pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Current>> {
+    conn.prepare("SELECT app, version, stopped, config_digest FROM app_deployments ORDER BY app")?
+        .query_map([], |r| {
+            Ok(Current {
+                app: r.get(0)?,
+                version: r.get(1)?,
+                stopped: r.get::<_, i64>(2)? != 0,
+                config_digest: r.get(3)?,
+            })
+        })?
+        .collect()
+}
+
+/// Make `version` the one the app runs.
+pub fn set_current(conn: &Connection, app: &str, version: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO app_deployments (app, version) VALUES (?1, ?2)
+         ON CONFLICT (app) DO UPDATE SET version = excluded.version",
+        params![app, version],
+    )?;
+    Ok(())
+}
+
+pub fn set_config_digest(conn: &Connection, app: &str, digest: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE app_deployments SET config_digest = ?2 WHERE app = ?1",
+        params![app, digest],
+    )?;
+    Ok(())
+}
+
+pub fn set_stopped(conn: &Connection, app: &str, stopped: bool) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE app_deployments SET stopped = ?2 WHERE app = ?1",
+        params![app, stopped as i64],
+    )?;
+    Ok(())
+}
+
+/// Forget an app and its versions.
+pub fn remove(conn: &Connection, app: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM app_versions WHERE app = ?1", params![app])?;
+    conn.execute("DELETE FROM app_deployments WHERE app = ?1", params![app])?;
+    Ok(())
+}
+
+/// Keep the current version and the `keep` newest others; forget the rest.
+pub fn prune(conn: &Connection, app: &str, keep: usize) -> rusqlite::Result<()> {
+    let Some(current) = current(conn, app)? else {
+        return Ok(());
+    };
+    let older: Vec<i64> = versions(conn, app)?
+        .into_iter()
+        .map(|v| v.version)
+        .filter(|v| *v != current.version)
+        .skip(keep)
+        .collect();
+    for v in older {
+        conn.execute(
+            "DELETE FROM app_versions WHERE app = ?1 AND version = ?2",
+            params![app, v],
+        )?;
+    }
+    Ok(())
+}
+
+/// Every component digest some version still uses.
+pub fn digests_in_use(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+    conn.prepare("SELECT DISTINCT digest FROM app_versions")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec {
+            device: "d".into(),
+            tick_interval_ms: 1000,
+            call_timeout_ms: 500,
+            memory_limit_bytes: 1 << 20,
+            storage_quota_bytes: 1024,
+            config: vec![("k".into(), "v".into())],
+            restart: RestartPolicy::default(),
+            model: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn versions_are_numbered_kept_current_and_pruned() {
+        let conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(SCHEMA).expect("schema");
+        for i in 1..=5 {
+            let v = add(&conn, "a", &format!("digest{i}"), &spec(), "cli").expect("add");
+            assert_eq!(v, i);
+        }
+        set_current(&conn, "a", 2).expect("current");
+        set_stopped(&conn, "a", true).expect("stop");
+        let cur = current(&conn, "a").expect("read").expect("current");
+        assert_eq!((cur.version, cur.stopped), (2, true));
+        prune(&conn, "a", 2).expect("prune");
+        let left: Vec<i64> = versions(&conn, "a")
+            .expect("versions")
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(
+            left,
+            vec![5, 4, 2],
+            "the current one and the two newest others"
+        );
+        assert_eq!(get(&conn, "a", 2).expect("get").expect("v2").spec, spec());
+        assert!(digests_in_use(&conn).expect("digests").contains("digest4"));
+        remove(&conn, "a").expect("remove");
+        assert!(all(&conn).expect("all").is_empty());
+    }
+}

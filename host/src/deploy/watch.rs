@@ -1,0 +1,83 @@
+//! Watch mode (`wasmgate run --watch`): a component file of gateway.toml
+//! that changes is deployed as a new version of its app, hot-swapped like
+//! any other deployment, without restarting the gateway.
+//!
+//! Files are polled (every 500 ms) rather than watched through the kernel,
+//! which keeps this portable and free of dependencies; a change is taken
+//! once the file has stayed the same for one more poll, so a build that is
+//! still writing it is not picked up half-done.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Spec;
+use super::{DeployClient, DeployRequest};
+use crate::config::Config;
+
+const POLL: Duration = Duration::from_millis(500);
+
+fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+pub async fn run(config: Config, deploy: DeployClient, cancel: CancellationToken) {
+    let mut seen: HashMap<String, Option<(SystemTime, u64)>> = config
+        .apps
+        .iter()
+        .map(|a| (a.name.clone(), stamp(&a.component)))
+        .collect();
+    let mut changed: HashMap<String, Option<(SystemTime, u64)>> = HashMap::new();
+    tracing::info!(
+        "watching {} component file(s) for changes",
+        config.apps.len()
+    );
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        for app in &config.apps {
+            let now = stamp(&app.component);
+            if seen.get(&app.name) == Some(&now) {
+                changed.remove(&app.name);
+                continue;
+            }
+            // Take it once it stopped changing.
+            if changed.get(&app.name) != Some(&now) {
+                changed.insert(app.name.clone(), now);
+                continue;
+            }
+            changed.remove(&app.name);
+            seen.insert(app.name.clone(), now);
+            let (Ok(component), Ok(model)) = (
+                std::fs::read(&app.component),
+                std::fs::read_to_string(&app.model),
+            ) else {
+                tracing::warn!(app = %app.name, "watch: cannot read the component or the model");
+                continue;
+            };
+            let model = match serde_json::from_str(&model) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(app = %app.name, "watch: the model does not parse: {e}");
+                    continue;
+                }
+            };
+            tracing::info!(app = %app.name, component = %app.component.display(), "watch: the component changed; deploying it");
+            let request = DeployRequest {
+                app: app.name.clone(),
+                component,
+                model: None,
+                config: None,
+                spec: Some(Spec::from_config(app, model)),
+                source: "watch".into(),
+            };
+            if let Err(e) = deploy.deploy(request).await {
+                tracing::warn!(app = %app.name, "watch: {e}");
+            }
+        }
+    }
+}
