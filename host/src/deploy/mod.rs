@@ -73,7 +73,7 @@ pub struct VersionReport {
 }
 
 enum Command {
-    Deploy(DeployRequest, oneshot::Sender<Result<String, String>>),
+    Deploy(Box<DeployRequest>, oneshot::Sender<Result<String, String>>),
     Rollback(String, oneshot::Sender<Result<String, String>>),
     Stop(String, oneshot::Sender<Result<String, String>>),
     Start(String, oneshot::Sender<Result<String, String>>),
@@ -97,7 +97,7 @@ impl DeployClient {
     }
 
     pub async fn deploy(&self, request: DeployRequest) -> Result<String, String> {
-        self.ask(|tx| Command::Deploy(request, tx)).await?
+        self.ask(|tx| Command::Deploy(Box::new(request), tx)).await?
     }
     pub async fn rollback(&self, app: String) -> Result<String, String> {
         self.ask(|tx| Command::Rollback(app, tx)).await?
@@ -297,7 +297,7 @@ impl Deployer {
         match command {
             Command::Deploy(request, reply) => {
                 let app = request.app.clone();
-                let result = self.deploy(request).await;
+                let result = self.deploy(*request).await;
                 match &result {
                     Ok(message) => tracing::info!(app = %app, "{message}"),
                     Err(error) => tracing::warn!(app = %app, "deployment refused: {error}"),
