@@ -2,11 +2,15 @@
 //!
 //! Linked: clocks, random, I/O streams, stdio (stdout and stderr go to the
 //! app's log; stdin is empty), an empty environment and argument list, exit,
-//! and a filesystem whose only preopen is the app's own directory. Not
-//! linked at all: sockets and name lookup, so a component that imports them
-//! fails to start with an error naming the import. The filesystem goes
-//! through cap-std (inside wasmtime-wasi), which refuses `..`, absolute paths
-//! and symlinks that lead out of the preopened directory.
+//! and a filesystem whose only preopen is the app's own directory. The
+//! filesystem goes through cap-std (inside wasmtime-wasi), which refuses
+//! `..`, absolute paths and symlinks that lead out of the preopened
+//! directory.
+//!
+//! The `wasi:sockets` interfaces are linked too, because some language
+//! runtimes (CPython in componentize-py) import them whether the app uses
+//! the network or not, but every use is refused: TCP, UDP and name lookup
+//! are not allowed and every address is denied. A guest has no network.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,8 +23,9 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream, WasiCli, WasiCliView};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io as wasi_io, random};
+use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io as wasi_io, random, sockets};
 use wasmtime_wasi::random::WasiRandom;
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
 use crate::app::AppCtx;
@@ -35,7 +40,12 @@ pub fn context(app: &Arc<str>, dir: &Path, stderr_tail: &StderrTail) -> anyhow::
             Stream::Stderr,
             Some(stderr_tail.clone()),
         ))
-        .preopened_dir(dir, "/", FsPerms::ReadWrite)?;
+        .preopened_dir(dir, "/", FsPerms::ReadWrite)?
+        // No network: the socket interfaces exist, every use is refused.
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
     Ok(builder.build())
 }
 
@@ -68,6 +78,17 @@ pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
     cli::terminal_stderr::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
     filesystem::types::add_to_linker::<AppCtx, WasiFilesystem>(l, AppCtx::filesystem)?;
     filesystem::preopens::add_to_linker::<AppCtx, WasiFilesystem>(l, AppCtx::filesystem)?;
+    sockets::tcp_create_socket::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
+    sockets::instance_network::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
+    sockets::network::add_to_linker::<AppCtx, WasiSockets>(
+        l,
+        &Default::default(),
+        AppCtx::sockets,
+    )?;
+    sockets::ip_name_lookup::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
+    sockets::tcp::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
+    sockets::udp::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
     Ok(())
 }
 

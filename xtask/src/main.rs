@@ -3,7 +3,9 @@
 //! - `cargo xtask demo`: build the guests and the host, run the thermostat
 //!   demo (a gateway with its embedded MQTT broker), and act as the operator
 //!   next to it: watch what arrives, change the setpoint, call an action.
-//! - `cargo xtask test [ARGS]`: build the guests, run the whole test suite
+//! - `cargo xtask test [ARGS]`: install what the tests need and is missing
+//!   (Mosquitto from apt; the guest languages' tools through
+//!   `guests/install-tools`), build the guests, run the whole test suite
 //!   (`cargo test --workspace ARGS`).
 //! - `cargo xtask guests`: build the guests only.
 
@@ -21,9 +23,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         // The demo runs Rust guests only: it needs nothing but Rust.
         Some("demo") => guests(&root, &["rust"]).and_then(|()| demo(&root)),
-        Some("test") => guests(&root, &[]).and_then(|()| test(&root, &args[1..])),
+        Some("test") => setup(&root)
+            .and_then(|()| guests(&root, &[]))
+            .and_then(|()| test(&root, &args[1..])),
+        Some("setup") => setup(&root),
         Some("guests") => guests(&root, &[]),
-        _ => Err("usage: cargo xtask demo | test [CARGO TEST ARGS] | guests".to_string()),
+        _ => Err("usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | guests".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,21 +61,41 @@ fn guests(root: &Path, languages: &[&str]) -> Result<(), String> {
         .current_dir(root))
 }
 
-/// The tests need Mosquitto; say how to get it rather than fail later.
-fn check_mosquitto() -> Result<(), String> {
-    let found = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+fn has_mosquitto() -> bool {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .iter()
         .any(|p| Path::new(p).exists())
-        || Command::new("mosquitto").arg("-h").output().is_ok();
-    if found {
-        Ok(())
-    } else {
-        Err("the tests need the Mosquitto MQTT broker: install it with `sudo apt-get install mosquitto`".into())
+        || Command::new("mosquitto").arg("-h").output().is_ok()
+}
+
+/// Install what the tests need and is missing: Mosquitto (apt) and the
+/// guest languages' tools (`guests/install-tools`, which says what it does).
+fn setup(root: &Path) -> Result<(), String> {
+    if !has_mosquitto() {
+        eprintln!("xtask: the tests need the Mosquitto MQTT broker: apt-get install mosquitto");
+        let root_user = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let apt = |args: &[&str]| {
+            let mut command = if root_user {
+                Command::new("apt-get")
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.arg("apt-get");
+                sudo
+            };
+            command.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+            run(&mut command)
+        };
+        apt(&["update", "-qq"])?;
+        apt(&["install", "-y", "-qq", "mosquitto"])?;
     }
+    run(Command::new(root.join("guests/install-tools")).current_dir(root))
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
-    check_mosquitto()?;
     run(cargo()
         .current_dir(root)
         .args(["test", "--workspace"])

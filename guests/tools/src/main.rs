@@ -234,6 +234,15 @@ const LINKED: &[&str] = &[
     "wasi:cli/terminal-stderr@0.2",
     "wasi:filesystem/types@0.2",
     "wasi:filesystem/preopens@0.2",
+    // Linked so that runtimes that import them (CPython) start; every use
+    // is refused, guests have no network.
+    "wasi:sockets/network@0.2",
+    "wasi:sockets/instance-network@0.2",
+    "wasi:sockets/tcp@0.2",
+    "wasi:sockets/tcp-create-socket@0.2",
+    "wasi:sockets/udp@0.2",
+    "wasi:sockets/udp-create-socket@0.2",
+    "wasi:sockets/ip-name-lookup@0.2",
 ];
 
 /// Fail, naming them, if the component imports interfaces the gateway does not link.

@@ -97,7 +97,8 @@ impl DeployClient {
     }
 
     pub async fn deploy(&self, request: DeployRequest) -> Result<String, String> {
-        self.ask(|tx| Command::Deploy(Box::new(request), tx)).await?
+        self.ask(|tx| Command::Deploy(Box::new(request), tx))
+            .await?
     }
     pub async fn rollback(&self, app: String) -> Result<String, String> {
         self.ask(|tx| Command::Rollback(app, tx)).await?
