@@ -158,9 +158,15 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(config: &Path) -> Running {
+        Self::spawn_with(config, &[])
+    }
+
+    /// `wasmgate run --config CONFIG EXTRA...`.
+    pub fn spawn_with(config: &Path, extra: &[&str]) -> Running {
         let mut child = Command::new(binary())
             .args(["run", "--config"])
             .arg(config)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -173,8 +173,23 @@ async fn handle(request: Request, deploy: &DeployClient) -> Response {
     }
 }
 
+/// How long the CLI waits for the gateway (compiling a large component
+/// takes seconds).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Send one request to a running gateway (the CLI side).
 pub async fn request(path: &Path, request: &Request) -> anyhow::Result<Response> {
+    tokio::time::timeout(ANSWER_TIMEOUT, exchange(path, request))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the gateway did not answer within {} s",
+                ANSWER_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+async fn exchange(path: &Path, request: &Request) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(path).await.with_context(|| {
         format!(
             "cannot reach the gateway's admin endpoint {} (is the gateway running?)",

@@ -469,23 +469,26 @@ impl Deployer {
         let result = match outcome {
             Outcome::Kept => {
                 tracing::info!(app = %app, version, "deployment kept after its probation");
-                registry::set_outcome(&self.db(), &app, version, "running")
-                    .and_then(|()| registry::set_outcome(&self.db(), &app, previous, "replaced"))
+                let db = self.db();
+                registry::set_outcome(&db, &app, version, "running")
+                    .and_then(|()| registry::set_outcome(&db, &app, previous, "replaced"))
             }
             Outcome::RolledBack(reason) => {
                 tracing::error!(app = %app, version, "deployment rolled back to version {previous}: {reason}");
-                let back = registry::set_outcome(
-                    &self.db(),
-                    &app,
-                    version,
-                    &format!("rolled back: {reason}"),
-                )
-                .and_then(|()| registry::set_current(&self.db(), &app, previous))
-                .and_then(|()| registry::set_outcome(&self.db(), &app, previous, "running"));
-                if let (Ok(Some(record)), Some(entry)) = (
-                    registry::get(&self.db(), &app, previous),
-                    self.directory.get(&app),
-                ) && let Ok(model) = DeviceModel::parse(&record.spec.model.to_string())
+                let (back, record) = {
+                    let db = self.db();
+                    let back = registry::set_outcome(
+                        &db,
+                        &app,
+                        version,
+                        &format!("rolled back: {reason}"),
+                    )
+                    .and_then(|()| registry::set_current(&db, &app, previous))
+                    .and_then(|()| registry::set_outcome(&db, &app, previous, "running"));
+                    (back, registry::get(&db, &app, previous))
+                };
+                if let (Ok(Some(record)), Some(entry)) = (record, self.directory.get(&app))
+                    && let Ok(model) = DeviceModel::parse(&record.spec.model.to_string())
                 {
                     self.directory.insert(Entry {
                         handle: entry.handle,

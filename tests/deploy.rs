@@ -1,0 +1,361 @@
+//! Deployments to a running gateway: a hot swap under a stream of events
+//! loses none and handles none twice, a failing `init` and a crash during
+//! probation roll back, bad deployments are refused while the old version
+//! keeps serving, a restart runs what was deployed, and watch mode picks up
+//! a rebuilt component.
+
+mod common;
+
+use common::mqtt::{Consumer, Mosquitto};
+use common::{Gateway, guest, model, wasmgate};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn swap_gateway(extra: &str) -> Gateway {
+    Gateway::new().app(
+        "counter",
+        &guest("swap-counter"),
+        &model("swap"),
+        &format!("tick_interval_ms = 20\n[app.config]\ngeneration = \"one\"\n{extra}"),
+    )
+}
+
+/// `wasmgate deploy counter COMPONENT ARGS --gateway CONFIG`.
+fn deploy(gw: &Gateway, component: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let config = gw.config_path();
+    let mut all = vec!["deploy", "counter", component.to_str().expect("path")];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--gateway", config.to_str().expect("path")]);
+    let (ok, out, err) = wasmgate(&all);
+    (ok, format!("{out}{err}"))
+}
+
+fn apps(gw: &Gateway) -> Value {
+    let config = gw.config_path();
+    let (ok, out, err) = wasmgate(&[
+        "apps",
+        "--json",
+        "--gateway",
+        config.to_str().expect("path"),
+    ]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).expect("apps --json")
+}
+
+fn counter_app(apps: &Value) -> Value {
+    apps.as_array()
+        .expect("apps")
+        .iter()
+        .find(|a| a["name"] == "counter")
+        .expect("counter")
+        .clone()
+}
+
+#[test]
+fn a_hot_swap_under_a_stream_of_events_loses_none_and_handles_none_twice() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/counter/#"]);
+    let gw = swap_gateway("").section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()));
+    let mut run = gw.start();
+    run.wait_for("generation one started", T);
+    run.wait_for("connected to the broker", T);
+
+    let total = 300i64;
+    let streamer = {
+        let settings = broker.settings("streamer");
+        std::thread::spawn(move || {
+            let client = Consumer::connect(&settings, &["wg/v1/nothing"]);
+            for i in 1..=total {
+                client.publish(
+                    "wg/v1/test-gw/counter/action/seq/req",
+                    json!({"id": i.to_string(), "argument": i}).to_string(),
+                    false,
+                );
+                if i % 10 == 0 {
+                    client.publish(
+                        "wg/v1/test-gw/counter/twin/desired",
+                        json!({"version": i, "attributes": {"level": i}}).to_string(),
+                        false,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(4));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = deploy(&gw, &guest("swap-counter"), &["--config", "generation=two"]);
+    assert!(ok && out.contains("version 2 runs"), "{out}");
+    streamer.join().expect("streamer");
+
+    // Every request answered exactly once; once "two" answers, "one" never again.
+    let deadline = std::time::Instant::now() + T;
+    let answers: BTreeMap<i64, String> = loop {
+        let mut answers = BTreeMap::new();
+        for m in consumer.on("wg/v1/test-gw/counter/action/seq/res") {
+            let r = m.json();
+            let id: i64 = r["id"].as_str().expect("id").parse().expect("numeric id");
+            let result = r["result"]
+                .as_str()
+                .unwrap_or_else(|| panic!("request {id} failed: {r}"))
+                .to_string();
+            assert!(
+                answers.insert(id, result).is_none(),
+                "request {id} answered twice"
+            );
+        }
+        if answers.len() as i64 == total || std::time::Instant::now() > deadline {
+            break answers;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(answers.len() as i64, total, "every request answered");
+    let generations: Vec<&str> = answers
+        .values()
+        .map(|r| r.split(':').next().expect("generation"))
+        .collect();
+    let first_two = generations
+        .iter()
+        .position(|g| *g == "two")
+        .expect("the new version answered");
+    assert!(first_two > 0, "the old version answered first");
+    assert!(
+        generations[first_two..].iter().all(|g| *g == "two"),
+        "no answer from the old version after the swap"
+    );
+    let line = run.wait_for("generation two started", T);
+    assert!(line.contains("handed over true"), "{line}");
+    run.wait_for("hot swap done in", T);
+    assert!(run.stop().success());
+
+    // The recorded events: numbered without a gap or a repeat across the
+    // swap, each action once, in order.
+    let mut seen = std::collections::HashSet::new();
+    let mut events: Vec<(i64, Option<i64>)> = Vec::new();
+    for m in consumer.on("wg/v1/test-gw/counter/telemetry/events") {
+        let batch = m.json();
+        if !seen.insert(batch["batch"].as_str().expect("batch").to_string()) {
+            continue;
+        }
+        for p in batch["points"].as_array().expect("points") {
+            events.push((
+                p["values"]["n"].as_i64().expect("n"),
+                p["values"]["i"].as_i64(),
+            ));
+        }
+    }
+    let ns: Vec<i64> = events.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        ns,
+        (1..=ns.len() as i64).collect::<Vec<_>>(),
+        "event numbers go on without gaps or repeats"
+    );
+    let is: Vec<i64> = events.iter().filter_map(|(_, i)| *i).collect();
+    assert_eq!(
+        is,
+        (1..=total).collect::<Vec<_>>(),
+        "every action handled once, in order"
+    );
+    assert_eq!(
+        ns.len() as i64,
+        total + total / 10,
+        "every desired change handled once too"
+    );
+}
+
+#[test]
+fn failing_init_and_bad_deployments_are_refused_and_a_crash_in_probation_rolls_back() {
+    let gw = swap_gateway("").section("[deploy]\nprobation_s = 20\n");
+    let mut run = gw.start();
+    run.wait_for("generation one started", T);
+
+    let (ok, out) = deploy(
+        &gw,
+        &guest("swap-counter"),
+        &["--config", "generation=two", "--config", "fail_init=true"],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("init returned an error: generation two refuses to start")
+            && out.contains("version 1 keeps running"),
+        "{out}"
+    );
+
+    let junk = gw.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x0d\0\x01\0 but not really").expect("write");
+    let (ok, out) = deploy(&gw, &junk, &[]);
+    assert!(
+        !ok && out.contains("is not a valid WebAssembly component"),
+        "{out}"
+    );
+
+    let (ok, out) = deploy(&gw, &guest("not-an-app"), &[]);
+    assert!(
+        !ok && out.contains("does not fit the wasmgate:device/app@0.1.0 world"),
+        "{out}"
+    );
+
+    let bad_model = gw.dir.path().join("bad.json");
+    std::fs::write(
+        &bad_model,
+        r#"{"attributes": {"x": {"type": "number", "range": [5, 1]}}}"#,
+    )
+    .expect("write");
+    let (ok, out) = deploy(
+        &gw,
+        &guest("swap-counter"),
+        &["--model", bad_model.to_str().expect("path")],
+    );
+    assert!(
+        !ok && out.contains("the device model is invalid") && out.contains("attributes.x.range"),
+        "{out}"
+    );
+
+    let app = counter_app(&apps(&gw));
+    assert_eq!(
+        (app["version"].as_i64(), app["state"].as_str()),
+        (Some(1), Some("running")),
+        "{app}"
+    );
+    assert_eq!(
+        run.count("generation one started"),
+        1,
+        "the old version was never stopped"
+    );
+
+    // A version that crashes during its probation goes back to the last good one.
+    let (ok, out) = deploy(
+        &gw,
+        &guest("swap-counter"),
+        &["--config", "generation=three", "--config", "trap_after=5"],
+    );
+    assert!(ok, "{out}");
+    let rollback = run.wait_for("rolling back to version 1", T);
+    assert!(
+        rollback.contains("crashed during its probation"),
+        "{rollback}"
+    );
+    run.wait_for("generation one started, handed over true", T);
+    let deadline = std::time::Instant::now() + T;
+    let app = loop {
+        let app = counter_app(&apps(&gw));
+        let rolled = app["versions"]
+            .as_array()
+            .expect("versions")
+            .iter()
+            .any(|v| {
+                v["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("rolled back:"))
+            });
+        if rolled || std::time::Instant::now() > deadline {
+            break app;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(app["version"], 1, "{app}");
+    let outcomes: BTreeMap<i64, String> = app["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().expect("n"),
+                v["outcome"].as_str().expect("outcome").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        outcomes
+            .values()
+            .any(|o| o.starts_with("refused: init returned an error")),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .values()
+            .any(|o| o.starts_with("rolled back: version") && o.contains("traps after 5 ticks")),
+        "{outcomes:?}"
+    );
+
+    // A good deployment, then a restart of the gateway: it runs the deployed version.
+    let (ok, out) = deploy(
+        &gw,
+        &guest("swap-counter"),
+        &["--config", "generation=four"],
+    );
+    assert!(ok, "{out}");
+    run.wait_for("generation four started", T);
+    let four = counter_app(&apps(&gw))["version"]
+        .as_i64()
+        .expect("version");
+    assert!(run.stop().success());
+    let mut run = gw.start();
+    run.wait_for("generation four started", T);
+    assert_eq!(
+        run.count("generation one started"),
+        0,
+        "the restart resumed the deployed version"
+    );
+    assert_eq!(counter_app(&apps(&gw))["version"], four);
+
+    // Rollback by hand, stop, start, remove.
+    let config = gw.config_path();
+    let g = config.to_str().expect("path");
+    let (ok, out, _) = wasmgate(&["rollback", "counter", "--gateway", g]);
+    assert!(ok && out.contains("rolled back from version"), "{out}");
+    run.wait_for("generation one started", T);
+    let (ok, _, _) = wasmgate(&["stop", "counter", "--gateway", g]);
+    assert!(ok);
+    assert_eq!(counter_app(&apps(&gw))["state"], "stopped");
+    let (ok, _, _) = wasmgate(&["start", "counter", "--gateway", g]);
+    assert!(ok);
+    let deadline = std::time::Instant::now() + T;
+    while counter_app(&apps(&gw))["state"] != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app did not start again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out, _) = wasmgate(&["remove", "counter", "--gateway", g]);
+    assert!(ok && out.contains("removed"), "{out}");
+    assert!(apps(&gw).as_array().expect("apps").is_empty());
+    assert!(run.stop().success());
+}
+
+#[test]
+fn watch_mode_deploys_a_rebuilt_component() {
+    let gw = Gateway::new();
+    let component = gw.dir.path().join("app.wasm");
+    std::fs::copy(guest("swap-counter"), &component).expect("copy");
+    let gw = gw.app(
+        "counter",
+        &component,
+        &model("swap"),
+        "tick_interval_ms = 20\n[app.config]\ngeneration = \"one\"",
+    );
+    gw.write_config();
+    let mut run = common::Running::spawn_with(&gw.config_path(), &["--watch"]);
+    run.wait_for("generation one started", T);
+    run.wait_for("watching 1 component file", T);
+
+    // "Rebuild": the same code with a custom section appended, as a new build would differ.
+    let mut bytes = std::fs::read(&component).expect("read");
+    let name = b"wasmgate-test";
+    let payload = b"rebuilt";
+    bytes.push(0);
+    bytes.push((1 + name.len() + payload.len()) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    std::fs::write(&component, &bytes).expect("write");
+
+    run.wait_for("watch: the component changed", T);
+    run.wait_for("hot swap done", T);
+    run.wait_for("handed over true", T);
+    assert!(run.stop().success());
+}
