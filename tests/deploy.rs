@@ -344,18 +344,178 @@ fn watch_mode_deploys_a_rebuilt_component() {
     run.wait_for("watching 1 component file", T);
 
     // "Rebuild": the same code with a custom section appended, as a new build would differ.
-    let mut bytes = std::fs::read(&component).expect("read");
-    let name = b"wasmgate-test";
-    let payload = b"rebuilt";
-    bytes.push(0);
-    bytes.push((1 + name.len() + payload.len()) as u8);
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(payload);
+    let bytes = with_custom_section(std::fs::read(&component).expect("read"), b"rebuilt");
     std::fs::write(&component, &bytes).expect("write");
 
     run.wait_for("watch: the component changed", T);
     run.wait_for("hot swap done", T);
     run.wait_for("handed over true", T);
+    assert!(run.stop().success());
+}
+
+/// A component with a custom section appended: still valid, different bytes.
+fn with_custom_section(mut bytes: Vec<u8>, payload: &[u8]) -> Vec<u8> {
+    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let name = b"wasmgate-test";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload);
+    bytes.push(0);
+    leb(body.len(), &mut bytes);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+#[test]
+fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tampering_is_refused() {
+    let broker = Mosquitto::start("");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("operator");
+    let (ok, out, err) = wasmgate(&["keygen", key.to_str().expect("path")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trusted_keys"), "{out}");
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .expect("pub")
+        .trim()
+        .to_string();
+    let (ok, _, _) = wasmgate(&[
+        "keygen",
+        keys.path().join("stranger").to_str().expect("path"),
+    ]);
+    assert!(ok);
+
+    let gw = swap_gateway("")
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!("[deploy]\ntrusted_keys = [\"{public}\"]\n"));
+    let mut run = gw.start();
+    run.wait_for("connected to the broker", T);
+
+    // Over 10 MB: the swap counter with 10.5 MB of padding in a custom section.
+    let big = with_custom_section(
+        std::fs::read(guest("swap-counter")).expect("read"),
+        &vec![7u8; 10_500_000],
+    );
+    assert!(big.len() > 10_000_000);
+    let big_path = keys.path().join("big.wasm");
+    std::fs::write(&big_path, &big).expect("write");
+    let cloud = |args: &[&str]| {
+        let url = broker.url();
+        let mut all = vec![
+            "cloud",
+            "--broker",
+            url.as_str(),
+            "--timeout",
+            "60",
+            "deploy",
+            "test-gw",
+            "counter",
+        ];
+        all.extend_from_slice(args);
+        wasmgate(&all)
+    };
+    let key_path = key.with_extension("key");
+    let (ok, out, err) = cloud(&[
+        big_path.to_str().expect("path"),
+        "--key",
+        key_path.to_str().expect("path"),
+        "--config",
+        "generation=cloud",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("deployed: app counter: version 2 runs"),
+        "{out}"
+    );
+    assert!(err.contains("in 41 chunks"), "{err}");
+    run.wait_for("generation cloud started", T);
+
+    // Signed by a key the gateway does not trust.
+    let stranger = keys.path().join("stranger.key");
+    let (ok, out, _) = cloud(&[
+        guest("swap-counter").to_str().expect("path"),
+        "--key",
+        stranger.to_str().expect("path"),
+    ]);
+    assert!(
+        !ok && out.contains("error: the signature does not match any trusted key"),
+        "{out}"
+    );
+
+    // Signed right, but a byte of a chunk changed on the way.
+    let consumer = Consumer::connect(
+        &broker.settings("tamperer"),
+        &["wg/v1/test-gw/test-gw/deploy/res"],
+    );
+    let component = std::fs::read(guest("swap-counter")).expect("read");
+    let sha256 = wasmgate::deploy::artifacts::digest(&component);
+    let signing_key = wasmgate::deploy::signing::load_key(&key_path).expect("key");
+    let config = vec![("generation".to_string(), "tampered".to_string())];
+    let signed = wasmgate::deploy::signing::signed_bytes(
+        "tamper-1",
+        "counter",
+        &sha256,
+        None,
+        Some(&config),
+    );
+    let (signature, _) = wasmgate::deploy::signing::sign(&signing_key, &signed);
+    let chunk = 16 * 1024u64;
+    let manifest = wasmgate::cloud::protocol::DeployManifest {
+        id: "tamper-1".into(),
+        app: "counter".into(),
+        size: component.len() as u64,
+        sha256,
+        chunk_size: chunk,
+        chunks: (component.len() as u64).div_ceil(chunk),
+        model: None,
+        config: Some(config),
+        signature,
+    };
+    consumer.publish(
+        "wg/v1/test-gw/test-gw/deploy/req",
+        serde_json::to_vec(&manifest).expect("json"),
+        false,
+    );
+    consumer.wait_json("wg/v1/test-gw/test-gw/deploy/res", T, |j| {
+        j["id"] == "tamper-1" && j["stage"] == "receiving"
+    });
+    for (i, part) in component.chunks(chunk as usize).enumerate() {
+        let mut part = part.to_vec();
+        if i == 3 {
+            part[100] ^= 0xff;
+        }
+        consumer.publish(
+            &format!("wg/v1/test-gw/test-gw/deploy/tamper-1/chunk/{i}"),
+            part,
+            false,
+        );
+    }
+    let failed = consumer.wait_json("wg/v1/test-gw/test-gw/deploy/res", T, |j| {
+        j["id"] == "tamper-1" && j["stage"] == "failed"
+    });
+    assert!(
+        failed["error"]
+            .as_str()
+            .expect("error")
+            .contains("refused as tampered or corrupt"),
+        "{failed}"
+    );
+
+    // Through all of it the cloud version kept running.
+    let app = counter_app(&apps(&gw));
+    assert_eq!(
+        (app["version"].as_i64(), app["state"].as_str()),
+        (Some(2), Some("running")),
+        "{app}"
+    );
+    assert_eq!(run.count("generation tampered"), 0);
     assert!(run.stop().success());
 }

@@ -76,6 +76,9 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArg,
     },
+    /// Make an ed25519 key pair for signed deployments: NAME.key (private)
+    /// and NAME.pub (public, for gateway.toml's [deploy] trusted_keys).
+    Keygen { name: PathBuf },
     /// Show a gateway's apps and outbox, whether it is running or not.
     Status {
         /// The gateway's config file.
@@ -130,6 +133,26 @@ pub enum CloudCommand {
     Twin {
         #[command(subcommand)]
         command: TwinCommand,
+    },
+    /// Deploy a new version of an app to a gateway through the broker,
+    /// signed with KEY, and wait for the outcome.
+    Deploy {
+        gateway: String,
+        app: String,
+        /// The component (.wasm).
+        component: PathBuf,
+        /// The private key (`wasmgate keygen` makes one).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The device model (JSON); needed for a new app, else kept.
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
+        /// App config KEY=VALUE (replaces the app's config when given).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        app_config: Vec<String>,
+        /// Chunk size in KiB.
+        #[arg(long, default_value_t = 256)]
+        chunk_kib: u64,
     },
     /// Invoke an action and print its result (exit status 1 on an error).
     Call {

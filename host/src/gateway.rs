@@ -141,13 +141,21 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         }
         Some(cloud) => {
             let (replies_tx, replies) = mpsc::channel(256);
+            let deployments = crate::deploy::cloud::spawn(
+                config.gateway_id.clone(),
+                config.deploy.trusted_keys.clone(),
+                deploy.clone(),
+                replies_tx.clone(),
+                stop_link.child_token(),
+            );
             let downlink = Downlink::new(
                 config.gateway_id.clone(),
                 directory.clone(),
                 replies_tx,
                 database.clone(),
                 stop_link.child_token(),
-            );
+            )
+            .with_deployments(deployments);
             let spec = LinkSpec {
                 gateway: config.gateway_id.clone(),
                 config: cloud.clone(),

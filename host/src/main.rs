@@ -65,33 +65,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             app_config,
             gateway,
         } => {
-            let bytes = std::fs::read(&component)
-                .with_context(|| format!("reading {}", component.display()))?;
-            let model = match model {
-                None => None,
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    Some(
-                        serde_json::from_str(&text)
-                            .with_context(|| format!("{} is not JSON", path.display()))?,
-                    )
-                }
-            };
-            let config = if app_config.is_empty() {
-                None
-            } else {
-                Some(
-                    app_config
-                        .iter()
-                        .map(|kv| {
-                            kv.split_once('=')
-                                .map(|(k, v)| (k.to_string(), v.to_string()))
-                                .with_context(|| format!("--config {kv:?} is not KEY=VALUE"))
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?,
-                )
-            };
+            let (bytes, model, config) =
+                deployment_parts(&component, model.as_deref(), &app_config)?;
             admin(
                 &gateway.gateway,
                 Request::Deploy {
@@ -101,6 +76,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     config,
                 },
             )
+        }
+        Command::Keygen { name } => {
+            let (seed, public) = wasmgate::deploy::signing::generate()?;
+            let private = name.with_extension("key");
+            let public_path = name.with_extension("pub");
+            write_private(&private, &seed)?;
+            std::fs::write(&public_path, format!("{public}\n"))
+                .with_context(|| format!("writing {}", public_path.display()))?;
+            println!("private key: {} (keep it secret)", private.display());
+            println!("public key:  {} = {public}", public_path.display());
+            println!(
+                "trust it on a gateway with, in gateway.toml:\n[deploy]\ntrusted_keys = [\"{public}\"]"
+            );
+            Ok(true)
         }
         Command::Apps { json, gateway } => {
             let response = admin_response(&gateway.gateway, Request::Apps)?;
@@ -134,6 +123,65 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// A component, a model file and KEY=VALUE pairs, read and checked.
+type Parts = (
+    Vec<u8>,
+    Option<serde_json::Value>,
+    Option<Vec<(String, String)>>,
+);
+
+fn deployment_parts(
+    component: &std::path::Path,
+    model: Option<&std::path::Path>,
+    pairs: &[String],
+) -> anyhow::Result<Parts> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+    let model = match model {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?,
+            )
+        }
+    };
+    let config = if pairs.is_empty() {
+        None
+    } else {
+        Some(
+            pairs
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("--config {kv:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    };
+    Ok((bytes, model, config))
+}
+
+/// Write a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
 }
 
 /// Send a request to the running gateway of `config`; print its answer.
@@ -228,7 +276,7 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         | CloudCommand::Call { target, .. } => {
             operator::split_target(target)?;
         }
-        CloudCommand::Watch { .. } | CloudCommand::Devices => {}
+        CloudCommand::Watch { .. } | CloudCommand::Devices | CloudCommand::Deploy { .. } => {}
     }
     let mut session =
         Session::connect(&broker, std::time::Duration::from_secs(args.timeout)).await?;
@@ -250,6 +298,30 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         } => {
             let (gateway, device) = operator::split_target(&target)?;
             operator::twin_set(&mut session, gateway, device, &values).await
+        }
+        CloudCommand::Deploy {
+            gateway,
+            app,
+            component,
+            key,
+            model,
+            app_config,
+            chunk_kib,
+        } => {
+            let (bytes, model, config) =
+                deployment_parts(&component, model.as_deref(), &app_config)?;
+            let key = wasmgate::deploy::signing::load_key(&key)?;
+            operator::deploy(
+                &mut session,
+                &gateway,
+                &app,
+                &bytes,
+                model,
+                config,
+                &key,
+                chunk_kib << 10,
+            )
+            .await
         }
         CloudCommand::Call {
             target,

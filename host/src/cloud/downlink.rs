@@ -48,6 +48,8 @@ pub struct Downlink {
     replies: mpsc::Sender<Reply>,
     db: Database,
     cancel: CancellationToken,
+    /// Where cloud deployments go (none: they are refused).
+    deployments: Option<mpsc::Sender<crate::deploy::cloud::Message>>,
 }
 
 impl Downlink {
@@ -65,6 +67,23 @@ impl Downlink {
             replies,
             db,
             cancel,
+            deployments: None,
+        }
+    }
+
+    /// Take cloud deployments, handing them to `to`.
+    pub fn with_deployments(mut self, to: mpsc::Sender<crate::deploy::cloud::Message>) -> Self {
+        self.deployments = Some(to);
+        self
+    }
+
+    fn deployment(&self, message: crate::deploy::cloud::Message) {
+        let refused = match &self.deployments {
+            None => true,
+            Some(to) => to.try_send(message).is_err(),
+        };
+        if refused {
+            tracing::warn!("a cloud deployment message was dropped: deployments are busy or off");
         }
     }
 
@@ -78,6 +97,21 @@ impl Downlink {
             return;
         };
         let device = parsed.device.to_string();
+        match parsed.kind {
+            Kind::DeployRequest if device == self.gateway => {
+                return self.deployment(crate::deploy::cloud::Message::Manifest(payload.to_vec()));
+            }
+            Kind::DeployChunk(id, index) if device == self.gateway => {
+                return self.deployment(crate::deploy::cloud::Message::Chunk {
+                    id: id.to_string(),
+                    index: index.to_string(),
+                    payload: payload.to_vec(),
+                });
+            }
+            // Our own progress reports come back through the subscription.
+            Kind::DeployResponse => return,
+            _ => {}
+        }
         let (request, reply_topic) = match parsed.kind {
             Kind::Desired => (
                 Request::Desired(payload.to_vec()),

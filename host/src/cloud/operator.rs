@@ -145,6 +145,16 @@ pub fn describe(message: &Publish) -> String {
                 Kind::Alert(a) => format!("alert {a}"),
                 Kind::ActionRequest(a) => format!("action {a} request"),
                 Kind::ActionResponse(a) => format!("action {a} response"),
+                Kind::DeployRequest => "deployment request".to_string(),
+                Kind::DeployChunk(id, i) => {
+                    return format!(
+                        "{}/{} deployment {id} chunk {i} ({} bytes)",
+                        t.gateway,
+                        t.device,
+                        message.payload.len()
+                    );
+                }
+                Kind::DeployResponse => "deployment".to_string(),
             };
             format!("{}/{} {what}: {payload}", t.gateway, t.device)
         }
@@ -279,6 +289,94 @@ pub async fn call(
         "no response from {gateway}/{device} within {} s (is the gateway online?)",
         session.timeout.as_secs()
     )
+}
+
+/// `deploy`: send a signed deployment in chunks and wait for the outcome.
+/// Returns whether the gateway deployed it.
+#[allow(clippy::too_many_arguments)]
+pub async fn deploy(
+    session: &mut Session,
+    gateway: &str,
+    app: &str,
+    component: &[u8],
+    model: Option<serde_json::Value>,
+    config: Option<Vec<(String, String)>>,
+    key: &ring::signature::Ed25519KeyPair,
+    chunk_size: u64,
+) -> anyhow::Result<bool> {
+    use crate::cloud::protocol::{DeployManifest, DeployProgress};
+    let chunk_size = chunk_size.clamp(1024, crate::deploy::cloud::MAX_CHUNK_BYTES);
+    let id = format!("d-{:016x}", super::random_u64());
+    let sha256 = crate::deploy::artifacts::digest(component);
+    let signed =
+        crate::deploy::signing::signed_bytes(&id, app, &sha256, model.as_ref(), config.as_deref());
+    let (signature, _) = crate::deploy::signing::sign(key, &signed);
+    let size = component.len() as u64;
+    let manifest = DeployManifest {
+        id: id.clone(),
+        app: app.to_string(),
+        size,
+        sha256,
+        chunk_size,
+        chunks: size.div_ceil(chunk_size),
+        model,
+        config,
+        signature,
+    };
+    let res_topic = topics::topic(gateway, gateway, "deploy/res");
+    session.subscribe(&res_topic).await?;
+    session
+        .publish(
+            &topics::topic(gateway, gateway, "deploy/req"),
+            false,
+            serde_json::to_vec(&manifest)?,
+        )
+        .await?;
+    // Wait until the gateway took the manifest before sending chunks.
+    let mut sent = false;
+    let mut deadline = session.deadline();
+    while let Some(message) = session.next(Some(deadline)).await? {
+        if message.topic != res_topic {
+            continue;
+        }
+        let Ok(progress) = serde_json::from_slice::<DeployProgress>(&message.payload) else {
+            continue;
+        };
+        if progress.id.as_deref() != Some(id.as_str()) {
+            continue;
+        }
+        match progress.stage.as_str() {
+            "receiving" if !sent => {
+                eprintln!("{id}: sending {} bytes in {} chunks", size, manifest.chunks);
+                for (i, chunk) in component.chunks(chunk_size as usize).enumerate() {
+                    session
+                        .publish(
+                            &topics::topic(gateway, gateway, &format!("deploy/{id}/chunk/{i}")),
+                            false,
+                            chunk.to_vec(),
+                        )
+                        .await?;
+                }
+                sent = true;
+                // Compiling a large component takes a while.
+                deadline =
+                    tokio::time::Instant::now() + session.timeout.max(Duration::from_secs(120));
+            }
+            "receiving" => eprintln!(
+                "{id}: {} of {} chunks received",
+                progress.received, progress.chunks
+            ),
+            "deployed" => {
+                println!("deployed: {}", progress.message.unwrap_or_default());
+                return Ok(true);
+            }
+            _ => {
+                println!("error: {}", progress.error.unwrap_or(progress.stage));
+                return Ok(false);
+            }
+        }
+    }
+    anyhow::bail!("no answer from {gateway} about deployment {id} (is the gateway online?)")
 }
 
 /// `devices`: every gateway's retained status: online or not, its apps and

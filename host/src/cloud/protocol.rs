@@ -154,3 +154,43 @@ pub struct Alert {
     pub severity: String,
     pub values: serde_json::Map<String, serde_json::Value>,
 }
+
+/// `deploy/req` (down, gateway device): a new version of an app, whose
+/// component follows in `chunks` messages on `deploy/{id}/chunk/{index}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployManifest {
+    /// Names the transfer (1 to 64 characters from A-Z a-z 0-9 _ - .).
+    pub id: String,
+    pub app: String,
+    /// Bytes of the component.
+    pub size: u64,
+    /// sha256 of the component, hex.
+    pub sha256: String,
+    pub chunk_size: u64,
+    pub chunks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Vec<(String, String)>>,
+    /// ed25519 over the bytes `deploy::signing::signed_bytes` gives, hex.
+    pub signature: String,
+}
+
+/// `deploy/res` (up, gateway device): how a deployment is going.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeployProgress {
+    /// The manifest's id; absent if the manifest could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `receiving`, `deployed` or `failed`.
+    pub stage: String,
+    #[serde(default)]
+    pub received: u64,
+    #[serde(default)]
+    pub chunks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

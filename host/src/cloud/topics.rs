@@ -12,10 +12,11 @@ pub fn topic(gateway: &str, device: &str, suffix: &str) -> String {
 
 /// The topics a gateway subscribes to: desired changes and action requests
 /// for any of its devices.
-pub fn downlink_filters(gateway: &str) -> [String; 2] {
+pub fn downlink_filters(gateway: &str) -> [String; 3] {
     [
         format!("{ROOT}/{gateway}/+/twin/desired"),
         format!("{ROOT}/{gateway}/+/action/+/req"),
+        format!("{ROOT}/{gateway}/{gateway}/deploy/#"),
     ]
 }
 
@@ -38,6 +39,10 @@ pub enum Kind<'a> {
     Alert(&'a str),
     ActionRequest(&'a str),
     ActionResponse(&'a str),
+    DeployRequest,
+    /// A chunk of a deployment: its id and index.
+    DeployChunk(&'a str, &'a str),
+    DeployResponse,
 }
 
 /// Parse a protocol topic; `None` for anything that is not one.
@@ -56,6 +61,9 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["alert", name] if !name.is_empty() => Kind::Alert(name),
         ["action", name, "req"] if !name.is_empty() => Kind::ActionRequest(name),
         ["action", name, "res"] if !name.is_empty() => Kind::ActionResponse(name),
+        ["deploy", "req"] => Kind::DeployRequest,
+        ["deploy", "res"] => Kind::DeployResponse,
+        ["deploy", id, "chunk", index] if !id.is_empty() => Kind::DeployChunk(id, index),
         _ => return None,
     };
     Some(Parsed {
@@ -99,5 +107,9 @@ mod tests {
             assert_eq!(parse(junk), None, "{junk}");
         }
         assert_eq!(downlink_filters("gw")[1], "wg/v1/gw/+/action/+/req");
+        assert_eq!(
+            parse("wg/v1/gw/gw/deploy/d1/chunk/3").map(|p| p.kind),
+            Some(Kind::DeployChunk("d1", "3"))
+        );
     }
 }

@@ -12,7 +12,9 @@
 
 pub mod admin;
 pub mod artifacts;
+pub mod cloud;
 pub mod registry;
+pub mod signing;
 pub mod watch;
 
 use anyhow::Context as _;

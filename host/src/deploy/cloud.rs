@@ -1,0 +1,263 @@
+//! Deployments from the cloud: a signed manifest on `deploy/req`, the
+//! component in chunks on `deploy/{id}/chunk/{index}`, progress and outcome
+//! on `deploy/res` (see docs/protocol.md).
+//!
+//! The manifest's signature is checked against the trusted keys before a
+//! single chunk is taken, so an unsigned or badly signed deployment costs
+//! nothing but its refusal. Chunks are held in memory (the component is at
+//! most 64 MiB); once all have arrived, the sha256 of the whole must match
+//! the signed one, so a changed, missing or extra byte anywhere is refused.
+//! Then it is deployed like any other version.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{DeployClient, DeployRequest, MAX_ARTIFACT_BYTES, signing};
+use crate::cloud::downlink::Reply;
+use crate::cloud::protocol::{DeployManifest, DeployProgress};
+use crate::cloud::topics;
+use crate::model::check_name;
+
+/// The largest chunk taken.
+pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
+
+/// A transfer that stops receiving chunks for this long is dropped.
+const STALE: Duration = Duration::from_secs(600);
+
+/// What the downlink hands over.
+pub enum Message {
+    Manifest(Vec<u8>),
+    Chunk {
+        id: String,
+        index: String,
+        payload: Vec<u8>,
+    },
+}
+
+struct Transfer {
+    manifest: DeployManifest,
+    chunks: Vec<Option<Vec<u8>>>,
+    received: u64,
+    touched: Instant,
+}
+
+/// Start the handler; the returned sender is for the downlink.
+pub fn spawn(
+    gateway: String,
+    trusted: Vec<[u8; 32]>,
+    deploy: DeployClient,
+    replies: mpsc::Sender<Reply>,
+    cancel: CancellationToken,
+) -> mpsc::Sender<Message> {
+    let (tx, rx) = mpsc::channel(64);
+    let handler = Handler {
+        gateway,
+        trusted,
+        deploy,
+        replies,
+        transfers: HashMap::new(),
+    };
+    tokio::spawn(handler.run(rx, cancel));
+    tx
+}
+
+struct Handler {
+    gateway: String,
+    trusted: Vec<[u8; 32]>,
+    deploy: DeployClient,
+    replies: mpsc::Sender<Reply>,
+    transfers: HashMap<String, Transfer>,
+}
+
+impl Handler {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>, cancel: CancellationToken) {
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => return,
+                m = rx.recv() => match m { Some(m) => m, None => return },
+            };
+            self.transfers.retain(|id, t| {
+                let stale = t.touched.elapsed() > STALE;
+                if stale {
+                    tracing::warn!(deployment = %id, "dropping a cloud deployment that stopped receiving chunks");
+                }
+                !stale
+            });
+            match message {
+                Message::Manifest(payload) => self.manifest(&payload).await,
+                Message::Chunk { id, index, payload } => self.chunk(id, &index, payload).await,
+            }
+        }
+    }
+
+    async fn report(&self, progress: DeployProgress) {
+        let reply = Reply {
+            topic: topics::topic(&self.gateway, &self.gateway, "deploy/res"),
+            payload: serde_json::to_vec(&progress).unwrap_or_default(),
+        };
+        let _ = self.replies.send(reply).await;
+    }
+
+    async fn fail(&self, id: Option<String>, error: String) {
+        tracing::warn!(
+            deployment = id.as_deref().unwrap_or("?"),
+            "cloud deployment refused: {error}"
+        );
+        self.report(DeployProgress {
+            id,
+            stage: "failed".into(),
+            error: Some(error),
+            ..DeployProgress::default()
+        })
+        .await;
+    }
+
+    async fn manifest(&mut self, payload: &[u8]) {
+        let manifest: DeployManifest = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                let id = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("id")?.as_str().map(str::to_string));
+                return self
+                    .fail(id, format!("malformed deployment request: {e}"))
+                    .await;
+            }
+        };
+        let id = Some(manifest.id.clone());
+        if let Err(m) = check_name(&manifest.id).and_then(|()| check_name(&manifest.app)) {
+            return self.fail(id, m).await;
+        }
+        let sized = manifest.size > 0
+            && manifest.size <= MAX_ARTIFACT_BYTES as u64
+            && (1..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
+            && manifest.chunks == manifest.size.div_ceil(manifest.chunk_size);
+        if !sized {
+            return self
+                .fail(
+                    id,
+                    format!(
+                        "size {} in {} chunks of {} bytes does not add up (at most {} MiB, chunks of at most {} KiB)",
+                        manifest.size,
+                        manifest.chunks,
+                        manifest.chunk_size,
+                        MAX_ARTIFACT_BYTES >> 20,
+                        MAX_CHUNK_BYTES >> 10
+                    ),
+                )
+                .await;
+        }
+        let signed = signing::signed_bytes(
+            &manifest.id,
+            &manifest.app,
+            &manifest.sha256,
+            manifest.model.as_ref(),
+            manifest.config.as_deref(),
+        );
+        if let Err(e) = signing::verify(&self.trusted, &signed, &manifest.signature) {
+            return self.fail(id, e).await;
+        }
+        tracing::info!(deployment = %manifest.id, app = %manifest.app, bytes = manifest.size, "cloud deployment accepted; receiving");
+        let chunks = manifest.chunks;
+        self.transfers.insert(
+            manifest.id.clone(),
+            Transfer {
+                chunks: vec![None; chunks as usize],
+                manifest,
+                received: 0,
+                touched: Instant::now(),
+            },
+        );
+        self.report(DeployProgress {
+            id,
+            stage: "receiving".into(),
+            chunks,
+            ..DeployProgress::default()
+        })
+        .await;
+    }
+
+    async fn chunk(&mut self, id: String, index: &str, payload: Vec<u8>) {
+        let Some(transfer) = self.transfers.get_mut(&id) else {
+            // Unknown or already refused: nothing to do but say so.
+            return self
+                .fail(
+                    Some(id.clone()),
+                    format!("chunk {index} of an unknown deployment {id}"),
+                )
+                .await;
+        };
+        transfer.touched = Instant::now();
+        let m = &transfer.manifest;
+        let expected = |i: u64| {
+            if i + 1 == m.chunks {
+                m.size - m.chunk_size * i
+            } else {
+                m.chunk_size
+            }
+        };
+        let index: u64 = match index.parse() {
+            Ok(i) if i < m.chunks && payload.len() as u64 == expected(i) => i,
+            _ => {
+                let error = format!(
+                    "chunk {index} ({} bytes) does not fit the manifest",
+                    payload.len()
+                );
+                self.transfers.remove(&id);
+                return self.fail(Some(id), error).await;
+            }
+        };
+        if transfer.chunks[index as usize].replace(payload).is_none() {
+            transfer.received += 1;
+        }
+        let (received, chunks) = (transfer.received, transfer.manifest.chunks);
+        if received < chunks {
+            // Progress at every tenth of the way.
+            if received % (chunks / 10).max(1) == 0 {
+                self.report(DeployProgress {
+                    id: Some(id),
+                    stage: "receiving".into(),
+                    received,
+                    chunks,
+                    ..DeployProgress::default()
+                })
+                .await;
+            }
+            return;
+        }
+        let Some(transfer) = self.transfers.remove(&id) else {
+            return;
+        };
+        let component: Vec<u8> = transfer.chunks.into_iter().flatten().flatten().collect();
+        let digest = super::artifacts::digest(&component);
+        if digest != transfer.manifest.sha256 {
+            return self
+                .fail(Some(id), format!("the component's sha256 is {digest}, not the signed {}: refused as tampered or corrupt", transfer.manifest.sha256))
+                .await;
+        }
+        let request = DeployRequest {
+            app: transfer.manifest.app.clone(),
+            component,
+            model: transfer.manifest.model,
+            config: transfer.manifest.config,
+            spec: None,
+            source: "cloud".into(),
+        };
+        match self.deploy.deploy(request).await {
+            Ok(message) => {
+                self.report(DeployProgress {
+                    id: Some(id),
+                    stage: "deployed".into(),
+                    received,
+                    chunks,
+                    message: Some(message),
+                    ..DeployProgress::default()
+                })
+                .await
+            }
+            Err(error) => self.fail(Some(id), error).await,
+        }
+    }
+}
