@@ -76,6 +76,18 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArg,
     },
+    /// Precompile a component for a gateway of this wasmgate version (which
+    /// then loads it without compiling; a runtime-only build needs this).
+    #[cfg(feature = "compiler")]
+    Compile {
+        component: PathBuf,
+        /// The gateway's target triple (default: this machine's).
+        #[arg(long)]
+        target: Option<String>,
+        /// Where to write the artifact (default: COMPONENT with .cwasm).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Make an ed25519 key pair for signed deployments: NAME.key (private)
     /// and NAME.pub (public, for gateway.toml's [deploy] trusted_keys).
     Keygen { name: PathBuf },

@@ -9,7 +9,6 @@
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +31,39 @@ pub struct Runtime {
     ticker_stop: Arc<AtomicBool>,
 }
 
+/// The engine settings. `wasmgate compile` uses the same, so that its
+/// artifacts load on a gateway.
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config
+}
+
+/// Precompile a component for `target` (a target triple, e.g.
+/// `aarch64-unknown-linux-gnu`; the host's if `None`): an artifact a
+/// gateway of the same wasmgate version loads without compiling, even a
+/// runtime-only one.
+#[cfg(feature = "compiler")]
+pub fn precompile(bytes: &[u8], target: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let mut config = engine_config();
+    if let Some(target) = target {
+        config.target(target).map_err(anyhow::Error::from)?;
+    }
+    let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+    engine
+        .precompile_component(bytes)
+        .map_err(anyhow::Error::from)
+        .context("compiling the component")
+}
+
 /// How a component was made ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Compiled,
     Cache,
+    /// An artifact made by `wasmgate compile`.
+    Precompiled,
 }
 
 /// A component ready to instantiate.
@@ -51,10 +78,7 @@ pub struct Loaded {
 impl Runtime {
     /// Build the engine and linker, and start the epoch ticker.
     pub fn new(cache_dir: &Path) -> anyhow::Result<Runtime> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        let engine = Engine::new(&engine_config()).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);
         crate::wasi::add(&mut linker)?;
@@ -123,13 +147,19 @@ impl Runtime {
         }
         let (component, source) = match component {
             Some(found) => found,
-            None => {
-                let component = Component::from_binary(&self.engine, bytes)
+            None if Engine::detect_precompiled(bytes).is_some() => {
+                // SAFETY: a precompiled artifact is native code. It reaches
+                // the gateway only from its operator: gateway.toml, the admin
+                // socket (owner only) or a cloud deployment signed by a
+                // trusted key. wasmtime still checks that it was made by a
+                // compatible engine for this machine.
+                #[allow(unsafe_code)]
+                let component = unsafe { Component::deserialize(&self.engine, bytes) }
                     .map_err(anyhow::Error::from)
-                    .context("it is not a valid WebAssembly component")?;
-                self.store_in_cache(&component, &cached);
-                (component, Source::Compiled)
+                    .context("the precompiled artifact does not fit this wasmgate (another version, or another target)")?;
+                (component, Source::Precompiled)
             }
+            None => (self.compile(bytes, &cached)?, Source::Compiled),
         };
 
         let pre = self
@@ -148,7 +178,28 @@ impl Runtime {
         })
     }
 
+    #[cfg(feature = "compiler")]
+    fn compile(&self, bytes: &[u8], cached: &Path) -> anyhow::Result<Component> {
+        let component = Component::from_binary(&self.engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("it is not a valid WebAssembly component")?;
+        self.store_in_cache(&component, cached);
+        Ok(component)
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    fn compile(&self, _bytes: &[u8], _cached: &Path) -> anyhow::Result<Component> {
+        anyhow::bail!(
+            "this wasmgate is runtime-only (built without its compiler): it runs only artifacts \
+             precompiled with `wasmgate compile COMPONENT --target TRIPLE`"
+        )
+    }
+
+    /// Where the compiled form of `digest` is kept; a runtime-only build
+    /// compiles nothing, so it has no cache and finds nothing there.
+    #[cfg(feature = "compiler")]
     fn cache_path(&self, digest: &str) -> PathBuf {
+        use std::hash::{Hash as _, Hasher as _};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
@@ -157,6 +208,13 @@ impl Runtime {
             .join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
     }
 
+    #[cfg(not(feature = "compiler"))]
+    fn cache_path(&self, digest: &str) -> PathBuf {
+        self.cache_dir
+            .join(format!("{digest}-runtime-only-has-no-cache"))
+    }
+
+    #[cfg(feature = "compiler")]
     fn store_in_cache(&self, component: &Component, path: &Path) {
         let write = || -> anyhow::Result<()> {
             let bytes = component.serialize().map_err(anyhow::Error::from)?;

@@ -14,12 +14,13 @@
 //! - [`store`]: the SQLite database. [`outbox`]: durable store-and-forward.
 //! - [`cloud`]: the MQTT link, the downlink, the operator CLI, the embedded broker.
 //! - [`deploy`]: deployments (admin socket, cloud, watch), registry, hot swap.
-//! - [`gateway`]: start-up and shutdown. [`status`], [`cli`]: the CLI.
+//! - [`gateway`]: start-up and shutdown. [`status`], [`cli`], [`commands`]: the CLI.
 
 pub mod app;
 pub mod bindings;
 pub mod cli;
 pub mod cloud;
+pub mod commands;
 pub mod config;
 pub mod deploy;
 pub mod device;

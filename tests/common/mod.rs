@@ -163,7 +163,12 @@ impl Running {
 
     /// `wasmgate run --config CONFIG EXTRA...`.
     pub fn spawn_with(config: &Path, extra: &[&str]) -> Running {
-        let mut child = Command::new(binary())
+        Self::spawn_binary(&binary(), config, extra)
+    }
+
+    /// `BINARY run --config CONFIG EXTRA...` (another build of wasmgate).
+    pub fn spawn_binary(binary: &Path, config: &Path, extra: &[&str]) -> Running {
+        let mut child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
             .args(extra)

@@ -664,5 +664,10 @@ fn log_load(app: &str, source: &Source, elapsed: Duration) {
             "loaded component from the compile cache in {} ms",
             elapsed.as_millis()
         ),
+        Source::Precompiled => tracing::info!(
+            app,
+            "loaded a precompiled component in {} ms",
+            elapsed.as_millis()
+        ),
     }
 }

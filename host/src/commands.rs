@@ -1,0 +1,383 @@
+//! What the `wasmgate` binaries do: parse the command line, set up logging,
+//! run the command. It lives in the library so that the runtime-only binary
+//! (`host/runtime-only`) is the same program without the compiler.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, CloudArgs, CloudCommand, Command, TwinCommand};
+use crate::cloud::operator::{self, Session};
+use crate::config::{BrokerSettings, Config};
+use crate::deploy::admin::{self, Request};
+
+/// The whole program: what `main` of a `wasmgate` binary calls.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// RUST_LOG if set (default `info`). The embedded broker (rumqttd) logs
+/// every connection, and some ordinary disconnects as errors; it is silent
+/// unless RUST_LOG names it.
+fn log_filter() -> EnvFilter {
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let spec = spec.unwrap_or_else(|| "info".to_string());
+    let quiet_broker = !spec.contains("rumqttd");
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG={spec:?} is not a valid filter ({e}); using info");
+        EnvFilter::new("info")
+    });
+    match "rumqttd=off".parse() {
+        Ok(directive) if quiet_broker => filter.add_directive(directive),
+        _ => filter,
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Run { config, watch } => serve(Config::load(&config)?, watch).map(|()| true),
+        Command::Dev { config } => {
+            let mut config = Config::load(&config)?;
+            if config.cloud.is_none() {
+                config.cloud = Some(crate::config::CloudConfig::embedded(&config.gateway_id));
+            }
+            serve(config, true).map(|()| true)
+        }
+        Command::Deploy {
+            app,
+            component,
+            model,
+            app_config,
+            gateway,
+        } => {
+            let (bytes, model, config) =
+                deployment_parts(&component, model.as_deref(), &app_config)?;
+            admin(
+                &gateway.gateway,
+                Request::Deploy {
+                    app,
+                    component: admin::encode(&bytes),
+                    model,
+                    config,
+                },
+            )
+        }
+        #[cfg(feature = "compiler")]
+        Command::Compile {
+            component,
+            target,
+            output,
+        } => {
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            let artifact = crate::engine::precompile(&bytes, target.as_deref())?;
+            let output = output.unwrap_or_else(|| component.with_extension("cwasm"));
+            std::fs::write(&output, &artifact)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!(
+                "{}: {} bytes, for {}",
+                output.display(),
+                artifact.len(),
+                target.as_deref().unwrap_or("this machine")
+            );
+            Ok(true)
+        }
+        Command::Keygen { name } => {
+            let (seed, public) = crate::deploy::signing::generate()?;
+            let private = name.with_extension("key");
+            let public_path = name.with_extension("pub");
+            write_private(&private, &seed)?;
+            std::fs::write(&public_path, format!("{public}\n"))
+                .with_context(|| format!("writing {}", public_path.display()))?;
+            println!("private key: {} (keep it secret)", private.display());
+            println!("public key:  {} = {public}", public_path.display());
+            println!(
+                "trust it on a gateway with, in gateway.toml:\n[deploy]\ntrusted_keys = [\"{public}\"]"
+            );
+            Ok(true)
+        }
+        Command::Apps { json, gateway } => {
+            let response = admin_response(&gateway.gateway, Request::Apps)?;
+            let apps = response.apps.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else {
+                print!("{}", render_apps(&apps));
+            }
+            Ok(true)
+        }
+        Command::Rollback { app, gateway } => admin(&gateway.gateway, Request::Rollback { app }),
+        Command::Stop { app, gateway } => admin(&gateway.gateway, Request::Stop { app }),
+        Command::Start { app, gateway } => admin(&gateway.gateway, Request::Start { app }),
+        Command::Remove { app, gateway } => admin(&gateway.gateway, Request::Remove { app }),
+        Command::Cloud(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(cloud(args))
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            let status = crate::status::read(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// A component, a model file and KEY=VALUE pairs, read and checked.
+type Parts = (
+    Vec<u8>,
+    Option<serde_json::Value>,
+    Option<Vec<(String, String)>>,
+);
+
+fn deployment_parts(
+    component: &std::path::Path,
+    model: Option<&std::path::Path>,
+    pairs: &[String],
+) -> anyhow::Result<Parts> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+    let model = match model {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?,
+            )
+        }
+    };
+    let config = if pairs.is_empty() {
+        None
+    } else {
+        Some(
+            pairs
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("--config {kv:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    };
+    Ok((bytes, model, config))
+}
+
+/// Write a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
+}
+
+/// Send a request to the running gateway of `config`; print its answer.
+fn admin(config: &std::path::Path, request: Request) -> anyhow::Result<bool> {
+    let response = admin_response(config, request)?;
+    match (&response.message, &response.error) {
+        (_, Some(error)) => println!("error: {error}"),
+        (Some(message), None) => println!("{message}"),
+        (None, None) => {}
+    }
+    Ok(response.ok)
+}
+
+fn admin_response(config: &std::path::Path, request: Request) -> anyhow::Result<admin::Response> {
+    let config = Config::load(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(admin::request(
+        &admin::socket_path(&config.data_dir),
+        &request,
+    ))
+}
+
+fn render_apps(apps: &[crate::deploy::AppReport]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if apps.is_empty() {
+        return "no apps\n".into();
+    }
+    for app in apps {
+        let _ = writeln!(
+            out,
+            "{} (device {}): version {}, {}{}, {} restart(s)",
+            app.name,
+            app.device,
+            app.version,
+            app.state,
+            app.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            app.restarts
+        );
+        for v in &app.versions {
+            let _ = writeln!(
+                out,
+                "  v{:<4} {} {:<8} {}",
+                v.version,
+                &v.digest[..12.min(v.digest.len())],
+                v.source,
+                v.outcome
+            );
+        }
+    }
+    out
+}
+
+/// Run the gateway until Ctrl-C or SIGTERM.
+fn serve(config: Config, watch: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wasmgate")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        crate::gateway::run(config, shutdown, watch).await
+    })
+}
+
+/// `wasmgate cloud ...`; `Ok(false)` when the answer was an error.
+async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
+    let client_id = format!("wasmgate-cli-{:08x}", crate::cloud::random_u64() as u32);
+    let mut broker =
+        BrokerSettings::from_url(&args.broker, &client_id).map_err(anyhow::Error::msg)?;
+    broker.username = args.username;
+    broker.password = args.password;
+    broker.ca_file = args.ca;
+    broker.cert_file = args.cert;
+    broker.key_file = args.key;
+    broker
+        .check()
+        .map_err(|e| anyhow::anyhow!("--broker/--ca/--cert/--key: {e}"))?;
+    // Check the arguments before going to the network.
+    match &args.command {
+        CloudCommand::Twin {
+            command: TwinCommand::Get { target } | TwinCommand::Set { target, .. },
+        }
+        | CloudCommand::Call { target, .. } => {
+            operator::split_target(target)?;
+        }
+        CloudCommand::Watch { .. } | CloudCommand::Devices | CloudCommand::Deploy { .. } => {}
+    }
+    let mut session =
+        Session::connect(&broker, std::time::Duration::from_secs(args.timeout)).await?;
+    match args.command {
+        CloudCommand::Watch { gateway } => operator::watch(&mut session, gateway.as_deref())
+            .await
+            .map(|()| true),
+        CloudCommand::Devices => operator::devices(&mut session).await.map(|()| true),
+        CloudCommand::Twin {
+            command: TwinCommand::Get { target },
+        } => {
+            let (gateway, device) = operator::split_target(&target)?;
+            operator::twin_get(&mut session, gateway, device)
+                .await
+                .map(|()| true)
+        }
+        CloudCommand::Twin {
+            command: TwinCommand::Set { target, values },
+        } => {
+            let (gateway, device) = operator::split_target(&target)?;
+            operator::twin_set(&mut session, gateway, device, &values).await
+        }
+        CloudCommand::Deploy {
+            gateway,
+            app,
+            component,
+            key,
+            model,
+            app_config,
+            chunk_kib,
+        } => {
+            let (bytes, model, config) =
+                deployment_parts(&component, model.as_deref(), &app_config)?;
+            let key = crate::deploy::signing::load_key(&key)?;
+            operator::deploy(
+                &mut session,
+                &gateway,
+                &app,
+                &bytes,
+                model,
+                config,
+                &key,
+                chunk_kib << 10,
+            )
+            .await
+        }
+        CloudCommand::Call {
+            target,
+            action,
+            argument,
+        } => {
+            let (gateway, device) = operator::split_target(&target)?;
+            operator::call(&mut session, gateway, device, &action, argument.as_deref()).await
+        }
+    }
+}
+
+/// Cancel `shutdown` on Ctrl-C or SIGTERM.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}

@@ -1,0 +1,83 @@
+//! The runtime-only build (`--no-default-features`: no compiler) runs an
+//! artifact precompiled with `wasmgate compile`, and refuses a plain
+//! component with a message that says what to do.
+
+mod common;
+
+use common::{Gateway, guest, model, root, run_to_end, wasmgate};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Build the runtime-only binary (once per test run). It is its own
+/// package, built on its own so that cargo does not unify the compiler back
+/// in; it shares the target directory, so only what depends on wasmtime is
+/// built again.
+fn runtime_only() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .current_dir(root())
+                .args(["build", "--quiet", "-p", "wasmgate-runtime-only"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building wasmgate-runtime-only failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root().join("target"));
+            target.join("debug/wasmgate-runtime-only")
+        })
+        .clone()
+}
+
+#[test]
+fn the_runtime_only_build_runs_a_precompiled_artifact_and_refuses_a_plain_component() {
+    let gw = Gateway::new();
+    let artifact = gw.dir.path().join("app.cwasm");
+    let (ok, out, err) = wasmgate(&[
+        "compile",
+        guest("storage-roundtrip").to_str().expect("path"),
+        "--output",
+        artifact.to_str().expect("path"),
+    ]);
+    assert!(ok && out.contains("for this machine"), "{out}{err}");
+
+    let gw = gw.app(
+        "counter",
+        &artifact,
+        &model("counter"),
+        "tick_interval_ms = 50",
+    );
+    gw.write_config();
+    let binary = runtime_only();
+    let mut run = common::Running::spawn_binary(&binary, &gw.config_path(), &[]);
+    run.wait_for("loaded a precompiled component", Duration::from_secs(60));
+    run.wait_for("counter=3 roundtrip=true", Duration::from_secs(30));
+    assert!(run.stop().success());
+
+    // A plain component needs a compiler.
+    let plain = Gateway::new().app(
+        "counter",
+        &guest("storage-roundtrip"),
+        &model("counter"),
+        "",
+    );
+    plain.write_config();
+    let out = Command::new(&binary)
+        .args(["run", "--config"])
+        .arg(plain.config_path())
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("runtime-only") && err.contains("wasmgate compile"),
+        "{err}"
+    );
+
+    // The full build loads the same artifact too.
+    let (ok, _, err) = run_to_end(&["status", "--config"], &gw.config_path());
+    assert!(ok, "{err}");
+}
