@@ -43,6 +43,14 @@ fn main() {
         ),
     ]);
 
+    let (p50, p99, gap, lost, swaps) = hot_swaps(20);
+    rows.push([
+        "P5".into(),
+        format!("hot swap under a stream of actions (1 per ms), {swaps} swaps"),
+        format!("swap pause p50 {p50:.0} µs, p99 {p99:.0} µs; longest gap between answers {gap:.1} ms; {lost} events lost"),
+        "—".into(),
+    ]);
+
     println!("\n| id | what | wasmgate | baseline (same run) |\n|---|---|---|---|");
     for [id, what, figure, base] in rows {
         println!("| {id} | {what} | {figure} | {base} |");
@@ -312,4 +320,98 @@ impl PointCounter {
     fn messages(&self) -> u64 {
         self.messages.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// Swap an app `count` times while a client sends it an action every
+/// millisecond: the swap pauses the actor logs, the longest gap between two
+/// answers the client saw, and how many requests went unanswered.
+fn hot_swaps(count: usize) -> (f64, f64, f64, u64, usize) {
+    use std::sync::{Arc, Mutex};
+    let broker = Mosquitto::start("");
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section("[deploy]\nprobation_s = 1\n")
+        .app(
+            "counter",
+            &guest("swap-counter"),
+            &root().join("tests/models/swap.json"),
+            "tick_interval_ms = 20\n[app.config]\ngeneration = \"a\"",
+        );
+    let mut run = gw.start();
+    run.wait_for("connected to the broker", Duration::from_secs(60));
+
+    // Answers, with when they arrived.
+    let answers: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let options = wasmgate::cloud::mqtt_options(&broker.settings("bench-client"), true).expect("options");
+    let (client, mut connection) = rumqttc::Client::new(options, 1024);
+    client.subscribe("wg/v1/test-gw/counter/action/seq/res", rumqttc::QoS::AtLeastOnce).expect("subscribe");
+    {
+        let answers = answers.clone();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event
+                    && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                    && let Some(id) = json["id"].as_str().and_then(|i| i.parse().ok())
+                {
+                    answers.lock().expect("lock").push((id, Instant::now()));
+                }
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let (client, running) = (client.clone(), running.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = serde_json::json!({"id": i.to_string(), "argument": i}).to_string();
+                client
+                    .publish("wg/v1/test-gw/counter/action/seq/req", rumqttc::QoS::AtLeastOnce, false, body)
+                    .expect("publish");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            i
+        })
+    };
+    let config = gw.config_path();
+    for k in 0..count {
+        std::thread::sleep(Duration::from_millis(300));
+        let generation = format!("generation={}", if k % 2 == 0 { "b" } else { "a" });
+        let (ok, out, err) = common::wasmgate(&[
+            "deploy",
+            "counter",
+            guest("swap-counter").to_str().expect("path"),
+            "--config",
+            &generation,
+            "--gateway",
+            config.to_str().expect("path"),
+        ]);
+        assert!(ok, "{out}{err}");
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().expect("sender");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (answers.lock().expect("lock").len() as u64) < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.stop();
+
+    let answers = answers.lock().expect("lock").clone();
+    let unique: std::collections::HashSet<u64> = answers.iter().map(|(id, _)| *id).collect();
+    let lost = sent.saturating_sub(unique.len() as u64);
+    let gap = answers
+        .windows(2)
+        .map(|w| w[1].1.duration_since(w[0].1).as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
+    let mut pauses: Vec<f64> = run
+        .lines()
+        .iter()
+        .filter_map(|l| l.split("hot swap done in ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    pauses.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| pauses.get(((pauses.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    eprintln!("hot swap: {} swaps, pauses {pauses:?} µs, longest answer gap {gap:.1} ms, {lost} of {sent} lost", pauses.len());
+    (at(0.5), at(0.99), gap, lost, pauses.len())
 }
