@@ -22,18 +22,8 @@ fn recorder(extra: &str) -> Gateway {
 
 /// The `n` of every telemetry point in the outbox, in order.
 fn stored(gw: &Gateway) -> Vec<i64> {
-    let db = gw.db();
-    let mut stmt = db
-        .prepare("SELECT payload FROM outbox WHERE kind = 'telemetry' ORDER BY seq")
-        .expect("query");
-    let payloads: Vec<Vec<u8>> = stmt
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
-    payloads
+    gw.outbox_points(None)
         .iter()
-        .flat_map(|p| serde_json::from_slice::<Vec<Value>>(p).expect("json"))
         .map(|p| p["values"]["n"].as_i64().expect("n"))
         .collect()
 }
@@ -263,16 +253,7 @@ fn replay(
     run.wait_for("replayed", T);
     assert!(run.stop().success());
 
-    let db = gw.db();
-    let rows = |kind: &str| -> Vec<Value> {
-        let mut stmt = db
-            .prepare("SELECT payload FROM outbox WHERE kind = ?1 ORDER BY seq")
-            .expect("query");
-        stmt.query_map([kind], |r| r.get::<_, Vec<u8>>(0))
-            .expect("rows")
-            .map(|p| serde_json::from_slice(&p.expect("row")).expect("json"))
-            .collect()
-    };
+    let rows = |kind: &str| gw.outbox_rows(kind, None);
     let points = rows("telemetry")
         .iter()
         .flat_map(|batch| batch.as_array().expect("array").clone())

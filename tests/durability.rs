@@ -149,22 +149,11 @@ fn every_point_within_the_promise_survives_repeated_kill_9() {
         "out of order or duplicated beyond batch ids"
     );
     // For the report: what is still in the outbox.
-    let left: Vec<i64> = {
-        let db = gw.db();
-        let mut stmt = db
-            .prepare("SELECT payload FROM outbox WHERE kind = 'telemetry' ORDER BY seq")
-            .expect("query");
-        let payloads: Vec<Vec<u8>> = stmt
-            .query_map([], |r| r.get(0))
-            .expect("rows")
-            .collect::<Result<_, _>>()
-            .expect("rows");
-        payloads
-            .iter()
-            .flat_map(|p| serde_json::from_slice::<Vec<Value>>(p).expect("json"))
-            .map(|p| p["values"]["n"].as_i64().expect("n"))
-            .collect()
-    };
+    let left: Vec<i64> = gw
+        .outbox_points(None)
+        .iter()
+        .map(|p| p["values"]["n"].as_i64().expect("n"))
+        .collect();
     eprintln!(
         "{} points still in the outbox; delivered {} distinct",
         left.len(),

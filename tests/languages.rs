@@ -77,20 +77,8 @@ fn tick_line(line: &str) -> Option<(i64, f64, bool)> {
 
 /// The climate points (temperature, humidity) in the gateway's outbox, in order.
 fn outbox_points(gw: &Gateway) -> Vec<(f64, f64)> {
-    let db = gw.db();
-    let mut stmt = db
-        .prepare(
-            "SELECT payload FROM outbox WHERE kind = 'telemetry' AND name = 'climate' ORDER BY seq",
-        )
-        .expect("query");
-    let payloads: Vec<Vec<u8>> = stmt
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("payloads");
-    payloads
+    gw.outbox_points(Some("climate"))
         .iter()
-        .flat_map(|p| serde_json::from_slice::<Vec<Value>>(p).expect("a batch is a JSON array"))
         .map(|p| point(&p["values"]))
         .collect()
 }

@@ -21,31 +21,14 @@ fn counter_gateway() -> Gateway {
 
 /// Every point the guest recorded, in outbox order, as the `n` field.
 fn recorded_counts(gw: &Gateway) -> Vec<i64> {
-    let db = gw.db();
-    let mut stmt = db
-        .prepare("SELECT payload FROM outbox WHERE kind = 'telemetry' AND device = 'counter' AND name = 'count' ORDER BY seq")
-        .expect("query");
-    let payloads: Vec<Vec<u8>> = stmt
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("payloads");
-    payloads
+    gw.outbox_points(Some("count"))
         .iter()
-        .flat_map(|p| {
-            let points: serde_json::Value = serde_json::from_slice(p).expect("payload is JSON");
-            points
-                .as_array()
-                .expect("a batch is an array of points")
-                .iter()
-                .map(|point| {
-                    assert!(
-                        point["time"].as_u64().expect("time") > 1_600_000_000_000_000_000,
-                        "time is in ns"
-                    );
-                    point["values"]["n"].as_i64().expect("n")
-                })
-                .collect::<Vec<_>>()
+        .map(|point| {
+            assert!(
+                point["time"].as_u64().expect("time") > 1_600_000_000_000_000_000,
+                "time is in ns"
+            );
+            point["values"]["n"].as_i64().expect("n")
         })
         .collect()
 }
@@ -80,17 +63,10 @@ fn ticks_produce_outbox_entries_with_the_right_values() {
     assert_eq!(reported(&gw, "counter", "counter"), Some(last.to_string()));
 
     // One twin report per tick, with increasing versions.
-    let db = gw.db();
-    let mut stmt = db
-        .prepare(
-            "SELECT payload FROM outbox WHERE kind = 'twin' AND device = 'counter' ORDER BY seq",
-        )
-        .expect("query");
-    let versions: Vec<i64> = stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .expect("rows")
-        .map(|p| {
-            let json: serde_json::Value = serde_json::from_slice(&p.expect("row")).expect("json");
+    let versions: Vec<i64> = gw
+        .outbox_rows("twin", None)
+        .iter()
+        .map(|json| {
             assert!(json["attributes"]["counter"].is_i64());
             json["version"].as_i64().expect("version")
         })
@@ -172,20 +148,7 @@ fn the_thermostat_example_records_reports_and_alerts() {
     run.wait_for("tick 40:", Duration::from_secs(30));
     assert!(run.stop().success());
 
-    let db = gw.db();
-    let payloads: Vec<Vec<u8>> = db
-        .prepare(
-            "SELECT payload FROM outbox WHERE kind = 'telemetry' AND name = 'climate' ORDER BY seq",
-        )
-        .expect("query")
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("payloads");
-    let points: Vec<serde_json::Value> = payloads
-        .iter()
-        .flat_map(|p| serde_json::from_slice::<Vec<serde_json::Value>>(p).expect("json"))
-        .collect();
+    let points = gw.outbox_points(Some("climate"));
     assert!(points.len() >= 40, "a point per tick: {}", points.len());
     for p in &points {
         let t = p["values"]["temperature"].as_f64().expect("temperature");
@@ -196,14 +159,8 @@ fn the_thermostat_example_records_reports_and_alerts() {
         );
     }
     // Heating from 19 °C towards 21 °C passes 20 °C: the overheat alert fires.
-    let alerts: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM outbox WHERE kind = 'alert' AND name = 'overheat'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("alerts");
-    assert!(alerts > 0, "overheat alerts raised");
+    let alerts = gw.outbox_rows("alert", Some("overheat"));
+    assert!(!alerts.is_empty(), "overheat alerts raised");
     let heating = reported(&gw, "thermostat", "heating").expect("heating reported");
     assert!(heating == "true" || heating == "false");
     assert_eq!(

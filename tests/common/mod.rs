@@ -132,6 +132,37 @@ impl Gateway {
         conn
     }
 
+    /// Every payload of `kind` in the outbox (with `name`, if given), in
+    /// order, as JSON.
+    pub fn outbox_rows(&self, kind: &str, name: Option<&str>) -> Vec<serde_json::Value> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT payload FROM outbox WHERE kind = ?1 AND (?2 IS NULL OR name = ?2) ORDER BY seq")
+            .expect("query the outbox");
+        let payloads: Vec<Vec<u8>> = stmt
+            .query_map(rusqlite::params![kind, name], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("payloads");
+        payloads
+            .iter()
+            .map(|p| serde_json::from_slice(p).expect("an outbox payload is JSON"))
+            .collect()
+    }
+
+    /// Every telemetry point in the outbox (of `series`, if given), in order.
+    pub fn outbox_points(&self, series: Option<&str>) -> Vec<serde_json::Value> {
+        self.outbox_rows("telemetry", series)
+            .into_iter()
+            .flat_map(|batch| {
+                batch
+                    .as_array()
+                    .expect("a batch is an array of points")
+                    .clone()
+            })
+            .collect()
+    }
+
     /// `wasmgate status --json` as JSON.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(binary())
