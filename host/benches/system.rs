@@ -342,9 +342,15 @@ fn hot_swaps(count: usize) -> (f64, f64, f64, u64, usize) {
 
     // Answers, with when they arrived.
     let answers: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
-    let options = wasmgate::cloud::mqtt_options(&broker.settings("bench-client"), true).expect("options");
+    let options =
+        wasmgate::cloud::mqtt_options(&broker.settings("bench-client"), true).expect("options");
     let (client, mut connection) = rumqttc::Client::new(options, 1024);
-    client.subscribe("wg/v1/test-gw/counter/action/seq/res", rumqttc::QoS::AtLeastOnce).expect("subscribe");
+    client
+        .subscribe(
+            "wg/v1/test-gw/counter/action/seq/res",
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .expect("subscribe");
     {
         let answers = answers.clone();
         std::thread::spawn(move || {
@@ -368,7 +374,12 @@ fn hot_swaps(count: usize) -> (f64, f64, f64, u64, usize) {
                 i += 1;
                 let body = serde_json::json!({"id": i.to_string(), "argument": i}).to_string();
                 client
-                    .publish("wg/v1/test-gw/counter/action/seq/req", rumqttc::QoS::AtLeastOnce, false, body)
+                    .publish(
+                        "wg/v1/test-gw/counter/action/seq/req",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        body,
+                    )
                     .expect("publish");
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -408,10 +419,25 @@ fn hot_swaps(count: usize) -> (f64, f64, f64, u64, usize) {
     let mut pauses: Vec<f64> = run
         .lines()
         .iter()
-        .filter_map(|l| l.split("hot swap done in ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("hot swap done in ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     pauses.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| pauses.get(((pauses.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
-    eprintln!("hot swap: {} swaps, pauses {pauses:?} µs, longest answer gap {gap:.1} ms, {lost} of {sent} lost", pauses.len());
+    let at = |q: f64| {
+        pauses
+            .get(((pauses.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "hot swap: {} swaps, pauses {pauses:?} µs, longest answer gap {gap:.1} ms, {lost} of {sent} lost",
+        pauses.len()
+    );
     (at(0.5), at(0.99), gap, lost, pauses.len())
 }
