@@ -18,6 +18,14 @@ fn main() {
     let runs = if quick { 1 } else { 3 };
     let mut rows: Vec<[String; 4]> = Vec::new();
 
+    let (tick, desired, bare_tick, bare_desired) = dispatch(20_000);
+    rows.push([
+        "P1".into(),
+        "event dispatch host → guest: `on-tick` / `on-desired` (one change) of a guest that does nothing, per event".into(),
+        format!("{:.2} µs / {:.2} µs", micros(tick), micros(desired)),
+        format!("bare wasmtime typed call of the same exports: {:.2} µs / {:.2} µs", micros(bare_tick), micros(bare_desired)),
+    ]);
+
     let total = 2_000_000u64;
     let ingest = median(runs, || ingest(total));
     let sqlite = median(runs, || sqlite_baseline(total));
@@ -43,6 +51,41 @@ fn main() {
         ),
     ]);
 
+    let paho = paho_baseline(20_000);
+    rows.push([
+        "P2b".into(),
+        "the device-SDK way: every point its own QoS 1 publish".into(),
+        format!("{} points/s (P2 above)", thousands(ingest)),
+        match paho {
+            Ok(rate) => format!("Python paho-mqtt, one QoS 1 publish per point to the same Mosquitto: {} points/s ({:.0}× less)", thousands(rate), ingest / rate),
+            Err(e) => format!("not measured: {e}"),
+        },
+    ]);
+
+    let (cold, warm, started, bare_instantiate) = cold_start(10);
+    rows.push([
+        "P4".into(),
+        "cold start: 10 apps, process start to every app's first tick; per app instantiate + init".into(),
+        format!("no cache {cold:.0} ms, with the compile cache {warm:.0} ms; instantiate + init {started:.2} ms per app"),
+        format!("wasmtime `InstancePre` instantiation of the same component: {:.3} ms", micros(bare_instantiate) / 1000.0),
+    ]);
+
+    let (rss1, rss10, size, runtime_only) = footprint();
+    rows.push([
+        "P6".into(),
+        "resident memory idle (1 app / 10 apps); binary size (release, stripped: default / runtime-only)".into(),
+        format!("{rss1:.1} MiB / {rss10:.1} MiB; {size:.1} MiB / {runtime_only}"),
+        "—".into(),
+    ]);
+
+    let (p50, p99, echo50, echo99) = round_trips(1000);
+    rows.push([
+        "P7".into(),
+        "action round trip through a local Mosquitto (request → `on-action` → response), 1000 sequential".into(),
+        format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        format!("plain MQTT request/response echo through the same broker: p50 {echo50:.2} ms, p99 {echo99:.2} ms"),
+    ]);
+
     let (p50, p99, gap, lost, swaps) = hot_swaps(20);
     rows.push([
         "P5".into(),
@@ -55,6 +98,10 @@ fn main() {
     for [id, what, figure, base] in rows {
         println!("| {id} | {what} | {figure} | {base} |");
     }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
@@ -440,4 +487,412 @@ fn hot_swaps(count: usize) -> (f64, f64, f64, u64, usize) {
         pauses.len()
     );
     (at(0.5), at(0.99), gap, lost, pauses.len())
+}
+
+/// A store for bare wasmtime: WASI and nothing else.
+struct Bare {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for Bare {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn bare_engine() -> wasmtime::Engine {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    wasmtime::Engine::new(&config).expect("engine")
+}
+
+/// A bare instance of `component`: WASI linked, every wasmgate import a trap.
+async fn bare_instance(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> (
+    wasmtime::Store<Bare>,
+    wasmgate::bindings::App,
+    wasmtime::component::InstancePre<Bare>,
+) {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+    linker
+        .define_unknown_imports_as_traps(component)
+        .expect("traps");
+    let pre = linker.instantiate_pre(component).expect("pre");
+    let mut store = wasmtime::Store::new(
+        engine,
+        Bare {
+            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            table: Default::default(),
+        },
+    );
+    store.set_epoch_deadline(u64::MAX);
+    let app = wasmgate::bindings::App::instantiate_async(&mut store, component, &linker)
+        .await
+        .expect("instantiate");
+    (store, app, pre)
+}
+
+/// P1: the actor's call path against a bare typed call, `n` events each.
+fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = wasmgate::store::Database::new(dir.path().join("b.db"), None);
+        let conn = db.open().expect("db");
+        wasmgate::store::migrate(&conn).expect("migrate");
+        let usage = std::sync::Arc::new(wasmgate::outbox::Usage::load(&conn, Default::default()).expect("usage"));
+        let ingest = wasmgate::outbox::Ingest::start(&db, usage.clone(), Default::default()).expect("ingest");
+        let shared = wasmgate::app::AppShared {
+            db,
+            usage,
+            ingest: ingest.sender(),
+            outbox_signal: Default::default(),
+            status_signal: Default::default(),
+        };
+        let wasm = guest("bench-noop");
+        let engine_runtime = wasmgate::engine::Runtime::new(&dir.path().join("cache")).expect("runtime");
+        let loaded = engine_runtime.load(&wasm).expect("load");
+        let model = std::fs::read_to_string(root().join("tests/models/noop.json")).expect("model");
+        let config = wasmgate::config::Config::parse(
+            &dir.path().join("gateway.toml"),
+            &format!("[gateway]\nid = \"b\"\n[[app]]\nname = \"noop\"\ncomponent = \"{}\"\nmodel = \"m.json\"\n", wasm.display()),
+        )
+        .expect("config");
+        let version = wasmgate::app::AppVersion {
+            config: config.apps[0].clone(),
+            model: std::sync::Arc::new(wasmgate::model::DeviceModel::parse(&model).expect("model")),
+            pre: loaded.pre,
+            digest: loaded.digest,
+            number: 1,
+        };
+        let files = dir.path().join("files");
+        std::fs::create_dir_all(&files).expect("files");
+        // Warm up, then measure.
+        wasmgate::app::time_dispatch(version.clone(), shared.clone(), files.clone(), n / 10).await.expect("warm-up");
+        let (tick, desired) = wasmgate::app::time_dispatch(version, shared, files, n).await.expect("dispatch");
+
+        let engine = bare_engine();
+        let component = wasmtime::component::Component::from_file(&engine, &wasm).expect("component");
+        let (mut store, app, _) = bare_instance(&engine, &component).await;
+        app.call_init(&mut store, &[], None).await.expect("call").expect("init");
+        let changes = vec![("level".to_string(), wasmgate::bindings::wasmgate::device::types::Value::Integer(1))];
+        for _ in 0..n / 10 {
+            app.call_on_tick(&mut store, 1).await.expect("tick");
+        }
+        let started = Instant::now();
+        for _ in 0..n {
+            app.call_on_tick(&mut store, 1).await.expect("tick");
+        }
+        let bare_tick = started.elapsed() / n;
+        let started = Instant::now();
+        for _ in 0..n {
+            let _ = app.call_on_desired(&mut store, "bench", &changes).await.expect("desired");
+        }
+        let bare_desired = started.elapsed() / n;
+        ingest.shutdown();
+        eprintln!("dispatch: on-tick {tick:?} (bare {bare_tick:?}), on-desired {desired:?} (bare {bare_desired:?})");
+        (tick, desired, bare_tick, bare_desired)
+    })
+}
+
+/// P2's baseline: a Python paho-mqtt client publishing each point at QoS 1.
+fn paho_baseline(points: u64) -> Result<f64, String> {
+    let venv = root().join("target/bench-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !ok.success() {
+            return Err("python3 -m venv failed".into());
+        }
+    }
+    let installed = std::process::Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(root().join("host/benches/requirements.txt"))
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !installed.success() {
+        return Err("pip install paho-mqtt failed".into());
+    }
+    let broker = Mosquitto::start("");
+    let out = std::process::Command::new(&python)
+        .arg(root().join("host/benches/paho_publish.py"))
+        .args(["127.0.0.1", &broker.port.to_string(), &points.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate: f64 = text.trim().parse().map_err(|_| {
+        format!(
+            "paho script said {text:?} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    eprintln!("paho-mqtt: {rate:.0} points/s");
+    Ok(rate)
+}
+
+fn ten_apps(n: usize) -> Gateway {
+    let mut gw = Gateway::new();
+    for i in 0..n {
+        gw = gw.app(
+            &format!("app{i}"),
+            &guest("storage-roundtrip"),
+            &root().join("tests/models/counter.json"),
+            "tick_interval_ms = 10",
+        );
+    }
+    gw
+}
+
+/// P4: from process start until every app has ticked, with a fresh data
+/// directory and again with its compile cache; and instantiation alone.
+fn cold_start(apps: usize) -> (f64, f64, f64, Duration) {
+    let first_ticks = |run: &mut common::Running| {
+        run.wait_until(
+            Duration::from_secs(120),
+            "every app's first tick",
+            |lines| {
+                let ticked = lines
+                    .iter()
+                    .filter(|l| l.contains("counter=1 roundtrip="))
+                    .count();
+                (ticked >= apps).then_some(())
+            },
+        );
+    };
+    let mut colds = Vec::new();
+    let mut warms = Vec::new();
+    let mut starts = Vec::new();
+    for _ in 0..3 {
+        let gw = ten_apps(apps);
+        let t = Instant::now();
+        let mut run = gw.start();
+        first_ticks(&mut run);
+        colds.push(t.elapsed().as_secs_f64() * 1000.0);
+        run.stop();
+        // The counters are in storage now: wipe them so "counter=1" comes again.
+        gw.db().execute("DELETE FROM kv", []).expect("reset");
+        let t = Instant::now();
+        let mut run = gw.start();
+        first_ticks(&mut run);
+        warms.push(t.elapsed().as_secs_f64() * 1000.0);
+        starts.extend(run.lines().iter().filter_map(|l| {
+            l.split("app started in ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        }));
+        run.stop();
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let bare = runtime.block_on(async {
+        let engine = bare_engine();
+        let component =
+            wasmtime::component::Component::from_file(&engine, guest("storage-roundtrip"))
+                .expect("component");
+        let (_, _, pre) = bare_instance(&engine, &component).await;
+        let n = 200u32;
+        let started = Instant::now();
+        for _ in 0..n {
+            let mut store = wasmtime::Store::new(
+                &engine,
+                Bare {
+                    wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                    table: Default::default(),
+                },
+            );
+            store.set_epoch_deadline(u64::MAX);
+            pre.instantiate_async(&mut store)
+                .await
+                .expect("instantiate");
+        }
+        started.elapsed() / n
+    });
+    let (cold, warm, started) = (med(colds), med(warms), med(starts));
+    eprintln!(
+        "cold start: {cold:.0} ms, warm {warm:.0} ms, app started {started:.2} ms, bare instantiate {bare:?}"
+    );
+    (cold, warm, started, bare)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// P6: resident memory of an idle gateway with 1 and 10 apps; binary sizes.
+fn footprint() -> (f64, f64, f64, String) {
+    let idle = |apps: usize| {
+        let gw = ten_apps(apps).section("");
+        let mut run = gw.start();
+        run.wait_until(
+            Duration::from_secs(120),
+            "every app's first tick",
+            |lines| {
+                (lines
+                    .iter()
+                    .filter(|l| l.contains("counter=1 roundtrip="))
+                    .count()
+                    >= apps)
+                    .then_some(())
+            },
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let rss = rss_mib(run.pid());
+        run.stop();
+        rss
+    };
+    let (one, ten) = (idle(1), idle(10));
+    let stripped = |path: &std::path::Path| -> Option<f64> {
+        let copy = std::env::temp_dir().join(format!("wasmgate-size-{}", std::process::id()));
+        std::fs::copy(path, &copy).ok()?;
+        let ok = std::process::Command::new("strip")
+            .arg(&copy)
+            .status()
+            .ok()?
+            .success();
+        let size = std::fs::metadata(&copy).ok()?.len() as f64 / (1 << 20) as f64;
+        let _ = std::fs::remove_file(&copy);
+        ok.then_some(size)
+    };
+    let size = stripped(&common::binary()).unwrap_or(f64::NAN);
+    let built = std::process::Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "wasmgate-runtime-only",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    let runtime_only = if built {
+        stripped(&root().join("target/release/wasmgate-runtime-only"))
+            .map_or("not measured".into(), |s| format!("{s:.1} MiB"))
+    } else {
+        "not built".into()
+    };
+    eprintln!("footprint: {one:.1} / {ten:.1} MiB; {size:.1} MiB / {runtime_only}");
+    (one, ten, size, runtime_only)
+}
+
+/// P7: sequential action round trips through Mosquitto, and a plain MQTT
+/// echo through the same broker.
+fn round_trips(n: usize) -> (f64, f64, f64, f64) {
+    let broker = Mosquitto::start("");
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .app(
+            "noop",
+            &guest("bench-noop"),
+            &root().join("tests/models/noop.json"),
+            "tick_interval_ms = 60000",
+        );
+    let mut run = gw.start();
+    run.wait_for("connected to the broker", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let timed = |request: &str, response: &str, body: &dyn Fn(usize) -> String| -> Vec<f64> {
+        let options = wasmgate::cloud::mqtt_options(
+            &broker.settings(&format!("rtt-{}", wasmgate::cloud::random_u64())),
+            true,
+        )
+        .expect("options");
+        let (client, mut connection) = rumqttc::Client::new(options, 64);
+        client
+            .subscribe(response, rumqttc::QoS::AtLeastOnce)
+            .expect("subscribe");
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) =
+                connection.recv().expect("event")
+            {
+                break;
+            }
+        }
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n + n / 10 {
+            let started = Instant::now();
+            client
+                .publish(request, rumqttc::QoS::AtLeastOnce, false, body(i))
+                .expect("publish");
+            loop {
+                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) =
+                    connection.recv().expect("event")
+                {
+                    break;
+                }
+            }
+            if i >= n / 10 {
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        samples
+    };
+    let wasmgate_rtt = timed(
+        "wg/v1/test-gw/noop/action/echo/req",
+        "wg/v1/test-gw/noop/action/echo/res",
+        &|i| serde_json::json!({"id": i.to_string(), "argument": i}).to_string(),
+    );
+    run.stop();
+
+    // The echo: a client that answers every request on the response topic.
+    let options = wasmgate::cloud::mqtt_options(&broker.settings("echo"), true).expect("options");
+    let (echo, mut echo_connection) = rumqttc::Client::new(options, 64);
+    echo.subscribe("bench/req", rumqttc::QoS::AtLeastOnce)
+        .expect("subscribe");
+    std::thread::spawn(move || {
+        for event in echo_connection.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event {
+                let _ = echo.try_publish(
+                    "bench/res",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    p.payload.to_vec(),
+                );
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let echo_rtt = timed("bench/req", "bench/res", &|i| {
+        serde_json::json!({"id": i.to_string(), "argument": i}).to_string()
+    });
+    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    let out = (
+        at(&wasmgate_rtt, 0.5),
+        at(&wasmgate_rtt, 0.99),
+        at(&echo_rtt, 0.5),
+        at(&echo_rtt, 0.99),
+    );
+    eprintln!(
+        "round trips: wasmgate p50 {:.2} p99 {:.2} ms; echo p50 {:.2} p99 {:.2} ms",
+        out.0, out.1, out.2, out.3
+    );
+    out
 }

@@ -101,6 +101,70 @@ pub enum Control {
     Remove(oneshot::Sender<()>),
 }
 
+/// What one event costs through the actor's own call path: instantiate and
+/// `init` a version, then call `on-tick` and `on-desired` `n` times each, as
+/// the actor does (deadline armed, points handed over after the call).
+/// Returns the mean of each. For the benchmarks.
+#[doc(hidden)]
+pub async fn time_dispatch(
+    version: AppVersion,
+    shared: AppShared,
+    files_dir: PathBuf,
+    n: u32,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (_, events) = mpsc::channel(1);
+    let (_, control) = mpsc::channel(1);
+    let (status, _) = watch::channel(AppStatus {
+        state: AppState::Starting,
+        restarts: 0,
+        component: version.digest.clone(),
+        version: version.number,
+    });
+    let mut actor = Actor {
+        name: version.config.name.as_str().into(),
+        db: shared.db.open()?,
+        version: version.clone(),
+        shared,
+        files_dir,
+        events,
+        control,
+        status,
+        crashes: VecDeque::new(),
+        restarts: 0,
+        probation: None,
+    };
+    let mut instance = actor
+        .start_version(&version, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let timeout = version.config.call_timeout;
+    let started = Instant::now();
+    for _ in 0..n {
+        instance.arm(timeout);
+        let result = instance
+            .app
+            .call_on_tick(&mut instance.store, now_ns())
+            .await;
+        instance
+            .finish(result, "on-tick", timeout)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let tick = started.elapsed() / n.max(1);
+    let changes = vec![("level".to_string(), crate::bindings::Value::Integer(1))];
+    let started = Instant::now();
+    for _ in 0..n {
+        instance.arm(timeout);
+        let result = instance
+            .app
+            .call_on_desired(&mut instance.store, "bench", &changes)
+            .await;
+        let _ = instance
+            .finish(result, "on-desired", timeout)
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok((tick, started.elapsed() / n.max(1)))
+}
+
 /// Start the app's actor on `tasks`; it runs until `cancel` or `Remove`.
 pub fn spawn(
     spec: AppSpec,
@@ -320,8 +384,8 @@ impl Actor {
                     app = %self.name,
                     version = version.number,
                     component = &version.digest[..12],
-                    "app started in {} ms",
-                    started.elapsed().as_millis()
+                    "app started in {:.2} ms",
+                    started.elapsed().as_secs_f64() * 1000.0
                 );
                 Ok(instance)
             }

@@ -15,7 +15,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtx;
 
-pub use actor::{AppShared, AppSpec, AppVersion, Control, Outcome, spawn};
+pub use actor::{AppShared, AppSpec, AppVersion, Control, Outcome, spawn, time_dispatch};
 
 use crate::bindings::Value;
 use crate::device::DeviceCtx;
