@@ -865,6 +865,7 @@ fn round_trips(n: usize) -> (f64, f64, f64, f64) {
     // The echo: a client that answers every request on the response topic.
     let options = wasmgate::cloud::mqtt_options(&broker.settings("echo"), true).expect("options");
     let (echo, mut echo_connection) = rumqttc::Client::new(options, 64);
+    wasmgate::cloud::no_delay(&mut echo_connection.eventloop);
     echo.subscribe("bench/req", rumqttc::QoS::AtLeastOnce)
         .expect("subscribe");
     std::thread::spawn(move || {

@@ -20,6 +20,7 @@ use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::model::DeviceModel;
 use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
 use crate::policy::{Pipeline, Sample};
+use crate::rate::RateLimit;
 use crate::value::{fields_to_json, now_ns, time_to_ns};
 
 /// Points buffered in the app before they are handed to the writer thread.
@@ -50,6 +51,9 @@ pub struct DeviceDeps {
 /// Per-app state of the device interface.
 pub struct DeviceCtx {
     deps: DeviceDeps,
+    /// Reports and alerts are transactions: rate-limited (see `rate`).
+    reports: RateLimit,
+    alerts: RateLimit,
     pending: Vec<Batch>,
     pending_points: usize,
     handles: usize,
@@ -62,6 +66,8 @@ impl DeviceCtx {
     pub fn new(deps: DeviceDeps) -> Self {
         DeviceCtx {
             deps,
+            reports: crate::rate::reports(),
+            alerts: crate::rate::alerts(),
             pending: Vec::new(),
             pending_points: 0,
             handles: 0,
@@ -107,7 +113,19 @@ impl DeviceCtx {
         )
     }
 
+    fn limited(limit: &mut RateLimit, what: &str) -> Result<(), GuestError> {
+        if limit.allow() {
+            Ok(())
+        } else {
+            Err(GuestError::Limit(format!(
+                "more than {} {what} a second",
+                limit.per_second()
+            )))
+        }
+    }
+
     fn report(&mut self, device: &str, attributes: Vec<(String, Value)>) -> Result<(), GuestError> {
+        Self::limited(&mut self.reports, "reports")?;
         let model = self.deps.model.clone();
         let attributes = model
             .check_report(attributes)
@@ -292,6 +310,7 @@ impl DeviceCtx {
         severity: Severity,
         values: Vec<(String, Value)>,
     ) -> Result<(), GuestError> {
+        Self::limited(&mut self.alerts, "alerts")?;
         let values = self
             .deps
             .model

@@ -30,6 +30,7 @@ pub mod log;
 pub mod model;
 pub mod outbox;
 pub mod policy;
+pub mod rate;
 pub mod status;
 pub mod storage;
 pub mod store;

@@ -1,7 +1,10 @@
 //! Host side of the `wasmgate:device/log` interface: a guest's log lines go
 //! to the gateway's log (tracing) with the app's name on every line.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::rate::RateLimit;
 use wasmtime::component::{HasData, Linker};
 
 use crate::app::AppCtx;
@@ -13,11 +16,61 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// Per-app state of the log interface.
 pub struct LogCtx {
     app: Arc<str>,
+    gate: LogGate,
 }
 
 impl LogCtx {
-    pub fn new(app: Arc<str>) -> Self {
-        LogCtx { app }
+    pub fn new(app: Arc<str>, gate: LogGate) -> Self {
+        LogCtx { app, gate }
+    }
+}
+
+/// The app's log rate limit, shared by `log` and its stdout and stderr
+/// (see `rate`): lines past it are dropped and counted, with one warning a
+/// second saying how many.
+#[derive(Clone)]
+pub struct LogGate(Arc<Mutex<Gate>>);
+
+struct Gate {
+    limit: RateLimit,
+    dropped: u64,
+    warned: Instant,
+}
+
+impl LogGate {
+    pub fn new() -> LogGate {
+        LogGate(Arc::new(Mutex::new(Gate {
+            limit: crate::rate::log_lines(),
+            dropped: 0,
+            warned: Instant::now(),
+        })))
+    }
+
+    /// Whether the app may log one more line now.
+    pub fn admit(&self, app: &str) -> bool {
+        let Ok(mut gate) = self.0.lock() else {
+            return true;
+        };
+        if gate.limit.allow() {
+            return true;
+        }
+        gate.dropped += 1;
+        if gate.warned.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!(
+                app,
+                dropped = gate.dropped,
+                "log lines dropped: the app logs more than {} lines a second",
+                gate.limit.per_second()
+            );
+            gate.warned = Instant::now();
+        }
+        false
+    }
+}
+
+impl Default for LogGate {
+    fn default() -> Self {
+        LogGate::new()
     }
 }
 
@@ -47,6 +100,9 @@ pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
 impl Host for LogCtx {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let app = &*self.app;
+        if !self.gate.admit(app) {
+            return Ok(());
+        }
         let message = clip(&message);
         match level {
             Level::Trace => tracing::trace!(app = %app, "{message}"),

@@ -11,6 +11,7 @@ use wasmtime::component::{HasData, Linker};
 use crate::app::AppCtx;
 use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::storage::{Host, add_to_linker};
+use crate::rate::RateLimit;
 
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -24,6 +25,8 @@ pub struct StorageCtx {
     quota: u64,
     /// Bytes of keys and values the app holds now.
     used: u64,
+    /// Writes are transactions: an app may not make them without end (see `rate`).
+    writes: RateLimit,
 }
 
 impl StorageCtx {
@@ -39,12 +42,24 @@ impl StorageCtx {
             db,
             quota,
             used: used.max(0) as u64,
+            writes: crate::rate::storage_writes(),
         })
     }
 
     fn failed(&self, what: &str, e: rusqlite::Error) -> GuestError {
         tracing::error!(app = %self.app, "storage {what} failed: {e}");
         GuestError::Unavailable(format!("storage {what} failed: {e}"))
+    }
+
+    fn write_allowed(&mut self) -> Result<(), GuestError> {
+        if self.writes.allow() {
+            Ok(())
+        } else {
+            Err(GuestError::Limit(format!(
+                "more than {} storage writes a second",
+                self.writes.per_second()
+            )))
+        }
     }
 
     fn check_key(key: &str) -> Result<(), GuestError> {
@@ -97,7 +112,7 @@ impl Host for StorageCtx {
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), GuestError>> {
-        if let Err(e) = Self::check_key(&key) {
+        if let Err(e) = Self::check_key(&key).and_then(|()| self.write_allowed()) {
             return Ok(Err(e));
         }
         if value.len() > MAX_VALUE_BYTES {
@@ -133,7 +148,7 @@ impl Host for StorageCtx {
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), GuestError>> {
-        if let Err(e) = Self::check_key(&key) {
+        if let Err(e) = Self::check_key(&key).and_then(|()| self.write_allowed()) {
             return Ok(Err(e));
         }
         let old = match self.stored_size(&key) {

@@ -29,16 +29,28 @@ use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
 use crate::app::AppCtx;
+use crate::log::LogGate;
 
 /// The guest's WASI context: its directory at `/`, stdio into the log.
-pub fn context(app: &Arc<str>, dir: &Path, stderr_tail: &StderrTail) -> anyhow::Result<WasiCtx> {
+pub fn context(
+    app: &Arc<str>,
+    dir: &Path,
+    stderr_tail: &StderrTail,
+    gate: &LogGate,
+) -> anyhow::Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
     builder
-        .stdout(GuestOutput::new(app.clone(), Stream::Stdout, None))
+        .stdout(GuestOutput::new(
+            app.clone(),
+            Stream::Stdout,
+            None,
+            gate.clone(),
+        ))
         .stderr(GuestOutput::new(
             app.clone(),
             Stream::Stderr,
             Some(stderr_tail.clone()),
+            gate.clone(),
         ))
         .preopened_dir(dir, "/", FsPerms::ReadWrite)?
         // No network: the socket interfaces exist, every use is refused.
@@ -155,14 +167,16 @@ struct GuestOutput {
     app: Arc<str>,
     stream: Stream,
     last_lines: Option<StderrTail>,
+    gate: LogGate,
 }
 
 impl GuestOutput {
-    fn new(app: Arc<str>, stream: Stream, last_lines: Option<StderrTail>) -> Self {
+    fn new(app: Arc<str>, stream: Stream, last_lines: Option<StderrTail>, gate: LogGate) -> Self {
         GuestOutput {
             app,
             stream,
             last_lines,
+            gate,
         }
     }
 }
@@ -179,6 +193,7 @@ impl StdoutStream for GuestOutput {
             app: self.app.clone(),
             stream: self.stream,
             last_lines: self.last_lines.clone(),
+            gate: self.gate.clone(),
             buf: Vec::new(),
         })
     }
@@ -188,6 +203,7 @@ struct LineWriter {
     app: Arc<str>,
     stream: Stream,
     last_lines: Option<StderrTail>,
+    gate: LogGate,
     buf: Vec<u8>,
 }
 
@@ -199,12 +215,16 @@ impl LineWriter {
             return;
         }
         let app = &*self.app;
+        // The crash report keeps the last lines even when the log drops them.
+        if let Some(tail) = &self.last_lines {
+            tail.push(text);
+        }
+        if !self.gate.admit(app) {
+            return;
+        }
         match self.stream {
             Stream::Stdout => tracing::info!(app = %app, stream = "stdout", "{text}"),
             Stream::Stderr => tracing::warn!(app = %app, stream = "stderr", "{text}"),
-        }
-        if let Some(tail) = &self.last_lines {
-            tail.push(text);
         }
     }
 }

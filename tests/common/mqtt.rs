@@ -32,6 +32,7 @@ impl Mosquitto {
              autosave_interval 1\n\
              max_queued_messages 100000\n\
              message_size_limit 0\n\
+             set_tcp_nodelay true\n\
              log_dest file {dir}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
              {extra}\n",
@@ -148,6 +149,7 @@ impl Consumer {
     pub fn connect(settings: &BrokerSettings, filters: &[&str]) -> Consumer {
         let options = wasmgate::cloud::mqtt_options(settings, false).expect("options");
         let (client, mut connection) = Client::new(options, 256);
+        wasmgate::cloud::no_delay(&mut connection.eventloop);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let subscribed = Arc::new(Mutex::new(false));
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();

@@ -396,6 +396,7 @@ impl Actor {
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, String> {
         let shared = &self.shared;
         let stderr_tail = StderrTail::default();
+        let gate = crate::log::LogGate::new();
         let open = || {
             shared
                 .db
@@ -404,7 +405,7 @@ impl Actor {
         };
         let config = &version.config;
         let ctx = AppCtx {
-            wasi: crate::wasi::context(&self.name, &self.files_dir, &stderr_tail)
+            wasi: crate::wasi::context(&self.name, &self.files_dir, &stderr_tail, &gate)
                 .map_err(|e| format!("preparing WASI: {e:#}"))?,
             table: ResourceTable::new(),
             limiter: AppLimiter {
@@ -421,7 +422,7 @@ impl Actor {
             }),
             storage: StorageCtx::new(self.name.clone(), open()?, config.storage_quota_bytes)
                 .map_err(|e| format!("opening storage: {e}"))?,
-            log: LogCtx::new(self.name.clone()),
+            log: LogCtx::new(self.name.clone(), gate.clone()),
             deadline: Instant::now(),
             call_timeout: config.call_timeout,
         };

@@ -130,6 +130,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     );
     let (client, mut eventloop) =
         AsyncClient::new(options, usize::from(config.max_inflight) * 2 + 16);
+    super::no_delay(&mut eventloop);
 
     let mut link = Link {
         spec_gateway: gateway.clone(),

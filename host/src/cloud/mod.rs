@@ -47,6 +47,15 @@ pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::R
     Ok(options)
 }
 
+/// Turn off Nagle's algorithm on the connection: request/response traffic
+/// (an action and its answer, a PUBACK and the next publish) otherwise
+/// waits for delayed ACKs, tens of milliseconds per exchange.
+pub fn no_delay(eventloop: &mut rumqttc::EventLoop) {
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+}
+
 /// A rustls client config: the CAs from `ca_file`, and the client
 /// certificate and key for mutual TLS if given. Uses the ring provider.
 fn tls_config(settings: &BrokerSettings) -> anyhow::Result<rustls::ClientConfig> {

@@ -24,6 +24,7 @@ impl Session {
     pub async fn connect(settings: &BrokerSettings, timeout: Duration) -> anyhow::Result<Session> {
         let options = super::mqtt_options(settings, true)?;
         let (client, mut events) = AsyncClient::new(options, 64);
+        super::no_delay(&mut events);
         let url = format!(
             "{}://{}:{}",
             if settings.tls { "mqtts" } else { "mqtt" },

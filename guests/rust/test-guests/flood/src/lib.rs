@@ -1,0 +1,50 @@
+//! Test guest: on every tick, calls one host function in a tight loop for
+//! the whole call (until the host's deadline or a refusal stops it), and
+//! logs how far it got. `kind` is `record`, `report`, `log`, `storage` or
+//! `alert`.
+
+use wasmgate_guest::{
+    App, Config, Level, Severity, Timestamp, field, info, log, storage, this_device,
+};
+
+struct Flood {
+    kind: String,
+    calls: u64,
+}
+
+impl App for Flood {
+    fn init(config: Config, _previous: Option<Vec<u8>>) -> Result<Self, String> {
+        Ok(Flood {
+            kind: config.get("kind").unwrap_or("log").to_string(),
+            calls: 0,
+        })
+    }
+
+    fn on_tick(&mut self, _now: Timestamp) {
+        let device = this_device();
+        let mut refused = None;
+        for i in 0..u64::MAX {
+            let result = match self.kind.as_str() {
+                "record" => device.record("flood", None, &[field("n", i as i64)]),
+                "report" => device.report(&[field("n", i as i64)]),
+                "storage" => storage::set(&format!("k{}", i % 1000), b"0123456789"),
+                "alert" => device.alert("flooded", Severity::Info, &[field("n", i as i64)]),
+                _ => {
+                    log(Level::Info, &format!("flood line {i}"));
+                    Ok(())
+                }
+            };
+            self.calls += 1;
+            if let Err(e) = result {
+                refused = Some(format!("{}: {}", e.kind(), e.message()));
+                break;
+            }
+        }
+        info!(
+            "flood {} stopped after {} calls: {refused:?}",
+            self.kind, self.calls
+        );
+    }
+}
+
+wasmgate_guest::app!(Flood);

@@ -1,0 +1,85 @@
+//! Per-app rate limits on the host calls that cost the host real work, so
+//! that an app calling one in a tight loop slows itself down instead of the
+//! gateway: a token bucket per app and kind of call.
+//!
+//! | call | rate | burst | past it |
+//! |---|---|---|---|
+//! | `log` (and stdout/stderr lines) | 200 lines/s | 1000 | dropped, counted, one warning a second |
+//! | `storage.set` / `delete` | 1000/s | 5000 | `error::limit` |
+//! | `device.report` | 1000/s | 5000 | `error::limit` |
+//! | `device.alert` | 100/s | 500 | `error::limit` |
+//!
+//! `record` is not limited here: it costs microseconds and the outbox's
+//! byte limits bound it. CPU time is bounded by the call deadline.
+
+use std::time::Instant;
+
+/// A token bucket.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    pub fn new(per_second: f64, burst: f64) -> RateLimit {
+        RateLimit {
+            per_second,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Take one token if there is one.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
+}
+
+/// The limits of the table above.
+pub fn log_lines() -> RateLimit {
+    RateLimit::new(200.0, 1000.0)
+}
+pub fn storage_writes() -> RateLimit {
+    RateLimit::new(1000.0, 5000.0)
+}
+pub fn reports() -> RateLimit {
+    RateLimit::new(1000.0, 5000.0)
+}
+pub fn alerts() -> RateLimit {
+    RateLimit::new(100.0, 500.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let mut r = RateLimit::new(1000.0, 10.0);
+        let allowed = (0..100).filter(|_| r.allow()).count();
+        assert!((10..=12).contains(&allowed), "{allowed}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let later = (0..100).filter(|_| r.allow()).count();
+        assert!(
+            (9..=12).contains(&later),
+            "about 20 ms of 1000/s, capped by the burst: {later}"
+        );
+    }
+}
