@@ -551,6 +551,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
         let usage = std::sync::Arc::new(wasmgate::outbox::Usage::load(&conn, Default::default()).expect("usage"));
         let ingest = wasmgate::outbox::Ingest::start(&db, usage.clone(), Default::default()).expect("ingest");
         let shared = wasmgate::app::AppShared {
+            metrics: wasmgate::metrics::Metrics::new("bench".into(), usage.clone(), db.clone()),
             db,
             usage,
             ingest: ingest.sender(),

@@ -52,6 +52,15 @@ pub enum Command {
         #[command(flatten)]
         gateway: GatewayArg,
     },
+    /// Show the last lines an app logged in the running gateway.
+    Logs {
+        app: String,
+        /// How many lines (at most 1000 are kept per app).
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
     /// Go back to the app's previous version.
     Rollback {
         app: String,

@@ -16,12 +16,19 @@ use crate::deploy::admin::{self, Request};
 /// The whole program: what `main` of a `wasmgate` binary calls.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let format = tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr);
+        tracing_subscriber::registry()
+            .with(log_filter())
+            .with(format)
+            .with(crate::logbook::layer())
+            .init();
+    }
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -124,6 +131,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::Logs {
+            app,
+            lines,
+            gateway,
+        } => {
+            let response = admin_response(&gateway.gateway, Request::Logs { app, lines })?;
+            for line in response.lines.unwrap_or_default() {
+                println!("{line}");
+            }
+            if let Some(error) = response.error {
+                println!("error: {error}");
+            }
+            Ok(response.ok)
+        }
         Command::Rollback { app, gateway } => admin(&gateway.gateway, Request::Rollback { app }),
         Command::Stop { app, gateway } => admin(&gateway.gateway, Request::Stop { app }),
         Command::Start { app, gateway } => admin(&gateway.gateway, Request::Start { app }),
@@ -135,13 +156,22 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 .context("starting the async runtime")?;
             runtime.block_on(cloud(args))
         }
-        Command::Status { config, json } => {
-            let config = Config::load(&config)?;
-            let status = crate::status::read(&config)?;
+        Command::Status { config: path, json } => {
+            let config = Config::load(&path)?;
+            let mut status = crate::status::read(&config)?;
+            // A running gateway also tells its live numbers.
+            if status.running_pid.is_some() {
+                status.live = admin_response(&path, Request::Apps)
+                    .ok()
+                    .and_then(|r| r.apps);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.render());
+                if let Some(live) = &status.live {
+                    print!("\nlive:\n{}", render_apps(live));
+                }
             }
             Ok(true)
         }
@@ -249,6 +279,20 @@ fn render_apps(apps: &[crate::deploy::AppReport]) -> String {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default(),
             app.restarts
+        );
+        let _ = writeln!(
+            out,
+            "  {} events, {} traps, {} calls ({:.1} µs each on average), {:.1} MiB of memory, {} log lines dropped",
+            app.events,
+            app.traps,
+            app.calls,
+            if app.calls > 0 {
+                app.call_seconds * 1e6 / app.calls as f64
+            } else {
+                0.0
+            },
+            app.memory_bytes as f64 / (1 << 20) as f64,
+            app.log_dropped
         );
         for v in &app.versions {
             let _ = writeln!(

@@ -38,6 +38,8 @@ struct File {
     #[serde(default)]
     deploy: Option<DeploySection>,
     #[serde(default)]
+    metrics: Option<MetricsSection>,
+    #[serde(default)]
     cloud: Option<CloudSection>,
     #[serde(default, rename = "app")]
     apps: Vec<AppSection>,
@@ -103,6 +105,12 @@ struct GatewaySection {
     id: String,
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +295,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub outbox: OutboxConfig,
     pub deploy: DeployConfig,
+    /// Where the Prometheus endpoint listens (loopback only), if at all.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The cloud link; `None` runs offline (everything stays in the outbox).
     pub cloud: Option<CloudConfig>,
     pub apps: Vec<AppConfig>,
@@ -628,6 +638,26 @@ impl Config {
             outbox_config(file.outbox.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
         let deploy =
             deploy_config(file.deploy.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        let metrics = match file.metrics {
+            None => None,
+            Some(m) => {
+                let addr: std::net::SocketAddr = m.listen.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen".into(),
+                        format!("{:?} is not an address:port", m.listen),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "metrics.listen".into(),
+                        format!(
+                            "{addr} is not a loopback address: the metrics endpoint is for the gateway itself"
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+        };
 
         let mut names = HashSet::new();
         let mut devices = HashSet::new();
@@ -728,6 +758,7 @@ impl Config {
             data_dir: resolve(&file.gateway.data_dir),
             outbox,
             deploy,
+            metrics,
             cloud,
             apps,
         })

@@ -21,6 +21,7 @@ use crate::cloud::link::{self, LinkSpec};
 use crate::config::Config;
 use crate::deploy::{Deployer, admin};
 use crate::engine::Runtime;
+use crate::metrics::Metrics;
 use crate::model::DeviceModel;
 use crate::outbox::{Ingest, Usage};
 use crate::store::Database;
@@ -94,12 +95,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let outbox_signal = Arc::new(Notify::new());
     let status_signal = Arc::new(Notify::new());
     let ingest = Ingest::start(&database, usage.clone(), outbox_signal.clone())?;
+    let metrics = Metrics::new(config.gateway_id.clone(), usage.clone(), database.clone());
     let shared = AppShared {
         db: database.clone(),
         usage: usage.clone(),
         ingest: ingest.sender(),
         outbox_signal: outbox_signal.clone(),
         status_signal: status_signal.clone(),
+        metrics: metrics.clone(),
     };
     let directory = Directory::default();
     let mut deployer = Deployer::new(
@@ -116,6 +119,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let deployer = tokio::spawn(deployer.run(inbox, stop_deployer.clone()));
 
     let stop_admin = CancellationToken::new();
+    let metrics_endpoint = config.metrics.map(|listen| {
+        tokio::spawn(crate::metrics::serve(
+            listen,
+            metrics.clone(),
+            stop_admin.clone(),
+        ))
+    });
     let admin = tokio::spawn(admin::serve(
         admin::socket_path(&config.data_dir),
         deploy.clone(),
@@ -164,6 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 outbox_signal: outbox_signal.clone(),
                 status_signal: status_signal.clone(),
                 apps: directory.clone(),
+                metrics: metrics.clone(),
                 downlink,
                 replies,
             };
@@ -179,6 +190,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     }
     if let Some(watcher) = watcher {
         let _ = watcher.await;
+    }
+    if let Some(endpoint) = metrics_endpoint
+        && let Ok(Err(e)) = endpoint.await
+    {
+        tracing::warn!("{e:#}");
     }
     stop_deployer.cancel();
     if let Err(e) = deployer.await {

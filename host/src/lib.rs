@@ -14,6 +14,7 @@
 //! - [`store`]: the SQLite database. [`outbox`]: durable store-and-forward.
 //! - [`cloud`]: the MQTT link, the downlink, the operator CLI, the embedded broker.
 //! - [`deploy`]: deployments (admin socket, cloud, watch), registry, hot swap.
+//! - [`metrics`]: per-app and gateway metrics, the Prometheus endpoint.
 //! - [`gateway`]: start-up and shutdown. [`status`], [`cli`], [`commands`]: the CLI.
 
 pub mod app;
@@ -27,6 +28,8 @@ pub mod device;
 pub mod engine;
 pub mod gateway;
 pub mod log;
+pub mod logbook;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod policy;

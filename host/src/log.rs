@@ -35,14 +35,16 @@ struct Gate {
     limit: RateLimit,
     dropped: u64,
     warned: Instant,
+    metrics: Arc<crate::metrics::AppMetrics>,
 }
 
 impl LogGate {
-    pub fn new() -> LogGate {
+    pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> LogGate {
         LogGate(Arc::new(Mutex::new(Gate {
             limit: crate::rate::log_lines(),
             dropped: 0,
             warned: Instant::now(),
+            metrics,
         })))
     }
 
@@ -55,6 +57,9 @@ impl LogGate {
             return true;
         }
         gate.dropped += 1;
+        gate.metrics
+            .log_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if gate.warned.elapsed() >= Duration::from_secs(1) {
             tracing::warn!(
                 app,
@@ -70,7 +75,7 @@ impl LogGate {
 
 impl Default for LogGate {
     fn default() -> Self {
-        LogGate::new()
+        LogGate::new(Arc::default())
     }
 }
 

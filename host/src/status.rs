@@ -19,6 +19,10 @@ pub struct Status {
     pub running_pid: Option<u32>,
     pub apps: Vec<AppStatus>,
     pub outbox: Vec<OutboxStatus>,
+    /// From a running gateway: its apps' live numbers (events, traps, call
+    /// time, memory, versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<crate::deploy::AppReport>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +96,7 @@ pub fn read(config: &Config) -> anyhow::Result<Status> {
         running_pid: running_pid(config),
         apps,
         outbox,
+        live: None,
     })
 }
 

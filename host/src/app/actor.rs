@@ -27,6 +27,7 @@ use crate::bindings::{App, AppPre};
 use crate::config::AppConfig;
 use crate::device::{DeviceCtx, DeviceDeps};
 use crate::log::LogCtx;
+use crate::metrics::AppMetrics;
 use crate::model::DeviceModel;
 use crate::outbox::IngestSender;
 use crate::outbox::Usage;
@@ -34,6 +35,7 @@ use crate::storage::StorageCtx;
 use crate::store::Database;
 use crate::value::now_ns;
 use crate::wasi::StderrTail;
+use std::sync::atomic::Ordering;
 
 /// One version of an app: its component (compiled and linked), model and
 /// settings.
@@ -59,6 +61,7 @@ pub struct AppShared {
     pub outbox_signal: Arc<Notify>,
     /// Signalled when an app's state changes.
     pub status_signal: Arc<Notify>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Everything an actor needs to run one app.
@@ -101,6 +104,9 @@ pub enum Control {
     Remove(oneshot::Sender<()>),
 }
 
+/// The largest state kept from `save` across a restart of the gateway.
+pub const MAX_SAVED_STATE: usize = 1 << 20;
+
 /// What one event costs through the actor's own call path: instantiate and
 /// `init` a version, then call `on-tick` and `on-desired` `n` times each, as
 /// the actor does (deadline armed, points handed over after the call).
@@ -121,6 +127,7 @@ pub async fn time_dispatch(
         version: version.number,
     });
     let mut actor = Actor {
+        metrics: shared.metrics.app(&version.config.name),
         name: version.config.name.as_str().into(),
         db: shared.db.open()?,
         version: version.clone(),
@@ -183,6 +190,7 @@ pub fn spawn(
     let db = spec.shared.db.open()?;
     let stopped = spec.stopped;
     let actor = Actor {
+        metrics: spec.shared.metrics.app(&name),
         name: name.clone(),
         version: spec.version,
         shared: spec.shared,
@@ -205,6 +213,7 @@ pub fn spawn(
 }
 
 struct Actor {
+    metrics: Arc<AppMetrics>,
     name: Arc<str>,
     version: AppVersion,
     shared: AppShared,
@@ -234,6 +243,9 @@ struct Instance {
     store: Store<AppCtx>,
     app: App,
     stderr_tail: StderrTail,
+    metrics: Arc<AppMetrics>,
+    /// When the call in progress started.
+    called: Instant,
 }
 
 /// Where the actor is.
@@ -294,6 +306,7 @@ impl Actor {
     /// A crash: roll back if the version is on probation; otherwise back
     /// off before restarting, or quarantine.
     fn crashed(&mut self, error: String) -> Phase {
+        self.metrics.traps.fetch_add(1, Ordering::Relaxed);
         if let Some(probation) = self.probation.take() {
             let reason = format!(
                 "version {} crashed during its probation: {error}",
@@ -396,7 +409,7 @@ impl Actor {
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, String> {
         let shared = &self.shared;
         let stderr_tail = StderrTail::default();
-        let gate = crate::log::LogGate::new();
+        let gate = crate::log::LogGate::new(self.metrics.clone());
         let open = || {
             shared
                 .db
@@ -410,6 +423,7 @@ impl Actor {
             table: ResourceTable::new(),
             limiter: AppLimiter {
                 memory_limit: config.memory_limit_bytes,
+                metrics: self.metrics.clone(),
             },
             device: DeviceCtx::new(DeviceDeps {
                 app: self.name.clone(),
@@ -450,6 +464,8 @@ impl Actor {
             store,
             app,
             stderr_tail,
+            metrics: self.metrics.clone(),
+            called: Instant::now(),
         })
     }
 
@@ -499,11 +515,13 @@ impl Actor {
                     return Phase::Serving(instance);
                 }
                 Some(event) = self.events.recv() => {
+                    self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     if let Err(crash) = instance.handle(event, timeout).await {
                         return self.crashed(crash);
                     }
                 }
                 _ = ticker.tick() => {
+                    self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
                     let result = instance.app.call_on_tick(&mut instance.store, now_ns()).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
@@ -621,6 +639,7 @@ impl Actor {
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => {
                 self.restarts += 1;
+                self.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 Phase::Start(None)
             }
             _ = cancel.cancelled() => {
@@ -698,6 +717,11 @@ impl Actor {
         instance.arm(timeout);
         let result = instance.app.call_save(&mut instance.store).await;
         match instance.finish(result, "save", timeout) {
+            Ok(Some(state)) if state.len() > MAX_SAVED_STATE => tracing::warn!(
+                app = %self.name,
+                "the state `save` returned ({} bytes) is over the limit of {MAX_SAVED_STATE}: not kept; keep large state in storage",
+                state.len()
+            ),
             Ok(Some(state)) => {
                 if let Err(e) = crate::store::put_saved_state(&self.db, &self.name, &state) {
                     tracing::warn!(app = %self.name, "could not keep the saved state: {e}");
@@ -734,6 +758,7 @@ impl Instance {
     /// Set the deadline for the next export call.
     fn arm(&mut self, timeout: Duration) {
         self.stderr_tail.clear();
+        self.called = Instant::now();
         self.store.data_mut().deadline = Instant::now() + timeout;
         self.store.set_epoch_deadline(1);
     }
@@ -746,6 +771,7 @@ impl Instance {
         call: &str,
         _timeout: Duration,
     ) -> Result<T, String> {
+        self.metrics.call(self.called.elapsed());
         self.store.data_mut().device.flush();
         result.map_err(|e| describe(&e, call, &self.stderr_tail))
     }

@@ -54,6 +54,7 @@ pub struct MemoryLimitHit {
 /// crash report says what happened instead of "unreachable".
 pub struct AppLimiter {
     memory_limit: usize,
+    metrics: Arc<crate::metrics::AppMetrics>,
 }
 
 /// Elements a guest's tables may hold.
@@ -66,6 +67,11 @@ impl ResourceLimiter for AppLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        if desired <= self.memory_limit {
+            self.metrics
+                .memory_bytes
+                .store(desired as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         if desired > self.memory_limit {
             return Err(MemoryLimitHit {
                 limit: self.memory_limit,

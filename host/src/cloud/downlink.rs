@@ -423,15 +423,20 @@ impl Worker {
             .action(device.clone(), name.to_string(), argument);
         match tokio::time::timeout(APP_TIMEOUT, call).await {
             Ok(Ok(result)) => {
+                let result = result
+                    .as_ref()
+                    .map(to_json)
+                    .unwrap_or(serde_json::Value::Null);
+                let size = result.to_string().len();
+                if size > MAX_DOWNLINK_BYTES {
+                    return fail(format!(
+                        "the app's result is {size} bytes, over the limit of {MAX_DOWNLINK_BYTES}"
+                    ));
+                }
                 tracing::info!(device = %device, action = name, id = %request.id, "action answered");
                 ActionResponse {
                     id: Some(request.id.clone()),
-                    result: Some(
-                        result
-                            .as_ref()
-                            .map(to_json)
-                            .unwrap_or(serde_json::Value::Null),
-                    ),
+                    result: Some(result),
                     error: None,
                 }
             }

@@ -45,6 +45,7 @@ pub struct LinkSpec {
     pub status_signal: Arc<Notify>,
     /// The apps, for the status message.
     pub apps: Directory,
+    pub metrics: crate::metrics::Metrics,
     pub downlink: Downlink,
     pub replies: mpsc::Receiver<Reply>,
 }
@@ -78,6 +79,7 @@ struct Link {
     db: rusqlite::Connection,
     usage: Arc<Usage>,
     apps: Directory,
+    metrics: crate::metrics::Metrics,
     window: usize,
     connected: bool,
     /// Submitted to rumqttc, waiting for their `Outgoing::Publish` event.
@@ -102,6 +104,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         outbox_signal,
         status_signal,
         apps,
+        metrics,
         mut downlink,
         mut replies,
     } = spec;
@@ -139,6 +142,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         db: db.open()?,
         usage,
         apps,
+        metrics,
         window: usize::from(config.max_inflight),
         connected: false,
         submitted: VecDeque::new(),
@@ -149,6 +153,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     };
     let mut backoff = config.backoff_initial;
     let mut was_connected = false;
+    let mut connects = 0u64;
     let mut status_timer = tokio::time::interval(config.status_interval);
     status_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
     // A slow poll of the outbox in case a signal was missed.
@@ -200,6 +205,19 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!(broker = %url, "connected to the broker");
+                if link
+                    .metrics
+                    .link
+                    .connected
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    || connects > 0
+                {
+                    link.metrics
+                        .link
+                        .reconnects
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                connects += 1;
                 backoff = config.backoff_initial;
                 was_connected = true;
                 link.connected = true;
@@ -236,6 +254,10 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 // does that instead, so forget it here.
                 eventloop.pending.clear();
                 link.disconnected();
+                link.metrics
+                    .link
+                    .connected
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 let wait = jitter(backoff);
                 if was_connected {
                     tracing::warn!(broker = %url, "lost the connection to the broker: {}; reconnecting in {} ms", describe(&e), wait.as_millis());
@@ -372,7 +394,14 @@ impl Link {
             .into_iter()
             .map(|entry| {
                 let status = entry.handle.status();
+                let m = self.metrics.app(entry.handle.name());
+                let load =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 AppInfo {
+                    events: load(&m.events),
+                    traps: load(&m.traps),
+                    call_seconds: load(&m.call_nanos) as f64 / 1e9,
+                    memory_bytes: load(&m.memory_bytes),
                     name: entry.handle.name().to_string(),
                     device: entry.device.clone(),
                     state: status.state.name().to_string(),
@@ -564,8 +593,14 @@ impl Link {
         retain: bool,
         payload: Vec<u8>,
     ) -> Result<(), rumqttc::ClientError> {
+        let bytes = payload.len() as u64;
         self.client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)?;
+        self.metrics
+            .link
+            .bytes_sent
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The device's whole reported state, retained; settles every twin row
@@ -685,6 +720,10 @@ impl Link {
 
     /// The broker acknowledged packet `pkid`: settle what it carried.
     fn acknowledged(&mut self, pkid: u16) {
+        self.metrics
+            .link
+            .messages_sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(sent) = self.inflight.remove(&pkid) else {
             tracing::debug!(pkid, "acknowledgement for an unknown packet");
             return;

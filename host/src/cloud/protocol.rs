@@ -37,6 +37,18 @@ pub struct AppInfo {
     pub restarts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Events handled since the gateway started.
+    #[serde(default)]
+    pub events: u64,
+    /// Calls that trapped since the gateway started.
+    #[serde(default)]
+    pub traps: u64,
+    /// Time spent in the app's calls since the gateway started, seconds.
+    #[serde(default)]
+    pub call_seconds: f64,
+    /// The app's linear memory, bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 /// What waits in the outbox, and what it lost.

@@ -38,6 +38,11 @@ pub enum Request {
         config: Option<Vec<(String, String)>>,
     },
     Apps,
+    Logs {
+        app: String,
+        #[serde(default = "default_lines")]
+        lines: usize,
+    },
     Rollback {
         app: String,
     },
@@ -52,6 +57,10 @@ pub enum Request {
     },
 }
 
+fn default_lines() -> usize {
+    100
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
@@ -61,6 +70,8 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apps: Option<Vec<AppReport>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<String>>,
 }
 
 /// Listen on the socket until `cancel`. A stale socket file from a killed
@@ -153,6 +164,25 @@ async fn handle(request: Request, deploy: &DeployClient) -> Response {
                     error: Some(e),
                     ..Response::default()
                 },
+            };
+        }
+        Request::Logs { app, lines } => {
+            let known = deploy
+                .apps()
+                .await
+                .map(|apps| apps.iter().any(|a| a.name == app))
+                .unwrap_or(false);
+            return if known {
+                Response {
+                    ok: true,
+                    lines: Some(crate::logbook::lines(&app, lines)),
+                    ..Response::default()
+                }
+            } else {
+                Response {
+                    error: Some(format!("no app {app}")),
+                    ..Response::default()
+                }
             };
         }
         Request::Rollback { app } => deploy.rollback(app).await,

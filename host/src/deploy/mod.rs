@@ -62,6 +62,20 @@ pub struct AppReport {
     pub state: String,
     pub restarts: u64,
     pub error: Option<String>,
+    /// Since the gateway started: events handled, traps, export calls and
+    /// the time in them, linear memory now, log lines dropped.
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub traps: u64,
+    #[serde(default)]
+    pub calls: u64,
+    #[serde(default)]
+    pub call_seconds: f64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub log_dropped: u64,
     pub versions: Vec<VersionReport>,
 }
 
@@ -603,7 +617,16 @@ impl Deployer {
                         outcome: v.outcome,
                     })
                     .collect();
+                let m = self.shared.metrics.app(&name);
+                let load =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 AppReport {
+                    events: load(&m.events),
+                    traps: load(&m.traps),
+                    calls: load(&m.calls),
+                    call_seconds: load(&m.call_nanos) as f64 / 1e9,
+                    memory_bytes: load(&m.memory_bytes),
+                    log_dropped: load(&m.log_dropped),
                     name,
                     device: entry.device.clone(),
                     version: status.version,
