@@ -34,15 +34,7 @@ fn deploy(gw: &Gateway, component: &std::path::Path, args: &[&str]) -> (bool, St
 }
 
 fn apps(gw: &Gateway) -> Value {
-    let config = gw.config_path();
-    let (ok, out, err) = wasmgate(&[
-        "apps",
-        "--json",
-        "--gateway",
-        config.to_str().expect("path"),
-    ]);
-    assert!(ok, "{err}");
-    serde_json::from_str(&out).expect("apps --json")
+    gw.apps()
 }
 
 fn counter_app(apps: &Value) -> Value {

@@ -1,6 +1,7 @@
-//! A misbehaving guest costs only itself: a trap, an endless loop and a
-//! memory bomb are each stopped, restarted with backoff and finally
-//! quarantined, while a healthy app beside them keeps ticking.
+//! A misbehaving guest costs only itself: a trap (a panic), an endless
+//! loop, endless recursion and a memory bomb are each stopped, restarted
+//! with backoff and finally quarantined, while a healthy app beside them
+//! keeps ticking and the process's memory stays bounded.
 
 mod common;
 
@@ -72,6 +73,9 @@ fn quarantined_beside_a_healthy_app(
         .expect("counter status");
     assert_eq!(good["state"], "running");
     assert_eq!(good["restarts"], 0);
+    // The process's memory (the guests' included) stayed bounded.
+    let peak = run.peak_rss_mib();
+    assert!(peak < 250, "peak RSS {peak} MiB");
     assert!(run.stop().success());
     bad.clone()
 }
@@ -109,6 +113,23 @@ fn a_memory_bomb_hits_its_memory_limit() {
         "memory-bomb",
         "tick_interval_ms = 20\nmemory_limit_mib = 16",
         "on-tick: memory limit of 16 MiB reached",
+    );
+}
+
+#[test]
+fn endless_recursion_runs_out_of_stack_not_the_host() {
+    let bad = quarantined_beside_a_healthy_app(
+        "deep-recursion",
+        "tick_interval_ms = 20",
+        "on-tick trapped",
+    );
+    // A Rust guest keeps its frames' locals on a stack in linear memory,
+    // which runs out first (an access below its start); a guest with small
+    // frames exhausts wasmtime's own call stack instead. Either is a trap.
+    let error = bad["error"].as_str().expect("error");
+    assert!(
+        error.contains("out of bounds memory access") || error.contains("call stack exhausted"),
+        "{bad}"
     );
 }
 

@@ -20,7 +20,7 @@ use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::model::DeviceModel;
 use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
 use crate::policy::{Pipeline, Sample};
-use crate::rate::RateLimit;
+use crate::rate::SharedLimit;
 use crate::value::{fields_to_json, now_ns, time_to_ns};
 
 /// Points buffered in the app before they are handed to the writer thread.
@@ -46,14 +46,16 @@ pub struct DeviceDeps {
     pub usage: Arc<Usage>,
     /// Signalled when a report or alert is in the outbox.
     pub outbox_signal: Arc<Notify>,
+    /// The app's report and alert buckets, shared by its instances.
+    pub rates: crate::rate::AppRates,
 }
 
 /// Per-app state of the device interface.
 pub struct DeviceCtx {
     deps: DeviceDeps,
     /// Reports and alerts are transactions: rate-limited (see `rate`).
-    reports: RateLimit,
-    alerts: RateLimit,
+    reports: SharedLimit,
+    alerts: SharedLimit,
     pending: Vec<Batch>,
     pending_points: usize,
     handles: usize,
@@ -65,9 +67,9 @@ pub struct DeviceCtx {
 impl DeviceCtx {
     pub fn new(deps: DeviceDeps) -> Self {
         DeviceCtx {
+            reports: deps.rates.reports.clone(),
+            alerts: deps.rates.alerts.clone(),
             deps,
-            reports: crate::rate::reports(),
-            alerts: crate::rate::alerts(),
             pending: Vec::new(),
             pending_points: 0,
             handles: 0,
@@ -80,8 +82,11 @@ impl DeviceCtx {
     pub fn flush(&mut self) {
         self.pending_points = 0;
         for batch in self.pending.drain(..) {
+            let stream = Stream::telemetry(&batch.device, &batch.series);
+            let points = batch.points() as u64;
             if let Err(e) = self.deps.ingest.append(batch) {
                 tracing::warn!(app = %self.deps.app, "dropping recorded points: {e}");
+                self.deps.usage.unreserve(&stream, points);
             }
         }
     }
@@ -113,7 +118,7 @@ impl DeviceCtx {
         )
     }
 
-    fn limited(limit: &mut RateLimit, what: &str) -> Result<(), GuestError> {
+    fn limited(limit: &SharedLimit, what: &str) -> Result<(), GuestError> {
         if limit.allow() {
             Ok(())
         } else {
@@ -125,7 +130,7 @@ impl DeviceCtx {
     }
 
     fn report(&mut self, device: &str, attributes: Vec<(String, Value)>) -> Result<(), GuestError> {
-        Self::limited(&mut self.reports, "reports")?;
+        Self::limited(&self.reports, "reports")?;
         let model = self.deps.model.clone();
         let attributes = model
             .check_report(attributes)
@@ -291,12 +296,17 @@ impl DeviceCtx {
                 &mut self.pending[last]
             }
         };
+        let before = batch.json.len();
         for sample in samples {
             encode_point(&mut batch.json, sample.time, &sample.values);
             batch
                 .ends
                 .push(u32::try_from(batch.json.len()).unwrap_or(u32::MAX));
         }
+        let bytes = (batch.json.len() - before) as u64;
+        self.deps
+            .usage
+            .reserve(device, series, bytes, samples.len() as u64);
         self.pending_points += samples.len();
         if self.pending_points >= FLUSH_POINTS || batch.json.len() > (64 << 20) {
             self.flush();
@@ -310,7 +320,7 @@ impl DeviceCtx {
         severity: Severity,
         values: Vec<(String, Value)>,
     ) -> Result<(), GuestError> {
-        Self::limited(&mut self.alerts, "alerts")?;
+        Self::limited(&self.alerts, "alerts")?;
         let values = self
             .deps
             .model

@@ -285,14 +285,25 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            // A request line and headers; nothing larger is read.
+            // A request line and headers, which may come in several
+            // segments; nothing past 4 KiB is read.
             let mut request = vec![0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request))
-                .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let mut n = 0;
+            let read_head = async {
+                while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut request[n..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(read) => n += read,
+                    }
+                }
+                true
             };
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(5), read_head).await,
+                Ok(true)
+            ) {
+                return;
+            }
             let head = String::from_utf8_lossy(&request[..n]);
             let (status, body) =
                 if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics\r") {

@@ -12,6 +12,7 @@
 //! `record` is not limited here: it costs microseconds and the outbox's
 //! byte limits bound it. CPU time is bounded by the call deadline.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// A token bucket.
@@ -49,6 +50,54 @@ impl RateLimit {
 
     pub fn per_second(&self) -> f64 {
         self.per_second
+    }
+}
+
+/// A bucket shared by every instance of one app, so that a restart or a
+/// hot swap does not hand a flooding app a fresh burst.
+#[derive(Debug, Clone)]
+pub struct SharedLimit(Arc<Mutex<RateLimit>>);
+
+impl SharedLimit {
+    pub fn new(limit: RateLimit) -> SharedLimit {
+        SharedLimit(Arc::new(Mutex::new(limit)))
+    }
+
+    /// Take one token if there is one.
+    pub fn allow(&self) -> bool {
+        match self.0.lock() {
+            Ok(mut limit) => limit.allow(),
+            // A panic while holding this lock cannot leave the bucket in a
+            // state worth refusing over.
+            Err(poisoned) => poisoned.into_inner().allow(),
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        match self.0.lock() {
+            Ok(limit) => limit.per_second(),
+            Err(poisoned) => poisoned.into_inner().per_second(),
+        }
+    }
+}
+
+/// One app's buckets for the calls that return `error::limit` (the log's
+/// bucket lives in `log::LogGate`, which also counts the drops). Made once
+/// per app, not per instance.
+#[derive(Debug, Clone)]
+pub struct AppRates {
+    pub storage_writes: SharedLimit,
+    pub reports: SharedLimit,
+    pub alerts: SharedLimit,
+}
+
+impl Default for AppRates {
+    fn default() -> Self {
+        AppRates {
+            storage_writes: SharedLimit::new(storage_writes()),
+            reports: SharedLimit::new(reports()),
+            alerts: SharedLimit::new(alerts()),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use wasmtime::component::{HasData, Linker};
 use crate::app::AppCtx;
 use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::storage::{Host, add_to_linker};
-use crate::rate::RateLimit;
+use crate::rate::SharedLimit;
 
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -26,12 +26,17 @@ pub struct StorageCtx {
     /// Bytes of keys and values the app holds now.
     used: u64,
     /// Writes are transactions: an app may not make them without end (see `rate`).
-    writes: RateLimit,
+    writes: SharedLimit,
 }
 
 impl StorageCtx {
     /// Open the app's storage, counting what it already holds.
-    pub fn new(app: Arc<str>, db: Connection, quota: u64) -> rusqlite::Result<Self> {
+    pub fn new(
+        app: Arc<str>,
+        db: Connection,
+        quota: u64,
+        writes: SharedLimit,
+    ) -> rusqlite::Result<Self> {
         let used: i64 = db.query_row(
             "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE app = ?1",
             params![&*app],
@@ -42,7 +47,7 @@ impl StorageCtx {
             db,
             quota,
             used: used.max(0) as u64,
-            writes: crate::rate::storage_writes(),
+            writes,
         })
     }
 

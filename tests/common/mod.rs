@@ -124,6 +124,24 @@ impl Gateway {
         Running::spawn(&self.config_path())
     }
 
+    /// `wasmgate apps --json` against the running gateway.
+    pub fn apps(&self) -> serde_json::Value {
+        let config = self.config_path();
+        let (ok, out, err) = wasmgate(&[
+            "apps",
+            "--json",
+            "--gateway",
+            config.to_str().expect("path"),
+        ]);
+        assert!(ok, "wasmgate apps failed: {err}");
+        serde_json::from_str(&out).expect("apps --json prints JSON")
+    }
+
+    /// The data directory (`data/` beside gateway.toml).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Open the gateway's database (read-only use).
     pub fn db(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(self.db_path()).expect("open the gateway's database");
@@ -237,6 +255,19 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in MiB: guests'
+    /// linear memory included, since they live in the process.
+    pub fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib / 1024
     }
 
     /// Every line logged so far.

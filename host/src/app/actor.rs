@@ -126,8 +126,11 @@ pub async fn time_dispatch(
         component: version.digest.clone(),
         version: version.number,
     });
+    let metrics = shared.metrics.app(&version.config.name);
     let mut actor = Actor {
-        metrics: shared.metrics.app(&version.config.name),
+        rates: Default::default(),
+        log_gate: crate::log::LogGate::new(metrics.clone()),
+        metrics,
         name: version.config.name.as_str().into(),
         db: shared.db.open()?,
         version: version.clone(),
@@ -189,8 +192,11 @@ pub fn spawn(
     });
     let db = spec.shared.db.open()?;
     let stopped = spec.stopped;
+    let metrics = spec.shared.metrics.app(&name);
     let actor = Actor {
-        metrics: spec.shared.metrics.app(&name),
+        rates: Default::default(),
+        log_gate: crate::log::LogGate::new(metrics.clone()),
+        metrics,
         name: name.clone(),
         version: spec.version,
         shared: spec.shared,
@@ -214,6 +220,10 @@ pub fn spawn(
 
 struct Actor {
     metrics: Arc<AppMetrics>,
+    /// Rate limits live as long as the app, not one instance of it, so a
+    /// restart does not hand a flooding app a fresh burst.
+    rates: crate::rate::AppRates,
+    log_gate: crate::log::LogGate,
     name: Arc<str>,
     version: AppVersion,
     shared: AppShared,
@@ -409,7 +419,7 @@ impl Actor {
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, String> {
         let shared = &self.shared;
         let stderr_tail = StderrTail::default();
-        let gate = crate::log::LogGate::new(self.metrics.clone());
+        let gate = self.log_gate.clone();
         let open = || {
             shared
                 .db
@@ -433,9 +443,15 @@ impl Actor {
                 ingest: shared.ingest.clone(),
                 usage: shared.usage.clone(),
                 outbox_signal: shared.outbox_signal.clone(),
+                rates: self.rates.clone(),
             }),
-            storage: StorageCtx::new(self.name.clone(), open()?, config.storage_quota_bytes)
-                .map_err(|e| format!("opening storage: {e}"))?,
+            storage: StorageCtx::new(
+                self.name.clone(),
+                open()?,
+                config.storage_quota_bytes,
+                self.rates.storage_writes.clone(),
+            )
+            .map_err(|e| format!("opening storage: {e}"))?,
             log: LogCtx::new(self.name.clone(), gate.clone()),
             deadline: Instant::now(),
             call_timeout: config.call_timeout,

@@ -180,7 +180,7 @@ async fn handle(request: Request, deploy: &DeployClient) -> Response {
                 }
             } else {
                 Response {
-                    error: Some(format!("no app {app}")),
+                    error: Some(format!("no app named {app:?} on this gateway")),
                     ..Response::default()
                 }
             };

@@ -193,6 +193,10 @@ impl Writer {
         while self.pending_points > MAX_PENDING_POINTS && self.pending.len() > 1 {
             let dropped = self.pending.remove(0);
             self.pending_points -= dropped.points();
+            self.usage.unreserve(
+                &Stream::telemetry(&dropped.device, &dropped.series),
+                dropped.points() as u64,
+            );
             tracing::error!(
                 device = %dropped.device, series = %dropped.series, points = dropped.points(),
                 "outbox: dropped uncommitted points: the database has refused writes for too long"

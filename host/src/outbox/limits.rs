@@ -61,6 +61,30 @@ pub struct StreamStats {
     pub rejected: u64,
     /// Deleted unsent because they grew older than `max_age_s`.
     pub expired: u64,
+    /// Accepted by `record` but not committed yet (only counted for
+    /// `reject-newest` series): a guest recording in a tight loop would
+    /// otherwise overshoot its limit by everything it recorded before the
+    /// next group commit.
+    #[serde(skip)]
+    pub in_flight_points: u64,
+    #[serde(skip)]
+    pub in_flight_bytes: u64,
+}
+
+impl StreamStats {
+    /// `points` of the in-flight ones were committed or given up; their share
+    /// of the in-flight bytes goes with them.
+    fn settle(&mut self, points: u64) {
+        if points >= self.in_flight_points {
+            self.in_flight_points = 0;
+            self.in_flight_bytes = 0;
+        } else {
+            let share = u128::from(self.in_flight_bytes) * u128::from(points)
+                / u128::from(self.in_flight_points);
+            self.in_flight_bytes -= share as u64;
+            self.in_flight_points -= points;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -158,16 +182,14 @@ impl Usage {
         let full = if total >= self.config.max_bytes {
             Some(format!("the outbox holds {} KiB, its limit", total >> 10))
         } else {
-            config
-                .max_bytes
-                .filter(|max| stats.bytes >= *max)
-                .map(|max| {
-                    format!(
-                        "series `{series}` holds {} KiB, its limit of {} KiB",
-                        stats.bytes >> 10,
-                        max >> 10
-                    )
-                })
+            let held = stats.bytes + stats.in_flight_bytes;
+            config.max_bytes.filter(|max| held >= *max).map(|max| {
+                format!(
+                    "series `{series}` holds {} KiB, its limit of {} KiB",
+                    held >> 10,
+                    max >> 10
+                )
+            })
         };
         match full {
             None => Ok(()),
@@ -181,6 +203,28 @@ impl Usage {
         }
     }
 
+    /// A guest's points of a `reject-newest` series are on their way to the
+    /// outbox writer: count them against the series' limit already.
+    pub fn reserve(&self, device: &str, series: &str, bytes: u64, points: u64) {
+        if self.config.series(series).when_full != WhenFull::RejectNewest {
+            return;
+        }
+        let mut inner = self.lock();
+        let stats = inner
+            .streams
+            .entry(Stream::telemetry(device, series))
+            .or_default();
+        stats.in_flight_points += points;
+        stats.in_flight_bytes += bytes;
+    }
+
+    /// Points on their way were given up before they were written.
+    pub fn unreserve(&self, stream: &Stream, points: u64) {
+        if let Some(stats) = self.lock().streams.get_mut(stream) {
+            stats.settle(points);
+        }
+    }
+
     /// Rows were written.
     pub fn added(&self, stream: Stream, bytes: u64, points: u64) {
         let mut inner = self.lock();
@@ -188,6 +232,7 @@ impl Usage {
         let stats = inner.streams.entry(stream).or_default();
         stats.bytes += bytes;
         stats.points += points;
+        stats.settle(points);
     }
 
     /// Rows were delivered (or merged smaller).
@@ -412,4 +457,56 @@ fn oldest(
 fn delete(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{OutboxConfig, SeriesConfig, WhenFull};
+
+    fn usage_with_rejecting_series(max_bytes: u64) -> Usage {
+        let mut config = OutboxConfig::default();
+        let series = SeriesConfig {
+            max_bytes: Some(max_bytes),
+            when_full: WhenFull::RejectNewest,
+            ..config.defaults.clone()
+        };
+        config.series.insert("s".into(), series);
+        Usage {
+            config,
+            inner: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn points_on_their_way_count_against_a_reject_newest_limit() {
+        let usage = usage_with_rejecting_series(1000);
+        usage.admit("d", "s", 10).expect("room at first");
+        usage.reserve("d", "s", 600, 10);
+        usage.admit("d", "s", 10).expect("600 of 1000 bytes");
+        usage.reserve("d", "s", 600, 10);
+        // Nothing is committed yet, but 1200 bytes are on their way.
+        let refused = usage.admit("d", "s", 10).expect_err("over the limit");
+        assert!(refused.contains("holds 1 KiB"), "{refused}");
+    }
+
+    #[test]
+    fn committing_settles_the_reservation_in_proportion() {
+        let usage = usage_with_rejecting_series(1 << 20);
+        usage.reserve("d", "s", 1000, 10);
+        usage.added(Stream::telemetry("d", "s"), 500, 4);
+        let stats = usage.lock().streams[&Stream::telemetry("d", "s")].clone();
+        assert_eq!((stats.in_flight_points, stats.in_flight_bytes), (6, 600));
+        assert_eq!((stats.points, stats.bytes), (4, 500));
+        usage.unreserve(&Stream::telemetry("d", "s"), 6);
+        let stats = usage.lock().streams[&Stream::telemetry("d", "s")].clone();
+        assert_eq!((stats.in_flight_points, stats.in_flight_bytes), (0, 0));
+    }
+
+    #[test]
+    fn drop_oldest_series_reserve_nothing() {
+        let usage = usage_with_rejecting_series(1000);
+        usage.reserve("d", "other", 5000, 10);
+        assert!(usage.lock().streams.is_empty());
+    }
 }

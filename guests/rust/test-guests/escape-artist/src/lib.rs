@@ -1,6 +1,7 @@
 //! Test guest: tries to reach what is not its own — another app's files
-//! (through `..`, an absolute path, a symlink planted in its directory),
-//! the host's files, the environment, the network, another app's storage —
+//! (through `..`, an absolute path, symlinks planted in its directory),
+//! the host's files, the environment, the network, another app's storage
+//! and twin —
 //! and logs "escape <way>: refused (...)" or "escape <way>: ESCAPED (...)".
 
 use std::io::Read;
@@ -37,6 +38,7 @@ impl App for EscapeArtist {
         );
         report("absolute", read("/etc/passwd"));
         report("symlink", read("link/secret.txt"));
+        report("symlink-absolute", read("abs-link/secret.txt"));
         report(
             "write-outside",
             std::fs::write(format!("../../{other}/files/planted.txt"), "x")
@@ -70,6 +72,15 @@ impl App for EscapeArtist {
                 Ok(k) if !k.is_empty() => Ok(k.join(",")),
                 Ok(_) => Err("sees no keys but its own (none)".into()),
                 Err(e) => Err(e),
+            },
+        );
+        // Another app's twin: its own device has no such report; the other
+        // app's device cannot be named at all.
+        report(
+            "twin",
+            match wasmgate_guest::this_device().reported("counter") {
+                Some(v) => Ok(format!("{v:?}")),
+                None => Err("its own device has no `counter` report".into()),
             },
         );
         info!("escape attempts done");

@@ -1,0 +1,570 @@
+//! Hostile guests: apps that flood the host's calls, hand it values of
+//! 100 MiB, or try to reach what is not theirs. Each is contained by a
+//! documented limit while a healthy app beside it keeps its tick rate and
+//! the gateway's memory stays bounded; the reason shows in `wasmgate apps`,
+//! the `status` message and the log. Also: the metrics endpoint and
+//! `wasmgate logs`.
+
+mod common;
+
+use common::mqtt::{Consumer, Mosquitto};
+use common::{Gateway, Running, field_after, free_port, guest, last_counter, model, wasmgate};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The healthy neighbour: a counter that ticks every 50 ms and round-trips
+/// storage, records and reports on each tick.
+fn with_healthy_counter() -> Gateway {
+    Gateway::new().app(
+        "counter",
+        &guest("storage-roundtrip"),
+        &model("counter"),
+        "tick_interval_ms = 50",
+    )
+}
+
+/// Check the healthy counter's pace over `window`: 50 ms ticks, of which a
+/// third must happen (a generous factor for a loaded 2-core CI machine).
+fn healthy_keeps_pace(run: &mut Running, window: Duration) {
+    let start = run.wait_until(T, "the healthy counter ticking", |lines| {
+        last_counter(lines).filter(|n| *n >= 3)
+    });
+    std::thread::sleep(window);
+    let end = last_counter(&run.lines()).expect("counter lines");
+    let expected = window.as_millis() as i64 / 50;
+    assert!(
+        end - start >= expected / 3,
+        "the healthy app ticked {} times in {window:?}; expected about {expected}",
+        end - start
+    );
+}
+
+/// The app named `name` in `wasmgate apps --json`.
+fn app_report(gw: &Gateway, name: &str) -> Value {
+    gw.apps()
+        .as_array()
+        .expect("apps")
+        .iter()
+        .find(|a| a["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} in wasmgate apps"))
+}
+
+/// The numbers of the `flood ... stopped after N calls: ...` lines.
+fn flood_stops(run: &Running, kind: &str) -> Vec<(i64, String)> {
+    run.lines()
+        .iter()
+        .filter(|l| l.contains(&format!("flood {kind} stopped after")))
+        .map(|l| {
+            let calls = l
+                .split("stopped after ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .expect("a call count");
+            (calls, l.clone())
+        })
+        .collect()
+}
+
+/// A flood of `kind` calls that a per-app rate limit refuses with
+/// `error::limit` after its burst: the flooder is slowed, not crashed.
+fn rate_limited_flood(kind: &str, burst: i64, per_second: i64) {
+    let gw = with_healthy_counter().app(
+        "flood",
+        &guest("flood"),
+        &model("flood"),
+        &format!("tick_interval_ms = 200\n[app.config]\nkind = \"{kind}\""),
+    );
+    let mut run = gw.start();
+    healthy_keeps_pace(&mut run, Duration::from_secs(3));
+
+    let stops = flood_stops(&run, kind);
+    assert!(stops.len() >= 5, "the flooder ticked: {stops:?}");
+    for (_, line) in &stops {
+        assert!(
+            line.contains("limit: ") && line.contains("a second"),
+            "each flood ends on the rate limit: {line}"
+        );
+    }
+    // The first tick spends the burst; the calls are cumulative, so each
+    // later tick adds only what the rate refilled (200 ms of it, give or take
+    // the scheduling of a loaded machine).
+    let first = stops[0].0;
+    assert!(
+        (burst..=burst + per_second).contains(&first),
+        "first tick: {first} calls for a burst of {burst}"
+    );
+    let (last, _) = stops[stops.len() - 1];
+    let elapsed_ticks = stops.len() as i64 - 1;
+    assert!(
+        last - first <= elapsed_ticks * per_second,
+        "later ticks got {} calls in {elapsed_ticks} ticks of 200 ms at {per_second}/s",
+        last - first
+    );
+    let flood = app_report(&gw, "flood");
+    assert_eq!(flood["state"], "running", "{flood}");
+    assert_eq!(flood["restarts"], 0, "{flood}");
+    assert_eq!(flood["traps"], 0, "{flood}");
+    assert!(
+        run.peak_rss_mib() < 200,
+        "peak RSS {} MiB",
+        run.peak_rss_mib()
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn a_storage_flood_is_slowed_by_its_write_rate() {
+    rate_limited_flood("storage", 5000, 1000);
+}
+
+#[test]
+fn a_report_flood_is_slowed_by_its_report_rate() {
+    rate_limited_flood("report", 5000, 1000);
+}
+
+#[test]
+fn an_alert_flood_is_slowed_by_its_alert_rate() {
+    rate_limited_flood("alert", 500, 100);
+}
+
+#[test]
+fn a_log_flood_is_dropped_past_its_rate_and_the_drops_are_counted() {
+    // `log` cannot fail, so the flooder spins until its call deadline.
+    let gw = with_healthy_counter().app(
+        "flood",
+        &guest("flood"),
+        &model("flood"),
+        "tick_interval_ms = 200\ncall_timeout_ms = 500\n[app.config]\nkind = \"log\"\n\
+         [app.restart]\nbackoff_initial_ms = 100\nmax_crashes = 100",
+    );
+    let mut run = gw.start();
+    let started = Instant::now();
+    healthy_keeps_pace(&mut run, Duration::from_secs(3));
+    let flood = app_report(&gw, "flood");
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let kept = run.count("flood line");
+    // 1000 lines of burst, then 200 a second.
+    assert!(
+        kept <= 1000 + 200 * seconds,
+        "{kept} flood lines in {seconds} s"
+    );
+    assert!(kept >= 1000, "the burst is let through: {kept}");
+    let dropped = flood["log_dropped"].as_u64().expect("log_dropped");
+    assert!(
+        dropped > 10 * kept as u64,
+        "the drops are counted: {dropped} dropped, {kept} kept"
+    );
+    run.wait_for("log lines dropped: the app logs more than 200", T);
+    // And the endless loop is what the deadline is for.
+    assert!(flood["traps"].as_u64().expect("traps") >= 1, "{flood}");
+    assert!(
+        flood["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ran past its deadline of 500 ms"),
+        "{flood}"
+    );
+    assert!(
+        run.peak_rss_mib() < 200,
+        "peak RSS {} MiB",
+        run.peak_rss_mib()
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn a_record_flood_is_cut_off_by_its_series_quota() {
+    // A 1 MiB quota on the flooder's series, refusing when full.
+    let gw = with_healthy_counter()
+        .app(
+            "flood",
+            &guest("flood"),
+            &model("flood"),
+            "tick_interval_ms = 200\n[app.config]\nkind = \"record\"",
+        )
+        .section("[outbox.series.flood]\nmax_kib = 1024\nwhen_full = \"reject-newest\"");
+    let mut run = gw.start();
+    healthy_keeps_pace(&mut run, Duration::from_secs(3));
+    let stops = flood_stops(&run, "record");
+    assert!(!stops.is_empty(), "the flooder stopped on the quota");
+    for (_, line) in &stops {
+        assert!(line.contains("limit: "), "{line}");
+    }
+    let flood = app_report(&gw, "flood");
+    assert_eq!(flood["state"], "running", "{flood}");
+    assert_eq!(flood["traps"], 0, "{flood}");
+    let peak = run.peak_rss_mib();
+    assert!(run.stop().success());
+
+    // The quota held, and the healthy app's points all arrived.
+    let flooded: i64 = gw
+        .db()
+        .query_row(
+            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE name = 'flood'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("outbox bytes");
+    assert!(
+        flooded <= 1024 * 1024 + 300 * 1024,
+        "{flooded} bytes of flood in the outbox for a 1 MiB quota"
+    );
+    let counts: Vec<i64> = gw
+        .outbox_points(Some("count"))
+        .iter()
+        .filter_map(|p| p["values"]["n"].as_i64())
+        .collect();
+    let last = *counts.iter().max().expect("counter points");
+    assert_eq!(
+        counts.len() as i64,
+        last,
+        "every counter point 1..={last} is in the outbox"
+    );
+    assert!(peak < 200, "peak RSS {peak} MiB");
+}
+
+#[test]
+fn values_of_100_mib_are_refused_and_the_gateway_stays_bounded() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    // The guest needs room for two 100 MiB values; the host copies one at
+    // a time out of the guest's memory and refuses it.
+    let gw = with_healthy_counter()
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+            broker.url()
+        ))
+        .app(
+            "huge",
+            &guest("huge-values"),
+            &model("huge"),
+            // Copying 100 MiB in and out of the guest takes the debug build
+            // a second or two: the call deadline covers the host's copying
+            // of arguments too, so this guest gets a longer one.
+            "tick_interval_ms = 100\nmemory_limit_mib = 512\ncall_timeout_ms = 20000\n\
+             [app.config]\nsize_mib = 100",
+        );
+    let mut run = gw.start();
+    let line = run.wait_for("huge: report", T);
+    for part in [
+        "report invalid: attribute `label`: text of 104857600 bytes is over the limit of 65536",
+        "record invalid: series `blobs` field `blob`: 104857600 bytes is over the limit of 65536",
+        "storage value invalid: value of 104857600 bytes is over the limit of 1048576",
+        "storage key invalid: key of 104857600 bytes is over the limit of 512",
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+    // The 100 MiB log line was cut.
+    let longest = run.lines().iter().map(String::len).max().unwrap_or(0);
+    assert!(longest < 9 * 1024, "a log line of {longest} bytes");
+
+    // An action result of 100 MiB is answered with an error.
+    consumer.publish(
+        "wg/v1/test-gw/huge/action/echo/req",
+        json!({"id": "big"}).to_string(),
+        false,
+    );
+    let response = consumer.wait_json("wg/v1/test-gw/huge/action/echo/res", T, |j| {
+        j["id"] == "big"
+    });
+    assert!(
+        response["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("over the limit of 65536"),
+        "{response}"
+    );
+    healthy_keeps_pace(&mut run, Duration::from_secs(2));
+    let huge = app_report(&gw, "huge");
+    assert_eq!(huge["state"], "running", "{huge}");
+    assert_eq!(huge["traps"], 0, "{huge}");
+    // The guest's 512 MiB allowance is in the process; the host's own
+    // copies come and go one value at a time.
+    let peak = run.peak_rss_mib();
+    assert!(peak < 800, "peak RSS {peak} MiB");
+
+    // At stop, a 100 MiB saved state is not kept.
+    assert!(run.stop().success());
+    assert!(
+        run.count("over the limit of 1048576: not kept") == 1,
+        "the saved state is refused at stop"
+    );
+    let saved: i64 = gw
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM saved_state WHERE app = 'huge'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("saved_state");
+    assert_eq!(saved, 0);
+}
+
+#[test]
+fn an_app_cannot_reach_another_apps_files_storage_twin_environment_or_network() {
+    // The victim runs first and leaves storage keys and a twin behind.
+    let gw = Gateway::new().app(
+        "victim",
+        &guest("storage-roundtrip"),
+        &model("counter"),
+        "tick_interval_ms = 50",
+    );
+    let mut run = gw.start();
+    run.wait_for("counter=3 ", T);
+    assert!(run.stop().success());
+
+    // Its files, and symlinks to them planted in the escape artist's own
+    // directory (one relative, one absolute).
+    let data = gw.data_dir();
+    let victim_files = data.join("apps/victim/files");
+    std::fs::create_dir_all(&victim_files).expect("victim dir");
+    std::fs::write(victim_files.join("secret.txt"), "the victim's secret").expect("secret");
+    let own = data.join("apps/escape/files");
+    std::fs::create_dir_all(&own).expect("own dir");
+    std::os::unix::fs::symlink("../../victim/files", own.join("link")).expect("symlink");
+    std::os::unix::fs::symlink(&victim_files, own.join("abs-link")).expect("symlink");
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+
+    let gw = gw
+        .reconfigure()
+        .app(
+            "victim",
+            &guest("storage-roundtrip"),
+            &model("counter"),
+            "tick_interval_ms = 50",
+        )
+        .app(
+            "escape",
+            &guest("escape-artist"),
+            &model("counter"),
+            &format!("[app.config]\nother = \"victim\"\nport = \"{port}\""),
+        );
+    let mut run = gw.start();
+    run.wait_for("escape attempts done", T);
+    let lines = run.lines();
+    for way in [
+        "dotdot",
+        "dotdot-deep",
+        "absolute",
+        "symlink",
+        "symlink-absolute",
+        "write-outside",
+        "environment",
+        "network",
+        "storage",
+        "twin",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("escape {way}: ")))
+            .unwrap_or_else(|| panic!("the escape artist tried {way}"));
+        assert!(line.contains(": refused ("), "{line}");
+    }
+    assert_eq!(run.count("ESCAPED"), 0);
+    // Its own directory works.
+    assert!(run.count("own file: Ok(\"mine\")") == 1);
+    assert!(own.join("mine.txt").exists());
+    assert!(!victim_files.join("planted.txt").exists());
+    assert!(matches!(
+        listener.accept(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    ));
+    // The victim is untouched and its counter went on from where it was.
+    run.wait_for("counter=6 ", T);
+    assert!(run.stop().success());
+}
+
+#[test]
+fn two_apps_cannot_speak_for_the_same_device() {
+    let gw = Gateway::new()
+        .app(
+            "a",
+            &guest("storage-roundtrip"),
+            &model("counter"),
+            "device = \"boiler\"",
+        )
+        .app(
+            "b",
+            &guest("escape-artist"),
+            &model("counter"),
+            "device = \"boiler\"",
+        );
+    gw.write_config();
+    let config = gw.config_path();
+    let (ok, _, err) = wasmgate(&["run", "--config", config.to_str().expect("path")]);
+    assert!(!ok);
+    assert!(
+        err.contains("app[1].device") && err.contains("device \"boiler\" belongs to two apps"),
+        "{err}"
+    );
+}
+
+/// The value of one sample in Prometheus text, by its full name and labels.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name_and_labels} in\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+fn scrape(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // Sent in two segments, as a client may.
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\n").as_bytes())
+        .expect("request");
+    stream.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(20));
+    stream
+        .write_all(b"Host: localhost\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn the_metrics_endpoint_shows_what_the_apps_did() {
+    let broker = Mosquitto::start("");
+    let port = free_port();
+    let gw = with_healthy_counter()
+        .app(
+            "trap-on-tick",
+            &guest("trap-on-tick"),
+            &model("empty"),
+            "tick_interval_ms = 20\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 3",
+        )
+        .app(
+            "flood",
+            &guest("flood"),
+            &model("flood"),
+            "tick_interval_ms = 100\ncall_timeout_ms = 300\n[app.config]\nkind = \"log\"\n\
+             [app.restart]\nmax_crashes = 1",
+        )
+        .section(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\""))
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+            broker.url()
+        ));
+    let mut run = gw.start();
+    run.wait_for("trap-on-tick", T);
+    run.wait_for("app quarantined after 3 crashes", T);
+    run.wait_until(T, "20 counter ticks", |l| {
+        last_counter(l).filter(|n| *n >= 20)
+    });
+    let (head, text) = scrape(port, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+
+    let app = |metric: &str, app: &str| {
+        sample(
+            &text,
+            &format!("{metric}{{gateway=\"test-gw\",app=\"{app}\"}}"),
+        )
+    };
+    // The trapping app crashed three times: two restarts, then quarantine.
+    assert_eq!(app("wasmgate_app_traps_total", "trap-on-tick"), 3.0);
+    assert_eq!(app("wasmgate_app_restarts_total", "trap-on-tick"), 2.0);
+    assert_eq!(app("wasmgate_app_traps_total", "counter"), 0.0);
+    // The counter's ticks are events; each one a call in the histogram.
+    let ticks = last_counter(&run.lines()).expect("ticks") as f64;
+    let events = app("wasmgate_app_events_total", "counter");
+    assert!(events >= ticks, "{events} events for {ticks} logged ticks");
+    let calls = app("wasmgate_app_call_seconds_count", "counter");
+    assert!(calls >= events, "{calls} calls, {events} events");
+    let inf = sample(
+        &text,
+        "wasmgate_app_call_seconds_bucket{gateway=\"test-gw\",app=\"counter\",le=\"+Inf\"}",
+    );
+    assert_eq!(inf, calls);
+    assert!(app("wasmgate_app_call_seconds_sum", "counter") > 0.0);
+    assert!(app("wasmgate_app_memory_bytes", "counter") >= 65536.0);
+    // The log flooder's drops.
+    assert!(app("wasmgate_app_log_dropped_total", "flood") > 1000.0);
+    // The link: connected, and it sent what the counter recorded.
+    let gw_metric = |metric: &str| sample(&text, &format!("{metric}{{gateway=\"test-gw\"}}"));
+    assert_eq!(gw_metric("wasmgate_cloud_connected"), 1.0);
+    assert!(gw_metric("wasmgate_cloud_messages_sent_total") >= 1.0);
+    assert!(gw_metric("wasmgate_cloud_bytes_sent_total") > 100.0);
+    assert_eq!(gw_metric("wasmgate_cloud_reconnects_total"), 0.0);
+
+    // Anything but GET /metrics is a 404.
+    let (head, _) = scrape(port, "/");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // The status summary carries the same counters (live, from the running
+    // gateway).
+    let status = gw.status();
+    let trap = status["live"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .find(|a| a["name"] == "trap-on-tick")
+        .expect("trap-on-tick status")
+        .clone();
+    assert_eq!(trap["traps"], 3, "{trap}");
+    assert!(run.stop().success());
+}
+
+#[test]
+fn the_metrics_endpoint_listens_only_on_loopback() {
+    let gw = with_healthy_counter().section("[metrics]\nlisten = \"0.0.0.0:9464\"");
+    gw.write_config();
+    let config = gw.config_path();
+    let (ok, _, err) = wasmgate(&["run", "--config", config.to_str().expect("path")]);
+    assert!(!ok);
+    assert!(
+        err.contains("metrics.listen") && err.contains("loopback"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wasmgate_logs_shows_an_apps_recent_lines() {
+    let gw = with_healthy_counter().app(
+        "trap-on-tick",
+        &guest("trap-on-tick"),
+        &model("empty"),
+        "tick_interval_ms = 20\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 2",
+    );
+    let mut run = gw.start();
+    run.wait_for("app quarantined after 2 crashes", T);
+    run.wait_until(T, "ten ticks", |l| last_counter(l).filter(|n| *n >= 10));
+    let config = gw.config_path();
+    let config = config.to_str().expect("path");
+
+    let (ok, out, err) = wasmgate(&["logs", "counter", "-n", "5", "--gateway", config]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines.iter().all(|l| l.contains("roundtrip=true")), "{out}");
+    // Oldest first: the counter goes up.
+    let counts: Vec<i64> = lines
+        .iter()
+        .filter_map(|l| field_after(l, "counter"))
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+
+    // The crashed app's lines include its panic and the host's verdict,
+    // and nothing of the other app's.
+    let (ok, out, _) = wasmgate(&["logs", "trap-on-tick", "--gateway", config]);
+    assert!(ok);
+    assert!(out.contains("boom on tick 1"), "{out}");
+    assert!(out.contains("app quarantined after 2 crashes"), "{out}");
+    assert!(!out.contains("roundtrip="), "{out}");
+
+    let (ok, out, _) = wasmgate(&["logs", "nobody", "--gateway", config]);
+    assert!(!ok);
+    assert!(out.contains("no app named \"nobody\""), "{out}");
+    assert!(run.stop().success());
+}
