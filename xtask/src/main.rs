@@ -5,8 +5,9 @@
 //!   next to it: watch what arrives, change the setpoint, call an action.
 //! - `cargo xtask test [ARGS]`: install what the tests need and is missing
 //!   (Mosquitto from apt; the guest languages' tools through
-//!   `guests/install-tools`), build the guests, run the whole test suite
-//!   (`cargo test --workspace ARGS`).
+//!   `guests/install-tools`; cargo-fuzz), build the guests, run the whole
+//!   test suite (`cargo test --workspace ARGS`), then, when no ARGS narrow
+//!   it, every fuzz target for a few seconds (`fuzz/run 5`).
 //! - `cargo xtask guests`: build the guests only.
 
 use std::net::TcpStream;
@@ -25,7 +26,14 @@ fn main() -> ExitCode {
         Some("demo") => guests(&root, &["rust"]).and_then(|()| demo(&root)),
         Some("test") => setup(&root)
             .and_then(|()| guests(&root, &[]))
-            .and_then(|()| test(&root, &args[1..])),
+            .and_then(|()| test(&root, &args[1..]))
+            .and_then(|()| {
+                if args.len() > 1 {
+                    Ok(())
+                } else {
+                    fuzz(&root, FUZZ_SECONDS)
+                }
+            }),
         Some("setup") => setup(&root),
         Some("guests") => guests(&root, &[]),
         _ => Err("usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | guests".to_string()),
@@ -92,7 +100,40 @@ fn setup(root: &Path) -> Result<(), String> {
         apt(&["update", "-qq"])?;
         apt(&["install", "-y", "-qq", "mosquitto"])?;
     }
+    if !has_cargo_fuzz() {
+        eprintln!("xtask: the fuzz targets need cargo-fuzz {CARGO_FUZZ_VERSION}: cargo install");
+        run(cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))?;
+    }
     run(Command::new(root.join("guests/install-tools")).current_dir(root))
+}
+
+/// How long `cargo xtask test` runs each fuzz target: long enough to catch
+/// a parser that panics on what the seeds become after a few mutations.
+const FUZZ_SECONDS: u32 = 5;
+
+/// cargo-fuzz, pinned; it runs on the stable toolchain with `-s none`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn fuzz(root: &Path, seconds: u32) -> Result<(), String> {
+    run(Command::new(root.join("fuzz/run"))
+        .arg(seconds.to_string())
+        .current_dir(root))
+}
+
+fn has_cargo_fuzz() -> bool {
+    cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)
+        })
+        .unwrap_or(false)
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {

@@ -8,7 +8,7 @@
 //! passed the device model: unknown, read-only, wrong-typed or out-of-range
 //! values are refused in the answer and logged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_BYTES};
 use super::topics::{self, Kind};
 use crate::app::Directory;
+use crate::model::DeviceModel;
 use crate::store::Database;
 use crate::value::to_json;
 
@@ -223,6 +224,68 @@ fn id_of(payload: &[u8]) -> Option<String> {
     (id.len() <= 128).then_some(id)
 }
 
+/// A desired message checked against the device's model: what may be
+/// applied, and what is refused and why. Whether its version is new is the
+/// caller's question (it needs the twin).
+#[derive(Debug, Default)]
+pub struct DesiredChange {
+    pub version: u64,
+    pub accepted: Vec<(String, crate::bindings::Value)>,
+    pub rejected: BTreeMap<String, String>,
+}
+
+impl DesiredChange {
+    /// Every attribute the message named.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.accepted
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(self.rejected.keys().map(String::as_str))
+    }
+}
+
+/// Read a `twin/desired` payload and check each attribute against `model`.
+/// An unreadable message is refused whole; a bad attribute only itself.
+pub fn check_desired(model: &DeviceModel, payload: &[u8]) -> Result<DesiredChange, String> {
+    let desired: Desired =
+        serde_json::from_slice(payload).map_err(|e| format!("malformed desired message: {e}"))?;
+    let mut change = DesiredChange {
+        version: desired.version,
+        ..DesiredChange::default()
+    };
+    for (name, json) in &desired.attributes {
+        match model.check_desired(name, json) {
+            Ok(value) => change.accepted.push((name.clone(), value)),
+            Err(reason) => {
+                change.rejected.insert(name.clone(), reason);
+            }
+        }
+    }
+    Ok(change)
+}
+
+/// Read an `action/{name}/req` payload and check its argument against
+/// `model`: the request id and the argument, or the id (if one could be
+/// read) and why it is refused.
+pub fn check_action(
+    model: &DeviceModel,
+    name: &str,
+    payload: &[u8],
+) -> Result<(String, Option<crate::bindings::Value>), (Option<String>, String)> {
+    let request: ActionRequest = serde_json::from_slice(payload)
+        .map_err(|e| (id_of(payload), format!("malformed action request: {e}")))?;
+    if request.id.is_empty() || request.id.len() > 128 {
+        return Err((
+            id_of(payload),
+            "the request id must be 1 to 128 characters".into(),
+        ));
+    }
+    match model.check_action(name, request.argument.as_ref()) {
+        Ok(argument) => Ok((request.id, argument)),
+        Err(reason) => Err((Some(request.id), reason)),
+    }
+}
+
 struct Worker {
     gateway: String,
     device: String,
@@ -282,18 +345,18 @@ impl Worker {
                 ..Ack::default()
             };
         };
-        let desired: Desired = match serde_json::from_slice(payload) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(device = %device, "refused a malformed desired message: {e}");
+        let checked = match check_desired(&route.model, payload) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(device = %device, "refused a desired message: {error}");
                 return Ack {
                     version: version_of(payload),
-                    error: Some(format!("malformed desired message: {e}")),
+                    error: Some(error),
                     ..Ack::default()
                 };
             }
         };
-        let version = desired.version;
+        let version = checked.version;
         let applied = match crate::store::desired_version(db, device) {
             Ok(v) => v,
             Err(e) => {
@@ -313,9 +376,9 @@ impl Worker {
             ..Ack::default()
         };
         if version < applied {
-            for name in desired.attributes.keys() {
+            for name in checked.names() {
                 ack.rejected.insert(
-                    name.clone(),
+                    name.to_string(),
                     format!("stale: version {version} is older than the applied version {applied}"),
                 );
             }
@@ -323,15 +386,10 @@ impl Worker {
             return ack;
         }
 
-        let mut accepted = Vec::new();
-        for (name, json) in &desired.attributes {
-            match route.model.check_desired(name, json) {
-                Ok(value) => accepted.push((name.clone(), value)),
-                Err(reason) => {
-                    tracing::warn!(device = %device, attribute = %name, "desired value refused: {reason}");
-                    ack.rejected.insert(name.clone(), reason);
-                }
-            }
+        let mut accepted = checked.accepted;
+        for (name, reason) in checked.rejected {
+            tracing::warn!(device = %device, attribute = %name, "desired value refused: {reason}");
+            ack.rejected.insert(name, reason);
         }
         if !accepted.is_empty() {
             let outcome = tokio::time::timeout(
@@ -392,31 +450,24 @@ impl Worker {
                 )),
             };
         };
-        let request: ActionRequest = match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(device = %device, action = name, "refused a malformed action request: {e}");
+        let (id, argument) = match check_action(&route.model, name, payload) {
+            Ok(checked) => checked,
+            Err((id, error)) => {
+                tracing::warn!(device = %device, action = name, "refused an action request: {error}");
                 return ActionResponse {
-                    id: id_of(payload),
+                    id,
                     result: None,
-                    error: Some(format!("malformed action request: {e}")),
+                    error: Some(error),
                 };
             }
         };
         let fail = |error: String| {
-            tracing::warn!(device = %device, action = name, id = %request.id, "action failed: {error}");
+            tracing::warn!(device = %device, action = name, id = %id, "action failed: {error}");
             ActionResponse {
-                id: Some(request.id.clone()),
+                id: Some(id.clone()),
                 result: None,
                 error: Some(error),
             }
-        };
-        if request.id.is_empty() || request.id.len() > 128 {
-            return fail("the request id must be 1 to 128 characters".into());
-        }
-        let argument = match route.model.check_action(name, request.argument.as_ref()) {
-            Ok(a) => a,
-            Err(reason) => return fail(reason),
         };
         let call = route
             .handle
@@ -433,9 +484,9 @@ impl Worker {
                         "the app's result is {size} bytes, over the limit of {MAX_DOWNLINK_BYTES}"
                     ));
                 }
-                tracing::info!(device = %device, action = name, id = %request.id, "action answered");
+                tracing::info!(device = %device, action = name, id = %id, "action answered");
                 ActionResponse {
-                    id: Some(request.id.clone()),
+                    id: Some(id.clone()),
                     result: Some(result),
                     error: None,
                 }

@@ -36,11 +36,118 @@ pub enum Message {
     },
 }
 
-struct Transfer {
-    manifest: DeployManifest,
+/// Read a `deploy/req` payload and check it: names, sizes that add up, and
+/// a signature by a trusted key. On refusal: the id, if one could be read,
+/// and why.
+pub fn check_manifest(
+    trusted: &[[u8; 32]],
+    payload: &[u8],
+) -> Result<DeployManifest, (Option<String>, String)> {
+    let manifest: DeployManifest = serde_json::from_slice(payload).map_err(|e| {
+        let id = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v.get("id")?.as_str().map(str::to_string))
+            .filter(|id| check_name(id).is_ok());
+        (id, format!("malformed deployment request: {e}"))
+    })?;
+    if let Err(m) = check_name(&manifest.id) {
+        return Err((None, format!("deployment id: {m}")));
+    }
+    let id = Some(manifest.id.clone());
+    check_name(&manifest.app).map_err(|m| (id.clone(), m))?;
+    let sized = manifest.size > 0
+        && manifest.size <= MAX_ARTIFACT_BYTES as u64
+        && (1..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
+        && manifest.chunks == manifest.size.div_ceil(manifest.chunk_size);
+    if !sized {
+        return Err((
+            id,
+            format!(
+                "size {} in {} chunks of {} bytes does not add up (at most {} MiB, chunks of at most {} KiB)",
+                manifest.size,
+                manifest.chunks,
+                manifest.chunk_size,
+                MAX_ARTIFACT_BYTES >> 20,
+                MAX_CHUNK_BYTES >> 10
+            ),
+        ));
+    }
+    let signed = signing::signed_bytes(
+        &manifest.id,
+        &manifest.app,
+        &manifest.sha256,
+        manifest.model.as_ref(),
+        manifest.config.as_deref(),
+    );
+    signing::verify(trusted, &signed, &manifest.signature).map_err(|e| (id, e))?;
+    Ok(manifest)
+}
+
+/// A deployment being received: its checked manifest and the chunks so far.
+pub struct Transfer {
+    pub manifest: DeployManifest,
     chunks: Vec<Option<Vec<u8>>>,
     received: u64,
     touched: Instant,
+}
+
+impl Transfer {
+    /// Start receiving what a checked manifest announced.
+    pub fn new(manifest: DeployManifest) -> Transfer {
+        Transfer {
+            chunks: vec![None; manifest.chunks as usize],
+            manifest,
+            received: 0,
+            touched: Instant::now(),
+        }
+    }
+
+    /// Take chunk `index` (as it came in the topic); a repeated chunk
+    /// replaces the earlier one. Returns how many distinct chunks are in.
+    pub fn accept(&mut self, index: &str, payload: Vec<u8>) -> Result<u64, String> {
+        self.touched = Instant::now();
+        let m = &self.manifest;
+        let expected = |i: u64| {
+            if i + 1 == m.chunks {
+                m.size - m.chunk_size * i
+            } else {
+                m.chunk_size
+            }
+        };
+        let index: u64 = match index.parse() {
+            Ok(i) if i < m.chunks && payload.len() as u64 == expected(i) => i,
+            _ => {
+                return Err(format!(
+                    "chunk {index} ({} bytes) does not fit the manifest",
+                    payload.len()
+                ));
+            }
+        };
+        if self.chunks[index as usize].replace(payload).is_none() {
+            self.received += 1;
+        }
+        Ok(self.received)
+    }
+
+    /// The whole component, once every chunk is in and its sha256 is the
+    /// signed one.
+    pub fn assemble(self) -> Result<(DeployManifest, Vec<u8>), String> {
+        if self.received < self.manifest.chunks {
+            return Err(format!(
+                "{} of {} chunks received",
+                self.received, self.manifest.chunks
+            ));
+        }
+        let component: Vec<u8> = self.chunks.into_iter().flatten().flatten().collect();
+        let digest = super::artifacts::digest(&component);
+        if digest != self.manifest.sha256 {
+            return Err(format!(
+                "the component's sha256 is {digest}, not the signed {}: refused as tampered or corrupt",
+                self.manifest.sha256
+            ));
+        }
+        Ok((self.manifest, component))
+    }
 }
 
 /// Start the handler; the returned sender is for the downlink.
@@ -115,63 +222,15 @@ impl Handler {
     }
 
     async fn manifest(&mut self, payload: &[u8]) {
-        let manifest: DeployManifest = match serde_json::from_slice(payload) {
+        let manifest = match check_manifest(&self.trusted, payload) {
             Ok(m) => m,
-            Err(e) => {
-                let id = serde_json::from_slice::<serde_json::Value>(payload)
-                    .ok()
-                    .and_then(|v| v.get("id")?.as_str().map(str::to_string));
-                return self
-                    .fail(id, format!("malformed deployment request: {e}"))
-                    .await;
-            }
+            Err((id, error)) => return self.fail(id, error).await,
         };
-        let id = Some(manifest.id.clone());
-        if let Err(m) = check_name(&manifest.id).and_then(|()| check_name(&manifest.app)) {
-            return self.fail(id, m).await;
-        }
-        let sized = manifest.size > 0
-            && manifest.size <= MAX_ARTIFACT_BYTES as u64
-            && (1..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
-            && manifest.chunks == manifest.size.div_ceil(manifest.chunk_size);
-        if !sized {
-            return self
-                .fail(
-                    id,
-                    format!(
-                        "size {} in {} chunks of {} bytes does not add up (at most {} MiB, chunks of at most {} KiB)",
-                        manifest.size,
-                        manifest.chunks,
-                        manifest.chunk_size,
-                        MAX_ARTIFACT_BYTES >> 20,
-                        MAX_CHUNK_BYTES >> 10
-                    ),
-                )
-                .await;
-        }
-        let signed = signing::signed_bytes(
-            &manifest.id,
-            &manifest.app,
-            &manifest.sha256,
-            manifest.model.as_ref(),
-            manifest.config.as_deref(),
-        );
-        if let Err(e) = signing::verify(&self.trusted, &signed, &manifest.signature) {
-            return self.fail(id, e).await;
-        }
         tracing::info!(deployment = %manifest.id, app = %manifest.app, bytes = manifest.size, "cloud deployment accepted; receiving");
-        let chunks = manifest.chunks;
-        self.transfers.insert(
-            manifest.id.clone(),
-            Transfer {
-                chunks: vec![None; chunks as usize],
-                manifest,
-                received: 0,
-                touched: Instant::now(),
-            },
-        );
+        let (id, chunks) = (manifest.id.clone(), manifest.chunks);
+        self.transfers.insert(id.clone(), Transfer::new(manifest));
         self.report(DeployProgress {
-            id,
+            id: Some(id),
             stage: "receiving".into(),
             chunks,
             ..DeployProgress::default()
@@ -189,30 +248,14 @@ impl Handler {
                 )
                 .await;
         };
-        transfer.touched = Instant::now();
-        let m = &transfer.manifest;
-        let expected = |i: u64| {
-            if i + 1 == m.chunks {
-                m.size - m.chunk_size * i
-            } else {
-                m.chunk_size
-            }
-        };
-        let index: u64 = match index.parse() {
-            Ok(i) if i < m.chunks && payload.len() as u64 == expected(i) => i,
-            _ => {
-                let error = format!(
-                    "chunk {index} ({} bytes) does not fit the manifest",
-                    payload.len()
-                );
+        let received = match transfer.accept(index, payload) {
+            Ok(received) => received,
+            Err(error) => {
                 self.transfers.remove(&id);
                 return self.fail(Some(id), error).await;
             }
         };
-        if transfer.chunks[index as usize].replace(payload).is_none() {
-            transfer.received += 1;
-        }
-        let (received, chunks) = (transfer.received, transfer.manifest.chunks);
+        let chunks = transfer.manifest.chunks;
         if received < chunks {
             // Progress at every tenth of the way.
             if received % (chunks / 10).max(1) == 0 {
@@ -230,18 +273,15 @@ impl Handler {
         let Some(transfer) = self.transfers.remove(&id) else {
             return;
         };
-        let component: Vec<u8> = transfer.chunks.into_iter().flatten().flatten().collect();
-        let digest = super::artifacts::digest(&component);
-        if digest != transfer.manifest.sha256 {
-            return self
-                .fail(Some(id), format!("the component's sha256 is {digest}, not the signed {}: refused as tampered or corrupt", transfer.manifest.sha256))
-                .await;
-        }
+        let (manifest, component) = match transfer.assemble() {
+            Ok(done) => done,
+            Err(error) => return self.fail(Some(id), error).await,
+        };
         let request = DeployRequest {
-            app: transfer.manifest.app.clone(),
+            app: manifest.app,
             component,
-            model: transfer.manifest.model,
-            config: transfer.manifest.config,
+            model: manifest.model,
+            config: manifest.config,
             spec: None,
             source: "cloud".into(),
         };
