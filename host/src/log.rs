@@ -16,12 +16,14 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// Per-app state of the log interface.
 pub struct LogCtx {
     app: Arc<str>,
+    /// The device the app speaks for, on every line too.
+    device: Arc<str>,
     gate: LogGate,
 }
 
 impl LogCtx {
-    pub fn new(app: Arc<str>, gate: LogGate) -> Self {
-        LogCtx { app, gate }
+    pub fn new(app: Arc<str>, device: Arc<str>, gate: LogGate) -> Self {
+        LogCtx { app, device, gate }
     }
 }
 
@@ -109,12 +111,13 @@ impl Host for LogCtx {
             return Ok(());
         }
         let message = clip(&message);
+        let device = &*self.device;
         match level {
-            Level::Trace => tracing::trace!(app = %app, "{message}"),
-            Level::Debug => tracing::debug!(app = %app, "{message}"),
-            Level::Info => tracing::info!(app = %app, "{message}"),
-            Level::Warn => tracing::warn!(app = %app, "{message}"),
-            Level::Error => tracing::error!(app = %app, "{message}"),
+            Level::Trace => tracing::trace!(app = %app, device = %device, "{message}"),
+            Level::Debug => tracing::debug!(app = %app, device = %device, "{message}"),
+            Level::Info => tracing::info!(app = %app, device = %device, "{message}"),
+            Level::Warn => tracing::warn!(app = %app, device = %device, "{message}"),
+            Level::Error => tracing::error!(app = %app, device = %device, "{message}"),
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ use crate::log::LogGate;
 /// The guest's WASI context: its directory at `/`, stdio into the log.
 pub fn context(
     app: &Arc<str>,
+    device: &Arc<str>,
     dir: &Path,
     stderr_tail: &StderrTail,
     gate: &LogGate,
@@ -41,13 +42,13 @@ pub fn context(
     let mut builder = WasiCtxBuilder::new();
     builder
         .stdout(GuestOutput::new(
-            app.clone(),
+            (app.clone(), device.clone()),
             Stream::Stdout,
             None,
             gate.clone(),
         ))
         .stderr(GuestOutput::new(
-            app.clone(),
+            (app.clone(), device.clone()),
             Stream::Stderr,
             Some(stderr_tail.clone()),
             gate.clone(),
@@ -165,15 +166,22 @@ impl StderrTail {
 /// (stdout at info, stderr at warn); stderr also feeds the [`StderrTail`].
 struct GuestOutput {
     app: Arc<str>,
+    device: Arc<str>,
     stream: Stream,
     last_lines: Option<StderrTail>,
     gate: LogGate,
 }
 
 impl GuestOutput {
-    fn new(app: Arc<str>, stream: Stream, last_lines: Option<StderrTail>, gate: LogGate) -> Self {
+    fn new(
+        (app, device): (Arc<str>, Arc<str>),
+        stream: Stream,
+        last_lines: Option<StderrTail>,
+        gate: LogGate,
+    ) -> Self {
         GuestOutput {
             app,
+            device,
             stream,
             last_lines,
             gate,
@@ -191,6 +199,7 @@ impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(LineWriter {
             app: self.app.clone(),
+            device: self.device.clone(),
             stream: self.stream,
             last_lines: self.last_lines.clone(),
             gate: self.gate.clone(),
@@ -201,6 +210,7 @@ impl StdoutStream for GuestOutput {
 
 struct LineWriter {
     app: Arc<str>,
+    device: Arc<str>,
     stream: Stream,
     last_lines: Option<StderrTail>,
     gate: LogGate,
@@ -223,8 +233,12 @@ impl LineWriter {
             return;
         }
         match self.stream {
-            Stream::Stdout => tracing::info!(app = %app, stream = "stdout", "{text}"),
-            Stream::Stderr => tracing::warn!(app = %app, stream = "stderr", "{text}"),
+            Stream::Stdout => {
+                tracing::info!(app = %app, device = %self.device, stream = "stdout", "{text}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(app = %app, device = %self.device, stream = "stderr", "{text}")
+            }
         }
     }
 }

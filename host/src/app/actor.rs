@@ -427,8 +427,9 @@ impl Actor {
                 .map_err(|e| format!("opening the database: {e}"))
         };
         let config = &version.config;
+        let device: Arc<str> = config.device.as_str().into();
         let ctx = AppCtx {
-            wasi: crate::wasi::context(&self.name, &self.files_dir, &stderr_tail, &gate)
+            wasi: crate::wasi::context(&self.name, &device, &self.files_dir, &stderr_tail, &gate)
                 .map_err(|e| format!("preparing WASI: {e:#}"))?,
             table: ResourceTable::new(),
             limiter: AppLimiter {
@@ -452,7 +453,7 @@ impl Actor {
                 self.rates.storage_writes.clone(),
             )
             .map_err(|e| format!("opening storage: {e}"))?,
-            log: LogCtx::new(self.name.clone(), gate.clone()),
+            log: LogCtx::new(self.name.clone(), device, gate.clone()),
             deadline: Instant::now(),
             call_timeout: config.call_timeout,
         };
