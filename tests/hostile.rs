@@ -436,6 +436,10 @@ fn scrape(port: u16, path: &str) -> (String, String) {
 #[test]
 fn the_metrics_endpoint_shows_what_the_apps_did() {
     let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(
+        &broker.settings("consumer"),
+        &["wg/v1/test-gw/test-gw/status"],
+    );
     let port = free_port();
     let gw = with_healthy_counter()
         .app(
@@ -513,6 +517,26 @@ fn the_metrics_endpoint_shows_what_the_apps_did() {
         .expect("trap-on-tick status")
         .clone();
     assert_eq!(trap["traps"], 3, "{trap}");
+
+    // So does the retained status message, with the reason.
+    let status = consumer.wait_json("wg/v1/test-gw/test-gw/status", T, |s| {
+        s["apps"].as_array().is_some_and(|apps| {
+            apps.iter()
+                .any(|a| a["name"] == "trap-on-tick" && a["state"] == "quarantined")
+        })
+    });
+    let trap = status["apps"]
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["name"] == "trap-on-tick"))
+        .expect("trap-on-tick in the status message");
+    assert_eq!(trap["traps"], 3, "{trap}");
+    assert!(
+        trap["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("boom on tick 1"),
+        "{trap}"
+    );
     assert!(run.stop().success());
 }
 
