@@ -826,6 +826,10 @@ fn round_trips(n: usize) -> (f64, f64, f64, f64) {
         )
         .expect("options");
         let (client, mut connection) = rumqttc::Client::new(options, 64);
+        // Without TCP_NODELAY the requester's PUBACK and its next request
+        // wait on the broker's delayed ACK: 40 ms a round trip, whoever
+        // answers.
+        wasmgate::cloud::no_delay(&mut connection.eventloop);
         client
             .subscribe(response, rumqttc::QoS::AtLeastOnce)
             .expect("subscribe");
