@@ -132,6 +132,49 @@ fn an_alert_flood_is_slowed_by_its_alert_rate() {
 }
 
 #[test]
+fn registering_devices_without_end_stops_at_the_apps_cap() {
+    let gw = with_healthy_counter().app(
+        "flood",
+        &guest("flood"),
+        &model("flood"),
+        &format!(
+            "tick_interval_ms = 200\nmax_devices = 100\n[app.models]\nflood = \"{}\"\n\
+             [app.config]\nkind = \"register\"",
+            model("flood").display()
+        ),
+    );
+    let mut run = gw.start();
+    healthy_keeps_pace(&mut run, Duration::from_secs(2));
+    let stops = flood_stops(&run, "register");
+    assert!(stops.len() >= 3, "the flooder ticked: {stops:?}");
+    // 100 registrations, then the 101st is refused; each later tick is
+    // refused at its first call.
+    assert_eq!(stops[0].0, 101, "{}", stops[0].1);
+    for (i, (calls, line)) in stops.iter().enumerate() {
+        assert!(
+            line.contains(
+                "limit: the app has registered 100 devices, its limit (max_devices = 100)"
+            ),
+            "{line}"
+        );
+        assert_eq!(*calls, 101 + i as i64, "{line}");
+    }
+    let flood = app_report(&gw, "flood");
+    assert_eq!(flood["state"], "running", "{flood}");
+    assert_eq!(flood["traps"], 0, "{flood}");
+    assert!(run.stop().success());
+    let registered: i64 = gw
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM registrations WHERE app = 'flood'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("registrations");
+    assert_eq!(registered, 100);
+}
+
+#[test]
 fn a_log_flood_is_dropped_past_its_rate_and_the_drops_are_counted() {
     // `log` cannot fail, so the flooder spins until its call deadline.
     let gw = with_healthy_counter().app(

@@ -557,6 +557,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
             ingest: ingest.sender(),
             outbox_signal: Default::default(),
             status_signal: Default::default(),
+            directory: Default::default(),
         };
         let wasm = guest("bench-noop");
         let engine_runtime = wasmgate::engine::Runtime::new(&dir.path().join("cache")).expect("runtime");
@@ -570,6 +571,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
         let version = wasmgate::app::AppVersion {
             config: config.apps[0].clone(),
             model: std::sync::Arc::new(wasmgate::model::DeviceModel::parse(&model).expect("model")),
+            device_models: Default::default(),
             pre: loaded.pre,
             digest: loaded.digest,
             number: 1,

@@ -243,6 +243,15 @@ struct AppSection {
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
     restart: RestartPolicy,
+    /// Models the app may `register` devices with, by name.
+    #[serde(default)]
+    models: BTreeMap<String, PathBuf>,
+    #[serde(default = "default_max_devices")]
+    max_devices: usize,
+}
+
+fn default_max_devices() -> usize {
+    crate::registration::DEFAULT_MAX_DEVICES
 }
 
 fn default_data_dir() -> PathBuf {
@@ -599,6 +608,10 @@ pub struct AppConfig {
     /// Key/values passed to the app's `init`.
     pub config: Vec<(String, String)>,
     pub restart: RestartPolicy,
+    /// Models the app may `register` devices with: name and file.
+    pub device_models: Vec<(String, PathBuf)>,
+    /// How many devices the app may register.
+    pub max_devices: usize,
 }
 
 impl Config {
@@ -733,7 +746,21 @@ impl Config {
                 };
                 config.push((k, text));
             }
+            let mut device_models = Vec::with_capacity(app.models.len());
+            for (name, file) in &app.models {
+                check_name(name).map_err(|m| invalid(key(&format!("models.{name}")), m))?;
+                device_models.push((name.clone(), resolve(file)));
+            }
+            let max_devices = usize::try_from(between(
+                "max_devices",
+                app.max_devices as u64,
+                0,
+                crate::registration::MAX_DEVICES_LIMIT as u64,
+            )?)
+            .unwrap_or(0);
             apps.push(AppConfig {
+                device_models,
+                max_devices,
                 component: resolve(&app.component),
                 model: resolve(&app.model),
                 device,

@@ -9,7 +9,7 @@
 //! [`FLUSH_POINTS`]) and then handed to the outbox writer thread.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -21,6 +21,7 @@ use crate::model::DeviceModel;
 use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
 use crate::policy::{Pipeline, Sample};
 use crate::rate::SharedLimit;
+use crate::registration::{self, Registration};
 use crate::value::{fields_to_json, now_ns, time_to_ns};
 
 /// Points buffered in the app before they are handed to the writer thread.
@@ -48,6 +49,14 @@ pub struct DeviceDeps {
     pub outbox_signal: Arc<Notify>,
     /// The app's report and alert buckets, shared by its instances.
     pub rates: crate::rate::AppRates,
+    /// The models the app may `register` devices with, by name.
+    pub device_models: Arc<BTreeMap<String, Arc<DeviceModel>>>,
+    pub max_devices: usize,
+    /// Where registered devices are routed from, for the downlink.
+    pub directory: crate::app::Directory,
+    /// Signalled when the app registers or unregisters a device, so the
+    /// status message announces it.
+    pub status_signal: Arc<Notify>,
 }
 
 /// Per-app state of the device interface.
@@ -62,11 +71,15 @@ pub struct DeviceCtx {
     /// Policy pipelines by stream: `series/{device}/{name}` or
     /// `attribute/{device}/{name}`.
     pipelines: HashMap<String, Pipeline>,
+    /// The devices the app registered, with their models.
+    registered: HashMap<String, Arc<DeviceModel>>,
 }
 
 impl DeviceCtx {
+    /// The app's device state, with the devices it registered earlier (they
+    /// are routed again at once, before the app registers them anew).
     pub fn new(deps: DeviceDeps) -> Self {
-        DeviceCtx {
+        let mut ctx = DeviceCtx {
             reports: deps.rates.reports.clone(),
             alerts: deps.rates.alerts.clone(),
             deps,
@@ -74,7 +87,129 @@ impl DeviceCtx {
             pending_points: 0,
             handles: 0,
             pipelines: HashMap::new(),
+            registered: HashMap::new(),
+        };
+        let earlier = registration::of_app(&ctx.deps.db, &ctx.deps.app).unwrap_or_else(|e| {
+            tracing::error!(app = %ctx.deps.app, "cannot read the app's registered devices: {e}");
+            Vec::new()
+        });
+        for earlier in earlier {
+            ctx.route(earlier);
         }
+        ctx
+    }
+
+    /// Route a registration to this app, if its model is still one of the
+    /// app's.
+    fn route(&mut self, registration: Registration) -> Option<Arc<DeviceModel>> {
+        let Some(model) = self.deps.device_models.get(&registration.model).cloned() else {
+            tracing::warn!(
+                app = %self.deps.app, device = %registration.device,
+                "registered device not routed: the app has no model named {:?} any more",
+                registration.model
+            );
+            return None;
+        };
+        self.registered
+            .insert(registration.device.clone(), model.clone());
+        self.deps.directory.register(crate::app::Registered {
+            app: self.deps.app.to_string(),
+            model: model.clone(),
+            registration,
+        });
+        Some(model)
+    }
+
+    /// The model of a device the app speaks for: its own, or one it
+    /// registered and has not unregistered.
+    fn model_of(&self, device: &str) -> Result<Arc<DeviceModel>, GuestError> {
+        if device == self.deps.default_device {
+            return Ok(self.deps.model.clone());
+        }
+        self.registered
+            .get(device)
+            .cloned()
+            .ok_or_else(|| GuestError::Invalid(format!("device {device} is no longer registered")))
+    }
+
+    fn register(
+        &mut self,
+        hardware_id: &str,
+        model: &str,
+        metadata: Vec<(String, String)>,
+    ) -> Result<String, GuestError> {
+        Self::limited(&self.deps.rates.registrations, "registrations")?;
+        let app = self.deps.app.clone();
+        registration::check(hardware_id, &metadata).map_err(GuestError::Invalid)?;
+        if !self.deps.device_models.contains_key(model) {
+            let known: Vec<&str> = self.deps.device_models.keys().map(String::as_str).collect();
+            return Err(GuestError::Invalid(format!(
+                "no model named {model:?} among the app's [app.models] ({})",
+                if known.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        let existing = registration::find(&self.deps.db, &app, hardware_id)
+            .map_err(|e| self.unavailable("registration", e))?;
+        let device = match &existing {
+            Some(r) => r.device.clone(),
+            None => {
+                let count = registration::of_app(&self.deps.db, &app)
+                    .map_err(|e| self.unavailable("registration", e))?
+                    .len();
+                if count >= self.deps.max_devices {
+                    tracing::warn!(app = %app, hardware_id, "registration refused: {count} devices registered");
+                    return Err(GuestError::Limit(format!(
+                        "the app has registered {count} devices, its limit (max_devices = {})",
+                        self.deps.max_devices
+                    )));
+                }
+                registration::device_id(&self.deps.default_device, hardware_id)
+            }
+        };
+        if let Some(owner) = self.deps.directory.owner_of(&device)
+            && owner != *app
+        {
+            return Err(GuestError::Invalid(format!(
+                "device {device} belongs to app {owner}"
+            )));
+        }
+        let registration = Registration {
+            device: device.clone(),
+            hardware_id: hardware_id.to_string(),
+            model: model.to_string(),
+            metadata,
+        };
+        if existing.as_ref() != Some(&registration) {
+            registration::save(&mut self.deps.db, &app, &registration)
+                .map_err(|e| self.unavailable("registration", e))?;
+            tracing::info!(app = %app, device = %device, hardware_id, model, "device registered");
+        }
+        let routed = self.registered.contains_key(&device);
+        self.route(registration);
+        if existing.is_none() || !routed {
+            self.deps.status_signal.notify_one();
+        }
+        Ok(device)
+    }
+
+    fn unregister(&mut self, hardware_id: &str) -> Result<(), GuestError> {
+        let app = self.deps.app.clone();
+        let device = registration::delete(&mut self.deps.db, &app, hardware_id)
+            .map_err(|e| self.unavailable("unregistration", e))?
+            .ok_or_else(|| {
+                GuestError::Invalid(format!(
+                    "no device with hardware id {hardware_id:?} is registered by this app"
+                ))
+            })?;
+        self.registered.remove(&device);
+        self.deps.directory.unregister(&device);
+        self.deps.status_signal.notify_one();
+        tracing::info!(app = %app, device = %device, hardware_id, "device unregistered");
+        Ok(())
     }
 
     /// Hand buffered points to the outbox writer. Called after every export
@@ -131,7 +266,7 @@ impl DeviceCtx {
 
     fn report(&mut self, device: &str, attributes: Vec<(String, Value)>) -> Result<(), GuestError> {
         Self::limited(&self.reports, "reports")?;
-        let model = self.deps.model.clone();
+        let model = self.model_of(device)?;
         let attributes = model
             .check_report(attributes)
             .map_err(|m| self.refuse(device, "report", m))?;
@@ -224,7 +359,7 @@ impl DeviceCtx {
                 None
             });
         let json: serde_json::Value = serde_json::from_str(&stored.flatten()?).ok()?;
-        self.deps.model.attribute_from_json(name, &json)
+        self.model_of(device).ok()?.attribute_from_json(name, &json)
     }
 
     fn record(&mut self, device: &str, series: &str, points: Vec<Point>) -> Result<(), GuestError> {
@@ -235,7 +370,7 @@ impl DeviceCtx {
             tracing::warn!(app = %self.deps.app, device, series, "record refused: {message}");
             return Err(GuestError::Limit(message));
         }
-        let model = self.deps.model.clone();
+        let model = self.model_of(device)?;
         let now = now_ns();
         // Check every point first: a refused call stores nothing.
         let mut checked = Vec::with_capacity(points.len());
@@ -322,8 +457,7 @@ impl DeviceCtx {
     ) -> Result<(), GuestError> {
         Self::limited(&self.alerts, "alerts")?;
         let values = self
-            .deps
-            .model
+            .model_of(device)?
             .check_alert(name, values)
             .map_err(|m| self.refuse(device, "alert", m))?;
         let severity = match severity {
@@ -416,16 +550,37 @@ impl DeviceView<'_> {
     }
 }
 
-impl Host for DeviceView<'_> {
-    fn this_device(&mut self) -> wasmtime::Result<Resource<DeviceHandle>> {
+impl DeviceView<'_> {
+    fn handle(&mut self, id: String) -> wasmtime::Result<Resource<DeviceHandle>> {
         if self.ctx.handles >= MAX_HANDLES {
             wasmtime::bail!("the app holds {MAX_HANDLES} device handles without dropping them");
         }
-        let handle = self.table.push(DeviceHandle {
-            id: self.ctx.deps.default_device.clone(),
-        })?;
+        let handle = self.table.push(DeviceHandle { id })?;
         self.ctx.handles += 1;
         Ok(handle)
+    }
+}
+
+impl Host for DeviceView<'_> {
+    fn this_device(&mut self) -> wasmtime::Result<Resource<DeviceHandle>> {
+        let id = self.ctx.deps.default_device.clone();
+        self.handle(id)
+    }
+
+    fn register(
+        &mut self,
+        hardware_id: String,
+        model: String,
+        metadata: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<Resource<DeviceHandle>, GuestError>> {
+        match self.ctx.register(&hardware_id, &model, metadata) {
+            Ok(id) => Ok(Ok(self.handle(id)?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn unregister(&mut self, hardware_id: String) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(self.ctx.unregister(&hardware_id))
     }
 }
 
@@ -458,10 +613,10 @@ impl HostDevice for DeviceView<'_> {
         name: String,
     ) -> wasmtime::Result<Option<Value>> {
         let id = self.id_of(&handle)?;
-        Ok(self
-            .ctx
-            .twin_value(&id, "desired", &name)
-            .or_else(|| self.ctx.deps.model.default_of(&name).cloned()))
+        Ok(self.ctx.twin_value(&id, "desired", &name).or_else(|| {
+            let model = self.ctx.model_of(&id).ok()?;
+            model.default_of(&name).cloned()
+        }))
     }
 
     fn record(

@@ -78,6 +78,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     // error to fix, named with its file.
     for app in &config.apps {
         DeviceModel::load(&app.model)?;
+        for (_, path) in &app.device_models {
+            DeviceModel::load(path)?;
+        }
     }
 
     tracing::info!(
@@ -96,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let status_signal = Arc::new(Notify::new());
     let ingest = Ingest::start(&database, usage.clone(), outbox_signal.clone())?;
     let metrics = Metrics::new(config.gateway_id.clone(), usage.clone(), database.clone());
+    let directory = Directory::default();
     let shared = AppShared {
         db: database.clone(),
         usage: usage.clone(),
@@ -103,8 +107,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         outbox_signal: outbox_signal.clone(),
         status_signal: status_signal.clone(),
         metrics: metrics.clone(),
+        directory: directory.clone(),
     };
-    let directory = Directory::default();
     let mut deployer = Deployer::new(
         runtime,
         shared,

@@ -5,6 +5,7 @@
 //! Where things live:
 //!
 //! - [`config`]: `gateway.toml`. [`model`]: device models and value checks.
+//!   [`registration`]: devices an app registers (indirectly connected ones).
 //!   [`policy`]: device policies (filters, sampling, windows, alert conditions).
 //! - [`engine`]: the wasmtime engine, linker, epoch ticker, compile cache.
 //! - [`bindings`]: the one `bindgen!`. One module per WIT interface
@@ -34,6 +35,7 @@ pub mod model;
 pub mod outbox;
 pub mod policy;
 pub mod rate;
+pub mod registration;
 pub mod status;
 pub mod storage;
 pub mod store;

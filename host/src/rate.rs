@@ -8,6 +8,7 @@
 //! | `storage.set` / `delete` | 1000/s | 5000 | `error::limit` |
 //! | `device.report` | 1000/s | 5000 | `error::limit` |
 //! | `device.alert` | 100/s | 500 | `error::limit` |
+//! | `device.register` | 100/s | 1000 | `error::limit` (new devices are also capped by `max_devices`) |
 //!
 //! `record` is not limited here: it costs microseconds and the outbox's
 //! byte limits bound it. CPU time is bounded by the call deadline.
@@ -89,6 +90,7 @@ pub struct AppRates {
     pub storage_writes: SharedLimit,
     pub reports: SharedLimit,
     pub alerts: SharedLimit,
+    pub registrations: SharedLimit,
 }
 
 impl Default for AppRates {
@@ -97,6 +99,7 @@ impl Default for AppRates {
             storage_writes: SharedLimit::new(storage_writes()),
             reports: SharedLimit::new(reports()),
             alerts: SharedLimit::new(alerts()),
+            registrations: SharedLimit::new(registrations()),
         }
     }
 }
@@ -113,6 +116,9 @@ pub fn reports() -> RateLimit {
 }
 pub fn alerts() -> RateLimit {
     RateLimit::new(100.0, 500.0)
+}
+pub fn registrations() -> RateLimit {
+    RateLimit::new(100.0, 1000.0)
 }
 
 #[cfg(test)]

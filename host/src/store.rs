@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS kv (
@@ -29,6 +29,16 @@ CREATE TABLE IF NOT EXISTS devices (
     app              TEXT NOT NULL,
     reported_version INTEGER NOT NULL DEFAULT 0,
     desired_version  INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS registrations (
+    app           TEXT NOT NULL,
+    hardware_id   TEXT NOT NULL,
+    device        TEXT NOT NULL UNIQUE,
+    model         TEXT NOT NULL,
+    metadata      TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    PRIMARY KEY (app, hardware_id)
 );
 
 CREATE TABLE IF NOT EXISTS twin (

@@ -8,7 +8,7 @@
 //! Events (desired changes, actions) wait in their queue while a swap
 //! happens and are handled, in order, by whichever version runs after it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ use std::sync::atomic::Ordering;
 pub struct AppVersion {
     pub config: AppConfig,
     pub model: Arc<DeviceModel>,
+    /// The models the app may `register` devices with, by name.
+    pub device_models: Arc<BTreeMap<String, Arc<DeviceModel>>>,
     pub pre: AppPre<AppCtx>,
     /// sha256 of the component.
     pub digest: String,
@@ -62,6 +64,8 @@ pub struct AppShared {
     /// Signalled when an app's state changes.
     pub status_signal: Arc<Notify>,
     pub metrics: crate::metrics::Metrics,
+    /// Where the apps' registered devices are routed from.
+    pub directory: super::Directory,
 }
 
 /// Everything an actor needs to run one app.
@@ -445,6 +449,10 @@ impl Actor {
                 usage: shared.usage.clone(),
                 outbox_signal: shared.outbox_signal.clone(),
                 rates: self.rates.clone(),
+                device_models: version.device_models.clone(),
+                max_devices: config.max_devices,
+                directory: shared.directory.clone(),
+                status_signal: shared.status_signal.clone(),
             }),
             storage: StorageCtx::new(
                 self.name.clone(),

@@ -267,38 +267,102 @@ pub struct Entry {
     pub model: Arc<DeviceModel>,
 }
 
-/// The apps the gateway runs, by name: the deployer writes it, the cloud
-/// link reads it for the status and routes downlink messages by device.
+/// A device an app registered, as the directory routes to it.
+#[derive(Clone)]
+pub struct Registered {
+    pub app: String,
+    pub model: Arc<DeviceModel>,
+    pub registration: crate::registration::Registration,
+}
+
+/// The apps the gateway runs, by name, and the devices they registered: the
+/// deployer and the apps write it, the cloud link reads it for the status
+/// and routes downlink messages by device.
 #[derive(Clone, Default)]
-pub struct Directory(Arc<RwLock<BTreeMap<String, Entry>>>);
+pub struct Directory(Arc<RwLock<Routes>>);
+
+#[derive(Default)]
+struct Routes {
+    apps: BTreeMap<String, Entry>,
+    /// Registered devices by id.
+    registered: BTreeMap<String, Registered>,
+}
 
 impl Directory {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Routes> {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Routes> {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn insert(&self, entry: Entry) {
-        self.write().insert(entry.handle.name().to_string(), entry);
+        self.write()
+            .apps
+            .insert(entry.handle.name().to_string(), entry);
     }
 
+    /// The app is gone, and with it the routes to the devices it registered.
     pub fn remove(&self, app: &str) {
-        self.write().remove(app);
+        let mut routes = self.write();
+        routes.apps.remove(app);
+        routes.registered.retain(|_, r| r.app != app);
     }
 
     pub fn get(&self, app: &str) -> Option<Entry> {
-        self.read().get(app).cloned()
+        self.read().apps.get(app).cloned()
     }
 
-    /// The app that speaks for `device`.
+    /// The app that speaks for `device`, with the model of that device: its
+    /// own device, or one it registered.
     pub fn by_device(&self, device: &str) -> Option<Entry> {
-        self.read().values().find(|e| e.device == device).cloned()
+        let routes = self.read();
+        if let Some(entry) = routes.apps.values().find(|e| e.device == device) {
+            return Some(entry.clone());
+        }
+        let registered = routes.registered.get(device)?;
+        let app = routes.apps.get(&registered.app)?;
+        Some(Entry {
+            handle: app.handle.clone(),
+            device: device.to_string(),
+            model: registered.model.clone(),
+        })
     }
 
     pub fn list(&self) -> Vec<Entry> {
-        self.read().values().cloned().collect()
+        self.read().apps.values().cloned().collect()
+    }
+
+    /// Route `registered.registration.device` to its app.
+    pub fn register(&self, registered: Registered) {
+        self.write()
+            .registered
+            .insert(registered.registration.device.clone(), registered);
+    }
+
+    pub fn unregister(&self, device: &str) {
+        self.write().registered.remove(device);
+    }
+
+    /// The devices `app` registered, by id.
+    pub fn registered_by(&self, app: &str) -> Vec<crate::registration::Registration> {
+        self.read()
+            .registered
+            .values()
+            .filter(|r| r.app == app)
+            .map(|r| r.registration.clone())
+            .collect()
+    }
+
+    /// Whether `device` is taken, by an app's own device or a registration.
+    pub fn owner_of(&self, device: &str) -> Option<String> {
+        let routes = self.read();
+        routes
+            .apps
+            .values()
+            .find(|e| e.device == device)
+            .map(|e| e.handle.name().to_string())
+            .or_else(|| routes.registered.get(device).map(|r| r.app.clone()))
     }
 }

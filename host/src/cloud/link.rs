@@ -24,7 +24,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::downlink::{Downlink, Reply};
-use super::protocol::{AppInfo, OutboxInfo, Status, StreamInfo};
+use super::protocol::{AppInfo, OutboxInfo, RegisteredDevice, Status, StreamInfo};
 use super::topics;
 use crate::app::Directory;
 use crate::config::CloudConfig;
@@ -408,6 +408,17 @@ impl Link {
                     version: status.component.clone(),
                     restarts: status.restarts,
                     error: status.state.error().map(str::to_string),
+                    devices: self
+                        .apps
+                        .registered_by(entry.handle.name())
+                        .into_iter()
+                        .map(|r| RegisteredDevice {
+                            id: r.device,
+                            hardware_id: r.hardware_id,
+                            model: r.model,
+                            metadata: r.metadata.into_iter().collect(),
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -416,6 +416,27 @@ pub async fn devices(session: &mut Session) -> anyhow::Result<()> {
                 "{gateway:<20} {online:<8} {:<20} {:<20} {:<12}",
                 app.device, app.name, app.state
             );
+            // Devices the app registered: indented under it, with their
+            // hardware id and metadata.
+            for device in &app.devices {
+                let metadata: Vec<String> = device
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{gateway:<20} {online:<8}   {:<18} {:<20} registered: hardware id {}, model {}{}",
+                    device.id,
+                    app.name,
+                    device.hardware_id,
+                    device.model,
+                    if metadata.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", metadata.join(" "))
+                    }
+                );
+            }
         }
     }
     Ok(())

@@ -49,6 +49,21 @@ pub struct AppInfo {
     /// The app's linear memory, bytes.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// The devices the app registered (indirectly connected devices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<RegisteredDevice>,
+}
+
+/// A device an app registered, as the status announces it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisteredDevice {
+    pub id: String,
+    pub hardware_id: String,
+    /// The name of the model among the app's `[app.models]`.
+    pub model: String,
+    /// Manufacturer, model number, serial number, ... as the app gave them.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What waits in the outbox, and what it lost.

@@ -210,7 +210,14 @@ impl Deployer {
             })?;
             let model_json: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&app.model)?)?;
-            let spec = Spec::from_config(app, model_json);
+            let mut spec = Spec::from_config(app, model_json);
+            for (name, path) in &app.device_models {
+                DeviceModel::load(path)
+                    .with_context(|| format!("app {}: models.{name}", app.name))?;
+                let text = std::fs::read_to_string(path)?;
+                spec.device_models
+                    .insert(name.clone(), serde_json::from_str(&text)?);
+            }
             let fingerprint = artifacts::digest(
                 format!(
                     "{}\n{}",
@@ -260,9 +267,14 @@ impl Deployer {
             .await?
             .with_context(|| format!("app {app}"))?;
         log_load(app, &loaded.source, loaded.elapsed);
+        let device_models = record
+            .spec
+            .parse_device_models()
+            .map_err(|e| anyhow::anyhow!("app {app}: {e}"))?;
         Ok(AppVersion {
             config: record.spec.to_config(app),
             model: Arc::new(model),
+            device_models: Arc::new(device_models),
             pre: loaded.pre,
             digest: record.digest,
             number,
@@ -387,6 +399,7 @@ impl Deployer {
         }
         let model = DeviceModel::parse(&spec.model.to_string())
             .map_err(|e| format!("the device model is invalid: {e}").replace(": : ", ": "))?;
+        let device_models = spec.parse_device_models()?;
         let digest = self
             .artifacts
             .put(&request.component)
@@ -412,6 +425,7 @@ impl Deployer {
         let version = AppVersion {
             config: spec.to_config(&app),
             model: Arc::new(model),
+            device_models: Arc::new(device_models),
             pre: loaded.pre,
             digest,
             number,
@@ -665,6 +679,8 @@ fn default_app(name: &str) -> crate::config::AppConfig {
         storage_quota_bytes: 10 << 20,
         config: Vec::new(),
         restart: Default::default(),
+        device_models: Vec::new(),
+        max_devices: crate::registration::DEFAULT_MAX_DEVICES,
     }
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AppConfig, RestartPolicy};
 use crate::value::now_ns;
+use std::collections::BTreeMap;
 
 /// Everything an app version needs besides its component: kept with the
 /// version so that a rollback restores all of it.
@@ -22,11 +23,22 @@ pub struct Spec {
     pub restart: RestartPolicy,
     /// The device model document.
     pub model: serde_json::Value,
+    /// The models the app may `register` devices with, by name (documents).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub device_models: BTreeMap<String, serde_json::Value>,
+    #[serde(default = "default_max_devices")]
+    pub max_devices: usize,
+}
+
+fn default_max_devices() -> usize {
+    crate::registration::DEFAULT_MAX_DEVICES
 }
 
 impl Spec {
     pub fn from_config(app: &AppConfig, model: serde_json::Value) -> Spec {
         Spec {
+            device_models: BTreeMap::new(),
+            max_devices: app.max_devices,
             device: app.device.clone(),
             tick_interval_ms: app.tick_interval.as_millis() as u64,
             call_timeout_ms: app.call_timeout.as_millis() as u64,
@@ -52,7 +64,23 @@ impl Spec {
             storage_quota_bytes: self.storage_quota_bytes,
             config: self.config.clone(),
             restart: self.restart.clone(),
+            device_models: Vec::new(),
+            max_devices: self.max_devices,
         }
+    }
+
+    /// The registration models, checked.
+    pub fn parse_device_models(
+        &self,
+    ) -> Result<BTreeMap<String, std::sync::Arc<crate::model::DeviceModel>>, String> {
+        self.device_models
+            .iter()
+            .map(|(name, doc)| {
+                crate::model::DeviceModel::parse(&doc.to_string())
+                    .map(|m| (name.clone(), std::sync::Arc::new(m)))
+                    .map_err(|e| format!("device model {name}: {e}"))
+            })
+            .collect()
     }
 }
 
@@ -271,7 +299,20 @@ mod tests {
             config: vec![("k".into(), "v".into())],
             restart: RestartPolicy::default(),
             model: serde_json::json!({}),
+            device_models: BTreeMap::from([("s".into(), serde_json::json!({}))]),
+            max_devices: 7,
         }
+    }
+
+    #[test]
+    fn a_spec_written_before_registrations_existed_still_reads() {
+        let mut old = serde_json::to_value(spec()).expect("json");
+        let object = old.as_object_mut().expect("object");
+        object.remove("device_models");
+        object.remove("max_devices");
+        let read: Spec = serde_json::from_value(old).expect("an older spec reads");
+        assert!(read.device_models.is_empty());
+        assert_eq!(read.max_devices, crate::registration::DEFAULT_MAX_DEVICES);
     }
 
     #[test]

@@ -46,6 +46,17 @@ impl wasmgate::device::device::Host for Ctx {
     fn this_device(&mut self) -> Resource<DeviceRes> {
         self.table.push(DeviceRes).expect("a device handle")
     }
+    fn register(
+        &mut self,
+        _hardware_id: String,
+        _model: String,
+        _metadata: Vec<(String, String)>,
+    ) -> Result<Resource<DeviceRes>, Error> {
+        Ok(self.table.push(DeviceRes).expect("a device handle"))
+    }
+    fn unregister(&mut self, _hardware_id: String) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 impl wasmgate::device::device::HostDevice for Ctx {

@@ -1,10 +1,11 @@
 //! Test guest: on every tick, calls one host function in a tight loop for
 //! the whole call (until the host's deadline or a refusal stops it), and
-//! logs how far it got. `kind` is `record`, `report`, `log`, `storage` or
-//! `alert`.
+//! logs how far it got. `kind` is `record`, `report`, `log`, `storage`,
+//! `alert` or `register` (a new hardware id each call; the app's config
+//! must give it a model named `flood`).
 
 use wasmgate_guest::{
-    App, Config, Level, Severity, Timestamp, field, info, log, storage, this_device,
+    App, Config, Level, Severity, Timestamp, field, info, log, register, storage, this_device,
 };
 
 struct Flood {
@@ -29,6 +30,7 @@ impl App for Flood {
                 "report" => device.report(&[field("n", i as i64)]),
                 "storage" => storage::set(&format!("k{}", i % 1000), b"0123456789"),
                 "alert" => device.alert("flooded", Severity::Info, &[field("n", i as i64)]),
+                "register" => register(&format!("hw-{}", self.calls), "flood", &[]).map(drop),
                 _ => {
                     log(Level::Info, &format!("flood line {i}"));
                     Ok(())

@@ -1,0 +1,218 @@
+//! Devices an app registers (indirectly connected devices): their own
+//! topics, desired changes and actions routed back to the app that
+//! registered them, the same ids across a restart, the per-app cap, and
+//! unregistering. The real binary, a real Mosquitto, and the bus-gateway
+//! example's guest and models.
+
+mod common;
+
+use common::mqtt::{Consumer, Mosquitto};
+use common::{Gateway, Running, guest, root};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A gateway with the bus app: `sensors` sensors, at most `max_devices`
+/// registered.
+fn bus_gateway(base: Gateway, broker: &Mosquitto, sensors: usize, max_devices: usize) -> Gateway {
+    let example = root().join("examples/busgateway");
+    base.section(&format!(
+        "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+        broker.url()
+    ))
+    .app(
+        "bus",
+        &guest("busgateway"),
+        &example.join("bus.model.json"),
+        &format!(
+            "tick_interval_ms = 200\nmax_devices = {max_devices}\n\
+                 [app.models]\nsensor = \"{}\"\n[app.config]\nsensors = {sensors}",
+            example.join("sensor.model.json").display()
+        ),
+    )
+}
+
+fn call(
+    consumer: &Consumer,
+    device: &str,
+    action: &str,
+    id: &str,
+    argument: Option<Value>,
+) -> Value {
+    let mut request = json!({ "id": id });
+    if let Some(argument) = argument {
+        request["argument"] = argument;
+    }
+    let base = format!("wg/v1/test-gw/{device}/action/{action}");
+    consumer.publish(&format!("{base}/req"), request.to_string(), false);
+    consumer.wait_json(&format!("{base}/res"), T, |r| r["id"] == id)
+}
+
+fn set_desired(consumer: &Consumer, device: &str, version: u64, attributes: Value) -> Value {
+    let base = format!("wg/v1/test-gw/{device}/twin");
+    consumer.publish(
+        &format!("{base}/desired"),
+        json!({ "version": version, "attributes": attributes }).to_string(),
+        false,
+    );
+    consumer.wait_json(&format!("{base}/ack"), T, |a| a["version"] == version)
+}
+
+/// The devices the retained status announces for the bus app.
+fn announced(status: &Value) -> Vec<Value> {
+    status["apps"]
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["name"] == "bus"))
+        .and_then(|bus| bus["devices"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn registered_devices_have_their_own_topics_and_their_traffic_comes_back_to_the_app() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/#"]);
+    let gw = bus_gateway(Gateway::new(), &broker, 3, 16);
+    let mut run = gw.start();
+    run.wait_for("bus scanned: 3 sensors, 3 registered", T);
+
+    // Announced with their metadata in the retained status.
+    let status = consumer.wait_json("wg/v1/test-gw/test-gw/status", T, |s| {
+        announced(s).len() == 3
+    });
+    let devices = announced(&status);
+    let first = &devices[0];
+    assert_eq!(first["id"], "bus.th-01", "{status}");
+    assert_eq!(first["hardware_id"], "th-01");
+    assert_eq!(first["model"], "sensor");
+    assert_eq!(first["metadata"]["manufacturer"], "Acme Sensors");
+    assert_eq!(first["metadata"]["serial_number"], "SN-1000");
+
+    // Each sensor's data under its own device id.
+    let batch = consumer.wait_json("wg/v1/test-gw/bus.th-01/telemetry/temperature", T, |_| true);
+    assert!(
+        batch["points"][0]["values"]["celsius"].is_number(),
+        "{batch}"
+    );
+    let reported = consumer.wait_json("wg/v1/test-gw/bus.th-02/twin/reported", T, |r| {
+        r["attributes"]["label"] == "sensor th-02"
+    });
+    assert!(
+        reported["attributes"]["temperature"].is_number(),
+        "{reported}"
+    );
+
+    // Desired changes and actions for a sensor reach the app with that
+    // sensor's id, checked against the sensor's model.
+    let ack = set_desired(&consumer, "bus.th-02", 1, json!({"label": "kitchen"}));
+    assert_eq!(ack["accepted"], json!(["label"]), "{ack}");
+    run.wait_for("th-02 (bus.th-02) label: kitchen", T);
+    consumer.wait_json("wg/v1/test-gw/bus.th-02/twin/reported", T, |r| {
+        r["attributes"]["label"] == "kitchen"
+    });
+    let ack = set_desired(&consumer, "bus.th-02", 2, json!({"temperature": 5}));
+    assert!(
+        ack["rejected"].get("temperature").is_some(),
+        "not writable in the sensor model: {ack}"
+    );
+    let answer = call(&consumer, "bus.th-03", "identify", "i-1", None);
+    assert_eq!(answer["result"], "th-03", "{answer}");
+    // `scan` is the bus's action, not a sensor's: the sensor model refuses it.
+    let answer = call(&consumer, "bus.th-03", "scan", "s-1", None);
+    assert!(answer["error"].is_string(), "{answer}");
+    // And the bus's own device still has its own model.
+    let answer = call(&consumer, "bus", "scan", "s-2", None);
+    assert_eq!(
+        answer["result"], 0,
+        "everything is registered already: {answer}"
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn a_hardware_id_keeps_its_device_across_a_restart_and_is_routed_before_the_app_registers_it() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/#"]);
+    let gw = bus_gateway(Gateway::new(), &broker, 2, 16);
+    let mut run = gw.start();
+    run.wait_for("bus scanned: 2 sensors, 2 registered", T);
+    assert!(run.stop().success());
+
+    let mut run = gw.start();
+    run.wait_for("bus scanned: 2 sensors, 2 registered", T);
+    run.wait_for("sensor th-01 registered as bus.th-01", T);
+    let rows: i64 = gw
+        .db()
+        .query_row("SELECT COUNT(*) FROM registrations", [], |r| r.get(0))
+        .expect("registrations");
+    assert_eq!(rows, 2, "re-registering adds nothing");
+    // Registering again does not write again (nothing changed).
+    assert_eq!(run.count("device registered"), 0, "{:?}", run.lines());
+    assert!(run.stop().success());
+
+    // A version of the app that registers nothing: the devices registered
+    // before are still routed to it, so the app itself answers for them.
+    let gw = bus_gateway(gw.reconfigure(), &broker, 0, 16);
+    let mut run = gw.start();
+    run.wait_for("bus scanned: 0 sensors, 0 registered", T);
+    run.wait_for("connected to the broker", T);
+    let ack = set_desired(&consumer, "bus.th-01", 7, json!({"label": "hall"}));
+    assert!(
+        ack["rejected"]["label"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bus.th-01 is not a sensor of this bus"),
+        "the app, not the gateway, answered: {ack}"
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_place() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/#"]);
+    let gw = bus_gateway(Gateway::new(), &broker, 3, 2);
+    let mut run: Running = gw.start();
+    let refused = run.wait_for("sensor th-03 not registered", T);
+    assert!(
+        refused.contains("limit: the app has registered 2 devices, its limit (max_devices = 2)"),
+        "{refused}"
+    );
+    run.wait_for("connected to the broker", T);
+    consumer.wait_json("wg/v1/test-gw/bus.th-01/twin/reported", T, |_| true);
+
+    // Unplug th-01: it is no longer routed and its twin is gone.
+    let answer = call(&consumer, "bus", "unplug", "u-1", Some(json!("th-01")));
+    assert_eq!(answer["result"], "th-01", "{answer}");
+    let answer = call(&consumer, "bus.th-01", "identify", "i-1", None);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no app on gateway test-gw speaks for device bus.th-01"),
+        "{answer}"
+    );
+    let twin: i64 = gw
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM twin WHERE device = 'bus.th-01'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("twin");
+    assert_eq!(twin, 0);
+    // The place is free again: the next scan registers th-01 again, with
+    // the id it had, and th-03 is still one too many.
+    let answer = call(&consumer, "bus", "scan", "s-1", None);
+    assert_eq!(answer["result"], 1, "{answer}");
+    let status = consumer.wait_json("wg/v1/test-gw/test-gw/status", T, |s| {
+        let ids: Vec<Value> = announced(s).iter().map(|d| d["id"].clone()).collect();
+        ids == [json!("bus.th-01"), json!("bus.th-02")]
+    });
+    assert_eq!(announced(&status).len(), 2, "{status}");
+    assert_eq!(run.count("sensor th-03 not registered"), 2);
+    // Unplugging something that is not registered is an error to the app.
+    let answer = call(&consumer, "bus", "unplug", "u-2", Some(json!("th-09")));
+    assert!(answer["error"].is_string(), "{answer}");
+    assert!(run.stop().success());
+}
