@@ -558,6 +558,9 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
             outbox_signal: Default::default(),
             status_signal: Default::default(),
             directory: Default::default(),
+            data_dir: dir.path().to_path_buf(),
+            content: Default::default(),
+            content_signal: Default::default(),
         };
         let wasm = guest("bench-noop");
         let engine_runtime = wasmgate::engine::Runtime::new(&dir.path().join("cache")).expect("runtime");

@@ -175,6 +175,42 @@ pub enum CloudCommand {
         #[arg(long, default_value_t = 256)]
         chunk_kib: u64,
     },
+    /// Send a file to a device (a download, seen from the gateway): in
+    /// chunks with its sha256, through broker restarts; it lands in the
+    /// device's app's directory as `downloads/NAME` (exit status 1 if the
+    /// gateway refused it).
+    Send {
+        /// GATEWAY/DEVICE
+        target: String,
+        file: PathBuf,
+        /// The name it gets on the gateway (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Chunk size in KiB.
+        #[arg(long, default_value_t = 64)]
+        chunk_kib: u64,
+        /// At most this many KiB a second (0: as fast as it goes).
+        #[arg(long, default_value_t = 0)]
+        kib_per_s: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        give_up_s: u64,
+    },
+    /// Receive a device's uploads into a directory, checking each one's
+    /// sha256, through broker restarts (exit status 1 if one was corrupt).
+    Receive {
+        /// GATEWAY/DEVICE
+        target: String,
+        /// Where the files go.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Stop after this many uploads.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        give_up_s: u64,
+    },
     /// Invoke an action and print its result (exit status 1 on an error).
     Call {
         /// GATEWAY/DEVICE

@@ -340,7 +340,9 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         CloudCommand::Twin {
             command: TwinCommand::Get { target } | TwinCommand::Set { target, .. },
         }
-        | CloudCommand::Call { target, .. } => {
+        | CloudCommand::Call { target, .. }
+        | CloudCommand::Send { target, .. }
+        | CloudCommand::Receive { target, .. } => {
             operator::split_target(target)?;
         }
         CloudCommand::Watch { .. } | CloudCommand::Devices | CloudCommand::Deploy { .. } => {}
@@ -397,6 +399,55 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         } => {
             let (gateway, device) = operator::split_target(&target)?;
             operator::call(&mut session, gateway, device, &action, argument.as_deref()).await
+        }
+        CloudCommand::Send {
+            target,
+            file,
+            name,
+            chunk_kib,
+            kib_per_s,
+            give_up_s,
+        } => {
+            let (gateway, device) = operator::split_target(&target)?;
+            let name = match name {
+                Some(name) => name,
+                None => file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("{} has no file name: give --name", file.display())
+                    })?,
+            };
+            crate::cloud::transfers::send(
+                &mut session,
+                gateway,
+                device,
+                &file,
+                &crate::cloud::transfers::SendOptions {
+                    name,
+                    chunk_bytes: chunk_kib.clamp(1, 1024) << 10,
+                    bytes_per_s: kib_per_s << 10,
+                    give_up: std::time::Duration::from_secs(give_up_s),
+                },
+            )
+            .await
+        }
+        CloudCommand::Receive {
+            target,
+            out,
+            count,
+            give_up_s,
+        } => {
+            let (gateway, device) = operator::split_target(&target)?;
+            crate::cloud::transfers::receive(
+                &mut session,
+                gateway,
+                device,
+                &out,
+                count,
+                std::time::Duration::from_secs(give_up_s),
+            )
+            .await
         }
     }
 }

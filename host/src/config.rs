@@ -40,6 +40,8 @@ struct File {
     #[serde(default)]
     metrics: Option<MetricsSection>,
     #[serde(default)]
+    content: Option<ContentSection>,
+    #[serde(default)]
     cloud: Option<CloudSection>,
     #[serde(default, rename = "app")]
     apps: Vec<AppSection>,
@@ -105,6 +107,66 @@ struct GatewaySection {
     id: String,
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContentSection {
+    max_upload_mib: Option<u64>,
+    max_download_mib: Option<u64>,
+    upload_kib_per_s: Option<u64>,
+    chunk_kib: Option<u64>,
+}
+
+/// Large content transfers (`[content]`): limits and pace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentConfig {
+    /// The largest upload an app may start.
+    pub max_upload_bytes: u64,
+    /// The largest download the gateway takes.
+    pub max_download_bytes: u64,
+    /// Bytes a second uploads may use (0: as fast as the link goes).
+    pub upload_bytes_per_s: u64,
+    /// The chunk size of uploads.
+    pub chunk_bytes: u64,
+}
+
+impl Default for ContentConfig {
+    fn default() -> Self {
+        ContentConfig {
+            max_upload_bytes: 64 << 20,
+            max_download_bytes: 64 << 20,
+            upload_bytes_per_s: 0,
+            chunk_bytes: crate::content::transfer::DEFAULT_CHUNK_BYTES,
+        }
+    }
+}
+
+fn content_config(section: ContentSection) -> Result<ContentConfig, (String, String)> {
+    let mut config = ContentConfig::default();
+    let range = |key: &str, v: u64, min: u64, max: u64| {
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err((
+                format!("content.{key}"),
+                format!("{v} is not between {min} and {max}"),
+            ))
+        }
+    };
+    if let Some(v) = section.max_upload_mib {
+        config.max_upload_bytes = range("max_upload_mib", v, 0, 4096)? << 20;
+    }
+    if let Some(v) = section.max_download_mib {
+        config.max_download_bytes = range("max_download_mib", v, 0, 4096)? << 20;
+    }
+    if let Some(v) = section.upload_kib_per_s {
+        config.upload_bytes_per_s = range("upload_kib_per_s", v, 0, 1 << 30)? << 10;
+    }
+    if let Some(v) = section.chunk_kib {
+        config.chunk_bytes = range("chunk_kib", v, 1, 1024)? << 10;
+    }
+    Ok(config)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,6 +368,7 @@ pub struct Config {
     pub deploy: DeployConfig,
     /// Where the Prometheus endpoint listens (loopback only), if at all.
     pub metrics: Option<std::net::SocketAddr>,
+    pub content: ContentConfig,
     /// The cloud link; `None` runs offline (everything stays in the outbox).
     pub cloud: Option<CloudConfig>,
     pub apps: Vec<AppConfig>,
@@ -651,6 +714,8 @@ impl Config {
             outbox_config(file.outbox.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
         let deploy =
             deploy_config(file.deploy.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        let content =
+            content_config(file.content.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
         let metrics = match file.metrics {
             None => None,
             Some(m) => {
@@ -786,6 +851,7 @@ impl Config {
             outbox,
             deploy,
             metrics,
+            content,
             cloud,
             apps,
         })

@@ -85,6 +85,7 @@ impl Runtime {
         crate::device::add(&mut linker)?;
         crate::storage::add(&mut linker)?;
         crate::log::add(&mut linker)?;
+        crate::content::add(&mut linker)?;
 
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;

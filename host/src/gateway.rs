@@ -100,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let ingest = Ingest::start(&database, usage.clone(), outbox_signal.clone())?;
     let metrics = Metrics::new(config.gateway_id.clone(), usage.clone(), database.clone());
     let directory = Directory::default();
+    let content_signal = Arc::new(Notify::new());
     let shared = AppShared {
         db: database.clone(),
         usage: usage.clone(),
@@ -108,6 +109,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         status_signal: status_signal.clone(),
         metrics: metrics.clone(),
         directory: directory.clone(),
+        data_dir: config.data_dir.clone(),
+        content: config.content.clone(),
+        content_signal: content_signal.clone(),
     };
     let mut deployer = Deployer::new(
         runtime,
@@ -162,6 +166,18 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 replies_tx.clone(),
                 stop_link.child_token(),
             );
+            let content = crate::content::service::spawn(
+                crate::content::service::ServiceSpec {
+                    gateway: config.gateway_id.clone(),
+                    data_dir: config.data_dir.clone(),
+                    db: database.clone(),
+                    config: config.content.clone(),
+                    directory: directory.clone(),
+                    replies: replies_tx.clone(),
+                    signal: content_signal.clone(),
+                },
+                stop_link.child_token(),
+            );
             let downlink = Downlink::new(
                 config.gateway_id.clone(),
                 directory.clone(),
@@ -169,7 +185,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 database.clone(),
                 stop_link.child_token(),
             )
-            .with_deployments(deployments);
+            .with_deployments(deployments)
+            .with_content(content);
             let spec = LinkSpec {
                 gateway: config.gateway_id.clone(),
                 config: cloud.clone(),

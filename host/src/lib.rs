@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: `gateway.toml`. [`model`]: device models and value checks.
 //!   [`registration`]: devices an app registers (indirectly connected ones).
+//!   [`content`]: large content to and from the cloud (uploads, downloads).
 //!   [`policy`]: device policies (filters, sampling, windows, alert conditions).
 //! - [`engine`]: the wasmtime engine, linker, epoch ticker, compile cache.
 //! - [`bindings`]: the one `bindgen!`. One module per WIT interface
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod content;
 pub mod deploy;
 pub mod device;
 pub mod engine;

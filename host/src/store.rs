@@ -41,6 +41,23 @@ CREATE TABLE IF NOT EXISTS registrations (
     PRIMARY KEY (app, hardware_id)
 );
 
+CREATE TABLE IF NOT EXISTS transfers (
+    id         TEXT NOT NULL,
+    direction  TEXT NOT NULL,
+    app        TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    chunks     INTEGER NOT NULL,
+    have       INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    error      TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (id, direction)
+);
+
 CREATE TABLE IF NOT EXISTS twin (
     device          TEXT NOT NULL,
     name            TEXT NOT NULL,

@@ -66,6 +66,11 @@ pub struct AppShared {
     pub metrics: crate::metrics::Metrics,
     /// Where the apps' registered devices are routed from.
     pub directory: super::Directory,
+    /// The gateway's data directory (the content store is in it).
+    pub data_dir: PathBuf,
+    pub content: crate::config::ContentConfig,
+    /// Wakes the content service when an app queues an upload.
+    pub content_signal: Arc<Notify>,
 }
 
 /// Everything an actor needs to run one app.
@@ -461,6 +466,15 @@ impl Actor {
                 self.rates.storage_writes.clone(),
             )
             .map_err(|e| format!("opening storage: {e}"))?,
+            content: crate::content::ContentCtx {
+                app: self.name.clone(),
+                device: config.device.clone(),
+                files_dir: self.files_dir.clone(),
+                data_dir: shared.data_dir.clone(),
+                db: open()?,
+                config: shared.content.clone(),
+                signal: shared.content_signal.clone(),
+            },
             log: LogCtx::new(self.name.clone(), device, gate.clone()),
             deadline: Instant::now(),
             call_timeout: config.call_timeout,

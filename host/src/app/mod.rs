@@ -31,6 +31,7 @@ pub struct AppCtx {
     pub(crate) device: DeviceCtx,
     pub(crate) storage: StorageCtx,
     pub(crate) log: LogCtx,
+    pub(crate) content: crate::content::ContentCtx,
     /// When the export call in progress must have returned.
     deadline: Instant,
     call_timeout: Duration,

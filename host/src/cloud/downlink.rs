@@ -51,6 +51,7 @@ pub struct Downlink {
     cancel: CancellationToken,
     /// Where cloud deployments go (none: they are refused).
     deployments: Option<mpsc::Sender<crate::deploy::cloud::Message>>,
+    content: Option<mpsc::Sender<crate::content::service::Inbound>>,
 }
 
 impl Downlink {
@@ -69,10 +70,29 @@ impl Downlink {
             db,
             cancel,
             deployments: None,
+            content: None,
         }
     }
 
     /// Take cloud deployments, handing them to `to`.
+    /// Hand content transfers' messages to the content service.
+    pub fn with_content(mut self, to: mpsc::Sender<crate::content::service::Inbound>) -> Self {
+        self.content = Some(to);
+        self
+    }
+
+    fn content(&self, message: crate::content::service::Inbound) {
+        let refused = match &self.content {
+            None => true,
+            Some(to) => to.try_send(message).is_err(),
+        };
+        if refused {
+            tracing::warn!(
+                "a content transfer message was dropped: the content service is busy or off (the sender asks again)"
+            );
+        }
+    }
+
     pub fn with_deployments(mut self, to: mpsc::Sender<crate::deploy::cloud::Message>) -> Self {
         self.deployments = Some(to);
         self
@@ -111,6 +131,27 @@ impl Downlink {
             }
             // Our own progress reports come back through the subscription.
             Kind::DeployResponse => return,
+            Kind::UploadAck(_) => {
+                return self.content(crate::content::service::Inbound::UploadAck {
+                    device,
+                    payload: payload.to_vec(),
+                });
+            }
+            Kind::DownloadManifest(id) => {
+                return self.content(crate::content::service::Inbound::DownloadManifest {
+                    device,
+                    id: id.to_string(),
+                    payload: payload.to_vec(),
+                });
+            }
+            Kind::DownloadChunk(id, index) => {
+                return self.content(crate::content::service::Inbound::DownloadChunk {
+                    device,
+                    id: id.to_string(),
+                    index: index.to_string(),
+                    payload: payload.to_vec(),
+                });
+            }
             _ => {}
         }
         let (request, reply_topic) = match parsed.kind {

@@ -17,6 +17,7 @@ pub mod link;
 pub mod operator;
 pub mod protocol;
 pub mod topics;
+pub mod transfers;
 
 use anyhow::Context as _;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};

@@ -95,6 +95,12 @@ impl Session {
         }
     }
 
+    /// The client and its event loop, for commands that run their own loop
+    /// (content transfers, which live through broker restarts).
+    pub fn parts(&mut self) -> (&AsyncClient, &mut EventLoop) {
+        (&self.client, &mut self.events)
+    }
+
     fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
     }
@@ -156,6 +162,23 @@ pub fn describe(message: &Publish) -> String {
                     );
                 }
                 Kind::DeployResponse => "deployment".to_string(),
+                Kind::UploadChunk(id, i) | Kind::DownloadChunk(id, i) => {
+                    let way = if matches!(t.kind, Kind::UploadChunk(..)) {
+                        "upload"
+                    } else {
+                        "download"
+                    };
+                    return format!(
+                        "{}/{} {way} {id} chunk {i} ({} bytes)",
+                        t.gateway,
+                        t.device,
+                        message.payload.len()
+                    );
+                }
+                Kind::UploadManifest(id) => format!("upload {id}"),
+                Kind::UploadAck(id) => format!("upload {id} ack"),
+                Kind::DownloadManifest(id) => format!("download {id}"),
+                Kind::DownloadAck(id) => format!("download {id} ack"),
             };
             format!("{}/{} {what}: {payload}", t.gateway, t.device)
         }

@@ -12,11 +12,14 @@ pub fn topic(gateway: &str, device: &str, suffix: &str) -> String {
 
 /// The topics a gateway subscribes to: desired changes and action requests
 /// for any of its devices.
-pub fn downlink_filters(gateway: &str) -> [String; 3] {
+pub fn downlink_filters(gateway: &str) -> [String; 6] {
     [
         format!("{ROOT}/{gateway}/+/twin/desired"),
         format!("{ROOT}/{gateway}/+/action/+/req"),
         format!("{ROOT}/{gateway}/{gateway}/deploy/#"),
+        format!("{ROOT}/{gateway}/+/content/up/+/ack"),
+        format!("{ROOT}/{gateway}/+/content/down/+/manifest"),
+        format!("{ROOT}/{gateway}/+/content/down/+/chunk/+"),
     ]
 }
 
@@ -43,6 +46,14 @@ pub enum Kind<'a> {
     /// A chunk of a deployment: its id and index.
     DeployChunk(&'a str, &'a str),
     DeployResponse,
+    /// Content: the manifest, a chunk (id, index) and the receiver's
+    /// acknowledgement, of an upload (gateway → cloud) or a download.
+    UploadManifest(&'a str),
+    UploadChunk(&'a str, &'a str),
+    UploadAck(&'a str),
+    DownloadManifest(&'a str),
+    DownloadChunk(&'a str, &'a str),
+    DownloadAck(&'a str),
 }
 
 /// Parse a protocol topic; `None` for anything that is not one.
@@ -64,6 +75,12 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["deploy", "req"] => Kind::DeployRequest,
         ["deploy", "res"] => Kind::DeployResponse,
         ["deploy", id, "chunk", index] if !id.is_empty() => Kind::DeployChunk(id, index),
+        ["content", "up", id, "manifest"] if !id.is_empty() => Kind::UploadManifest(id),
+        ["content", "up", id, "chunk", index] if !id.is_empty() => Kind::UploadChunk(id, index),
+        ["content", "up", id, "ack"] if !id.is_empty() => Kind::UploadAck(id),
+        ["content", "down", id, "manifest"] if !id.is_empty() => Kind::DownloadManifest(id),
+        ["content", "down", id, "chunk", index] if !id.is_empty() => Kind::DownloadChunk(id, index),
+        ["content", "down", id, "ack"] if !id.is_empty() => Kind::DownloadAck(id),
         _ => return None,
     };
     Some(Parsed {

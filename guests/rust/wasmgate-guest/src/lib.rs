@@ -37,6 +37,7 @@ pub mod bindings {
 }
 
 pub use bindings::wasmgate;
+pub use bindings::wasmgate::device::content;
 pub use bindings::wasmgate::device::device::{Device, register, this_device, unregister};
 pub use bindings::wasmgate::device::log::Level;
 pub use bindings::wasmgate::device::storage;

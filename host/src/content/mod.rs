@@ -1,0 +1,318 @@
+//! Large content (the Oracle `StorageObject` pattern): host side of the
+//! `wasmgate:device/content` interface, and the record of every transfer.
+//!
+//! An app uploads a file of its directory (or bytes): the host takes a copy
+//! into `<data dir>/content/`, records the transfer in SQLite (`transfers`)
+//! and the [`service`] sends it when the link is up, resuming where the
+//! receiver is after any interruption. The cloud downloads a file to one of
+//! an app's devices: the service receives it into `<data dir>/content/`,
+//! checks its sha256 and moves it into the app's directory as
+//! `downloads/{name}`. The protocol is [`transfer`]'s; sizes and pace are
+//! `[content]` in gateway.toml.
+
+pub mod service;
+pub mod transfer;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use wasmtime::component::{HasData, Linker};
+
+use crate::app::AppCtx;
+use crate::bindings::GuestError;
+use crate::bindings::wasmgate::device::content::{Direction, Host, State, Transfer, add_to_linker};
+use crate::config::ContentConfig;
+use transfer::Manifest;
+
+/// How many transfers `transfers()` returns at most.
+pub const MAX_LISTED: usize = 100;
+
+/// Where the gateway keeps content in transit.
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("content")
+}
+
+/// The file of a transfer in the store.
+pub fn store_path(data_dir: &Path, id: &str, direction: &str) -> PathBuf {
+    store_dir(data_dir).join(format!("{id}.{direction}"))
+}
+
+/// One transfer as the `transfers` table keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRow {
+    pub manifest: Manifest,
+    pub app: String,
+    pub device: String,
+    /// `up` or `down`.
+    pub direction: String,
+    /// Chunks confirmed.
+    pub have: u64,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+const COLUMNS: &str =
+    "id, app, device, direction, name, size, sha256, chunk_size, chunks, have, state, error";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
+    let get = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+    Ok(TransferRow {
+        manifest: Manifest {
+            id: r.get(0)?,
+            name: r.get(4)?,
+            size: get(5)?,
+            sha256: r.get(6)?,
+            chunk_size: get(7)?,
+            chunks: get(8)?,
+        },
+        app: r.get(1)?,
+        device: r.get(2)?,
+        direction: r.get(3)?,
+        have: get(9)?,
+        state: r.get(10)?,
+        error: r.get(11)?,
+    })
+}
+
+pub fn insert(conn: &Connection, t: &TransferRow) -> rusqlite::Result<()> {
+    let m = &t.manifest;
+    conn.execute(
+        &format!(
+            "INSERT INTO transfers ({COLUMNS}, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ),
+        params![
+            m.id,
+            t.app,
+            t.device,
+            t.direction,
+            m.name,
+            m.size as i64,
+            m.sha256,
+            m.chunk_size as i64,
+            m.chunks as i64,
+            t.have as i64,
+            t.state,
+            t.error,
+            crate::value::now_ns() as i64
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, id: &str, direction: &str) -> rusqlite::Result<Option<TransferRow>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM transfers WHERE id = ?1 AND direction = ?2"),
+        params![id, direction],
+        row,
+    )
+    .optional()
+}
+
+/// Transfers still running in one direction.
+pub fn running(conn: &Connection, direction: &str) -> rusqlite::Result<Vec<TransferRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM transfers WHERE direction = ?1 AND state = 'running' ORDER BY created_at"
+    ))?;
+    stmt.query_map(params![direction], row)?.collect()
+}
+
+/// An app's transfers, newest first.
+pub fn of_app(conn: &Connection, app: &str) -> rusqlite::Result<Vec<TransferRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM transfers WHERE app = ?1 ORDER BY created_at DESC LIMIT {MAX_LISTED}"
+    ))?;
+    stmt.query_map(params![app], row)?.collect()
+}
+
+pub fn set_have(conn: &Connection, id: &str, direction: &str, have: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE transfers SET have = ?3 WHERE id = ?1 AND direction = ?2",
+        params![id, direction, have as i64],
+    )?;
+    Ok(())
+}
+
+pub fn finish(
+    conn: &Connection,
+    id: &str,
+    direction: &str,
+    outcome: Result<u64, &str>,
+) -> rusqlite::Result<()> {
+    match outcome {
+        Ok(have) => conn.execute(
+            "UPDATE transfers SET state = 'done', have = ?3, error = NULL WHERE id = ?1 AND direction = ?2",
+            params![id, direction, have as i64],
+        )?,
+        Err(error) => conn.execute(
+            "UPDATE transfers SET state = 'failed', error = ?3 WHERE id = ?1 AND direction = ?2",
+            params![id, direction, error],
+        )?,
+    };
+    Ok(())
+}
+
+/// Per-app state of the content interface.
+pub struct ContentCtx {
+    pub app: Arc<str>,
+    /// Uploads come from the app's own device.
+    pub device: String,
+    pub files_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub db: Connection,
+    pub config: ContentConfig,
+    /// Wakes the content service when an upload is waiting.
+    pub signal: Arc<Notify>,
+}
+
+impl ContentCtx {
+    /// `path` inside the app's directory, or why not: no absolute paths, no
+    /// `..`, and no symlink that leads out.
+    fn inside(&self, path: &str) -> Result<PathBuf, GuestError> {
+        let relative = Path::new(path);
+        let plain = relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if path.is_empty() || !plain {
+            return Err(GuestError::Invalid(format!(
+                "{path:?} is not a path inside the app's directory"
+            )));
+        }
+        let root = self.files_dir.canonicalize().map_err(|e| {
+            GuestError::Unavailable(format!("the app's directory is unreadable: {e}"))
+        })?;
+        let full = root
+            .join(relative)
+            .canonicalize()
+            .map_err(|e| GuestError::Invalid(format!("{path}: {e}")))?;
+        if !full.starts_with(&root) {
+            return Err(GuestError::Invalid(format!(
+                "{path:?} leads out of the app's directory"
+            )));
+        }
+        Ok(full)
+    }
+
+    /// Record an upload whose content is already at its store path.
+    fn start_upload(&mut self, name: &str, id: String, size: u64) -> Result<String, GuestError> {
+        let path = store_path(&self.data_dir, &id, "up");
+        let cleanup = |e: String| {
+            let _ = std::fs::remove_file(&path);
+            GuestError::Unavailable(e)
+        };
+        let sha256 = transfer::sha256_of(&path).map_err(|e| cleanup(e.to_string()))?;
+        let manifest = Manifest::new(
+            id.clone(),
+            name.to_string(),
+            size,
+            sha256,
+            self.config.chunk_bytes,
+        );
+        insert(
+            &self.db,
+            &TransferRow {
+                manifest,
+                app: self.app.to_string(),
+                device: self.device.clone(),
+                direction: "up".into(),
+                have: 0,
+                state: "running".into(),
+                error: None,
+            },
+        )
+        .map_err(|e| cleanup(format!("the gateway could not record the upload: {e}")))?;
+        tracing::info!(app = %self.app, device = %self.device, transfer = %id, name, bytes = size, "upload queued");
+        self.signal.notify_one();
+        Ok(id)
+    }
+
+    fn check_upload(&self, name: &str, size: u64) -> Result<String, GuestError> {
+        crate::model::check_name(name).map_err(|m| GuestError::Invalid(format!("name: {m}")))?;
+        if size > self.config.max_upload_bytes {
+            return Err(GuestError::Limit(format!(
+                "{size} bytes is over the upload limit of {} ([content] max_upload_mib)",
+                self.config.max_upload_bytes
+            )));
+        }
+        std::fs::create_dir_all(store_dir(&self.data_dir))
+            .map_err(|e| GuestError::Unavailable(format!("the content store: {e}")))?;
+        Ok(format!(
+            "up-{}-{:08x}",
+            crate::value::now_ns() / 1_000_000,
+            crate::cloud::random_u64() as u32
+        ))
+    }
+}
+
+struct ContentData;
+
+impl HasData for ContentData {
+    type Data<'a> = &'a mut ContentCtx;
+}
+
+/// Add the content interface to the linker.
+pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
+    add_to_linker::<AppCtx, ContentData>(linker, |app| &mut app.content)
+}
+
+impl Host for ContentCtx {
+    fn upload_file(
+        &mut self,
+        name: String,
+        path: String,
+    ) -> wasmtime::Result<Result<String, GuestError>> {
+        let result = (|| {
+            let source = self.inside(&path)?;
+            let size = std::fs::metadata(&source)
+                .map_err(|e| GuestError::Invalid(format!("{path}: {e}")))?
+                .len();
+            let id = self.check_upload(&name, size)?;
+            std::fs::copy(&source, store_path(&self.data_dir, &id, "up"))
+                .map_err(|e| GuestError::Unavailable(format!("copying {path}: {e}")))?;
+            self.start_upload(&name, id, size)
+        })();
+        Ok(result)
+    }
+
+    fn upload_bytes(
+        &mut self,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> wasmtime::Result<Result<String, GuestError>> {
+        let result = (|| {
+            let id = self.check_upload(&name, bytes.len() as u64)?;
+            std::fs::write(store_path(&self.data_dir, &id, "up"), &bytes)
+                .map_err(|e| GuestError::Unavailable(format!("storing the upload: {e}")))?;
+            self.start_upload(&name, id, bytes.len() as u64)
+        })();
+        Ok(result)
+    }
+
+    fn transfers(&mut self) -> wasmtime::Result<Vec<Transfer>> {
+        let rows = of_app(&self.db, &self.app).unwrap_or_else(|e| {
+            tracing::error!(app = %self.app, "cannot read the app's transfers: {e}");
+            Vec::new()
+        });
+        Ok(rows
+            .into_iter()
+            .map(|t| Transfer {
+                transferred: t.manifest.bytes_in(t.have),
+                size: t.manifest.size,
+                direction: if t.direction == "up" {
+                    Direction::Upload
+                } else {
+                    Direction::Download
+                },
+                state: match t.state.as_str() {
+                    "done" => State::Done,
+                    "failed" => State::Failed(t.error.unwrap_or_default()),
+                    _ => State::Running,
+                },
+                id: t.manifest.id,
+                name: t.manifest.name,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,497 @@
+//! The gateway's end of content transfers: one task that sends the apps'
+//! uploads and receives the cloud's downloads (see [`super::transfer`] for
+//! the protocol). It runs with the cloud link, publishes through the link's
+//! reply channel (the link stays the only publisher), and keeps each
+//! transfer's progress in SQLite, so a restart resumes where the other side
+//! is.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::transfer::{Ack, Incoming, Manifest, Outgoing, Step};
+use super::{TransferRow, store_path};
+use crate::app::Directory;
+use crate::cloud::downlink::Reply;
+use crate::cloud::topics;
+use crate::config::ContentConfig;
+use crate::store::Database;
+
+/// How often the service looks at its uploads even when nothing woke it.
+const TICK: Duration = Duration::from_millis(50);
+
+/// What the downlink hands over.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The cloud's answer about an upload.
+    UploadAck { device: String, payload: Vec<u8> },
+    /// A download starts, or its sender asks where the gateway is.
+    DownloadManifest {
+        device: String,
+        /// The transfer's id, from the topic.
+        id: String,
+        payload: Vec<u8>,
+    },
+    DownloadChunk {
+        device: String,
+        id: String,
+        index: String,
+        payload: Vec<u8>,
+    },
+}
+
+/// What the service needs.
+pub struct ServiceSpec {
+    pub gateway: String,
+    pub data_dir: PathBuf,
+    pub db: Database,
+    pub config: ContentConfig,
+    pub directory: Directory,
+    pub replies: mpsc::Sender<Reply>,
+    /// Woken when an app queues an upload.
+    pub signal: Arc<Notify>,
+}
+
+/// Start the service; the returned sender is for the downlink.
+pub fn spawn(spec: ServiceSpec, cancel: CancellationToken) -> mpsc::Sender<Inbound> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        match Service::new(spec) {
+            Ok(service) => service.run(rx, cancel).await,
+            Err(e) => tracing::error!("content transfers are off: {e}"),
+        }
+    });
+    tx
+}
+
+struct Upload {
+    row: TransferRow,
+    sender: Outgoing,
+}
+
+struct Service {
+    spec: ServiceSpec,
+    db: rusqlite::Connection,
+    uploads: HashMap<String, Upload>,
+    downloads: HashMap<String, (TransferRow, Incoming)>,
+    /// Upload bytes the pace allows now (`upload_kib_per_s`).
+    budget: f64,
+    refilled: Instant,
+}
+
+impl Service {
+    fn new(spec: ServiceSpec) -> anyhow::Result<Service> {
+        std::fs::create_dir_all(super::store_dir(&spec.data_dir))?;
+        let db = spec.db.open()?;
+        Ok(Service {
+            db,
+            spec,
+            uploads: HashMap::new(),
+            downloads: HashMap::new(),
+            budget: 0.0,
+            refilled: Instant::now(),
+        })
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
+        let signal = self.spec.signal.clone();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.load_uploads();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                message = inbox.recv() => match message {
+                    Some(message) => self.handle(message).await,
+                    None => return,
+                },
+                _ = signal.notified() => self.load_uploads(),
+                _ = tick.tick() => {}
+            }
+            self.pump().await;
+        }
+    }
+
+    async fn publish(&mut self, device: &str, suffix: &str, payload: Vec<u8>) {
+        let topic = topics::topic(&self.spec.gateway, device, suffix);
+        let _ = self.spec.replies.send(Reply { topic, payload }).await;
+    }
+
+    /// Pick up uploads that are in the table but not in hand.
+    fn load_uploads(&mut self) {
+        let rows = super::running(&self.db, "up").unwrap_or_else(|e| {
+            tracing::error!("cannot read the uploads: {e}");
+            Vec::new()
+        });
+        let now = Instant::now();
+        for row in rows {
+            self.uploads
+                .entry(row.manifest.id.clone())
+                .or_insert_with(|| {
+                    if row.have > 0 {
+                        tracing::info!(transfer = %row.manifest.id, name = %row.manifest.name, "upload resumed at chunk {} of {}", row.have, row.manifest.chunks);
+                    }
+                    Upload {
+                        sender: Outgoing::new(row.manifest.clone(), row.have, now),
+                        row,
+                    }
+                });
+        }
+    }
+
+    /// Send what the uploads' windows and the pace allow.
+    async fn pump(&mut self) {
+        let rate = self.spec.config.upload_bytes_per_s as f64;
+        let now = Instant::now();
+        if rate > 0.0 {
+            let elapsed = now.duration_since(self.refilled).as_secs_f64();
+            // At most a second's worth waits, and always room for one chunk.
+            let cap = rate.max(self.spec.config.chunk_bytes as f64);
+            self.budget = (self.budget + elapsed * rate).min(cap);
+        }
+        self.refilled = now;
+        let mut out = Vec::new();
+        for upload in self.uploads.values_mut() {
+            loop {
+                if rate > 0.0 && self.budget <= 0.0 {
+                    break;
+                }
+                let Some(step) = upload.sender.step(now) else {
+                    break;
+                };
+                let m = &upload.row.manifest;
+                let id = &m.id;
+                let message = match step {
+                    Step::Manifest => (
+                        format!("content/up/{id}/manifest"),
+                        serde_json::to_vec(m).unwrap_or_default(),
+                    ),
+                    Step::Chunk(i) => {
+                        let path = store_path(&self.spec.data_dir, id, "up");
+                        match super::transfer::read_chunk(&path, m, i) {
+                            Ok(bytes) => (format!("content/up/{id}/chunk/{i}"), bytes),
+                            Err(e) => {
+                                tracing::error!(transfer = %id, "cannot read the upload: {e}");
+                                break;
+                            }
+                        }
+                    }
+                };
+                if rate > 0.0 {
+                    self.budget -= message.1.len() as f64;
+                }
+                out.push((upload.row.device.clone(), message));
+            }
+        }
+        for (device, (suffix, payload)) in out {
+            self.publish(&device, &suffix, payload).await;
+        }
+    }
+
+    async fn handle(&mut self, message: Inbound) {
+        match message {
+            Inbound::UploadAck { device, payload } => self.upload_ack(&device, &payload),
+            Inbound::DownloadManifest {
+                device,
+                id,
+                payload,
+            } => self.download_manifest(&device, id, &payload).await,
+            Inbound::DownloadChunk {
+                device,
+                id,
+                index,
+                payload,
+            } => self.download_chunk(&device, &id, &index, &payload).await,
+        }
+    }
+
+    fn upload_ack(&mut self, device: &str, payload: &[u8]) {
+        let ack: Ack = match serde_json::from_slice(payload) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(device, "ignoring a malformed upload acknowledgement: {e}");
+                return;
+            }
+        };
+        let Some(upload) = self
+            .uploads
+            .get_mut(&ack.id)
+            .filter(|u| u.row.device == device)
+        else {
+            return;
+        };
+        let id = ack.id.clone();
+        let outcome = if let Some(error) = &ack.error {
+            Some(Err(error.clone()))
+        } else if ack.done && ack.have >= upload.row.manifest.chunks {
+            Some(Ok(upload.row.manifest.chunks))
+        } else {
+            upload.sender.heard(ack.have, Instant::now());
+            if let Err(e) = super::set_have(&self.db, &id, "up", upload.sender.have) {
+                tracing::warn!(transfer = %id, "cannot record the upload's progress: {e}");
+            }
+            None
+        };
+        let Some(outcome) = outcome else {
+            return;
+        };
+        let Some(upload) = self.uploads.remove(&id) else {
+            return;
+        };
+        let m = &upload.row.manifest;
+        match &outcome {
+            Ok(_) => {
+                tracing::info!(app = %upload.row.app, transfer = %id, name = %m.name, bytes = m.size, "upload done: the receiver confirmed its sha256")
+            }
+            Err(e) => {
+                tracing::warn!(app = %upload.row.app, transfer = %id, name = %m.name, "upload failed: {e}")
+            }
+        }
+        if let Err(e) = super::finish(
+            &self.db,
+            &id,
+            "up",
+            outcome.as_ref().map(|h| *h).map_err(String::as_str),
+        ) {
+            tracing::error!(transfer = %id, "cannot record the upload's outcome: {e}");
+        }
+        let _ = std::fs::remove_file(store_path(&self.spec.data_dir, &id, "up"));
+    }
+
+    async fn answer(&mut self, device: &str, ack: Ack) {
+        let suffix = format!("content/down/{}/ack", ack.id);
+        self.publish(
+            device,
+            &suffix,
+            serde_json::to_vec(&ack).unwrap_or_default(),
+        )
+        .await;
+    }
+
+    async fn refuse(&mut self, device: &str, id: String, error: String) {
+        tracing::warn!(device, transfer = %id, "download refused: {error}");
+        self.answer(
+            device,
+            Ack {
+                id,
+                error: Some(error),
+                ..Ack::default()
+            },
+        )
+        .await;
+    }
+
+    async fn download_manifest(&mut self, device: &str, id: String, payload: &[u8]) {
+        if crate::model::check_name(&id).is_err() {
+            tracing::warn!(device, "ignoring a download whose id is not a plain name");
+            return;
+        }
+        let manifest: Manifest = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .refuse(device, id, format!("malformed manifest: {e}"))
+                    .await;
+            }
+        };
+        if manifest.id != id {
+            return self
+                .refuse(device, id, "the manifest's id is not the topic's".into())
+                .await;
+        }
+        if let Err(e) = manifest.check(self.spec.config.max_download_bytes) {
+            return self.refuse(device, id, e).await;
+        }
+        // Asked again: say where the transfer is.
+        let known = super::get(&self.db, &id, "down").unwrap_or(None);
+        if let Some(row) = known {
+            if row.device != device || row.manifest != manifest {
+                return self
+                    .refuse(device, id, "another transfer has this id".into())
+                    .await;
+            }
+            let ack = match row.state.as_str() {
+                "done" => Ack {
+                    id,
+                    have: row.manifest.chunks,
+                    done: true,
+                    error: None,
+                },
+                "failed" => Ack {
+                    id,
+                    error: row.error.clone(),
+                    ..Ack::default()
+                },
+                _ => match self.resume(row) {
+                    Ok(have) => Ack {
+                        id,
+                        have,
+                        ..Ack::default()
+                    },
+                    Err(e) => {
+                        return self.refuse(device, id, e).await;
+                    }
+                },
+            };
+            return self.answer(device, ack).await;
+        }
+        let Some(app) = self.spec.directory.by_device(device) else {
+            return self
+                .refuse(
+                    device,
+                    id,
+                    format!(
+                        "no app on gateway {} speaks for device {device}",
+                        self.spec.gateway
+                    ),
+                )
+                .await;
+        };
+        let row = TransferRow {
+            manifest,
+            app: app.handle.name().to_string(),
+            device: device.to_string(),
+            direction: "down".into(),
+            have: 0,
+            state: "running".into(),
+            error: None,
+        };
+        if let Err(e) = super::insert(&self.db, &row) {
+            return self
+                .refuse(device, id, format!("the gateway could not record it: {e}"))
+                .await;
+        }
+        tracing::info!(app = %row.app, device, transfer = %id, name = %row.manifest.name, bytes = row.manifest.size, "download started");
+        match self.resume(row) {
+            Ok(have) => {
+                self.answer(
+                    device,
+                    Ack {
+                        id,
+                        have,
+                        ..Ack::default()
+                    },
+                )
+                .await
+            }
+            Err(e) => self.refuse(device, id, e).await,
+        }
+    }
+
+    /// Hold a running download's receiving end (opening its file again after
+    /// a restart); how many chunks it has.
+    fn resume(&mut self, row: TransferRow) -> Result<u64, String> {
+        if let Some((_, incoming)) = self.downloads.get(&row.manifest.id) {
+            return Ok(incoming.have);
+        }
+        let path = store_path(&self.spec.data_dir, &row.manifest.id, "down");
+        let incoming = Incoming::open(row.manifest.clone(), &path, row.have)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let have = incoming.have;
+        if have > 0 {
+            tracing::info!(transfer = %row.manifest.id, name = %row.manifest.name, "download resumed at chunk {have} of {}", row.manifest.chunks);
+        }
+        self.downloads
+            .insert(row.manifest.id.clone(), (row, incoming));
+        Ok(have)
+    }
+
+    async fn download_chunk(&mut self, device: &str, id: &str, index: &str, payload: &[u8]) {
+        if !self.downloads.contains_key(id) {
+            // After a restart the manifest may come later: resume now.
+            match super::get(&self.db, id, "down") {
+                Ok(Some(row)) if row.state == "running" && row.device == device => {
+                    if let Err(e) = self.resume(row) {
+                        return self.refuse(device, id.to_string(), e).await;
+                    }
+                }
+                // Unknown, or already finished: the sender's next manifest
+                // gets the answer.
+                _ => return,
+            }
+        }
+        let Some((_, incoming)) = self.downloads.get_mut(id) else {
+            return;
+        };
+        match incoming.chunk(index, payload) {
+            Err(e) => self.fail_download(device, id, e).await,
+            Ok(None) => {}
+            Ok(Some(have)) if !incoming.complete() => {
+                if let Err(e) = super::set_have(&self.db, id, "down", have) {
+                    tracing::warn!(transfer = %id, "cannot record the download's progress: {e}");
+                }
+                self.answer(
+                    device,
+                    Ack {
+                        id: id.to_string(),
+                        have,
+                        ..Ack::default()
+                    },
+                )
+                .await;
+            }
+            Ok(Some(_)) => self.complete_download(device, id).await,
+        }
+    }
+
+    async fn fail_download(&mut self, device: &str, id: &str, error: String) {
+        if let Some((row, incoming)) = self.downloads.remove(id) {
+            let _ = std::fs::remove_file(&incoming.path);
+            tracing::warn!(app = %row.app, device, transfer = %id, name = %row.manifest.name, "download failed: {error}");
+        }
+        if let Err(e) = super::finish(&self.db, id, "down", Err(&error)) {
+            tracing::error!(transfer = %id, "cannot record the download's outcome: {e}");
+        }
+        self.answer(
+            device,
+            Ack {
+                id: id.to_string(),
+                error: Some(error),
+                ..Ack::default()
+            },
+        )
+        .await;
+    }
+
+    async fn complete_download(&mut self, device: &str, id: &str) {
+        let Some((row, mut incoming)) = self.downloads.remove(id) else {
+            return;
+        };
+        if let Err(e) = incoming.verify() {
+            self.downloads.insert(id.to_string(), (row, incoming));
+            return self.fail_download(device, id, e).await;
+        }
+        let dir = crate::gateway::app_files_dir(&self.spec.data_dir, &row.app).join("downloads");
+        let target = dir.join(&row.manifest.name);
+        let moved =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(&incoming.path, &target));
+        if let Err(e) = moved {
+            self.downloads.insert(id.to_string(), (row, incoming));
+            return self
+                .fail_download(
+                    device,
+                    id,
+                    format!("cannot place the file in the app's directory: {e}"),
+                )
+                .await;
+        }
+        tracing::info!(app = %row.app, device, transfer = %id, name = %row.manifest.name, bytes = row.manifest.size, "download done: sha256 checked, in the app's downloads/");
+        let chunks = row.manifest.chunks;
+        if let Err(e) = super::finish(&self.db, id, "down", Ok(chunks)) {
+            tracing::error!(transfer = %id, "cannot record the download's outcome: {e}");
+        }
+        self.answer(
+            device,
+            Ack {
+                id: id.to_string(),
+                have: chunks,
+                done: true,
+                error: None,
+            },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,412 @@
+//! The transfer protocol both ends speak, for uploads (gateway → cloud) and
+//! downloads (cloud → gateway) alike (see docs/protocol.md, "Content"):
+//!
+//! - the sender publishes a manifest (id, name, size, sha256, chunk size),
+//!   then chunks, at most [`WINDOW`] ahead of what the receiver confirmed;
+//! - the receiver writes each chunk at its place in a file and acknowledges
+//!   how many chunks it holds from the start (`have`), every `WINDOW / 2`
+//!   chunks, on every manifest, and at the end with `done` once the whole
+//!   file's sha256 matches the manifest's (or an `error` if it does not);
+//! - a sender that hears nothing for [`PROBE`] sends the manifest again and
+//!   resumes from the receiver's `have`. That one rule recovers from lost
+//!   chunks, a broker restart, and a restart of either end.
+//!
+//! No I/O here but the receiver's file, so the gateway and the operator CLI
+//! share it and it is tested on its own.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Chunks a sender may have out beyond what the receiver confirmed.
+pub const WINDOW: u64 = 16;
+
+/// A sender that hears nothing for this long asks again.
+pub const PROBE: Duration = Duration::from_secs(2);
+
+/// The largest chunk either end takes.
+pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
+
+/// The chunk size senders use unless told otherwise.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 10;
+
+/// What is coming: sent first, and again whenever the sender asks where the
+/// receiver is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Names the transfer (1 to 64 characters from A-Z a-z 0-9 _ - .).
+    pub id: String,
+    /// The file's name (same characters).
+    pub name: String,
+    pub size: u64,
+    /// sha256 of the whole content, hex.
+    pub sha256: String,
+    pub chunk_size: u64,
+    pub chunks: u64,
+}
+
+impl Manifest {
+    /// A manifest for `size` bytes with this digest, in chunks of `chunk_size`.
+    pub fn new(id: String, name: String, size: u64, sha256: String, chunk_size: u64) -> Manifest {
+        Manifest {
+            chunks: size.div_ceil(chunk_size).max(1),
+            id,
+            name,
+            size,
+            sha256,
+            chunk_size,
+        }
+    }
+
+    /// Check a manifest that came from the other side against `max_bytes`.
+    pub fn check(&self, max_bytes: u64) -> Result<(), String> {
+        crate::model::check_name(&self.id).map_err(|m| format!("transfer id: {m}"))?;
+        crate::model::check_name(&self.name).map_err(|m| format!("name: {m}"))?;
+        if self.size > max_bytes {
+            return Err(format!(
+                "{} bytes is over the limit of {max_bytes}",
+                self.size
+            ));
+        }
+        if !(1..=MAX_CHUNK_BYTES).contains(&self.chunk_size)
+            || self.chunks != self.size.div_ceil(self.chunk_size).max(1)
+        {
+            return Err(format!(
+                "size {} in {} chunks of {} bytes does not add up (chunks of at most {} KiB)",
+                self.size,
+                self.chunks,
+                self.chunk_size,
+                MAX_CHUNK_BYTES >> 10
+            ));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("sha256 is not 64 hex digits".into());
+        }
+        Ok(())
+    }
+
+    /// How many bytes chunk `index` holds.
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        if index + 1 == self.chunks {
+            self.size - self.chunk_size * index
+        } else {
+            self.chunk_size
+        }
+    }
+
+    /// Bytes in the first `have` chunks.
+    pub fn bytes_in(&self, have: u64) -> u64 {
+        (have * self.chunk_size).min(self.size)
+    }
+}
+
+/// The receiver's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub id: String,
+    /// Chunks held from the start.
+    pub have: u64,
+    /// The whole content arrived and its sha256 matched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
+    /// The transfer is refused or corrupt; the sender stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a sender does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Manifest,
+    Chunk(u64),
+}
+
+/// The sending end of one transfer.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub manifest: Manifest,
+    /// Chunks the receiver confirmed.
+    pub have: u64,
+    next: u64,
+    heard: Instant,
+    asked: Option<Instant>,
+}
+
+impl Outgoing {
+    pub fn new(manifest: Manifest, have: u64, now: Instant) -> Outgoing {
+        Outgoing {
+            manifest,
+            have,
+            next: have,
+            heard: now,
+            asked: None,
+        }
+    }
+
+    /// The receiver said how far it is.
+    pub fn heard(&mut self, have: u64, now: Instant) {
+        self.heard = now;
+        self.have = self.have.max(have.min(self.manifest.chunks));
+        self.next = self.next.max(self.have);
+    }
+
+    /// What to send now, if anything: the manifest first and whenever the
+    /// receiver has been silent for [`PROBE`] (then chunks again from its
+    /// `have`), otherwise the next chunk within the window.
+    pub fn step(&mut self, now: Instant) -> Option<Step> {
+        let silent = now.duration_since(self.heard) >= PROBE;
+        let due = self.asked.is_none_or(|at| now.duration_since(at) >= PROBE);
+        if self.asked.is_none() || (silent && due) {
+            self.asked = Some(now);
+            self.next = self.have;
+            return Some(Step::Manifest);
+        }
+        if self.next < self.manifest.chunks && self.next < self.have + WINDOW {
+            let index = self.next;
+            self.next += 1;
+            return Some(Step::Chunk(index));
+        }
+        None
+    }
+}
+
+/// The receiving end of one transfer: the content goes into `path` as it
+/// arrives.
+#[derive(Debug)]
+pub struct Incoming {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    /// Chunks held from the start.
+    pub have: u64,
+    /// Chunks held beyond `have` (they came out of order).
+    ahead: std::collections::BTreeSet<u64>,
+    file: std::fs::File,
+}
+
+impl Incoming {
+    /// Start (`have` 0) or resume a transfer into `path`.
+    pub fn open(manifest: Manifest, path: &Path, have: u64) -> std::io::Result<Incoming> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(have == 0)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Ok(Incoming {
+            have: have.min(manifest.chunks),
+            manifest,
+            path: path.to_path_buf(),
+            ahead: Default::default(),
+            file,
+        })
+    }
+
+    /// Take chunk `index` (as it came in the topic). `Ok(Some(have))` when
+    /// it is time to acknowledge; an error means the transfer is corrupt.
+    pub fn chunk(&mut self, index: &str, bytes: &[u8]) -> Result<Option<u64>, String> {
+        let m = &self.manifest;
+        let index: u64 = match index.parse() {
+            Ok(i) if i < m.chunks && bytes.len() as u64 == m.chunk_len(i) => i,
+            _ => {
+                return Err(format!(
+                    "chunk {index} ({} bytes) does not fit the manifest",
+                    bytes.len()
+                ));
+            }
+        };
+        if index < self.have || self.ahead.contains(&index) {
+            return Ok(None);
+        }
+        self.file
+            .seek(SeekFrom::Start(index * m.chunk_size))
+            .and_then(|_| self.file.write_all(bytes))
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+        self.ahead.insert(index);
+        let before = self.have;
+        while self.ahead.remove(&self.have) {
+            self.have += 1;
+        }
+        let step = (WINDOW / 2).max(1);
+        let crossed = self.have / step > before / step;
+        Ok((self.have > before && (crossed || self.complete())).then_some(self.have))
+    }
+
+    pub fn complete(&self) -> bool {
+        self.have == self.manifest.chunks
+    }
+
+    /// Once complete: whether the file's sha256 is the manifest's.
+    pub fn verify(&mut self) -> Result<(), String> {
+        self.file
+            .flush()
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+        self.file
+            .set_len(self.manifest.size)
+            .map_err(|e| e.to_string())?;
+        let digest = sha256_of(&self.path).map_err(|e| e.to_string())?;
+        if digest == self.manifest.sha256.to_ascii_lowercase() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the content's sha256 is {digest}, not the announced {}: refused as corrupt",
+                self.manifest.sha256
+            ))
+        }
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Read chunk `index` of `manifest` from `path`.
+pub fn read_chunk(path: &Path, manifest: &Manifest, index: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(index * manifest.chunk_size))?;
+    let mut bytes = vec![0u8; manifest.chunk_len(index) as usize];
+    file.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn manifest_of(bytes: &[u8], chunk: u64) -> Manifest {
+        Manifest::new(
+            "t-1".into(),
+            "f.bin".into(),
+            bytes.len() as u64,
+            hex::encode(Sha256::digest(bytes)),
+            chunk,
+        )
+    }
+
+    /// Run a transfer through a lossy channel: every `drop_every`th message
+    /// from the sender is lost; time moves on when nothing is to send.
+    fn run(bytes: &[u8], chunk: u64, drop_every: usize) -> (Vec<u8>, usize) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("source");
+        std::fs::write(&source, bytes).expect("write");
+        let manifest = manifest_of(bytes, chunk);
+        let mut now = Instant::now();
+        let mut sender = Outgoing::new(manifest.clone(), 0, now);
+        let mut receiver: Option<Incoming> = None;
+        let target = dir.path().join("target");
+        let mut sent = 0;
+        for _ in 0..100_000 {
+            let Some(step) = sender.step(now) else {
+                now += PROBE;
+                continue;
+            };
+            sent += 1;
+            if drop_every > 0 && sent % drop_every == 0 {
+                continue;
+            }
+            let ack = match step {
+                Step::Manifest => {
+                    let r = receiver.get_or_insert_with(|| {
+                        Incoming::open(manifest.clone(), &target, 0).expect("open")
+                    });
+                    Some(r.have)
+                }
+                Step::Chunk(i) => {
+                    let data = read_chunk(&source, &manifest, i).expect("read");
+                    let r = receiver.as_mut().expect("a manifest came first");
+                    r.chunk(&i.to_string(), &data).expect("a good chunk")
+                }
+            };
+            if let Some(have) = ack {
+                sender.heard(have, now);
+            }
+            if let Some(r) = receiver.as_mut()
+                && r.complete()
+            {
+                r.verify().expect("the digest matches");
+                return (std::fs::read(&target).expect("read"), sent);
+            }
+        }
+        panic!("the transfer did not finish");
+    }
+
+    #[test]
+    fn a_transfer_arrives_whole_even_when_messages_are_lost() {
+        let bytes = content(100_000);
+        for drop_every in [0, 3, 7, 50] {
+            let (arrived, sent) = run(&bytes, 1000, drop_every);
+            assert_eq!(arrived, bytes, "dropping every {drop_every}th message");
+            assert!(sent >= 101, "{sent}");
+        }
+        // One chunk, and an empty file.
+        assert_eq!(run(&content(10), 1000, 0).0, content(10));
+        assert_eq!(run(&[], 1000, 0).0, Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_sender_stays_within_its_window_until_it_hears_back() {
+        let bytes = content(100 * 1000);
+        let now = Instant::now();
+        let mut sender = Outgoing::new(manifest_of(&bytes, 1000), 0, now);
+        assert_eq!(sender.step(now), Some(Step::Manifest));
+        let chunks: Vec<_> = std::iter::from_fn(|| sender.step(now)).collect();
+        assert_eq!(chunks.len() as u64, WINDOW);
+        sender.heard(5, now);
+        assert_eq!(sender.step(now), Some(Step::Chunk(WINDOW)));
+        // Silence: the manifest again, then from the confirmed chunk on.
+        let later = now + PROBE;
+        assert_eq!(sender.step(later), Some(Step::Manifest));
+        assert_eq!(sender.step(later), Some(Step::Chunk(5)));
+    }
+
+    #[test]
+    fn a_wrong_chunk_or_digest_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = content(2500);
+        let manifest = manifest_of(&bytes, 1000);
+        let mut r = Incoming::open(manifest.clone(), &dir.path().join("t"), 0).expect("open");
+        assert!(r.chunk("0", &bytes[..999]).is_err(), "short chunk");
+        assert!(r.chunk("3", &bytes[..500]).is_err(), "past the end");
+        assert!(r.chunk("x", &bytes[..1000]).is_err(), "not an index");
+        r.chunk("0", &bytes[..1000]).expect("ok");
+        r.chunk("2", &bytes[2000..]).expect("ok");
+        let mut changed = bytes[1000..2000].to_vec();
+        changed[10] ^= 1;
+        assert_eq!(r.chunk("1", &changed).expect("ok"), Some(3));
+        let err = r.verify().expect_err("corrupt");
+        assert!(err.contains("refused as corrupt"), "{err}");
+    }
+
+    #[test]
+    fn manifests_from_outside_are_checked() {
+        let good = manifest_of(&content(10), 4);
+        assert!(good.check(100).is_ok());
+        assert!(good.check(5).unwrap_err().contains("over the limit"));
+        let mut bad = good.clone();
+        bad.chunks = 2;
+        assert!(bad.check(100).is_err());
+        let mut bad = good.clone();
+        bad.name = "../x".into();
+        assert!(bad.check(100).is_err());
+        let mut bad = good;
+        bad.sha256 = "zz".into();
+        assert!(bad.check(100).is_err());
+    }
+}
