@@ -100,6 +100,46 @@ impl Cli {
     }
 }
 
+/// `wasmgate cloud send` of `file` to the content app, paced like the
+/// gateway's uploads.
+fn send_paced(broker: &Mosquitto, file: &std::path::Path) -> Cli {
+    Cli::start(
+        broker,
+        &[
+            "send",
+            "test-gw/content",
+            &file.display().to_string(),
+            "--chunk-kib",
+            "32",
+            "--kib-per-s",
+            "512",
+        ],
+    )
+}
+
+/// `wasmgate cloud receive` of the content app's uploads into `out`.
+fn receive_into(broker: &Mosquitto, out: &std::path::Path) -> Cli {
+    Cli::start(
+        broker,
+        &[
+            "receive",
+            "test-gw/content",
+            "--out",
+            &out.display().to_string(),
+        ],
+    )
+}
+
+/// 3 MiB of bytes that differ from chunk to chunk, written to `dir/name`.
+fn three_mib(dir: &std::path::Path, name: &str, factor: u32) -> (std::path::PathBuf, Vec<u8>) {
+    let bytes: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(factor) >> 11) as u8)
+        .collect();
+    let file = dir.join(name);
+    std::fs::write(&file, &bytes).expect("write");
+    (file, bytes)
+}
+
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -116,15 +156,7 @@ fn restart_broker_midway(broker: &mut Mosquitto, cli: &Cli, progress: &str) {
 fn an_upload_of_3_mib_survives_a_broker_restart_and_arrives_whole() {
     let mut broker = Mosquitto::start("");
     let out = tempfile::tempdir().expect("tempdir");
-    let receiver = Cli::start(
-        &broker,
-        &[
-            "receive",
-            "test-gw/content",
-            "--out",
-            &out.path().display().to_string(),
-        ],
-    );
+    let receiver = receive_into(&broker, out.path());
     let gw = content_gateway(&broker, 3072, "");
     let mut run = gw.start();
     run.wait_for("upload of data.bin queued", T);
@@ -165,23 +197,8 @@ fn a_download_of_3_mib_survives_a_broker_restart_and_lands_in_the_apps_directory
     let mut run: Running = gw.start();
     run.wait_for("connected to the broker", T);
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("firmware.bin");
-    let bytes: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    std::fs::write(&file, &bytes).expect("write");
-    let sender = Cli::start(
-        &broker,
-        &[
-            "send",
-            "test-gw/content",
-            &file.display().to_string(),
-            "--chunk-kib",
-            "32",
-            "--kib-per-s",
-            "512",
-        ],
-    );
+    let (file, bytes) = three_mib(dir.path(), "firmware.bin", 2654435761);
+    let sender = send_paced(&broker, &file);
     restart_broker_midway(&mut broker, &sender, "16/96 chunks confirmed");
     let (ok, lines) = sender.finish();
     assert!(ok, "{lines:?}");
@@ -338,37 +355,14 @@ fn corrupt_oversized_and_malformed_downloads_and_oversized_uploads_are_refused()
 fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     let broker = Mosquitto::start("");
     let out = tempfile::tempdir().expect("tempdir");
-    let receiver = Cli::start(
-        &broker,
-        &[
-            "receive",
-            "test-gw/content",
-            "--out",
-            &out.path().display().to_string(),
-        ],
-    );
+    let receiver = receive_into(&broker, out.path());
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("config.tar");
-    let bytes: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
-        .collect();
-    std::fs::write(&file, &bytes).expect("write");
+    let (file, bytes) = three_mib(dir.path(), "config.tar", 40503);
 
     let gw = content_gateway(&broker, 3072, "");
     let mut run = gw.start();
     run.wait_for("connected to the broker", T);
-    let sender = Cli::start(
-        &broker,
-        &[
-            "send",
-            "test-gw/content",
-            &file.display().to_string(),
-            "--chunk-kib",
-            "32",
-            "--kib-per-s",
-            "512",
-        ],
-    );
+    let sender = send_paced(&broker, &file);
     // Both ways under way, then kill -9.
     receiver.wait_for("data.bin: 16/96 chunks");
     sender.wait_for("16/96 chunks confirmed");
@@ -394,14 +388,7 @@ fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     let received = std::fs::read(out.path().join("data.bin")).expect("the upload");
     assert_eq!(sha256(&received), sha256(&sent));
     // Both finished, once each.
-    let done: i64 = gw
-        .db()
-        .query_row(
-            "SELECT COUNT(*) FROM transfers WHERE state = 'done'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("transfers");
+    let done = gw.count("SELECT COUNT(*) FROM transfers WHERE state = 'done'");
     assert_eq!(done, 2);
     run.wait_for("upload done", T);
     assert!(run.stop().success());

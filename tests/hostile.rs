@@ -41,6 +41,13 @@ fn healthy_keeps_pace(run: &mut Running, window: Duration) {
     );
 }
 
+/// The gateway's peak memory stayed under `mib`, and it stops cleanly.
+fn stays_bounded(run: &mut Running, mib: u64) {
+    let peak = run.peak_rss_mib();
+    assert!(peak < mib, "peak RSS {peak} MiB");
+    assert!(run.stop().success());
+}
+
 /// The app named `name` in `wasmgate apps --json`.
 fn app_report(gw: &Gateway, name: &str) -> Value {
     gw.apps()
@@ -108,12 +115,7 @@ fn rate_limited_flood(kind: &str, burst: i64, per_second: i64) {
     assert_eq!(flood["state"], "running", "{flood}");
     assert_eq!(flood["restarts"], 0, "{flood}");
     assert_eq!(flood["traps"], 0, "{flood}");
-    assert!(
-        run.peak_rss_mib() < 200,
-        "peak RSS {} MiB",
-        run.peak_rss_mib()
-    );
-    assert!(run.stop().success());
+    stays_bounded(&mut run, 200);
 }
 
 #[test]
@@ -163,14 +165,7 @@ fn registering_devices_without_end_stops_at_the_apps_cap() {
     assert_eq!(flood["state"], "running", "{flood}");
     assert_eq!(flood["traps"], 0, "{flood}");
     assert!(run.stop().success());
-    let registered: i64 = gw
-        .db()
-        .query_row(
-            "SELECT COUNT(*) FROM registrations WHERE app = 'flood'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("registrations");
+    let registered = gw.count("SELECT COUNT(*) FROM registrations WHERE app = 'flood'");
     assert_eq!(registered, 100);
 }
 
@@ -211,12 +206,7 @@ fn a_log_flood_is_dropped_past_its_rate_and_the_drops_are_counted() {
             .contains("ran past its deadline of 500 ms"),
         "{flood}"
     );
-    assert!(
-        run.peak_rss_mib() < 200,
-        "peak RSS {} MiB",
-        run.peak_rss_mib()
-    );
-    assert!(run.stop().success());
+    stays_bounded(&mut run, 200);
 }
 
 #[test]
@@ -244,14 +234,8 @@ fn a_record_flood_is_cut_off_by_its_series_quota() {
     assert!(run.stop().success());
 
     // The quota held, and the healthy app's points all arrived.
-    let flooded: i64 = gw
-        .db()
-        .query_row(
-            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE name = 'flood'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("outbox bytes");
+    let flooded =
+        gw.count("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE name = 'flood'");
     assert!(
         flooded <= 1024 * 1024 + 300 * 1024,
         "{flooded} bytes of flood in the outbox for a 1 MiB quota"
@@ -336,14 +320,7 @@ fn values_of_100_mib_are_refused_and_the_gateway_stays_bounded() {
         run.count("over the limit of 1048576: not kept") == 1,
         "the saved state is refused at stop"
     );
-    let saved: i64 = gw
-        .db()
-        .query_row(
-            "SELECT COUNT(*) FROM saved_state WHERE app = 'huge'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("saved_state");
+    let saved = gw.count("SELECT COUNT(*) FROM saved_state WHERE app = 'huge'");
     assert_eq!(saved, 0);
 }
 

@@ -141,10 +141,7 @@ fn a_hardware_id_keeps_its_device_across_a_restart_and_is_routed_before_the_app_
     let mut run = gw.start();
     run.wait_for("bus scanned: 2 sensors, 2 registered", T);
     run.wait_for("sensor th-01 registered as bus.th-01", T);
-    let rows: i64 = gw
-        .db()
-        .query_row("SELECT COUNT(*) FROM registrations", [], |r| r.get(0))
-        .expect("registrations");
+    let rows = gw.count("SELECT COUNT(*) FROM registrations");
     assert_eq!(rows, 2, "re-registering adds nothing");
     // Registering again does not write again (nothing changed).
     assert_eq!(run.count("device registered"), 0, "{:?}", run.lines());
@@ -192,14 +189,7 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
             .contains("no app on gateway test-gw speaks for device bus.th-01"),
         "{answer}"
     );
-    let twin: i64 = gw
-        .db()
-        .query_row(
-            "SELECT COUNT(*) FROM twin WHERE device = 'bus.th-01'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("twin");
+    let twin = gw.count("SELECT COUNT(*) FROM twin WHERE device = 'bus.th-01'");
     assert_eq!(twin, 0);
     // The place is free again: the next scan registers th-01 again, with
     // the id it had, and th-03 is still one too many.

@@ -168,6 +168,13 @@ impl Gateway {
             .collect()
     }
 
+    /// The one integer a query over the gateway's database gives (a count).
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Every telemetry point in the outbox (of `series`, if given), in order.
     pub fn outbox_points(&self, series: Option<&str>) -> Vec<serde_json::Value> {
         self.outbox_rows("telemetry", series)
