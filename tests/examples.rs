@@ -31,6 +31,12 @@ fn example_config(example: &str, dir: &Path, cloud: toml::Table) -> PathBuf {
             let relative = app[key].as_str().expect("a path").to_string();
             app.insert(key.into(), home.join(relative).display().to_string().into());
         }
+        if let Some(models) = app.get_mut("models").and_then(|m| m.as_table_mut()) {
+            for (_, path) in models.iter_mut() {
+                let relative = path.as_str().expect("a path").to_string();
+                *path = home.join(relative).display().to_string().into();
+            }
+        }
     }
     let path = dir.join("gateway.toml");
     std::fs::write(&path, toml::to_string(&config).expect("TOML")).expect("write the config");
@@ -322,4 +328,56 @@ fn the_data_logger_batches_three_series_and_loses_nothing_in_a_broker_outage() {
         largest > 100 && largest <= 2000,
         "the largest vibration batch held {largest} points (outage {during:?})"
     );
+}
+
+#[test]
+fn the_bus_gateway_registers_its_sensors_and_each_reports_as_its_own_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut run, consumer) = with_embedded_broker("busgateway", dir.path());
+    run.wait_for("bus scanned: 4 sensors, 4 registered", T);
+    // Each sensor's readings under its own device id.
+    for n in 1..=4 {
+        let batch = consumer.wait_json(
+            &format!("wg/v1/bus-gateway/bus.th-0{n}/telemetry/temperature"),
+            T,
+            |_| true,
+        );
+        assert!(
+            batch["points"][0]["values"]["celsius"].is_number(),
+            "{batch}"
+        );
+    }
+    // The README's commands: identify, label, unplug.
+    let answer = call(
+        &consumer,
+        "wg/v1/bus-gateway/bus.th-02",
+        "identify",
+        "i-1",
+        None,
+    );
+    assert_eq!(answer["result"], "th-02", "{answer}");
+    let answer = call(
+        &consumer,
+        "wg/v1/bus-gateway/bus",
+        "unplug",
+        "u-1",
+        Some(json!("th-04")),
+    );
+    assert_eq!(answer["result"], "th-04", "{answer}");
+    let answer = call(
+        &consumer,
+        "wg/v1/bus-gateway/bus.th-04",
+        "identify",
+        "i-2",
+        None,
+    );
+    assert!(answer["error"].is_string(), "{answer}");
+    let status = consumer.wait_json("wg/v1/bus-gateway/bus-gateway/status", T, |s| {
+        s["apps"][0]["devices"].as_array().map(Vec::len) == Some(3)
+    });
+    assert_eq!(
+        status["apps"][0]["devices"][0]["metadata"]["manufacturer"],
+        "Acme Sensors"
+    );
+    assert!(run.stop().success());
 }

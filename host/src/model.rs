@@ -23,10 +23,11 @@ pub const MAX_FIELDS: usize = 256;
 /// Why a model file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: cannot read the device model: {source}")]
+    #[error("{path}: cannot read the device model: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        /// Shown in the message, so not a `source` (it would be shown twice).
+        error: std::io::Error,
     },
     #[error("{path}: invalid device model: {message}")]
     Parse { path: PathBuf, message: String },
@@ -149,9 +150,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
 impl DeviceModel {
     /// Read and check a model file.
     pub fn load(path: &Path) -> Result<DeviceModel, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ModelError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text).map_err(|e| match e {
             ModelError::Parse { message, .. } => ModelError::Parse {
