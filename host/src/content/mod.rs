@@ -161,13 +161,29 @@ pub struct ContentCtx {
     pub device: String,
     pub files_dir: PathBuf,
     pub data_dir: PathBuf,
-    pub db: Connection,
+    pub database: crate::store::Database,
+    /// Opened on first use: most apps never transfer content, and every
+    /// connection opened at instantiation lengthens a hot swap's pause.
+    pub db: Option<Connection>,
     pub config: ContentConfig,
     /// Wakes the content service when an upload is waiting.
     pub signal: Arc<Notify>,
 }
 
 impl ContentCtx {
+    fn db(&mut self) -> Result<&Connection, String> {
+        if self.db.is_none() {
+            let conn = self
+                .database
+                .open()
+                .map_err(|e| format!("the gateway's database: {e}"))?;
+            self.db = Some(conn);
+        }
+        self.db
+            .as_ref()
+            .ok_or_else(|| "the gateway's database is not open".to_string())
+    }
+
     /// `path` inside the app's directory, or why not: no absolute paths, no
     /// `..`, and no symlink that leads out.
     fn inside(&self, path: &str) -> Result<PathBuf, GuestError> {
@@ -210,19 +226,25 @@ impl ContentCtx {
             sha256,
             self.config.chunk_bytes,
         );
-        insert(
-            &self.db,
-            &TransferRow {
-                manifest,
-                app: self.app.to_string(),
-                device: self.device.clone(),
-                direction: "up".into(),
-                have: 0,
-                state: "running".into(),
-                error: None,
-            },
-        )
-        .map_err(|e| cleanup(format!("the gateway could not record the upload: {e}")))?;
+        let row = TransferRow {
+            manifest,
+            app: self.app.to_string(),
+            device: self.device.clone(),
+            direction: "up".into(),
+            have: 0,
+            state: "running".into(),
+            error: None,
+        };
+        let recorded = self.db().map(|db| insert(db, &row));
+        match recorded {
+            Err(e) => return Err(cleanup(e)),
+            Ok(Err(e)) => {
+                return Err(cleanup(format!(
+                    "the gateway could not record the upload: {e}"
+                )));
+            }
+            Ok(Ok(())) => {}
+        }
         tracing::info!(app = %self.app, device = %self.device, transfer = %id, name, bytes = size, "upload queued");
         self.signal.notify_one();
         Ok(id)
@@ -291,10 +313,17 @@ impl Host for ContentCtx {
     }
 
     fn transfers(&mut self) -> wasmtime::Result<Vec<Transfer>> {
-        let rows = of_app(&self.db, &self.app).unwrap_or_else(|e| {
-            tracing::error!(app = %self.app, "cannot read the app's transfers: {e}");
-            Vec::new()
-        });
+        let app = self.app.clone();
+        let rows = match self.db() {
+            Ok(db) => of_app(db, &app).unwrap_or_else(|e| {
+                tracing::error!(app = %app, "cannot read the app's transfers: {e}");
+                Vec::new()
+            }),
+            Err(e) => {
+                tracing::error!(app = %app, "cannot read the app's transfers: {e}");
+                Vec::new()
+            }
+        };
         Ok(rows
             .into_iter()
             .map(|t| Transfer {
