@@ -16,98 +16,114 @@ use std::time::{Duration, Instant};
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let runs = if quick { 1 } else { 3 };
+    // `-- P5 P7` measures only those figures.
+    let only: Vec<String> = std::env::args().filter(|a| a.starts_with('P')).collect();
+    let wanted = |id: &str| only.is_empty() || only.iter().any(|o| o == id);
     let mut rows: Vec<[String; 4]> = Vec::new();
 
-    let [tick, desired, bare_tick, bare_desired] = medians(runs, || {
-        let (a, b, c, d) = dispatch(20_000);
-        [a, b, c, d].map(micros)
-    });
-    rows.push([
-        "P1".into(),
-        "event dispatch host → guest: `on-tick` / `on-desired` (one change) of a guest that does nothing, per event".into(),
-        format!("{tick:.2} µs / {desired:.2} µs"),
-        format!("bare wasmtime typed call of the same exports: {bare_tick:.2} µs / {bare_desired:.2} µs"),
-    ]);
+    if wanted("P1") {
+        let [tick, desired, bare_tick, bare_desired] = medians(runs, || {
+            let (a, b, c, d) = dispatch(20_000);
+            [a, b, c, d].map(micros)
+        });
+        rows.push([
+            "P1".into(),
+            "event dispatch host → guest: `on-tick` / `on-desired` (one change) of a guest that does nothing, per event".into(),
+            format!("{tick:.2} µs / {desired:.2} µs"),
+            format!("bare wasmtime typed call of the same exports: {bare_tick:.2} µs / {bare_desired:.2} µs"),
+        ]);
+    }
 
-    let total = 2_000_000u64;
-    let ingest = median(runs, || ingest(total));
-    let sqlite = median(runs, || sqlite_baseline(total));
-    rows.push([
-        "P2".into(),
-        format!("durable ingest from a guest (`record-batch` of 1000), {total} points"),
-        format!("{} points/s", thousands(ingest)),
-        format!(
-            "plain batched SQLite insert of the same rows: {} points/s",
-            thousands(sqlite)
-        ),
-    ]);
+    if wanted("P2") {
+        let total = 2_000_000u64;
+        let ingest = median(runs, || ingest(total));
+        let sqlite = median(runs, || sqlite_baseline(total));
+        rows.push([
+            "P2".into(),
+            format!("durable ingest from a guest (`record-batch` of 1000), {total} points"),
+            format!("{} points/s", thousands(ingest)),
+            format!(
+                "plain batched SQLite insert of the same rows: {} points/s",
+                thousands(sqlite)
+            ),
+        ]);
+        let paho = paho_baseline(20_000);
+        rows.push([
+            "P2b".into(),
+            "the device-SDK way: every point its own QoS 1 publish".into(),
+            format!("{} points/s (P2 above)", thousands(ingest)),
+            match paho {
+                Ok(rate) => format!("Python paho-mqtt, one QoS 1 publish per point to the same Mosquitto: {} points/s ({:.0}× less)", thousands(rate), ingest / rate),
+                Err(e) => format!("not measured: {e}"),
+            },
+        ]);
+    }
 
-    let backlog = 1_000_000u64;
-    let (drain, baseline) = drain(backlog, runs);
-    rows.push([
-        "P3".into(),
-        format!("backlog drain to a local Mosquitto, {backlog} points"),
-        format!("{} points/s", thousands(drain)),
-        format!(
-            "Mosquitto alone, QoS 1 publishes of the same size: {} points/s",
-            thousands(baseline)
-        ),
-    ]);
+    if wanted("P3") {
+        let backlog = 1_000_000u64;
+        let (drain, baseline) = drain(backlog, runs);
+        rows.push([
+            "P3".into(),
+            format!("backlog drain to a local Mosquitto, {backlog} points"),
+            format!("{} points/s", thousands(drain)),
+            format!(
+                "Mosquitto alone, QoS 1 publishes of the same size: {} points/s",
+                thousands(baseline)
+            ),
+        ]);
+    }
 
-    let paho = paho_baseline(20_000);
-    rows.push([
-        "P2b".into(),
-        "the device-SDK way: every point its own QoS 1 publish".into(),
-        format!("{} points/s (P2 above)", thousands(ingest)),
-        match paho {
-            Ok(rate) => format!("Python paho-mqtt, one QoS 1 publish per point to the same Mosquitto: {} points/s ({:.0}× less)", thousands(rate), ingest / rate),
-            Err(e) => format!("not measured: {e}"),
-        },
-    ]);
+    if wanted("P4") {
+        let [cold, warm, started, bare_instantiate] = medians(runs, || {
+            let (a, b, c, d) = cold_start(10);
+            [a, b, c, micros(d)]
+        });
+        rows.push([
+            "P4".into(),
+            "cold start: 10 apps, process start to every app's first tick; per app instantiate + init".into(),
+            format!("no cache {cold:.0} ms, with the compile cache {warm:.0} ms; instantiate + init {started:.2} ms per app"),
+            format!("wasmtime `InstancePre` instantiation of the same component: {:.3} ms", bare_instantiate / 1000.0),
+        ]);
+    }
 
-    let [cold, warm, started, bare_instantiate] = medians(runs, || {
-        let (a, b, c, d) = cold_start(10);
-        [a, b, c, micros(d)]
-    });
-    rows.push([
-        "P4".into(),
-        "cold start: 10 apps, process start to every app's first tick; per app instantiate + init".into(),
-        format!("no cache {cold:.0} ms, with the compile cache {warm:.0} ms; instantiate + init {started:.2} ms per app"),
-        format!("wasmtime `InstancePre` instantiation of the same component: {:.3} ms", bare_instantiate / 1000.0),
-    ]);
+    if wanted("P6") {
+        let mut sizes = (0.0, String::new());
+        let [rss1, rss10] = medians(runs, || {
+            let (a, b, size, runtime_only) = footprint();
+            sizes = (size, runtime_only);
+            [a, b]
+        });
+        let (size, runtime_only) = sizes;
+        rows.push([
+            "P6".into(),
+            "resident memory idle (1 app / 10 apps); binary size (release, stripped: default / runtime-only)".into(),
+            format!("{rss1:.1} MiB / {rss10:.1} MiB; {size:.1} MiB / {runtime_only}"),
+            "—".into(),
+        ]);
+    }
 
-    let mut sizes = (0.0, String::new());
-    let [rss1, rss10] = medians(runs, || {
-        let (a, b, size, runtime_only) = footprint();
-        sizes = (size, runtime_only);
-        [a, b]
-    });
-    let (size, runtime_only) = sizes;
-    rows.push([
-        "P6".into(),
-        "resident memory idle (1 app / 10 apps); binary size (release, stripped: default / runtime-only)".into(),
-        format!("{rss1:.1} MiB / {rss10:.1} MiB; {size:.1} MiB / {runtime_only}"),
-        "—".into(),
-    ]);
+    if wanted("P7") {
+        let [p50, p99, echo50, echo99] = medians(runs, || {
+            let (a, b, c, d) = round_trips(1000);
+            [a, b, c, d]
+        });
+        rows.push([
+            "P7".into(),
+            "action round trip through a local Mosquitto (request → `on-action` → response), 1000 sequential".into(),
+            format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+            format!("plain MQTT request/response echo through the same broker: p50 {echo50:.2} ms, p99 {echo99:.2} ms"),
+        ]);
+    }
 
-    let [p50, p99, echo50, echo99] = medians(runs, || {
-        let (a, b, c, d) = round_trips(1000);
-        [a, b, c, d]
-    });
-    rows.push([
-        "P7".into(),
-        "action round trip through a local Mosquitto (request → `on-action` → response), 1000 sequential".into(),
-        format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
-        format!("plain MQTT request/response echo through the same broker: p50 {echo50:.2} ms, p99 {echo99:.2} ms"),
-    ]);
-
-    let (p50, p99, gap, lost, swaps) = hot_swaps(20);
-    rows.push([
-        "P5".into(),
-        format!("hot swap under a stream of actions (1 per ms), {swaps} swaps"),
-        format!("swap pause p50 {p50:.0} µs, p99 {p99:.0} µs; longest gap between answers {gap:.1} ms; {lost} events lost"),
-        "—".into(),
-    ]);
+    if wanted("P5") {
+        let (p50, p99, gap, lost, swaps) = hot_swaps(20);
+        rows.push([
+            "P5".into(),
+            format!("hot swap under a stream of actions (1 per ms), {swaps} swaps"),
+            format!("swap pause p50 {p50:.0} µs, p99 {p99:.0} µs; longest gap between answers {gap:.1} ms; {lost} events lost"),
+            "—".into(),
+        ]);
+    }
 
     println!("\n| id | what | wasmgate | baseline (same run) |\n|---|---|---|---|");
     for [id, what, figure, base] in rows {

@@ -89,6 +89,12 @@ impl DeviceCtx {
             pipelines: HashMap::new(),
             registered: HashMap::new(),
         };
+        // An app without registration models has nothing to route (and the
+        // query would be the first on this connection, paying for reading
+        // the schema inside a hot swap's pause).
+        if ctx.deps.device_models.is_empty() {
+            return ctx;
+        }
         let earlier = registration::of_app(&ctx.deps.db, &ctx.deps.app).unwrap_or_else(|e| {
             tracing::error!(app = %ctx.deps.app, "cannot read the app's registered devices: {e}");
             Vec::new()
