@@ -10,10 +10,8 @@ use common::mqtt::{Consumer, Mosquitto};
 use common::{Gateway, Running, binary, guest, model};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -36,74 +34,25 @@ fn content_gateway(broker: &Mosquitto, upload_kib: u64, content: &str) -> Gatewa
         )
 }
 
-/// `wasmgate cloud ARGS` running, its output collected line by line.
-struct Cli {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+/// `wasmgate cloud ARGS` against `broker`, its output collected.
+fn cloud(broker: &Mosquitto, args: &[&str]) -> Running {
+    let mut command = Command::new(binary());
+    command
+        .args(["cloud", "--broker", &broker.url()])
+        .args(args);
+    Running::spawn_command(command)
 }
 
-impl Cli {
-    fn start(broker: &Mosquitto, args: &[&str]) -> Cli {
-        let mut child = Command::new(binary())
-            .args(["cloud", "--broker", &broker.url()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wasmgate cloud");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    eprintln!("  cli| {line}");
-                    lines.lock().expect("lock").push(line);
-                }
-            });
-        }
-        Cli { child, lines }
-    }
-
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .expect("lock")
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the CLI never printed {needle:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(mut self) -> (bool, Vec<String>) {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                std::thread::sleep(Duration::from_millis(100));
-                return (status.success(), self.lines.lock().expect("lock").clone());
-            }
-            assert!(Instant::now() < deadline, "the CLI did not finish");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Wait for the CLI to finish: whether it succeeded, and what it printed.
+fn finish(mut cli: Running) -> (bool, Vec<String>) {
+    let status = cli.wait_exit(T);
+    (status.success(), cli.lines())
 }
 
 /// `wasmgate cloud send` of `file` to the content app, paced like the
 /// gateway's uploads.
-fn send_paced(broker: &Mosquitto, file: &std::path::Path) -> Cli {
-    Cli::start(
+fn send_paced(broker: &Mosquitto, file: &std::path::Path) -> Running {
+    cloud(
         broker,
         &[
             "send",
@@ -118,8 +67,8 @@ fn send_paced(broker: &Mosquitto, file: &std::path::Path) -> Cli {
 }
 
 /// `wasmgate cloud receive` of the content app's uploads into `out`.
-fn receive_into(broker: &Mosquitto, out: &std::path::Path) -> Cli {
-    Cli::start(
+fn receive_into(broker: &Mosquitto, out: &std::path::Path) -> Running {
+    cloud(
         broker,
         &[
             "receive",
@@ -145,8 +94,8 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 /// Restart the broker once the transfer is under way and not yet done.
-fn restart_broker_midway(broker: &mut Mosquitto, cli: &Cli, progress: &str) {
-    cli.wait_for(progress);
+fn restart_broker_midway(broker: &mut Mosquitto, cli: &mut Running, progress: &str) {
+    cli.wait_for(progress, T);
     broker.stop();
     std::thread::sleep(Duration::from_millis(1500));
     broker.restart();
@@ -156,12 +105,12 @@ fn restart_broker_midway(broker: &mut Mosquitto, cli: &Cli, progress: &str) {
 fn an_upload_of_3_mib_survives_a_broker_restart_and_arrives_whole() {
     let mut broker = Mosquitto::start("");
     let out = tempfile::tempdir().expect("tempdir");
-    let receiver = receive_into(&broker, out.path());
+    let mut receiver = receive_into(&broker, out.path());
     let gw = content_gateway(&broker, 3072, "");
     let mut run = gw.start();
     run.wait_for("upload of data.bin queued", T);
-    restart_broker_midway(&mut broker, &receiver, "data.bin: 16/96 chunks");
-    let (ok, lines) = receiver.finish();
+    restart_broker_midway(&mut broker, &mut receiver, "data.bin: 16/96 chunks");
+    let (ok, lines) = finish(receiver);
     assert!(ok, "{lines:?}");
     assert!(
         lines
@@ -198,9 +147,9 @@ fn a_download_of_3_mib_survives_a_broker_restart_and_lands_in_the_apps_directory
     run.wait_for("connected to the broker", T);
     let dir = tempfile::tempdir().expect("tempdir");
     let (file, bytes) = three_mib(dir.path(), "firmware.bin", 2654435761);
-    let sender = send_paced(&broker, &file);
-    restart_broker_midway(&mut broker, &sender, "16/96 chunks confirmed");
-    let (ok, lines) = sender.finish();
+    let mut sender = send_paced(&broker, &file);
+    restart_broker_midway(&mut broker, &mut sender, "16/96 chunks confirmed");
+    let (ok, lines) = finish(sender);
     assert!(ok, "{lines:?}");
     assert!(
         lines
@@ -355,17 +304,17 @@ fn corrupt_oversized_and_malformed_downloads_and_oversized_uploads_are_refused()
 fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     let broker = Mosquitto::start("");
     let out = tempfile::tempdir().expect("tempdir");
-    let receiver = receive_into(&broker, out.path());
+    let mut receiver = receive_into(&broker, out.path());
     let dir = tempfile::tempdir().expect("tempdir");
     let (file, bytes) = three_mib(dir.path(), "config.tar", 40503);
 
     let gw = content_gateway(&broker, 3072, "");
     let mut run = gw.start();
     run.wait_for("connected to the broker", T);
-    let sender = send_paced(&broker, &file);
+    let mut sender = send_paced(&broker, &file);
     // Both ways under way, then kill -9.
-    receiver.wait_for("data.bin: 16/96 chunks");
-    sender.wait_for("16/96 chunks confirmed");
+    receiver.wait_for("data.bin: 16/96 chunks", T);
+    sender.wait_for("16/96 chunks confirmed", T);
     run.kill9();
     let mut run = gw.start();
     run.wait_for("connected to the broker", T);
@@ -374,9 +323,9 @@ fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     assert!(!line.contains("at chunk 0 "), "{line}");
     run.wait_for("download resumed at chunk ", T);
 
-    let (ok, lines) = sender.finish();
+    let (ok, lines) = finish(sender);
     assert!(ok, "{lines:?}");
-    let (ok, lines) = receiver.finish();
+    let (ok, lines) = finish(receiver);
     assert!(ok, "{lines:?}");
     let landed = std::fs::read(
         gw.data_dir()

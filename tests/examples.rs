@@ -59,20 +59,6 @@ fn with_embedded_broker(example: &str, dir: &Path) -> (Running, Consumer) {
     (run, consumer)
 }
 
-/// Call an action through the broker and wait for its answer.
-fn call(consumer: &Consumer, base: &str, action: &str, id: &str, argument: Option<Value>) -> Value {
-    let mut request = json!({ "id": id });
-    if let Some(argument) = argument {
-        request["argument"] = argument;
-    }
-    consumer.publish(
-        &format!("{base}/action/{action}/req"),
-        request.to_string(),
-        false,
-    );
-    consumer.wait_json(&format!("{base}/action/{action}/res"), T, |r| r["id"] == id)
-}
-
 /// Every point of `series` the consumer received, in order.
 fn points(consumer: &Consumer, base: &str, series: &str) -> Vec<Value> {
     consumer
@@ -127,11 +113,11 @@ fn humidity_sends_the_mean_of_every_ten_readings_and_takes_calibrate_and_reset()
     );
 
     // calibrate(2.5): the answer, and later readings say so.
-    let answer = call(&consumer, base, "calibrate", "c-1", Some(json!(2.5)));
+    let answer = consumer.call(base, "calibrate", "c-1", Some(json!(2.5)));
     assert_eq!(answer["result"], json!(2.5), "{answer}");
     run.wait_for("(offset +2.50)", T);
     // Out of the model's range: refused by the gateway, not the app.
-    let answer = call(&consumer, base, "calibrate", "c-2", Some(json!(50)));
+    let answer = consumer.call(base, "calibrate", "c-2", Some(json!(50)));
     assert!(
         answer["error"]
             .as_str()
@@ -140,7 +126,7 @@ fn humidity_sends_the_mean_of_every_ten_readings_and_takes_calibrate_and_reset()
         "{answer}"
     );
     // reset: the count so far, and the offset back at 0.
-    let answer = call(&consumer, base, "reset", "r-1", None);
+    let answer = consumer.call(base, "reset", "r-1", None);
     let count = answer["result"].as_i64().expect("a count");
     assert!(count >= 10, "{answer}");
     run.wait_for("(offset +0.00)", T);
@@ -179,12 +165,7 @@ fn the_vacuum_maps_its_objects_onto_attributes_and_cleans_when_told() {
 
     // The cloud sets status.mode = clean: the brushes turn, the battery
     // drains, the robot moves.
-    consumer.publish(
-        &format!("{base}/twin/desired"),
-        json!({"version": 1, "attributes": {"status.mode": "clean"}}).to_string(),
-        false,
-    );
-    let ack = consumer.wait_json(&format!("{base}/twin/ack"), T, |a| a["version"] == 1);
+    let ack = consumer.set_desired(base, 1, json!({"status.mode": "clean"}));
     assert_eq!(ack["accepted"], json!(["status.mode"]), "{ack}");
     let cleaning = consumer.wait_json(&format!("{base}/twin/reported"), T, |r| {
         r["attributes"]["status.mode"] == "clean"
@@ -197,12 +178,7 @@ fn the_vacuum_maps_its_objects_onto_attributes_and_cleans_when_told() {
         "{cleaning}"
     );
     // A mode the app does not know: the app refuses it, the twin says why.
-    consumer.publish(
-        &format!("{base}/twin/desired"),
-        json!({"version": 2, "attributes": {"status.mode": "dance"}}).to_string(),
-        false,
-    );
-    let ack = consumer.wait_json(&format!("{base}/twin/ack"), T, |a| a["version"] == 2);
+    let ack = consumer.set_desired(base, 2, json!({"status.mode": "dance"}));
     assert!(
         ack["rejected"]["status.mode"]
             .as_str()
@@ -211,18 +187,13 @@ fn the_vacuum_maps_its_objects_onto_attributes_and_cleans_when_told() {
         "{ack}"
     );
     // A read-only attribute is refused by the model.
-    consumer.publish(
-        &format!("{base}/twin/desired"),
-        json!({"version": 3, "attributes": {"battery.level": 100}}).to_string(),
-        false,
-    );
-    let ack = consumer.wait_json(&format!("{base}/twin/ack"), T, |a| a["version"] == 3);
+    let ack = consumer.set_desired(base, 3, json!({"battery.level": 100}));
     assert!(ack["rejected"].get("battery.level").is_some(), "{ack}");
 
-    let answer = call(&consumer, base, "locate", "l-1", None);
+    let answer = consumer.call(base, "locate", "l-1", None);
     let at = answer["result"].as_str().expect("a position").to_string();
     assert!(at.split(',').count() == 2 && at != "0.00,0.00", "{answer}");
-    let answer = call(&consumer, base, "empty-bin", "e-1", None);
+    let answer = consumer.call(base, "empty-bin", "e-1", None);
     assert!(answer["result"].as_f64() >= Some(2.0), "{answer}");
     run.wait_for("bin emptied", T);
     assert!(run.stop().success());
@@ -348,29 +319,16 @@ fn the_bus_gateway_registers_its_sensors_and_each_reports_as_its_own_device() {
         );
     }
     // The README's commands: identify, label, unplug.
-    let answer = call(
-        &consumer,
-        "wg/v1/bus-gateway/bus.th-02",
-        "identify",
-        "i-1",
-        None,
-    );
+    let answer = consumer.call("wg/v1/bus-gateway/bus.th-02", "identify", "i-1", None);
     assert_eq!(answer["result"], "th-02", "{answer}");
-    let answer = call(
-        &consumer,
+    let answer = consumer.call(
         "wg/v1/bus-gateway/bus",
         "unplug",
         "u-1",
         Some(json!("th-04")),
     );
     assert_eq!(answer["result"], "th-04", "{answer}");
-    let answer = call(
-        &consumer,
-        "wg/v1/bus-gateway/bus.th-04",
-        "identify",
-        "i-2",
-        None,
-    );
+    let answer = consumer.call("wg/v1/bus-gateway/bus.th-04", "identify", "i-2", None);
     assert!(answer["error"].is_string(), "{answer}");
     let status = consumer.wait_json("wg/v1/bus-gateway/bus-gateway/status", T, |s| {
         s["apps"][0]["devices"].as_array().map(Vec::len) == Some(3)

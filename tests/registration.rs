@@ -33,30 +33,9 @@ fn bus_gateway(base: Gateway, broker: &Mosquitto, sensors: usize, max_devices: u
     )
 }
 
-fn call(
-    consumer: &Consumer,
-    device: &str,
-    action: &str,
-    id: &str,
-    argument: Option<Value>,
-) -> Value {
-    let mut request = json!({ "id": id });
-    if let Some(argument) = argument {
-        request["argument"] = argument;
-    }
-    let base = format!("wg/v1/test-gw/{device}/action/{action}");
-    consumer.publish(&format!("{base}/req"), request.to_string(), false);
-    consumer.wait_json(&format!("{base}/res"), T, |r| r["id"] == id)
-}
-
-fn set_desired(consumer: &Consumer, device: &str, version: u64, attributes: Value) -> Value {
-    let base = format!("wg/v1/test-gw/{device}/twin");
-    consumer.publish(
-        &format!("{base}/desired"),
-        json!({ "version": version, "attributes": attributes }).to_string(),
-        false,
-    );
-    consumer.wait_json(&format!("{base}/ack"), T, |a| a["version"] == version)
+/// The topic base of a device of the test gateway.
+fn device(id: &str) -> String {
+    format!("wg/v1/test-gw/{id}")
 }
 
 /// The devices the retained status announces for the bus app.
@@ -104,24 +83,24 @@ fn registered_devices_have_their_own_topics_and_their_traffic_comes_back_to_the_
 
     // Desired changes and actions for a sensor reach the app with that
     // sensor's id, checked against the sensor's model.
-    let ack = set_desired(&consumer, "bus.th-02", 1, json!({"label": "kitchen"}));
+    let ack = consumer.set_desired(&device("bus.th-02"), 1, json!({"label": "kitchen"}));
     assert_eq!(ack["accepted"], json!(["label"]), "{ack}");
     run.wait_for("th-02 (bus.th-02) label: kitchen", T);
     consumer.wait_json("wg/v1/test-gw/bus.th-02/twin/reported", T, |r| {
         r["attributes"]["label"] == "kitchen"
     });
-    let ack = set_desired(&consumer, "bus.th-02", 2, json!({"temperature": 5}));
+    let ack = consumer.set_desired(&device("bus.th-02"), 2, json!({"temperature": 5}));
     assert!(
         ack["rejected"].get("temperature").is_some(),
         "not writable in the sensor model: {ack}"
     );
-    let answer = call(&consumer, "bus.th-03", "identify", "i-1", None);
+    let answer = consumer.call(&device("bus.th-03"), "identify", "i-1", None);
     assert_eq!(answer["result"], "th-03", "{answer}");
     // `scan` is the bus's action, not a sensor's: the sensor model refuses it.
-    let answer = call(&consumer, "bus.th-03", "scan", "s-1", None);
+    let answer = consumer.call(&device("bus.th-03"), "scan", "s-1", None);
     assert!(answer["error"].is_string(), "{answer}");
     // And the bus's own device still has its own model.
-    let answer = call(&consumer, "bus", "scan", "s-2", None);
+    let answer = consumer.call(&device("bus"), "scan", "s-2", None);
     assert_eq!(
         answer["result"], 0,
         "everything is registered already: {answer}"
@@ -153,7 +132,7 @@ fn a_hardware_id_keeps_its_device_across_a_restart_and_is_routed_before_the_app_
     let mut run = gw.start();
     run.wait_for("bus scanned: 0 sensors, 0 registered", T);
     run.wait_for("connected to the broker", T);
-    let ack = set_desired(&consumer, "bus.th-01", 7, json!({"label": "hall"}));
+    let ack = consumer.set_desired(&device("bus.th-01"), 7, json!({"label": "hall"}));
     assert!(
         ack["rejected"]["label"]
             .as_str()
@@ -179,9 +158,9 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
     consumer.wait_json("wg/v1/test-gw/bus.th-01/twin/reported", T, |_| true);
 
     // Unplug th-01: it is no longer routed and its twin is gone.
-    let answer = call(&consumer, "bus", "unplug", "u-1", Some(json!("th-01")));
+    let answer = consumer.call(&device("bus"), "unplug", "u-1", Some(json!("th-01")));
     assert_eq!(answer["result"], "th-01", "{answer}");
-    let answer = call(&consumer, "bus.th-01", "identify", "i-1", None);
+    let answer = consumer.call(&device("bus.th-01"), "identify", "i-1", None);
     assert!(
         answer["error"]
             .as_str()
@@ -193,7 +172,7 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
     assert_eq!(twin, 0);
     // The place is free again: the next scan registers th-01 again, with
     // the id it had, and th-03 is still one too many.
-    let answer = call(&consumer, "bus", "scan", "s-1", None);
+    let answer = consumer.call(&device("bus"), "scan", "s-1", None);
     assert_eq!(answer["result"], 1, "{answer}");
     let status = consumer.wait_json("wg/v1/test-gw/test-gw/status", T, |s| {
         let ids: Vec<Value> = announced(s).iter().map(|d| d["id"].clone()).collect();
@@ -202,7 +181,7 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
     assert_eq!(announced(&status).len(), 2, "{status}");
     assert_eq!(run.count("sensor th-03 not registered"), 2);
     // Unplugging something that is not registered is an error to the app.
-    let answer = call(&consumer, "bus", "unplug", "u-2", Some(json!("th-09")));
+    let answer = consumer.call(&device("bus"), "unplug", "u-2", Some(json!("th-09")));
     assert!(answer["error"].is_string(), "{answer}");
     assert!(run.stop().success());
 }

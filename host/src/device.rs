@@ -163,9 +163,8 @@ impl DeviceCtx {
         let device = match &existing {
             Some(r) => r.device.clone(),
             None => {
-                let count = registration::of_app(&self.deps.db, &app)
-                    .map_err(|e| self.unavailable("registration", e))?
-                    .len();
+                let count = registration::count(&self.deps.db, &app)
+                    .map_err(|e| self.unavailable("registration", e))?;
                 if count >= self.deps.max_devices {
                     tracing::warn!(app = %app, hardware_id, "registration refused: {count} devices registered");
                     return Err(GuestError::Limit(format!(
@@ -176,9 +175,10 @@ impl DeviceCtx {
                 registration::device_id(&self.deps.default_device, hardware_id)
             }
         };
-        if let Some(owner) = self.deps.directory.owner_of(&device)
-            && owner != *app
+        if let Some(owner) = self.deps.directory.by_device(&device)
+            && owner.handle.name() != &*app
         {
+            let owner = owner.handle.name();
             return Err(GuestError::Invalid(format!(
                 "device {device} belongs to app {owner}"
             )));

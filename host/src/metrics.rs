@@ -45,7 +45,32 @@ pub struct AppMetrics {
     pub log_dropped: AtomicU64,
 }
 
+/// One app's counters at a moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AppNumbers {
+    pub events: u64,
+    pub calls: u64,
+    pub traps: u64,
+    pub memory_bytes: u64,
+    pub log_dropped: u64,
+    /// Time spent in the app's calls.
+    pub call_seconds: f64,
+}
+
 impl AppMetrics {
+    /// The counters now, for `apps`, `status` and the status message.
+    pub fn read(&self) -> AppNumbers {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        AppNumbers {
+            events: load(&self.events),
+            calls: load(&self.calls),
+            traps: load(&self.traps),
+            memory_bytes: load(&self.memory_bytes),
+            log_dropped: load(&self.log_dropped),
+            call_seconds: load(&self.call_nanos) as f64 / 1e9,
+        }
+    }
+
     /// An export call took `took`.
     pub fn call(&self, took: Duration) {
         self.calls.fetch_add(1, Ordering::Relaxed);

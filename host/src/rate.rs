@@ -35,18 +35,35 @@ impl RateLimit {
         }
     }
 
-    /// Take one token if there is one.
-    pub fn allow(&mut self) -> bool {
+    fn refill(&mut self) {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second)
             .min(self.burst);
         self.last = now;
+    }
+
+    /// Take one token if there is one.
+    pub fn allow(&mut self) -> bool {
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Whether any tokens are left, for spending amounts (bytes) whose size
+    /// is known only once they are made: see `spend`.
+    pub fn available(&mut self) -> bool {
+        self.refill();
+        self.tokens > 0.0
+    }
+
+    /// Take `amount` tokens, going into debt if need be; `available` says
+    /// no until the debt is paid off.
+    pub fn spend(&mut self, amount: f64) {
+        self.tokens -= amount;
     }
 
     pub fn per_second(&self) -> f64 {

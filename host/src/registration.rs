@@ -102,6 +102,16 @@ pub fn of_app(conn: &Connection, app: &str) -> rusqlite::Result<Vec<Registration
     stmt.query_map(params![app], row)?.collect()
 }
 
+/// How many devices the app has registered.
+pub fn count(conn: &Connection, app: &str) -> rusqlite::Result<usize> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM registrations WHERE app = ?1",
+        params![app],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as usize)
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
     let metadata: String = r.get(3)?;
     Ok(Registration {
@@ -130,11 +140,7 @@ pub fn save(conn: &mut Connection, app: &str, registration: &Registration) -> ru
             crate::value::now_ns() as i64,
         ],
     )?;
-    tx.execute(
-        "INSERT INTO devices (device, app) VALUES (?1, ?2)
-         ON CONFLICT (device) DO UPDATE SET app = excluded.app",
-        params![registration.device, app],
-    )?;
+    crate::store::claim_device(&tx, &registration.device, app)?;
     tx.commit()
 }
 

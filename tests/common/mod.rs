@@ -224,10 +224,15 @@ impl Running {
 
     /// `BINARY run --config CONFIG EXTRA...` (another build of wasmgate).
     pub fn spawn_binary(binary: &Path, config: &Path, extra: &[&str]) -> Running {
-        let mut child = Command::new(binary)
-            .args(["run", "--config"])
-            .arg(config)
-            .args(extra)
+        let mut command = Command::new(binary);
+        command.args(["run", "--config"]).arg(config).args(extra);
+        Self::spawn_command(command)
+    }
+
+    /// Any `command`, its output collected line by line as the gateway's is
+    /// (the operator's `wasmgate cloud ...`, say).
+    pub fn spawn_command(mut command: Command) -> Running {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -257,6 +262,23 @@ impl Running {
             child,
             lines,
             times,
+        }
+    }
+
+    /// Wait for the process to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // Give the reader threads a moment to collect the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not finish within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -228,6 +228,49 @@ impl Consumer {
         }
     }
 
+    /// Call `action` on the device whose topics start with `base`
+    /// (`wg/v1/{gateway}/{device}`) and wait up to 30 s for the answer.
+    pub fn call(
+        &self,
+        base: &str,
+        action: &str,
+        id: &str,
+        argument: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut request = serde_json::json!({ "id": id });
+        if let Some(argument) = argument {
+            request["argument"] = argument;
+        }
+        self.publish(
+            &format!("{base}/action/{action}/req"),
+            request.to_string(),
+            false,
+        );
+        self.wait_json(
+            &format!("{base}/action/{action}/res"),
+            Duration::from_secs(30),
+            |r| r["id"] == id,
+        )
+    }
+
+    /// Send a desired change to the device at `base` and wait up to 30 s
+    /// for its ack.
+    pub fn set_desired(
+        &self,
+        base: &str,
+        version: u64,
+        attributes: serde_json::Value,
+    ) -> serde_json::Value {
+        self.publish(
+            &format!("{base}/twin/desired"),
+            serde_json::json!({ "version": version, "attributes": attributes }).to_string(),
+            false,
+        );
+        self.wait_json(&format!("{base}/twin/ack"), Duration::from_secs(30), |a| {
+            a["version"] == version
+        })
+    }
+
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
         self.client
             .publish(topic, QoS::AtLeastOnce, retain, payload.into())

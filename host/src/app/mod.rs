@@ -355,15 +355,4 @@ impl Directory {
             .map(|r| r.registration.clone())
             .collect()
     }
-
-    /// Whether `device` is taken, by an app's own device or a registration.
-    pub fn owner_of(&self, device: &str) -> Option<String> {
-        let routes = self.read();
-        routes
-            .apps
-            .values()
-            .find(|e| e.device == device)
-            .map(|e| e.handle.name().to_string())
-            .or_else(|| routes.registered.get(device).map(|r| r.app.clone()))
-    }
 }

@@ -74,38 +74,32 @@ impl Downlink {
         }
     }
 
-    /// Take cloud deployments, handing them to `to`.
     /// Hand content transfers' messages to the content service.
     pub fn with_content(mut self, to: mpsc::Sender<crate::content::service::Inbound>) -> Self {
         self.content = Some(to);
         self
     }
 
-    fn content(&self, message: crate::content::service::Inbound) {
-        let refused = match &self.content {
-            None => true,
-            Some(to) => to.try_send(message).is_err(),
-        };
-        if refused {
-            tracing::warn!(
-                "a content transfer message was dropped: the content service is busy or off (the sender asks again)"
-            );
-        }
-    }
-
+    /// Take cloud deployments, handing them to `to`.
     pub fn with_deployments(mut self, to: mpsc::Sender<crate::deploy::cloud::Message>) -> Self {
         self.deployments = Some(to);
         self
     }
 
+    fn content(&self, message: crate::content::service::Inbound) {
+        hand_over(
+            &self.content,
+            message,
+            "a content transfer message was dropped: the content service is busy or off (the sender asks again)",
+        );
+    }
+
     fn deployment(&self, message: crate::deploy::cloud::Message) {
-        let refused = match &self.deployments {
-            None => true,
-            Some(to) => to.try_send(message).is_err(),
-        };
-        if refused {
-            tracing::warn!("a cloud deployment message was dropped: deployments are busy or off");
-        }
+        hand_over(
+            &self.deployments,
+            message,
+            "a cloud deployment message was dropped: deployments are busy or off",
+        );
     }
 
     /// Handle one message the link received. Never waits.
@@ -224,6 +218,15 @@ impl Downlink {
         if self.replies.try_send(reply).is_err() {
             tracing::warn!("dropping a downlink reply: the link is not keeping up");
         }
+    }
+}
+
+/// Pass `message` to the task behind `to` without waiting; say so if it
+/// cannot take it (none, or its queue is full).
+fn hand_over<T>(to: &Option<mpsc::Sender<T>>, message: T, dropped: &str) {
+    let taken = to.as_ref().is_some_and(|to| to.try_send(message).is_ok());
+    if !taken {
+        tracing::warn!("{dropped}");
     }
 }
 

@@ -394,14 +394,12 @@ impl Link {
             .into_iter()
             .map(|entry| {
                 let status = entry.handle.status();
-                let m = self.metrics.app(entry.handle.name());
-                let load =
-                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                let m = self.metrics.app(entry.handle.name()).read();
                 AppInfo {
-                    events: load(&m.events),
-                    traps: load(&m.traps),
-                    call_seconds: load(&m.call_nanos) as f64 / 1e9,
-                    memory_bytes: load(&m.memory_bytes),
+                    events: m.events,
+                    traps: m.traps,
+                    call_seconds: m.call_seconds,
+                    memory_bytes: m.memory_bytes,
                     name: entry.handle.name().to_string(),
                     device: entry.device.clone(),
                     state: status.state.name().to_string(),

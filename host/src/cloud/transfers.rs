@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::operator::Session;
 use super::topics;
-use crate::content::transfer::{self, Ack, Incoming, Manifest, Outgoing, Step};
+use crate::content::transfer::{self, Ack, Incoming, Manifest, Outgoing};
 
 /// The next event, or `None` after `wait`; a lost connection is reported
 /// once, and the event loop reconnects on the next poll.
@@ -91,8 +91,7 @@ pub async fn send(
     let mut sender = Outgoing::new(manifest.clone(), 0, Instant::now());
     let mut lost = false;
     let mut shown = u64::MAX;
-    let mut budget = 0.0f64;
-    let mut refilled = Instant::now();
+    let mut pace = transfer::pace(bytes_per_s, chunk_bytes);
     eprintln!(
         "sending {} ({size} bytes, {} chunks) to {gateway}/{device} as {name}, transfer {id}",
         file.display(),
@@ -104,27 +103,15 @@ pub async fn send(
             return Ok(false);
         }
         let now = Instant::now();
-        if bytes_per_s > 0 {
-            let cap = (bytes_per_s as f64).max(chunk_bytes as f64);
-            budget =
-                (budget + now.duration_since(refilled).as_secs_f64() * bytes_per_s as f64).min(cap);
-        }
-        refilled = now;
-        while !lost && (bytes_per_s == 0 || budget > 0.0) {
-            let Some(step) = sender.step(now) else {
-                break;
-            };
-            let (topic, payload) = match step {
-                Step::Manifest => (format!("{base}/manifest"), serde_json::to_vec(&manifest)?),
-                Step::Chunk(i) => (
-                    format!("{base}/chunk/{i}"),
-                    transfer::read_chunk(file, &manifest, i)?,
-                ),
-            };
-            budget -= payload.len() as f64;
-            // A full request queue (a long outage) drops this one; the
-            // protocol's next probe asks again.
-            let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload);
+        // While the broker is away nothing is sent; the probes resume after.
+        if !lost {
+            while let Some(message) = sender.next_message(now, file, pace.as_mut()) {
+                let (suffix, payload) = message?;
+                // A full request queue (a long outage) drops this one; the
+                // protocol's next probe asks again.
+                let topic = format!("{base}/{suffix}");
+                let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload);
+            }
         }
         let Some(event) = poll(events, Duration::from_millis(50), &mut lost).await else {
             continue;

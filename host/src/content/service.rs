@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::transfer::{Ack, Incoming, Manifest, Outgoing, Step};
+use super::transfer::{Ack, Incoming, Manifest, Outgoing};
 use super::{TransferRow, store_path};
 use crate::app::Directory;
 use crate::cloud::downlink::Reply;
@@ -77,22 +77,21 @@ struct Service {
     db: rusqlite::Connection,
     uploads: HashMap<String, Upload>,
     downloads: HashMap<String, (TransferRow, Incoming)>,
-    /// Upload bytes the pace allows now (`upload_kib_per_s`).
-    budget: f64,
-    refilled: Instant,
+    /// The pace of uploads (`upload_kib_per_s`), if any.
+    pace: Option<crate::rate::RateLimit>,
 }
 
 impl Service {
     fn new(spec: ServiceSpec) -> anyhow::Result<Service> {
         std::fs::create_dir_all(super::store_dir(&spec.data_dir))?;
         let db = spec.db.open()?;
+        let pace = super::transfer::pace(spec.config.upload_bytes_per_s, spec.config.chunk_bytes);
         Ok(Service {
             db,
             spec,
             uploads: HashMap::new(),
             downloads: HashMap::new(),
-            budget: 0.0,
-            refilled: Instant::now(),
+            pace,
         })
     }
 
@@ -144,46 +143,22 @@ impl Service {
 
     /// Send what the uploads' windows and the pace allow.
     async fn pump(&mut self) {
-        let rate = self.spec.config.upload_bytes_per_s as f64;
         let now = Instant::now();
-        if rate > 0.0 {
-            let elapsed = now.duration_since(self.refilled).as_secs_f64();
-            // At most a second's worth waits, and always room for one chunk.
-            let cap = rate.max(self.spec.config.chunk_bytes as f64);
-            self.budget = (self.budget + elapsed * rate).min(cap);
-        }
-        self.refilled = now;
         let mut out = Vec::new();
         for upload in self.uploads.values_mut() {
-            loop {
-                if rate > 0.0 && self.budget <= 0.0 {
-                    break;
-                }
-                let Some(step) = upload.sender.step(now) else {
-                    break;
-                };
-                let m = &upload.row.manifest;
-                let id = &m.id;
-                let message = match step {
-                    Step::Manifest => (
-                        format!("content/up/{id}/manifest"),
-                        serde_json::to_vec(m).unwrap_or_default(),
-                    ),
-                    Step::Chunk(i) => {
-                        let path = store_path(&self.spec.data_dir, id, "up");
-                        match super::transfer::read_chunk(&path, m, i) {
-                            Ok(bytes) => (format!("content/up/{id}/chunk/{i}"), bytes),
-                            Err(e) => {
-                                tracing::error!(transfer = %id, "cannot read the upload: {e}");
-                                break;
-                            }
-                        }
+            let id = &upload.row.manifest.id;
+            let source = store_path(&self.spec.data_dir, id, "up");
+            while let Some(message) = upload.sender.next_message(now, &source, self.pace.as_mut()) {
+                match message {
+                    Ok((suffix, payload)) => out.push((
+                        upload.row.device.clone(),
+                        (format!("content/up/{id}/{suffix}"), payload),
+                    )),
+                    Err(e) => {
+                        tracing::error!(transfer = %id, "cannot read the upload: {e}");
+                        break;
                     }
-                };
-                if rate > 0.0 {
-                    self.budget -= message.1.len() as f64;
                 }
-                out.push((upload.row.device.clone(), message));
             }
         }
         for (device, (suffix, payload)) in out {

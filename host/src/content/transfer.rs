@@ -89,16 +89,23 @@ impl Manifest {
 
     /// How many bytes chunk `index` holds.
     pub fn chunk_len(&self, index: u64) -> u64 {
-        if index + 1 == self.chunks {
-            self.size - self.chunk_size * index
-        } else {
-            self.chunk_size
-        }
+        chunk_len(self.size, self.chunk_size, self.chunks, index)
     }
 
     /// Bytes in the first `have` chunks.
     pub fn bytes_in(&self, have: u64) -> u64 {
         (have * self.chunk_size).min(self.size)
+    }
+}
+
+/// How many bytes chunk `index` of `size` bytes in `chunks` chunks of
+/// `chunk_size` holds: `chunk_size`, but the last one the rest. (Deployments
+/// are chunked the same way.)
+pub fn chunk_len(size: u64, chunk_size: u64, chunks: u64, index: u64) -> u64 {
+    if index + 1 == chunks {
+        size - chunk_size * index
+    } else {
+        chunk_size
     }
 }
 
@@ -150,6 +157,33 @@ impl Outgoing {
         self.heard = now;
         self.have = self.have.max(have.min(self.manifest.chunks));
         self.next = self.next.max(self.have);
+    }
+
+    /// The next message to publish, within the window and `pace`: its topic
+    /// suffix under `.../{id}/` (`manifest` or `chunk/{index}`) and its
+    /// payload, the chunk read from `source`.
+    pub fn next_message(
+        &mut self,
+        now: Instant,
+        source: &Path,
+        pace: Option<&mut crate::rate::RateLimit>,
+    ) -> Option<std::io::Result<(String, Vec<u8>)>> {
+        let mut pace = pace;
+        if pace.as_mut().is_some_and(|p| !p.available()) {
+            return None;
+        }
+        let message = match self.step(now)? {
+            Step::Manifest => serde_json::to_vec(&self.manifest)
+                .map(|json| ("manifest".to_string(), json))
+                .map_err(std::io::Error::other),
+            Step::Chunk(i) => {
+                read_chunk(source, &self.manifest, i).map(|bytes| (format!("chunk/{i}"), bytes))
+            }
+        };
+        if let (Some(pace), Ok((_, payload))) = (pace, &message) {
+            pace.spend(payload.len() as f64);
+        }
+        Some(message)
     }
 
     /// What to send now, if anything: the manifest first and whenever the
@@ -271,6 +305,14 @@ pub fn sha256_of(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// A pace of `bytes_per_s` for a sender (`None`: as fast as it goes): at most
+/// a second's worth at once, and always room for one chunk.
+pub fn pace(bytes_per_s: u64, chunk_bytes: u64) -> Option<crate::rate::RateLimit> {
+    (bytes_per_s > 0).then(|| {
+        crate::rate::RateLimit::new(bytes_per_s as f64, bytes_per_s.max(chunk_bytes) as f64)
+    })
 }
 
 /// Read chunk `index` of `manifest` from `path`.

@@ -107,13 +107,8 @@ impl Transfer {
     pub fn accept(&mut self, index: &str, payload: Vec<u8>) -> Result<u64, String> {
         self.touched = Instant::now();
         let m = &self.manifest;
-        let expected = |i: u64| {
-            if i + 1 == m.chunks {
-                m.size - m.chunk_size * i
-            } else {
-                m.chunk_size
-            }
-        };
+        let expected =
+            |i: u64| crate::content::transfer::chunk_len(m.size, m.chunk_size, m.chunks, i);
         let index: u64 = match index.parse() {
             Ok(i) if i < m.chunks && payload.len() as u64 == expected(i) => i,
             _ => {

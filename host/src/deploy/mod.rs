@@ -211,12 +211,13 @@ impl Deployer {
             let model_json: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&app.model)?)?;
             let mut spec = Spec::from_config(app, model_json);
+            // Checked as models at start (gateway.rs); kept as documents.
             for (name, path) in &app.device_models {
-                DeviceModel::load(path)
+                let document = std::fs::read_to_string(path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|text| Ok(serde_json::from_str(&text)?))
                     .with_context(|| format!("app {}: models.{name}", app.name))?;
-                let text = std::fs::read_to_string(path)?;
-                spec.device_models
-                    .insert(name.clone(), serde_json::from_str(&text)?);
+                spec.device_models.insert(name.clone(), document);
             }
             let fingerprint = artifacts::digest(
                 format!(
@@ -631,16 +632,14 @@ impl Deployer {
                         outcome: v.outcome,
                     })
                     .collect();
-                let m = self.shared.metrics.app(&name);
-                let load =
-                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                let m = self.shared.metrics.app(&name).read();
                 AppReport {
-                    events: load(&m.events),
-                    traps: load(&m.traps),
-                    calls: load(&m.calls),
-                    call_seconds: load(&m.call_nanos) as f64 / 1e9,
-                    memory_bytes: load(&m.memory_bytes),
-                    log_dropped: load(&m.log_dropped),
+                    events: m.events,
+                    traps: m.traps,
+                    calls: m.calls,
+                    call_seconds: m.call_seconds,
+                    memory_bytes: m.memory_bytes,
+                    log_dropped: m.log_dropped,
                     name,
                     device: entry.device.clone(),
                     version: status.version,
