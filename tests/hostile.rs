@@ -401,6 +401,149 @@ fn an_app_cannot_reach_another_apps_files_storage_twin_environment_or_network() 
     assert!(run.stop().success());
 }
 
+/// Download `bytes` as `name` to `device` through the content protocol and
+/// return the gateway's last acknowledgement: done, or an error.
+fn download(consumer: &Consumer, device: &str, id: &str, name: &str, bytes: &[u8]) -> Value {
+    use sha2::{Digest, Sha256};
+    let base = format!("wg/v1/test-gw/{device}/content/down/{id}");
+    let manifest = json!({"id": id, "name": name, "size": bytes.len(),
+        "sha256": hex::encode(Sha256::digest(bytes)), "chunk_size": 1024, "chunks": 1});
+    consumer.publish(&format!("{base}/manifest"), manifest.to_string(), false);
+    consumer.wait_json(&format!("{base}/ack"), T, |a| a["have"] == 0);
+    consumer.publish(&format!("{base}/chunk/0"), bytes.to_vec(), false);
+    consumer.wait_json(&format!("{base}/ack"), T, |a| {
+        a["error"].is_string() || a["done"] == true
+    })
+}
+
+/// The sandbox escape of issue 23: an app plants links in its own
+/// directory, relative (as a guest can) and absolute (as the test plants
+/// them), at `downloads`, at the file's own name, and towards its parent
+/// directories. A download to it never writes through them: it is refused
+/// when `downloads` is not a real directory, and replaces a link at the
+/// file's name with the file. `upload-file` refuses the same links.
+#[test]
+fn a_download_never_writes_through_links_the_app_planted() {
+    let broker = Mosquitto::start("");
+    let gw = with_healthy_counter().section(&format!(
+        "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+        broker.url()
+    ));
+    // What the links point at: the operator's gateway.toml, four levels
+    // above an app's directory (data/apps/APP/files), and the healthy
+    // app's own directory.
+    let config_before = "# the operator's gateway.toml\n";
+    let counter_files = gw.data_dir().join("apps/counter/files");
+    std::fs::create_dir_all(&counter_files).expect("counter dir");
+    let data = gw.data_dir();
+    let files = |app: &str| {
+        let dir = data.join("apps").join(app).join("files");
+        std::fs::create_dir_all(&dir).expect("app dir");
+        dir
+    };
+    std::os::unix::fs::symlink(&counter_files, files("abs").join("downloads")).expect("link");
+    std::fs::create_dir_all(files("name").join("downloads")).expect("downloads");
+    std::os::unix::fs::symlink(gw.config_path(), files("name").join("downloads/abs.toml"))
+        .expect("link");
+    let planter = |gw: Gateway, app: &str, plant: &str, upload: &str| {
+        gw.app(
+            app,
+            &guest("link-planter"),
+            &model("content"),
+            &format!(
+                "tick_interval_ms = 100\n[app.config]\nplant = \"{plant}\"\nupload = \"{upload}\""
+            ),
+        )
+    };
+    let gw = planter(
+        gw,
+        "rel",
+        "downloads=link:../../../..",
+        "downloads/gateway.toml",
+    );
+    let gw = planter(gw, "up", "downloads=link:..", "../../../../gateway.toml");
+    let gw = planter(gw, "abs", "", "downloads");
+    let gw = planter(
+        gw,
+        "name",
+        "downloads/gateway.toml=link:../../../../../gateway.toml",
+        "downloads/abs.toml",
+    );
+    let gw = planter(gw, "file", "downloads=file", "");
+    gw.write_config();
+    let mut config = std::fs::read_to_string(gw.config_path()).expect("config");
+    config.insert_str(0, config_before);
+    std::fs::write(gw.config_path(), &config).expect("config");
+
+    let mut run = Running::spawn(&gw.config_path());
+    run.wait_for("connected to the broker", T);
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    let evil = b"[gateway]\nid = \"owned\"\n";
+
+    for (app, name, why) in [
+        (
+            "rel",
+            "gateway.toml",
+            "downloads in the app's directory is a symlink",
+        ),
+        (
+            "up",
+            "gateway.toml",
+            "downloads in the app's directory is a symlink",
+        ),
+        (
+            "abs",
+            "planted.txt",
+            "downloads in the app's directory is a symlink",
+        ),
+        (
+            "file",
+            "gateway.toml",
+            "downloads in the app's directory is not a directory",
+        ),
+    ] {
+        let ack = download(&consumer, app, &format!("{app}-1"), name, evil);
+        let error = ack["error"].as_str().unwrap_or_default();
+        assert!(error.contains(why), "{app}: {ack}");
+        // The app sees the refusal in its own list of transfers.
+        run.wait_for(&format!("transfer {app}-1 {name}: failed: "), T);
+    }
+    // A link at the file's own name is replaced by the file, not followed.
+    for (id, name) in [("name-1", "gateway.toml"), ("name-2", "abs.toml")] {
+        let ack = download(&consumer, "name", id, name, evil);
+        assert_eq!(ack["done"], true, "{ack}");
+        let placed = files("name").join("downloads").join(name);
+        assert!(!placed.symlink_metadata().expect("placed").is_symlink());
+        assert_eq!(std::fs::read(&placed).expect("placed"), evil);
+    }
+    // Nothing outside the apps' own directories changed.
+    assert_eq!(
+        std::fs::read_to_string(gw.config_path()).expect("config"),
+        config
+    );
+    assert_eq!(
+        std::fs::read_dir(&counter_files)
+            .expect("counter dir")
+            .count(),
+        0,
+        "nothing landed in the healthy app's directory"
+    );
+    // upload-file refuses every planted way out.
+    for (app, path) in [
+        ("rel", "downloads/gateway.toml"),
+        ("up", "../../../../gateway.toml"),
+        ("abs", "downloads"),
+        ("name", "downloads/abs.toml"),
+    ] {
+        let line = run.wait_for(&format!("upload {path}: "), T);
+        assert!(line.contains(": refused (invalid: "), "{app}: {line}");
+    }
+    assert_eq!(run.count(": queued"), 0);
+    healthy_keeps_pace(&mut run, Duration::from_secs(1));
+    assert_eq!(app_report(&gw, "counter")["state"], "running");
+    assert!(run.stop().success());
+}
+
 #[test]
 fn two_apps_cannot_speak_for_the_same_device() {
     let gw = Gateway::new()

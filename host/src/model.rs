@@ -133,7 +133,11 @@ pub struct DeviceModel {
 
 /// Names become MQTT topic segments and SQL keys: keep them plain.
 pub fn check_name(name: &str) -> Result<(), String> {
+    // `.` and `..` pass the character test but name a directory, not a
+    // file: a transfer's name becomes a file name in an app's directory.
     let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 64
         && name
             .bytes()
@@ -142,7 +146,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} is not a valid name (1 to 64 characters from A-Z a-z 0-9 _ - .)"
+            "{name:?} is not a valid name (1 to 64 characters from A-Z a-z 0-9 _ - ., not . or ..)"
         ))
     }
 }

@@ -10,11 +10,12 @@
 //! `downloads/{name}`. The protocol is [`transfer`]'s; sizes and pace are
 //! `[content]` in gateway.toml.
 
+pub mod app_dir;
 pub mod service;
 pub mod transfer;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker};
@@ -184,33 +185,6 @@ impl ContentCtx {
             .ok_or_else(|| "the gateway's database is not open".to_string())
     }
 
-    /// `path` inside the app's directory, or why not: no absolute paths, no
-    /// `..`, and no symlink that leads out.
-    fn inside(&self, path: &str) -> Result<PathBuf, GuestError> {
-        let relative = Path::new(path);
-        let plain = relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        if path.is_empty() || !plain {
-            return Err(GuestError::Invalid(format!(
-                "{path:?} is not a path inside the app's directory"
-            )));
-        }
-        let root = self.files_dir.canonicalize().map_err(|e| {
-            GuestError::Unavailable(format!("the app's directory is unreadable: {e}"))
-        })?;
-        let full = root
-            .join(relative)
-            .canonicalize()
-            .map_err(|e| GuestError::Invalid(format!("{path}: {e}")))?;
-        if !full.starts_with(&root) {
-            return Err(GuestError::Invalid(format!(
-                "{path:?} leads out of the app's directory"
-            )));
-        }
-        Ok(full)
-    }
-
     /// Record an upload whose content is already at its store path.
     fn start_upload(&mut self, name: &str, id: String, size: u64) -> Result<String, GuestError> {
         let path = store_path(&self.data_dir, &id, "up");
@@ -286,13 +260,24 @@ impl Host for ContentCtx {
         path: String,
     ) -> wasmtime::Result<Result<String, GuestError>> {
         let result = (|| {
-            let source = self.inside(&path)?;
-            let size = std::fs::metadata(&source)
+            // Opened through a handle confined to the app's directory: no
+            // `..`, no absolute path, no symlink that leads out.
+            let mut source = app_dir::open_file(&self.files_dir, &path).map_err(|e| {
+                GuestError::Invalid(format!("{path:?} in the app's directory: {e}"))
+            })?;
+            let size = source
+                .metadata()
                 .map_err(|e| GuestError::Invalid(format!("{path}: {e}")))?
                 .len();
             let id = self.check_upload(&name, size)?;
-            std::fs::copy(&source, store_path(&self.data_dir, &id, "up"))
-                .map_err(|e| GuestError::Unavailable(format!("copying {path}: {e}")))?;
+            let copy = store_path(&self.data_dir, &id, "up");
+            if let Err(e) =
+                std::fs::File::create(&copy).and_then(|mut to| std::io::copy(&mut source, &mut to))
+            {
+                // No partial copy is left behind in the store.
+                let _ = std::fs::remove_file(&copy);
+                return Err(GuestError::Unavailable(format!("copying {path}: {e}")));
+            }
             self.start_upload(&name, id, size)
         })();
         Ok(result)

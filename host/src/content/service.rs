@@ -439,11 +439,9 @@ impl Service {
             self.downloads.insert(id.to_string(), (row, incoming));
             return self.fail_download(device, id, e).await;
         }
-        let dir = crate::gateway::app_files_dir(&self.spec.data_dir, &row.app).join("downloads");
-        let target = dir.join(&row.manifest.name);
-        let moved =
-            std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(&incoming.path, &target));
-        if let Err(e) = moved {
+        let files_dir = crate::gateway::app_files_dir(&self.spec.data_dir, &row.app);
+        let placed = super::app_dir::place_download(&files_dir, &incoming.path, &row.manifest.name);
+        if let Err(e) = placed {
             self.downloads.insert(id.to_string(), (row, incoming));
             return self
                 .fail_download(
