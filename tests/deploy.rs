@@ -345,6 +345,48 @@ fn watch_mode_deploys_a_rebuilt_component() {
     assert!(run.stop().success());
 }
 
+/// A rebuilt component keeps its app's `[app.models]`: the new version
+/// registers its devices with them as the first one did.
+#[test]
+fn watch_mode_keeps_the_models_an_app_registers_devices_with() {
+    let gw = Gateway::new();
+    let component = gw.dir.path().join("bus.wasm");
+    std::fs::copy(guest("busgateway"), &component).expect("copy");
+    let example = common::root().join("examples/busgateway");
+    let gw = gw.app(
+        "bus",
+        &component,
+        &example.join("bus.model.json"),
+        &format!(
+            "tick_interval_ms = 200\n[app.models]\nsensor = \"{}\"\n[app.config]\nsensors = 2",
+            example.join("sensor.model.json").display()
+        ),
+    );
+    gw.write_config();
+    let mut run = common::Running::spawn_with(&gw.config_path(), &["--watch"]);
+    run.wait_for("bus scanned: 2 sensors, 2 registered", T);
+    run.wait_for("watching 1 component file", T);
+
+    let bytes = with_custom_section(std::fs::read(&component).expect("read"), b"rebuilt");
+    std::fs::write(&component, &bytes).expect("write");
+    run.wait_for("hot swap done", T);
+    run.wait_until(T, "the new version's scan", |lines| {
+        let scans = lines.iter().filter(|l| l.contains("bus scanned: ")).count();
+        (scans >= 2).then_some(())
+    });
+    let scans: Vec<String> = run
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("bus scanned: "))
+        .collect();
+    assert!(
+        scans.iter().all(|l| l.contains("2 sensors, 2 registered")),
+        "{scans:?}"
+    );
+    assert_eq!(run.count("not registered"), 0);
+    assert!(run.stop().success());
+}
+
 /// A component with a custom section appended: still valid, different bytes.
 fn with_custom_section(mut bytes: Vec<u8>, payload: &[u8]) -> Vec<u8> {
     let leb = |mut n: usize, out: &mut Vec<u8>| loop {

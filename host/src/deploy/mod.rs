@@ -200,25 +200,7 @@ impl Deployer {
     /// the start with an error naming the app.
     pub async fn start_apps(&mut self, config: &Config) -> anyhow::Result<()> {
         for app in &config.apps {
-            let model = DeviceModel::load(&app.model)?;
-            let component = std::fs::read(&app.component).with_context(|| {
-                format!(
-                    "app {}: reading component {}",
-                    app.name,
-                    app.component.display()
-                )
-            })?;
-            let model_json: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&app.model)?)?;
-            let mut spec = Spec::from_config(app, model_json);
-            // Checked as models at start (gateway.rs); kept as documents.
-            for (name, path) in &app.device_models {
-                let document = std::fs::read_to_string(path)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|text| Ok(serde_json::from_str(&text)?))
-                    .with_context(|| format!("app {}: models.{name}", app.name))?;
-                spec.device_models.insert(name.clone(), document);
-            }
+            let (component, spec) = read_app(app)?;
             let fingerprint = artifacts::digest(
                 format!(
                     "{}\n{}",
@@ -233,7 +215,6 @@ impl Deployer {
             {
                 continue;
             }
-            drop(model);
             let digest = self.artifacts.put(&component)?;
             let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
             registry::set_current(&self.db(), &app.name, number)?;
@@ -663,6 +644,31 @@ pub struct Inbox(mpsc::Receiver<Command>);
 pub fn channel() -> (DeployClient, Inbox) {
     let (tx, rx) = mpsc::channel(64);
     (DeployClient(tx), Inbox(rx))
+}
+
+/// Read an app of gateway.toml from its files: the component's bytes, and
+/// the spec of the version they make, with its model and the models it may
+/// register devices with (as documents; each is checked as a model first).
+/// The one reader for start-up and watch mode, so that both deploy the
+/// same version from the same files.
+pub fn read_app(app: &crate::config::AppConfig) -> anyhow::Result<(Vec<u8>, Spec)> {
+    let document = |path: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+        DeviceModel::load(path)?;
+        Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+    };
+    let component = std::fs::read(&app.component).with_context(|| {
+        format!(
+            "app {}: reading component {}",
+            app.name,
+            app.component.display()
+        )
+    })?;
+    let mut spec = Spec::from_config(app, document(&app.model)?);
+    for (name, path) in &app.device_models {
+        let model = document(path).with_context(|| format!("app {}: models.{name}", app.name))?;
+        spec.device_models.insert(name.clone(), model);
+    }
+    Ok((component, spec))
 }
 
 /// The settings a new app gets when its deployment gives none.

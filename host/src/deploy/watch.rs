@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-use super::registry::Spec;
 use super::{DeployClient, DeployRequest};
 use crate::config::Config;
 
@@ -52,17 +51,10 @@ pub async fn run(config: Config, deploy: DeployClient, cancel: CancellationToken
             }
             changed.remove(&app.name);
             seen.insert(app.name.clone(), now);
-            let (Ok(component), Ok(model)) = (
-                std::fs::read(&app.component),
-                std::fs::read_to_string(&app.model),
-            ) else {
-                tracing::warn!(app = %app.name, "watch: cannot read the component or the model");
-                continue;
-            };
-            let model = match serde_json::from_str(&model) {
-                Ok(m) => m,
+            let (component, spec) = match super::read_app(app) {
+                Ok(read) => read,
                 Err(e) => {
-                    tracing::warn!(app = %app.name, "watch: the model does not parse: {e}");
+                    tracing::warn!(app = %app.name, "watch: not deployed: {e:#}");
                     continue;
                 }
             };
@@ -72,7 +64,7 @@ pub async fn run(config: Config, deploy: DeployClient, cancel: CancellationToken
                 component,
                 model: None,
                 config: None,
-                spec: Some(Spec::from_config(app, model)),
+                spec: Some(spec),
                 source: "watch".into(),
             };
             if let Err(e) = deploy.deploy(request).await {
