@@ -364,7 +364,7 @@ impl PointCounter {
     fn start(broker: &Mosquitto, filter: &str) -> PointCounter {
         use std::sync::atomic::Ordering;
         let options = wasmgate::cloud::mqtt_options(
-            &broker.settings(&format!("counter-{}", wasmgate::cloud::random_u64())),
+            &broker.settings(&format!("counter-{}", wasmgate::value::random_u64())),
             true,
         )
         .expect("options");
@@ -588,7 +588,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = wasmgate::store::Database::new(dir.path().join("b.db"), None);
         let conn = db.open().expect("db");
-        wasmgate::store::migrate(&conn).expect("migrate");
+        wasmgate::store::migrate(&conn, &[]).expect("migrate");
         let usage = std::sync::Arc::new(wasmgate::outbox::Usage::load(&conn, Default::default()).expect("usage"));
         let ingest = wasmgate::outbox::Ingest::start(&db, usage.clone(), Default::default()).expect("ingest");
         let shared = wasmgate::app::AppShared {
@@ -867,7 +867,7 @@ fn round_trips(n: usize) -> (f64, f64, f64, f64) {
     std::thread::sleep(Duration::from_millis(300));
     let timed = |request: &str, response: &str, body: &dyn Fn(usize) -> String| -> Vec<f64> {
         let options = wasmgate::cloud::mqtt_options(
-            &broker.settings(&format!("rtt-{}", wasmgate::cloud::random_u64())),
+            &broker.settings(&format!("rtt-{}", wasmgate::value::random_u64())),
             true,
         )
         .expect("options");

@@ -324,7 +324,7 @@ fn serve(config: Config, watch: bool) -> anyhow::Result<()> {
 
 /// `wasmgate cloud ...`; `Ok(false)` when the answer was an error.
 async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
-    let client_id = format!("wasmgate-cli-{:08x}", crate::cloud::random_u64() as u32);
+    let client_id = format!("wasmgate-cli-{:08x}", crate::value::random_u64() as u32);
     let mut broker =
         BrokerSettings::from_url(&args.broker, &client_id).map_err(anyhow::Error::msg)?;
     broker.username = args.username;

@@ -138,7 +138,7 @@ impl Default for ContentConfig {
             max_upload_bytes: 64 << 20,
             max_download_bytes: 64 << 20,
             upload_bytes_per_s: 0,
-            chunk_bytes: crate::content::transfer::DEFAULT_CHUNK_BYTES,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
         }
     }
 }
@@ -314,7 +314,21 @@ struct AppSection {
 }
 
 fn default_max_devices() -> usize {
-    crate::registration::DEFAULT_MAX_DEVICES
+    DEFAULT_MAX_DEVICES
+}
+
+/// Devices an app may register unless its config says otherwise.
+pub const DEFAULT_MAX_DEVICES: usize = 100;
+
+/// The largest `max_devices` gateway.toml takes.
+pub const MAX_DEVICES_LIMIT: usize = 100_000;
+
+/// The content chunk size senders use unless told otherwise.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 10;
+
+/// The directory an app's guest sees as `/`, in the data directory.
+pub fn app_files_dir(data_dir: &Path, app: &str) -> PathBuf {
+    data_dir.join("apps").join(app).join("files")
 }
 
 fn default_data_dir() -> PathBuf {
@@ -821,7 +835,7 @@ impl Config {
                 "max_devices",
                 app.max_devices as u64,
                 0,
-                crate::registration::MAX_DEVICES_LIMIT as u64,
+                MAX_DEVICES_LIMIT as u64,
             )?)
             .unwrap_or(0);
             apps.push(AppConfig {

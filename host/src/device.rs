@@ -14,8 +14,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::app::AppCtx;
-use crate::bindings::wasmgate::device::device::{Host, HostDevice, add_to_linker};
+use crate::bindings::wasmgate::device::device::{self as generated, Host, HostDevice};
 use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::model::DeviceModel;
 use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
@@ -53,7 +52,7 @@ pub struct DeviceDeps {
     pub device_models: Arc<BTreeMap<String, Arc<DeviceModel>>>,
     pub max_devices: usize,
     /// Where registered devices are routed from, for the downlink.
-    pub directory: crate::app::Directory,
+    pub directory: Arc<dyn registration::Routes>,
     /// Signalled when the app registers or unregisters a device, so the
     /// status message announces it.
     pub status_signal: Arc<Notify>,
@@ -118,7 +117,7 @@ impl DeviceCtx {
         };
         self.registered
             .insert(registration.device.clone(), model.clone());
-        self.deps.directory.register(crate::app::Registered {
+        self.deps.directory.register(registration::Registered {
             app: self.deps.app.to_string(),
             model: model.clone(),
             registration,
@@ -175,10 +174,9 @@ impl DeviceCtx {
                 registration::device_id(&self.deps.default_device, hardware_id)
             }
         };
-        if let Some(owner) = self.deps.directory.by_device(&device)
-            && owner.handle.name() != &*app
+        if let Some(owner) = self.deps.directory.owner(&device)
+            && owner != *app
         {
-            let owner = owner.handle.name();
             return Err(GuestError::Invalid(format!(
                 "device {device} belongs to app {owner}"
             )));
@@ -542,12 +540,21 @@ impl HasData for DeviceData {
     type Data<'a> = DeviceView<'a>;
 }
 
+/// Store data that holds an app's [`DeviceCtx`] and the resource table its
+/// device handles live in.
+pub trait DeviceStore: Send {
+    fn device(&mut self) -> DeviceView<'_>;
+}
+
+impl<'a> DeviceView<'a> {
+    pub fn new(ctx: &'a mut DeviceCtx, table: &'a mut ResourceTable) -> Self {
+        DeviceView { ctx, table }
+    }
+}
+
 /// Add the device interface to the linker.
-pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
-    add_to_linker::<AppCtx, DeviceData>(linker, |app| DeviceView {
-        ctx: &mut app.device,
-        table: &mut app.table,
-    })
+pub fn add_to_linker<T: DeviceStore + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    generated::add_to_linker::<T, DeviceData>(linker, T::device)
 }
 
 impl DeviceView<'_> {

@@ -81,11 +81,7 @@ impl Runtime {
         let engine = Engine::new(&engine_config()).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);
-        crate::wasi::add(&mut linker)?;
-        crate::device::add(&mut linker)?;
-        crate::storage::add(&mut linker)?;
-        crate::log::add(&mut linker)?;
-        crate::content::add(&mut linker)?;
+        crate::app::add_to_linker(&mut linker)?;
 
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;

@@ -10,7 +10,7 @@
 use anyhow::Context as _;
 use std::fs::File;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -53,11 +53,6 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// The directory an app's guest sees as `/`.
-pub fn app_files_dir(data_dir: &Path, app: &str) -> PathBuf {
-    data_dir.join("apps").join(app).join("files")
-}
-
 /// Run the gateway until `shutdown` is cancelled.
 /// With `watch`, a changed component file of gateway.toml is deployed as a
 /// new version of its app (development mode).
@@ -70,7 +65,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let db = database
         .open()
         .with_context(|| format!("opening the database {}", db_path.display()))?;
-    crate::store::migrate(&db)
+    crate::store::migrate(&db, &[crate::deploy::registry::SCHEMA])
         .with_context(|| format!("preparing the database {}", db_path.display()))?;
     let usage = Arc::new(Usage::load(&db, config.outbox.clone()).context("reading the outbox")?);
 
@@ -172,7 +167,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                     data_dir: config.data_dir.clone(),
                     db: database.clone(),
                     config: config.content.clone(),
-                    directory: directory.clone(),
+                    directory: Arc::new(directory.clone()),
                     replies: replies_tx.clone(),
                     signal: content_signal.clone(),
                 },

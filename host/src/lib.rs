@@ -43,3 +43,4 @@ pub mod storage;
 pub mod store;
 pub mod value;
 pub mod wasi;
+pub mod wire;

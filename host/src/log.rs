@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use crate::rate::RateLimit;
 use wasmtime::component::{HasData, Linker};
 
-use crate::app::AppCtx;
-use crate::bindings::wasmgate::device::log::{Host, Level, add_to_linker};
+use crate::bindings::wasmgate::device::log::{self as generated, Host, Level};
 
 /// Longer lines are cut here so one call cannot flood the log.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -99,9 +98,14 @@ impl HasData for LogData {
     type Data<'a> = &'a mut LogCtx;
 }
 
+/// Store data that holds an app's [`LogCtx`].
+pub trait LogView: Send {
+    fn log(&mut self) -> &mut LogCtx;
+}
+
 /// Add the log interface to the linker.
-pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
-    add_to_linker::<AppCtx, LogData>(linker, |app| &mut app.log)
+pub fn add_to_linker<T: LogView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    generated::add_to_linker::<T, LogData>(linker, T::log)
 }
 
 impl Host for LogCtx {

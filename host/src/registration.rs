@@ -12,12 +12,31 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
-/// Devices an app may register unless its config says otherwise.
-pub const DEFAULT_MAX_DEVICES: usize = 100;
+use crate::model::DeviceModel;
 
-/// The largest `max_devices` gateway.toml takes.
-pub const MAX_DEVICES_LIMIT: usize = 100_000;
+/// A device an app registered, as the gateway routes to it.
+#[derive(Clone)]
+pub struct Registered {
+    pub app: String,
+    pub model: Arc<DeviceModel>,
+    pub registration: Registration,
+}
+
+/// Where the device capability routes the devices an app registers: the
+/// gateway's directory of apps (`app::Directory`), seen from below so that
+/// the capability does not depend on the app runtime.
+pub trait Routes: Send + Sync {
+    /// The app that speaks for `device`, its own device or one it
+    /// registered, if any.
+    fn owner(&self, device: &str) -> Option<String>;
+    /// Route `registered.registration.device` to its app.
+    fn register(&self, registered: Registered);
+    fn unregister(&self, device: &str);
+}
+
+pub use crate::config::{DEFAULT_MAX_DEVICES, MAX_DEVICES_LIMIT};
 
 /// The longest hardware id taken.
 pub const MAX_HARDWARE_ID_BYTES: usize = 256;

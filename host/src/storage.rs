@@ -8,9 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
-use crate::app::AppCtx;
 use crate::bindings::GuestError;
-use crate::bindings::wasmgate::device::storage::{Host, add_to_linker};
+use crate::bindings::wasmgate::device::storage::{self as generated, Host};
 use crate::rate::SharedLimit;
 
 /// The longest key, in bytes.
@@ -95,9 +94,14 @@ impl HasData for StorageData {
     type Data<'a> = &'a mut StorageCtx;
 }
 
+/// Store data that holds an app's [`StorageCtx`].
+pub trait StorageView: Send {
+    fn storage(&mut self) -> &mut StorageCtx;
+}
+
 /// Add the storage interface to the linker.
-pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
-    add_to_linker::<AppCtx, StorageData>(linker, |app| &mut app.storage)
+pub fn add_to_linker<T: StorageView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    generated::add_to_linker::<T, StorageData>(linker, T::storage)
 }
 
 impl Host for StorageCtx {

@@ -154,8 +154,10 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Create the tables this build needs; refuse a database from a newer build.
-pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
+/// Create the tables this build needs: the store's own and each of
+/// `schemas` (the SQL of the parts that own their tables); refuse a
+/// database from a newer build.
+pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         anyhow::bail!(
@@ -164,7 +166,9 @@ pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
         );
     }
     conn.execute_batch(SCHEMA)?;
-    conn.execute_batch(crate::deploy::registry::SCHEMA)?;
+    for schema in schemas {
+        conn.execute_batch(schema)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -327,8 +331,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");
         let conn = open(&path).expect("open");
-        migrate(&conn).expect("first migrate");
-        migrate(&conn).expect("second migrate is a no-op");
+        migrate(&conn, &[]).expect("first migrate");
+        migrate(&conn, &[]).expect("second migrate is a no-op");
         set_app_state(&conn, "a", "running", None, 0, "sha").expect("write");
         set_app_state(&conn, "a", "quarantined", Some("trap"), 3, "sha").expect("update");
         let rows = app_rows(&conn).expect("rows");
@@ -338,7 +342,7 @@ mod tests {
 
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .expect("bump");
-        let err = migrate(&conn).unwrap_err().to_string();
+        let err = migrate(&conn, &[]).unwrap_err().to_string();
         assert!(err.contains("newer than this wasmgate"), "{err}");
     }
 
@@ -346,7 +350,7 @@ mod tests {
     fn saved_state_round_trips_and_clears() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = open(&dir.path().join("t.db")).expect("open");
-        migrate(&conn).expect("migrate");
+        migrate(&conn, &[]).expect("migrate");
         assert_eq!(saved_state(&conn, "a").expect("read"), None);
         put_saved_state(&conn, "a", b"hello").expect("put");
         assert_eq!(

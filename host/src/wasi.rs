@@ -28,7 +28,6 @@ use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
-use crate::app::AppCtx;
 use crate::log::LogGate;
 
 /// The guest's WASI context: its directory at `/`, stdio into the log.
@@ -69,49 +68,43 @@ impl HasData for HasIo {
 }
 
 /// Add the WASI interfaces listed in the module header to the linker.
-pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     let l = linker;
-    wasi_io::error::add_to_linker::<AppCtx, HasIo>(l, |t| &mut t.table)?;
-    wasi_io::poll::add_to_linker::<AppCtx, HasIo>(l, |t| &mut t.table)?;
-    wasi_io::streams::add_to_linker::<AppCtx, HasIo>(l, |t| &mut t.table)?;
-    clocks::wall_clock::add_to_linker::<AppCtx, WasiClocks>(l, AppCtx::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<AppCtx, WasiClocks>(l, AppCtx::clocks)?;
-    random::random::add_to_linker::<AppCtx, WasiRandom>(l, |t| t.wasi.random())?;
-    random::insecure::add_to_linker::<AppCtx, WasiRandom>(l, |t| t.wasi.random())?;
-    random::insecure_seed::add_to_linker::<AppCtx, WasiRandom>(l, |t| t.wasi.random())?;
-    cli::exit::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::environment::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::stdin::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::stdout::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::stderr::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::terminal_input::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::terminal_output::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::terminal_stdin::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::terminal_stdout::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    cli::terminal_stderr::add_to_linker::<AppCtx, WasiCli>(l, AppCtx::cli)?;
-    filesystem::types::add_to_linker::<AppCtx, WasiFilesystem>(l, AppCtx::filesystem)?;
-    filesystem::preopens::add_to_linker::<AppCtx, WasiFilesystem>(l, AppCtx::filesystem)?;
-    sockets::tcp_create_socket::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
-    sockets::udp_create_socket::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
-    sockets::instance_network::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
-    sockets::network::add_to_linker::<AppCtx, WasiSockets>(
-        l,
-        &Default::default(),
-        AppCtx::sockets,
-    )?;
-    sockets::ip_name_lookup::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
-    sockets::tcp::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
-    sockets::udp::add_to_linker::<AppCtx, WasiSockets>(l, AppCtx::sockets)?;
-    Ok(())
-}
-
-impl WasiView for AppCtx {
-    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+    // Function items rather than closures: their lifetimes are generic.
+    fn table<T: WasiView>(t: &mut T) -> &mut ResourceTable {
+        t.ctx().table
     }
+    fn random<T: WasiView>(t: &mut T) -> &mut wasmtime_wasi::random::WasiRandomCtx {
+        t.ctx().ctx.random()
+    }
+    wasi_io::error::add_to_linker::<T, HasIo>(l, table::<T>)?;
+    wasi_io::poll::add_to_linker::<T, HasIo>(l, table::<T>)?;
+    wasi_io::streams::add_to_linker::<T, HasIo>(l, table::<T>)?;
+    clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
+    random::random::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
+    random::insecure::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
+    random::insecure_seed::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
+    cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_input::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_output::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
+    filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
+    sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::instance_network::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::network::add_to_linker::<T, WasiSockets>(l, &Default::default(), T::sockets)?;
+    sockets::ip_name_lookup::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::tcp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::udp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

@@ -456,7 +456,7 @@ impl Actor {
                 rates: self.rates.clone(),
                 device_models: version.device_models.clone(),
                 max_devices: config.max_devices,
-                directory: shared.directory.clone(),
+                directory: Arc::new(shared.directory.clone()),
                 status_signal: shared.status_signal.clone(),
             }),
             storage: StorageCtx::new(

@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::WasiCtx;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiView};
 
 pub use actor::{AppShared, AppSpec, AppVersion, Control, Outcome, spawn, time_dispatch};
 
@@ -21,6 +21,7 @@ use crate::bindings::Value;
 use crate::device::DeviceCtx;
 use crate::log::LogCtx;
 use crate::model::DeviceModel;
+use crate::registration::Registered;
 use crate::storage::StorageCtx;
 
 /// The data of an app's `Store`.
@@ -268,14 +269,6 @@ pub struct Entry {
     pub model: Arc<DeviceModel>,
 }
 
-/// A device an app registered, as the directory routes to it.
-#[derive(Clone)]
-pub struct Registered {
-    pub app: String,
-    pub model: Arc<DeviceModel>,
-    pub registration: crate::registration::Registration,
-}
-
 /// The apps the gateway runs, by name, and the devices they registered: the
 /// deployer and the apps write it, the cloud link reads it for the status
 /// and routes downlink messages by device.
@@ -335,17 +328,6 @@ impl Directory {
         self.read().apps.values().cloned().collect()
     }
 
-    /// Route `registered.registration.device` to its app.
-    pub fn register(&self, registered: Registered) {
-        self.write()
-            .registered
-            .insert(registered.registration.device.clone(), registered);
-    }
-
-    pub fn unregister(&self, device: &str) {
-        self.write().registered.remove(device);
-    }
-
     /// The devices `app` registered, by id.
     pub fn registered_by(&self, app: &str) -> Vec<crate::registration::Registration> {
         self.read()
@@ -354,5 +336,66 @@ impl Directory {
             .filter(|r| r.app == app)
             .map(|r| r.registration.clone())
             .collect()
+    }
+}
+
+impl crate::registration::Routes for Directory {
+    fn owner(&self, device: &str) -> Option<String> {
+        self.by_device(device)
+            .map(|entry| entry.handle.name().to_string())
+    }
+
+    fn register(&self, registered: Registered) {
+        self.write()
+            .registered
+            .insert(registered.registration.device.clone(), registered);
+    }
+
+    fn unregister(&self, device: &str) {
+        self.write().registered.remove(device);
+    }
+}
+
+/// Link every interface a guest can import, each through its
+/// capability's view of [`AppCtx`].
+pub fn add_to_linker(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
+    crate::wasi::add_to_linker(linker)?;
+    crate::device::add_to_linker(linker)?;
+    crate::storage::add_to_linker(linker)?;
+    crate::log::add_to_linker(linker)?;
+    crate::content::add_to_linker(linker)?;
+    Ok(())
+}
+
+impl WasiView for AppCtx {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::device::DeviceStore for AppCtx {
+    fn device(&mut self) -> crate::device::DeviceView<'_> {
+        crate::device::DeviceView::new(&mut self.device, &mut self.table)
+    }
+}
+
+impl crate::storage::StorageView for AppCtx {
+    fn storage(&mut self) -> &mut StorageCtx {
+        &mut self.storage
+    }
+}
+
+impl crate::log::LogView for AppCtx {
+    fn log(&mut self) -> &mut LogCtx {
+        &mut self.log
+    }
+}
+
+impl crate::content::ContentView for AppCtx {
+    fn content(&mut self) -> &mut crate::content::ContentCtx {
+        &mut self.content
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::wire::Reply;
+
 use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_BYTES};
 use super::topics::{self, Kind};
 use crate::app::Directory;
@@ -26,13 +28,6 @@ pub const APP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Messages waiting per device before new ones are refused as "busy".
 const DEVICE_QUEUE: usize = 64;
-
-/// A publish the link should send for us (an ack or an action response).
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
 
 enum Request {
     Desired(Vec<u8>),

@@ -343,7 +343,7 @@ fn describe(e: &ConnectionError) -> String {
 
 /// ±25 % so that a fleet does not reconnect in lockstep.
 fn jitter(d: Duration) -> Duration {
-    let r = super::random_u64() % 500; // 0..500 per mille
+    let r = crate::value::random_u64() % 500; // 0..500 per mille
     d.mul_f64(0.75 + r as f64 / 1000.0)
 }
 

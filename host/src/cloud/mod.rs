@@ -9,15 +9,15 @@
 //! - [`operator`]: `wasmgate cloud ...`, the enterprise side.
 //! - [`broker`]: the embedded broker for development and the demo.
 //! - [`topics`], [`protocol`]: topic names and JSON payloads
-//!   (`docs/protocol.md`).
+//!   (`docs/protocol.md`), re-exported from [`crate::wire`].
 
 pub mod broker;
 pub mod downlink;
 pub mod link;
 pub mod operator;
-pub mod protocol;
-pub mod topics;
 pub mod transfers;
+
+pub use crate::wire::{protocol, topics};
 
 use anyhow::Context as _;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
@@ -103,16 +103,4 @@ fn tls_config(settings: &BrokerSettings) -> anyhow::Result<rustls::ClientConfig>
         _ => builder.with_no_client_auth(),
     };
     Ok(config)
-}
-
-/// A random-enough token (ids, jitter) without a crate for it: the standard
-/// library's randomly keyed hasher over the clock and a counter.
-pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(crate::value::now_ns());
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
 }

@@ -273,7 +273,7 @@ pub async fn call(
     action: &str,
     argument: Option<&str>,
 ) -> anyhow::Result<bool> {
-    let id = format!("cli-{:016x}", super::random_u64());
+    let id = format!("cli-{:016x}", crate::value::random_u64());
     let res_topic = topics::topic(gateway, device, &format!("action/{action}/res"));
     session.subscribe(&res_topic).await?;
     let request = ActionRequest {
@@ -330,7 +330,7 @@ pub async fn deploy(
 ) -> anyhow::Result<bool> {
     use crate::cloud::protocol::{DeployManifest, DeployProgress};
     let chunk_size = chunk_size.clamp(1024, crate::deploy::cloud::MAX_CHUNK_BYTES);
-    let id = format!("d-{:016x}", super::random_u64());
+    let id = format!("d-{:016x}", crate::value::random_u64());
     let sha256 = crate::deploy::artifacts::digest(component);
     let signed =
         crate::deploy::signing::signed_bytes(&id, app, &sha256, model.as_ref(), config.as_deref());

@@ -77,7 +77,7 @@ pub async fn send(
     let id = format!(
         "down-{}-{:08x}",
         crate::value::now_ns() / 1_000_000,
-        super::random_u64() as u32
+        crate::value::random_u64() as u32
     );
     let manifest = Manifest::new(id.clone(), name.to_string(), size, sha256, chunk_bytes);
     manifest

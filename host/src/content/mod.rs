@@ -20,9 +20,10 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker};
 
-use crate::app::AppCtx;
 use crate::bindings::GuestError;
-use crate::bindings::wasmgate::device::content::{Direction, Host, State, Transfer, add_to_linker};
+use crate::bindings::wasmgate::device::content::{
+    self as generated, Direction, Host, State, Transfer,
+};
 use crate::config::ContentConfig;
 use transfer::Manifest;
 
@@ -237,7 +238,7 @@ impl ContentCtx {
         Ok(format!(
             "up-{}-{:08x}",
             crate::value::now_ns() / 1_000_000,
-            crate::cloud::random_u64() as u32
+            crate::value::random_u64() as u32
         ))
     }
 }
@@ -248,9 +249,14 @@ impl HasData for ContentData {
     type Data<'a> = &'a mut ContentCtx;
 }
 
+/// Store data that holds an app's [`ContentCtx`].
+pub trait ContentView: Send {
+    fn content(&mut self) -> &mut ContentCtx;
+}
+
 /// Add the content interface to the linker.
-pub fn add(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
-    add_to_linker::<AppCtx, ContentData>(linker, |app| &mut app.content)
+pub fn add_to_linker<T: ContentView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    generated::add_to_linker::<T, ContentData>(linker, T::content)
 }
 
 impl Host for ContentCtx {

@@ -14,11 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::transfer::{Ack, Incoming, Manifest, Outgoing};
 use super::{TransferRow, store_path};
-use crate::app::Directory;
-use crate::cloud::downlink::Reply;
-use crate::cloud::topics;
 use crate::config::ContentConfig;
 use crate::store::Database;
+use crate::wire::Reply;
+use crate::wire::topics;
 
 /// How often the service looks at its uploads even when nothing woke it.
 const TICK: Duration = Duration::from_millis(50);
@@ -49,7 +48,8 @@ pub struct ServiceSpec {
     pub data_dir: PathBuf,
     pub db: Database,
     pub config: ContentConfig,
-    pub directory: Directory,
+    /// Which app speaks for which device.
+    pub directory: Arc<dyn crate::registration::Routes>,
     pub replies: mpsc::Sender<Reply>,
     /// Woken when an app queues an upload.
     pub signal: Arc<Notify>,
@@ -313,7 +313,7 @@ impl Service {
             };
             return self.answer(device, ack).await;
         }
-        let Some(app) = self.spec.directory.by_device(device) else {
+        let Some(app) = self.spec.directory.owner(device) else {
             return self
                 .refuse(
                     device,
@@ -327,7 +327,7 @@ impl Service {
         };
         let row = TransferRow {
             manifest,
-            app: app.handle.name().to_string(),
+            app,
             device: device.to_string(),
             direction: "down".into(),
             have: 0,
@@ -439,7 +439,7 @@ impl Service {
             self.downloads.insert(id.to_string(), (row, incoming));
             return self.fail_download(device, id, e).await;
         }
-        let files_dir = crate::gateway::app_files_dir(&self.spec.data_dir, &row.app);
+        let files_dir = crate::config::app_files_dir(&self.spec.data_dir, &row.app);
         let placed = super::app_dir::place_download(&files_dir, &incoming.path, &row.manifest.name);
         if let Err(e) = placed {
             self.downloads.insert(id.to_string(), (row, incoming));

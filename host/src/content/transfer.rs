@@ -29,8 +29,7 @@ pub const PROBE: Duration = Duration::from_secs(2);
 /// The largest chunk either end takes.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
 
-/// The chunk size senders use unless told otherwise.
-pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 10;
+pub use crate::config::DEFAULT_CHUNK_BYTES;
 
 /// What is coming: sent first, and again whenever the sender asks where the
 /// receiver is.

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeployClient, DeployRequest, MAX_ARTIFACT_BYTES, signing};
-use crate::cloud::downlink::Reply;
-use crate::cloud::protocol::{DeployManifest, DeployProgress};
-use crate::cloud::topics;
 use crate::model::check_name;
+use crate::wire::Reply;
+use crate::wire::protocol::{DeployManifest, DeployProgress};
+use crate::wire::topics;
 
 /// The largest chunk taken.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 20;

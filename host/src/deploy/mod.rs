@@ -265,7 +265,7 @@ impl Deployer {
 
     fn spawn_app(&mut self, version: AppVersion, stopped: bool) -> anyhow::Result<()> {
         let name = version.config.name.clone();
-        let files_dir = crate::gateway::app_files_dir(&self.data_dir, &name);
+        let files_dir = crate::config::app_files_dir(&self.data_dir, &name);
         std::fs::create_dir_all(&files_dir)
             .with_context(|| format!("creating {}", files_dir.display()))?;
         crate::store::claim_device(&self.db(), &version.config.device, &name)?;

@@ -1,0 +1,17 @@
+//! The `wg/v1` protocol as data: topic names ([`topics`]) and JSON payloads
+//! ([`protocol`]), and [`Reply`], a message some part of the gateway asks
+//! the link to publish. It imports nothing of the gateway, so the link,
+//! the content service and cloud deployments all speak it without knowing
+//! each other. `docs/protocol.md` describes it.
+
+pub mod protocol;
+pub mod topics;
+
+/// A publish the link should send for another part of the gateway (an
+/// ack, an action response, a transfer's chunk, deployment progress). The
+/// link stays the only publisher.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
