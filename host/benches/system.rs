@@ -11,6 +11,7 @@ mod common;
 use common::mqtt::Mosquitto;
 use common::{Gateway, guest, root};
 use rusqlite::params;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -588,20 +589,32 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = wasmgate::store::Database::new(dir.path().join("b.db"), None);
         let conn = db.open().expect("db");
-        wasmgate::store::migrate(&conn, &[]).expect("migrate");
+        wasmgate::store::migrate(&conn, &wasmgate::app::Units::schemas()).expect("migrate");
         let usage = std::sync::Arc::new(wasmgate::outbox::Usage::load(&conn, Default::default()).expect("usage"));
         let ingest = wasmgate::outbox::Ingest::start(&db, usage.clone(), Default::default()).expect("ingest");
+        let directory = wasmgate::app::Directory::default();
+        let units = wasmgate::app::Units {
+            wasi: Arc::new(wasmgate::wasi::Wasi),
+            device: Arc::new(wasmgate::device::Device {
+                ingest: ingest.sender(),
+                usage: usage.clone(),
+                outbox_signal: Default::default(),
+                directory: Arc::new(directory),
+                status_signal: Default::default(),
+            }),
+            storage: Arc::new(wasmgate::storage::Storage),
+            log: Arc::new(wasmgate::log::Log),
+            content: Arc::new(wasmgate::content::Content {
+                data_dir: dir.path().to_path_buf(),
+                config: Default::default(),
+                signal: Default::default(),
+            }),
+        };
         let shared = wasmgate::app::AppShared {
             metrics: wasmgate::metrics::Metrics::new("bench".into(), usage.clone(), db.clone()),
             db,
-            usage,
-            ingest: ingest.sender(),
-            outbox_signal: Default::default(),
+            units,
             status_signal: Default::default(),
-            directory: Default::default(),
-            data_dir: dir.path().to_path_buf(),
-            content: Default::default(),
-            content_signal: Default::default(),
         };
         let wasm = guest("bench-noop");
         let engine_runtime = wasmgate::engine::Runtime::new(&dir.path().join("cache")).expect("runtime");

@@ -16,6 +16,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::bindings::wasmgate::device::device::{self as generated, Host, HostDevice};
 use crate::bindings::{GuestError, Point, Severity, Value};
+use crate::capability::{AppSetup, Capability, HasCtx};
 use crate::model::DeviceModel;
 use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
 use crate::policy::{Pipeline, Sample};
@@ -37,25 +38,25 @@ pub struct DeviceHandle {
 }
 
 /// What the device interface of one app works with.
-pub struct DeviceDeps {
-    pub app: Arc<str>,
-    pub default_device: String,
-    pub model: Arc<DeviceModel>,
-    pub db: Connection,
-    pub ingest: IngestSender,
-    pub usage: Arc<Usage>,
+struct DeviceDeps {
+    app: Arc<str>,
+    default_device: String,
+    model: Arc<DeviceModel>,
+    db: Connection,
+    ingest: IngestSender,
+    usage: Arc<Usage>,
     /// Signalled when a report or alert is in the outbox.
-    pub outbox_signal: Arc<Notify>,
+    outbox_signal: Arc<Notify>,
     /// The app's report and alert buckets, shared by its instances.
-    pub rates: crate::rate::AppRates,
+    rates: crate::rate::AppRates,
     /// The models the app may `register` devices with, by name.
-    pub device_models: Arc<BTreeMap<String, Arc<DeviceModel>>>,
-    pub max_devices: usize,
+    device_models: Arc<BTreeMap<String, Arc<DeviceModel>>>,
+    max_devices: usize,
     /// Where registered devices are routed from, for the downlink.
-    pub directory: Arc<dyn registration::Routes>,
+    directory: Arc<dyn registration::Routes>,
     /// Signalled when the app registers or unregisters a device, so the
     /// status message announces it.
-    pub status_signal: Arc<Notify>,
+    status_signal: Arc<Notify>,
 }
 
 /// Per-app state of the device interface.
@@ -77,7 +78,7 @@ pub struct DeviceCtx {
 impl DeviceCtx {
     /// The app's device state, with the devices it registered earlier (they
     /// are routed again at once, before the app registers them anew).
-    pub fn new(deps: DeviceDeps) -> Self {
+    fn new(deps: DeviceDeps) -> Self {
         let mut ctx = DeviceCtx {
             reports: deps.rates.reports.clone(),
             alerts: deps.rates.alerts.clone(),
@@ -540,21 +541,69 @@ impl HasData for DeviceData {
     type Data<'a> = DeviceView<'a>;
 }
 
-/// Store data that holds an app's [`DeviceCtx`] and the resource table its
-/// device handles live in.
-pub trait DeviceStore: Send {
-    fn device(&mut self) -> DeviceView<'_>;
+/// The device capability. Its gateway state: the outbox it writes to, the
+/// signals it raises, and the directory registered devices are routed in.
+pub struct Device {
+    pub ingest: IngestSender,
+    pub usage: Arc<Usage>,
+    /// Signalled when a report or alert is in the outbox.
+    pub outbox_signal: Arc<Notify>,
+    /// Where registered devices are routed from, for the downlink.
+    pub directory: Arc<dyn registration::Routes>,
+    /// Signalled when an app registers or unregisters a device.
+    pub status_signal: Arc<Notify>,
 }
 
-impl<'a> DeviceView<'a> {
-    pub fn new(ctx: &'a mut DeviceCtx, table: &'a mut ResourceTable) -> Self {
-        DeviceView { ctx, table }
+/// An app's device state, and the resource table its device handles live
+/// in (its own: no other interface looks up a device handle).
+pub struct DeviceState {
+    ctx: DeviceCtx,
+    table: ResourceTable,
+}
+
+impl DeviceState {
+    /// Hand the points buffered during the call to the outbox writer.
+    pub fn flush(&mut self) {
+        self.ctx.flush();
     }
 }
 
-/// Add the device interface to the linker.
-pub fn add_to_linker<T: DeviceStore + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    generated::add_to_linker::<T, DeviceData>(linker, T::device)
+impl Capability for Device {
+    type Ctx = DeviceState;
+    const NAME: &'static str = "device";
+    const SCHEMA: &'static str = registration::SCHEMA;
+
+    fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<DeviceState> {
+        let ctx = DeviceCtx::new(DeviceDeps {
+            app: app.app.clone(),
+            default_device: app.device.to_string(),
+            model: app.model.clone(),
+            db: app.db.open()?,
+            ingest: self.ingest.clone(),
+            usage: self.usage.clone(),
+            outbox_signal: self.outbox_signal.clone(),
+            rates: app.rates.clone(),
+            device_models: app.device_models.clone(),
+            max_devices: app.config.max_devices,
+            directory: self.directory.clone(),
+            status_signal: self.status_signal.clone(),
+        });
+        Ok(DeviceState {
+            ctx,
+            table: ResourceTable::new(),
+        })
+    }
+
+    fn add_to_linker<T: HasCtx<Device>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        fn view<T: HasCtx<Device>>(t: &mut T) -> DeviceView<'_> {
+            let state = t.ctx();
+            DeviceView {
+                ctx: &mut state.ctx,
+                table: &mut state.table,
+            }
+        }
+        generated::add_to_linker::<T, DeviceData>(linker, view::<T>)
+    }
 }
 
 impl DeviceView<'_> {

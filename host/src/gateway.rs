@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppShared, Directory};
+use crate::app::{AppShared, Directory, Units};
 use crate::cloud::downlink::Downlink;
 use crate::cloud::link::{self, LinkSpec};
 use crate::config::Config;
@@ -65,7 +65,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let db = database
         .open()
         .with_context(|| format!("opening the database {}", db_path.display()))?;
-    crate::store::migrate(&db, &[crate::deploy::registry::SCHEMA])
+    let mut schemas = Units::schemas();
+    schemas.push(crate::deploy::registry::SCHEMA);
+    crate::store::migrate(&db, &schemas)
         .with_context(|| format!("preparing the database {}", db_path.display()))?;
     let usage = Arc::new(Usage::load(&db, config.outbox.clone()).context("reading the outbox")?);
 
@@ -96,17 +98,28 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let metrics = Metrics::new(config.gateway_id.clone(), usage.clone(), database.clone());
     let directory = Directory::default();
     let content_signal = Arc::new(Notify::new());
+    let units = Units {
+        wasi: Arc::new(crate::wasi::Wasi),
+        device: Arc::new(crate::device::Device {
+            ingest: ingest.sender(),
+            usage: usage.clone(),
+            outbox_signal: outbox_signal.clone(),
+            directory: Arc::new(directory.clone()),
+            status_signal: status_signal.clone(),
+        }),
+        storage: Arc::new(crate::storage::Storage),
+        log: Arc::new(crate::log::Log),
+        content: Arc::new(crate::content::Content {
+            data_dir: config.data_dir.clone(),
+            config: config.content.clone(),
+            signal: content_signal.clone(),
+        }),
+    };
     let shared = AppShared {
         db: database.clone(),
-        usage: usage.clone(),
-        ingest: ingest.sender(),
-        outbox_signal: outbox_signal.clone(),
+        units,
         status_signal: status_signal.clone(),
         metrics: metrics.clone(),
-        directory: directory.clone(),
-        data_dir: config.data_dir.clone(),
-        content: config.content.clone(),
-        content_signal: content_signal.clone(),
     };
     let mut deployer = Deployer::new(
         runtime,

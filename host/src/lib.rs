@@ -21,6 +21,7 @@
 
 pub mod app;
 pub mod bindings;
+pub mod capability;
 pub mod cli;
 pub mod cloud;
 pub mod commands;

@@ -1,11 +1,11 @@
 //! Host side of the `wasmgate:device/log` interface: a guest's log lines go
 //! to the gateway's log (tracing) with the app's name on every line.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use crate::rate::RateLimit;
+use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
+
+use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::rate::LogGate;
 
 use crate::bindings::wasmgate::device::log::{self as generated, Host, Level};
 
@@ -23,60 +23,6 @@ pub struct LogCtx {
 impl LogCtx {
     pub fn new(app: Arc<str>, device: Arc<str>, gate: LogGate) -> Self {
         LogCtx { app, device, gate }
-    }
-}
-
-/// The app's log rate limit, shared by `log` and its stdout and stderr
-/// (see `rate`): lines past it are dropped and counted, with one warning a
-/// second saying how many.
-#[derive(Clone)]
-pub struct LogGate(Arc<Mutex<Gate>>);
-
-struct Gate {
-    limit: RateLimit,
-    dropped: u64,
-    warned: Instant,
-    metrics: Arc<crate::metrics::AppMetrics>,
-}
-
-impl LogGate {
-    pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> LogGate {
-        LogGate(Arc::new(Mutex::new(Gate {
-            limit: crate::rate::log_lines(),
-            dropped: 0,
-            warned: Instant::now(),
-            metrics,
-        })))
-    }
-
-    /// Whether the app may log one more line now.
-    pub fn admit(&self, app: &str) -> bool {
-        let Ok(mut gate) = self.0.lock() else {
-            return true;
-        };
-        if gate.limit.allow() {
-            return true;
-        }
-        gate.dropped += 1;
-        gate.metrics
-            .log_dropped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if gate.warned.elapsed() >= Duration::from_secs(1) {
-            tracing::warn!(
-                app,
-                dropped = gate.dropped,
-                "log lines dropped: the app logs more than {} lines a second",
-                gate.limit.per_second()
-            );
-            gate.warned = Instant::now();
-        }
-        false
-    }
-}
-
-impl Default for LogGate {
-    fn default() -> Self {
-        LogGate::new(Arc::default())
     }
 }
 
@@ -98,14 +44,24 @@ impl HasData for LogData {
     type Data<'a> = &'a mut LogCtx;
 }
 
-/// Store data that holds an app's [`LogCtx`].
-pub trait LogView: Send {
-    fn log(&mut self) -> &mut LogCtx;
-}
+/// The log capability: no gateway state of its own.
+pub struct Log;
 
-/// Add the log interface to the linker.
-pub fn add_to_linker<T: LogView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    generated::add_to_linker::<T, LogData>(linker, T::log)
+impl Capability for Log {
+    type Ctx = LogCtx;
+    const NAME: &'static str = "log";
+
+    fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<LogCtx> {
+        Ok(LogCtx::new(
+            app.app.clone(),
+            app.device.clone(),
+            app.rates.log.clone(),
+        ))
+    }
+
+    fn add_to_linker<T: HasCtx<Log>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        generated::add_to_linker::<T, LogData>(linker, T::ctx)
+    }
 }
 
 impl Host for LogCtx {

@@ -14,7 +14,7 @@
 //! byte limits bound it. CPU time is bounded by the call deadline.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket.
 #[derive(Debug, Clone)]
@@ -99,25 +99,82 @@ impl SharedLimit {
     }
 }
 
-/// One app's buckets for the calls that return `error::limit` (the log's
-/// bucket lives in `log::LogGate`, which also counts the drops). Made once
-/// per app, not per instance.
-#[derive(Debug, Clone)]
+/// One app's buckets: the calls that return `error::limit`, and its log
+/// lines ([`LogGate`], which also counts the drops). Made once per app, not
+/// per instance.
+#[derive(Clone)]
 pub struct AppRates {
     pub storage_writes: SharedLimit,
     pub reports: SharedLimit,
     pub alerts: SharedLimit,
     pub registrations: SharedLimit,
+    pub log: LogGate,
 }
 
-impl Default for AppRates {
-    fn default() -> Self {
+impl AppRates {
+    /// The buckets of one app, its log drops counted in `metrics`.
+    pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> AppRates {
         AppRates {
             storage_writes: SharedLimit::new(storage_writes()),
             reports: SharedLimit::new(reports()),
             alerts: SharedLimit::new(alerts()),
             registrations: SharedLimit::new(registrations()),
+            log: LogGate::new(metrics),
         }
+    }
+}
+
+/// The app's log rate limit, shared by `log` and its stdout and stderr
+/// (see `rate`): lines past it are dropped and counted, with one warning a
+/// second saying how many.
+#[derive(Clone)]
+pub struct LogGate(Arc<Mutex<Gate>>);
+
+struct Gate {
+    limit: RateLimit,
+    dropped: u64,
+    warned: Instant,
+    metrics: Arc<crate::metrics::AppMetrics>,
+}
+
+impl LogGate {
+    pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> LogGate {
+        LogGate(Arc::new(Mutex::new(Gate {
+            limit: crate::rate::log_lines(),
+            dropped: 0,
+            warned: Instant::now(),
+            metrics,
+        })))
+    }
+
+    /// Whether the app may log one more line now.
+    pub fn admit(&self, app: &str) -> bool {
+        let Ok(mut gate) = self.0.lock() else {
+            return true;
+        };
+        if gate.limit.allow() {
+            return true;
+        }
+        gate.dropped += 1;
+        gate.metrics
+            .log_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if gate.warned.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!(
+                app,
+                dropped = gate.dropped,
+                "log lines dropped: the app logs more than {} lines a second",
+                gate.limit.per_second()
+            );
+            gate.warned = Instant::now();
+        }
+        false
+    }
+}
+
+impl Default for LogGate {
+    fn default() -> Self {
+        LogGate::new(Arc::default())
     }
 }
 

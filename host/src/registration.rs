@@ -16,6 +16,19 @@ use std::sync::Arc;
 
 use crate::model::DeviceModel;
 
+/// The table of registrations (owned here; the device capability applies it).
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS registrations (
+    app           TEXT NOT NULL,
+    hardware_id   TEXT NOT NULL,
+    device        TEXT NOT NULL UNIQUE,
+    model         TEXT NOT NULL,
+    metadata      TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    PRIMARY KEY (app, hardware_id)
+);
+"#;
+
 /// A device an app registered, as the gateway routes to it.
 #[derive(Clone)]
 pub struct Registered {

@@ -10,7 +10,37 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::storage::{self as generated, Host};
+use crate::capability::{AppSetup, Capability, HasCtx};
 use crate::rate::SharedLimit;
+
+/// The storage capability: no gateway state of its own; the `kv` table.
+pub struct Storage;
+
+impl Capability for Storage {
+    type Ctx = StorageCtx;
+    const NAME: &'static str = "storage";
+    const SCHEMA: &'static str = r#"
+CREATE TABLE IF NOT EXISTS kv (
+    app   TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (app, key)
+) WITHOUT ROWID;
+"#;
+
+    fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<StorageCtx> {
+        Ok(StorageCtx::new(
+            app.app.clone(),
+            app.db.open()?,
+            app.config.storage_quota_bytes,
+            app.rates.storage_writes.clone(),
+        )?)
+    }
+
+    fn add_to_linker<T: HasCtx<Storage>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        generated::add_to_linker::<T, StorageData>(linker, T::ctx)
+    }
+}
 
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -92,16 +122,6 @@ struct StorageData;
 
 impl HasData for StorageData {
     type Data<'a> = &'a mut StorageCtx;
-}
-
-/// Store data that holds an app's [`StorageCtx`].
-pub trait StorageView: Send {
-    fn storage(&mut self) -> &mut StorageCtx;
-}
-
-/// Add the storage interface to the linker.
-pub fn add_to_linker<T: StorageView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    generated::add_to_linker::<T, StorageData>(linker, T::storage)
 }
 
 impl Host for StorageCtx {

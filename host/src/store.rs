@@ -16,46 +16,14 @@ use crate::value::now_ns;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 4;
 
+/// The tables the store itself keeps (devices, the twin, the outbox, the
+/// apps' states); the capability units and the deployer own theirs.
 const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS kv (
-    app   TEXT NOT NULL,
-    key   TEXT NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (app, key)
-) WITHOUT ROWID;
-
 CREATE TABLE IF NOT EXISTS devices (
     device           TEXT PRIMARY KEY,
     app              TEXT NOT NULL,
     reported_version INTEGER NOT NULL DEFAULT 0,
     desired_version  INTEGER NOT NULL DEFAULT 0
-);
-
-CREATE TABLE IF NOT EXISTS registrations (
-    app           TEXT NOT NULL,
-    hardware_id   TEXT NOT NULL,
-    device        TEXT NOT NULL UNIQUE,
-    model         TEXT NOT NULL,
-    metadata      TEXT NOT NULL,
-    registered_at INTEGER NOT NULL,
-    PRIMARY KEY (app, hardware_id)
-);
-
-CREATE TABLE IF NOT EXISTS transfers (
-    id         TEXT NOT NULL,
-    direction  TEXT NOT NULL,
-    app        TEXT NOT NULL,
-    device     TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    size       INTEGER NOT NULL,
-    sha256     TEXT NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    chunks     INTEGER NOT NULL,
-    have       INTEGER NOT NULL,
-    state      TEXT NOT NULL,
-    error      TEXT,
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (id, direction)
 );
 
 CREATE TABLE IF NOT EXISTS twin (

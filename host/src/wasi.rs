@@ -14,97 +14,135 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime::component::{HasData, Linker, ResourceTable};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream, WasiCli, WasiCliView};
-use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
-use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream, WasiCli, WasiCliCtxView, WasiCliView};
+use wasmtime_wasi::clocks::{WasiClocks, WasiClocksCtxView, WasiClocksView};
+use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemCtxView, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io as wasi_io, random, sockets};
 use wasmtime_wasi::random::WasiRandom;
-use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsCtxView, WasiSocketsView};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
-use crate::log::LogGate;
+use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::rate::LogGate;
 
-/// The guest's WASI context: its directory at `/`, stdio into the log.
-pub fn context(
-    app: &Arc<str>,
-    device: &Arc<str>,
-    dir: &Path,
-    stderr_tail: &StderrTail,
-    gate: &LogGate,
-) -> anyhow::Result<WasiCtx> {
-    let mut builder = WasiCtxBuilder::new();
-    builder
-        .stdout(GuestOutput::new(
-            (app.clone(), device.clone()),
-            Stream::Stdout,
-            None,
-            gate.clone(),
-        ))
-        .stderr(GuestOutput::new(
-            (app.clone(), device.clone()),
-            Stream::Stderr,
-            Some(stderr_tail.clone()),
-            gate.clone(),
-        ))
-        .preopened_dir(dir, "/", FsPerms::ReadWrite)?
-        // No network: the socket interfaces exist, every use is refused.
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .socket_addr_check(|_, _| Box::pin(async { false }));
-    Ok(builder.build())
+/// The WASI capability: no gateway state of its own.
+pub struct Wasi;
+
+/// An app's WASI state: its context, the resource table WASI's resources
+/// live in, and the tail of what it wrote to stderr (for crash reports).
+pub struct WasiState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    pub stderr_tail: StderrTail,
+}
+
+impl WasiView for WasiState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Capability for Wasi {
+    type Ctx = WasiState;
+    const NAME: &'static str = "wasi";
+
+    /// The guest's directory at `/`, stdio into the log.
+    fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<WasiState> {
+        let stderr_tail = StderrTail::default();
+        let gate = &app.rates.log;
+        let who = (app.app.clone(), app.device.clone());
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdout(GuestOutput::new(
+                who.clone(),
+                Stream::Stdout,
+                None,
+                gate.clone(),
+            ))
+            .stderr(GuestOutput::new(
+                who,
+                Stream::Stderr,
+                Some(stderr_tail.clone()),
+                gate.clone(),
+            ))
+            .preopened_dir(app.files_dir, "/", FsPerms::ReadWrite)?
+            // No network: the socket interfaces exist, every use is refused.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        Ok(WasiState {
+            ctx: builder.build(),
+            table: ResourceTable::new(),
+            stderr_tail,
+        })
+    }
+
+    /// Link the WASI interfaces listed in the module header.
+    fn add_to_linker<T: HasCtx<Wasi>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        let l = linker;
+        // Function items rather than closures: their lifetimes are generic.
+        fn table<T: HasCtx<Wasi>>(t: &mut T) -> &mut ResourceTable {
+            &mut t.ctx().table
+        }
+        fn random<T: HasCtx<Wasi>>(t: &mut T) -> &mut wasmtime_wasi::random::WasiRandomCtx {
+            t.ctx().ctx.random()
+        }
+        fn clocks<T: HasCtx<Wasi>>(t: &mut T) -> WasiClocksCtxView<'_> {
+            t.ctx().clocks()
+        }
+        fn cli<T: HasCtx<Wasi>>(t: &mut T) -> WasiCliCtxView<'_> {
+            t.ctx().cli()
+        }
+        fn fs<T: HasCtx<Wasi>>(t: &mut T) -> WasiFilesystemCtxView<'_> {
+            t.ctx().filesystem()
+        }
+        fn net<T: HasCtx<Wasi>>(t: &mut T) -> WasiSocketsCtxView<'_> {
+            t.ctx().sockets()
+        }
+        wasi_io::error::add_to_linker::<T, HasIo>(l, table::<T>)?;
+        wasi_io::poll::add_to_linker::<T, HasIo>(l, table::<T>)?;
+        wasi_io::streams::add_to_linker::<T, HasIo>(l, table::<T>)?;
+        clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, clocks::<T>)?;
+        clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, clocks::<T>)?;
+        random::random::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
+        random::insecure::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
+        random::insecure_seed::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
+        cli::exit::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::environment::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::stdin::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::stdout::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::stderr::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::terminal_input::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::terminal_output::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, cli::<T>)?;
+        filesystem::types::add_to_linker::<T, WasiFilesystem>(l, fs::<T>)?;
+        filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, fs::<T>)?;
+        sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
+        sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
+        sockets::instance_network::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
+        sockets::network::add_to_linker::<T, WasiSockets>(l, &Default::default(), net::<T>)?;
+        sockets::ip_name_lookup::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
+        sockets::tcp::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
+        sockets::udp::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
+        Ok(())
+    }
 }
 
 struct HasIo;
 
 impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
-}
-
-/// Add the WASI interfaces listed in the module header to the linker.
-pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    let l = linker;
-    // Function items rather than closures: their lifetimes are generic.
-    fn table<T: WasiView>(t: &mut T) -> &mut ResourceTable {
-        t.ctx().table
-    }
-    fn random<T: WasiView>(t: &mut T) -> &mut wasmtime_wasi::random::WasiRandomCtx {
-        t.ctx().ctx.random()
-    }
-    wasi_io::error::add_to_linker::<T, HasIo>(l, table::<T>)?;
-    wasi_io::poll::add_to_linker::<T, HasIo>(l, table::<T>)?;
-    wasi_io::streams::add_to_linker::<T, HasIo>(l, table::<T>)?;
-    clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
-    random::random::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
-    random::insecure::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
-    random::insecure_seed::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
-    cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::terminal_input::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::terminal_output::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
-    filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
-    filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
-    sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
-    sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
-    sockets::instance_network::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
-    sockets::network::add_to_linker::<T, WasiSockets>(l, &Default::default(), T::sockets)?;
-    sockets::ip_name_lookup::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
-    sockets::tcp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
-    sockets::udp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
-    Ok(())
 }
 
 #[derive(Clone, Copy)]

@@ -16,7 +16,6 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::{
@@ -24,14 +23,10 @@ use super::{
     MemoryLimitHit,
 };
 use crate::bindings::{App, AppPre};
+use crate::capability::AppSetup;
 use crate::config::AppConfig;
-use crate::device::{DeviceCtx, DeviceDeps};
-use crate::log::LogCtx;
 use crate::metrics::AppMetrics;
 use crate::model::DeviceModel;
-use crate::outbox::IngestSender;
-use crate::outbox::Usage;
-use crate::storage::StorageCtx;
 use crate::store::Database;
 use crate::value::now_ns;
 use crate::wasi::StderrTail;
@@ -56,21 +51,11 @@ pub struct AppVersion {
 #[derive(Clone)]
 pub struct AppShared {
     pub db: Database,
-    /// The outbox's totals and limits.
-    pub usage: Arc<Usage>,
-    pub ingest: IngestSender,
-    /// Signalled when a report or alert reaches the outbox.
-    pub outbox_signal: Arc<Notify>,
+    /// The capability units, with their gateway state.
+    pub units: super::Units,
     /// Signalled when an app's state changes.
     pub status_signal: Arc<Notify>,
     pub metrics: crate::metrics::Metrics,
-    /// Where the apps' registered devices are routed from.
-    pub directory: super::Directory,
-    /// The gateway's data directory (the content store is in it).
-    pub data_dir: PathBuf,
-    pub content: crate::config::ContentConfig,
-    /// Wakes the content service when an app queues an upload.
-    pub content_signal: Arc<Notify>,
 }
 
 /// Everything an actor needs to run one app.
@@ -137,8 +122,7 @@ pub async fn time_dispatch(
     });
     let metrics = shared.metrics.app(&version.config.name);
     let mut actor = Actor {
-        rates: Default::default(),
-        log_gate: crate::log::LogGate::new(metrics.clone()),
+        rates: crate::rate::AppRates::new(metrics.clone()),
         metrics,
         name: version.config.name.as_str().into(),
         db: shared.db.open()?,
@@ -203,8 +187,7 @@ pub fn spawn(
     let stopped = spec.stopped;
     let metrics = spec.shared.metrics.app(&name);
     let actor = Actor {
-        rates: Default::default(),
-        log_gate: crate::log::LogGate::new(metrics.clone()),
+        rates: crate::rate::AppRates::new(metrics.clone()),
         metrics,
         name: name.clone(),
         version: spec.version,
@@ -232,7 +215,6 @@ struct Actor {
     /// Rate limits live as long as the app, not one instance of it, so a
     /// restart does not hand a flooding app a fresh burst.
     rates: crate::rate::AppRates,
-    log_gate: crate::log::LogGate,
     name: Arc<str>,
     version: AppVersion,
     shared: AppShared,
@@ -426,57 +408,26 @@ impl Actor {
     }
 
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, String> {
-        let shared = &self.shared;
-        let stderr_tail = StderrTail::default();
-        let gate = self.log_gate.clone();
-        let open = || {
-            shared
-                .db
-                .open()
-                .map_err(|e| format!("opening the database: {e}"))
-        };
         let config = &version.config;
         let device: Arc<str> = config.device.as_str().into();
+        let setup = AppSetup {
+            app: &self.name,
+            device: &device,
+            config,
+            model: &version.model,
+            device_models: &version.device_models,
+            files_dir: &self.files_dir,
+            rates: &self.rates,
+            db: &self.shared.db,
+        };
+        let units = self.shared.units.instances(&setup)?;
+        let stderr_tail = units.wasi.stderr_tail.clone();
         let ctx = AppCtx {
-            wasi: crate::wasi::context(&self.name, &device, &self.files_dir, &stderr_tail, &gate)
-                .map_err(|e| format!("preparing WASI: {e:#}"))?,
-            table: ResourceTable::new(),
+            units,
             limiter: AppLimiter {
                 memory_limit: config.memory_limit_bytes,
                 metrics: self.metrics.clone(),
             },
-            device: DeviceCtx::new(DeviceDeps {
-                app: self.name.clone(),
-                default_device: config.device.clone(),
-                model: version.model.clone(),
-                db: open()?,
-                ingest: shared.ingest.clone(),
-                usage: shared.usage.clone(),
-                outbox_signal: shared.outbox_signal.clone(),
-                rates: self.rates.clone(),
-                device_models: version.device_models.clone(),
-                max_devices: config.max_devices,
-                directory: Arc::new(shared.directory.clone()),
-                status_signal: shared.status_signal.clone(),
-            }),
-            storage: StorageCtx::new(
-                self.name.clone(),
-                open()?,
-                config.storage_quota_bytes,
-                self.rates.storage_writes.clone(),
-            )
-            .map_err(|e| format!("opening storage: {e}"))?,
-            content: crate::content::ContentCtx {
-                app: self.name.clone(),
-                device: config.device.clone(),
-                files_dir: self.files_dir.clone(),
-                data_dir: shared.data_dir.clone(),
-                database: shared.db.clone(),
-                db: None,
-                config: shared.content.clone(),
-                signal: shared.content_signal.clone(),
-            },
-            log: LogCtx::new(self.name.clone(), device, gate.clone()),
             deadline: Instant::now(),
             call_timeout: config.call_timeout,
         };
@@ -812,7 +763,7 @@ impl Instance {
         _timeout: Duration,
     ) -> Result<T, String> {
         self.metrics.call(self.called.elapsed());
-        self.store.data_mut().device.flush();
+        self.store.data_mut().units.device.flush();
         result.map_err(|e| describe(&e, call, &self.stderr_tail))
     }
 

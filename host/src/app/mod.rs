@@ -1,8 +1,8 @@
 //! Running apps: one actor per app owns its wasmtime `Store`, its instance
 //! and its event queue, and calls the guest's exports one at a time.
 //!
-//! The store data, [`AppCtx`], holds one context per capability (WASI,
-//! device, storage, log) in the style of wasmtime's WASI crates, plus the
+//! The store data, [`AppCtx`], holds the per-app state of each capability
+//! unit (see [`crate::capability`]; the list is `units!` below), plus the
 //! limiter and the deadline of the call in progress.
 
 mod actor;
@@ -12,27 +12,77 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::ResourceLimiter;
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiView};
+use wasmtime::component::Linker;
 
 pub use actor::{AppShared, AppSpec, AppVersion, Control, Outcome, spawn, time_dispatch};
 
 use crate::bindings::Value;
-use crate::device::DeviceCtx;
-use crate::log::LogCtx;
+use crate::capability::{AppSetup, Capability, HasCtx};
 use crate::model::DeviceModel;
 use crate::registration::Registered;
-use crate::storage::StorageCtx;
 
-/// The data of an app's `Store`.
+/// Declares the capability units every app gets, once: the gateway's
+/// [`Units`], each unit's per-app state in [`UnitCtxs`], the one loop that
+/// builds them for an instance, the one function that links them, and how
+/// the store data reaches each ([`HasCtx`]).
+macro_rules! units {
+    ($($field:ident: $unit:ty),* $(,)?) => {
+        /// The gateway's state of every capability unit, made once at start.
+        #[derive(Clone)]
+        pub struct Units {
+            $(pub $field: Arc<$unit>,)*
+        }
+
+        /// Each unit's per-app state, in the app's store.
+        pub struct UnitCtxs {
+            $(pub(crate) $field: <$unit as Capability>::Ctx,)*
+        }
+
+        impl Units {
+            /// Build every unit's state for one instance of an app.
+            fn instances(&self, setup: &AppSetup<'_>) -> Result<UnitCtxs, String> {
+                Ok(UnitCtxs {
+                    $($field: self.$field.instance(setup).map_err(|e| {
+                        format!("preparing {}: {e:#}", <$unit as Capability>::NAME)
+                    })?,)*
+                })
+            }
+
+            /// The SQL of every unit's tables.
+            pub fn schemas() -> Vec<&'static str> {
+                vec![$(<$unit as Capability>::SCHEMA),*]
+            }
+        }
+
+        /// Link every interface a guest can import.
+        pub fn add_to_linker(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
+            $(<$unit as Capability>::add_to_linker(linker)?;)*
+            Ok(())
+        }
+
+        $(
+            impl HasCtx<$unit> for AppCtx {
+                fn ctx(&mut self) -> &mut <$unit as Capability>::Ctx {
+                    &mut self.units.$field
+                }
+            }
+        )*
+    };
+}
+
+units! {
+    wasi: crate::wasi::Wasi,
+    device: crate::device::Device,
+    storage: crate::storage::Storage,
+    log: crate::log::Log,
+    content: crate::content::Content,
+}
+
+/// The data of an app's `Store`: one state per capability unit, the
+/// limiter, and the deadline of the call in progress.
 pub struct AppCtx {
-    pub(crate) wasi: WasiCtx,
-    pub(crate) table: ResourceTable,
+    pub(crate) units: UnitCtxs,
     pub(crate) limiter: AppLimiter,
-    pub(crate) device: DeviceCtx,
-    pub(crate) storage: StorageCtx,
-    pub(crate) log: LogCtx,
-    pub(crate) content: crate::content::ContentCtx,
     /// When the export call in progress must have returned.
     deadline: Instant,
     call_timeout: Duration,
@@ -353,49 +403,5 @@ impl crate::registration::Routes for Directory {
 
     fn unregister(&self, device: &str) {
         self.write().registered.remove(device);
-    }
-}
-
-/// Link every interface a guest can import, each through its
-/// capability's view of [`AppCtx`].
-pub fn add_to_linker(linker: &mut Linker<AppCtx>) -> wasmtime::Result<()> {
-    crate::wasi::add_to_linker(linker)?;
-    crate::device::add_to_linker(linker)?;
-    crate::storage::add_to_linker(linker)?;
-    crate::log::add_to_linker(linker)?;
-    crate::content::add_to_linker(linker)?;
-    Ok(())
-}
-
-impl WasiView for AppCtx {
-    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl crate::device::DeviceStore for AppCtx {
-    fn device(&mut self) -> crate::device::DeviceView<'_> {
-        crate::device::DeviceView::new(&mut self.device, &mut self.table)
-    }
-}
-
-impl crate::storage::StorageView for AppCtx {
-    fn storage(&mut self) -> &mut StorageCtx {
-        &mut self.storage
-    }
-}
-
-impl crate::log::LogView for AppCtx {
-    fn log(&mut self) -> &mut LogCtx {
-        &mut self.log
-    }
-}
-
-impl crate::content::ContentView for AppCtx {
-    fn content(&mut self) -> &mut crate::content::ContentCtx {
-        &mut self.content
     }
 }

@@ -24,6 +24,7 @@ use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::content::{
     self as generated, Direction, Host, State, Transfer,
 };
+use crate::capability::{AppSetup, Capability, HasCtx};
 use crate::config::ContentConfig;
 use transfer::Manifest;
 
@@ -158,18 +159,18 @@ pub fn finish(
 
 /// Per-app state of the content interface.
 pub struct ContentCtx {
-    pub app: Arc<str>,
+    app: Arc<str>,
     /// Uploads come from the app's own device.
-    pub device: String,
-    pub files_dir: PathBuf,
-    pub data_dir: PathBuf,
-    pub database: crate::store::Database,
+    device: String,
+    files_dir: PathBuf,
+    data_dir: PathBuf,
+    database: crate::store::Database,
     /// Opened on first use: most apps never transfer content, and every
     /// connection opened at instantiation lengthens a hot swap's pause.
-    pub db: Option<Connection>,
-    pub config: ContentConfig,
+    db: Option<Connection>,
+    config: ContentConfig,
     /// Wakes the content service when an upload is waiting.
-    pub signal: Arc<Notify>,
+    signal: Arc<Notify>,
 }
 
 impl ContentCtx {
@@ -249,14 +250,53 @@ impl HasData for ContentData {
     type Data<'a> = &'a mut ContentCtx;
 }
 
-/// Store data that holds an app's [`ContentCtx`].
-pub trait ContentView: Send {
-    fn content(&mut self) -> &mut ContentCtx;
+/// The content capability. Its gateway state: where content in transit
+/// is kept, the `[content]` limits, and the content service's wake-up.
+pub struct Content {
+    pub data_dir: PathBuf,
+    pub config: ContentConfig,
+    /// Wakes the content service when an app queues an upload.
+    pub signal: Arc<Notify>,
 }
 
-/// Add the content interface to the linker.
-pub fn add_to_linker<T: ContentView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    generated::add_to_linker::<T, ContentData>(linker, T::content)
+impl Capability for Content {
+    type Ctx = ContentCtx;
+    const NAME: &'static str = "content";
+    const SCHEMA: &'static str = r#"
+CREATE TABLE IF NOT EXISTS transfers (
+    id         TEXT NOT NULL,
+    direction  TEXT NOT NULL,
+    app        TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    chunks     INTEGER NOT NULL,
+    have       INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    error      TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (id, direction)
+);
+"#;
+
+    fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<ContentCtx> {
+        Ok(ContentCtx {
+            app: app.app.clone(),
+            device: app.device.to_string(),
+            files_dir: app.files_dir.to_path_buf(),
+            data_dir: self.data_dir.clone(),
+            database: app.db.clone(),
+            db: None,
+            config: self.config.clone(),
+            signal: self.signal.clone(),
+        })
+    }
+
+    fn add_to_linker<T: HasCtx<Content>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        generated::add_to_linker::<T, ContentData>(linker, T::ctx)
+    }
 }
 
 impl Host for ContentCtx {
