@@ -7,29 +7,22 @@ mod common;
 use common::{Gateway, guest, model, root, run_to_end, wasmgate};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Build the runtime-only binary (once per test run). It is its own
-/// package, built on its own so that cargo does not unify the compiler back
-/// in; it shares the target directory, so only what depends on wasmtime is
-/// built again.
+/// The runtime-only binary. It is its own package, built on its own (by
+/// `cargo xtask test`, before the tests) so that cargo does not unify the
+/// compiler back in; no test runs cargo itself.
 fn runtime_only() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .current_dir(root())
-                .args(["build", "--quiet", "-p", "wasmgate-runtime-only"])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building wasmgate-runtime-only failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root().join("target"));
-            target.join("debug/wasmgate-runtime-only")
-        })
-        .clone()
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let binary = target.join("debug/wasmgate-runtime-only");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo xtask test` builds it (cargo build -p wasmgate-runtime-only)",
+        binary.display()
+    );
+    binary
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //!   next to it: watch what arrives, change the setpoint, call an action.
 //! - `cargo xtask test [ARGS]`: install what the tests need and is missing
 //!   (Mosquitto from apt; the guest languages' tools through
-//!   `guests/install-tools`; cargo-fuzz), build the guests, run the whole
-//!   test suite (`cargo test --workspace ARGS`), then, when no ARGS narrow
-//!   it, every fuzz target for a few seconds (`fuzz/run 5`).
+//!   `guests/install-tools`; cargo-fuzz), build the guests and the
+//!   runtime-only binary, run the whole test suite (`cargo test --workspace
+//!   ARGS`), then, when no ARGS narrow it, every fuzz target for a few
+//!   seconds (`fuzz/run 5`).
 //! - `cargo xtask guests`: build the guests only.
 
 use std::net::TcpStream;
@@ -137,9 +138,16 @@ fn has_cargo_fuzz() -> bool {
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
+    // The runtime-only binary is built on its own: built with the rest of
+    // the workspace, cargo would unify the compiler back into it. Its test
+    // (tests/runtime_only.rs) runs the binary this leaves in target/debug,
+    // so the test run excludes the package, which would rebuild it unified.
     run(cargo()
         .current_dir(root)
-        .args(["test", "--workspace"])
+        .args(["build", "--quiet", "-p", "wasmgate-runtime-only"]))?;
+    run(cargo()
+        .current_dir(root)
+        .args(["test", "--workspace", "--exclude", "wasmgate-runtime-only"])
         .args(extra))
 }
 
