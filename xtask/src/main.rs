@@ -140,7 +140,7 @@ fn has_cargo_fuzz() -> bool {
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     // The runtime-only binary is built on its own: built with the rest of
     // the workspace, cargo would unify the compiler back into it. Its test
-    // (tests/runtime_only.rs) runs the binary this leaves in target/debug,
+    // (tests/it/runtime_only.rs) runs the binary this leaves in target/debug,
     // so the test run excludes the package, which would rebuild it unified.
     run(cargo()
         .current_dir(root)

@@ -2,9 +2,7 @@
 //! the embedded broker (the README demo's set-up), so nothing but the
 //! wasmgate binary is involved.
 
-mod common;
-
-use common::{Gateway, free_port, guest, root, wasmgate, wasmgate_for};
+use crate::common::{Gateway, free_port, guest, root, wasmgate, wasmgate_for};
 use std::time::Duration;
 
 #[test]

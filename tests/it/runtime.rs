@@ -3,9 +3,7 @@
 //! `kill -9`), unchanged components come from the compile cache, and
 //! `wasmgate status` tells what the data directory holds.
 
-mod common;
-
-use common::{Gateway, guest, last_counter, model, run_to_end};
+use crate::common::{Gateway, guest, last_counter, model, run_to_end};
 use std::time::Duration;
 
 const FAST: &str = "tick_interval_ms = 50";
@@ -105,7 +103,7 @@ fn kv_data_and_twin_state_survive_clean_and_hard_restarts() {
     run.kill9();
     let mut run = gw.start();
     let started = run.wait_for("storage-roundtrip started", Duration::from_secs(30));
-    let restored = common::field_after(&started, "counter").expect("counter in the start line");
+    let restored = crate::common::field_after(&started, "counter").expect("counter in the start line");
     assert!(
         restored >= logged,
         "restored {restored} < logged {logged} after kill -9"
@@ -141,7 +139,7 @@ fn the_thermostat_example_records_reports_and_alerts() {
     let gw = Gateway::new().app(
         "thermostat",
         &guest("thermostat"),
-        &common::root().join("examples/thermostat/thermostat.model.json"),
+        &crate::common::root().join("examples/thermostat/thermostat.model.json"),
         "tick_interval_ms = 20\n[app.config]\nstart_temperature = 19.0\noverheat_at = 20.0",
     );
     let mut run = gw.start();

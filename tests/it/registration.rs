@@ -4,10 +4,8 @@
 //! unregistering. The real binary, a real Mosquitto, and the bus-gateway
 //! example's guest and models.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Gateway, Running, guest, root};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Gateway, Running, guest, root};
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -2,10 +2,8 @@
 //! actions, delivery through outages and `kill -9`, TLS, ACLs, and hostile
 //! downlink messages.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto, Pki};
-use common::{Gateway, guest, last_counter, model, root};
+use crate::common::mqtt::{Consumer, Mosquitto, Pki};
+use crate::common::{Gateway, guest, last_counter, model, root};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -470,7 +468,7 @@ fn nothing_recorded_is_lost_through_a_broker_outage_and_a_kill_9_while_offline()
     broker.restart();
     let mut run = gw.start();
     let started = run.wait_for("storage-roundtrip started", T);
-    let resumed = common::field_after(&started, "counter").expect("counter");
+    let resumed = crate::common::field_after(&started, "counter").expect("counter");
     run.wait_for(&format!("counter={} roundtrip=true", resumed + 20), T);
     assert!(run.stop().success());
 

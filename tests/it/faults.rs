@@ -3,9 +3,7 @@
 //! with backoff and finally quarantined, while a healthy app beside them
 //! keeps ticking and the process's memory stays bounded.
 
-mod common;
-
-use common::{Gateway, guest, last_counter, model};
+use crate::common::{Gateway, guest, last_counter, model};
 use std::time::Duration;
 
 const HEALTHY: &str = "tick_interval_ms = 50";

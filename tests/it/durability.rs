@@ -7,10 +7,8 @@
 //!
 //! 30 rounds here; `tests/crash-soak ROUNDS` runs a longer one.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Gateway, guest, model};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Gateway, guest, model};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -32,7 +30,7 @@ impl Rng {
 }
 
 /// Numbers whose "recorded through N" line was read before `cutoff`.
-fn recorded_before(run: &common::Running, cutoff: SystemTime) -> i64 {
+fn recorded_before(run: &crate::common::Running, cutoff: SystemTime) -> i64 {
     run.timed_lines()
         .iter()
         .filter(|(t, _)| *t <= cutoff)
@@ -97,7 +95,7 @@ fn every_point_within_the_promise_survives_repeated_kill_9() {
             }
             broker_up = !broker_up;
         }
-        let mut run = common::Running::spawn(&gw.config_path());
+        let mut run = crate::common::Running::spawn(&gw.config_path());
         let started = run.wait_for("sequence-recorder starting at ", Duration::from_secs(30));
         let first: i64 = started
             .split("starting at ")

@@ -2,10 +2,8 @@
 //! the data directory and the broker's port are changed, so tests can run
 //! side by side) for a few seconds, checking what it produced on the wire.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Running, free_port, root};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Running, free_port, root};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

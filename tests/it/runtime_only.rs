@@ -2,9 +2,7 @@
 //! artifact precompiled with `wasmgate compile`, and refuses a plain
 //! component with a message that says what to do.
 
-mod common;
-
-use common::{Gateway, guest, model, root, run_to_end, wasmgate};
+use crate::common::{Gateway, guest, model, root, run_to_end, wasmgate};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -45,7 +43,7 @@ fn the_runtime_only_build_runs_a_precompiled_artifact_and_refuses_a_plain_compon
     );
     gw.write_config();
     let binary = runtime_only();
-    let mut run = common::Running::spawn_binary(&binary, &gw.config_path(), &[]);
+    let mut run = crate::common::Running::spawn_binary(&binary, &gw.config_path(), &[]);
     run.wait_for("loaded a precompiled component", Duration::from_secs(60));
     run.wait_for("counter=3 roundtrip=true", Duration::from_secs(30));
     assert!(run.stop().success());

@@ -4,10 +4,8 @@
 //! refused; the upload limit. The real binary (also as the operator's
 //! `wasmgate cloud send` / `receive`) and a real Mosquitto.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Gateway, Running, binary, guest, model};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Gateway, Running, binary, guest, model};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::process::Command;

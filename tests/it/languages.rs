@@ -9,10 +9,8 @@
 //! The guests are built with `guests/build LANG`; a missing tool fails the
 //! test with a message that names it (CI runs guests/install-tools first).
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Gateway, Running, root, thermostat_in};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Gateway, Running, root, thermostat_in};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;

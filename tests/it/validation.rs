@@ -2,9 +2,7 @@
 //! reports against its device model, a malformed gateway.toml, a malformed
 //! model file, and a file that is not a component.
 
-mod common;
-
-use common::{Gateway, guest, model, run_to_end};
+use crate::common::{Gateway, guest, model, run_to_end};
 use std::time::Duration;
 
 #[test]

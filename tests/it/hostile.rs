@@ -5,10 +5,8 @@
 //! the `status` message and the log. Also: the metrics endpoint and
 //! `wasmgate logs`.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Gateway, Running, field_after, free_port, guest, last_counter, model, wasmgate};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Gateway, Running, field_after, free_port, guest, last_counter, model, wasmgate};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

@@ -2,10 +2,8 @@
 //! alerts first and last to go, a full database that recovers, and the
 //! device policies of a model, each with exact expected outputs.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Gateway, guest, model};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Gateway, guest, model};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -75,7 +73,7 @@ fn drop_oldest_keeps_the_newest_points_within_the_limit_and_counts_the_rest() {
     );
     // Alerts are the last to go: all 30 are still there.
     assert_eq!(stream(&status, "alert", "milestone")["entries"], 30);
-    let (ok, table, _) = common::run_to_end(&["status", "--config"], &gw.config_path());
+    let (ok, table, _) = crate::common::run_to_end(&["status", "--config"], &gw.config_path());
     assert!(ok && table.contains("DROPPED"), "{table}");
 }
 
@@ -375,7 +373,7 @@ fn an_invalid_policy_stops_the_gateway_at_start_naming_it() {
     .expect("write");
     let gw = gw.app("replay", &guest("replay-values"), &model_path, "");
     gw.write_config();
-    let (ok, _, err) = common::run_to_end(&["run", "--config"], &gw.config_path());
+    let (ok, _, err) = crate::common::run_to_end(&["run", "--config"], &gw.config_path());
     assert!(!ok);
     assert!(
         err.contains("bad.json")

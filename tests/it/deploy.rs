@@ -4,10 +4,8 @@
 //! keeps serving, a restart runs what was deployed, and watch mode picks up
 //! a rebuilt component.
 
-mod common;
-
-use common::mqtt::{Consumer, Mosquitto};
-use common::{Gateway, guest, model, wasmgate};
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::{Gateway, guest, model, wasmgate};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -331,7 +329,7 @@ fn watch_mode_deploys_a_rebuilt_component() {
         "tick_interval_ms = 20\n[app.config]\ngeneration = \"one\"",
     );
     gw.write_config();
-    let mut run = common::Running::spawn_with(&gw.config_path(), &["--watch"]);
+    let mut run = crate::common::Running::spawn_with(&gw.config_path(), &["--watch"]);
     run.wait_for("generation one started", T);
     run.wait_for("watching 1 component file", T);
 
@@ -352,7 +350,7 @@ fn watch_mode_keeps_the_models_an_app_registers_devices_with() {
     let gw = Gateway::new();
     let component = gw.dir.path().join("bus.wasm");
     std::fs::copy(guest("busgateway"), &component).expect("copy");
-    let example = common::root().join("examples/busgateway");
+    let example = crate::common::root().join("examples/busgateway");
     let gw = gw.app(
         "bus",
         &component,
@@ -363,7 +361,7 @@ fn watch_mode_keeps_the_models_an_app_registers_devices_with() {
         ),
     );
     gw.write_config();
-    let mut run = common::Running::spawn_with(&gw.config_path(), &["--watch"]);
+    let mut run = crate::common::Running::spawn_with(&gw.config_path(), &["--watch"]);
     run.wait_for("bus scanned: 2 sensors, 2 registered", T);
     run.wait_for("watching 1 component file", T);
 

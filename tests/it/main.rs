@@ -1,0 +1,25 @@
+//! The integration tests, one module per area, in one test binary so that
+//! the suite links the host once. Each test starts the real `wasmgate`
+//! binary with real guests compiled from source, real Mosquitto where the
+//! cloud is involved, and reads the real SQLite file.
+//!
+//! Run one area with `cargo test --test it hostile::` (or any part of a
+//! test's name).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod buffering;
+mod cloud;
+mod content;
+mod deploy;
+mod durability;
+mod examples;
+mod faults;
+mod hostile;
+mod languages;
+mod operator;
+mod registration;
+mod runtime;
+mod runtime_only;
+mod validation;
