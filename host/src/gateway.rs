@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::model::DeviceModel;
 use crate::outbox::{Ingest, Usage};
 use crate::store::Database;
+use crate::wire::topics::Service;
 
 /// The name of the lock file that keeps two gateways off one data directory.
 pub const LOCK_FILE: &str = "wasmgate.lock";
@@ -193,8 +194,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 database.clone(),
                 stop_link.child_token(),
             )
-            .with_deployments(deployments)
-            .with_content(content);
+            .with_handler(Service::Deploy, deployments)
+            .with_handler(Service::Content, content);
             let spec = LinkSpec {
                 gateway: config.gateway_id.clone(),
                 config: cloud.clone(),

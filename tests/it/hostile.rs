@@ -6,7 +6,9 @@
 //! `wasmgate logs`.
 
 use crate::common::mqtt::{Consumer, Mosquitto};
-use crate::common::{Gateway, Running, field_after, free_port, guest, last_counter, model, wasmgate};
+use crate::common::{
+    Gateway, Running, field_after, free_port, guest, last_counter, model, wasmgate,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

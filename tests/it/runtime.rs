@@ -103,7 +103,8 @@ fn kv_data_and_twin_state_survive_clean_and_hard_restarts() {
     run.kill9();
     let mut run = gw.start();
     let started = run.wait_for("storage-roundtrip started", Duration::from_secs(30));
-    let restored = crate::common::field_after(&started, "counter").expect("counter in the start line");
+    let restored =
+        crate::common::field_after(&started, "counter").expect("counter in the start line");
     assert!(
         restored >= logged,
         "restored {restored} < logged {logged} after kill -9"

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::wire::Inbound;
 pub use crate::wire::Reply;
+use crate::wire::topics::Service;
 
 use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_BYTES};
 use super::topics::{self, Kind};
@@ -44,9 +46,8 @@ pub struct Downlink {
     replies: mpsc::Sender<Reply>,
     db: Database,
     cancel: CancellationToken,
-    /// Where cloud deployments go (none: they are refused).
-    deployments: Option<mpsc::Sender<crate::deploy::cloud::Message>>,
-    content: Option<mpsc::Sender<crate::content::service::Inbound>>,
+    /// The services that take other kinds of messages.
+    handlers: HashMap<Service, mpsc::Sender<Inbound>>,
 }
 
 impl Downlink {
@@ -64,37 +65,33 @@ impl Downlink {
             replies,
             db,
             cancel,
-            deployments: None,
-            content: None,
+            handlers: HashMap::new(),
         }
     }
 
-    /// Hand content transfers' messages to the content service.
-    pub fn with_content(mut self, to: mpsc::Sender<crate::content::service::Inbound>) -> Self {
-        self.content = Some(to);
+    /// Hand the messages of `service` to `to`.
+    pub fn with_handler(mut self, service: Service, to: mpsc::Sender<Inbound>) -> Self {
+        self.handlers.insert(service, to);
         self
     }
 
-    /// Take cloud deployments, handing them to `to`.
-    pub fn with_deployments(mut self, to: mpsc::Sender<crate::deploy::cloud::Message>) -> Self {
-        self.deployments = Some(to);
-        self
-    }
-
-    fn content(&self, message: crate::content::service::Inbound) {
-        hand_over(
-            &self.content,
-            message,
-            "a content transfer message was dropped: the content service is busy or off (the sender asks again)",
-        );
-    }
-
-    fn deployment(&self, message: crate::deploy::cloud::Message) {
-        hand_over(
-            &self.deployments,
-            message,
-            "a cloud deployment message was dropped: deployments are busy or off",
-        );
+    /// Pass a message to its service without waiting; say so if it cannot
+    /// take it (none, or its queue is full: the sender asks again).
+    fn hand_over(&self, service: Service, topic: &str, payload: &[u8]) {
+        let message = Inbound {
+            topic: topic.to_string(),
+            payload: payload.to_vec(),
+        };
+        let taken = self
+            .handlers
+            .get(&service)
+            .is_some_and(|to| to.try_send(message).is_ok());
+        if !taken {
+            tracing::warn!(
+                topic,
+                "a message for the {service:?} service was dropped: it is busy or off (the sender asks again)"
+            );
+        }
     }
 
     /// Handle one message the link received. Never waits.
@@ -107,41 +104,12 @@ impl Downlink {
             return;
         };
         let device = parsed.device.to_string();
-        match parsed.kind {
-            Kind::DeployRequest if device == self.gateway => {
-                return self.deployment(crate::deploy::cloud::Message::Manifest(payload.to_vec()));
-            }
-            Kind::DeployChunk(id, index) if device == self.gateway => {
-                return self.deployment(crate::deploy::cloud::Message::Chunk {
-                    id: id.to_string(),
-                    index: index.to_string(),
-                    payload: payload.to_vec(),
-                });
-            }
-            // Our own progress reports come back through the subscription.
-            Kind::DeployResponse => return,
-            Kind::UploadAck(_) => {
-                return self.content(crate::content::service::Inbound::UploadAck {
-                    device,
-                    payload: payload.to_vec(),
-                });
-            }
-            Kind::DownloadManifest(id) => {
-                return self.content(crate::content::service::Inbound::DownloadManifest {
-                    device,
-                    id: id.to_string(),
-                    payload: payload.to_vec(),
-                });
-            }
-            Kind::DownloadChunk(id, index) => {
-                return self.content(crate::content::service::Inbound::DownloadChunk {
-                    device,
-                    id: id.to_string(),
-                    index: index.to_string(),
-                    payload: payload.to_vec(),
-                });
-            }
-            _ => {}
+        if let Some(service) = parsed.kind.service() {
+            return self.hand_over(service, topic, payload);
+        }
+        // Our own deployment reports come back through the subscription.
+        if parsed.kind == Kind::DeployResponse {
+            return;
         }
         let (request, reply_topic) = match parsed.kind {
             Kind::Desired => (
@@ -213,15 +181,6 @@ impl Downlink {
         if self.replies.try_send(reply).is_err() {
             tracing::warn!("dropping a downlink reply: the link is not keeping up");
         }
-    }
-}
-
-/// Pass `message` to the task behind `to` without waiting; say so if it
-/// cannot take it (none, or its queue is full).
-fn hand_over<T>(to: &Option<mpsc::Sender<T>>, message: T, dropped: &str) {
-    let taken = to.as_ref().is_some_and(|to| to.try_send(message).is_ok());
-    if !taken {
-        tracing::warn!("{dropped}");
     }
 }
 

@@ -16,31 +16,12 @@ use super::transfer::{Ack, Incoming, Manifest, Outgoing};
 use super::{TransferRow, store_path};
 use crate::config::ContentConfig;
 use crate::store::Database;
-use crate::wire::Reply;
 use crate::wire::topics;
+use crate::wire::topics::Kind;
+use crate::wire::{Inbound, Reply};
 
 /// How often the service looks at its uploads even when nothing woke it.
 const TICK: Duration = Duration::from_millis(50);
-
-/// What the downlink hands over.
-#[derive(Debug)]
-pub enum Inbound {
-    /// The cloud's answer about an upload.
-    UploadAck { device: String, payload: Vec<u8> },
-    /// A download starts, or its sender asks where the gateway is.
-    DownloadManifest {
-        device: String,
-        /// The transfer's id, from the topic.
-        id: String,
-        payload: Vec<u8>,
-    },
-    DownloadChunk {
-        device: String,
-        id: String,
-        index: String,
-        payload: Vec<u8>,
-    },
-}
 
 /// What the service needs.
 pub struct ServiceSpec {
@@ -167,19 +148,20 @@ impl Service {
     }
 
     async fn handle(&mut self, message: Inbound) {
-        match message {
-            Inbound::UploadAck { device, payload } => self.upload_ack(&device, &payload),
-            Inbound::DownloadManifest {
-                device,
-                id,
-                payload,
-            } => self.download_manifest(&device, id, &payload).await,
-            Inbound::DownloadChunk {
-                device,
-                id,
-                index,
-                payload,
-            } => self.download_chunk(&device, &id, &index, &payload).await,
+        let Some(parsed) = topics::parse(&message.topic) else {
+            return;
+        };
+        let (device, payload) = (parsed.device, &message.payload);
+        match parsed.kind {
+            Kind::UploadAck(_) => self.upload_ack(device, payload),
+            Kind::DownloadManifest(id) => {
+                self.download_manifest(device, id.to_string(), payload)
+                    .await
+            }
+            Kind::DownloadChunk(id, index) => self.download_chunk(device, id, index, payload).await,
+            _ => {
+                tracing::warn!(topic = %message.topic, "the content service takes no message of this kind")
+            }
         }
     }
 

@@ -16,25 +16,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DeployClient, DeployRequest, MAX_ARTIFACT_BYTES, signing};
 use crate::model::check_name;
-use crate::wire::Reply;
 use crate::wire::protocol::{DeployManifest, DeployProgress};
 use crate::wire::topics;
+use crate::wire::topics::Kind;
+use crate::wire::{Inbound, Reply};
 
 /// The largest chunk taken.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
 
 /// A transfer that stops receiving chunks for this long is dropped.
 const STALE: Duration = Duration::from_secs(600);
-
-/// What the downlink hands over.
-pub enum Message {
-    Manifest(Vec<u8>),
-    Chunk {
-        id: String,
-        index: String,
-        payload: Vec<u8>,
-    },
-}
 
 /// Read a `deploy/req` payload and check it: names, sizes that add up, and
 /// a signature by a trusted key. On refusal: the id, if one could be read,
@@ -152,7 +143,7 @@ pub fn spawn(
     deploy: DeployClient,
     replies: mpsc::Sender<Reply>,
     cancel: CancellationToken,
-) -> mpsc::Sender<Message> {
+) -> mpsc::Sender<Inbound> {
     let (tx, rx) = mpsc::channel(64);
     let handler = Handler {
         gateway,
@@ -174,7 +165,7 @@ struct Handler {
 }
 
 impl Handler {
-    async fn run(mut self, mut rx: mpsc::Receiver<Message>, cancel: CancellationToken) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
         loop {
             let message = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -187,9 +178,21 @@ impl Handler {
                 }
                 !stale
             });
-            match message {
-                Message::Manifest(payload) => self.manifest(&payload).await,
-                Message::Chunk { id, index, payload } => self.chunk(id, &index, payload).await,
+            let Some(parsed) = topics::parse(&message.topic) else {
+                continue;
+            };
+            if parsed.device != self.gateway {
+                tracing::warn!(topic = %message.topic, "ignoring a deployment message: deployments come on the gateway's own device");
+                continue;
+            }
+            match parsed.kind {
+                Kind::DeployRequest => self.manifest(&message.payload).await,
+                Kind::DeployChunk(id, index) => {
+                    let id = id.to_string();
+                    let index = index.to_string();
+                    self.chunk(id, &index, message.payload).await
+                }
+                _ => {}
             }
         }
     }

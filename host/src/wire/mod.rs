@@ -7,6 +7,23 @@
 pub mod protocol;
 pub mod topics;
 
+/// A message from the cloud for a service of the gateway ([`topics::Service`]),
+/// as the link received it. The downlink routes it by the service its
+/// topic's kind names and does not look inside; the service reads it into
+/// its own typed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl Inbound {
+    /// The topic as the protocol reads it.
+    pub fn parsed(&self) -> Option<topics::Parsed<'_>> {
+        topics::parse(&self.topic)
+    }
+}
+
 /// A publish the link should send for another part of the gateway (an
 /// ack, an action response, a transfer's chunk, deployment progress). The
 /// link stays the only publisher.

@@ -56,6 +56,30 @@ pub enum Kind<'a> {
     DownloadAck(&'a str),
 }
 
+/// The services that take messages coming down, besides the downlink's own
+/// desired changes and action requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Cloud deployments (`deploy/...` on the gateway's own device).
+    Deploy,
+    /// Content transfers (`content/...`).
+    Content,
+}
+
+impl Kind<'_> {
+    /// The service that takes a message of this kind coming down, if one
+    /// does.
+    pub fn service(&self) -> Option<Service> {
+        match self {
+            Kind::DeployRequest | Kind::DeployChunk(..) => Some(Service::Deploy),
+            Kind::UploadAck(_) | Kind::DownloadManifest(_) | Kind::DownloadChunk(..) => {
+                Some(Service::Content)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Parse a protocol topic; `None` for anything that is not one.
 pub fn parse(topic: &str) -> Option<Parsed<'_>> {
     let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
@@ -128,5 +152,29 @@ mod tests {
             parse("wg/v1/gw/gw/deploy/d1/chunk/3").map(|p| p.kind),
             Some(Kind::DeployChunk("d1", "3"))
         );
+    }
+
+    #[test]
+    fn each_kind_coming_down_names_the_service_that_takes_it() {
+        let service = |t: &str| parse(t).and_then(|p| p.kind.service());
+        assert_eq!(service("wg/v1/gw/gw/deploy/req"), Some(Service::Deploy));
+        assert_eq!(service("wg/v1/gw/gw/deploy/d/chunk/0"), Some(Service::Deploy));
+        for content in [
+            "wg/v1/gw/dev/content/up/u1/ack",
+            "wg/v1/gw/dev/content/down/d1/manifest",
+            "wg/v1/gw/dev/content/down/d1/chunk/2",
+        ] {
+            assert_eq!(service(content), Some(Service::Content), "{content}");
+        }
+        // The downlink's own, and what only goes up.
+        for other in [
+            "wg/v1/gw/dev/twin/desired",
+            "wg/v1/gw/dev/action/reset/req",
+            "wg/v1/gw/gw/deploy/res",
+            "wg/v1/gw/dev/content/up/u1/manifest",
+            "wg/v1/gw/dev/telemetry/climate",
+        ] {
+            assert_eq!(service(other), None, "{other}");
+        }
     }
 }
