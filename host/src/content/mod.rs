@@ -37,8 +37,52 @@ pub fn store_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// The file of a transfer in the store.
-pub fn store_path(data_dir: &Path, id: &str, direction: &str) -> PathBuf {
-    store_dir(data_dir).join(format!("{id}.{direction}"))
+pub fn store_path(data_dir: &Path, id: &str, way: Way) -> PathBuf {
+    store_dir(data_dir).join(format!("{id}.{}", way.as_str()))
+}
+
+/// Which way a transfer goes: from the gateway to the cloud, or back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Up,
+    Down,
+}
+
+impl Way {
+    /// As the `transfers` table, the store's file names and the topics say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Way::Up => "up",
+            Way::Down => "down",
+        }
+    }
+}
+
+impl rusqlite::ToSql for Way {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Way {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match value.as_str()? {
+            "up" => Ok(Way::Up),
+            "down" => Ok(Way::Down),
+            other => Err(rusqlite::types::FromSqlError::Other(
+                format!("{other:?} is not a transfer direction").into(),
+            )),
+        }
+    }
+}
+
+/// Where a transfer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Running,
+    Done,
+    /// It ended without arriving whole, for this reason.
+    Failed(String),
 }
 
 /// One transfer as the `transfers` table keeps it.
@@ -47,13 +91,10 @@ pub struct TransferRow {
     pub manifest: Manifest,
     pub app: String,
     pub device: String,
-    /// `up` or `down`.
-    pub direction: String,
+    pub way: Way,
     /// Chunks confirmed.
     pub have: u64,
-    /// `running`, `done` or `failed`.
-    pub state: String,
-    pub error: Option<String>,
+    pub progress: Progress,
 }
 
 const COLUMNS: &str =
@@ -72,10 +113,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
         },
         app: r.get(1)?,
         device: r.get(2)?,
-        direction: r.get(3)?,
+        way: r.get(3)?,
         have: get(9)?,
-        state: r.get(10)?,
-        error: r.get(11)?,
+        progress: match r.get_ref(10)?.as_str()? {
+            "done" => Progress::Done,
+            "failed" => Progress::Failed(r.get::<_, Option<String>>(11)?.unwrap_or_default()),
+            _ => Progress::Running,
+        },
     })
 }
 
@@ -90,36 +134,43 @@ pub fn insert(conn: &Connection, t: &TransferRow) -> rusqlite::Result<()> {
             m.id,
             t.app,
             t.device,
-            t.direction,
+            t.way,
             m.name,
             m.size as i64,
             m.sha256,
             m.chunk_size as i64,
             m.chunks as i64,
             t.have as i64,
-            t.state,
-            t.error,
+            match t.progress {
+                Progress::Running => "running",
+                Progress::Done => "done",
+                Progress::Failed(_) => "failed",
+            },
+            match &t.progress {
+                Progress::Failed(error) => Some(error.as_str()),
+                _ => None,
+            },
             crate::value::now_ns() as i64
         ],
     )?;
     Ok(())
 }
 
-pub fn get(conn: &Connection, id: &str, direction: &str) -> rusqlite::Result<Option<TransferRow>> {
+pub fn get(conn: &Connection, id: &str, way: Way) -> rusqlite::Result<Option<TransferRow>> {
     conn.query_row(
         &format!("SELECT {COLUMNS} FROM transfers WHERE id = ?1 AND direction = ?2"),
-        params![id, direction],
+        params![id, way],
         row,
     )
     .optional()
 }
 
 /// Transfers still running in one direction.
-pub fn running(conn: &Connection, direction: &str) -> rusqlite::Result<Vec<TransferRow>> {
+pub fn running(conn: &Connection, way: Way) -> rusqlite::Result<Vec<TransferRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM transfers WHERE direction = ?1 AND state = 'running' ORDER BY created_at"
     ))?;
-    stmt.query_map(params![direction], row)?.collect()
+    stmt.query_map(params![way], row)?.collect()
 }
 
 /// An app's transfers, newest first.
@@ -130,10 +181,10 @@ pub fn of_app(conn: &Connection, app: &str) -> rusqlite::Result<Vec<TransferRow>
     stmt.query_map(params![app], row)?.collect()
 }
 
-pub fn set_have(conn: &Connection, id: &str, direction: &str, have: u64) -> rusqlite::Result<()> {
+pub fn set_have(conn: &Connection, id: &str, way: Way, have: u64) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE transfers SET have = ?3 WHERE id = ?1 AND direction = ?2",
-        params![id, direction, have as i64],
+        params![id, way, have as i64],
     )?;
     Ok(())
 }
@@ -141,17 +192,17 @@ pub fn set_have(conn: &Connection, id: &str, direction: &str, have: u64) -> rusq
 pub fn finish(
     conn: &Connection,
     id: &str,
-    direction: &str,
+    way: Way,
     outcome: Result<u64, &str>,
 ) -> rusqlite::Result<()> {
     match outcome {
         Ok(have) => conn.execute(
             "UPDATE transfers SET state = 'done', have = ?3, error = NULL WHERE id = ?1 AND direction = ?2",
-            params![id, direction, have as i64],
+            params![id, way, have as i64],
         )?,
         Err(error) => conn.execute(
             "UPDATE transfers SET state = 'failed', error = ?3 WHERE id = ?1 AND direction = ?2",
-            params![id, direction, error],
+            params![id, way, error],
         )?,
     };
     Ok(())
@@ -189,7 +240,7 @@ impl ContentCtx {
 
     /// Record an upload whose content is already at its store path.
     fn start_upload(&mut self, name: &str, id: String, size: u64) -> Result<String, GuestError> {
-        let path = store_path(&self.data_dir, &id, "up");
+        let path = store_path(&self.data_dir, &id, Way::Up);
         let cleanup = |e: String| {
             let _ = std::fs::remove_file(&path);
             GuestError::Unavailable(e)
@@ -206,10 +257,9 @@ impl ContentCtx {
             manifest,
             app: self.app.to_string(),
             device: self.device.clone(),
-            direction: "up".into(),
+            way: Way::Up,
             have: 0,
-            state: "running".into(),
-            error: None,
+            progress: Progress::Running,
         };
         let recorded = self.db().map(|db| insert(db, &row));
         match recorded {
@@ -316,7 +366,7 @@ impl Host for ContentCtx {
                 .map_err(|e| GuestError::Invalid(format!("{path}: {e}")))?
                 .len();
             let id = self.check_upload(&name, size)?;
-            let copy = store_path(&self.data_dir, &id, "up");
+            let copy = store_path(&self.data_dir, &id, Way::Up);
             if let Err(e) =
                 std::fs::File::create(&copy).and_then(|mut to| std::io::copy(&mut source, &mut to))
             {
@@ -336,7 +386,7 @@ impl Host for ContentCtx {
     ) -> wasmtime::Result<Result<String, GuestError>> {
         let result = (|| {
             let id = self.check_upload(&name, bytes.len() as u64)?;
-            std::fs::write(store_path(&self.data_dir, &id, "up"), &bytes)
+            std::fs::write(store_path(&self.data_dir, &id, Way::Up), &bytes)
                 .map_err(|e| GuestError::Unavailable(format!("storing the upload: {e}")))?;
             self.start_upload(&name, id, bytes.len() as u64)
         })();
@@ -360,19 +410,58 @@ impl Host for ContentCtx {
             .map(|t| Transfer {
                 transferred: t.manifest.bytes_in(t.have),
                 size: t.manifest.size,
-                direction: if t.direction == "up" {
-                    Direction::Upload
-                } else {
-                    Direction::Download
+                direction: match t.way {
+                    Way::Up => Direction::Upload,
+                    Way::Down => Direction::Download,
                 },
-                state: match t.state.as_str() {
-                    "done" => State::Done,
-                    "failed" => State::Failed(t.error.unwrap_or_default()),
-                    _ => State::Running,
+                state: match t.progress {
+                    Progress::Running => State::Running,
+                    Progress::Done => State::Done,
+                    Progress::Failed(why) => State::Failed(why),
                 },
                 id: t.manifest.id,
                 name: t.manifest.name,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_row_keeps_its_way_and_its_progress() {
+        let conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(<Content as Capability>::SCHEMA)
+            .expect("schema");
+        let row = |id: &str, way| TransferRow {
+            manifest: Manifest::new(id.into(), "a.bin".into(), 10, "00".into(), 4),
+            app: "app".into(),
+            device: "dev".into(),
+            way,
+            have: 0,
+            progress: Progress::Running,
+        };
+        // One id may go both ways: they are two transfers.
+        insert(&conn, &row("t1", Way::Up)).expect("insert");
+        insert(&conn, &row("t1", Way::Down)).expect("insert");
+        finish(&conn, "t1", Way::Down, Err("refused as corrupt")).expect("finish");
+        finish(&conn, "t1", Way::Up, Ok(3)).expect("finish");
+        let down = get(&conn, "t1", Way::Down).expect("get").expect("row");
+        assert_eq!(down.progress, Progress::Failed("refused as corrupt".into()));
+        let up = get(&conn, "t1", Way::Up).expect("get").expect("row");
+        assert_eq!((up.way, up.have, up.progress), (Way::Up, 3, Progress::Done));
+        assert!(running(&conn, Way::Up).expect("running").is_empty());
+        conn.execute(
+            "UPDATE transfers SET direction = 'sideways' WHERE direction = 'up'",
+            [],
+        )
+        .expect("update");
+        assert!(get(&conn, "t1", Way::Up).is_ok_and(|r| r.is_none()));
+        assert!(
+            of_app(&conn, "app").is_err(),
+            "an unknown direction is an error"
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::transfer::{Ack, Incoming, Manifest, Outgoing};
-use super::{TransferRow, store_path};
+use super::{Progress, TransferRow, Way, store_path};
 use crate::config::ContentConfig;
 use crate::store::Database;
 use crate::wire::topics;
@@ -102,7 +102,7 @@ impl Service {
 
     /// Pick up uploads that are in the table but not in hand.
     fn load_uploads(&mut self) {
-        let rows = super::running(&self.db, "up").unwrap_or_else(|e| {
+        let rows = super::running(&self.db, Way::Up).unwrap_or_else(|e| {
             tracing::error!("cannot read the uploads: {e}");
             Vec::new()
         });
@@ -128,7 +128,7 @@ impl Service {
         let mut out = Vec::new();
         for upload in self.uploads.values_mut() {
             let id = &upload.row.manifest.id;
-            let source = store_path(&self.spec.data_dir, id, "up");
+            let source = store_path(&self.spec.data_dir, id, Way::Up);
             while let Some(message) = upload.sender.next_message(now, &source, self.pace.as_mut()) {
                 match message {
                     Ok((suffix, payload)) => out.push((
@@ -187,7 +187,7 @@ impl Service {
             Some(Ok(upload.row.manifest.chunks))
         } else {
             upload.sender.heard(ack.have, Instant::now());
-            if let Err(e) = super::set_have(&self.db, &id, "up", upload.sender.have) {
+            if let Err(e) = super::set_have(&self.db, &id, Way::Up, upload.sender.have) {
                 tracing::warn!(transfer = %id, "cannot record the upload's progress: {e}");
             }
             None
@@ -210,12 +210,12 @@ impl Service {
         if let Err(e) = super::finish(
             &self.db,
             &id,
-            "up",
+            Way::Up,
             outcome.as_ref().map(|h| *h).map_err(String::as_str),
         ) {
             tracing::error!(transfer = %id, "cannot record the upload's outcome: {e}");
         }
-        let _ = std::fs::remove_file(store_path(&self.spec.data_dir, &id, "up"));
+        let _ = std::fs::remove_file(store_path(&self.spec.data_dir, &id, Way::Up));
     }
 
     async fn answer(&mut self, device: &str, ack: Ack) {
@@ -263,26 +263,26 @@ impl Service {
             return self.refuse(device, id, e).await;
         }
         // Asked again: say where the transfer is.
-        let known = super::get(&self.db, &id, "down").unwrap_or(None);
+        let known = super::get(&self.db, &id, Way::Down).unwrap_or(None);
         if let Some(row) = known {
             if row.device != device || row.manifest != manifest {
                 return self
                     .refuse(device, id, "another transfer has this id".into())
                     .await;
             }
-            let ack = match row.state.as_str() {
-                "done" => Ack {
+            let ack = match &row.progress {
+                Progress::Done => Ack {
                     id,
                     have: row.manifest.chunks,
                     done: true,
                     error: None,
                 },
-                "failed" => Ack {
+                Progress::Failed(why) => Ack {
                     id,
-                    error: row.error.clone(),
+                    error: Some(why.clone()),
                     ..Ack::default()
                 },
-                _ => match self.resume(row) {
+                Progress::Running => match self.resume(row) {
                     Ok(have) => Ack {
                         id,
                         have,
@@ -311,10 +311,9 @@ impl Service {
             manifest,
             app,
             device: device.to_string(),
-            direction: "down".into(),
+            way: Way::Down,
             have: 0,
-            state: "running".into(),
-            error: None,
+            progress: Progress::Running,
         };
         if let Err(e) = super::insert(&self.db, &row) {
             return self
@@ -344,7 +343,7 @@ impl Service {
         if let Some((_, incoming)) = self.downloads.get(&row.manifest.id) {
             return Ok(incoming.have);
         }
-        let path = store_path(&self.spec.data_dir, &row.manifest.id, "down");
+        let path = store_path(&self.spec.data_dir, &row.manifest.id, Way::Down);
         let incoming = Incoming::open(row.manifest.clone(), &path, row.have)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let have = incoming.have;
@@ -359,8 +358,8 @@ impl Service {
     async fn download_chunk(&mut self, device: &str, id: &str, index: &str, payload: &[u8]) {
         if !self.downloads.contains_key(id) {
             // After a restart the manifest may come later: resume now.
-            match super::get(&self.db, id, "down") {
-                Ok(Some(row)) if row.state == "running" && row.device == device => {
+            match super::get(&self.db, id, Way::Down) {
+                Ok(Some(row)) if row.progress == Progress::Running && row.device == device => {
                     if let Err(e) = self.resume(row) {
                         return self.refuse(device, id.to_string(), e).await;
                     }
@@ -377,7 +376,7 @@ impl Service {
             Err(e) => self.fail_download(device, id, e).await,
             Ok(None) => {}
             Ok(Some(have)) if !incoming.complete() => {
-                if let Err(e) = super::set_have(&self.db, id, "down", have) {
+                if let Err(e) = super::set_have(&self.db, id, Way::Down, have) {
                     tracing::warn!(transfer = %id, "cannot record the download's progress: {e}");
                 }
                 self.answer(
@@ -399,7 +398,7 @@ impl Service {
             let _ = std::fs::remove_file(&incoming.path);
             tracing::warn!(app = %row.app, device, transfer = %id, name = %row.manifest.name, "download failed: {error}");
         }
-        if let Err(e) = super::finish(&self.db, id, "down", Err(&error)) {
+        if let Err(e) = super::finish(&self.db, id, Way::Down, Err(&error)) {
             tracing::error!(transfer = %id, "cannot record the download's outcome: {e}");
         }
         self.answer(
@@ -435,7 +434,7 @@ impl Service {
         }
         tracing::info!(app = %row.app, device, transfer = %id, name = %row.manifest.name, bytes = row.manifest.size, "download done: sha256 checked, in the app's downloads/");
         let chunks = row.manifest.chunks;
-        if let Err(e) = super::finish(&self.db, id, "down", Ok(chunks)) {
+        if let Err(e) = super::finish(&self.db, id, Way::Down, Ok(chunks)) {
             tracing::error!(transfer = %id, "cannot record the download's outcome: {e}");
         }
         self.answer(

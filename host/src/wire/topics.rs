@@ -158,7 +158,10 @@ mod tests {
     fn each_kind_coming_down_names_the_service_that_takes_it() {
         let service = |t: &str| parse(t).and_then(|p| p.kind.service());
         assert_eq!(service("wg/v1/gw/gw/deploy/req"), Some(Service::Deploy));
-        assert_eq!(service("wg/v1/gw/gw/deploy/d/chunk/0"), Some(Service::Deploy));
+        assert_eq!(
+            service("wg/v1/gw/gw/deploy/d/chunk/0"),
+            Some(Service::Deploy)
+        );
         for content in [
             "wg/v1/gw/dev/content/up/u1/ack",
             "wg/v1/gw/dev/content/down/d1/manifest",
