@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The tables the store itself keeps (devices, the twin, the outbox, the
 /// apps' states); the capability units and the deployer own theirs.
@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     name       TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     points     INTEGER NOT NULL,
-    payload    BLOB NOT NULL
+    payload    BLOB NOT NULL,
+    -- 0 while the writer may still add points to this batch (see outbox::ingest).
+    sealed     INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
 CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, seq);
@@ -134,6 +136,10 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         );
     }
     conn.execute_batch(SCHEMA)?;
+    // Version 5 added `outbox.sealed`; every row written before was complete.
+    if conn.prepare("SELECT sealed FROM outbox LIMIT 0").is_err() {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN sealed INTEGER NOT NULL DEFAULT 1")?;
+    }
     for schema in schemas {
         conn.execute_batch(schema)?;
     }

@@ -465,31 +465,14 @@ impl Link {
                 return;
             }
         };
-        let mut streams_done: HashSet<(String, String)> = HashSet::new();
-        for (i, row) in rows.iter().enumerate() {
+        for row in &rows {
             if !self.room() {
                 break;
             }
             let published = match row.kind.as_str() {
                 "twin" => self.publish_twin(&row.device),
                 "alert" => self.publish_alert(row),
-                _ => {
-                    let key = (row.device.clone(), row.name.clone());
-                    if !streams_done.insert(key) {
-                        continue;
-                    }
-                    let same_stream: Vec<&outbox::Row> = rows[i..]
-                        .iter()
-                        .filter(|r| {
-                            r.kind == "telemetry" && r.device == row.device && r.name == row.name
-                        })
-                        .collect();
-                    if let Err(e) = self.publish_stream(&same_stream) {
-                        tracing::debug!("publish queue full: {e}");
-                        return;
-                    }
-                    continue;
-                }
+                _ => self.publish_telemetry(row),
             };
             match published {
                 Ok(Some(sent)) => self.submit(sent),
@@ -516,72 +499,6 @@ impl Link {
             Sent::Message(..) => {}
         }
         self.submitted.push_back(sent);
-    }
-
-    /// Publish the waiting rows of one telemetry stream (in order) as
-    /// batches of up to the series' `batch_max_points` / `batch_max_kib`,
-    /// merging small rows; a last batch that is not full waits while its
-    /// oldest point is younger than `batch_max_delay_ms`.
-    fn publish_stream(&mut self, rows: &[&outbox::Row]) -> Result<(), rumqttc::ClientError> {
-        let Some(first) = rows.first() else {
-            return Ok(());
-        };
-        let batching = self.usage.config().series(&first.name).batching;
-        let stream = Stream::telemetry(&first.device, &first.name);
-        let mut start = 0;
-        while start < rows.len() && self.room() {
-            let (mut points, mut bytes, mut end) = (0u64, 0u64, start);
-            while end < rows.len() {
-                let (p, b) = (u64::from(rows[end].points), rows[end].bytes);
-                if end > start
-                    && (points + p > u64::from(batching.max_points)
-                        || bytes + b > batching.max_bytes)
-                {
-                    break;
-                }
-                points += p;
-                bytes += b;
-                end += 1;
-            }
-            let full = end < rows.len()
-                || points >= u64::from(batching.max_points)
-                || bytes >= batching.max_bytes;
-            let age =
-                Duration::from_nanos(now_ns().saturating_sub(rows[start].created_at.max(0) as u64));
-            if !full && age < batching.max_delay {
-                return Ok(());
-            }
-            let (row, payload) = if end - start == 1 {
-                match outbox::payload(&self.db, rows[start].seq) {
-                    Ok(Some(payload)) => (rows[start].clone(), payload),
-                    // Evicted or expired since it was read.
-                    Ok(None) => return Ok(()),
-                    Err(e) => {
-                        tracing::error!("cannot read the outbox: {e}");
-                        return Ok(());
-                    }
-                }
-            } else {
-                let group: Vec<outbox::Row> =
-                    rows[start..end].iter().map(|r| (*r).clone()).collect();
-                match outbox::merge(&mut self.db, &group) {
-                    Ok((merged, payload)) => {
-                        // Two brackets and a comma fewer per merged row.
-                        self.usage
-                            .removed(&stream, bytes.saturating_sub(merged.bytes), 0);
-                        (merged, payload)
-                    }
-                    Err(e) => {
-                        tracing::error!("cannot merge outbox rows: {e}");
-                        return Ok(());
-                    }
-                }
-            };
-            let sent = self.publish_telemetry(&row, &payload)?;
-            self.submit(sent);
-            start = end;
-        }
-        Ok(())
     }
 
     /// Rows not in flight, alerts first, then by sequence.
@@ -683,11 +600,20 @@ impl Link {
         }))
     }
 
+    /// A sealed telemetry row, as the writer cut it: one message.
     fn publish_telemetry(
         &mut self,
         row: &outbox::Row,
-        points: &[u8],
-    ) -> Result<Sent, rumqttc::ClientError> {
+    ) -> Result<Option<Sent>, rumqttc::ClientError> {
+        let points = match outbox::payload(&self.db, row.seq) {
+            Ok(Some(payload)) => payload,
+            // Evicted or expired since it was read.
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::error!("cannot read the outbox: {e}");
+                return Ok(None);
+            }
+        };
         // The stored batch is already the JSON array of points: wrap it
         // rather than parse and re-encode it.
         let mut payload = Vec::with_capacity(points.len() + 64);
@@ -698,7 +624,7 @@ impl Link {
             )
             .as_bytes(),
         );
-        payload.extend_from_slice(points);
+        payload.extend_from_slice(&points);
         payload.push(b'}');
         let topic = topics::topic(
             &self.spec_gateway,
@@ -706,7 +632,7 @@ impl Link {
             &format!("telemetry/{}", row.name),
         );
         self.publish(&topic, false, payload)?;
-        Ok(Sent::Row {
+        Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
             counted: Some((
@@ -714,7 +640,7 @@ impl Link {
                 row.bytes,
                 u64::from(row.points),
             )),
-        })
+        }))
     }
 
     /// rumqttc sent the next submitted publish with packet id `pkid`.

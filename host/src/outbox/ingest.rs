@@ -4,8 +4,11 @@
 //!
 //! Points arrive already encoded as JSON (the apps encode on their own
 //! threads), so the writer only concatenates bytes and writes rows. A row
-//! holds at most the series' `batch_max_points` points and about
-//! `batch_max_kib` bytes, so the link can publish a row as one message.
+//! is one message on the wire, cut here and nowhere else ([`cut`]): at most
+//! the series' `batch_max_points` points and about `batch_max_kib` bytes.
+//! With `batch_max_delay_ms` the last row of a series stays open for later
+//! commits until it is full or that old; the link sends only sealed rows,
+//! unchanged.
 //!
 //! When a commit fails (disk full, an I/O error), the points stay in memory,
 //! the failure is logged once and shown to guests as `unavailable` on their
@@ -20,8 +23,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+use super::Kind;
 use super::limits::{self, Stream, Usage};
-use super::{Entry, Kind, insert};
 use crate::store::Database;
 
 /// Points of one series of one device, encoded: `json` holds the points'
@@ -128,10 +131,17 @@ struct Writer {
     oldest: Option<Instant>,
     last_maintenance: Instant,
     failing: bool,
+    /// Each stream's open row (see [`OpenRow`]).
+    open: HashMap<StreamKey, OpenRow>,
 }
 
 impl Writer {
     fn new(conn: Connection, usage: Arc<Usage>, committed: Arc<Notify>) -> Writer {
+        // Rows left open by a gateway that stopped are complete now: no
+        // one holds their streams' batches any more.
+        if let Err(e) = conn.execute("UPDATE outbox SET sealed = 1 WHERE sealed = 0", []) {
+            tracing::error!("outbox: cannot seal the rows left open: {e}");
+        }
         Writer {
             conn,
             usage,
@@ -141,6 +151,54 @@ impl Writer {
             oldest: None,
             last_maintenance: Instant::now(),
             failing: false,
+            open: HashMap::new(),
+        }
+    }
+
+    /// When the next open row is due to be sealed.
+    fn next_seal(&self) -> Option<Instant> {
+        let config = self.usage.config();
+        self.open
+            .iter()
+            .map(|((_, series), row)| row.opened + config.series(series).batching.max_delay)
+            .min()
+    }
+
+    /// Seal the open rows whose batch delay is over (all of them with
+    /// `all`), so the link sends them.
+    fn seal_due(&mut self, all: bool) {
+        let now = Instant::now();
+        let config = self.usage.config();
+        let due: Vec<StreamKey> = self
+            .open
+            .iter()
+            .filter(|((_, series), row)| {
+                all || now.duration_since(row.opened) >= config.series(series).batching.max_delay
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let sealed = (|| {
+            let tx = self.conn.transaction()?;
+            for key in &due {
+                tx.execute(
+                    "UPDATE outbox SET sealed = 1 WHERE seq = ?1",
+                    [self.open[key].seq],
+                )?;
+            }
+            tx.commit()
+        })();
+        match sealed {
+            Ok(()) => {
+                for key in &due {
+                    self.open.remove(key);
+                }
+                self.committed.notify_one();
+            }
+            // Tried again on the next wake-up; the rows stay durable.
+            Err(e) => tracing::error!("outbox: cannot seal batches: {e}"),
         }
     }
 
@@ -151,11 +209,16 @@ impl Writer {
                 .oldest
                 .map_or(MAINTENANCE, |t| interval.saturating_sub(t.elapsed()));
             let until_maintenance = MAINTENANCE.saturating_sub(self.last_maintenance.elapsed());
-            let command = match rx.recv_timeout(until_flush.min(until_maintenance)) {
+            let until_seal = self
+                .next_seal()
+                .map_or(MAINTENANCE, |t| t.saturating_duration_since(Instant::now()));
+            let command = match rx.recv_timeout(until_flush.min(until_maintenance).min(until_seal))
+            {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
             };
+            self.seal_due(false);
             let mut reply = None;
             let mut stop = false;
             match command {
@@ -175,6 +238,7 @@ impl Writer {
                 let _ = tx.send(result.map_err(|e| e.to_string()));
             }
             if stop {
+                self.seal_due(true);
                 if self.failing {
                     tracing::error!(
                         points = self.pending_points,
@@ -206,40 +270,67 @@ impl Writer {
 
     /// Commit pending points (and, if due, enforce limits and ages).
     fn commit(&mut self, maintain: bool) -> rusqlite::Result<()> {
-        let rows = rows(&self.pending, self.usage.config());
+        let pieces = cut(
+            &self.pending,
+            &self.open,
+            self.usage.config(),
+            Instant::now(),
+        );
         let result = (|| {
             let tx = self.conn.transaction()?;
-            insert(&tx, &rows)?;
+            let mut written = Vec::with_capacity(pieces.len());
+            for piece in &pieces {
+                written.push(write(&tx, piece)?);
+            }
             if maintain {
                 limits::enforce(&tx, &self.usage)?;
                 limits::expire(&tx, &self.usage)?;
             }
             self.usage.save_counters(&tx)?;
-            tx.commit()
+            tx.commit()?;
+            Ok(written)
         })();
         if maintain {
             self.last_maintenance = Instant::now();
         }
-        match &result {
-            Ok(()) => {
-                for row in &rows {
+        let result = match result {
+            Ok(written) => {
+                let now = Instant::now();
+                for (piece, row) in pieces.iter().zip(written) {
                     self.usage.added(
-                        Stream::telemetry(&row.device, &row.name),
-                        row.payload.len() as u64,
-                        u64::from(row.points),
+                        Stream::telemetry(&piece.device, &piece.series),
+                        row.added_bytes,
+                        u64::from(piece.points),
                     );
+                    let key = (piece.device.clone(), piece.series.clone());
+                    if piece.sealed {
+                        self.open.remove(&key);
+                    } else {
+                        let (points, bytes) = row.size;
+                        let opened = piece.onto.filter(|_| row.kept).map_or(now, |o| o.opened);
+                        self.open.insert(
+                            key,
+                            OpenRow {
+                                seq: row.seq,
+                                points,
+                                bytes,
+                                opened,
+                            },
+                        );
+                    }
                 }
                 if self.failing {
                     tracing::info!("outbox: the database takes writes again");
                     self.failing = false;
                     self.usage.set_write_error(None);
                 }
-                if !rows.is_empty() {
+                if !pieces.is_empty() {
                     self.committed.notify_one();
                 }
                 self.pending.clear();
                 self.pending_points = 0;
                 self.oldest = None;
+                Ok(())
             }
             Err(e) => {
                 if !self.failing {
@@ -253,10 +344,11 @@ impl Writer {
                 if self.oldest.is_some() {
                     self.oldest = Some(Instant::now());
                 }
+                Err(e)
             }
-        }
+        };
         // Limits are enforced after the new rows are counted.
-        if result.is_ok() && !rows.is_empty() && self.over_limits() {
+        if result.is_ok() && !pieces.is_empty() && self.over_limits() {
             let tx = self.conn.transaction()?;
             limits::enforce(&tx, &self.usage)?;
             self.usage.save_counters(&tx)?;
@@ -278,9 +370,62 @@ impl Writer {
     }
 }
 
-/// Pending batches as rows: per stream, in order, cut at the series'
-/// batch limits.
-fn rows(pending: &[Batch], config: &crate::config::OutboxConfig) -> Vec<Entry> {
+/// A stream: (device, series).
+type StreamKey = (String, String);
+
+/// The last row of a stream, committed but not sealed: later commits add
+/// their points to it until it is full or `batch_max_delay_ms` old. The
+/// link sends only sealed rows, so nothing is added to a row in flight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OpenRow {
+    seq: i64,
+    points: u32,
+    /// Length of its payload (a JSON array).
+    bytes: u64,
+    opened: Instant,
+}
+
+/// A piece of one commit: points of one stream, added to its open row or
+/// written as a new row.
+#[derive(Debug, Clone, PartialEq)]
+struct Piece {
+    device: String,
+    series: String,
+    /// Add to this open row (`payload` then starts with a comma and ends
+    /// with the closing bracket that replaces the row's own); otherwise a
+    /// new row (`payload` is a whole JSON array).
+    onto: Option<OpenRow>,
+    payload: Vec<u8>,
+    points: u32,
+    /// Whether the row is complete after this piece: full, or the series
+    /// holds no batch open (`batch_max_delay_ms` 0), or it is old enough.
+    sealed: bool,
+}
+
+impl Piece {
+    /// Points and payload bytes of the row once this piece is in it.
+    fn row_size(&self) -> (u32, u64) {
+        match self.onto {
+            Some(open) => (
+                open.points + self.points,
+                open.bytes - 1 + self.payload.len() as u64,
+            ),
+            None => (self.points, self.payload.len() as u64),
+        }
+    }
+}
+
+/// Cut the pending batches into the pieces one commit writes: per stream,
+/// in order, first onto the stream's open row while it has room, then into
+/// new rows of at most the series' `batch_max_points` points and about
+/// `batch_max_kib` bytes. This is the one place a wire batch is cut: the
+/// link sends each sealed row as it is.
+fn cut(
+    pending: &[Batch],
+    open: &HashMap<StreamKey, OpenRow>,
+    config: &crate::config::OutboxConfig,
+    now: Instant,
+) -> Vec<Piece> {
     let mut order: Vec<(&str, &str)> = Vec::new();
     let mut by_stream: HashMap<(&str, &str), Vec<&Batch>> = HashMap::new();
     for batch in pending {
@@ -293,45 +438,151 @@ fn rows(pending: &[Batch], config: &crate::config::OutboxConfig) -> Vec<Entry> {
             })
             .push(batch);
     }
-    let mut entries = Vec::new();
+    let mut pieces = Vec::new();
     for key in order {
         let batching = config.series(key.1).batching;
-        let mut payload = vec![b'['];
-        let mut points = 0u32;
-        let mut flush = |payload: &mut Vec<u8>, points: &mut u32| {
-            if *points > 0 {
-                payload.push(b']');
-                entries.push(Entry {
-                    kind: Kind::Telemetry,
-                    device: key.0.to_string(),
-                    name: key.1.to_string(),
-                    points: *points,
-                    payload: std::mem::replace(payload, vec![b'[']),
-                });
-                *points = 0;
+        let open_row = open.get(&(key.0.to_string(), key.1.to_string())).copied();
+        let young = |row: &OpenRow| now.duration_since(row.opened) < batching.max_delay;
+        let full = |piece: &Piece| {
+            let (points, bytes) = piece.row_size();
+            points >= batching.max_points || bytes >= batching.max_bytes
+        };
+        let new_piece = |onto: Option<OpenRow>| Piece {
+            device: key.0.to_string(),
+            series: key.1.to_string(),
+            onto,
+            payload: if onto.is_some() {
+                Vec::new()
+            } else {
+                vec![b'[']
+            },
+            points: 0,
+            sealed: false,
+        };
+        // An open row only needs sealing: nothing of this commit goes in.
+        let seal_only = |open: OpenRow| Piece {
+            payload: vec![b']'],
+            sealed: true,
+            ..new_piece(Some(open))
+        };
+        let mut piece = match open_row {
+            Some(row) if young(&row) => new_piece(Some(row)),
+            // Past its delay, and its timer has not come yet.
+            Some(row) => {
+                pieces.push(seal_only(row));
+                new_piece(None)
             }
+            None => new_piece(None),
         };
         for batch in &by_stream[&key] {
             let mut start = 0usize;
             for &end in &batch.ends {
                 let point = &batch.json[start..end as usize];
                 start = end as usize;
+                let (points, bytes) = piece.row_size();
                 if points > 0
                     && (points >= batching.max_points
-                        || (payload.len() + point.len()) as u64 > batching.max_bytes)
+                        || bytes + 1 + point.len() as u64 > batching.max_bytes)
                 {
-                    flush(&mut payload, &mut points);
+                    match piece.onto {
+                        Some(open) if piece.points == 0 => pieces.push(seal_only(open)),
+                        _ => {
+                            piece.payload.push(b']');
+                            piece.sealed = true;
+                            pieces.push(piece);
+                        }
+                    }
+                    piece = new_piece(None);
                 }
-                if points > 0 {
-                    payload.push(b',');
+                if piece.onto.is_some() || piece.points > 0 {
+                    piece.payload.push(b',');
                 }
-                payload.extend_from_slice(point);
-                points += 1;
+                piece.payload.extend_from_slice(point);
+                piece.points += 1;
             }
         }
-        flush(&mut payload, &mut points);
+        if piece.points > 0 {
+            piece.payload.push(b']');
+            piece.sealed = batching.max_delay.is_zero() || full(&piece);
+            pieces.push(piece);
+        }
     }
-    entries
+    pieces
+}
+
+/// What writing a piece did: the row it is in, that row's size after it,
+/// and how many bytes the outbox grew by.
+struct Written {
+    seq: i64,
+    size: (u32, u64),
+    added_bytes: u64,
+    /// The piece went onto its open row (not into a new one because the
+    /// limits had removed the open row meanwhile).
+    kept: bool,
+}
+
+/// Write one piece in the commit's transaction.
+fn write(tx: &Connection, piece: &Piece) -> rusqlite::Result<Written> {
+    use rusqlite::{OptionalExtension as _, params};
+    if let Some(open) = piece.onto {
+        let current: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT payload FROM outbox WHERE seq = ?1 AND sealed = 0")?
+            .query_row([open.seq], |r| r.get(0))
+            .optional()?;
+        if let Some(mut payload) = current {
+            let before = payload.len() as u64;
+            // `[...]` + `,a,b]`: the piece's closing bracket replaces the row's.
+            payload.pop();
+            payload.extend_from_slice(&piece.payload);
+            let points = open.points + piece.points;
+            tx.prepare_cached(
+                "UPDATE outbox SET payload = ?2, points = ?3, sealed = ?4 WHERE seq = ?1",
+            )?
+            .execute(params![open.seq, payload, points, piece.sealed])?;
+            return Ok(Written {
+                seq: open.seq,
+                size: (points, payload.len() as u64),
+                added_bytes: (payload.len() as u64).saturating_sub(before),
+                kept: true,
+            });
+        }
+        // The limits evicted or expired the open row since: what this
+        // piece adds becomes a row of its own.
+        if piece.points == 0 {
+            return Ok(Written {
+                seq: open.seq,
+                size: (0, 0),
+                added_bytes: 0,
+                kept: false,
+            });
+        }
+        let mut payload = piece.payload.clone();
+        payload[0] = b'[';
+        return insert_row(tx, piece, &payload);
+    }
+    insert_row(tx, piece, &piece.payload)
+}
+
+fn insert_row(tx: &Connection, piece: &Piece, payload: &[u8]) -> rusqlite::Result<Written> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (kind, device, name, created_at, points, payload, sealed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(rusqlite::params![
+        Kind::Telemetry.as_str(),
+        piece.device,
+        piece.series,
+        crate::value::now_ns() as i64,
+        piece.points,
+        payload,
+        piece.sealed
+    ])?;
+    Ok(Written {
+        seq: tx.last_insert_rowid(),
+        size: (piece.points, payload.len() as u64),
+        added_bytes: payload.len() as u64,
+        kept: false,
+    })
 }
 
 #[cfg(test)]
@@ -353,9 +604,9 @@ mod tests {
         b
     }
 
-    fn ns(entry: &Entry) -> Vec<i64> {
+    fn ns(payload: &[u8]) -> Vec<i64> {
         let points: serde_json::Value =
-            serde_json::from_slice(&entry.payload).expect("a row is a JSON array");
+            serde_json::from_slice(payload).expect("a row is a JSON array");
         points
             .as_array()
             .expect("array")
@@ -364,26 +615,128 @@ mod tests {
             .collect()
     }
 
+    /// What the pieces say: series, the points a new row holds (or, onto
+    /// an open row, what it adds), and whether the row is sealed.
+    fn summary(pieces: &[Piece]) -> Vec<(String, Option<i64>, Vec<i64>, bool)> {
+        pieces
+            .iter()
+            .map(|p| {
+                let mut payload = p.payload.clone();
+                if p.onto.is_some() {
+                    // `,a,b]` as a whole array.
+                    payload.insert(0, b'[');
+                    payload.remove(1);
+                }
+                let points = if p.points == 0 {
+                    Vec::new()
+                } else {
+                    ns(&payload)
+                };
+                (p.series.clone(), p.onto.map(|o| o.seq), points, p.sealed)
+            })
+            .collect()
+    }
+
+    fn config(max_points: u32, max_delay_ms: u64) -> OutboxConfig {
+        let mut config = OutboxConfig::default();
+        config.defaults.batching.max_points = max_points;
+        config.defaults.batching.max_delay = Duration::from_millis(max_delay_ms);
+        config
+    }
+
     #[test]
     fn pending_batches_become_rows_per_stream_in_order_cut_at_the_batch_limit() {
-        let mut config = OutboxConfig::default();
-        config.defaults.batching.max_points = 3;
         let pending = [
             batch("s", &[1, 2]),
             batch("t", &[9]),
             batch("s", &[3, 4, 5, 6, 7]),
         ];
-        let rows = rows(&pending, &config);
-        let got: Vec<(String, Vec<i64>)> = rows.iter().map(|r| (r.name.clone(), ns(r))).collect();
+        let pieces = cut(&pending, &HashMap::new(), &config(3, 0), Instant::now());
+        let s = |n: &[i64]| ("s".to_string(), None, n.to_vec(), true);
         assert_eq!(
-            got,
+            summary(&pieces),
             vec![
-                ("s".to_string(), vec![1, 2, 3]),
-                ("s".to_string(), vec![4, 5, 6]),
-                ("s".to_string(), vec![7]),
-                ("t".to_string(), vec![9]),
+                s(&[1, 2, 3]),
+                s(&[4, 5, 6]),
+                s(&[7]),
+                ("t".to_string(), None, vec![9], true)
             ]
         );
-        assert_eq!(rows[0].points, 3);
+        assert_eq!(pieces[0].row_size().0, 3);
+    }
+
+    #[test]
+    fn with_a_batch_delay_points_fill_the_open_row_and_the_last_row_stays_open() {
+        let now = Instant::now();
+        let open = OpenRow {
+            seq: 7,
+            points: 2,
+            bytes: ns_row(&[1, 2]).len() as u64,
+            opened: now,
+        };
+        let streams = HashMap::from([(("d".to_string(), "s".to_string()), open)]);
+        let pieces = cut(
+            &[batch("s", &[3, 4, 5, 6])],
+            &streams,
+            &config(3, 1000),
+            now,
+        );
+        assert_eq!(
+            summary(&pieces),
+            vec![
+                // The open row takes one point and is full.
+                ("s".to_string(), Some(7), vec![3], true),
+                ("s".to_string(), None, vec![4, 5, 6], true),
+            ]
+        );
+        let pieces = cut(&[batch("s", &[3])], &streams, &config(4, 1000), now);
+        assert_eq!(
+            summary(&pieces),
+            vec![("s".to_string(), Some(7), vec![3], false)],
+            "not full and young: it stays open"
+        );
+        assert_eq!(pieces[0].row_size(), (3, ns_row(&[1, 2, 3]).len() as u64));
+        let pieces = cut(&[batch("s", &[8])], &HashMap::new(), &config(3, 1000), now);
+        assert_eq!(
+            summary(&pieces),
+            vec![("s".to_string(), None, vec![8], false)]
+        );
+    }
+
+    #[test]
+    fn an_open_row_past_its_delay_is_sealed_and_not_added_to() {
+        let opened = Instant::now();
+        let open = OpenRow {
+            seq: 7,
+            points: 1,
+            bytes: ns_row(&[1]).len() as u64,
+            opened,
+        };
+        let streams = HashMap::from([(("d".to_string(), "s".to_string()), open)]);
+        let later = opened + Duration::from_millis(1000);
+        let pieces = cut(&[batch("s", &[2])], &streams, &config(3, 1000), later);
+        assert_eq!(
+            summary(&pieces),
+            vec![
+                ("s".to_string(), Some(7), vec![], true),
+                ("s".to_string(), None, vec![2], false),
+            ]
+        );
+    }
+
+    /// A whole row's payload, as the writer stores it.
+    fn ns_row(n: &[i64]) -> Vec<u8> {
+        let b = batch("s", n);
+        let mut out = vec![b'['];
+        let mut start = 0;
+        for (i, &end) in b.ends.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&b.json[start..end as usize]);
+            start = end as usize;
+        }
+        out.push(b']');
+        out
     }
 }

@@ -235,7 +235,7 @@ impl Usage {
         stats.settle(points);
     }
 
-    /// Rows were delivered (or merged smaller).
+    /// Rows were delivered.
     pub fn removed(&self, stream: &Stream, bytes: u64, points: u64) {
         let mut inner = self.lock();
         inner.total_bytes = inner.total_bytes.saturating_sub(bytes);

@@ -84,7 +84,8 @@ pub struct Row {
 }
 
 /// The next rows to send: up to `limit` alerts first, then up to `limit`
-/// other rows in order. Payloads are not read: a backlog of large batches
+/// other sealed rows in order (a telemetry row the writer may still add
+/// to waits). Payloads are not read: a backlog of large batches
 /// would otherwise be read again on every acknowledgement.
 pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
     let map = |r: &rusqlite::Row<'_>| {
@@ -108,7 +109,7 @@ pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> 
     rows.extend(
         conn.prepare_cached(
             "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
-             WHERE kind != 'alert' ORDER BY seq LIMIT ?1",
+             WHERE kind != 'alert' AND sealed = 1 ORDER BY seq LIMIT ?1",
         )?
         .query_map([limit as i64], map)?
         .collect::<rusqlite::Result<Vec<Row>>>()?,
@@ -128,40 +129,6 @@ pub fn payload(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Vec<u8>>>
 /// or expired while it is in flight).
 pub fn delete(conn: &Connection, seq: i64) -> rusqlite::Result<bool> {
     Ok(conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])? > 0)
-}
-
-/// Merge telemetry rows of one stream (in order) into the first of them:
-/// one message for the cloud, and still the first row's place in the order.
-/// Returns the merged row and its payload.
-pub fn merge(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<(Row, Vec<u8>)> {
-    let tx = conn.transaction()?;
-    let mut merged = rows[0].clone();
-    let mut payload = Vec::with_capacity(rows.iter().map(|r| r.bytes as usize).sum());
-    payload.push(b'[');
-    for (i, row) in rows.iter().enumerate() {
-        let part: Vec<u8> = tx.query_row(
-            "SELECT payload FROM outbox WHERE seq = ?1",
-            [row.seq],
-            |r| r.get(0),
-        )?;
-        if i > 0 {
-            payload.push(b',');
-        }
-        // Each payload is `[...]`: keep what is inside the brackets.
-        payload.extend_from_slice(&part[1..part.len().saturating_sub(1).max(1)]);
-    }
-    payload.push(b']');
-    merged.points = rows.iter().map(|r| r.points).sum();
-    merged.bytes = payload.len() as u64;
-    tx.execute(
-        "UPDATE outbox SET payload = ?2, points = ?3 WHERE seq = ?1",
-        params![merged.seq, payload, merged.points],
-    )?;
-    for row in &rows[1..] {
-        tx.execute("DELETE FROM outbox WHERE seq = ?1", [row.seq])?;
-    }
-    tx.commit()?;
-    Ok((merged, payload))
 }
 
 /// The newest twin row of a device (0 if none).
@@ -272,10 +239,12 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_committed_in_order_and_merge_keeps_the_first_place() {
+    fn the_writer_adds_to_an_open_batch_and_the_link_sees_it_only_once_sealed() {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
-        let usage = Arc::new(Usage::load(&conn, OutboxConfig::default()).expect("usage"));
+        let mut config = OutboxConfig::default();
+        config.defaults.batching.max_delay = std::time::Duration::from_secs(600);
+        let usage = Arc::new(Usage::load(&conn, config).expect("usage"));
         let ingest = Ingest::start(&db, usage.clone(), Arc::default()).expect("start");
         let sender = ingest.sender();
         sender.append(point_batch("s", 0..2)).expect("append");
@@ -283,21 +252,19 @@ mod tests {
         sender.flush().expect("flush");
         sender.append(point_batch("s", 2..3)).expect("append");
         sender.flush().expect("flush");
+        // Committed (durable) but open: nothing for the link yet.
+        assert!(next_rows(&conn, 10).expect("rows").is_empty());
+        let (rows, points) = totals(&conn).expect("totals");
+        assert_eq!((rows, points), (2, 4), "one row per stream");
+        // Stopping seals what is open.
         ingest.shutdown();
 
-        let mut conn = db.open().expect("open");
-        let rows: Vec<Row> = next_rows(&conn, 10)
-            .expect("rows")
-            .into_iter()
-            .filter(|r| r.name == "s")
-            .collect();
-        assert_eq!(rows.len(), 2);
-        let (merged, bytes) = merge(&mut conn, &rows).expect("merge");
-        assert_eq!((merged.seq, merged.points), (rows[0].seq, 3));
-        assert_eq!(
-            payload(&conn, merged.seq).expect("read"),
-            Some(bytes.clone())
-        );
+        let rows: Vec<Row> = next_rows(&conn, 10).expect("rows");
+        let s: Vec<&Row> = rows.iter().filter(|r| r.name == "s").collect();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].points, 3);
+        let bytes = payload(&conn, s[0].seq).expect("read").expect("row");
+        assert_eq!(bytes.len() as u64, s[0].bytes);
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         let ns: Vec<i64> = json
             .as_array()
@@ -306,9 +273,9 @@ mod tests {
             .map(|p| p["values"]["n"].as_i64().expect("n"))
             .collect();
         assert_eq!(ns, vec![0, 1, 2]);
-        let depth = depth(&conn).expect("depth");
-        let s = depth.iter().find(|d| d.name == "s").expect("s");
-        assert_eq!((s.entries, s.points), (1, 3));
+        // The totals count what is stored, byte for byte.
+        let stored: u64 = rows.iter().map(|r| r.bytes).sum();
+        assert_eq!(usage.total_bytes(), stored);
         assert_eq!(
             usage
                 .snapshot()
@@ -317,5 +284,43 @@ mod tests {
                 .sum::<u64>(),
             4
         );
+    }
+
+    #[test]
+    fn without_a_batch_delay_each_commit_is_sealed_at_once() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        let usage = Arc::new(Usage::load(&conn, OutboxConfig::default()).expect("usage"));
+        let ingest = Ingest::start(&db, usage, Arc::default()).expect("start");
+        let sender = ingest.sender();
+        sender.append(point_batch("s", 0..2)).expect("append");
+        sender.flush().expect("flush");
+        sender.append(point_batch("s", 2..3)).expect("append");
+        sender.flush().expect("flush");
+        let rows = next_rows(&conn, 10).expect("rows");
+        assert_eq!(
+            rows.iter().map(|r| r.points).collect::<Vec<_>>(),
+            vec![2, 1],
+            "sent as committed, in order"
+        );
+        ingest.shutdown();
+    }
+
+    #[test]
+    fn a_database_of_schema_4_gets_the_sealed_column_and_its_rows_go() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        conn.execute_batch(
+            "DROP TABLE outbox;
+             CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+                 device TEXT NOT NULL, name TEXT NOT NULL, created_at INTEGER NOT NULL,
+                 points INTEGER NOT NULL, payload BLOB NOT NULL);
+             INSERT INTO outbox (kind, device, name, created_at, points, payload)
+                 VALUES ('telemetry', 'd', 's', 1, 1, X'5B5D');
+             PRAGMA user_version = 4;",
+        )
+        .expect("an old outbox");
+        crate::store::migrate(&conn, &[]).expect("migrate");
+        assert_eq!(next_rows(&conn, 10).expect("rows").len(), 1);
     }
 }
