@@ -192,6 +192,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 directory.clone(),
                 replies_tx,
                 database.clone(),
+                outbox_signal.clone(),
                 stop_link.child_token(),
             )
             .with_handler(Service::Deploy, deployments)

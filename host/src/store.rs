@@ -36,20 +36,6 @@ CREATE TABLE IF NOT EXISTS twin (
     PRIMARY KEY (device, name)
 ) WITHOUT ROWID;
 
-CREATE TABLE IF NOT EXISTS outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin')),
-    device     TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    points     INTEGER NOT NULL,
-    payload    BLOB NOT NULL,
-    -- 0 while the writer may still add points to this batch (see outbox::ingest).
-    sealed     INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
-CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, seq);
-
 CREATE TABLE IF NOT EXISTS outbox_counters (
     kind     TEXT NOT NULL,
     device   TEXT NOT NULL,
@@ -75,6 +61,30 @@ CREATE TABLE IF NOT EXISTS saved_state (
     saved_at INTEGER NOT NULL
 );
 "#;
+
+/// The outbox table and its indexes (see `outbox`), apart so that a
+/// migration can create it anew.
+const OUTBOX: &str = r#"
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack')),
+    device     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    points     INTEGER NOT NULL,
+    payload    BLOB NOT NULL,
+    -- 0 while the writer may still add points to this batch (see outbox::ingest).
+    sealed     INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
+CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, seq);
+"#;
+
+/// [`OUTBOX`]: the table, then its indexes.
+fn outbox_schema() -> (&'static str, &'static str) {
+    let at = OUTBOX.find("CREATE INDEX").unwrap_or(OUTBOX.len());
+    OUTBOX.split_at(at)
+}
 
 /// The gateway's database: where it is and how large it may grow. Every
 /// connection is opened through this, so the size cap holds on all of them.
@@ -136,9 +146,29 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         );
     }
     conn.execute_batch(SCHEMA)?;
-    // Version 5 added `outbox.sealed`; every row written before was complete.
-    if conn.prepare("SELECT sealed FROM outbox LIMIT 0").is_err() {
-        conn.execute_batch("ALTER TABLE outbox ADD COLUMN sealed INTEGER NOT NULL DEFAULT 1")?;
+    conn.execute_batch(OUTBOX)?;
+    // Version 5 added `outbox.sealed` (every row written before was
+    // complete) and the `ack` kind. SQLite cannot change a CHECK, so an older
+    // outbox is copied into the new shape.
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !sql.contains("'ack'") {
+        let (create, indexes) = outbox_schema();
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(&format!(
+            "ALTER TABLE outbox RENAME TO outbox_v4;
+             DROP INDEX IF EXISTS outbox_by_stream;
+             DROP INDEX IF EXISTS outbox_by_kind;
+             {create}
+             INSERT INTO outbox (seq, kind, device, name, created_at, points, payload, sealed)
+                 SELECT seq, kind, device, name, created_at, points, payload, 1 FROM outbox_v4;
+             DROP TABLE outbox_v4;
+             {indexes}"
+        ))?;
+        tx.commit()?;
     }
     for schema in schemas {
         conn.execute_batch(schema)?;

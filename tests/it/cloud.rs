@@ -233,6 +233,57 @@ fn desired_changes_are_validated_applied_and_acknowledged() {
     assert!(run.stop().success());
 }
 
+/// The ack of a desired change goes through the outbox, after the reports
+/// the app made while applying it: an ack made while the broker is away
+/// survives a kill -9 of the gateway, and the cloud sees the new reported
+/// state before it.
+#[test]
+fn a_twin_ack_is_durable_and_leaves_after_the_reports_it_answers() {
+    let mut broker = Mosquitto::start("");
+    let consumer = Consumer::connect(
+        &broker.settings("consumer"),
+        &["wg/v1/test-gw/actions/twin/#"],
+    );
+    let gw = Gateway::new().section(&cloud(&broker)).app(
+        "actions",
+        &guest("action-behaviours"),
+        &model("actions"),
+        "call_timeout_ms = 5000",
+    );
+    let mut run = gw.start();
+    run.wait_for("connected to the broker", T);
+    consumer.publish(
+        &topic("actions", "twin/desired"),
+        json!({"version": 9, "attributes": {"mode": "slow"}}).to_string(),
+        false,
+    );
+    // The app takes a second to apply it; the broker goes away meanwhile.
+    run.wait_for("applying slow", T);
+    broker.stop();
+    run.wait_until(T, "the ack in the outbox", |_| {
+        (gw.count("SELECT COUNT(*) FROM outbox WHERE kind = 'ack'") == 1).then_some(())
+    });
+    run.kill9();
+
+    broker.restart();
+    let mut run = gw.start();
+    let ack = consumer.wait_json(&topic("actions", "twin/ack"), T, |j| j["version"] == 9);
+    assert_eq!(ack["accepted"], json!(["mode"]), "{ack}");
+    let messages = consumer.messages();
+    let ack_at = messages.iter().position(|m| m.topic.ends_with("/twin/ack"));
+    let reported_at = messages.iter().position(|m| {
+        m.topic.ends_with("/twin/reported") && m.json()["attributes"]["mode"] == "slow"
+    });
+    assert!(
+        reported_at.is_some() && reported_at < ack_at,
+        "reported at {reported_at:?}, ack at {ack_at:?}"
+    );
+    run.wait_until(T, "the ack left the outbox", |_| {
+        (gw.count("SELECT COUNT(*) FROM outbox WHERE kind = 'ack'") == 0).then_some(())
+    });
+    assert!(run.stop().success());
+}
+
 #[test]
 fn desired_state_sent_while_the_gateway_was_down_is_applied_when_it_returns() {
     let broker = Mosquitto::start("");

@@ -9,8 +9,9 @@
 //! values are refused in the answer and logged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::wire::Inbound;
@@ -45,6 +46,8 @@ pub struct Downlink {
     workers: HashMap<String, mpsc::Sender<Request>>,
     replies: mpsc::Sender<Reply>,
     db: Database,
+    /// Wakes the link when an ack is in the outbox.
+    outbox_signal: Arc<Notify>,
     cancel: CancellationToken,
     /// The services that take other kinds of messages.
     handlers: HashMap<Service, mpsc::Sender<Inbound>>,
@@ -56,6 +59,7 @@ impl Downlink {
         directory: Directory,
         replies: mpsc::Sender<Reply>,
         db: Database,
+        outbox_signal: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Self {
         Downlink {
@@ -64,6 +68,7 @@ impl Downlink {
             workers: HashMap::new(),
             replies,
             db,
+            outbox_signal,
             cancel,
             handlers: HashMap::new(),
         }
@@ -159,6 +164,7 @@ impl Downlink {
                 directory: self.directory.clone(),
                 replies: self.replies.clone(),
                 db: self.db.clone(),
+                outbox_signal: self.outbox_signal.clone(),
             };
             tokio::spawn(worker.run(rx, self.cancel.clone()));
             tx
@@ -290,6 +296,7 @@ struct Worker {
     directory: Directory,
     replies: mpsc::Sender<Reply>,
     db: Database,
+    outbox_signal: Arc<Notify>,
 }
 
 impl Worker {
@@ -310,11 +317,33 @@ impl Worker {
                 },
             };
             let reply = match request {
-                Request::Desired(payload) => Reply {
-                    topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
-                    payload: serde_json::to_vec(&self.desired(&mut db, &payload).await)
-                        .unwrap_or_default(),
-                },
+                Request::Desired(payload) => {
+                    let ack = serde_json::to_vec(&self.desired(&mut db, &payload).await)
+                        .unwrap_or_default();
+                    // Into the outbox, after the reports the app made while
+                    // it applied the change, so the cloud sees them first and
+                    // a lost connection loses no answer.
+                    let entry = crate::outbox::Entry {
+                        kind: crate::outbox::Kind::Ack,
+                        device: self.device.clone(),
+                        name: String::new(),
+                        points: 0,
+                        payload: ack,
+                    };
+                    match crate::outbox::insert(&db, std::slice::from_ref(&entry)) {
+                        Ok(()) => {
+                            self.outbox_signal.notify_one();
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(device = %self.device, "cannot keep a twin ack in the outbox, sending it at once: {e}");
+                            Reply {
+                                topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
+                                payload: entry.payload,
+                            }
+                        }
+                    }
+                }
                 Request::Action { name, payload } => Reply {
                     topic: topics::topic(
                         &self.gateway,

@@ -472,6 +472,7 @@ impl Link {
             let published = match row.kind.as_str() {
                 "twin" => self.publish_twin(&row.device),
                 "alert" => self.publish_alert(row),
+                "ack" => self.publish_ack(row),
                 _ => self.publish_telemetry(row),
             };
             match published {
@@ -597,6 +598,25 @@ impl Link {
                 row.bytes,
                 u64::from(row.points),
             )),
+        }))
+    }
+
+    /// A twin ack, as the downlink worker wrote it.
+    fn publish_ack(&mut self, row: &outbox::Row) -> Result<Option<Sent>, rumqttc::ClientError> {
+        let payload = match outbox::payload(&self.db, row.seq) {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::error!("cannot read the outbox: {e}");
+                return Ok(None);
+            }
+        };
+        let topic = topics::topic(&self.spec_gateway, &row.device, "twin/ack");
+        self.publish(&topic, false, payload)?;
+        Ok(Some(Sent::Row {
+            seq: row.seq,
+            twin_device: None,
+            counted: None,
         }))
     }
 

@@ -2,8 +2,9 @@
 //! cloud link has it acknowledged. `docs/buffering.md` is the promise this
 //! module keeps.
 //!
-//! Three kinds of rows: `telemetry` (a batch of points of one series),
-//! `alert` and `twin` (a report of attributes). Twin reports and alerts are
+//! Four kinds of rows: `telemetry` (a batch of points of one series),
+//! `alert`, `twin` (a report of attributes) and `ack` (the answer to a
+//! desired change, durable and in order after the reports it answers). Twin reports and alerts are
 //! written by the reporting call itself, in its own transaction, so they are
 //! durable when the guest's call returns. Telemetry goes through [`ingest`]:
 //! a writer thread that group-commits points. [`limits`] keeps the outbox
@@ -25,6 +26,9 @@ pub enum Kind {
     Telemetry,
     Alert,
     Twin,
+    /// The answer to a desired change, after the reports the app made while
+    /// it applied it (`twin/ack`).
+    Ack,
 }
 
 impl Kind {
@@ -33,6 +37,7 @@ impl Kind {
             Kind::Telemetry => "telemetry",
             Kind::Alert => "alert",
             Kind::Twin => "twin",
+            Kind::Ack => "ack",
         }
     }
 }

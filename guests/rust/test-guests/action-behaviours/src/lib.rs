@@ -2,7 +2,9 @@
 //!
 //! - `echo(text)` returns its argument; `double(number)` returns twice it;
 //! - `fail` returns an error; `trap` panics; `hang` never returns;
-//! - desired `mode` is accepted unless it is "refuse".
+//! - desired `mode` is accepted unless it is "refuse", and reported back
+//!   as it is applied; "slow" takes a second to apply (logged as
+//!   `applying slow` when it starts).
 
 use wasmgate_guest::{App, Config, Fields, Value, info};
 
@@ -19,12 +21,21 @@ impl App for ActionBehaviours {
             if matches!(value, Value::Text(t) if t == "refuse") {
                 return Err(format!("{name} = refuse is not allowed"));
             }
+            if matches!(value, Value::Text(t) if t == "slow") {
+                info!("applying slow");
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_secs(1) {
+                    std::hint::spin_loop();
+                }
+            }
         }
         info!(
             "desired on {device}: {} change(s) applied: {changes:?}",
             changes.len()
         );
-        Ok(())
+        wasmgate_guest::this_device()
+            .report(&changes)
+            .map_err(|e| format!("report: {}", e.message()))
     }
 
     fn on_action(
