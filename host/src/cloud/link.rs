@@ -156,20 +156,9 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     let mut connects = 0u64;
     let mut status_timer = tokio::time::interval(config.status_interval);
     status_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    // A slow poll of the outbox in case a signal was missed.
-    // Faster when some series holds batches back for more points.
-    let holds_batches = link.usage.config().defaults.batching.max_delay > Duration::ZERO
-        || link
-            .usage
-            .config()
-            .series
-            .values()
-            .any(|s| s.batching.max_delay > Duration::ZERO);
-    let mut outbox_timer = tokio::time::interval(if holds_batches {
-        Duration::from_millis(50)
-    } else {
-        Duration::from_secs(1)
-    });
+    // A slow poll of the outbox in case a signal was missed: the writer
+    // signals every commit and every batch it seals.
+    let mut outbox_timer = tokio::time::interval(Duration::from_secs(1));
     outbox_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     tracing::info!(broker = %url, client_id = %config.broker.client_id, "connecting to the broker");
