@@ -13,89 +13,63 @@
 //! `record` is not limited here: it costs microseconds and the outbox's
 //! byte limits bound it. CPU time is bounded by the call deadline.
 
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A token bucket.
-#[derive(Debug, Clone)]
-pub struct RateLimit {
-    per_second: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A token bucket (governor's GCRA): `per_second` on average, bursts of up
+/// to `burst`. Clones share the bucket, so every instance of one app draws
+/// from the same one. The clock is governor's, or a fake one in tests.
+#[derive(Clone)]
+pub struct SharedLimit<C: Clock = DefaultClock> {
+    limiter: Arc<Limiter<C>>,
+    per_second: u32,
 }
 
-impl RateLimit {
-    pub fn new(per_second: f64, burst: f64) -> RateLimit {
-        RateLimit {
-            per_second,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second)
-            .min(self.burst);
-        self.last = now;
-    }
-
-    /// Take one token if there is one.
-    pub fn allow(&mut self) -> bool {
-        self.refill();
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Whether any tokens are left, for spending amounts (bytes) whose size
-    /// is known only once they are made: see `spend`.
-    pub fn available(&mut self) -> bool {
-        self.refill();
-        self.tokens > 0.0
-    }
-
-    /// Take `amount` tokens, going into debt if need be; `available` says
-    /// no until the debt is paid off.
-    pub fn spend(&mut self, amount: f64) {
-        self.tokens -= amount;
-    }
-
-    pub fn per_second(&self) -> f64 {
-        self.per_second
+impl std::fmt::Debug for SharedLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedLimit({}/s)", self.per_second)
     }
 }
-
-/// A bucket shared by every instance of one app, so that a restart or a
-/// hot swap does not hand a flooding app a fresh burst.
-#[derive(Debug, Clone)]
-pub struct SharedLimit(Arc<Mutex<RateLimit>>);
 
 impl SharedLimit {
-    pub fn new(limit: RateLimit) -> SharedLimit {
-        SharedLimit(Arc::new(Mutex::new(limit)))
+    pub fn new(per_second: u32, burst: u32) -> SharedLimit {
+        SharedLimit::with_clock(per_second, burst, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> SharedLimit<C> {
+    pub fn with_clock(per_second: u32, burst: u32, clock: C) -> SharedLimit<C> {
+        let positive = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(positive(per_second)).allow_burst(positive(burst));
+        SharedLimit {
+            limiter: Arc::new(RateLimiter::direct_with_clock(quota, clock)),
+            per_second,
+        }
     }
 
     /// Take one token if there is one.
     pub fn allow(&self) -> bool {
-        match self.0.lock() {
-            Ok(mut limit) => limit.allow(),
-            // A panic while holding this lock cannot leave the bucket in a
-            // state worth refusing over.
-            Err(poisoned) => poisoned.into_inner().allow(),
+        self.limiter.check().is_ok()
+    }
+
+    /// Take `n` tokens at once if they are there (never, if `n` is more
+    /// than the burst; always, if it is 0).
+    pub fn allow_n(&self, n: u64) -> bool {
+        match NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)) {
+            None => true,
+            Some(n) => matches!(self.limiter.check_n(n), Ok(Ok(_))),
         }
     }
 
-    pub fn per_second(&self) -> f64 {
-        match self.0.lock() {
-            Ok(limit) => limit.per_second(),
-            Err(poisoned) => poisoned.into_inner().per_second(),
-        }
+    pub fn per_second(&self) -> u32 {
+        self.per_second
     }
 }
 
@@ -115,58 +89,60 @@ impl AppRates {
     /// The buckets of one app, its log drops counted in `metrics`.
     pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> AppRates {
         AppRates {
-            storage_writes: SharedLimit::new(storage_writes()),
-            reports: SharedLimit::new(reports()),
-            alerts: SharedLimit::new(alerts()),
-            registrations: SharedLimit::new(registrations()),
+            storage_writes: storage_writes(),
+            reports: reports(),
+            alerts: alerts(),
+            registrations: registrations(),
             log: LogGate::new(metrics),
         }
     }
 }
 
-/// The app's log rate limit, shared by `log` and its stdout and stderr
-/// (see `rate`): lines past it are dropped and counted, with one warning a
-/// second saying how many.
+/// The app's log rate limit, shared by `log` and its stdout and stderr:
+/// lines past it are dropped and counted, with one warning a second saying
+/// how many.
 #[derive(Clone)]
-pub struct LogGate(Arc<Mutex<Gate>>);
+pub struct LogGate {
+    limit: SharedLimit,
+    drops: Arc<Mutex<Drops>>,
+    metrics: Arc<crate::metrics::AppMetrics>,
+}
 
-struct Gate {
-    limit: RateLimit,
+struct Drops {
     dropped: u64,
     warned: Instant,
-    metrics: Arc<crate::metrics::AppMetrics>,
 }
 
 impl LogGate {
     pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> LogGate {
-        LogGate(Arc::new(Mutex::new(Gate {
-            limit: crate::rate::log_lines(),
-            dropped: 0,
-            warned: Instant::now(),
+        LogGate {
+            limit: log_lines(),
+            drops: Arc::new(Mutex::new(Drops {
+                dropped: 0,
+                warned: Instant::now(),
+            })),
             metrics,
-        })))
+        }
     }
 
     /// Whether the app may log one more line now.
     pub fn admit(&self, app: &str) -> bool {
-        let Ok(mut gate) = self.0.lock() else {
-            return true;
-        };
-        if gate.limit.allow() {
+        if self.limit.allow() {
             return true;
         }
-        gate.dropped += 1;
-        gate.metrics
+        self.metrics
             .log_dropped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if gate.warned.elapsed() >= Duration::from_secs(1) {
+        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        drops.dropped += 1;
+        if drops.warned.elapsed() >= Duration::from_secs(1) {
             tracing::warn!(
                 app,
-                dropped = gate.dropped,
+                dropped = drops.dropped,
                 "log lines dropped: the app logs more than {} lines a second",
-                gate.limit.per_second()
+                self.limit.per_second()
             );
-            gate.warned = Instant::now();
+            drops.warned = Instant::now();
         }
         false
     }
@@ -179,36 +155,56 @@ impl Default for LogGate {
 }
 
 /// The limits of the table above.
-pub fn log_lines() -> RateLimit {
-    RateLimit::new(200.0, 1000.0)
+pub fn log_lines() -> SharedLimit {
+    SharedLimit::new(200, 1000)
 }
-pub fn storage_writes() -> RateLimit {
-    RateLimit::new(1000.0, 5000.0)
+pub fn storage_writes() -> SharedLimit {
+    SharedLimit::new(1000, 5000)
 }
-pub fn reports() -> RateLimit {
-    RateLimit::new(1000.0, 5000.0)
+pub fn reports() -> SharedLimit {
+    SharedLimit::new(1000, 5000)
 }
-pub fn alerts() -> RateLimit {
-    RateLimit::new(100.0, 500.0)
+pub fn alerts() -> SharedLimit {
+    SharedLimit::new(100, 500)
 }
-pub fn registrations() -> RateLimit {
-    RateLimit::new(100.0, 1000.0)
+pub fn registrations() -> SharedLimit {
+    SharedLimit::new(100, 1000)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
-        let mut r = RateLimit::new(1000.0, 10.0);
-        let allowed = (0..100).filter(|_| r.allow()).count();
-        assert!((10..=12).contains(&allowed), "{allowed}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let later = (0..100).filter(|_| r.allow()).count();
-        assert!(
-            (9..=12).contains(&later),
-            "about 20 ms of 1000/s, capped by the burst: {later}"
+        let clock = FakeRelativeClock::default();
+        let r = SharedLimit::with_clock(1000, 10, clock.clone());
+        assert_eq!((0..100).filter(|_| r.allow()).count(), 10, "the burst");
+        clock.advance(Duration::from_millis(5));
+        assert_eq!((0..100).filter(|_| r.allow()).count(), 5, "5 ms of 1000/s");
+        clock.advance(Duration::from_millis(50));
+        assert_eq!(
+            (0..100).filter(|_| r.allow()).count(),
+            10,
+            "50 ms of 1000/s, capped by the burst"
         );
+        let shared = r.clone();
+        clock.advance(Duration::from_millis(1));
+        assert!(shared.allow(), "clones draw from the same bucket");
+        assert!(!r.allow());
+    }
+
+    #[test]
+    fn amounts_are_taken_whole_or_not_at_all() {
+        let clock = FakeRelativeClock::default();
+        let pace = SharedLimit::with_clock(1000, 2000, clock.clone());
+        assert!(pace.allow_n(1500));
+        assert!(!pace.allow_n(1000), "500 left");
+        assert!(pace.allow_n(500));
+        assert!(!pace.allow_n(2001), "more than the burst, ever");
+        clock.advance(Duration::from_secs(1));
+        assert!(pace.allow_n(1000));
+        assert!(pace.allow_n(0));
     }
 }

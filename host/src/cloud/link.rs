@@ -13,6 +13,7 @@
 //! is persistent, so downlink messages sent while the gateway was away are
 //! delivered when it comes back.
 
+use backon::BackoffBuilder as _;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode,
 };
@@ -151,7 +152,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         twins_out: HashSet::new(),
         messages: VecDeque::new(),
     };
-    let mut backoff = config.backoff_initial;
+    let backoff = reconnect_backoff(config.backoff_initial, config.backoff_max);
+    let mut delays = backoff.build();
     let mut was_connected = false;
     let mut connects = 0u64;
     let mut status_timer = tokio::time::interval(config.status_interval);
@@ -207,7 +209,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 connects += 1;
-                backoff = config.backoff_initial;
+                delays = backoff.build();
                 was_connected = true;
                 link.connected = true;
                 for filter in topics::downlink_filters(&gateway) {
@@ -247,14 +249,13 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     .link
                     .connected
                     .store(false, std::sync::atomic::Ordering::Relaxed);
-                let wait = jitter(backoff);
+                let wait = delays.next().unwrap_or(config.backoff_max);
                 if was_connected {
                     tracing::warn!(broker = %url, "lost the connection to the broker: {}; reconnecting in {} ms", describe(&e), wait.as_millis());
                     was_connected = false;
                 } else {
                     tracing::warn!(broker = %url, "cannot connect to the broker: {}; retrying in {} ms", describe(&e), wait.as_millis());
                 }
-                backoff = (backoff * 2).min(config.backoff_max);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => break 'run,
@@ -330,10 +331,17 @@ fn describe(e: &ConnectionError) -> String {
     }
 }
 
-/// ±25 % so that a fleet does not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let r = crate::value::random_u64() % 500; // 0..500 per mille
-    d.mul_f64(0.75 + r as f64 / 1000.0)
+/// Reconnect delays: a step that doubles from `initial` up to `max`, each
+/// wait a random ¾ to 1½ of its step so that a fleet does not reconnect in
+/// lockstep (backon adds up to 100 % on top of its delay, so its delays are
+/// ¾ of the steps).
+fn reconnect_backoff(initial: Duration, max: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(initial.mul_f64(0.75))
+        .with_max_delay(max.mul_f64(0.75))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
 }
 
 impl Link {
@@ -718,5 +726,23 @@ impl Link {
         self.messages = again.into();
         self.rows_out.clear();
         self.twins_out.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_double_up_to_the_cap_with_jitter() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_millis(1000));
+        let waits: Vec<Duration> = reconnect_backoff(initial, max).build().take(8).collect();
+        for (i, wait) in waits.iter().enumerate() {
+            let step = (initial * 2u32.pow(i as u32)).min(max);
+            assert!(
+                *wait >= step.mul_f64(0.74) && *wait <= step.mul_f64(1.51),
+                "wait {i}: {wait:?} for a step of {step:?}"
+            );
+        }
     }
 }

@@ -91,7 +91,7 @@ pub async fn send(
     let mut sender = Outgoing::new(manifest.clone(), 0, Instant::now());
     let mut lost = false;
     let mut shown = u64::MAX;
-    let mut pace = transfer::pace(bytes_per_s, chunk_bytes);
+    let pace = transfer::pace(bytes_per_s, chunk_bytes);
     eprintln!(
         "sending {} ({size} bytes, {} chunks) to {gateway}/{device} as {name}, transfer {id}",
         file.display(),
@@ -105,7 +105,7 @@ pub async fn send(
         let now = Instant::now();
         // While the broker is away nothing is sent; the probes resume after.
         if !lost {
-            while let Some(message) = sender.next_message(now, file, pace.as_mut()) {
+            while let Some(message) = sender.next_message(now, file, pace.as_ref()) {
                 let (suffix, payload) = message?;
                 // A full request queue (a long outage) drops this one; the
                 // protocol's next probe asks again.

@@ -59,7 +59,7 @@ struct Service {
     uploads: HashMap<String, Upload>,
     downloads: HashMap<String, (TransferRow, Incoming)>,
     /// The pace of uploads (`upload_kib_per_s`), if any.
-    pace: Option<crate::rate::RateLimit>,
+    pace: Option<crate::rate::SharedLimit>,
 }
 
 impl Service {
@@ -129,7 +129,7 @@ impl Service {
         for upload in self.uploads.values_mut() {
             let id = &upload.row.manifest.id;
             let source = store_path(&self.spec.data_dir, id, Way::Up);
-            while let Some(message) = upload.sender.next_message(now, &source, self.pace.as_mut()) {
+            while let Some(message) = upload.sender.next_message(now, &source, self.pace.as_ref()) {
                 match message {
                     Ok((suffix, payload)) => out.push((
                         upload.row.device.clone(),

@@ -165,13 +165,17 @@ impl Outgoing {
         &mut self,
         now: Instant,
         source: &Path,
-        pace: Option<&mut crate::rate::RateLimit>,
+        pace: Option<&crate::rate::SharedLimit>,
     ) -> Option<std::io::Result<(String, Vec<u8>)>> {
-        let mut pace = pace;
-        if pace.as_mut().is_some_and(|p| !p.available()) {
+        let step = self.next_step(now)?;
+        // Chunks go at the pace; a manifest is a few hundred bytes.
+        if let (Some(pace), Step::Chunk(i)) = (pace, step)
+            && !pace.allow_n(self.manifest.chunk_len(i))
+        {
             return None;
         }
-        let message = match self.step(now)? {
+        self.took(step, now);
+        let message = match step {
             Step::Manifest => serde_json::to_vec(&self.manifest)
                 .map(|json| ("manifest".to_string(), json))
                 .map_err(std::io::Error::other),
@@ -179,9 +183,6 @@ impl Outgoing {
                 read_chunk(source, &self.manifest, i).map(|bytes| (format!("chunk/{i}"), bytes))
             }
         };
-        if let (Some(pace), Ok((_, payload))) = (pace, &message) {
-            pace.spend(payload.len() as f64);
-        }
         Some(message)
     }
 
@@ -189,19 +190,31 @@ impl Outgoing {
     /// receiver has been silent for [`PROBE`] (then chunks again from its
     /// `have`), otherwise the next chunk within the window.
     pub fn step(&mut self, now: Instant) -> Option<Step> {
+        let step = self.next_step(now)?;
+        self.took(step, now);
+        Some(step)
+    }
+
+    /// What [`step`](Self::step) would send now, without taking it.
+    pub fn next_step(&self, now: Instant) -> Option<Step> {
         let silent = now.duration_since(self.heard) >= PROBE;
         let due = self.asked.is_none_or(|at| now.duration_since(at) >= PROBE);
         if self.asked.is_none() || (silent && due) {
-            self.asked = Some(now);
-            self.next = self.have;
             return Some(Step::Manifest);
         }
-        if self.next < self.manifest.chunks && self.next < self.have + WINDOW {
-            let index = self.next;
-            self.next += 1;
-            return Some(Step::Chunk(index));
+        (self.next < self.manifest.chunks && self.next < self.have + WINDOW)
+            .then_some(Step::Chunk(self.next))
+    }
+
+    /// `step` was sent.
+    fn took(&mut self, step: Step, now: Instant) {
+        match step {
+            Step::Manifest => {
+                self.asked = Some(now);
+                self.next = self.have;
+            }
+            Step::Chunk(index) => self.next = index + 1,
         }
-        None
     }
 }
 
@@ -308,9 +321,10 @@ pub fn sha256_of(path: &Path) -> std::io::Result<String> {
 
 /// A pace of `bytes_per_s` for a sender (`None`: as fast as it goes): at most
 /// a second's worth at once, and always room for one chunk.
-pub fn pace(bytes_per_s: u64, chunk_bytes: u64) -> Option<crate::rate::RateLimit> {
+pub fn pace(bytes_per_s: u64, chunk_bytes: u64) -> Option<crate::rate::SharedLimit> {
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
     (bytes_per_s > 0).then(|| {
-        crate::rate::RateLimit::new(bytes_per_s as f64, bytes_per_s.max(chunk_bytes) as f64)
+        crate::rate::SharedLimit::new(clamp(bytes_per_s), clamp(bytes_per_s.max(chunk_bytes)))
     })
 }
 
