@@ -90,7 +90,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let runtime = Arc::new(Runtime::new(&config.data_dir.join("cache"))?);
 
     if let Some(listen) = config.cloud.as_ref().and_then(|c| c.embedded) {
+        #[cfg(feature = "broker")]
         crate::cloud::broker::start(listen)?;
+        #[cfg(not(feature = "broker"))]
+        anyhow::bail!(
+            "[cloud] embedded = true ({listen}): this wasmgate was built without the embedded broker \
+             (the runtime-only build leaves it out); give the url of a broker instead"
+        );
     }
 
     let outbox_signal = Arc::new(Notify::new());

@@ -1,6 +1,7 @@
-//! The runtime-only build (`--no-default-features`: no compiler) runs an
-//! artifact precompiled with `wasmgate compile`, and refuses a plain
-//! component with a message that says what to do.
+//! The runtime-only build (`--no-default-features`: no compiler, no
+//! embedded broker) runs an artifact precompiled with `wasmgate compile`,
+//! and refuses a plain component, or a config that asks for the embedded
+//! broker, with a message that says what to do.
 
 use crate::common::{Gateway, guest, model, root, run_to_end, wasmgate};
 use std::path::PathBuf;
@@ -65,6 +66,27 @@ fn the_runtime_only_build_runs_a_precompiled_artifact_and_refuses_a_plain_compon
     assert!(!out.status.success());
     assert!(
         err.contains("runtime-only") && err.contains("wasmgate compile"),
+        "{err}"
+    );
+
+    // No embedded broker in it: a config that asks for one is refused,
+    // saying what to do instead.
+    let embedded = Gateway::new().section("[cloud]\nembedded = true").app(
+        "counter",
+        &artifact,
+        &model("counter"),
+        "",
+    );
+    embedded.write_config();
+    let out = Command::new(&binary)
+        .args(["run", "--config"])
+        .arg(embedded.config_path())
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("without the embedded broker") && err.contains("url of a broker"),
         "{err}"
     );
 

@@ -11,6 +11,7 @@
 //! - [`topics`], [`protocol`]: topic names and JSON payloads
 //!   (`docs/protocol.md`), re-exported from [`crate::wire`].
 
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod downlink;
 pub mod link;
