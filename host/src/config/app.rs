@@ -1,0 +1,99 @@
+//! `[[app]]`: each app's component, model, device, limits, restart policy,
+//! config and the models it may register devices with.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AppSection {
+    pub(super) name: String,
+    pub(super) component: PathBuf,
+    pub(super) model: PathBuf,
+    #[serde(default)]
+    pub(super) device: Option<String>,
+    #[serde(default = "default_tick_interval_ms")]
+    pub(super) tick_interval_ms: u64,
+    #[serde(default = "default_call_timeout_ms")]
+    pub(super) call_timeout_ms: u64,
+    #[serde(default = "default_memory_limit_mib")]
+    pub(super) memory_limit_mib: u64,
+    #[serde(default = "default_storage_quota_kib")]
+    pub(super) storage_quota_kib: u64,
+    #[serde(default)]
+    pub(super) config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub(super) restart: RestartPolicy,
+    /// Models the app may `register` devices with, by name.
+    #[serde(default)]
+    pub(super) models: BTreeMap<String, PathBuf>,
+    #[serde(default = "default_max_devices")]
+    pub(super) max_devices: usize,
+}
+
+pub(super) fn default_max_devices() -> usize {
+    DEFAULT_MAX_DEVICES
+}
+
+pub(super) fn default_tick_interval_ms() -> u64 {
+    1000
+}
+pub(super) fn default_call_timeout_ms() -> u64 {
+    1000
+}
+pub(super) fn default_memory_limit_mib() -> u64 {
+    64
+}
+pub(super) fn default_storage_quota_kib() -> u64 {
+    10 * 1024
+}
+
+/// What happens when an app crashes (traps, overruns its call deadline, hits
+/// its memory limit, or fails `init`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartPolicy {
+    /// Wait before the first restart; doubled after each crash.
+    pub backoff_initial_ms: u64,
+    /// The longest wait between restarts.
+    pub backoff_max_ms: u64,
+    /// This many crashes within `window_s` quarantines the app.
+    pub max_crashes: u32,
+    pub window_s: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            max_crashes: 5,
+            window_s: 300,
+        }
+    }
+}
+
+/// One app as the gateway runs it.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    pub component: PathBuf,
+    pub model: PathBuf,
+    /// The device the app speaks for by default.
+    pub device: String,
+    pub tick_interval: Duration,
+    pub call_timeout: Duration,
+    pub memory_limit_bytes: usize,
+    pub storage_quota_bytes: u64,
+    /// Key/values passed to the app's `init`.
+    pub config: Vec<(String, String)>,
+    pub restart: RestartPolicy,
+    /// Models the app may `register` devices with: name and file.
+    pub device_models: Vec<(String, PathBuf)>,
+    /// How many devices the app may register.
+    pub max_devices: usize,
+}

@@ -1,0 +1,431 @@
+//! `gateway.toml`: the gateway's identity, its data directory and its apps.
+//!
+//! Unknown keys are refused, and every error names the file and the key (and
+//! the line, where TOML can tell). Relative paths are resolved against the
+//! directory of the config file, so a config works from any working directory.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::model::check_name;
+
+mod app;
+mod cloud;
+mod content;
+mod deploy;
+mod outbox;
+
+use app::AppSection;
+pub use app::{AppConfig, RestartPolicy};
+pub use cloud::{BrokerSettings, CloudConfig};
+use cloud::{CloudSection, cloud_config};
+pub use content::ContentConfig;
+use content::{ContentSection, content_config};
+pub use deploy::DeployConfig;
+use deploy::{DeploySection, deploy_config};
+pub use outbox::{Batching, MAX_BATCH_KIB, OutboxConfig, SeriesConfig, WhenFull};
+use outbox::{OutboxSection, outbox_config};
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config: {error}")]
+    Read {
+        path: PathBuf,
+        /// Shown in the message, so not a `source` (it would be shown twice).
+        error: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    gateway: GatewaySection,
+    #[serde(default)]
+    outbox: Option<OutboxSection>,
+    #[serde(default)]
+    deploy: Option<DeploySection>,
+    #[serde(default)]
+    metrics: Option<MetricsSection>,
+    #[serde(default)]
+    content: Option<ContentSection>,
+    #[serde(default)]
+    cloud: Option<CloudSection>,
+    #[serde(default, rename = "app")]
+    apps: Vec<AppSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewaySection {
+    id: String,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: String,
+}
+
+/// Devices an app may register unless its config says otherwise.
+pub const DEFAULT_MAX_DEVICES: usize = 100;
+
+/// The largest `max_devices` gateway.toml takes.
+pub const MAX_DEVICES_LIMIT: usize = 100_000;
+
+/// The content chunk size senders use unless told otherwise.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 10;
+
+/// The directory an app's guest sees as `/`, in the data directory.
+pub fn app_files_dir(data_dir: &Path, app: &str) -> PathBuf {
+    data_dir.join("apps").join(app).join("files")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+/// A gateway's configuration, checked and with paths resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    pub outbox: OutboxConfig,
+    pub deploy: DeployConfig,
+    /// Where the Prometheus endpoint listens (loopback only), if at all.
+    pub metrics: Option<std::net::SocketAddr>,
+    pub content: ContentConfig,
+    /// The cloud link; `None` runs offline (everything stays in the outbox).
+    pub cloud: Option<CloudConfig>,
+    pub apps: Vec<AppConfig>,
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Check config text as if it were read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        // Absolute, so logs and `status` show where things really are.
+        let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        check_name(&file.gateway.id).map_err(|m| invalid("gateway.id".into(), m))?;
+        let outbox =
+            outbox_config(file.outbox.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        let deploy =
+            deploy_config(file.deploy.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        let content =
+            content_config(file.content.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        let metrics = match file.metrics {
+            None => None,
+            Some(m) => {
+                let addr: std::net::SocketAddr = m.listen.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen".into(),
+                        format!("{:?} is not an address:port", m.listen),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "metrics.listen".into(),
+                        format!(
+                            "{addr} is not a loopback address: the metrics endpoint is for the gateway itself"
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        let mut apps = Vec::with_capacity(file.apps.len());
+        for (i, app) in file.apps.into_iter().enumerate() {
+            let key = |field: &str| format!("app[{i}].{field}");
+            check_name(&app.name).map_err(|m| invalid(key("name"), m))?;
+            if !names.insert(app.name.clone()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("app {:?} is defined twice", app.name),
+                ));
+            }
+            let device = app.device.clone().unwrap_or_else(|| app.name.clone());
+            check_name(&device).map_err(|m| invalid(key("device"), m))?;
+            if device == file.gateway.id {
+                return Err(invalid(
+                    key("device"),
+                    format!("{device:?} is the gateway's own device id"),
+                ));
+            }
+            if !devices.insert(device.clone()) {
+                return Err(invalid(
+                    key("device"),
+                    format!("device {device:?} belongs to two apps"),
+                ));
+            }
+            let between = |field: &str, v: u64, min: u64, max: u64| {
+                if (min..=max).contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(invalid(
+                        key(field),
+                        format!("{v} is not between {min} and {max}"),
+                    ))
+                }
+            };
+            let tick = between("tick_interval_ms", app.tick_interval_ms, 1, 86_400_000)?;
+            let timeout = between("call_timeout_ms", app.call_timeout_ms, 1, 600_000)?;
+            let memory = between("memory_limit_mib", app.memory_limit_mib, 1, 4096)?;
+            let quota = between(
+                "storage_quota_kib",
+                app.storage_quota_kib,
+                1,
+                16 * 1024 * 1024,
+            )?;
+            let r = &app.restart;
+            if r.max_crashes == 0
+                || r.backoff_initial_ms == 0
+                || r.backoff_max_ms < r.backoff_initial_ms
+            {
+                return Err(invalid(
+                    key("restart"),
+                    "max_crashes and backoff_initial_ms must be positive and backoff_max_ms at least backoff_initial_ms".into(),
+                ));
+            }
+            let mut config = Vec::with_capacity(app.config.len());
+            for (k, v) in app.config {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(invalid(
+                            key(&format!("config.{k}")),
+                            format!(
+                                "expected a string, number or boolean, got a {}",
+                                other.type_str()
+                            ),
+                        ));
+                    }
+                };
+                config.push((k, text));
+            }
+            let mut device_models = Vec::with_capacity(app.models.len());
+            for (name, file) in &app.models {
+                check_name(name).map_err(|m| invalid(key(&format!("models.{name}")), m))?;
+                device_models.push((name.clone(), resolve(file)));
+            }
+            let max_devices = usize::try_from(between(
+                "max_devices",
+                app.max_devices as u64,
+                0,
+                MAX_DEVICES_LIMIT as u64,
+            )?)
+            .unwrap_or(0);
+            apps.push(AppConfig {
+                device_models,
+                max_devices,
+                component: resolve(&app.component),
+                model: resolve(&app.model),
+                device,
+                tick_interval: Duration::from_millis(tick),
+                call_timeout: Duration::from_millis(timeout),
+                memory_limit_bytes: usize::try_from(memory << 20).unwrap_or(usize::MAX),
+                storage_quota_bytes: quota << 10,
+                config,
+                restart: app.restart,
+                name: app.name,
+            });
+        }
+        let cloud = match file.cloud {
+            None => None,
+            Some(cloud) => Some(
+                cloud_config(cloud, &file.gateway.id, &resolve).map_err(|(k, m)| invalid(k, m))?,
+            ),
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            gateway_id: file.gateway.id,
+            data_dir: resolve(&file.gateway.data_dir),
+            outbox,
+            deploy,
+            metrics,
+            content,
+            cloud,
+            apps,
+        })
+    }
+
+    /// The SQLite database inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("wasmgate.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/wg/gateway.toml"), text)
+    }
+
+    #[test]
+    fn a_full_config_resolves_paths_and_defaults() {
+        let config = parse(
+            r#"
+            [gateway]
+            id = "gw-1"
+
+            [[app]]
+            name = "thermo"
+            component = "apps/thermo.wasm"
+            model = "/models/thermo.json"
+            tick_interval_ms = 250
+            config = { seed = 42, room = "hall", debug = true }
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.data_dir, Path::new("/etc/wg/data"));
+        let app = &config.apps[0];
+        assert_eq!(app.component, Path::new("/etc/wg/apps/thermo.wasm"));
+        assert_eq!(app.model, Path::new("/models/thermo.json"));
+        assert_eq!(app.device, "thermo");
+        assert_eq!(app.tick_interval, Duration::from_millis(250));
+        assert_eq!(app.memory_limit_bytes, 64 << 20);
+        assert_eq!(app.restart, RestartPolicy::default());
+        assert_eq!(
+            app.config,
+            vec![
+                ("debug".to_string(), "true".to_string()),
+                ("room".to_string(), "hall".to_string()),
+                ("seed".to_string(), "42".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_line() {
+        let err = parse("[gateway]\nid = \"gw\"\ncolour = \"red\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/wg/gateway.toml: "), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("unknown field `colour`"),
+            "{err}"
+        );
+
+        let err = parse("[gateway]\nid = \"gw\"\n[[app]]\nname = \"a\"\ncomponent = \"a.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `model`"), "{err}");
+
+        let twice = r#"
+            [gateway]
+            id = "gw"
+            [[app]]
+            name = "a"
+            component = "a.wasm"
+            model = "a.json"
+            [[app]]
+            name = "a"
+            component = "b.wasm"
+            model = "b.json"
+        "#;
+        assert_eq!(
+            parse(twice).unwrap_err().to_string(),
+            "/etc/wg/gateway.toml: app[1].name: app \"a\" is defined twice"
+        );
+
+        let slow = "[gateway]\nid = \"gw\"\n[[app]]\nname = \"a\"\ncomponent = \"a\"\nmodel = \"m\"\ntick_interval_ms = 0\n";
+        assert_eq!(
+            parse(slow).unwrap_err().to_string(),
+            "/etc/wg/gateway.toml: app[0].tick_interval_ms: 0 is not between 1 and 86400000"
+        );
+        let nested = "[gateway]\nid = \"gw\"\n[[app]]\nname = \"a\"\ncomponent = \"a\"\nmodel = \"m\"\nconfig = { x = [1] }\n";
+        assert_eq!(
+            parse(nested).unwrap_err().to_string(),
+            "/etc/wg/gateway.toml: app[0].config.x: expected a string, number or boolean, got a array"
+        );
+        assert!(
+            parse("[gateway]\nid = \"a/b\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("gateway.id")
+        );
+    }
+    #[test]
+    fn cloud_settings_are_checked() {
+        let cloud = |body: &str| parse(&format!("[gateway]\nid = \"gw\"\n[cloud]\n{body}\n"));
+        let c = cloud("url = \"mqtts://broker.example:8884\"\nca_file = \"ca.pem\"\nusername = \"u\"\npassword = \"p\"")
+            .expect("valid")
+            .cloud
+            .expect("cloud");
+        assert_eq!(
+            (c.broker.host.as_str(), c.broker.port, c.broker.tls),
+            ("broker.example", 8884, true)
+        );
+        assert_eq!(c.broker.client_id, "gw");
+        assert_eq!(
+            c.broker.ca_file.as_deref(),
+            Some(Path::new("/etc/wg/ca.pem"))
+        );
+        let e = cloud("embedded = true")
+            .expect("valid")
+            .cloud
+            .expect("cloud");
+        assert_eq!(e.embedded, Some("127.0.0.1:18830".parse().expect("addr")));
+        assert_eq!(
+            (e.broker.host.as_str(), e.broker.port, e.broker.tls),
+            ("127.0.0.1", 18830, false)
+        );
+
+        let err = |body: &str| cloud(body).unwrap_err().to_string();
+        assert!(err("").contains("cloud.url: give the broker's url"));
+        assert!(err("url = \"http://x\"").contains("is not an mqtt:// or mqtts:// URL"));
+        assert!(err("url = \"mqtts://x\"").contains("needs ca_file"));
+        assert!(err("url = \"mqtt://x\"\nca_file = \"ca.pem\"").contains("need an mqtts:// url"));
+        assert!(
+            err("url = \"mqtts://x\"\nca_file = \"c\"\ncert_file = \"c\"").contains("go together")
+        );
+        assert!(err("url = \"mqtt://x:99999\"").contains("is not a port number"));
+        assert!(err("url = \"mqtt://x\"\nembedded = true").contains("not both"));
+    }
+}
