@@ -19,7 +19,7 @@ use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::capability::{AppSetup, Capability, HasCtx};
 use crate::model::DeviceModel;
 use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
-use crate::policy::{Pipeline, Sample};
+use crate::policy::{AlertSeverity, Pipeline, Sample};
 use crate::rate::SharedLimit;
 use crate::registration::{self, Registration};
 use crate::value::{fields_to_json, now_ns, time_to_ns};
@@ -297,7 +297,7 @@ impl DeviceCtx {
             }
         }
         for alert in raised {
-            self.store_alert(device, &alert.alert, &alert.severity, &alert.values)?;
+            self.store_alert(device, &alert.alert, alert.severity, &alert.values)?;
         }
         if kept.is_empty() {
             // The policies kept none of it: nothing to store, and not an error.
@@ -409,7 +409,7 @@ impl DeviceCtx {
                     .collect(),
             };
         for alert in raised {
-            self.store_alert(device, &alert.alert, &alert.severity, &alert.values)?;
+            self.store_alert(device, &alert.alert, alert.severity, &alert.values)?;
         }
         if !kept.is_empty() {
             self.buffer(device, series, &kept);
@@ -465,21 +465,17 @@ impl DeviceCtx {
             .model_of(device)?
             .check_alert(name, values)
             .map_err(|m| self.refuse(device, "alert", m))?;
-        let severity = match severity {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        };
-        self.store_alert(device, name, severity, &values)
+        self.store_alert(device, name, severity.into(), &values)
     }
 
     fn store_alert(
         &mut self,
         device: &str,
         name: &str,
-        severity: &str,
+        severity: AlertSeverity,
         values: &[(String, Value)],
     ) -> Result<(), GuestError> {
+        let severity = severity.as_str();
         let payload = serde_json::json!({
             "time": now_ns(),
             "severity": severity,

@@ -102,16 +102,43 @@ pub struct AlertSpec {
     /// The alert to raise: declared in the model's `alerts`, with a field of
     /// the same name as the one watched.
     pub raise: String,
-    #[serde(default = "default_severity")]
-    pub severity: String,
+    #[serde(default)]
+    pub severity: AlertSeverity,
     /// Raise on every value that meets the condition, not only when it
     /// starts to.
     #[serde(default)]
     pub repeat: bool,
 }
 
-fn default_severity() -> String {
-    "warning".into()
+/// How serious an alert is, as a policy declares it or a guest raises it,
+/// and as the cloud receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertSeverity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl AlertSeverity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertSeverity::Info => "info",
+            AlertSeverity::Warning => "warning",
+            AlertSeverity::Critical => "critical",
+        }
+    }
+}
+
+impl From<crate::bindings::Severity> for AlertSeverity {
+    fn from(severity: crate::bindings::Severity) -> Self {
+        match severity {
+            crate::bindings::Severity::Info => AlertSeverity::Info,
+            crate::bindings::Severity::Warning => AlertSeverity::Warning,
+            crate::bindings::Severity::Critical => AlertSeverity::Critical,
+        }
+    }
 }
 
 /// A point as the pipelines see it: nanoseconds and named values.
@@ -125,7 +152,7 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Raised {
     pub alert: String,
-    pub severity: String,
+    pub severity: AlertSeverity,
     pub values: Vec<(String, Value)>,
 }
 
@@ -203,15 +230,6 @@ pub fn check(
                 let name = numeric(i, &a.field, "alert")?;
                 if a.above.is_none() && a.below.is_none() {
                     return Err((i, "alert needs `above`, `below` or both".into()));
-                }
-                if !matches!(a.severity.as_str(), "info" | "warning" | "critical") {
-                    return Err((
-                        i,
-                        format!(
-                            "alert: severity {:?} is not info, warning or critical",
-                            a.severity
-                        ),
-                    ));
                 }
                 alert_has_field(&a.raise, &name).map_err(|m| (i, format!("alert: {m}")))?;
             }
@@ -416,7 +434,7 @@ impl Pipeline {
                         if meets && (a.repeat || !*active) {
                             raised.push(Raised {
                                 alert: a.raise.clone(),
-                                severity: a.severity.clone(),
+                                severity: a.severity,
                                 values: vec![(field, Value::Number(x))],
                             });
                         }
@@ -665,7 +683,7 @@ mod tests {
             alerts,
             vec![Raised {
                 alert: "cold".into(),
-                severity: "critical".into(),
+                severity: AlertSeverity::Critical,
                 values: vec![("t".into(), Value::Number(-2.0))]
             }]
         );

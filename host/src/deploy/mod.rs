@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::engine::{Runtime, Source};
 use crate::model::{DeviceModel, check_name};
 use artifacts::Artifacts;
-use registry::Spec;
+use registry::{Outcome as VersionOutcome, Spec};
 
 /// How long a new version must run without crashing before it is kept.
 pub const DEFAULT_PROBATION: Duration = Duration::from_secs(30);
@@ -85,7 +85,7 @@ pub struct VersionReport {
     pub digest: String,
     pub source: String,
     pub deployed_at: i64,
-    pub outcome: String,
+    pub outcome: VersionOutcome,
 }
 
 enum Command {
@@ -219,10 +219,15 @@ impl Deployer {
             let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
             registry::set_current(&self.db(), &app.name, number)?;
             registry::set_config_digest(&self.db(), &app.name, &fingerprint)?;
-            registry::set_outcome(&self.db(), &app.name, number, "running")?;
+            registry::set_outcome(&self.db(), &app.name, number, &VersionOutcome::Running)?;
             if let Some(previous) = current {
                 tracing::info!(app = %app.name, "gateway.toml changed the app: version {number} replaces {}", previous.version);
-                registry::set_outcome(&self.db(), &app.name, previous.version, "replaced")?;
+                registry::set_outcome(
+                    &self.db(),
+                    &app.name,
+                    previous.version,
+                    &VersionOutcome::Replaced,
+                )?;
             }
         }
         let all = registry::all(&self.db())?;
@@ -431,7 +436,8 @@ impl Deployer {
             self.spawn_app(version, false)
                 .map_err(|e| format!("cannot start the app: {e:#}"))?;
             registry::set_current(&self.db(), app, number).map_err(db_error)?;
-            registry::set_outcome(&self.db(), app, number, "running").map_err(db_error)?;
+            registry::set_outcome(&self.db(), app, number, &VersionOutcome::Running)
+                .map_err(db_error)?;
             self.tidy(app);
             return Ok(format!("app {app}: version {number} started"));
         };
@@ -439,7 +445,8 @@ impl Deployer {
         match entry.handle.swap(version, self.probation).await {
             Ok(outcome) => {
                 registry::set_current(&self.db(), app, number).map_err(db_error)?;
-                registry::set_outcome(&self.db(), app, number, "on probation").map_err(db_error)?;
+                registry::set_outcome(&self.db(), app, number, &VersionOutcome::OnProbation)
+                    .map_err(db_error)?;
                 self.directory.insert(Entry {
                     handle: entry.handle,
                     device,
@@ -464,8 +471,13 @@ impl Deployer {
                 ))
             }
             Err(error) => {
-                registry::set_outcome(&self.db(), app, number, &format!("refused: {error}"))
-                    .map_err(db_error)?;
+                registry::set_outcome(
+                    &self.db(),
+                    app,
+                    number,
+                    &VersionOutcome::Refused(error.clone()),
+                )
+                .map_err(db_error)?;
                 Err(format!("app {app}: version {number} refused: {error}"))
             }
         }
@@ -482,8 +494,9 @@ impl Deployer {
             Outcome::Kept => {
                 tracing::info!(app = %app, version, "deployment kept after its probation");
                 let db = self.db();
-                registry::set_outcome(&db, &app, version, "running")
-                    .and_then(|()| registry::set_outcome(&db, &app, previous, "replaced"))
+                registry::set_outcome(&db, &app, version, &VersionOutcome::Running).and_then(|()| {
+                    registry::set_outcome(&db, &app, previous, &VersionOutcome::Replaced)
+                })
             }
             Outcome::RolledBack(reason) => {
                 tracing::error!(app = %app, version, "deployment rolled back to version {previous}: {reason}");
@@ -493,10 +506,12 @@ impl Deployer {
                         &db,
                         &app,
                         version,
-                        &format!("rolled back: {reason}"),
+                        &VersionOutcome::RolledBack(reason.clone()),
                     )
                     .and_then(|()| registry::set_current(&db, &app, previous))
-                    .and_then(|()| registry::set_outcome(&db, &app, previous, "running"));
+                    .and_then(|()| {
+                        registry::set_outcome(&db, &app, previous, &VersionOutcome::Running)
+                    });
                     (back, registry::get(&db, &app, previous))
                 };
                 if let (Ok(Some(record)), Some(entry)) = (record, self.directory.get(&app))
@@ -537,9 +552,7 @@ impl Deployer {
         let target = registry::versions(&self.db(), app)
             .map_err(db_error)?
             .into_iter()
-            .find(|v| {
-                v.version < current.version && matches!(v.outcome.as_str(), "running" | "replaced")
-            })
+            .find(|v| v.version < current.version && v.outcome.ran())
             .ok_or_else(|| format!("app {app} has no earlier version that ran to roll back to"))?;
         let version = self
             .load_version(app, target.version)
@@ -550,7 +563,7 @@ impl Deployer {
             &self.db(),
             app,
             current.version,
-            "rolled back by the operator",
+            &VersionOutcome::RolledBackByOperator,
         )
         .map_err(db_error)?;
         Ok(format!(

@@ -94,8 +94,84 @@ pub struct Version {
     /// `config`, `cli`, `cloud`, `watch` or `rollback`.
     pub source: String,
     pub deployed_at: i64,
-    /// `deploying`, `running`, `replaced`, `rolled back: ...`, `refused: ...`.
-    pub outcome: String,
+    pub outcome: Outcome,
+}
+
+/// What became of a version. Kept in `app_versions.outcome` as the text
+/// `wasmgate apps` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Registered; not started yet.
+    Deploying,
+    /// Started, within its probation.
+    OnProbation,
+    Running,
+    /// A newer version took its place.
+    Replaced,
+    /// It crashed during its probation and the previous version runs again.
+    RolledBack(String),
+    /// `wasmgate rollback` put an earlier version back.
+    RolledBackByOperator,
+    /// It did not start (the reason); the running version stayed.
+    Refused(String),
+}
+
+impl Outcome {
+    /// Whether the version ran: a version a rollback can go back to.
+    pub fn ran(&self) -> bool {
+        matches!(self, Outcome::Running | Outcome::Replaced)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Deploying => f.write_str("deploying"),
+            Outcome::OnProbation => f.write_str("on probation"),
+            Outcome::Running => f.write_str("running"),
+            Outcome::Replaced => f.write_str("replaced"),
+            Outcome::RolledBack(reason) => write!(f, "rolled back: {reason}"),
+            Outcome::RolledBackByOperator => f.write_str("rolled back by the operator"),
+            Outcome::Refused(reason) => write!(f, "refused: {reason}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Outcome, String> {
+        Ok(match text {
+            "deploying" => Outcome::Deploying,
+            "on probation" => Outcome::OnProbation,
+            "running" => Outcome::Running,
+            "replaced" => Outcome::Replaced,
+            "rolled back by the operator" => Outcome::RolledBackByOperator,
+            _ => {
+                if let Some(reason) = text.strip_prefix("rolled back: ") {
+                    Outcome::RolledBack(reason.to_string())
+                } else if let Some(reason) = text.strip_prefix("refused: ") {
+                    Outcome::Refused(reason.to_string())
+                } else {
+                    return Err(format!("{text:?} is not a version's outcome"));
+                }
+            }
+        })
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Outcome, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Which version an app runs.
@@ -162,7 +238,9 @@ fn version_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Version> {
         })?,
         source: r.get(4)?,
         deployed_at: r.get(5)?,
-        outcome: r.get(6)?,
+        outcome: r.get::<_, String>(6)?.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, e.into())
+        })?,
     })
 }
 
@@ -186,11 +264,11 @@ pub fn set_outcome(
     conn: &Connection,
     app: &str,
     version: i64,
-    outcome: &str,
+    outcome: &Outcome,
 ) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE app_versions SET outcome = ?3 WHERE app = ?1 AND version = ?2",
-        params![app, version, outcome],
+        params![app, version, outcome.to_string()],
     )?;
     Ok(())
 }
@@ -287,6 +365,29 @@ pub fn digests_in_use(conn: &Connection) -> rusqlite::Result<std::collections::H
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn outcomes_read_back_as_they_were_written() {
+        for outcome in [
+            Outcome::Deploying,
+            Outcome::OnProbation,
+            Outcome::Running,
+            Outcome::Replaced,
+            Outcome::RolledBack("trap in on-tick".into()),
+            Outcome::RolledBackByOperator,
+            Outcome::Refused("init returned an error: no".into()),
+        ] {
+            let text = outcome.to_string();
+            assert_eq!(text.parse::<Outcome>(), Ok(outcome.clone()), "{text}");
+            let json = serde_json::to_string(&outcome).expect("json");
+            assert_eq!(
+                serde_json::from_str::<Outcome>(&json).expect("back"),
+                outcome
+            );
+        }
+        assert!("gone fishing".parse::<Outcome>().is_err());
+        assert!(Outcome::Replaced.ran() && !Outcome::Refused(String::new()).ran());
+    }
+
     use super::*;
 
     fn spec() -> Spec {
