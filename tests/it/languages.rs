@@ -385,3 +385,82 @@ fn thermostat_in_go() {
 fn thermostat_in_zig() {
     thermostat_scenario("zig");
 }
+
+/// What the thermostat does not call, from Go and Zig: `register` and
+/// `unregister` (their ports of the bus-gateway example, capped by
+/// `max_devices`) and `content` (an upload of bytes, received whole by
+/// `wasmgate cloud receive`), on the real gateway and Mosquitto.
+#[test]
+fn go_and_zig_apps_register_devices_and_upload_content() {
+    for lang in ["go", "zig"] {
+        let out = thermostat_in(lang)
+            .parent()
+            .expect("the language's out/")
+            .to_path_buf();
+        let broker = Mosquitto::start("");
+        let example = root().join("examples/busgateway");
+        let gw = Gateway::new()
+            .section(&format!(
+                "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+                broker.url()
+            ))
+            .app(
+                "bus",
+                &out.join("busgateway.wasm"),
+                &example.join("bus.model.json"),
+                &format!(
+                    "tick_interval_ms = 200\nmax_devices = 2\n[app.models]\nsensor = \"{}\"\n\
+                     [app.config]\nsensors = 3",
+                    example.join("sensor.model.json").display()
+                ),
+            )
+            .app(
+                "content",
+                &out.join("contenttransfer.wasm"),
+                &root().join("tests/models/content.json"),
+                "tick_interval_ms = 100\n[app.config]\nupload_kib = 4",
+            );
+        let received = tempfile::tempdir().expect("tempdir");
+        let mut receive = Running::spawn_command({
+            let mut command = std::process::Command::new(crate::common::binary());
+            command
+                .args([
+                    "cloud",
+                    "--broker",
+                    &broker.url(),
+                    "receive",
+                    "test-gw/content",
+                ])
+                .arg("--out")
+                .arg(received.path());
+            command
+        });
+        let mut run = gw.start();
+        run.wait_for("bus scanned: 3 sensors, 2 registered", START);
+        let refused = run.wait_for("sensor th-03 not registered", T);
+        assert!(refused.contains("max_devices = 2"), "{lang}: {refused}");
+        assert_eq!(gw.count("SELECT COUNT(*) FROM registrations"), 2, "{lang}");
+
+        let consumer = Consumer::connect(
+            &broker.settings(&format!("consumer-{lang}")),
+            &["wg/v1/test-gw/#"],
+        );
+        run.wait_for("connected to the broker", T);
+        let answer = consumer.call("wg/v1/test-gw/bus", "unplug", "u-1", Some(json!("th-01")));
+        assert_eq!(answer["result"], json!("th-01"), "{lang}: {answer}");
+        assert_eq!(gw.count("SELECT COUNT(*) FROM registrations"), 1, "{lang}");
+
+        // The content app's 4 KiB upload, whole.
+        let file = received.path().join("data.bin");
+        let deadline = std::time::Instant::now() + T;
+        while std::fs::metadata(&file).map_or(true, |m| m.len() != 4096) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{lang}: data.bin did not arrive whole"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(run.stop().success(), "{lang}");
+        receive.kill9();
+    }
+}

@@ -1,18 +1,31 @@
-// Package wasmgate is the Go binding of the wasmgate:device@0.1.0 `app`
-// world: an app implements App, registers its constructor in an init
-// function, and talks to its device, its storage and its log through this
-// package.
+// Package wasmgate is the Go API of the wasmgate:device@0.1.0 `app` world:
+// an app implements App, registers its constructor in an init function,
+// and talks to its devices, its storage, its log and the content service
+// through this package.
 //
 //	func init() { wasmgate.Register(newThermostat) }
 //
+// Nothing here touches the canonical ABI. wit-bindgen's Go generator makes
+// the bindings from the WIT at build time (the module
+// wasmgate.example/guests/go/wit, in out/bindings; guests/build go); this
+// package only turns their types (witTypes.Result, Tuple2, the `value`
+// variant) into plain Go ones and back, and hands the exports to the App.
+//
 // Build with GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared, then make
-// a component (guests/build go does both).
+// a component (guests/build go does all of it).
 package wasmgate
 
 import (
 	"fmt"
-	"runtime"
 	"strconv"
+
+	witRuntime "go.bytecodealliance.org/pkg/wit/runtime"
+	witTypes "go.bytecodealliance.org/pkg/wit/types"
+	"wasmgate.example/guests/go/wit/exports/export_wit_world"
+	types "wasmgate.example/guests/go/wit/imports/wasmgate_device_types"
+
+	// The generated //go:wasmexport functions: linked in by this import.
+	_ "wasmgate.example/guests/go/wit/exports/wit_exports"
 )
 
 // A Value is one of Bool, Int, Number, Text or Bytes.
@@ -82,227 +95,6 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Kind.String() + ": " + e.Message }
 
-// Severity of an alert.
-type Severity uint8
-
-const (
-	Info Severity = iota
-	Warning
-	Critical
-)
-
-// Device is a device this app speaks for.
-type Device struct{ handle uint32 }
-
-// ThisDevice is the device the app speaks for by default. Keep the handle:
-// the host caps how many are live at once.
-func ThisDevice() *Device {
-	d := &Device{importThisDevice()}
-	runtime.SetFinalizer(d, func(d *Device) { importDropDevice(d.handle) })
-	return d
-}
-
-// ID is the device id.
-func (d *Device) ID() string {
-	ret := alloc(8)
-	importDeviceID(d.handle, addr(ret))
-	p := addr(ret)
-	return loadString(u32(p), u32(p+4))
-}
-
-// Report the current value of attributes (all or nothing).
-func (d *Device) Report(attributes ...Field) error {
-	ptr, n, keep := fieldsArg(attributes)
-	ret := alloc(16)
-	importDeviceReport(d.handle, ptr, n, addr(ret))
-	runtime.KeepAlive(attributes)
-	runtime.KeepAlive(keep)
-	return resultVoid(ret)
-}
-
-func (d *Device) optionValue(name string, call func(self, p, n, ret uint32)) (Value, bool) {
-	p, n := strArg(name)
-	ret := alloc(24)
-	call(d.handle, p, n, addr(ret))
-	runtime.KeepAlive(name)
-	if ret[0] == 0 {
-		return nil, false
-	}
-	return loadValue(addr(ret) + 8), true
-}
-
-// Reported is the last value reported for an attribute.
-func (d *Device) Reported(name string) (Value, bool) {
-	return d.optionValue(name, importDeviceReported)
-}
-
-// Desired is the desired value of a writable attribute.
-func (d *Device) Desired(name string) (Value, bool) {
-	return d.optionValue(name, importDeviceDesired)
-}
-
-// Time is a point's time in a unit of the data source; nil means "now".
-type Time struct {
-	Unit  TimeUnit
-	Value uint64
-}
-
-// TimeUnit of a Time.
-type TimeUnit uint8
-
-const (
-	Seconds TimeUnit = iota
-	Milliseconds
-	Microseconds
-	Nanoseconds
-)
-
-// Record one point of a time-series; at == nil means now.
-func (d *Device) Record(series string, at *Time, values ...Field) error {
-	sp, sn := strArg(series)
-	fp, fn, keep := fieldsArg(values)
-	var isSome, unit uint32
-	var t uint64
-	if at != nil {
-		isSome, unit, t = 1, uint32(at.Unit), at.Value
-	}
-	ret := alloc(16)
-	importDeviceRecord(d.handle, sp, sn, isSome, unit, t, fp, fn, addr(ret))
-	runtime.KeepAlive(series)
-	runtime.KeepAlive(values)
-	runtime.KeepAlive(keep)
-	return resultVoid(ret)
-}
-
-// A Point of a time-series.
-type Point struct {
-	At     *Time
-	Values Fields
-}
-
-// RecordBatch records several points of one series (all or nothing).
-func (d *Device) RecordBatch(series string, points []Point) error {
-	sp, sn := strArg(series)
-	// point: option<time> (24 bytes) then fields (8): 32 bytes each.
-	b := alloc(uint32(32 * len(points)))
-	keep := make([][]byte, len(points))
-	for i, pt := range points {
-		if pt.At != nil {
-			b[32*i] = 1
-			b[32*i+8] = byte(pt.At.Unit)
-			put64(b, 32*i+16, pt.At.Value)
-		}
-		fp, fn, k := fieldsArg(pt.Values)
-		keep[i] = k
-		put32(b, 32*i+24, fp)
-		put32(b, 32*i+28, fn)
-	}
-	pp, pn := addr(b), uint32(len(points))
-	if pn == 0 {
-		pp = 8
-	}
-	ret := alloc(16)
-	importDeviceRecordBatch(d.handle, sp, sn, pp, pn, addr(ret))
-	runtime.KeepAlive(series)
-	runtime.KeepAlive(points)
-	runtime.KeepAlive(keep)
-	return resultVoid(ret)
-}
-
-// Alert raises an alert declared in the model.
-func (d *Device) Alert(name string, severity Severity, values ...Field) error {
-	np, nn := strArg(name)
-	fp, fn, keep := fieldsArg(values)
-	ret := alloc(16)
-	importDeviceAlert(d.handle, np, nn, uint32(severity), fp, fn, addr(ret))
-	runtime.KeepAlive(name)
-	runtime.KeepAlive(values)
-	runtime.KeepAlive(keep)
-	return resultVoid(ret)
-}
-
-// StorageGet is the value stored under key; ok is false if there is none.
-func StorageGet(key string) (value []byte, ok bool, err error) {
-	kp, kn := strArg(key)
-	ret := alloc(16)
-	importStorageGet(kp, kn, addr(ret))
-	runtime.KeepAlive(key)
-	p := addr(ret)
-	if ret[0] != 0 {
-		return nil, false, loadError(p + 4)
-	}
-	if ret[4] == 0 {
-		return nil, false, nil
-	}
-	return loadBytes(u32(p+8), u32(p+12)), true, nil
-}
-
-// StorageSet stores value under key; durable when it returns.
-func StorageSet(key string, value []byte) error {
-	kp, kn := strArg(key)
-	vp, vn := bytesArg(value)
-	ret := alloc(16)
-	importStorageSet(kp, kn, vp, vn, addr(ret))
-	runtime.KeepAlive(key)
-	runtime.KeepAlive(value)
-	return resultVoid(ret)
-}
-
-// StorageDelete removes key.
-func StorageDelete(key string) error {
-	kp, kn := strArg(key)
-	ret := alloc(16)
-	importStorageDelete(kp, kn, addr(ret))
-	runtime.KeepAlive(key)
-	return resultVoid(ret)
-}
-
-// StorageKeys lists the keys that start with prefix, in byte order.
-func StorageKeys(prefix string) ([]string, error) {
-	pp, pn := strArg(prefix)
-	ret := alloc(16)
-	importStorageKeys(pp, pn, addr(ret))
-	runtime.KeepAlive(prefix)
-	p := addr(ret)
-	if ret[0] != 0 {
-		return nil, loadError(p + 4)
-	}
-	list, n := u32(p+4), u32(p+8)
-	keys := make([]string, n)
-	for i := range keys {
-		at := list + 8*uint32(i)
-		keys[i] = loadString(u32(at), u32(at+4))
-	}
-	return keys, nil
-}
-
-// Level of a log line.
-type Level uint8
-
-const (
-	Trace Level = iota
-	Debug
-	InfoLevel
-	WarnLevel
-	ErrorLevel
-)
-
-// Log writes a line to the app's log.
-func Log(level Level, message string) {
-	p, n := strArg(message)
-	importLog(uint32(level), p, n)
-	runtime.KeepAlive(message)
-}
-
-// Infof logs a formatted `info` line.
-func Infof(format string, args ...any) { Log(InfoLevel, fmt.Sprintf(format, args...)) }
-
-// Warnf logs a formatted `warn` line.
-func Warnf(format string, args ...any) { Log(WarnLevel, fmt.Sprintf(format, args...)) }
-
-// Errorf logs a formatted `error` line.
-func Errorf(format string, args ...any) { Log(ErrorLevel, fmt.Sprintf(format, args...)) }
-
 // Config holds the app's key/values from gateway.toml.
 type Config [][2]string
 
@@ -359,4 +151,149 @@ var newApp func(Config, []byte) (App, error)
 // Register the app's constructor (the WIT `init`): call it from an init function.
 func Register(constructor func(config Config, previous []byte) (App, error)) {
 	newApp = constructor
+}
+
+// --- Between these types and the generated ones ------------------------------
+
+func toWIT(v Value) types.Value {
+	switch v := v.(type) {
+	case Bool:
+		return types.MakeValueBoolean(bool(v))
+	case Int:
+		return types.MakeValueInteger(int64(v))
+	case Number:
+		return types.MakeValueNumber(float64(v))
+	case Text:
+		return types.MakeValueText(string(v))
+	case Bytes:
+		return types.MakeValueBytes(v)
+	}
+	panic("wasmgate: a Value must be Bool, Int, Number, Text or Bytes")
+}
+
+func fromWIT(v types.Value) Value {
+	switch v.Tag() {
+	case types.Value_Boolean:
+		return Bool(v.Boolean())
+	case types.Value_Integer:
+		return Int(v.Integer())
+	case types.Value_Number:
+		return Number(v.Number())
+	case types.Value_Text:
+		return Text(v.Text())
+	}
+	return Bytes(v.Bytes())
+}
+
+func optionFromWIT(v witTypes.Option[types.Value]) (Value, bool) {
+	if v.IsNone() {
+		return nil, false
+	}
+	return fromWIT(v.Some()), true
+}
+
+func fieldsToWIT(fields []Field) types.Fields {
+	out := make(types.Fields, len(fields))
+	for i, f := range fields {
+		out[i] = witTypes.Tuple2[string, types.Value]{F0: f.Name, F1: toWIT(f.Value)}
+	}
+	return out
+}
+
+func fieldsFromWIT(fields types.Fields) Fields {
+	out := make(Fields, len(fields))
+	for i, f := range fields {
+		out[i] = Field{Name: f.F0, Value: fromWIT(f.F1)}
+	}
+	return out
+}
+
+func errorFromWIT(e types.Error) *Error {
+	switch e.Tag() {
+	case types.Error_Invalid:
+		return &Error{Invalid, e.Invalid()}
+	case types.Error_Limit:
+		return &Error{Limit, e.Limit()}
+	}
+	return &Error{Unavailable, e.Unavailable()}
+}
+
+// check is a result<_, error> as a Go error (a literal nil when ok: a nil
+// *Error in an error interface would not compare equal to nil).
+func check(r witTypes.Result[witTypes.Unit, types.Error]) error {
+	if r.IsErr() {
+		return errorFromWIT(r.Err())
+	}
+	return nil
+}
+
+// --- The exports ----------------------------------------------------------------
+
+func init() { export_wit_world.Impl = world{} }
+
+// world hands the generated exports to the registered App.
+type world struct{}
+
+var current App
+
+func done(err error) witTypes.Result[witTypes.Unit, string] {
+	if err != nil {
+		return witTypes.Err[witTypes.Unit](err.Error())
+	}
+	return witTypes.Ok[witTypes.Unit, string](witTypes.Unit{})
+}
+
+func (world) Init(config []witTypes.Tuple2[string, string], previous witTypes.Option[[]uint8]) witTypes.Result[witTypes.Unit, string] {
+	if newApp == nil {
+		return done(fmt.Errorf("wasmgate: the app did not call wasmgate.Register"))
+	}
+	pairs := make(Config, len(config))
+	for i, kv := range config {
+		pairs[i] = [2]string{kv.F0, kv.F1}
+	}
+	app, err := newApp(pairs, previous.SomeOr(nil))
+	if err != nil {
+		return done(err)
+	}
+	current = app
+	return done(nil)
+}
+
+// release lets go of what the host handed over before this export (import
+// results, which the runtime's cabi_realloc pins until an export releases
+// them). wit-bindgen-go's exports do it only where their arguments allocate
+// (init, on-desired, on-action): without this, an app that calls, say,
+// StorageGet on every tick keeps every result pinned until the next desired
+// change or action (a 4 KiB value a tick: 2 MiB more heap every 500 ticks). Go values made from them stay
+// alive as long as they are referenced; nothing is handed to the host
+// across exports.
+func release() { witRuntime.Unpin() }
+
+func (world) Save() witTypes.Option[[]uint8] {
+	release()
+	if state := current.Save(); state != nil {
+		return witTypes.Some(state)
+	}
+	return witTypes.None[[]uint8]()
+}
+
+func (world) OnTick(now uint64) {
+	release()
+	current.OnTick(now)
+}
+
+func (world) OnDesired(device string, changes []witTypes.Tuple2[string, types.Value]) witTypes.Result[witTypes.Unit, string] {
+	return done(current.OnDesired(device, fieldsFromWIT(changes)))
+}
+
+func (world) OnAction(device string, name string, argument witTypes.Option[types.Value]) witTypes.Result[witTypes.Option[types.Value], string] {
+	arg, _ := optionFromWIT(argument)
+	result, err := current.OnAction(device, name, arg)
+	if err != nil {
+		return witTypes.Err[witTypes.Option[types.Value]](err.Error())
+	}
+	if result == nil {
+		return witTypes.Ok[witTypes.Option[types.Value], string](witTypes.None[types.Value]())
+	}
+	return witTypes.Ok[witTypes.Option[types.Value], string](witTypes.Some(toWIT(result)))
 }

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! wasmgate-guest-tool c-bindings WIT_DIR WORLD OUT_DIR
+//! wasmgate-guest-tool go-bindings WIT_DIR WORLD GO_PACKAGE OUT_DIR
 //! wasmgate-guest-tool embed CORE.wasm WIT_DIR WORLD -o OUT.wasm
-//! wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow | --adapter-arena] -o OUT.wasm
+//! wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
 //! wasmgate-guest-tool adapter reactor|command -o OUT.wasm
 //! wasmgate-guest-tool imports COMPONENT.wasm
 //! wasmgate-guest-tool check-imports COMPONENT.wasm
@@ -21,12 +22,11 @@ use wasi_preview1_component_adapter_provider::{
 use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
 use wit_parser::Resolve;
 
-mod arena;
-
 const USAGE: &str = "usage:
   wasmgate-guest-tool c-bindings WIT_DIR WORLD OUT_DIR
+  wasmgate-guest-tool go-bindings WIT_DIR WORLD GO_PACKAGE OUT_DIR
   wasmgate-guest-tool embed CORE.wasm WIT_DIR WORLD -o OUT.wasm
-  wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow | --adapter-arena] -o OUT.wasm
+  wasmgate-guest-tool new CORE.wasm [--adapter reactor|command] [--realloc-via-memory-grow] -o OUT.wasm
   wasmgate-guest-tool adapter reactor|command -o OUT.wasm
   wasmgate-guest-tool imports COMPONENT.wasm
   wasmgate-guest-tool check-imports COMPONENT.wasm
@@ -46,7 +46,6 @@ struct Args {
     out: Option<PathBuf>,
     adapter: Option<String>,
     realloc_via_memory_grow: bool,
-    adapter_arena: bool,
 }
 
 fn parse(args: Vec<String>) -> Result<Args> {
@@ -55,7 +54,6 @@ fn parse(args: Vec<String>) -> Result<Args> {
         out: None,
         adapter: None,
         realloc_via_memory_grow: false,
-        adapter_arena: false,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -65,7 +63,6 @@ fn parse(args: Vec<String>) -> Result<Args> {
                 parsed.adapter = Some(it.next().context("--adapter needs reactor or command")?)
             }
             "--realloc-via-memory-grow" => parsed.realloc_via_memory_grow = true,
-            "--adapter-arena" => parsed.adapter_arena = true,
             _ if arg.starts_with('-') => bail!("unknown option {arg}\n{USAGE}"),
             _ => parsed.positional.push(arg),
         }
@@ -81,12 +78,14 @@ fn run(args: Vec<String>) -> Result<()> {
     let out = || args.out.clone().context("-o OUT is required");
     match (command.as_str(), args.positional.as_slice()) {
         ("c-bindings", [wit, world, dir]) => c_bindings(Path::new(wit), world, Path::new(dir)),
+        ("go-bindings", [wit, world, package, dir]) => {
+            go_bindings(Path::new(wit), world, package, Path::new(dir))
+        }
         ("embed", [core, wit, world]) => embed(Path::new(core), Path::new(wit), world, &out()?),
         ("new", [core]) => new(
             Path::new(core),
             args.adapter.as_deref(),
             args.realloc_via_memory_grow,
-            args.adapter_arena,
             &out()?,
         ),
         ("adapter", [kind]) => write(&out()?, adapter(kind)?),
@@ -99,8 +98,9 @@ fn run(args: Vec<String>) -> Result<()> {
         ("check-imports", [component]) => check_imports(Path::new(component)),
         ("version", []) => {
             println!(
-                "wasmgate-guest-tool {} (wit-component 0.262.0, wit-bindgen-c 0.63.0, wasmtime 48.0.8 adapters)",
-                env!("CARGO_PKG_VERSION")
+                "wasmgate-guest-tool {} (wit-component 0.262.0, wit-bindgen-c 0.63.0, wit-bindgen-go 0.63.0 with {}, wasmtime 48.0.8 adapters)",
+                env!("CARGO_PKG_VERSION"),
+                wit_bindgen_go::remote_pkg_version()
             );
             Ok(())
         }
@@ -143,6 +143,84 @@ fn c_bindings(wit: &Path, world: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// wit-bindgen's Go generator, for the library package `package` (a Go
+/// import path), and the Go package its output imports:
+///
+/// - `dir/bindings`: the module `package`, with `imports/<interface>` (the
+///   WIT types and the imported functions) and `exports/wit_exports` (the
+///   `//go:wasmexport` functions, which call the functions the app's own
+///   package `package/exports/export_wit_world` declares);
+/// - `dir/go-pkg`: the module `go.bytecodealliance.org/pkg` (`wit/runtime`:
+///   `cabi_realloc` and handles; `wit/types`: `Option`, `Result`, tuples).
+///
+/// Both are replaced wholesale, so nothing of an older WIT stays behind.
+/// `gofmt` formats the bindings if it is on PATH.
+fn go_bindings(wit: &Path, world: &str, package: &str, dir: &Path) -> Result<()> {
+    let (mut resolve, world) = resolve(wit, world)?;
+    let mut files = wit_bindgen_core::Files::default();
+    let opts = wit_bindgen_go::Opts {
+        pkg_name: Some(package.to_string()),
+        // Its only warnings are renames, which the generated code documents;
+        // without `quiet` it prints an empty line on every run.
+        quiet: true,
+        ..Default::default()
+    };
+    opts.build()
+        .generate(&mut resolve, world, &mut files)
+        .context("wit-bindgen-go failed")?;
+
+    let bindings = dir.join("bindings");
+    clear(&bindings)?;
+    for (name, contents) in files.iter() {
+        write_in(&bindings, name, contents)?;
+    }
+    // The bindings' own go.mod: `package` is a module of its own, so that a
+    // guest's go.mod can `replace` it with this directory. The Go version is
+    // the runtime package's (it needs `//go:wasmexport` and `runtime.Pinner`).
+    let remote = wit_bindgen_go::remote_pkg_version();
+    let go_version = GO_PKG
+        .iter()
+        .find(|(name, _)| *name == "go.mod")
+        .and_then(|(_, text)| std::str::from_utf8(text).ok())
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("go ")))
+        .context("wit-bindgen-go's Go package has no go line in its go.mod")?;
+    write_in(
+        &bindings,
+        "go.mod",
+        format!("module {package}\n\ngo {go_version}\n\nrequire {remote}\n").as_bytes(),
+    )?;
+
+    let runtime = dir.join("go-pkg");
+    clear(&runtime)?;
+    for (name, contents) in GO_PKG {
+        write_in(&runtime, name, contents)?;
+    }
+    Ok(())
+}
+
+// The Go package wit-bindgen-go ships (build.rs).
+include!(concat!(env!("OUT_DIR"), "/go_pkg.rs"));
+
+/// Remove `dir` and everything in it, if it is there.
+fn clear(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Write `contents` to `dir/name`, making the folders on the way.
+fn write_in(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    write(&path, contents)
+}
+
 /// Embed the world's type information (UTF-8 strings) into a core module.
 fn embed(core: &Path, wit: &Path, world: &str, out: &Path) -> Result<()> {
     let (resolve, world) = resolve(wit, world)?;
@@ -165,14 +243,9 @@ fn new(
     core: &Path,
     adapter_kind: Option<&str>,
     realloc_via_memory_grow: bool,
-    adapter_arena: bool,
     out: &Path,
 ) -> Result<()> {
-    let mut module = read(core)?;
-    if adapter_arena {
-        module = arena::add_adapter_realloc(&module)
-            .with_context(|| format!("cannot give the adapter an arena in {}", core.display()))?;
-    }
+    let module = read(core)?;
     let mut encoder = ComponentEncoder::default();
     encoder
         .validate(true)
