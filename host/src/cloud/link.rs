@@ -17,7 +17,6 @@ use backon::BackoffBuilder as _;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -25,6 +24,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::downlink::{Downlink, Reply};
+use super::ledger::{Ledger, MAX_QUEUED_MESSAGES, Sent};
 use super::protocol::{AppInfo, OutboxInfo, RegisteredDevice, Status, StreamInfo};
 use super::topics;
 use crate::app::Directory;
@@ -51,27 +51,8 @@ pub struct LinkSpec {
     pub replies: mpsc::Receiver<Reply>,
 }
 
-/// What a publish carried, to settle when its PUBACK comes.
-#[derive(Debug)]
-enum Sent {
-    /// Outbox rows: `telemetry` and `alert` rows one by one, or every `twin`
-    /// row of a device up to `seq` (the retained state covers them all).
-    Row {
-        seq: i64,
-        twin_device: Option<String>,
-        /// The stream and size of a telemetry or alert row, to count it
-        /// out of the outbox when it is delivered.
-        counted: Option<(Stream, u64, u64)>,
-    },
-    /// A reply or status: resent after a reconnect if not acknowledged.
-    Message(Reply, bool),
-}
-
 /// Outbox rows read per pump beyond those already in flight.
 const READ_AHEAD: usize = 64;
-
-/// Replies and statuses kept for sending while offline.
-const MAX_QUEUED_MESSAGES: usize = 1024;
 
 struct Link {
     spec_gateway: String,
@@ -81,18 +62,9 @@ struct Link {
     usage: Arc<Usage>,
     apps: Directory,
     metrics: crate::metrics::Metrics,
-    window: usize,
     connected: bool,
-    /// Submitted to rumqttc, waiting for their `Outgoing::Publish` event.
-    submitted: VecDeque<Sent>,
-    /// Sent, waiting for PUBACK, by packet id.
-    inflight: HashMap<u16, Sent>,
-    /// Outbox rows in `submitted` or `inflight`.
-    rows_out: HashSet<i64>,
-    /// Devices whose retained twin state is in flight.
-    twins_out: HashSet<String>,
-    /// Replies and statuses waiting for a connection or a free slot.
-    messages: VecDeque<(Reply, bool)>,
+    /// What is out and what waits (see `ledger`).
+    ledger: Ledger,
 }
 
 /// Run the link until `cancel`; then mark the gateway offline and disconnect.
@@ -144,13 +116,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         usage,
         apps,
         metrics,
-        window: usize::from(config.max_inflight),
+        ledger: Ledger::new(usize::from(config.max_inflight)),
         connected: false,
-        submitted: VecDeque::new(),
-        inflight: HashMap::new(),
-        rows_out: HashSet::new(),
-        twins_out: HashSet::new(),
-        messages: VecDeque::new(),
     };
     let backoff = reconnect_backoff(config.backoff_initial, config.backoff_max);
     let mut delays = backoff.build();
@@ -279,7 +246,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
             .publish(&reply.topic, true, reply.payload.clone())
             .is_ok()
         {
-            link.submitted.push_back(Sent::Message(reply, true));
+            link.ledger.submit(Sent::Message(reply, true));
         } else {
             disconnecting = link.client.try_disconnect().is_ok();
         }
@@ -292,9 +259,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.sent(pkid),
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         link.acknowledged(ack.pkid);
-                        let status_pending = link.submitted.iter().chain(link.inflight.values()).any(
-                            |s| matches!(s, Sent::Message(r, _) if r.topic == link.status_topic),
-                        );
+                        let status_pending = link.ledger.carries(&link.status_topic);
                         if !status_pending && !disconnecting {
                             disconnecting = link.client.try_disconnect().is_ok();
                         }
@@ -346,20 +311,17 @@ fn reconnect_backoff(initial: Duration, max: Duration) -> backon::ExponentialBui
 
 impl Link {
     fn queue(&mut self, reply: Reply, retain: bool) {
-        if self.messages.len() >= MAX_QUEUED_MESSAGES {
+        if let Err(reply) = self.ledger.queue(reply, retain) {
             tracing::warn!(topic = %reply.topic, "dropping a reply: {MAX_QUEUED_MESSAGES} are already waiting for the broker");
-            return;
         }
-        self.messages.push_back((reply, retain));
     }
 
     fn queue_status(&mut self, online: bool, reason: Option<&str>) {
         // Only the newest status matters.
         let topic = self.status_topic.clone();
-        self.messages.retain(|(r, _)| r.topic != topic);
         let status = self.status(online, reason);
         let payload = serde_json::to_vec(&status).unwrap_or_default();
-        self.messages.push_back((Reply { topic, payload }, true));
+        self.ledger.queue_latest(Reply { topic, payload }, true);
     }
 
     fn status(&self, online: bool, reason: Option<&str>) -> Status {
@@ -426,20 +388,13 @@ impl Link {
         }
     }
 
-    fn room(&self) -> bool {
-        self.submitted.len() + self.inflight.len() < self.window
-    }
-
     /// Send what fits in the window: queued messages first, then the outbox
     /// (alerts before everything else, then in order).
     fn pump(&mut self) {
         if !self.connected {
             return;
         }
-        while self.room() {
-            let Some((reply, retain)) = self.messages.pop_front() else {
-                break;
-            };
+        while let Some((reply, retain)) = self.ledger.next_message() {
             if let Err(e) = self.client.try_publish(
                 &reply.topic,
                 QoS::AtLeastOnce,
@@ -447,12 +402,12 @@ impl Link {
                 reply.payload.clone(),
             ) {
                 tracing::debug!("publish queue full: {e}");
-                self.messages.push_front((reply, retain));
+                self.ledger.unsent(reply, retain);
                 return;
             }
-            self.submitted.push_back(Sent::Message(reply, retain));
+            self.ledger.submit(Sent::Message(reply, retain));
         }
-        if !self.room() {
+        if !self.ledger.room() {
             return;
         }
         let rows = match self.read_rows() {
@@ -463,7 +418,7 @@ impl Link {
             }
         };
         for row in &rows {
-            if !self.room() {
+            if !self.ledger.room() {
                 break;
             }
             let published = match row.kind.as_str() {
@@ -473,7 +428,7 @@ impl Link {
                 _ => self.publish_telemetry(row),
             };
             match published {
-                Ok(Some(sent)) => self.submit(sent),
+                Ok(Some(sent)) => self.ledger.submit(sent),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!("publish queue full: {e}");
@@ -483,30 +438,14 @@ impl Link {
         }
     }
 
-    fn submit(&mut self, sent: Sent) {
-        match &sent {
-            Sent::Row {
-                twin_device: Some(d),
-                ..
-            } => {
-                self.twins_out.insert(d.clone());
-            }
-            Sent::Row { seq, .. } => {
-                self.rows_out.insert(*seq);
-            }
-            Sent::Message(..) => {}
-        }
-        self.submitted.push_back(sent);
-    }
-
     /// Rows not in flight, alerts first, then by sequence.
     fn read_rows(&self) -> rusqlite::Result<Vec<outbox::Row>> {
-        let rows = outbox::next_rows(&self.db, self.rows_out.len() + READ_AHEAD)?;
+        let rows = outbox::next_rows(&self.db, self.ledger.rows_out() + READ_AHEAD)?;
         Ok(rows
             .into_iter()
             .filter(|r| {
-                let twin_out = r.kind == "twin" && self.twins_out.contains(&r.device);
-                !(self.rows_out.contains(&r.seq) || twin_out)
+                let twin_out = r.kind == "twin" && self.ledger.twin_out(&r.device);
+                !(self.ledger.row_out(r.seq) || twin_out)
             })
             .collect())
     }
@@ -530,7 +469,7 @@ impl Link {
     /// The device's whole reported state, retained; settles every twin row
     /// of the device written so far.
     fn publish_twin(&mut self, device: &str) -> Result<Option<Sent>, rumqttc::ClientError> {
-        if self.twins_out.contains(device) {
+        if self.ledger.twin_out(device) {
             return Ok(None);
         }
         let upto = match outbox::last_twin_seq(&self.db, device) {
@@ -662,11 +601,8 @@ impl Link {
 
     /// rumqttc sent the next submitted publish with packet id `pkid`.
     fn sent(&mut self, pkid: u16) {
-        match self.submitted.pop_front() {
-            Some(sent) => {
-                self.inflight.insert(pkid, sent);
-            }
-            None => tracing::warn!(pkid, "a publish left that the link did not submit"),
+        if !self.ledger.sent(pkid) {
+            tracing::warn!(pkid, "a publish left that the link did not submit");
         }
     }
 
@@ -676,7 +612,7 @@ impl Link {
             .link
             .messages_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(sent) = self.inflight.remove(&pkid) else {
+        let Some(sent) = self.ledger.acknowledged(pkid) else {
             tracing::debug!(pkid, "acknowledgement for an unknown packet");
             return;
         };
@@ -687,12 +623,8 @@ impl Link {
         } = sent
         {
             let deleted = match &twin_device {
-                Some(device) => {
-                    self.twins_out.remove(device);
-                    outbox::delete_twin_upto(&self.db, device, seq)
-                }
+                Some(device) => outbox::delete_twin_upto(&self.db, device, seq),
                 None => {
-                    self.rows_out.remove(&seq);
                     // Only what was still there leaves the totals: a row can
                     // be evicted or expire while it is in flight.
                     outbox::delete(&self.db, seq).map(|gone| {
@@ -713,19 +645,7 @@ impl Link {
     /// unacknowledged messages are queued again, in their order.
     fn disconnected(&mut self) {
         self.connected = false;
-        let mut unsent: Vec<Sent> = self.inflight.drain().map(|(_, s)| s).collect();
-        unsent.extend(self.submitted.drain(..));
-        let mut again: Vec<(Reply, bool)> = unsent
-            .into_iter()
-            .filter_map(|s| match s {
-                Sent::Message(reply, retain) => Some((reply, retain)),
-                Sent::Row { .. } => None,
-            })
-            .collect();
-        again.extend(self.messages.drain(..));
-        self.messages = again.into();
-        self.rows_out.clear();
-        self.twins_out.clear();
+        self.ledger.disconnected();
     }
 }
 

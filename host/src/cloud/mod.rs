@@ -14,6 +14,7 @@
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod downlink;
+pub mod ledger;
 pub mod link;
 pub mod operator;
 pub mod transfers;

@@ -27,7 +27,7 @@ impl Inbound {
 /// A publish the link should send for another part of the gateway (an
 /// ack, an action response, a transfer's chunk, deployment progress). The
 /// link stays the only publisher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub topic: String,
     pub payload: Vec<u8>,

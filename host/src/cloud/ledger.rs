@@ -1,0 +1,316 @@
+//! The link's ledger: what each publish carried, from the moment it is
+//! handed to rumqttc until the broker acknowledges it, and what waits to be
+//! sent. A pure state machine (no I/O, no clock), as rumqttc's `MqttState`
+//! is, so that its rules are unit-tested here; `link.rs` is the I/O around
+//! it.
+//!
+//! The rules:
+//! - at most `window` publishes are submitted or in flight at once;
+//! - rumqttc reports each submitted publish's packet id in submission order
+//!   (`Outgoing::Publish`), which is how a packet id is tied to what it
+//!   carried;
+//! - a PUBACK settles what its packet carried: outbox rows are then deleted
+//!   by the link, replies are done;
+//! - on a disconnect nothing in flight counts as delivered: outbox rows are
+//!   read again from the outbox, and replies and statuses are queued again
+//!   ahead of newer ones, in the order they were first submitted.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use super::downlink::Reply;
+use crate::outbox::Stream;
+
+/// Replies and statuses kept for sending while offline.
+pub const MAX_QUEUED_MESSAGES: usize = 1024;
+
+/// What a publish carried, to settle when its PUBACK comes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sent {
+    /// Outbox rows: a telemetry, alert or ack row one by one, or every
+    /// `twin` row of a device up to `seq` (the retained state covers them
+    /// all).
+    Row {
+        seq: i64,
+        twin_device: Option<String>,
+        /// The stream and size of a telemetry or alert row, to count it out
+        /// of the outbox when it is delivered.
+        counted: Option<(Stream, u64, u64)>,
+    },
+    /// A reply or status (and whether it is retained): sent again after a
+    /// reconnect if not acknowledged.
+    Message(Reply, bool),
+}
+
+/// See the module header.
+#[derive(Debug)]
+pub struct Ledger {
+    window: usize,
+    /// Submitted to rumqttc, waiting for their packet id, with their place
+    /// in the submission order.
+    submitted: VecDeque<(u64, Sent)>,
+    /// Sent, waiting for PUBACK, by packet id.
+    inflight: HashMap<u16, (u64, Sent)>,
+    /// The next submission's place.
+    order: u64,
+    /// Outbox rows submitted or in flight.
+    rows_out: HashSet<i64>,
+    /// Devices whose retained twin state is submitted or in flight.
+    twins_out: HashSet<String>,
+    /// Replies and statuses waiting for a connection or a free slot.
+    messages: VecDeque<(Reply, bool)>,
+}
+
+impl Ledger {
+    pub fn new(window: usize) -> Ledger {
+        Ledger {
+            window: window.max(1),
+            submitted: VecDeque::new(),
+            inflight: HashMap::new(),
+            order: 0,
+            rows_out: HashSet::new(),
+            twins_out: HashSet::new(),
+            messages: VecDeque::new(),
+        }
+    }
+
+    /// Whether another publish fits in the window.
+    pub fn room(&self) -> bool {
+        self.submitted.len() + self.inflight.len() < self.window
+    }
+
+    /// Queue a reply; `Err` gives it back when the queue is full.
+    pub fn queue(&mut self, reply: Reply, retain: bool) -> Result<(), Reply> {
+        if self.messages.len() >= MAX_QUEUED_MESSAGES {
+            return Err(reply);
+        }
+        self.messages.push_back((reply, retain));
+        Ok(())
+    }
+
+    /// Queue a message that replaces any waiting one on the same topic
+    /// (only the newest status matters).
+    pub fn queue_latest(&mut self, reply: Reply, retain: bool) {
+        self.messages.retain(|(r, _)| r.topic != reply.topic);
+        self.messages.push_back((reply, retain));
+    }
+
+    /// The next waiting message, if one fits in the window. Give it back
+    /// with [`unsent`](Self::unsent) if rumqttc cannot take it now.
+    pub fn next_message(&mut self) -> Option<(Reply, bool)> {
+        if !self.room() {
+            return None;
+        }
+        self.messages.pop_front()
+    }
+
+    /// A message from [`next_message`](Self::next_message) that could not be
+    /// submitted: first again next time.
+    pub fn unsent(&mut self, reply: Reply, retain: bool) {
+        self.messages.push_front((reply, retain));
+    }
+
+    /// Whether outbox row `seq` is already out.
+    pub fn row_out(&self, seq: i64) -> bool {
+        self.rows_out.contains(&seq)
+    }
+
+    /// Whether `device`'s retained twin state is already out.
+    pub fn twin_out(&self, device: &str) -> bool {
+        self.twins_out.contains(device)
+    }
+
+    /// Rows out, to read that many more from the outbox.
+    pub fn rows_out(&self) -> usize {
+        self.rows_out.len()
+    }
+
+    /// Whether a message on `topic` is submitted or in flight.
+    pub fn carries(&self, topic: &str) -> bool {
+        self.submitted
+            .iter()
+            .chain(self.inflight.values())
+            .any(|(_, sent)| matches!(sent, Sent::Message(r, _) if r.topic == topic))
+    }
+
+    /// `sent` was handed to rumqttc.
+    pub fn submit(&mut self, sent: Sent) {
+        match &sent {
+            Sent::Row {
+                twin_device: Some(device),
+                ..
+            } => {
+                self.twins_out.insert(device.clone());
+            }
+            Sent::Row { seq, .. } => {
+                self.rows_out.insert(*seq);
+            }
+            Sent::Message(..) => {}
+        }
+        self.submitted.push_back((self.order, sent));
+        self.order += 1;
+    }
+
+    /// rumqttc sent the next submitted publish as packet `pkid`; `false`
+    /// if nothing was submitted (a publish the ledger did not make).
+    pub fn sent(&mut self, pkid: u16) -> bool {
+        match self.submitted.pop_front() {
+            Some(entry) => {
+                self.inflight.insert(pkid, entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The broker acknowledged packet `pkid`: what it carried, for the link
+    /// to settle (`None` for an unknown packet).
+    pub fn acknowledged(&mut self, pkid: u16) -> Option<Sent> {
+        let (_, sent) = self.inflight.remove(&pkid)?;
+        if let Sent::Row {
+            seq, twin_device, ..
+        } = &sent
+        {
+            match twin_device {
+                Some(device) => self.twins_out.remove(device),
+                None => self.rows_out.remove(seq),
+            };
+        }
+        Some(sent)
+    }
+
+    /// The connection is gone: forget what was out. Rows are read from the
+    /// outbox again; unacknowledged messages go back to the front of the
+    /// queue in the order they were first submitted.
+    pub fn disconnected(&mut self) {
+        let mut unsent: BTreeMap<u64, Sent> = self.inflight.drain().map(|(_, e)| e).collect();
+        unsent.extend(self.submitted.drain(..));
+        let mut again: VecDeque<(Reply, bool)> = unsent
+            .into_values()
+            .filter_map(|sent| match sent {
+                Sent::Message(reply, retain) => Some((reply, retain)),
+                Sent::Row { .. } => None,
+            })
+            .collect();
+        again.extend(self.messages.drain(..));
+        self.messages = again;
+        self.rows_out.clear();
+        self.twins_out.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(topic: &str) -> Reply {
+        Reply {
+            topic: topic.into(),
+            payload: Vec::new(),
+        }
+    }
+
+    fn row(seq: i64) -> Sent {
+        Sent::Row {
+            seq,
+            twin_device: None,
+            counted: None,
+        }
+    }
+
+    fn twin(device: &str, seq: i64) -> Sent {
+        Sent::Row {
+            seq,
+            twin_device: Some(device.into()),
+            counted: None,
+        }
+    }
+
+    #[test]
+    fn packet_ids_are_tied_to_what_was_submitted_in_order() {
+        let mut ledger = Ledger::new(8);
+        ledger.submit(row(1));
+        ledger.submit(twin("d", 2));
+        assert!(ledger.row_out(1) && ledger.twin_out("d"));
+        assert!(ledger.sent(7) && ledger.sent(3));
+        assert!(!ledger.sent(9), "nothing else was submitted");
+        // PUBACKs may come in any order; each settles its own packet.
+        assert_eq!(ledger.acknowledged(3), Some(twin("d", 2)));
+        assert!(!ledger.twin_out("d") && ledger.row_out(1));
+        assert_eq!(ledger.acknowledged(7), Some(row(1)));
+        assert_eq!(ledger.acknowledged(7), None, "settled once");
+        assert!(!ledger.row_out(1));
+    }
+
+    #[test]
+    fn the_window_holds_submitted_and_inflight_publishes() {
+        let mut ledger = Ledger::new(2);
+        ledger.queue(reply("a"), false).expect("queued");
+        ledger.queue(reply("b"), false).expect("queued");
+        ledger.queue(reply("c"), false).expect("queued");
+        for topic in ["a", "b"] {
+            let (r, retain) = ledger.next_message().expect("room");
+            assert_eq!(r.topic, topic);
+            ledger.submit(Sent::Message(r, retain));
+        }
+        assert!(ledger.next_message().is_none(), "the window is full");
+        assert!(ledger.sent(1));
+        assert!(ledger.carries("b") && ledger.carries("a"));
+        assert!(ledger.next_message().is_none(), "in flight still counts");
+        ledger.acknowledged(1);
+        assert!(!ledger.carries("a"));
+        assert_eq!(
+            ledger.next_message().map(|(r, _)| r.topic),
+            Some("c".into())
+        );
+    }
+
+    #[test]
+    fn a_disconnect_requeues_messages_in_their_order_and_forgets_rows() {
+        let mut ledger = Ledger::new(16);
+        for (i, topic) in ["m1", "m2", "m3", "m4", "m5"].iter().enumerate() {
+            ledger.submit(Sent::Message(reply(topic), false));
+            ledger.submit(row(i as i64));
+        }
+        // Some left with packet ids (in flight), the rest still submitted.
+        for pkid in [40, 10, 30, 20, 50, 60] {
+            assert!(ledger.sent(pkid));
+        }
+        // Submitted in turn: m1 row0 m2 row1 m3 row2 ... ; 30 carried m2.
+        assert_eq!(
+            ledger.acknowledged(30),
+            Some(Sent::Message(reply("m2"), false))
+        );
+        ledger.queue(reply("newer"), false).expect("queued");
+        ledger.disconnected();
+        assert_eq!(ledger.rows_out(), 0);
+        let mut order = Vec::new();
+        while let Some((r, _)) = ledger.next_message() {
+            order.push(r.topic);
+        }
+        assert_eq!(order, ["m1", "m3", "m4", "m5", "newer"]);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_only_the_newest_status_waits() {
+        let mut ledger = Ledger::new(1);
+        for _ in 0..MAX_QUEUED_MESSAGES {
+            ledger.queue(reply("r"), false).expect("room");
+        }
+        assert!(ledger.queue(reply("dropped"), false).is_err());
+        let mut ledger = Ledger::new(1);
+        ledger.queue_latest(reply("status"), true);
+        ledger.queue(reply("r"), false).expect("room");
+        ledger.queue_latest(reply("status"), true);
+        let topics: Vec<String> = std::iter::from_fn(|| {
+            let next = ledger.next_message();
+            if let Some((r, retain)) = &next {
+                ledger.submit(Sent::Message(r.clone(), *retain));
+                ledger.sent(1);
+                ledger.acknowledged(1);
+            }
+            next.map(|(r, _)| r.topic)
+        })
+        .collect();
+        assert_eq!(topics, ["r", "status"]);
+    }
+}
