@@ -8,13 +8,15 @@
 //! (entries, points, bytes, oldest entry's age, dropped / rejected / expired
 //! points), bytes and messages sent to the broker, reconnects.
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Usage;
@@ -123,171 +125,230 @@ impl Metrics {
             .clone()
     }
 
-    /// Everything, in the Prometheus text format.
+    /// Everything, in the Prometheus text format (prometheus-client's
+    /// encoder over [`Scrape`], which reads the atomics at that moment).
     pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(self.clone())));
         let mut out = String::new();
-        let g = &self.gateway;
-        let apps: Vec<(String, Arc<AppMetrics>)> = self
+        if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+            tracing::error!("cannot render the metrics: {e}");
+        }
+        out
+    }
+}
+
+/// One scrape of [`Metrics`]: every family, read as it is now.
+struct Scrape(Metrics);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// A family of counters or gauges: its samples, by their labels.
+fn family<'a, V: Copy + Into<f64>>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels<'a>, V)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let mut sample = metric.encode_family(&labels)?;
+        let value: f64 = value.into();
+        match kind {
+            MetricType::Counter => sample.encode_counter::<NoLabelSet, _, f64>(&value, None)?,
+            _ => sample.encode_gauge(&value)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.0;
+        let g = m.gateway.as_str();
+        let apps: Vec<(String, Arc<AppMetrics>)> = m
             .apps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let counter = |out: &mut String,
-                       name: &str,
-                       help: &str,
-                       kind: &str,
-                       get: &dyn Fn(&AppMetrics) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (app, m) in &apps {
-                let _ = writeln!(out, "{name}{{gateway=\"{g}\",app=\"{app}\"}} {}", get(m));
-            }
+        let per_app = |get: fn(&AppMetrics) -> u64| {
+            apps.iter()
+                .map(move |(app, m)| (vec![("gateway", g), ("app", app.as_str())], get(m) as f64))
         };
-        counter(
-            &mut out,
-            "wasmgate_app_events_total",
-            "Events the app handled (ticks, desired changes, actions).",
-            "counter",
-            &|m| m.events.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "wasmgate_app_traps_total",
-            "Calls that trapped, ran past their deadline or hit the memory limit.",
-            "counter",
-            &|m| m.traps.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "wasmgate_app_restarts_total",
-            "Restarts after a crash.",
-            "counter",
-            &|m| m.restarts.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "wasmgate_app_memory_bytes",
-            "The app's linear memory.",
-            "gauge",
-            &|m| m.memory_bytes.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "wasmgate_app_log_dropped_total",
-            "Log lines dropped by the rate limit.",
-            "counter",
-            &|m| m.log_dropped.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP wasmgate_app_call_seconds Time in the app's export calls.\n# TYPE wasmgate_app_call_seconds histogram"
-        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Counters are named without `_total`: the encoder adds it.
+        for (name, help, kind, get) in [
+            (
+                "wasmgate_app_events",
+                "Events the app handled (ticks, desired changes, actions).",
+                MetricType::Counter,
+                (|m: &AppMetrics| m.events.load(Ordering::Relaxed)) as fn(&AppMetrics) -> u64,
+            ),
+            (
+                "wasmgate_app_traps",
+                "Calls that trapped, ran past their deadline or hit the memory limit.",
+                MetricType::Counter,
+                |m| m.traps.load(Ordering::Relaxed),
+            ),
+            (
+                "wasmgate_app_restarts",
+                "Restarts after a crash.",
+                MetricType::Counter,
+                |m| m.restarts.load(Ordering::Relaxed),
+            ),
+            (
+                "wasmgate_app_memory_bytes",
+                "The app's linear memory.",
+                MetricType::Gauge,
+                |m| m.memory_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "wasmgate_app_log_dropped",
+                "Log lines dropped by the rate limit.",
+                MetricType::Counter,
+                |m| m.log_dropped.load(Ordering::Relaxed),
+            ),
+        ] {
+            family(&mut encoder, name, help, kind, per_app(get))?;
+        }
+        let mut calls = encoder.encode_descriptor(
+            "wasmgate_app_call_seconds",
+            "Time in the app's export calls.",
+            None,
+            MetricType::Histogram,
+        )?;
         for (app, m) in &apps {
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += m.buckets[i].load(Ordering::Relaxed);
-                let le = if bound.is_infinite() {
-                    "+Inf".to_string()
-                } else {
-                    bound.to_string()
-                };
-                let _ = writeln!(
-                    out,
-                    "wasmgate_app_call_seconds_bucket{{gateway=\"{g}\",app=\"{app}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "wasmgate_app_call_seconds_sum{{gateway=\"{g}\",app=\"{app}\"}} {}\nwasmgate_app_call_seconds_count{{gateway=\"{g}\",app=\"{app}\"}} {}",
-                m.call_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-                m.calls.load(Ordering::Relaxed)
-            );
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .zip(&m.buckets)
+                .map(|(bound, count)| (*bound, load(count)))
+                .collect();
+            calls
+                .encode_family(&vec![("gateway", g), ("app", app.as_str())])?
+                .encode_histogram::<NoLabelSet>(
+                    load(&m.call_nanos) as f64 / 1e9,
+                    load(&m.calls),
+                    &buckets,
+                    None,
+                )?;
         }
 
-        let streams = self.usage.snapshot();
-        let _ = writeln!(
-            out,
-            "# HELP wasmgate_outbox_points Points waiting in the outbox, per stream.\n# TYPE wasmgate_outbox_points gauge"
-        );
-        for (s, st) in &streams {
-            let _ = writeln!(
-                out,
-                "wasmgate_outbox_points{{gateway=\"{g}\",kind=\"{}\",device=\"{}\",name=\"{}\"}} {}",
-                s.kind, s.device, s.name, st.points
-            );
-        }
-        for (metric, help, get) in [
+        let streams = m.usage.snapshot();
+        let per_stream = |get: fn(&crate::outbox::StreamStats) -> u64| {
+            streams.iter().map(move |(s, st)| {
+                let labels = vec![
+                    ("gateway", g),
+                    ("kind", s.kind),
+                    ("device", s.device.as_str()),
+                    ("name", s.name.as_str()),
+                ];
+                (labels, get(st) as f64)
+            })
+        };
+        for (name, help, kind, get) in [
             (
-                "wasmgate_outbox_bytes",
-                "Bytes waiting in the outbox, per stream.",
-                (|st: &crate::outbox::StreamStats| st.bytes)
+                "wasmgate_outbox_points",
+                "Points waiting in the outbox, per stream.",
+                MetricType::Gauge,
+                (|st: &crate::outbox::StreamStats| st.points)
                     as fn(&crate::outbox::StreamStats) -> u64,
             ),
             (
-                "wasmgate_outbox_dropped_points_total",
+                "wasmgate_outbox_bytes",
+                "Bytes waiting in the outbox, per stream.",
+                MetricType::Gauge,
+                |st| st.bytes,
+            ),
+            (
+                "wasmgate_outbox_dropped_points",
                 "Points deleted unsent to make room.",
+                MetricType::Counter,
                 |st| st.dropped,
             ),
             (
-                "wasmgate_outbox_rejected_points_total",
+                "wasmgate_outbox_rejected_points",
                 "Points refused because the outbox was full.",
+                MetricType::Counter,
                 |st| st.rejected,
             ),
             (
-                "wasmgate_outbox_expired_points_total",
+                "wasmgate_outbox_expired_points",
                 "Points deleted unsent for age.",
+                MetricType::Counter,
                 |st| st.expired,
             ),
         ] {
-            let kind = if metric.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-            for (s, st) in &streams {
-                let _ = writeln!(
-                    out,
-                    "{metric}{{gateway=\"{g}\",kind=\"{}\",device=\"{}\",name=\"{}\"}} {}",
-                    s.kind,
-                    s.device,
-                    s.name,
-                    get(st)
-                );
-            }
+            family(&mut encoder, name, help, kind, per_stream(get))?;
         }
-        let (entries, oldest) = self
-            .db
-            .open()
-            .and_then(|c| {
-                c.query_row("SELECT COUNT(*), MIN(created_at) FROM outbox", [], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+
+        let (entries, oldest) =
+            m.db.open()
+                .and_then(|c| {
+                    c.query_row("SELECT COUNT(*), MIN(created_at) FROM outbox", [], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+                    })
                 })
-            })
-            .unwrap_or((0, None));
+                .unwrap_or((0, None));
         let age = oldest.map_or(0.0, |t| {
             (crate::value::now_ns() as i64 - t).max(0) as f64 / 1e9
         });
-        let link = &self.link;
-        let _ = writeln!(
-            out,
-            "# HELP wasmgate_outbox_entries Rows in the outbox.\n# TYPE wasmgate_outbox_entries gauge\nwasmgate_outbox_entries{{gateway=\"{g}\"}} {entries}\n\
-             # HELP wasmgate_outbox_oldest_age_seconds Age of the oldest row in the outbox.\n# TYPE wasmgate_outbox_oldest_age_seconds gauge\nwasmgate_outbox_oldest_age_seconds{{gateway=\"{g}\"}} {age}\n\
-             # HELP wasmgate_cloud_bytes_sent_total Payload bytes published to the broker.\n# TYPE wasmgate_cloud_bytes_sent_total counter\nwasmgate_cloud_bytes_sent_total{{gateway=\"{g}\"}} {}\n\
-             # HELP wasmgate_cloud_messages_sent_total Messages the broker acknowledged.\n# TYPE wasmgate_cloud_messages_sent_total counter\nwasmgate_cloud_messages_sent_total{{gateway=\"{g}\"}} {}\n\
-             # HELP wasmgate_cloud_reconnects_total Connections to the broker made after the first.\n# TYPE wasmgate_cloud_reconnects_total counter\nwasmgate_cloud_reconnects_total{{gateway=\"{g}\"}} {}\n\
-             # HELP wasmgate_cloud_connected Whether the link is connected.\n# TYPE wasmgate_cloud_connected gauge\nwasmgate_cloud_connected{{gateway=\"{g}\"}} {}",
-            link.bytes_sent.load(Ordering::Relaxed),
-            link.messages_sent.load(Ordering::Relaxed),
-            link.reconnects.load(Ordering::Relaxed),
-            u8::from(link.connected.load(Ordering::Relaxed)),
-        );
-        out
+        let link = &m.link;
+        let gateway = || vec![("gateway", g)];
+        for (name, help, kind, value) in [
+            (
+                "wasmgate_outbox_entries",
+                "Rows in the outbox.",
+                MetricType::Gauge,
+                entries as f64,
+            ),
+            (
+                "wasmgate_outbox_oldest_age_seconds",
+                "Age of the oldest row in the outbox.",
+                MetricType::Gauge,
+                age,
+            ),
+            (
+                "wasmgate_cloud_bytes_sent",
+                "Payload bytes published to the broker.",
+                MetricType::Counter,
+                load(&link.bytes_sent) as f64,
+            ),
+            (
+                "wasmgate_cloud_messages_sent",
+                "Messages the broker acknowledged.",
+                MetricType::Counter,
+                load(&link.messages_sent) as f64,
+            ),
+            (
+                "wasmgate_cloud_reconnects",
+                "Connections to the broker made after the first.",
+                MetricType::Counter,
+                load(&link.reconnects) as f64,
+            ),
+            (
+                "wasmgate_cloud_connected",
+                "Whether the link is connected.",
+                MetricType::Gauge,
+                f64::from(u8::from(link.connected.load(Ordering::Relaxed))),
+            ),
+        ] {
+            family(&mut encoder, name, help, kind, [(gateway(), value)])?;
+        }
+        Ok(())
     }
 }
 
-/// Serve `GET /metrics` on `listen` (a loopback address) until `cancel`.
+/// Serve `GET /metrics` on `listen` (a loopback address) until `cancel`,
+/// over hyper's HTTP/1.1 server; every other request gets a 404.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
@@ -297,53 +358,66 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("the metrics endpoint cannot listen on {listen}: {e}"))?;
     tracing::info!(listen = %listen, "metrics at http://{listen}/metrics");
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
-        let (mut stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of descriptors, say: wait rather than spin on it.
                     tracing::warn!("metrics endpoint: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            // A request line and headers, which may come in several
-            // segments; nothing past 4 KiB is read.
-            let mut request = vec![0u8; 4096];
-            let mut n = 0;
-            let read_head = async {
-                while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut request[n..]).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(read) => n += read,
-                    }
-                }
-                true
-            };
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(5), read_head).await,
-                Ok(true)
-            ) {
-                return;
+        let service = hyper::service::service_fn(move |request| {
+            let response = respond(&metrics, &request);
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(5))
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                _ = cancel.cancelled() => {}
             }
-            let head = String::from_utf8_lossy(&request[..n]);
-            let (status, body) =
-                if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics\r") {
-                    ("200 OK", metrics.render())
-                } else {
-                    (
-                        "404 Not Found",
-                        "only GET /metrics is served here\n".to_string(),
-                    )
-                };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+fn respond<B>(
+    metrics: &Metrics,
+    request: &hyper::Request<B>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, body) =
+        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+            (hyper::StatusCode::OK, metrics.render())
+        } else {
+            (
+                hyper::StatusCode::NOT_FOUND,
+                "only GET /metrics is served here\n".to_string(),
+            )
+        };
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    // One scrape a connection, as Prometheus makes them: the server closes
+    // it after the answer rather than holding it for another request.
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
 }
