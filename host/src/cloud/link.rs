@@ -501,14 +501,18 @@ impl Link {
         }))
     }
 
+    /// A row's payload; `None` if it is gone (evicted or expired since it
+    /// was read) or cannot be read (said in the log; it is tried again).
+    fn stored(&self, row: &outbox::Row) -> Option<Vec<u8>> {
+        outbox::payload(&self.db, row.seq).unwrap_or_else(|e| {
+            tracing::error!("cannot read the outbox: {e}");
+            None
+        })
+    }
+
     fn publish_alert(&mut self, row: &outbox::Row) -> Result<Option<Sent>, rumqttc::ClientError> {
-        let stored = match outbox::payload(&self.db, row.seq) {
-            Ok(Some(payload)) => payload,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                tracing::error!("cannot read the outbox: {e}");
-                return Ok(None);
-            }
+        let Some(stored) = self.stored(row) else {
+            return Ok(None);
         };
         let mut alert: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&stored).unwrap_or_default();
@@ -539,13 +543,8 @@ impl Link {
 
     /// A twin ack, as the downlink worker wrote it.
     fn publish_ack(&mut self, row: &outbox::Row) -> Result<Option<Sent>, rumqttc::ClientError> {
-        let payload = match outbox::payload(&self.db, row.seq) {
-            Ok(Some(payload)) => payload,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                tracing::error!("cannot read the outbox: {e}");
-                return Ok(None);
-            }
+        let Some(payload) = self.stored(row) else {
+            return Ok(None);
         };
         let topic = topics::topic(&self.spec_gateway, &row.device, "twin/ack");
         self.publish(&topic, false, payload)?;
@@ -561,14 +560,8 @@ impl Link {
         &mut self,
         row: &outbox::Row,
     ) -> Result<Option<Sent>, rumqttc::ClientError> {
-        let points = match outbox::payload(&self.db, row.seq) {
-            Ok(Some(payload)) => payload,
-            // Evicted or expired since it was read.
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                tracing::error!("cannot read the outbox: {e}");
-                return Ok(None);
-            }
+        let Some(points) = self.stored(row) else {
+            return Ok(None);
         };
         // The stored batch is already the JSON array of points: wrap it
         // rather than parse and re-encode it.
