@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::{AppShared, Directory, Units};
 use crate::cloud::downlink::Downlink;
@@ -53,6 +54,10 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     write!(file, "{}", std::process::id())?;
     Ok(file)
 }
+
+/// How long shutdown waits for the cloud link's helper tasks once the link
+/// has stopped.
+const LINK_TASKS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Run the gateway until `shutdown` is cancelled.
 /// With `watch`, a changed component file of gateway.toml is deployed as a
@@ -165,6 +170,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     // The cloud link: started after the apps so that its first status
     // lists them, stopped after them so that it can say they stopped.
     let stop_link = CancellationToken::new();
+    // The link's helpers: downlink workers, the content service, cloud
+    // deployments. Shutdown waits for them (within a bound) after the link.
+    let link_tasks = TaskTracker::new();
     let link = match &config.cloud {
         None => {
             tracing::info!(
@@ -180,6 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 deploy.clone(),
                 replies_tx.clone(),
                 stop_link.child_token(),
+                &link_tasks,
             );
             let content = crate::content::service::spawn(
                 crate::content::service::ServiceSpec {
@@ -192,6 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                     signal: content_signal.clone(),
                 },
                 stop_link.child_token(),
+                &link_tasks,
             );
             let downlink = Downlink::new(
                 config.gateway_id.clone(),
@@ -200,6 +210,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 database.clone(),
                 outbox_signal.clone(),
                 stop_link.child_token(),
+                link_tasks.clone(),
             )
             .with_handler(Service::Deploy, deployments)
             .with_handler(Service::Content, content);
@@ -245,6 +256,19 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             Ok(Err(e)) => tracing::error!("the cloud link failed: {e:#}"),
             Err(e) => tracing::error!("the cloud link task failed: {e}"),
         }
+    }
+    link_tasks.close();
+    // A downlink worker may be waiting on an app's answer (up to
+    // downlink::APP_TIMEOUT); shutdown does not wait that long for it.
+    if tokio::time::timeout(LINK_TASKS_DRAIN, link_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = link_tasks.len(),
+            "stopping with cloud tasks still busy after {} s",
+            LINK_TASKS_DRAIN.as_secs()
+        );
     }
     tracing::info!("stopped");
     Ok(())

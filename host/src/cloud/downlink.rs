@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::wire::Inbound;
 pub use crate::wire::Reply;
@@ -49,6 +50,8 @@ pub struct Downlink {
     /// Wakes the link when an ack is in the outbox.
     outbox_signal: Arc<Notify>,
     cancel: CancellationToken,
+    /// Where the device workers run, so that shutdown can wait for them.
+    tasks: TaskTracker,
     /// The services that take other kinds of messages.
     handlers: HashMap<Service, mpsc::Sender<Inbound>>,
 }
@@ -61,6 +64,7 @@ impl Downlink {
         db: Database,
         outbox_signal: Arc<Notify>,
         cancel: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
         Downlink {
             gateway,
@@ -70,6 +74,7 @@ impl Downlink {
             db,
             outbox_signal,
             cancel,
+            tasks,
             handlers: HashMap::new(),
         }
     }
@@ -166,7 +171,7 @@ impl Downlink {
                 db: self.db.clone(),
                 outbox_signal: self.outbox_signal.clone(),
             };
-            tokio::spawn(worker.run(rx, self.cancel.clone()));
+            self.tasks.spawn(worker.run(rx, self.cancel.clone()));
             tx
         });
         if let Err(e) = worker.try_send(request) {

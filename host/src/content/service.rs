@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::transfer::{Ack, Incoming, Manifest, Outgoing};
 use super::{Progress, TransferRow, Way, store_path};
@@ -36,10 +37,14 @@ pub struct ServiceSpec {
     pub signal: Arc<Notify>,
 }
 
-/// Start the service; the returned sender is for the downlink.
-pub fn spawn(spec: ServiceSpec, cancel: CancellationToken) -> mpsc::Sender<Inbound> {
+/// Start the service on `tasks`; the returned sender is for the downlink.
+pub fn spawn(
+    spec: ServiceSpec,
+    cancel: CancellationToken,
+    tasks: &TaskTracker,
+) -> mpsc::Sender<Inbound> {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         match Service::new(spec) {
             Ok(service) => service.run(rx, cancel).await,
             Err(e) => tracing::error!("content transfers are off: {e}"),

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{DeployClient, DeployRequest, MAX_ARTIFACT_BYTES, signing};
 use crate::model::check_name;
@@ -136,13 +137,14 @@ impl Transfer {
     }
 }
 
-/// Start the handler; the returned sender is for the downlink.
+/// Start the handler on `tasks`; the returned sender is for the downlink.
 pub fn spawn(
     gateway: String,
     trusted: Vec<[u8; 32]>,
     deploy: DeployClient,
     replies: mpsc::Sender<Reply>,
     cancel: CancellationToken,
+    tasks: &TaskTracker,
 ) -> mpsc::Sender<Inbound> {
     let (tx, rx) = mpsc::channel(64);
     let handler = Handler {
@@ -152,7 +154,7 @@ pub fn spawn(
         replies,
         transfers: HashMap::new(),
     };
-    tokio::spawn(handler.run(rx, cancel));
+    tasks.spawn(handler.run(rx, cancel));
     tx
 }
 
