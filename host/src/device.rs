@@ -31,6 +31,13 @@ pub const FLUSH_POINTS: usize = 4096;
 /// traps (a guest leaking handles is a bug, not an expected failure).
 pub const MAX_HANDLES: usize = 1024;
 
+/// Which side of an attribute's twin to read.
+#[derive(Debug, Clone, Copy)]
+enum TwinSide {
+    Reported,
+    Desired,
+}
+
 /// The host's state behind a guest's `device` resource.
 #[derive(Debug)]
 pub struct DeviceHandle {
@@ -351,13 +358,16 @@ impl DeviceCtx {
         tx.commit()
     }
 
-    fn twin_value(&self, device: &str, column: &str, name: &str) -> Option<Value> {
-        // `column` is one of two constants below, never guest input.
-        let sql = format!("SELECT {column} FROM twin WHERE device = ?1 AND name = ?2");
+    fn twin_value(&self, device: &str, side: TwinSide, name: &str) -> Option<Value> {
+        let sql = match side {
+            TwinSide::Reported => "SELECT reported FROM twin WHERE device = ?1 AND name = ?2",
+            TwinSide::Desired => "SELECT desired FROM twin WHERE device = ?1 AND name = ?2",
+        };
         let stored: Option<Option<String>> = self
             .deps
             .db
-            .query_row(&sql, params![device, name], |r| r.get(0))
+            .prepare_cached(sql)
+            .and_then(|mut stmt| stmt.query_row(params![device, name], |r| r.get(0)))
             .optional()
             .unwrap_or_else(|e| {
                 tracing::error!(app = %self.deps.app, "reading the twin failed: {e}");
@@ -662,7 +672,7 @@ impl HostDevice for DeviceView<'_> {
         name: String,
     ) -> wasmtime::Result<Option<Value>> {
         let id = self.id_of(&handle)?;
-        Ok(self.ctx.twin_value(&id, "reported", &name))
+        Ok(self.ctx.twin_value(&id, TwinSide::Reported, &name))
     }
 
     fn desired(
@@ -671,10 +681,13 @@ impl HostDevice for DeviceView<'_> {
         name: String,
     ) -> wasmtime::Result<Option<Value>> {
         let id = self.id_of(&handle)?;
-        Ok(self.ctx.twin_value(&id, "desired", &name).or_else(|| {
-            let model = self.ctx.model_of(&id).ok()?;
-            model.default_of(&name).cloned()
-        }))
+        Ok(self
+            .ctx
+            .twin_value(&id, TwinSide::Desired, &name)
+            .or_else(|| {
+                let model = self.ctx.model_of(&id).ok()?;
+                model.default_of(&name).cloned()
+            }))
     }
 
     fn record(

@@ -97,8 +97,13 @@ pub struct TransferRow {
     pub progress: Progress,
 }
 
-const COLUMNS: &str =
-    "id, app, device, direction, name, size, sha256, chunk_size, chunks, have, state, error";
+/// The columns [`row`] reads, in its order: spelled once, and put into each
+/// statement at compile time (`concat!`), so no SQL is made at run time.
+macro_rules! columns {
+    () => {
+        "id, app, device, direction, name, size, sha256, chunk_size, chunks, have, state, error"
+    };
+}
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let get = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
@@ -126,9 +131,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
 pub fn insert(conn: &Connection, t: &TransferRow) -> rusqlite::Result<()> {
     let m = &t.manifest;
     conn.execute(
-        &format!(
-            "INSERT INTO transfers ({COLUMNS}, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        concat!(
+            "INSERT INTO transfers (",
+            columns!(),
+            ", created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ),
         params![
             m.id,
@@ -158,7 +164,11 @@ pub fn insert(conn: &Connection, t: &TransferRow) -> rusqlite::Result<()> {
 
 pub fn get(conn: &Connection, id: &str, way: Way) -> rusqlite::Result<Option<TransferRow>> {
     conn.query_row(
-        &format!("SELECT {COLUMNS} FROM transfers WHERE id = ?1 AND direction = ?2"),
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM transfers WHERE id = ?1 AND direction = ?2"
+        ),
         params![id, way],
         row,
     )
@@ -167,18 +177,23 @@ pub fn get(conn: &Connection, id: &str, way: Way) -> rusqlite::Result<Option<Tra
 
 /// Transfers still running in one direction.
 pub fn running(conn: &Connection, way: Way) -> rusqlite::Result<Vec<TransferRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM transfers WHERE direction = ?1 AND state = 'running' ORDER BY created_at"
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM transfers WHERE direction = ?1 AND state = 'running' ORDER BY created_at"
     ))?;
     stmt.query_map(params![way], row)?.collect()
 }
 
 /// An app's transfers, newest first.
 pub fn of_app(conn: &Connection, app: &str) -> rusqlite::Result<Vec<TransferRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM transfers WHERE app = ?1 ORDER BY created_at DESC LIMIT {MAX_LISTED}"
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM transfers WHERE app = ?1 ORDER BY created_at DESC LIMIT ?2"
     ))?;
-    stmt.query_map(params![app], row)?.collect()
+    stmt.query_map(params![app, MAX_LISTED as i64], row)?
+        .collect()
 }
 
 pub fn set_have(conn: &Connection, id: &str, way: Way, have: u64) -> rusqlite::Result<()> {
