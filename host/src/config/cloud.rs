@@ -2,6 +2,8 @@
 //! it logs in, and how it reconnects.
 
 use serde::Deserialize;
+
+use super::KeyError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -94,7 +96,7 @@ impl CloudConfig {
         };
         // The defaults are valid by construction.
         cloud_config(section, gateway_id, &|p: &Path| p.to_path_buf())
-            .unwrap_or_else(|(k, m)| unreachable!("{k}: {m}"))
+            .unwrap_or_else(|e| unreachable!("{e}"))
     }
 }
 
@@ -173,12 +175,12 @@ impl BrokerSettings {
     }
 }
 
-/// Check `[cloud]`; errors are (key, message).
+/// Check `[cloud]`; errors name the key.
 pub(super) fn cloud_config(
     cloud: CloudSection,
     gateway_id: &str,
     resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<CloudConfig, (String, String)> {
+) -> Result<CloudConfig, KeyError> {
     let key = |k: &str| format!("cloud.{k}");
     let client_id = cloud
         .client_id
@@ -186,24 +188,24 @@ pub(super) fn cloud_config(
         .unwrap_or_else(|| gateway_id.to_string());
     let (mut broker, embedded) = match (&cloud.url, cloud.embedded) {
         (Some(_), true) => {
-            return Err((
+            return Err(KeyError::new(
                 key("embedded"),
-                "give either url or embedded = true, not both".into(),
+                "give either url or embedded = true, not both",
             ));
         }
         (None, false) => {
-            return Err((
+            return Err(KeyError::new(
                 key("url"),
-                "give the broker's url, or embedded = true for an in-process broker".into(),
+                "give the broker's url, or embedded = true for an in-process broker",
             ));
         }
         (Some(url), false) => (
-            BrokerSettings::from_url(url, &client_id).map_err(|m| (key("url"), m))?,
+            BrokerSettings::from_url(url, &client_id).map_err(|m| KeyError::new(key("url"), m))?,
             None,
         ),
         (None, true) => {
             let addr: std::net::SocketAddr = cloud.embedded_listen.parse().map_err(|_| {
-                (
+                KeyError::new(
                     key("embedded_listen"),
                     format!("{:?} is not an address:port", cloud.embedded_listen),
                 )
@@ -211,7 +213,7 @@ pub(super) fn cloud_config(
             let url = format!("mqtt://{}", addr);
             (
                 BrokerSettings::from_url(&url, &client_id)
-                    .map_err(|m| (key("embedded_listen"), m))?,
+                    .map_err(|m| KeyError::new(key("embedded_listen"), m))?,
                 Some(addr),
             )
         }
@@ -222,27 +224,27 @@ pub(super) fn cloud_config(
     broker.cert_file = cloud.cert_file.as_deref().map(resolve);
     broker.key_file = cloud.key_file.as_deref().map(resolve);
     if !(5..=3600).contains(&cloud.keep_alive_s) {
-        return Err((
+        return Err(KeyError::new(
             key("keep_alive_s"),
             format!("{} is not between 5 and 3600", cloud.keep_alive_s),
         ));
     }
     broker.keep_alive = Duration::from_secs(cloud.keep_alive_s);
-    broker.check().map_err(|m| (key("url"), m))?;
+    broker.check().map_err(|m| KeyError::new(key("url"), m))?;
     if cloud.backoff_initial_ms == 0 || cloud.backoff_max_ms < cloud.backoff_initial_ms {
-        return Err((
+        return Err(KeyError::new(
             key("backoff_initial_ms"),
-            "backoff_initial_ms must be positive and at most backoff_max_ms".into(),
+            "backoff_initial_ms must be positive and at most backoff_max_ms",
         ));
     }
     if !(1..=1000).contains(&cloud.max_inflight) {
-        return Err((
+        return Err(KeyError::new(
             key("max_inflight"),
             format!("{} is not between 1 and 1000", cloud.max_inflight),
         ));
     }
     if cloud.status_interval_s == 0 {
-        return Err((key("status_interval_s"), "must be positive".into()));
+        return Err(KeyError::new(key("status_interval_s"), "must be positive"));
     }
     Ok(CloudConfig {
         broker,

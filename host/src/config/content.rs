@@ -37,13 +37,13 @@ impl Default for ContentConfig {
     }
 }
 
-pub(super) fn content_config(section: ContentSection) -> Result<ContentConfig, (String, String)> {
+pub(super) fn content_config(section: ContentSection) -> Result<ContentConfig, KeyError> {
     let mut config = ContentConfig::default();
     let range = |key: &str, v: u64, min: u64, max: u64| {
         if (min..=max).contains(&v) {
             Ok(v)
         } else {
-            Err((
+            Err(KeyError::new(
                 format!("content.{key}"),
                 format!("{v} is not between {min} and {max}"),
             ))

@@ -2,6 +2,8 @@
 //! must be signed with.
 
 use serde::Deserialize;
+
+use super::KeyError;
 use std::time::Duration;
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,12 +38,12 @@ impl Default for DeployConfig {
     }
 }
 
-pub(super) fn deploy_config(section: DeploySection) -> Result<DeployConfig, (String, String)> {
+pub(super) fn deploy_config(section: DeploySection) -> Result<DeployConfig, KeyError> {
     let mut config = DeployConfig::default();
     if let Some(s) = section.probation_s {
         if s > 86_400 {
-            return Err((
-                "deploy.probation_s".into(),
+            return Err(KeyError::new(
+                "deploy.probation_s",
                 format!("{s} is more than a day"),
             ));
         }
@@ -49,8 +51,8 @@ pub(super) fn deploy_config(section: DeploySection) -> Result<DeployConfig, (Str
     }
     if let Some(k) = section.keep_versions {
         if !(1..=100).contains(&k) {
-            return Err((
-                "deploy.keep_versions".into(),
+            return Err(KeyError::new(
+                "deploy.keep_versions",
                 format!("{k} is not between 1 and 100"),
             ));
         }
@@ -61,7 +63,7 @@ pub(super) fn deploy_config(section: DeploySection) -> Result<DeployConfig, (Str
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| {
-                (
+                KeyError::new(
                     format!("deploy.trusted_keys[{i}]"),
                     "not a hex ed25519 public key (64 hex digits; `wasmgate keygen` makes one)"
                         .to_string(),

@@ -47,6 +47,32 @@ pub enum ConfigError {
     },
 }
 
+/// A section's value that is refused: its key (as gateway.toml spells it)
+/// and why. [`Config::parse`] adds the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> KeyError {
+        KeyError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error under `prefix` (`outbox.` for a key of `[outbox]`).
+    pub fn within(self, prefix: &str) -> KeyError {
+        KeyError {
+            key: format!("{prefix}{}", self.key),
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -146,12 +172,12 @@ impl Config {
         };
 
         check_name(&file.gateway.id).map_err(|m| invalid("gateway.id".into(), m))?;
-        let outbox =
-            outbox_config(file.outbox.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
-        let deploy =
-            deploy_config(file.deploy.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
-        let content =
-            content_config(file.content.unwrap_or_default()).map_err(|(k, m)| invalid(k, m))?;
+        let outbox = outbox_config(file.outbox.unwrap_or_default())
+            .map_err(|e| invalid(e.key, e.message))?;
+        let deploy = deploy_config(file.deploy.unwrap_or_default())
+            .map_err(|e| invalid(e.key, e.message))?;
+        let content = content_config(file.content.unwrap_or_default())
+            .map_err(|e| invalid(e.key, e.message))?;
         let metrics = match file.metrics {
             None => None,
             Some(m) => {
@@ -277,7 +303,8 @@ impl Config {
         let cloud = match file.cloud {
             None => None,
             Some(cloud) => Some(
-                cloud_config(cloud, &file.gateway.id, &resolve).map_err(|(k, m)| invalid(k, m))?,
+                cloud_config(cloud, &file.gateway.id, &resolve)
+                    .map_err(|e| invalid(e.key, e.message))?,
             ),
         };
         Ok(Config {

@@ -124,13 +124,13 @@ impl OutboxConfig {
     }
 }
 
-/// Check `[outbox]`; errors are (key, message).
-pub(super) fn outbox_config(section: OutboxSection) -> Result<OutboxConfig, (String, String)> {
+/// Check `[outbox]`; errors name the key.
+pub(super) fn outbox_config(section: OutboxSection) -> Result<OutboxConfig, KeyError> {
     let mut config = OutboxConfig::default();
     let key = |k: &str| format!("outbox.{k}");
     if let Some(ms) = section.flush_interval_ms {
         if !(1..=1000).contains(&ms) {
-            return Err((
+            return Err(KeyError::new(
                 key("flush_interval_ms"),
                 format!("{ms} is not between 1 and 1000"),
             ));
@@ -140,15 +140,15 @@ pub(super) fn outbox_config(section: OutboxSection) -> Result<OutboxConfig, (Str
     config.sync_record = section.sync_record;
     if let Some(kib) = section.max_kib {
         if kib == 0 {
-            return Err((key("max_kib"), "must be positive".into()));
+            return Err(KeyError::new(key("max_kib"), "must be positive"));
         }
         config.max_bytes = kib << 10;
     }
     if let Some(mib) = section.database_max_mib {
         if mib == 0 {
-            return Err((
+            return Err(KeyError::new(
                 key("database_max_mib"),
-                "must be positive (leave it out for no cap)".into(),
+                "must be positive (leave it out for no cap)",
             ));
         }
         config.database_max_bytes = Some(mib << 20);
@@ -161,11 +161,11 @@ pub(super) fn outbox_config(section: OutboxSection) -> Result<OutboxConfig, (Str
         batch_max_kib: section.batch_max_kib,
         batch_max_delay_ms: section.batch_max_delay_ms,
     };
-    config.defaults = series_config(&defaults, &config.defaults).map_err(|(k, m)| (key(&k), m))?;
+    config.defaults = series_config(&defaults, &config.defaults).map_err(|e| e.within(&key("")))?;
     for (name, series) in &section.series {
-        check_name(name).map_err(|m| (key(&format!("series.{name}")), m))?;
+        check_name(name).map_err(|m| KeyError::new(key(&format!("series.{name}")), m))?;
         let resolved = series_config(series, &config.defaults)
-            .map_err(|(k, m)| (key(&format!("series.{name}.{k}")), m))?;
+            .map_err(|e| e.within(&key(&format!("series.{name}."))))?;
         config.series.insert(name.clone(), resolved);
     }
     Ok(config)
@@ -175,11 +175,11 @@ pub(super) fn outbox_config(section: OutboxSection) -> Result<OutboxConfig, (Str
 pub(super) fn series_config(
     s: &SeriesSection,
     base: &SeriesConfig,
-) -> Result<SeriesConfig, (String, String)> {
+) -> Result<SeriesConfig, KeyError> {
     let mut out = base.clone();
     if let Some(kib) = s.max_kib {
         if kib == 0 {
-            return Err(("max_kib".into(), "must be positive".into()));
+            return Err(KeyError::new("max_kib", "must be positive"));
         }
         out.max_bytes = Some(kib << 10);
     }
@@ -192,14 +192,14 @@ pub(super) fn series_config(
     }
     if let Some(n) = s.batch_max_points {
         if n == 0 {
-            return Err(("batch_max_points".into(), "must be positive".into()));
+            return Err(KeyError::new("batch_max_points", "must be positive"));
         }
         out.batching.max_points = n;
     }
     if let Some(kib) = s.batch_max_kib {
         if !(1..=(MAX_BATCH_KIB)).contains(&kib) {
-            return Err((
-                "batch_max_kib".into(),
+            return Err(KeyError::new(
+                "batch_max_kib",
                 format!("{kib} is not between 1 and {MAX_BATCH_KIB}"),
             ));
         }
@@ -207,8 +207,8 @@ pub(super) fn series_config(
     }
     if let Some(ms) = s.batch_max_delay_ms {
         if ms > 3_600_000 {
-            return Err((
-                "batch_max_delay_ms".into(),
+            return Err(KeyError::new(
+                "batch_max_delay_ms",
                 format!("{ms} is more than an hour"),
             ));
         }
