@@ -154,11 +154,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
 impl DeviceModel {
     /// Read and check a model file.
     pub fn load(path: &Path) -> Result<DeviceModel, ModelError> {
+        Self::read(path).map(|(model, _)| model)
+    }
+
+    /// Read and check a model file: the model, and the file's text (for
+    /// keeping it as a document, without reading the file again).
+    pub fn read(path: &Path) -> Result<(DeviceModel, String), ModelError> {
         let text = std::fs::read_to_string(path).map_err(|error| ModelError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let model = Self::parse(&text).map_err(|e| match e {
             ModelError::Parse { message, .. } => ModelError::Parse {
                 path: path.to_path_buf(),
                 message,
@@ -169,7 +175,8 @@ impl DeviceModel {
                 message,
             },
             other => other,
-        })
+        })?;
+        Ok((model, text))
     }
 
     /// Parse and check a model from JSON text (errors carry an empty path).

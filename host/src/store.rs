@@ -62,9 +62,9 @@ CREATE TABLE IF NOT EXISTS saved_state (
 );
 "#;
 
-/// The outbox table and its indexes (see `outbox`), apart so that a
-/// migration can create it anew.
-const OUTBOX: &str = r#"
+/// The outbox table (see `outbox`), apart from the rest so that a migration
+/// can create it anew, and its indexes.
+const OUTBOX_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack')),
@@ -76,15 +76,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     -- 0 while the writer may still add points to this batch (see outbox::ingest).
     sealed     INTEGER NOT NULL DEFAULT 1
 );
+"#;
+const OUTBOX_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
 CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, seq);
 "#;
-
-/// [`OUTBOX`]: the table, then its indexes.
-fn outbox_schema() -> (&'static str, &'static str) {
-    let at = OUTBOX.find("CREATE INDEX").unwrap_or(OUTBOX.len());
-    OUTBOX.split_at(at)
-}
 
 /// The gateway's database: where it is and how large it may grow. Every
 /// connection is opened through this, so the size cap holds on all of them.
@@ -146,7 +142,8 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         );
     }
     conn.execute_batch(SCHEMA)?;
-    conn.execute_batch(OUTBOX)?;
+    conn.execute_batch(OUTBOX_TABLE)?;
+    conn.execute_batch(OUTBOX_INDEXES)?;
     // Version 5 added `outbox.sealed` (every row written before was
     // complete) and the `ack` kind. SQLite cannot change a CHECK, so an older
     // outbox is copied into the new shape.
@@ -156,17 +153,16 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         |r| r.get(0),
     )?;
     if !sql.contains("'ack'") {
-        let (create, indexes) = outbox_schema();
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(&format!(
             "ALTER TABLE outbox RENAME TO outbox_v4;
              DROP INDEX IF EXISTS outbox_by_stream;
              DROP INDEX IF EXISTS outbox_by_kind;
-             {create}
+             {OUTBOX_TABLE}
              INSERT INTO outbox (seq, kind, device, name, created_at, points, payload, sealed)
                  SELECT seq, kind, device, name, created_at, points, payload, 1 FROM outbox_v4;
              DROP TABLE outbox_v4;
-             {indexes}"
+             {OUTBOX_INDEXES}"
         ))?;
         tx.commit()?;
     }

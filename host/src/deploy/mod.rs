@@ -665,9 +665,10 @@ pub fn channel() -> (DeployClient, Inbox) {
 /// The one reader for start-up and watch mode, so that both deploy the
 /// same version from the same files.
 pub fn read_app(app: &crate::config::AppConfig) -> anyhow::Result<(Vec<u8>, Spec)> {
+    // Each file is read once: checked as a model, kept as its document.
     let document = |path: &std::path::Path| -> anyhow::Result<serde_json::Value> {
-        DeviceModel::load(path)?;
-        Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+        let (_, text) = DeviceModel::read(path)?;
+        Ok(serde_json::from_str(&text)?)
     };
     let component = std::fs::read(&app.component).with_context(|| {
         format!(
