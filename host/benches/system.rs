@@ -611,7 +611,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
             }),
         };
         let shared = wasmgate::app::AppShared {
-            metrics: wasmgate::metrics::Metrics::new("bench".into(), usage.clone(), db.clone()),
+            metrics: wasmgate::metrics::Metrics::default(),
             db,
             units,
             status_signal: Default::default(),

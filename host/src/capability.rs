@@ -10,7 +10,10 @@
 //!   one instance of an app, from what [`AppSetup`] says of the app;
 //! - [`Capability::add_to_linker`] is its **linker registration**: it links
 //!   its interfaces for any store data that holds its `Ctx` ([`HasCtx`]);
-//! - [`Capability::SCHEMA`] is **its SQL**, the tables it alone owns.
+//! - [`Capability::SCHEMA`] is **its SQL**, the tables it alone owns;
+//! - [`Capability::report`] is **its part of an app's report**: named
+//!   figures that the status message, `wasmgate apps` and `/metrics` show
+//!   under the unit's name (see `crate::report`).
 //!
 //! `app` lists the units once (`app::units`): the store data holds one
 //! `Ctx` of each, instantiation builds them in one loop over that list, and
@@ -62,10 +65,44 @@ pub trait Capability: Send + Sync + 'static {
     /// the instance from starting, with the message as its crash report.
     fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<Self::Ctx>;
 
+    /// Its figures for `app` now (counts it keeps, or reads from its own
+    /// tables through `db`). None by default.
+    fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
+        let _ = app;
+        Vec::new()
+    }
+
     /// Link its interfaces for store data `T` that holds its `Ctx`.
     fn add_to_linker<T: HasCtx<Self>>(linker: &mut Linker<T>) -> wasmtime::Result<()>
     where
         Self: Sized;
+}
+
+/// What a unit's report may read of the app it reports on.
+pub struct ReportScope<'a> {
+    pub app: &'a str,
+    /// The app's counters, kept across its restarts and versions.
+    pub metrics: &'a crate::metrics::AppMetrics,
+    /// A read connection to the gateway's database, for the unit's tables.
+    pub db: &'a rusqlite::Connection,
+}
+
+/// Whether a figure only grows (a Prometheus counter) or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FigureKind {
+    Counter,
+    Gauge,
+}
+
+/// One number a unit reports for an app: `/metrics` shows it as
+/// `wasmgate_app_{unit}_{name}`, the status message and `wasmgate apps`
+/// under `capabilities.{unit}.{name}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figure {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: FigureKind,
+    pub value: u64,
 }
 
 /// Store data that holds the per-app state of capability `C`.

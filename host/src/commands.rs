@@ -160,15 +160,19 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let config = Config::load(&path)?;
             let mut status = crate::status::read(&config)?;
             // A running gateway also tells its live numbers.
-            if status.running_pid.is_some() {
-                status.live = admin_response(&path, Request::Apps)
-                    .ok()
-                    .and_then(|r| r.apps);
+            if status.running_pid.is_some()
+                && let Ok(response) = admin_response(&path, Request::Apps)
+            {
+                status.live = response.apps;
+                status.link = response.link;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.render());
+                if let Some(link) = &status.link {
+                    println!("\n{}", render_link(link));
+                }
                 if let Some(live) = &status.live {
                     print!("\nlive:\n{}", render_apps(live));
                 }
@@ -260,13 +264,35 @@ fn admin_response(config: &std::path::Path, request: Request) -> anyhow::Result<
     ))
 }
 
+fn render_link(link: &crate::report::LinkInfo) -> String {
+    if !link.configured {
+        return "cloud: none configured (running offline)".into();
+    }
+    let mut line = format!(
+        "cloud: {}, {} message(s) sent ({} bytes), {} reconnect(s)",
+        if link.connected {
+            "connected"
+        } else {
+            "not connected"
+        },
+        link.messages_sent,
+        link.bytes_sent,
+        link.reconnects
+    );
+    if let Some(error) = &link.last_error {
+        line.push_str(&format!("\n  last error: {error}"));
+    }
+    line
+}
+
 fn render_apps(apps: &[crate::deploy::AppReport]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     if apps.is_empty() {
         return "no apps\n".into();
     }
-    for app in apps {
+    for report in apps {
+        let app = &report.app;
         let _ = writeln!(
             out,
             "{} (device {}): version {}, {}{}, {} restart(s)",
@@ -282,7 +308,7 @@ fn render_apps(apps: &[crate::deploy::AppReport]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {} events, {} traps, {} calls ({:.1} µs each on average), {:.1} MiB of memory, {} log lines dropped",
+            "  {} events, {} traps, {} calls ({:.1} µs each on average), {:.1} MiB of memory",
             app.events,
             app.traps,
             app.calls,
@@ -292,9 +318,11 @@ fn render_apps(apps: &[crate::deploy::AppReport]) -> String {
                 0.0
             },
             app.memory_bytes as f64 / (1 << 20) as f64,
-            app.log_dropped
         );
-        for v in &app.versions {
+        if !app.capabilities.is_empty() {
+            let _ = writeln!(out, "  {}", crate::report::figures_line(&app.capabilities));
+        }
+        for v in &report.versions {
             let _ = writeln!(
                 out,
                 "  v{:<4} {} {:<8} {}",

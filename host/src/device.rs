@@ -16,7 +16,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::bindings::wasmgate::device::device::{self as generated, Host, HostDevice};
 use crate::bindings::{GuestError, Point, Severity, Value};
-use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::model::DeviceModel;
 use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
 use crate::policy::{AlertSeverity, Pipeline, Sample};
@@ -578,6 +578,22 @@ impl Capability for Device {
     type Ctx = DeviceState;
     const NAME: &'static str = "device";
     const SCHEMA: &'static str = registration::SCHEMA;
+
+    fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
+        let registered = registration::count(app.db, app.app).unwrap_or_else(|e| {
+            tracing::warn!(
+                app = app.app,
+                "cannot count the app's registered devices: {e}"
+            );
+            0
+        });
+        vec![Figure {
+            name: "registered",
+            help: "Devices the app registered (indirectly connected devices).",
+            kind: FigureKind::Gauge,
+            value: registered as u64,
+        }]
+    }
 
     fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<DeviceState> {
         let ctx = DeviceCtx::new(DeviceDeps {

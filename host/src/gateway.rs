@@ -25,6 +25,7 @@ use crate::engine::Runtime;
 use crate::metrics::Metrics;
 use crate::model::DeviceModel;
 use crate::outbox::{Ingest, Usage};
+use crate::report::Reporter;
 use crate::store::Database;
 use crate::wire::topics::Service;
 
@@ -107,7 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let outbox_signal = Arc::new(Notify::new());
     let status_signal = Arc::new(Notify::new());
     let ingest = Ingest::start(&database, usage.clone(), outbox_signal.clone())?;
-    let metrics = Metrics::new(config.gateway_id.clone(), usage.clone(), database.clone());
+    let metrics = Metrics::default();
     let directory = Directory::default();
     let content_signal = Arc::new(Notify::new());
     let units = Units {
@@ -127,6 +128,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             signal: content_signal.clone(),
         }),
     };
+    let reporter = Reporter::new(
+        config.gateway_id.clone(),
+        directory.clone(),
+        units.clone(),
+        metrics.clone(),
+        usage.clone(),
+        database.clone(),
+        config.cloud.is_some(),
+    );
     let shared = AppShared {
         db: database.clone(),
         units,
@@ -137,6 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         runtime,
         shared,
         directory.clone(),
+        reporter.clone(),
         config.data_dir.clone(),
         config.deploy.probation,
         config.deploy.keep_versions,
@@ -148,15 +159,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
 
     let stop_admin = CancellationToken::new();
     let metrics_endpoint = config.metrics.map(|listen| {
-        tokio::spawn(crate::metrics::serve(
+        tokio::spawn(crate::report::prometheus::serve(
             listen,
-            metrics.clone(),
+            reporter.clone(),
             stop_admin.clone(),
         ))
     });
     let admin = tokio::spawn(admin::serve(
         admin::socket_path(&config.data_dir),
         deploy.clone(),
+        reporter.clone(),
         stop_admin.clone(),
     ));
     let watcher = watch.then(|| {
@@ -221,8 +233,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 usage: usage.clone(),
                 outbox_signal: outbox_signal.clone(),
                 status_signal: status_signal.clone(),
-                apps: directory.clone(),
-                metrics: metrics.clone(),
+                report: reporter.clone(),
                 downlink,
                 replies,
             };

@@ -39,6 +39,7 @@ pub mod outbox;
 pub mod policy;
 pub mod rate;
 pub mod registration;
+pub mod report;
 pub mod status;
 pub mod storage;
 pub mod store;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
-use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::rate::LogGate;
 
 use crate::bindings::wasmgate::device::log::{self as generated, Host, Level};
@@ -57,6 +57,18 @@ impl Capability for Log {
             app.device.clone(),
             app.rates.log.clone(),
         ))
+    }
+
+    fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
+        vec![Figure {
+            name: "dropped",
+            help: "Log lines dropped by the rate limit.",
+            kind: FigureKind::Counter,
+            value: app
+                .metrics
+                .log_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }]
     }
 
     fn add_to_linker<T: HasCtx<Log>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {

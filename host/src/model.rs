@@ -39,6 +39,24 @@ pub enum ModelError {
     },
 }
 
+/// What is wrong in a model, and where: the key (`attributes.t.range`) and
+/// the problem. `parse` turns it into [`ModelError::Invalid`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+struct InvalidKey {
+    key: String,
+    message: String,
+}
+
+impl InvalidKey {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> InvalidKey {
+        InvalidKey {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// One attribute of the device twin.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,7 +205,7 @@ impl DeviceModel {
         })?;
         model
             .validate()
-            .map_err(|(key, message)| ModelError::Invalid {
+            .map_err(|InvalidKey { key, message }| ModelError::Invalid {
                 path: PathBuf::new(),
                 key,
                 message,
@@ -195,26 +213,30 @@ impl DeviceModel {
         Ok(model)
     }
 
-    fn validate(&mut self) -> Result<(), (String, String)> {
+    fn validate(&mut self) -> Result<(), InvalidKey> {
         let spec_range = |key: &str, kind: ValueKind, range: Option<[f64; 2]>| match range {
             None => Ok(()),
-            Some(_) if !matches!(kind, ValueKind::Integer | ValueKind::Number) => Err((
-                format!("{key}.range"),
-                format!("a range needs an integer or number type, not {kind}"),
-            )),
-            Some([min, max]) if !(min.is_finite() && max.is_finite() && min <= max) => Err((
-                format!("{key}.range"),
-                format!("[{min}, {max}] is not a range (finite, min <= max)"),
-            )),
+            Some(_) if !matches!(kind, ValueKind::Integer | ValueKind::Number) => {
+                Err(InvalidKey::new(
+                    format!("{key}.range"),
+                    format!("a range needs an integer or number type, not {kind}"),
+                ))
+            }
+            Some([min, max]) if !(min.is_finite() && max.is_finite() && min <= max) => {
+                Err(InvalidKey::new(
+                    format!("{key}.range"),
+                    format!("[{min}, {max}] is not a range (finite, min <= max)"),
+                ))
+            }
             Some(_) => Ok(()),
         };
         let fields = |key: &str, fields: &BTreeMap<String, FieldSpec>| {
             for (name, spec) in fields {
                 let key = format!("{key}.{name}");
-                check_name(name).map_err(|m| (key.clone(), m))?;
+                check_name(name).map_err(|m| InvalidKey::new(&key, m))?;
                 spec_range(&key, spec.kind, spec.range)?;
             }
-            Ok::<(), (String, String)>(())
+            Ok::<(), InvalidKey>(())
         };
 
         // Alert stages must name a declared alert that carries the field.
@@ -231,7 +253,7 @@ impl DeviceModel {
         let numeric = |kind: ValueKind| matches!(kind, ValueKind::Integer | ValueKind::Number);
         for (name, spec) in &self.attributes {
             let key = format!("attributes.{name}");
-            check_name(name).map_err(|m| (key.clone(), m))?;
+            check_name(name).map_err(|m| InvalidKey::new(&key, m))?;
             spec_range(&key, spec.kind, spec.range)?;
             policy::check(
                 &spec.policies,
@@ -239,28 +261,28 @@ impl DeviceModel {
                 Some(name),
                 &alert_has_field,
             )
-            .map_err(|(i, m)| (format!("{key}.policies[{i}]"), m))?;
+            .map_err(|(i, m)| InvalidKey::new(format!("{key}.policies[{i}]"), m))?;
             if let Some(json) = &spec.default {
                 let value = from_json(json, spec.kind)
                     .and_then(|v| check_value(v, spec.kind, spec.range))
-                    .map_err(|m| (format!("{key}.default"), m))?;
+                    .map_err(|m| InvalidKey::new(format!("{key}.default"), m))?;
                 self.defaults.insert(name.clone(), value);
             }
         }
         for (name, spec) in &self.actions {
             let key = format!("actions.{name}");
-            check_name(name).map_err(|m| (key.clone(), m))?;
+            check_name(name).map_err(|m| InvalidKey::new(&key, m))?;
             if let Some(arg) = &spec.argument {
                 spec_range(&format!("{key}.argument"), arg.kind, arg.range)?;
             }
         }
         for (name, spec) in &self.series {
             let key = format!("series.{name}");
-            check_name(name).map_err(|m| (key.clone(), m))?;
+            check_name(name).map_err(|m| InvalidKey::new(&key, m))?;
             if spec.fields.is_empty() {
-                return Err((
+                return Err(InvalidKey::new(
                     format!("{key}.fields"),
-                    "a series needs at least one field".into(),
+                    "a series needs at least one field",
                 ));
             }
             fields(&format!("{key}.fields"), &spec.fields)?;
@@ -270,11 +292,11 @@ impl DeviceModel {
                 .map(|(n, f)| (n.clone(), numeric(f.kind)))
                 .collect();
             policy::check(&spec.policies, &kinds, None, &alert_has_field)
-                .map_err(|(i, m)| (format!("{key}.policies[{i}]"), m))?;
+                .map_err(|(i, m)| InvalidKey::new(format!("{key}.policies[{i}]"), m))?;
         }
         for (name, spec) in &self.alerts {
             let key = format!("alerts.{name}");
-            check_name(name).map_err(|m| (key.clone(), m))?;
+            check_name(name).map_err(|m| InvalidKey::new(&key, m))?;
             fields(&format!("{key}.fields"), &spec.fields)?;
         }
         Ok(())
@@ -651,6 +673,31 @@ mod tests {
                 .to_string()
                 .ends_with("attributes.label.policies[0]: filter: field `label` is not numeric")
         );
+    }
+
+    #[test]
+    fn validation_errors_carry_the_key_and_the_message() {
+        let text = r#"{"alerts": {"hot": {"fields": {"t": {"type": "text", "range": [0, 1]}}}}}"#;
+        let mut m: DeviceModel = serde_json::from_str(text).expect("json");
+        let err = m.validate().unwrap_err();
+        assert_eq!(
+            err,
+            InvalidKey::new(
+                "alerts.hot.fields.t.range",
+                "a range needs an integer or number type, not text"
+            )
+        );
+        assert_eq!(
+            err.to_string(),
+            "alerts.hot.fields.t.range: a range needs an integer or number type, not text"
+        );
+        // `parse` passes both on, unchanged, in `ModelError::Invalid`.
+        match DeviceModel::parse(text) {
+            Err(ModelError::Invalid { key, message, .. }) => {
+                assert_eq!(InvalidKey::new(key, message), err,)
+            }
+            other => panic!("expected ModelError::Invalid, got {other:?}"),
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Status {
     /// time, memory, versions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<Vec<crate::deploy::AppReport>>,
+    /// From a running gateway: its cloud link now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<crate::report::LinkInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +100,7 @@ pub fn read(config: &Config) -> anyhow::Result<Status> {
         apps,
         outbox,
         live: None,
+        link: None,
     })
 }
 

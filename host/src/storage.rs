@@ -10,7 +10,7 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::storage::{self as generated, Host};
-use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::rate::SharedLimit;
 
 /// The storage capability: no gateway state of its own; the `kv` table.
@@ -27,6 +27,34 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (app, key)
 ) WITHOUT ROWID;
 "#;
+
+    fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
+        let (keys, bytes) = app
+            .db
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE app = ?1",
+                params![app.app],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .unwrap_or_else(|e| {
+                tracing::warn!(app = app.app, "cannot count the app's storage: {e}");
+                (0, 0)
+            });
+        vec![
+            Figure {
+                name: "keys",
+                help: "Keys the app holds in its storage.",
+                kind: FigureKind::Gauge,
+                value: keys.max(0) as u64,
+            },
+            Figure {
+                name: "bytes",
+                help: "Bytes of keys and values the app holds (what its quota counts).",
+                kind: FigureKind::Gauge,
+                value: bytes.max(0) as u64,
+            },
+        ]
+    }
 
     fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<StorageCtx> {
         Ok(StorageCtx::new(

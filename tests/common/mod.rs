@@ -210,6 +210,8 @@ pub struct Running {
     lines: Arc<Mutex<Vec<String>>>,
     /// When each line was read (just after the process wrote it).
     times: Arc<Mutex<Vec<std::time::SystemTime>>>,
+    /// The gateway.toml of a `wasmgate run`, for asking it how it is.
+    config: Option<PathBuf>,
 }
 
 impl Running {
@@ -226,7 +228,9 @@ impl Running {
     pub fn spawn_binary(binary: &Path, config: &Path, extra: &[&str]) -> Running {
         let mut command = Command::new(binary);
         command.args(["run", "--config"]).arg(config).args(extra);
-        Self::spawn_command(command)
+        let mut running = Self::spawn_command(command);
+        running.config = Some(config.to_path_buf());
+        running
     }
 
     /// Any `command`, its output collected line by line as the gateway's is
@@ -262,7 +266,134 @@ impl Running {
             child,
             lines,
             times,
+            config: None,
         }
+    }
+
+    /// The cloud link as the running gateway reports it (`wasmgate status
+    /// --json`, from its admin socket); `None` until the socket answers.
+    pub fn link(&self) -> Option<serde_json::Value> {
+        let config = self.config.as_ref().expect("a `wasmgate run` process");
+        let out = Command::new(binary())
+            .args(["status", "--json", "--config"])
+            .arg(config)
+            .output()
+            .expect("wasmgate status runs");
+        if !out.status.success() {
+            return None;
+        }
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let link = status.get("link")?;
+        (!link.is_null()).then(|| link.clone())
+    }
+
+    /// Wait until the gateway reports a link that `check` accepts; return it.
+    pub fn wait_link(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(link) = self.link().filter(|l| check(l)) {
+                return link;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("wasmgate exited ({status}) before its link was {what}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for the link to be {what}: {:?}",
+                self.link()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The apps as the running gateway reports them (`wasmgate apps
+    /// --json`); `None` until its admin socket answers.
+    pub fn apps(&self) -> Option<Vec<serde_json::Value>> {
+        let config = self.config.as_ref().expect("a `wasmgate run` process");
+        let out = Command::new(binary())
+            .args(["apps", "--json", "--gateway"])
+            .arg(config)
+            .output()
+            .expect("wasmgate apps runs");
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()?
+            .as_array()
+            .cloned()
+    }
+
+    /// Wait until the gateway reports app `name` as `check` wants it;
+    /// return its report.
+    pub fn wait_app(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let find =
+            |apps: Option<Vec<serde_json::Value>>| apps?.into_iter().find(|a| a["name"] == name);
+        loop {
+            if let Some(app) = find(self.apps()).filter(|a| check(a)) {
+                return app;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("wasmgate exited ({status}) before app {name} was {what}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for app {name} to be {what}: {:?}",
+                find(self.apps())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until app `name` runs.
+    pub fn wait_running(&mut self, name: &str, timeout: Duration) -> serde_json::Value {
+        self.wait_app(name, timeout, "running", |a| a["state"] == "running")
+    }
+
+    /// Wait until app `name` runs version `version` (a hot swap done).
+    pub fn wait_version(
+        &mut self,
+        name: &str,
+        version: i64,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        self.wait_app(name, timeout, &format!("running version {version}"), |a| {
+            a["state"] == "running" && a["version"] == version
+        })
+    }
+
+    /// Wait until the gateway reports itself connected to the broker.
+    pub fn wait_connected(&mut self, timeout: Duration) -> serde_json::Value {
+        self.wait_link(timeout, "connected", |l| l["connected"] == true)
+    }
+
+    /// Wait until the gateway reports itself connected again, after at
+    /// least `reconnects` reconnections.
+    pub fn wait_reconnected(&mut self, timeout: Duration, reconnects: u64) -> serde_json::Value {
+        self.wait_link(timeout, "connected again", |l| {
+            l["connected"] == true && l["reconnects"].as_u64() >= Some(reconnects)
+        })
+    }
+
+    /// Wait until the gateway reports its link down, with the reason;
+    /// return that reason (`last_error`).
+    pub fn wait_disconnected(&mut self, timeout: Duration) -> String {
+        let link = self.wait_link(timeout, "down", |l| {
+            l["connected"] == false && l["last_error"].is_string()
+        });
+        link["last_error"].as_str().expect("last_error").to_string()
     }
 
     /// Wait for the process to exit by itself; its status.

@@ -51,7 +51,7 @@ fn a_hot_swap_under_a_stream_of_events_loses_none_and_handles_none_twice() {
     let gw = swap_gateway("").section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()));
     let mut run = gw.start();
     run.wait_for("generation one started", T);
-    run.wait_for("connected to the broker", T);
+    run.wait_connected(T);
 
     let total = 300i64;
     let streamer = {
@@ -118,7 +118,7 @@ fn a_hot_swap_under_a_stream_of_events_loses_none_and_handles_none_twice() {
     );
     let line = run.wait_for("generation two started", T);
     assert!(line.contains("handed over true"), "{line}");
-    run.wait_for("hot swap done in", T);
+    run.wait_version("counter", 2, T);
     assert!(run.stop().success());
 
     // The recorded events: numbered without a gap or a repeat across the
@@ -338,7 +338,11 @@ fn watch_mode_deploys_a_rebuilt_component() {
     std::fs::write(&component, &bytes).expect("write");
 
     run.wait_for("watch: the component changed", T);
-    run.wait_for("hot swap done", T);
+    let app = run.wait_version("counter", 2, T);
+    assert_eq!(
+        app["versions"][0]["source"], "watch",
+        "the newest version: {app}"
+    );
     run.wait_for("handed over true", T);
     assert!(run.stop().success());
 }
@@ -367,7 +371,7 @@ fn watch_mode_keeps_the_models_an_app_registers_devices_with() {
 
     let bytes = with_custom_section(std::fs::read(&component).expect("read"), b"rebuilt");
     std::fs::write(&component, &bytes).expect("write");
-    run.wait_for("hot swap done", T);
+    run.wait_version("bus", 2, T);
     run.wait_until(T, "the new version's scan", |lines| {
         let scans = lines.iter().filter(|l| l.contains("bus scanned: ")).count();
         (scans >= 2).then_some(())
@@ -429,7 +433,7 @@ fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tamperin
         .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
         .section(&format!("[deploy]\ntrusted_keys = [\"{public}\"]\n"));
     let mut run = gw.start();
-    run.wait_for("connected to the broker", T);
+    run.wait_connected(T);
 
     // Over 10 MB: the swap counter with 10.5 MB of padding in a custom section.
     let big = with_custom_section(

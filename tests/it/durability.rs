@@ -128,7 +128,7 @@ fn every_point_within_the_promise_survives_repeated_kill_9() {
         broker.restart();
     }
     let mut run = gw.start();
-    run.wait_for("connected to the broker", Duration::from_secs(30));
+    run.wait_connected(Duration::from_secs(30));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let delivered = loop {
         let delivered = delivered(&consumer);

@@ -50,7 +50,7 @@ fn with_embedded_broker(example: &str, dir: &Path) -> (Running, Consumer) {
     cloud.insert("embedded_listen".into(), format!("127.0.0.1:{port}").into());
     let config = example_config(example, dir, cloud);
     let mut run = Running::spawn(&config);
-    run.wait_for("connected to the broker", T);
+    run.wait_connected(T);
     let settings = BrokerSettings::from_url(&format!("mqtt://127.0.0.1:{port}"), "test-consumer")
         .expect("broker settings");
     let consumer = Consumer::connect(&settings, &["wg/v1/#"]);
@@ -209,24 +209,17 @@ fn the_data_logger_batches_three_series_and_loses_nothing_in_a_broker_outage() {
     let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/#"]);
     let base = "wg/v1/logger-gateway/logger";
     let mut run = Running::spawn(&config);
-    run.wait_for("connected to the broker", T);
+    run.wait_connected(T);
     run.wait_for("recorded vibration 1000 ", T);
 
     // The broker goes away for two seconds; the logger goes on recording.
     broker.stop();
     let outage = Instant::now();
-    run.wait_for("lost the connection to the broker", T);
+    run.wait_disconnected(T);
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
     let during = outage.elapsed();
-    run.wait_until(T, "the link back", |lines| {
-        (lines
-            .iter()
-            .filter(|l| l.contains("connected to the broker"))
-            .count()
-            >= 2)
-            .then_some(())
-    });
+    run.wait_reconnected(T, 1);
     let recorded = run.wait_until(T, "3 s of points after the outage", |lines| {
         lines
             .iter()

@@ -191,7 +191,9 @@ fn a_log_flood_is_dropped_past_its_rate_and_the_drops_are_counted() {
         "{kept} flood lines in {seconds} s"
     );
     assert!(kept >= 1000, "the burst is let through: {kept}");
-    let dropped = flood["log_dropped"].as_u64().expect("log_dropped");
+    let dropped = flood["capabilities"]["log"]["dropped"]
+        .as_u64()
+        .expect("the log unit reports its drops");
     assert!(
         dropped > 10 * kept as u64,
         "the drops are counted: {dropped} dropped, {kept} kept"
@@ -476,7 +478,7 @@ fn a_download_never_writes_through_links_the_app_planted() {
     std::fs::write(gw.config_path(), &config).expect("config");
 
     let mut run = Running::spawn(&gw.config_path());
-    run.wait_for("connected to the broker", T);
+    run.wait_connected(T);
     let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
     let evil = b"[gateway]\nid = \"owned\"\n";
 
@@ -658,6 +660,13 @@ fn the_metrics_endpoint_shows_what_the_apps_did() {
     assert!(app("wasmgate_app_memory_bytes", "counter") >= 65536.0);
     // The log flooder's drops.
     assert!(app("wasmgate_app_log_dropped_total", "flood") > 1000.0);
+    // Each unit's figures: the counter keeps its count in storage and
+    // registered no device; the flooder stores nothing.
+    assert!(app("wasmgate_app_storage_keys", "counter") >= 1.0);
+    assert!(app("wasmgate_app_storage_bytes", "counter") > 0.0);
+    assert_eq!(app("wasmgate_app_storage_keys", "flood"), 0.0);
+    assert_eq!(app("wasmgate_app_device_registered", "counter"), 0.0);
+    assert_eq!(app("wasmgate_app_content_uploads", "counter"), 0.0);
     // The link: connected, and it sent what the counter recorded.
     let gw_metric = |metric: &str| sample(&text, &format!("{metric}{{gateway=\"test-gw\"}}"));
     assert_eq!(gw_metric("wasmgate_cloud_connected"), 1.0);

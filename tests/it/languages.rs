@@ -208,7 +208,7 @@ fn thermostat_scenario(lang: &str) {
     let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
     let gw = configure(Gateway::new(), &component, Some(&broker), 50);
     let mut run = gw.start();
-    run.wait_for("app started", START);
+    run.wait_running("thermostat", START);
     run.wait_for(&format!("tick {EARLY}:"), T);
 
     // The same readings as the Rust build, tick for tick.
@@ -445,7 +445,7 @@ fn go_and_zig_apps_register_devices_and_upload_content() {
             &broker.settings(&format!("consumer-{lang}")),
             &["wg/v1/test-gw/#"],
         );
-        run.wait_for("connected to the broker", T);
+        run.wait_connected(T);
         let answer = consumer.call("wg/v1/test-gw/bus", "unplug", "u-1", Some(json!("th-01")));
         assert_eq!(answer["result"], json!("th-01"), "{lang}: {answer}");
         assert_eq!(gw.count("SELECT COUNT(*) FROM registrations"), 1, "{lang}");

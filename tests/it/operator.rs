@@ -21,7 +21,7 @@ fn operator_commands_watch_set_call_and_list_through_the_embedded_broker() {
         );
     let mut run = gw.start();
     run.wait_for("embedded MQTT broker running", Duration::from_secs(30));
-    run.wait_for("connected to the broker", Duration::from_secs(30));
+    run.wait_connected(Duration::from_secs(30));
     run.wait_for("tick 3:", Duration::from_secs(30));
     let cloud = |rest: &[&str]| {
         let mut args = vec!["cloud", "--broker", broker.as_str(), "--timeout", "10"];

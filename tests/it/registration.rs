@@ -129,7 +129,7 @@ fn a_hardware_id_keeps_its_device_across_a_restart_and_is_routed_before_the_app_
     let gw = bus_gateway(gw.reconfigure(), &broker, 0, 16);
     let mut run = gw.start();
     run.wait_for("bus scanned: 0 sensors, 0 registered", T);
-    run.wait_for("connected to the broker", T);
+    run.wait_connected(T);
     let ack = consumer.set_desired(&device("bus.th-01"), 7, json!({"label": "hall"}));
     assert!(
         ack["rejected"]["label"]
@@ -152,7 +152,7 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
         refused.contains("limit: the app has registered 2 devices, its limit (max_devices = 2)"),
         "{refused}"
     );
-    run.wait_for("connected to the broker", T);
+    run.wait_connected(T);
     consumer.wait_json("wg/v1/test-gw/bus.th-01/twin/reported", T, |_| true);
 
     // Unplug th-01: it is no longer routed and its twin is gone.

@@ -126,7 +126,7 @@ fn a_restart_with_unchanged_components_does_not_recompile() {
 
     let mut run = gw.start();
     run.wait_for("from the compile cache", Duration::from_secs(30));
-    run.wait_for("app started", Duration::from_secs(30));
+    run.wait_running("counter", Duration::from_secs(30));
     assert_eq!(
         run.count("compiled component"),
         0,
@@ -207,7 +207,7 @@ fn status_reports_apps_and_outbox_of_a_running_and_a_stopped_gateway() {
 fn a_second_gateway_on_the_same_data_directory_is_refused() {
     let gw = counter_gateway();
     let mut first = gw.start();
-    first.wait_for("app started", Duration::from_secs(30));
+    first.wait_running("counter", Duration::from_secs(30));
     let (ok, _, err) = run_to_end(&["run", "--config"], &gw.config_path());
     assert!(!ok);
     assert!(

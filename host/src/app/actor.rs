@@ -630,7 +630,6 @@ impl Actor {
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => {
                 self.restarts += 1;
-                self.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 Phase::Start(None)
             }
             _ = cancel.cancelled() => {

@@ -17,9 +17,10 @@ use wasmtime::component::Linker;
 pub use actor::{AppShared, AppSpec, AppVersion, Control, Outcome, spawn, time_dispatch};
 
 use crate::bindings::Value;
-use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::capability::{AppSetup, Capability, Figure, HasCtx, ReportScope};
 use crate::model::DeviceModel;
 use crate::registration::Registered;
+use crate::wire::protocol::RunState;
 
 /// Declares the capability units every app gets, once: the gateway's
 /// [`Units`], each unit's per-app state in [`UnitCtxs`], the one loop that
@@ -46,6 +47,19 @@ macro_rules! units {
                         format!("preparing {}: {e:#}", <$unit as Capability>::NAME)
                     })?,)*
                 })
+            }
+
+            /// Every unit's figures for one app, by unit name (units with
+            /// nothing to report are left out).
+            pub fn report(&self, scope: &ReportScope<'_>) -> Vec<(&'static str, Vec<Figure>)> {
+                let mut out = Vec::new();
+                $(
+                    let figures = self.$field.report(scope);
+                    if !figures.is_empty() {
+                        out.push((<$unit as Capability>::NAME, figures));
+                    }
+                )*
+                out
             }
 
             /// The SQL of every unit's tables.
@@ -163,15 +177,20 @@ pub enum AppState {
 }
 
 impl AppState {
+    /// The state without its details, as reports give it.
+    pub fn run_state(&self) -> RunState {
+        match self {
+            AppState::Starting => RunState::Starting,
+            AppState::Running => RunState::Running,
+            AppState::Restarting { .. } => RunState::Restarting,
+            AppState::Quarantined { .. } => RunState::Quarantined,
+            AppState::Stopped => RunState::Stopped,
+        }
+    }
+
     /// The state's name as `wasmgate status` and the database show it.
     pub fn name(&self) -> &'static str {
-        match self {
-            AppState::Starting => "starting",
-            AppState::Running => "running",
-            AppState::Restarting { .. } => "restarting",
-            AppState::Quarantined { .. } => "quarantined",
-            AppState::Stopped => "stopped",
-        }
+        self.run_state().as_str()
     }
 
     /// The error behind a restart or quarantine.

@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::downlink::{Downlink, Reply};
 use super::ledger::{Ledger, MAX_QUEUED_MESSAGES, Sent};
-use super::protocol::{AppInfo, OutboxInfo, RegisteredDevice, Status, StreamInfo};
+use super::protocol::{OutboxInfo, Status};
 use super::topics;
-use crate::app::Directory;
 use crate::config::CloudConfig;
 use crate::outbox::{self, Stream, Usage};
+use crate::report::Reporter;
 use crate::store::Database;
 use crate::value::now_ns;
 
@@ -44,9 +44,9 @@ pub struct LinkSpec {
     pub outbox_signal: Arc<Notify>,
     /// Signalled when an app's state changes.
     pub status_signal: Arc<Notify>,
-    /// The apps, for the status message.
-    pub apps: Directory,
-    pub metrics: crate::metrics::Metrics,
+    /// The gateway's report, for the status message; the link's counters
+    /// are in its metrics.
+    pub report: Reporter,
     pub downlink: Downlink,
     pub replies: mpsc::Receiver<Reply>,
 }
@@ -60,7 +60,7 @@ struct Link {
     client: AsyncClient,
     db: rusqlite::Connection,
     usage: Arc<Usage>,
-    apps: Directory,
+    report: Reporter,
     metrics: crate::metrics::Metrics,
     connected: bool,
     /// What is out and what waits (see `ledger`).
@@ -76,8 +76,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         usage,
         outbox_signal,
         status_signal,
-        apps,
-        metrics,
+        report,
         mut downlink,
         mut replies,
     } = spec;
@@ -114,8 +113,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         client,
         db: db.open()?,
         usage,
-        apps,
-        metrics,
+        metrics: report.metrics().clone(),
+        report,
         ledger: Ledger::new(usize::from(config.max_inflight)),
         connected: false,
     };
@@ -217,12 +216,14 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     .connected
                     .store(false, std::sync::atomic::Ordering::Relaxed);
                 let wait = delays.next().unwrap_or(config.backoff_max);
-                if was_connected {
-                    tracing::warn!(broker = %url, "lost the connection to the broker: {}; reconnecting in {} ms", describe(&e), wait.as_millis());
+                let error = if was_connected {
                     was_connected = false;
+                    format!("lost the connection to the broker {url}: {}", describe(&e))
                 } else {
-                    tracing::warn!(broker = %url, "cannot connect to the broker: {}; retrying in {} ms", describe(&e), wait.as_millis());
-                }
+                    format!("cannot connect to the broker {url}: {}", describe(&e))
+                };
+                tracing::warn!("{error}; trying again in {} ms", wait.as_millis());
+                link.metrics.link.set_last_error(error);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => break 'run,
@@ -325,67 +326,7 @@ impl Link {
     }
 
     fn status(&self, online: bool, reason: Option<&str>) -> Status {
-        let (entries, points) = outbox::totals(&self.db).unwrap_or_default();
-        let streams: Vec<StreamInfo> = self
-            .usage
-            .snapshot()
-            .into_iter()
-            .map(|(s, st)| StreamInfo {
-                kind: s.kind.to_string(),
-                device: s.device,
-                name: s.name,
-                points: st.points,
-                bytes: st.bytes,
-                dropped: st.dropped,
-                rejected: st.rejected,
-                expired: st.expired,
-            })
-            .collect();
-        let outbox = OutboxInfo {
-            entries,
-            points,
-            bytes: self.usage.total_bytes(),
-            streams,
-        };
-        let apps = self
-            .apps
-            .list()
-            .into_iter()
-            .map(|entry| {
-                let status = entry.handle.status();
-                let m = self.metrics.app(entry.handle.name()).read();
-                AppInfo {
-                    events: m.events,
-                    traps: m.traps,
-                    call_seconds: m.call_seconds,
-                    memory_bytes: m.memory_bytes,
-                    name: entry.handle.name().to_string(),
-                    device: entry.device.clone(),
-                    state: status.state.name().to_string(),
-                    version: status.component.clone(),
-                    restarts: status.restarts,
-                    error: status.state.error().map(str::to_string),
-                    devices: self
-                        .apps
-                        .registered_by(entry.handle.name())
-                        .into_iter()
-                        .map(|r| RegisteredDevice {
-                            id: r.device,
-                            hardware_id: r.hardware_id,
-                            model: r.model,
-                            metadata: r.metadata.into_iter().collect(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        Status {
-            online,
-            time: Some(now_ns()),
-            reason: reason.map(str::to_string),
-            apps,
-            outbox,
-        }
+        self.report.status(online, reason, now_ns())
     }
 
     /// Send what fits in the window: queued messages first, then the outbox

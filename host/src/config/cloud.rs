@@ -119,27 +119,61 @@ pub struct BrokerSettings {
 }
 
 impl BrokerSettings {
-    /// Settings from a `mqtt://host[:port]` or `mqtts://host[:port]` URL.
-    pub fn from_url(url: &str, client_id: &str) -> Result<BrokerSettings, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(format!("{url:?} is not an mqtt:// or mqtts:// URL"));
+    /// Settings from a `mqtt://host[:port]` or `mqtts://host[:port]` URL,
+    /// read by the `url` crate (the parser rumqttc's own `parse_url` uses).
+    /// Nothing but the broker's address may be in it: rumqttc would take
+    /// options from a query and credentials from the user part, which
+    /// belong in their own settings here.
+    pub fn from_url(text: &str, client_id: &str) -> Result<BrokerSettings, String> {
+        let url = url::Url::parse(text).map_err(|e| match e {
+            url::ParseError::InvalidPort => {
+                let port = text.rsplit_once(':').map_or("", |(_, p)| p);
+                format!(
+                    "{text:?}: {:?} is not a port number",
+                    port.trim_end_matches('/')
+                )
+            }
+            url::ParseError::EmptyHost => format!("{text:?}: no host name"),
+            url::ParseError::RelativeUrlWithoutBase => {
+                format!("{text:?} is not an mqtt:// or mqtts:// URL")
+            }
+            e => format!("{text:?}: {e}"),
+        })?;
+        let tls = match url.scheme() {
+            "mqtts" => true,
+            "mqtt" => false,
+            _ => return Err(format!("{text:?} is not an mqtt:// or mqtts:// URL")),
         };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| format!("{url:?}: {port:?} is not a port number"))?,
-            ),
-            None => (rest, if tls { 8883 } else { 1883 }),
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(format!("{url:?}: no host name"));
+        let only_the_address = "give the broker as mqtt://host[:port] or mqtts://host[:port]";
+        if url.query().is_some() {
+            return Err(format!(
+                "{text:?}: a query string (?...) is not supported; {only_the_address}"
+            ));
         }
+        if url.fragment().is_some() {
+            return Err(format!(
+                "{text:?}: a fragment (#...) is not supported; {only_the_address}"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "{text:?}: a user name or password in the URL is not supported; give them as the username and password settings"
+            ));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{text:?}: no host name"))?;
+        if !url.path().bytes().all(|b| b == b'/') {
+            return Err(format!(
+                "{text:?}: a path is not supported; {only_the_address}"
+            ));
+        }
+        // The URL standard reads `host:` as no port; here it is a typo.
+        if url.port().is_none() && text.trim_end_matches('/').ends_with(':') {
+            return Err(format!("{text:?}: \"\" is not a port number"));
+        }
+        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
         Ok(BrokerSettings {
             host: host
                 .trim_start_matches('[')
@@ -254,4 +288,128 @@ pub(super) fn cloud_config(
         max_inflight: cloud.max_inflight,
         status_interval: Duration::from_secs(cloud.status_interval_s),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(url: &str) -> (String, u16, bool) {
+        let b = BrokerSettings::from_url(url, "gw").expect(url);
+        (b.host, b.port, b.tls)
+    }
+
+    /// The error for `url`, which must name the URL.
+    fn error(url: &str) -> String {
+        let e = BrokerSettings::from_url(url, "gw").unwrap_err();
+        assert!(e.contains(&format!("{url:?}")), "{e}");
+        e
+    }
+
+    #[test]
+    fn default_ports() {
+        assert_eq!(
+            parsed("mqtt://broker.example"),
+            ("broker.example".into(), 1883, false)
+        );
+        assert_eq!(
+            parsed("mqtts://broker.example"),
+            ("broker.example".into(), 8883, true)
+        );
+        assert_eq!(
+            parsed("mqtts://broker.example/"),
+            ("broker.example".into(), 8883, true)
+        );
+        assert_eq!(parsed("mqtt://[::1]"), ("::1".into(), 1883, false));
+    }
+
+    #[test]
+    fn explicit_port() {
+        assert_eq!(
+            parsed("mqtt://broker.example:1884"),
+            ("broker.example".into(), 1884, false)
+        );
+        // 1883 given for mqtts:// is taken, not replaced by the default.
+        assert_eq!(
+            parsed("mqtts://broker.example:1883"),
+            ("broker.example".into(), 1883, true)
+        );
+        assert_eq!(
+            parsed("mqtt://127.0.0.1:18830/"),
+            ("127.0.0.1".into(), 18830, false)
+        );
+        assert_eq!(parsed("mqtts://[::1]:8884"), ("::1".into(), 8884, true));
+    }
+
+    #[test]
+    fn the_client_id_is_kept_as_given() {
+        for id in ["gw", "", "a b&c=d+e%20f/?#", "gateway-ü"] {
+            let b = BrokerSettings::from_url("mqtt://broker.example", id).expect(id);
+            assert_eq!(b.client_id, id);
+        }
+    }
+
+    #[test]
+    fn no_host() {
+        for url in [
+            "mqtt://",
+            "mqtts://:8883",
+            "mqtt:///",
+            "mqtt:///broker",
+            "mqtt:broker.example",
+        ] {
+            assert!(error(url).ends_with("no host name"), "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_port() {
+        assert_eq!(
+            error("mqtt://broker.example:99999"),
+            r#""mqtt://broker.example:99999": "99999" is not a port number"#
+        );
+        assert!(error("mqtts://broker.example:x").ends_with(r#""x" is not a port number"#));
+        assert!(error("mqtt://broker.example:").ends_with(r#""" is not a port number"#));
+        assert!(error("mqtt://[::1]:-1").ends_with(r#""-1" is not a port number"#));
+    }
+
+    #[test]
+    fn bad_host() {
+        let e = error("mqtt://bro ker:1883");
+        assert!(e.contains("invalid domain character"), "{e}");
+    }
+
+    #[test]
+    fn wrong_scheme() {
+        // tcp://, ssl://, ws:// and wss:// are rumqttc's own; the gateway takes none.
+        for url in [
+            "ws://broker.example",
+            "wss://broker.example",
+            "tcp://broker.example:1883",
+            "ssl://broker.example:8883",
+            "http://broker.example",
+            "broker.example:1883",
+        ] {
+            assert_eq!(
+                error(url),
+                format!("{url:?} is not an mqtt:// or mqtts:// URL")
+            );
+        }
+    }
+
+    #[test]
+    fn query_strings_and_other_url_parts_are_refused() {
+        for url in [
+            "mqtt://broker.example?client_id=other",
+            "mqtt://broker.example:1883?keep_alive_secs=5",
+            "mqtts://broker.example/?inflight_num=1",
+            "mqtt://broker.example?",
+        ] {
+            assert!(error(url).contains("a query string (?...) is not supported"));
+        }
+        assert!(error("mqtt://broker.example#x").contains("a fragment (#...) is not supported"));
+        assert!(error("mqtt://broker.example/mqtt").contains("a path is not supported"));
+        assert!(error("mqtt://user:pw@broker.example").contains("a user name or password"));
+        assert!(error("mqtt://:pw@broker.example").contains("a user name or password"));
+    }
 }

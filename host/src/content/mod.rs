@@ -24,7 +24,7 @@ use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::content::{
     self as generated, Direction, Host, State, Transfer,
 };
-use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::config::ContentConfig;
 use transfer::Manifest;
 
@@ -345,6 +345,36 @@ CREATE TABLE IF NOT EXISTS transfers (
     PRIMARY KEY (id, direction)
 );
 "#;
+
+    fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
+        let running = |way: Way| {
+            app.db
+                .query_row(
+                    "SELECT COUNT(*) FROM transfers WHERE app = ?1 AND direction = ?2 AND state = 'running'",
+                    params![app.app, way],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap_or_else(|e| {
+                    tracing::warn!(app = app.app, "cannot count the app's transfers: {e}");
+                    0
+                })
+                .max(0) as u64
+        };
+        vec![
+            Figure {
+                name: "uploads",
+                help: "Uploads of the app in progress.",
+                kind: FigureKind::Gauge,
+                value: running(Way::Up),
+            },
+            Figure {
+                name: "downloads",
+                help: "Downloads to the app in progress.",
+                kind: FigureKind::Gauge,
+                value: running(Way::Down),
+            },
+        ]
+    }
 
     fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<ContentCtx> {
         Ok(ContentCtx {

@@ -12,11 +12,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{AppReport, DeployClient, DeployRequest, MAX_ARTIFACT_BYTES};
+use crate::report::{LinkInfo, Reporter};
 
 /// The socket's name in the data directory.
 pub const SOCKET: &str = "admin.sock";
@@ -70,15 +73,24 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apps: Option<Vec<AppReport>>,
+    /// With `apps`: the cloud link now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<String>>,
 }
 
+/// How long a request may take to arrive, once connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Listen on the socket until `cancel`. A stale socket file from a killed
 /// gateway is replaced (the data directory lock says no other gateway runs).
+/// Requests in progress are answered before it returns (each connection is
+/// tracked, and one that sends nothing is closed after `REQUEST_TIMEOUT`).
 pub async fn serve(
     path: PathBuf,
     deploy: DeployClient,
+    reporter: Reporter,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&path);
@@ -91,27 +103,41 @@ pub async fn serve(
             .with_context(|| format!("restricting {}", path.display()))?;
     }
     tracing::info!(socket = %path.display(), "admin endpoint ready");
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let deploy = deploy.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(stream, deploy).await {
-                            tracing::warn!("admin request failed: {e:#}");
+                    let reporter = reporter.clone();
+                    connections.spawn(async move {
+                        match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, deploy, reporter)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!("admin request failed: {e:#}"),
+                            Err(_) => tracing::warn!("admin request: nothing complete arrived within {} s", REQUEST_TIMEOUT.as_secs()),
                         }
                     });
                 }
-                Err(e) => tracing::warn!("admin endpoint: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin on it.
+                    tracing::warn!("admin endpoint: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
         }
     }
+    connections.close();
+    connections.wait().await;
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
-async fn answer(stream: UnixStream, deploy: DeployClient) -> anyhow::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    deploy: DeployClient,
+    reporter: Reporter,
+) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // Base64 of the largest component, and some room for the rest.
@@ -123,7 +149,7 @@ async fn answer(stream: UnixStream, deploy: DeployClient) -> anyhow::Result<()> 
             error: Some(format!("malformed request: {e}")),
             ..Response::default()
         },
-        Ok(request) => handle(request, &deploy).await,
+        Ok(request) => handle(request, &deploy, &reporter).await,
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -131,7 +157,7 @@ async fn answer(stream: UnixStream, deploy: DeployClient) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn handle(request: Request, deploy: &DeployClient) -> Response {
+async fn handle(request: Request, deploy: &DeployClient, reporter: &Reporter) -> Response {
     let result = match request {
         Request::Deploy {
             app,
@@ -158,6 +184,7 @@ async fn handle(request: Request, deploy: &DeployClient) -> Response {
                 Ok(apps) => Response {
                     ok: true,
                     apps: Some(apps),
+                    link: Some(reporter.link()),
                     ..Response::default()
                 },
                 Err(e) => Response {
@@ -170,7 +197,7 @@ async fn handle(request: Request, deploy: &DeployClient) -> Response {
             let known = deploy
                 .apps()
                 .await
-                .map(|apps| apps.iter().any(|a| a.name == app))
+                .map(|apps| apps.iter().any(|a| a.app.name == app))
                 .unwrap_or(false);
             return if known {
                 Response {

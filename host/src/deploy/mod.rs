@@ -30,6 +30,8 @@ use crate::app::{self, AppShared, AppSpec, AppVersion, Control, Directory, Entry
 use crate::config::Config;
 use crate::engine::{Runtime, Source};
 use crate::model::{DeviceModel, check_name};
+use crate::report::Reporter;
+use crate::wire::protocol::AppInfo;
 use artifacts::Artifacts;
 use registry::{Outcome as VersionOutcome, Spec};
 
@@ -53,29 +55,12 @@ pub struct DeployRequest {
     pub source: String,
 }
 
-/// What `wasmgate apps` shows of one app.
+/// What `wasmgate apps` shows of one app: the gateway's report of it
+/// (`crate::report`), and its versions in the registry.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AppReport {
-    pub name: String,
-    pub device: String,
-    pub version: i64,
-    pub state: String,
-    pub restarts: u64,
-    pub error: Option<String>,
-    /// Since the gateway started: events handled, traps, export calls and
-    /// the time in them, linear memory now, log lines dropped.
-    #[serde(default)]
-    pub events: u64,
-    #[serde(default)]
-    pub traps: u64,
-    #[serde(default)]
-    pub calls: u64,
-    #[serde(default)]
-    pub call_seconds: f64,
-    #[serde(default)]
-    pub memory_bytes: u64,
-    #[serde(default)]
-    pub log_dropped: u64,
+    #[serde(flatten)]
+    pub app: AppInfo,
     pub versions: Vec<VersionReport>,
 }
 
@@ -149,6 +134,8 @@ pub struct Deployer {
     artifacts: Artifacts,
     directory: Directory,
     shared: AppShared,
+    /// What `apps` answers, with the versions added.
+    reporter: Reporter,
     data_dir: PathBuf,
     probation: Duration,
     keep: usize,
@@ -163,6 +150,7 @@ impl Deployer {
         runtime: Arc<Runtime>,
         shared: AppShared,
         directory: Directory,
+        reporter: Reporter,
         data_dir: PathBuf,
         probation: Duration,
         keep: usize,
@@ -175,6 +163,7 @@ impl Deployer {
                 .context("opening the artifact store")?,
             directory,
             shared,
+            reporter,
             data_dir,
             probation,
             keep,
@@ -609,13 +598,11 @@ impl Deployer {
     }
 
     fn report(&self) -> Vec<AppReport> {
-        self.directory
-            .list()
+        self.reporter
+            .apps()
             .into_iter()
-            .map(|entry| {
-                let status = entry.handle.status();
-                let name = entry.handle.name().to_string();
-                let versions = registry::versions(&self.db(), &name)
+            .map(|app| {
+                let versions = registry::versions(&self.db(), &app.name)
                     .unwrap_or_default()
                     .into_iter()
                     .map(|v| VersionReport {
@@ -626,22 +613,7 @@ impl Deployer {
                         outcome: v.outcome,
                     })
                     .collect();
-                let m = self.shared.metrics.app(&name).read();
-                AppReport {
-                    events: m.events,
-                    traps: m.traps,
-                    calls: m.calls,
-                    call_seconds: m.call_seconds,
-                    memory_bytes: m.memory_bytes,
-                    log_dropped: m.log_dropped,
-                    name,
-                    device: entry.device.clone(),
-                    version: status.version,
-                    state: status.state.name().to_string(),
-                    restarts: status.restarts,
-                    error: status.state.error().map(str::to_string),
-                    versions,
-                }
+                AppReport { app, versions }
             })
             .collect()
     }

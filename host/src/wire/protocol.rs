@@ -25,15 +25,18 @@ pub struct Status {
     pub outbox: OutboxInfo,
 }
 
-/// One app in the status.
+/// One app as a running gateway reports it: in the status message, in
+/// `wasmgate apps` and `status`, and (as numbers) in `/metrics`. Built in
+/// one place, `crate::report`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AppInfo {
     pub name: String,
     pub device: String,
-    /// `starting`, `running`, `restarting`, `quarantined` or `stopped`.
-    pub state: String,
+    pub state: RunState,
+    /// Its version number in the gateway's deployment registry.
+    pub version: i64,
     /// sha256 of the running component.
-    pub version: String,
+    pub component: String,
     pub restarts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -43,15 +46,53 @@ pub struct AppInfo {
     /// Calls that trapped since the gateway started.
     #[serde(default)]
     pub traps: u64,
+    /// Export calls since the gateway started.
+    #[serde(default)]
+    pub calls: u64,
     /// Time spent in the app's calls since the gateway started, seconds.
     #[serde(default)]
     pub call_seconds: f64,
     /// The app's linear memory, bytes.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// Each capability unit's figures, by unit and figure name (for
+    /// example `log.dropped`, `storage.bytes`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capabilities: BTreeMap<String, BTreeMap<String, u64>>,
     /// The devices the app registered (indirectly connected devices).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<RegisteredDevice>,
+}
+
+/// Where an app's actor is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Starting,
+    Running,
+    /// Crashed; waiting before the next start.
+    Restarting,
+    /// Crashed too often; left stopped.
+    Quarantined,
+    Stopped,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::Restarting => "restarting",
+            RunState::Quarantined => "quarantined",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A device an app registered, as the status announces it.
