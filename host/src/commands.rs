@@ -345,8 +345,13 @@ fn serve(config: Config, watch: bool) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
-        crate::gateway::run(config, shutdown, watch).await
+        // The signal waiter ends with the gateway: it is aborted (and
+        // awaited) once `run` returns, whether a signal came or not.
+        let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+        let result = crate::gateway::run(config, shutdown, watch).await;
+        signals.abort();
+        let _ = signals.await;
+        result
     })
 }
 

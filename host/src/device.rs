@@ -18,7 +18,7 @@ use crate::bindings::wasmgate::device::device::{self as generated, Host, HostDev
 use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::model::DeviceModel;
-use crate::outbox::{self, Batch, IngestSender, Kind, Stream, Usage};
+use crate::outbox::{self, Batch, IngestSender, Kind, Usage};
 use crate::policy::{AlertSeverity, Pipeline, Sample};
 use crate::rate::SharedLimit;
 use crate::registration::{self, Registration};
@@ -78,8 +78,6 @@ pub struct DeviceCtx {
     /// Policy pipelines by stream: `series/{device}/{name}` or
     /// `attribute/{device}/{name}`.
     pipelines: HashMap<String, Pipeline>,
-    /// The devices the app registered, with their models.
-    registered: HashMap<String, Arc<DeviceModel>>,
 }
 
 impl DeviceCtx {
@@ -94,7 +92,6 @@ impl DeviceCtx {
             pending_points: 0,
             handles: 0,
             pipelines: HashMap::new(),
-            registered: HashMap::new(),
         };
         // An app without registration models has nothing to route (and the
         // query would be the first on this connection, paying for reading
@@ -123,8 +120,6 @@ impl DeviceCtx {
             );
             return None;
         };
-        self.registered
-            .insert(registration.device.clone(), model.clone());
         self.deps.directory.register(registration::Registered {
             app: self.deps.app.to_string(),
             model: model.clone(),
@@ -139,9 +134,9 @@ impl DeviceCtx {
         if device == self.deps.default_device {
             return Ok(self.deps.model.clone());
         }
-        self.registered
-            .get(device)
-            .cloned()
+        self.deps
+            .directory
+            .registered_model(&self.deps.app, device)
             .ok_or_else(|| GuestError::Invalid(format!("device {device} is no longer registered")))
     }
 
@@ -200,7 +195,11 @@ impl DeviceCtx {
                 .map_err(|e| self.unavailable("registration", e))?;
             tracing::info!(app = %app, device = %device, hardware_id, model, "device registered");
         }
-        let routed = self.registered.contains_key(&device);
+        let routed = self
+            .deps
+            .directory
+            .registered_model(&app, &device)
+            .is_some();
         self.route(registration);
         if existing.is_none() || !routed {
             self.deps.status_signal.notify_one();
@@ -217,7 +216,6 @@ impl DeviceCtx {
                     "no device with hardware id {hardware_id:?} is registered by this app"
                 ))
             })?;
-        self.registered.remove(&device);
         self.deps.directory.unregister(&device);
         self.deps.status_signal.notify_one();
         tracing::info!(app = %app, device = %device, hardware_id, "device unregistered");
@@ -229,11 +227,8 @@ impl DeviceCtx {
     pub fn flush(&mut self) {
         self.pending_points = 0;
         for batch in self.pending.drain(..) {
-            let stream = Stream::telemetry(&batch.device, &batch.series);
-            let points = batch.points() as u64;
             if let Err(e) = self.deps.ingest.append(batch) {
                 tracing::warn!(app = %self.deps.app, "dropping recorded points: {e}");
-                self.deps.usage.unreserve(&stream, points);
             }
         }
     }
@@ -381,7 +376,7 @@ impl DeviceCtx {
         if let Some(error) = self.deps.usage.write_error() {
             return Err(GuestError::Unavailable(error));
         }
-        if let Err(message) = self.deps.usage.admit(device, series, points.len() as u64) {
+        if let Err(message) = self.deps.ingest.admit(device, series, points.len() as u64) {
             tracing::warn!(app = %self.deps.app, device, series, "record refused: {message}");
             return Err(GuestError::Limit(message));
         }
@@ -455,7 +450,7 @@ impl DeviceCtx {
         }
         let bytes = (batch.json.len() - before) as u64;
         self.deps
-            .usage
+            .ingest
             .reserve(device, series, bytes, samples.len() as u64);
         self.pending_points += samples.len();
         if self.pending_points >= FLUSH_POINTS || batch.json.len() > (64 << 20) {
@@ -494,7 +489,6 @@ impl DeviceCtx {
         .to_string()
         .into_bytes();
         tracing::info!(app = %self.deps.app, device, alert = name, severity, "alert raised");
-        let bytes = payload.len() as u64;
         let entry = outbox::Entry {
             kind: Kind::Alert,
             device: device.to_string(),
@@ -502,8 +496,8 @@ impl DeviceCtx {
             points: 1,
             payload,
         };
-        outbox::insert(&self.deps.db, &[entry]).map_err(|e| self.unavailable("alert", e))?;
-        self.deps.usage.added(Stream::alert(device, name), bytes, 1);
+        outbox::insert_alert(&self.deps.db, &self.deps.usage, entry)
+            .map_err(|e| self.unavailable("alert", e))?;
         self.deps.outbox_signal.notify_one();
         Ok(())
     }

@@ -44,6 +44,9 @@ pub trait Routes: Send + Sync {
     /// The app that speaks for `device`, its own device or one it
     /// registered, if any.
     fn owner(&self, device: &str) -> Option<String>;
+    /// The model of `device`, if `app` registered it and it is routed:
+    /// the one place the gateway keeps which app's devices are live.
+    fn registered_model(&self, app: &str, device: &str) -> Option<Arc<DeviceModel>>;
     /// Route `registered.registration.device` to its app.
     fn register(&self, registered: Registered);
     fn unregister(&self, device: &str);

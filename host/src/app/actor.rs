@@ -8,7 +8,7 @@
 //! Events (desired changes, actions) wait in their queue while a swap
 //! happens and are handled, in order, by whichever version runs after it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::restarts::{Crashes, Verdict};
 use super::{
     AppCtx, AppEvent, AppHandle, AppLimiter, AppState, AppStatus, DeadlineExceeded, EVENT_QUEUE,
     MemoryLimitHit,
@@ -31,6 +32,9 @@ use crate::store::Database;
 use crate::value::now_ns;
 use crate::wasi::StderrTail;
 use std::sync::atomic::Ordering;
+/// Restarts and probations run on tokio's clock, which tests can pause and
+/// drive; call deadlines stay on the real one (the epoch ticker's).
+use tokio::time::Instant as Clock;
 
 /// One version of an app: its component (compiled and linked), model and
 /// settings.
@@ -132,7 +136,7 @@ pub async fn time_dispatch(
         events,
         control,
         status,
-        crashes: VecDeque::new(),
+        crashes: Crashes::default(),
         restarts: 0,
         probation: None,
     };
@@ -197,7 +201,7 @@ pub fn spawn(
         control,
         status: status_tx,
         db,
-        crashes: VecDeque::new(),
+        crashes: Crashes::default(),
         restarts: 0,
         probation: None,
     };
@@ -225,14 +229,14 @@ struct Actor {
     /// For the app's row in `apps` and its saved state.
     db: rusqlite::Connection,
     /// When the recent crashes happened, within the restart window.
-    crashes: VecDeque<Instant>,
+    crashes: Crashes,
     restarts: u64,
     /// A new version on trial, with the one to go back to.
     probation: Option<Probation>,
 }
 
 struct Probation {
-    until: Instant,
+    until: Clock,
     previous: AppVersion,
     /// What the previous version saved, for its `init` if it comes back.
     saved: Option<Vec<u8>>,
@@ -255,7 +259,7 @@ enum Phase {
     Start(Option<Vec<u8>>),
     Serving(Box<Instance>),
     /// Crashed; start again at the given time.
-    Waiting(Instant),
+    Waiting(Clock),
     Quarantined,
     Stopped,
     /// Shut down or removed: leave the loop.
@@ -320,7 +324,7 @@ impl Actor {
             return Phase::Start(probation.saved);
         }
         match self.after_crash(error) {
-            Some(backoff) => Phase::Waiting(Instant::now() + backoff),
+            Some(backoff) => Phase::Waiting(Clock::now() + backoff),
             None => Phase::Quarantined,
         }
     }
@@ -328,45 +332,31 @@ impl Actor {
     /// Count a crash; the backoff before the next start, or `None` to quarantine.
     fn after_crash(&mut self, error: String) -> Option<Duration> {
         let policy = &self.version.config.restart;
-        let window = Duration::from_secs(policy.window_s);
-        let now = Instant::now();
-        self.crashes.push_back(now);
-        while self
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
-            self.crashes.pop_front();
+        match self.crashes.record(Clock::now(), policy) {
+            Verdict::Quarantine { count } => {
+                tracing::error!(
+                    app = %self.name,
+                    "app quarantined after {count} crashes within {}s: {error}",
+                    policy.window_s
+                );
+                self.set_state(AppState::Quarantined { error });
+                None
+            }
+            Verdict::Restart { after, count } => {
+                tracing::warn!(
+                    app = %self.name,
+                    "app crashed: {error}; restarting in {} ms (crash {count} of {} allowed within {}s)",
+                    after.as_millis(),
+                    policy.max_crashes,
+                    policy.window_s
+                );
+                self.set_state(AppState::Restarting {
+                    error,
+                    retry_in: after,
+                });
+                Some(after)
+            }
         }
-        let count = self.crashes.len() as u32;
-        if count >= policy.max_crashes {
-            tracing::error!(
-                app = %self.name,
-                "app quarantined after {count} crashes within {}s: {error}",
-                policy.window_s
-            );
-            self.set_state(AppState::Quarantined { error });
-            return None;
-        }
-        let factor = 1u64 << (count - 1).min(20);
-        let backoff = Duration::from_millis(
-            policy
-                .backoff_initial_ms
-                .saturating_mul(factor)
-                .min(policy.backoff_max_ms),
-        );
-        tracing::warn!(
-            app = %self.name,
-            "app crashed: {error}; restarting in {} ms (crash {count} of {} allowed within {}s)",
-            backoff.as_millis(),
-            policy.max_crashes,
-            policy.window_s
-        );
-        self.set_state(AppState::Restarting {
-            error,
-            retry_in: backoff,
-        });
-        Some(backoff)
     }
 
     /// Instantiate `self.version` and call `init`. An error is the crash report.
@@ -468,7 +458,7 @@ impl Actor {
         loop {
             let probation_done = async {
                 match probation_end {
-                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    Some(until) => tokio::time::sleep_until(until).await,
                     None => std::future::pending().await,
                 }
             };
@@ -592,7 +582,7 @@ impl Actor {
         let previous = std::mem::replace(&mut self.version, version);
         self.crashes.clear();
         self.probation = Some(Probation {
-            until: Instant::now() + probation,
+            until: Clock::now() + probation,
             previous,
             saved,
             outcome,
@@ -626,9 +616,9 @@ impl Actor {
         let _ = outcome.send(Outcome::Kept);
     }
 
-    async fn waiting(&mut self, until: Instant, cancel: &CancellationToken) -> Phase {
+    async fn waiting(&mut self, until: Clock, cancel: &CancellationToken) -> Phase {
         tokio::select! {
-            _ = tokio::time::sleep_until(until.into()) => {
+            _ = tokio::time::sleep_until(until) => {
                 self.restarts += 1;
                 Phase::Start(None)
             }

@@ -6,6 +6,7 @@
 //! limiter and the deadline of the call in progress.
 
 mod actor;
+pub mod restarts;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -328,6 +329,29 @@ impl AppHandle {
     }
 }
 
+#[cfg(test)]
+impl AppHandle {
+    /// A handle whose events arrive on the returned receiver: a unit test
+    /// answers them in the app's place.
+    pub(crate) fn stand_in(name: &str) -> (AppHandle, mpsc::Receiver<AppEvent>) {
+        let (events, received) = mpsc::channel(EVENT_QUEUE);
+        let (control, _) = mpsc::channel(1);
+        let (_, status) = watch::channel(AppStatus {
+            state: AppState::Running,
+            restarts: 0,
+            component: String::new(),
+            version: 1,
+        });
+        let handle = AppHandle {
+            name: name.into(),
+            events,
+            control,
+            status,
+        };
+        (handle, received)
+    }
+}
+
 /// One app in the [`Directory`].
 #[derive(Clone)]
 pub struct Entry {
@@ -412,6 +436,14 @@ impl crate::registration::Routes for Directory {
     fn owner(&self, device: &str) -> Option<String> {
         self.by_device(device)
             .map(|entry| entry.handle.name().to_string())
+    }
+
+    fn registered_model(&self, app: &str, device: &str) -> Option<Arc<DeviceModel>> {
+        self.read()
+            .registered
+            .get(device)
+            .filter(|r| r.app == app)
+            .map(|r| r.model.clone())
     }
 
     fn register(&self, registered: Registered) {

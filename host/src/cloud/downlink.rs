@@ -531,3 +531,200 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The worker against a real SQLite database and a stand-in for the
+    //! app (its event queue, answered by the test). Time is tokio's, paused:
+    //! an app that never answers times out at once, not after 30 s.
+
+    use super::*;
+    use crate::app::{AppEvent, AppHandle, Entry};
+    use crate::bindings::Value;
+    use serde_json::json;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        worker: Worker,
+        conn: rusqlite::Connection,
+        app: mpsc::Receiver<AppEvent>,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::new(dir.path().join("gateway.db"), None);
+        let conn = db.open().expect("open");
+        crate::store::migrate(&conn, &[]).expect("migrate");
+        crate::store::claim_device(&conn, "thermostat", "thermostat").expect("claim");
+        let model = DeviceModel::parse(include_str!(
+            "../../../examples/thermostat/thermostat.model.json"
+        ))
+        .expect("model");
+        let directory = Directory::default();
+        let (handle, app) = AppHandle::stand_in("thermostat");
+        directory.insert(Entry {
+            handle,
+            device: "thermostat".into(),
+            model: Arc::new(model),
+        });
+        let (replies, _) = mpsc::channel(8);
+        let worker = Worker {
+            gateway: "gw".into(),
+            device: "thermostat".into(),
+            directory,
+            replies,
+            db,
+            outbox_signal: Arc::new(Notify::new()),
+        };
+        Setup {
+            _dir: dir,
+            worker,
+            conn,
+            app,
+        }
+    }
+
+    /// Answer every desired change with `answer`, counting them.
+    fn app_answers_desired(
+        mut app: mpsc::Receiver<AppEvent>,
+        answer: Result<(), String>,
+    ) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while let Some(event) = app.recv().await {
+                if let AppEvent::Desired { reply, .. } = event {
+                    seen += 1;
+                    let _ = reply.send(answer.clone());
+                }
+            }
+            seen
+        })
+    }
+
+    fn desired(version: u64, setpoint: f64) -> Vec<u8> {
+        json!({"version": version, "attributes": {"setpoint": setpoint}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_desired_change_is_applied_once_and_an_older_one_is_stale() {
+        let Setup {
+            _dir,
+            worker,
+            mut conn,
+            app,
+        } = setup();
+        let answering = app_answers_desired(app, Ok(()));
+
+        let ack = worker.desired(&mut conn, &desired(5, 23.5)).await;
+        assert_eq!(ack.accepted, vec!["setpoint".to_string()]);
+        assert!(ack.rejected.is_empty() && ack.error.is_none(), "{ack:?}");
+        assert_eq!(
+            crate::store::desired_version(&conn, "thermostat").unwrap(),
+            5
+        );
+
+        // The same version again: not applied twice.
+        let again = worker.desired(&mut conn, &desired(5, 23.5)).await;
+        assert!(again.duplicate, "{again:?}");
+        // An older version: refused as stale, without asking the app.
+        let stale = worker.desired(&mut conn, &desired(4, 22.0)).await;
+        assert!(stale.rejected["setpoint"].starts_with("stale"), "{stale:?}");
+
+        drop(worker);
+        assert_eq!(answering.await.unwrap(), 1, "the app saw one change");
+    }
+
+    #[tokio::test]
+    async fn values_the_model_refuses_never_reach_the_app() {
+        let Setup {
+            _dir,
+            worker,
+            mut conn,
+            app,
+        } = setup();
+        let answering = app_answers_desired(app, Ok(()));
+        // 99 is outside the setpoint's range; the version is still recorded.
+        let ack = worker.desired(&mut conn, &desired(7, 99.0)).await;
+        assert!(ack.accepted.is_empty(), "{ack:?}");
+        assert!(ack.rejected.contains_key("setpoint"), "{ack:?}");
+        assert_eq!(
+            crate::store::desired_version(&conn, "thermostat").unwrap(),
+            7
+        );
+        drop(worker);
+        assert_eq!(answering.await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_the_app_refuses_is_rejected_with_its_reason() {
+        let Setup {
+            _dir,
+            worker,
+            mut conn,
+            app,
+        } = setup();
+        let _answering = app_answers_desired(app, Err("relay stuck".into()));
+        let ack = worker.desired(&mut conn, &desired(1, 22.0)).await;
+        assert_eq!(
+            ack.rejected["setpoint"], "the app refused it: relay stuck",
+            "{ack:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_app_that_never_answers_times_out_on_the_driven_clock() {
+        let Setup {
+            _dir,
+            worker,
+            mut conn,
+            app,
+        } = setup();
+        // The app takes events and never answers them.
+        let _silent = tokio::spawn(async move {
+            let mut app = app;
+            let mut held = Vec::new();
+            while let Some(event) = app.recv().await {
+                held.push(event);
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let ack = worker.desired(&mut conn, &desired(1, 22.0)).await;
+        assert_eq!(
+            ack.rejected["setpoint"],
+            format!("the app did not answer within {} s", APP_TIMEOUT.as_secs())
+        );
+        // Exactly the timeout passed, on tokio's (paused) clock.
+        assert_eq!(started.elapsed(), APP_TIMEOUT);
+
+        let response = worker.action("reset", br#"{"id": "r1"}"#).await;
+        assert_eq!(response.id.as_deref(), Some("r1"));
+        assert!(
+            response.error.unwrap().contains("did not answer"),
+            "the action times out too"
+        );
+    }
+
+    #[tokio::test]
+    async fn actions_are_checked_then_answered_with_the_apps_result() {
+        let Setup {
+            _dir, worker, app, ..
+        } = setup();
+        let _answering = tokio::spawn(async move {
+            let mut app = app;
+            while let Some(event) = app.recv().await {
+                if let AppEvent::Action { name, reply, .. } = event {
+                    let _ = reply.send(Ok(Some(Value::Text(format!("did {name}")))));
+                }
+            }
+        });
+        let response = worker.action("reset", br#"{"id": "a1"}"#).await;
+        assert_eq!(response.result, Some(json!("did reset")), "{response:?}");
+        let unknown = worker.action("explode", br#"{"id": "a2"}"#).await;
+        assert_eq!(unknown.id.as_deref(), Some("a2"));
+        assert!(unknown.error.is_some() && unknown.result.is_none());
+        let unreadable = worker.action("reset", b"not json").await;
+        assert!(unreadable.id.is_none() && unreadable.error.is_some());
+    }
+}

@@ -558,15 +558,7 @@ impl Link {
         {
             let deleted = match &twin_device {
                 Some(device) => outbox::delete_twin_upto(&self.db, device, seq),
-                None => {
-                    // Only what was still there leaves the totals: a row can
-                    // be evicted or expire while it is in flight.
-                    outbox::delete(&self.db, seq).map(|gone| {
-                        if let (true, Some((stream, bytes, points))) = (gone, &counted) {
-                            self.usage.removed(stream, *bytes, *points);
-                        }
-                    })
-                }
+                None => outbox::delete_delivered(&self.db, &self.usage, seq, counted.as_ref()),
             };
             if let Err(e) = deleted {
                 // The row stays and is sent again: a duplicate, not a loss.

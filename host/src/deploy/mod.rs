@@ -141,8 +141,9 @@ pub struct Deployer {
     keep: usize,
     apps: JoinSet<()>,
     stop_apps: CancellationToken,
-    settled_tx: mpsc::Sender<Settled>,
-    settled: mpsc::Receiver<Settled>,
+    /// The probations under way: each ends with how it went. Owned here,
+    /// so none outlives the deployer.
+    probations: JoinSet<Settled>,
 }
 
 impl Deployer {
@@ -155,7 +156,6 @@ impl Deployer {
         probation: Duration,
         keep: usize,
     ) -> anyhow::Result<Deployer> {
-        let (settled_tx, settled) = mpsc::channel(64);
         Ok(Deployer {
             runtime,
             conn: std::sync::Mutex::new(shared.db.open()?),
@@ -169,8 +169,7 @@ impl Deployer {
             keep,
             apps: JoinSet::new(),
             stop_apps: CancellationToken::new(),
-            settled_tx,
-            settled,
+            probations: JoinSet::new(),
         })
     }
 
@@ -287,7 +286,10 @@ impl Deployer {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(command) = inbox.0.recv() => self.handle(command).await,
-                Some(settled) = self.settled.recv() => self.settle(settled).await,
+                Some(settled) = self.probations.join_next() => match settled {
+                    Ok(settled) => self.settle(settled).await,
+                    Err(e) => tracing::error!("a probation task failed: {e}"),
+                },
             }
         }
         self.stop_apps.cancel();
@@ -343,26 +345,13 @@ impl Deployer {
             Some(c) => registry::get(&self.db(), &app, c.version).map_err(db_error)?,
             None => None,
         };
-        let spec = match (request.spec, &running) {
-            (Some(spec), _) => spec,
-            (None, Some(base)) => {
-                let mut spec = base.spec.clone();
-                if let Some(model) = request.model {
-                    spec.model = model;
-                }
-                if let Some(config) = request.config {
-                    spec.config = config;
-                }
-                spec
-            }
-            (None, None) => {
-                let model = request.model.ok_or_else(|| {
-                    format!("app {app} is new: its device model is needed (--model FILE)")
-                })?;
-                Spec::from_config(&default_app(&app), model)
-                    .with_config(request.config.unwrap_or_default())
-            }
-        };
+        let spec = next_spec(
+            &app,
+            request.spec,
+            request.model,
+            request.config,
+            running.as_ref().map(|r| &r.spec),
+        )?;
         check_name(&spec.device).map_err(|m| format!("device: {m}"))?;
         if let Some(other) = self.directory.by_device(&spec.device)
             && other.handle.name() != app
@@ -441,18 +430,14 @@ impl Deployer {
                     device,
                     model,
                 });
-                let settled = self.settled_tx.clone();
                 let (app_name, previous) = (app.to_string(), previous.unwrap_or(0));
-                tokio::spawn(async move {
-                    let outcome = outcome.await.unwrap_or(Outcome::Interrupted);
-                    let _ = settled
-                        .send(Settled {
-                            app: app_name,
-                            version: number,
-                            previous,
-                            outcome,
-                        })
-                        .await;
+                self.probations.spawn(async move {
+                    Settled {
+                        app: app_name,
+                        version: number,
+                        previous,
+                        outcome: outcome.await.unwrap_or(Outcome::Interrupted),
+                    }
                 });
                 Ok(format!(
                     "app {app}: version {number} runs, on probation for {} s",
@@ -479,31 +464,21 @@ impl Deployer {
             previous,
             outcome,
         } = settled;
-        let result = match outcome {
+        match &outcome {
             Outcome::Kept => {
-                tracing::info!(app = %app, version, "deployment kept after its probation");
-                let db = self.db();
-                registry::set_outcome(&db, &app, version, &VersionOutcome::Running).and_then(|()| {
-                    registry::set_outcome(&db, &app, previous, &VersionOutcome::Replaced)
-                })
+                tracing::info!(app = %app, version, "deployment kept after its probation")
             }
             Outcome::RolledBack(reason) => {
-                tracing::error!(app = %app, version, "deployment rolled back to version {previous}: {reason}");
-                let (back, record) = {
-                    let db = self.db();
-                    let back = registry::set_outcome(
-                        &db,
-                        &app,
-                        version,
-                        &VersionOutcome::RolledBack(reason.clone()),
-                    )
-                    .and_then(|()| registry::set_current(&db, &app, previous))
-                    .and_then(|()| {
-                        registry::set_outcome(&db, &app, previous, &VersionOutcome::Running)
-                    });
-                    (back, registry::get(&db, &app, previous))
-                };
-                if let (Ok(Some(record)), Some(entry)) = (record, self.directory.get(&app))
+                tracing::error!(app = %app, version, "deployment rolled back to version {previous}: {reason}")
+            }
+            Outcome::Interrupted => {}
+        }
+        let settled = registry::settle(&self.db(), &app, version, previous, &outcome);
+        match settled {
+            // Rolled back: the directory routes with the previous version's
+            // device and model again.
+            Ok(Some(record)) => {
+                if let Some(entry) = self.directory.get(&app)
                     && let Ok(model) = DeviceModel::parse(&record.spec.model.to_string())
                 {
                     self.directory.insert(Entry {
@@ -512,12 +487,9 @@ impl Deployer {
                         model: Arc::new(model),
                     });
                 }
-                back
             }
-            Outcome::Interrupted => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::error!(app = %app, "the deployment registry failed: {e}");
+            Ok(None) => {}
+            Err(e) => tracing::error!(app = %app, "the deployment registry failed: {e}"),
         }
         self.tidy(&app);
     }
@@ -538,10 +510,8 @@ impl Deployer {
         let current = registry::current(&self.db(), app)
             .map_err(db_error)?
             .ok_or_else(|| format!("no app {app}"))?;
-        let target = registry::versions(&self.db(), app)
-            .map_err(db_error)?
-            .into_iter()
-            .find(|v| v.version < current.version && v.outcome.ran())
+        let versions = registry::versions(&self.db(), app).map_err(db_error)?;
+        let target = registry::rollback_target(&versions, current.version)
             .ok_or_else(|| format!("app {app} has no earlier version that ran to roll back to"))?;
         let version = self
             .load_version(app, target.version)
@@ -631,6 +601,38 @@ pub fn channel() -> (DeployClient, Inbox) {
     (DeployClient(tx), Inbox(rx))
 }
 
+/// The spec of the version a request makes: the request's whole spec if it
+/// gives one; otherwise the running version's, with the request's model and
+/// config in place of its own; for a new app, a default spec around the
+/// model, which must then be given.
+fn next_spec(
+    app: &str,
+    spec: Option<Spec>,
+    model: Option<serde_json::Value>,
+    config: Option<Vec<(String, String)>>,
+    running: Option<&Spec>,
+) -> Result<Spec, String> {
+    match (spec, running) {
+        (Some(spec), _) => Ok(spec),
+        (None, Some(base)) => {
+            let mut spec = base.clone();
+            if let Some(model) = model {
+                spec.model = model;
+            }
+            if let Some(config) = config {
+                spec.config = config;
+            }
+            Ok(spec)
+        }
+        (None, None) => {
+            let model = model.ok_or_else(|| {
+                format!("app {app} is new: its device model is needed (--model FILE)")
+            })?;
+            Ok(Spec::from_config(&default_app(app), model).with_config(config.unwrap_or_default()))
+        }
+    }
+}
+
 /// Read an app of gateway.toml from its files: the component's bytes, and
 /// the spec of the version they make, with its model and the models it may
 /// register devices with (as documents; each is checked as a model first).
@@ -699,5 +701,58 @@ fn log_load(app: &str, source: &Source, elapsed: Duration) {
             "loaded a precompiled component in {} ms",
             elapsed.as_millis()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_new_app_needs_a_model_and_an_update_keeps_what_it_does_not_give() {
+        let error = next_spec("pump", None, None, None, None).unwrap_err();
+        assert_eq!(
+            error,
+            "app pump is new: its device model is needed (--model FILE)"
+        );
+
+        let first = next_spec(
+            "pump",
+            None,
+            Some(json!({"name": "m1"})),
+            Some(vec![("rate".into(), "5".into())]),
+            None,
+        )
+        .expect("a new app with its model");
+        assert_eq!(first.device, "pump", "the device is named after the app");
+        assert_eq!(first.config, vec![("rate".to_string(), "5".to_string())]);
+
+        // A new component alone: model and config stay.
+        let same = next_spec("pump", None, None, None, Some(&first)).expect("update");
+        assert_eq!(same, first);
+        // A new config: the model stays.
+        let reconfigured = next_spec(
+            "pump",
+            None,
+            None,
+            Some(vec![("rate".into(), "9".into())]),
+            Some(&first),
+        )
+        .expect("update");
+        assert_eq!(reconfigured.model, first.model);
+        assert_eq!(reconfigured.config[0].1, "9");
+        // A whole spec (gateway.toml, watch mode) wins over everything.
+        let mut whole = first.clone();
+        whole.tick_interval_ms = 42;
+        let given = next_spec(
+            "pump",
+            Some(whole.clone()),
+            Some(json!({"name": "ignored"})),
+            None,
+            Some(&first),
+        )
+        .expect("whole");
+        assert_eq!(given, whole);
     }
 }

@@ -356,6 +356,44 @@ pub fn prune(conn: &Connection, app: &str, keep: usize) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// Record how a probation ended: a version kept runs and the one before it
+/// is replaced; a version rolled back is marked so, with its reason, and the
+/// previous one is current and running again. Returns the version rolled
+/// back to, whose spec routes the app's device again.
+pub fn settle(
+    conn: &Connection,
+    app: &str,
+    version: i64,
+    previous: i64,
+    outcome: &crate::app::Outcome,
+) -> rusqlite::Result<Option<Version>> {
+    match outcome {
+        crate::app::Outcome::Kept => {
+            set_outcome(conn, app, version, &Outcome::Running)?;
+            set_outcome(conn, app, previous, &Outcome::Replaced)?;
+            Ok(None)
+        }
+        crate::app::Outcome::RolledBack(reason) => {
+            set_outcome(conn, app, version, &Outcome::RolledBack(reason.clone()))?;
+            set_current(conn, app, previous)?;
+            set_outcome(conn, app, previous, &Outcome::Running)?;
+            get(conn, app, previous)
+        }
+        // The gateway stopped during the probation: the version stays on
+        // probation in the registry, and starts as current next time.
+        crate::app::Outcome::Interrupted => Ok(None),
+    }
+}
+
+/// The version an operator's rollback goes to: the newest one before
+/// `current` that ran (neither refused nor rolled back). `versions` is
+/// newest first, as [`versions`] gives them.
+pub fn rollback_target(versions: &[Version], current: i64) -> Option<&Version> {
+    versions
+        .iter()
+        .find(|v| v.version < current && v.outcome.ran())
+}
+
 /// Every component digest some version still uses.
 pub fn digests_in_use(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
     conn.prepare("SELECT DISTINCT digest FROM app_versions")?
@@ -443,5 +481,59 @@ mod tests {
         assert!(digests_in_use(&conn).expect("digests").contains("digest4"));
         remove(&conn, "a").expect("remove");
         assert!(all(&conn).expect("all").is_empty());
+    }
+
+    fn outcome_of(conn: &Connection, version: i64) -> Outcome {
+        get(conn, "a", version)
+            .expect("get")
+            .expect("version")
+            .outcome
+    }
+
+    #[test]
+    fn a_probation_kept_replaces_the_previous_version_and_one_rolled_back_restores_it() {
+        let conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(SCHEMA).expect("schema");
+        for i in 1..=3 {
+            add(&conn, "a", &format!("digest{i}"), &spec(), "cli").expect("add");
+        }
+        set_current(&conn, "a", 2).expect("current");
+        set_outcome(&conn, "a", 1, &Outcome::Running).expect("v1");
+        set_outcome(&conn, "a", 2, &Outcome::OnProbation).expect("v2");
+
+        let kept = settle(&conn, "a", 2, 1, &crate::app::Outcome::Kept).expect("settle");
+        assert!(kept.is_none());
+        assert_eq!(outcome_of(&conn, 2), Outcome::Running);
+        assert_eq!(outcome_of(&conn, 1), Outcome::Replaced);
+
+        set_current(&conn, "a", 3).expect("current");
+        set_outcome(&conn, "a", 3, &Outcome::OnProbation).expect("v3");
+        let back = settle(
+            &conn,
+            "a",
+            3,
+            2,
+            &crate::app::Outcome::RolledBack("trap in on-tick".into()),
+        )
+        .expect("settle")
+        .expect("the version rolled back to");
+        assert_eq!(back.version, 2);
+        assert_eq!(current(&conn, "a").expect("read").expect("cur").version, 2);
+        assert_eq!(outcome_of(&conn, 2), Outcome::Running);
+        assert_eq!(
+            outcome_of(&conn, 3),
+            Outcome::RolledBack("trap in on-tick".into())
+        );
+
+        // The operator's rollback from 2 skips nothing that ran: it is 1
+        // (replaced, but it ran); from 1 there is none.
+        let all = versions(&conn, "a").expect("versions");
+        assert_eq!(rollback_target(&all, 2).map(|v| v.version), Some(1));
+        assert!(rollback_target(&all, 1).is_none());
+        // A version that was refused or rolled back is never a target.
+        set_outcome(&conn, "a", 1, &Outcome::Refused("bad".into())).expect("v1");
+        let all = versions(&conn, "a").expect("versions");
+        assert!(rollback_target(&all, 3).map(|v| v.version) == Some(2));
+        assert!(rollback_target(&all, 2).is_none());
     }
 }

@@ -60,6 +60,9 @@ pub struct Ingest {
 #[derive(Clone)]
 pub struct IngestSender {
     tx: SyncSender<Command>,
+    /// The outbox's totals: the record path asks them for room and reserves
+    /// it here, so that only the outbox module changes them.
+    usage: Arc<Usage>,
 }
 
 /// Points held in memory while commits keep failing; past this the oldest
@@ -83,9 +86,12 @@ impl Ingest {
         let (tx, rx) = mpsc::sync_channel::<Command>(256);
         let thread = std::thread::Builder::new()
             .name("wasmgate-ingest".into())
-            .spawn(move || Writer::new(conn, usage, committed).run(rx))?;
+            .spawn({
+                let usage = usage.clone();
+                move || Writer::new(conn, usage, committed).run(rx)
+            })?;
         Ok(Ingest {
-            sender: IngestSender { tx },
+            sender: IngestSender { tx, usage },
             thread: Some(thread),
         })
     }
@@ -104,11 +110,29 @@ impl Ingest {
 }
 
 impl IngestSender {
-    /// Hand a batch to the writer. Blocks while the writer is behind.
+    /// Whether a guest may record `points` more points of `series` for
+    /// `device` (see [`Usage::admit`]); a refusal is counted.
+    pub fn admit(&self, device: &str, series: &str, points: u64) -> Result<(), String> {
+        self.usage.admit(device, series, points)
+    }
+
+    /// Points of `series` are on their way (buffered in the app's call):
+    /// count them against the series' limit already.
+    pub fn reserve(&self, device: &str, series: &str, bytes: u64, points: u64) {
+        self.usage.reserve(device, series, bytes, points)
+    }
+
+    /// Hand a batch to the writer. Blocks while the writer is behind. If it
+    /// cannot be handed over, its reservation is given back.
     pub fn append(&self, batch: Batch) -> Result<(), String> {
-        self.tx
-            .send(Command::Append(batch))
-            .map_err(|_| "the gateway is shutting down".to_string())
+        let (stream, points) = (
+            Stream::telemetry(&batch.device, &batch.series),
+            batch.points() as u64,
+        );
+        self.tx.send(Command::Append(batch)).map_err(|_| {
+            self.usage.unreserve(&stream, points);
+            "the gateway is shutting down".to_string()
+        })
     }
 
     /// Wait until everything handed over so far is committed.

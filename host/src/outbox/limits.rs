@@ -170,7 +170,7 @@ impl Usage {
 
     /// Whether a guest may record more points of `series` for `device`:
     /// only `reject-newest` series are ever refused here.
-    pub fn admit(&self, device: &str, series: &str, points: u64) -> Result<(), String> {
+    pub(super) fn admit(&self, device: &str, series: &str, points: u64) -> Result<(), String> {
         let config = self.config.series(series);
         if config.when_full != WhenFull::RejectNewest {
             return Ok(());
@@ -205,7 +205,7 @@ impl Usage {
 
     /// A guest's points of a `reject-newest` series are on their way to the
     /// outbox writer: count them against the series' limit already.
-    pub fn reserve(&self, device: &str, series: &str, bytes: u64, points: u64) {
+    pub(super) fn reserve(&self, device: &str, series: &str, bytes: u64, points: u64) {
         if self.config.series(series).when_full != WhenFull::RejectNewest {
             return;
         }
@@ -219,14 +219,14 @@ impl Usage {
     }
 
     /// Points on their way were given up before they were written.
-    pub fn unreserve(&self, stream: &Stream, points: u64) {
+    pub(super) fn unreserve(&self, stream: &Stream, points: u64) {
         if let Some(stats) = self.lock().streams.get_mut(stream) {
             stats.settle(points);
         }
     }
 
     /// Rows were written.
-    pub fn added(&self, stream: Stream, bytes: u64, points: u64) {
+    pub(super) fn added(&self, stream: Stream, bytes: u64, points: u64) {
         let mut inner = self.lock();
         inner.total_bytes += bytes;
         let stats = inner.streams.entry(stream).or_default();
@@ -236,7 +236,7 @@ impl Usage {
     }
 
     /// Rows were delivered.
-    pub fn removed(&self, stream: &Stream, bytes: u64, points: u64) {
+    pub(super) fn removed(&self, stream: &Stream, bytes: u64, points: u64) {
         let mut inner = self.lock();
         inner.total_bytes = inner.total_bytes.saturating_sub(bytes);
         if let Some(stats) = inner.streams.get_mut(stream) {
@@ -265,7 +265,7 @@ impl Usage {
         self.lock().write_error.clone()
     }
 
-    pub fn set_write_error(&self, error: Option<String>) {
+    pub(super) fn set_write_error(&self, error: Option<String>) {
         self.lock().write_error = error;
     }
 
@@ -282,7 +282,7 @@ impl Usage {
     }
 
     /// Write changed counters (in the caller's transaction).
-    pub fn save_counters(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    pub(super) fn save_counters(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
         let mut inner = self.lock();
         if !inner.dirty {
             return Ok(());

@@ -136,6 +136,31 @@ pub fn delete(conn: &Connection, seq: i64) -> rusqlite::Result<bool> {
     Ok(conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])? > 0)
 }
 
+/// Delete a delivered row, and take what it counted off the totals if it
+/// was still there (a row can be evicted or expire while it is in flight).
+pub fn delete_delivered(
+    conn: &Connection,
+    usage: &Usage,
+    seq: i64,
+    counted: Option<&(Stream, u64, u64)>,
+) -> rusqlite::Result<()> {
+    if delete(conn, seq)?
+        && let Some((stream, bytes, points)) = counted
+    {
+        usage.removed(stream, *bytes, *points);
+    }
+    Ok(())
+}
+
+/// Write an alert's row (one alert, one row) and count it.
+pub fn insert_alert(conn: &Connection, usage: &Usage, entry: Entry) -> rusqlite::Result<()> {
+    let (bytes, points) = (entry.payload.len() as u64, u64::from(entry.points));
+    let stream = Stream::alert(&entry.device, &entry.name);
+    insert(conn, std::slice::from_ref(&entry))?;
+    usage.added(stream, bytes, points);
+    Ok(())
+}
+
 /// The newest twin row of a device (0 if none).
 pub fn last_twin_seq(conn: &Connection, device: &str) -> rusqlite::Result<i64> {
     conn.query_row(
