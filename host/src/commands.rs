@@ -361,7 +361,7 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
     let mut broker =
         BrokerSettings::from_url(&args.broker, &client_id).map_err(anyhow::Error::msg)?;
     broker.username = args.username;
-    broker.password = args.password;
+    broker.password = args.password.map(secrecy::SecretString::from);
     broker.ca_file = args.ca;
     broker.cert_file = args.cert;
     broker.key_file = args.key;

@@ -56,6 +56,26 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// Refuse to start with a secret other users can read: the TLS key, and
+/// gateway.toml when it holds the broker password itself. (A
+/// `password_file` is checked where the config reads it.)
+fn check_secrets(config: &Config) -> Result<(), String> {
+    let Some(cloud) = &config.cloud else {
+        return Ok(());
+    };
+    if let Some(key) = &cloud.broker.key_file {
+        crate::permissions::check_private(key, "the TLS key (cloud.key_file)")?;
+    }
+    if cloud.password_inline {
+        crate::permissions::check_private(
+            &config.path,
+            "the config, which holds the broker password,",
+        )
+        .map_err(|e| format!("{e} (or move the password to cloud.password_file)"))?;
+    }
+    Ok(())
+}
+
 /// How long shutdown waits for the cloud link's helper tasks once the link
 /// has stopped.
 const LINK_TASKS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -64,8 +84,19 @@ const LINK_TASKS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// With `watch`, a changed component file of gateway.toml is deployed as a
 /// new version of its app (development mode).
 pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    // Everything the gateway creates from here on is its user's alone.
+    crate::permissions::restrict_new_files();
+    if config.data_dir.exists() {
+        crate::permissions::check_private(&config.data_dir, "the data directory")
+            .map_err(anyhow::Error::msg)?;
+    } else {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+        crate::permissions::make_private_dir(&config.data_dir)
+            .with_context(|| format!("restricting {}", config.data_dir.display()))?;
+    }
+    check_secrets(&config).map_err(anyhow::Error::msg)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let database = Database::new(config.database_path(), config.outbox.database_max_bytes);
     let db_path = database.path().to_path_buf();

@@ -36,6 +36,7 @@ pub mod logbook;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+pub mod permissions;
 pub mod policy;
 pub mod rate;
 pub mod registration;

@@ -296,8 +296,16 @@ impl Pki {
     /// CA that signs rogue.pem/.key and is itself in other-ca.pem.
     pub fn create(dir: &Path) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let write =
-            |name: &str, text: String| std::fs::write(dir.join(name), text).expect("write pem");
+        // Keys owner-only, as the gateway demands of its TLS key.
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write pem");
+            if name.ends_with(".key") {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the key");
+            }
+        };
         let make_ca = |cn: &str| {
             let key = KeyPair::generate().expect("key");
             let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");

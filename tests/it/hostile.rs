@@ -447,6 +447,9 @@ fn a_download_never_writes_through_links_the_app_planted() {
     std::fs::create_dir_all(files("name").join("downloads")).expect("downloads");
     std::os::unix::fs::symlink(gw.config_path(), files("name").join("downloads/abs.toml"))
         .expect("link");
+    // Made here, so owner-only as the gateway demands of its data directory.
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod the data directory");
     let planter = |gw: Gateway, app: &str, plant: &str, upload: &str| {
         gw.app(
             app,

@@ -22,4 +22,5 @@ mod operator;
 mod registration;
 mod runtime;
 mod runtime_only;
+mod security;
 mod validation;

@@ -20,8 +20,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::restarts::{Crashes, Verdict};
 use super::{
-    AppCtx, AppEvent, AppHandle, AppLimiter, AppState, AppStatus, DeadlineExceeded, EVENT_QUEUE,
-    MemoryLimitHit,
+    AppCtx, AppError, AppEvent, AppHandle, AppLimiter, AppState, AppStatus, DeadlineExceeded,
+    EVENT_QUEUE, MemoryLimitHit,
 };
 use crate::bindings::{App, AppPre};
 use crate::capability::AppSetup;
@@ -92,7 +92,7 @@ pub enum Control {
     Swap {
         version: Box<AppVersion>,
         probation: Duration,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), AppError>>,
         outcome: oneshot::Sender<Outcome>,
     },
     /// Stop the app (its state saved) until `Start`.
@@ -140,10 +140,7 @@ pub async fn time_dispatch(
         restarts: 0,
         probation: None,
     };
-    let mut instance = actor
-        .start_version(&version, None)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let mut instance = actor.start_version(&version, None).await?;
     let timeout = version.config.call_timeout;
     let started = Instant::now();
     for _ in 0..n {
@@ -152,9 +149,7 @@ pub async fn time_dispatch(
             .app
             .call_on_tick(&mut instance.store, now_ns())
             .await;
-        instance
-            .finish(result, "on-tick", timeout)
-            .map_err(anyhow::Error::msg)?;
+        instance.finish(result, "on-tick", timeout)?;
     }
     let tick = started.elapsed() / n.max(1);
     let changes = vec![("level".to_string(), crate::bindings::Value::Integer(1))];
@@ -165,9 +160,7 @@ pub async fn time_dispatch(
             .app
             .call_on_desired(&mut instance.store, "bench", &changes)
             .await;
-        let _ = instance
-            .finish(result, "on-desired", timeout)
-            .map_err(anyhow::Error::msg)?;
+        let _ = instance.finish(result, "on-desired", timeout)?;
     }
     Ok((tick, started.elapsed() / n.max(1)))
 }
@@ -310,7 +303,7 @@ impl Actor {
 
     /// A crash: roll back if the version is on probation; otherwise back
     /// off before restarting, or quarantine.
-    fn crashed(&mut self, error: String) -> Phase {
+    fn crashed(&mut self, error: AppError) -> Phase {
         self.metrics.traps.fetch_add(1, Ordering::Relaxed);
         if let Some(probation) = self.probation.take() {
             let reason = format!(
@@ -330,7 +323,7 @@ impl Actor {
     }
 
     /// Count a crash; the backoff before the next start, or `None` to quarantine.
-    fn after_crash(&mut self, error: String) -> Option<Duration> {
+    fn after_crash(&mut self, error: AppError) -> Option<Duration> {
         let policy = &self.version.config.restart;
         match self.crashes.record(Clock::now(), policy) {
             Verdict::Quarantine { count } => {
@@ -339,7 +332,9 @@ impl Actor {
                     "app quarantined after {count} crashes within {}s: {error}",
                     policy.window_s
                 );
-                self.set_state(AppState::Quarantined { error });
+                self.set_state(AppState::Quarantined {
+                    error: error.to_string(),
+                });
                 None
             }
             Verdict::Restart { after, count } => {
@@ -351,7 +346,7 @@ impl Actor {
                     policy.window_s
                 );
                 self.set_state(AppState::Restarting {
-                    error,
+                    error: error.to_string(),
                     retry_in: after,
                 });
                 Some(after)
@@ -360,7 +355,7 @@ impl Actor {
     }
 
     /// Instantiate `self.version` and call `init`. An error is the crash report.
-    async fn start(&mut self, previous: Option<Vec<u8>>) -> Result<Instance, String> {
+    async fn start(&mut self, previous: Option<Vec<u8>>) -> Result<Instance, AppError> {
         let version = self.version.clone();
         self.start_version(&version, previous).await
     }
@@ -369,7 +364,7 @@ impl Actor {
         &mut self,
         version: &AppVersion,
         previous: Option<Vec<u8>>,
-    ) -> Result<Instance, String> {
+    ) -> Result<Instance, AppError> {
         let started = Instant::now();
         let mut instance = self.instantiate(version).await?;
         let timeout = version.config.call_timeout;
@@ -393,11 +388,11 @@ impl Actor {
                 );
                 Ok(instance)
             }
-            Err(message) => Err(format!("init returned an error: {message}")),
+            Err(message) => Err(AppError::InitRefused(message)),
         }
     }
 
-    async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, String> {
+    async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, AppError> {
         let config = &version.config;
         let device: Arc<str> = config.device.as_str().into();
         let setup = AppSetup {
@@ -522,7 +517,7 @@ impl Actor {
         mut old: Box<Instance>,
         version: AppVersion,
         probation: Duration,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), AppError>>,
         outcome: oneshot::Sender<Outcome>,
     ) -> Phase {
         self.end_probation(Outcome::Interrupted);
@@ -530,10 +525,10 @@ impl Actor {
         let mut new = match self.instantiate(&version).await {
             Ok(i) => i,
             Err(e) => {
-                let _ = reply.send(Err(format!(
-                    "the new version could not start: {e}; version {} keeps running",
-                    self.version.number
-                )));
+                let _ = reply.send(Err(AppError::NotStarted {
+                    reason: Box::new(e),
+                    running: self.version.number,
+                }));
                 return Phase::Serving(old);
             }
         };
@@ -557,15 +552,15 @@ impl Actor {
             Ok(Ok(())) => {}
             failed => {
                 let why = match failed {
-                    Ok(Err(message)) => format!("init returned an error: {message}"),
+                    Ok(Err(message)) => AppError::InitRefused(message),
                     Err(crash) => crash,
                     Ok(Ok(())) => unreachable!(),
                 };
                 tracing::warn!(app = %self.name, "version {} refused: {why}; version {} keeps running", version.number, self.version.number);
-                let _ = reply.send(Err(format!(
-                    "{why}; version {} keeps running",
-                    self.version.number
-                )));
+                let _ = reply.send(Err(AppError::SwapRefused {
+                    reason: Box::new(why),
+                    running: self.version.number,
+                }));
                 return Phase::Serving(old);
             }
         }
@@ -604,7 +599,7 @@ impl Actor {
     fn install(
         &mut self,
         version: AppVersion,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), AppError>>,
         outcome: oneshot::Sender<Outcome>,
     ) {
         self.end_probation(Outcome::Interrupted);
@@ -677,10 +672,11 @@ impl Actor {
                 }
             },
             Some(event) = self.events.recv() => {
+                let app = self.name.to_string();
                 let error = if quarantined {
-                    format!("app {} is quarantined", self.name)
+                    AppError::Quarantined { app }
                 } else {
-                    format!("app {} is stopped", self.name)
+                    AppError::Stopped { app }
                 };
                 match event {
                     AppEvent::Desired { reply, .. } => { let _ = reply.send(Err(error)); }
@@ -750,13 +746,14 @@ impl Instance {
         result: wasmtime::Result<T>,
         call: &str,
         _timeout: Duration,
-    ) -> Result<T, String> {
+    ) -> Result<T, AppError> {
         self.metrics.call(self.called.elapsed());
         self.store.data_mut().units.device.flush();
         result.map_err(|e| describe(&e, call, &self.stderr_tail))
     }
 
-    async fn handle(&mut self, event: AppEvent, timeout: Duration) -> Result<(), String> {
+    /// Handle one event and answer it. An error is the crash report.
+    async fn handle(&mut self, event: AppEvent, timeout: Duration) -> Result<(), AppError> {
         match event {
             AppEvent::Desired {
                 device,
@@ -770,11 +767,11 @@ impl Instance {
                     .await;
                 match self.finish(result, "on-desired", timeout) {
                     Ok(outcome) => {
-                        let _ = reply.send(outcome);
+                        let _ = reply.send(outcome.map_err(AppError::Refused));
                         Ok(())
                     }
                     Err(crash) => {
-                        let _ = reply.send(Err(format!("the app crashed: {crash}")));
+                        let _ = reply.send(Err(AppError::Crashed(Box::new(crash.clone()))));
                         Err(crash)
                     }
                 }
@@ -792,11 +789,11 @@ impl Instance {
                     .await;
                 match self.finish(result, "on-action", timeout) {
                     Ok(outcome) => {
-                        let _ = reply.send(outcome);
+                        let _ = reply.send(outcome.map_err(AppError::Refused));
                         Ok(())
                     }
                     Err(crash) => {
-                        let _ = reply.send(Err(format!("the app crashed: {crash}")));
+                        let _ = reply.send(Err(AppError::Crashed(Box::new(crash.clone()))));
                         Err(crash)
                     }
                 }
@@ -806,7 +803,7 @@ impl Instance {
 }
 
 /// Say why a call failed, for the log, the app's state and the cloud.
-fn describe(error: &wasmtime::Error, call: &str, stderr_tail: &StderrTail) -> String {
+fn describe(error: &wasmtime::Error, call: &str, stderr_tail: &StderrTail) -> AppError {
     let mut text = if let Some(deadline) = error.downcast_ref::<DeadlineExceeded>() {
         format!("{call}: {deadline}")
     } else if let Some(memory) = error.downcast_ref::<MemoryLimitHit>() {
@@ -819,5 +816,5 @@ fn describe(error: &wasmtime::Error, call: &str, stderr_tail: &StderrTail) -> St
     if let Some(tail) = stderr_tail.summary() {
         text.push_str(&format!(" (guest stderr: {tail})"));
     }
-    text
+    AppError::Trap(text)
 }

@@ -42,10 +42,11 @@ macro_rules! units {
 
         impl Units {
             /// Build every unit's state for one instance of an app.
-            fn instances(&self, setup: &AppSetup<'_>) -> Result<UnitCtxs, String> {
+            fn instances(&self, setup: &AppSetup<'_>) -> Result<UnitCtxs, AppError> {
                 Ok(UnitCtxs {
-                    $($field: self.$field.instance(setup).map_err(|e| {
-                        format!("preparing {}: {e:#}", <$unit as Capability>::NAME)
+                    $($field: self.$field.instance(setup).map_err(|e| AppError::Preparing {
+                        unit: <$unit as Capability>::NAME,
+                        reason: format!("{e:#}"),
                     })?,)*
                 })
             }
@@ -159,6 +160,47 @@ impl ResourceLimiter for AppLimiter {
     }
 }
 
+/// Why an app did not do what it was asked: what [`AppHandle`]'s methods,
+/// the replies to [`AppEvent`]s and the actor's own calls give back.
+///
+/// Each variant's message is the whole text (a wrapped error is part of
+/// it, not a `source`), as the cloud, the admin socket and the log show it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppError {
+    /// The app's actor ended (removed, or the gateway shut down) before it
+    /// answered.
+    #[error("app {app} stopped before handling the request")]
+    Gone { app: String },
+    /// The operator stopped the app: events are refused until it starts.
+    #[error("app {app} is stopped")]
+    Stopped { app: String },
+    /// The app crashed too often: events are refused until a new version.
+    #[error("app {app} is quarantined")]
+    Quarantined { app: String },
+    /// The guest refused the request, with its own reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The guest's `init` returned an error, with its own reason.
+    #[error("init returned an error: {0}")]
+    InitRefused(String),
+    /// A capability unit could not prepare its state for a new instance.
+    #[error("preparing {unit}: {reason}")]
+    Preparing { unit: &'static str, reason: String },
+    /// A call trapped, ran past its deadline, hit the memory limit or
+    /// failed: the crash report (the call, why, and the guest's stderr).
+    #[error("{0}")]
+    Trap(String),
+    /// The call handling a request crashed the app (the crash report).
+    #[error("the app crashed: {0}")]
+    Crashed(Box<AppError>),
+    /// A new version could not be instantiated; the running one stays.
+    #[error("the new version could not start: {reason}; version {running} keeps running")]
+    NotStarted { reason: Box<AppError>, running: i64 },
+    /// A new version's `init` failed or crashed; the running one stays.
+    #[error("{reason}; version {running} keeps running")]
+    SwapRefused { reason: Box<AppError>, running: i64 },
+}
+
 /// Where an app is in its life.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AppState {
@@ -219,13 +261,13 @@ pub enum AppEvent {
     Desired {
         device: String,
         changes: Vec<(String, Value)>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), AppError>>,
     },
     Action {
         device: String,
         name: String,
         argument: Option<Value>,
-        reply: oneshot::Sender<Result<Option<Value>, String>>,
+        reply: oneshot::Sender<Result<Option<Value>, AppError>>,
     },
 }
 
@@ -255,7 +297,7 @@ impl AppHandle {
         &self,
         device: String,
         changes: Vec<(String, Value)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), AppError> {
         let (reply, outcome) = oneshot::channel();
         self.send(AppEvent::Desired {
             device,
@@ -272,7 +314,7 @@ impl AppHandle {
         device: String,
         name: String,
         argument: Option<Value>,
-    ) -> Result<Option<Value>, String> {
+    ) -> Result<Option<Value>, AppError> {
         let (reply, outcome) = oneshot::channel();
         self.send(AppEvent::Action {
             device,
@@ -291,7 +333,7 @@ impl AppHandle {
         &self,
         version: AppVersion,
         probation: Duration,
-    ) -> Result<oneshot::Receiver<Outcome>, String> {
+    ) -> Result<oneshot::Receiver<Outcome>, AppError> {
         let (reply, answer) = oneshot::channel();
         let (outcome, outcome_rx) = oneshot::channel();
         self.control
@@ -311,7 +353,7 @@ impl AppHandle {
     pub async fn control(
         &self,
         make: impl FnOnce(oneshot::Sender<()>) -> Control,
-    ) -> Result<(), String> {
+    ) -> Result<(), AppError> {
         let (done, wait) = oneshot::channel();
         self.control
             .send(make(done))
@@ -320,12 +362,14 @@ impl AppHandle {
         wait.await.map_err(|_| self.gone())
     }
 
-    async fn send(&self, event: AppEvent) -> Result<(), String> {
+    async fn send(&self, event: AppEvent) -> Result<(), AppError> {
         self.events.send(event).await.map_err(|_| self.gone())
     }
 
-    fn gone(&self) -> String {
-        format!("app {} stopped before handling the request", self.name)
+    fn gone(&self) -> AppError {
+        AppError::Gone {
+            app: self.name.to_string(),
+        }
     }
 }
 
@@ -454,5 +498,52 @@ impl crate::registration::Routes for Directory {
 
     fn unregister(&self, device: &str) {
         self.write().registered.remove(device);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AppError;
+
+    /// The cloud sees these texts in its acks and action answers, and the
+    /// deployer in a refused version's outcome.
+    #[test]
+    fn errors_read_as_they_always_did() {
+        let trap = AppError::Trap("on-action trapped: wasm `unreachable`".into());
+        assert_eq!(
+            AppError::Crashed(Box::new(trap.clone())).to_string(),
+            "the app crashed: on-action trapped: wasm `unreachable`"
+        );
+        assert_eq!(
+            AppError::NotStarted {
+                reason: Box::new(AppError::Preparing {
+                    unit: "storage",
+                    reason: "disk full".into()
+                }),
+                running: 3
+            }
+            .to_string(),
+            "the new version could not start: preparing storage: disk full; version 3 keeps running"
+        );
+        assert_eq!(
+            AppError::SwapRefused {
+                reason: Box::new(trap),
+                running: 3
+            }
+            .to_string(),
+            "on-action trapped: wasm `unreachable`; version 3 keeps running"
+        );
+        assert_eq!(
+            AppError::Refused("relay stuck".into()).to_string(),
+            "relay stuck"
+        );
+        assert_eq!(
+            AppError::Quarantined { app: "pump".into() }.to_string(),
+            "app pump is quarantined"
+        );
+        assert_eq!(
+            AppError::Stopped { app: "pump".into() }.to_string(),
+            "app pump is stopped"
+        );
     }
 }

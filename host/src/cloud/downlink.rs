@@ -523,7 +523,7 @@ impl Worker {
                     error: None,
                 }
             }
-            Ok(Err(reason)) => fail(reason),
+            Ok(Err(reason)) => fail(reason.to_string()),
             Err(_) => fail(format!(
                 "the app did not answer within {} s",
                 APP_TIMEOUT.as_secs()
@@ -539,7 +539,7 @@ mod tests {
     //! an app that never answers times out at once, not after 30 s.
 
     use super::*;
-    use crate::app::{AppEvent, AppHandle, Entry};
+    use crate::app::{AppError, AppEvent, AppHandle, Entry};
     use crate::bindings::Value;
     use serde_json::json;
 
@@ -594,7 +594,7 @@ mod tests {
             while let Some(event) = app.recv().await {
                 if let AppEvent::Desired { reply, .. } = event {
                     seen += 1;
-                    let _ = reply.send(answer.clone());
+                    let _ = reply.send(answer.clone().map_err(AppError::Refused));
                 }
             }
             seen

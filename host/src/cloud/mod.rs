@@ -26,6 +26,7 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use std::sync::Arc;
 
 use crate::config::BrokerSettings;
+use secrecy::ExposeSecret as _;
 
 /// The largest packet the link sends or accepts. Larger downlink payloads
 /// still arrive (so that one oversized retained message cannot knock the
@@ -40,7 +41,12 @@ pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::R
         .set_clean_session(clean_session)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if let Some(user) = &settings.username {
-        options.set_credentials(user, settings.password.clone().unwrap_or_default());
+        let password = settings
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_string())
+            .unwrap_or_default();
+        options.set_credentials(user, password);
     }
     if settings.tls {
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(

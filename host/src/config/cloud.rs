@@ -1,6 +1,7 @@
 //! `[cloud]`: the broker the gateway links to (or the embedded one), how
 //! it logs in, and how it reconnects.
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::KeyError;
@@ -20,8 +21,15 @@ pub(super) struct CloudSection {
     pub(super) client_id: Option<String>,
     #[serde(default)]
     pub(super) username: Option<String>,
+    /// Inline; then gateway.toml itself must be the gateway user's alone.
     #[serde(default)]
     pub(super) password: Option<String>,
+    /// A file holding the password (owner-only, trailing newline ignored).
+    #[serde(default)]
+    pub(super) password_file: Option<PathBuf>,
+    /// The name of an environment variable holding the password.
+    #[serde(default)]
+    pub(super) password_env: Option<String>,
     #[serde(default)]
     pub(super) ca_file: Option<PathBuf>,
     #[serde(default)]
@@ -73,6 +81,9 @@ pub struct CloudConfig {
     pub max_inflight: u16,
     /// How often the retained status is refreshed (it is also sent on every change).
     pub status_interval: Duration,
+    /// The password is written in gateway.toml itself, which must then be
+    /// the gateway user's alone.
+    pub password_inline: bool,
 }
 
 impl CloudConfig {
@@ -85,6 +96,8 @@ impl CloudConfig {
             client_id: None,
             username: None,
             password: None,
+            password_file: None,
+            password_env: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -102,14 +115,16 @@ impl CloudConfig {
 
 /// How to reach and log in to an MQTT broker (the gateway's link and the
 /// operator's `wasmgate cloud` commands share this).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BrokerSettings {
     pub host: String,
     pub port: u16,
     pub tls: bool,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    /// Redacted in every `Debug` and never logged; read only where the
+    /// CONNECT packet is made.
+    pub password: Option<SecretString>,
     /// PEM CA certificates to trust (required for `mqtts://`).
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate and key, for mutual TLS.
@@ -252,8 +267,13 @@ pub(super) fn cloud_config(
             )
         }
     };
+    let password_inline = cloud.password.is_some();
     broker.username = cloud.username;
-    broker.password = cloud.password;
+    broker.password = password(
+        cloud.password,
+        cloud.password_file.as_deref().map(resolve).as_deref(),
+        cloud.password_env.as_deref(),
+    )?;
     broker.ca_file = cloud.ca_file.as_deref().map(resolve);
     broker.cert_file = cloud.cert_file.as_deref().map(resolve);
     broker.key_file = cloud.key_file.as_deref().map(resolve);
@@ -287,7 +307,56 @@ pub(super) fn cloud_config(
         backoff_max: Duration::from_millis(cloud.backoff_max_ms),
         max_inflight: cloud.max_inflight,
         status_interval: Duration::from_secs(cloud.status_interval_s),
+        password_inline,
     })
+}
+
+/// The broker password from the one place `[cloud]` gives it: inline, a
+/// file (which must be the gateway user's alone), or an environment
+/// variable. Errors name the setting, the file or the variable, never the
+/// value.
+fn password(
+    inline: Option<String>,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<SecretString>, KeyError> {
+    let key = |k: &str| format!("cloud.{k}");
+    let given = [inline.is_some(), file.is_some(), env.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(KeyError::new(
+            key("password"),
+            "give the password one way: password, password_file or password_env",
+        ));
+    }
+    if let Some(path) = file {
+        crate::permissions::check_private(path, "the password file")
+            .map_err(|m| KeyError::new(key("password_file"), m))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| KeyError::new(key("password_file"), format!("{}: {e}", path.display())))?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.is_empty() {
+            return Err(KeyError::new(
+                key("password_file"),
+                format!("{} is empty", path.display()),
+            ));
+        }
+        return Ok(Some(SecretString::from(text)));
+    }
+    if let Some(name) = env {
+        return match std::env::var(name) {
+            Ok(value) if !value.is_empty() => Ok(Some(SecretString::from(value))),
+            Ok(_) => Err(KeyError::new(
+                key("password_env"),
+                format!("the environment variable {name} is empty"),
+            )),
+            Err(_) => Err(KeyError::new(
+                key("password_env"),
+                format!("the environment variable {name} is not set"),
+            )),
+        };
+    }
+    Ok(inline.map(SecretString::from))
 }
 
 #[cfg(test)]

@@ -138,6 +138,21 @@ async fn answer(
     deploy: DeployClient,
     reporter: Reporter,
 ) -> anyhow::Result<()> {
+    // The socket file is the owner's alone; this is the second lock: a peer
+    // that got in anyway (a loosened mode, a shared directory) is refused
+    // before its request is read.
+    if let Err(refusal) = peer_allowed(stream.peer_cred().map(|c| c.uid())) {
+        tracing::warn!("admin request refused: {refusal}");
+        let response = Response {
+            error: Some(refusal),
+            ..Response::default()
+        };
+        let mut out = serde_json::to_vec(&response)?;
+        out.push(b'\n');
+        let (_, mut write) = stream.into_split();
+        write.write_all(&out).await?;
+        return Ok(());
+    }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // Base64 of the largest component, and some room for the rest.
@@ -165,7 +180,12 @@ async fn handle(request: Request, deploy: &DeployClient, reporter: &Reporter) ->
             model,
             config,
         } => match BASE64.decode(component.as_bytes()) {
-            Err(e) => Err(format!("the component is not valid base64: {e}")),
+            Err(e) => {
+                return Response {
+                    error: Some(format!("the component is not valid base64: {e}")),
+                    ..Response::default()
+                };
+            }
             Ok(component) => {
                 deploy
                     .deploy(DeployRequest {
@@ -188,7 +208,7 @@ async fn handle(request: Request, deploy: &DeployClient, reporter: &Reporter) ->
                     ..Response::default()
                 },
                 Err(e) => Response {
-                    error: Some(e),
+                    error: Some(e.to_string()),
                     ..Response::default()
                 },
             };
@@ -224,9 +244,21 @@ async fn handle(request: Request, deploy: &DeployClient, reporter: &Reporter) ->
             ..Response::default()
         },
         Err(error) => Response {
-            error: Some(error),
+            error: Some(error.to_string()),
             ..Response::default()
         },
+    }
+}
+
+/// Only the gateway's own user, or root, may use the admin socket.
+fn peer_allowed(peer: std::io::Result<u32>) -> Result<(), String> {
+    let own = crate::permissions::uid();
+    match peer {
+        Ok(uid) if uid == own || uid == 0 => Ok(()),
+        Ok(uid) => Err(format!(
+            "uid {uid} may not use this gateway's admin socket: only its own user (uid {own}) or root may"
+        )),
+        Err(e) => Err(format!("cannot tell who is asking ({e}); refused")),
     }
 }
 

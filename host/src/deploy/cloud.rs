@@ -297,7 +297,7 @@ impl Handler {
                 })
                 .await
             }
-            Err(error) => self.fail(Some(id), error).await,
+            Err(error) => self.fail(Some(id), error.to_string()).await,
         }
     }
 }

@@ -26,10 +26,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, AppShared, AppSpec, AppVersion, Control, Directory, Entry, Outcome};
+use crate::app::{
+    self, AppError, AppShared, AppSpec, AppVersion, Control, Directory, Entry, Outcome,
+};
 use crate::config::Config;
 use crate::engine::{Runtime, Source};
-use crate::model::{DeviceModel, check_name};
+use crate::model::{DeviceModel, ModelError, check_name};
 use crate::report::Reporter;
 use crate::wire::protocol::AppInfo;
 use artifacts::Artifacts;
@@ -73,12 +75,89 @@ pub struct VersionReport {
     pub outcome: VersionOutcome,
 }
 
+/// Why the deployer refused or failed a command: what [`DeployClient`]'s
+/// methods give back (the admin socket and the cloud show its message).
+///
+/// Each variant's message is the whole text: a wrapped error is part of
+/// it, and only the registry's is also a `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no app {0}")]
+    NoSuchApp(String),
+    /// The app's name is not a valid name (why).
+    #[error("app name: {0}")]
+    AppName(String),
+    /// The device's name is not a valid name (why).
+    #[error("device: {0}")]
+    DeviceName(String),
+    #[error("the component is {} MiB, over the limit of {} MiB", .bytes >> 20, MAX_ARTIFACT_BYTES >> 20)]
+    TooLarge { bytes: usize },
+    /// A first deployment came without a device model.
+    #[error("app {app} is new: its device model is needed (--model FILE)")]
+    ModelNeeded { app: String },
+    #[error("device {device} belongs to app {owner}")]
+    DeviceTaken { device: String, owner: String },
+    /// The app's device model does not parse or validate.
+    #[error("{}", invalid_model(.0))]
+    InvalidModel(ModelError),
+    /// One of the models the app registers devices with is invalid (which,
+    /// and why).
+    #[error("{0}")]
+    InvalidDeviceModels(String),
+    /// wasmtime refused the component (not a component, not of the
+    /// world, not compiled for this gateway...).
+    #[error("the component was refused: {0:#}")]
+    ComponentRefused(anyhow::Error),
+    /// The task loading the component failed (panicked).
+    #[error("loading failed: {0}")]
+    LoadTask(tokio::task::JoinError),
+    /// The version to roll back to could not be loaded.
+    #[error("{0:#}")]
+    LoadVersion(anyhow::Error),
+    /// The first version of an app could not be started.
+    #[error("cannot start the app: {0:#}")]
+    CannotStart(anyhow::Error),
+    /// The deployment registry (SQLite) failed.
+    #[error("the deployment registry failed: {0}")]
+    Registry(#[from] rusqlite::Error),
+    /// Recording that the app stopped, started or was removed failed (the
+    /// database's own message).
+    #[error("{0}")]
+    RecordState(rusqlite::Error),
+    /// The artifact store could not keep the component.
+    #[error("cannot store the component: {0}")]
+    ArtifactStore(std::io::Error),
+    /// The app refused the new version (its `init` failed or crashed); the
+    /// version it ran keeps running.
+    #[error("app {app}: version {version} refused: {reason}")]
+    VersionRefused {
+        app: String,
+        version: i64,
+        reason: AppError,
+    },
+    #[error("app {0} has no earlier version that ran to roll back to")]
+    NothingToRollBackTo(String),
+    /// The app did not take a stop, start or remove (it had gone).
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// The message of [`DeployError::InvalidModel`]. A model parsed from the
+/// registry has no path, so its error starts with `: `.
+fn invalid_model(error: &ModelError) -> String {
+    format!("the device model is invalid: {error}").replace(": : ", ": ")
+}
+
+type Reply = oneshot::Sender<Result<String, DeployError>>;
+
 enum Command {
-    Deploy(Box<DeployRequest>, oneshot::Sender<Result<String, String>>),
-    Rollback(String, oneshot::Sender<Result<String, String>>),
-    Stop(String, oneshot::Sender<Result<String, String>>),
-    Start(String, oneshot::Sender<Result<String, String>>),
-    Remove(String, oneshot::Sender<Result<String, String>>),
+    Deploy(Box<DeployRequest>, Reply),
+    Rollback(String, Reply),
+    Stop(String, Reply),
+    Start(String, Reply),
+    Remove(String, Reply),
     Apps(oneshot::Sender<Vec<AppReport>>),
 }
 
@@ -87,33 +166,35 @@ enum Command {
 pub struct DeployClient(mpsc::Sender<Command>);
 
 impl DeployClient {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DeployError> {
         let (tx, rx) = oneshot::channel();
         self.0
             .send(make(tx))
             .await
-            .map_err(|_| "the gateway is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the gateway is shutting down".to_string())
+            .map_err(|_| DeployError::ShuttingDown)?;
+        rx.await.map_err(|_| DeployError::ShuttingDown)
     }
 
-    pub async fn deploy(&self, request: DeployRequest) -> Result<String, String> {
+    pub async fn deploy(&self, request: DeployRequest) -> Result<String, DeployError> {
         self.ask(|tx| Command::Deploy(Box::new(request), tx))
             .await?
     }
-    pub async fn rollback(&self, app: String) -> Result<String, String> {
+    pub async fn rollback(&self, app: String) -> Result<String, DeployError> {
         self.ask(|tx| Command::Rollback(app, tx)).await?
     }
-    pub async fn stop(&self, app: String) -> Result<String, String> {
+    pub async fn stop(&self, app: String) -> Result<String, DeployError> {
         self.ask(|tx| Command::Stop(app, tx)).await?
     }
-    pub async fn start(&self, app: String) -> Result<String, String> {
+    pub async fn start(&self, app: String) -> Result<String, DeployError> {
         self.ask(|tx| Command::Start(app, tx)).await?
     }
-    pub async fn remove(&self, app: String) -> Result<String, String> {
+    pub async fn remove(&self, app: String) -> Result<String, DeployError> {
         self.ask(|tx| Command::Remove(app, tx)).await?
     }
-    pub async fn apps(&self) -> Result<Vec<AppReport>, String> {
+    pub async fn apps(&self) -> Result<Vec<AppReport>, DeployError> {
         self.ask(Command::Apps).await
     }
 }
@@ -329,20 +410,17 @@ impl Deployer {
         }
     }
 
-    async fn deploy(&mut self, request: DeployRequest) -> Result<String, String> {
+    async fn deploy(&mut self, request: DeployRequest) -> Result<String, DeployError> {
         let app = request.app.clone();
-        check_name(&app).map_err(|m| format!("app name: {m}"))?;
+        check_name(&app).map_err(DeployError::AppName)?;
         if request.component.len() > MAX_ARTIFACT_BYTES {
-            return Err(format!(
-                "the component is {} MiB, over the limit of {} MiB",
-                request.component.len() >> 20,
-                MAX_ARTIFACT_BYTES >> 20
-            ));
+            return Err(DeployError::TooLarge {
+                bytes: request.component.len(),
+            });
         }
-        let db_error = |e: rusqlite::Error| format!("the deployment registry failed: {e}");
-        let current = registry::current(&self.db(), &app).map_err(db_error)?;
+        let current = registry::current(&self.db(), &app)?;
         let running = match &current {
-            Some(c) => registry::get(&self.db(), &app, c.version).map_err(db_error)?,
+            Some(c) => registry::get(&self.db(), &app, c.version)?,
             None => None,
         };
         let spec = next_spec(
@@ -352,23 +430,24 @@ impl Deployer {
             request.config,
             running.as_ref().map(|r| &r.spec),
         )?;
-        check_name(&spec.device).map_err(|m| format!("device: {m}"))?;
+        check_name(&spec.device).map_err(DeployError::DeviceName)?;
         if let Some(other) = self.directory.by_device(&spec.device)
             && other.handle.name() != app
         {
-            return Err(format!(
-                "device {} belongs to app {}",
-                spec.device,
-                other.handle.name()
-            ));
+            return Err(DeployError::DeviceTaken {
+                device: spec.device,
+                owner: other.handle.name().to_string(),
+            });
         }
-        let model = DeviceModel::parse(&spec.model.to_string())
-            .map_err(|e| format!("the device model is invalid: {e}").replace(": : ", ": "))?;
-        let device_models = spec.parse_device_models()?;
+        let model =
+            DeviceModel::parse(&spec.model.to_string()).map_err(DeployError::InvalidModel)?;
+        let device_models = spec
+            .parse_device_models()
+            .map_err(DeployError::InvalidDeviceModels)?;
         let digest = self
             .artifacts
             .put(&request.component)
-            .map_err(|e| format!("cannot store the component: {e}"))?;
+            .map_err(DeployError::ArtifactStore)?;
         if let Some(base) = &running
             && base.digest == digest
             && base.spec == spec
@@ -382,11 +461,10 @@ impl Deployer {
         let bytes = request.component;
         let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
             .await
-            .map_err(|e| format!("loading failed: {e}"))?
-            .map_err(|e| format!("the component was refused: {e:#}"))?;
+            .map_err(DeployError::LoadTask)?
+            .map_err(DeployError::ComponentRefused)?;
         log_load(&app, &loaded.source, loaded.elapsed);
-        let number =
-            registry::add(&self.db(), &app, &digest, &spec, &request.source).map_err(db_error)?;
+        let number = registry::add(&self.db(), &app, &digest, &spec, &request.source)?;
         let version = AppVersion {
             config: spec.to_config(&app),
             model: Arc::new(model),
@@ -405,26 +483,23 @@ impl Deployer {
         app: &str,
         version: AppVersion,
         previous: Option<i64>,
-    ) -> Result<String, String> {
-        let db_error = |e: rusqlite::Error| format!("the deployment registry failed: {e}");
+    ) -> Result<String, DeployError> {
         let number = version.number;
         let device = version.config.device.clone();
         let model = version.model.clone();
         let Some(entry) = self.directory.get(app) else {
             self.spawn_app(version, false)
-                .map_err(|e| format!("cannot start the app: {e:#}"))?;
-            registry::set_current(&self.db(), app, number).map_err(db_error)?;
-            registry::set_outcome(&self.db(), app, number, &VersionOutcome::Running)
-                .map_err(db_error)?;
+                .map_err(DeployError::CannotStart)?;
+            registry::set_current(&self.db(), app, number)?;
+            registry::set_outcome(&self.db(), app, number, &VersionOutcome::Running)?;
             self.tidy(app);
             return Ok(format!("app {app}: version {number} started"));
         };
-        crate::store::claim_device(&self.db(), &device, app).map_err(db_error)?;
+        crate::store::claim_device(&self.db(), &device, app)?;
         match entry.handle.swap(version, self.probation).await {
             Ok(outcome) => {
-                registry::set_current(&self.db(), app, number).map_err(db_error)?;
-                registry::set_outcome(&self.db(), app, number, &VersionOutcome::OnProbation)
-                    .map_err(db_error)?;
+                registry::set_current(&self.db(), app, number)?;
+                registry::set_outcome(&self.db(), app, number, &VersionOutcome::OnProbation)?;
                 self.directory.insert(Entry {
                     handle: entry.handle,
                     device,
@@ -449,10 +524,13 @@ impl Deployer {
                     &self.db(),
                     app,
                     number,
-                    &VersionOutcome::Refused(error.clone()),
-                )
-                .map_err(db_error)?;
-                Err(format!("app {app}: version {number} refused: {error}"))
+                    &VersionOutcome::Refused(error.to_string()),
+                )?;
+                Err(DeployError::VersionRefused {
+                    app: app.to_string(),
+                    version: number,
+                    reason: error,
+                })
             }
         }
     }
@@ -505,62 +583,59 @@ impl Deployer {
         }
     }
 
-    async fn rollback(&mut self, app: &str) -> Result<String, String> {
-        let db_error = |e: rusqlite::Error| format!("the deployment registry failed: {e}");
-        let current = registry::current(&self.db(), app)
-            .map_err(db_error)?
-            .ok_or_else(|| format!("no app {app}"))?;
-        let versions = registry::versions(&self.db(), app).map_err(db_error)?;
+    async fn rollback(&mut self, app: &str) -> Result<String, DeployError> {
+        let current = registry::current(&self.db(), app)?
+            .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
+        let versions = registry::versions(&self.db(), app)?;
         let target = registry::rollback_target(&versions, current.version)
-            .ok_or_else(|| format!("app {app} has no earlier version that ran to roll back to"))?;
+            .ok_or_else(|| DeployError::NothingToRollBackTo(app.to_string()))?;
         let version = self
             .load_version(app, target.version)
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(DeployError::LoadVersion)?;
         let message = self.switch_to(app, version, Some(current.version)).await?;
         registry::set_outcome(
             &self.db(),
             app,
             current.version,
             &VersionOutcome::RolledBackByOperator,
-        )
-        .map_err(db_error)?;
+        )?;
         Ok(format!(
             "{message} (rolled back from version {})",
             current.version
         ))
     }
 
-    async fn stop(&mut self, app: &str) -> Result<String, String> {
+    async fn stop(&mut self, app: &str) -> Result<String, DeployError> {
         let entry = self
             .directory
             .get(app)
-            .ok_or_else(|| format!("no app {app}"))?;
+            .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
         entry.handle.control(Control::Stop).await?;
-        registry::set_stopped(&self.db(), app, true).map_err(|e| e.to_string())?;
+        registry::set_stopped(&self.db(), app, true).map_err(DeployError::RecordState)?;
         Ok(format!(
             "app {app} stopped (it stays stopped across restarts until `wasmgate start {app}`)"
         ))
     }
 
-    async fn start(&mut self, app: &str) -> Result<String, String> {
+    async fn start(&mut self, app: &str) -> Result<String, DeployError> {
         let entry = self
             .directory
             .get(app)
-            .ok_or_else(|| format!("no app {app}"))?;
+            .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
         entry.handle.control(Control::Start).await?;
-        registry::set_stopped(&self.db(), app, false).map_err(|e| e.to_string())?;
+        registry::set_stopped(&self.db(), app, false).map_err(DeployError::RecordState)?;
         Ok(format!("app {app} started"))
     }
 
-    async fn remove(&mut self, app: &str) -> Result<String, String> {
+    async fn remove(&mut self, app: &str) -> Result<String, DeployError> {
         let entry = self
             .directory
             .get(app)
-            .ok_or_else(|| format!("no app {app}"))?;
+            .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
         entry.handle.control(Control::Remove).await?;
         self.directory.remove(app);
-        registry::remove(&self.db(), app).map_err(|e| e.to_string())?;
+        registry::remove(&self.db(), app).map_err(DeployError::RecordState)?;
         self.tidy(app);
         Ok(format!(
             "app {app} removed (its storage and files are kept; deploying it again finds them)"
@@ -611,7 +686,7 @@ fn next_spec(
     model: Option<serde_json::Value>,
     config: Option<Vec<(String, String)>>,
     running: Option<&Spec>,
-) -> Result<Spec, String> {
+) -> Result<Spec, DeployError> {
     match (spec, running) {
         (Some(spec), _) => Ok(spec),
         (None, Some(base)) => {
@@ -625,8 +700,8 @@ fn next_spec(
             Ok(spec)
         }
         (None, None) => {
-            let model = model.ok_or_else(|| {
-                format!("app {app} is new: its device model is needed (--model FILE)")
+            let model = model.ok_or_else(|| DeployError::ModelNeeded {
+                app: app.to_string(),
             })?;
             Ok(Spec::from_config(&default_app(app), model).with_config(config.unwrap_or_default()))
         }
@@ -709,11 +784,55 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The admin socket and the cloud show these texts, and the
+    /// integration tests match on them.
+    #[test]
+    fn errors_read_as_they_always_did() {
+        let too_large = DeployError::TooLarge {
+            bytes: MAX_ARTIFACT_BYTES + (3 << 20),
+        };
+        assert_eq!(
+            too_large.to_string(),
+            "the component is 67 MiB, over the limit of 64 MiB"
+        );
+        let model = DeviceModel::parse("not json").expect_err("not a model");
+        let invalid = DeployError::InvalidModel(model).to_string();
+        assert!(
+            invalid.starts_with("the device model is invalid: invalid device model: "),
+            "{invalid}"
+        );
+        let refused = DeployError::VersionRefused {
+            app: "pump".into(),
+            version: 2,
+            reason: AppError::SwapRefused {
+                reason: Box::new(AppError::InitRefused("no".into())),
+                running: 1,
+            },
+        };
+        assert_eq!(
+            refused.to_string(),
+            "app pump: version 2 refused: init returned an error: no; version 1 keeps running"
+        );
+        let gone = DeployError::from(AppError::Gone { app: "pump".into() });
+        assert_eq!(
+            gone.to_string(),
+            "app pump stopped before handling the request"
+        );
+        assert_eq!(
+            DeployError::NothingToRollBackTo("pump".into()).to_string(),
+            "app pump has no earlier version that ran to roll back to"
+        );
+        assert_eq!(
+            DeployError::ShuttingDown.to_string(),
+            "the gateway is shutting down"
+        );
+    }
+
     #[test]
     fn a_new_app_needs_a_model_and_an_update_keeps_what_it_does_not_give() {
         let error = next_spec("pump", None, None, None, None).unwrap_err();
         assert_eq!(
-            error,
+            error.to_string(),
             "app pump is new: its device model is needed (--model FILE)"
         );
 
