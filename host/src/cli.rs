@@ -162,9 +162,21 @@ pub enum CloudCommand {
         app: String,
         /// The component (.wasm).
         component: PathBuf,
-        /// The private key (`wasmgate keygen` makes one).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
+        /// A private key to sign with (`wasmgate keygen` makes one); give it
+        /// once per key when the gateway's `threshold` asks for more.
+        #[arg(long, value_name = "FILE", required = true)]
+        key: Vec<PathBuf>,
+        /// The app's deployment number, higher than any before it
+        /// (default: the time now in seconds, which only grows).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Sign it for the gateways whose labels match this selector
+        /// (`site=plant-1,ring!=canary`) instead of for GATEWAY alone.
+        #[arg(long, value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// Hours until the signed manifest expires.
+        #[arg(long, default_value_t = 24)]
+        valid_hours: u64,
         /// The device model (JSON); needed for a new app, else kept.
         #[arg(long, value_name = "FILE")]
         model: Option<PathBuf>,

@@ -406,13 +406,34 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
             app,
             component,
             key,
+            version,
+            selector,
+            valid_hours,
             model,
             app_config,
             chunk_kib,
         } => {
             let (bytes, model, config) =
                 deployment_parts(&component, model.as_deref(), &app_config)?;
-            let key = crate::deploy::signing::load_key(&key)?;
+            let keys = key
+                .iter()
+                .map(|k| crate::deploy::signing::load_key(k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let now = crate::value::now_ns() / 1_000_000_000;
+            let target = match selector {
+                Some(selector) => {
+                    crate::wire::selector::Selector::parse(&selector)
+                        .map_err(anyhow::Error::msg)?;
+                    crate::wire::protocol::DeployTarget::Selector(selector)
+                }
+                None => crate::wire::protocol::DeployTarget::Gateway(gateway.clone()),
+            };
+            let signing = operator::DeploySigning {
+                keys,
+                version: version.unwrap_or(now),
+                target,
+                expires: now + valid_hours.clamp(1, 24 * 366) * 3600,
+            };
             operator::deploy(
                 &mut session,
                 &gateway,
@@ -420,7 +441,7 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
                 &bytes,
                 model,
                 config,
-                &key,
+                &signing,
                 chunk_kib << 10,
             )
             .await

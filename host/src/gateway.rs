@@ -226,8 +226,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         Some(cloud) => {
             let (replies_tx, replies) = mpsc::channel(256);
             let deployments = crate::deploy::cloud::spawn(
-                config.gateway_id.clone(),
-                config.deploy.trusted_keys.clone(),
+                crate::deploy::cloud::Trust {
+                    gateway: config.gateway_id.clone(),
+                    labels: config.labels.clone(),
+                    keys: config.deploy.trusted_keys.clone(),
+                    threshold: config.deploy.threshold,
+                },
+                database.clone(),
                 deploy.clone(),
                 replies_tx.clone(),
                 stop_link.child_token(),

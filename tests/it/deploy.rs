@@ -482,7 +482,8 @@ fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tamperin
         stranger.to_str().expect("path"),
     ]);
     assert!(
-        !ok && out.contains("error: the signature does not match any trusted key"),
+        !ok && out.contains("error: no valid signature by a trusted key (key ")
+            && out.contains("is not trusted)"),
         "{out}"
     );
 
@@ -495,26 +496,25 @@ fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tamperin
     let sha256 = wasmgate::deploy::artifacts::digest(&component);
     let signing_key = wasmgate::deploy::signing::load_key(&key_path).expect("key");
     let config = vec![("generation".to_string(), "tampered".to_string())];
-    let signed = wasmgate::deploy::signing::signed_bytes(
-        "tamper-1",
-        "counter",
-        &sha256,
-        None,
-        Some(&config),
-    );
-    let (signature, _) = wasmgate::deploy::signing::sign(&signing_key, &signed);
     let chunk = 16 * 1024u64;
-    let manifest = wasmgate::cloud::protocol::DeployManifest {
+    let mut manifest = wasmgate::cloud::protocol::DeployManifest {
+        format: wasmgate::cloud::protocol::DEPLOY_FORMAT,
         id: "tamper-1".into(),
         app: "counter".into(),
+        version: u64::from(u32::MAX),
+        target: wasmgate::cloud::protocol::DeployTarget::Gateway("test-gw".into()),
+        expires: 4_000_000_000,
         size: component.len() as u64,
         sha256,
         chunk_size: chunk,
         chunks: (component.len() as u64).div_ceil(chunk),
         model: None,
         config: Some(config),
-        signature,
+        signatures: Vec::new(),
     };
+    manifest
+        .signatures
+        .push(wasmgate::deploy::signing::sign(&signing_key, &manifest));
     consumer.publish(
         "wg/v1/test-gw/test-gw/deploy/req",
         serde_json::to_vec(&manifest).expect("json"),

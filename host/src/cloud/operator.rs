@@ -316,6 +316,16 @@ pub async fn call(
 }
 
 /// `deploy`: send a signed deployment in chunks and wait for the outcome.
+/// How `wasmgate cloud deploy` signs a manifest.
+pub struct DeploySigning {
+    /// One signature per key (as many as the gateway's threshold asks).
+    pub keys: Vec<ring::signature::Ed25519KeyPair>,
+    pub version: u64,
+    pub target: crate::wire::protocol::DeployTarget,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
 /// Returns whether the gateway deployed it.
 #[allow(clippy::too_many_arguments)]
 pub async fn deploy(
@@ -325,28 +335,33 @@ pub async fn deploy(
     component: &[u8],
     model: Option<serde_json::Value>,
     config: Option<Vec<(String, String)>>,
-    key: &ring::signature::Ed25519KeyPair,
+    signing: &DeploySigning,
     chunk_size: u64,
 ) -> anyhow::Result<bool> {
-    use crate::cloud::protocol::{DeployManifest, DeployProgress};
+    use crate::cloud::protocol::{DEPLOY_FORMAT, DeployManifest, DeployProgress};
     let chunk_size = chunk_size.clamp(1024, crate::deploy::cloud::MAX_CHUNK_BYTES);
     let id = format!("d-{:016x}", crate::value::random_u64());
-    let sha256 = crate::deploy::artifacts::digest(component);
-    let signed =
-        crate::deploy::signing::signed_bytes(&id, app, &sha256, model.as_ref(), config.as_deref());
-    let (signature, _) = crate::deploy::signing::sign(key, &signed);
     let size = component.len() as u64;
-    let manifest = DeployManifest {
+    let mut manifest = DeployManifest {
+        format: DEPLOY_FORMAT,
         id: id.clone(),
         app: app.to_string(),
+        version: signing.version,
+        target: signing.target.clone(),
+        expires: signing.expires,
         size,
-        sha256,
+        sha256: crate::deploy::artifacts::digest(component),
         chunk_size,
         chunks: size.div_ceil(chunk_size),
         model,
         config,
-        signature,
+        signatures: Vec::new(),
     };
+    manifest.signatures = signing
+        .keys
+        .iter()
+        .map(|key| crate::deploy::signing::sign(key, &manifest))
+        .collect();
     let res_topic = topics::topic(gateway, gateway, "deploy/res");
     session.subscribe(&res_topic).await?;
     session

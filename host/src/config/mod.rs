@@ -5,7 +5,7 @@
 //! directory of the config file, so a config works from any working directory.
 
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ pub use cloud::{BrokerSettings, CloudConfig};
 use cloud::{CloudSection, cloud_config};
 pub use content::ContentConfig;
 use content::{ContentSection, content_config};
-pub use deploy::DeployConfig;
+pub use deploy::{DeployConfig, TrustedKey, key_id, parse_time};
 use deploy::{DeploySection, deploy_config};
 pub use outbox::{Batching, MAX_BATCH_KIB, OutboxConfig, SeriesConfig, WhenFull};
 use outbox::{OutboxSection, outbox_config};
@@ -97,6 +97,9 @@ struct GatewaySection {
     id: String,
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+    /// What fleet selectors match this gateway by (`site`, `ring`, ...).
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +131,8 @@ pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
     pub gateway_id: String,
+    /// `[gateway.labels]`: what a deployment's fleet selector matches.
+    pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub outbox: OutboxConfig,
     pub deploy: DeployConfig,
@@ -172,6 +177,17 @@ impl Config {
         };
 
         check_name(&file.gateway.id).map_err(|m| invalid("gateway.id".into(), m))?;
+        if file.gateway.labels.len() > crate::wire::selector::MAX_LABELS {
+            return Err(invalid(
+                "gateway.labels".into(),
+                format!("more than {} labels", crate::wire::selector::MAX_LABELS),
+            ));
+        }
+        for (name, value) in &file.gateway.labels {
+            crate::wire::selector::check_label(name)
+                .and_then(|()| crate::wire::selector::check_label(value))
+                .map_err(|m| invalid(format!("gateway.labels.{name}"), m))?;
+        }
         let outbox = outbox_config(file.outbox.unwrap_or_default())
             .map_err(|e| invalid(e.key, e.message))?;
         let deploy = deploy_config(file.deploy.unwrap_or_default())
@@ -310,6 +326,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             gateway_id: file.gateway.id,
+            labels: file.gateway.labels,
             data_dir: resolve(&file.gateway.data_dir),
             outbox,
             deploy,

@@ -9,15 +9,18 @@
 //! the signed one, so a changed, missing or extra byte anywhere is refused.
 //! Then it is deployed like any other version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{DeployClient, DeployRequest, MAX_ARTIFACT_BYTES, signing};
+use super::{DeployClient, DeployRequest, MAX_ARTIFACT_BYTES, registry, signing};
+use crate::config::TrustedKey;
 use crate::model::check_name;
-use crate::wire::protocol::{DeployManifest, DeployProgress};
+use crate::store::Database;
+use crate::wire::protocol::{DEPLOY_FORMAT, DeployManifest, DeployProgress, DeployTarget};
+use crate::wire::selector::Selector;
 use crate::wire::topics;
 use crate::wire::topics::Kind;
 use crate::wire::{Inbound, Reply};
@@ -28,25 +31,61 @@ pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
 /// A transfer that stops receiving chunks for this long is dropped.
 const STALE: Duration = Duration::from_secs(600);
 
-/// Read a `deploy/req` payload and check it: names, sizes that add up, and
-/// a signature by a trusted key. On refusal: the id, if one could be read,
+/// What a manifest is checked against: who this gateway is, the keys it
+/// trusts and how many must sign.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub gateway: String,
+    pub labels: BTreeMap<String, String>,
+    pub keys: Vec<TrustedKey>,
+    pub threshold: usize,
+}
+
+/// Read a `deploy/req` payload and check it at `now` (unix seconds): the
+/// format, names, sizes that add up, the target, the expiry, and enough
+/// signatures by trusted keys. (Whether its id or version was taken before
+/// is the registry's to say.) On refusal: the id, if one could be read,
 /// and why.
 pub fn check_manifest(
-    trusted: &[[u8; 32]],
+    trust: &Trust,
     payload: &[u8],
+    now: u64,
 ) -> Result<DeployManifest, (Option<String>, String)> {
-    let manifest: DeployManifest = serde_json::from_slice(payload).map_err(|e| {
-        let id = serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .and_then(|v| v.get("id")?.as_str().map(str::to_string))
-            .filter(|id| check_name(id).is_ok());
-        (id, format!("malformed deployment request: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| (None, format!("malformed deployment request: {e}")))?;
+    let id = value
+        .get("id")
+        .and_then(|v| v.as_str())
+        .filter(|id| check_name(id).is_ok())
+        .map(str::to_string);
+    if value.get("format").is_none() && value.get("signature").is_some() {
+        return Err((
+            id,
+            "a wasmgate-deploy-v1 manifest (one signature; no version, target or expiry), which this gateway no longer takes: sign it again with this wasmgate's `wasmgate cloud deploy` (format 2)".into(),
+        ));
+    }
+    let manifest: DeployManifest = serde_json::from_value(value)
+        .map_err(|e| (id.clone(), format!("malformed deployment request: {e}")))?;
+    if manifest.format != DEPLOY_FORMAT {
+        return Err((
+            id,
+            format!(
+                "manifest format {} is not one this gateway takes ({DEPLOY_FORMAT})",
+                manifest.format
+            ),
+        ));
+    }
     if let Err(m) = check_name(&manifest.id) {
         return Err((None, format!("deployment id: {m}")));
     }
     let id = Some(manifest.id.clone());
     check_name(&manifest.app).map_err(|m| (id.clone(), m))?;
+    if manifest.version == 0 || i64::try_from(manifest.version).is_err() {
+        return Err((
+            id,
+            format!("version {} is not between 1 and 2^63 - 1", manifest.version),
+        ));
+    }
     let sized = manifest.size > 0
         && manifest.size <= MAX_ARTIFACT_BYTES as u64
         && (1..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
@@ -64,15 +103,55 @@ pub fn check_manifest(
             ),
         ));
     }
-    let signed = signing::signed_bytes(
-        &manifest.id,
-        &manifest.app,
-        &manifest.sha256,
-        manifest.model.as_ref(),
-        manifest.config.as_deref(),
-    );
-    signing::verify(trusted, &signed, &manifest.signature).map_err(|e| (id, e))?;
+    match &manifest.target {
+        DeployTarget::Gateway(gateway) if *gateway != trust.gateway => {
+            return Err((
+                id,
+                format!(
+                    "the manifest is for gateway {gateway}, not this one ({})",
+                    trust.gateway
+                ),
+            ));
+        }
+        DeployTarget::Gateway(_) => {}
+        DeployTarget::Selector(text) => {
+            let selector = Selector::parse(text).map_err(|e| (id.clone(), e))?;
+            if !selector.matches(&trust.labels) {
+                let labels: Vec<String> = trust
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                return Err((
+                    id,
+                    format!(
+                        "the manifest is for gateways matching {text}, and this one's labels ({}) do not",
+                        if labels.is_empty() {
+                            "none".to_string()
+                        } else {
+                            labels.join(",")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    if now > manifest.expires {
+        return Err((
+            id,
+            format!(
+                "the manifest expired at {}",
+                signing::format_time(manifest.expires)
+            ),
+        ));
+    }
+    signing::verify(&trust.keys, trust.threshold, &manifest, now).map_err(|e| (id, e))?;
     Ok(manifest)
+}
+
+/// Unix seconds now (the wall clock: expiry is a date).
+fn unix_now() -> u64 {
+    crate::value::now_ns() / 1_000_000_000
 }
 
 /// A deployment being received: its checked manifest and the chunks so far.
@@ -139,8 +218,8 @@ impl Transfer {
 
 /// Start the handler on `tasks`; the returned sender is for the downlink.
 pub fn spawn(
-    gateway: String,
-    trusted: Vec<[u8; 32]>,
+    trust: Trust,
+    db: Database,
     deploy: DeployClient,
     replies: mpsc::Sender<Reply>,
     cancel: CancellationToken,
@@ -148,8 +227,8 @@ pub fn spawn(
 ) -> mpsc::Sender<Inbound> {
     let (tx, rx) = mpsc::channel(64);
     let handler = Handler {
-        gateway,
-        trusted,
+        trust,
+        db,
         deploy,
         replies,
         transfers: HashMap::new(),
@@ -159,8 +238,9 @@ pub fn spawn(
 }
 
 struct Handler {
-    gateway: String,
-    trusted: Vec<[u8; 32]>,
+    trust: Trust,
+    /// For the registry's record of the deployments taken.
+    db: Database,
     deploy: DeployClient,
     replies: mpsc::Sender<Reply>,
     transfers: HashMap<String, Transfer>,
@@ -183,7 +263,7 @@ impl Handler {
             let Some(parsed) = topics::parse(&message.topic) else {
                 continue;
             };
-            if parsed.device != self.gateway {
+            if parsed.device != self.trust.gateway {
                 tracing::warn!(topic = %message.topic, "ignoring a deployment message: deployments come on the gateway's own device");
                 continue;
             }
@@ -201,7 +281,7 @@ impl Handler {
 
     async fn report(&self, progress: DeployProgress) {
         let reply = Reply {
-            topic: topics::topic(&self.gateway, &self.gateway, "deploy/res"),
+            topic: topics::topic(&self.trust.gateway, &self.trust.gateway, "deploy/res"),
             payload: serde_json::to_vec(&progress).unwrap_or_default(),
         };
         let _ = self.replies.send(reply).await;
@@ -222,10 +302,27 @@ impl Handler {
     }
 
     async fn manifest(&mut self, payload: &[u8]) {
-        let manifest = match check_manifest(&self.trusted, payload) {
+        let manifest = match check_manifest(&self.trust, payload, unix_now()) {
             Ok(m) => m,
             Err((id, error)) => return self.fail(id, error).await,
         };
+        // Taken for good before a chunk is: a replay of this id, or of any
+        // version not above it, is refused from now on.
+        let accepted = self
+            .db
+            .open()
+            .map_err(|e| registry::Replay::Registry(e.to_string()))
+            .and_then(|mut conn| {
+                registry::accept_deployment(
+                    &mut conn,
+                    &manifest.id,
+                    &manifest.app,
+                    manifest.version,
+                )
+            });
+        if let Err(refusal) = accepted {
+            return self.fail(Some(manifest.id), refusal.to_string()).await;
+        }
         tracing::info!(deployment = %manifest.id, app = %manifest.app, bytes = manifest.size, "cloud deployment accepted; receiving");
         let (id, chunks) = (manifest.id.clone(), manifest.chunks);
         self.transfers.insert(id.clone(), Transfer::new(manifest));

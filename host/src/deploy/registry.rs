@@ -202,7 +202,106 @@ CREATE TABLE IF NOT EXISTS app_deployments (
     stopped       INTEGER NOT NULL DEFAULT 0,
     config_digest TEXT
 );
+
+-- Signed cloud deployments taken: the highest version per app, and every
+-- id, so that neither an older manifest nor the same one is taken again.
+-- Kept when an app is removed: removing it must not reopen old versions.
+CREATE TABLE IF NOT EXISTS deploy_highest (
+    app     TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deploy_ids (
+    id          TEXT PRIMARY KEY,
+    app         TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL
+);
 "#;
+
+/// Why a signed deployment is refused by what the gateway took before.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Replay {
+    #[error(
+        "deployment id {id} was taken before (version {version} of app {app}): refused as a replay"
+    )]
+    SeenId {
+        id: String,
+        app: String,
+        version: i64,
+    },
+    #[error(
+        "version {version} of app {app} is not newer than version {highest}, the highest this gateway took: refused as a replay or a rollback (to go back to an older component, deploy it again with a higher version)"
+    )]
+    NotNewer {
+        app: String,
+        version: u64,
+        highest: i64,
+    },
+    #[error("the deployment registry failed: {0}")]
+    Registry(String),
+}
+
+/// Take signed deployment `id` of `app` at `version`, durably, if neither
+/// the id nor a version as high was taken before. One transaction: two
+/// manifests racing cannot both pass.
+pub fn accept_deployment(
+    conn: &mut Connection,
+    id: &str,
+    app: &str,
+    version: u64,
+) -> Result<(), Replay> {
+    let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
+    let tx = conn.transaction().map_err(registry)?;
+    if let Some((app, version)) = tx
+        .query_row(
+            "SELECT app, version FROM deploy_ids WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()
+        .map_err(registry)?
+    {
+        return Err(Replay::SeenId {
+            id: id.to_string(),
+            app,
+            version,
+        });
+    }
+    let highest: Option<i64> = tx
+        .query_row(
+            "SELECT version FROM deploy_highest WHERE app = ?1",
+            params![app],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(registry)?;
+    let stored = i64::try_from(version).map_err(|_| Replay::NotNewer {
+        app: app.to_string(),
+        version,
+        highest: i64::MAX,
+    })?;
+    if let Some(highest) = highest
+        && stored <= highest
+    {
+        return Err(Replay::NotNewer {
+            app: app.to_string(),
+            version,
+            highest,
+        });
+    }
+    tx.execute(
+        "INSERT INTO deploy_ids (id, app, version, accepted_at) VALUES (?1, ?2, ?3, ?4)",
+        params![id, app, stored, now_ns() as i64],
+    )
+    .map_err(registry)?;
+    tx.execute(
+        "INSERT INTO deploy_highest (app, version) VALUES (?1, ?2)
+         ON CONFLICT (app) DO UPDATE SET version = excluded.version",
+        params![app, stored],
+    )
+    .map_err(registry)?;
+    tx.commit().map_err(registry)
+}
 
 /// Register a new version; returns its number.
 pub fn add(
@@ -481,6 +580,33 @@ mod tests {
         assert!(digests_in_use(&conn).expect("digests").contains("digest4"));
         remove(&conn, "a").expect("remove");
         assert!(all(&conn).expect("all").is_empty());
+    }
+
+    #[test]
+    fn a_deployment_id_is_taken_once_and_versions_only_grow() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(SCHEMA).expect("schema");
+        accept_deployment(&mut conn, "d1", "a", 5).expect("first");
+        assert!(matches!(
+            accept_deployment(&mut conn, "d1", "a", 9),
+            Err(Replay::SeenId { version: 5, .. })
+        ));
+        for older in [5, 4] {
+            assert_eq!(
+                accept_deployment(&mut conn, "d2", "a", older),
+                Err(Replay::NotNewer {
+                    app: "a".into(),
+                    version: older,
+                    highest: 5
+                })
+            );
+        }
+        // Another app has its own numbers.
+        accept_deployment(&mut conn, "d3", "b", 1).expect("other app");
+        accept_deployment(&mut conn, "d2", "a", 6).expect("newer");
+        // A refused one left nothing behind: d4 is still free.
+        accept_deployment(&mut conn, "d4", "a", 7).expect("d4");
+        assert!(accept_deployment(&mut conn, "d5", "a", u64::MAX).is_err());
     }
 
     fn outcome_of(conn: &Connection, version: i64) -> Outcome {

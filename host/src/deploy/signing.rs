@@ -1,10 +1,14 @@
 //! Signed deployments: ed25519 keys (ring), the exact bytes a deployment
-//! signature covers, and checking it against the keys gateway.toml trusts.
+//! signature covers, and checking a manifest's signatures against the keys
+//! gateway.toml trusts and its threshold.
 //!
-//! The signature covers the deployment id, the app, the component's sha256
-//! and digests of the model and the config, so a signature cannot be reused
-//! for another app, another component, or the same component with another
-//! model or config.
+//! The signed bytes (`wasmgate-deploy-v2`) cover the signing key's id, the
+//! deployment id, the app, its version number, the target, the expiry, the
+//! component's size and sha256, and digests of the model and the config. So
+//! a signature cannot be reused for another app, component, model, config,
+//! version, gateway or fleet, nor after it expires; the gateway's record of
+//! versions and ids (`registry::accept_deployment`) stops replays. These are
+//! TUF's and Uptane's defences against replay, rollback and freeze attacks.
 
 use anyhow::Context as _;
 use ring::rand::SecureRandom as _;
@@ -12,22 +16,34 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-/// What a deployment signature covers.
-pub fn signed_bytes(
-    id: &str,
-    app: &str,
-    sha256: &str,
-    model: Option<&serde_json::Value>,
-    config: Option<&[(String, String)]>,
-) -> Vec<u8> {
+use crate::config::{TrustedKey, key_id};
+use crate::wire::protocol::{DeployManifest, DeploySignature};
+
+/// The most signatures a manifest may carry (each costs a verification).
+pub const MAX_SIGNATURES: usize = 16;
+
+/// What a signature by the key with id `key` over `manifest` covers.
+pub fn signed_bytes(manifest: &DeployManifest, key: &str) -> Vec<u8> {
     let digest_of = |json: Option<String>| {
         json.map(|j| hex::encode(Sha256::digest(j.as_bytes())))
             .unwrap_or_else(|| "-".into())
     };
+    let m = manifest;
     format!(
-        "wasmgate-deploy-v1\nid={id}\napp={app}\nsha256={sha256}\nmodel={}\nconfig={}\n",
-        digest_of(model.map(|m| m.to_string())),
-        digest_of(config.map(|c| serde_json::to_string(c).unwrap_or_default())),
+        "wasmgate-deploy-v2\nkey={key}\nid={}\napp={}\nversion={}\ntarget={}\nexpires={}\nsize={}\nsha256={}\nmodel={}\nconfig={}\n",
+        m.id,
+        m.app,
+        m.version,
+        m.target,
+        m.expires,
+        m.size,
+        m.sha256,
+        digest_of(m.model.as_ref().map(|m| m.to_string())),
+        digest_of(
+            m.config
+                .as_ref()
+                .map(|c| serde_json::to_string(c).unwrap_or_default())
+        ),
     )
     .into_bytes()
 }
@@ -42,8 +58,10 @@ pub fn generate() -> anyhow::Result<(String, String)> {
     Ok((hex::encode(seed), hex::encode(pair.public_key().as_ref())))
 }
 
-/// Read a private key file (the hex seed `wasmgate keygen` writes).
+/// Read a private key file (the hex seed `wasmgate keygen` writes). Like
+/// ssh, it refuses a key file other users can read.
 pub fn load_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
+    crate::permissions::check_private(path, "the private key").map_err(anyhow::Error::msg)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the key {}", path.display()))?;
     let seed = hex::decode(text.trim())
@@ -59,71 +77,228 @@ pub fn load_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// Sign `bytes`; the signature and the public key, hex.
-pub fn sign(key: &Ed25519KeyPair, bytes: &[u8]) -> (String, String) {
-    (
-        hex::encode(key.sign(bytes).as_ref()),
-        hex::encode(key.public_key().as_ref()),
-    )
+/// The id of `key`'s public key.
+pub fn id_of(key: &Ed25519KeyPair) -> String {
+    let public: [u8; 32] = key
+        .public_key()
+        .as_ref()
+        .try_into()
+        .expect("an ed25519 public key is 32 bytes");
+    key_id(&public)
 }
 
-/// Check a hex signature against the trusted keys; which key signed it.
-pub fn verify(trusted: &[[u8; 32]], bytes: &[u8], signature: &str) -> Result<usize, String> {
+/// Sign `manifest` with `key`.
+pub fn sign(key: &Ed25519KeyPair, manifest: &DeployManifest) -> DeploySignature {
+    let id = id_of(key);
+    let sig = hex::encode(key.sign(&signed_bytes(manifest, &id)).as_ref());
+    DeploySignature { key: id, sig }
+}
+
+/// Check `manifest`'s signatures at `now` (unix seconds): at least
+/// `threshold` distinct trusted, unexpired keys must have signed it. Which
+/// keys did, or why too few.
+pub fn verify(
+    trusted: &[TrustedKey],
+    threshold: usize,
+    manifest: &DeployManifest,
+    now: u64,
+) -> Result<Vec<String>, String> {
     if trusted.is_empty() {
         return Err(
             "cloud deployment is off: gateway.toml trusts no keys ([deploy] trusted_keys)".into(),
         );
     }
-    let signature = hex::decode(signature).map_err(|_| "the signature is not hex".to_string())?;
-    trusted
-        .iter()
-        .position(|key| {
-            UnparsedPublicKey::new(&ED25519, key)
-                .verify(bytes, &signature)
+    if manifest.signatures.len() > MAX_SIGNATURES {
+        return Err(format!(
+            "{} signatures, more than the {MAX_SIGNATURES} taken",
+            manifest.signatures.len()
+        ));
+    }
+    let mut good: Vec<String> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    for signature in &manifest.signatures {
+        let Some(key) = trusted.iter().find(|k| k.id == signature.key) else {
+            problems.push(format!("key {} is not trusted", signature.key));
+            continue;
+        };
+        if let Some(expires) = key.expires
+            && now > expires
+        {
+            problems.push(format!(
+                "key {} expired at {}",
+                key.id,
+                format_time(expires)
+            ));
+            continue;
+        }
+        let verifies = hex::decode(&signature.sig).is_ok_and(|sig| {
+            UnparsedPublicKey::new(&ED25519, key.public)
+                .verify(&signed_bytes(manifest, &key.id), &sig)
                 .is_ok()
+        });
+        if !verifies {
+            problems.push(format!("the signature by key {} does not verify", key.id));
+        } else if !good.contains(&key.id) {
+            good.push(key.id.clone());
+        }
+    }
+    if good.len() >= threshold {
+        return Ok(good);
+    }
+    let mut error = if threshold == 1 {
+        "no valid signature by a trusted key".to_string()
+    } else {
+        format!(
+            "needs signatures by {threshold} distinct trusted keys, has {}",
+            good.len()
+        )
+    };
+    if manifest.signatures.is_empty() {
+        error.push_str(" (the manifest is not signed)");
+    } else if !problems.is_empty() {
+        error.push_str(&format!(" ({})", problems.join("; ")));
+    }
+    Err(error)
+}
+
+/// Unix seconds as RFC 3339, for messages.
+pub fn format_time(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
         })
-        .ok_or_else(|| "the signature does not match any trusted key".to_string())
+        .unwrap_or_else(|| format!("{unix} s after 1970"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::protocol::{DEPLOY_FORMAT, DeployTarget};
+
+    fn key(seed: u8) -> (Ed25519KeyPair, TrustedKey) {
+        let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("key");
+        let public: [u8; 32] = pair.public_key().as_ref().try_into().expect("32");
+        let trusted = TrustedKey {
+            id: key_id(&public),
+            public,
+            expires: None,
+        };
+        (pair, trusted)
+    }
+
+    fn manifest() -> DeployManifest {
+        DeployManifest {
+            format: DEPLOY_FORMAT,
+            id: "d1".into(),
+            app: "app".into(),
+            version: 3,
+            target: DeployTarget::Gateway("gw".into()),
+            expires: 2_000_000_000,
+            size: 10,
+            sha256: "abc".into(),
+            chunk_size: 10,
+            chunks: 1,
+            model: None,
+            config: Some(vec![("k".into(), "v".into())]),
+            signatures: Vec::new(),
+        }
+    }
 
     #[test]
-    fn signatures_verify_only_for_the_signed_bytes_and_a_trusted_key() {
-        let (seed, public) = generate().expect("keys");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("k.key");
-        std::fs::write(&path, &seed).expect("write");
-        let key = load_key(&path).expect("load");
-        let trusted: [u8; 32] = hex::decode(&public)
-            .expect("hex")
-            .try_into()
-            .expect("32 bytes");
-        let bytes = signed_bytes("d1", "app", "abc", None, Some(&[("k".into(), "v".into())]));
-        let (signature, signer) = sign(&key, &bytes);
-        assert_eq!(signer, public);
-        assert_eq!(verify(&[trusted], &bytes, &signature), Ok(0));
-        let other = signed_bytes(
-            "d1",
-            "other-app",
-            "abc",
-            None,
-            Some(&[("k".into(), "v".into())]),
+    fn a_signature_holds_only_for_what_it_signed() {
+        let (pair, trusted) = key(1);
+        let mut m = manifest();
+        m.signatures.push(sign(&pair, &m));
+        let now = 1_900_000_000;
+        assert_eq!(
+            verify(&[trusted.clone()], 1, &m, now),
+            Ok(vec![trusted.id.clone()])
         );
+        // Every signed field changes the bytes.
+        let changes: [fn(&mut DeployManifest); 9] = [
+            |m| m.id = "d2".into(),
+            |m| m.app = "other".into(),
+            |m| m.version = 4,
+            |m| m.target = DeployTarget::Gateway("gw2".into()),
+            |m| m.target = DeployTarget::Selector("site=a".into()),
+            |m| m.expires += 1,
+            |m| m.size += 1,
+            |m| m.sha256 = "abd".into(),
+            |m| m.config = None,
+        ];
+        for change in changes {
+            let mut other = m.clone();
+            change(&mut other);
+            let e = verify(&[trusted.clone()], 1, &other, now).unwrap_err();
+            assert!(e.contains("does not verify"), "{e}");
+        }
+        // The chunking is transport, not signed.
+        let mut rechunked = m.clone();
+        rechunked.chunk_size = 5;
+        rechunked.chunks = 2;
+        assert!(verify(&[trusted], 1, &rechunked, now).is_ok());
+    }
+
+    #[test]
+    fn untrusted_expired_and_too_few_keys_are_refused_with_the_reason() {
+        let (a, trusted_a) = key(1);
+        let (b, trusted_b) = key(2);
+        let (stranger, _) = key(3);
+        let now = 1_900_000_000;
+        let mut m = manifest();
+        m.signatures.push(sign(&stranger, &m));
+        let e = verify(&[trusted_a.clone()], 1, &m, now).unwrap_err();
         assert!(
-            verify(&[trusted], &other, &signature).is_err(),
-            "not for another app"
+            e.starts_with("no valid signature by a trusted key (key ")
+                && e.ends_with("is not trusted)"),
+            "{e}"
         );
+
+        let mut m = manifest();
+        m.signatures.push(sign(&a, &m));
+        let both = [trusted_a.clone(), trusted_b.clone()];
+        let e = verify(&both, 2, &m, now).unwrap_err();
+        assert_eq!(e, "needs signatures by 2 distinct trusted keys, has 1");
+        // The same key twice is still one key.
+        m.signatures.push(sign(&a, &m));
+        assert!(verify(&both, 2, &m, now).is_err());
+        m.signatures.push(sign(&b, &m));
+        assert_eq!(verify(&both, 2, &m, now).expect("two keys").len(), 2);
+
+        let expired = TrustedKey {
+            expires: Some(now - 1),
+            ..trusted_a
+        };
+        let mut m = manifest();
+        m.signatures.push(sign(&a, &m));
+        let e = verify(&[expired], 1, &m, now).unwrap_err();
+        assert!(e.contains("expired at 2030-03-17T17:46:39Z"), "{e}");
         assert!(
-            verify(&[[7; 32]], &bytes, &signature)
-                .unwrap_err()
-                .contains("any trusted key")
-        );
-        assert!(
-            verify(&[], &bytes, &signature)
+            verify(&[], 1, &m, now)
                 .unwrap_err()
                 .contains("trusts no keys")
         );
+        assert!(
+            verify(&[trusted_b], 1, &manifest(), now)
+                .unwrap_err()
+                .contains("not signed")
+        );
+    }
+
+    #[test]
+    fn a_private_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (seed, _) = generate().expect("keys");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, &seed).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = load_key(&path).err().expect("refused").to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(load_key(&path).is_ok());
     }
 }

@@ -5,6 +5,7 @@
 //! each other. `docs/protocol.md` describes it.
 
 pub mod protocol;
+pub mod selector;
 pub mod topics;
 
 /// A message from the cloud for a service of the gateway ([`topics::Service`]),

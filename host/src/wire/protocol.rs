@@ -223,14 +223,33 @@ pub struct Alert {
     pub values: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The format number of deployment manifests this gateway takes.
+pub const DEPLOY_FORMAT: u32 = 2;
+
 /// `deploy/req` (down, gateway device): a new version of an app, whose
 /// component follows in `chunks` messages on `deploy/{id}/chunk/{index}`.
+///
+/// Everything but the transport's `chunk_size` and `chunks` is signed (see
+/// `deploy::signing::signed_bytes`): the gateway takes it only for its own
+/// target, before `expires`, with a `version` higher than any it took for
+/// the app, an `id` it has never seen, and `threshold` signatures by
+/// distinct trusted keys.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DeployManifest {
-    /// Names the transfer (1 to 64 characters from A-Z a-z 0-9 _ - .).
+    /// [`DEPLOY_FORMAT`].
+    pub format: u32,
+    /// Names the transfer (1 to 64 characters from A-Z a-z 0-9 _ - .);
+    /// never taken twice.
     pub id: String,
     pub app: String,
+    /// The app's deployment number: only ever grows. Going back to an older
+    /// component is a new deployment with a higher number.
+    pub version: u64,
+    /// Which gateways it is for.
+    pub target: DeployTarget,
+    /// Unix seconds after which it is refused.
+    pub expires: u64,
     /// Bytes of the component.
     pub size: u64,
     /// sha256 of the component, hex.
@@ -241,8 +260,37 @@ pub struct DeployManifest {
     pub model: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Vec<(String, String)>>,
-    /// ed25519 over the bytes `deploy::signing::signed_bytes` gives, hex.
-    pub signature: String,
+    /// At least the gateway's `threshold` of them, by distinct keys.
+    pub signatures: Vec<DeploySignature>,
+}
+
+/// The gateways a deployment is for: one by id, or a fleet by labels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum DeployTarget {
+    /// `{"gateway": "gw-1"}`
+    Gateway(String),
+    /// `{"selector": "site=plant-1,ring!=canary"}` over `[gateway.labels]`.
+    Selector(String),
+}
+
+impl std::fmt::Display for DeployTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeployTarget::Gateway(id) => write!(f, "gateway:{id}"),
+            DeployTarget::Selector(selector) => write!(f, "selector:{selector}"),
+        }
+    }
+}
+
+/// One signature of a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySignature {
+    /// The signing key's id (`config::key_id` of its public key).
+    pub key: String,
+    /// ed25519 over the manifest's signed bytes for this key, hex.
+    pub sig: String,
 }
 
 /// `deploy/res` (up, gateway device): how a deployment is going.
