@@ -30,7 +30,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Speak the cloud protocol through a broker, as the operator does.
-    Cloud(CloudArgs),
+    Cloud(Box<CloudArgs>),
     /// Deploy a new version of an app to the running gateway (hot swap).
     Deploy {
         app: String,

@@ -154,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(cloud(args))
+            runtime.block_on(cloud(*args))
         }
         Command::Status { config: path, json } => {
             let config = Config::load(&path)?;

@@ -214,7 +214,7 @@ mod tests {
         m.signatures.push(sign(&pair, &m));
         let now = 1_900_000_000;
         assert_eq!(
-            verify(&[trusted.clone()], 1, &m, now),
+            verify(std::slice::from_ref(&trusted), 1, &m, now),
             Ok(vec![trusted.id.clone()])
         );
         // Every signed field changes the bytes.
@@ -232,7 +232,7 @@ mod tests {
         for change in changes {
             let mut other = m.clone();
             change(&mut other);
-            let e = verify(&[trusted.clone()], 1, &other, now).unwrap_err();
+            let e = verify(std::slice::from_ref(&trusted), 1, &other, now).unwrap_err();
             assert!(e.contains("does not verify"), "{e}");
         }
         // The chunking is transport, not signed.
@@ -250,7 +250,7 @@ mod tests {
         let now = 1_900_000_000;
         let mut m = manifest();
         m.signatures.push(sign(&stranger, &m));
-        let e = verify(&[trusted_a.clone()], 1, &m, now).unwrap_err();
+        let e = verify(std::slice::from_ref(&trusted_a), 1, &m, now).unwrap_err();
         assert!(
             e.starts_with("no valid signature by a trusted key (key ")
                 && e.ends_with("is not trusted)"),
@@ -296,7 +296,7 @@ mod tests {
         let path = dir.path().join("k.key");
         std::fs::write(&path, &seed).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let e = load_key(&path).err().expect("refused").to_string();
+        let e = load_key(&path).expect_err("refused").to_string();
         assert!(e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert!(load_key(&path).is_ok());
