@@ -304,3 +304,352 @@ print scalar(<$s>);
     run.wait_app("counter", T, "stopped", |a| a["state"] == "stopped");
     assert!(run.stop().success());
 }
+
+/// A signer: a key pair `wasmgate keygen` made, loaded as the CLI loads it.
+struct Signer(ring::signature::Ed25519KeyPair, String);
+
+fn keygen(dir: &Path, name: &str) -> Signer {
+    let path = dir.join(name);
+    let (ok, _, err) = crate::common::wasmgate(&["keygen", path.to_str().expect("path")]);
+    assert!(ok, "{err}");
+    let public = std::fs::read_to_string(path.with_extension("pub"))
+        .expect("pub")
+        .trim()
+        .to_string();
+    let key = wasmgate::deploy::signing::load_key(&path.with_extension("key")).expect("key");
+    Signer(key, public)
+}
+
+/// A format-2 manifest of `component` for app `counter` at `version`, with
+/// `generation` as its config, signed by `signers`.
+fn manifest(
+    id: &str,
+    version: u64,
+    target: wasmgate::cloud::protocol::DeployTarget,
+    expires: u64,
+    component: &[u8],
+    generation: &str,
+    signers: &[&Signer],
+) -> wasmgate::cloud::protocol::DeployManifest {
+    let chunk = 64 * 1024u64;
+    let mut m = wasmgate::cloud::protocol::DeployManifest {
+        format: wasmgate::cloud::protocol::DEPLOY_FORMAT,
+        id: id.into(),
+        app: "counter".into(),
+        version,
+        target,
+        expires,
+        size: component.len() as u64,
+        sha256: wasmgate::deploy::artifacts::digest(component),
+        chunk_size: chunk,
+        chunks: (component.len() as u64).div_ceil(chunk),
+        model: None,
+        config: Some(vec![("generation".into(), generation.into())]),
+        signatures: Vec::new(),
+    };
+    m.signatures = signers
+        .iter()
+        .map(|s| wasmgate::deploy::signing::sign(&s.0, &m))
+        .collect();
+    m
+}
+
+/// Publish a manifest and its chunks at once, as a replaying attacker does
+/// with what they captured; the gateway's first final answer for its id.
+fn publish(
+    consumer: &Consumer,
+    payload: &[u8],
+    id: &str,
+    component: &[u8],
+    chunk: usize,
+) -> serde_json::Value {
+    let before = consumer.on(RES).len();
+    consumer.publish(&format!("{BASE}/deploy/req"), payload.to_vec(), false);
+    for (i, part) in component.chunks(chunk).enumerate() {
+        consumer.publish(
+            &format!("{BASE}/deploy/{id}/chunk/{i}"),
+            part.to_vec(),
+            false,
+        );
+    }
+    // Only answers after this publish count: the same id may have been
+    // answered before (a replay).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let answer = consumer.on(RES)[before..]
+            .iter()
+            .map(|m| m.json())
+            .find(|j| j["id"] == id && (j["stage"] == "deployed" || j["stage"] == "failed"));
+        if let Some(answer) = answer {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer for deployment {id}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const BASE: &str = "wg/v1/test-gw/test-gw";
+const RES: &str = "wg/v1/test-gw/test-gw/deploy/res";
+
+#[test]
+fn replayed_rolled_back_misdirected_expired_and_undersigned_deployments_are_refused() {
+    let broker = Mosquitto::start("");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (a, b, stranger) = (
+        keygen(keys.path(), "a"),
+        keygen(keys.path(), "b"),
+        keygen(keys.path(), "stranger"),
+    );
+    let gw = Gateway::new()
+        .gateway("[gateway.labels]\nsite = \"plant-1\"\nring = \"main\"")
+        .app(
+            "counter",
+            &guest("swap-counter"),
+            &model("swap"),
+            "tick_interval_ms = 50\n[app.config]\ngeneration = \"one\"",
+        )
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!(
+            "[deploy]\ntrusted_keys = [\"{}\", \"{}\"]\nthreshold = 2\n",
+            a.1, b.1
+        ));
+    let consumer = Consumer::connect(&broker.settings("attacker"), &[RES]);
+    let mut run = gw.start();
+    run.wait_connected(T);
+    run.wait_running("counter", T);
+
+    let component = std::fs::read(guest("swap-counter")).expect("read");
+    let chunk = 64 * 1024;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let later = now + 3600;
+    let this = || wasmgate::cloud::protocol::DeployTarget::Gateway("test-gw".into());
+    let deploy = |m: &wasmgate::cloud::protocol::DeployManifest| {
+        publish(
+            &consumer,
+            &serde_json::to_vec(m).expect("json"),
+            &m.id,
+            &component,
+            chunk,
+        )
+    };
+
+    // Two good deployments, v10 then v20; the first one's messages are
+    // captured as they went by.
+    let v10 = manifest("d-10", 10, this(), later, &component, "ten", &[&a, &b]);
+    let captured = serde_json::to_vec(&v10).expect("json");
+    let answer = deploy(&v10);
+    assert_eq!(answer["stage"], "deployed", "{answer}");
+    run.wait_for("generation ten started", T);
+    let v20 = manifest("d-20", 20, this(), later, &component, "twenty", &[&a, &b]);
+    assert_eq!(deploy(&v20)["stage"], "deployed");
+    run.wait_for("generation twenty started", T);
+    let running = run.wait_app("counter", T, "on v20", |a| a["version"] == 3);
+
+    let refused = |answer: serde_json::Value, needle: &str| {
+        assert_eq!(answer["stage"], "failed", "{answer}");
+        let error = answer["error"].as_str().expect("error").to_string();
+        assert!(error.contains(needle), "{needle:?} not in {error:?}");
+        error
+    };
+    // The captured v10, replayed unchanged after v20.
+    refused(
+        publish(&consumer, &captured, "d-10", &component, chunk),
+        "deployment id d-10 was taken before (version 10 of app counter): refused as a replay",
+    );
+    // A deployment id used a second time, even for a newer version.
+    refused(
+        deploy(&manifest(
+            "d-20",
+            30,
+            this(),
+            later,
+            &component,
+            "again",
+            &[&a, &b],
+        )),
+        "deployment id d-20 was taken before",
+    );
+    // A version that is not higher, under a fresh id.
+    refused(
+        deploy(&manifest(
+            "d-15",
+            15,
+            this(),
+            later,
+            &component,
+            "old",
+            &[&a, &b],
+        )),
+        "version 15 of app counter is not newer than version 20",
+    );
+    refused(
+        deploy(&manifest(
+            "d-20b",
+            20,
+            this(),
+            later,
+            &component,
+            "same",
+            &[&a, &b],
+        )),
+        "not newer than version 20",
+    );
+    // Signed for another gateway.
+    let other = wasmgate::cloud::protocol::DeployTarget::Gateway("other-gw".into());
+    refused(
+        deploy(&manifest(
+            "d-40",
+            40,
+            other,
+            later,
+            &component,
+            "other",
+            &[&a, &b],
+        )),
+        "the manifest is for gateway other-gw, not this one (test-gw)",
+    );
+    // For a fleet this gateway is not in.
+    let fleet = |s: &str| wasmgate::cloud::protocol::DeployTarget::Selector(s.into());
+    refused(
+        deploy(&manifest(
+            "d-41",
+            41,
+            fleet("site=plant-2"),
+            later,
+            &component,
+            "x",
+            &[&a, &b],
+        )),
+        "the manifest is for gateways matching site=plant-2, and this one's labels (ring=main,site=plant-1) do not",
+    );
+    // Expired.
+    refused(
+        deploy(&manifest(
+            "d-50",
+            50,
+            this(),
+            now - 60,
+            &component,
+            "stale",
+            &[&a, &b],
+        )),
+        "the manifest expired at ",
+    );
+    // Signed by a key the gateway does not trust (with a trusted one: still
+    // one short of two).
+    let error = refused(
+        deploy(&manifest(
+            "d-60",
+            60,
+            this(),
+            later,
+            &component,
+            "evil",
+            &[&a, &stranger],
+        )),
+        "needs signatures by 2 distinct trusted keys, has 1",
+    );
+    assert!(error.contains("is not trusted"), "{error}");
+    // One signature where two are required; the same key twice is one.
+    refused(
+        deploy(&manifest(
+            "d-61",
+            61,
+            this(),
+            later,
+            &component,
+            "half",
+            &[&a],
+        )),
+        "needs signatures by 2 distinct trusted keys, has 1",
+    );
+    refused(
+        deploy(&manifest(
+            "d-62",
+            62,
+            this(),
+            later,
+            &component,
+            "twice",
+            &[&b, &b],
+        )),
+        "needs signatures by 2 distinct trusted keys, has 1",
+    );
+    // An old-format (v1) manifest: refused, saying how to re-sign.
+    let mut v1 = serde_json::to_value(&v20).expect("json");
+    let object = v1.as_object_mut().expect("object");
+    for field in ["format", "version", "target", "expires", "signatures"] {
+        object.remove(field);
+    }
+    object.insert("id".into(), "d-v1".into());
+    object.insert("signature".into(), "00".into());
+    refused(
+        publish(
+            &consumer,
+            &serde_json::to_vec(&v1).expect("json"),
+            "d-v1",
+            &component,
+            chunk,
+        ),
+        "a wasmgate-deploy-v1 manifest",
+    );
+
+    // Through all of it, v20 kept running, and no refused one became a version.
+    let now_running = run.wait_running("counter", T);
+    assert_eq!(now_running["version"], running["version"], "{now_running}");
+    assert_eq!(now_running["component"], running["component"]);
+    assert_eq!(
+        now_running["versions"].as_array().expect("versions").len(),
+        3,
+        "{now_running}"
+    );
+    for generation in [
+        "again", "old", "same", "other", "x", "stale", "evil", "half", "twice",
+    ] {
+        assert_eq!(
+            run.count(&format!("generation {generation} started")),
+            0,
+            "{generation}"
+        );
+    }
+
+    // A fleet this gateway is in takes a newer version; after a restart the
+    // record of what was taken still holds.
+    let fleet_deploy = manifest(
+        "d-70",
+        70,
+        fleet("site=plant-1,ring!=canary"),
+        later,
+        &component,
+        "seventy",
+        &[&a, &b],
+    );
+    assert_eq!(deploy(&fleet_deploy)["stage"], "deployed");
+    run.wait_for("generation seventy started", T);
+    assert!(run.stop().success());
+    let mut run = gw.start();
+    run.wait_connected(T);
+    refused(
+        publish(&consumer, &captured, "d-10", &component, chunk),
+        "was taken before",
+    );
+    refused(
+        deploy(&manifest(
+            "d-69",
+            69,
+            this(),
+            later,
+            &component,
+            "late",
+            &[&a, &b],
+        )),
+        "not newer than version 70",
+    );
+    assert!(run.stop().success());
+}
