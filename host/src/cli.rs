@@ -167,7 +167,7 @@ pub enum CloudCommand {
         #[arg(long, value_name = "FILE", required = true)]
         key: Vec<PathBuf>,
         /// The app's deployment number, higher than any before it
-        /// (default: the time now in seconds, which only grows).
+        /// (default: the time now in milliseconds, which only grows).
         #[arg(long)]
         version: Option<u64>,
         /// Sign it for the gateways whose labels match this selector
@@ -186,6 +186,29 @@ pub enum CloudCommand {
         /// Chunk size in KiB.
         #[arg(long, default_value_t = 256)]
         chunk_kib: u64,
+    },
+    /// Replace the keys a gateway trusts for deployments: a rotation signed
+    /// by the keys it trusts now (as many as its threshold), which it keeps
+    /// until gateway.toml's own keys change.
+    RotateKeys {
+        gateway: String,
+        /// A private key the gateway trusts now; once per key its
+        /// threshold asks for.
+        #[arg(long, value_name = "FILE", required = true)]
+        key: Vec<PathBuf>,
+        /// A public key (`.pub`, or its hex) to trust from now on; once per key.
+        #[arg(long, value_name = "PUB", required = true)]
+        trust: Vec<String>,
+        /// How many of the new keys must sign a deployment.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// The key set's number, higher than any before it (default: the
+        /// time now in milliseconds).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Hours until the signed rotation expires.
+        #[arg(long, default_value_t = 24)]
+        valid_hours: u64,
     },
     /// Send a file to a device (a download, seen from the gateway): in
     /// chunks with its sha256, through broker restarts; it lands in the

@@ -378,7 +378,10 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         | CloudCommand::Receive { target, .. } => {
             operator::split_target(target)?;
         }
-        CloudCommand::Watch { .. } | CloudCommand::Devices | CloudCommand::Deploy { .. } => {}
+        CloudCommand::Watch { .. }
+        | CloudCommand::Devices
+        | CloudCommand::Deploy { .. }
+        | CloudCommand::RotateKeys { .. } => {}
     }
     let mut session =
         Session::connect(&broker, std::time::Duration::from_secs(args.timeout)).await?;
@@ -430,7 +433,8 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
             };
             let signing = operator::DeploySigning {
                 keys,
-                version: version.unwrap_or(now),
+                // Milliseconds: two deployments in one second still grow.
+                version: version.unwrap_or(crate::value::now_ns() / 1_000_000),
                 target,
                 expires: now + valid_hours.clamp(1, 24 * 366) * 3600,
             };
@@ -445,6 +449,47 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
                 chunk_kib << 10,
             )
             .await
+        }
+        CloudCommand::RotateKeys {
+            gateway,
+            key,
+            trust,
+            threshold,
+            version,
+            valid_hours,
+        } => {
+            let keys = key
+                .iter()
+                .map(|k| crate::deploy::signing::load_key(k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let trusted = trust
+                .iter()
+                .map(|t| {
+                    // A .pub file, or the hex itself.
+                    let text = match std::fs::read_to_string(t) {
+                        Ok(text) => text,
+                        Err(_) if t.len() == 64 => t.clone(),
+                        Err(e) => anyhow::bail!("--trust {t}: {e}"),
+                    };
+                    Ok(crate::wire::protocol::RotatedKey {
+                        public: text.trim().to_string(),
+                        expires: None,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let now = crate::value::now_ns() / 1_000_000_000;
+            let rotation = crate::wire::protocol::KeyRotation {
+                format: crate::wire::protocol::DEPLOY_FORMAT,
+                id: format!("k-{:016x}", crate::value::random_u64()),
+                // Milliseconds: two deployments in one second still grow.
+                version: version.unwrap_or(crate::value::now_ns() / 1_000_000),
+                target: crate::wire::protocol::DeployTarget::Gateway(gateway.clone()),
+                expires: now + valid_hours.clamp(1, 24 * 366) * 3600,
+                keys: trusted,
+                threshold,
+                signatures: Vec::new(),
+            };
+            operator::rotate_keys(&mut session, &gateway, rotation, &keys).await
         }
         CloudCommand::Call {
             target,

@@ -225,13 +225,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         }
         Some(cloud) => {
             let (replies_tx, replies) = mpsc::channel(256);
+            let (trust, base) = crate::deploy::cloud::Trust::load(&config, &db)
+                .context("reading the trusted deployment keys")?;
             let deployments = crate::deploy::cloud::spawn(
-                crate::deploy::cloud::Trust {
-                    gateway: config.gateway_id.clone(),
-                    labels: config.labels.clone(),
-                    keys: config.deploy.trusted_keys.clone(),
-                    threshold: config.deploy.threshold,
-                },
+                trust,
+                base,
                 database.clone(),
                 deploy.clone(),
                 replies_tx.clone(),

@@ -501,7 +501,7 @@ fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tamperin
         format: wasmgate::cloud::protocol::DEPLOY_FORMAT,
         id: "tamper-1".into(),
         app: "counter".into(),
-        version: u64::from(u32::MAX),
+        version: i64::MAX as u64,
         target: wasmgate::cloud::protocol::DeployTarget::Gateway("test-gw".into()),
         expires: 4_000_000_000,
         size: component.len() as u64,

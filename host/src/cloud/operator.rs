@@ -162,6 +162,7 @@ pub fn describe(message: &Publish) -> String {
                     );
                 }
                 Kind::DeployResponse => "deployment".to_string(),
+                Kind::DeployKeys => "key rotation".to_string(),
                 Kind::UploadChunk(id, i) | Kind::DownloadChunk(id, i) => {
                     let way = if matches!(t.kind, Kind::UploadChunk(..)) {
                         "upload"
@@ -416,6 +417,49 @@ pub async fn deploy(
         }
     }
     anyhow::bail!("no answer from {gateway} about deployment {id} (is the gateway online?)")
+}
+
+/// `rotate-keys`: publish a key rotation signed by the keys in force, and
+/// wait for the gateway's answer. Returns whether it took it.
+pub async fn rotate_keys(
+    session: &mut Session,
+    gateway: &str,
+    mut rotation: crate::wire::protocol::KeyRotation,
+    keys: &[ring::signature::Ed25519KeyPair],
+) -> anyhow::Result<bool> {
+    use crate::cloud::protocol::DeployProgress;
+    rotation.signatures = keys
+        .iter()
+        .map(|key| crate::deploy::signing::sign(key, &rotation))
+        .collect();
+    let res_topic = topics::topic(gateway, gateway, "deploy/res");
+    session.subscribe(&res_topic).await?;
+    session
+        .publish(
+            &topics::topic(gateway, gateway, "deploy/keys"),
+            false,
+            serde_json::to_vec(&rotation)?,
+        )
+        .await?;
+    let deadline = session.deadline();
+    while let Some(message) = session.next(Some(deadline)).await? {
+        let Ok(progress) = serde_json::from_slice::<DeployProgress>(&message.payload) else {
+            continue;
+        };
+        if message.topic != res_topic || progress.id.as_deref() != Some(rotation.id.as_str()) {
+            continue;
+        }
+        if progress.stage == "deployed" {
+            println!("rotated: {}", progress.message.unwrap_or_default());
+            return Ok(true);
+        }
+        println!("error: {}", progress.error.unwrap_or(progress.stage));
+        return Ok(false);
+    }
+    anyhow::bail!(
+        "no answer from {gateway} about key rotation {} (is the gateway online?)",
+        rotation.id
+    )
 }
 
 /// `devices`: every gateway's retained status: online or not, its apps and

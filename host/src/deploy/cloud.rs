@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{DeployClient, DeployRequest, MAX_ARTIFACT_BYTES, registry, signing};
-use crate::config::TrustedKey;
+use crate::config::{TrustedKey, key_id};
 use crate::model::check_name;
 use crate::store::Database;
-use crate::wire::protocol::{DEPLOY_FORMAT, DeployManifest, DeployProgress, DeployTarget};
+use crate::wire::protocol::{
+    DEPLOY_FORMAT, DeployManifest, DeployProgress, DeployTarget, KeyRotation, RotatedKey,
+};
 use crate::wire::selector::Selector;
 use crate::wire::topics;
 use crate::wire::topics::Kind;
@@ -39,6 +41,176 @@ pub struct Trust {
     pub labels: BTreeMap<String, String>,
     pub keys: Vec<TrustedKey>,
     pub threshold: usize,
+}
+
+impl Trust {
+    /// The trust in force: gateway.toml's keys, or the set a signed
+    /// rotation put in their place, unless gateway.toml's keys changed
+    /// since (the owner's edit of the file wins, and the rotation is
+    /// forgotten). Also the digest of gateway.toml's keys, which a
+    /// rotation records.
+    pub fn load(
+        config: &crate::config::Config,
+        conn: &rusqlite::Connection,
+    ) -> anyhow::Result<(Trust, String)> {
+        let base = keys_digest(&config.deploy.trusted_keys, config.deploy.threshold);
+        let mut trust = Trust {
+            gateway: config.gateway_id.clone(),
+            labels: config.labels.clone(),
+            keys: config.deploy.trusted_keys.clone(),
+            threshold: config.deploy.threshold,
+        };
+        match registry::key_set(conn)? {
+            Some(set) if set.base == base => {
+                trust.keys = trusted_keys(&set.keys)
+                    .map_err(|e| anyhow::anyhow!("the rotated key set in the registry: {e}"))?;
+                trust.threshold = set.threshold;
+                tracing::info!(
+                    "trusted deployment keys: the rotated set {} ({} key(s), {} to sign)",
+                    set.version,
+                    trust.keys.len(),
+                    trust.threshold
+                );
+            }
+            Some(set) => {
+                tracing::warn!(
+                    "gateway.toml's trusted keys changed since key rotation {}: the file's keys are in force, the rotation is forgotten",
+                    set.version
+                );
+                registry::drop_key_set(conn)?;
+            }
+            None => {}
+        }
+        Ok((trust, base))
+    }
+
+    /// Whether a signed message for `target`, expiring at `expires`, is for
+    /// this gateway and still valid at `now`.
+    fn check_target(&self, target: &DeployTarget, expires: u64, now: u64) -> Result<(), String> {
+        match target {
+            DeployTarget::Gateway(gateway) if *gateway != self.gateway => {
+                return Err(format!(
+                    "the manifest is for gateway {gateway}, not this one ({})",
+                    self.gateway
+                ));
+            }
+            DeployTarget::Gateway(_) => {}
+            DeployTarget::Selector(text) => {
+                if !Selector::parse(text)?.matches(&self.labels) {
+                    let labels: Vec<String> = self
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    return Err(format!(
+                        "the manifest is for gateways matching {text}, and this one's labels ({}) do not",
+                        if labels.is_empty() {
+                            "none".to_string()
+                        } else {
+                            labels.join(",")
+                        }
+                    ));
+                }
+            }
+        }
+        if now > expires {
+            return Err(format!(
+                "the manifest expired at {}",
+                signing::format_time(expires)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The digest of a set of trusted keys and its threshold.
+fn keys_digest(keys: &[TrustedKey], threshold: usize) -> String {
+    use sha2::{Digest as _, Sha256};
+    let text: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}:{:?}", hex::encode(k.public), k.expires))
+        .collect();
+    hex::encode(Sha256::digest(
+        format!("{};{threshold}", text.join(",")).as_bytes(),
+    ))
+}
+
+/// The most keys a rotation may trust.
+pub const MAX_ROTATED_KEYS: usize = 16;
+
+/// A rotation's keys as trusted keys; refuses bad hex and duplicates.
+fn trusted_keys(keys: &[RotatedKey]) -> Result<Vec<TrustedKey>, String> {
+    let mut out: Vec<TrustedKey> = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let public = hex::decode(key.public.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| format!("keys[{i}] is not a hex ed25519 public key"))?;
+        let id = key_id(&public);
+        if out.iter().any(|k| k.id == id) {
+            return Err(format!("key {id} is listed twice"));
+        }
+        out.push(TrustedKey {
+            id,
+            public,
+            expires: key.expires,
+        });
+    }
+    Ok(out)
+}
+
+/// Read a `deploy/keys` payload and check it at `now` against the trust in
+/// force: format, id, target, expiry, the new keys and threshold, and
+/// enough signatures by the keys in force. (Replays are the registry's to
+/// refuse.) The new keys, or the id if one could be read and why not.
+pub fn check_rotation(
+    trust: &Trust,
+    payload: &[u8],
+    now: u64,
+) -> Result<(KeyRotation, Vec<TrustedKey>), (Option<String>, String)> {
+    let rotation: KeyRotation = serde_json::from_slice(payload).map_err(|e| {
+        let id = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v.get("id")?.as_str().map(str::to_string))
+            .filter(|id| check_name(id).is_ok());
+        (id, format!("malformed key rotation: {e}"))
+    })?;
+    check_name(&rotation.id).map_err(|m| (None, format!("rotation id: {m}")))?;
+    let id = Some(rotation.id.clone());
+    if rotation.format != DEPLOY_FORMAT {
+        return Err((
+            id,
+            format!(
+                "format {} is not one this gateway takes ({DEPLOY_FORMAT})",
+                rotation.format
+            ),
+        ));
+    }
+    if rotation.version == 0 || i64::try_from(rotation.version).is_err() {
+        return Err((
+            id,
+            format!("version {} is not between 1 and 2^63 - 1", rotation.version),
+        ));
+    }
+    if rotation.keys.is_empty() || rotation.keys.len() > MAX_ROTATED_KEYS {
+        return Err((id, format!("a key set has 1 to {MAX_ROTATED_KEYS} keys")));
+    }
+    let keys = trusted_keys(&rotation.keys).map_err(|e| (id.clone(), e))?;
+    if rotation.threshold == 0 || rotation.threshold > keys.len() {
+        return Err((
+            id,
+            format!(
+                "{} signatures cannot be required of {} key(s)",
+                rotation.threshold,
+                keys.len()
+            ),
+        ));
+    }
+    trust
+        .check_target(&rotation.target, rotation.expires, now)
+        .map_err(|e| (id.clone(), e))?;
+    signing::verify(&trust.keys, trust.threshold, &rotation, now).map_err(|e| (id, e))?;
+    Ok((rotation, keys))
 }
 
 /// Read a `deploy/req` payload and check it at `now` (unix seconds): the
@@ -103,48 +275,9 @@ pub fn check_manifest(
             ),
         ));
     }
-    match &manifest.target {
-        DeployTarget::Gateway(gateway) if *gateway != trust.gateway => {
-            return Err((
-                id,
-                format!(
-                    "the manifest is for gateway {gateway}, not this one ({})",
-                    trust.gateway
-                ),
-            ));
-        }
-        DeployTarget::Gateway(_) => {}
-        DeployTarget::Selector(text) => {
-            let selector = Selector::parse(text).map_err(|e| (id.clone(), e))?;
-            if !selector.matches(&trust.labels) {
-                let labels: Vec<String> = trust
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                return Err((
-                    id,
-                    format!(
-                        "the manifest is for gateways matching {text}, and this one's labels ({}) do not",
-                        if labels.is_empty() {
-                            "none".to_string()
-                        } else {
-                            labels.join(",")
-                        }
-                    ),
-                ));
-            }
-        }
-    }
-    if now > manifest.expires {
-        return Err((
-            id,
-            format!(
-                "the manifest expired at {}",
-                signing::format_time(manifest.expires)
-            ),
-        ));
-    }
+    trust
+        .check_target(&manifest.target, manifest.expires, now)
+        .map_err(|e| (id.clone(), e))?;
     signing::verify(&trust.keys, trust.threshold, &manifest, now).map_err(|e| (id, e))?;
     Ok(manifest)
 }
@@ -219,6 +352,7 @@ impl Transfer {
 /// Start the handler on `tasks`; the returned sender is for the downlink.
 pub fn spawn(
     trust: Trust,
+    base: String,
     db: Database,
     deploy: DeployClient,
     replies: mpsc::Sender<Reply>,
@@ -228,6 +362,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(64);
     let handler = Handler {
         trust,
+        base,
         db,
         deploy,
         replies,
@@ -239,6 +374,8 @@ pub fn spawn(
 
 struct Handler {
     trust: Trust,
+    /// The digest of gateway.toml's keys, which a rotation records.
+    base: String,
     /// For the registry's record of the deployments taken.
     db: Database,
     deploy: DeployClient,
@@ -269,6 +406,7 @@ impl Handler {
             }
             match parsed.kind {
                 Kind::DeployRequest => self.manifest(&message.payload).await,
+                Kind::DeployKeys => self.rotation(&message.payload).await,
                 Kind::DeployChunk(id, index) => {
                     let id = id.to_string();
                     let index = index.to_string();
@@ -330,6 +468,45 @@ impl Handler {
             id: Some(id),
             stage: "receiving".into(),
             chunks,
+            ..DeployProgress::default()
+        })
+        .await;
+    }
+
+    /// A signed key rotation: checked, recorded, and in force at once.
+    async fn rotation(&mut self, payload: &[u8]) {
+        let (rotation, keys) = match check_rotation(&self.trust, payload, unix_now()) {
+            Ok(checked) => checked,
+            Err((id, error)) => return self.fail(id, error).await,
+        };
+        let set = registry::KeySet {
+            version: rotation.version,
+            base: self.base.clone(),
+            keys: rotation.keys.clone(),
+            threshold: rotation.threshold,
+        };
+        let recorded = self
+            .db
+            .open()
+            .map_err(|e| registry::Replay::Registry(e.to_string()))
+            .and_then(|mut conn| registry::rotate_keys(&mut conn, &rotation.id, &set));
+        if let Err(refusal) = recorded {
+            return self.fail(Some(rotation.id), refusal.to_string()).await;
+        }
+        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        let message = format!(
+            "trusted keys rotated to set {}: {} ({} to sign)",
+            rotation.version,
+            ids.join(", "),
+            rotation.threshold
+        );
+        tracing::warn!(rotation = %rotation.id, "{message}");
+        self.trust.keys = keys;
+        self.trust.threshold = rotation.threshold;
+        self.report(DeployProgress {
+            id: Some(rotation.id),
+            stage: "deployed".into(),
+            message: Some(message),
             ..DeployProgress::default()
         })
         .await;

@@ -210,6 +210,15 @@ CREATE TABLE IF NOT EXISTS deploy_highest (
     app     TEXT PRIMARY KEY,
     version INTEGER NOT NULL
 );
+-- The trusted keys a signed rotation put in place of gateway.toml's (whose
+-- digest is `base`: if the file's keys change, the file wins again).
+CREATE TABLE IF NOT EXISTS deploy_keyset (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    version   INTEGER NOT NULL,
+    base      TEXT NOT NULL,
+    keys      TEXT NOT NULL,
+    threshold INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deploy_ids (
     id          TEXT PRIMARY KEY,
     app         TEXT NOT NULL,
@@ -217,6 +226,106 @@ CREATE TABLE IF NOT EXISTS deploy_ids (
     accepted_at INTEGER NOT NULL
 );
 "#;
+
+/// A key set a signed rotation put in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySet {
+    pub version: u64,
+    /// The digest of gateway.toml's trusted keys it replaced.
+    pub base: String,
+    pub keys: Vec<crate::wire::protocol::RotatedKey>,
+    pub threshold: usize,
+}
+
+/// The key set in force from a rotation, if any.
+pub fn key_set(conn: &Connection) -> rusqlite::Result<Option<KeySet>> {
+    conn.query_row(
+        "SELECT version, base, keys, threshold FROM deploy_keyset WHERE singleton = 1",
+        [],
+        |r| {
+            let keys: String = r.get(2)?;
+            Ok(KeySet {
+                version: r.get::<_, i64>(0)?.max(0) as u64,
+                base: r.get(1)?,
+                keys: serde_json::from_str(&keys).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+                threshold: r.get::<_, i64>(3)?.max(1) as usize,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Forget a rotation (gateway.toml's keys changed: the file wins).
+pub fn drop_key_set(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM deploy_keyset", []).map(|_| ())
+}
+
+/// Put a rotated key set in force, durably, if its id is new and its
+/// version is above the one in force.
+pub fn rotate_keys(conn: &mut Connection, id: &str, set: &KeySet) -> Result<(), Replay> {
+    let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
+    let tx = conn.transaction().map_err(registry)?;
+    if let Some((app, version)) = tx
+        .query_row(
+            "SELECT app, version FROM deploy_ids WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()
+        .map_err(registry)?
+    {
+        return Err(Replay::SeenId {
+            id: id.to_string(),
+            app,
+            version,
+        });
+    }
+    let stored = i64::try_from(set.version).map_err(|_| Replay::NotNewer {
+        app: KEYS.into(),
+        version: set.version,
+        highest: i64::MAX,
+    })?;
+    let highest: Option<i64> = tx
+        .query_row(
+            "SELECT version FROM deploy_keyset WHERE singleton = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(registry)?;
+    if let Some(highest) = highest
+        && stored <= highest
+    {
+        return Err(Replay::NotNewer {
+            app: KEYS.into(),
+            version: set.version,
+            highest,
+        });
+    }
+    let keys = serde_json::to_string(&set.keys).map_err(|e| Replay::Registry(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO deploy_ids (id, app, version, accepted_at) VALUES (?1, ?2, ?3, ?4)",
+        params![id, KEYS, stored, now_ns() as i64],
+    )
+    .map_err(registry)?;
+    tx.execute(
+        "INSERT INTO deploy_keyset (singleton, version, base, keys, threshold) VALUES (1, ?1, ?2, ?3, ?4)
+         ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, base = excluded.base,
+         keys = excluded.keys, threshold = excluded.threshold",
+        params![stored, set.base, keys, set.threshold as i64],
+    )
+    .map_err(registry)?;
+    tx.commit().map_err(registry)
+}
+
+/// How the key sets are named where an app's name would be.
+pub const KEYS: &str = "(trusted keys)";
 
 /// Why a signed deployment is refused by what the gateway took before.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

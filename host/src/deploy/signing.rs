@@ -17,35 +17,82 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 use crate::config::{TrustedKey, key_id};
-use crate::wire::protocol::{DeployManifest, DeploySignature};
+use crate::wire::protocol::{DeployManifest, DeploySignature, KeyRotation};
 
 /// The most signatures a manifest may carry (each costs a verification).
 pub const MAX_SIGNATURES: usize = 16;
 
+/// A signed message: what each signature covers, and its signatures.
+pub trait Signed {
+    /// The bytes a signature by the key with id `key` covers.
+    fn signed_bytes(&self, key: &str) -> Vec<u8>;
+    fn signatures(&self) -> &[DeploySignature];
+}
+
+/// sha256 hex of some JSON, or `-` for none.
+fn digest_of(json: Option<String>) -> String {
+    json.map(|j| hex::encode(Sha256::digest(j.as_bytes())))
+        .unwrap_or_else(|| "-".into())
+}
+
+impl Signed for DeployManifest {
+    fn signed_bytes(&self, key: &str) -> Vec<u8> {
+        let m = self;
+        format!(
+            "wasmgate-deploy-v2\nkey={key}\nid={}\napp={}\nversion={}\ntarget={}\nexpires={}\nsize={}\nsha256={}\nmodel={}\nconfig={}\n",
+            m.id,
+            m.app,
+            m.version,
+            m.target,
+            m.expires,
+            m.size,
+            m.sha256,
+            digest_of(m.model.as_ref().map(|m| m.to_string())),
+            digest_of(
+                m.config
+                    .as_ref()
+                    .map(|c| serde_json::to_string(c).unwrap_or_default())
+            ),
+        )
+        .into_bytes()
+    }
+
+    fn signatures(&self) -> &[DeploySignature] {
+        &self.signatures
+    }
+}
+
+impl Signed for KeyRotation {
+    fn signed_bytes(&self, key: &str) -> Vec<u8> {
+        let r = self;
+        let keys: Vec<String> = r
+            .keys
+            .iter()
+            .map(|k| {
+                let expires = k.expires.map_or("-".to_string(), |e| e.to_string());
+                format!("{}:{expires}", k.public)
+            })
+            .collect();
+        format!(
+            "wasmgate-keys-v2\nkey={key}\nid={}\nversion={}\ntarget={}\nexpires={}\nthreshold={}\nkeys={}\n",
+            r.id,
+            r.version,
+            r.target,
+            r.expires,
+            r.threshold,
+            keys.join(","),
+        )
+        .into_bytes()
+    }
+
+    fn signatures(&self) -> &[DeploySignature] {
+        &self.signatures
+    }
+}
+
 /// What a signature by the key with id `key` over `manifest` covers.
 pub fn signed_bytes(manifest: &DeployManifest, key: &str) -> Vec<u8> {
-    let digest_of = |json: Option<String>| {
-        json.map(|j| hex::encode(Sha256::digest(j.as_bytes())))
-            .unwrap_or_else(|| "-".into())
-    };
-    let m = manifest;
-    format!(
-        "wasmgate-deploy-v2\nkey={key}\nid={}\napp={}\nversion={}\ntarget={}\nexpires={}\nsize={}\nsha256={}\nmodel={}\nconfig={}\n",
-        m.id,
-        m.app,
-        m.version,
-        m.target,
-        m.expires,
-        m.size,
-        m.sha256,
-        digest_of(m.model.as_ref().map(|m| m.to_string())),
-        digest_of(
-            m.config
-                .as_ref()
-                .map(|c| serde_json::to_string(c).unwrap_or_default())
-        ),
-    )
-    .into_bytes()
+    manifest.signed_bytes(key)
 }
 
 /// A new key pair: (32-byte seed, public key), both hex.
@@ -87,20 +134,20 @@ pub fn id_of(key: &Ed25519KeyPair) -> String {
     key_id(&public)
 }
 
-/// Sign `manifest` with `key`.
-pub fn sign(key: &Ed25519KeyPair, manifest: &DeployManifest) -> DeploySignature {
+/// Sign `message` (a manifest, a key rotation) with `key`.
+pub fn sign(key: &Ed25519KeyPair, message: &impl Signed) -> DeploySignature {
     let id = id_of(key);
-    let sig = hex::encode(key.sign(&signed_bytes(manifest, &id)).as_ref());
+    let sig = hex::encode(key.sign(&message.signed_bytes(&id)).as_ref());
     DeploySignature { key: id, sig }
 }
 
-/// Check `manifest`'s signatures at `now` (unix seconds): at least
+/// Check `message`'s signatures at `now` (unix seconds): at least
 /// `threshold` distinct trusted, unexpired keys must have signed it. Which
 /// keys did, or why too few.
 pub fn verify(
     trusted: &[TrustedKey],
     threshold: usize,
-    manifest: &DeployManifest,
+    message: &impl Signed,
     now: u64,
 ) -> Result<Vec<String>, String> {
     if trusted.is_empty() {
@@ -108,15 +155,16 @@ pub fn verify(
             "cloud deployment is off: gateway.toml trusts no keys ([deploy] trusted_keys)".into(),
         );
     }
-    if manifest.signatures.len() > MAX_SIGNATURES {
+    let signatures = message.signatures();
+    if signatures.len() > MAX_SIGNATURES {
         return Err(format!(
             "{} signatures, more than the {MAX_SIGNATURES} taken",
-            manifest.signatures.len()
+            signatures.len()
         ));
     }
     let mut good: Vec<String> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
-    for signature in &manifest.signatures {
+    for signature in signatures {
         let Some(key) = trusted.iter().find(|k| k.id == signature.key) else {
             problems.push(format!("key {} is not trusted", signature.key));
             continue;
@@ -133,7 +181,7 @@ pub fn verify(
         }
         let verifies = hex::decode(&signature.sig).is_ok_and(|sig| {
             UnparsedPublicKey::new(&ED25519, key.public)
-                .verify(&signed_bytes(manifest, &key.id), &sig)
+                .verify(&message.signed_bytes(&key.id), &sig)
                 .is_ok()
         });
         if !verifies {
@@ -153,7 +201,7 @@ pub fn verify(
             good.len()
         )
     };
-    if manifest.signatures.is_empty() {
+    if signatures.is_empty() {
         error.push_str(" (the manifest is not signed)");
     } else if !problems.is_empty() {
         error.push_str(&format!(" ({})", problems.join("; ")));

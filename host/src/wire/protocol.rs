@@ -283,6 +283,40 @@ impl std::fmt::Display for DeployTarget {
     }
 }
 
+/// `deploy/keys` (down, gateway device): the keys cloud deployments must
+/// be signed with from now on, and how many of them, signed by `threshold`
+/// of the keys in force (as TUF rotates its root). Answered on `deploy/res`
+/// under its `id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotation {
+    /// [`DEPLOY_FORMAT`].
+    pub format: u32,
+    /// Never taken twice (it shares the deployments' ids).
+    pub id: String,
+    /// The key set's number: only ever grows.
+    pub version: u64,
+    pub target: DeployTarget,
+    /// Unix seconds after which it is refused.
+    pub expires: u64,
+    /// The new trusted keys.
+    pub keys: Vec<RotatedKey>,
+    /// How many of them must sign a deployment.
+    pub threshold: usize,
+    pub signatures: Vec<DeploySignature>,
+}
+
+/// A key of a [`KeyRotation`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RotatedKey {
+    /// The ed25519 public key, hex.
+    pub public: String,
+    /// Unix seconds after which its signatures no longer count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
 /// One signature of a manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -46,6 +46,8 @@ pub enum Kind<'a> {
     /// A chunk of a deployment: its id and index.
     DeployChunk(&'a str, &'a str),
     DeployResponse,
+    /// A new set of trusted deployment keys, signed by the keys in force.
+    DeployKeys,
     /// Content: the manifest, a chunk (id, index) and the receiver's
     /// acknowledgement, of an upload (gateway → cloud) or a download.
     UploadManifest(&'a str),
@@ -71,7 +73,7 @@ impl Kind<'_> {
     /// does.
     pub fn service(&self) -> Option<Service> {
         match self {
-            Kind::DeployRequest | Kind::DeployChunk(..) => Some(Service::Deploy),
+            Kind::DeployRequest | Kind::DeployChunk(..) | Kind::DeployKeys => Some(Service::Deploy),
             Kind::UploadAck(_) | Kind::DownloadManifest(_) | Kind::DownloadChunk(..) => {
                 Some(Service::Content)
             }
@@ -98,6 +100,7 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["action", name, "res"] if !name.is_empty() => Kind::ActionResponse(name),
         ["deploy", "req"] => Kind::DeployRequest,
         ["deploy", "res"] => Kind::DeployResponse,
+        ["deploy", "keys"] => Kind::DeployKeys,
         ["deploy", id, "chunk", index] if !id.is_empty() => Kind::DeployChunk(id, index),
         ["content", "up", id, "manifest"] if !id.is_empty() => Kind::UploadManifest(id),
         ["content", "up", id, "chunk", index] if !id.is_empty() => Kind::UploadChunk(id, index),
@@ -158,6 +161,7 @@ mod tests {
     fn each_kind_coming_down_names_the_service_that_takes_it() {
         let service = |t: &str| parse(t).and_then(|p| p.kind.service());
         assert_eq!(service("wg/v1/gw/gw/deploy/req"), Some(Service::Deploy));
+        assert_eq!(service("wg/v1/gw/gw/deploy/keys"), Some(Service::Deploy));
         assert_eq!(
             service("wg/v1/gw/gw/deploy/d/chunk/0"),
             Some(Service::Deploy)
