@@ -507,6 +507,17 @@ pub fn check_value(
 mod tests {
     use super::*;
 
+    #[test]
+    fn names_are_plain_file_names_and_never_dot_or_dot_dot() {
+        for bad in [".", "..", "", "a/b", "../x", "/abs", "a/../b", "sp ace", &"x".repeat(65)] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.contains("is not a valid name"), "{bad}: {e}");
+        }
+        for good in ["a", "a.b", "...", ".hidden", "gw-17_x.2", &"x".repeat(64)] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+    }
+
     const MODEL: &str = r#"{
         "attributes": {
             "level": { "type": "number", "range": [0, 100], "unit": "%" },
