@@ -509,7 +509,17 @@ mod tests {
 
     #[test]
     fn names_are_plain_file_names_and_never_dot_or_dot_dot() {
-        for bad in [".", "..", "", "a/b", "../x", "/abs", "a/../b", "sp ace", &"x".repeat(65)] {
+        for bad in [
+            ".",
+            "..",
+            "",
+            "a/b",
+            "../x",
+            "/abs",
+            "a/../b",
+            "sp ace",
+            &"x".repeat(65),
+        ] {
             let e = check_name(bad).unwrap_err();
             assert!(e.contains("is not a valid name"), "{bad}: {e}");
         }
