@@ -203,7 +203,8 @@ CREATE TABLE IF NOT EXISTS app_deployments (
     config_digest TEXT
 );
 
--- Signed cloud deployments taken: the highest version per app, and every
+-- Signed cloud deployments taken: the highest version per app (and of the
+-- trusted keys' rotations, as "(trusted keys)"), and every
 -- id, so that neither an older manifest nor the same one is taken again.
 -- Kept when an app is removed: removing it must not reopen old versions.
 CREATE TABLE IF NOT EXISTS deploy_highest (
@@ -271,6 +272,28 @@ pub fn drop_key_set(conn: &Connection) -> rusqlite::Result<()> {
 pub fn rotate_keys(conn: &mut Connection, id: &str, set: &KeySet) -> Result<(), Replay> {
     let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
     let tx = conn.transaction().map_err(registry)?;
+    let version = take(&tx, id, KEYS, set.version)?;
+    let keys = serde_json::to_string(&set.keys).map_err(|e| Replay::Registry(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO deploy_keyset (singleton, version, base, keys, threshold) VALUES (1, ?1, ?2, ?3, ?4)
+         ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, base = excluded.base,
+         keys = excluded.keys, threshold = excluded.threshold",
+        params![version, set.base, keys, set.threshold as i64],
+    )
+    .map_err(registry)?;
+    tx.commit().map_err(registry)
+}
+
+/// Within `tx`: record signed message `id` of `scope` (an app, or
+/// [`KEYS`]) at `version`, if neither the id nor a version as high was
+/// taken before. The version as stored.
+fn take(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    scope: &str,
+    version: u64,
+) -> Result<i64, Replay> {
+    let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
     if let Some((app, version)) = tx
         .query_row(
             "SELECT app, version FROM deploy_ids WHERE id = ?1",
@@ -286,15 +309,16 @@ pub fn rotate_keys(conn: &mut Connection, id: &str, set: &KeySet) -> Result<(), 
             version,
         });
     }
-    let stored = i64::try_from(set.version).map_err(|_| Replay::NotNewer {
-        app: KEYS.into(),
-        version: set.version,
-        highest: i64::MAX,
-    })?;
+    let not_newer = |highest| Replay::NotNewer {
+        app: scope.to_string(),
+        version,
+        highest,
+    };
+    let stored = i64::try_from(version).map_err(|_| not_newer(i64::MAX))?;
     let highest: Option<i64> = tx
         .query_row(
-            "SELECT version FROM deploy_keyset WHERE singleton = 1",
-            [],
+            "SELECT version FROM deploy_highest WHERE app = ?1",
+            params![scope],
             |r| r.get(0),
         )
         .optional()
@@ -302,26 +326,20 @@ pub fn rotate_keys(conn: &mut Connection, id: &str, set: &KeySet) -> Result<(), 
     if let Some(highest) = highest
         && stored <= highest
     {
-        return Err(Replay::NotNewer {
-            app: KEYS.into(),
-            version: set.version,
-            highest,
-        });
+        return Err(not_newer(highest));
     }
-    let keys = serde_json::to_string(&set.keys).map_err(|e| Replay::Registry(e.to_string()))?;
     tx.execute(
         "INSERT INTO deploy_ids (id, app, version, accepted_at) VALUES (?1, ?2, ?3, ?4)",
-        params![id, KEYS, stored, now_ns() as i64],
+        params![id, scope, stored, now_ns() as i64],
     )
     .map_err(registry)?;
     tx.execute(
-        "INSERT INTO deploy_keyset (singleton, version, base, keys, threshold) VALUES (1, ?1, ?2, ?3, ?4)
-         ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, base = excluded.base,
-         keys = excluded.keys, threshold = excluded.threshold",
-        params![stored, set.base, keys, set.threshold as i64],
+        "INSERT INTO deploy_highest (app, version) VALUES (?1, ?2)
+         ON CONFLICT (app) DO UPDATE SET version = excluded.version",
+        params![scope, stored],
     )
     .map_err(registry)?;
-    tx.commit().map_err(registry)
+    Ok(stored)
 }
 
 /// How the key sets are named where an app's name would be.
@@ -361,54 +379,7 @@ pub fn accept_deployment(
 ) -> Result<(), Replay> {
     let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
     let tx = conn.transaction().map_err(registry)?;
-    if let Some((app, version)) = tx
-        .query_row(
-            "SELECT app, version FROM deploy_ids WHERE id = ?1",
-            params![id],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-        )
-        .optional()
-        .map_err(registry)?
-    {
-        return Err(Replay::SeenId {
-            id: id.to_string(),
-            app,
-            version,
-        });
-    }
-    let highest: Option<i64> = tx
-        .query_row(
-            "SELECT version FROM deploy_highest WHERE app = ?1",
-            params![app],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(registry)?;
-    let stored = i64::try_from(version).map_err(|_| Replay::NotNewer {
-        app: app.to_string(),
-        version,
-        highest: i64::MAX,
-    })?;
-    if let Some(highest) = highest
-        && stored <= highest
-    {
-        return Err(Replay::NotNewer {
-            app: app.to_string(),
-            version,
-            highest,
-        });
-    }
-    tx.execute(
-        "INSERT INTO deploy_ids (id, app, version, accepted_at) VALUES (?1, ?2, ?3, ?4)",
-        params![id, app, stored, now_ns() as i64],
-    )
-    .map_err(registry)?;
-    tx.execute(
-        "INSERT INTO deploy_highest (app, version) VALUES (?1, ?2)
-         ON CONFLICT (app) DO UPDATE SET version = excluded.version",
-        params![app, stored],
-    )
-    .map_err(registry)?;
+    take(&tx, id, app, version)?;
     tx.commit().map_err(registry)
 }
 
