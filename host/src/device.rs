@@ -374,11 +374,11 @@ impl DeviceCtx {
 
     fn record(&mut self, device: &str, series: &str, points: Vec<Point>) -> Result<(), GuestError> {
         if let Some(error) = self.deps.usage.write_error() {
-            return Err(GuestError::Unavailable(error));
+            return Err(GuestError::Unavailable(error.to_string()));
         }
-        if let Err(message) = self.deps.ingest.admit(device, series, points.len() as u64) {
-            tracing::warn!(app = %self.deps.app, device, series, "record refused: {message}");
-            return Err(GuestError::Limit(message));
+        if let Err(refusal) = self.deps.ingest.admit(device, series, points.len() as u64) {
+            tracing::warn!(app = %self.deps.app, device, series, "record refused: {refusal}");
+            return Err(GuestError::Limit(refusal.to_string()));
         }
         let model = self.model_of(device)?;
         let now = now_ns();
@@ -422,7 +422,10 @@ impl DeviceCtx {
         if self.deps.usage.config().sync_record {
             // Durable before the call returns, as configured.
             self.flush();
-            self.deps.ingest.flush().map_err(GuestError::Unavailable)?;
+            self.deps
+                .ingest
+                .flush()
+                .map_err(|e| GuestError::Unavailable(e.to_string()))?;
         }
         Ok(())
     }

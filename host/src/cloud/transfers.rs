@@ -220,7 +220,8 @@ pub async fn receive(
                         continue;
                     }
                 };
-                if let Err(e) = manifest.check(u64::MAX).and_then(|()| {
+                let checked = manifest.check(u64::MAX).map_err(|e| e.to_string());
+                if let Err(e) = checked.and_then(|()| {
                     (manifest.id == id)
                         .then_some(())
                         .ok_or("the id is not the topic's".to_string())
@@ -272,7 +273,7 @@ pub async fn receive(
                         );
                         continue;
                     }
-                    Ok(Some(_)) => transfer.verify(),
+                    Ok(Some(_)) => transfer.verify().map_err(|e| e.to_string()),
                 };
                 let Some(transfer) = incoming.remove(id) else {
                     continue;

@@ -265,7 +265,7 @@ impl Service {
                 .await;
         }
         if let Err(e) = manifest.check(self.spec.config.max_download_bytes) {
-            return self.refuse(device, id, e).await;
+            return self.refuse(device, id, e.to_string()).await;
         }
         // Asked again: say where the transfer is.
         let known = super::get(&self.db, &id, Way::Down).unwrap_or(None);
@@ -423,7 +423,7 @@ impl Service {
         };
         if let Err(e) = incoming.verify() {
             self.downloads.insert(id.to_string(), (row, incoming));
-            return self.fail_download(device, id, e).await;
+            return self.fail_download(device, id, e.to_string()).await;
         }
         let files_dir = crate::config::app_files_dir(&self.spec.data_dir, &row.app);
         let placed = super::app_dir::place_download(&files_dir, &incoming.path, &row.manifest.name);

@@ -60,28 +60,26 @@ impl Manifest {
     }
 
     /// Check a manifest that came from the other side against `max_bytes`.
-    pub fn check(&self, max_bytes: u64) -> Result<(), String> {
-        crate::model::check_name(&self.id).map_err(|m| format!("transfer id: {m}"))?;
-        crate::model::check_name(&self.name).map_err(|m| format!("name: {m}"))?;
+    pub fn check(&self, max_bytes: u64) -> Result<(), TransferError> {
+        crate::model::check_name(&self.id).map_err(TransferError::Id)?;
+        crate::model::check_name(&self.name).map_err(TransferError::Name)?;
         if self.size > max_bytes {
-            return Err(format!(
-                "{} bytes is over the limit of {max_bytes}",
-                self.size
-            ));
+            return Err(TransferError::TooLarge {
+                size: self.size,
+                max: max_bytes,
+            });
         }
         if !(1..=MAX_CHUNK_BYTES).contains(&self.chunk_size)
             || self.chunks != self.size.div_ceil(self.chunk_size).max(1)
         {
-            return Err(format!(
-                "size {} in {} chunks of {} bytes does not add up (chunks of at most {} KiB)",
-                self.size,
-                self.chunks,
-                self.chunk_size,
-                MAX_CHUNK_BYTES >> 10
-            ));
+            return Err(TransferError::Sizes {
+                size: self.size,
+                chunks: self.chunks,
+                chunk_size: self.chunk_size,
+            });
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("sha256 is not 64 hex digits".into());
+            return Err(TransferError::Sha256Format);
         }
         Ok(())
     }
@@ -284,24 +282,56 @@ impl Incoming {
     }
 
     /// Once complete: whether the file's sha256 is the manifest's.
-    pub fn verify(&mut self) -> Result<(), String> {
+    pub fn verify(&mut self) -> Result<(), TransferError> {
+        let write = |error| TransferError::Write {
+            path: self.path.clone(),
+            error,
+        };
         self.file
             .flush()
             .and_then(|()| self.file.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
-        self.file
-            .set_len(self.manifest.size)
-            .map_err(|e| e.to_string())?;
-        let digest = sha256_of(&self.path).map_err(|e| e.to_string())?;
+            .and_then(|()| self.file.set_len(self.manifest.size))
+            .map_err(write)?;
+        let digest = sha256_of(&self.path).map_err(write)?;
         if digest == self.manifest.sha256.to_ascii_lowercase() {
             Ok(())
         } else {
-            Err(format!(
-                "the content's sha256 is {digest}, not the announced {}: refused as corrupt",
-                self.manifest.sha256
-            ))
+            Err(TransferError::Corrupt {
+                actual: digest,
+                announced: self.manifest.sha256.clone(),
+            })
         }
     }
+}
+
+/// Why a transfer's manifest or content is refused (the content layer's
+/// error type; its text goes to the other side as the refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("transfer id: {0}")]
+    Id(String),
+    #[error("name: {0}")]
+    Name(String),
+    #[error("{size} bytes is over the limit of {max}")]
+    TooLarge { size: u64, max: u64 },
+    #[error(
+        "size {size} in {chunks} chunks of {chunk_size} bytes does not add up (chunks of at most {} KiB)",
+        MAX_CHUNK_BYTES >> 10
+    )]
+    Sizes {
+        size: u64,
+        chunks: u64,
+        chunk_size: u64,
+    },
+    #[error("sha256 is not 64 hex digits")]
+    Sha256Format,
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the content's sha256 is {actual}, not the announced {announced}: refused as corrupt")]
+    Corrupt { actual: String, announced: String },
 }
 
 /// sha256 of a file, hex.
@@ -446,14 +476,18 @@ mod tests {
         changed[10] ^= 1;
         assert_eq!(r.chunk("1", &changed).expect("ok"), Some(3));
         let err = r.verify().expect_err("corrupt");
-        assert!(err.contains("refused as corrupt"), "{err}");
+        assert!(matches!(err, TransferError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("refused as corrupt"), "{err}");
     }
 
     #[test]
     fn manifests_from_outside_are_checked() {
         let good = manifest_of(&content(10), 4);
         assert!(good.check(100).is_ok());
-        assert!(good.check(5).unwrap_err().contains("over the limit"));
+        assert_eq!(
+            good.check(5).unwrap_err().to_string(),
+            "10 bytes is over the limit of 5"
+        );
         let mut bad = good.clone();
         bad.chunks = 2;
         assert!(bad.check(100).is_err());

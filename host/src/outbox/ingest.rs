@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::Kind;
+use super::OutboxError;
 use super::limits::{self, Stream, Usage};
 use crate::store::Database;
 
@@ -45,7 +46,7 @@ impl Batch {
 
 enum Command {
     Append(Batch),
-    Flush(mpsc::Sender<Result<(), String>>),
+    Flush(mpsc::Sender<Result<(), OutboxError>>),
     Shutdown,
 }
 
@@ -112,7 +113,7 @@ impl Ingest {
 impl IngestSender {
     /// Whether a guest may record `points` more points of `series` for
     /// `device` (see [`Usage::admit`]); a refusal is counted.
-    pub fn admit(&self, device: &str, series: &str, points: u64) -> Result<(), String> {
+    pub fn admit(&self, device: &str, series: &str, points: u64) -> Result<(), OutboxError> {
         self.usage.admit(device, series, points)
     }
 
@@ -124,24 +125,24 @@ impl IngestSender {
 
     /// Hand a batch to the writer. Blocks while the writer is behind. If it
     /// cannot be handed over, its reservation is given back.
-    pub fn append(&self, batch: Batch) -> Result<(), String> {
+    pub fn append(&self, batch: Batch) -> Result<(), OutboxError> {
         let (stream, points) = (
             Stream::telemetry(&batch.device, &batch.series),
             batch.points() as u64,
         );
         self.tx.send(Command::Append(batch)).map_err(|_| {
             self.usage.unreserve(&stream, points);
-            "the gateway is shutting down".to_string()
+            OutboxError::ShuttingDown
         })
     }
 
     /// Wait until everything handed over so far is committed.
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), OutboxError> {
         let (tx, rx) = mpsc::channel();
         self.tx
             .send(Command::Flush(tx))
-            .map_err(|_| "the gateway is shutting down".to_string())?;
-        rx.recv().map_err(|_| "the writer stopped".to_string())?
+            .map_err(|_| OutboxError::ShuttingDown)?;
+        rx.recv().map_err(|_| OutboxError::WriterStopped)?
     }
 }
 
@@ -259,7 +260,7 @@ impl Writer {
             let maintain = self.last_maintenance.elapsed() >= MAINTENANCE;
             let result = self.commit(maintain);
             if let Some(tx) = reply {
-                let _ = tx.send(result.map_err(|e| e.to_string()));
+                let _ = tx.send(result.map_err(|e| OutboxError::Unavailable(e.to_string())));
             }
             if stop {
                 self.seal_due(true);
@@ -361,9 +362,8 @@ impl Writer {
                     tracing::error!(error = %e, points = self.pending_points, "outbox: commit failed; keeping the points in memory and retrying");
                     self.failing = true;
                 }
-                self.usage.set_write_error(Some(format!(
-                    "the gateway cannot store points right now: {e}"
-                )));
+                let error: &rusqlite::Error = &e;
+                self.usage.set_write_error(Some(error.to_string()));
                 // Retry after another interval.
                 if self.oldest.is_some() {
                     self.oldest = Some(Instant::now());

@@ -170,7 +170,12 @@ impl Usage {
 
     /// Whether a guest may record more points of `series` for `device`:
     /// only `reject-newest` series are ever refused here.
-    pub(super) fn admit(&self, device: &str, series: &str, points: u64) -> Result<(), String> {
+    pub(super) fn admit(
+        &self,
+        device: &str,
+        series: &str,
+        points: u64,
+    ) -> Result<(), super::OutboxError> {
         let config = self.config.series(series);
         if config.when_full != WhenFull::RejectNewest {
             return Ok(());
@@ -196,9 +201,7 @@ impl Usage {
             Some(why) => {
                 stats.rejected += points;
                 inner.dirty = true;
-                Err(format!(
-                    "outbox full: {why}; new points are refused until it drains (when_full = reject-newest)"
-                ))
+                Err(super::OutboxError::Full { why })
             }
         }
     }
@@ -261,8 +264,12 @@ impl Usage {
         self.lock().total_bytes
     }
 
-    pub fn write_error(&self) -> Option<String> {
-        self.lock().write_error.clone()
+    /// Why the writer cannot commit now, if it cannot.
+    pub fn write_error(&self) -> Option<super::OutboxError> {
+        self.lock()
+            .write_error
+            .clone()
+            .map(super::OutboxError::Unavailable)
     }
 
     pub(super) fn set_write_error(&self, error: Option<String>) {
@@ -487,7 +494,14 @@ mod tests {
         usage.reserve("d", "s", 600, 10);
         // Nothing is committed yet, but 1200 bytes are on their way.
         let refused = usage.admit("d", "s", 10).expect_err("over the limit");
-        assert!(refused.contains("holds 1 KiB"), "{refused}");
+        assert!(
+            matches!(&refused, super::super::OutboxError::Full { why } if why.contains("holds 1 KiB")),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().starts_with("outbox full: "),
+            "{refused}"
+        );
     }
 
     #[test]

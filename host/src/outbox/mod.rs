@@ -14,6 +14,25 @@ pub mod ingest;
 pub mod limits;
 
 pub use ingest::{Batch, Ingest, IngestSender};
+
+/// Why the outbox did not take points (the outbox layer's one error type).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxError {
+    /// A `reject-newest` series (or the whole outbox) is full: the points
+    /// are refused, and counted.
+    #[error(
+        "outbox full: {why}; new points are refused until it drains (when_full = reject-newest)"
+    )]
+    Full { why: String },
+    /// The database refuses writes (a full disk, say); what was taken waits
+    /// in memory and is written when it can be.
+    #[error("the gateway cannot store points right now: {0}")]
+    Unavailable(String),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("the writer stopped")]
+    WriterStopped,
+}
 pub use limits::{Stream, StreamStats, Usage};
 
 use rusqlite::{Connection, params};
