@@ -269,7 +269,7 @@ fn render_link(link: &crate::report::LinkInfo) -> String {
         return "cloud: none configured (running offline)".into();
     }
     let mut line = format!(
-        "cloud: {}, {} message(s) sent ({} bytes), {} reconnect(s)",
+        "cloud: {}, {} message(s) sent ({} bytes), {} reconnect(s), {} downlink message(s) refused",
         if link.connected {
             "connected"
         } else {
@@ -277,7 +277,8 @@ fn render_link(link: &crate::report::LinkInfo) -> String {
         },
         link.messages_sent,
         link.bytes_sent,
-        link.reconnects
+        link.reconnects,
+        link.downlink_refused
     );
     if let Some(error) = &link.last_error {
         line.push_str(&format!("\n  last error: {error}"));

@@ -258,6 +258,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 stop_link.child_token(),
                 link_tasks.clone(),
             )
+            .counting_refusals_in(metrics.link.clone())
             .with_handler(Service::Deploy, deployments)
             .with_handler(Service::Content, content);
             let spec = LinkSpec {

@@ -85,6 +85,9 @@ pub struct LinkMetrics {
     pub messages_sent: AtomicU64,
     pub reconnects: AtomicU64,
     pub connected: AtomicBool,
+    /// Downlink messages refused before a worker or service took them
+    /// (oversized, for no app, or the device's queue full).
+    pub downlink_refused: AtomicU64,
     /// Why the last connection failed or ended, if one did.
     last_error: Mutex<Option<String>>,
 }

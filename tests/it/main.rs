@@ -17,6 +17,7 @@ mod durability;
 mod examples;
 mod faults;
 mod hostile;
+mod hostile_input;
 mod languages;
 mod operator;
 mod registration;

@@ -40,6 +40,8 @@ enum Request {
 
 /// Routes downlink messages to per-device workers.
 pub struct Downlink {
+    /// Counts the messages refused before they reached a worker or service.
+    metrics: Arc<crate::metrics::LinkMetrics>,
     gateway: String,
     /// Which app speaks for which device, with which model: looked up for
     /// every message, so deployments take effect at once.
@@ -67,6 +69,7 @@ impl Downlink {
         tasks: TaskTracker,
     ) -> Self {
         Downlink {
+            metrics: Arc::default(),
             gateway,
             directory,
             workers: HashMap::new(),
@@ -77,6 +80,12 @@ impl Downlink {
             tasks,
             handlers: HashMap::new(),
         }
+    }
+
+    /// Count refusals in the link's metrics.
+    pub fn counting_refusals_in(mut self, metrics: Arc<crate::metrics::LinkMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Hand the messages of `service` to `to`.
@@ -143,6 +152,9 @@ impl Downlink {
         };
         let refuse = |error: String| {
             tracing::warn!(topic, device = %device, "downlink refused: {error}");
+            self.metrics
+                .downlink_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             refusal(&request, reply_topic.clone(), error)
         };
         if payload.len() > MAX_DOWNLINK_BYTES {
@@ -161,6 +173,12 @@ impl Downlink {
             self.send(reply);
             return;
         }
+        // A worker that ended (it could not open the database, say) is
+        // replaced, never left as a queue nobody drains.
+        if self.workers.get(&device).is_some_and(|w| w.is_closed()) {
+            tracing::warn!(device = %device, "the device's downlink worker had stopped; starting a new one");
+            self.workers.remove(&device);
+        }
         let worker = self.workers.entry(device.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
             let worker = Worker {
@@ -178,6 +196,9 @@ impl Downlink {
             let request = match e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
+            self.metrics
+                .downlink_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(device = %device, "downlink refused: {DEVICE_QUEUE} requests are already waiting");
             let reply = refusal(
                 &request,
@@ -253,11 +274,29 @@ impl DesiredChange {
     }
 }
 
+/// The most attributes one desired change may name (reports are capped
+/// alike), so that an ack stays small.
+pub const MAX_DESIRED_ATTRIBUTES: usize = 256;
+
 /// Read a `twin/desired` payload and check each attribute against `model`.
 /// An unreadable message is refused whole; a bad attribute only itself.
 pub fn check_desired(model: &DeviceModel, payload: &[u8]) -> Result<DesiredChange, String> {
     let desired: Desired =
         serde_json::from_slice(payload).map_err(|e| format!("malformed desired message: {e}"))?;
+    // Stored as SQLite's signed 64-bit integer, and 0 means "none applied":
+    // outside this range duplicate detection would break.
+    if desired.version == 0 || i64::try_from(desired.version).is_err() {
+        return Err(format!(
+            "version {} is not between 1 and 2^63 - 1",
+            desired.version
+        ));
+    }
+    if desired.attributes.len() > MAX_DESIRED_ATTRIBUTES {
+        return Err(format!(
+            "{} attributes in one desired change, over the limit of {MAX_DESIRED_ATTRIBUTES}",
+            desired.attributes.len()
+        ));
+    }
     let mut change = DesiredChange {
         version: desired.version,
         ..DesiredChange::default()
@@ -726,5 +765,112 @@ mod tests {
         assert!(unknown.error.is_some() && unknown.result.is_none());
         let unreadable = worker.action("reset", b"not json").await;
         assert!(unreadable.id.is_none() && unreadable.error.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_stopped_is_replaced_not_left_as_a_queue_nobody_drains() {
+        let Setup {
+            _dir,
+            worker,
+            mut app,
+            ..
+        } = setup();
+        let (replies, mut replied) = mpsc::channel(8);
+        let metrics = Arc::new(crate::metrics::LinkMetrics::default());
+        let mut downlink = Downlink::new(
+            "gw".into(),
+            worker.directory.clone(),
+            replies,
+            worker.db.clone(),
+            Arc::new(Notify::new()),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+        .counting_refusals_in(metrics.clone());
+        // The device's worker ended (it could not open the database, say).
+        let (stopped, gone) = mpsc::channel(1);
+        drop(gone);
+        downlink.workers.insert("thermostat".into(), stopped);
+
+        downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "r1"}"#);
+        match app.recv().await.expect("the app is asked") {
+            AppEvent::Action { name, reply, .. } => {
+                assert_eq!(name, "reset");
+                let _ = reply.send(Ok(None));
+            }
+            _ => panic!("expected the action"),
+        }
+        let answer = replied.recv().await.expect("an answer");
+        assert_eq!(answer.topic, "wg/v1/gw/thermostat/action/reset/res");
+        let answer: ActionResponse = serde_json::from_slice(&answer.payload).expect("json");
+        assert_eq!((answer.id.as_deref(), answer.error), (Some("r1"), None));
+        assert_eq!(
+            metrics
+                .downlink_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+
+        // Oversized: refused with an answer, and counted.
+        downlink.dispatch(
+            "wg/v1/gw/thermostat/action/reset/req",
+            &vec![b' '; MAX_DOWNLINK_BYTES + 1],
+        );
+        let refused = replied.recv().await.expect("a refusal");
+        let refused: ActionResponse = serde_json::from_slice(&refused.payload).expect("json");
+        assert!(refused.error.expect("error").contains("over the limit"));
+        assert_eq!(
+            metrics
+                .downlink_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn desired_versions_outside_1_to_2_pow_63_and_floods_of_attributes_are_refused() {
+        let Setup {
+            _dir,
+            worker,
+            mut conn,
+            app,
+        } = setup();
+        let answering = app_answers_desired(app, Ok(()));
+        for version in [0u64, 1 << 63, u64::MAX] {
+            let ack = worker
+                .desired(
+                    &mut conn,
+                    &json!({"version": version, "attributes": {"setpoint": 22.0}})
+                        .to_string()
+                        .into_bytes(),
+                )
+                .await;
+            assert_eq!(
+                ack.error,
+                Some(format!("version {version} is not between 1 and 2^63 - 1")),
+                "{ack:?}"
+            );
+            assert!(!ack.duplicate);
+        }
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..300).map(|i| (format!("a{i}"), json!(1))).collect();
+        let ack = worker
+            .desired(
+                &mut conn,
+                &json!({"version": 3, "attributes": many})
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await;
+        assert!(
+            ack.error
+                .expect("refused")
+                .contains("over the limit of 256")
+        );
+        // Nothing was applied, so version 1 is still new.
+        let ack = worker.desired(&mut conn, &desired(1, 22.0)).await;
+        assert_eq!(ack.accepted, vec!["setpoint".to_string()], "{ack:?}");
+        drop(worker);
+        assert_eq!(answering.await.unwrap(), 1);
     }
 }

@@ -28,10 +28,17 @@ use std::sync::Arc;
 use crate::config::BrokerSettings;
 use secrecy::ExposeSecret as _;
 
-/// The largest packet the link sends or accepts. Larger downlink payloads
-/// still arrive (so that one oversized retained message cannot knock the
-/// gateway off the broker in a loop) and are refused by size in `downlink`.
+/// The largest packet the link sends (and the embedded broker takes).
 pub const MAX_PACKET_BYTES: usize = 16 << 20;
+
+/// The largest packet the link reads: MQTT's own maximum. A packet rumqttc
+/// refuses ends the connection, and the broker delivers it again on every
+/// reconnect of the persistent session, so one oversized message would keep
+/// the gateway off the broker for good. So every packet is read, and the
+/// downlink refuses an oversized one by size (answering where its topic
+/// has an answer) and counts it. The cost is one transient buffer of at
+/// most this size per such message.
+pub const MAX_INCOMING_PACKET_BYTES: usize = 268_435_455;
 
 /// rumqttc options for `settings`, with TLS set up from its PEM files.
 pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::Result<MqttOptions> {
@@ -39,7 +46,7 @@ pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::R
     options
         .set_keep_alive(settings.keep_alive)
         .set_clean_session(clean_session)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_PACKET_BYTES);
     if let Some(user) = &settings.username {
         let password = settings
             .password

@@ -36,6 +36,9 @@ pub struct LinkInfo {
     pub messages_sent: u64,
     /// Payload bytes published.
     pub bytes_sent: u64,
+    /// Downlink messages refused before a worker or service took them.
+    #[serde(default)]
+    pub downlink_refused: u64,
     /// Why the last connection failed or ended, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -217,6 +220,7 @@ impl Reporter {
             reconnects: link.reconnects.load(Ordering::Relaxed),
             messages_sent: link.messages_sent.load(Ordering::Relaxed),
             bytes_sent: link.bytes_sent.load(Ordering::Relaxed),
+            downlink_refused: link.downlink_refused.load(Ordering::Relaxed),
             last_error: link.last_error(),
         }
     }

@@ -230,6 +230,12 @@ impl Collector for Scrape {
                 link.messages_sent as f64,
             ),
             (
+                "wasmgate_cloud_downlink_refused",
+                "Downlink messages refused before a worker or service took them (oversized, for no app, or the device busy).",
+                MetricType::Counter,
+                link.downlink_refused as f64,
+            ),
+            (
                 "wasmgate_cloud_reconnects",
                 "Connections to the broker made after the first.",
                 MetricType::Counter,
