@@ -491,6 +491,13 @@ impl Actor {
                     return Phase::Serving(instance);
                 }
                 Some(event) = self.events.recv() => {
+                    // Whoever asked has given up (and answered "did not
+                    // answer in time"): a request nobody waits for any
+                    // more is not run late.
+                    if event.abandoned() {
+                        tracing::warn!(app = %self.name, "skipping a request whose sender stopped waiting for it");
+                        continue;
+                    }
                     self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     if let Err(crash) = instance.handle(event, timeout).await {
                         return self.crashed(crash);

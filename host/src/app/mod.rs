@@ -271,6 +271,16 @@ pub enum AppEvent {
     },
 }
 
+impl AppEvent {
+    /// Whether whoever sent it has stopped waiting for the answer.
+    pub fn abandoned(&self) -> bool {
+        match self {
+            AppEvent::Desired { reply, .. } => reply.is_closed(),
+            AppEvent::Action { reply, .. } => reply.is_closed(),
+        }
+    }
+}
+
 /// The rest of the host's way to talk to a running app.
 #[derive(Clone)]
 pub struct AppHandle {
@@ -503,7 +513,22 @@ impl crate::registration::Routes for Directory {
 
 #[cfg(test)]
 mod tests {
-    use super::AppError;
+    use super::{AppError, AppEvent};
+    use tokio::sync::oneshot;
+
+    #[test]
+    fn an_event_whose_sender_gave_up_is_abandoned() {
+        let (reply, waiting) = oneshot::channel();
+        let event = AppEvent::Action {
+            device: "d".into(),
+            name: "reset".into(),
+            argument: None,
+            reply,
+        };
+        assert!(!event.abandoned(), "someone waits");
+        drop(waiting);
+        assert!(event.abandoned(), "nobody waits any more");
+    }
 
     /// The cloud sees these texts in its acks and action answers, and the
     /// deployer in a refused version's outcome.

@@ -30,6 +30,9 @@ use crate::wire::{Inbound, Reply};
 /// The largest chunk taken.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
 
+/// The smallest chunk taken (but for a component smaller than this).
+pub const MIN_CHUNK_BYTES: u64 = 1024;
+
 /// A transfer that stops receiving chunks for this long is dropped.
 const STALE: Duration = Duration::from_secs(600);
 
@@ -258,19 +261,24 @@ pub fn check_manifest(
             format!("version {} is not between 1 and 2^63 - 1", manifest.version),
         ));
     }
+    // Chunks of at least MIN_CHUNK_BYTES (or the whole, if smaller): the
+    // chunking is not signed, and a million one-byte chunks would cost a
+    // million messages and their bookkeeping.
+    let smallest = MIN_CHUNK_BYTES.min(manifest.size);
     let sized = manifest.size > 0
         && manifest.size <= MAX_ARTIFACT_BYTES as u64
-        && (1..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
+        && (smallest.max(1)..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
         && manifest.chunks == manifest.size.div_ceil(manifest.chunk_size);
     if !sized {
         return Err((
             id,
             format!(
-                "size {} in {} chunks of {} bytes does not add up (at most {} MiB, chunks of at most {} KiB)",
+                "size {} in {} chunks of {} bytes does not add up (at most {} MiB, chunks of {} bytes to {} KiB)",
                 manifest.size,
                 manifest.chunks,
                 manifest.chunk_size,
                 MAX_ARTIFACT_BYTES >> 20,
+                MIN_CHUNK_BYTES,
                 MAX_CHUNK_BYTES >> 10
             ),
         ));
@@ -288,9 +296,12 @@ fn unix_now() -> u64 {
 }
 
 /// A deployment being received: its checked manifest and the chunks so far.
+/// Memory follows what has arrived, not what was announced: the chunking is
+/// not signed, so an announced million chunks must cost nothing until they
+/// come.
 pub struct Transfer {
     pub manifest: DeployManifest,
-    chunks: Vec<Option<Vec<u8>>>,
+    chunks: std::collections::BTreeMap<u64, Vec<u8>>,
     received: u64,
     touched: Instant,
 }
@@ -299,7 +310,7 @@ impl Transfer {
     /// Start receiving what a checked manifest announced.
     pub fn new(manifest: DeployManifest) -> Transfer {
         Transfer {
-            chunks: vec![None; manifest.chunks as usize],
+            chunks: std::collections::BTreeMap::new(),
             manifest,
             received: 0,
             touched: Instant::now(),
@@ -322,7 +333,7 @@ impl Transfer {
                 ));
             }
         };
-        if self.chunks[index as usize].replace(payload).is_none() {
+        if self.chunks.insert(index, payload).is_none() {
             self.received += 1;
         }
         Ok(self.received)
@@ -337,7 +348,7 @@ impl Transfer {
                 self.received, self.manifest.chunks
             ));
         }
-        let component: Vec<u8> = self.chunks.into_iter().flatten().flatten().collect();
+        let component: Vec<u8> = self.chunks.into_values().flatten().collect();
         let digest = super::artifacts::digest(&component);
         if digest != self.manifest.sha256 {
             return Err(format!(
@@ -573,5 +584,60 @@ impl Handler {
             }
             Err(error) => self.fail(Some(id), error.to_string()).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trust() -> Trust {
+        Trust {
+            gateway: "gw".into(),
+            labels: BTreeMap::new(),
+            keys: Vec::new(),
+            threshold: 1,
+        }
+    }
+
+    fn manifest(size: u64, chunk_size: u64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "format": DEPLOY_FORMAT, "id": "d1", "app": "a", "version": 1,
+            "target": {"gateway": "gw"}, "expires": 2_000_000_000u64,
+            "size": size, "sha256": "00", "chunk_size": chunk_size,
+            "chunks": size.div_ceil(chunk_size), "signatures": []
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn tiny_chunks_are_refused_before_anything_is_allocated() {
+        let (id, error) = check_manifest(&trust(), &manifest(64 << 20, 1), 0).unwrap_err();
+        assert_eq!(id.as_deref(), Some("d1"));
+        assert!(
+            error.contains("chunks of 1024 bytes to 1024 KiB"),
+            "{error}"
+        );
+        // A component smaller than the minimum comes in one chunk of its size.
+        let (_, error) = check_manifest(&trust(), &manifest(100, 100), 0).unwrap_err();
+        assert!(error.contains("trusts no keys"), "past the sizes: {error}");
+    }
+
+    #[test]
+    fn a_transfer_holds_only_what_arrived() {
+        let m: DeployManifest =
+            serde_json::from_slice(&manifest(64 << 20, MAX_CHUNK_BYTES)).expect("manifest");
+        let mut transfer = Transfer::new(m);
+        assert_eq!(
+            transfer.chunks.len(),
+            0,
+            "nothing held for what was announced"
+        );
+        transfer
+            .accept("3", vec![0; MAX_CHUNK_BYTES as usize])
+            .expect("chunk 3");
+        assert_eq!(transfer.chunks.len(), 1);
+        assert!(transfer.accept("64", vec![0; 10]).is_err(), "past the end");
+        assert!(transfer.assemble().unwrap_err().contains("1 of 64 chunks"));
     }
 }
