@@ -139,4 +139,49 @@ fn a_file_that_is_not_a_component_is_refused_at_start() {
         err.contains("app junk") && err.contains("is not a valid WebAssembly component"),
         "{err}"
     );
+    // The error names the file, on one line (no dump of the bytes).
+    let error = err
+        .lines()
+        .find(|l| l.contains("app junk"))
+        .expect("the error line");
+    assert!(
+        error.contains(&format!("the component {} is refused", junk.display())),
+        "{error}"
+    );
+    // Nothing was recorded: the registry holds no version of it.
+    assert_eq!(
+        gw.count("SELECT COUNT(*) FROM app_versions WHERE app = 'junk'"),
+        0
+    );
+
+    // 100 random bytes as a new version of an app that runs: refused, and
+    // the running version stays current (and the one a rollback would go
+    // back from).
+    let good = Gateway::new();
+    let component = good.dir.path().join("counter.wasm");
+    std::fs::copy(guest("storage-roundtrip"), &component).expect("copy");
+    let good = good.app("counter", &component, &model("counter"), "");
+    let mut run = good.start();
+    run.wait_running("counter", Duration::from_secs(30));
+    assert!(run.stop().success());
+    let random: Vec<u8> = (0..100u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(&component, random).expect("write");
+    let (ok, _, err) = run_to_end(&["run", "--config"], &good.config_path());
+    assert!(!ok && err.contains("app counter: the component"), "{err}");
+    assert_eq!(
+        good.count("SELECT COUNT(*) FROM app_versions WHERE app = 'counter'"),
+        1,
+        "no junk version recorded"
+    );
+    assert_eq!(
+        good.count("SELECT version FROM app_deployments WHERE app = 'counter'"),
+        1
+    );
+    // Put back, it starts as before.
+    std::fs::copy(guest("storage-roundtrip"), &component).expect("copy");
+    let mut run = good.start();
+    run.wait_running("counter", Duration::from_secs(30));
+    assert!(run.stop().success());
 }

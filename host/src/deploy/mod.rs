@@ -284,6 +284,21 @@ impl Deployer {
             {
                 continue;
             }
+            // Checked before any version is recorded: a component that does
+            // not load leaves the registry as it was (the loaded code stays
+            // in the compile cache for the start below).
+            let runtime = self.runtime.clone();
+            let bytes = component.clone();
+            tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
+                .await?
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "app {}: the component {} is refused: {}",
+                        app.name,
+                        app.component.display(),
+                        first_line(&format!("{e:#}"))
+                    )
+                })?;
             let digest = self.artifacts.put(&component)?;
             let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
             registry::set_current(&self.db(), &app.name, number)?;
@@ -705,6 +720,16 @@ fn next_spec(
             })?;
             Ok(Spec::from_config(&default_app(app), model).with_config(config.unwrap_or_default()))
         }
+    }
+}
+
+/// The first line of a message, at most 300 characters: a loader's error
+/// can carry a dump of the bytes it read.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
     }
 }
 
