@@ -289,7 +289,7 @@ impl Deployer {
             // in the compile cache for the start below).
             let runtime = self.runtime.clone();
             let bytes = component.clone();
-            tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
+            let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
                 .await?
                 .map_err(|e| {
                     anyhow::anyhow!(
@@ -299,6 +299,7 @@ impl Deployer {
                         first_line(&format!("{e:#}"))
                     )
                 })?;
+            log_load(&app.name, &loaded.source, loaded.elapsed);
             let digest = self.artifacts.put(&component)?;
             let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
             registry::set_current(&self.db(), &app.name, number)?;
