@@ -30,8 +30,9 @@ use crate::wire::{Inbound, Reply};
 /// The largest chunk taken.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
 
-/// The smallest chunk taken (but for a component smaller than this).
-pub const MIN_CHUNK_BYTES: u64 = 1024;
+/// The most chunks a deployment may come in: for the largest component,
+/// chunks of at least 1 KiB.
+pub const MAX_CHUNKS: u64 = 65_536;
 
 /// A transfer that stops receiving chunks for this long is dropped.
 const STALE: Duration = Duration::from_secs(600);
@@ -261,24 +262,23 @@ pub fn check_manifest(
             format!("version {} is not between 1 and 2^63 - 1", manifest.version),
         ));
     }
-    // Chunks of at least MIN_CHUNK_BYTES (or the whole, if smaller): the
-    // chunking is not signed, and a million one-byte chunks would cost a
-    // million messages and their bookkeeping.
-    let smallest = MIN_CHUNK_BYTES.min(manifest.size);
+    // At most MAX_CHUNKS chunks: the chunking is not signed, and 67 million
+    // one-byte chunks would cost as many messages and their bookkeeping.
+    // (For the largest component that is chunks of at least 1 KiB.)
     let sized = manifest.size > 0
         && manifest.size <= MAX_ARTIFACT_BYTES as u64
-        && (smallest.max(1)..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
-        && manifest.chunks == manifest.size.div_ceil(manifest.chunk_size);
+        && (1..=MAX_CHUNK_BYTES).contains(&manifest.chunk_size)
+        && manifest.chunks == manifest.size.div_ceil(manifest.chunk_size)
+        && manifest.chunks <= MAX_CHUNKS;
     if !sized {
         return Err((
             id,
             format!(
-                "size {} in {} chunks of {} bytes does not add up (at most {} MiB, chunks of {} bytes to {} KiB)",
+                "size {} in {} chunks of {} bytes does not add up (at most {} MiB, in at most {MAX_CHUNKS} chunks of at most {} KiB)",
                 manifest.size,
                 manifest.chunks,
                 manifest.chunk_size,
                 MAX_ARTIFACT_BYTES >> 20,
-                MIN_CHUNK_BYTES,
                 MAX_CHUNK_BYTES >> 10
             ),
         ));
@@ -614,13 +614,15 @@ mod tests {
     fn tiny_chunks_are_refused_before_anything_is_allocated() {
         let (id, error) = check_manifest(&trust(), &manifest(64 << 20, 1), 0).unwrap_err();
         assert_eq!(id.as_deref(), Some("d1"));
-        assert!(
-            error.contains("chunks of 1024 bytes to 1024 KiB"),
-            "{error}"
-        );
-        // A component smaller than the minimum comes in one chunk of its size.
-        let (_, error) = check_manifest(&trust(), &manifest(100, 100), 0).unwrap_err();
-        assert!(error.contains("trusts no keys"), "past the sizes: {error}");
+        assert!(error.contains("in at most 65536 chunks"), "{error}");
+        let (_, error) = check_manifest(&trust(), &manifest(64 << 20, 1023), 0).unwrap_err();
+        assert!(error.contains("does not add up"), "{error}");
+        // 1 KiB chunks of the largest component, and small chunks of a small
+        // one, pass the sizes (and stop at the keys).
+        for (size, chunk) in [(64 << 20, 1024), (100, 3)] {
+            let (_, error) = check_manifest(&trust(), &manifest(size, chunk), 0).unwrap_err();
+            assert!(error.contains("trusts no keys"), "past the sizes: {error}");
+        }
     }
 
     #[test]
