@@ -29,29 +29,22 @@ CREATE TABLE IF NOT EXISTS kv (
 "#;
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        let (keys, bytes) = app
-            .db
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE app = ?1",
-                params![app.app],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .unwrap_or_else(|e| {
-                tracing::warn!(app = app.app, "cannot count the app's storage: {e}");
-                (0, 0)
-            });
+        let (keys, bytes) = held(app.db, app.app).unwrap_or_else(|e| {
+            tracing::warn!(app = app.app, "cannot count the app's storage: {e}");
+            (0, 0)
+        });
         vec![
             Figure {
                 name: "keys",
                 help: "Keys the app holds in its storage.",
                 kind: FigureKind::Gauge,
-                value: keys.max(0) as u64,
+                value: keys,
             },
             Figure {
                 name: "bytes",
                 help: "Bytes of keys and values the app holds (what its quota counts).",
                 kind: FigureKind::Gauge,
-                value: bytes.max(0) as u64,
+                value: bytes,
             },
         ]
     }
@@ -68,6 +61,16 @@ CREATE TABLE IF NOT EXISTS kv (
     fn add_to_linker<T: HasCtx<Storage>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
         generated::add_to_linker::<T, StorageData>(linker, T::ctx)
     }
+}
+
+/// How many keys `app` holds, and their bytes with their values' (what its
+/// quota counts).
+fn held(db: &Connection, app: &str) -> rusqlite::Result<(u64, u64)> {
+    db.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE app = ?1",
+        params![app],
+        |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+    )
 }
 
 /// The longest key, in bytes.
@@ -94,16 +97,12 @@ impl StorageCtx {
         quota: u64,
         writes: SharedLimit,
     ) -> rusqlite::Result<Self> {
-        let used: i64 = db.query_row(
-            "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE app = ?1",
-            params![&*app],
-            |r| r.get(0),
-        )?;
+        let (_, used) = held(&db, &app)?;
         Ok(StorageCtx {
             app,
             db,
             quota,
-            used: used.max(0) as u64,
+            used,
             writes,
         })
     }

@@ -163,6 +163,13 @@ fn trusted_keys(keys: &[RotatedKey]) -> Result<Vec<TrustedKey>, String> {
     Ok(out)
 }
 
+/// The `id` of a message refused before it could be read whole, if it has
+/// a valid one, so that the refusal can name it.
+fn readable_id(message: &serde_json::Value) -> Option<String> {
+    let id = message.get("id")?.as_str()?;
+    check_name(id).is_ok().then(|| id.to_string())
+}
+
 /// Read a `deploy/keys` payload and check it at `now` against the trust in
 /// force: format, id, target, expiry, the new keys and threshold, and
 /// enough signatures by the keys in force. (Replays are the registry's to
@@ -173,10 +180,9 @@ pub fn check_rotation(
     now: u64,
 ) -> Result<(KeyRotation, Vec<TrustedKey>), (Option<String>, String)> {
     let rotation: KeyRotation = serde_json::from_slice(payload).map_err(|e| {
-        let id = serde_json::from_slice::<serde_json::Value>(payload)
+        let id = serde_json::from_slice(payload)
             .ok()
-            .and_then(|v| v.get("id")?.as_str().map(str::to_string))
-            .filter(|id| check_name(id).is_ok());
+            .and_then(|v| readable_id(&v));
         (id, format!("malformed key rotation: {e}"))
     })?;
     check_name(&rotation.id).map_err(|m| (None, format!("rotation id: {m}")))?;
@@ -229,11 +235,7 @@ pub fn check_manifest(
 ) -> Result<DeployManifest, (Option<String>, String)> {
     let value: serde_json::Value = serde_json::from_slice(payload)
         .map_err(|e| (None, format!("malformed deployment request: {e}")))?;
-    let id = value
-        .get("id")
-        .and_then(|v| v.as_str())
-        .filter(|id| check_name(id).is_ok())
-        .map(str::to_string);
+    let id = readable_id(&value);
     if value.get("format").is_none() && value.get("signature").is_some() {
         return Err((
             id,

@@ -268,6 +268,8 @@ impl Deployer {
     /// checked before anything starts: a component that does not load stops
     /// the start with an error naming the app.
     pub async fn start_apps(&mut self, config: &Config) -> anyhow::Result<()> {
+        // Components loaded by the check below, used again to start them.
+        let mut loaded_now = std::collections::HashMap::new();
         for app in &config.apps {
             let (component, spec) = read_app(app)?;
             let fingerprint = artifacts::digest(
@@ -285,8 +287,7 @@ impl Deployer {
                 continue;
             }
             // Checked before any version is recorded: a component that does
-            // not load leaves the registry as it was (the loaded code stays
-            // in the compile cache for the start below).
+            // not load leaves the registry as it was.
             let runtime = self.runtime.clone();
             let bytes = component.clone();
             let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
@@ -300,6 +301,7 @@ impl Deployer {
                     )
                 })?;
             log_load(&app.name, &loaded.source, loaded.elapsed);
+            loaded_now.insert(app.name.clone(), loaded.pre);
             let digest = self.artifacts.put(&component)?;
             let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
             registry::set_current(&self.db(), &app.name, number)?;
@@ -317,28 +319,41 @@ impl Deployer {
         }
         let all = registry::all(&self.db())?;
         for current in all {
-            let version = self.load_version(&current.app, current.version).await?;
+            let loaded = loaded_now.remove(&current.app);
+            let version = self
+                .load_version(&current.app, current.version, loaded)
+                .await?;
             self.spawn_app(version, current.stopped)?;
         }
         Ok(())
     }
 
     /// Load a registered version: its component (from the compile cache when
-    /// possible) and model.
-    async fn load_version(&self, app: &str, number: i64) -> anyhow::Result<AppVersion> {
+    /// possible, or as `loaded` already) and model.
+    async fn load_version(
+        &self,
+        app: &str,
+        number: i64,
+        loaded: Option<crate::bindings::AppPre<app::AppCtx>>,
+    ) -> anyhow::Result<AppVersion> {
         let record = registry::get(&self.db(), app, number)?
             .with_context(|| format!("app {app}: version {number} is not in the registry"))?;
-        let bytes = self
-            .artifacts
-            .get(&record.digest)
-            .with_context(|| format!("app {app}: the artifact of version {number} is missing"))?;
         let model = DeviceModel::parse(&record.spec.model.to_string())
             .map_err(|e| anyhow::anyhow!("app {app}: {e}"))?;
-        let runtime = self.runtime.clone();
-        let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
-            .await?
-            .with_context(|| format!("app {app}"))?;
-        log_load(app, &loaded.source, loaded.elapsed);
+        let pre = match loaded {
+            Some(pre) => pre,
+            None => {
+                let bytes = self.artifacts.get(&record.digest).with_context(|| {
+                    format!("app {app}: the artifact of version {number} is missing")
+                })?;
+                let runtime = self.runtime.clone();
+                let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
+                    .await?
+                    .with_context(|| format!("app {app}"))?;
+                log_load(app, &loaded.source, loaded.elapsed);
+                loaded.pre
+            }
+        };
         let device_models = record
             .spec
             .parse_device_models()
@@ -347,7 +362,7 @@ impl Deployer {
             config: record.spec.to_config(app),
             model: Arc::new(model),
             device_models: Arc::new(device_models),
-            pre: loaded.pre,
+            pre,
             digest: record.digest,
             number,
         })
@@ -606,7 +621,7 @@ impl Deployer {
         let target = registry::rollback_target(&versions, current.version)
             .ok_or_else(|| DeployError::NothingToRollBackTo(app.to_string()))?;
         let version = self
-            .load_version(app, target.version)
+            .load_version(app, target.version, None)
             .await
             .map_err(DeployError::LoadVersion)?;
         let message = self.switch_to(app, version, Some(current.version)).await?;

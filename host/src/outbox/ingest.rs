@@ -126,12 +126,11 @@ impl IngestSender {
     /// Hand a batch to the writer. Blocks while the writer is behind. If it
     /// cannot be handed over, its reservation is given back.
     pub fn append(&self, batch: Batch) -> Result<(), OutboxError> {
-        let (stream, points) = (
-            Stream::telemetry(&batch.device, &batch.series),
-            batch.points() as u64,
-        );
-        self.tx.send(Command::Append(batch)).map_err(|_| {
-            self.usage.unreserve(&stream, points);
+        self.tx.send(Command::Append(batch)).map_err(|refused| {
+            if let Command::Append(batch) = refused.0 {
+                let stream = Stream::telemetry(&batch.device, &batch.series);
+                self.usage.unreserve(&stream, batch.points() as u64);
+            }
             OutboxError::ShuttingDown
         })
     }

@@ -70,7 +70,9 @@ impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let reporter = &self.0;
         let g = reporter.gateway();
-        let detailed = reporter.apps_with_figures(reporter.connection().as_ref());
+        // One connection for the whole scrape.
+        let conn = reporter.connection();
+        let detailed = reporter.apps_with_figures(conn.as_ref());
         let apps: Vec<&AppInfo> = detailed.iter().map(|(info, _)| info).collect();
         let per_app = |get: fn(&AppInfo) -> f64| {
             apps.iter()
@@ -190,13 +192,13 @@ impl Collector for Scrape {
             family(&mut encoder, name, help, kind, per_stream(get))?;
         }
 
-        let (entries, oldest) = reporter
-            .database()
-            .open()
+        let (entries, oldest) = conn
+            .as_ref()
             .and_then(|c| {
                 c.query_row("SELECT COUNT(*), MIN(created_at) FROM outbox", [], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
                 })
+                .ok()
             })
             .unwrap_or((0, None));
         let age = oldest.map_or(0.0, |t| {
