@@ -608,6 +608,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
                 data_dir: dir.path().to_path_buf(),
                 config: Default::default(),
                 signal: Default::default(),
+                resumed: Default::default(),
             }),
         };
         let shared = wasmgate::app::AppShared {
@@ -632,6 +633,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
             pre: loaded.pre,
             digest: loaded.digest,
             number: 1,
+            load: Some(loaded.source),
         };
         let files = dir.path().join("files");
         std::fs::create_dir_all(&files).expect("files");

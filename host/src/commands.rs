@@ -165,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             {
                 status.live = response.apps;
                 status.link = response.link;
+                status.live_outbox = response.outbox;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -172,6 +173,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 print!("{}", status.render());
                 if let Some(link) = &status.link {
                     println!("\n{}", render_link(link));
+                }
+                if let Some(error) = status
+                    .live_outbox
+                    .as_ref()
+                    .and_then(|o| o.write_error.as_ref())
+                {
+                    println!("\noutbox: the database takes no writes: {error}");
                 }
                 if let Some(live) = &status.live {
                     print!("\nlive:\n{}", render_apps(live));
@@ -280,6 +288,9 @@ fn render_link(link: &crate::report::LinkInfo) -> String {
         link.reconnects,
         link.downlink_refused
     );
+    if link.replies_dropped > 0 {
+        line.push_str(&format!(", {} repl(ies) dropped", link.replies_dropped));
+    }
     if let Some(error) = &link.last_error {
         line.push_str(&format!("\n  last error: {error}"));
     }

@@ -18,6 +18,7 @@ use wasmtime::{Config, Engine};
 
 use crate::app::AppCtx;
 use crate::bindings::AppPre;
+use crate::wire::protocol::Load;
 
 /// How often the epoch advances: the granularity of call deadlines, and how
 /// often a busy guest yields to the other tasks on its thread.
@@ -57,21 +58,12 @@ pub fn precompile(bytes: &[u8], target: Option<&str>) -> anyhow::Result<Vec<u8>>
         .context("compiling the component")
 }
 
-/// How a component was made ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Compiled,
-    Cache,
-    /// An artifact made by `wasmgate compile`.
-    Precompiled,
-}
-
 /// A component ready to instantiate.
 pub struct Loaded {
     pub pre: AppPre<AppCtx>,
     /// sha256 of the component file, hex.
     pub digest: String,
-    pub source: Source,
+    pub source: Load,
     pub elapsed: Duration,
 }
 
@@ -135,7 +127,7 @@ impl Runtime {
             // is removed and the component is compiled again.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(c) => component = Some((c, Source::Cache)),
+                Ok(c) => component = Some((c, Load::Cache)),
                 Err(e) => {
                     tracing::warn!(cache = %cached.display(), "discarding an unusable compile cache entry: {e}");
                     let _ = std::fs::remove_file(&cached);
@@ -154,9 +146,9 @@ impl Runtime {
                 let component = unsafe { Component::deserialize(&self.engine, bytes) }
                     .map_err(anyhow::Error::from)
                     .context("the precompiled artifact does not fit this wasmgate (another version, or another target)")?;
-                (component, Source::Precompiled)
+                (component, Load::Precompiled)
             }
-            None => (self.compile(bytes, &cached)?, Source::Compiled),
+            None => (self.compile(bytes, &cached)?, Load::Compiled),
         };
 
         let pre = self

@@ -142,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let metrics = Metrics::default();
     let directory = Directory::default();
     let content_signal = Arc::new(Notify::new());
+    let content_resumed = Arc::new(crate::content::Resumed::default());
     let units = Units {
         wasi: Arc::new(crate::wasi::Wasi),
         device: Arc::new(crate::device::Device {
@@ -157,6 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             data_dir: config.data_dir.clone(),
             config: config.content.clone(),
             signal: content_signal.clone(),
+            resumed: content_resumed.clone(),
         }),
     };
     let reporter = Reporter::new(
@@ -183,6 +185,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         config.deploy.probation,
         config.deploy.keep_versions,
     )?;
+    // Watch mode's starting point is taken before the apps load (see `Watcher`).
+    let watcher = watch.then(|| crate::deploy::watch::Watcher::new(&config));
     deployer.start_apps(&config).await?;
     let (deploy, inbox) = crate::deploy::channel();
     let stop_deployer = CancellationToken::new();
@@ -202,13 +206,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         reporter.clone(),
         stop_admin.clone(),
     ));
-    let watcher = watch.then(|| {
-        tokio::spawn(crate::deploy::watch::run(
-            config.clone(),
-            deploy.clone(),
-            stop_admin.clone(),
-        ))
-    });
+    let watcher =
+        watcher.map(|watcher| tokio::spawn(watcher.run(deploy.clone(), stop_admin.clone())));
 
     // The cloud link: started after the apps so that its first status
     // lists them, stopped after them so that it can say they stopped.
@@ -245,6 +244,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                     directory: Arc::new(directory.clone()),
                     replies: replies_tx.clone(),
                     signal: content_signal.clone(),
+                    resumed: content_resumed.clone(),
                 },
                 stop_link.child_token(),
                 &link_tasks,

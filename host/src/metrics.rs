@@ -88,6 +88,9 @@ pub struct LinkMetrics {
     /// Downlink messages refused before a worker or service took them
     /// (oversized, for no app, or the device's queue full).
     pub downlink_refused: AtomicU64,
+    /// Replies dropped because too many bytes of them already waited for
+    /// the broker.
+    pub replies_dropped: AtomicU64,
     /// Why the last connection failed or ended, if one did.
     last_error: Mutex<Option<String>>,
 }

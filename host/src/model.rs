@@ -20,6 +20,71 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The most fields one report, point or alert may carry.
 pub const MAX_FIELDS: usize = 256;
 
+/// A number as a model or a value has it: an integer stays an integer, so
+/// that integers are compared as integers (a float holds them exactly only
+/// up to 2^53).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Bound {
+    Integer(i64),
+    Number(f64),
+}
+
+impl Bound {
+    fn is_finite(self) -> bool {
+        match self {
+            Bound::Integer(_) => true,
+            Bound::Number(n) => n.is_finite(),
+        }
+    }
+
+    /// `self <= other`, exactly, whatever mix of integer and float they are.
+    pub fn at_most(self, other: Bound) -> bool {
+        use std::cmp::Ordering::{Greater, Less};
+        match (self, other) {
+            (Bound::Integer(a), Bound::Integer(b)) => a <= b,
+            (Bound::Number(a), Bound::Number(b)) => a <= b,
+            (Bound::Integer(a), Bound::Number(b)) => compare_int_float(a, b) != Some(Greater),
+            (Bound::Number(a), Bound::Integer(b)) => compare_int_float(b, a) != Some(Less),
+        }
+    }
+}
+
+/// How integer `i` compares with float `f`, exactly (`None` for NaN).
+fn compare_int_float(i: i64, f: f64) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    if f.is_nan() {
+        return None;
+    }
+    // 2^63 is exact as a float; every i64 is below it and at or above -2^63.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if f >= TWO_63 {
+        return Some(Ordering::Less);
+    }
+    if f < -TWO_63 {
+        return Some(Ordering::Greater);
+    }
+    let whole = f.trunc();
+    // In range, so exact.
+    let whole_int = whole as i64;
+    Some(i.cmp(&whole_int).then(if f > whole {
+        Ordering::Less
+    } else if f < whole {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }))
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Integer(i) => write!(f, "{i}"),
+            Bound::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// Why a model file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -70,7 +135,7 @@ pub struct AttributeSpec {
     pub unit: Option<String>,
     /// Inclusive `[min, max]`, for integer and number attributes.
     #[serde(default)]
-    pub range: Option<[f64; 2]>,
+    pub range: Option<[Bound; 2]>,
     /// The desired value until the cloud sets one.
     #[serde(default)]
     pub default: Option<serde_json::Value>,
@@ -90,7 +155,7 @@ pub struct FieldSpec {
     #[serde(default)]
     pub unit: Option<String>,
     #[serde(default)]
-    pub range: Option<[f64; 2]>,
+    pub range: Option<[Bound; 2]>,
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -214,7 +279,7 @@ impl DeviceModel {
     }
 
     fn validate(&mut self) -> Result<(), InvalidKey> {
-        let spec_range = |key: &str, kind: ValueKind, range: Option<[f64; 2]>| match range {
+        let spec_range = |key: &str, kind: ValueKind, range: Option<[Bound; 2]>| match range {
             None => Ok(()),
             Some(_) if !matches!(kind, ValueKind::Integer | ValueKind::Number) => {
                 Err(InvalidKey::new(
@@ -222,7 +287,7 @@ impl DeviceModel {
                     format!("a range needs an integer or number type, not {kind}"),
                 ))
             }
-            Some([min, max]) if !(min.is_finite() && max.is_finite() && min <= max) => {
+            Some([min, max]) if !(min.is_finite() && max.is_finite() && min.at_most(max)) => {
                 Err(InvalidKey::new(
                     format!("{key}.range"),
                     format!("[{min}, {max}] is not a range (finite, min <= max)"),
@@ -438,7 +503,7 @@ fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) 
 fn check_fields_with(
     values: Vec<(String, Value)>,
     what: &str,
-    spec_of: impl Fn(&str) -> Result<(ValueKind, Option<[f64; 2]>), String>,
+    spec_of: impl Fn(&str) -> Result<(ValueKind, Option<[Bound; 2]>), String>,
 ) -> Result<Vec<(String, Value)>, String> {
     if values.len() > MAX_FIELDS {
         return Err(format!(
@@ -470,7 +535,7 @@ fn check_fields_with(
 pub fn check_value(
     value: Value,
     kind: ValueKind,
-    range: Option<[f64; 2]>,
+    range: Option<[Bound; 2]>,
 ) -> Result<Value, String> {
     let value = match (value, kind) {
         (Value::Integer(i), ValueKind::Number) => Value::Number(i as f64),
@@ -479,8 +544,8 @@ pub fn check_value(
     };
     let numeric = match &value {
         Value::Number(n) if !n.is_finite() => return Err(format!("{n} is not a finite number")),
-        Value::Number(n) => Some(*n),
-        Value::Integer(i) => Some(*i as f64),
+        Value::Number(n) => Some(Bound::Number(*n)),
+        Value::Integer(i) => Some(Bound::Integer(*i)),
         Value::Text(s) if s.len() > MAX_VALUE_BYTES => {
             return Err(format!(
                 "text of {} bytes is over the limit of {MAX_VALUE_BYTES}",
@@ -496,7 +561,7 @@ pub fn check_value(
         _ => None,
     };
     if let (Some(x), Some([min, max])) = (numeric, range)
-        && !(min..=max).contains(&x)
+        && !(min.at_most(x) && x.at_most(max))
     {
         return Err(format!("{x} is out of range [{min}, {max}]"));
     }
@@ -506,6 +571,50 @@ pub fn check_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_are_checked_against_ranges_as_integers() {
+        let top = 9_007_199_254_740_995_i64; // 2^53 + 3: no float holds it
+        let range = Some([Bound::Integer(0), Bound::Integer(top)]);
+        let check = |i: i64| check_value(Value::Integer(i), ValueKind::Integer, range);
+        assert!(check(top).is_ok());
+        // One past the end: a float comparison would let it through.
+        assert_eq!(
+            check(top + 1).expect_err("out of range"),
+            format!("{} is out of range [0, {top}]", top + 1)
+        );
+        assert!(check(-1).is_err());
+        // Mixed: an integer against float bounds, a float against integer ones.
+        let half = Some([Bound::Number(0.5), Bound::Number(2.5)]);
+        assert!(check_value(Value::Integer(0), ValueKind::Integer, half).is_err());
+        assert!(check_value(Value::Integer(2), ValueKind::Integer, half).is_ok());
+        assert!(check_value(Value::Integer(3), ValueKind::Integer, half).is_err());
+        assert!(
+            check_value(
+                Value::Number(2.5),
+                ValueKind::Number,
+                Some([Bound::Integer(0), Bound::Integer(2)])
+            )
+            .is_err()
+        );
+        assert!(Bound::Integer(i64::MAX).at_most(Bound::Number(9.3e18)));
+        assert!(!Bound::Number(9.3e18).at_most(Bound::Integer(i64::MAX)));
+        // A model's range keeps its integers exact.
+        let model = DeviceModel::parse(&format!(
+            r#"{{"attributes": {{"n": {{"type": "integer", "writable": true, "range": [0, {top}]}}}}}}"#
+        ))
+        .expect("model");
+        assert!(
+            model
+                .check_report(vec![("n".into(), Value::Integer(top + 1))])
+                .is_err()
+        );
+        assert!(
+            model
+                .check_report(vec![("n".into(), Value::Integer(top))])
+                .is_ok()
+        );
+    }
 
     #[test]
     fn names_are_plain_file_names_and_never_dot_or_dot_dot() {

@@ -26,6 +26,10 @@ pub struct Status {
     /// From a running gateway: its cloud link now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<crate::report::LinkInfo>,
+    /// From a running gateway: its outbox now, with the writer's error if
+    /// the database takes no writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_outbox: Option<crate::wire::protocol::OutboxInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +105,7 @@ pub fn read(config: &Config) -> anyhow::Result<Status> {
         outbox,
         live: None,
         link: None,
+        live_outbox: None,
     })
 }
 

@@ -270,9 +270,9 @@ impl Running {
         }
     }
 
-    /// The cloud link as the running gateway reports it (`wasmgate status
+    /// Part `field` of what the running gateway reports (`wasmgate status
     /// --json`, from its admin socket); `None` until the socket answers.
-    pub fn link(&self) -> Option<serde_json::Value> {
+    fn live(&self, field: &str) -> Option<serde_json::Value> {
         let config = self.config.as_ref().expect("a `wasmgate run` process");
         let out = Command::new(binary())
             .args(["status", "--json", "--config"])
@@ -283,8 +283,18 @@ impl Running {
             return None;
         }
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let link = status.get("link")?;
-        (!link.is_null()).then(|| link.clone())
+        let part = status.get(field)?;
+        (!part.is_null()).then(|| part.clone())
+    }
+
+    /// The cloud link as the running gateway reports it.
+    pub fn link(&self) -> Option<serde_json::Value> {
+        self.live("link")
+    }
+
+    /// The outbox as the running gateway's writer reports it.
+    pub fn outbox(&self) -> Option<serde_json::Value> {
+        self.live("live_outbox")
     }
 
     /// Wait until the gateway reports a link that `check` accepts; return it.

@@ -178,13 +178,36 @@ fn a_full_database_refuses_writes_clearly_and_recovers_when_space_returns() {
             && full.contains("full"),
         "{full}"
     );
-    run.wait_for("outbox: commit failed", T);
+    let deadline = std::time::Instant::now() + T;
+    let write_error = loop {
+        if let Some(error) = run
+            .outbox()
+            .and_then(|o| o["write_error"].as_str().map(str::to_string))
+        {
+            break error;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write error reported: {:?}",
+            run.outbox()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(write_error.contains("full"), "{write_error}");
     let stuck_at = last_recorded(&run.lines());
-    std::thread::sleep(Duration::from_millis(500));
+    // The app goes on calling `record` and hearing "unavailable".
+    let refusals = run.count("record refused (");
+    run.wait_until(T, "more refusals", |lines| {
+        let now = lines
+            .iter()
+            .filter(|l| l.contains("record refused ("))
+            .count();
+        (now >= refusals + 5).then_some(())
+    });
+    let seq = run.wait_running("seq", T);
     assert_eq!(
-        run.count("app crashed"),
-        0,
-        "a full disk is not the app's crash"
+        seq["restarts"], 0,
+        "a full disk is not the app's crash: {seq}"
     );
     assert!(
         run.stop().success(),

@@ -121,7 +121,6 @@ fn an_upload_of_3_mib_survives_a_broker_restart_and_arrives_whole() {
     assert_eq!(sent.len(), 3 << 20);
     assert_eq!(sha256(&received), sha256(&sent));
     // The gateway and the guest both know it is done.
-    run.wait_for("upload done: the receiver confirmed its sha256", T);
     run.wait_for("data.bin 3145728/3145728 done", T);
     // And it was paced: 3 MiB at 512 KiB/s, plus the outage.
     let link = run.link().expect("link");
@@ -160,7 +159,6 @@ fn a_download_of_3_mib_survives_a_broker_restart_and_lands_in_the_apps_directory
     )
     .expect("the download in the app's directory");
     assert_eq!(sha256(&landed), sha256(&bytes));
-    run.wait_for("download done: sha256 checked", T);
     run.wait_for(
         "downloaded firmware.bin is in my directory: 3145728 bytes",
         T,
@@ -316,9 +314,11 @@ fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     let mut run = gw.start();
     run.wait_connected(T);
     // Resumed where the gateway had got to, not started over.
-    let line = run.wait_for("upload resumed at chunk ", T);
-    assert!(!line.contains("at chunk 0 "), "{line}");
-    run.wait_for("download resumed at chunk ", T);
+    run.wait_app("content", T, "resuming both ways", |a| {
+        let content = &a["capabilities"]["content"];
+        content["upload_chunks_resumed"].as_u64() > Some(0)
+            && content["download_chunks_resumed"].as_u64() > Some(0)
+    });
 
     let (ok, lines) = finish(sender);
     assert!(ok, "{lines:?}");
@@ -336,6 +336,5 @@ fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     // Both finished, once each.
     let done = gw.count("SELECT COUNT(*) FROM transfers WHERE state = 'done'");
     assert_eq!(done, 2);
-    run.wait_for("upload done", T);
     assert!(run.stop().success());
 }

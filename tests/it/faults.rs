@@ -31,15 +31,18 @@ fn quarantined_beside_a_healthy_app(
             &format!("{extra}\n{QUICK_RESTARTS}"),
         );
     let mut run = gw.start();
-    let line = run.wait_for("app quarantined after 3 crashes", Duration::from_secs(60));
+    let quarantined = run.wait_app(name, Duration::from_secs(60), "quarantined", |a| {
+        a["state"] == "quarantined"
+    });
     assert!(
-        line.contains(name) && line.contains(expected_error),
-        "{line}"
+        quarantined["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(expected_error)),
+        "{quarantined}"
     );
     assert_eq!(
-        run.count("app crashed:"),
-        2,
-        "two restarts before the third crash quarantines"
+        quarantined["restarts"], 2,
+        "two restarts before the third crash quarantines: {quarantined}"
     );
 
     // The healthy app keeps its pace after the quarantine as well.

@@ -157,3 +157,222 @@ fn an_oversized_message_is_refused_and_counted_and_never_takes_the_link_down() {
     assert_eq!(link["reconnects"], 0, "{link}");
     assert!(run.stop().success());
 }
+
+/// Open file descriptors of process `pid`, from /proc.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}
+
+/// A download manifest of `size` bytes (never sent) under transfer `id`.
+fn manifest(id: &str, size: u64) -> Vec<u8> {
+    let chunk = 64 << 10;
+    serde_json::to_vec(&json!({
+        "id": id,
+        "name": format!("{id}.bin"),
+        "size": size,
+        "sha256": "ab".repeat(32),
+        "chunk_size": chunk,
+        "chunks": size.div_ceil(chunk),
+    }))
+    .expect("json")
+}
+
+/// The acks of the download `id` that the consumer has.
+fn download_acks(consumer: &Consumer, id: &str) -> Vec<serde_json::Value> {
+    consumer
+        .on(&topic("thermostat", &format!("content/down/{id}/ack")))
+        .iter()
+        .map(|m| m.json())
+        .collect()
+}
+
+#[test]
+fn a_flood_of_download_manifests_is_capped_idle_downloads_expire_and_the_disk_keeps_its_reserve() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("attacker"), &["wg/v1/test-gw/#"]);
+    let gw = gateway(&broker).section("[content]\nmax_downloads = 4\ndownload_idle_s = 2\n");
+    let mut run = gw.start();
+    run.wait_connected(T);
+    telemetry_flows(&consumer, 0);
+    let files_before = open_files(run.pid());
+
+    // 300 manifests of 64 MiB each: four are taken, every other one is
+    // answered "busy", and no file is opened for them.
+    let attacker = Consumer::connect(&broker.settings("flooder"), &["flooder/nothing"]);
+    let ids: Vec<String> = (0..300).map(|i| format!("flood-{i}")).collect();
+    for id in &ids {
+        attacker.publish(
+            &topic("thermostat", &format!("content/down/{id}/manifest")),
+            manifest(id, 64 << 20),
+            false,
+        );
+    }
+    let deadline = std::time::Instant::now() + T;
+    while ids.iter().any(|id| download_acks(&consumer, id).is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every manifest was answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| download_acks(&consumer, id)[0].clone())
+        .collect();
+    let taken = first.iter().filter(|a| a["error"].is_null()).count();
+    assert_eq!(taken, 4, "content.max_downloads = 4");
+    for refused in first.iter().filter(|a| !a["error"].is_null()) {
+        let error = refused["error"].as_str().expect("error");
+        assert!(error.contains("content.max_downloads"), "{refused}");
+    }
+    let open = open_files(run.pid());
+    assert!(
+        open <= files_before + 8,
+        "{open} files open, {files_before} before the flood"
+    );
+    // Other devices keep answering, telemetry keeps flowing.
+    let echo = consumer.call("wg/v1/test-gw/actions", "echo", "e1", Some(json!("fine")));
+    assert_eq!(echo["result"], "fine", "{echo}");
+    telemetry_flows(&consumer, batches(&consumer));
+
+    // No chunk comes: the four expire and their partial files go.
+    let expired: Vec<String> = ids
+        .iter()
+        .filter(|id| download_acks(&consumer, id)[0]["error"].is_null())
+        .cloned()
+        .collect();
+    for id in &expired {
+        consumer.wait_json(
+            &topic("thermostat", &format!("content/down/{id}/ack")),
+            T,
+            |a| {
+                a["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("expired"))
+            },
+        );
+    }
+    let store = gw.data_dir().join("content");
+    let left: Vec<_> = std::fs::read_dir(&store).expect("store").collect();
+    assert!(left.is_empty(), "partial files left: {left:?}");
+    // Room again: a new download is taken.
+    attacker.publish(
+        &topic("thermostat", "content/down/after/manifest"),
+        manifest("after", 1 << 20),
+        false,
+    );
+    let ack = consumer.wait_json(&topic("thermostat", "content/down/after/ack"), T, |_| true);
+    assert!(ack["error"].is_null(), "{ack}");
+    assert!(run.stop().success());
+
+    // Restarted: a stale file in the store is deleted, the download that
+    // was in progress is taken up and expires, and a new one that would eat
+    // into the reserve kept for the outbox is refused.
+    std::fs::write(store.join("stale.down"), vec![0u8; 4096]).expect("stale file");
+    let gw = gw
+        .reconfigure()
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+            broker.url()
+        ))
+        .section("[content]\ndownload_idle_s = 2\ndisk_reserve_mib = 1073741824\n")
+        .app(
+            "thermostat",
+            &guest("thermostat"),
+            &root().join("examples/thermostat/thermostat.model.json"),
+            "tick_interval_ms = 50",
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    consumer.wait_json(&topic("thermostat", "content/down/after/ack"), T, |a| {
+        a["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("expired"))
+    });
+    assert!(!store.join("stale.down").exists(), "the stale file is gone");
+    attacker.publish(
+        &topic("thermostat", "content/down/big/manifest"),
+        manifest("big", 1 << 20),
+        false,
+    );
+    let refused = consumer.wait_json(&topic("thermostat", "content/down/big/ack"), T, |_| true);
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("content.disk_reserve_mib")),
+        "{refused}"
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn under_a_flood_of_actions_every_request_gets_an_answer() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = gateway(&broker);
+    let mut run = gw.start();
+    run.wait_connected(T);
+    telemetry_flows(&consumer, 0);
+
+    // 10,000 requests at once, far past the 64 a device queues: each is
+    // answered, with its result or with "busy", and none is dropped.
+    let flooder = Consumer::connect(&broker.settings("flooder"), &["flooder/nothing"]);
+    let requests = 10_000;
+    for i in 0..requests {
+        flooder.publish(
+            &topic("actions", "action/echo/req"),
+            serde_json::to_vec(&json!({"id": format!("f{i}"), "argument": i.to_string()}))
+                .expect("json"),
+            false,
+        );
+    }
+    let answers = |consumer: &Consumer| -> std::collections::HashMap<String, serde_json::Value> {
+        consumer
+            .on(&topic("actions", "action/echo/res"))
+            .iter()
+            .map(|m| m.json())
+            .filter_map(|j| Some((j["id"].as_str()?.to_string(), j)))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while answers(&consumer).len() < requests {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {requests} requests answered",
+            answers(&consumer).len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answers = answers(&consumer);
+    let answered = answers.values().filter(|a| a["error"].is_null()).count();
+    let busy = answers
+        .values()
+        .filter(|a| a["error"].as_str().is_some_and(|e| e.contains("busy")))
+        .count();
+    let other: Vec<&serde_json::Value> = answers
+        .values()
+        .filter(|a| {
+            !a["error"].is_null() && !a["error"].as_str().is_some_and(|e| e.contains("busy"))
+        })
+        .take(3)
+        .collect();
+    assert_eq!(
+        answered + busy,
+        requests,
+        "only results and 'busy': {other:?}"
+    );
+    assert!(answered >= 64, "{answered} answered, {busy} busy");
+    for (id, answer) in answers.iter().filter(|(_, a)| a["error"].is_null()) {
+        assert_eq!(
+            answer["result"],
+            id[1..],
+            "each answer is its own request's"
+        );
+    }
+    let link = run.link().expect("link");
+    assert_eq!(link["replies_dropped"], 0, "{link}");
+    telemetry_flows(&consumer, batches(&consumer));
+    assert!(run.stop().success());
+}

@@ -45,7 +45,8 @@ fn the_runtime_only_build_runs_a_precompiled_artifact_and_refuses_a_plain_compon
     gw.write_config();
     let binary = runtime_only();
     let mut run = crate::common::Running::spawn_binary(&binary, &gw.config_path(), &[]);
-    run.wait_for("loaded a precompiled component", Duration::from_secs(60));
+    let app = run.wait_running("counter", Duration::from_secs(60));
+    assert_eq!(app["load"], "precompiled", "{app}");
     run.wait_for("counter=3 roundtrip=true", Duration::from_secs(30));
     assert!(run.stop().success());
 

@@ -49,6 +49,8 @@ pub struct AppVersion {
     pub digest: String,
     /// The version number in the deployment registry (0 if not registered).
     pub number: i64,
+    /// How its component was made ready.
+    pub load: Option<crate::wire::protocol::Load>,
 }
 
 /// What every app of the gateway shares.
@@ -123,6 +125,7 @@ pub async fn time_dispatch(
         restarts: 0,
         component: version.digest.clone(),
         version: version.number,
+        load: version.load,
     });
     let metrics = shared.metrics.app(&version.config.name);
     let mut actor = Actor {
@@ -179,6 +182,7 @@ pub fn spawn(
         restarts: 0,
         component: spec.version.digest.clone(),
         version: spec.version.number,
+        load: spec.version.load,
     });
     let db = spec.shared.db.open()?;
     let stopped = spec.stopped;
@@ -498,6 +502,7 @@ impl Actor {
                         tracing::warn!(app = %self.name, "skipping a request whose sender stopped waiting for it");
                         continue;
                     }
+                    event.mark_started();
                     self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     if let Err(crash) = instance.handle(event, timeout).await {
                         return self.crashed(crash);
@@ -733,6 +738,7 @@ impl Actor {
             restarts: self.restarts,
             component: self.version.digest.clone(),
             version: self.version.number,
+            load: self.version.load,
         });
     }
 }
@@ -766,6 +772,7 @@ impl Instance {
                 device,
                 changes,
                 reply,
+                ..
             } => {
                 self.arm(timeout);
                 let result = self
@@ -788,6 +795,7 @@ impl Instance {
                 name,
                 argument,
                 reply,
+                ..
             } => {
                 self.arm(timeout);
                 let result = self

@@ -199,6 +199,19 @@ pub enum AppError {
     /// A new version's `init` failed or crashed; the running one stays.
     #[error("{reason}; version {running} keeps running")]
     SwapRefused { reason: Box<AppError>, running: i64 },
+    /// The app gave no answer within the time its sender waits. `started`
+    /// tells whether it had begun handling the request: if not, it never
+    /// will (the actor skips requests nobody waits for).
+    #[error("the app did not answer within {} s; {}", .within.as_secs(), not_answered(*.started))]
+    NotAnswered { within: Duration, started: bool },
+}
+
+fn not_answered(started: bool) -> &'static str {
+    if started {
+        "it had started handling the request, which may still take effect"
+    } else {
+        "it had not started handling the request, and will not"
+    }
 }
 
 /// Where an app is in its life.
@@ -254,6 +267,8 @@ pub struct AppStatus {
     pub component: String,
     /// Its version number in the deployment registry.
     pub version: i64,
+    /// How its component was made ready.
+    pub load: Option<crate::wire::protocol::Load>,
 }
 
 /// Something for the guest to handle, with where to send the outcome.
@@ -262,14 +277,20 @@ pub enum AppEvent {
         device: String,
         changes: Vec<(String, Value)>,
         reply: oneshot::Sender<Result<(), AppError>>,
+        started: Started,
     },
     Action {
         device: String,
         name: String,
         argument: Option<Value>,
         reply: oneshot::Sender<Result<Option<Value>, AppError>>,
+        started: Started,
     },
 }
+
+/// Set by the actor when it begins handling a request, so that a sender
+/// that gives up can say whether the request may still take effect.
+pub type Started = Arc<std::sync::atomic::AtomicBool>;
 
 impl AppEvent {
     /// Whether whoever sent it has stopped waiting for the answer.
@@ -278,6 +299,12 @@ impl AppEvent {
             AppEvent::Desired { reply, .. } => reply.is_closed(),
             AppEvent::Action { reply, .. } => reply.is_closed(),
         }
+    }
+
+    /// The actor begins handling it.
+    pub fn mark_started(&self) {
+        let (AppEvent::Desired { started, .. } | AppEvent::Action { started, .. }) = self;
+        started.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -303,37 +330,63 @@ impl AppHandle {
     }
 
     /// Deliver desired changes (already checked against the model).
+    /// Deliver desired changes (already checked against the model), and
+    /// wait `within` for the outcome.
     pub async fn desired(
         &self,
         device: String,
         changes: Vec<(String, Value)>,
+        within: Duration,
     ) -> Result<(), AppError> {
-        let (reply, outcome) = oneshot::channel();
-        self.send(AppEvent::Desired {
+        self.ask(within, |reply, started| AppEvent::Desired {
             device,
             changes,
             reply,
+            started,
         })
-        .await?;
-        outcome.await.map_err(|_| self.gone())?
+        .await
     }
 
-    /// Invoke an action (its argument already checked against the model).
+    /// Invoke an action (its argument already checked against the model),
+    /// and wait `within` for its result.
     pub async fn action(
         &self,
         device: String,
         name: String,
         argument: Option<Value>,
+        within: Duration,
     ) -> Result<Option<Value>, AppError> {
-        let (reply, outcome) = oneshot::channel();
-        self.send(AppEvent::Action {
+        self.ask(within, |reply, started| AppEvent::Action {
             device,
             name,
             argument,
             reply,
+            started,
         })
-        .await?;
-        outcome.await.map_err(|_| self.gone())?
+        .await
+    }
+
+    /// Send the event `make` builds and wait `within` (the wait for room in
+    /// the app's queue included) for its answer. Giving up drops the
+    /// answer's receiver, which tells the actor not to run it late.
+    async fn ask<T>(
+        &self,
+        within: Duration,
+        make: impl FnOnce(oneshot::Sender<Result<T, AppError>>, Started) -> AppEvent,
+    ) -> Result<T, AppError> {
+        let (reply, outcome) = oneshot::channel();
+        let started = Started::default();
+        let asked = async {
+            self.send(make(reply, started.clone())).await?;
+            outcome.await.map_err(|_| self.gone())?
+        };
+        match tokio::time::timeout(within, asked).await {
+            Ok(answer) => answer,
+            Err(_) => Err(AppError::NotAnswered {
+                within,
+                started: started.load(std::sync::atomic::Ordering::Acquire),
+            }),
+        }
     }
 
     /// Swap in `version`: `Ok` once its `init` succeeded (an error leaves
@@ -395,6 +448,7 @@ impl AppHandle {
             restarts: 0,
             component: String::new(),
             version: 1,
+            load: None,
         });
         let handle = AppHandle {
             name: name.into(),
@@ -524,6 +578,7 @@ mod tests {
             name: "reset".into(),
             argument: None,
             reply,
+            started: Default::default(),
         };
         assert!(!event.abandoned(), "someone waits");
         drop(waiting);

@@ -21,7 +21,7 @@ use crate::wire::topics::Service;
 
 use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_BYTES};
 use super::topics::{self, Kind};
-use crate::app::Directory;
+use crate::app::{AppError, Directory};
 use crate::model::DeviceModel;
 use crate::store::Database;
 use crate::value::to_json;
@@ -56,6 +56,9 @@ pub struct Downlink {
     tasks: TaskTracker,
     /// The services that take other kinds of messages.
     handlers: HashMap<Service, mpsc::Sender<Inbound>>,
+    /// Refusals are each answered and counted, but logged at this rate at
+    /// most: a flood must not become a flood of log lines.
+    refusal_log: crate::rate::SharedLimit,
 }
 
 impl Downlink {
@@ -79,6 +82,7 @@ impl Downlink {
             cancel,
             tasks,
             handlers: HashMap::new(),
+            refusal_log: crate::rate::SharedLimit::new(5, 20),
         }
     }
 
@@ -113,22 +117,27 @@ impl Downlink {
         }
     }
 
-    /// Handle one message the link received. Never waits.
-    pub fn dispatch(&mut self, topic: &str, payload: &[u8]) {
+    /// Handle one message the link received. Never waits. Returns the
+    /// answer to a request refused here (oversized, for no app, or its
+    /// device busy), for the link to queue itself: it must not wait on the
+    /// channel that the link itself drains.
+    #[must_use = "a refused request is answered with the reply returned"]
+    pub fn dispatch(&mut self, topic: &str, payload: &[u8]) -> Option<Reply> {
         let Some(parsed) = topics::parse(topic).filter(|p| p.gateway == self.gateway) else {
             tracing::warn!(
                 topic,
                 "ignoring a message on a topic that is not part of this gateway's protocol"
             );
-            return;
+            return None;
         };
         let device = parsed.device.to_string();
         if let Some(service) = parsed.kind.service() {
-            return self.hand_over(service, topic, payload);
+            self.hand_over(service, topic, payload);
+            return None;
         }
         // Our own deployment reports come back through the subscription.
         if parsed.kind == Kind::DeployResponse {
-            return;
+            return None;
         }
         let (request, reply_topic) = match parsed.kind {
             Kind::Desired => (
@@ -147,11 +156,13 @@ impl Downlink {
                     topic,
                     "ignoring a message the gateway does not take (only twin/desired and action/+/req come down)"
                 );
-                return;
+                return None;
             }
         };
         let refuse = |error: String| {
-            tracing::warn!(topic, device = %device, "downlink refused: {error}");
+            if self.refusal_log.allow() {
+                tracing::warn!(topic, device = %device, "downlink refused: {error}");
+            }
             self.metrics
                 .downlink_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -162,16 +173,14 @@ impl Downlink {
                 "message of {} bytes is over the limit of {MAX_DOWNLINK_BYTES}",
                 payload.len()
             ));
-            self.send(reply);
-            return;
+            return Some(reply);
         }
         if self.directory.by_device(&device).is_none() {
             let reply = refuse(format!(
                 "no app on gateway {} speaks for device {device}",
                 self.gateway
             ));
-            self.send(reply);
-            return;
+            return Some(reply);
         }
         // A worker that ended (it could not open the database, say) is
         // replaced, never left as a queue nobody drains.
@@ -205,14 +214,9 @@ impl Downlink {
                 reply_topic,
                 format!("device {device} is busy: {DEVICE_QUEUE} requests are waiting"),
             );
-            self.send(reply);
+            return Some(reply);
         }
-    }
-
-    fn send(&self, reply: Reply) {
-        if self.replies.try_send(reply).is_err() {
-            tracing::warn!("dropping a downlink reply: the link is not keeping up");
-        }
+        None
     }
 }
 
@@ -463,18 +467,14 @@ impl Worker {
             ack.rejected.insert(name, reason);
         }
         if !accepted.is_empty() {
-            let outcome = tokio::time::timeout(
-                APP_TIMEOUT,
-                route.handle.desired(device.clone(), accepted.clone()),
-            )
-            .await;
+            let outcome = route
+                .handle
+                .desired(device.clone(), accepted.clone(), APP_TIMEOUT)
+                .await;
             let refused = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(reason)) => Some(format!("the app refused it: {reason}")),
-                Err(_) => Some(format!(
-                    "the app did not answer within {} s",
-                    APP_TIMEOUT.as_secs()
-                )),
+                Ok(()) => None,
+                Err(not_answered @ AppError::NotAnswered { .. }) => Some(not_answered.to_string()),
+                Err(reason) => Some(format!("the app refused it: {reason}")),
             };
             if let Some(reason) = refused {
                 tracing::warn!(device = %device, version, "desired change not applied: {reason}");
@@ -542,9 +542,9 @@ impl Worker {
         };
         let call = route
             .handle
-            .action(device.clone(), name.to_string(), argument);
-        match tokio::time::timeout(APP_TIMEOUT, call).await {
-            Ok(Ok(result)) => {
+            .action(device.clone(), name.to_string(), argument, APP_TIMEOUT);
+        match call.await {
+            Ok(result) => {
                 let result = result
                     .as_ref()
                     .map(to_json)
@@ -562,11 +562,7 @@ impl Worker {
                     error: None,
                 }
             }
-            Ok(Err(reason)) => fail(reason.to_string()),
-            Err(_) => fail(format!(
-                "the app did not answer within {} s",
-                APP_TIMEOUT.as_secs()
-            )),
+            Err(reason) => fail(reason.to_string()),
         }
     }
 }
@@ -720,11 +716,15 @@ mod tests {
             mut conn,
             app,
         } = setup();
-        // The app takes events and never answers them.
+        // The app takes events and never answers them: it begins the
+        // desired change (as the actor marks it) but not the action.
         let _silent = tokio::spawn(async move {
             let mut app = app;
             let mut held = Vec::new();
             while let Some(event) = app.recv().await {
+                if matches!(event, AppEvent::Desired { .. }) {
+                    event.mark_started();
+                }
                 held.push(event);
             }
         });
@@ -732,16 +732,22 @@ mod tests {
         let ack = worker.desired(&mut conn, &desired(1, 22.0)).await;
         assert_eq!(
             ack.rejected["setpoint"],
-            format!("the app did not answer within {} s", APP_TIMEOUT.as_secs())
+            format!(
+                "the app did not answer within {} s; it had started handling the request, which may still take effect",
+                APP_TIMEOUT.as_secs()
+            )
         );
         // Exactly the timeout passed, on tokio's (paused) clock.
         assert_eq!(started.elapsed(), APP_TIMEOUT);
 
         let response = worker.action("reset", br#"{"id": "r1"}"#).await;
         assert_eq!(response.id.as_deref(), Some("r1"));
-        assert!(
-            response.error.unwrap().contains("did not answer"),
-            "the action times out too"
+        assert_eq!(
+            response.error.as_deref(),
+            Some(
+                "the app did not answer within 30 s; it had not started handling the request, and will not"
+            ),
+            "the action times out too, and was never begun"
         );
     }
 
@@ -792,7 +798,8 @@ mod tests {
         drop(gone);
         downlink.workers.insert("thermostat".into(), stopped);
 
-        downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "r1"}"#);
+        let refused = downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "r1"}"#);
+        assert!(refused.is_none(), "taken by a new worker");
         match app.recv().await.expect("the app is asked") {
             AppEvent::Action { name, reply, .. } => {
                 assert_eq!(name, "reset");
@@ -812,11 +819,12 @@ mod tests {
         );
 
         // Oversized: refused with an answer, and counted.
-        downlink.dispatch(
-            "wg/v1/gw/thermostat/action/reset/req",
-            &vec![b' '; MAX_DOWNLINK_BYTES + 1],
-        );
-        let refused = replied.recv().await.expect("a refusal");
+        let refused = downlink
+            .dispatch(
+                "wg/v1/gw/thermostat/action/reset/req",
+                &vec![b' '; MAX_DOWNLINK_BYTES + 1],
+            )
+            .expect("a refusal");
         let refused: ActionResponse = serde_json::from_slice(&refused.payload).expect("json");
         assert!(refused.error.expect("error").contains("over the limit"));
         assert_eq!(

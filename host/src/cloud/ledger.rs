@@ -20,8 +20,20 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use super::downlink::Reply;
 use crate::outbox::Stream;
 
-/// Replies and statuses kept for sending while offline.
-pub const MAX_QUEUED_MESSAGES: usize = 1024;
+/// Bytes of replies and statuses waiting to be sent past which the link
+/// takes no more replies from the apps' workers and services: they wait
+/// (their queues fill, and new requests are answered "busy") rather than
+/// have their answers dropped.
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+
+/// The link's own answers (refusals of requests that never reached a
+/// worker) are queued past [`MAX_QUEUED_BYTES`] up to this hard bound;
+/// beyond it one is dropped and counted.
+pub const HARD_QUEUED_BYTES: usize = 2 * MAX_QUEUED_BYTES;
+
+fn weight(reply: &Reply) -> usize {
+    reply.topic.len() + reply.payload.len()
+}
 
 /// What a publish carried, to settle when its PUBACK comes.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +70,8 @@ pub struct Ledger {
     twins_out: HashSet<String>,
     /// Replies and statuses waiting for a connection or a free slot.
     messages: VecDeque<(Reply, bool)>,
+    /// Their bytes.
+    queued_bytes: usize,
 }
 
 impl Ledger {
@@ -70,7 +84,13 @@ impl Ledger {
             rows_out: HashSet::new(),
             twins_out: HashSet::new(),
             messages: VecDeque::new(),
+            queued_bytes: 0,
         }
+    }
+
+    /// Whether the link should take more replies from workers now.
+    pub fn takes_replies(&self) -> bool {
+        self.queued_bytes < MAX_QUEUED_BYTES
     }
 
     /// Whether another publish fits in the window.
@@ -78,11 +98,13 @@ impl Ledger {
         self.submitted.len() + self.inflight.len() < self.window
     }
 
-    /// Queue a reply; `Err` gives it back when the queue is full.
+    /// Queue a reply; `Err` gives it back when the queue is at its hard
+    /// bound.
     pub fn queue(&mut self, reply: Reply, retain: bool) -> Result<(), Reply> {
-        if self.messages.len() >= MAX_QUEUED_MESSAGES {
+        if self.queued_bytes + weight(&reply) > HARD_QUEUED_BYTES {
             return Err(reply);
         }
+        self.queued_bytes += weight(&reply);
         self.messages.push_back((reply, retain));
         Ok(())
     }
@@ -92,6 +114,11 @@ impl Ledger {
     pub fn queue_latest(&mut self, reply: Reply, retain: bool) {
         self.messages.retain(|(r, _)| r.topic != reply.topic);
         self.messages.push_back((reply, retain));
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        self.queued_bytes = self.messages.iter().map(|(r, _)| weight(r)).sum();
     }
 
     /// The next waiting message, if one fits in the window. Give it back
@@ -100,12 +127,15 @@ impl Ledger {
         if !self.room() {
             return None;
         }
-        self.messages.pop_front()
+        let next = self.messages.pop_front()?;
+        self.queued_bytes -= weight(&next.0);
+        Some(next)
     }
 
     /// A message from [`next_message`](Self::next_message) that could not be
     /// submitted: first again next time.
     pub fn unsent(&mut self, reply: Reply, retain: bool) {
+        self.queued_bytes += weight(&reply);
         self.messages.push_front((reply, retain));
     }
 
@@ -193,6 +223,7 @@ impl Ledger {
             .collect();
         again.extend(self.messages.drain(..));
         self.messages = again;
+        self.recount();
         self.rows_out.clear();
         self.twins_out.clear();
     }
@@ -291,12 +322,29 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_bounded_and_only_the_newest_status_waits() {
+    fn the_queue_is_bounded_in_bytes_and_only_the_newest_status_waits() {
         let mut ledger = Ledger::new(1);
-        for _ in 0..MAX_QUEUED_MESSAGES {
-            ledger.queue(reply("r"), false).expect("room");
+        let big = |topic: &str| Reply {
+            topic: topic.into(),
+            payload: vec![0; (MAX_QUEUED_BYTES / 4) - topic.len()],
+        };
+        for _ in 0..4 {
+            assert!(ledger.takes_replies());
+            ledger.queue(big("r"), false).expect("room");
+        }
+        // Past the soft bound the link stops taking workers' replies, but
+        // its own refusals still queue up to the hard bound.
+        assert!(!ledger.takes_replies());
+        for _ in 0..4 {
+            ledger.queue(big("r"), false).expect("room");
         }
         assert!(ledger.queue(reply("dropped"), false).is_err());
+        // Sending frees room; a disconnect keeps the count right.
+        let (first, retain) = ledger.next_message().expect("a message");
+        ledger.submit(Sent::Message(first, retain));
+        assert!(ledger.queue(reply("fits again"), false).is_ok());
+        ledger.disconnected();
+        assert!(ledger.queue(reply("full again"), false).is_err());
         let mut ledger = Ledger::new(1);
         ledger.queue_latest(reply("status"), true);
         ledger.queue(reply("r"), false).expect("room");

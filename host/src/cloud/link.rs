@@ -24,7 +24,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::downlink::{Downlink, Reply};
-use super::ledger::{Ledger, MAX_QUEUED_MESSAGES, Sent};
+use super::ledger::{HARD_QUEUED_BYTES, Ledger, Sent};
 use super::protocol::{OutboxInfo, Status};
 use super::topics;
 use crate::config::CloudConfig;
@@ -142,7 +142,9 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     biased;
                     _ = cancel.cancelled() => break 'run,
                     event = &mut poll => break event,
-                    Some(reply) = replies.recv() => {
+                    // Past its bound the ledger takes no more: the
+                    // workers wait on this channel instead of losing answers.
+                    Some(reply) = replies.recv(), if link.ledger.takes_replies() => {
                         link.queue(reply, false);
                         link.pump();
                     }
@@ -202,7 +204,10 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 link.pump();
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                downlink.dispatch(&publish.topic, &publish.payload);
+                if let Some(refusal) = downlink.dispatch(&publish.topic, &publish.payload) {
+                    link.queue(refusal, false);
+                    link.pump();
+                }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.sent(pkid),
             Ok(_) => {}
@@ -313,7 +318,14 @@ fn reconnect_backoff(initial: Duration, max: Duration) -> backon::ExponentialBui
 impl Link {
     fn queue(&mut self, reply: Reply, retain: bool) {
         if let Err(reply) = self.ledger.queue(reply, retain) {
-            tracing::warn!(topic = %reply.topic, "dropping a reply: {MAX_QUEUED_MESSAGES} are already waiting for the broker");
+            let dropped = self
+                .metrics
+                .link
+                .replies_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_power_of_two() || dropped == 0 {
+                tracing::warn!(topic = %reply.topic, "dropping a reply: {HARD_QUEUED_BYTES} bytes of replies already wait for the broker ({} dropped so far)", dropped + 1);
+            }
         }
     }
 

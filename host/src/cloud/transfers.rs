@@ -287,12 +287,7 @@ pub async fn receive(
                             "received {}: {} bytes, sha256 {} checked",
                             m.name, m.size, m.sha256
                         );
-                        Ack {
-                            id: id.to_string(),
-                            have: m.chunks,
-                            done: true,
-                            error: None,
-                        }
+                        Ack::done(m)
                     }
                     Err(e) => {
                         eprintln!("refused {}: {e}", m.name);

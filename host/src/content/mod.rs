@@ -42,7 +42,7 @@ pub fn store_path(data_dir: &Path, id: &str, way: Way) -> PathBuf {
 }
 
 /// Which way a transfer goes: from the gateway to the cloud, or back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Way {
     Up,
     Down,
@@ -301,10 +301,12 @@ impl ContentCtx {
         }
         std::fs::create_dir_all(store_dir(&self.data_dir))
             .map_err(|e| GuestError::Unavailable(format!("the content store: {e}")))?;
+        // 64 random bits: an id nobody can guess without reading the
+        // manifest.
         Ok(format!(
-            "up-{}-{:08x}",
+            "up-{}-{:016x}",
             crate::value::now_ns() / 1_000_000,
-            crate::value::random_u64() as u32
+            crate::value::random_u64()
         ))
     }
 }
@@ -322,6 +324,26 @@ pub struct Content {
     pub config: ContentConfig,
     /// Wakes the content service when an app queues an upload.
     pub signal: Arc<Notify>,
+    /// What the content service resumed since the gateway started.
+    pub resumed: Arc<Resumed>,
+}
+
+/// Chunks that transfers already had when the content service took them
+/// up again after a restart of the gateway: work not done twice. Counted
+/// per app and direction, for the app's report.
+#[derive(Default)]
+pub struct Resumed(std::sync::Mutex<std::collections::HashMap<(String, Way), u64>>);
+
+impl Resumed {
+    pub fn add(&self, app: &str, way: Way, chunks: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry((app.to_string(), way)).or_default() += chunks;
+    }
+
+    fn get(&self, app: &str, way: Way) -> u64 {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&(app.to_string(), way)).copied().unwrap_or(0)
+    }
 }
 
 impl Capability for Content {
@@ -372,6 +394,18 @@ CREATE TABLE IF NOT EXISTS transfers (
                 help: "Downloads to the app in progress.",
                 kind: FigureKind::Gauge,
                 value: running(Way::Down),
+            },
+            Figure {
+                name: "upload_chunks_resumed",
+                help: "Chunks uploads of the app did not send again after a restart of the gateway.",
+                kind: FigureKind::Counter,
+                value: self.resumed.get(app.app, Way::Up),
+            },
+            Figure {
+                name: "download_chunks_resumed",
+                help: "Chunks downloads to the app kept across a restart of the gateway.",
+                kind: FigureKind::Counter,
+                value: self.resumed.get(app.app, Way::Down),
             },
         ]
     }

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::transfer::{Ack, Incoming, Manifest, Outgoing};
+use super::transfer::{Ack, InProgress, Incoming, Manifest, Outgoing};
 use super::{Progress, TransferRow, Way, store_path};
 use crate::config::ContentConfig;
 use crate::store::Database;
@@ -35,6 +35,8 @@ pub struct ServiceSpec {
     pub replies: mpsc::Sender<Reply>,
     /// Woken when an app queues an upload.
     pub signal: Arc<Notify>,
+    /// Counts the chunks of what it resumes.
+    pub resumed: Arc<super::Resumed>,
 }
 
 /// Start the service on `tasks`; the returned sender is for the downlink.
@@ -63,8 +65,14 @@ struct Service {
     db: rusqlite::Connection,
     uploads: HashMap<String, Upload>,
     downloads: HashMap<String, (TransferRow, Incoming)>,
+    /// When each download in hand last took a chunk (or was taken up), on
+    /// tokio's clock: one idle for `download_idle` fails.
+    heard: HashMap<String, tokio::time::Instant>,
     /// The pace of uploads (`upload_kib_per_s`), if any.
     pace: Option<crate::rate::SharedLimit>,
+    /// Refusals are answered one by one but logged at this rate at most:
+    /// a flood of manifests must not become a flood of log lines.
+    refusal_log: crate::rate::SharedLimit,
 }
 
 impl Service {
@@ -77,7 +85,9 @@ impl Service {
             spec,
             uploads: HashMap::new(),
             downloads: HashMap::new(),
+            heard: HashMap::new(),
             pace,
+            refusal_log: crate::rate::SharedLimit::new(5, 20),
         })
     }
 
@@ -86,6 +96,7 @@ impl Service {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.load_uploads();
+        self.load_downloads();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -94,7 +105,7 @@ impl Service {
                     None => return,
                 },
                 _ = signal.notified() => self.load_uploads(),
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.expire_idle_downloads().await,
             }
             self.pump().await;
         }
@@ -117,6 +128,7 @@ impl Service {
                 .entry(row.manifest.id.clone())
                 .or_insert_with(|| {
                     if row.have > 0 {
+                        self.spec.resumed.add(&row.app, Way::Up, row.have);
                         tracing::info!(transfer = %row.manifest.id, name = %row.manifest.name, "upload resumed at chunk {} of {}", row.have, row.manifest.chunks);
                     }
                     Upload {
@@ -188,9 +200,12 @@ impl Service {
         let id = ack.id.clone();
         let outcome = if let Some(error) = &ack.error {
             Some(Err(error.clone()))
-        } else if ack.done && ack.have >= upload.row.manifest.chunks {
+        } else if upload.sender.confirms_done(&ack) {
             Some(Ok(upload.row.manifest.chunks))
         } else {
+            if ack.done && self.refusal_log.allow() {
+                tracing::warn!(device, transfer = %id, "not believing an upload's \"done\": it claims chunks not yet sent, or not the content's sha256");
+            }
             upload.sender.heard(ack.have, Instant::now());
             if let Err(e) = super::set_have(&self.db, &id, Way::Up, upload.sender.have) {
                 tracing::warn!(transfer = %id, "cannot record the upload's progress: {e}");
@@ -234,7 +249,9 @@ impl Service {
     }
 
     async fn refuse(&mut self, device: &str, id: String, error: String) {
-        tracing::warn!(device, transfer = %id, "download refused: {error}");
+        if self.refusal_log.allow() {
+            tracing::warn!(device, transfer = %id, "download refused: {error}");
+        }
         self.answer(
             device,
             Ack {
@@ -276,12 +293,7 @@ impl Service {
                     .await;
             }
             let ack = match &row.progress {
-                Progress::Done => Ack {
-                    id,
-                    have: row.manifest.chunks,
-                    done: true,
-                    error: None,
-                },
+                Progress::Done => Ack::done(&row.manifest),
                 Progress::Failed(why) => Ack {
                     id,
                     error: Some(why.clone()),
@@ -299,6 +311,9 @@ impl Service {
                 },
             };
             return self.answer(device, ack).await;
+        }
+        if let Err(e) = self.admit(manifest.size) {
+            return self.refuse(device, id, e).await;
         }
         let Some(app) = self.spec.directory.owner(device) else {
             return self
@@ -342,17 +357,107 @@ impl Service {
         }
     }
 
+    /// Whether a new download of `size` bytes fits next to those in
+    /// progress (their count, their announced bytes, the free disk).
+    fn admit(&self, size: u64) -> Result<(), String> {
+        let rows = super::running(&self.db, Way::Down)
+            .map_err(|e| format!("the gateway cannot read its downloads: {e}"))?;
+        let in_progress: Vec<InProgress> = rows
+            .iter()
+            .map(|r| InProgress {
+                size: r.manifest.size,
+                written: r.manifest.bytes_in(r.have),
+            })
+            .collect();
+        let free = super::transfer::free_bytes(&super::store_dir(&self.spec.data_dir));
+        super::transfer::admit(&self.spec.config, &in_progress, size, free)
+            .map_err(|e| e.to_string())
+    }
+
+    /// At start: take up every download the table says is in progress, so
+    /// that each is either continued or expires, and delete files in the
+    /// store that no transfer in progress owns (left by a crash between
+    /// a transfer's end and its file's removal).
+    fn load_downloads(&mut self) {
+        let rows = super::running(&self.db, Way::Down).unwrap_or_else(|e| {
+            tracing::error!("cannot read the downloads: {e}");
+            Vec::new()
+        });
+        let Ok(uploads) = super::running(&self.db, Way::Up) else {
+            return;
+        };
+        let owned: std::collections::HashSet<PathBuf> = rows
+            .iter()
+            .map(|r| store_path(&self.spec.data_dir, &r.manifest.id, Way::Down))
+            .chain(
+                uploads
+                    .iter()
+                    .map(|r| store_path(&self.spec.data_dir, &r.manifest.id, Way::Up)),
+            )
+            .collect();
+        let store = super::store_dir(&self.spec.data_dir);
+        for entry in std::fs::read_dir(&store).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !owned.contains(&path) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!(file = %path.display(), "deleted a stale file of a finished transfer")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), "cannot delete a stale transfer file: {e}")
+                    }
+                }
+            }
+        }
+        for row in rows {
+            let id = row.manifest.id.clone();
+            if let Err(e) = self.resume(row) {
+                // Failed, so that it no longer counts as in progress.
+                tracing::warn!(transfer = %id, "cannot take up the download: {e}");
+                if let Err(e) = super::finish(&self.db, &id, Way::Down, Err(&e)) {
+                    tracing::error!(transfer = %id, "cannot record the download's outcome: {e}");
+                }
+            }
+        }
+    }
+
+    /// Fail the downloads that took no chunk for `download_idle`: their
+    /// sender went away, and their partial files must not stay.
+    async fn expire_idle_downloads(&mut self) {
+        let idle = self.spec.config.download_idle;
+        let now = tokio::time::Instant::now();
+        let expired: Vec<(String, String)> = self
+            .heard
+            .iter()
+            .filter(|(_, heard)| now.duration_since(**heard) >= idle)
+            .filter_map(|(id, _)| {
+                let (row, _) = self.downloads.get(id)?;
+                Some((row.device.clone(), id.clone()))
+            })
+            .collect();
+        for (device, id) in expired {
+            let error = format!(
+                "expired: no chunk came for {} s (content.download_idle_s)",
+                idle.as_secs()
+            );
+            self.fail_download(&device, &id, error).await;
+        }
+    }
+
     /// Hold a running download's receiving end (opening its file again after
     /// a restart); how many chunks it has.
     fn resume(&mut self, row: TransferRow) -> Result<u64, String> {
         if let Some((_, incoming)) = self.downloads.get(&row.manifest.id) {
             return Ok(incoming.have);
         }
+        self.heard
+            .insert(row.manifest.id.clone(), tokio::time::Instant::now());
         let path = store_path(&self.spec.data_dir, &row.manifest.id, Way::Down);
         let incoming = Incoming::open(row.manifest.clone(), &path, row.have)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let have = incoming.have;
         if have > 0 {
+            self.spec.resumed.add(&row.app, Way::Down, have);
             tracing::info!(transfer = %row.manifest.id, name = %row.manifest.name, "download resumed at chunk {have} of {}", row.manifest.chunks);
         }
         self.downloads
@@ -377,6 +482,8 @@ impl Service {
         let Some((_, incoming)) = self.downloads.get_mut(id) else {
             return;
         };
+        self.heard
+            .insert(id.to_string(), tokio::time::Instant::now());
         match incoming.chunk(index, payload) {
             Err(e) => self.fail_download(device, id, e).await,
             Ok(None) => {}
@@ -399,6 +506,7 @@ impl Service {
     }
 
     async fn fail_download(&mut self, device: &str, id: &str, error: String) {
+        self.heard.remove(id);
         if let Some((row, incoming)) = self.downloads.remove(id) {
             let _ = std::fs::remove_file(&incoming.path);
             tracing::warn!(app = %row.app, device, transfer = %id, name = %row.manifest.name, "download failed: {error}");
@@ -421,6 +529,7 @@ impl Service {
         let Some((row, mut incoming)) = self.downloads.remove(id) else {
             return;
         };
+        self.heard.remove(id);
         if let Err(e) = incoming.verify() {
             self.downloads.insert(id.to_string(), (row, incoming));
             return self.fail_download(device, id, e.to_string()).await;
@@ -442,15 +551,6 @@ impl Service {
         if let Err(e) = super::finish(&self.db, id, Way::Down, Ok(chunks)) {
             tracing::error!(transfer = %id, "cannot record the download's outcome: {e}");
         }
-        self.answer(
-            device,
-            Ack {
-                id: id.to_string(),
-                have: chunks,
-                done: true,
-                error: None,
-            },
-        )
-        .await;
+        self.answer(device, Ack::done(&row.manifest)).await;
     }
 }

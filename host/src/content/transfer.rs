@@ -29,6 +29,10 @@ pub const PROBE: Duration = Duration::from_secs(2);
 /// The largest chunk either end takes.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
 
+/// The most chunks a transfer (or a deployment, chunked the same way) may
+/// come in: for 64 MiB, chunks of at least 1 KiB.
+pub const MAX_CHUNKS: u64 = 65_536;
+
 pub use crate::config::DEFAULT_CHUNK_BYTES;
 
 /// What is coming: sent first, and again whenever the sender asks where the
@@ -47,8 +51,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// A manifest for `size` bytes with this digest, in chunks of `chunk_size`.
+    /// A manifest for `size` bytes with this digest, in chunks of
+    /// `chunk_size`, or larger ones where that would make more than
+    /// [`MAX_CHUNKS`].
     pub fn new(id: String, name: String, size: u64, sha256: String, chunk_size: u64) -> Manifest {
+        let chunk_size = chunk_size.max(size.div_ceil(MAX_CHUNKS)).max(1);
         Manifest {
             chunks: size.div_ceil(chunk_size).max(1),
             id,
@@ -69,8 +76,11 @@ impl Manifest {
                 max: max_bytes,
             });
         }
+        // At most MAX_CHUNKS chunks: what a transfer keeps per chunk (its
+        // place among those that came out of order) is then bounded too.
         if !(1..=MAX_CHUNK_BYTES).contains(&self.chunk_size)
             || self.chunks != self.size.div_ceil(self.chunk_size).max(1)
+            || self.chunks > MAX_CHUNKS
         {
             return Err(TransferError::Sizes {
                 size: self.size,
@@ -115,9 +125,25 @@ pub struct Ack {
     /// The whole content arrived and its sha256 matched.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub done: bool,
+    /// With `done`: the sha256 the receiver computed of what it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// The transfer is refused or corrupt; the sender stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Ack {
+    /// The whole content arrived and its sha256 is the manifest's.
+    pub fn done(manifest: &Manifest) -> Ack {
+        Ack {
+            id: manifest.id.clone(),
+            have: manifest.chunks,
+            done: true,
+            sha256: Some(manifest.sha256.to_ascii_lowercase()),
+            error: None,
+        }
+    }
 }
 
 /// What a sender does next.
@@ -134,6 +160,10 @@ pub struct Outgoing {
     /// Chunks the receiver confirmed.
     pub have: u64,
     next: u64,
+    /// Chunks sent from the start (the highest index sent, plus one): a
+    /// receiver cannot confirm more than this, so an acknowledgement from
+    /// someone who never received the chunks is not believed.
+    sent_through: u64,
     heard: Instant,
     asked: Option<Instant>,
 }
@@ -144,16 +174,30 @@ impl Outgoing {
             manifest,
             have,
             next: have,
+            sent_through: have,
             heard: now,
             asked: None,
         }
     }
 
-    /// The receiver said how far it is.
+    /// The receiver said how far it is; what it claims beyond the chunks
+    /// sent so far is not believed.
     pub fn heard(&mut self, have: u64, now: Instant) {
         self.heard = now;
-        self.have = self.have.max(have.min(self.manifest.chunks));
+        self.have = self.have.max(have.min(self.sent_through));
         self.next = self.next.max(self.have);
+    }
+
+    /// Whether `ack` is a believable "done": it claims every chunk, with
+    /// the content's sha256, and every chunk was sent.
+    pub fn confirms_done(&self, ack: &Ack) -> bool {
+        ack.done
+            && ack.have >= self.manifest.chunks
+            && self.sent_through >= self.manifest.chunks
+            && ack
+                .sha256
+                .as_deref()
+                .is_some_and(|d| d.eq_ignore_ascii_case(&self.manifest.sha256))
     }
 
     /// The next message to publish, within the window and `pace`: its topic
@@ -211,7 +255,10 @@ impl Outgoing {
                 self.asked = Some(now);
                 self.next = self.have;
             }
-            Step::Chunk(index) => self.next = index + 1,
+            Step::Chunk(index) => {
+                self.next = index + 1;
+                self.sent_through = self.sent_through.max(index + 1);
+            }
         }
     }
 }
@@ -315,7 +362,7 @@ pub enum TransferError {
     #[error("{size} bytes is over the limit of {max}")]
     TooLarge { size: u64, max: u64 },
     #[error(
-        "size {size} in {chunks} chunks of {chunk_size} bytes does not add up (chunks of at most {} KiB)",
+        "size {size} in {chunks} chunks of {chunk_size} bytes does not add up (at most {MAX_CHUNKS} chunks of at most {} KiB)",
         MAX_CHUNK_BYTES >> 10
     )]
     Sizes {
@@ -332,6 +379,78 @@ pub enum TransferError {
     },
     #[error("the content's sha256 is {actual}, not the announced {announced}: refused as corrupt")]
     Corrupt { actual: String, announced: String },
+    #[error(
+        "busy: {running} downloads are in progress, the most the gateway takes at once (content.max_downloads); send it again later"
+    )]
+    Busy { running: u64 },
+    #[error(
+        "busy: {size} more bytes would put the downloads in progress over their budget of {max} bytes (content.downloads_max_mib); send it again later"
+    )]
+    OverBudget { size: u64, max: u64 },
+    #[error(
+        "not enough disk: {size} bytes would leave less than the {reserve} bytes kept free for the outbox (content.disk_reserve_mib); {free} bytes are free and downloads in progress still need {owed}"
+    )]
+    Disk {
+        size: u64,
+        free: u64,
+        owed: u64,
+        reserve: u64,
+    },
+}
+
+/// A download in progress, as admission counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct InProgress {
+    /// Its announced size.
+    pub size: u64,
+    /// Bytes it has written so far.
+    pub written: u64,
+}
+
+/// Whether a new download of `size` bytes may start next to those in
+/// progress, with `free` bytes free on the data directory's filesystem
+/// (`None` when that cannot be read: the other limits still hold).
+pub fn admit(
+    config: &crate::config::ContentConfig,
+    in_progress: &[InProgress],
+    size: u64,
+    free: Option<u64>,
+) -> Result<(), TransferError> {
+    let running = in_progress.len() as u64;
+    if running >= config.max_downloads {
+        return Err(TransferError::Busy { running });
+    }
+    let announced: u64 = in_progress.iter().map(|d| d.size).sum();
+    if announced.saturating_add(size) > config.downloads_max_bytes {
+        return Err(TransferError::OverBudget {
+            size,
+            max: config.downloads_max_bytes,
+        });
+    }
+    if let Some(free) = free {
+        let owed: u64 = in_progress
+            .iter()
+            .map(|d| d.size.saturating_sub(d.written))
+            .sum();
+        let needed = owed
+            .saturating_add(size)
+            .saturating_add(config.disk_reserve_bytes);
+        if free < needed {
+            return Err(TransferError::Disk {
+                size,
+                free,
+                owed,
+                reserve: config.disk_reserve_bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Bytes free to this process on the filesystem that holds `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// sha256 of a file, hex.
@@ -370,6 +489,41 @@ pub fn read_chunk(path: &Path, manifest: &Manifest, index: u64) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission_caps_count_budget_and_disk() {
+        let config = crate::config::ContentConfig {
+            max_downloads: 2,
+            downloads_max_bytes: 100,
+            disk_reserve_bytes: 10,
+            ..Default::default()
+        };
+        let one = [InProgress {
+            size: 60,
+            written: 20,
+        }];
+        assert!(admit(&config, &[], 100, Some(110)).is_ok());
+        assert!(admit(&config, &one, 40, None).is_ok());
+        // Two at once at most.
+        let two = [one[0], one[0]];
+        assert!(matches!(
+            admit(&config, &two, 1, None),
+            Err(TransferError::Busy { running: 2 })
+        ));
+        // 60 announced + 41 > 100.
+        assert!(matches!(
+            admit(&config, &one, 41, None),
+            Err(TransferError::OverBudget { .. })
+        ));
+        // 40 still owed + 30 + 10 kept free > 79.
+        let refused = admit(&config, &one, 30, Some(79)).expect_err("the disk is short");
+        assert!(
+            matches!(refused, TransferError::Disk { owed: 40, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("content.disk_reserve_mib"));
+        assert!(admit(&config, &one, 30, Some(80)).is_ok());
+    }
 
     fn content(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 % 251) as u8).collect()
@@ -459,6 +613,40 @@ mod tests {
         let later = now + PROBE;
         assert_eq!(sender.step(later), Some(Step::Manifest));
         assert_eq!(sender.step(later), Some(Step::Chunk(5)));
+    }
+
+    #[test]
+    fn a_receiver_cannot_confirm_chunks_it_was_never_sent() {
+        let bytes = content(10 * 1000);
+        let manifest = manifest_of(&bytes, 1000);
+        let now = Instant::now();
+        let mut sender = Outgoing::new(manifest.clone(), 0, now);
+        assert_eq!(sender.step(now), Some(Step::Manifest));
+        // A forged "done" before any chunk went: not believed, and its
+        // `have` counts only what was sent.
+        let forged = Ack::done(&manifest);
+        assert!(!sender.confirms_done(&forged));
+        sender.heard(forged.have, now);
+        assert_eq!(sender.have, 0);
+        while let Some(step) = sender.step(now) {
+            if let Step::Chunk(i) = step {
+                sender.heard(i + 1, now);
+            }
+        }
+        assert_eq!(sender.have, manifest.chunks);
+        // Every chunk went: a "done" with the content's digest is believed,
+        // one without it or with another is not.
+        assert!(sender.confirms_done(&forged));
+        let without = Ack {
+            sha256: None,
+            ..forged.clone()
+        };
+        assert!(!sender.confirms_done(&without));
+        let other = Ack {
+            sha256: Some("00".repeat(32)),
+            ..forged
+        };
+        assert!(!sender.confirms_done(&other));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{AppReport, DeployClient, DeployRequest, MAX_ARTIFACT_BYTES};
 use crate::report::{LinkInfo, Reporter};
+use crate::wire::protocol::OutboxInfo;
 
 /// The socket's name in the data directory.
 pub const SOCKET: &str = "admin.sock";
@@ -76,6 +77,9 @@ pub struct Response {
     /// With `apps`: the cloud link now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkInfo>,
+    /// With `apps`: the outbox now, as the writer sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<String>>,
 }
@@ -205,6 +209,7 @@ async fn handle(request: Request, deploy: &DeployClient, reporter: &Reporter) ->
                     ok: true,
                     apps: Some(apps),
                     link: Some(reporter.link()),
+                    outbox: Some(reporter.outbox()),
                     ..Response::default()
                 },
                 Err(e) => Response {

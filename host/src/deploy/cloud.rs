@@ -30,9 +30,8 @@ use crate::wire::{Inbound, Reply};
 /// The largest chunk taken.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 20;
 
-/// The most chunks a deployment may come in: for the largest component,
-/// chunks of at least 1 KiB.
-pub const MAX_CHUNKS: u64 = 65_536;
+/// The most chunks a deployment may come in (as a content transfer).
+pub use crate::content::transfer::MAX_CHUNKS;
 
 /// A transfer that stops receiving chunks for this long is dropped.
 const STALE: Duration = Duration::from_secs(600);

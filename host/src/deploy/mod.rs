@@ -30,10 +30,11 @@ use crate::app::{
     self, AppError, AppShared, AppSpec, AppVersion, Control, Directory, Entry, Outcome,
 };
 use crate::config::Config;
-use crate::engine::{Runtime, Source};
+use crate::engine::Runtime;
 use crate::model::{DeviceModel, ModelError, check_name};
 use crate::report::Reporter;
 use crate::wire::protocol::AppInfo;
+use crate::wire::protocol::Load;
 use artifacts::Artifacts;
 use registry::{Outcome as VersionOutcome, Spec};
 
@@ -301,7 +302,7 @@ impl Deployer {
                     )
                 })?;
             log_load(&app.name, &loaded.source, loaded.elapsed);
-            loaded_now.insert(app.name.clone(), loaded.pre);
+            loaded_now.insert(app.name.clone(), (loaded.pre, loaded.source));
             let digest = self.artifacts.put(&component)?;
             let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
             registry::set_current(&self.db(), &app.name, number)?;
@@ -334,14 +335,14 @@ impl Deployer {
         &self,
         app: &str,
         number: i64,
-        loaded: Option<crate::bindings::AppPre<app::AppCtx>>,
+        loaded: Option<(crate::bindings::AppPre<app::AppCtx>, Load)>,
     ) -> anyhow::Result<AppVersion> {
         let record = registry::get(&self.db(), app, number)?
             .with_context(|| format!("app {app}: version {number} is not in the registry"))?;
         let model = DeviceModel::parse(&record.spec.model.to_string())
             .map_err(|e| anyhow::anyhow!("app {app}: {e}"))?;
-        let pre = match loaded {
-            Some(pre) => pre,
+        let (pre, load) = match loaded {
+            Some(ready) => ready,
             None => {
                 let bytes = self.artifacts.get(&record.digest).with_context(|| {
                     format!("app {app}: the artifact of version {number} is missing")
@@ -351,7 +352,7 @@ impl Deployer {
                     .await?
                     .with_context(|| format!("app {app}"))?;
                 log_load(app, &loaded.source, loaded.elapsed);
-                loaded.pre
+                (loaded.pre, loaded.source)
             }
         };
         let device_models = record
@@ -365,6 +366,7 @@ impl Deployer {
             pre,
             digest: record.digest,
             number,
+            load: Some(load),
         })
     }
 
@@ -503,6 +505,7 @@ impl Deployer {
             pre: loaded.pre,
             digest,
             number,
+            load: Some(loaded.source),
         };
         self.switch_to(&app, version, current.map(|c| c.version))
             .await
@@ -800,19 +803,19 @@ impl Spec {
     }
 }
 
-fn log_load(app: &str, source: &Source, elapsed: Duration) {
+fn log_load(app: &str, source: &Load, elapsed: Duration) {
     match source {
-        Source::Compiled => tracing::info!(
+        Load::Compiled => tracing::info!(
             app,
             "compiled component in {} ms (kept in the compile cache)",
             elapsed.as_millis()
         ),
-        Source::Cache => tracing::info!(
+        Load::Cache => tracing::info!(
             app,
             "loaded component from the compile cache in {} ms",
             elapsed.as_millis()
         ),
-        Source::Precompiled => tracing::info!(
+        Load::Precompiled => tracing::info!(
             app,
             "loaded a precompiled component in {} ms",
             elapsed.as_millis()

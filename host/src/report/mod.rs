@@ -39,6 +39,9 @@ pub struct LinkInfo {
     /// Downlink messages refused before a worker or service took them.
     #[serde(default)]
     pub downlink_refused: u64,
+    /// Replies dropped because too many already waited for the broker.
+    #[serde(default)]
+    pub replies_dropped: u64,
     /// Why the last connection failed or ended, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -163,6 +166,7 @@ impl Reporter {
                     state: status.state.run_state(),
                     version: status.version,
                     component: status.component.clone(),
+                    load: status.load,
                     restarts: status.restarts,
                     error: status.state.error().map(str::to_string),
                     events: numbers.events,
@@ -208,6 +212,7 @@ impl Reporter {
             points,
             bytes: self.usage.total_bytes(),
             streams,
+            write_error: self.usage.write_error().map(|e| e.to_string()),
         }
     }
 
@@ -221,6 +226,7 @@ impl Reporter {
             messages_sent: link.messages_sent.load(Ordering::Relaxed),
             bytes_sent: link.bytes_sent.load(Ordering::Relaxed),
             downlink_refused: link.downlink_refused.load(Ordering::Relaxed),
+            replies_dropped: link.replies_dropped.load(Ordering::Relaxed),
             last_error: link.last_error(),
         }
     }

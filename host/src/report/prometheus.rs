@@ -238,6 +238,12 @@ impl Collector for Scrape {
                 link.downlink_refused as f64,
             ),
             (
+                "wasmgate_cloud_replies_dropped",
+                "Replies dropped because too many bytes of them already waited for the broker.",
+                MetricType::Counter,
+                link.replies_dropped as f64,
+            ),
+            (
                 "wasmgate_cloud_reconnects",
                 "Connections to the broker made after the first.",
                 MetricType::Counter,

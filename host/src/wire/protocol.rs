@@ -37,6 +37,10 @@ pub struct AppInfo {
     pub version: i64,
     /// sha256 of the running component.
     pub component: String,
+    /// How its component was made ready: compiled now, taken from the
+    /// compile cache, or a precompiled artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
     pub restarts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -62,6 +66,18 @@ pub struct AppInfo {
     /// The devices the app registered (indirectly connected devices).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<RegisteredDevice>,
+}
+
+/// How a component was made ready to run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Load {
+    /// Compiled by this gateway (and kept in its compile cache).
+    Compiled,
+    /// Taken from the compile cache.
+    Cache,
+    /// An artifact made by `wasmgate compile`.
+    Precompiled,
 }
 
 /// Where an app's actor is in its life.
@@ -119,6 +135,10 @@ pub struct OutboxInfo {
     /// Per stream (telemetry of a series, or an alert, of a device).
     #[serde(default)]
     pub streams: Vec<StreamInfo>,
+    /// Why the database takes no writes now (a full disk, say), while it
+    /// does not; points wait in memory meanwhile and `record` refuses more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_error: Option<String>,
 }
 
 /// One stream of the outbox.
