@@ -769,3 +769,64 @@ fn wasmgate_logs_shows_an_apps_recent_lines() {
     assert!(out.contains("no app named \"nobody\""), "{out}");
     assert!(run.stop().success());
 }
+
+#[test]
+fn a_guest_that_sleeps_in_a_host_call_is_cut_off_at_its_deadline_and_never_holds_up_control() {
+    let gw = with_healthy_counter().app(
+        "sleeper",
+        &guest("sleeper"),
+        &model("empty"),
+        "tick_interval_ms = 100\ncall_timeout_ms = 300\n[app.restart]\nbackoff_initial_ms = 2000\nmax_crashes = 2",
+    );
+    let mut run = gw.start();
+    // Its first tick sleeps 90 s; the call is cut off at 300 ms plus the
+    // grace, counted as a crash, and the app restarts.
+    let crashed = run.wait_app("sleeper", T, "crashed once", |a| {
+        a["restarts"].as_u64() >= Some(1) || a["state"] == "restarting"
+    });
+    let error = crashed["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("on-tick: the call ran past its deadline of 300 ms, waiting in a host call"),
+        "{crashed}"
+    );
+    // Control does not wait on it: stopping it while it sleeps again is
+    // answered within the bound of one call.
+    run.wait_app("sleeper", T, "running again", |a| a["state"] == "running");
+    let config = gw.config_path();
+    let (ok, out, err) = wasmgate(&[
+        "stop",
+        "sleeper",
+        "--gateway",
+        config.to_str().expect("path"),
+    ]);
+    assert!(ok, "{out}{err}");
+    let stopped = run.wait_app("sleeper", T, "stopped", |a| a["state"] == "stopped");
+    // Each call it made took at most its deadline plus the grace (and the
+    // init calls next to nothing).
+    let calls = stopped["calls"].as_u64().expect("calls") as f64;
+    let seconds = stopped["call_seconds"].as_f64().expect("call_seconds");
+    assert!(
+        seconds <= calls * 0.8 + 0.5,
+        "{seconds} s in {calls} calls: {stopped}"
+    );
+    healthy_keeps_pace(&mut run, Duration::from_secs(2));
+    stays_bounded(&mut run, 512);
+}
+
+#[test]
+fn as_many_busy_apps_as_cores_leave_a_neighbours_ticks_on_time() {
+    let spinner = "tick_interval_ms = 1000\ncall_timeout_ms = 950\n[app.restart]\nbackoff_initial_ms = 50\nbackoff_max_ms = 50\nmax_crashes = 1000\nwindow_s = 60";
+    let gw = with_healthy_counter()
+        .app("spin-a", &guest("loop-forever"), &model("empty"), spinner)
+        .app("spin-b", &guest("loop-forever"), &model("empty"), spinner);
+    let mut run = gw.start();
+    for name in ["spin-a", "spin-b"] {
+        run.wait_app(name, T, "spinning and interrupted", |a| {
+            a["traps"].as_u64() >= Some(1)
+        });
+    }
+    // Both spin for 950 ms of every second on this 2-core machine; the
+    // counter's 50 ms ticks keep their pace.
+    healthy_keeps_pace(&mut run, Duration::from_secs(3));
+    stays_bounded(&mut run, 512);
+}

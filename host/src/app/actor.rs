@@ -148,10 +148,11 @@ pub async fn time_dispatch(
     let started = Instant::now();
     for _ in 0..n {
         instance.arm(timeout);
-        let result = instance
-            .app
-            .call_on_tick(&mut instance.store, now_ns())
-            .await;
+        let result = within(
+            timeout,
+            instance.app.call_on_tick(&mut instance.store, now_ns()),
+        )
+        .await;
         instance.finish(result, "on-tick", timeout)?;
     }
     let tick = started.elapsed() / n.max(1);
@@ -159,10 +160,13 @@ pub async fn time_dispatch(
     let started = Instant::now();
     for _ in 0..n {
         instance.arm(timeout);
-        let result = instance
-            .app
-            .call_on_desired(&mut instance.store, "bench", &changes)
-            .await;
+        let result = within(
+            timeout,
+            instance
+                .app
+                .call_on_desired(&mut instance.store, "bench", &changes),
+        )
+        .await;
         let _ = instance.finish(result, "on-desired", timeout)?;
     }
     Ok((tick, started.elapsed() / n.max(1)))
@@ -373,14 +377,15 @@ impl Actor {
         let mut instance = self.instantiate(version).await?;
         let timeout = version.config.call_timeout;
         instance.arm(timeout);
-        let result = instance
-            .app
-            .call_init(
+        let result = within(
+            timeout,
+            instance.app.call_init(
                 &mut instance.store,
                 &version.config.config,
                 previous.as_deref(),
-            )
-            .await;
+            ),
+        )
+        .await;
         match instance.finish(result, "init", timeout)? {
             Ok(()) => {
                 tracing::info!(
@@ -430,16 +435,23 @@ impl Actor {
             if Instant::now() >= data.deadline {
                 Err(DeadlineExceeded(data.call_timeout).into())
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // `yield_now` lets tokio run its timers and I/O before
+                // this task is polled again; a plain yield re-wakes it at
+                // once, and busy guests then starve other apps' ticks.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         store.data_mut().deadline = Instant::now() + config.call_timeout;
         store.set_epoch_deadline(1);
-        let app = version
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| describe(&e, "instantiation", &stderr_tail))?;
+        let app = within(
+            config.call_timeout,
+            version.pre.instantiate_async(&mut store),
+        )
+        .await
+        .map_err(|e| describe(&e, "instantiation", &stderr_tail))?;
         Ok(Instance {
             store,
             app,
@@ -511,7 +523,7 @@ impl Actor {
                 _ = ticker.tick() => {
                     self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
-                    let result = instance.app.call_on_tick(&mut instance.store, now_ns()).await;
+                    let result = within(timeout, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
                         return self.crashed(crash);
                     }
@@ -546,7 +558,7 @@ impl Actor {
         };
         let timeout = self.version.config.call_timeout;
         old.arm(timeout);
-        let saved = old.app.call_save(&mut old.store).await;
+        let saved = within(timeout, old.app.call_save(&mut old.store)).await;
         let saved = match old.finish(saved, "save", timeout) {
             Ok(state) => state,
             Err(crash) => {
@@ -556,10 +568,12 @@ impl Actor {
             }
         };
         new.arm(version.config.call_timeout);
-        let init = new
-            .app
-            .call_init(&mut new.store, &version.config.config, saved.as_deref())
-            .await;
+        let init = within(
+            version.config.call_timeout,
+            new.app
+                .call_init(&mut new.store, &version.config.config, saved.as_deref()),
+        )
+        .await;
         match new.finish(init, "init", version.config.call_timeout) {
             Ok(Ok(())) => {}
             failed => {
@@ -703,7 +717,7 @@ impl Actor {
     async fn stop(&mut self, mut instance: Instance) {
         let timeout = self.version.config.call_timeout;
         instance.arm(timeout);
-        let result = instance.app.call_save(&mut instance.store).await;
+        let result = within(timeout, instance.app.call_save(&mut instance.store)).await;
         match instance.finish(result, "save", timeout) {
             Ok(Some(state)) if state.len() > MAX_SAVED_STATE => tracing::warn!(
                 app = %self.name,
@@ -775,10 +789,11 @@ impl Instance {
                 ..
             } => {
                 self.arm(timeout);
-                let result = self
-                    .app
-                    .call_on_desired(&mut self.store, &device, &changes)
-                    .await;
+                let result = within(
+                    timeout,
+                    self.app.call_on_desired(&mut self.store, &device, &changes),
+                )
+                .await;
                 match self.finish(result, "on-desired", timeout) {
                     Ok(outcome) => {
                         let _ = reply.send(outcome.map_err(AppError::Refused));
@@ -798,10 +813,12 @@ impl Instance {
                 ..
             } => {
                 self.arm(timeout);
-                let result = self
-                    .app
-                    .call_on_action(&mut self.store, &device, &name, argument.as_ref())
-                    .await;
+                let result = within(
+                    timeout,
+                    self.app
+                        .call_on_action(&mut self.store, &device, &name, argument.as_ref()),
+                )
+                .await;
                 match self.finish(result, "on-action", timeout) {
                     Ok(outcome) => {
                         let _ = reply.send(outcome.map_err(AppError::Refused));
@@ -818,15 +835,41 @@ impl Instance {
 }
 
 /// Say why a call failed, for the log, the app's state and the cloud.
+/// How long a call may stay past its deadline inside a host call (a sleep,
+/// a wait on a pollable), where the epoch deadline cannot reach it, before
+/// it is cut off. The call's future is then dropped, with its instance, and
+/// the app counts as crashed.
+pub const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
+
+/// Bound an export call in wall time: its deadline plus [`HOST_CALL_GRACE`].
+async fn within<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(timeout + HOST_CALL_GRACE, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StuckInHostCall(timeout).into()),
+    }
+}
+
+/// A call stayed in a host call past its deadline and was cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("the call ran past its deadline of {} ms, waiting in a host call (a sleep, say); it was cut off and its instance dropped", .0.as_millis())]
+struct StuckInHostCall(Duration);
+
 fn describe(error: &wasmtime::Error, call: &str, stderr_tail: &StderrTail) -> AppError {
     let mut text = if let Some(deadline) = error.downcast_ref::<DeadlineExceeded>() {
         format!("{call}: {deadline}")
+    } else if let Some(stuck) = error.downcast_ref::<StuckInHostCall>() {
+        format!("{call}: {stuck}")
     } else if let Some(memory) = error.downcast_ref::<MemoryLimitHit>() {
         format!("{call}: {memory}")
     } else if let Some(trap) = error.downcast_ref::<Trap>() {
         format!("{call} trapped: {trap}")
     } else {
-        format!("{call} failed: {error}")
+        // The whole chain: the outermost context alone ("error while
+        // executing at wasm backtrace ...") can hide the cause.
+        format!("{call} failed: {error:#}")
     };
     if let Some(tail) = stderr_tail.summary() {
         text.push_str(&format!(" (guest stderr: {tail})"));
