@@ -22,7 +22,7 @@ use crate::outbox::{self, Batch, IngestSender, Kind, Usage};
 use crate::policy::{AlertSeverity, Pipeline, Sample};
 use crate::rate::SharedLimit;
 use crate::registration::{self, Registration};
-use crate::value::{fields_to_json, now_ns, time_to_ns};
+use crate::value::{fields_to_json, now_ns, plausible_time, time_to_ns};
 
 /// Points buffered in the app before they are handed to the writer thread.
 pub const FLUSH_POINTS: usize = 4096;
@@ -387,7 +387,9 @@ impl DeviceCtx {
         for (i, point) in points.into_iter().enumerate() {
             let at = |m: String| if i == 0 { m } else { format!("point {i}: {m}") };
             let time = match point.at {
-                Some(t) => time_to_ns(t).map_err(|m| self.refuse(device, "record", at(m)))?,
+                Some(t) => time_to_ns(t)
+                    .and_then(|ns| plausible_time(ns, now))
+                    .map_err(|m| self.refuse(device, "record", at(m)))?,
                 None => now,
             };
             let values = model

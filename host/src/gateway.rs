@@ -83,9 +83,36 @@ const LINK_TASKS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Run the gateway until `shutdown` is cancelled.
 /// With `watch`, a changed component file of gateway.toml is deployed as a
 /// new version of its app (development mode).
+/// Raise the soft limit on open files to the hard one. The soft limit is
+/// often 1,024, which the apps' files, SQLite connections, sockets and
+/// transfers together can reach; the hard one is what the operator allows.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(
+            "open files: soft limit raised from {:?} to {:?}",
+            limit.current,
+            limit.maximum
+        ),
+        Err(e) => tracing::warn!(
+            "open files: cannot raise the soft limit of {:?}: {e}",
+            limit.current
+        ),
+    }
+}
+
 pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> anyhow::Result<()> {
     // Everything the gateway creates from here on is its user's alone.
     crate::permissions::restrict_new_files();
+    raise_open_file_limit();
     if config.data_dir.exists() {
         crate::permissions::check_private(&config.data_dir, "the data directory")
             .map_err(anyhow::Error::msg)?;

@@ -137,9 +137,47 @@ pub fn time_to_ns(time: Time) -> Result<u64, String> {
         .ok_or_else(|| format!("time {n} {unit} is out of range (after the year 2554)"))
 }
 
+/// The earliest time a point may carry: 2000-01-01T00:00:00Z, in ns.
+pub const EARLIEST_NS: u64 = 946_684_800 * 1_000_000_000;
+
+/// How far past the gateway's clock a point's time may be: clocks of
+/// devices drift, but a point from next year is a wrong unit or a bug.
+pub const MAX_AHEAD_NS: u64 = 24 * 3600 * 1_000_000_000;
+
+/// A point's time if it is plausible: from 2000 on, and at most a day past
+/// `now_ns`. Anything else is almost always a wrong unit (seconds given as
+/// nanoseconds, say) and would sort the series wrongly for good.
+pub fn plausible_time(ns: u64, now_ns: u64) -> Result<u64, String> {
+    if ns < EARLIEST_NS {
+        return Err(format!(
+            "time {ns} ns is before 2000-01-01 (is its unit right?)"
+        ));
+    }
+    if ns > now_ns.saturating_add(MAX_AHEAD_NS) {
+        return Err(format!(
+            "time {ns} ns is more than a day past the gateway's clock ({now_ns} ns; is its unit right?)"
+        ));
+    }
+    Ok(ns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plausible_times_are_taken() {
+        let now = 1_763_766_000 * 1_000_000_000;
+        assert_eq!(plausible_time(now, now), Ok(now));
+        assert!(plausible_time(EARLIEST_NS, now).is_ok());
+        assert!(plausible_time(now + MAX_AHEAD_NS, now).is_ok());
+        for wrong in [0, EARLIEST_NS - 1, now + MAX_AHEAD_NS + 1, u64::MAX] {
+            let refused = plausible_time(wrong, now).expect_err("implausible");
+            assert!(refused.contains("is its unit right?"), "{refused}");
+        }
+        // Seconds given where nanoseconds are meant: 1970.
+        assert!(plausible_time(1_763_766_000, now).is_err());
+    }
 
     #[test]
     fn json_round_trip_keeps_each_kind() {

@@ -830,3 +830,41 @@ fn as_many_busy_apps_as_cores_leave_a_neighbours_ticks_on_time() {
     healthy_keeps_pace(&mut run, Duration::from_secs(3));
     stays_bounded(&mut run, 512);
 }
+
+/// The soft and hard limits on open files of process `pid`.
+fn open_file_limits(pid: u32) -> Option<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut numbers = line["Max open files".len()..].split_whitespace();
+    Some((numbers.next()?.to_string(), numbers.next()?.to_string()))
+}
+
+#[test]
+fn the_gateway_raises_its_soft_open_file_limit_to_the_hard_one() {
+    let gw = with_healthy_counter();
+    gw.write_config();
+    // Started with a soft limit of 256, as a service manager might.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -S -n 256 && exec '{}' run --config '{}'",
+            crate::common::binary().display(),
+            gw.config_path().display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sh runs");
+    let deadline = Instant::now() + T;
+    let (soft, hard) = loop {
+        let limits = open_file_limits(child.id()).expect("/proc/PID/limits");
+        if limits.0 != "256" {
+            break limits;
+        }
+        assert!(Instant::now() < deadline, "the soft limit stayed at 256");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(soft, hard, "raised to the hard limit");
+    let _ = child.kill();
+    let _ = child.wait();
+}
