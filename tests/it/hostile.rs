@@ -868,3 +868,66 @@ fn the_gateway_raises_its_soft_open_file_limit_to_the_hard_one() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn registrations_without_end_never_make_the_status_message_unsendable() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = with_healthy_counter()
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nstatus_interval_s = 1\n",
+            broker.url()
+        ))
+        .app(
+            "flood",
+            &guest("flood"),
+            &model("flood"),
+            &format!(
+                "tick_interval_ms = 200\nmax_devices = 2000\n[app.models]\nflood = \"{}\"\n\
+                 [app.config]\nkind = \"register-big\"",
+                model("flood").display()
+            ),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    // 2,000 registrations of some 8.5 KiB each: 17 MB if the status listed
+    // them all, over the broker's 16 MiB.
+    let flood = run.wait_app("flood", Duration::from_secs(60), "at its cap", |a| {
+        a["capabilities"]["device"]["registered"].as_u64() >= Some(2000)
+    });
+    assert_eq!(flood["state"], "running", "{flood}");
+    let status_topic = "wg/v1/test-gw/test-gw/status";
+    let all_counted = |a: &Value| {
+        a["devices"].as_array().map_or(0, Vec::len) as u64
+            + a["devices_omitted"].as_u64().unwrap_or(0)
+            == 2000
+    };
+    let status = consumer.wait_json(status_topic, T, |s| {
+        s["apps"]
+            .as_array()
+            .is_some_and(|apps| apps.iter().any(all_counted))
+    });
+    let flood = status["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .find(|a| a["name"] == "flood")
+        .expect("flood in the status");
+    assert!(
+        flood["devices"].as_array().map_or(0, Vec::len) <= 100,
+        "{flood}"
+    );
+    // Every status message stayed within its budget, and the link never
+    // went down.
+    let largest = consumer
+        .on(status_topic)
+        .iter()
+        .map(|m| m.payload.len())
+        .max()
+        .expect("status messages");
+    assert!(largest <= 256 << 10, "a status message of {largest} bytes");
+    let link = run.link().expect("link");
+    assert_eq!(link["reconnects"], 0, "{link}");
+    healthy_keeps_pace(&mut run, Duration::from_secs(2));
+    stays_bounded(&mut run, 512);
+}

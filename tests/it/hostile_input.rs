@@ -270,7 +270,14 @@ fn a_flood_of_download_manifests_is_capped_idle_downloads_expire_and_the_disk_ke
     // Restarted: a stale file in the store is deleted, the download that
     // was in progress is taken up and expires, and a new one that would eat
     // into the reserve kept for the outbox is refused.
+    // A stale file: no transfer owns it, and it is an hour old (a fresh one
+    // may be an upload an app is queueing right now).
     std::fs::write(store.join("stale.down"), vec![0u8; 4096]).expect("stale file");
+    std::fs::File::options()
+        .write(true)
+        .open(store.join("stale.down"))
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
+        .expect("age the stale file");
     let gw = gw
         .reconfigure()
         .section(&format!(

@@ -529,14 +529,22 @@ impl Directory {
         self.read().apps.values().cloned().collect()
     }
 
-    /// The devices `app` registered, by id.
-    pub fn registered_by(&self, app: &str) -> Vec<crate::registration::Registration> {
-        self.read()
-            .registered
-            .values()
-            .filter(|r| r.app == app)
+    /// The first `limit` devices `app` registered, by id, and how many it
+    /// registered in all (a report need not copy thousands to count them).
+    pub fn registered_by(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> (Vec<crate::registration::Registration>, usize) {
+        let routes = self.read();
+        let mut all = routes.registered.values().filter(|r| r.app == app);
+        let first = all
+            .by_ref()
+            .take(limit)
             .map(|r| r.registration.clone())
-            .collect()
+            .collect::<Vec<_>>();
+        let total = first.len() + all.count();
+        (first, total)
     }
 }
 

@@ -519,6 +519,12 @@ pub async fn devices(session: &mut Session) -> anyhow::Result<()> {
                     }
                 );
             }
+            if app.devices_omitted > 0 {
+                println!(
+                    "{gateway:<20} {online:<8}   ... and {} more registered device(s), not listed in the status message (`wasmgate apps` on the gateway lists them all)",
+                    app.devices_omitted
+                );
+            }
         }
     }
     Ok(())

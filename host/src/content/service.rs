@@ -398,7 +398,7 @@ impl Service {
         let store = super::store_dir(&self.spec.data_dir);
         for entry in std::fs::read_dir(&store).into_iter().flatten().flatten() {
             let path = entry.path();
-            if !owned.contains(&path) {
+            if !owned.contains(&path) && self.stale(&path) {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {
                         tracing::info!(file = %path.display(), "deleted a stale file of a finished transfer")
@@ -418,6 +418,34 @@ impl Service {
                     tracing::error!(transfer = %id, "cannot record the download's outcome: {e}");
                 }
             }
+        }
+    }
+
+    /// Whether a store file that no transfer in progress owned a moment ago
+    /// is stale. An app may be queueing an upload right now (its copy is
+    /// made before its row is written), so a file is stale only if its
+    /// transfer is finished, or if it has no transfer and is older than a
+    /// minute.
+    fn stale(&self, path: &std::path::Path) -> bool {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let way = match name.rsplit_once('.') {
+            Some((_, "up")) => Some(Way::Up),
+            Some((_, "down")) => Some(Way::Down),
+            _ => None,
+        };
+        let id = name.rsplit_once('.').map_or(name, |(id, _)| id);
+        let row = way.and_then(|way| super::get(&self.db, id, way).ok().flatten());
+        match row {
+            Some(row) => row.progress != Progress::Running,
+            None => path
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60)),
         }
     }
 

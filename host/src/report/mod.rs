@@ -110,11 +110,12 @@ impl Reporter {
 
     /// Every running app, by name.
     pub fn apps(&self) -> Vec<AppInfo> {
-        self.apps_in(self.connection().as_ref())
+        self.apps_in(self.connection().as_ref(), usize::MAX)
     }
 
-    fn apps_in(&self, conn: Option<&rusqlite::Connection>) -> Vec<AppInfo> {
-        self.apps_with_figures(conn)
+    /// The apps, each with at most `listed` of its registered devices.
+    fn apps_in(&self, conn: Option<&rusqlite::Connection>, listed: usize) -> Vec<AppInfo> {
+        self.apps_with_figures(conn, listed)
             .into_iter()
             .map(|(info, _)| info)
             .collect()
@@ -125,6 +126,7 @@ impl Reporter {
     pub(crate) fn apps_with_figures(
         &self,
         conn: Option<&rusqlite::Connection>,
+        listed: usize,
     ) -> Vec<(AppInfo, UnitFigures)> {
         self.apps
             .list()
@@ -150,9 +152,8 @@ impl Reporter {
                         (unit.to_string(), figures.collect())
                     })
                     .collect();
-                let devices = self
-                    .apps
-                    .registered_by(&name)
+                let (registered, total) = self.apps.registered_by(&name, listed);
+                let devices: Vec<RegisteredDevice> = registered
                     .into_iter()
                     .map(|r| RegisteredDevice {
                         id: r.device,
@@ -175,6 +176,7 @@ impl Reporter {
                     call_seconds: numbers.call_seconds,
                     memory_bytes: numbers.memory_bytes,
                     capabilities,
+                    devices_omitted: (total - devices.len()) as u64,
                     devices,
                     name,
                 };
@@ -212,6 +214,7 @@ impl Reporter {
             points,
             bytes: self.usage.total_bytes(),
             streams,
+            streams_omitted: 0,
             write_error: self.usage.write_error().map(|e| e.to_string()),
         }
     }
@@ -234,13 +237,15 @@ impl Reporter {
     /// The status message.
     pub fn status(&self, online: bool, reason: Option<&str>, time: u64) -> Status {
         let conn = self.connection();
-        Status {
+        let mut status = Status {
             online,
             time: Some(time),
             reason: reason.map(str::to_string),
-            apps: self.apps_in(conn.as_ref()),
+            apps: self.apps_in(conn.as_ref(), crate::wire::protocol::STATUS_LIST),
             outbox: self.outbox_in(conn.as_ref()),
-        }
+        };
+        status.fit(crate::wire::protocol::STATUS_BUDGET);
+        status
     }
 }
 

@@ -72,7 +72,8 @@ impl Collector for Scrape {
         let g = reporter.gateway();
         // One connection for the whole scrape.
         let conn = reporter.connection();
-        let detailed = reporter.apps_with_figures(conn.as_ref());
+        // `/metrics` counts registered devices; it lists none.
+        let detailed = reporter.apps_with_figures(conn.as_ref(), 0);
         let apps: Vec<&AppInfo> = detailed.iter().map(|(info, _)| info).collect();
         let per_app = |get: fn(&AppInfo) -> f64| {
             apps.iter()

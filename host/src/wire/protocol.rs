@@ -63,9 +63,87 @@ pub struct AppInfo {
     /// example `log.dropped`, `storage.bytes`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub capabilities: BTreeMap<String, BTreeMap<String, u64>>,
-    /// The devices the app registered (indirectly connected devices).
+    /// The devices the app registered (indirectly connected devices). The
+    /// status message lists at most [`STATUS_LIST`] of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<RegisteredDevice>,
+    /// Registered devices left out of `devices` to keep the status message
+    /// within [`STATUS_BUDGET`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub devices_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The most bytes a status message may take: far below the broker's packet
+/// limit, so that no app's registrations, streams or errors can make the
+/// message unsendable (it is retained, and a link that cannot send it
+/// would reconnect for ever).
+pub const STATUS_BUDGET: usize = 256 << 10;
+
+/// Registered devices per app, and outbox streams, that a status message
+/// lists at most; the rest are counted.
+pub const STATUS_LIST: usize = 100;
+
+/// The longest app error a status message carries when it must shrink.
+const STATUS_ERROR_BYTES: usize = 1024;
+
+impl Status {
+    /// Shrink the message to `budget` bytes: lists cut to [`STATUS_LIST`]
+    /// (the largest streams kept), then, if still over, no lists at all,
+    /// then errors cut short. What is left out is counted, never silent.
+    pub fn fit(&mut self, budget: usize) {
+        for app in &mut self.apps {
+            omit_past(&mut app.devices, &mut app.devices_omitted, STATUS_LIST);
+        }
+        if self.outbox.streams.len() > STATUS_LIST {
+            self.outbox
+                .streams
+                .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.points.cmp(&a.points)));
+        }
+        omit_past(
+            &mut self.outbox.streams,
+            &mut self.outbox.streams_omitted,
+            STATUS_LIST,
+        );
+        let size = |status: &Status| serde_json::to_vec(status).map_or(0, |v| v.len());
+        if size(self) <= budget {
+            return;
+        }
+        for app in &mut self.apps {
+            omit_past(&mut app.devices, &mut app.devices_omitted, 0);
+        }
+        omit_past(
+            &mut self.outbox.streams,
+            &mut self.outbox.streams_omitted,
+            0,
+        );
+        if size(self) <= budget {
+            return;
+        }
+        for app in &mut self.apps {
+            if let Some(error) = &mut app.error
+                && error.len() > STATUS_ERROR_BYTES
+            {
+                let mut cut = STATUS_ERROR_BYTES;
+                while !error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                error.truncate(cut);
+                error.push_str("...");
+            }
+        }
+    }
+}
+
+/// Keep the first `keep` of `list`, counting the rest in `omitted`.
+fn omit_past<T>(list: &mut Vec<T>, omitted: &mut u64, keep: usize) {
+    if list.len() > keep {
+        *omitted += (list.len() - keep) as u64;
+        list.truncate(keep);
+    }
 }
 
 /// How a component was made ready to run.
@@ -132,9 +210,13 @@ pub struct OutboxInfo {
     /// Bytes of telemetry and alerts (what the outbox limit counts).
     #[serde(default)]
     pub bytes: u64,
-    /// Per stream (telemetry of a series, or an alert, of a device).
+    /// Per stream (telemetry of a series, or an alert, of a device). The
+    /// status message lists at most [`STATUS_LIST`], the largest.
     #[serde(default)]
     pub streams: Vec<StreamInfo>,
+    /// Streams left out of `streams` to keep the status message small.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub streams_omitted: u64,
     /// Why the database takes no writes now (a full disk, say), while it
     /// does not; points wait in memory meanwhile and `record` refuses more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -363,4 +445,112 @@ pub struct DeployProgress {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(devices: usize, error: Option<String>) -> AppInfo {
+        let metadata: BTreeMap<String, String> = (0..32)
+            .map(|i| (format!("key-{i}"), "v".repeat(256)))
+            .collect();
+        AppInfo {
+            name: "bus".into(),
+            device: "bus".into(),
+            state: RunState::Running,
+            version: 1,
+            component: "ab".repeat(32),
+            load: None,
+            restarts: 0,
+            error,
+            events: 0,
+            traps: 0,
+            calls: 0,
+            call_seconds: 0.0,
+            memory_bytes: 0,
+            capabilities: BTreeMap::new(),
+            devices: (0..devices)
+                .map(|i| RegisteredDevice {
+                    id: format!("bus.{i}-{}", "x".repeat(200)),
+                    hardware_id: "h".repeat(200),
+                    model: "sensor".into(),
+                    metadata: metadata.clone(),
+                })
+                .collect(),
+            devices_omitted: 0,
+        }
+    }
+
+    fn status(apps: Vec<AppInfo>, streams: usize) -> Status {
+        Status {
+            online: true,
+            time: Some(1),
+            reason: None,
+            apps,
+            outbox: OutboxInfo {
+                streams: (0..streams)
+                    .map(|i| StreamInfo {
+                        kind: "telemetry".into(),
+                        device: format!("bus.{i}"),
+                        name: "climate".into(),
+                        bytes: i as u64,
+                        ..StreamInfo::default()
+                    })
+                    .collect(),
+                ..OutboxInfo::default()
+            },
+        }
+    }
+
+    fn size(status: &Status) -> usize {
+        serde_json::to_vec(status).expect("json").len()
+    }
+
+    #[test]
+    fn a_status_is_cut_to_its_budget_and_says_what_it_left_out() {
+        // 2,000 devices of 8 KiB each and 5,000 streams: some 17 MB.
+        let mut big = status(vec![app(2000, None)], 5000);
+        assert!(size(&big) > 16 << 20, "{}", size(&big));
+        big.fit(STATUS_BUDGET);
+        assert!(size(&big) <= STATUS_BUDGET, "{}", size(&big));
+        assert_eq!(
+            big.apps[0].devices.len() as u64 + big.apps[0].devices_omitted,
+            2000
+        );
+        assert_eq!(
+            big.outbox.streams.len() as u64 + big.outbox.streams_omitted,
+            5000
+        );
+        // The largest streams are the ones kept, when any are.
+        assert!(big.outbox.streams.iter().all(|s| s.bytes >= 4900));
+
+        // Small enough after the lists are cut to STATUS_LIST: kept so.
+        let mut some = status(vec![app(150, None)], 150);
+        some.fit(usize::MAX);
+        assert_eq!(some.apps[0].devices.len(), STATUS_LIST);
+        assert_eq!(some.apps[0].devices_omitted, 50);
+        assert_eq!(some.outbox.streams_omitted, 50);
+
+        // A status that fits is left as it is.
+        let mut small = status(vec![app(3, None)], 3);
+        let before = small.clone();
+        small.fit(STATUS_BUDGET);
+        assert_eq!(small, before);
+
+        // Errors are cut last.
+        let mut noisy = status(
+            (0..150).map(|_| app(0, Some("é".repeat(4096)))).collect(),
+            0,
+        );
+        noisy.fit(STATUS_BUDGET);
+        assert!(size(&noisy) <= STATUS_BUDGET, "{}", size(&noisy));
+        assert!(
+            noisy.apps[0]
+                .error
+                .as_deref()
+                .expect("error")
+                .ends_with("...")
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! Test guest: on every tick, calls one host function in a tight loop for
 //! the whole call (until the host's deadline or a refusal stops it), and
 //! logs how far it got. `kind` is `record`, `report`, `log`, `storage`,
-//! `alert` or `register` (a new hardware id each call; the app's config
-//! must give it a model named `flood`).
+//! `alert`, `register` (a new hardware id each call; the app's config
+//! must give it a model named `flood`) or `register-big` (the same, each
+//! registration as large as allowed).
 
 use wasmgate_guest::{
     App, Config, Level, Severity, Timestamp, field, info, log, register, storage, this_device,
@@ -31,6 +32,19 @@ impl App for Flood {
                 "storage" => storage::set(&format!("k{}", i % 1000), b"0123456789"),
                 "alert" => device.alert("flooded", Severity::Info, &[field("n", i as i64)]),
                 "register" => register(&format!("hw-{}", self.calls), "flood", &[]).map(drop),
+                // As large as a registration may be: a 200-byte hardware
+                // id and 32 metadata entries of 256 bytes.
+                "register-big" => {
+                    let metadata: Vec<(String, String)> = (0..32)
+                        .map(|k| (format!("key-{k}"), "m".repeat(256)))
+                        .collect();
+                    register(
+                        &format!("{:0>200}", self.calls),
+                        "flood",
+                        &metadata,
+                    )
+                    .map(drop)
+                }
                 _ => {
                     log(Level::Info, &format!("flood line {i}"));
                     Ok(())
