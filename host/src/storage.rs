@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS kv (
             },
             Figure {
                 name: "bytes",
-                help: "Bytes of keys and values the app holds (what its quota counts).",
+                help: "Bytes the app's storage counts against its quota: keys and values, and 64 bytes a key.",
                 kind: FigureKind::Gauge,
                 value: bytes,
             },
@@ -63,14 +63,28 @@ CREATE TABLE IF NOT EXISTS kv (
     }
 }
 
-/// How many keys `app` holds, and their bytes with their values' (what its
-/// quota counts).
+/// How many keys `app` holds, and what they count against its quota.
 fn held(db: &Connection, app: &str) -> rusqlite::Result<(u64, u64)> {
     db.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE app = ?1",
-        params![app],
+        "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value) + ?2), 0) FROM kv WHERE app = ?1",
+        params![app, KEY_OVERHEAD_BYTES as i64],
         |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
     )
+}
+
+/// What a key counts against the quota beyond its own bytes and its
+/// value's: the app's name stored beside it and SQLite's per-row cost.
+/// Without it, millions of tiny keys would take several times their quota
+/// on disk (2.6 million one-byte keys took some 22 bytes each).
+pub const KEY_OVERHEAD_BYTES: u64 = 64;
+
+/// The most keys an app may hold: this also bounds what one `keys("")`
+/// returns.
+pub const MAX_KEYS: u64 = 100_000;
+
+/// What `key` with a value of `value_len` bytes counts against the quota.
+fn cost(key: &str, value_len: usize) -> u64 {
+    (key.len() + value_len) as u64 + KEY_OVERHEAD_BYTES
 }
 
 /// The longest key, in bytes.
@@ -83,8 +97,10 @@ pub struct StorageCtx {
     app: Arc<str>,
     db: Connection,
     quota: u64,
-    /// Bytes of keys and values the app holds now.
+    /// What the app's keys and values count against its quota now.
     used: u64,
+    /// Keys it holds now.
+    keys: u64,
     /// Writes are transactions: an app may not make them without end (see `rate`).
     writes: SharedLimit,
 }
@@ -97,12 +113,13 @@ impl StorageCtx {
         quota: u64,
         writes: SharedLimit,
     ) -> rusqlite::Result<Self> {
-        let (_, used) = held(&db, &app)?;
+        let (keys, used) = held(&db, &app)?;
         Ok(StorageCtx {
             app,
             db,
             quota,
             used,
+            keys,
             writes,
         })
     }
@@ -141,7 +158,7 @@ impl StorageCtx {
                 |r| r.get::<_, i64>(0),
             )
             .optional()
-            .map(|size| size.map(|s| s.max(0) as u64 + key.len() as u64))
+            .map(|size| size.map(|s| cost(key, s.max(0) as usize)))
     }
 }
 
@@ -178,11 +195,17 @@ impl Host for StorageCtx {
             ))));
         }
         let old = match self.stored_size(&key) {
-            Ok(old) => old.unwrap_or(0),
+            Ok(old) => old,
             Err(e) => return Ok(Err(self.failed("set", e))),
         };
-        let new = (key.len() + value.len()) as u64;
-        let used = self.used - old.min(self.used) + new;
+        if old.is_none() && self.keys >= MAX_KEYS {
+            return Ok(Err(GuestError::Limit(format!(
+                "the app holds {} keys, the most it may",
+                self.keys
+            ))));
+        }
+        let new = cost(&key, value.len());
+        let used = self.used - old.unwrap_or(0).min(self.used) + new;
         if used > self.quota {
             return Ok(Err(GuestError::Limit(format!(
                 "storage quota of {} bytes would be exceeded ({used} bytes)",
@@ -197,6 +220,7 @@ impl Host for StorageCtx {
         Ok(match result {
             Ok(_) => {
                 self.used = used;
+                self.keys += u64::from(old.is_none());
                 Ok(())
             }
             Err(e) => Err(self.failed("set", e)),
@@ -208,7 +232,7 @@ impl Host for StorageCtx {
             return Ok(Err(e));
         }
         let old = match self.stored_size(&key) {
-            Ok(old) => old.unwrap_or(0),
+            Ok(old) => old,
             Err(e) => return Ok(Err(self.failed("delete", e))),
         };
         Ok(
@@ -217,7 +241,8 @@ impl Host for StorageCtx {
                 params![&*self.app, key],
             ) {
                 Ok(_) => {
-                    self.used = self.used.saturating_sub(old);
+                    self.used = self.used.saturating_sub(old.unwrap_or(0));
+                    self.keys -= u64::from(old.is_some() && self.keys > 0);
                     Ok(())
                 }
                 Err(e) => Err(self.failed("delete", e)),
@@ -240,5 +265,94 @@ impl Host for StorageCtx {
                 .collect::<rusqlite::Result<Vec<String>>>()
         })();
         Ok(result.map_err(|e| self.failed("keys", e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(quota: u64) -> StorageCtx {
+        let db = Connection::open_in_memory().expect("sqlite");
+        db.execute_batch(Storage::SCHEMA).expect("schema");
+        StorageCtx::new(
+            "app".into(),
+            db,
+            quota,
+            SharedLimit::new(1_000_000, 1_000_000),
+        )
+        .expect("ctx")
+    }
+
+    #[test]
+    fn each_key_counts_its_overhead_against_the_quota() {
+        // Room for two one-byte keys with one-byte values, not three.
+        let mut storage = ctx(2 * (2 + KEY_OVERHEAD_BYTES));
+        assert!(
+            storage
+                .set("a".into(), b"1".to_vec())
+                .expect("call")
+                .is_ok()
+        );
+        assert!(
+            storage
+                .set("b".into(), b"2".to_vec())
+                .expect("call")
+                .is_ok()
+        );
+        let refused = storage.set("c".into(), b"3".to_vec()).expect("call");
+        assert!(
+            matches!(&refused, Err(GuestError::Limit(m)) if m.contains("storage quota")),
+            "{refused:?}"
+        );
+        // Overwriting costs only the difference; deleting frees the key's
+        // whole cost.
+        assert!(
+            storage
+                .set("a".into(), b"9".to_vec())
+                .expect("call")
+                .is_ok()
+        );
+        assert!(storage.delete("b".into()).expect("call").is_ok());
+        assert!(
+            storage
+                .set("c".into(), b"3".to_vec())
+                .expect("call")
+                .is_ok()
+        );
+        // What is held is counted the same way after a restart.
+        assert_eq!(held(&storage.db, "app").expect("held"), (2, storage.used));
+        assert_eq!(storage.keys, 2);
+    }
+
+    #[test]
+    fn an_app_holds_at_most_max_keys() {
+        let mut storage = ctx(u64::MAX);
+        storage.keys = MAX_KEYS - 1;
+        assert!(
+            storage
+                .set("last".into(), Vec::new())
+                .expect("call")
+                .is_ok()
+        );
+        let refused = storage.set("one-more".into(), Vec::new()).expect("call");
+        assert!(
+            matches!(&refused, Err(GuestError::Limit(m)) if m.contains("100000 keys")),
+            "{refused:?}"
+        );
+        // A key it holds can still change, and a freed one is taken again.
+        assert!(
+            storage
+                .set("last".into(), b"x".to_vec())
+                .expect("call")
+                .is_ok()
+        );
+        assert!(storage.delete("last".into()).expect("call").is_ok());
+        assert!(
+            storage
+                .set("one-more".into(), Vec::new())
+                .expect("call")
+                .is_ok()
+        );
     }
 }
