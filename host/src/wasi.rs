@@ -30,6 +30,10 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 use crate::capability::{AppSetup, Capability, HasCtx};
 use crate::rate::LogGate;
 
+/// The most WASI resources (open files, streams, pollables) an app may hold
+/// at once.
+pub const MAX_WASI_RESOURCES: usize = 256;
+
 /// The WASI capability: no gateway state of its own.
 pub struct Wasi;
 
@@ -79,9 +83,14 @@ impl Capability for Wasi {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
+        // The table holds every WASI resource of the app, open files among
+        // them: capped, so that one app cannot use up the host's file
+        // descriptors. Past the cap the call that would add one traps.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_WASI_RESOURCES);
         Ok(WasiState {
             ctx: builder.build(),
-            table: ResourceTable::new(),
+            table,
             stderr_tail,
         })
     }

@@ -931,3 +931,47 @@ fn registrations_without_end_never_make_the_status_message_unsendable() {
     healthy_keeps_pace(&mut run, Duration::from_secs(2));
     stays_bounded(&mut run, 512);
 }
+
+#[test]
+fn an_app_cannot_use_up_the_hosts_file_descriptors() {
+    let gw = with_healthy_counter().app(
+        "fd-hoarder",
+        &guest("fd-hoarder"),
+        &model("empty"),
+        "tick_interval_ms = 100\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 3",
+    );
+    let mut run = gw.start();
+    run.wait_running("counter", T);
+    let open = |run: &Running| {
+        std::fs::read_dir(format!("/proc/{}/fd", run.pid()))
+            .expect("/proc/PID/fd")
+            .count()
+    };
+    let before = open(&run);
+    // 300 more handles a tick, kept: the app's cap (256 WASI resources)
+    // stops it, each time, and its handles go with its instance.
+    let deadline = Instant::now() + T;
+    let mut peak = before;
+    let hoarder = loop {
+        peak = peak.max(open(&run));
+        let hoarder = app_report(&gw, "fd-hoarder");
+        if hoarder["state"] == "quarantined" {
+            break hoarder;
+        }
+        assert!(Instant::now() < deadline, "{hoarder}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let error = hoarder["error"].as_str().unwrap_or_default();
+    assert!(error.contains("resource table"), "{hoarder}");
+    assert!(
+        peak <= before + 256 + 16,
+        "{peak} files open at the peak, {before} before"
+    );
+    let after = open(&run);
+    assert!(
+        after <= before + 16,
+        "{after} files open after, {before} before"
+    );
+    healthy_keeps_pace(&mut run, Duration::from_secs(2));
+    stays_bounded(&mut run, 512);
+}

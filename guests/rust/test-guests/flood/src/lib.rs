@@ -38,12 +38,7 @@ impl App for Flood {
                     let metadata: Vec<(String, String)> = (0..32)
                         .map(|k| (format!("key-{k}"), "m".repeat(256)))
                         .collect();
-                    register(
-                        &format!("{:0>200}", self.calls),
-                        "flood",
-                        &metadata,
-                    )
-                    .map(drop)
+                    register(&format!("{:0>200}", self.calls), "flood", &metadata).map(drop)
                 }
                 _ => {
                     log(Level::Info, &format!("flood line {i}"));
