@@ -975,3 +975,50 @@ fn an_app_cannot_use_up_the_hosts_file_descriptors() {
     healthy_keeps_pace(&mut run, Duration::from_secs(2));
     stays_bounded(&mut run, 512);
 }
+
+#[test]
+fn an_app_that_fills_the_disk_is_stopped_at_its_quota_and_its_uploads_are_capped() {
+    let gw = with_healthy_counter()
+        .section("[content]\nmax_pending_uploads = 3\n")
+        .app(
+            "filler",
+            &guest("disk-filler"),
+            &model("empty"),
+            "tick_interval_ms = 50\ndisk_quota_mib = 4\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 2\n[app.config]\nkind = \"files\"",
+        )
+        .app(
+            "uploader",
+            &guest("disk-filler"),
+            &model("empty"),
+            "tick_interval_ms = 50\n[app.config]\nkind = \"uploads\"",
+        );
+    let mut run = gw.start();
+    // 256 KiB every 50 ms into its own directory: stopped at its 4 MiB
+    // quota, measured each second, so at most a second's writing over it.
+    let filler = run.wait_app("filler", T, "quarantined", |a| a["state"] == "quarantined");
+    assert!(
+        filler["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("disk quota") && e.contains("disk_quota_mib of 4 MiB")),
+        "{filler}"
+    );
+    let files: u64 = std::fs::read_dir(gw.data_dir().join("apps/filler/files"))
+        .expect("the filler's files")
+        .flatten()
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
+    // The quota, and at most a second of writing (5 MiB) past it.
+    assert!(
+        files <= (4 << 20) + (6 << 20),
+        "{files} bytes in the filler's directory"
+    );
+    // Uploads with no link to send them: three wait, the next is refused.
+    let refused = run.wait_for("upload refused: limit: the app has 3 uploads waiting", T);
+    assert!(refused.contains("max_pending_uploads"), "{refused}");
+    assert_eq!(
+        gw.count("SELECT COUNT(*) FROM transfers WHERE app = 'uploader' AND state = 'running'"),
+        3
+    );
+    healthy_keeps_pace(&mut run, Duration::from_secs(2));
+    stays_bounded(&mut run, 512);
+}

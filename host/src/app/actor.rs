@@ -142,6 +142,7 @@ pub async fn time_dispatch(
         crashes: Crashes::default(),
         restarts: 0,
         probation: None,
+        disk_checked: None,
     };
     let mut instance = actor.start_version(&version, None).await?;
     let timeout = version.config.call_timeout;
@@ -205,6 +206,7 @@ pub fn spawn(
         crashes: Crashes::default(),
         restarts: 0,
         probation: None,
+        disk_checked: None,
     };
     tasks.spawn(actor.run(cancel, stopped));
     Ok(AppHandle {
@@ -234,6 +236,41 @@ struct Actor {
     restarts: u64,
     /// A new version on trial, with the one to go back to.
     probation: Option<Probation>,
+    /// When the app's disk use was last measured.
+    disk_checked: Option<Instant>,
+}
+
+/// How often an app's disk use is measured (before a tick).
+const DISK_CHECK: Duration = Duration::from_secs(1);
+
+/// Bytes on disk under `dir` (allocated blocks, so a sparse file counts
+/// what it takes), without following links; at most `MAX_ENTRIES` entries
+/// are looked at, and an app with more counts as over any quota.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    const MAX_ENTRIES: usize = 100_000;
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                return u64::MAX;
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            total = total.saturating_add(meta.blocks().saturating_mul(512));
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
 }
 
 struct Probation {
@@ -313,6 +350,9 @@ impl Actor {
     /// off before restarting, or quarantine.
     fn crashed(&mut self, error: AppError) -> Phase {
         self.metrics.traps.fetch_add(1, Ordering::Relaxed);
+        // The next instance's first tick measures the disk again, before
+        // the app can write more.
+        self.disk_checked = None;
         if let Some(probation) = self.probation.take() {
             let reason = format!(
                 "version {} crashed during its probation: {error}",
@@ -521,6 +561,9 @@ impl Actor {
                     }
                 }
                 _ = ticker.tick() => {
+                    if let Err(over) = self.check_disk() {
+                        return self.crashed(over);
+                    }
                     self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
                     let result = within(timeout, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
@@ -732,6 +775,39 @@ impl Actor {
             Ok(None) => {}
             Err(crash) => tracing::warn!(app = %self.name, "save failed at stop: {crash}"),
         }
+    }
+
+    /// At most once a [`DISK_CHECK`]: whether the app's directory and the
+    /// uploads it has waiting fit its `disk_quota_mib`. An app over it
+    /// counts as crashed (and ends quarantined if it stays over), so that
+    /// it cannot fill the disk that the database and the other apps share.
+    fn check_disk(&mut self) -> Result<(), AppError> {
+        if self
+            .disk_checked
+            .is_some_and(|at| at.elapsed() < DISK_CHECK)
+        {
+            return Ok(());
+        }
+        self.disk_checked = Some(Instant::now());
+        let files = disk_bytes(&self.files_dir);
+        let waiting: u64 = self
+            .db
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM transfers
+                 WHERE app = ?1 AND direction = 'up' AND state = 'running'",
+                [&*self.name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_or(0, |b| b.max(0) as u64);
+        let quota = self.version.config.disk_quota_bytes;
+        let used = files.saturating_add(waiting);
+        if used > quota {
+            return Err(AppError::Trap(format!(
+                "disk quota: the app's directory ({files} bytes) and its waiting uploads ({waiting} bytes) are over its disk_quota_mib of {} MiB; it stays stopped while they are",
+                quota >> 20
+            )));
+        }
+        Ok(())
     }
 
     fn set_state(&mut self, state: AppState) {

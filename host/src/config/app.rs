@@ -24,6 +24,8 @@ pub(super) struct AppSection {
     pub(super) memory_limit_mib: u64,
     #[serde(default = "default_storage_quota_kib")]
     pub(super) storage_quota_kib: u64,
+    #[serde(default = "default_disk_quota_mib")]
+    pub(super) disk_quota_mib: u64,
     #[serde(default)]
     pub(super) config: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -51,6 +53,13 @@ pub(super) fn default_memory_limit_mib() -> u64 {
 pub(super) fn default_storage_quota_kib() -> u64 {
     10 * 1024
 }
+pub(super) fn default_disk_quota_mib() -> u64 {
+    DEFAULT_DISK_QUOTA_BYTES >> 20
+}
+
+/// What an app may keep on disk by default: its files and the uploads it
+/// has waiting to be sent.
+pub const DEFAULT_DISK_QUOTA_BYTES: u64 = 256 << 20;
 
 /// What happens when an app crashes (traps, overruns its call deadline, hits
 /// its memory limit, or fails `init`).
@@ -89,6 +98,8 @@ pub struct AppConfig {
     pub call_timeout: Duration,
     pub memory_limit_bytes: usize,
     pub storage_quota_bytes: u64,
+    /// Bytes the app's directory and its waiting uploads may take together.
+    pub disk_quota_bytes: u64,
     /// Key/values passed to the app's `init`.
     pub config: Vec<(String, String)>,
     pub restart: RestartPolicy,

@@ -15,6 +15,8 @@ pub(super) struct ContentSection {
     pub(super) downloads_max_mib: Option<u64>,
     pub(super) download_idle_s: Option<u64>,
     pub(super) disk_reserve_mib: Option<u64>,
+    pub(super) max_pending_uploads: Option<u64>,
+    pub(super) pending_uploads_max_mib: Option<u64>,
 }
 
 /// Large content transfers (`[content]`): limits and pace.
@@ -39,6 +41,10 @@ pub struct ContentConfig {
     /// Free space a new download must leave on the data directory's
     /// filesystem, for the outbox and the rest of the gateway.
     pub disk_reserve_bytes: u64,
+    /// Uploads one app may have waiting to be sent.
+    pub max_pending_uploads: u64,
+    /// Bytes of the uploads one app may have waiting to be sent.
+    pub pending_uploads_max_bytes: u64,
 }
 
 impl Default for ContentConfig {
@@ -52,6 +58,8 @@ impl Default for ContentConfig {
             downloads_max_bytes: 256 << 20,
             download_idle: std::time::Duration::from_secs(600),
             disk_reserve_bytes: 64 << 20,
+            max_pending_uploads: 16,
+            pending_uploads_max_bytes: 256 << 20,
         }
     }
 }
@@ -89,6 +97,12 @@ pub(super) fn content_config(section: ContentSection) -> Result<ContentConfig, K
     if let Some(v) = section.download_idle_s {
         config.download_idle =
             std::time::Duration::from_secs(range("download_idle_s", v, 1, 7 * 24 * 3600)?);
+    }
+    if let Some(v) = section.max_pending_uploads {
+        config.max_pending_uploads = range("max_pending_uploads", v, 1, 10_000)?;
+    }
+    if let Some(v) = section.pending_uploads_max_mib {
+        config.pending_uploads_max_bytes = range("pending_uploads_max_mib", v, 1, 1 << 20)? << 20;
     }
     if let Some(v) = section.disk_reserve_mib {
         config.disk_reserve_bytes = range("disk_reserve_mib", v, 0, 1 << 30)? << 20;

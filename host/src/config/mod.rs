@@ -18,7 +18,7 @@ mod deploy;
 mod outbox;
 
 use app::AppSection;
-pub use app::{AppConfig, RestartPolicy};
+pub use app::{AppConfig, DEFAULT_DISK_QUOTA_BYTES, RestartPolicy};
 pub use cloud::{BrokerSettings, CloudConfig};
 use cloud::{CloudSection, cloud_config};
 pub use content::ContentConfig;
@@ -260,6 +260,7 @@ impl Config {
                 1,
                 16 * 1024 * 1024,
             )?;
+            let disk_quota = between("disk_quota_mib", app.disk_quota_mib, 1, 1 << 30)?;
             let r = &app.restart;
             if r.max_crashes == 0
                 || r.backoff_initial_ms == 0
@@ -311,6 +312,7 @@ impl Config {
                 call_timeout: Duration::from_millis(timeout),
                 memory_limit_bytes: usize::try_from(memory << 20).unwrap_or(usize::MAX),
                 storage_quota_bytes: quota << 10,
+                disk_quota_bytes: disk_quota << 20,
                 config,
                 restart: app.restart,
                 name: app.name,

@@ -291,7 +291,7 @@ impl ContentCtx {
         Ok(id)
     }
 
-    fn check_upload(&self, name: &str, size: u64) -> Result<String, GuestError> {
+    fn check_upload(&mut self, name: &str, size: u64) -> Result<String, GuestError> {
         crate::model::check_name(name).map_err(|m| GuestError::Invalid(format!("name: {m}")))?;
         if size > self.config.max_upload_bytes {
             return Err(GuestError::Limit(format!(
@@ -299,8 +299,45 @@ impl ContentCtx {
                 self.config.max_upload_bytes
             )));
         }
+        // Uploads wait in the store until the link sends them: bounded per
+        // app in number and bytes, and never into the disk's reserve.
+        let app = self.app.clone();
+        let (waiting, waiting_bytes) = self
+            .db()
+            .map_err(GuestError::Unavailable)?
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM transfers
+                 WHERE app = ?1 AND direction = 'up' AND state = 'running'",
+                params![&*app],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )
+            .map_err(|e| GuestError::Unavailable(format!("reading the app's uploads: {e}")))?;
+        if waiting >= self.config.max_pending_uploads {
+            return Err(GuestError::Limit(format!(
+                "the app has {waiting} uploads waiting to be sent, its most ([content] max_pending_uploads)"
+            )));
+        }
+        if waiting_bytes.saturating_add(size) > self.config.pending_uploads_max_bytes {
+            return Err(GuestError::Limit(format!(
+                "{size} more bytes would put the app's waiting uploads ({waiting_bytes} bytes) over {} ([content] pending_uploads_max_mib)",
+                self.config.pending_uploads_max_bytes
+            )));
+        }
         std::fs::create_dir_all(store_dir(&self.data_dir))
             .map_err(|e| GuestError::Unavailable(format!("the content store: {e}")))?;
+        if let Some(free) = transfer::free_bytes(&store_dir(&self.data_dir))
+            && free < size.saturating_add(self.config.disk_reserve_bytes)
+        {
+            return Err(GuestError::Unavailable(format!(
+                "not enough disk: {size} bytes would leave less than the {} bytes kept free for the outbox ([content] disk_reserve_mib); {free} bytes are free",
+                self.config.disk_reserve_bytes
+            )));
+        }
         // 64 random bits: an id nobody can guess without reading the
         // manifest.
         Ok(format!(

@@ -789,6 +789,7 @@ fn default_app(name: &str) -> crate::config::AppConfig {
         call_timeout: Duration::from_millis(1000),
         memory_limit_bytes: 64 << 20,
         storage_quota_bytes: 10 << 20,
+        disk_quota_bytes: crate::config::DEFAULT_DISK_QUOTA_BYTES,
         config: Vec::new(),
         restart: Default::default(),
         device_models: Vec::new(),

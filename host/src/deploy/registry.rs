@@ -19,6 +19,8 @@ pub struct Spec {
     pub call_timeout_ms: u64,
     pub memory_limit_bytes: usize,
     pub storage_quota_bytes: u64,
+    #[serde(default = "default_disk_quota_bytes")]
+    pub disk_quota_bytes: u64,
     pub config: Vec<(String, String)>,
     pub restart: RestartPolicy,
     /// The device model document.
@@ -28,6 +30,10 @@ pub struct Spec {
     pub device_models: BTreeMap<String, serde_json::Value>,
     #[serde(default = "default_max_devices")]
     pub max_devices: usize,
+}
+
+fn default_disk_quota_bytes() -> u64 {
+    crate::config::DEFAULT_DISK_QUOTA_BYTES
 }
 
 fn default_max_devices() -> usize {
@@ -44,6 +50,7 @@ impl Spec {
             call_timeout_ms: app.call_timeout.as_millis() as u64,
             memory_limit_bytes: app.memory_limit_bytes,
             storage_quota_bytes: app.storage_quota_bytes,
+            disk_quota_bytes: app.disk_quota_bytes,
             config: app.config.clone(),
             restart: app.restart.clone(),
             model,
@@ -62,6 +69,7 @@ impl Spec {
             call_timeout: std::time::Duration::from_millis(self.call_timeout_ms),
             memory_limit_bytes: self.memory_limit_bytes,
             storage_quota_bytes: self.storage_quota_bytes,
+            disk_quota_bytes: self.disk_quota_bytes,
             config: self.config.clone(),
             restart: self.restart.clone(),
             device_models: Vec::new(),
@@ -614,6 +622,7 @@ mod tests {
             call_timeout_ms: 500,
             memory_limit_bytes: 1 << 20,
             storage_quota_bytes: 1024,
+            disk_quota_bytes: 1 << 20,
             config: vec![("k".into(), "v".into())],
             restart: RestartPolicy::default(),
             model: serde_json::json!({}),
