@@ -952,3 +952,40 @@ fn describe(error: &wasmtime::Error, call: &str, stderr_tail: &StderrTail) -> Ap
     }
     AppError::Trap(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_report_keeps_the_whole_chain_of_its_error() {
+        let error = wasmtime::Error::msg("the root cause: a host bug")
+            .context("error while executing at wasm backtrace: 0: app::on_tick");
+        let report = describe(&error, "on-tick", &StderrTail::default()).to_string();
+        assert!(
+            report.starts_with("on-tick failed: error while executing")
+                && report.contains("the root cause: a host bug"),
+            "{report}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_stuck_in_a_host_call_is_cut_off_after_its_deadline_and_the_grace() {
+        let timeout = Duration::from_millis(300);
+        let started = tokio::time::Instant::now();
+        let stuck = within(timeout, async {
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            Ok(())
+        })
+        .await
+        .expect_err("cut off");
+        assert_eq!(started.elapsed(), timeout + HOST_CALL_GRACE);
+        let report = describe(&stuck, "on-tick", &StderrTail::default()).to_string();
+        assert_eq!(
+            report,
+            "on-tick: the call ran past its deadline of 300 ms, waiting in a host call (a sleep, say); it was cut off and its instance dropped"
+        );
+        // A call that returns in time is left alone.
+        assert_eq!(within(timeout, async { Ok(7) }).await.expect("in time"), 7);
+    }
+}
