@@ -790,15 +790,9 @@ impl Actor {
         }
         self.disk_checked = Some(Instant::now());
         let files = disk_bytes(&self.files_dir);
-        let waiting: u64 = self
-            .db
-            .query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM transfers
-                 WHERE app = ?1 AND direction = 'up' AND state = 'running'",
-                [&*self.name],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_or(0, |b| b.max(0) as u64);
+        // The content unit owns the transfers table and says what waits.
+        let waiting =
+            crate::content::waiting_uploads(&self.db, &self.name).map_or(0, |(_, bytes)| bytes);
         let quota = self.version.config.disk_quota_bytes;
         let used = files.saturating_add(waiting);
         if used > quota {

@@ -185,6 +185,22 @@ pub fn running(conn: &Connection, way: Way) -> rusqlite::Result<Vec<TransferRow>
     stmt.query_map(params![way], row)?.collect()
 }
 
+/// How many uploads `app` has waiting to be sent, and their bytes: what its
+/// upload caps and its disk quota count.
+pub fn waiting_uploads(conn: &Connection, app: &str) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM transfers
+         WHERE app = ?1 AND direction = 'up' AND state = 'running'",
+        params![app],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
+    )
+}
+
 /// An app's transfers, newest first.
 pub fn of_app(conn: &Connection, app: &str) -> rusqlite::Result<Vec<TransferRow>> {
     let mut stmt = conn.prepare_cached(concat!(
@@ -302,21 +318,9 @@ impl ContentCtx {
         // Uploads wait in the store until the link sends them: bounded per
         // app in number and bytes, and never into the disk's reserve.
         let app = self.app.clone();
-        let (waiting, waiting_bytes) = self
-            .db()
-            .map_err(GuestError::Unavailable)?
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM transfers
-                 WHERE app = ?1 AND direction = 'up' AND state = 'running'",
-                params![&*app],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?.max(0) as u64,
-                        r.get::<_, i64>(1)?.max(0) as u64,
-                    ))
-                },
-            )
-            .map_err(|e| GuestError::Unavailable(format!("reading the app's uploads: {e}")))?;
+        let (waiting, waiting_bytes) =
+            waiting_uploads(self.db().map_err(GuestError::Unavailable)?, &app)
+                .map_err(|e| GuestError::Unavailable(format!("reading the app's uploads: {e}")))?;
         if waiting >= self.config.max_pending_uploads {
             return Err(GuestError::Limit(format!(
                 "the app has {waiting} uploads waiting to be sent, its most ([content] max_pending_uploads)"
