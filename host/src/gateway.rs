@@ -286,6 +286,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 link_tasks.clone(),
             )
             .counting_refusals_in(metrics.link.clone())
+            .answering_within(cloud.answer_timeout)
             .with_handler(Service::Deploy, deployments)
             .with_handler(Service::Content, content);
             let spec = LinkSpec {
@@ -332,7 +333,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     }
     link_tasks.close();
     // A downlink worker may be waiting on an app's answer (up to
-    // downlink::APP_TIMEOUT); shutdown does not wait that long for it.
+    // `[cloud] answer_timeout_s`); shutdown does not wait that long for it.
     if tokio::time::timeout(LINK_TASKS_DRAIN, link_tasks.wait())
         .await
         .is_err()

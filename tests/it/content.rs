@@ -105,8 +105,36 @@ fn an_upload_of_3_mib_survives_a_broker_restart_and_arrives_whole() {
     let out = tempfile::tempdir().expect("tempdir");
     let mut receiver = receive_into(&broker, out.path());
     let gw = content_gateway(&broker, 3072, "");
+    let forger = Consumer::connect(
+        &broker.settings("forger"),
+        &["wg/v1/test-gw/content/content/up/+/manifest"],
+    );
     let mut run = gw.start();
     run.wait_for("upload of data.bin queued", T);
+    // Anyone on the broker can read the manifest and answer it: a forged
+    // "done" (without the content's sha256, or with a wrong one) must not
+    // make the gateway drop its copy of an upload nobody received.
+    let deadline = std::time::Instant::now() + T;
+    let manifest = loop {
+        let seen = forger
+            .messages()
+            .iter()
+            .map(|m| m.json())
+            .find(|m| m["name"] == "data.bin");
+        if let Some(manifest) = seen {
+            break manifest;
+        }
+        assert!(std::time::Instant::now() < deadline, "no upload manifest");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let id = manifest["id"].as_str().expect("upload id");
+    let ack_topic = format!("wg/v1/test-gw/content/content/up/{id}/ack");
+    for forged in [
+        json!({"id": id, "have": 96, "done": true}),
+        json!({"id": id, "have": 96, "done": true, "sha256": "00".repeat(32)}),
+    ] {
+        forger.publish(&ack_topic, forged.to_string(), false);
+    }
     restart_broker_midway(&mut broker, &mut receiver, "data.bin: 16/96 chunks");
     let (ok, lines) = finish(receiver);
     assert!(ok, "{lines:?}");

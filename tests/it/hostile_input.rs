@@ -405,3 +405,187 @@ fn under_a_flood_of_actions_every_request_gets_an_answer() {
     telemetry_flows(&consumer, batches(&consumer));
     assert!(run.stop().success());
 }
+
+/// Publish `body` on `topic` and wait for the first answer on `answer`
+/// whose `key` equals `value`.
+fn ask(
+    consumer: &Consumer,
+    topic: &str,
+    body: serde_json::Value,
+    answer: &str,
+    key: &str,
+    value: serde_json::Value,
+) -> serde_json::Value {
+    consumer.publish(topic, body.to_string(), false);
+    consumer.wait_json(answer, T, |a| a[key] == value)
+}
+
+#[test]
+fn requests_nobody_waits_for_never_run_and_odd_versions_and_wide_integers_are_refused() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = Gateway::new()
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\nanswer_timeout_s = 1\n",
+            broker.url()
+        ))
+        .app(
+            "actions",
+            &guest("action-behaviours"),
+            &model("actions"),
+            "call_timeout_ms = 6000",
+        )
+        .app(
+            "thermostat",
+            &guest("thermostat"),
+            &root().join("examples/thermostat/thermostat.model.json"),
+            "tick_interval_ms = 50",
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    run.wait_running("actions", T);
+    telemetry_flows(&consumer, 0);
+    let desired = topic("actions", "twin/desired");
+    let acks = topic("actions", "twin/ack");
+    let echoes = topic("actions", "action/echo/res");
+
+    // An action that hangs until its 6 s deadline, and behind it a desired
+    // change and another action. Nobody waits for either past 1 s: both are
+    // answered "timed out, not begun", and neither runs after the hang.
+    consumer.publish(
+        &topic("actions", "action/hang/req"),
+        json!({"id": "h1"}).to_string(),
+        false,
+    );
+    let late = ask(
+        &consumer,
+        &desired,
+        json!({"version": 1, "attributes": {"mode": "late"}}),
+        &acks,
+        "version",
+        json!(1),
+    );
+    let not_begun =
+        "the app did not answer within 1 s; it had not started handling the request, and will not";
+    assert_eq!(late["rejected"]["mode"], not_begun, "{late}");
+    let late_echo = ask(
+        &consumer,
+        &topic("actions", "action/echo/req"),
+        json!({"id": "e1", "argument": "late"}),
+        &echoes,
+        "id",
+        json!("e1"),
+    );
+    assert_eq!(late_echo["error"], not_begun, "{late_echo}");
+    let hang = consumer.wait_json(&topic("actions", "action/hang/res"), T, |a| a["id"] == "h1");
+    assert!(
+        hang["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("it had started handling the request")),
+        "{hang}"
+    );
+    // The hang ends at its deadline and the app restarts; a new request
+    // is answered by it, so the queue has been drained past the late ones.
+    run.wait_app("actions", T, "restarted after the hang", |a| {
+        a["state"] == "running" && a["restarts"].as_u64() >= Some(1)
+    });
+    let after = ask(
+        &consumer,
+        &topic("actions", "action/echo/req"),
+        json!({"id": "e2", "argument": "after"}),
+        &echoes,
+        "id",
+        json!("e2"),
+    );
+    assert_eq!(after["result"], "after", "{after}");
+    // Version 1 was never applied, so it is still new.
+    let now = ask(
+        &consumer,
+        &desired,
+        json!({"version": 1, "attributes": {"mode": "now"}}),
+        &acks,
+        "accepted",
+        json!(["mode"]),
+    );
+    assert_eq!(now["version"], 1, "{now}");
+    // Reports leave in order: once "now" is reported, a report of the
+    // abandoned change would have come before it.
+    let reported = topic("actions", "twin/reported");
+    consumer.wait_json(&reported, T, |r| r["attributes"]["mode"] == "now");
+    let reported_late = consumer
+        .on(&reported)
+        .iter()
+        .any(|m| m.json()["attributes"]["mode"] == "late");
+    assert!(!reported_late, "the abandoned desired change was applied");
+
+    // Versions outside 1 ..= 2^63 - 1 are refused, never stored wrapped.
+    for version in [0u64, 1 << 63, u64::MAX] {
+        let refused = ask(
+            &consumer,
+            &desired,
+            json!({"version": version, "attributes": {"mode": "odd"}}),
+            &acks,
+            "version",
+            json!(version),
+        );
+        assert_eq!(
+            refused["error"],
+            format!("version {version} is not between 1 and 2^63 - 1"),
+            "{refused}"
+        );
+    }
+    // A later, ordinary version is still newer than everything applied.
+    let ack = ask(
+        &consumer,
+        &desired,
+        json!({"version": 2, "attributes": {"count": 9_007_199_254_740_995_u64}}),
+        &acks,
+        "version",
+        json!(2),
+    );
+    assert_eq!(
+        ack["accepted"],
+        json!(["count"]),
+        "the top of the range: {ack}"
+    );
+    // One past a range's integer top is out of it, with the bound exact:
+    // no float can tell 2^53 + 3 from 2^53 + 4.
+    let ack = ask(
+        &consumer,
+        &desired,
+        json!({"version": 3, "attributes": {"count": 9_007_199_254_740_996_u64}}),
+        &acks,
+        "version",
+        json!(3),
+    );
+    assert_eq!(
+        ack["rejected"]["count"], "9007199254740996 is out of range [0, 9007199254740995]",
+        "{ack}"
+    );
+    // A flood of attributes (5,400 in 50 KB) gets a short error, not an
+    // answer per attribute.
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..5_400).map(|i| (format!("u{i}"), json!(1))).collect();
+    consumer.publish(
+        &desired,
+        json!({"version": 4, "attributes": many}).to_string(),
+        false,
+    );
+    let flood = consumer.wait_json(&acks, T, |a| a["version"] == 4);
+    assert!(
+        flood["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("over the limit of 256")),
+        "{flood}"
+    );
+    let size = consumer
+        .on(&acks)
+        .iter()
+        .filter(|m| m.json()["version"] == 4)
+        .map(|m| m.payload.len())
+        .max()
+        .unwrap_or_default();
+    assert!(size < 1024, "the refusal is {size} bytes");
+    telemetry_flows(&consumer, batches(&consumer));
+    assert!(run.stop().success());
+}

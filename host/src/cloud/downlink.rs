@@ -27,7 +27,8 @@ use crate::store::Database;
 use crate::value::to_json;
 
 /// How long a downlink message may wait for its app (queue, restarts, call)
-/// before the cloud is told it timed out.
+/// before the cloud is told it timed out, unless `[cloud] answer_timeout_s`
+/// says otherwise.
 pub const APP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Messages waiting per device before new ones are refused as "busy".
@@ -59,6 +60,8 @@ pub struct Downlink {
     /// Refusals are each answered and counted, but logged at this rate at
     /// most: a flood must not become a flood of log lines.
     refusal_log: crate::rate::SharedLimit,
+    /// How long a request waits for its app before it is answered "timed out".
+    answer_within: Duration,
 }
 
 impl Downlink {
@@ -83,7 +86,14 @@ impl Downlink {
             tasks,
             handlers: HashMap::new(),
             refusal_log: crate::rate::SharedLimit::new(5, 20),
+            answer_within: APP_TIMEOUT,
         }
+    }
+
+    /// Wait this long for an app's answer before the cloud is told it timed out.
+    pub fn answering_within(mut self, within: Duration) -> Self {
+        self.answer_within = within;
+        self
     }
 
     /// Count refusals in the link's metrics.
@@ -197,6 +207,7 @@ impl Downlink {
                 replies: self.replies.clone(),
                 db: self.db.clone(),
                 outbox_signal: self.outbox_signal.clone(),
+                answer_within: self.answer_within,
             };
             self.tasks.spawn(worker.run(rx, self.cancel.clone()));
             tx
@@ -345,6 +356,7 @@ struct Worker {
     replies: mpsc::Sender<Reply>,
     db: Database,
     outbox_signal: Arc<Notify>,
+    answer_within: Duration,
 }
 
 impl Worker {
@@ -469,8 +481,11 @@ impl Worker {
         if !accepted.is_empty() {
             let outcome = route
                 .handle
-                .desired(device.clone(), accepted.clone(), APP_TIMEOUT)
+                .desired(device.clone(), accepted.clone(), self.answer_within)
                 .await;
+            // A change the app never began leaves no trace: the version is
+            // not recorded, so the cloud may send it again.
+            let never_begun = matches!(outcome, Err(AppError::NotAnswered { started: false, .. }));
             let refused = match outcome {
                 Ok(()) => None,
                 Err(not_answered @ AppError::NotAnswered { .. }) => Some(not_answered.to_string()),
@@ -481,6 +496,9 @@ impl Worker {
                 for (name, _) in accepted.drain(..) {
                     ack.rejected.insert(name, reason.clone());
                 }
+            }
+            if never_begun {
+                return ack;
             }
         }
         let stored: Vec<(String, String)> = accepted
@@ -540,9 +558,12 @@ impl Worker {
                 error: Some(error),
             }
         };
-        let call = route
-            .handle
-            .action(device.clone(), name.to_string(), argument, APP_TIMEOUT);
+        let call = route.handle.action(
+            device.clone(),
+            name.to_string(),
+            argument,
+            self.answer_within,
+        );
         match call.await {
             Ok(result) => {
                 let result = result
@@ -610,6 +631,7 @@ mod tests {
             replies,
             db,
             outbox_signal: Arc::new(Notify::new()),
+            answer_within: APP_TIMEOUT,
         };
         Setup {
             _dir: dir,
@@ -748,6 +770,36 @@ mod tests {
                 "the app did not answer within 30 s; it had not started handling the request, and will not"
             ),
             "the action times out too, and was never begun"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_desired_change_never_begun_leaves_its_version_free_to_send_again() {
+        let Setup {
+            _dir,
+            worker,
+            mut conn,
+            app,
+        } = setup();
+        // The app holds events without beginning them.
+        let _silent = tokio::spawn(async move {
+            let mut app = app;
+            let mut held = Vec::new();
+            while let Some(event) = app.recv().await {
+                held.push(event);
+            }
+        });
+        let before = crate::store::desired_version(&conn, "thermostat").expect("version");
+        let ack = worker.desired(&mut conn, &desired(7, 22.0)).await;
+        assert!(
+            ack.rejected["setpoint"]
+                .ends_with("had not started handling the request, and will not"),
+            "{ack:?}"
+        );
+        assert_eq!(
+            crate::store::desired_version(&conn, "thermostat").expect("version"),
+            before,
+            "version 7 is not recorded"
         );
     }
 

@@ -46,6 +46,8 @@ pub(super) struct CloudSection {
     pub(super) max_inflight: u16,
     #[serde(default = "default_status_interval_s")]
     pub(super) status_interval_s: u64,
+    #[serde(default = "default_answer_timeout_s")]
+    pub(super) answer_timeout_s: u64,
 }
 
 /// Not MQTT's 1883: a system Mosquitto (installed for the tests, say) often
@@ -68,6 +70,9 @@ pub(super) fn default_max_inflight() -> u16 {
 pub(super) fn default_status_interval_s() -> u64 {
     60
 }
+pub(super) fn default_answer_timeout_s() -> u64 {
+    30
+}
 
 /// The cloud link, as gateway.toml's `[cloud]` gives it.
 #[derive(Debug, Clone)]
@@ -81,6 +86,10 @@ pub struct CloudConfig {
     pub max_inflight: u16,
     /// How often the retained status is refreshed (it is also sent on every change).
     pub status_interval: Duration,
+    /// How long an action or desired change waits for its app (its queue,
+    /// restarts and the call) before the cloud is told it timed out. A
+    /// request not begun by then is never run.
+    pub answer_timeout: Duration,
     /// The password is written in gateway.toml itself, which must then be
     /// the gateway user's alone.
     pub password_inline: bool,
@@ -106,6 +115,7 @@ impl CloudConfig {
             backoff_max_ms: default_backoff_max_ms(),
             max_inflight: default_max_inflight(),
             status_interval_s: default_status_interval_s(),
+            answer_timeout_s: default_answer_timeout_s(),
         };
         // The defaults are valid by construction.
         cloud_config(section, gateway_id, &|p: &Path| p.to_path_buf())
@@ -300,6 +310,12 @@ pub(super) fn cloud_config(
     if cloud.status_interval_s == 0 {
         return Err(KeyError::new(key("status_interval_s"), "must be positive"));
     }
+    if !(1..=3600).contains(&cloud.answer_timeout_s) {
+        return Err(KeyError::new(
+            key("answer_timeout_s"),
+            format!("{} is not between 1 and 3600", cloud.answer_timeout_s),
+        ));
+    }
     Ok(CloudConfig {
         broker,
         embedded,
@@ -307,6 +323,7 @@ pub(super) fn cloud_config(
         backoff_max: Duration::from_millis(cloud.backoff_max_ms),
         max_inflight: cloud.max_inflight,
         status_interval: Duration::from_secs(cloud.status_interval_s),
+        answer_timeout: Duration::from_secs(cloud.answer_timeout_s),
         password_inline,
     })
 }
