@@ -459,6 +459,43 @@ fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tamperin
     assert!(err.contains("in 41 chunks"), "{err}");
     run.wait_for("generation cloud started", T);
 
+    // Killed while it receives (or deploys) a deployment, the gateway takes
+    // it again when `cloud deploy`, having heard nothing for 5 s, offers it
+    // again; then it is deployed once.
+    let watcher = Consumer::connect(
+        &broker.settings("watcher"),
+        &["wg/v1/test-gw/test-gw/deploy/res"],
+    );
+    let mut command = std::process::Command::new(crate::common::binary());
+    command
+        .args(["cloud", "--broker", &broker.url(), "--timeout", "60"])
+        .args([
+            "deploy",
+            "test-gw",
+            "counter",
+            big_path.to_str().expect("path"),
+        ])
+        .args(["--key", key_path.to_str().expect("path")])
+        .args(["--config", "generation=resumed"]);
+    let mut cli = crate::common::Running::spawn_command(command);
+    watcher.wait_json("wg/v1/test-gw/test-gw/deploy/res", T, |j| {
+        j["stage"] == "receiving"
+    });
+    run.kill9();
+    let mut run = gw.start();
+    let status = cli.wait_exit(Duration::from_secs(180));
+    let lines = cli.lines();
+    assert!(status.success(), "{lines:?}");
+    let said = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    assert!(said("offering the deployment again"), "{lines:?}");
+    assert!(said("in 41 chunks, again"), "{lines:?}");
+    assert!(said("deployed: app counter: version"), "{lines:?}");
+    run.wait_for("generation resumed started", T);
+    assert_eq!(run.count("generation resumed started"), 1, "deployed once");
+    let resumed = counter_app(&apps(&gw))["version"]
+        .as_i64()
+        .expect("version");
+
     // Signed by a key the gateway does not trust.
     let stranger = keys.path().join("stranger.key");
     let (ok, out, _) = cloud(&[
@@ -534,7 +571,7 @@ fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tamperin
     let app = counter_app(&apps(&gw));
     assert_eq!(
         (app["version"].as_i64(), app["state"].as_str()),
-        (Some(2), Some("running")),
+        (Some(resumed), Some("running")),
         "{app}"
     );
     assert_eq!(run.count("generation tampered"), 0);

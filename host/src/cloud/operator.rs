@@ -365,17 +365,40 @@ pub async fn deploy(
         .collect();
     let res_topic = topics::topic(gateway, gateway, "deploy/res");
     session.subscribe(&res_topic).await?;
-    session
-        .publish(
-            &topics::topic(gateway, gateway, "deploy/req"),
-            false,
-            serde_json::to_vec(&manifest)?,
-        )
-        .await?;
-    // Wait until the gateway took the manifest before sending chunks.
+    let offer_topic = topics::topic(gateway, gateway, "deploy/req");
+    let offer = serde_json::to_vec(&manifest)?;
+    session.publish(&offer_topic, false, offer.clone()).await?;
+    // The manifest is offered again whenever the gateway has said nothing
+    // for OFFER_AGAIN: a gateway that restarted while receiving takes it
+    // anew and answers `receiving` with nothing received, and then every
+    // chunk goes again. We give up after `timeout` of silence (at least
+    // 120 s once the chunks went: compiling a large component takes a while).
+    const OFFER_AGAIN: Duration = Duration::from_secs(5);
+    let mut send_chunks = true;
     let mut sent = false;
-    let mut deadline = session.deadline();
-    while let Some(message) = session.next(Some(deadline)).await? {
+    let mut heard = tokio::time::Instant::now();
+    let mut offered = heard;
+    loop {
+        let patience = if sent {
+            session.timeout.max(Duration::from_secs(120))
+        } else {
+            session.timeout
+        };
+        let give_up = heard + patience;
+        let wake = give_up.min(heard.max(offered) + OFFER_AGAIN);
+        let Some(message) = session.next(Some(wake)).await? else {
+            if tokio::time::Instant::now() >= give_up {
+                break;
+            }
+            eprintln!(
+                "{id}: no word from {gateway} for {} s; offering the deployment again",
+                OFFER_AGAIN.as_secs()
+            );
+            session.publish(&offer_topic, false, offer.clone()).await?;
+            send_chunks = true;
+            offered = tokio::time::Instant::now();
+            continue;
+        };
         if message.topic != res_topic {
             continue;
         }
@@ -386,8 +409,18 @@ pub async fn deploy(
             continue;
         }
         match progress.stage.as_str() {
-            "receiving" if !sent => {
-                eprintln!("{id}: sending {} bytes in {} chunks", size, manifest.chunks);
+            // Chunks the gateway no longer knows (it restarted): the next
+            // offer starts the deployment again.
+            "unknown" => {}
+            "receiving" if send_chunks && progress.received == 0 => {
+                heard = tokio::time::Instant::now();
+                send_chunks = false;
+                eprintln!(
+                    "{id}: sending {} bytes in {} chunks{}",
+                    size,
+                    manifest.chunks,
+                    if sent { ", again" } else { "" }
+                );
                 for (i, chunk) in component.chunks(chunk_size as usize).enumerate() {
                     session
                         .publish(
@@ -398,14 +431,15 @@ pub async fn deploy(
                         .await?;
                 }
                 sent = true;
-                // Compiling a large component takes a while.
-                deadline =
-                    tokio::time::Instant::now() + session.timeout.max(Duration::from_secs(120));
             }
-            "receiving" => eprintln!(
-                "{id}: {} of {} chunks received",
-                progress.received, progress.chunks
-            ),
+            "receiving" => {
+                heard = tokio::time::Instant::now();
+                send_chunks = false;
+                eprintln!(
+                    "{id}: {} of {} chunks received",
+                    progress.received, progress.chunks
+                );
+            }
             "deployed" => {
                 println!("deployed: {}", progress.message.unwrap_or_default());
                 return Ok(true);

@@ -470,11 +470,33 @@ impl Handler {
                     manifest.version,
                 )
             });
-        if let Err(refusal) = accepted {
-            return self.fail(Some(manifest.id), refusal.to_string()).await;
-        }
-        tracing::info!(deployment = %manifest.id, app = %manifest.app, bytes = manifest.size, "cloud deployment accepted; receiving");
+        let taken = match accepted {
+            Ok(taken) => taken,
+            Err(refusal) => return self.fail(Some(manifest.id), refusal.to_string()).await,
+        };
         let (id, chunks) = (manifest.id.clone(), manifest.chunks);
+        // Offered again while it is being received (the sender heard
+        // nothing for a while): say how far it is, and keep what came.
+        if let Some(transfer) = self.transfers.get(&id) {
+            let received = transfer.received;
+            return self
+                .report(DeployProgress {
+                    id: Some(id),
+                    stage: "receiving".into(),
+                    received,
+                    chunks,
+                    ..DeployProgress::default()
+                })
+                .await;
+        }
+        match taken {
+            registry::Taken::New => {
+                tracing::info!(deployment = %id, app = %manifest.app, bytes = manifest.size, "cloud deployment accepted; receiving")
+            }
+            registry::Taken::Resumed => {
+                tracing::info!(deployment = %id, app = %manifest.app, bytes = manifest.size, "cloud deployment offered again after it was cut off; receiving it anew")
+            }
+        }
         self.transfers.insert(id.clone(), Transfer::new(manifest));
         self.report(DeployProgress {
             id: Some(id),
@@ -483,6 +505,17 @@ impl Handler {
             ..DeployProgress::default()
         })
         .await;
+    }
+
+    /// Record that deployment `id` ended, so it is never taken again.
+    fn end(&self, id: &str, outcome: &str) {
+        let ended = self
+            .db
+            .open()
+            .and_then(|conn| registry::end_deployment(&conn, id, outcome));
+        if let Err(e) = ended {
+            tracing::error!(deployment = id, "cannot record the deployment's end: {e}");
+        }
     }
 
     /// A signed key rotation: checked, recorded, and in force at once.
@@ -526,18 +559,22 @@ impl Handler {
 
     async fn chunk(&mut self, id: String, index: &str, payload: Vec<u8>) {
         let Some(transfer) = self.transfers.get_mut(&id) else {
-            // Unknown or already refused: nothing to do but say so.
+            // Unknown, already refused, or cut off by a restart: say so,
+            // as `unknown` (not `failed`: the sender may offer it again).
             return self
-                .fail(
-                    Some(id.clone()),
-                    format!("chunk {index} of an unknown deployment {id}"),
-                )
+                .report(DeployProgress {
+                    id: Some(id.clone()),
+                    stage: "unknown".into(),
+                    error: Some(format!("chunk {index} of an unknown deployment {id}")),
+                    ..DeployProgress::default()
+                })
                 .await;
         };
         let received = match transfer.accept(index, payload) {
             Ok(received) => received,
             Err(error) => {
                 self.transfers.remove(&id);
+                self.end(&id, "failed");
                 return self.fail(Some(id), error).await;
             }
         };
@@ -561,7 +598,10 @@ impl Handler {
         };
         let (manifest, component) = match transfer.assemble() {
             Ok(done) => done,
-            Err(error) => return self.fail(Some(id), error).await,
+            Err(error) => {
+                self.end(&id, "failed");
+                return self.fail(Some(id), error).await;
+            }
         };
         let request = DeployRequest {
             app: manifest.app,
@@ -571,7 +611,16 @@ impl Handler {
             spec: None,
             source: "cloud".into(),
         };
-        match self.deploy.deploy(request).await {
+        let outcome = self.deploy.deploy(request).await;
+        self.end(
+            &id,
+            if outcome.is_ok() {
+                "deployed"
+            } else {
+                "failed"
+            },
+        );
+        match outcome {
             Ok(message) => {
                 self.report(DeployProgress {
                     id: Some(id),

@@ -234,6 +234,14 @@ CREATE TABLE IF NOT EXISTS deploy_ids (
     version     INTEGER NOT NULL,
     accepted_at INTEGER NOT NULL
 );
+-- The signed deployments that came to an end (deployed or failed). One
+-- taken but not ended (the gateway stopped while receiving it) may be
+-- offered again, as long as nothing newer was taken since.
+CREATE TABLE IF NOT EXISTS deploy_ended (
+    id       TEXT PRIMARY KEY,
+    outcome  TEXT NOT NULL,
+    ended_at INTEGER NOT NULL
+);
 "#;
 
 /// A key set a signed rotation put in force.
@@ -376,19 +384,63 @@ pub enum Replay {
     Registry(String),
 }
 
+/// Whether a signed deployment is taken for the first time, or offered
+/// again after the gateway stopped while receiving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    New,
+    Resumed,
+}
+
 /// Take signed deployment `id` of `app` at `version`, durably, if neither
 /// the id nor a version as high was taken before. One transaction: two
-/// manifests racing cannot both pass.
+/// manifests racing cannot both pass. The same id is taken again only to
+/// resume it: it never ended, and it is still the newest of its app.
 pub fn accept_deployment(
     conn: &mut Connection,
     id: &str,
     app: &str,
     version: u64,
-) -> Result<(), Replay> {
+) -> Result<Taken, Replay> {
     let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
     let tx = conn.transaction().map_err(registry)?;
+    if resumable(&tx, id, app, version).map_err(registry)? {
+        return Ok(Taken::Resumed);
+    }
     take(&tx, id, app, version)?;
-    tx.commit().map_err(registry)
+    tx.commit().map_err(registry)?;
+    Ok(Taken::New)
+}
+
+fn resumable(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    app: &str,
+    version: u64,
+) -> rusqlite::Result<bool> {
+    let Ok(version) = i64::try_from(version) else {
+        return Ok(false);
+    };
+    tx.query_row(
+        "SELECT 1 FROM deploy_ids i JOIN deploy_highest h ON h.app = i.app
+         WHERE i.id = ?1 AND i.app = ?2 AND i.version = ?3 AND h.version = ?3
+           AND NOT EXISTS (SELECT 1 FROM deploy_ended e WHERE e.id = i.id)",
+        params![id, app, version],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
+/// Record that signed deployment `id` came to an end (`deployed` or
+/// `failed`): it is never taken again.
+pub fn end_deployment(conn: &Connection, id: &str, outcome: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO deploy_ended (id, outcome, ended_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO NOTHING",
+        params![id, outcome, now_ns() as i64],
+    )
+    .map(|_| ())
 }
 
 /// Register a new version; returns its number.
@@ -696,6 +748,30 @@ mod tests {
         // A refused one left nothing behind: d4 is still free.
         accept_deployment(&mut conn, "d4", "a", 7).expect("d4");
         assert!(accept_deployment(&mut conn, "d5", "a", u64::MAX).is_err());
+    }
+
+    #[test]
+    fn a_deployment_that_never_ended_resumes_until_it_ends_or_a_newer_one_is_taken() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(SCHEMA).expect("schema");
+        assert_eq!(accept_deployment(&mut conn, "d1", "a", 5), Ok(Taken::New));
+        // The gateway stopped while receiving d1: offered again, it resumes.
+        assert_eq!(
+            accept_deployment(&mut conn, "d1", "a", 5),
+            Ok(Taken::Resumed)
+        );
+        end_deployment(&conn, "d1", "deployed").expect("end");
+        assert!(matches!(
+            accept_deployment(&mut conn, "d1", "a", 5),
+            Err(Replay::SeenId { .. })
+        ));
+        // One left unended is no longer resumable once a newer one is taken.
+        assert_eq!(accept_deployment(&mut conn, "d2", "a", 6), Ok(Taken::New));
+        assert_eq!(accept_deployment(&mut conn, "d3", "a", 7), Ok(Taken::New));
+        assert!(matches!(
+            accept_deployment(&mut conn, "d2", "a", 6),
+            Err(Replay::SeenId { .. })
+        ));
     }
 
     fn outcome_of(conn: &Connection, version: i64) -> Outcome {
