@@ -512,6 +512,11 @@ impl Running {
         }
     }
 
+    /// Whether the process has ended (without waiting for it).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill9(&mut self) {
         self.child.kill().expect("kill -9");

@@ -772,12 +772,20 @@ fn wasmgate_logs_shows_an_apps_recent_lines() {
 
 #[test]
 fn a_guest_that_sleeps_in_a_host_call_is_cut_off_at_its_deadline_and_never_holds_up_control() {
-    let gw = with_healthy_counter().app(
-        "sleeper",
-        &guest("sleeper"),
-        &model("empty"),
-        "tick_interval_ms = 100\ncall_timeout_ms = 300\n[app.restart]\nbackoff_initial_ms = 2000\nmax_crashes = 2",
-    );
+    let gw = with_healthy_counter()
+        .app(
+            "sleeper",
+            &guest("sleeper"),
+            &model("empty"),
+            "tick_interval_ms = 100\ncall_timeout_ms = 300\n[app.restart]\nbackoff_initial_ms = 2000\nmax_crashes = 2",
+        )
+        // Within a long deadline: each tick sleeps 6 s, and is let.
+        .app(
+            "dozer",
+            &guest("sleeper"),
+            &model("empty"),
+            "tick_interval_ms = 10\ncall_timeout_ms = 20000\n[app.config]\nsleep_s = 6",
+        );
     let mut run = gw.start();
     // Its first tick sleeps 90 s; the call is cut off at 300 ms plus the
     // grace, counted as a crash, and the app restarts.
@@ -808,6 +816,38 @@ fn a_guest_that_sleeps_in_a_host_call_is_cut_off_at_its_deadline_and_never_holds
     assert!(
         seconds <= calls * 0.8 + 0.5,
         "{seconds} s in {calls} calls: {stopped}"
+    );
+    // A stop waits for the dozer's call in progress (up to 6 s), but no
+    // one else does: `apps`, and a start of another app, are answered
+    // while that stop is still pending. (The dozer is in a tick but for
+    // 10 ms of every 6 s.)
+    let dozing = run.wait_app("dozer", T, "running", |a| a["state"] == "running");
+    let calls_before = dozing["calls"].as_u64().expect("calls");
+    let mut stopping = {
+        let mut command = std::process::Command::new(crate::common::binary());
+        command.args(["stop", "dozer", "--gateway", config.to_str().expect("path")]);
+        Running::spawn_command(command)
+    };
+    let (ok, out, err) = wasmgate(&["apps", "--gateway", config.to_str().expect("path")]);
+    assert!(ok && out.contains("dozer"), "{out}{err}");
+    let (ok, out, err) = wasmgate(&[
+        "start",
+        "sleeper",
+        "--gateway",
+        config.to_str().expect("path"),
+    ]);
+    assert!(ok && out.contains("app sleeper started"), "{out}{err}");
+    assert!(
+        !stopping.exited(),
+        "the dozer's stop was answered before its call ended"
+    );
+    assert!(stopping.wait_exit(T).success(), "{:?}", stopping.lines());
+    let stopped = run.wait_app("dozer", T, "stopped", |a| a["state"] == "stopped");
+    let calls = stopped["calls"].as_u64().expect("calls");
+    // The tick in progress ended, and `save` ran; nothing else began.
+    assert!(
+        calls <= calls_before + 2,
+        "{calls_before} calls before the stop: {stopped}"
     );
     healthy_keeps_pace(&mut run, Duration::from_secs(2));
     stays_bounded(&mut run, 512);

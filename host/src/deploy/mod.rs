@@ -226,6 +226,10 @@ pub struct Deployer {
     /// The probations under way: each ends with how it went. Owned here,
     /// so none outlives the deployer.
     probations: JoinSet<Settled>,
+    /// Stops and starts waiting on their app (which may be in a call of up
+    /// to its deadline): they wait here, not in the deployer's loop, so an
+    /// app busy in a long call holds up no one but the client who asked.
+    controls: JoinSet<()>,
 }
 
 impl Deployer {
@@ -249,6 +253,7 @@ impl Deployer {
             data_dir,
             probation,
             keep,
+            controls: JoinSet::new(),
             apps: JoinSet::new(),
             stop_apps: CancellationToken::new(),
             probations: JoinSet::new(),
@@ -404,9 +409,14 @@ impl Deployer {
                     Ok(settled) => self.settle(settled).await,
                     Err(e) => tracing::error!("a probation task failed: {e}"),
                 },
+                Some(Err(e)) = self.controls.join_next() => {
+                    tracing::error!("a stop or start task failed: {e}");
+                }
             }
         }
         self.stop_apps.cancel();
+        // Waiting stops and starts end as their apps stop.
+        while self.controls.join_next().await.is_some() {}
         while let Some(done) = self.apps.join_next().await {
             if let Err(e) = done {
                 tracing::error!("an app task failed: {e}");
@@ -428,12 +438,8 @@ impl Deployer {
             Command::Rollback(app, reply) => {
                 let _ = reply.send(self.rollback(&app).await);
             }
-            Command::Stop(app, reply) => {
-                let _ = reply.send(self.stop(&app).await);
-            }
-            Command::Start(app, reply) => {
-                let _ = reply.send(self.start(&app).await);
-            }
+            Command::Stop(app, reply) => self.stop_or_start(&app, true, reply),
+            Command::Start(app, reply) => self.stop_or_start(&app, false, reply),
             Command::Remove(app, reply) => {
                 let _ = reply.send(self.remove(&app).await);
             }
@@ -640,26 +646,31 @@ impl Deployer {
         ))
     }
 
-    async fn stop(&mut self, app: &str) -> Result<String, DeployError> {
-        let entry = self
-            .directory
-            .get(app)
-            .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
-        entry.handle.control(Control::Stop).await?;
-        registry::set_stopped(&self.db(), app, true).map_err(DeployError::RecordState)?;
-        Ok(format!(
-            "app {app} stopped (it stays stopped across restarts until `wasmgate start {app}`)"
-        ))
-    }
-
-    async fn start(&mut self, app: &str) -> Result<String, DeployError> {
-        let entry = self
-            .directory
-            .get(app)
-            .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
-        entry.handle.control(Control::Start).await?;
-        registry::set_stopped(&self.db(), app, false).map_err(DeployError::RecordState)?;
-        Ok(format!("app {app} started"))
+    /// Stop (or start) `app`: recorded at once, so it holds across a
+    /// restart, then carried out by the app's actor after its call in
+    /// progress. The client is answered from `controls` once it is done.
+    fn stop_or_start(&mut self, app: &str, stop: bool, reply: Reply) {
+        let Some(entry) = self.directory.get(app) else {
+            let _ = reply.send(Err(DeployError::NoSuchApp(app.to_string())));
+            return;
+        };
+        if let Err(e) = registry::set_stopped(&self.db(), app, stop) {
+            let _ = reply.send(Err(DeployError::RecordState(e)));
+            return;
+        }
+        let handle = entry.handle.clone();
+        let done = if stop {
+            format!(
+                "app {app} stopped (it stays stopped across restarts until `wasmgate start {app}`)"
+            )
+        } else {
+            format!("app {app} started")
+        };
+        self.controls.spawn(async move {
+            let control = if stop { Control::Stop } else { Control::Start };
+            let result = handle.control(control).await;
+            let _ = reply.send(result.map(|()| done).map_err(DeployError::from));
+        });
     }
 
     async fn remove(&mut self, app: &str) -> Result<String, DeployError> {
