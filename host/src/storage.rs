@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS kv (
 "#;
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        let (keys, bytes) = held(app.db, app.app).unwrap_or_else(|e| {
+        let (keys, bytes) = usage(app.db, app.app).unwrap_or_else(|e| {
             tracing::warn!(app = app.app, "cannot count the app's storage: {e}");
             (0, 0)
         });
@@ -63,8 +63,9 @@ CREATE TABLE IF NOT EXISTS kv (
     }
 }
 
-/// How many keys `app` holds, and what they count against its quota.
-fn held(db: &Connection, app: &str) -> rusqlite::Result<(u64, u64)> {
+/// How many keys `app` holds, and what they count against its quota (and
+/// its disk quota).
+pub fn usage(db: &Connection, app: &str) -> rusqlite::Result<(u64, u64)> {
     db.query_row(
         "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value) + ?2), 0) FROM kv WHERE app = ?1",
         params![app, KEY_OVERHEAD_BYTES as i64],
@@ -113,7 +114,7 @@ impl StorageCtx {
         quota: u64,
         writes: SharedLimit,
     ) -> rusqlite::Result<Self> {
-        let (keys, used) = held(&db, &app)?;
+        let (keys, used) = usage(&db, &app)?;
         Ok(StorageCtx {
             app,
             db,
@@ -321,7 +322,7 @@ mod tests {
                 .is_ok()
         );
         // What is held is counted the same way after a restart.
-        assert_eq!(held(&storage.db, "app").expect("held"), (2, storage.used));
+        assert_eq!(usage(&storage.db, "app").expect("usage"), (2, storage.used));
         assert_eq!(storage.keys, 2);
     }
 

@@ -1039,13 +1039,19 @@ fn an_app_that_fills_the_disk_is_stopped_at_its_quota_and_its_uploads_are_capped
             "filler",
             &guest("disk-filler"),
             &model("empty"),
-            "tick_interval_ms = 50\ndisk_quota_mib = 4\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 2\n[app.config]\nkind = \"files\"",
+            "tick_interval_ms = 50\ndisk_quota_mib = 4\nstorage_quota_kib = 1024\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 2\n[app.config]\nkind = \"files\"",
         )
         .app(
             "uploader",
             &guest("disk-filler"),
             &model("empty"),
             "tick_interval_ms = 50\n[app.config]\nkind = \"uploads\"",
+        )
+        .app(
+            "hoarder",
+            &guest("disk-filler"),
+            &model("empty"),
+            "tick_interval_ms = 500\ndisk_quota_mib = 2\nstorage_quota_kib = 1536\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 2\n[app.config]\nkind = \"storage\"",
         );
     let mut run = gw.start();
     // 256 KiB every 50 ms into its own directory: stopped at its 4 MiB
@@ -1066,6 +1072,24 @@ fn an_app_that_fills_the_disk_is_stopped_at_its_quota_and_its_uploads_are_capped
     assert!(
         files <= (4 << 20) + (6 << 20),
         "{files} bytes in the filler's directory"
+    );
+    // Storage counts too: 1.25 MiB of it (its own quota refuses more), and
+    // then files until the two pass the 2 MiB disk quota (slowly, so that
+    // the second between two checks adds at most 512 KiB).
+    let hoarder = run.wait_app("hoarder", T, "quarantined", |a| a["state"] == "quarantined");
+    let error = hoarder["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("disk_quota_mib of 2 MiB") && error.contains("its storage (13"),
+        "{hoarder}"
+    );
+    let files: u64 = std::fs::read_dir(gw.data_dir().join("apps/hoarder/files"))
+        .expect("the hoarder's files")
+        .flatten()
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
+    assert!(
+        files < 2 << 20,
+        "{files} bytes of files alone are under the quota"
     );
     // Uploads with no link to send them: three wait, the next is refused.
     let refused = run.wait_for("upload refused: limit: the app has 3 uploads waiting", T);

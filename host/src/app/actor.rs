@@ -561,7 +561,7 @@ impl Actor {
                     }
                 }
                 _ = ticker.tick() => {
-                    if let Err(over) = self.check_disk() {
+                    if let Err(over) = self.check_disk().await {
                         return self.crashed(over);
                     }
                     self.metrics.events.fetch_add(1, Ordering::Relaxed);
@@ -781,7 +781,7 @@ impl Actor {
     /// uploads it has waiting fit its `disk_quota_mib`. An app over it
     /// counts as crashed (and ends quarantined if it stays over), so that
     /// it cannot fill the disk that the database and the other apps share.
-    fn check_disk(&mut self) -> Result<(), AppError> {
+    async fn check_disk(&mut self) -> Result<(), AppError> {
         if self
             .disk_checked
             .is_some_and(|at| at.elapsed() < DISK_CHECK)
@@ -789,15 +789,21 @@ impl Actor {
             return Ok(());
         }
         self.disk_checked = Some(Instant::now());
-        let files = disk_bytes(&self.files_dir);
-        // The content unit owns the transfers table and says what waits.
+        // The walk may take a while in a large directory: off the runtime's
+        // worker, so no other app's ticks wait on it.
+        let dir = self.files_dir.clone();
+        let files = tokio::task::spawn_blocking(move || disk_bytes(&dir))
+            .await
+            .unwrap_or(0);
+        // The content and storage units own their tables and say what they hold.
         let waiting =
             crate::content::waiting_uploads(&self.db, &self.name).map_or(0, |(_, bytes)| bytes);
+        let stored = crate::storage::usage(&self.db, &self.name).map_or(0, |(_, bytes)| bytes);
         let quota = self.version.config.disk_quota_bytes;
-        let used = files.saturating_add(waiting);
+        let used = files.saturating_add(waiting).saturating_add(stored);
         if used > quota {
             return Err(AppError::Trap(format!(
-                "disk quota: the app's directory ({files} bytes) and its waiting uploads ({waiting} bytes) are over its disk_quota_mib of {} MiB; it stays stopped while they are",
+                "disk quota: the app's directory ({files} bytes), its waiting uploads ({waiting} bytes) and its storage ({stored} bytes) are over its disk_quota_mib of {} MiB; it stays stopped while they are",
                 quota >> 20
             )));
         }

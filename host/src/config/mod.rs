@@ -261,6 +261,15 @@ impl Config {
                 16 * 1024 * 1024,
             )?;
             let disk_quota = between("disk_quota_mib", app.disk_quota_mib, 1, 1 << 30)?;
+            // The disk quota covers the app's storage too.
+            if quota > disk_quota * 1024 {
+                return Err(invalid(
+                    key("storage_quota_kib"),
+                    format!(
+                        "{quota} KiB does not fit in disk_quota_mib ({disk_quota} MiB), which covers the app's storage too"
+                    ),
+                ));
+            }
             let r = &app.restart;
             if r.max_crashes == 0
                 || r.backoff_initial_ms == 0
@@ -424,6 +433,11 @@ mod tests {
         assert_eq!(
             parse(slow).unwrap_err().to_string(),
             "/etc/wg/gateway.toml: app[0].tick_interval_ms: 0 is not between 1 and 86400000"
+        );
+        let crowded = "[gateway]\nid = \"gw\"\n[[app]]\nname = \"a\"\ncomponent = \"a\"\nmodel = \"m\"\ndisk_quota_mib = 4\nstorage_quota_kib = 8192\n";
+        assert_eq!(
+            parse(crowded).unwrap_err().to_string(),
+            "/etc/wg/gateway.toml: app[0].storage_quota_kib: 8192 KiB does not fit in disk_quota_mib (4 MiB), which covers the app's storage too"
         );
         let nested = "[gateway]\nid = \"gw\"\n[[app]]\nname = \"a\"\ncomponent = \"a\"\nmodel = \"m\"\nconfig = { x = [1] }\n";
         assert_eq!(
