@@ -38,6 +38,17 @@ func StorageKeys(prefix string) ([]string, error) {
 	return r.Ok(), nil
 }
 
+// StorageKeysPage lists at most limit (capped at 1,000) keys that start
+// with prefix and come after after ("" to start), in byte order. Pass the
+// last key of a page as the next after; a shorter page is the end.
+func StorageKeysPage(prefix, after string, limit uint32) ([]string, error) {
+	r := wasmgate_device_storage.KeysPage(prefix, after, limit)
+	if r.IsErr() {
+		return nil, errorFromWIT(r.Err())
+	}
+	return r.Ok(), nil
+}
+
 // Level of a log line.
 type Level uint8
 

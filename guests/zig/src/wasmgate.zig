@@ -347,6 +347,26 @@ pub const storage = struct {
         for (out, 0..) |*o, i| o.* = keep(ret.ptr[i]);
         return out;
     }
+
+    /// At most `limit` (capped at 1,000) keys that start with `prefix` and
+    /// come after `after` ("" to start), in byte order (valid during the
+    /// current call). A shorter page is the end.
+    pub fn keysPage(prefix: []const u8, after: []const u8, limit: u32) HostError![]const []const u8 {
+        var p = str(prefix);
+        var a = str(after);
+        var ret: c.app_list_string_t = undefined;
+        var err: c.wasmgate_device_types_error_t = undefined;
+        try check(c.wasmgate_device_storage_keys_page(&p, &a, limit, &ret, &err), &err);
+        defer c.app_list_string_free(&ret);
+        const out = call_arena.allocator().alloc([]const u8, ret.len) catch oom();
+        for (out, 0..) |*o, i| o.* = keep(ret.ptr[i]);
+        return out;
+    }
+
+    // Analysed even while no app calls it.
+    comptime {
+        _ = &keysPage;
+    }
 };
 
 /// Large content to and from the cloud (files, firmware, logs).

@@ -44,7 +44,12 @@ impl App for StorageRoundtrip {
             let before = storage::keys("tmp/")?;
             storage::delete(&format!("tmp/{n}"))?;
             let after = storage::keys("tmp/")?;
-            Ok(before.contains(&format!("tmp/{n}"))
+            // A page of one, after the last key: only "tmp/keep" is left.
+            let page = storage::keys_page("tmp/", "", 1)?;
+            let past = storage::keys_page("tmp/", "tmp/keep", 10)?;
+            Ok(page == ["tmp/keep"]
+                && past.is_empty()
+                && before.contains(&format!("tmp/{n}"))
                 && !after.contains(&format!("tmp/{n}"))
                 && after.contains(&"tmp/keep".to_string())
                 && storage::get("missing")?.is_none())
