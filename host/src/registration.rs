@@ -7,8 +7,10 @@
 //! alone, so registering the same hardware again (after a restart, or from a
 //! new version of the app) gives the same id, as iobeam's saved device id
 //! did. Registrations are kept in SQLite (`registrations`, with a row in
-//! `devices` like any device), announced to the cloud in the retained
-//! `status` message with their metadata, and capped per app (`max_devices`).
+//! `devices` like any device), announced to the cloud each on its own
+//! retained `{device}/registration` topic (queued in the outbox with the
+//! change; the `status` message lists the first 100 of an app's), and capped
+//! per app (`max_devices`).
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -176,7 +178,40 @@ pub fn save(conn: &mut Connection, app: &str, registration: &Registration) -> ru
         ],
     )?;
     crate::store::claim_device(&tx, &registration.device, app)?;
+    announce(&tx, &registration.device, Some((app, registration)))?;
     tx.commit()
+}
+
+/// Queue a device's retained announcement (`{device}/registration`), or
+/// its withdrawal, in the outbox, with the change that makes it: every
+/// registered device reaches the cloud this way, however many there are,
+/// while the status message lists only the first of them.
+fn announce(
+    tx: &rusqlite::Transaction<'_>,
+    device: &str,
+    registered: Option<(&str, &Registration)>,
+) -> rusqlite::Result<()> {
+    let payload = match registered {
+        Some((app, r)) => serde_json::to_vec(&serde_json::json!({
+            "app": app,
+            "hardware_id": r.hardware_id,
+            "model": r.model,
+            "metadata": r.metadata.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        }))
+        .unwrap_or_default(),
+        // An empty retained message clears the announcement.
+        None => Vec::new(),
+    };
+    crate::outbox::insert(
+        tx,
+        &[crate::outbox::Entry {
+            kind: crate::outbox::Kind::Registration,
+            device: device.to_string(),
+            name: String::new(),
+            points: 0,
+            payload,
+        }],
+    )
 }
 
 /// Forget a registration: the device's row and twin go too, so a later
@@ -198,6 +233,7 @@ pub fn delete(
     if let Some(device) = &device {
         tx.execute("DELETE FROM devices WHERE device = ?1", params![device])?;
         tx.execute("DELETE FROM twin WHERE device = ?1", params![device])?;
+        announce(&tx, device, None)?;
     }
     tx.commit()?;
     Ok(device)

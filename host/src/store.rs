@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The tables the store itself keeps (devices, the twin, the outbox, the
 /// apps' states); the capability units and the deployer own theirs.
@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS saved_state (
 const OUTBOX_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack')),
+    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack', 'registration')),
     device     TEXT NOT NULL,
     name       TEXT NOT NULL,
     created_at INTEGER NOT NULL,
@@ -145,23 +145,29 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
     conn.execute_batch(OUTBOX_TABLE)?;
     conn.execute_batch(OUTBOX_INDEXES)?;
     // Version 5 added `outbox.sealed` (every row written before was
-    // complete) and the `ack` kind. SQLite cannot change a CHECK, so an older
-    // outbox is copied into the new shape.
+    // complete) and the `ack` kind, version 6 the `registration` kind.
+    // SQLite cannot change a CHECK, so an older outbox is copied into the
+    // new shape.
     let sql: String = conn.query_row(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
         [],
         |r| r.get(0),
     )?;
-    if !sql.contains("'ack'") {
+    if !sql.contains("'registration'") {
+        let sealed = if sql.contains("sealed") {
+            "sealed"
+        } else {
+            "1"
+        };
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(&format!(
-            "ALTER TABLE outbox RENAME TO outbox_v4;
+            "ALTER TABLE outbox RENAME TO outbox_old;
              DROP INDEX IF EXISTS outbox_by_stream;
              DROP INDEX IF EXISTS outbox_by_kind;
              {OUTBOX_TABLE}
              INSERT INTO outbox (seq, kind, device, name, created_at, points, payload, sealed)
-                 SELECT seq, kind, device, name, created_at, points, payload, 1 FROM outbox_v4;
-             DROP TABLE outbox_v4;
+                 SELECT seq, kind, device, name, created_at, points, payload, {sealed} FROM outbox_old;
+             DROP TABLE outbox_old;
              {OUTBOX_INDEXES}"
         ))?;
         tx.commit()?;

@@ -981,6 +981,21 @@ fn registrations_without_end_never_make_the_status_message_unsendable() {
         .max()
         .expect("status messages");
     assert!(largest <= 256 << 10, "a status message of {largest} bytes");
+    // Yet every one of the 2,000 is announced, each on its own topic.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let announced = || {
+        consumer
+            .messages()
+            .iter()
+            .filter(|m| m.topic.ends_with("/registration"))
+            .map(|m| m.topic.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    while announced() < 2000 {
+        assert!(Instant::now() < deadline, "{} announced", announced());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let link = run.link().expect("link");
     assert_eq!(link["reconnects"], 0, "{link}");
     healthy_keeps_pace(&mut run, Duration::from_secs(2));

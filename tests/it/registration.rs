@@ -168,6 +168,29 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
     );
     let twin = gw.count("SELECT COUNT(*) FROM twin WHERE device = 'bus.th-01'");
     assert_eq!(twin, 0);
+    // Each device is announced on its own retained topic, and withdrawn
+    // (an empty retained message) when it is unregistered.
+    let registrations = |id: &str| consumer.on(&format!("{}/registration", device(id)));
+    let deadline = std::time::Instant::now() + T;
+    while registrations("bus.th-01")
+        .last()
+        .is_none_or(|m| !m.payload.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "th-01 was not withdrawn"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = registrations("bus.th-01")[0].json();
+    assert_eq!(
+        (&first["app"], &first["hardware_id"], &first["model"]),
+        (&json!("bus"), &json!("th-01"), &json!("sensor")),
+        "{first}"
+    );
+    assert!(first["metadata"].is_object(), "{first}");
+    assert_eq!(registrations("bus.th-02").len(), 1, "announced once");
+    assert!(registrations("bus.th-03").is_empty(), "never registered");
     // The place is free again: the next scan registers th-01 again, with
     // the id it had, and th-03 is still one too many.
     let answer = consumer.call(&device("bus"), "scan", "s-1", None);
@@ -177,6 +200,16 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
         ids == [json!("bus.th-01"), json!("bus.th-02")]
     });
     assert_eq!(announced(&status).len(), 2, "{status}");
+    consumer.wait_json(&format!("{}/registration", device("bus.th-01")), T, |r| {
+        r["hardware_id"] == "th-01"
+    });
+    // A new subscriber finds every registered device retained, and not the
+    // withdrawn announcement.
+    let late = Consumer::connect(&broker.settings("late"), &["wg/v1/test-gw/+/registration"]);
+    let retained = late.wait_json(&format!("{}/registration", device("bus.th-02")), T, |_| {
+        true
+    });
+    assert_eq!(retained["hardware_id"], "th-02");
     assert_eq!(run.count("sensor th-03 not registered"), 2);
     // Unplugging something that is not registered is an error to the app.
     let answer = consumer.call(&device("bus"), "unplug", "u-2", Some(json!("th-09")));

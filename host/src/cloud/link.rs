@@ -378,6 +378,7 @@ impl Link {
                 "twin" => self.publish_twin(&row.device),
                 "alert" => self.publish_alert(row),
                 "ack" => self.publish_ack(row),
+                "registration" => self.publish_registration(row),
                 _ => self.publish_telemetry(row),
             };
             match published {
@@ -501,6 +502,23 @@ impl Link {
         };
         let topic = topics::topic(&self.spec_gateway, &row.device, "twin/ack");
         self.publish(&topic, false, payload)?;
+        Ok(Some(Sent::Row {
+            seq: row.seq,
+            twin_device: None,
+            counted: None,
+        }))
+    }
+
+    /// A registered device's announcement, retained; an empty one clears it.
+    fn publish_registration(
+        &mut self,
+        row: &outbox::Row,
+    ) -> Result<Option<Sent>, rumqttc::ClientError> {
+        let Some(payload) = self.stored(row) else {
+            return Ok(None);
+        };
+        let topic = topics::topic(&self.spec_gateway, &row.device, "registration");
+        self.publish(&topic, true, payload)?;
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,

@@ -48,6 +48,9 @@ pub enum Kind {
     /// The answer to a desired change, after the reports the app made while
     /// it applied it (`twin/ack`).
     Ack,
+    /// A registered device's announcement, or its withdrawal (an empty
+    /// payload), retained on `{device}/registration`.
+    Registration,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Alert => "alert",
             Kind::Twin => "twin",
             Kind::Ack => "ack",
+            Kind::Registration => "registration",
         }
     }
 }
@@ -371,5 +375,38 @@ mod tests {
         .expect("an old outbox");
         crate::store::migrate(&conn, &[]).expect("migrate");
         assert_eq!(next_rows(&conn, 10).expect("rows").len(), 1);
+    }
+
+    #[test]
+    fn a_database_of_schema_5_keeps_its_unsealed_batch_and_takes_registrations() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        conn.execute_batch(
+            "DROP TABLE outbox;
+             CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 kind TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack')),
+                 device TEXT NOT NULL, name TEXT NOT NULL, created_at INTEGER NOT NULL,
+                 points INTEGER NOT NULL, payload BLOB NOT NULL, sealed INTEGER NOT NULL DEFAULT 1);
+             INSERT INTO outbox (kind, device, name, created_at, points, payload, sealed)
+                 VALUES ('telemetry', 'd', 's', 1, 1, X'5B5D', 0);
+             PRAGMA user_version = 5;",
+        )
+        .expect("a schema-5 outbox");
+        crate::store::migrate(&conn, &[]).expect("migrate");
+        let sealed: i64 = conn
+            .query_row("SELECT sealed FROM outbox", [], |r| r.get(0))
+            .expect("row");
+        assert_eq!(sealed, 0, "the writer's open batch stays open");
+        insert(
+            &conn,
+            &[Entry {
+                kind: Kind::Registration,
+                device: "d-1".into(),
+                name: String::new(),
+                points: 0,
+                payload: Vec::new(),
+            }],
+        )
+        .expect("a registration row");
     }
 }

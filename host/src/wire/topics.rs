@@ -35,6 +35,8 @@ pub struct Parsed<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind<'a> {
     Status,
+    /// A registered device's announcement (retained; empty once unregistered).
+    Registration,
     Reported,
     Desired,
     Ack,
@@ -91,6 +93,7 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
     let tail: Vec<&str> = parts.collect();
     let kind = match tail.as_slice() {
         ["status"] => Kind::Status,
+        ["registration"] => Kind::Registration,
         ["twin", "reported"] => Kind::Reported,
         ["twin", "desired"] => Kind::Desired,
         ["twin", "ack"] => Kind::Ack,
