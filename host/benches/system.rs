@@ -616,6 +616,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
             db,
             units,
             status_signal: Default::default(),
+            disk_reserve_bytes: 0,
         };
         let wasm = guest("bench-noop");
         let engine_runtime = wasmgate::engine::Runtime::new(&dir.path().join("cache")).expect("runtime");

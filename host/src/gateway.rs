@@ -202,6 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         units,
         status_signal: status_signal.clone(),
         metrics: metrics.clone(),
+        disk_reserve_bytes: config.content.disk_reserve_bytes,
     };
     let mut deployer = Deployer::new(
         runtime,

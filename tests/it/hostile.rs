@@ -1047,6 +1047,31 @@ fn an_app_cannot_use_up_the_hosts_file_descriptors() {
 }
 
 #[test]
+fn an_app_that_writes_while_the_disk_is_below_its_reserve_is_stopped_and_its_neighbour_runs_on() {
+    // A reserve larger than any disk here: the disk is always "below" it.
+    let gw = with_healthy_counter()
+        .section("[content]\ndisk_reserve_mib = 1073741824\n")
+        .app(
+            "filler",
+            &guest("disk-filler"),
+            &model("empty"),
+            "tick_interval_ms = 100\n[app.restart]\nbackoff_initial_ms = 50\nmax_crashes = 1\n[app.config]\nkind = \"files\"",
+        );
+    let mut run = gw.start();
+    let filler = run.wait_app("filler", T, "quarantined", |a| a["state"] == "quarantined");
+    let error = filler["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("disk reserve: the app's directory grew by")
+            && error.contains("[content] disk_reserve_mib"),
+        "{filler}"
+    );
+    // The counter writes only to its storage, in the database: it runs on.
+    healthy_keeps_pace(&mut run, Duration::from_secs(2));
+    assert_eq!(app_report(&gw, "counter")["restarts"], 0);
+    stays_bounded(&mut run, 512);
+}
+
+#[test]
 fn an_app_that_fills_the_disk_is_stopped_at_its_quota_and_its_uploads_are_capped() {
     let gw = with_healthy_counter()
         .section("[content]\nmax_pending_uploads = 3\n")

@@ -62,6 +62,10 @@ pub struct AppShared {
     /// Signalled when an app's state changes.
     pub status_signal: Arc<Notify>,
     pub metrics: crate::metrics::Metrics,
+    /// Free space kept for the database and the outbox
+    /// (`[content] disk_reserve_mib`): an app whose directory grows while
+    /// the disk has less is stopped.
+    pub disk_reserve_bytes: u64,
 }
 
 /// Everything an actor needs to run one app.
@@ -143,6 +147,7 @@ pub async fn time_dispatch(
         restarts: 0,
         probation: None,
         disk_checked: None,
+        files_measured: None,
     };
     let mut instance = actor.start_version(&version, None).await?;
     let timeout = version.config.call_timeout;
@@ -207,6 +212,7 @@ pub fn spawn(
         restarts: 0,
         probation: None,
         disk_checked: None,
+        files_measured: None,
     };
     tasks.spawn(actor.run(cancel, stopped));
     Ok(AppHandle {
@@ -238,6 +244,9 @@ struct Actor {
     probation: Option<Probation>,
     /// When the app's disk use was last measured.
     disk_checked: Option<Instant>,
+    /// What its directory held then (kept across restarts: an app that
+    /// writes nothing new is not blamed for a disk others filled).
+    files_measured: Option<u64>,
 }
 
 /// How often an app's disk use is measured (before a tick).
@@ -805,6 +814,19 @@ impl Actor {
             return Err(AppError::Trap(format!(
                 "disk quota: the app's directory ({files} bytes), its waiting uploads ({waiting} bytes) and its storage ({stored} bytes) are over its disk_quota_mib of {} MiB; it stays stopped while they are",
                 quota >> 20
+            )));
+        }
+        let grew = self
+            .files_measured
+            .replace(files)
+            .map_or(0, |before| files.saturating_sub(before));
+        let reserve = self.shared.disk_reserve_bytes;
+        if grew > 0
+            && let Some(free) = crate::content::transfer::free_bytes(&self.files_dir)
+            && free < reserve
+        {
+            return Err(AppError::Trap(format!(
+                "disk reserve: the app's directory grew by {grew} bytes while the disk has {free} bytes free, less than the {reserve} bytes kept for the database and the outbox ([content] disk_reserve_mib)"
             )));
         }
         Ok(())
