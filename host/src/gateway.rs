@@ -208,7 +208,6 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         runtime,
         shared,
         directory.clone(),
-        reporter.clone(),
         config.data_dir.clone(),
         config.deploy.probation,
         config.deploy.keep_versions,
@@ -216,7 +215,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     // Watch mode's starting point is taken before the apps load (see `Watcher`).
     let watcher = watch.then(|| crate::deploy::watch::Watcher::new(&config));
     deployer.start_apps(&config).await?;
-    let (deploy, inbox) = crate::deploy::channel();
+    let (deploy, inbox) = crate::deploy::channel(reporter.clone(), database.clone());
     let stop_deployer = CancellationToken::new();
     let deployer = tokio::spawn(deployer.run(inbox, stop_deployer.clone()));
 

@@ -159,12 +159,17 @@ enum Command {
     Stop(String, Reply),
     Start(String, Reply),
     Remove(String, Reply),
-    Apps(oneshot::Sender<Vec<AppReport>>),
 }
 
-/// The rest of the gateway's way to the deployer.
+/// The rest of the gateway's way to the deployer. What the apps are is
+/// read here, beside the deployer rather than through it, so `apps` never
+/// waits on a deployment or on a busy app.
 #[derive(Clone)]
-pub struct DeployClient(mpsc::Sender<Command>);
+pub struct DeployClient {
+    commands: mpsc::Sender<Command>,
+    reporter: Reporter,
+    db: crate::store::Database,
+}
 
 impl DeployClient {
     async fn ask<T>(
@@ -172,7 +177,7 @@ impl DeployClient {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, DeployError> {
         let (tx, rx) = oneshot::channel();
-        self.0
+        self.commands
             .send(make(tx))
             .await
             .map_err(|_| DeployError::ShuttingDown)?;
@@ -196,8 +201,36 @@ impl DeployClient {
         self.ask(|tx| Command::Remove(app, tx)).await?
     }
     pub async fn apps(&self) -> Result<Vec<AppReport>, DeployError> {
-        self.ask(Command::Apps).await
+        let (reporter, db) = (self.reporter.clone(), self.db.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = db.open().map_err(DeployError::RecordState)?;
+            Ok(app_reports(&reporter, &conn))
+        })
+        .await
+        .map_err(|_| DeployError::ShuttingDown)?
     }
+}
+
+/// Every app as the reporter has it, with its registry versions.
+fn app_reports(reporter: &Reporter, conn: &rusqlite::Connection) -> Vec<AppReport> {
+    reporter
+        .apps()
+        .into_iter()
+        .map(|app| {
+            let versions = registry::versions(conn, &app.name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| VersionReport {
+                    version: v.version,
+                    digest: v.digest,
+                    source: v.source,
+                    deployed_at: v.deployed_at,
+                    outcome: v.outcome,
+                })
+                .collect();
+            AppReport { app, versions }
+        })
+        .collect()
 }
 
 /// A probation that ended, reported back by the task that waited for it.
@@ -216,8 +249,6 @@ pub struct Deployer {
     artifacts: Artifacts,
     directory: Directory,
     shared: AppShared,
-    /// What `apps` answers, with the versions added.
-    reporter: Reporter,
     data_dir: PathBuf,
     probation: Duration,
     keep: usize,
@@ -237,7 +268,6 @@ impl Deployer {
         runtime: Arc<Runtime>,
         shared: AppShared,
         directory: Directory,
-        reporter: Reporter,
         data_dir: PathBuf,
         probation: Duration,
         keep: usize,
@@ -249,7 +279,6 @@ impl Deployer {
                 .context("opening the artifact store")?,
             directory,
             shared,
-            reporter,
             data_dir,
             probation,
             keep,
@@ -442,9 +471,6 @@ impl Deployer {
             Command::Start(app, reply) => self.stop_or_start(&app, false, reply),
             Command::Remove(app, reply) => {
                 let _ = reply.send(self.remove(&app).await);
-            }
-            Command::Apps(reply) => {
-                let _ = reply.send(self.report());
             }
         }
     }
@@ -686,27 +712,6 @@ impl Deployer {
             "app {app} removed (its storage and files are kept; deploying it again finds them)"
         ))
     }
-
-    fn report(&self) -> Vec<AppReport> {
-        self.reporter
-            .apps()
-            .into_iter()
-            .map(|app| {
-                let versions = registry::versions(&self.db(), &app.name)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|v| VersionReport {
-                        version: v.version,
-                        digest: v.digest,
-                        source: v.source,
-                        deployed_at: v.deployed_at,
-                        outcome: v.outcome,
-                    })
-                    .collect();
-                AppReport { app, versions }
-            })
-            .collect()
-    }
 }
 
 /// The largest component the deployer takes.
@@ -715,10 +720,18 @@ pub const MAX_ARTIFACT_BYTES: usize = 64 << 20;
 /// Where the deployer's commands arrive.
 pub struct Inbox(mpsc::Receiver<Command>);
 
-/// A client and the inbox it talks to.
-pub fn channel() -> (DeployClient, Inbox) {
+/// A client and the inbox it talks to; `apps` it answers from `reporter`
+/// and the registry in `db`.
+pub fn channel(reporter: Reporter, db: crate::store::Database) -> (DeployClient, Inbox) {
     let (tx, rx) = mpsc::channel(64);
-    (DeployClient(tx), Inbox(rx))
+    (
+        DeployClient {
+            commands: tx,
+            reporter,
+            db,
+        },
+        Inbox(rx),
+    )
 }
 
 /// The spec of the version a request makes: the request's whole spec if it
