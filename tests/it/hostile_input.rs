@@ -587,5 +587,11 @@ fn requests_nobody_waits_for_never_run_and_odd_versions_and_wide_integers_are_re
         .unwrap_or_default();
     assert!(size < 1024, "the refusal is {size} bytes");
     telemetry_flows(&consumer, batches(&consumer));
+    assert!(
+        run.peak_rss_mib() < 256,
+        "peak RSS {} MiB",
+        run.peak_rss_mib()
+    );
+    assert!(open_files(run.pid()) < 256, "open files");
     assert!(run.stop().success());
 }
