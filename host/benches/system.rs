@@ -610,6 +610,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
                 signal: Default::default(),
                 resumed: Default::default(),
             }),
+            modbus: Arc::new(wasmgate::modbus::Modbus::new(Default::default())),
         };
         let shared = wasmgate::app::AppShared {
             metrics: wasmgate::metrics::Metrics::default(),

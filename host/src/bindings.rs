@@ -9,7 +9,12 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "app",
-    imports: { default: trappable },
+    // Device I/O waits on the network: those imports are async (the wait
+    // yields to tokio, and other apps run meanwhile).
+    imports: {
+        "wasmgate:device/modbus": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     additional_derives: [PartialEq],
     with: {
@@ -17,4 +22,6 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use self::wasmgate::device::types::{Error as GuestError, Point, Severity, Time};
+pub use self::wasmgate::device::types::{
+    Error as GuestError, IoError, ModbusException, Point, Severity, Time,
+};

@@ -47,6 +47,8 @@ pub struct AppSetup<'a> {
     pub rates: &'a AppRates,
     /// The gateway's database; each unit opens its own connections.
     pub db: &'a Database,
+    /// The instance's I/O time: an I/O unit times its waits on it.
+    pub io: &'a Arc<crate::io_clock::IoClock>,
 }
 
 /// One guest capability. See the module header.

@@ -187,6 +187,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             signal: content_signal.clone(),
             resumed: content_resumed.clone(),
         }),
+        modbus: Arc::new(crate::modbus::Modbus::new(config.allow.clone())),
     };
     let reporter = Reporter::new(
         config.gateway_id.clone(),

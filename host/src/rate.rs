@@ -82,6 +82,8 @@ pub struct AppRates {
     pub reports: SharedLimit,
     pub alerts: SharedLimit,
     pub registrations: SharedLimit,
+    /// Requests to devices (Modbus, ...).
+    pub device_requests: SharedLimit,
     pub log: LogGate,
 }
 
@@ -93,6 +95,7 @@ impl AppRates {
             reports: reports(),
             alerts: alerts(),
             registrations: registrations(),
+            device_requests: device_requests(),
             log: LogGate::new(metrics),
         }
     }
@@ -169,6 +172,14 @@ pub fn alerts() -> SharedLimit {
 }
 pub fn registrations() -> SharedLimit {
     SharedLimit::new(100, 1000)
+}
+pub fn device_requests() -> SharedLimit {
+    SharedLimit::new(200, 400)
+}
+/// Warnings about refused messages from the network: each refusal is
+/// answered and counted, but a flood must not become a flood of log lines.
+pub fn refusal_warnings() -> SharedLimit {
+    SharedLimit::new(5, 20)
 }
 
 #[cfg(test)]

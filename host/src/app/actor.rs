@@ -156,6 +156,7 @@ pub async fn time_dispatch(
         instance.arm(timeout);
         let result = within(
             timeout,
+            &instance.io,
             instance.app.call_on_tick(&mut instance.store, now_ns()),
         )
         .await;
@@ -168,6 +169,7 @@ pub async fn time_dispatch(
         instance.arm(timeout);
         let result = within(
             timeout,
+            &instance.io,
             instance
                 .app
                 .call_on_desired(&mut instance.store, "bench", &changes),
@@ -294,6 +296,8 @@ struct Probation {
 struct Instance {
     store: Store<AppCtx>,
     app: App,
+    /// The instance's I/O time (also in its store data).
+    io: Arc<crate::io_clock::IoClock>,
     stderr_tail: StderrTail,
     metrics: Arc<AppMetrics>,
     /// When the call in progress started.
@@ -428,6 +432,7 @@ impl Actor {
         instance.arm(timeout);
         let result = within(
             timeout,
+            &instance.io,
             instance.app.call_init(
                 &mut instance.store,
                 &version.config.config,
@@ -453,7 +458,9 @@ impl Actor {
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, AppError> {
         let config = &version.config;
         let device: Arc<str> = config.device.as_str().into();
+        let io = Arc::new(crate::io_clock::IoClock::new(config.io_budget()));
         let setup = AppSetup {
+            io: &io,
             app: &self.name,
             device: &device,
             config,
@@ -466,6 +473,7 @@ impl Actor {
         let units = self.shared.units.instances(&setup)?;
         let stderr_tail = units.wasi.stderr_tail.clone();
         let ctx = AppCtx {
+            io: io.clone(),
             units,
             limiter: AppLimiter {
                 memory_limit: config.memory_limit_bytes,
@@ -481,7 +489,8 @@ impl Actor {
         // host's own tasks get the thread.
         store.epoch_deadline_callback(|ctx| {
             let data = ctx.data();
-            if Instant::now() >= data.deadline {
+            // Time waited on devices does not count against the deadline.
+            if Instant::now() >= data.deadline + data.io.waited() {
                 Err(DeadlineExceeded(data.call_timeout).into())
             } else {
                 // `yield_now` lets tokio run its timers and I/O before
@@ -497,6 +506,7 @@ impl Actor {
         store.set_epoch_deadline(1);
         let app = within(
             config.call_timeout,
+            &io,
             version.pre.instantiate_async(&mut store),
         )
         .await
@@ -504,6 +514,7 @@ impl Actor {
         Ok(Instance {
             store,
             app,
+            io,
             stderr_tail,
             metrics: self.metrics.clone(),
             called: Instant::now(),
@@ -575,7 +586,7 @@ impl Actor {
                     }
                     self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
-                    let result = within(timeout, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
+                    let result = within(timeout, &instance.io, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
                         return self.crashed(crash);
                     }
@@ -610,7 +621,7 @@ impl Actor {
         };
         let timeout = self.version.config.call_timeout;
         old.arm(timeout);
-        let saved = within(timeout, old.app.call_save(&mut old.store)).await;
+        let saved = within(timeout, &old.io, old.app.call_save(&mut old.store)).await;
         let saved = match old.finish(saved, "save", timeout) {
             Ok(state) => state,
             Err(crash) => {
@@ -622,6 +633,7 @@ impl Actor {
         new.arm(version.config.call_timeout);
         let init = within(
             version.config.call_timeout,
+            &new.io,
             new.app
                 .call_init(&mut new.store, &version.config.config, saved.as_deref()),
         )
@@ -769,7 +781,12 @@ impl Actor {
     async fn stop(&mut self, mut instance: Instance) {
         let timeout = self.version.config.call_timeout;
         instance.arm(timeout);
-        let result = within(timeout, instance.app.call_save(&mut instance.store)).await;
+        let result = within(
+            timeout,
+            &instance.io,
+            instance.app.call_save(&mut instance.store),
+        )
+        .await;
         match instance.finish(result, "save", timeout) {
             Ok(Some(state)) if state.len() > MAX_SAVED_STATE => tracing::warn!(
                 app = %self.name,
@@ -860,6 +877,7 @@ impl Instance {
     fn arm(&mut self, timeout: Duration) {
         self.stderr_tail.clear();
         self.called = Instant::now();
+        self.io.reset();
         self.store.data_mut().deadline = Instant::now() + timeout;
         self.store.set_epoch_deadline(1);
     }
@@ -889,6 +907,7 @@ impl Instance {
                 self.arm(timeout);
                 let result = within(
                     timeout,
+                    &self.io,
                     self.app.call_on_desired(&mut self.store, &device, &changes),
                 )
                 .await;
@@ -913,6 +932,7 @@ impl Instance {
                 self.arm(timeout);
                 let result = within(
                     timeout,
+                    &self.io,
                     self.app
                         .call_on_action(&mut self.store, &device, &name, argument.as_ref()),
                 )
@@ -942,9 +962,11 @@ pub const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
 /// Bound an export call in wall time: its deadline plus [`HOST_CALL_GRACE`].
 async fn within<T>(
     timeout: Duration,
+    io: &crate::io_clock::IoClock,
     call: impl std::future::Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
-    match tokio::time::timeout(timeout + HOST_CALL_GRACE, call).await {
+    // Device I/O may add its budget: each wait is cut at what is left of it.
+    match tokio::time::timeout(timeout + HOST_CALL_GRACE + io.budget(), call).await {
         Ok(result) => result,
         Err(_) => Err(StuckInHostCall(timeout).into()),
     }
@@ -995,7 +1017,8 @@ mod tests {
     async fn a_call_stuck_in_a_host_call_is_cut_off_after_its_deadline_and_the_grace() {
         let timeout = Duration::from_millis(300);
         let started = tokio::time::Instant::now();
-        let stuck = within(timeout, async {
+        let no_io = crate::io_clock::IoClock::default();
+        let stuck = within(timeout, &no_io, async {
             tokio::time::sleep(Duration::from_secs(90)).await;
             Ok(())
         })
@@ -1008,6 +1031,11 @@ mod tests {
             "on-tick: the call ran past its deadline of 300 ms, waiting in a host call (a sleep, say); it was cut off and its instance dropped"
         );
         // A call that returns in time is left alone.
-        assert_eq!(within(timeout, async { Ok(7) }).await.expect("in time"), 7);
+        assert_eq!(
+            within(timeout, &no_io, async { Ok(7) })
+                .await
+                .expect("in time"),
+            7
+        );
     }
 }

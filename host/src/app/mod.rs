@@ -92,12 +92,16 @@ units! {
     storage: crate::storage::Storage,
     log: crate::log::Log,
     content: crate::content::Content,
+    modbus: crate::modbus::Modbus,
 }
 
 /// The data of an app's `Store`: one state per capability unit, the
 /// limiter, and the deadline of the call in progress.
 pub struct AppCtx {
     pub(crate) units: UnitCtxs,
+    /// What the call in progress waited on device I/O (not counted against
+    /// its deadline).
+    io: Arc<crate::io_clock::IoClock>,
     pub(crate) limiter: AppLimiter,
     /// When the export call in progress must have returned.
     deadline: Instant,

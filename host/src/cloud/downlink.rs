@@ -85,7 +85,7 @@ impl Downlink {
             cancel,
             tasks,
             handlers: HashMap::new(),
-            refusal_log: crate::rate::SharedLimit::new(5, 20),
+            refusal_log: crate::rate::refusal_warnings(),
             answer_within: APP_TIMEOUT,
         }
     }

@@ -35,7 +35,20 @@ pub(super) struct AppSection {
     pub(super) models: BTreeMap<String, PathBuf>,
     #[serde(default = "default_max_devices")]
     pub(super) max_devices: usize,
+    /// What the app may reach outside its sandbox, within `[allow]`.
+    #[serde(default)]
+    pub(super) grants: crate::grants::Grants,
+    /// The most an export call may wait on device I/O, beyond its deadline.
+    #[serde(default = "default_io_wait_ms")]
+    pub(super) io_wait_ms: u64,
 }
+
+pub(super) fn default_io_wait_ms() -> u64 {
+    DEFAULT_IO_WAIT.as_millis() as u64
+}
+
+/// What an export call may wait on devices by default, beyond its deadline.
+pub const DEFAULT_IO_WAIT: Duration = Duration::from_secs(10);
 
 pub(super) fn default_max_devices() -> usize {
     DEFAULT_MAX_DEVICES
@@ -107,4 +120,20 @@ pub struct AppConfig {
     pub device_models: Vec<(String, PathBuf)>,
     /// How many devices the app may register.
     pub max_devices: usize,
+    /// What it may reach outside its sandbox (devices, networks).
+    pub grants: crate::grants::Grants,
+    /// The most an export call may wait on device I/O, beyond its deadline.
+    pub io_wait: Duration,
+}
+
+impl AppConfig {
+    /// What a call may wait on device I/O: nothing for an app granted no
+    /// I/O, so its calls keep their plain wall-time bound.
+    pub fn io_budget(&self) -> Duration {
+        if self.grants.is_empty() {
+            Duration::ZERO
+        } else {
+            self.io_wait
+        }
+    }
 }

@@ -18,7 +18,7 @@ mod deploy;
 mod outbox;
 
 use app::AppSection;
-pub use app::{AppConfig, DEFAULT_DISK_QUOTA_BYTES, RestartPolicy};
+pub use app::{AppConfig, DEFAULT_DISK_QUOTA_BYTES, DEFAULT_IO_WAIT, RestartPolicy};
 pub use cloud::{BrokerSettings, CloudConfig};
 use cloud::{CloudSection, cloud_config};
 pub use content::ContentConfig;
@@ -87,6 +87,9 @@ struct File {
     content: Option<ContentSection>,
     #[serde(default)]
     cloud: Option<CloudSection>,
+    /// What any app may be granted at most (only this file sets it).
+    #[serde(default)]
+    allow: crate::grants::Grants,
     #[serde(default, rename = "app")]
     apps: Vec<AppSection>,
 }
@@ -141,6 +144,8 @@ pub struct Config {
     pub content: ContentConfig,
     /// The cloud link; `None` runs offline (everything stays in the outbox).
     pub cloud: Option<CloudConfig>,
+    /// `[allow]`: what any app may be granted at most.
+    pub allow: crate::grants::Grants,
     pub apps: Vec<AppConfig>,
 }
 
@@ -215,6 +220,10 @@ impl Config {
             }
         };
 
+        let allow = file.allow;
+        allow
+            .check(false)
+            .map_err(|(field, message)| invalid(format!("allow.{field}"), message))?;
         let mut names = HashSet::new();
         let mut devices = HashSet::new();
         let mut apps = Vec::with_capacity(file.apps.len());
@@ -311,7 +320,15 @@ impl Config {
                 MAX_DEVICES_LIMIT as u64,
             )?)
             .unwrap_or(0);
+            let io_wait = between("io_wait_ms", app.io_wait_ms, 0, 600_000)?;
+            let grants = app.grants;
+            grants
+                .check(true)
+                .and_then(|()| grants.check_within(&allow))
+                .map_err(|(field, message)| invalid(key(&format!("grants.{field}")), message))?;
             apps.push(AppConfig {
+                io_wait: Duration::from_millis(io_wait),
+                grants,
                 device_models,
                 max_devices,
                 component: resolve(&app.component),
@@ -344,6 +361,7 @@ impl Config {
             metrics,
             content,
             cloud,
+            allow,
             apps,
         })
     }

@@ -87,7 +87,7 @@ impl Service {
             downloads: HashMap::new(),
             heard: HashMap::new(),
             pace,
-            refusal_log: crate::rate::SharedLimit::new(5, 20),
+            refusal_log: crate::rate::refusal_warnings(),
         })
     }
 

@@ -818,6 +818,8 @@ fn default_app(name: &str) -> crate::config::AppConfig {
         restart: Default::default(),
         device_models: Vec::new(),
         max_devices: crate::registration::DEFAULT_MAX_DEVICES,
+        grants: Default::default(),
+        io_wait: crate::config::DEFAULT_IO_WAIT,
     }
 }
 

@@ -30,6 +30,15 @@ pub struct Spec {
     pub device_models: BTreeMap<String, serde_json::Value>,
     #[serde(default = "default_max_devices")]
     pub max_devices: usize,
+    /// What the app may reach outside its sandbox.
+    #[serde(default, skip_serializing_if = "crate::grants::Grants::is_empty")]
+    pub grants: crate::grants::Grants,
+    #[serde(default = "default_io_wait_ms")]
+    pub io_wait_ms: u64,
+}
+
+fn default_io_wait_ms() -> u64 {
+    crate::config::DEFAULT_IO_WAIT.as_millis() as u64
 }
 
 fn default_disk_quota_bytes() -> u64 {
@@ -54,6 +63,8 @@ impl Spec {
             config: app.config.clone(),
             restart: app.restart.clone(),
             model,
+            grants: app.grants.clone(),
+            io_wait_ms: app.io_wait.as_millis() as u64,
         }
     }
 
@@ -74,6 +85,8 @@ impl Spec {
             restart: self.restart.clone(),
             device_models: Vec::new(),
             max_devices: self.max_devices,
+            grants: self.grants.clone(),
+            io_wait: std::time::Duration::from_millis(self.io_wait_ms),
         }
     }
 
@@ -680,6 +693,8 @@ mod tests {
             model: serde_json::json!({}),
             device_models: BTreeMap::from([("s".into(), serde_json::json!({}))]),
             max_devices: 7,
+            grants: Default::default(),
+            io_wait_ms: 10_000,
         }
     }
 

@@ -1,0 +1,270 @@
+//! What an app may reach outside its sandbox: its grants.
+//!
+//! Grants are declared per app (`[app.grants]` in gateway.toml, or `grants`
+//! in a signed cloud deployment's manifest) and capped by the gateway-wide
+//! `[allow]`, which only gateway.toml sets: a grant outside `[allow]` is
+//! refused when the config is read or the deployment arrives, naming the
+//! grant. At call time the capability units check both again before any
+//! I/O, and refuse anything else with a typed `denied` error.
+//!
+//! Today grants name Modbus endpoints and unit ids. This module is a leaf:
+//! it knows the shapes and the rules, not the units that use them.
+
+use serde::{Deserialize, Serialize};
+
+/// An app's grants, or the gateway's `[allow]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Modbus endpoints and the unit ids on each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modbus: Vec<ModbusGrant>,
+}
+
+/// One Modbus endpoint and the units on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusGrant {
+    /// `tcp://host:port`.
+    pub endpoint: String,
+    /// The unit ids (slave addresses) that may be addressed. An app's grant
+    /// must list them; in `[allow]`, leaving them out allows any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<Vec<u8>>,
+    /// How long a request waits for its answer unless the call says
+    /// otherwise (at most [`MAX_TIMEOUT_MS`]).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_timeout_ms() -> u32 {
+    DEFAULT_TIMEOUT_MS
+}
+
+/// A request's wait for its answer, unless the grant or the call says
+/// otherwise.
+pub const DEFAULT_TIMEOUT_MS: u32 = 1000;
+
+/// The longest wait a grant or a call may set.
+pub const MAX_TIMEOUT_MS: u32 = 60_000;
+
+/// A Modbus endpoint as the gateway connects to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// Modbus TCP: a host name or address, and a port.
+    Tcp { host: String, port: u16 },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Parse `tcp://host:port` (an IPv6 address in brackets). Host names
+    /// are compared in lower case.
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        let url = url::Url::parse(text)
+            .map_err(|e| format!("{text:?} is not an endpoint (tcp://host:port): {e}"))?;
+        if url.scheme() != "tcp" {
+            return Err(format!(
+                "{text:?}: only tcp://host:port endpoints are supported, not {}://",
+                url.scheme()
+            ));
+        }
+        if !url.username().is_empty()
+            || url.password().is_some()
+            || !matches!(url.path(), "" | "/")
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(format!(
+                "{text:?}: an endpoint is tcp://host:port, nothing more"
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(address)) => address.to_string(),
+            Some(host) => host.to_string().to_ascii_lowercase(),
+            None => return Err(format!("{text:?} has no host")),
+        };
+        let port = url
+            .port()
+            .ok_or_else(|| format!("{text:?} has no port (Modbus TCP is usually 502)"))?;
+        Ok(Endpoint::Tcp { host, port })
+    }
+}
+
+impl ModbusGrant {
+    /// Whether this grant covers `unit` on `endpoint`.
+    fn covers(&self, endpoint: &Endpoint, unit: u8) -> bool {
+        Endpoint::parse(&self.endpoint).is_ok_and(|e| e == *endpoint)
+            && self
+                .units
+                .as_ref()
+                .is_none_or(|units| units.contains(&unit))
+    }
+}
+
+impl Grants {
+    /// Check the shapes: endpoints that parse, units listed where `app`
+    /// grants must list them, timeouts in range. The error names the grant
+    /// (`modbus[0].units`, say).
+    pub fn check(&self, app: bool) -> Result<(), (String, String)> {
+        for (i, grant) in self.modbus.iter().enumerate() {
+            let key = |field: &str| format!("modbus[{i}].{field}");
+            Endpoint::parse(&grant.endpoint).map_err(|e| (key("endpoint"), e))?;
+            match &grant.units {
+                None if app => {
+                    return Err((
+                        key("units"),
+                        "an app's grant lists the unit ids it may address".into(),
+                    ));
+                }
+                Some(units) if units.is_empty() => {
+                    return Err((key("units"), "no unit ids listed".into()));
+                }
+                _ => {}
+            }
+            if !(1..=MAX_TIMEOUT_MS).contains(&grant.timeout_ms) {
+                return Err((
+                    key("timeout_ms"),
+                    format!("{} is not between 1 and {MAX_TIMEOUT_MS}", grant.timeout_ms),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every grant must lie within `allow`. The error names the first that
+    /// does not, and what it asks for.
+    pub fn check_within(&self, allow: &Grants) -> Result<(), (String, String)> {
+        for (i, grant) in self.modbus.iter().enumerate() {
+            let Ok(endpoint) = Endpoint::parse(&grant.endpoint) else {
+                continue; // `check` names it
+            };
+            for &unit in grant.units.iter().flatten() {
+                if allow.modbus_grant(&endpoint, unit).is_none() {
+                    return Err((
+                        format!("modbus[{i}]"),
+                        format!(
+                            "modbus {endpoint} unit {unit} is not within the gateway's [allow]"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The grant that covers `unit` on `endpoint`, if any.
+    pub fn modbus_grant(&self, endpoint: &Endpoint, unit: u8) -> Option<&ModbusGrant> {
+        self.modbus.iter().find(|g| g.covers(endpoint, unit))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.modbus.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(endpoint: &str, units: Option<Vec<u8>>) -> ModbusGrant {
+        ModbusGrant {
+            endpoint: endpoint.into(),
+            units,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+
+    #[test]
+    fn endpoints_parse_to_one_form_and_anything_else_is_refused() {
+        assert_eq!(
+            Endpoint::parse("tcp://Meter.local:502").expect("parse"),
+            Endpoint::Tcp {
+                host: "meter.local".into(),
+                port: 502
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://[::1]:5020").expect("v6").to_string(),
+            "tcp://[::1]:5020"
+        );
+        for bad in [
+            "meter:502",
+            "udp://meter:502",
+            "tcp://meter",
+            "tcp://meter:502/x",
+            "tcp://u:p@meter:502",
+            "tcp://meter:502?unit=1",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_apps_grants_must_name_units_and_lie_within_allow() {
+        let allow = Grants {
+            modbus: vec![
+                grant("tcp://10.0.0.5:502", Some(vec![1, 2])),
+                grant("tcp://127.0.0.1:5020", None),
+            ],
+        };
+        allow.check(false).expect("allow may leave units out");
+        let app = Grants {
+            modbus: vec![
+                grant("tcp://10.0.0.5:502", Some(vec![2])),
+                grant("tcp://127.0.0.1:5020", Some(vec![7, 200])),
+            ],
+        };
+        app.check(true).expect("shapes");
+        app.check_within(&allow).expect("within");
+
+        let unit_outside = Grants {
+            modbus: vec![grant("tcp://10.0.0.5:502", Some(vec![1, 3]))],
+        };
+        assert_eq!(
+            unit_outside.check_within(&allow),
+            Err((
+                "modbus[0]".into(),
+                "modbus tcp://10.0.0.5:502 unit 3 is not within the gateway's [allow]".into()
+            ))
+        );
+        let port_outside = Grants {
+            modbus: vec![grant("tcp://10.0.0.5:503", Some(vec![1]))],
+        };
+        assert!(port_outside.check_within(&allow).is_err());
+        assert!(
+            app.check_within(&Grants::default()).is_err(),
+            "no [allow]: nothing"
+        );
+
+        let any_unit = Grants {
+            modbus: vec![grant("tcp://10.0.0.5:502", None)],
+        };
+        assert_eq!(
+            any_unit.check(true).unwrap_err().0,
+            "modbus[0].units",
+            "an app names its units"
+        );
+    }
+
+    #[test]
+    fn a_call_is_covered_only_by_its_exact_endpoint_and_unit() {
+        let app = Grants {
+            modbus: vec![grant("tcp://meter:502", Some(vec![1]))],
+        };
+        let meter = Endpoint::parse("tcp://METER:502").expect("parse");
+        assert!(app.modbus_grant(&meter, 1).is_some());
+        assert!(app.modbus_grant(&meter, 2).is_none());
+        let other_port = Endpoint::parse("tcp://meter:503").expect("parse");
+        assert!(app.modbus_grant(&other_port, 1).is_none());
+    }
+}

@@ -1,0 +1,65 @@
+"""A Modbus server from pymodbus, the device the integration tests talk to.
+
+    modbus_server.py tcp PORT UNITS          e.g. tcp 0 1,2 (0: any free port)
+    modbus_server.py rtu DEVICE UNITS        e.g. rtu /dev/pts/7 1
+
+Each listed unit id has 1,000 coils, discrete inputs, holding and input
+registers, all zero except input registers 0..3 = 215, 480, 1, 2 (a
+temperature in tenths, a humidity, and a 32-bit value across two
+registers). Ready once it prints "ready PORT" (the TCP port it listens on)
+or "ready DEVICE"; it runs until killed. Stopping it with SIGSTOP makes a
+peer that stops answering; SIGCONT brings it back.
+"""
+
+import asyncio
+import socket
+import sys
+
+from pymodbus.datastore import (
+    ModbusDeviceContext,
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
+)
+from pymodbus.server import StartAsyncSerialServer, StartAsyncTcpServer
+
+
+def unit_context():
+    # pymodbus addresses a block from 1 (its historical offset), hence the
+    # leading zero.
+    inputs = [0, 215, 480, 1, 2] + [0] * 1000
+    return ModbusDeviceContext(
+        co=ModbusSequentialDataBlock(0, [False] * 1001),
+        di=ModbusSequentialDataBlock(0, [False] * 1001),
+        hr=ModbusSequentialDataBlock(0, [0] * 1001),
+        ir=ModbusSequentialDataBlock(0, inputs),
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def main():
+    kind, where, units = sys.argv[1], sys.argv[2], sys.argv[3]
+    devices = {int(u): unit_context() for u in units.split(",")}
+    context = ModbusServerContext(devices=devices, single=False)
+    if kind == "tcp":
+        port = int(where) or free_port()
+        server = StartAsyncTcpServer(context=context, address=("127.0.0.1", port))
+        ready = str(port)
+    else:
+        from pymodbus import FramerType
+
+        server = StartAsyncSerialServer(
+            context=context, port=where, framer=FramerType.RTU, baudrate=9600
+        )
+        ready = where
+    task = asyncio.create_task(server)
+    await asyncio.sleep(0.3)
+    print(f"ready {ready}", flush=True)
+    await task
+
+
+asyncio.run(main())
