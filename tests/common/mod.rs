@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod mqtt;
+pub mod peers;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

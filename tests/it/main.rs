@@ -13,6 +13,7 @@ mod buffering;
 mod cloud;
 mod content;
 mod deploy;
+mod device_io;
 mod durability;
 mod examples;
 mod faults;

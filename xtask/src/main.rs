@@ -77,8 +77,9 @@ fn has_mosquitto() -> bool {
         || Command::new("mosquitto").arg("-h").output().is_ok()
 }
 
-/// Install what the tests need and is missing: Mosquitto (apt) and the
-/// guest languages' tools (`guests/install-tools`, which says what it does).
+/// Install what the tests need and is missing: Mosquitto (apt), the guest
+/// languages' tools (`guests/install-tools`, which says what it does) and
+/// the protocol peers (`tests/peers/install`).
 fn setup(root: &Path) -> Result<(), String> {
     if !has_mosquitto() {
         eprintln!("xtask: the tests need the Mosquitto MQTT broker: apt-get install mosquitto");
@@ -111,7 +112,9 @@ fn setup(root: &Path) -> Result<(), String> {
             CARGO_FUZZ_VERSION,
         ]))?;
     }
-    run(Command::new(root.join("guests/install-tools")).current_dir(root))
+    run(Command::new(root.join("guests/install-tools")).current_dir(root))?;
+    // The protocol peers the integration tests talk to (pymodbus, ...).
+    run(Command::new(root.join("tests/peers/install")).current_dir(root))
 }
 
 /// How long `cargo xtask test` runs each fuzz target: long enough to catch

@@ -36,6 +36,8 @@ pub mod bindings {
     });
 }
 
+pub mod modbus;
+
 pub use bindings::wasmgate;
 pub use bindings::wasmgate::device::content;
 pub use bindings::wasmgate::device::device::{Device, register, this_device, unregister};

@@ -3,8 +3,8 @@
 //! never comes (`kind = "uploads"`), or with storage until its quota refuses
 //! more and then with files (`kind = "storage"`), and logs each refusal.
 
-use wasmgate_guest::{content, storage};
 use wasmgate_guest::{App, Config, Timestamp, info};
+use wasmgate_guest::{content, storage};
 
 struct DiskFiller {
     uploads: bool,

@@ -1,0 +1,143 @@
+//! Test guest: Modbus through the host's `modbus` interface.
+//!
+//! - Each tick it reads input register 0 of `endpoint` / `unit` (its
+//!   config) and reports it as `reading`, or the error's kind as
+//!   `last_error`.
+//! - The action `call` runs one request written as text,
+//!   `OP ENDPOINT UNIT ADDRESS ARG [timeout=MS]`, where OP is `read-coils`,
+//!   `read-discrete`, `read-holding` or `read-input` (ARG: the count), or
+//!   `write-coils` / `write-registers` (ARG: values, comma-separated). It
+//!   answers `ok` and the values, or the error (`timeout: ...`).
+//! - With `flood = true` each tick sends 1,000 reads instead, and reports
+//!   how many were refused with `limit` as `flood_limited`.
+
+use wasmgate_guest::modbus::{self, IoError, Unit};
+use wasmgate_guest::{App, Config, Timestamp, Value, info, this_device};
+
+struct Probe {
+    unit: Unit,
+    flood: bool,
+    limited: i64,
+}
+
+fn describe(error: &IoError) -> String {
+    match error {
+        IoError::Exception(e) => format!("exception {}: {}", e.code, e.name),
+        IoError::Denied(m)
+        | IoError::Invalid(m)
+        | IoError::Limit(m)
+        | IoError::Timeout(m)
+        | IoError::Closed(m) => format!("{}: {m}", modbus::kind(error)),
+    }
+}
+
+fn list<T: ToString>(values: &[T]) -> String {
+    values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Run one request written as text.
+fn call(text: &str) -> Result<String, String> {
+    let mut words = text.split_whitespace();
+    let mut next = |what: &str| words.next().ok_or(format!("missing {what}"));
+    let op = next("op")?.to_string();
+    let endpoint = next("endpoint")?.to_string();
+    let unit: u8 = next("unit")?.parse().map_err(|e| format!("unit: {e}"))?;
+    let address: u16 = next("address")?
+        .parse()
+        .map_err(|e| format!("address: {e}"))?;
+    let arg = next("argument")?.to_string();
+    let mut device = Unit::new(&endpoint, unit);
+    if let Ok(option) = next("option")
+        && let Some(ms) = option.strip_prefix("timeout=")
+    {
+        device = device.timeout_ms(ms.parse().map_err(|e| format!("timeout: {e}"))?);
+    }
+    let count = || arg.parse::<u16>().map_err(|e| format!("count: {e}"));
+    let answer = match op.as_str() {
+        "read-coils" => device.read_coils(address, count()?).map(|v| list(&v)),
+        "read-discrete" => device
+            .read_discrete_inputs(address, count()?)
+            .map(|v| list(&v)),
+        "read-holding" => device
+            .read_holding_registers(address, count()?)
+            .map(|v| list(&v)),
+        "read-input" => device
+            .read_input_registers(address, count()?)
+            .map(|v| list(&v)),
+        "write-coils" => {
+            let values: Vec<bool> = arg.split(',').map(|v| v == "1" || v == "true").collect();
+            device.write_coils(address, &values).map(|()| String::new())
+        }
+        "write-registers" => {
+            let values = arg
+                .split(',')
+                .map(|v| v.parse::<u16>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("values: {e}"))?;
+            device
+                .write_registers(address, &values)
+                .map(|()| String::new())
+        }
+        other => return Err(format!("no such op {other}")),
+    };
+    Ok(match answer {
+        Ok(values) if values.is_empty() => "ok".to_string(),
+        Ok(values) => format!("ok {values}"),
+        Err(e) => describe(&e),
+    })
+}
+
+impl App for Probe {
+    fn init(config: Config, _previous: Option<Vec<u8>>) -> Result<Self, String> {
+        let endpoint = config.get("endpoint").unwrap_or("tcp://127.0.0.1:5020");
+        let unit = config.get("unit").and_then(|u| u.parse().ok()).unwrap_or(1);
+        info!("modbus-probe started on {endpoint} unit {unit}");
+        Ok(Probe {
+            unit: Unit::new(endpoint, unit),
+            flood: config.get("flood") == Some("true"),
+            limited: 0,
+        })
+    }
+
+    fn on_tick(&mut self, _now: Timestamp) {
+        let device = this_device();
+        if self.flood {
+            for _ in 0..1000 {
+                if let Err(IoError::Limit(_)) = self.unit.read_holding_registers(0, 1) {
+                    self.limited += 1;
+                }
+            }
+            let _ = device.report(&[("flood_limited".to_string(), Value::Integer(self.limited))]);
+            return;
+        }
+        let report = match self.unit.read_input_registers(0, 1) {
+            Ok(words) => (
+                "reading".to_string(),
+                Value::Integer(i64::from(words.first().copied().unwrap_or(0))),
+            ),
+            Err(e) => (
+                "last_error".to_string(),
+                Value::Text(modbus::kind(&e).into()),
+            ),
+        };
+        let _ = device.report(&[report]);
+    }
+
+    fn on_action(
+        &mut self,
+        _device: String,
+        name: String,
+        argument: Option<Value>,
+    ) -> Result<Option<Value>, String> {
+        match (name.as_str(), argument) {
+            ("call", Some(Value::Text(text))) => call(&text).map(|a| Some(Value::Text(a))),
+            _ => Err(format!("no such action {name}")),
+        }
+    }
+}
+
+wasmgate_guest::app!(Probe);

@@ -1,0 +1,154 @@
+//! Protocol peers the project did not write, as the integration tests run
+//! them: pymodbus's Modbus server (`tests/peers/modbus_server.py`, from the
+//! virtualenv `tests/peers/install` made). Each peer is a child process,
+//! killed when dropped; `pause` (SIGSTOP) makes a device that stops
+//! answering, `resume` brings it back.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Python of the peers' virtualenv.
+pub fn python() -> PathBuf {
+    let peers = std::env::var_os("WASMGATE_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/wasmgate/peers")
+        });
+    let python = peers.join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "no peers' virtualenv at {}: run tests/peers/install (cargo xtask setup does)",
+        python.display()
+    );
+    python
+}
+
+/// pymodbus's Modbus TCP server on loopback, with the given unit ids.
+pub struct ModbusPeer {
+    child: Child,
+    pub port: u16,
+}
+
+impl ModbusPeer {
+    pub fn start(units: &[u8]) -> ModbusPeer {
+        let units: Vec<String> = units.iter().map(u8::to_string).collect();
+        let mut child = Command::new(python())
+            .arg(super::root().join("tests/peers/modbus_server.py"))
+            .args(["tcp", "0", &units.join(",")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the pymodbus server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("the server's first line");
+        // Keep reading what else it prints, so it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let port: u16 = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the pymodbus server said {line:?}"));
+        let peer = ModbusPeer { child, port };
+        // Ready when it takes connections.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the pymodbus server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peer
+    }
+
+    /// `tcp://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop answering (SIGSTOP): connections stay open, nothing comes back.
+    pub fn pause(&self) {
+        signal(&self.child, "-STOP");
+    }
+
+    /// Answer again (SIGCONT).
+    pub fn resume(&self) {
+        signal(&self.child, "-CONT");
+    }
+
+    /// A client of the test's own (tokio-modbus) on unit `unit`, to read
+    /// and write the peer's registers directly.
+    pub fn client(&self, unit: u8) -> DirectClient {
+        DirectClient {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            address: ([127, 0, 0, 1], self.port).into(),
+            unit,
+        }
+    }
+}
+
+fn signal(child: &Child, which: &str) {
+    let sent = Command::new("kill")
+        .args([which, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill {which}");
+}
+
+impl Drop for ModbusPeer {
+    fn drop(&mut self) {
+        signal(&self.child, "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test's own Modbus client: how a test checks what landed in the peer.
+pub struct DirectClient {
+    runtime: tokio::runtime::Runtime,
+    address: std::net::SocketAddr,
+    unit: u8,
+}
+
+impl DirectClient {
+    fn with<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut tokio_modbus::client::Context) -> tokio_modbus::Result<T>,
+    ) -> T {
+        self.runtime.block_on(async {
+            let mut context = tokio_modbus::client::tcp::connect_slave(
+                self.address,
+                tokio_modbus::Slave(self.unit),
+            )
+            .await
+            .expect("connect to the peer");
+            f(&mut context)
+                .await
+                .expect("transport")
+                .expect("no exception")
+        })
+    }
+
+    pub fn holding_registers(&self, address: u16, count: u16) -> Vec<u16> {
+        use tokio_modbus::client::Reader;
+        self.with(async |c| c.read_holding_registers(address, count).await)
+    }
+
+    pub fn coils(&self, address: u16, count: u16) -> Vec<bool> {
+        use tokio_modbus::client::Reader;
+        self.with(async |c| c.read_coils(address, count).await)
+    }
+
+    pub fn write_register(&self, address: u16, value: u16) {
+        use tokio_modbus::client::Writer;
+        self.with(async |c| c.write_single_register(address, value).await)
+    }
+}

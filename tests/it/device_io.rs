@@ -1,0 +1,235 @@
+//! Device I/O (issue 14): guests reach real devices only through what they
+//! were granted. A Modbus TCP server from pymodbus is the device; the real
+//! binary, a real Mosquitto for the actions that drive the test guest, and
+//! the test's own tokio-modbus client to read back what landed in the peer.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::peers::ModbusPeer;
+use crate::common::{Gateway, guest, model, run_to_end};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The modbus probe app `name`, granted unit 1 of `peer`, and `[allow]`
+/// for every unit there.
+fn probe_gateway(broker: &Mosquitto, peer: &ModbusPeer, apps: &[(&str, &str)]) -> Gateway {
+    let endpoint = peer.endpoint();
+    let mut gw = Gateway::new()
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+            broker.url()
+        ))
+        .section(&format!(
+            "[allow]\nmodbus = [{{ endpoint = \"{endpoint}\" }}]\n"
+        ));
+    for (name, config) in apps {
+        gw = gw.app(
+            name,
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!(
+                "device = \"{name}\"\ntick_interval_ms = 200\ncall_timeout_ms = 200\n\
+                 grants = {{ modbus = [{{ endpoint = \"{endpoint}\", units = [1] }}] }}\n\
+                 [app.config]\nendpoint = \"{endpoint}\"\n{config}"
+            ),
+        );
+    }
+    gw
+}
+
+/// Run one request through the probe's `call` action; its text answer.
+fn call(consumer: &Consumer, app: &str, id: &str, request: &str) -> String {
+    let answer = consumer.call(
+        &format!("wg/v1/test-gw/{app}"),
+        "call",
+        id,
+        Some(json!(request)),
+    );
+    answer["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{request}: {answer}"))
+        .to_string()
+}
+
+/// The highest reported-state version of `app` seen so far.
+fn last_version(consumer: &Consumer, app: &str) -> u64 {
+    consumer
+        .on(&format!("wg/v1/test-gw/{app}/twin/reported"))
+        .iter()
+        .filter_map(|m| m.json()["version"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Wait for a reported state of `app` that `check` accepts.
+fn reported(consumer: &Consumer, app: &str, check: impl Fn(&Value) -> bool) -> Value {
+    consumer.wait_json(&format!("wg/v1/test-gw/{app}/twin/reported"), T, |r| {
+        check(&r["attributes"])
+    })
+}
+
+#[test]
+fn modbus_requests_land_in_the_device_and_everything_not_granted_is_denied() {
+    let peer = ModbusPeer::start(&[1, 2]);
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = probe_gateway(&broker, &peer, &[("probe", "")]);
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let endpoint = peer.endpoint();
+    let device = peer.client(1);
+
+    // Each tick reads input register 0 of the peer (215).
+    reported(&consumer, "probe", |a| a["reading"] == 215);
+
+    // Writes land in the peer, and read back the same.
+    let ask = |id: &str, request: &str| call(&consumer, "probe", id, request);
+    assert_eq!(
+        ask("w1", &format!("write-registers {endpoint} 1 10 7,8,9")),
+        "ok"
+    );
+    assert_eq!(device.holding_registers(10, 3), [7, 8, 9]);
+    assert_eq!(
+        ask("r1", &format!("read-holding {endpoint} 1 10 3")),
+        "ok 7,8,9"
+    );
+    assert_eq!(
+        ask("w2", &format!("write-registers {endpoint} 1 20 65535")),
+        "ok"
+    );
+    assert_eq!(device.holding_registers(20, 1), [65535]);
+    assert_eq!(
+        ask("w3", &format!("write-coils {endpoint} 1 5 1,0,1")),
+        "ok"
+    );
+    assert_eq!(device.coils(5, 3), [true, false, true]);
+    assert_eq!(ask("w4", &format!("write-coils {endpoint} 1 9 1")), "ok");
+    assert_eq!(
+        ask("r2", &format!("read-coils {endpoint} 1 5 5")),
+        "ok true,false,true,false,true"
+    );
+    assert_eq!(
+        ask("r3", &format!("read-input {endpoint} 1 0 4")),
+        "ok 215,480,1,2"
+    );
+    assert_eq!(
+        ask("r4", &format!("read-discrete {endpoint} 1 0 2")),
+        "ok false,false"
+    );
+    // What the peer refuses comes back as its exception.
+    assert_eq!(
+        ask("x1", &format!("read-holding {endpoint} 1 998 10")),
+        "exception 2: Illegal data address"
+    );
+
+    // Not granted: another unit on the same device, another port, the same
+    // device by another name, an endpoint that is not one. Refused before
+    // any I/O, each naming what was asked.
+    assert_eq!(
+        ask("d1", &format!("read-holding {endpoint} 2 0 1")),
+        format!("denied: modbus {endpoint} unit 2 is not granted to app probe")
+    );
+    let other_port = format!("tcp://127.0.0.1:{}", peer.port.wrapping_add(1));
+    assert!(ask("d2", &format!("write-registers {other_port} 1 0 1")).starts_with("denied: "));
+    let by_name = format!("tcp://localhost:{}", peer.port);
+    assert!(ask("d3", &format!("read-input {by_name} 1 0 1")).starts_with("denied: "));
+    assert!(ask("d4", "read-input serial:ttyS0 1 0 1").starts_with("denied: "));
+    assert_eq!(
+        peer.client(2).holding_registers(0, 1),
+        [0],
+        "unit 2 untouched"
+    );
+    // Outside the protocol's limits.
+    assert_eq!(
+        ask("i1", &format!("read-holding {endpoint} 1 0 126")),
+        "invalid: 126 holding registers: a request takes 1 to 125"
+    );
+    let app = run.wait_app("probe", T, "counting", |a| {
+        a["capabilities"]["modbus"]["denied"] == 4
+    });
+    assert_eq!(app["restarts"], 0, "{app}");
+
+    // A device that stops answering: timeouts, though each wait (500 ms, or
+    // the grant's 1 s for the tick's read) is longer than the app's 200 ms
+    // deadline. Waiting on a device is not a runaway guest.
+    peer.pause();
+    assert!(
+        ask("t1", &format!("read-input {endpoint} 1 0 1 timeout=500")).starts_with("timeout: "),
+    );
+    reported(&consumer, "probe", |a| a["last_error"] == "timeout");
+    peer.resume();
+    // It recovers with no action from the app: the next requests connect
+    // again.
+    let before = last_version(&consumer, "probe");
+    consumer.wait_json("wg/v1/test-gw/probe/twin/reported", T, |r| {
+        r["attributes"]["reading"] == 215 && r["version"].as_u64() > Some(before)
+    });
+    assert_eq!(
+        ask("r5", &format!("read-holding {endpoint} 1 10 3")),
+        "ok 7,8,9"
+    );
+    let app = run.wait_app("probe", T, "timeouts counted", |a| {
+        a["capabilities"]["modbus"]["timeouts"].as_u64() >= Some(1)
+    });
+    assert_eq!(
+        (app["state"].as_str(), app["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{app}"
+    );
+    assert!(run.stop().success());
+}
+
+#[test]
+fn a_grant_outside_allow_stops_the_gateway_at_start_naming_it() {
+    let peer_endpoint = "tcp://127.0.0.1:5020";
+    let gw = Gateway::new()
+        .section(&format!(
+            "[allow]\nmodbus = [{{ endpoint = \"{peer_endpoint}\", units = [1] }}]\n"
+        ))
+        .app(
+            "probe",
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!(
+                "grants = {{ modbus = [{{ endpoint = \"{peer_endpoint}\", units = [1, 2] }}] }}"
+            ),
+        );
+    gw.write_config();
+    let (ok, _, err) = run_to_end(&["run", "--config"], &gw.config_path());
+    assert!(!ok);
+    assert!(
+        err.contains("app[0].grants.modbus[0]: modbus tcp://127.0.0.1:5020 unit 2 is not within the gateway's [allow]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_flood_of_requests_costs_only_the_flooding_app() {
+    let peer = ModbusPeer::start(&[1]);
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = probe_gateway(
+        &broker,
+        &peer,
+        &[("probe", ""), ("flooder", "flood = \"true\"")],
+    );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    // The flooder asks 1,000 reads a tick: past its rate it gets `limit`.
+    reported(&consumer, "flooder", |a| {
+        a["flood_limited"].as_i64() > Some(1000)
+    });
+    // Meanwhile its neighbour's reads on the same device keep being
+    // answered, tick after tick.
+    for _ in 0..5 {
+        let seen = last_version(&consumer, "probe");
+        consumer.wait_json("wg/v1/test-gw/probe/twin/reported", T, |r| {
+            r["attributes"]["reading"] == 215 && r["version"].as_u64() > Some(seen)
+        });
+    }
+    let flooder = run.wait_app("flooder", T, "running", |a| a["state"] == "running");
+    assert_eq!(flooder["restarts"], 0, "{flooder}");
+    assert!(run.stop().success());
+}
