@@ -35,6 +35,7 @@ static MANIFEST: LazyLock<DeployManifest> = LazyLock::new(|| {
         chunks: 4,
         model: None,
         config: None,
+        grants: None,
         signatures: Vec::new(),
     };
     manifest.signatures.push(signing::sign(&key, &manifest));
@@ -48,6 +49,7 @@ static MANIFEST: LazyLock<DeployManifest> = LazyLock::new(|| {
             expires: None,
         }],
         threshold: 1,
+        allow: Default::default(),
     };
     let payload = serde_json::to_vec(&manifest).expect("json");
     check_manifest(&trust, &payload, 1_900_000_000).expect("a good manifest")

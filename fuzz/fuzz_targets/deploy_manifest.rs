@@ -42,6 +42,7 @@ static TRUST: LazyLock<Trust> = LazyLock::new(|| {
             expires: None,
         }],
         threshold: 1,
+        allow: Default::default(),
     }
 });
 

@@ -183,6 +183,12 @@ pub enum CloudCommand {
         /// App config KEY=VALUE (replaces the app's config when given).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         app_config: Vec<String>,
+        /// What the app may reach, as a TOML file shaped like
+        /// `[app.grants]` (`modbus = [{ endpoint = "tcp://...", units = [1] }]`);
+        /// signed with the rest, and refused by a gateway whose `[allow]`
+        /// does not cover it. Without it the app keeps its grants.
+        #[arg(long, value_name = "FILE")]
+        grants: Option<PathBuf>,
         /// Chunk size in KiB.
         #[arg(long, default_value_t = 256)]
         chunk_kib: u64,

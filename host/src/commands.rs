@@ -426,10 +426,12 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
             valid_hours,
             model,
             app_config,
+            grants,
             chunk_kib,
         } => {
             let (bytes, model, config) =
                 deployment_parts(&component, model.as_deref(), &app_config)?;
+            let grants = grants.as_deref().map(read_grants).transpose()?;
             let keys = key
                 .iter()
                 .map(|k| crate::deploy::signing::load_key(k))
@@ -457,6 +459,7 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
                 &bytes,
                 model,
                 config,
+                grants,
                 &signing,
                 chunk_kib << 10,
             )
@@ -586,4 +589,18 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     shutdown.cancel();
+}
+
+/// A grants file (`--grants`): `[app.grants]`'s shape, checked here so a
+/// mistake is named before anything is signed or sent.
+fn read_grants(path: &std::path::Path) -> anyhow::Result<crate::grants::Grants> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the grants file {}", path.display()))?;
+    let grants: crate::grants::Grants = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    grants
+        .check(true)
+        .map_err(|(field, message)| anyhow::anyhow!("{}: {field}: {message}", path.display()))?;
+    Ok(grants)
 }

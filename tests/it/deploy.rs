@@ -532,6 +532,7 @@ fn a_signed_cloud_deployment_of_a_large_component_arrives_in_chunks_and_tamperin
         chunks: (component.len() as u64).div_ceil(chunk),
         model: None,
         config: Some(config),
+        grants: None,
         signatures: Vec::new(),
     };
     manifest

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::common::mqtt::{Consumer, Mosquitto};
 use crate::common::peers::ModbusPeer;
-use crate::common::{Gateway, guest, model, run_to_end};
+use crate::common::{Gateway, guest, model, run_to_end, wasmgate};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -231,5 +231,87 @@ fn a_flood_of_requests_costs_only_the_flooding_app() {
     }
     let flooder = run.wait_app("flooder", T, "running", |a| a["state"] == "running");
     assert_eq!(flooder["restarts"], 0, "{flooder}");
+    assert!(run.stop().success());
+}
+
+#[test]
+fn a_signed_deployment_grants_what_allow_covers_and_is_refused_past_it() {
+    let peer = ModbusPeer::start(&[1, 2]);
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("operator");
+    let (ok, _, err) = wasmgate(&["keygen", key.to_str().expect("path")]);
+    assert!(ok, "{err}");
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    let endpoint = peer.endpoint();
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!(
+            "[deploy]\ntrusted_keys = [\"{}\"]\n",
+            public.trim()
+        ))
+        .section(&format!(
+            "[allow]\nmodbus = [{{ endpoint = \"{endpoint}\", units = [1] }}]\n"
+        ))
+        .app(
+            "probe",
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!("tick_interval_ms = 200\n[app.config]\nendpoint = \"{endpoint}\""),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    // Granted nothing yet: every read is denied.
+    reported(&consumer, "probe", |a| a["last_error"] == "denied");
+
+    let deploy = |grants: &str| {
+        let file = keys.path().join("grants.toml");
+        std::fs::write(&file, grants).expect("grants file");
+        let url = broker.url();
+        let probe = guest("modbus-probe");
+        let key = key.with_extension("key");
+        wasmgate(&[
+            "cloud",
+            "--broker",
+            &url,
+            "--timeout",
+            "60",
+            "deploy",
+            "test-gw",
+            "probe",
+            probe.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path"),
+            "--grants",
+            file.to_str().expect("path"),
+        ])
+    };
+    // Signed grants within [allow]: deployed, and the device answers.
+    let (ok, out, err) = deploy(&format!(
+        "modbus = [{{ endpoint = \"{endpoint}\", units = [1] }}]\n"
+    ));
+    assert!(
+        ok && out.contains("deployed: app probe: version 2 runs"),
+        "{out}{err}"
+    );
+    reported(&consumer, "probe", |a| a["reading"] == 215);
+    // Asking for more than [allow] covers: refused, naming the grant; the
+    // running version keeps its grants.
+    let (ok, out, _) = deploy(&format!(
+        "modbus = [{{ endpoint = \"{endpoint}\", units = [1, 2] }}]\n"
+    ));
+    assert!(!ok);
+    assert!(
+        out.contains(&format!(
+            "error: grants.modbus[0]: modbus {endpoint} unit 2 is not within the gateway's [allow]"
+        )),
+        "{out}"
+    );
+    let app = run.wait_app("probe", T, "on version 2", |a| a["version"] == 2);
+    assert_eq!(app["state"], "running", "{app}");
+    // A grants file that names no units is refused before anything is sent.
+    let (ok, _, err) = deploy(&format!("modbus = [{{ endpoint = \"{endpoint}\" }}]\n"));
+    assert!(!ok && err.contains("modbus[0].units"), "{err}");
     assert!(run.stop().success());
 }

@@ -348,6 +348,7 @@ fn manifest(
         chunks: (component.len() as u64).div_ceil(chunk),
         model: None,
         config: Some(vec![("generation".into(), generation.into())]),
+        grants: None,
         signatures: Vec::new(),
     };
     m.signatures = signers

@@ -338,6 +338,7 @@ pub async fn deploy(
     component: &[u8],
     model: Option<serde_json::Value>,
     config: Option<Vec<(String, String)>>,
+    grants: Option<crate::grants::Grants>,
     signing: &DeploySigning,
     chunk_size: u64,
 ) -> anyhow::Result<bool> {
@@ -358,6 +359,7 @@ pub async fn deploy(
         chunks: size.div_ceil(chunk_size),
         model,
         config,
+        grants,
         signatures: Vec::new(),
     };
     manifest.signatures = signing

@@ -197,6 +197,7 @@ async fn handle(request: Request, deploy: &DeployClient, reporter: &Reporter) ->
                         component,
                         model,
                         config,
+                        grants: None,
                         spec: None,
                         source: "cli".into(),
                     })

@@ -44,6 +44,8 @@ pub struct Trust {
     pub labels: BTreeMap<String, String>,
     pub keys: Vec<TrustedKey>,
     pub threshold: usize,
+    /// `[allow]`: what a deployment may grant at most.
+    pub allow: crate::grants::Grants,
 }
 
 impl Trust {
@@ -62,6 +64,7 @@ impl Trust {
             labels: config.labels.clone(),
             keys: config.deploy.trusted_keys.clone(),
             threshold: config.deploy.threshold,
+            allow: config.allow.clone(),
         };
         match registry::key_set(conn)? {
             Some(set) if set.base == base => {
@@ -287,7 +290,15 @@ pub fn check_manifest(
     trust
         .check_target(&manifest.target, manifest.expires, now)
         .map_err(|e| (id.clone(), e))?;
-    signing::verify(&trust.keys, trust.threshold, &manifest, now).map_err(|e| (id, e))?;
+    signing::verify(&trust.keys, trust.threshold, &manifest, now).map_err(|e| (id.clone(), e))?;
+    // What it grants, signed as it is, must still lie within [allow]: only
+    // gateway.toml widens what apps may reach.
+    if let Some(grants) = &manifest.grants {
+        grants
+            .check(true)
+            .and_then(|()| grants.check_within(&trust.allow))
+            .map_err(|(field, message)| (id, format!("grants.{field}: {message}")))?;
+    }
     Ok(manifest)
 }
 
@@ -608,6 +619,7 @@ impl Handler {
             component,
             model: manifest.model,
             config: manifest.config,
+            grants: manifest.grants,
             spec: None,
             source: "cloud".into(),
         };
@@ -647,6 +659,7 @@ mod tests {
             labels: BTreeMap::new(),
             keys: Vec::new(),
             threshold: 1,
+            allow: Default::default(),
         }
     }
 

@@ -52,6 +52,8 @@ pub struct DeployRequest {
     pub component: Vec<u8>,
     pub model: Option<serde_json::Value>,
     pub config: Option<Vec<(String, String)>>,
+    /// What the app may reach; `None` keeps the running version's.
+    pub grants: Option<crate::grants::Grants>,
     /// Everything at once (gateway.toml and watch mode give it).
     pub spec: Option<Spec>,
     /// `config`, `cli`, `cloud`, `watch`.
@@ -493,6 +495,7 @@ impl Deployer {
             request.spec,
             request.model,
             request.config,
+            request.grants,
             running.as_ref().map(|r| &r.spec),
         )?;
         check_name(&spec.device).map_err(DeployError::DeviceName)?;
@@ -743,10 +746,11 @@ fn next_spec(
     spec: Option<Spec>,
     model: Option<serde_json::Value>,
     config: Option<Vec<(String, String)>>,
+    grants: Option<crate::grants::Grants>,
     running: Option<&Spec>,
 ) -> Result<Spec, DeployError> {
-    match (spec, running) {
-        (Some(spec), _) => Ok(spec),
+    let mut spec = match (spec, running) {
+        (Some(spec), _) => return Ok(spec),
         (None, Some(base)) => {
             let mut spec = base.clone();
             if let Some(model) = model {
@@ -755,15 +759,19 @@ fn next_spec(
             if let Some(config) = config {
                 spec.config = config;
             }
-            Ok(spec)
+            spec
         }
         (None, None) => {
             let model = model.ok_or_else(|| DeployError::ModelNeeded {
                 app: app.to_string(),
             })?;
-            Ok(Spec::from_config(&default_app(app), model).with_config(config.unwrap_or_default()))
+            Spec::from_config(&default_app(app), model).with_config(config.unwrap_or_default())
         }
+    };
+    if let Some(grants) = grants {
+        spec.grants = grants;
     }
+    Ok(spec)
 }
 
 /// The first line of a message, at most 300 characters: a loader's error
@@ -901,7 +909,7 @@ mod tests {
 
     #[test]
     fn a_new_app_needs_a_model_and_an_update_keeps_what_it_does_not_give() {
-        let error = next_spec("pump", None, None, None, None).unwrap_err();
+        let error = next_spec("pump", None, None, None, None, None).unwrap_err();
         assert_eq!(
             error.to_string(),
             "app pump is new: its device model is needed (--model FILE)"
@@ -913,13 +921,14 @@ mod tests {
             Some(json!({"name": "m1"})),
             Some(vec![("rate".into(), "5".into())]),
             None,
+            None,
         )
         .expect("a new app with its model");
         assert_eq!(first.device, "pump", "the device is named after the app");
         assert_eq!(first.config, vec![("rate".to_string(), "5".to_string())]);
 
         // A new component alone: model and config stay.
-        let same = next_spec("pump", None, None, None, Some(&first)).expect("update");
+        let same = next_spec("pump", None, None, None, None, Some(&first)).expect("update");
         assert_eq!(same, first);
         // A new config: the model stays.
         let reconfigured = next_spec(
@@ -927,6 +936,7 @@ mod tests {
             None,
             None,
             Some(vec![("rate".into(), "9".into())]),
+            None,
             Some(&first),
         )
         .expect("update");
@@ -940,9 +950,23 @@ mod tests {
             Some(whole.clone()),
             Some(json!({"name": "ignored"})),
             None,
+            None,
             Some(&first),
         )
         .expect("whole");
         assert_eq!(given, whole);
+        // Grants given replace the running version's; none given keep them.
+        let grants = crate::grants::Grants {
+            modbus: vec![crate::grants::ModbusGrant {
+                endpoint: "tcp://meter:502".into(),
+                units: Some(vec![1]),
+                timeout_ms: 1000,
+            }],
+        };
+        let granted = next_spec("pump", None, None, None, Some(grants.clone()), Some(&first))
+            .expect("granted");
+        assert_eq!(granted.grants, grants);
+        let kept = next_spec("pump", None, None, None, None, Some(&granted)).expect("kept");
+        assert_eq!(kept.grants, grants);
     }
 }

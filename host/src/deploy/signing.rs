@@ -38,7 +38,7 @@ fn digest_of(json: Option<String>) -> String {
 impl Signed for DeployManifest {
     fn signed_bytes(&self, key: &str) -> Vec<u8> {
         let m = self;
-        format!(
+        let mut bytes = format!(
             "wasmgate-deploy-v2\nkey={key}\nid={}\napp={}\nversion={}\ntarget={}\nexpires={}\nsize={}\nsha256={}\nmodel={}\nconfig={}\n",
             m.id,
             m.app,
@@ -53,8 +53,16 @@ impl Signed for DeployManifest {
                     .as_ref()
                     .map(|c| serde_json::to_string(c).unwrap_or_default())
             ),
-        )
-        .into_bytes()
+        );
+        // Only when there are grants, so manifests signed before grants
+        // existed still verify; adding or removing them breaks the signature.
+        if let Some(grants) = &m.grants {
+            bytes.push_str(&format!(
+                "grants={}\n",
+                digest_of(serde_json::to_string(grants).ok())
+            ));
+        }
+        bytes.into_bytes()
     }
 
     fn signatures(&self) -> &[DeploySignature] {
@@ -251,6 +259,7 @@ mod tests {
             chunks: 1,
             model: None,
             config: Some(vec![("k".into(), "v".into())]),
+            grants: None,
             signatures: Vec::new(),
         }
     }
@@ -266,7 +275,7 @@ mod tests {
             Ok(vec![trusted.id.clone()])
         );
         // Every signed field changes the bytes.
-        let changes: [fn(&mut DeployManifest); 9] = [
+        let changes: [fn(&mut DeployManifest); 11] = [
             |m| m.id = "d2".into(),
             |m| m.app = "other".into(),
             |m| m.version = 4,
@@ -276,6 +285,17 @@ mod tests {
             |m| m.size += 1,
             |m| m.sha256 = "abd".into(),
             |m| m.config = None,
+            // Grants added where there were none, or changed.
+            |m| m.grants = Some(Default::default()),
+            |m| {
+                m.grants = Some(crate::grants::Grants {
+                    modbus: vec![crate::grants::ModbusGrant {
+                        endpoint: "tcp://meter:502".into(),
+                        units: Some(vec![1]),
+                        timeout_ms: 1000,
+                    }],
+                })
+            },
         ];
         for change in changes {
             let mut other = m.clone();

@@ -82,6 +82,7 @@ impl Watcher {
                     component,
                     model: None,
                     config: None,
+                    grants: None,
                     spec: Some(spec),
                     source: "watch".into(),
                 };

@@ -362,6 +362,10 @@ pub struct DeployManifest {
     pub model: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Vec<(String, String)>>,
+    /// What the app may reach (devices, networks); must lie within the
+    /// gateway's `[allow]`. Absent: the running version's grants stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<crate::grants::Grants>,
     /// At least the gateway's `threshold` of them, by distinct keys.
     pub signatures: Vec<DeploySignature>,
 }
