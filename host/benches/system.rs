@@ -116,6 +116,27 @@ fn main() {
         ]);
     }
 
+    if wanted("P8") {
+        let [guest_rate, bare_rate, guest_us, bare_us] = medians(runs, || {
+            let (g, b) = modbus_reads(2000);
+            [2000.0 / g, 2000.0 / b, g * 1e6 / 2000.0, b * 1e6 / 2000.0]
+        });
+        rows.push([
+            "P8".into(),
+            "Modbus TCP reads from a guest (one holding register, 2000 sequential in one call) against pymodbus's server".into(),
+            format!(
+                "{} reads/s, {guest_us:.0} µs a read ({:.2}× the bare client; {:.0} µs added a read)",
+                thousands(guest_rate),
+                guest_rate / bare_rate,
+                guest_us - bare_us
+            ),
+            format!(
+                "tokio-modbus client from Rust, the same reads of the same server: {} reads/s, {bare_us:.0} µs a read",
+                thousands(bare_rate)
+            ),
+        ]);
+    }
+
     if wanted("P5") {
         let (p50, p99, gap, lost, swaps) = hot_swaps(20);
         rows.push([
@@ -964,4 +985,52 @@ fn round_trips(n: usize) -> (f64, f64, f64, f64) {
         out.0, out.1, out.2, out.3
     );
     out
+}
+
+/// P8: seconds for `n` reads of one holding register, from a guest (timed
+/// inside its one call) and from a bare tokio-modbus client, against the
+/// same pymodbus server.
+fn modbus_reads(n: u32) -> (f64, f64) {
+    let peer = common::peers::ModbusPeer::start(&[1]);
+    let endpoint = peer.endpoint();
+    let broker = Mosquitto::start("");
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!("[allow]\nmodbus = [{{ endpoint = \"{endpoint}\" }}]\n"))
+        .app(
+            "probe",
+            &guest("modbus-probe"),
+            &root().join("tests/models/modbus.json"),
+            &format!(
+                "tick_interval_ms = 3600000\ncall_timeout_ms = 1000\nio_wait_ms = 600000\n\
+                 grants = {{ modbus = [{{ endpoint = \"{endpoint}\", units = [1] }}] }}"
+            ),
+        );
+    let mut run = gw.start();
+    run.wait_connected(Duration::from_secs(60));
+    let consumer =
+        common::mqtt::Consumer::connect(&broker.settings("bench"), &["wg/v1/test-gw/#"]);
+    // Warm the connection, then time the loop inside the guest.
+    let ask = |id: &str, count: u32| {
+        let answer = consumer.call(
+            "wg/v1/test-gw/probe",
+            "call",
+            id,
+            Some(serde_json::json!(format!("bench {endpoint} 1 0 {count}"))),
+        );
+        let text = answer["result"].as_str().unwrap_or_default().to_string();
+        text.strip_prefix("ok ")
+            .and_then(|ns| ns.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("bench call: {answer}"))
+            / 1e9
+    };
+    ask("warm", 100);
+    let guest_seconds = ask("timed", n);
+    run.stop();
+
+    let client = peer.client(1);
+    client.holding_registers(0, 1);
+    let started = Instant::now();
+    client.read_many(0, n);
+    (guest_seconds, started.elapsed().as_secs_f64())
 }

@@ -142,6 +142,20 @@ impl DirectClient {
         self.with(async |c| c.read_holding_registers(address, count).await)
     }
 
+    /// Read one holding register `times` times on one connection (the
+    /// benchmark's bare baseline).
+    pub fn read_many(&self, address: u16, times: u32) {
+        use tokio_modbus::client::Reader;
+        self.with(async |c| {
+            for _ in 0..times {
+                if let Err(e) = c.read_holding_registers(address, 1).await? {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(()))
+        })
+    }
+
     pub fn coils(&self, address: u16, count: u16) -> Vec<bool> {
         use tokio_modbus::client::Reader;
         self.with(async |c| c.read_coils(address, count).await)

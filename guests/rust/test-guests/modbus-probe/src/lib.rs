@@ -10,6 +10,8 @@
 //!   answers `ok` and the values, or the error (`timeout: ...`).
 //! - With `flood = true` each tick sends 1,000 reads instead, and reports
 //!   how many were refused with `limit` as `flood_limited`.
+//! - OP `bench` (ARG: a count) reads holding register ADDRESS that many
+//!   times in one call and answers `ok NANOSECONDS` (the benchmark's P8).
 
 use wasmgate_guest::modbus::{self, IoError, Unit};
 use wasmgate_guest::{App, Config, Timestamp, Value, info, this_device};
@@ -68,6 +70,12 @@ fn call(text: &str) -> Result<String, String> {
         "read-input" => device
             .read_input_registers(address, count()?)
             .map(|v| list(&v)),
+        "bench" => {
+            let started = std::time::Instant::now();
+            (0..count()?)
+                .try_for_each(|_| device.read_holding_registers(address, 1).map(|_| ()))
+                .map(|()| started.elapsed().as_nanos().to_string())
+        }
         "write-coils" => {
             let values: Vec<bool> = arg.split(',').map(|v| v == "1" || v == "true").collect();
             device.write_coils(address, &values).map(|()| String::new())
