@@ -996,7 +996,9 @@ fn modbus_reads(n: u32) -> (f64, f64) {
     let broker = Mosquitto::start("");
     let gw = Gateway::new()
         .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
-        .section(&format!("[allow]\nmodbus = [{{ endpoint = \"{endpoint}\" }}]\n"))
+        .section(&format!(
+            "[allow]\nmodbus = [{{ endpoint = \"{endpoint}\" }}]\n"
+        ))
         .app(
             "probe",
             &guest("modbus-probe"),
@@ -1008,8 +1010,7 @@ fn modbus_reads(n: u32) -> (f64, f64) {
         );
     let mut run = gw.start();
     run.wait_connected(Duration::from_secs(60));
-    let consumer =
-        common::mqtt::Consumer::connect(&broker.settings("bench"), &["wg/v1/test-gw/#"]);
+    let consumer = common::mqtt::Consumer::connect(&broker.settings("bench"), &["wg/v1/test-gw/#"]);
     // Warm the connection, then time the loop inside the guest.
     let ask = |id: &str, count: u32| {
         let answer = consumer.call(

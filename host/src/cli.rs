@@ -97,6 +97,11 @@ pub enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Run a simulated device to develop against, until Ctrl-C.
+    Sim {
+        #[command(subcommand)]
+        device: SimDevice,
+    },
     /// Make an ed25519 key pair for signed deployments: NAME.key (private)
     /// and NAME.pub (public, for gateway.toml's [deploy] trusted_keys).
     Keygen { name: PathBuf },
@@ -286,4 +291,19 @@ pub struct GatewayArg {
     /// The gateway's config file (its data directory holds the admin socket).
     #[arg(long, short = 'g', value_name = "FILE", default_value = "gateway.toml")]
     pub gateway: PathBuf,
+}
+
+/// The devices `wasmgate sim` simulates.
+#[derive(Debug, clap::Subcommand)]
+pub enum SimDevice {
+    /// A Modbus TCP room with a heater: input registers 0 (°C × 10) and 1
+    /// (% rh × 10), coil 0 (heating).
+    Modbus {
+        /// Where it listens (loopback only).
+        #[arg(long, default_value = "127.0.0.1:5020")]
+        listen: std::net::SocketAddr,
+        /// The room's temperature at start, °C.
+        #[arg(long, default_value_t = 17.5)]
+        start_temperature: f64,
+    },
 }

@@ -107,6 +107,33 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             );
             Ok(true)
         }
+        Command::Sim {
+            device:
+                crate::cli::SimDevice::Modbus {
+                    listen,
+                    start_temperature,
+                },
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let simulator = crate::sim::Simulator::bind(listen, start_temperature).await?;
+                println!("Modbus simulator on tcp://{listen} (Ctrl-C to stop)");
+                let stop = CancellationToken::new();
+                let run = simulator.run(stop.clone());
+                tokio::pin!(run);
+                tokio::select! {
+                    served = &mut run => served,
+                    _ = tokio::signal::ctrl_c() => {
+                        stop.cancel();
+                        run.await
+                    }
+                }
+            })?;
+            Ok(true)
+        }
         Command::Keygen { name } => {
             let (seed, public) = crate::deploy::signing::generate()?;
             let private = name.with_extension("key");

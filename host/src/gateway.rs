@@ -163,6 +163,17 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         );
     }
 
+    // The demo's device, up before the apps that poll it.
+    let stop_simulator = CancellationToken::new();
+    let simulator = match &config.simulator {
+        Some(sim) => {
+            let simulator =
+                crate::sim::Simulator::bind(sim.modbus_listen, sim.start_temperature).await?;
+            Some(tokio::spawn(simulator.run(stop_simulator.clone())))
+        }
+        None => None,
+    };
+
     let outbox_signal = Arc::new(Notify::new());
     let status_signal = Arc::new(Notify::new());
     let ingest = Ingest::start(&database, usage.clone(), outbox_signal.clone())?;
@@ -322,6 +333,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     stop_deployer.cancel();
     if let Err(e) = deployer.await {
         tracing::error!("the deployer task failed: {e}");
+    }
+    stop_simulator.cancel();
+    if let Some(simulator) = simulator
+        && let Ok(Err(e)) = simulator.await
+    {
+        tracing::warn!("the Modbus simulator failed: {e:#}");
     }
     tokio::task::block_in_place(|| ingest.shutdown());
     stop_link.cancel();

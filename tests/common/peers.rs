@@ -33,10 +33,16 @@ pub struct ModbusPeer {
 
 impl ModbusPeer {
     pub fn start(units: &[u8]) -> ModbusPeer {
+        Self::with_inputs(units, &serde_json::json!({}))
+    }
+
+    /// With the given input registers from address 0 on some units:
+    /// `{"2": [2301, 65535]}`.
+    pub fn with_inputs(units: &[u8], inputs: &serde_json::Value) -> ModbusPeer {
         let units: Vec<String> = units.iter().map(u8::to_string).collect();
         let mut child = Command::new(python())
             .arg(super::root().join("tests/peers/modbus_server.py"))
-            .args(["tcp", "0", &units.join(",")])
+            .args(["tcp", "0", &units.join(","), &inputs.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -315,3 +315,144 @@ fn a_signed_deployment_grants_what_allow_covers_and_is_refused_past_it() {
     assert!(!ok && err.contains("modbus[0].units"), "{err}");
     assert!(run.stop().success());
 }
+
+#[test]
+fn the_modbus_meter_example_in_rust_and_go_reads_scaled_32_bit_values_in_either_word_order() {
+    // The example's config is valid as shipped.
+    let example = crate::common::root().join("examples/modbus-meter");
+    wasmgate::config::Config::load(&example.join("gateway.toml")).expect("the example's config");
+    // Unit 1 keeps 32-bit values high word first, unit 2 low word first:
+    // 230.1 V (2301 × 10^-1), -1500 W, 1,234,567 Wh.
+    let peer = ModbusPeer::with_inputs(
+        &[1, 2],
+        &json!({
+            "1": [2301, 65535, 65535, 64036, 18, 54919],
+            "2": [2301, 65535, 64036, 65535, 54919, 18],
+        }),
+    );
+    let endpoint = peer.endpoint();
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let meter = |unit: u8, order: &str| {
+        format!(
+            "tick_interval_ms = 200\n\
+             grants = {{ modbus = [{{ endpoint = \"{endpoint}\", units = [{unit}] }}] }}\n\
+             [app.config]\nendpoint = \"{endpoint}\"\nunit = {unit}\nword_order = \"{order}\""
+        )
+    };
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!(
+            "[allow]\nmodbus = [{{ endpoint = \"{endpoint}\", units = [1, 2] }}]\n"
+        ))
+        .app(
+            "meter-rust",
+            &guest("modbus-meter"),
+            &example.join("meter.model.json"),
+            &meter(1, "high-first"),
+        )
+        .app(
+            "meter-go",
+            &crate::common::root().join("guests/go/out/modbusmeter.wasm"),
+            &example.join("meter.model.json"),
+            &meter(2, "low-first"),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    for app in ["meter-rust", "meter-go"] {
+        let state = reported(&consumer, app, |a| a["power"].is_i64());
+        let a = &state["attributes"];
+        assert!(
+            (a["voltage"].as_f64().expect("voltage") - 230.1).abs() < 1e-9,
+            "{app}: {a}"
+        );
+        assert_eq!(a["power"], -1500, "{app}: {a}");
+        assert!(
+            (a["energy_kwh"].as_f64().expect("energy") - 1234.567).abs() < 1e-9,
+            "{app}: {a}"
+        );
+        let batch = consumer.wait_json(&format!("wg/v1/test-gw/{app}/telemetry/energy"), T, |_| {
+            true
+        });
+        assert_eq!(
+            batch["points"][0]["values"]["power"], -1500,
+            "{app}: {batch}"
+        );
+    }
+    // A desired power limit lands in the meter's holding register 10.
+    for (app, unit, percent) in [("meter-rust", 1, 60), ("meter-go", 2, 75)] {
+        consumer.publish(
+            &format!("wg/v1/test-gw/{app}/twin/desired"),
+            json!({"version": 1, "attributes": {"power_limit": percent}}).to_string(),
+            false,
+        );
+        let ack = consumer.wait_json(&format!("wg/v1/test-gw/{app}/twin/ack"), T, |a| {
+            a["version"] == 1
+        });
+        assert_eq!(ack["accepted"], json!(["power_limit"]), "{app}: {ack}");
+        assert_eq!(
+            peer.client(unit).holding_registers(10, 1),
+            [percent],
+            "{app}"
+        );
+    }
+    assert!(run.stop().success());
+}
+
+#[test]
+fn the_demo_thermostat_heats_the_simulated_room_over_modbus() {
+    // The demo's setup: the Modbus room in-process, the thermostat granted
+    // it and nothing else.
+    let port = crate::common::free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!(
+            "[simulator]\nmodbus_listen = \"127.0.0.1:{port}\"\nstart_temperature = 15.0\n"
+        ))
+        .section(&format!(
+            "[allow]\nmodbus = [{{ endpoint = \"{endpoint}\", units = [1] }}]\n"
+        ))
+        .app(
+            "thermostat",
+            &guest("thermostat"),
+            &crate::common::root().join("examples/thermostat/thermostat.model.json"),
+            &format!(
+                "tick_interval_ms = 200\n\
+                 grants = {{ modbus = [{{ endpoint = \"{endpoint}\", units = [1] }}] }}\n\
+                 [app.config]\nmodbus_endpoint = \"{endpoint}\""
+            ),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    // The room starts at 15 °C, under the 21 °C setpoint: the app switches
+    // the heating coil on, and the room warms (0.3 °C a second).
+    let first = reported(&consumer, "thermostat", |a| a["heating"] == true);
+    let start = first["attributes"]["temperature"]
+        .as_f64()
+        .expect("temperature");
+    assert!((14.0..17.0).contains(&start), "{first}");
+    reported(&consumer, "thermostat", |a| {
+        a["temperature"].as_f64().is_some_and(|t| t >= start + 0.6)
+    });
+    // The coil is on in the device itself.
+    let room = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            use tokio_modbus::client::Reader;
+            let mut context = tokio_modbus::client::tcp::connect(([127, 0, 0, 1], port).into())
+                .await
+                .expect("connect");
+            context
+                .read_coils(0, 1)
+                .await
+                .expect("transport")
+                .expect("no exception")
+        });
+    assert_eq!(room, [true]);
+    assert!(run.stop().success());
+}

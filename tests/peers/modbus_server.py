@@ -1,17 +1,19 @@
 """A Modbus server from pymodbus, the device the integration tests talk to.
 
-    modbus_server.py tcp PORT UNITS          e.g. tcp 0 1,2 (0: any free port)
-    modbus_server.py rtu DEVICE UNITS        e.g. rtu /dev/pts/7 1
+    modbus_server.py tcp PORT UNITS [INPUTS]   e.g. tcp 0 1,2 (0: any free port)
+    modbus_server.py rtu DEVICE UNITS [INPUTS] e.g. rtu /dev/pts/7 1
 
 Each listed unit id has 1,000 coils, discrete inputs, holding and input
 registers, all zero except input registers 0..3 = 215, 480, 1, 2 (a
 temperature in tenths, a humidity, and a 32-bit value across two
-registers). Ready once it prints "ready PORT" (the TCP port it listens on)
+registers), or, for the units INPUTS names (JSON: {"2": [2301, 65535]}),
+those values from input register 0. Ready once it prints "ready PORT" (the TCP port it listens on)
 or "ready DEVICE"; it runs until killed. Stopping it with SIGSTOP makes a
 peer that stops answering; SIGCONT brings it back.
 """
 
 import asyncio
+import json
 import socket
 import sys
 
@@ -23,10 +25,11 @@ from pymodbus.datastore import (
 from pymodbus.server import StartAsyncSerialServer, StartAsyncTcpServer
 
 
-def unit_context():
+def unit_context(first_inputs):
     # pymodbus addresses a block from 1 (its historical offset), hence the
     # leading zero.
-    inputs = [0, 215, 480, 1, 2] + [0] * 1000
+    inputs = [0] + first_inputs
+    inputs += [0] * (1001 - len(inputs))
     return ModbusDeviceContext(
         co=ModbusSequentialDataBlock(0, [False] * 1001),
         di=ModbusSequentialDataBlock(0, [False] * 1001),
@@ -43,7 +46,10 @@ def free_port():
 
 async def main():
     kind, where, units = sys.argv[1], sys.argv[2], sys.argv[3]
-    devices = {int(u): unit_context() for u in units.split(",")}
+    given = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    devices = {
+        int(u): unit_context(given.get(u, [215, 480, 1, 2])) for u in units.split(",")
+    }
     context = ModbusServerContext(devices=devices, single=False)
     if kind == "tcp":
         port = int(where) or free_port()

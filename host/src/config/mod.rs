@@ -90,6 +90,8 @@ struct File {
     /// What any app may be granted at most (only this file sets it).
     #[serde(default)]
     allow: crate::grants::Grants,
+    #[serde(default)]
+    simulator: Option<SimulatorSection>,
     #[serde(default, rename = "app")]
     apps: Vec<AppSection>,
 }
@@ -103,6 +105,28 @@ struct GatewaySection {
     /// What fleet selectors match this gateway by (`site`, `ring`, ...).
     #[serde(default)]
     labels: BTreeMap<String, String>,
+}
+
+/// `[simulator]`: a Modbus TCP device in-process, for development and the
+/// demo (`crate::sim`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimulatorSection {
+    modbus_listen: String,
+    #[serde(default = "default_start_temperature")]
+    start_temperature: f64,
+}
+
+fn default_start_temperature() -> f64 {
+    17.5
+}
+
+/// The in-process Modbus device.
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    /// Where it listens (loopback only).
+    pub modbus_listen: std::net::SocketAddr,
+    pub start_temperature: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +170,8 @@ pub struct Config {
     pub cloud: Option<CloudConfig>,
     /// `[allow]`: what any app may be granted at most.
     pub allow: crate::grants::Grants,
+    /// `[simulator]`: a Modbus device served in-process (the demo's room).
+    pub simulator: Option<SimulatorConfig>,
     pub apps: Vec<AppConfig>,
 }
 
@@ -220,6 +246,35 @@ impl Config {
             }
         };
 
+        let simulator = match file.simulator {
+            None => None,
+            Some(s) => {
+                let listen: std::net::SocketAddr = s.modbus_listen.parse().map_err(|_| {
+                    invalid(
+                        "simulator.modbus_listen".into(),
+                        format!("{:?} is not an address:port", s.modbus_listen),
+                    )
+                })?;
+                if !listen.ip().is_loopback() {
+                    return Err(invalid(
+                        "simulator.modbus_listen".into(),
+                        format!(
+                            "{listen} is not a loopback address: the simulator is for this machine only"
+                        ),
+                    ));
+                }
+                if !(-50.0..=100.0).contains(&s.start_temperature) {
+                    return Err(invalid(
+                        "simulator.start_temperature".into(),
+                        format!("{} is not between -50 and 100", s.start_temperature),
+                    ));
+                }
+                Some(SimulatorConfig {
+                    modbus_listen: listen,
+                    start_temperature: s.start_temperature,
+                })
+            }
+        };
         let allow = file.allow;
         allow
             .check(false)
@@ -362,6 +417,7 @@ impl Config {
             content,
             cloud,
             allow,
+            simulator,
             apps,
         })
     }

@@ -1,10 +1,17 @@
 //! The thermostat example app.
 //!
-//! On every tick it reads a simulated room sensor, records a `climate` point
-//! (temperature, humidity), switches the heating with a little hysteresis and
+//! On every tick it reads the room's temperature and humidity, records a
+//! `climate` point, switches the heating with a little hysteresis and
 //! reports its attributes. The cloud can change the `setpoint` attribute and
 //! call the `reset` action, which zeroes the tick counter kept in storage.
+//!
+//! The room is a real Modbus device when the config names one
+//! (`modbus_endpoint`, and `modbus_unit`, 1 by default; the app must be
+//! granted it): input registers 0 and 1 hold °C and % rh in tenths, and coil
+//! 0 is the heating, as `wasmgate sim modbus` serves them. Otherwise it is
+//! simulated inside the app.
 
+use wasmgate_guest::modbus::{self, Unit};
 use wasmgate_guest::{App, Config, Fields, Severity, Timestamp, Value, field, info, storage, warn};
 
 /// Storage key of the tick counter (u64, little endian).
@@ -12,6 +19,8 @@ const TICKS_KEY: &str = "ticks";
 
 struct Thermostat {
     sensor: Room,
+    /// The room on Modbus, if the config names one.
+    device: Option<Unit>,
     setpoint: f64,
     heating: bool,
     ticks: u64,
@@ -37,6 +46,19 @@ impl Room {
         self.temperature += if heating { 0.4 } else { -0.25 } + noise * 0.1;
         let humidity = 45.0 + 8.0 * ((self.step as f64) / 10.0).sin() + noise;
         (round(self.temperature), round(humidity))
+    }
+}
+
+/// Read temperature and humidity from the Modbus room.
+fn read_room(device: &Unit) -> Result<(f64, f64), modbus::IoError> {
+    let words = device.read_input_registers(0, 2)?;
+    let tenths = |w: u16| f64::from(w as i16) / 10.0;
+    match words[..] {
+        [t, h] => Ok((tenths(t), tenths(h))),
+        _ => Err(modbus::IoError::Closed(format!(
+            "{} registers came back, not 2",
+            words.len()
+        ))),
     }
 }
 
@@ -66,7 +88,16 @@ impl App for Thermostat {
             Some(bytes) => f64::from_le_bytes(bytes),
             None => config.parse_or("start_temperature", 18.0)?,
         };
+        let room = match config.get("modbus_endpoint") {
+            Some(endpoint) => {
+                let unit = config.parse_or("modbus_unit", 1u8)?;
+                info!("the room is the Modbus device at {endpoint}, unit {unit}");
+                Some(Unit::new(endpoint, unit))
+            }
+            None => None,
+        };
         let app = Thermostat {
+            device: room,
             sensor: Room {
                 temperature,
                 seed: config.parse_or("seed", 0x5eed_u64)?.max(1),
@@ -92,12 +123,34 @@ impl App for Thermostat {
 
     fn on_tick(&mut self, _now: Timestamp) {
         let device = wasmgate_guest::this_device();
-        let (temperature, humidity) = self.sensor.next(self.heating);
+        let (temperature, humidity) = match &self.device {
+            None => self.sensor.next(self.heating),
+            Some(room) => match read_room(room) {
+                Ok(reading) => reading,
+                Err(e) => {
+                    // The device is away: nothing to record this tick; the
+                    // next read connects again.
+                    warn!("cannot read the room ({}): {e:?}", modbus::kind(&e));
+                    return;
+                }
+            },
+        };
         // Hysteresis of half a degree either side of the setpoint.
+        let was_heating = self.heating;
         if temperature < self.setpoint - 0.5 {
             self.heating = true;
         } else if temperature > self.setpoint + 0.5 {
             self.heating = false;
+        }
+        if let Some(room) = &self.device
+            && (self.heating != was_heating || self.ticks == 0)
+            && let Err(e) = room.write_coil(0, self.heating)
+        {
+            warn!("cannot switch the heating ({}): {e:?}", modbus::kind(&e));
+            self.heating = was_heating;
+        }
+        if self.device.is_some() {
+            self.sensor.temperature = temperature;
         }
         self.ticks += 1;
         if let Err(e) = storage::set(TICKS_KEY, &self.ticks.to_le_bytes()) {
