@@ -1004,7 +1004,7 @@ fn modbus_reads(n: u32) -> (f64, f64) {
             &guest("modbus-probe"),
             &root().join("tests/models/modbus.json"),
             &format!(
-                "tick_interval_ms = 3600000\ncall_timeout_ms = 1000\nio_wait_ms = 600000\n\
+                "tick_interval_ms = 3600000\ncall_timeout_ms = 1000\nio_wait_ms = 600000\nio_requests_per_s = 100000\n\
                  grants = {{ modbus = [{{ endpoint = \"{endpoint}\", units = [1] }}] }}"
             ),
         );

@@ -318,7 +318,7 @@ impl ModbusCtx {
         }
         if !self.rate.allow() {
             return Err(IoError::Limit(format!(
-                "over {} device requests a second",
+                "over {} device requests a second (io_requests_per_s)",
                 self.rate.per_second()
             )));
         }

@@ -88,15 +88,23 @@ pub struct AppRates {
 }
 
 impl AppRates {
-    /// The buckets of one app, its log drops counted in `metrics`.
-    pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> AppRates {
+    /// The buckets of one app, its log drops counted in `metrics`, its
+    /// device requests at `device_requests_per_s`.
+    pub fn new(metrics: Arc<crate::metrics::AppMetrics>, device_requests_per_s: u32) -> AppRates {
         AppRates {
             storage_writes: storage_writes(),
             reports: reports(),
             alerts: alerts(),
             registrations: registrations(),
-            device_requests: device_requests(),
+            device_requests: device_requests(device_requests_per_s),
             log: LogGate::new(metrics),
+        }
+    }
+
+    /// A new version may set another device request rate.
+    pub fn set_device_rate(&mut self, per_second: u32) {
+        if self.device_requests.per_second() != per_second {
+            self.device_requests = device_requests(per_second);
         }
     }
 }
@@ -173,8 +181,10 @@ pub fn alerts() -> SharedLimit {
 pub fn registrations() -> SharedLimit {
     SharedLimit::new(100, 1000)
 }
-pub fn device_requests() -> SharedLimit {
-    SharedLimit::new(200, 400)
+/// Device requests (Modbus, ...) at an app's `io_requests_per_s`, with a
+/// burst of two seconds' worth.
+pub fn device_requests(per_second: u32) -> SharedLimit {
+    SharedLimit::new(per_second, per_second.saturating_mul(2))
 }
 /// Warnings about refused messages from the network: each refusal is
 /// answered and counted, but a flood must not become a flood of log lines.

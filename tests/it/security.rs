@@ -466,6 +466,30 @@ fn replayed_rolled_back_misdirected_expired_and_undersigned_deployments_are_refu
         publish(&consumer, &captured, "d-10", &component, chunk),
         "deployment id d-10 was taken before (version 10 of app counter): refused as a replay",
     );
+    // The captured v10 with its chunking changed (the chunking is not
+    // signed): 2^26 chunks of one byte is refused before anything is
+    // allocated, and the gateway's memory stays where it was.
+    let mut rechunked: serde_json::Value = serde_json::from_slice(&captured).expect("json");
+    rechunked["chunk_size"] = 1.into();
+    rechunked["size"] = (1u64 << 26).into();
+    rechunked["chunks"] = (1u64 << 26).into();
+    for _ in 0..2 {
+        refused(
+            publish(
+                &consumer,
+                &serde_json::to_vec(&rechunked).expect("json"),
+                "d-10",
+                &[],
+                1,
+            ),
+            "does not add up",
+        );
+    }
+    assert!(
+        run.peak_rss_mib() < 256,
+        "peak RSS {} MiB",
+        run.peak_rss_mib()
+    );
     // A deployment id used a second time, even for a newer version.
     refused(
         deploy(&manifest(

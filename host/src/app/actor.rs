@@ -133,7 +133,7 @@ pub async fn time_dispatch(
     });
     let metrics = shared.metrics.app(&version.config.name);
     let mut actor = Actor {
-        rates: crate::rate::AppRates::new(metrics.clone()),
+        rates: crate::rate::AppRates::new(metrics.clone(), version.config.io_requests_per_s),
         metrics,
         name: version.config.name.as_str().into(),
         db: shared.db.open()?,
@@ -200,7 +200,7 @@ pub fn spawn(
     let stopped = spec.stopped;
     let metrics = spec.shared.metrics.app(&name);
     let actor = Actor {
-        rates: crate::rate::AppRates::new(metrics.clone()),
+        rates: crate::rate::AppRates::new(metrics.clone(), spec.version.config.io_requests_per_s),
         metrics,
         name: name.clone(),
         version: spec.version,
@@ -373,6 +373,8 @@ impl Actor {
             );
             tracing::error!(app = %self.name, "{reason}; rolling back to version {}", probation.previous.number);
             self.version = probation.previous;
+            self.rates
+                .set_device_rate(self.version.config.io_requests_per_s);
             self.crashes.clear();
             let _ = probation.outcome.send(Outcome::RolledBack(reason));
             return Phase::Start(probation.saved);
@@ -609,9 +611,14 @@ impl Actor {
     ) -> Phase {
         self.end_probation(Outcome::Interrupted);
         let started = Instant::now();
+        // The new instance takes the new version's device rate; a refused
+        // swap goes back to the running version's.
+        self.rates.set_device_rate(version.config.io_requests_per_s);
         let mut new = match self.instantiate(&version).await {
             Ok(i) => i,
             Err(e) => {
+                self.rates
+                    .set_device_rate(self.version.config.io_requests_per_s);
                 let _ = reply.send(Err(AppError::NotStarted {
                     reason: Box::new(e),
                     running: self.version.number,
@@ -647,6 +654,8 @@ impl Actor {
                     Ok(Ok(())) => unreachable!(),
                 };
                 tracing::warn!(app = %self.name, "version {} refused: {why}; version {} keeps running", version.number, self.version.number);
+                self.rates
+                    .set_device_rate(self.version.config.io_requests_per_s);
                 let _ = reply.send(Err(AppError::SwapRefused {
                     reason: Box::new(why),
                     running: self.version.number,
@@ -695,6 +704,8 @@ impl Actor {
         self.end_probation(Outcome::Interrupted);
         tracing::info!(app = %self.name, from = self.version.number, to = version.number, "new version installed");
         self.version = version;
+        self.rates
+            .set_device_rate(self.version.config.io_requests_per_s);
         self.crashes.clear();
         let _ = reply.send(Ok(()));
         // Nothing was running to go back to: the version is kept.

@@ -41,7 +41,17 @@ pub(super) struct AppSection {
     /// The most an export call may wait on device I/O, beyond its deadline.
     #[serde(default = "default_io_wait_ms")]
     pub(super) io_wait_ms: u64,
+    /// Device requests (Modbus, ...) a second, with a burst of twice that.
+    #[serde(default = "default_io_requests_per_s")]
+    pub(super) io_requests_per_s: u32,
 }
+
+pub(super) fn default_io_requests_per_s() -> u32 {
+    DEFAULT_IO_REQUESTS_PER_S
+}
+
+/// An app's device requests a second by default.
+pub const DEFAULT_IO_REQUESTS_PER_S: u32 = 200;
 
 pub(super) fn default_io_wait_ms() -> u64 {
     DEFAULT_IO_WAIT.as_millis() as u64
@@ -124,6 +134,8 @@ pub struct AppConfig {
     pub grants: crate::grants::Grants,
     /// The most an export call may wait on device I/O, beyond its deadline.
     pub io_wait: Duration,
+    /// Device requests a second (burst: twice that).
+    pub io_requests_per_s: u32,
 }
 
 impl AppConfig {

@@ -18,7 +18,9 @@ mod deploy;
 mod outbox;
 
 use app::AppSection;
-pub use app::{AppConfig, DEFAULT_DISK_QUOTA_BYTES, DEFAULT_IO_WAIT, RestartPolicy};
+pub use app::{
+    AppConfig, DEFAULT_DISK_QUOTA_BYTES, DEFAULT_IO_REQUESTS_PER_S, DEFAULT_IO_WAIT, RestartPolicy,
+};
 pub use cloud::{BrokerSettings, CloudConfig};
 use cloud::{CloudSection, cloud_config};
 pub use content::ContentConfig;
@@ -376,6 +378,12 @@ impl Config {
             )?)
             .unwrap_or(0);
             let io_wait = between("io_wait_ms", app.io_wait_ms, 0, 600_000)?;
+            let io_requests_per_s = between(
+                "io_requests_per_s",
+                u64::from(app.io_requests_per_s),
+                1,
+                100_000,
+            )? as u32;
             let grants = app.grants;
             grants
                 .check(true)
@@ -383,6 +391,7 @@ impl Config {
                 .map_err(|(field, message)| invalid(key(&format!("grants.{field}")), message))?;
             apps.push(AppConfig {
                 io_wait: Duration::from_millis(io_wait),
+                io_requests_per_s,
                 grants,
                 device_models,
                 max_devices,

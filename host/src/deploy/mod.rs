@@ -828,6 +828,7 @@ fn default_app(name: &str) -> crate::config::AppConfig {
         max_devices: crate::registration::DEFAULT_MAX_DEVICES,
         grants: Default::default(),
         io_wait: crate::config::DEFAULT_IO_WAIT,
+        io_requests_per_s: crate::config::DEFAULT_IO_REQUESTS_PER_S,
     }
 }
 

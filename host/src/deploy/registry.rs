@@ -35,6 +35,12 @@ pub struct Spec {
     pub grants: crate::grants::Grants,
     #[serde(default = "default_io_wait_ms")]
     pub io_wait_ms: u64,
+    #[serde(default = "default_io_requests_per_s")]
+    pub io_requests_per_s: u32,
+}
+
+fn default_io_requests_per_s() -> u32 {
+    crate::config::DEFAULT_IO_REQUESTS_PER_S
 }
 
 fn default_io_wait_ms() -> u64 {
@@ -65,6 +71,7 @@ impl Spec {
             model,
             grants: app.grants.clone(),
             io_wait_ms: app.io_wait.as_millis() as u64,
+            io_requests_per_s: app.io_requests_per_s,
         }
     }
 
@@ -87,6 +94,7 @@ impl Spec {
             max_devices: self.max_devices,
             grants: self.grants.clone(),
             io_wait: std::time::Duration::from_millis(self.io_wait_ms),
+            io_requests_per_s: self.io_requests_per_s,
         }
     }
 
@@ -695,6 +703,7 @@ mod tests {
             max_devices: 7,
             grants: Default::default(),
             io_wait_ms: 10_000,
+            io_requests_per_s: 200,
         }
     }
 
