@@ -8,8 +8,13 @@
 //! `io_wait_ms`: past it, an I/O call is refused with `limit` rather than
 //! started, so a call's wall time stays bounded by its deadline, the
 //! grace and that budget.
+//!
+//! The clock can also be **cancelled**: when the app is to stop or be
+//! replaced while it waits on a device, the actor cancels the wait, the
+//! guest's call gets an error at once and returns, and the stop goes on
+//! with the app's `save` as usual.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// One instance's I/O time in the export call in progress.
@@ -17,20 +22,38 @@ use std::time::Duration;
 pub struct IoClock {
     waited_ns: AtomicU64,
     budget_ns: u64,
+    cancelled: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+/// Why a wait ended without its I/O's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// The time allowed ran out.
+    TimedOut,
+    /// The app is stopping or being replaced.
+    Cancelled,
 }
 
 impl IoClock {
     /// A clock that lets a call wait `budget` on I/O at most.
     pub fn new(budget: Duration) -> IoClock {
         IoClock {
-            waited_ns: AtomicU64::new(0),
             budget_ns: u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX),
+            ..IoClock::default()
         }
     }
 
     /// A new export call starts.
     pub fn reset(&self) {
         self.waited_ns.store(0, Ordering::Relaxed);
+        self.cancelled.store(false, Ordering::Relaxed);
+    }
+
+    /// End the wait in progress, and every wait until the next call.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
     }
 
     /// What the call in progress has waited on I/O so far.
@@ -52,11 +75,26 @@ impl IoClock {
     }
 
     /// Run `io` for at most `limit` (and never past the budget), counting
-    /// the time it took. `None` if the time ran out first.
-    pub async fn wait<F: std::future::Future>(&self, limit: Duration, io: F) -> Option<F::Output> {
+    /// the time it took, unless the clock is cancelled first.
+    pub async fn wait<F: std::future::Future>(
+        &self,
+        limit: Duration,
+        io: F,
+    ) -> Result<F::Output, Interrupted> {
+        // Registered before the flag is read, so a cancel in between is
+        // not missed.
+        let cancelled = self.wake.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(Interrupted::Cancelled);
+        }
         let limit = limit.min(self.remaining());
         let started = tokio::time::Instant::now();
-        let outcome = tokio::time::timeout(limit, io).await.ok();
+        let outcome = tokio::select! {
+            done = tokio::time::timeout(limit, io) => done.map_err(|_| Interrupted::TimedOut),
+            () = cancelled => Err(Interrupted::Cancelled),
+        };
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.waited_ns.fetch_add(took, Ordering::Relaxed);
         outcome
@@ -76,7 +114,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(1)),
             )
             .await;
-        assert!(quick.is_some());
+        assert!(quick.is_ok());
         assert_eq!(clock.waited(), Duration::from_secs(1));
         // A device that never answers: cut at what the budget leaves (2 s),
         // not at the 10 s the call allowed.
@@ -88,5 +126,26 @@ mod tests {
         assert_eq!(clock.remaining(), Duration::ZERO);
         clock.reset();
         assert_eq!(clock.remaining(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_ends_the_wait_at_once_and_every_wait_until_the_next_call() {
+        let clock = std::sync::Arc::new(IoClock::new(Duration::from_secs(30)));
+        let waiting = {
+            let clock = clock.clone();
+            tokio::spawn(async move {
+                clock
+                    .wait(Duration::from_secs(20), std::future::pending::<()>())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        clock.cancel();
+        assert_eq!(waiting.await.expect("task"), Err(Interrupted::Cancelled));
+        assert_eq!(clock.waited(), Duration::from_secs(1), "cut at the cancel");
+        let later = clock.wait(Duration::from_secs(1), async {}).await;
+        assert_eq!(later, Err(Interrupted::Cancelled), "until the next call");
+        clock.reset();
+        assert_eq!(clock.wait(Duration::from_secs(1), async { 7 }).await, Ok(7));
     }
 }

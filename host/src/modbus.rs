@@ -28,7 +28,7 @@ use crate::bindings::wasmgate::device::modbus::{self as generated, Host, Target}
 use crate::bindings::{IoError, ModbusException};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::grants::{Endpoint, Grants, MAX_TIMEOUT_MS};
-use crate::io_clock::IoClock;
+use crate::io_clock::{Interrupted, IoClock};
 use crate::rate::SharedLimit;
 
 /// The protocol's limits on one request (Modbus application protocol
@@ -226,22 +226,25 @@ impl Line {
                 }
             })
             .await;
-        match done {
-            Some(outcome) => outcome,
-            None => {
-                // The answer may still come: it must not be read as the
-                // next request's, so the connection goes.
-                if let Ok(mut connection) = self.connection.try_lock() {
-                    *connection = None;
-                } else {
-                    // Another request holds it: it will find out itself.
-                }
-                Err(IoError::Timeout(format!(
-                    "{endpoint} unit {unit}: no answer within {} ms",
-                    limit.as_millis()
-                )))
-            }
+        let interrupted = match done {
+            Ok(outcome) => return outcome,
+            Err(interrupted) => interrupted,
+        };
+        // The answer may still come: it must not be read as the next
+        // request's, so the connection goes. (If another request holds the
+        // line, it finds out itself.)
+        if let Ok(mut connection) = self.connection.try_lock() {
+            *connection = None;
         }
+        Err(match interrupted {
+            Interrupted::TimedOut => IoError::Timeout(format!(
+                "{endpoint} unit {unit}: no answer within {} ms",
+                limit.as_millis()
+            )),
+            Interrupted::Cancelled => IoError::Closed(format!(
+                "{endpoint} unit {unit}: cancelled, the app is stopping or being replaced"
+            )),
+        })
     }
 }
 

@@ -456,3 +456,88 @@ fn the_demo_thermostat_heats_the_simulated_room_over_modbus() {
     assert_eq!(room, [true]);
     assert!(run.stop().success());
 }
+
+#[test]
+fn an_app_waiting_on_a_silent_device_is_stopped_and_swapped_without_waiting_it_out() {
+    let peer = ModbusPeer::start(&[1]);
+    let endpoint = peer.endpoint();
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    // Each read may wait 20 s for the device.
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!("[allow]\nmodbus = [{{ endpoint = \"{endpoint}\" }}]\n"))
+        .app(
+            "probe",
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!(
+                "tick_interval_ms = 200\nio_wait_ms = 30000\n\
+                 grants = {{ modbus = [{{ endpoint = \"{endpoint}\", units = [1], timeout_ms = 20000 }}] }}\n\
+                 [app.config]\nendpoint = \"{endpoint}\""
+            ),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    reported(&consumer, "probe", |a| a["reading"] == 215);
+    let config = gw.config_path();
+    let config = config.to_str().expect("path");
+    let requests = |run: &mut crate::common::Running| {
+        run.wait_app("probe", T, "reporting", |a| {
+            a["capabilities"]["modbus"]["requests"].is_u64()
+        })["capabilities"]["modbus"]["requests"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // Wait until the app makes a request after the `before`th: to the
+    // silent device, it gets no answer.
+    let waiting_in = |run: &mut crate::common::Running, before: u64| {
+        run.wait_app("probe", T, "in a request to the silent device", |a| {
+            a["capabilities"]["modbus"]["requests"].as_u64() > Some(before)
+        });
+    };
+    peer.pause();
+    let before = requests(&mut run);
+    waiting_in(&mut run, before);
+    // A stop cancels the wait: the app stops (saving its state) without
+    // waiting out the 20 s, and without a crash.
+    let (ok, out, err) = wasmgate(&["stop", "probe", "--gateway", config]);
+    assert!(ok, "{out}{err}");
+    let stopped = run.wait_app("probe", T, "stopped", |a| a["state"] == "stopped");
+    assert_eq!(stopped["restarts"], 0, "{stopped}");
+    assert_eq!(
+        stopped["capabilities"]["modbus"]["timeouts"], 0,
+        "{stopped}"
+    );
+    // Started again, it waits again; a hot swap cancels that wait the same
+    // way.
+    let before = requests(&mut run);
+    let (ok, out, err) = wasmgate(&["start", "probe", "--gateway", config]);
+    assert!(ok, "{out}{err}");
+    waiting_in(&mut run, before);
+    let probe = guest("modbus-probe");
+    let (ok, out, err) = wasmgate(&[
+        "deploy",
+        "probe",
+        probe.to_str().expect("path"),
+        "--config",
+        &format!("endpoint={endpoint}"),
+        "--config",
+        "generation=2",
+        "--gateway",
+        config,
+    ]);
+    assert!(ok && out.contains("version 2 runs"), "{out}{err}");
+    let swapped = run.wait_app("probe", T, "on version 2", |a| a["version"] == 2);
+    assert_eq!(
+        swapped["capabilities"]["modbus"]["timeouts"], 0,
+        "{swapped}"
+    );
+    // The device answers again, and so does the new version.
+    peer.resume();
+    let seen = last_version(&consumer, "probe");
+    consumer.wait_json("wg/v1/test-gw/probe/twin/reported", T, |r| {
+        r["attributes"]["reading"] == 215 && r["version"].as_u64() > Some(seen)
+    });
+    assert!(run.stop().success());
+}

@@ -148,6 +148,7 @@ pub async fn time_dispatch(
         probation: None,
         disk_checked: None,
         files_measured: None,
+        current_io: Default::default(),
     };
     let mut instance = actor.start_version(&version, None).await?;
     let timeout = version.config.call_timeout;
@@ -215,13 +216,16 @@ pub fn spawn(
         probation: None,
         disk_checked: None,
         files_measured: None,
+        current_io: Default::default(),
     };
+    let io = actor.current_io.clone();
     tasks.spawn(actor.run(cancel, stopped));
     Ok(AppHandle {
         name,
         events: events_tx,
         control: control_tx,
         status,
+        io,
     })
 }
 
@@ -249,6 +253,8 @@ struct Actor {
     /// What its directory held then (kept across restarts: an app that
     /// writes nothing new is not blamed for a disk others filled).
     files_measured: Option<u64>,
+    /// The newest instance's I/O clock, for the handle to cancel.
+    current_io: super::CurrentIo,
 }
 
 /// How often an app's disk use is measured (before a tick).
@@ -461,6 +467,7 @@ impl Actor {
         let config = &version.config;
         let device: Arc<str> = config.device.as_str().into();
         let io = Arc::new(crate::io_clock::IoClock::new(config.io_budget()));
+        *self.current_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io.clone());
         let setup = AppSetup {
             io: &io,
             app: &self.name,
@@ -619,6 +626,7 @@ impl Actor {
             Err(e) => {
                 self.rates
                     .set_device_rate(self.version.config.io_requests_per_s);
+                self.keep_io(&old);
                 let _ = reply.send(Err(AppError::NotStarted {
                     reason: Box::new(e),
                     running: self.version.number,
@@ -656,6 +664,7 @@ impl Actor {
                 tracing::warn!(app = %self.name, "version {} refused: {why}; version {} keeps running", version.number, self.version.number);
                 self.rates
                     .set_device_rate(self.version.config.io_requests_per_s);
+                self.keep_io(&old);
                 let _ = reply.send(Err(AppError::SwapRefused {
                     reason: Box::new(why),
                     running: self.version.number,
@@ -685,6 +694,12 @@ impl Actor {
         let _ = reply.send(Ok(()));
         drop(old);
         Phase::Serving(new.into())
+    }
+
+    /// A refused swap: the running instance's I/O clock is the one a stop
+    /// cancels again.
+    fn keep_io(&self, running: &Instance) {
+        *self.current_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(running.io.clone());
     }
 
     fn end_probation(&mut self, outcome: Outcome) {

@@ -319,7 +319,14 @@ pub struct AppHandle {
     events: mpsc::Sender<AppEvent>,
     control: mpsc::Sender<Control>,
     status: watch::Receiver<AppStatus>,
+    /// The running instance's I/O clock: a stop, remove or swap cancels
+    /// what the app waits for on a device, so it need not wait out the
+    /// device's timeout.
+    io: CurrentIo,
 }
+
+/// The I/O clock of an app's running instance, set by its actor.
+pub type CurrentIo = Arc<std::sync::Mutex<Option<Arc<crate::io_clock::IoClock>>>>;
 
 /// How many events may wait for an app before senders wait in turn.
 pub const EVENT_QUEUE: usize = 256;
@@ -412,6 +419,7 @@ impl AppHandle {
             })
             .await
             .map_err(|_| self.gone())?;
+        self.cancel_io();
         answer.await.map_err(|_| self.gone())??;
         Ok(outcome_rx)
     }
@@ -422,11 +430,21 @@ impl AppHandle {
         make: impl FnOnce(oneshot::Sender<()>) -> Control,
     ) -> Result<(), AppError> {
         let (done, wait) = oneshot::channel();
-        self.control
-            .send(make(done))
-            .await
-            .map_err(|_| self.gone())?;
+        let control = make(done);
+        let interrupts = !matches!(control, Control::Start(_));
+        self.control.send(control).await.map_err(|_| self.gone())?;
+        // Sent first: the call the cancel ends is followed by this control.
+        if interrupts {
+            self.cancel_io();
+        }
         wait.await.map_err(|_| self.gone())
+    }
+
+    /// End the running instance's device waits (see [`CurrentIo`]).
+    fn cancel_io(&self) {
+        if let Some(io) = self.io.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            io.cancel();
+        }
     }
 
     async fn send(&self, event: AppEvent) -> Result<(), AppError> {
@@ -459,6 +477,7 @@ impl AppHandle {
             events,
             control,
             status,
+            io: CurrentIo::default(),
         };
         (handle, received)
     }
