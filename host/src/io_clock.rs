@@ -121,7 +121,7 @@ mod tests {
         let stuck = clock
             .wait(Duration::from_secs(10), std::future::pending::<()>())
             .await;
-        assert!(stuck.is_none());
+        assert_eq!(stuck, Err(Interrupted::TimedOut));
         assert_eq!(clock.waited(), Duration::from_secs(3));
         assert_eq!(clock.remaining(), Duration::ZERO);
         clock.reset();
