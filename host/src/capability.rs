@@ -49,6 +49,8 @@ pub struct AppSetup<'a> {
     pub db: &'a Database,
     /// The instance's I/O time: an I/O unit times its waits on it.
     pub io: &'a Arc<crate::io_clock::IoClock>,
+    /// The app's counters, kept across its instances.
+    pub metrics: &'a Arc<crate::metrics::AppMetrics>,
 }
 
 /// One guest capability. See the module header.

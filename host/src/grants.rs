@@ -7,8 +7,10 @@
 //! grant. At call time the capability units check both again before any
 //! I/O, and refuse anything else with a typed `denied` error.
 //!
-//! Today grants name Modbus endpoints and unit ids. This module is a leaf:
-//! it knows the shapes and the rules, not the units that use them.
+//! Today grants name Modbus endpoints and unit ids, and the TCP and UDP
+//! addresses a guest may connect or send to through `wasi:sockets`. This
+//! module is a leaf: it knows the shapes and the rules, not the units that
+//! use them.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +21,31 @@ pub struct Grants {
     /// Modbus endpoints and the unit ids on each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modbus: Vec<ModbusGrant>,
+    /// Addresses the app may connect to (TCP) or send to (UDP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<SocketGrant>,
+}
+
+/// One address a guest may reach through `wasi:sockets`: outbound TCP
+/// connects. (UDP is refused when the config is read: the guest languages'
+/// standard libraries cannot use it on wasip2 yet, so it could not be
+/// tested end to end.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketGrant {
+    /// `ip:port` (IPv6 in brackets). Addresses, not names: the guest gets no
+    /// name lookup.
+    pub address: String,
+    /// `tcp` (connect).
+    pub protocol: Protocol,
+}
+
+/// A socket grant's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
 }
 
 /// One Modbus endpoint and the units on it.
@@ -116,6 +143,20 @@ impl Grants {
     /// grants must list them, timeouts in range. The error names the grant
     /// (`modbus[0].units`, say).
     pub fn check(&self, app: bool) -> Result<(), (String, String)> {
+        for (i, grant) in self.sockets.iter().enumerate() {
+            if grant.protocol == Protocol::Udp {
+                return Err((
+                    format!("sockets[{i}].protocol"),
+                    "udp is not granted yet: only tcp connects are".into(),
+                ));
+            }
+            grant.address.parse::<std::net::SocketAddr>().map_err(|_| {
+                (
+                    format!("sockets[{i}].address"),
+                    format!("{:?} is not an ip:port address", grant.address),
+                )
+            })?;
+        }
         for (i, grant) in self.modbus.iter().enumerate() {
             let key = |field: &str| format!("modbus[{i}].{field}");
             Endpoint::parse(&grant.endpoint).map_err(|e| (key("endpoint"), e))?;
@@ -144,6 +185,20 @@ impl Grants {
     /// Every grant must lie within `allow`. The error names the first that
     /// does not, and what it asks for.
     pub fn check_within(&self, allow: &Grants) -> Result<(), (String, String)> {
+        for (i, grant) in self.sockets.iter().enumerate() {
+            let Ok(address) = grant.address.parse() else {
+                continue; // `check` names it
+            };
+            if !allow.socket_granted(address, grant.protocol) {
+                return Err((
+                    format!("sockets[{i}]"),
+                    format!(
+                        "{} {address} is not within the gateway's [allow]",
+                        grant.protocol.name()
+                    ),
+                ));
+            }
+        }
         for (i, grant) in self.modbus.iter().enumerate() {
             let Ok(endpoint) = Endpoint::parse(&grant.endpoint) else {
                 continue; // `check` names it
@@ -167,8 +222,29 @@ impl Grants {
         self.modbus.iter().find(|g| g.covers(endpoint, unit))
     }
 
+    /// Whether `address` is granted for `protocol`.
+    pub fn socket_granted(&self, address: std::net::SocketAddr, protocol: Protocol) -> bool {
+        self.sockets.iter().any(|g| {
+            g.protocol == protocol && g.address.parse::<std::net::SocketAddr>() == Ok(address)
+        })
+    }
+
+    /// Whether any socket of `protocol` is granted.
+    pub fn any_socket(&self, protocol: Protocol) -> bool {
+        self.sockets.iter().any(|g| g.protocol == protocol)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.modbus.is_empty()
+        self.modbus.is_empty() && self.sockets.is_empty()
+    }
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
     }
 }
 
@@ -216,6 +292,7 @@ mod tests {
                 grant("tcp://10.0.0.5:502", Some(vec![1, 2])),
                 grant("tcp://127.0.0.1:5020", None),
             ],
+            sockets: Vec::new(),
         };
         allow.check(false).expect("allow may leave units out");
         let app = Grants {
@@ -223,12 +300,14 @@ mod tests {
                 grant("tcp://10.0.0.5:502", Some(vec![2])),
                 grant("tcp://127.0.0.1:5020", Some(vec![7, 200])),
             ],
+            sockets: Vec::new(),
         };
         app.check(true).expect("shapes");
         app.check_within(&allow).expect("within");
 
         let unit_outside = Grants {
             modbus: vec![grant("tcp://10.0.0.5:502", Some(vec![1, 3]))],
+            sockets: Vec::new(),
         };
         assert_eq!(
             unit_outside.check_within(&allow),
@@ -239,6 +318,7 @@ mod tests {
         );
         let port_outside = Grants {
             modbus: vec![grant("tcp://10.0.0.5:503", Some(vec![1]))],
+            sockets: Vec::new(),
         };
         assert!(port_outside.check_within(&allow).is_err());
         assert!(
@@ -248,6 +328,7 @@ mod tests {
 
         let any_unit = Grants {
             modbus: vec![grant("tcp://10.0.0.5:502", None)],
+            sockets: Vec::new(),
         };
         assert_eq!(
             any_unit.check(true).unwrap_err().0,
@@ -257,9 +338,49 @@ mod tests {
     }
 
     #[test]
+    fn sockets_are_granted_by_exact_address_and_protocol_within_allow() {
+        let socket = |address: &str, protocol| SocketGrant {
+            address: address.into(),
+            protocol,
+        };
+        let allow = Grants {
+            modbus: Vec::new(),
+            sockets: vec![socket("127.0.0.1:8080", Protocol::Tcp)],
+        };
+        let app = Grants {
+            modbus: Vec::new(),
+            sockets: vec![socket("127.0.0.1:8080", Protocol::Tcp)],
+        };
+        app.check(true).expect("shape");
+        app.check_within(&allow).expect("within");
+        let address = "127.0.0.1:8080".parse().expect("address");
+        assert!(app.socket_granted(address, Protocol::Tcp));
+        assert!(!app.socket_granted(address, Protocol::Udp));
+        assert!(!app.socket_granted("127.0.0.1:8081".parse().expect("address"), Protocol::Tcp));
+        let udp = Grants {
+            modbus: Vec::new(),
+            sockets: vec![socket("127.0.0.1:8080", Protocol::Udp)],
+        };
+        assert_eq!(udp.check(true).unwrap_err().0, "sockets[0].protocol");
+        assert_eq!(
+            udp.check_within(&allow),
+            Err((
+                "sockets[0]".into(),
+                "udp 127.0.0.1:8080 is not within the gateway's [allow]".into()
+            ))
+        );
+        let named = Grants {
+            modbus: Vec::new(),
+            sockets: vec![socket("meter.local:80", Protocol::Tcp)],
+        };
+        assert_eq!(named.check(true).unwrap_err().0, "sockets[0].address");
+    }
+
+    #[test]
     fn a_call_is_covered_only_by_its_exact_endpoint_and_unit() {
         let app = Grants {
             modbus: vec![grant("tcp://meter:502", Some(vec![1]))],
+            sockets: Vec::new(),
         };
         let meter = Endpoint::parse("tcp://METER:502").expect("parse");
         assert!(app.modbus_grant(&meter, 1).is_some());

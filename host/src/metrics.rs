@@ -31,6 +31,8 @@ pub struct AppMetrics {
     pub traps: AtomicU64,
     pub memory_bytes: AtomicU64,
     pub log_dropped: AtomicU64,
+    /// Socket uses refused: not granted (`wasi.sockets_denied`).
+    pub sockets_denied: AtomicU64,
 }
 
 /// One app's counters at a moment.

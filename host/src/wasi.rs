@@ -24,10 +24,11 @@ use wasmtime_wasi::clocks::{WasiClocks, WasiClocksCtxView, WasiClocksView};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemCtxView, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io as wasi_io, random, sockets};
 use wasmtime_wasi::random::WasiRandom;
-use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsCtxView, WasiSocketsView};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSockets, WasiSocketsCtxView, WasiSocketsView};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
-use crate::capability::{AppSetup, Capability, HasCtx};
+use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
+use crate::grants::Protocol;
 use crate::rate::LogGate;
 
 /// The most WASI resources (open files, streams, pollables) an app may hold
@@ -51,6 +52,44 @@ impl WasiView for WasiState {
             ctx: &mut self.ctx,
             table: &mut self.table,
         }
+    }
+}
+
+/// The check every socket address goes through, before any I/O: the app's
+/// grants and `[allow]` (already checked against each other), counting
+/// refusals as `wasi.sockets_denied`.
+fn socket_check(
+    app: &AppSetup<'_>,
+) -> impl Fn(
+    std::net::SocketAddr,
+    SocketAddrUse,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + Sync>>
++ Send
++ Sync
++ 'static {
+    let grants = Arc::new(app.config.grants.clone());
+    let metrics = app.metrics.clone();
+    let name = app.app.clone();
+    move |address, used| {
+        let allowed = match used {
+            SocketAddrUse::TcpConnect => grants.socket_granted(address, Protocol::Tcp),
+            // The bind a connect makes by itself: any local address, an
+            // ephemeral port.
+            SocketAddrUse::TcpBind => address.ip().is_unspecified() && address.port() == 0,
+            // Nothing comes in; no UDP.
+            SocketAddrUse::TcpListen
+            | SocketAddrUse::TcpAccept
+            | SocketAddrUse::UdpBind
+            | SocketAddrUse::UdpSend
+            | SocketAddrUse::UdpReceive => false,
+        };
+        if !allowed {
+            metrics
+                .sockets_denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(app = %name, "socket {used:?} {address} refused: not granted");
+        }
+        Box::pin(std::future::ready(allowed))
     }
 }
 
@@ -78,11 +117,14 @@ impl Capability for Wasi {
                 gate.clone(),
             ))
             .preopened_dir(app.files_dir, "/", FsPerms::ReadWrite)?
-            // No network: the socket interfaces exist, every use is refused.
-            .allow_tcp(false)
+            // The network is what the app was granted, outbound only: TCP
+            // connects to granted addresses (and the implicit bind to an
+            // ephemeral port they need). No UDP, no name lookup, no
+            // listening. With no socket grants every use is refused.
+            .allow_tcp(app.config.grants.any_socket(Protocol::Tcp))
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }));
+            .socket_addr_check(socket_check(app));
         // The table holds every WASI resource of the app, open files among
         // them: capped, so that one app cannot use up the host's file
         // descriptors. Past the cap the call that would add one traps.
@@ -93,6 +135,18 @@ impl Capability for Wasi {
             table,
             stderr_tail,
         })
+    }
+
+    fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
+        vec![Figure {
+            name: "sockets_denied",
+            help: "Socket connects, sends, binds and listens refused: not granted.",
+            kind: FigureKind::Counter,
+            value: app
+                .metrics
+                .sockets_denied
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }]
     }
 
     /// Link the WASI interfaces listed in the module header.

@@ -1,6 +1,7 @@
 //! Protocol peers the project did not write, as the integration tests run
 //! them: pymodbus's Modbus server (`tests/peers/modbus_server.py`, from the
-//! virtualenv `tests/peers/install` made). Each peer is a child process,
+//! virtualenv `tests/peers/install` made), and TCP and UDP echo servers from
+//! Python's standard library (`tests/peers/echo_server.py`). Each peer is a child process,
 //! killed when dropped; `pause` (SIGSTOP) makes a device that stops
 //! answering, `resume` brings it back.
 
@@ -170,5 +171,48 @@ impl DirectClient {
     pub fn write_register(&self, address: u16, value: u16) {
         use tokio_modbus::client::Writer;
         self.with(async |c| c.write_single_register(address, value).await)
+    }
+}
+
+/// A TCP or UDP echo server from Python's standard library on 127.0.0.1:
+/// what it receives comes back after `echo:`.
+pub struct EchoPeer {
+    child: Child,
+    pub port: u16,
+}
+
+impl EchoPeer {
+    pub fn start(protocol: &str) -> EchoPeer {
+        let mut child = Command::new("python3")
+            .arg(super::root().join("tests/peers/echo_server.py"))
+            .arg(protocol)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the echo server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("the server's first line");
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the echo server said {line:?}"));
+        EchoPeer { child, port }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -541,3 +541,42 @@ fn an_app_waiting_on_a_silent_device_is_stopped_and_swapped_without_waiting_it_o
     });
     assert!(run.stop().success());
 }
+
+#[test]
+fn sockets_reach_granted_addresses_only_and_refusals_are_counted() {
+    let tcp = crate::common::peers::EchoPeer::start("tcp");
+    let other = crate::common::peers::EchoPeer::start("tcp");
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let (tcp_at, other_at) = (tcp.address(), other.address());
+    let grants = format!("sockets = [{{ address = \"{tcp_at}\", protocol = \"tcp\" }}]");
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!("[allow]\n{grants}\n"))
+        .app(
+            "probe",
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!("tick_interval_ms = 60000\ngrants = {{ {grants} }}"),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let ask = |id: &str, request: &str| call(&consumer, "probe", id, request);
+    // Granted: the peer's answer comes back.
+    assert_eq!(ask("t1", &format!("tcp {tcp_at} hello")), "ok echo:hello");
+    // Not granted: another port, the granted address over UDP, a name.
+    // Each refused before any I/O.
+    for (id, request) in [
+        ("d1", format!("tcp {other_at} hello")),
+        ("d2", format!("udp {tcp_at} hello")),
+        ("d3", format!("tcp localhost:{} hello", tcp.port)),
+    ] {
+        let answer = ask(id, &request);
+        assert!(answer.starts_with("error: "), "{request}: {answer}");
+    }
+    let app = run.wait_app("probe", T, "refusals counted", |a| {
+        a["capabilities"]["wasi"]["sockets_denied"].as_u64() >= Some(1)
+    });
+    assert_eq!(app["restarts"], 0, "{app}");
+    assert!(run.stop().success());
+}

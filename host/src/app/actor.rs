@@ -470,6 +470,7 @@ impl Actor {
         *self.current_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io.clone());
         let setup = AppSetup {
             io: &io,
+            metrics: &self.metrics,
             app: &self.name,
             device: &device,
             config,

@@ -10,6 +10,9 @@
 //!   answers `ok` and the values, or the error (`timeout: ...`).
 //! - With `flood = true` each tick sends 1,000 reads instead, and reports
 //!   how many were refused with `limit` as `flood_limited`.
+//! - `tcp ADDRESS TEXT` / `udp ADDRESS TEXT` send TEXT through
+//!   `wasi:sockets` (Rust's std::net) and answer `ok` and the reply, or the
+//!   error.
 //! - OP `bench` (ARG: a count) reads holding register ADDRESS that many
 //!   times in one call and answers `ok NANOSECONDS` (the benchmark's P8).
 
@@ -41,8 +44,40 @@ fn list<T: ToString>(values: &[T]) -> String {
         .join(",")
 }
 
+/// TEXT to ADDRESS over TCP or UDP, and the first reply.
+fn socket(kind: &str, address: &str, text: &str) -> String {
+    use std::io::{Read, Write};
+    let wait = Some(std::time::Duration::from_secs(2));
+    let reply = match kind {
+        "tcp" => std::net::TcpStream::connect(address).and_then(|mut stream| {
+            stream.set_read_timeout(wait)?;
+            stream.write_all(text.as_bytes())?;
+            let mut buffer = [0u8; 256];
+            let n = stream.read(&mut buffer)?;
+            Ok(buffer[..n].to_vec())
+        }),
+        _ => std::net::UdpSocket::bind("0.0.0.0:0").and_then(|socket| {
+            socket.set_read_timeout(wait)?;
+            socket.send_to(text.as_bytes(), address)?;
+            let mut buffer = [0u8; 256];
+            let (n, _) = socket.recv_from(&mut buffer)?;
+            Ok(buffer[..n].to_vec())
+        }),
+    };
+    match reply {
+        Ok(bytes) => format!("ok {}", String::from_utf8_lossy(&bytes)),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
 /// Run one request written as text.
 fn call(text: &str) -> Result<String, String> {
+    if let Some((kind, rest)) = text.split_once(' ')
+        && (kind == "tcp" || kind == "udp")
+    {
+        let (address, message) = rest.split_once(' ').ok_or("tcp ADDRESS TEXT")?;
+        return Ok(socket(kind, address, message));
+    }
     let mut words = text.split_whitespace();
     let mut next = |what: &str| words.next().ok_or(format!("missing {what}"));
     let op = next("op")?.to_string();
