@@ -80,6 +80,31 @@ pub const MAX_TIMEOUT_MS: u32 = 60_000;
 pub enum Endpoint {
     /// Modbus TCP: a host name or address, and a port.
     Tcp { host: String, port: u16 },
+    /// Modbus RTU on a serial line: its device and settings (8 data bits).
+    Rtu {
+        path: String,
+        baud: u32,
+        parity: Parity,
+        stop_bits: u8,
+    },
+}
+
+/// A serial line's parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+impl Parity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -89,19 +114,36 @@ impl std::fmt::Display for Endpoint {
                 write!(f, "tcp://[{host}]:{port}")
             }
             Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Rtu {
+                path,
+                baud,
+                parity,
+                stop_bits,
+            } => write!(
+                f,
+                "rtu://{path}?baud={baud}&parity={}&stop_bits={stop_bits}",
+                parity.name()
+            ),
         }
     }
 }
 
 impl Endpoint {
-    /// Parse `tcp://host:port` (an IPv6 address in brackets). Host names
-    /// are compared in lower case.
+    /// Parse `tcp://host:port` (an IPv6 address in brackets; host names
+    /// are compared in lower case) or
+    /// `rtu:///dev/ttyUSB0?baud=9600&parity=none&stop_bits=1` (a serial
+    /// device; `baud` is needed, parity `none` and one stop bit unless
+    /// given).
     pub fn parse(text: &str) -> Result<Endpoint, String> {
-        let url = url::Url::parse(text)
-            .map_err(|e| format!("{text:?} is not an endpoint (tcp://host:port): {e}"))?;
+        let url = url::Url::parse(text).map_err(|e| {
+            format!("{text:?} is not an endpoint (tcp://host:port or rtu:///dev/...?baud=N): {e}")
+        })?;
+        if url.scheme() == "rtu" {
+            return Self::parse_rtu(text, &url);
+        }
         if url.scheme() != "tcp" {
             return Err(format!(
-                "{text:?}: only tcp://host:port endpoints are supported, not {}://",
+                "{text:?}: endpoints are tcp://host:port or rtu:///dev/...?baud=N, not {}://",
                 url.scheme()
             ));
         }
@@ -124,6 +166,47 @@ impl Endpoint {
             .port()
             .ok_or_else(|| format!("{text:?} has no port (Modbus TCP is usually 502)"))?;
         Ok(Endpoint::Tcp { host, port })
+    }
+
+    fn parse_rtu(text: &str, url: &url::Url) -> Result<Endpoint, String> {
+        let path = url.path().to_string();
+        if url.host().is_some() || !path.starts_with("/dev/") || url.fragment().is_some() {
+            return Err(format!(
+                "{text:?}: a serial endpoint is rtu:///dev/NAME?baud=N (three slashes, a device under /dev)"
+            ));
+        }
+        let (mut baud, mut parity, mut stop_bits) = (None, Parity::None, 1u8);
+        for (key, value) in url.query_pairs() {
+            match (key.as_ref(), value.as_ref()) {
+                ("baud", v) => {
+                    baud = Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|b| (300..=921_600).contains(b))
+                            .ok_or_else(|| {
+                                format!("{text:?}: baud {v} is not between 300 and 921600")
+                            })?,
+                    )
+                }
+                ("parity", "none") => parity = Parity::None,
+                ("parity", "even") => parity = Parity::Even,
+                ("parity", "odd") => parity = Parity::Odd,
+                ("stop_bits", "1") => stop_bits = 1,
+                ("stop_bits", "2") => stop_bits = 2,
+                (key, value) => {
+                    return Err(format!(
+                        "{text:?}: {key}={value} is not a serial setting (baud=N, parity=none|even|odd, stop_bits=1|2)"
+                    ));
+                }
+            }
+        }
+        let baud = baud.ok_or_else(|| format!("{text:?} has no baud=N"))?;
+        Ok(Endpoint::Rtu {
+            path,
+            baud,
+            parity,
+            stop_bits,
+        })
     }
 }
 
@@ -280,9 +363,25 @@ mod tests {
             "tcp://meter:502/x",
             "tcp://u:p@meter:502",
             "tcp://meter:502?unit=1",
+            "rtu:///dev/ttyUSB0",
+            "rtu:///dev/ttyUSB0?baud=7",
+            "rtu:///dev/ttyUSB0?baud=9600&parity=mark",
+            "rtu:///etc/passwd?baud=9600",
+            "rtu://host/dev/ttyUSB0?baud=9600",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
+        // A serial line: its settings are part of what is granted, in one
+        // written form.
+        let line = Endpoint::parse("rtu:///dev/ttyUSB0?stop_bits=2&baud=19200").expect("rtu");
+        assert_eq!(
+            line.to_string(),
+            "rtu:///dev/ttyUSB0?baud=19200&parity=none&stop_bits=2"
+        );
+        assert_ne!(
+            line,
+            Endpoint::parse("rtu:///dev/ttyUSB0?baud=9600").expect("rtu")
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The `wasmgate:device/modbus` capability: Modbus TCP requests from a
-//! guest to the endpoints and unit ids it was granted.
+//! The `wasmgate:device/modbus` capability: Modbus TCP and RTU requests from
+//! a guest to the endpoints (network addresses, serial lines) and unit ids
+//! it was granted.
 //!
 //! - **Gateway state** ([`Modbus`]): the gateway's `[allow]`, one [`Line`]
-//!   per endpoint (a connection shared by every app granted it, its
-//!   requests one at a time, as a device expects), and each app's counters.
+//!   per endpoint (a connection or an open serial line, shared by every app
+//!   granted it, its requests one at a time, as an RTU bus needs), and each
+//!   app's counters.
 //! - **Per-app state** ([`ModbusCtx`]): the app's grants, its request rate
 //!   and its instance's [`IoClock`].
 //!
@@ -27,7 +29,7 @@ use wasmtime::component::{HasData, Linker};
 use crate::bindings::wasmgate::device::modbus::{self as generated, Host, Target};
 use crate::bindings::{IoError, ModbusException};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
-use crate::grants::{Endpoint, Grants, MAX_TIMEOUT_MS};
+use crate::grants::{Endpoint, Grants, MAX_TIMEOUT_MS, Parity};
 use crate::io_clock::{Interrupted, IoClock};
 use crate::rate::SharedLimit;
 
@@ -249,16 +251,42 @@ impl Line {
 }
 
 async fn connect(endpoint: &Endpoint) -> Result<Context, IoError> {
-    let Endpoint::Tcp { host, port } = endpoint;
     let closed = |e: std::io::Error| IoError::Closed(format!("{endpoint}: cannot connect: {e}"));
-    let address = tokio::net::lookup_host((host.as_str(), *port))
-        .await
-        .map_err(closed)?
-        .next()
-        .ok_or_else(|| IoError::Closed(format!("{endpoint}: {host} has no address")))?;
-    tokio_modbus::client::tcp::connect(address)
-        .await
-        .map_err(closed)
+    match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let address = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(closed)?
+                .next()
+                .ok_or_else(|| IoError::Closed(format!("{endpoint}: {host} has no address")))?;
+            tokio_modbus::client::tcp::connect(address)
+                .await
+                .map_err(closed)
+        }
+        Endpoint::Rtu {
+            path,
+            baud,
+            parity,
+            stop_bits,
+        } => {
+            use tokio_serial::SerialPortBuilderExt as _;
+            let port = tokio_serial::new(path, *baud)
+                .data_bits(tokio_serial::DataBits::Eight)
+                .parity(match parity {
+                    Parity::None => tokio_serial::Parity::None,
+                    Parity::Even => tokio_serial::Parity::Even,
+                    Parity::Odd => tokio_serial::Parity::Odd,
+                })
+                .stop_bits(if *stop_bits == 2 {
+                    tokio_serial::StopBits::Two
+                } else {
+                    tokio_serial::StopBits::One
+                })
+                .open_native_async()
+                .map_err(|e| IoError::Closed(format!("{endpoint}: cannot open the line: {e}")))?;
+            Ok(tokio_modbus::client::rtu::attach(port))
+        }
+    }
 }
 
 fn exception(code: tokio_modbus::ExceptionCode) -> ModbusException {

@@ -40,10 +40,22 @@ impl ModbusPeer {
     /// With the given input registers from address 0 on some units:
     /// `{"2": [2301, 65535]}`.
     pub fn with_inputs(units: &[u8], inputs: &serde_json::Value) -> ModbusPeer {
+        Self::spawn(&["tcp", "0"], units, inputs)
+    }
+
+    /// pymodbus's Modbus RTU server on serial device `device` (9600 8N1),
+    /// the same units also on a TCP port (`port`, for checking).
+    pub fn rtu(device: &std::path::Path, units: &[u8]) -> ModbusPeer {
+        let device = device.to_str().expect("a device path");
+        Self::spawn(&["rtu", device], units, &serde_json::json!({}))
+    }
+
+    fn spawn(how: &[&str], units: &[u8], inputs: &serde_json::Value) -> ModbusPeer {
         let units: Vec<String> = units.iter().map(u8::to_string).collect();
         let mut child = Command::new(python())
             .arg(super::root().join("tests/peers/modbus_server.py"))
-            .args(["tcp", "0", &units.join(","), &inputs.to_string()])
+            .args(how)
+            .args([units.join(","), inputs.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -211,6 +223,51 @@ impl EchoPeer {
 }
 
 impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pair of pseudo-terminals joined by socat: what one end writes, the
+/// other reads, as a serial cable would carry it.
+pub struct SerialPair {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl SerialPair {
+    pub fn start() -> SerialPair {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let end = |name: &str| format!("pty,raw,echo=0,link={}", dir.path().join(name).display());
+        let child = Command::new("socat")
+            .args([end("gateway"), end("device")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start socat (tests/peers/install's apt-get install socat)");
+        let pair = SerialPair { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(pair.dir.path().join("gateway").exists() && pair.dir.path().join("device").exists())
+        {
+            assert!(Instant::now() < deadline, "socat made no pseudo-terminals");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pair
+    }
+
+    /// The gateway's end, as its /dev/pts path.
+    pub fn gateway_end(&self) -> PathBuf {
+        std::fs::canonicalize(self.dir.path().join("gateway")).expect("the gateway's end")
+    }
+
+    /// The device's end (a link to its /dev/pts path).
+    pub fn device_end(&self) -> PathBuf {
+        self.dir.path().join("device")
+    }
+}
+
+impl Drop for SerialPair {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

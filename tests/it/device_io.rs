@@ -580,3 +580,49 @@ fn sockets_reach_granted_addresses_only_and_refusals_are_counted() {
     assert_eq!(app["restarts"], 0, "{app}");
     assert!(run.stop().success());
 }
+
+#[test]
+fn modbus_rtu_over_a_serial_line_reaches_the_granted_line_and_unit_only() {
+    let line = crate::common::peers::SerialPair::start();
+    let peer = ModbusPeer::rtu(&line.device_end(), &[1, 2]);
+    let serial = format!("rtu://{}?baud=9600", line.gateway_end().display());
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!(
+            "[allow]\nmodbus = [{{ endpoint = \"{serial}\" }}]\n"
+        ))
+        .app(
+            "probe",
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!(
+                "tick_interval_ms = 60000\n\
+                 grants = {{ modbus = [{{ endpoint = \"{serial}\", units = [1] }}] }}"
+            ),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let ask = |id: &str, request: &str| call(&consumer, "probe", id, request);
+    assert_eq!(
+        ask("r1", &format!("read-input {serial} 1 0 4")),
+        "ok 215,480,1,2"
+    );
+    assert_eq!(
+        ask("w1", &format!("write-registers {serial} 1 30 11,12")),
+        "ok"
+    );
+    // What came over the line is in the device (read back over its TCP side).
+    assert_eq!(peer.client(1).holding_registers(30, 2), [11, 12]);
+    // Another unit on the line, and the line at another speed: not granted.
+    assert!(ask("d1", &format!("read-input {serial} 2 0 1")).starts_with("denied: "));
+    let faster = serial.replace("baud=9600", "baud=19200");
+    assert!(ask("d2", &format!("read-input {faster} 1 0 1")).starts_with("denied: "));
+    assert_eq!(
+        peer.client(2).holding_registers(30, 2),
+        [0, 0],
+        "unit 2 untouched"
+    );
+    assert!(run.stop().success());
+}

@@ -1,14 +1,15 @@
 """A Modbus server from pymodbus, the device the integration tests talk to.
 
     modbus_server.py tcp PORT UNITS [INPUTS]   e.g. tcp 0 1,2 (0: any free port)
-    modbus_server.py rtu DEVICE UNITS [INPUTS] e.g. rtu /dev/pts/7 1
+    modbus_server.py rtu DEVICE UNITS [INPUTS] e.g. rtu /tmp/x/device 1 (9600 8N1)
 
 Each listed unit id has 1,000 coils, discrete inputs, holding and input
 registers, all zero except input registers 0..3 = 215, 480, 1, 2 (a
 temperature in tenths, a humidity, and a 32-bit value across two
 registers), or, for the units INPUTS names (JSON: {"2": [2301, 65535]}),
-those values from input register 0. Ready once it prints "ready PORT" (the TCP port it listens on)
-or "ready DEVICE"; it runs until killed. Stopping it with SIGSTOP makes a
+those values from input register 0. Ready once it prints "ready PORT" (the TCP port it listens on
+(for `rtu`, the same units are served on a TCP port as well, so a test can
+read back what arrived over the line); it runs until killed. Stopping it with SIGSTOP makes a
 peer that stops answering; SIGCONT brings it back.
 """
 
@@ -51,21 +52,20 @@ async def main():
         int(u): unit_context(given.get(u, [215, 480, 1, 2])) for u in units.split(",")
     }
     context = ModbusServerContext(devices=devices, single=False)
-    if kind == "tcp":
-        port = int(where) or free_port()
-        server = StartAsyncTcpServer(context=context, address=("127.0.0.1", port))
-        ready = str(port)
-    else:
+    port = int(where) if kind == "tcp" and int(where) else free_port()
+    servers = [StartAsyncTcpServer(context=context, address=("127.0.0.1", port))]
+    if kind == "rtu":
         from pymodbus import FramerType
 
-        server = StartAsyncSerialServer(
-            context=context, port=where, framer=FramerType.RTU, baudrate=9600
+        servers.append(
+            StartAsyncSerialServer(
+                context=context, port=where, framer=FramerType.RTU, baudrate=9600
+            )
         )
-        ready = where
-    task = asyncio.create_task(server)
+    tasks = [asyncio.create_task(server) for server in servers]
     await asyncio.sleep(0.3)
-    print(f"ready {ready}", flush=True)
-    await task
+    print(f"ready {port}", flush=True)
+    await asyncio.gather(*tasks)
 
 
 asyncio.run(main())
