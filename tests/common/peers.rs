@@ -52,26 +52,12 @@ impl ModbusPeer {
 
     fn spawn(how: &[&str], units: &[u8], inputs: &serde_json::Value) -> ModbusPeer {
         let units: Vec<String> = units.iter().map(u8::to_string).collect();
-        let mut child = Command::new(python())
+        let mut command = Command::new(python());
+        command
             .arg(super::root().join("tests/peers/modbus_server.py"))
             .args(how)
-            .args([units.join(","), inputs.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the pymodbus server");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("the server's first line");
-        // Keep reading what else it prints, so it never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let port: u16 = line
-            .trim()
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the pymodbus server said {line:?}"));
+            .args([units.join(","), inputs.to_string()]);
+        let (child, port) = start_ready(command, "the pymodbus server");
         let peer = ModbusPeer { child, port };
         // Ready when it takes connections.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -112,6 +98,27 @@ impl ModbusPeer {
             unit,
         }
     }
+}
+
+/// Start a peer that prints `ready PORT` once it listens; its child and
+/// that port.
+fn start_ready(mut command: Command, what: &str) -> (Child, u16) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the peer's first line");
+    // Keep reading what else it prints, so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{what} said {line:?}"));
+    (child, port)
 }
 
 fn signal(child: &Child, which: &str) {
@@ -195,24 +202,11 @@ pub struct EchoPeer {
 
 impl EchoPeer {
     pub fn start(protocol: &str) -> EchoPeer {
-        let mut child = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .arg(super::root().join("tests/peers/echo_server.py"))
-            .arg(protocol)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the echo server");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("the server's first line");
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let port = line
-            .trim()
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the echo server said {line:?}"));
+            .arg(protocol);
+        let (child, port) = start_ready(command, "the echo server");
         EchoPeer { child, port }
     }
 
