@@ -385,9 +385,13 @@ impl Running {
         })
     }
 
-    /// Wait until the gateway reports itself connected to the broker.
+    /// Wait until the gateway reports itself connected to the broker (at
+    /// least a minute: on a loaded CI machine, with many gateways starting
+    /// at once, the first connection can take a while).
     pub fn wait_connected(&mut self, timeout: Duration) -> serde_json::Value {
-        self.wait_link(timeout, "connected", |l| l["connected"] == true)
+        self.wait_link(timeout.max(Duration::from_secs(60)), "connected", |l| {
+            l["connected"] == true
+        })
     }
 
     /// Wait until the gateway reports itself connected again, after at
