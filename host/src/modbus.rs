@@ -78,6 +78,7 @@ impl Pool {
                 Arc::new(Line {
                     endpoint: endpoint.clone(),
                     connection: tokio::sync::Mutex::new(None),
+                    stale: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
@@ -99,6 +100,11 @@ struct Counters {
 pub struct Line {
     endpoint: Endpoint,
     connection: tokio::sync::Mutex<Option<Context>>,
+    /// A request was cut off (timed out or cancelled): its answer may still
+    /// come, so the next request on the line opens it anew rather than
+    /// read that answer as its own (on an RTU line nothing else would tell
+    /// them apart).
+    stale: std::sync::atomic::AtomicBool,
 }
 
 /// One request, as the guest asked for it.
@@ -197,8 +203,9 @@ impl Request {
 
 impl Line {
     /// Send `request` to `unit`, connecting first if need be, all within
-    /// `limit` on the instance's I/O clock. A timeout or a transport error
-    /// drops the connection.
+    /// `limit` on the instance's I/O clock. A transport error drops the
+    /// connection; a request cut off by a timeout or a cancel leaves the
+    /// line stale, so the next request reopens it.
     async fn request(
         &self,
         unit: u8,
@@ -211,6 +218,9 @@ impl Line {
             .wait(limit, async {
                 // Waiting for the line (other apps' requests) is I/O time too.
                 let mut connection = self.connection.lock().await;
+                if self.stale.swap(false, Ordering::Relaxed) {
+                    *connection = None;
+                }
                 if connection.is_none() {
                     *connection = Some(connect(endpoint).await?);
                 }
@@ -218,7 +228,13 @@ impl Line {
                     return Err(IoError::Closed(format!("{endpoint}: not connected")));
                 };
                 context.set_slave(Slave(unit));
-                match request.send(context).await {
+                // Dropped before the line's guard (declared after it) if the
+                // wait is cut off mid-request: the line is stale before the
+                // next request can take it.
+                let mut in_flight = InFlight(&self.stale, true);
+                let sent = request.send(context).await;
+                in_flight.1 = false;
+                match sent {
                     Ok(Ok(answer)) => Ok(answer),
                     Ok(Err(code)) => Err(IoError::Exception(exception(code))),
                     Err(e) => {
@@ -232,12 +248,6 @@ impl Line {
             Ok(outcome) => return outcome,
             Err(interrupted) => interrupted,
         };
-        // The answer may still come: it must not be read as the next
-        // request's, so the connection goes. (If another request holds the
-        // line, it finds out itself.)
-        if let Ok(mut connection) = self.connection.try_lock() {
-            *connection = None;
-        }
         Err(match interrupted {
             Interrupted::TimedOut => IoError::Timeout(format!(
                 "{endpoint} unit {unit}: no answer within {} ms",
@@ -247,6 +257,18 @@ impl Line {
                 "{endpoint} unit {unit}: cancelled, the app is stopping or being replaced"
             )),
         })
+    }
+}
+
+/// Marks its line stale when dropped with a request still in flight: that
+/// request's answer may yet come, and must not be read as another's.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicBool, bool);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -517,6 +539,15 @@ fn words(answer: Answer) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_cut_off_mid_flight_leaves_its_line_stale() {
+        let stale = std::sync::atomic::AtomicBool::new(false);
+        drop(InFlight(&stale, false));
+        assert!(!stale.load(Ordering::Relaxed), "answered: the line is fine");
+        drop(InFlight(&stale, true));
+        assert!(stale.load(Ordering::Relaxed), "cut off: reopen it");
+    }
 
     #[test]
     fn requests_outside_the_protocols_limits_are_invalid() {
