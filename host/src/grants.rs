@@ -210,14 +210,28 @@ impl Endpoint {
     }
 }
 
-impl ModbusGrant {
-    /// Whether this grant covers `unit` on `endpoint`.
-    fn covers(&self, endpoint: &Endpoint, unit: u8) -> bool {
-        Endpoint::parse(&self.endpoint).is_ok_and(|e| e == *endpoint)
-            && self
-                .units
-                .as_ref()
-                .is_none_or(|units| units.contains(&unit))
+/// Modbus grants with their endpoints parsed once: every request is
+/// checked against them, and must not parse a URL per grant to do it.
+#[derive(Debug, Clone, Default)]
+pub struct ModbusRules(Vec<(Endpoint, ModbusGrant)>);
+
+impl ModbusRules {
+    /// The grants whose endpoints parse (`Grants::check` names the others).
+    pub fn new(grants: &[ModbusGrant]) -> ModbusRules {
+        ModbusRules(
+            grants
+                .iter()
+                .filter_map(|g| Some((Endpoint::parse(&g.endpoint).ok()?, g.clone())))
+                .collect(),
+        )
+    }
+
+    /// The grant that covers `unit` on `endpoint`, if any.
+    pub fn covering(&self, endpoint: &Endpoint, unit: u8) -> Option<&ModbusGrant> {
+        self.0
+            .iter()
+            .find(|(e, g)| e == endpoint && g.units.as_ref().is_none_or(|u| u.contains(&unit)))
+            .map(|(_, g)| g)
     }
 }
 
@@ -300,9 +314,12 @@ impl Grants {
         Ok(())
     }
 
-    /// The grant that covers `unit` on `endpoint`, if any.
-    pub fn modbus_grant(&self, endpoint: &Endpoint, unit: u8) -> Option<&ModbusGrant> {
-        self.modbus.iter().find(|g| g.covers(endpoint, unit))
+    /// The grant that covers `unit` on `endpoint`, if any (parsing every
+    /// grant: for checks made once; calls use [`ModbusRules`]).
+    pub fn modbus_grant(&self, endpoint: &Endpoint, unit: u8) -> Option<ModbusGrant> {
+        ModbusRules::new(&self.modbus)
+            .covering(endpoint, unit)
+            .cloned()
     }
 
     /// Whether `address` is granted for `protocol`.

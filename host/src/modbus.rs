@@ -29,7 +29,7 @@ use wasmtime::component::{HasData, Linker};
 use crate::bindings::wasmgate::device::modbus::{self as generated, Host, Target};
 use crate::bindings::{IoError, ModbusException};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
-use crate::grants::{Endpoint, Grants, MAX_TIMEOUT_MS, Parity};
+use crate::grants::{Endpoint, Grants, MAX_TIMEOUT_MS, ModbusRules, Parity};
 use crate::io_clock::{Interrupted, IoClock};
 use crate::rate::SharedLimit;
 
@@ -42,7 +42,7 @@ const MAX_WRITE_REGISTERS: usize = 123;
 
 /// The modbus unit's gateway state.
 pub struct Modbus {
-    allow: Arc<Grants>,
+    allow: Arc<ModbusRules>,
     pool: Arc<Pool>,
     counters: Mutex<HashMap<String, Arc<Counters>>>,
 }
@@ -51,7 +51,7 @@ impl Modbus {
     /// The unit for a gateway whose `[allow]` is `allow`.
     pub fn new(allow: Grants) -> Modbus {
         Modbus {
-            allow: Arc::new(allow),
+            allow: Arc::new(ModbusRules::new(&allow.modbus)),
             pool: Arc::default(),
             counters: Mutex::default(),
         }
@@ -321,8 +321,8 @@ fn exception(code: tokio_modbus::ExceptionCode) -> ModbusException {
 /// Per-app state of the modbus interface.
 pub struct ModbusCtx {
     app: Arc<str>,
-    grants: Grants,
-    allow: Arc<Grants>,
+    grants: ModbusRules,
+    allow: Arc<ModbusRules>,
     pool: Arc<Pool>,
     io: Arc<IoClock>,
     rate: SharedLimit,
@@ -353,8 +353,8 @@ impl ModbusCtx {
         // (which every grant was checked against, checked again here).
         let Some(grant) = self
             .grants
-            .modbus_grant(&endpoint, unit)
-            .filter(|_| self.allow.modbus_grant(&endpoint, unit).is_some())
+            .covering(&endpoint, unit)
+            .filter(|_| self.allow.covering(&endpoint, unit).is_some())
         else {
             tracing::debug!(app = %self.app, "modbus denied: {endpoint} unit {unit}");
             return Err(IoError::Denied(format!(
@@ -402,11 +402,11 @@ impl Capability for Modbus {
     fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<ModbusCtx> {
         Ok(ModbusCtx {
             app: app.app.clone(),
-            grants: app.config.grants.clone(),
+            grants: ModbusRules::new(&app.config.grants.modbus),
             allow: self.allow.clone(),
             pool: self.pool.clone(),
             io: app.io.clone(),
-            rate: app.rates.device_requests.clone(),
+            rate: app.rates.device_requests(app.config.io_requests_per_s),
             counters: self.counters(app.app),
         })
     }

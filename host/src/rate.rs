@@ -82,30 +82,40 @@ pub struct AppRates {
     pub reports: SharedLimit,
     pub alerts: SharedLimit,
     pub registrations: SharedLimit,
-    /// Requests to devices (Modbus, ...).
-    pub device_requests: SharedLimit,
+    /// Requests to devices (Modbus, ...), at the rate of the version that
+    /// last asked ([`AppRates::device_requests`]).
+    device_requests: Arc<std::sync::Mutex<SharedLimit>>,
     pub log: LogGate,
 }
 
 impl AppRates {
-    /// The buckets of one app, its log drops counted in `metrics`, its
-    /// device requests at `device_requests_per_s`.
-    pub fn new(metrics: Arc<crate::metrics::AppMetrics>, device_requests_per_s: u32) -> AppRates {
+    /// The buckets of one app, its log drops counted in `metrics`.
+    pub fn new(metrics: Arc<crate::metrics::AppMetrics>) -> AppRates {
         AppRates {
             storage_writes: storage_writes(),
             reports: reports(),
             alerts: alerts(),
             registrations: registrations(),
-            device_requests: device_requests(device_requests_per_s),
+            device_requests: Arc::new(std::sync::Mutex::new(device_requests(
+                crate::config::DEFAULT_IO_REQUESTS_PER_S,
+            ))),
             log: LogGate::new(metrics),
         }
     }
 
-    /// A new version may set another device request rate.
-    pub fn set_device_rate(&mut self, per_second: u32) {
-        if self.device_requests.per_second() != per_second {
-            self.device_requests = device_requests(per_second);
+    /// The device-request bucket at `per_second`, for an instance of the
+    /// version that sets that rate: the app's one bucket while the rate
+    /// stays (a restart hands out no fresh burst), a new one when a version
+    /// changes it.
+    pub fn device_requests(&self, per_second: u32) -> SharedLimit {
+        let mut bucket = self
+            .device_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if bucket.per_second() != per_second {
+            *bucket = device_requests(per_second);
         }
+        bucket.clone()
     }
 }
 

@@ -133,7 +133,7 @@ pub async fn time_dispatch(
     });
     let metrics = shared.metrics.app(&version.config.name);
     let mut actor = Actor {
-        rates: crate::rate::AppRates::new(metrics.clone(), version.config.io_requests_per_s),
+        rates: crate::rate::AppRates::new(metrics.clone()),
         metrics,
         name: version.config.name.as_str().into(),
         db: shared.db.open()?,
@@ -201,7 +201,7 @@ pub fn spawn(
     let stopped = spec.stopped;
     let metrics = spec.shared.metrics.app(&name);
     let actor = Actor {
-        rates: crate::rate::AppRates::new(metrics.clone(), spec.version.config.io_requests_per_s),
+        rates: crate::rate::AppRates::new(metrics.clone()),
         metrics,
         name: name.clone(),
         version: spec.version,
@@ -379,8 +379,6 @@ impl Actor {
             );
             tracing::error!(app = %self.name, "{reason}; rolling back to version {}", probation.previous.number);
             self.version = probation.previous;
-            self.rates
-                .set_device_rate(self.version.config.io_requests_per_s);
             self.crashes.clear();
             let _ = probation.outcome.send(Outcome::RolledBack(reason));
             return Phase::Start(probation.saved);
@@ -619,14 +617,9 @@ impl Actor {
     ) -> Phase {
         self.end_probation(Outcome::Interrupted);
         let started = Instant::now();
-        // The new instance takes the new version's device rate; a refused
-        // swap goes back to the running version's.
-        self.rates.set_device_rate(version.config.io_requests_per_s);
         let mut new = match self.instantiate(&version).await {
             Ok(i) => i,
             Err(e) => {
-                self.rates
-                    .set_device_rate(self.version.config.io_requests_per_s);
                 self.keep_io(&old);
                 let _ = reply.send(Err(AppError::NotStarted {
                     reason: Box::new(e),
@@ -663,8 +656,6 @@ impl Actor {
                     Ok(Ok(())) => unreachable!(),
                 };
                 tracing::warn!(app = %self.name, "version {} refused: {why}; version {} keeps running", version.number, self.version.number);
-                self.rates
-                    .set_device_rate(self.version.config.io_requests_per_s);
                 self.keep_io(&old);
                 let _ = reply.send(Err(AppError::SwapRefused {
                     reason: Box::new(why),
@@ -720,8 +711,6 @@ impl Actor {
         self.end_probation(Outcome::Interrupted);
         tracing::info!(app = %self.name, from = self.version.number, to = version.number, "new version installed");
         self.version = version;
-        self.rates
-            .set_device_rate(self.version.config.io_requests_per_s);
         self.crashes.clear();
         let _ = reply.send(Ok(()));
         // Nothing was running to go back to: the version is kept.

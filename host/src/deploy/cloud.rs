@@ -490,15 +490,7 @@ impl Handler {
         // nothing for a while): say how far it is, and keep what came.
         if let Some(transfer) = self.transfers.get(&id) {
             let received = transfer.received;
-            return self
-                .report(DeployProgress {
-                    id: Some(id),
-                    stage: "receiving".into(),
-                    received,
-                    chunks,
-                    ..DeployProgress::default()
-                })
-                .await;
+            return self.receiving(id, received, chunks).await;
         }
         match taken {
             registry::Taken::New => {
@@ -509,13 +501,26 @@ impl Handler {
             }
         }
         self.transfers.insert(id.clone(), Transfer::new(manifest));
+        self.receiving(id, 0, chunks).await;
+    }
+
+    /// Say how far the receive of deployment `id` is.
+    async fn receiving(&self, id: String, received: u64, chunks: u64) {
         self.report(DeployProgress {
             id: Some(id),
             stage: "receiving".into(),
+            received,
             chunks,
             ..DeployProgress::default()
         })
         .await;
+    }
+
+    /// A taken deployment failed after its manifest: recorded as ended (it
+    /// is never taken again), then refused.
+    async fn fail_taken(&self, id: String, error: String) {
+        self.end(&id, "failed");
+        self.fail(Some(id), error).await;
     }
 
     /// Record that deployment `id` ended, so it is never taken again.
@@ -585,22 +590,14 @@ impl Handler {
             Ok(received) => received,
             Err(error) => {
                 self.transfers.remove(&id);
-                self.end(&id, "failed");
-                return self.fail(Some(id), error).await;
+                return self.fail_taken(id, error).await;
             }
         };
         let chunks = transfer.manifest.chunks;
         if received < chunks {
             // Progress at every tenth of the way.
             if received % (chunks / 10).max(1) == 0 {
-                self.report(DeployProgress {
-                    id: Some(id),
-                    stage: "receiving".into(),
-                    received,
-                    chunks,
-                    ..DeployProgress::default()
-                })
-                .await;
+                self.receiving(id, received, chunks).await;
             }
             return;
         }
@@ -609,10 +606,7 @@ impl Handler {
         };
         let (manifest, component) = match transfer.assemble() {
             Ok(done) => done,
-            Err(error) => {
-                self.end(&id, "failed");
-                return self.fail(Some(id), error).await;
-            }
+            Err(error) => return self.fail_taken(id, error).await,
         };
         let request = DeployRequest {
             app: manifest.app,
@@ -623,17 +617,9 @@ impl Handler {
             spec: None,
             source: "cloud".into(),
         };
-        let outcome = self.deploy.deploy(request).await;
-        self.end(
-            &id,
-            if outcome.is_ok() {
-                "deployed"
-            } else {
-                "failed"
-            },
-        );
-        match outcome {
+        match self.deploy.deploy(request).await {
             Ok(message) => {
+                self.end(&id, "deployed");
                 self.report(DeployProgress {
                     id: Some(id),
                     stage: "deployed".into(),
@@ -644,7 +630,7 @@ impl Handler {
                 })
                 .await
             }
-            Err(error) => self.fail(Some(id), error.to_string()).await,
+            Err(error) => self.fail_taken(id, error.to_string()).await,
         }
     }
 }
