@@ -56,8 +56,9 @@ impl WasiView for WasiState {
 }
 
 /// The check every socket address goes through, before any I/O: the app's
-/// grants and `[allow]` (already checked against each other), counting
-/// refusals as `wasi.sockets_denied`.
+/// TCP grants (checked against `[allow]` when the config was read or the
+/// deployment came), parsed once here, counting refusals as
+/// `wasi.sockets_denied`.
 fn socket_check(
     app: &AppSetup<'_>,
 ) -> impl Fn(
@@ -67,12 +68,19 @@ fn socket_check(
 + Send
 + Sync
 + 'static {
-    let grants = Arc::new(app.config.grants.clone());
+    let tcp: Arc<[std::net::SocketAddr]> = app
+        .config
+        .grants
+        .sockets
+        .iter()
+        .filter(|g| g.protocol == Protocol::Tcp)
+        .filter_map(|g| g.address.parse().ok())
+        .collect();
     let metrics = app.metrics.clone();
     let name = app.app.clone();
     move |address, used| {
         let allowed = match used {
-            SocketAddrUse::TcpConnect => grants.socket_granted(address, Protocol::Tcp),
+            SocketAddrUse::TcpConnect => tcp.contains(&address),
             // The bind a connect makes by itself: any local address, an
             // ephemeral port.
             SocketAddrUse::TcpBind => address.ip().is_unspecified() && address.port() == 0,

@@ -377,8 +377,8 @@ impl Link {
             let published = match row.kind.as_str() {
                 "twin" => self.publish_twin(&row.device),
                 "alert" => self.publish_alert(row),
-                "ack" => self.publish_ack(row),
-                "registration" => self.publish_registration(row),
+                "ack" => self.publish_stored(row, "twin/ack", false),
+                "registration" => self.publish_stored(row, "registration", true),
                 _ => self.publish_telemetry(row),
             };
             match published {
@@ -495,30 +495,20 @@ impl Link {
         }))
     }
 
-    /// A twin ack, as the downlink worker wrote it.
-    fn publish_ack(&mut self, row: &outbox::Row) -> Result<Option<Sent>, rumqttc::ClientError> {
-        let Some(payload) = self.stored(row) else {
-            return Ok(None);
-        };
-        let topic = topics::topic(&self.spec_gateway, &row.device, "twin/ack");
-        self.publish(&topic, false, payload)?;
-        Ok(Some(Sent::Row {
-            seq: row.seq,
-            twin_device: None,
-            counted: None,
-        }))
-    }
-
-    /// A registered device's announcement, retained; an empty one clears it.
-    fn publish_registration(
+    /// A row sent as it is stored, on the device's `suffix` topic: an ack
+    /// (`twin/ack`), or a registered device's retained announcement
+    /// (`registration`; an empty one clears it).
+    fn publish_stored(
         &mut self,
         row: &outbox::Row,
+        suffix: &str,
+        retain: bool,
     ) -> Result<Option<Sent>, rumqttc::ClientError> {
         let Some(payload) = self.stored(row) else {
             return Ok(None);
         };
-        let topic = topics::topic(&self.spec_gateway, &row.device, "registration");
-        self.publish(&topic, true, payload)?;
+        let topic = topics::topic(&self.spec_gateway, &row.device, suffix);
+        self.publish(&topic, retain, payload)?;
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
