@@ -338,6 +338,10 @@ fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     // Both ways under way, then kill -9.
     receiver.wait_for("data.bin: 16/96 chunks", T);
     sender.wait_for("16/96 chunks confirmed", T);
+    // The receiver holding chunks is not yet the gateway knowing it: its
+    // acknowledgements are still on their way. Kill only once the
+    // gateway has recorded some (a download records before it confirms).
+    wait_until_recorded(&gw, "up", T);
     run.kill9();
     let mut run = gw.start();
     run.wait_connected(T);
@@ -365,4 +369,19 @@ fn transfers_resume_where_they_were_after_the_gateway_is_killed() {
     let done = gw.count("SELECT COUNT(*) FROM transfers WHERE state = 'done'");
     assert_eq!(done, 2);
     assert!(run.stop().success());
+}
+
+/// Wait until the gateway has durably recorded chunks of its `direction`
+/// transfer, which is what a restart resumes from.
+fn wait_until_recorded(gw: &Gateway, direction: &str, timeout: Duration) {
+    let sql =
+        format!("SELECT COALESCE(MAX(have), 0) FROM transfers WHERE direction = '{direction}'");
+    let deadline = std::time::Instant::now() + timeout;
+    while gw.count(&sql) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway recorded no {direction} chunk in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
