@@ -632,6 +632,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
                 resumed: Default::default(),
             }),
             modbus: Arc::new(wasmgate::modbus::Modbus::new(Default::default())),
+            serial: Arc::new(wasmgate::serial::Serial::new(Default::default())),
         };
         let shared = wasmgate::app::AppShared {
             metrics: wasmgate::metrics::Metrics::default(),

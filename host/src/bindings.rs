@@ -13,12 +13,14 @@ wasmtime::component::bindgen!({
     // yields to tokio, and other apps run meanwhile).
     imports: {
         "wasmgate:device/modbus": async | trappable,
+        "wasmgate:device/serial": async | trappable,
         default: trappable,
     },
     exports: { default: async },
     additional_derives: [PartialEq],
     with: {
         "wasmgate:device/device.device": crate::device::DeviceHandle,
+        "wasmgate:device/serial.port": crate::serial::PortHandle,
     },
 });
 

@@ -199,6 +199,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             resumed: content_resumed.clone(),
         }),
         modbus: Arc::new(crate::modbus::Modbus::new(config.allow.clone())),
+        serial: Arc::new(crate::serial::Serial::new(config.allow.clone())),
     };
     let reporter = Reporter::new(
         config.gateway_id.clone(),

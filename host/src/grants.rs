@@ -7,8 +7,8 @@
 //! grant. At call time the capability units check both again before any
 //! I/O, and refuse anything else with a typed `denied` error.
 //!
-//! Today grants name Modbus endpoints and unit ids, and the TCP and UDP
-//! addresses a guest may connect or send to through `wasi:sockets`. This
+//! Today grants name Modbus endpoints and unit ids, serial ports, and the
+//! TCP addresses a guest may connect to through `wasi:sockets`. This
 //! module is a leaf: it knows the shapes and the rules, not the units that
 //! use them.
 
@@ -24,6 +24,21 @@ pub struct Grants {
     /// Addresses the app may connect to (TCP) or send to (UDP).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sockets: Vec<SocketGrant>,
+    /// Serial ports the app may open, as raw bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serial: Vec<SerialGrant>,
+}
+
+/// One serial port an app may open (the `serial` interface).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialGrant {
+    /// The device, under `/dev` (`/dev/ttyUSB0`, `/dev/serial/by-id/...`).
+    pub port: String,
+    /// How long a read or write waits unless the call says otherwise (at
+    /// most [`MAX_TIMEOUT_MS`]).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
 }
 
 /// One address a guest may reach through `wasi:sockets`: outbound TCP
@@ -254,6 +269,15 @@ impl Grants {
                 )
             })?;
         }
+        for (i, grant) in self.serial.iter().enumerate() {
+            check_serial_port(&grant.port).map_err(|e| (format!("serial[{i}].port"), e))?;
+            if !(1..=MAX_TIMEOUT_MS).contains(&grant.timeout_ms) {
+                return Err((
+                    format!("serial[{i}].timeout_ms"),
+                    format!("{} is not between 1 and {MAX_TIMEOUT_MS}", grant.timeout_ms),
+                ));
+            }
+        }
         for (i, grant) in self.modbus.iter().enumerate() {
             let key = |field: &str| format!("modbus[{i}].{field}");
             Endpoint::parse(&grant.endpoint).map_err(|e| (key("endpoint"), e))?;
@@ -296,6 +320,17 @@ impl Grants {
                 ));
             }
         }
+        for (i, grant) in self.serial.iter().enumerate() {
+            if allow.serial_grant(&grant.port).is_none() {
+                return Err((
+                    format!("serial[{i}]"),
+                    format!(
+                        "serial port {} is not within the gateway's [allow]",
+                        grant.port
+                    ),
+                ));
+            }
+        }
         for (i, grant) in self.modbus.iter().enumerate() {
             let Ok(endpoint) = Endpoint::parse(&grant.endpoint) else {
                 continue; // `check` names it
@@ -322,6 +357,13 @@ impl Grants {
             .cloned()
     }
 
+    /// The grant of serial port `path`, if any (the exact path as granted:
+    /// links are not followed, so a grant of `/dev/serial/by-id/X` is
+    /// opened by that name).
+    pub fn serial_grant(&self, path: &str) -> Option<&SerialGrant> {
+        self.serial.iter().find(|g| g.port == path)
+    }
+
     /// Whether `address` is granted for `protocol`.
     pub fn socket_granted(&self, address: std::net::SocketAddr, protocol: Protocol) -> bool {
         self.sockets.iter().any(|g| {
@@ -335,7 +377,21 @@ impl Grants {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.modbus.is_empty() && self.sockets.is_empty()
+        self.modbus.is_empty() && self.sockets.is_empty() && self.serial.is_empty()
+    }
+}
+
+/// A serial port is named by an absolute path under `/dev`, with no `..`.
+fn check_serial_port(path: &str) -> Result<(), String> {
+    let under_dev = path.strip_prefix("/dev/").is_some_and(|rest| {
+        !rest.is_empty() && rest.split('/').all(|p| !matches!(p, "" | "." | ".."))
+    });
+    if under_dev {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path:?} is not a device under /dev (/dev/ttyUSB0, say)"
+        ))
     }
 }
 
@@ -409,6 +465,7 @@ mod tests {
                 grant("tcp://127.0.0.1:5020", None),
             ],
             sockets: Vec::new(),
+            ..Grants::default()
         };
         allow.check(false).expect("allow may leave units out");
         let app = Grants {
@@ -417,6 +474,7 @@ mod tests {
                 grant("tcp://127.0.0.1:5020", Some(vec![7, 200])),
             ],
             sockets: Vec::new(),
+            ..Grants::default()
         };
         app.check(true).expect("shapes");
         app.check_within(&allow).expect("within");
@@ -424,6 +482,7 @@ mod tests {
         let unit_outside = Grants {
             modbus: vec![grant("tcp://10.0.0.5:502", Some(vec![1, 3]))],
             sockets: Vec::new(),
+            ..Grants::default()
         };
         assert_eq!(
             unit_outside.check_within(&allow),
@@ -435,6 +494,7 @@ mod tests {
         let port_outside = Grants {
             modbus: vec![grant("tcp://10.0.0.5:503", Some(vec![1]))],
             sockets: Vec::new(),
+            ..Grants::default()
         };
         assert!(port_outside.check_within(&allow).is_err());
         assert!(
@@ -445,6 +505,7 @@ mod tests {
         let any_unit = Grants {
             modbus: vec![grant("tcp://10.0.0.5:502", None)],
             sockets: Vec::new(),
+            ..Grants::default()
         };
         assert_eq!(
             any_unit.check(true).unwrap_err().0,
@@ -462,10 +523,12 @@ mod tests {
         let allow = Grants {
             modbus: Vec::new(),
             sockets: vec![socket("127.0.0.1:8080", Protocol::Tcp)],
+            ..Grants::default()
         };
         let app = Grants {
             modbus: Vec::new(),
             sockets: vec![socket("127.0.0.1:8080", Protocol::Tcp)],
+            ..Grants::default()
         };
         app.check(true).expect("shape");
         app.check_within(&allow).expect("within");
@@ -476,6 +539,7 @@ mod tests {
         let udp = Grants {
             modbus: Vec::new(),
             sockets: vec![socket("127.0.0.1:8080", Protocol::Udp)],
+            ..Grants::default()
         };
         assert_eq!(udp.check(true).unwrap_err().0, "sockets[0].protocol");
         assert_eq!(
@@ -488,6 +552,7 @@ mod tests {
         let named = Grants {
             modbus: Vec::new(),
             sockets: vec![socket("meter.local:80", Protocol::Tcp)],
+            ..Grants::default()
         };
         assert_eq!(named.check(true).unwrap_err().0, "sockets[0].address");
     }
@@ -497,11 +562,60 @@ mod tests {
         let app = Grants {
             modbus: vec![grant("tcp://meter:502", Some(vec![1]))],
             sockets: Vec::new(),
+            ..Grants::default()
         };
         let meter = Endpoint::parse("tcp://METER:502").expect("parse");
         assert!(app.modbus_grant(&meter, 1).is_some());
         assert!(app.modbus_grant(&meter, 2).is_none());
         let other_port = Endpoint::parse("tcp://meter:503").expect("parse");
         assert!(app.modbus_grant(&other_port, 1).is_none());
+    }
+
+    #[test]
+    fn serial_ports_are_devices_under_dev_granted_by_exact_path_within_allow() {
+        let port = |path: &str| SerialGrant {
+            port: path.into(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        };
+        let allow = Grants {
+            serial: vec![
+                port("/dev/ttyUSB0"),
+                port("/dev/serial/by-id/usb-FTDI-if00"),
+            ],
+            ..Grants::default()
+        };
+        allow.check(false).expect("allow");
+        let app = Grants {
+            serial: vec![port("/dev/ttyUSB0")],
+            ..Grants::default()
+        };
+        app.check(true).expect("shape");
+        app.check_within(&allow).expect("within");
+        assert!(app.serial_grant("/dev/ttyUSB0").is_some());
+        assert!(app.serial_grant("/dev/ttyUSB1").is_none());
+        let outside = Grants {
+            serial: vec![port("/dev/ttyS0")],
+            ..Grants::default()
+        };
+        assert_eq!(
+            outside.check_within(&allow),
+            Err((
+                "serial[0]".into(),
+                "serial port /dev/ttyS0 is not within the gateway's [allow]".into()
+            ))
+        );
+        for bad in [
+            "ttyUSB0",
+            "/etc/passwd",
+            "/dev/",
+            "/dev/../etc/shadow",
+            "/dev//tty",
+        ] {
+            let grant = Grants {
+                serial: vec![port(bad)],
+                ..Grants::default()
+            };
+            assert_eq!(grant.check(true).unwrap_err().0, "serial[0].port", "{bad}");
+        }
     }
 }

@@ -44,6 +44,7 @@ pub mod policy;
 pub mod rate;
 pub mod registration;
 pub mod report;
+pub mod serial;
 pub mod sim;
 pub mod status;
 pub mod storage;

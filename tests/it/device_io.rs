@@ -626,3 +626,91 @@ fn modbus_rtu_over_a_serial_line_reaches_the_granted_line_and_unit_only() {
     );
     assert!(run.stop().success());
 }
+
+#[test]
+fn serial_ports_carry_bytes_both_ways_for_the_app_granted_them_one_app_at_a_time() {
+    use std::io::{BufRead, Write};
+    let line = crate::common::peers::SerialPair::start();
+    let port = line.gateway_end().display().to_string();
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let grants = format!("serial = [{{ port = \"{port}\" }}]");
+    let mut gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!("[allow]\n{grants}\n"));
+    for name in ["probe", "other"] {
+        gw = gw.app(
+            name,
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!("device = \"{name}\"\ntick_interval_ms = 60000\ngrants = {{ {grants} }}"),
+        );
+    }
+    let mut run = gw.start();
+    run.wait_connected(T);
+    // The device: the other end of the line, read a line at a time.
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(line.device_end())
+        .expect("the device's end");
+    let mut writer = device.try_clone().expect("clone");
+    let (lines, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(device).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ask = |app: &str, id: &str, request: &str| call(&consumer, app, id, request);
+
+    assert_eq!(
+        ask("probe", "o1", &format!("serial-open {port} 9600")),
+        "ok"
+    );
+    assert_eq!(ask("probe", "w1", "serial-write MEAS?"), "ok");
+    assert_eq!(heard.recv_timeout(T).expect("the device heard"), "MEAS?");
+    writer.write_all(b"21.5 C\n").expect("the device answers");
+    assert_eq!(ask("probe", "r1", "serial-read-line 5000"), "ok 21.5 C");
+    // Nothing more comes: a timeout, and the port stays open.
+    let quiet = ask("probe", "r2", "serial-read-line 100");
+    assert!(quiet.starts_with("timeout: "), "{quiet}");
+    writer.write_all(b"again\n").expect("write");
+    assert_eq!(ask("probe", "r3", "serial-read-line 5000"), "ok again");
+
+    // Granted to both, held by one: the other app is told it is in use.
+    let busy = ask("other", "o2", &format!("serial-open {port} 9600"));
+    assert!(
+        busy.starts_with("closed: ") && busy.ends_with("by another app"),
+        "{busy}"
+    );
+    // Not granted, and a bad setting: refused before the port is touched.
+    let denied = ask("other", "o3", "serial-open /dev/ttyS9 9600");
+    assert!(denied.starts_with("denied: "), "{denied}");
+    let invalid = ask("probe", "o4", &format!("serial-open {port} 7"));
+    assert!(invalid.starts_with("invalid: "), "{invalid}");
+    // Dropped by its holder, the port is free for the other app.
+    assert_eq!(ask("probe", "c1", "serial-close"), "ok");
+    assert_eq!(
+        ask("other", "o5", &format!("serial-open {port} 19200")),
+        "ok"
+    );
+    assert_eq!(ask("other", "w2", "serial-write hello"), "ok");
+    assert_eq!(heard.recv_timeout(T).expect("the device heard"), "hello");
+
+    let probe = run.wait_app("probe", T, "counted", |a| {
+        let serial = &a["capabilities"]["serial"];
+        serial["timeouts"].as_u64() >= Some(1) && serial["bytes_read"].as_u64() >= Some(13)
+    });
+    assert_eq!(
+        probe["capabilities"]["serial"]["bytes_written"], 6,
+        "{probe}"
+    );
+    let other = run.wait_app("other", T, "counted", |a| {
+        a["capabilities"]["serial"]["denied"].as_u64() >= Some(1)
+    });
+    assert_eq!(other["capabilities"]["serial"]["failures"], 1, "{other}");
+    assert!(run.stop().success());
+}

@@ -93,6 +93,7 @@ units! {
     log: crate::log::Log,
     content: crate::content::Content,
     modbus: crate::modbus::Modbus,
+    serial: crate::serial::Serial,
 }
 
 /// The data of an app's `Store`: one state per capability unit, the

@@ -963,7 +963,7 @@ mod tests {
                 units: Some(vec![1]),
                 timeout_ms: 1000,
             }],
-            sockets: Vec::new(),
+            ..Default::default()
         };
         let granted = next_spec("pump", None, None, None, Some(grants.clone()), Some(&first))
             .expect("granted");

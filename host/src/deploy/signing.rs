@@ -294,7 +294,7 @@ mod tests {
                         units: Some(vec![1]),
                         timeout_ms: 1000,
                     }],
-                    sockets: Vec::new(),
+                    ..Default::default()
                 })
             },
         ];

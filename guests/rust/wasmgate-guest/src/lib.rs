@@ -37,6 +37,7 @@ pub mod bindings {
 }
 
 pub mod modbus;
+pub mod serial;
 
 pub use bindings::wasmgate;
 pub use bindings::wasmgate::device::content;

@@ -15,14 +15,21 @@
 //!   error.
 //! - OP `bench` (ARG: a count) reads holding register ADDRESS that many
 //!   times in one call and answers `ok NANOSECONDS` (the benchmark's P8).
+//! - Serial, through the host's `serial` interface: `serial-open PATH BAUD`
+//!   opens a port and keeps it, `serial-write TEXT` writes TEXT and a
+//!   newline, `serial-read-line MS` answers `ok` and the next line (without
+//!   its newline), `serial-close` drops the port. Errors are answered as
+//!   above.
 
 use wasmgate_guest::modbus::{self, IoError, Unit};
+use wasmgate_guest::serial;
 use wasmgate_guest::{App, Config, Timestamp, Value, info, this_device};
 
 struct Probe {
     unit: Unit,
     flood: bool,
     limited: i64,
+    port: Option<serial::Framed>,
 }
 
 fn describe(error: &IoError) -> String {
@@ -134,6 +141,44 @@ fn call(text: &str) -> Result<String, String> {
     })
 }
 
+impl Probe {
+    /// Run one serial op written as text.
+    fn serial(&mut self, text: &str) -> Result<String, String> {
+        let (op, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let answer = match op {
+            "serial-open" => {
+                let (path, baud) = rest.split_once(' ').ok_or("serial-open PATH BAUD")?;
+                let baud = baud.parse().map_err(|e| format!("baud: {e}"))?;
+                serial::open(path, baud).map(|port| {
+                    self.port = Some(serial::Framed::new(port));
+                    String::new()
+                })
+            }
+            "serial-close" => {
+                self.port = None;
+                Ok(String::new())
+            }
+            "serial-write" | "serial-read-line" => {
+                let port = self.port.as_mut().ok_or("no port open")?;
+                if op == "serial-write" {
+                    port.write(format!("{rest}\n").as_bytes())
+                        .map(|()| String::new())
+                } else {
+                    let ms = rest.parse().map_err(|e| format!("timeout: {e}"))?;
+                    port.read_until(b'\n', 4096, ms)
+                        .map(|line| String::from_utf8_lossy(&line).trim_end().to_string())
+                }
+            }
+            other => return Err(format!("no such op {other}")),
+        };
+        Ok(match answer {
+            Ok(text) if text.is_empty() => "ok".to_string(),
+            Ok(text) => format!("ok {text}"),
+            Err(e) => describe(&e),
+        })
+    }
+}
+
 impl App for Probe {
     fn init(config: Config, _previous: Option<Vec<u8>>) -> Result<Self, String> {
         let endpoint = config.get("endpoint").unwrap_or("tcp://127.0.0.1:5020");
@@ -143,6 +188,7 @@ impl App for Probe {
             unit: Unit::new(endpoint, unit),
             flood: config.get("flood") == Some("true"),
             limited: 0,
+            port: None,
         })
     }
 
@@ -177,6 +223,9 @@ impl App for Probe {
         argument: Option<Value>,
     ) -> Result<Option<Value>, String> {
         match (name.as_str(), argument) {
+            ("call", Some(Value::Text(text))) if text.starts_with("serial-") => {
+                self.serial(&text).map(|a| Some(Value::Text(a)))
+            }
             ("call", Some(Value::Text(text))) => call(&text).map(|a| Some(Value::Text(a))),
             _ => Err(format!("no such action {name}")),
         }
