@@ -60,18 +60,27 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
 /// gateway.toml when it holds the broker password itself. (A
 /// `password_file` is checked where the config reads it.)
 fn check_secrets(config: &Config) -> Result<(), String> {
-    let Some(cloud) = &config.cloud else {
-        return Ok(());
-    };
-    if let Some(key) = &cloud.broker.key_file {
-        crate::permissions::check_private(key, "the TLS key (cloud.key_file)")?;
-    }
-    if cloud.password_inline {
-        crate::permissions::check_private(
-            &config.path,
-            "the config, which holds the broker password,",
-        )
-        .map_err(|e| format!("{e} (or move the password to cloud.password_file)"))?;
+    let links = [
+        config
+            .cloud
+            .as_ref()
+            .map(|c| ("cloud", &c.broker, c.password_inline)),
+        config
+            .bus
+            .as_ref()
+            .map(|b| ("bus", &b.broker, b.password_inline)),
+    ];
+    for (section, broker, password_inline) in links.into_iter().flatten() {
+        if let Some(key) = &broker.key_file {
+            crate::permissions::check_private(key, &format!("the TLS key ({section}.key_file)"))?;
+        }
+        if password_inline {
+            crate::permissions::check_private(
+                &config.path,
+                "the config, which holds the broker password,",
+            )
+            .map_err(|e| format!("{e} (or move the password to {section}.password_file)"))?;
+        }
     }
     Ok(())
 }
@@ -200,7 +209,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         }),
         modbus: Arc::new(crate::modbus::Modbus::new(config.allow.clone())),
         serial: Arc::new(crate::serial::Serial::new(config.allow.clone())),
+        bus: Arc::new(crate::bus::Bus::new(
+            config.bus.clone(),
+            config.allow.clone(),
+        )?),
     };
+    // The local bus, up before the apps that subscribe in their `init`
+    // (a subscription made before it connects is sent when it does).
+    let stop_bus = CancellationToken::new();
+    let bus = tokio::spawn(units.bus.clone().run(stop_bus.clone()));
     let reporter = Reporter::new(
         config.gateway_id.clone(),
         directory.clone(),
@@ -334,6 +351,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     stop_deployer.cancel();
     if let Err(e) = deployer.await {
         tracing::error!("the deployer task failed: {e}");
+    }
+    // After the apps, which may publish as they stop.
+    stop_bus.cancel();
+    if let Err(e) = bus.await {
+        tracing::error!("the local bus task failed: {e}");
     }
     stop_simulator.cancel();
     if let Some(simulator) = simulator

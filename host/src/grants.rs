@@ -7,8 +7,9 @@
 //! grant. At call time the capability units check both again before any
 //! I/O, and refuse anything else with a typed `denied` error.
 //!
-//! Today grants name Modbus endpoints and unit ids, serial ports, and the
-//! TCP addresses a guest may connect to through `wasi:sockets`. This
+//! Today grants name Modbus endpoints and unit ids, serial ports, topics on
+//! the local MQTT bus, and the TCP addresses a guest may connect to through
+//! `wasi:sockets`. This
 //! module is a leaf: it knows the shapes and the rules, not the units that
 //! use them.
 
@@ -27,6 +28,50 @@ pub struct Grants {
     /// Serial ports the app may open, as raw bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serial: Vec<SerialGrant>,
+    /// Topics on the local MQTT bus (`[bus]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bus: Vec<BusGrant>,
+}
+
+/// Topics on the local bus an app may subscribe to or publish on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusGrant {
+    /// An MQTT topic filter (`sensors/+/temperature`, `plant/line1/#`): the
+    /// app may subscribe to it or to any filter within it, or publish on
+    /// any topic it matches.
+    pub topic: String,
+    /// What the app may do there.
+    pub access: BusAccess,
+}
+
+/// What a bus grant allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusAccess {
+    Subscribe,
+    Publish,
+    Both,
+}
+
+impl BusAccess {
+    fn covers(self, wanted: BusAccess) -> bool {
+        self == BusAccess::Both || self == wanted
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BusAccess::Subscribe => "subscribe",
+            BusAccess::Publish => "publish",
+            BusAccess::Both => "both",
+        }
+    }
+}
+
+/// Whether every topic `inner` (a topic or a filter) matches is matched by
+/// `outer`. (rumqttc's `matches` compares a filter with a filter this way.)
+pub fn topic_within(inner: &str, outer: &str) -> bool {
+    rumqttc::matches(inner, outer)
 }
 
 /// One serial port an app may open (the `serial` interface).
@@ -269,6 +314,9 @@ impl Grants {
                 )
             })?;
         }
+        for (i, grant) in self.bus.iter().enumerate() {
+            check_bus_filter(&grant.topic).map_err(|e| (format!("bus[{i}].topic"), e))?;
+        }
         for (i, grant) in self.serial.iter().enumerate() {
             check_serial_port(&grant.port).map_err(|e| (format!("serial[{i}].port"), e))?;
             if !(1..=MAX_TIMEOUT_MS).contains(&grant.timeout_ms) {
@@ -320,6 +368,25 @@ impl Grants {
                 ));
             }
         }
+        for (i, grant) in self.bus.iter().enumerate() {
+            let accesses: &[BusAccess] = match grant.access {
+                BusAccess::Both => &[BusAccess::Subscribe, BusAccess::Publish],
+                BusAccess::Subscribe => &[BusAccess::Subscribe],
+                BusAccess::Publish => &[BusAccess::Publish],
+            };
+            for &access in accesses {
+                if !allow.bus_granted(&grant.topic, access) {
+                    return Err((
+                        format!("bus[{i}]"),
+                        format!(
+                            "bus {} on {} is not within the gateway's [allow]",
+                            access.name(),
+                            grant.topic
+                        ),
+                    ));
+                }
+            }
+        }
         for (i, grant) in self.serial.iter().enumerate() {
             if allow.serial_grant(&grant.port).is_none() {
                 return Err((
@@ -364,6 +431,14 @@ impl Grants {
         self.serial.iter().find(|g| g.port == path)
     }
 
+    /// Whether `topic` (a topic to publish on, or a filter to subscribe
+    /// to) lies within a grant that allows `access`.
+    pub fn bus_granted(&self, topic: &str, access: BusAccess) -> bool {
+        self.bus
+            .iter()
+            .any(|g| g.access.covers(access) && topic_within(topic, &g.topic))
+    }
+
     /// Whether `address` is granted for `protocol`.
     pub fn socket_granted(&self, address: std::net::SocketAddr, protocol: Protocol) -> bool {
         self.sockets.iter().any(|g| {
@@ -377,8 +452,25 @@ impl Grants {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.modbus.is_empty() && self.sockets.is_empty() && self.serial.is_empty()
+        self.modbus.is_empty()
+            && self.sockets.is_empty()
+            && self.serial.is_empty()
+            && self.bus.is_empty()
     }
+}
+
+/// A bus grant is a valid MQTT filter, and not one of the broker's own
+/// `$` topics (no filter from `#` down matches them anyway).
+fn check_bus_filter(filter: &str) -> Result<(), String> {
+    if filter.starts_with('$') {
+        return Err(format!("{filter:?}: $ topics are the broker's own"));
+    }
+    if !rumqttc::valid_filter(filter) || filter.contains('\0') {
+        return Err(format!(
+            "{filter:?} is not an MQTT topic filter (+ stands for one whole level, # for the rest, last)"
+        ));
+    }
+    Ok(())
 }
 
 /// A serial port is named by an absolute path under `/dev`, with no `..`.
@@ -616,6 +708,59 @@ mod tests {
                 ..Grants::default()
             };
             assert_eq!(grant.check(true).unwrap_err().0, "serial[0].port", "{bad}");
+        }
+    }
+
+    #[test]
+    fn bus_topics_are_granted_by_filter_and_access_within_allow() {
+        let grant = |topic: &str, access| BusGrant {
+            topic: topic.into(),
+            access,
+        };
+        let allow = Grants {
+            bus: vec![
+                grant("sensors/#", BusAccess::Subscribe),
+                grant("actuators/+/set", BusAccess::Both),
+            ],
+            ..Grants::default()
+        };
+        allow.check(false).expect("allow");
+        let app = Grants {
+            bus: vec![
+                grant("sensors/room1/+", BusAccess::Subscribe),
+                grant("actuators/valve/set", BusAccess::Publish),
+            ],
+            ..Grants::default()
+        };
+        app.check(true).expect("shape");
+        app.check_within(&allow).expect("within");
+        assert!(app.bus_granted("sensors/room1/temp", BusAccess::Subscribe));
+        assert!(app.bus_granted("sensors/room1/+", BusAccess::Subscribe));
+        assert!(
+            !app.bus_granted("sensors/room1/#", BusAccess::Subscribe),
+            "wider"
+        );
+        assert!(!app.bus_granted("sensors/room2/temp", BusAccess::Subscribe));
+        assert!(!app.bus_granted("sensors/room1/temp", BusAccess::Publish));
+        assert!(app.bus_granted("actuators/valve/set", BusAccess::Publish));
+        assert!(!app.bus_granted("actuators/valve/set", BusAccess::Subscribe));
+        let wider = Grants {
+            bus: vec![grant("sensors/#", BusAccess::Both)],
+            ..Grants::default()
+        };
+        assert_eq!(
+            wider.check_within(&allow),
+            Err((
+                "bus[0]".into(),
+                "bus publish on sensors/# is not within the gateway's [allow]".into()
+            ))
+        );
+        for bad in ["", "a/#/b", "a+/b", "$SYS/#"] {
+            let grants = Grants {
+                bus: vec![grant(bad, BusAccess::Subscribe)],
+                ..Grants::default()
+            };
+            assert_eq!(grants.check(true).unwrap_err().0, "bus[0].topic", "{bad:?}");
         }
     }
 }

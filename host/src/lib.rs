@@ -21,6 +21,7 @@
 
 pub mod app;
 pub mod bindings;
+pub mod bus;
 pub mod capability;
 pub mod cli;
 pub mod cloud;
@@ -38,6 +39,7 @@ pub mod logbook;
 pub mod metrics;
 pub mod modbus;
 pub mod model;
+pub mod mqtt;
 pub mod outbox;
 pub mod permissions;
 pub mod policy;

@@ -714,3 +714,120 @@ fn serial_ports_carry_bytes_both_ways_for_the_app_granted_them_one_app_at_a_time
     assert_eq!(other["capabilities"]["serial"]["failures"], 1, "{other}");
     assert!(run.stop().success());
 }
+
+/// The bus probe app `name` with `grants` and `config` (its `[app.config]`
+/// lines), and `settings` (its own lines).
+fn bus_probe(gw: Gateway, name: &str, grants: &str, settings: &str, config: &str) -> Gateway {
+    gw.app(
+        name,
+        &guest("bus-probe"),
+        &model("bus"),
+        &format!(
+            "device = \"{name}\"\ntick_interval_ms = 100\n{settings}\n\
+             grants = {{ bus = [{grants}] }}\n[app.config]\n{config}"
+        ),
+    )
+}
+
+#[test]
+fn the_local_bus_reaches_granted_topics_only_and_a_slow_app_loses_only_its_own_messages() {
+    let cloud = Mosquitto::start("");
+    let bus = Mosquitto::start("");
+    let consumer = Consumer::connect(&cloud.settings("watcher"), &["wg/v1/test-gw/#"]);
+    // The devices' side of the bus: publishes readings, hears the valve.
+    let devices = Consumer::connect(&bus.settings("devices"), &["actuators/#"]);
+    let mut gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", cloud.url()))
+        .section(&format!("[bus]\nurl = \"{}\"\n", bus.url()))
+        .section(
+            "[allow]\nbus = [{ topic = \"sensors/#\", access = \"subscribe\" }, \
+             { topic = \"actuators/#\", access = \"both\" }]\n",
+        );
+    gw = bus_probe(
+        gw,
+        "fast",
+        "{ topic = \"sensors/#\", access = \"subscribe\" }, \
+         { topic = \"actuators/valve/set\", access = \"publish\" }",
+        "bus_queue = 1000",
+        "subscribe = \"sensors/+/temp\"\necho_to = \"actuators/valve/set\"",
+    );
+    gw = bus_probe(
+        gw,
+        "slow",
+        "{ topic = \"sensors/#\", access = \"subscribe\" }",
+        "bus_queue = 4",
+        "subscribe = \"sensors/#\"\nslow_ms = 50",
+    );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    for app in ["fast", "slow"] {
+        reported(&consumer, app, |a| a["subscribed"] == "ok");
+    }
+    // The gateway subscribes once it is on the bus: publish until the
+    // fast app has heard something, then the real traffic.
+    let mut warm_ups = 0;
+    let heard = |run: &crate::common::Running| {
+        run.apps()
+            .and_then(|apps| apps.into_iter().find(|a| a["name"] == "fast"))
+            .is_some_and(|a| a["capabilities"]["bus"]["received"].as_u64() > Some(0))
+    };
+    while !heard(&run) {
+        assert!(warm_ups < 500, "the fast app heard nothing");
+        devices.publish("sensors/warmup/temp", "0", false);
+        warm_ups += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in 0..200 {
+        devices.publish("sensors/room1/temp", format!("{n}"), false);
+    }
+    devices.publish("sensors/room1/humidity", "40", false); // not the fast app's filter
+    reported(&consumer, "fast", |a| a["last"] == "sensors/room1/temp 199");
+    let fast = run.wait_app("fast", T, "through all 200", |a| {
+        a["capabilities"]["bus"]["received"].as_u64() >= Some(200 + 1)
+    });
+    assert_eq!(fast["capabilities"]["bus"]["dropped"], 0, "{fast}");
+    // What the fast app published reached the bus: every reading, echoed.
+    let deadline = std::time::Instant::now() + T;
+    while devices.on("actuators/valve/set").len() < 200 {
+        assert!(std::time::Instant::now() < deadline, "echoes missing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The slow app could not keep up: it lost messages, it alone, and it
+    // is still running.
+    let slow = run.wait_app("slow", T, "losing messages", |a| {
+        a["capabilities"]["bus"]["dropped"].as_u64() >= Some(1)
+    });
+    assert_eq!(slow["restarts"], 0, "{slow}");
+    assert_eq!(slow["state"], "running", "{slow}");
+
+    // Not granted: refused before anything is sent, and counted.
+    let ask = |app: &str, id: &str, request: &str| call(&consumer, app, id, request);
+    for (id, request) in [
+        ("d1", "publish sensors/room1/temp 99"),
+        ("d2", "publish actuators/pump/set on"),
+        ("d3", "subscribe plant/#"),
+        ("d4", "subscribe #"),
+    ] {
+        let answer = ask("fast", id, request);
+        assert!(answer.starts_with("denied: "), "{request}: {answer}");
+    }
+    assert!(ask("fast", "i1", "publish actuators/+/set on").starts_with("invalid: "));
+    assert_eq!(ask("fast", "p1", "publish actuators/valve/set open"), "ok");
+    let deadline = std::time::Instant::now() + T;
+    while !devices
+        .on("actuators/valve/set")
+        .iter()
+        .any(|m| m.payload == b"open")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the valve never heard"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(devices.on("actuators/pump/set").is_empty());
+    run.wait_app("fast", T, "refusals counted", |a| {
+        a["capabilities"]["bus"]["denied"].as_u64() >= Some(4)
+    });
+    assert!(run.stop().success());
+}

@@ -290,6 +290,7 @@ const LINKED: &[&str] = &[
     "wasmgate:device/content@0.1",
     "wasmgate:device/modbus@0.1",
     "wasmgate:device/serial@0.1",
+    "wasmgate:device/bus@0.1",
     "wasi:io/error@0.2",
     "wasi:io/poll@0.2",
     "wasi:io/streams@0.2",

@@ -308,7 +308,14 @@ struct Instance {
     metrics: Arc<AppMetrics>,
     /// When the call in progress started.
     called: Instant,
+    /// The component's `on-message` export, if it has one (`bus-app`).
+    on_message: Option<OnMessage>,
+    /// Bus messages waiting for it.
+    messages: Option<tokio::sync::mpsc::Receiver<crate::bus::Message>>,
 }
+
+/// The `on-message` export: topic and payload.
+type OnMessage = wasmtime::component::TypedFunc<(String, Vec<u8>), ()>;
 
 /// Where the actor is.
 enum Phase {
@@ -512,13 +519,28 @@ impl Actor {
         });
         store.data_mut().deadline = Instant::now() + config.call_timeout;
         store.set_epoch_deadline(1);
-        let app = within(
+        let instance = within(
             config.call_timeout,
             &io,
-            version.pre.instantiate_async(&mut store),
+            version.pre.instance_pre().instantiate_async(&mut store),
         )
         .await
         .map_err(|e| describe(&e, "instantiation", &stderr_tail))?;
+        let app = App::new(&mut store, &instance)
+            .map_err(|e| describe(&e, "instantiation", &stderr_tail))?;
+        // Optional: only `bus-app` components have it, and only they may
+        // subscribe. One of another type is refused rather than ignored.
+        let on_message = match instance.get_func(&mut store, "on-message") {
+            None => None,
+            Some(func) => Some(func.typed::<(String, Vec<u8>), ()>(&store).map_err(|e| {
+                AppError::Trap(format!(
+                    "the component's on-message export is not on-message: func(topic: string, payload: list<u8>): {e:#}"
+                ))
+            })?),
+        };
+        let units = &mut store.data_mut().units;
+        units.bus.set_handler(on_message.is_some());
+        let messages = units.bus.take_messages();
         Ok(Instance {
             store,
             app,
@@ -526,6 +548,8 @@ impl Actor {
             stderr_tail,
             metrics: self.metrics.clone(),
             called: Instant::now(),
+            on_message,
+            messages,
         })
     }
 
@@ -585,6 +609,12 @@ impl Actor {
                     event.mark_started();
                     self.metrics.events.fetch_add(1, Ordering::Relaxed);
                     if let Err(crash) = instance.handle(event, timeout).await {
+                        return self.crashed(crash);
+                    }
+                }
+                Some(message) = next_message(&mut instance.messages) => {
+                    self.metrics.events.fetch_add(1, Ordering::Relaxed);
+                    if let Err(crash) = instance.deliver(message, timeout).await {
                         return self.crashed(crash);
                     }
                 }
@@ -911,6 +941,21 @@ impl Instance {
         result.map_err(|e| describe(&e, call, &self.stderr_tail))
     }
 
+    /// Hand one bus message to `on-message`. An error is the crash report.
+    async fn deliver(
+        &mut self,
+        message: crate::bus::Message,
+        timeout: Duration,
+    ) -> Result<(), AppError> {
+        let Some(on_message) = self.on_message else {
+            return Ok(()); // never subscribed: nothing is routed to it
+        };
+        self.arm(timeout);
+        let call = on_message.call_async(&mut self.store, (message.topic, message.payload));
+        let result = within(timeout, &self.io, call).await;
+        self.finish(result, "on-message", timeout)
+    }
+
     /// Handle one event and answer it. An error is the crash report.
     async fn handle(&mut self, event: AppEvent, timeout: Duration) -> Result<(), AppError> {
         match event {
@@ -965,6 +1010,16 @@ impl Instance {
                 }
             }
         }
+    }
+}
+
+/// The next message in `messages`, or never when there is no queue.
+async fn next_message(
+    messages: &mut Option<tokio::sync::mpsc::Receiver<crate::bus::Message>>,
+) -> Option<crate::bus::Message> {
+    match messages {
+        Some(messages) => messages.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -94,6 +94,7 @@ units! {
     content: crate::content::Content,
     modbus: crate::modbus::Modbus,
     serial: crate::serial::Serial,
+    bus: crate::bus::Bus,
 }
 
 /// The data of an app's `Store`: one state per capability unit, the

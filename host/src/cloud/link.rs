@@ -28,6 +28,7 @@ use super::ledger::{HARD_QUEUED_BYTES, Ledger, Sent};
 use super::protocol::{OutboxInfo, Status};
 use super::topics;
 use crate::config::CloudConfig;
+use crate::mqtt::reconnect_backoff;
 use crate::outbox::{self, Stream, Usage};
 use crate::report::Reporter;
 use crate::store::Database;
@@ -300,19 +301,6 @@ fn describe(e: &ConnectionError) -> String {
     } else {
         text
     }
-}
-
-/// Reconnect delays: a step that doubles from `initial` up to `max`, each
-/// wait a random ¾ to 1½ of its step so that a fleet does not reconnect in
-/// lockstep (backon adds up to 100 % on top of its delay, so its delays are
-/// ¾ of the steps).
-fn reconnect_backoff(initial: Duration, max: Duration) -> backon::ExponentialBuilder {
-    backon::ExponentialBuilder::new()
-        .with_min_delay(initial.mul_f64(0.75))
-        .with_max_delay(max.mul_f64(0.75))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
 }
 
 impl Link {

@@ -44,7 +44,18 @@ pub(super) struct AppSection {
     /// Device requests (Modbus, ...) a second, with a burst of twice that.
     #[serde(default = "default_io_requests_per_s")]
     pub(super) io_requests_per_s: u32,
+    /// Bus messages that may wait for the app's `on-message`.
+    #[serde(default = "default_bus_queue")]
+    pub(super) bus_queue: usize,
 }
+
+pub(super) fn default_bus_queue() -> usize {
+    DEFAULT_BUS_QUEUE
+}
+
+/// Bus messages that may wait for an app by default; past that, they are
+/// dropped for it and counted.
+pub const DEFAULT_BUS_QUEUE: usize = 256;
 
 pub(super) fn default_io_requests_per_s() -> u32 {
     DEFAULT_IO_REQUESTS_PER_S
@@ -136,6 +147,8 @@ pub struct AppConfig {
     pub io_wait: Duration,
     /// Device requests a second (burst: twice that).
     pub io_requests_per_s: u32,
+    /// Bus messages that may wait for the app's `on-message`.
+    pub bus_queue: usize,
 }
 
 impl AppConfig {

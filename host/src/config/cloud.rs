@@ -278,29 +278,18 @@ pub(super) fn cloud_config(
         }
     };
     let password_inline = cloud.password.is_some();
-    broker.username = cloud.username;
-    broker.password = password(
-        cloud.password,
-        cloud.password_file.as_deref().map(resolve).as_deref(),
-        cloud.password_env.as_deref(),
-    )?;
-    broker.ca_file = cloud.ca_file.as_deref().map(resolve);
-    broker.cert_file = cloud.cert_file.as_deref().map(resolve);
-    broker.key_file = cloud.key_file.as_deref().map(resolve);
-    if !(5..=3600).contains(&cloud.keep_alive_s) {
-        return Err(KeyError::new(
-            key("keep_alive_s"),
-            format!("{} is not between 5 and 3600", cloud.keep_alive_s),
-        ));
+    Login {
+        username: cloud.username,
+        password: cloud.password,
+        password_file: cloud.password_file,
+        password_env: cloud.password_env,
+        ca_file: cloud.ca_file,
+        cert_file: cloud.cert_file,
+        key_file: cloud.key_file,
+        keep_alive_s: cloud.keep_alive_s,
     }
-    broker.keep_alive = Duration::from_secs(cloud.keep_alive_s);
-    broker.check().map_err(|m| KeyError::new(key("url"), m))?;
-    if cloud.backoff_initial_ms == 0 || cloud.backoff_max_ms < cloud.backoff_initial_ms {
-        return Err(KeyError::new(
-            key("backoff_initial_ms"),
-            "backoff_initial_ms must be positive and at most backoff_max_ms",
-        ));
-    }
+    .apply("cloud", &mut broker, resolve)?;
+    check_backoff("cloud", cloud.backoff_initial_ms, cloud.backoff_max_ms)?;
     if !(1..=1000).contains(&cloud.max_inflight) {
         return Err(KeyError::new(
             key("max_inflight"),
@@ -328,16 +317,71 @@ pub(super) fn cloud_config(
     })
 }
 
-/// The broker password from the one place `[cloud]` gives it: inline, a
+/// How a section (`[cloud]`, `[bus]`) logs in to its broker: the keys
+/// besides the URL that both share.
+pub(super) struct Login {
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) password_env: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) keep_alive_s: u64,
+}
+
+impl Login {
+    /// Check these and set them on `broker`; errors name `section.key`.
+    pub(super) fn apply(
+        self,
+        section: &str,
+        broker: &mut BrokerSettings,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<(), KeyError> {
+        let key = |k: &str| format!("{section}.{k}");
+        broker.username = self.username;
+        broker.password = password(
+            section,
+            self.password,
+            self.password_file.as_deref().map(resolve).as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        broker.ca_file = self.ca_file.as_deref().map(resolve);
+        broker.cert_file = self.cert_file.as_deref().map(resolve);
+        broker.key_file = self.key_file.as_deref().map(resolve);
+        if !(5..=3600).contains(&self.keep_alive_s) {
+            return Err(KeyError::new(
+                key("keep_alive_s"),
+                format!("{} is not between 5 and 3600", self.keep_alive_s),
+            ));
+        }
+        broker.keep_alive = Duration::from_secs(self.keep_alive_s);
+        broker.check().map_err(|m| KeyError::new(key("url"), m))
+    }
+}
+
+/// Reconnection backoff: positive, and the first wait at most the longest.
+pub(super) fn check_backoff(section: &str, initial_ms: u64, max_ms: u64) -> Result<(), KeyError> {
+    if initial_ms == 0 || max_ms < initial_ms {
+        return Err(KeyError::new(
+            format!("{section}.backoff_initial_ms"),
+            "backoff_initial_ms must be positive and at most backoff_max_ms",
+        ));
+    }
+    Ok(())
+}
+
+/// The broker password from the one place the section gives it: inline, a
 /// file (which must be the gateway user's alone), or an environment
 /// variable. Errors name the setting, the file or the variable, never the
 /// value.
 fn password(
+    section: &str,
     inline: Option<String>,
     file: Option<&Path>,
     env: Option<&str>,
 ) -> Result<Option<SecretString>, KeyError> {
-    let key = |k: &str| format!("cloud.{k}");
+    let key = |k: &str| format!("{section}.{k}");
     let given = [inline.is_some(), file.is_some(), env.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         return Err(KeyError::new(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::model::check_name;
 
 mod app;
+mod bus;
 mod cloud;
 mod content;
 mod deploy;
@@ -19,8 +20,11 @@ mod outbox;
 
 use app::AppSection;
 pub use app::{
-    AppConfig, DEFAULT_DISK_QUOTA_BYTES, DEFAULT_IO_REQUESTS_PER_S, DEFAULT_IO_WAIT, RestartPolicy,
+    AppConfig, DEFAULT_BUS_QUEUE, DEFAULT_DISK_QUOTA_BYTES, DEFAULT_IO_REQUESTS_PER_S,
+    DEFAULT_IO_WAIT, RestartPolicy,
 };
+pub use bus::BusConfig;
+use bus::{BusSection, bus_config};
 pub use cloud::{BrokerSettings, CloudConfig};
 use cloud::{CloudSection, cloud_config};
 pub use content::ContentConfig;
@@ -89,6 +93,9 @@ struct File {
     content: Option<ContentSection>,
     #[serde(default)]
     cloud: Option<CloudSection>,
+    /// The local MQTT bus apps may be granted topics on.
+    #[serde(default)]
+    bus: Option<BusSection>,
     /// What any app may be granted at most (only this file sets it).
     #[serde(default)]
     allow: crate::grants::Grants,
@@ -170,6 +177,8 @@ pub struct Config {
     pub content: ContentConfig,
     /// The cloud link; `None` runs offline (everything stays in the outbox).
     pub cloud: Option<CloudConfig>,
+    /// `[bus]`: the local MQTT broker; `None` when the gateway has none.
+    pub bus: Option<BusConfig>,
     /// `[allow]`: what any app may be granted at most.
     pub allow: crate::grants::Grants,
     /// `[simulator]`: a Modbus device served in-process (the demo's room).
@@ -389,7 +398,9 @@ impl Config {
                 .check(true)
                 .and_then(|()| grants.check_within(&allow))
                 .map_err(|(field, message)| invalid(key(&format!("grants.{field}")), message))?;
+            let bus_queue = between("bus_queue", app.bus_queue as u64, 1, 100_000)? as usize;
             apps.push(AppConfig {
+                bus_queue,
                 io_wait: Duration::from_millis(io_wait),
                 io_requests_per_s,
                 grants,
@@ -415,7 +426,15 @@ impl Config {
                     .map_err(|e| invalid(e.key, e.message))?,
             ),
         };
+        let bus = match file.bus {
+            None => None,
+            Some(bus) => Some(
+                bus_config(bus, &file.gateway.id, &resolve)
+                    .map_err(|e| invalid(e.key, e.message))?,
+            ),
+        };
         Ok(Config {
+            bus,
             path: path.to_path_buf(),
             gateway_id: file.gateway.id,
             labels: file.gateway.labels,

@@ -37,6 +37,12 @@ pub struct Spec {
     pub io_wait_ms: u64,
     #[serde(default = "default_io_requests_per_s")]
     pub io_requests_per_s: u32,
+    #[serde(default = "default_bus_queue")]
+    pub bus_queue: usize,
+}
+
+fn default_bus_queue() -> usize {
+    crate::config::DEFAULT_BUS_QUEUE
 }
 
 fn default_io_requests_per_s() -> u32 {
@@ -72,6 +78,7 @@ impl Spec {
             grants: app.grants.clone(),
             io_wait_ms: app.io_wait.as_millis() as u64,
             io_requests_per_s: app.io_requests_per_s,
+            bus_queue: app.bus_queue,
         }
     }
 
@@ -95,6 +102,7 @@ impl Spec {
             grants: self.grants.clone(),
             io_wait: std::time::Duration::from_millis(self.io_wait_ms),
             io_requests_per_s: self.io_requests_per_s,
+            bus_queue: self.bus_queue,
         }
     }
 
@@ -704,6 +712,7 @@ mod tests {
             grants: Default::default(),
             io_wait_ms: 10_000,
             io_requests_per_s: 200,
+            bus_queue: 256,
         }
     }
 

@@ -23,12 +23,15 @@
 //! Everything the WIT world defines is here too, under [`wasmgate::device`],
 //! for what the helpers do not cover.
 
-/// The bindings generated from `wit/` for the `wasmgate:device/app` world.
-/// `export_app!` is public so that app crates can export their `Guest` type.
+/// The bindings generated from `wit/` for the `wasmgate:device/bus-app`
+/// world: the `app` world and the `on-message` export, so that every Rust
+/// app can subscribe to the local bus (one that does not leaves
+/// [`App::on_message`] as it is). `export_app!` is public so that app
+/// crates can export their `Guest` type.
 #[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "app",
+        world: "bus-app",
         path: "../../../wit",
         pub_export_macro: true,
         export_macro_name: "export_app",
@@ -38,6 +41,13 @@ pub mod bindings {
 
 pub mod modbus;
 pub mod serial;
+
+/// The local MQTT bus: subscribe and publish on the topics the app was
+/// granted. Messages arrive in [`App::on_message`].
+pub mod bus {
+    pub use crate::bindings::wasmgate::device::bus::{publish, subscribe, unsubscribe};
+    pub use crate::bindings::wasmgate::device::types::IoError;
+}
 
 pub use bindings::wasmgate;
 pub use bindings::wasmgate::device::content;
@@ -72,6 +82,12 @@ pub trait App: Sized + 'static {
     fn on_desired(&mut self, device: String, changes: Fields) -> Result<(), String> {
         let _ = changes;
         Err(format!("this app takes no desired changes for {device}"))
+    }
+
+    /// A message from the local bus, on a filter the app subscribed to
+    /// ([`bus::subscribe`]).
+    fn on_message(&mut self, topic: String, payload: Vec<u8>) {
+        let _ = (topic, payload);
     }
 
     /// The cloud invoked an action (its argument already checked against the model).
@@ -266,6 +282,9 @@ macro_rules! app {
                     ::std::string::String,
                 > {
                     with_app(|app| $crate::App::on_action(app, device, name, argument))
+                }
+                fn on_message(topic: ::std::string::String, payload: ::std::vec::Vec<u8>) {
+                    with_app(|app| $crate::App::on_message(app, topic, payload))
                 }
             }
 
