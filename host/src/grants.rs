@@ -8,8 +8,9 @@
 //! I/O, and refuse anything else with a typed `denied` error.
 //!
 //! Today grants name Modbus endpoints and unit ids, serial ports, topics on
-//! the local MQTT bus, and the TCP addresses a guest may connect to through
-//! `wasi:sockets`. This
+//! the local MQTT bus, the TCP addresses a guest may connect to through
+//! `wasi:sockets`, and the URL prefixes it may request through `wasi:http`.
+//! This
 //! module is a leaf: it knows the shapes and the rules, not the units that
 //! use them.
 
@@ -31,6 +32,99 @@ pub struct Grants {
     /// Topics on the local MQTT bus (`[bus]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bus: Vec<BusGrant>,
+    /// URL prefixes the app may send requests to (`wasi:http`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpGrant>,
+}
+
+/// Where an app may send HTTP requests: a URL prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// `http://10.0.0.7:8080/api/`: a request must have this scheme, host
+    /// and port, and a path under this one (whole segments: `/api` covers
+    /// `/api` and `/api/x`, not `/apix`).
+    pub url: String,
+    /// How long a request waits to connect, and then for its answer's
+    /// first byte and each byte after, unless the guest says less.
+    #[serde(default = "default_http_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_http_timeout_ms() -> u32 {
+    10_000
+}
+
+/// A URL as grants compare it: scheme, host (lower case), port, path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    scheme: String,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl HttpTarget {
+    /// Parse an `http://` or `https://` URL (a grant's prefix, or a
+    /// request's URL; a request's query is not part of what is compared).
+    pub fn parse(text: &str) -> Result<HttpTarget, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{text:?}: only http:// and https:// URLs"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{text:?}: no user name or password in the URL"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("{text:?} has no host"))?
+            .to_ascii_lowercase();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("{text:?} has no port"))?;
+        Ok(HttpTarget {
+            scheme: url.scheme().to_string(),
+            host,
+            port,
+            path: url.path().to_string(),
+        })
+    }
+
+    /// Whether `self` (a grant) covers `request`.
+    pub fn covers(&self, request: &HttpTarget) -> bool {
+        let prefix = self.path.trim_end_matches('/');
+        self.scheme == request.scheme
+            && self.host == request.host
+            && self.port == request.port
+            && (request.path == prefix
+                || request
+                    .path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+}
+
+/// HTTP grants with their URLs parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct HttpRules(Vec<(HttpTarget, HttpGrant)>);
+
+impl HttpRules {
+    pub fn new(grants: &[HttpGrant]) -> HttpRules {
+        HttpRules(
+            grants
+                .iter()
+                .filter_map(|g| Some((HttpTarget::parse(&g.url).ok()?, g.clone())))
+                .collect(),
+        )
+    }
+
+    /// The grant covering `request`, if any.
+    pub fn covering(&self, request: &HttpTarget) -> Option<&HttpGrant> {
+        self.0
+            .iter()
+            .find(|(target, _)| target.covers(request))
+            .map(|(_, g)| g)
+    }
 }
 
 /// Topics on the local bus an app may subscribe to or publish on.
@@ -314,6 +408,21 @@ impl Grants {
                 )
             })?;
         }
+        for (i, grant) in self.http.iter().enumerate() {
+            HttpTarget::parse(&grant.url).map_err(|e| (format!("http[{i}].url"), e))?;
+            if grant.url.contains(['?', '#']) {
+                return Err((
+                    format!("http[{i}].url"),
+                    format!("{:?}: a grant is a URL prefix, without ? or #", grant.url),
+                ));
+            }
+            if !(1..=MAX_TIMEOUT_MS).contains(&grant.timeout_ms) {
+                return Err((
+                    format!("http[{i}].timeout_ms"),
+                    format!("{} is not between 1 and {MAX_TIMEOUT_MS}", grant.timeout_ms),
+                ));
+            }
+        }
         for (i, grant) in self.bus.iter().enumerate() {
             check_bus_filter(&grant.topic).map_err(|e| (format!("bus[{i}].topic"), e))?;
         }
@@ -365,6 +474,18 @@ impl Grants {
                         "{} {address} is not within the gateway's [allow]",
                         grant.protocol.name()
                     ),
+                ));
+            }
+        }
+        let allowed = HttpRules::new(&allow.http);
+        for (i, grant) in self.http.iter().enumerate() {
+            let Ok(target) = HttpTarget::parse(&grant.url) else {
+                continue; // `check` names it
+            };
+            if allowed.covering(&target).is_none() {
+                return Err((
+                    format!("http[{i}]"),
+                    format!("http {} is not within the gateway's [allow]", grant.url),
                 ));
             }
         }
@@ -456,6 +577,7 @@ impl Grants {
             && self.sockets.is_empty()
             && self.serial.is_empty()
             && self.bus.is_empty()
+            && self.http.is_empty()
     }
 }
 
@@ -761,6 +883,55 @@ mod tests {
                 ..Grants::default()
             };
             assert_eq!(grants.check(true).unwrap_err().0, "bus[0].topic", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn http_is_granted_by_url_prefix_on_whole_path_segments_within_allow() {
+        let grant = |url: &str| HttpGrant {
+            url: url.into(),
+            timeout_ms: 1000,
+        };
+        let allow = Grants {
+            http: vec![grant("http://10.0.0.7:8080/")],
+            ..Grants::default()
+        };
+        let app = Grants {
+            http: vec![grant("http://10.0.0.7:8080/api")],
+            ..Grants::default()
+        };
+        app.check(true).expect("shape");
+        app.check_within(&allow).expect("within");
+        let rules = HttpRules::new(&app.http);
+        let covered = |url: &str| {
+            rules
+                .covering(&HttpTarget::parse(url).expect(url))
+                .is_some()
+        };
+        assert!(covered("http://10.0.0.7:8080/api"));
+        assert!(covered("http://10.0.0.7:8080/api/meters/1?x=1"));
+        assert!(!covered("http://10.0.0.7:8080/apix"), "a whole segment");
+        assert!(!covered("http://10.0.0.7:8080/"));
+        assert!(!covered("https://10.0.0.7:8080/api"), "scheme");
+        assert!(!covered("http://10.0.0.7:8081/api"), "port");
+        assert!(!covered("http://10.0.0.70:8080/api"), "host");
+        let outside = Grants {
+            http: vec![grant("http://10.0.0.8/")],
+            ..Grants::default()
+        };
+        assert_eq!(
+            outside.check_within(&allow),
+            Err((
+                "http[0]".into(),
+                "http http://10.0.0.8/ is not within the gateway's [allow]".into()
+            ))
+        );
+        for bad in ["ftp://h/", "http://u:p@h/", "http://h/?q=1", "h:80"] {
+            let grants = Grants {
+                http: vec![grant(bad)],
+                ..Grants::default()
+            };
+            assert_eq!(grants.check(true).unwrap_err().0, "http[0].url", "{bad}");
         }
     }
 }

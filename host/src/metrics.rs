@@ -33,6 +33,10 @@ pub struct AppMetrics {
     pub log_dropped: AtomicU64,
     /// Socket uses refused: not granted (`wasi.sockets_denied`).
     pub sockets_denied: AtomicU64,
+    /// Outgoing HTTP requests sent (`wasi.http_requests`).
+    pub http_requests: AtomicU64,
+    /// Outgoing HTTP requests refused: not granted (`wasi.http_denied`).
+    pub http_denied: AtomicU64,
 }
 
 /// One app's counters at a moment.

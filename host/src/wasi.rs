@@ -7,10 +7,14 @@
 //! `..`, absolute paths and symlinks that lead out of the preopened
 //! directory.
 //!
-//! The `wasi:sockets` interfaces are linked too, because some language
-//! runtimes (CPython in componentize-py) import them whether the app uses
-//! the network or not, but every use is refused: TCP, UDP and name lookup
-//! are not allowed and every address is denied. A guest has no network.
+//! The `wasi:sockets` interfaces are linked too (some language runtimes,
+//! CPython in componentize-py, import them whether the app uses the network
+//! or not). A TCP connect reaches the addresses the app was granted and
+//! nothing else; UDP, name lookup and listening are refused.
+//!
+//! Outgoing `wasi:http` (wasmtime-wasi-http) reaches the URL prefixes the
+//! app was granted: [`HttpGrants`] checks every request before it is sent,
+//! and refuses the rest with `HTTP-request-denied`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -28,7 +32,7 @@ use wasmtime_wasi::sockets::{SocketAddrUse, WasiSockets, WasiSocketsCtxView, Was
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
-use crate::grants::Protocol;
+use crate::grants::{HttpRules, HttpTarget, Protocol};
 use crate::rate::LogGate;
 
 /// The most WASI resources (open files, streams, pollables) an app may hold
@@ -43,7 +47,63 @@ pub struct Wasi;
 pub struct WasiState {
     ctx: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_grants: HttpGrants,
     pub stderr_tail: StderrTail,
+}
+
+/// The check every outgoing HTTP request goes through before it is sent:
+/// the app's HTTP grants (checked against `[allow]` when the config was read
+/// or the deployment came), parsed once, with their timeouts.
+pub struct HttpGrants {
+    app: Arc<str>,
+    rules: HttpRules,
+    metrics: Arc<crate::metrics::AppMetrics>,
+}
+
+impl HttpGrants {
+    /// The grant covering `uri`, or why it is refused.
+    fn grant_for(&self, uri: &hyper::Uri) -> Option<&crate::grants::HttpGrant> {
+        let target = HttpTarget::parse(&uri.to_string()).ok()?;
+        self.rules.covering(&target)
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for HttpGrants {
+    fn send_request(
+        &mut self,
+        request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = wasmtime_wasi_http::Result<(
+                    hyper::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+                )>,
+            > + Send,
+    > {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(grant) = self.grant_for(request.uri()) else {
+            self.metrics.http_denied.fetch_add(1, Relaxed);
+            tracing::debug!(app = %self.app, uri = %request.uri(), "http request refused: not granted");
+            return Box::new(std::future::ready(Err(
+                wasmtime_wasi_http::Error::HttpRequestDenied,
+            )));
+        };
+        self.metrics.http_requests.fetch_add(1, Relaxed);
+        // The guest may ask for less time than the grant, never more.
+        let most = std::time::Duration::from_millis(u64::from(grant.timeout_ms));
+        let asked = options.unwrap_or_default();
+        let cap = |wanted: Option<std::time::Duration>| Some(wanted.map_or(most, |w| w.min(most)));
+        let options = wasmtime_wasi_http::RequestOptions {
+            connect_timeout: cap(asked.connect_timeout),
+            first_byte_timeout: cap(asked.first_byte_timeout),
+            between_bytes_timeout: cap(asked.between_bytes_timeout),
+        };
+        // What wasmtime-wasi-http does by default, with the checked options.
+        wasmtime_wasi_http::default_hooks().send_request(request, Some(options), fut)
+    }
 }
 
 impl WasiView for WasiState {
@@ -141,20 +201,41 @@ impl Capability for Wasi {
         Ok(WasiState {
             ctx: builder.build(),
             table,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_grants: HttpGrants {
+                app: app.app.clone(),
+                rules: HttpRules::new(&app.config.grants.http),
+                metrics: app.metrics.clone(),
+            },
             stderr_tail,
         })
     }
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        vec![Figure {
-            name: "sockets_denied",
-            help: "Socket connects, sends, binds and listens refused: not granted.",
+        let figure = |name, help, counter: &std::sync::atomic::AtomicU64| Figure {
+            name,
+            help,
             kind: FigureKind::Counter,
-            value: app
-                .metrics
-                .sockets_denied
-                .load(std::sync::atomic::Ordering::Relaxed),
-        }]
+            value: counter.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let metrics = &app.metrics;
+        vec![
+            figure(
+                "sockets_denied",
+                "Socket connects, sends, binds and listens refused: not granted.",
+                &metrics.sockets_denied,
+            ),
+            figure(
+                "http_requests",
+                "Outgoing HTTP requests sent.",
+                &metrics.http_requests,
+            ),
+            figure(
+                "http_denied",
+                "Outgoing HTTP requests refused: not granted.",
+                &metrics.http_denied,
+            ),
+        ]
     }
 
     /// Link the WASI interfaces listed in the module header.
@@ -206,6 +287,24 @@ impl Capability for Wasi {
         sockets::ip_name_lookup::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
         sockets::tcp::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
         sockets::udp::add_to_linker::<T, WasiSockets>(l, net::<T>)?;
+        // Outgoing HTTP, on the same resource table (its bodies are
+        // wasi:io streams), checked by the app's HttpGrants.
+        fn http<T: HasCtx<Wasi>>(t: &mut T) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+            let state = t.ctx();
+            wasmtime_wasi_http::WasiHttpCtxView {
+                ctx: &mut state.http,
+                table: &mut state.table,
+                hooks: &mut state.http_grants,
+            }
+        }
+        use wasmtime_wasi_http::WasiHttp;
+        use wasmtime_wasi_http::p2::bindings::{LinkOptions, http as wasi_http};
+        wasi_http::outgoing_handler::add_to_linker::<T, WasiHttp>(l, http::<T>)?;
+        wasi_http::types::add_to_linker::<T, WasiHttp>(
+            l,
+            &LinkOptions::default().into(),
+            http::<T>,
+        )?;
         Ok(())
     }
 }

@@ -831,3 +831,75 @@ fn the_local_bus_reaches_granted_topics_only_and_a_slow_app_loses_only_its_own_m
     });
     assert!(run.stop().success());
 }
+
+/// `GET path` on `address` with a plain HTTP/1.0 request: the body.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
+    let server = crate::common::peers::EchoPeer::start("http");
+    let other = crate::common::peers::EchoPeer::start("http");
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let (at, other_at) = (server.address(), other.address());
+    let gw = Gateway::new()
+        .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
+        .section(&format!("[allow]\nhttp = [{{ url = \"http://{at}/\" }}]\n"))
+        .app(
+            "probe",
+            &guest("modbus-probe"),
+            &model("modbus"),
+            &format!(
+                "tick_interval_ms = 60000\ncall_timeout_ms = 5000\n\
+                 grants = {{ http = [{{ url = \"http://{at}/api\", timeout_ms = 2000 }}] }}"
+            ),
+        );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let ask = |id: &str, request: &str| call(&consumer, "probe", id, request);
+    assert_eq!(
+        ask("g1", &format!("http http://{at}/api/meters/1")),
+        "ok 200 echo:GET /api/meters/1 "
+    );
+    assert_eq!(
+        ask("p1", &format!("http http://{at}/api/setpoint 21.5")),
+        "ok 200 echo:POST /api/setpoint 21.5"
+    );
+    // Outside the prefix, another server, the same server by name, https:
+    // refused before anything is sent.
+    for (id, url) in [
+        ("d1", format!("http://{at}/admin")),
+        ("d2", format!("http://{at}/apix")),
+        ("d3", format!("http://{other_at}/api/meters/1")),
+        (
+            "d4",
+            format!("http://localhost:{}/api/meters/1", server.port),
+        ),
+        ("d5", format!("https://{at}/api/meters/1")),
+    ] {
+        let answer = ask(id, &format!("http {url}"));
+        assert!(answer.contains("HttpRequestDenied"), "{url}: {answer}");
+    }
+    assert_eq!(
+        http_get(&at, "/_seen"),
+        "/api/meters/1\n/api/setpoint\n",
+        "only the granted requests reached the server"
+    );
+    assert_eq!(http_get(&other_at, "/_seen"), "");
+    let app = run.wait_app("probe", T, "refusals counted", |a| {
+        a["capabilities"]["wasi"]["http_denied"].as_u64() >= Some(5)
+    });
+    assert_eq!(app["capabilities"]["wasi"]["http_requests"], 2, "{app}");
+    assert_eq!(app["restarts"], 0, "{app}");
+    assert!(run.stop().success());
+}

@@ -291,6 +291,8 @@ const LINKED: &[&str] = &[
     "wasmgate:device/modbus@0.1",
     "wasmgate:device/serial@0.1",
     "wasmgate:device/bus@0.1",
+    "wasi:http/types@0.2",
+    "wasi:http/outgoing-handler@0.2",
     "wasi:io/error@0.2",
     "wasi:io/poll@0.2",
     "wasi:io/streams@0.2",
@@ -311,8 +313,8 @@ const LINKED: &[&str] = &[
     "wasi:cli/terminal-stderr@0.2",
     "wasi:filesystem/types@0.2",
     "wasi:filesystem/preopens@0.2",
-    // Linked so that runtimes that import them (CPython) start; every use
-    // is refused, guests have no network.
+    // Linked (CPython imports them whether it uses them or not); a guest
+    // reaches only the TCP addresses it was granted.
     "wasi:sockets/network@0.2",
     "wasi:sockets/instance-network@0.2",
     "wasi:sockets/tcp@0.2",

@@ -15,6 +15,8 @@
 //!   error.
 //! - OP `bench` (ARG: a count) reads holding register ADDRESS that many
 //!   times in one call and answers `ok NANOSECONDS` (the benchmark's P8).
+//! - `http URL [BODY]` sends a GET (a POST with BODY) through `wasi:http`
+//!   and answers `ok STATUS BODY`, or `error: CODE`.
 //! - Serial, through the host's `serial` interface: `serial-open PATH BAUD`
 //!   opens a port and keeps it, `serial-write TEXT` writes TEXT and a
 //!   newline, `serial-read-line MS` answers `ok` and the next line (without
@@ -77,8 +79,94 @@ fn socket(kind: &str, address: &str, text: &str) -> String {
     }
 }
 
+/// One request through `wasi:http/outgoing-handler`: `ok STATUS BODY`, or
+/// the error code.
+fn http(url: &str, body: Option<&str>) -> String {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "error: not a URL".into();
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((authority, path)) => (authority, format!("/{path}")),
+        None => (rest, "/".to_string()),
+    };
+    // A length, not chunks: Python's http.server reads bodies by length.
+    let headers = match body {
+        Some(body) => Fields::from_list(&[(
+            "content-length".to_string(),
+            body.len().to_string().into_bytes(),
+        )]),
+        None => Ok(Fields::new()),
+    };
+    let Ok(headers) = headers else {
+        return "error: bad headers".into();
+    };
+    let request = OutgoingRequest::new(headers);
+    let method = if body.is_some() {
+        Method::Post
+    } else {
+        Method::Get
+    };
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let set = request.set_method(&method).is_ok()
+        && request.set_scheme(Some(&scheme)).is_ok()
+        && request.set_authority(Some(authority)).is_ok()
+        && request.set_path_with_query(Some(&path)).is_ok();
+    if !set {
+        return "error: cannot build the request".into();
+    }
+    let Ok(outgoing) = request.body() else {
+        return "error: no body".into();
+    };
+    let future = match outgoing_handler::handle(request, None) {
+        Ok(future) => future,
+        Err(code) => return format!("error: {code:?}"),
+    };
+    if let Some(body) = body {
+        let Ok(stream) = outgoing.write() else {
+            return "error: cannot write the body".into();
+        };
+        if stream.blocking_write_and_flush(body.as_bytes()).is_err() {
+            return "error: writing the body failed".into();
+        }
+    }
+    if let Err(code) = OutgoingBody::finish(outgoing, None) {
+        return format!("error: {code:?}");
+    }
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return format!("error: {code:?}"),
+        _ => return "error: no response".into(),
+    };
+    let status = response.status();
+    let Ok(incoming) = response.consume() else {
+        return "error: no response body".into();
+    };
+    let Ok(stream) = incoming.stream() else {
+        return "error: no response stream".into();
+    };
+    let mut bytes = Vec::new();
+    while let Ok(chunk) = stream.blocking_read(4096) {
+        bytes.extend(chunk);
+    }
+    format!("ok {status} {}", String::from_utf8_lossy(&bytes))
+}
+
 /// Run one request written as text.
 fn call(text: &str) -> Result<String, String> {
+    if let Some(rest) = text.strip_prefix("http ") {
+        let (url, body) = match rest.split_once(' ') {
+            Some((url, body)) => (url, Some(body)),
+            None => (rest, None),
+        };
+        return Ok(http(url, body));
+    }
     if let Some((kind, rest)) = text.split_once(' ')
         && (kind == "tcp" || kind == "udp")
     {
