@@ -181,16 +181,14 @@ pub struct SerialGrant {
 }
 
 /// One address a guest may reach through `wasi:sockets`: outbound TCP
-/// connects. (UDP is refused when the config is read: the guest languages'
-/// standard libraries cannot use it on wasip2 yet, so it could not be
-/// tested end to end.)
+/// connects, or UDP datagrams to it (and from it: others are dropped).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketGrant {
     /// `ip:port` (IPv6 in brackets). Addresses, not names: the guest gets no
     /// name lookup.
     pub address: String,
-    /// `tcp` (connect).
+    /// `tcp` (connect) or `udp` (send to, receive from).
     pub protocol: Protocol,
 }
 
@@ -395,12 +393,6 @@ impl Grants {
     /// (`modbus[0].units`, say).
     pub fn check(&self, app: bool) -> Result<(), (String, String)> {
         for (i, grant) in self.sockets.iter().enumerate() {
-            if grant.protocol == Protocol::Udp {
-                return Err((
-                    format!("sockets[{i}].protocol"),
-                    "udp is not granted yet: only tcp connects are".into(),
-                ));
-            }
             grant.address.parse::<std::net::SocketAddr>().map_err(|_| {
                 (
                     format!("sockets[{i}].address"),
@@ -755,7 +747,7 @@ mod tests {
             sockets: vec![socket("127.0.0.1:8080", Protocol::Udp)],
             ..Grants::default()
         };
-        assert_eq!(udp.check(true).unwrap_err().0, "sockets[0].protocol");
+        udp.check(true).expect("udp is granted like tcp");
         assert_eq!(
             udp.check_within(&allow),
             Err((

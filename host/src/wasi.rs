@@ -9,8 +9,9 @@
 //!
 //! The `wasi:sockets` interfaces are linked too (some language runtimes,
 //! CPython in componentize-py, import them whether the app uses the network
-//! or not). A TCP connect reaches the addresses the app was granted and
-//! nothing else; UDP, name lookup and listening are refused.
+//! or not). TCP connects and UDP datagrams reach the addresses the app was
+//! granted and nothing else (and only those addresses' datagrams come back);
+//! name lookup and listening are refused.
 //!
 //! Outgoing `wasi:http` (wasmtime-wasi-http) reaches the URL prefixes the
 //! app was granted: [`HttpGrants`] checks every request before it is sent,
@@ -128,28 +129,33 @@ fn socket_check(
 + Send
 + Sync
 + 'static {
-    let tcp: Arc<[std::net::SocketAddr]> = app
-        .config
-        .grants
-        .sockets
-        .iter()
-        .filter(|g| g.protocol == Protocol::Tcp)
-        .filter_map(|g| g.address.parse().ok())
-        .collect();
+    let granted = |protocol| -> Arc<[std::net::SocketAddr]> {
+        app.config
+            .grants
+            .sockets
+            .iter()
+            .filter(|g| g.protocol == protocol)
+            .filter_map(|g| g.address.parse().ok())
+            .collect()
+    };
+    let (tcp, udp) = (granted(Protocol::Tcp), granted(Protocol::Udp));
     let metrics = app.metrics.clone();
     let name = app.app.clone();
     move |address, used| {
         let allowed = match used {
             SocketAddrUse::TcpConnect => tcp.contains(&address),
-            // The bind a connect makes by itself: any local address, an
-            // ephemeral port.
+            // The bind a connect or a first send makes: any local address,
+            // an ephemeral port (never a port of the app's choosing, where
+            // others could send to it).
             SocketAddrUse::TcpBind => address.ip().is_unspecified() && address.port() == 0,
-            // Nothing comes in; no UDP.
-            SocketAddrUse::TcpListen
-            | SocketAddrUse::TcpAccept
-            | SocketAddrUse::UdpBind
-            | SocketAddrUse::UdpSend
-            | SocketAddrUse::UdpReceive => false,
+            SocketAddrUse::UdpBind => {
+                !udp.is_empty() && address.ip().is_unspecified() && address.port() == 0
+            }
+            // Datagrams go to granted addresses, and only theirs come back:
+            // wasmtime-wasi drops any other sender's.
+            SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => udp.contains(&address),
+            // Nothing comes in over TCP.
+            SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
         };
         if !allowed {
             metrics
@@ -186,11 +192,11 @@ impl Capability for Wasi {
             ))
             .preopened_dir(app.files_dir, "/", FsPerms::ReadWrite)?
             // The network is what the app was granted, outbound only: TCP
-            // connects to granted addresses (and the implicit bind to an
-            // ephemeral port they need). No UDP, no name lookup, no
-            // listening. With no socket grants every use is refused.
+            // connects and UDP datagrams to granted addresses (and the
+            // implicit bind to an ephemeral port they need). No name lookup,
+            // no listening. With no socket grants every use is refused.
             .allow_tcp(app.config.grants.any_socket(Protocol::Tcp))
-            .allow_udp(false)
+            .allow_udp(app.config.grants.any_socket(Protocol::Udp))
             .allow_ip_name_lookup(false)
             .socket_addr_check(socket_check(app));
         // The table holds every WASI resource of the app, open files among

@@ -546,10 +546,16 @@ fn an_app_waiting_on_a_silent_device_is_stopped_and_swapped_without_waiting_it_o
 fn sockets_reach_granted_addresses_only_and_refusals_are_counted() {
     let tcp = crate::common::peers::EchoPeer::start("tcp");
     let other = crate::common::peers::EchoPeer::start("tcp");
+    let udp = crate::common::peers::EchoPeer::start("udp");
+    let other_udp = crate::common::peers::EchoPeer::start("udp");
     let broker = Mosquitto::start("");
     let consumer = Consumer::connect(&broker.settings("watcher"), &["wg/v1/test-gw/#"]);
     let (tcp_at, other_at) = (tcp.address(), other.address());
-    let grants = format!("sockets = [{{ address = \"{tcp_at}\", protocol = \"tcp\" }}]");
+    let (udp_at, other_udp_at) = (udp.address(), other_udp.address());
+    let grants = format!(
+        "sockets = [{{ address = \"{tcp_at}\", protocol = \"tcp\" }}, \
+         {{ address = \"{udp_at}\", protocol = \"udp\" }}]"
+    );
     let gw = Gateway::new()
         .section(&format!("[cloud]\nurl = \"{}\"\n", broker.url()))
         .section(&format!("[allow]\n{grants}\n"))
@@ -564,12 +570,15 @@ fn sockets_reach_granted_addresses_only_and_refusals_are_counted() {
     let ask = |id: &str, request: &str| call(&consumer, "probe", id, request);
     // Granted: the peer's answer comes back.
     assert_eq!(ask("t1", &format!("tcp {tcp_at} hello")), "ok echo:hello");
-    // Not granted: another port, the granted address over UDP, a name.
-    // Each refused before any I/O.
+    assert_eq!(ask("u1", &format!("udp {udp_at} hello")), "ok echo:hello");
+    // Not granted: another port, a TCP address over UDP and a UDP one over
+    // TCP, a name. Each refused before any I/O.
     for (id, request) in [
         ("d1", format!("tcp {other_at} hello")),
         ("d2", format!("udp {tcp_at} hello")),
         ("d3", format!("tcp localhost:{} hello", tcp.port)),
+        ("d4", format!("udp {other_udp_at} hello")),
+        ("d5", format!("tcp {udp_at} hello")),
     ] {
         let answer = ask(id, &request);
         assert!(answer.starts_with("error: "), "{request}: {answer}");
@@ -901,5 +910,87 @@ fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
     });
     assert_eq!(app["capabilities"]["wasi"]["http_requests"], 2, "{app}");
     assert_eq!(app["restarts"], 0, "{app}");
+    assert!(run.stop().success());
+}
+
+#[test]
+fn the_bus_link_comes_back_by_itself_after_the_broker_restarts() {
+    let cloud = Mosquitto::start("");
+    let mut bus = Mosquitto::start("");
+    let consumer = Consumer::connect(&cloud.settings("watcher"), &["wg/v1/test-gw/#"]);
+    let gw = bus_probe(
+        Gateway::new()
+            .section(&format!("[cloud]\nurl = \"{}\"\n", cloud.url()))
+            .section(&format!(
+                "[bus]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+                bus.url()
+            ))
+            .section(
+                "[allow]\nbus = [{ topic = \"sensors/#\", access = \"subscribe\" }, \
+                 { topic = \"actuators/#\", access = \"publish\" }]\n",
+            ),
+        "probe",
+        "{ topic = \"sensors/#\", access = \"subscribe\" }, \
+         { topic = \"actuators/#\", access = \"publish\" }",
+        "",
+        "subscribe = \"sensors/#\"",
+    );
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let received = |run: &crate::common::Running| {
+        run.apps()
+            .and_then(|apps| apps.into_iter().find(|a| a["name"] == "probe"))
+            .and_then(|a| a["capabilities"]["bus"]["received"].as_u64())
+            .unwrap_or(0)
+    };
+    // Publish from a fresh client until the app has heard `more` than it had.
+    let hear_more = |run: &crate::common::Running, bus: &Mosquitto, id: &str| {
+        let before = received(run);
+        let devices = Consumer::connect(&bus.settings(id), &["unused/#"]);
+        let deadline = std::time::Instant::now() + T;
+        while received(run) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the app heard nothing"
+            );
+            devices.publish("sensors/room1/temp", "21", false);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    hear_more(&run, &bus, "devices-1");
+    assert_eq!(
+        call(&consumer, "probe", "p1", "publish actuators/valve/set open"),
+        "ok"
+    );
+    // The broker goes away: publishing says so at once, nothing waits.
+    bus.stop();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let answer = call(
+            &consumer,
+            "probe",
+            &format!("c{attempt}"),
+            "publish actuators/valve/set x",
+        );
+        if answer.starts_with("closed: ") {
+            break;
+        }
+        assert!(
+            attempt < 200,
+            "publishing never said the bus is down: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It comes back: the gateway reconnects and subscribes again, with no
+    // action from the app.
+    bus.restart();
+    hear_more(&run, &bus, "devices-2");
+    let app = run.wait_app("probe", T, "reporting", |a| a["state"] == "running");
+    assert_eq!(app["restarts"], 0, "{app}");
+    assert!(
+        app["capabilities"]["bus"]["failures"].as_u64() >= Some(1),
+        "{app}"
+    );
     assert!(run.stop().success());
 }

@@ -11,8 +11,8 @@
 //! - With `flood = true` each tick sends 1,000 reads instead, and reports
 //!   how many were refused with `limit` as `flood_limited`.
 //! - `tcp ADDRESS TEXT` / `udp ADDRESS TEXT` send TEXT through
-//!   `wasi:sockets` (Rust's std::net) and answer `ok` and the reply, or the
-//!   error.
+//!   `wasi:sockets` (Rust's std::net for TCP, the WASI bindings for UDP)
+//!   and answer `ok` and the reply, or the error.
 //! - OP `bench` (ARG: a count) reads holding register ADDRESS that many
 //!   times in one call and answers `ok NANOSECONDS` (the benchmark's P8).
 //! - `http URL [BODY]` sends a GET (a POST with BODY) through `wasi:http`
@@ -65,13 +65,8 @@ fn socket(kind: &str, address: &str, text: &str) -> String {
             let n = stream.read(&mut buffer)?;
             Ok(buffer[..n].to_vec())
         }),
-        _ => std::net::UdpSocket::bind("0.0.0.0:0").and_then(|socket| {
-            socket.set_read_timeout(wait)?;
-            socket.send_to(text.as_bytes(), address)?;
-            let mut buffer = [0u8; 256];
-            let (n, _) = socket.recv_from(&mut buffer)?;
-            Ok(buffer[..n].to_vec())
-        }),
+        // Rust's std has no UDP on wasip2 yet: wasi:sockets itself.
+        _ => return udp(address, text),
     };
     match reply {
         Ok(bytes) => format!("ok {}", String::from_utf8_lossy(&bytes)),
@@ -156,6 +151,53 @@ fn http(url: &str, body: Option<&str>) -> String {
         bytes.extend(chunk);
     }
     format!("ok {status} {}", String::from_utf8_lossy(&bytes))
+}
+
+/// TEXT to ADDRESS (an IPv4 ip:port) in one datagram through
+/// `wasi:sockets/udp`, and the first datagram back within 2 s.
+fn udp(address: &str, text: &str) -> String {
+    use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    use wasi::sockets::udp::OutgoingDatagram;
+    use wasi::sockets::{instance_network, udp_create_socket};
+    let Ok(remote) = address.parse::<std::net::SocketAddrV4>() else {
+        return "error: not an IPv4 ip:port".into();
+    };
+    let v4 = |ip: std::net::Ipv4Addr, port| {
+        let [a, b, c, d] = ip.octets();
+        IpSocketAddress::Ipv4(Ipv4SocketAddress {
+            port,
+            address: (a, b, c, d),
+        })
+    };
+    let outcome = (|| {
+        let network = instance_network::instance_network();
+        let socket = udp_create_socket::create_udp_socket(IpAddressFamily::Ipv4)?;
+        socket.start_bind(&network, v4(std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.subscribe().block();
+        socket.finish_bind()?;
+        let (incoming, outgoing) = socket.stream(Some(v4(*remote.ip(), remote.port())))?;
+        outgoing.subscribe().block();
+        outgoing.check_send()?;
+        outgoing.send(&[OutgoingDatagram {
+            data: text.as_bytes().to_vec(),
+            remote_address: None,
+        }])?;
+        let timeout = wasi::clocks::monotonic_clock::subscribe_duration(2_000_000_000);
+        let arrived = wasi::io::poll::poll(&[&incoming.subscribe(), &timeout]);
+        if !arrived.contains(&0) {
+            return Ok(None);
+        }
+        let datagrams = incoming.receive(1)?;
+        Ok(datagrams.into_iter().next().map(|d| d.data))
+    })();
+    match outcome {
+        Ok(Some(data)) => format!("ok {}", String::from_utf8_lossy(&data)),
+        Ok(None) => "error: no answer within 2 s".into(),
+        Err(code) => {
+            let code: wasi::sockets::network::ErrorCode = code;
+            format!("error: {code:?}")
+        }
+    }
 }
 
 /// Run one request written as text.
