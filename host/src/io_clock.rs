@@ -74,6 +74,22 @@ impl IoClock {
         Duration::from_nanos(self.budget_ns)
     }
 
+    /// Run `io` (a wait in `wasi:io`: a socket, an HTTP answer) to its end,
+    /// counting the time it took as waited: the limits on it are the
+    /// stream's own and the call's wall-time bound. An app with no I/O
+    /// budget (granted nothing) counts nothing, so its waits stay against
+    /// its deadline.
+    pub async fn time<F: std::future::Future>(&self, io: F) -> F::Output {
+        if self.budget_ns == 0 {
+            return io.await;
+        }
+        let started = tokio::time::Instant::now();
+        let outcome = io.await;
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited_ns.fetch_add(took, Ordering::Relaxed);
+        outcome
+    }
+
     /// Run `io` for at most `limit` (and never past the budget), counting
     /// the time it took, unless the clock is cancelled first.
     pub async fn wait<F: std::future::Future>(
@@ -147,5 +163,23 @@ mod tests {
         assert_eq!(later, Err(Interrupted::Cancelled), "until the next call");
         clock.reset();
         assert_eq!(clock.wait(Duration::from_secs(1), async { 7 }).await, Ok(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_wait_counts_as_waited_only_with_a_budget() {
+        let granted = IoClock::new(Duration::from_secs(10));
+        granted
+            .time(tokio::time::sleep(Duration::from_secs(3)))
+            .await;
+        assert_eq!(granted.waited(), Duration::from_secs(3));
+        let ungranted = IoClock::new(Duration::ZERO);
+        ungranted
+            .time(tokio::time::sleep(Duration::from_secs(3)))
+            .await;
+        assert_eq!(
+            ungranted.waited(),
+            Duration::ZERO,
+            "still against its deadline"
+        );
     }
 }

@@ -869,7 +869,7 @@ fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
             &guest("modbus-probe"),
             &model("modbus"),
             &format!(
-                "tick_interval_ms = 60000\ncall_timeout_ms = 5000\n\
+                "tick_interval_ms = 60000\ncall_timeout_ms = 500\n\
                  grants = {{ http = [{{ url = \"http://{at}/api\", timeout_ms = 2000 }}] }}"
             ),
         );
@@ -883,6 +883,12 @@ fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
     assert_eq!(
         ask("p1", &format!("http http://{at}/api/setpoint 21.5")),
         "ok 200 echo:POST /api/setpoint 21.5"
+    );
+    // A slow answer (1.5 s) is an I/O wait, not the guest running past its
+    // 500 ms deadline.
+    assert_eq!(
+        ask("s1", &format!("http http://{at}/api/slow")),
+        "ok 200 echo:GET /api/slow "
     );
     // Outside the prefix, another server, the same server by name, https:
     // refused before anything is sent.
@@ -901,14 +907,14 @@ fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
     }
     assert_eq!(
         http_get(&at, "/_seen"),
-        "/api/meters/1\n/api/setpoint\n",
+        "/api/meters/1\n/api/setpoint\n/api/slow\n",
         "only the granted requests reached the server"
     );
     assert_eq!(http_get(&other_at, "/_seen"), "");
     let app = run.wait_app("probe", T, "refusals counted", |a| {
         a["capabilities"]["wasi"]["http_denied"].as_u64() >= Some(5)
     });
-    assert_eq!(app["capabilities"]["wasi"]["http_requests"], 2, "{app}");
+    assert_eq!(app["capabilities"]["wasi"]["http_requests"], 3, "{app}");
     assert_eq!(app["restarts"], 0, "{app}");
     assert!(run.stop().success());
 }

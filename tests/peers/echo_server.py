@@ -4,8 +4,9 @@
                           as "echo:" and the bytes
     echo_server.py udp    a UDP server: each datagram comes back the same way
     echo_server.py http   an HTTP server (http.server): any GET or POST is
-                          answered 200 "echo:METHOD PATH BODY"; GET /_seen
-                          lists the paths asked before, one a line
+                          answered 200 "echo:METHOD PATH BODY" (after 1.5 s
+                          for a path with /slow); GET /_seen lists the paths
+                          asked before, one a line
 
 Each listens on a free port of 127.0.0.1 and prints "ready PORT".
 """
@@ -13,6 +14,7 @@ Each listens on a free port of 127.0.0.1 and prints "ready PORT".
 import http.server
 import socketserver
 import sys
+import time
 
 
 class TcpEcho(socketserver.BaseRequestHandler):
@@ -43,6 +45,8 @@ class HttpEcho(http.server.BaseHTTPRequestHandler):
             self.answer("".join(p + "\n" for p in HttpEcho.seen).encode())
             return
         HttpEcho.seen.append(self.path)
+        if "/slow" in self.path:
+            time.sleep(1.5)
         self.answer(f"echo:GET {self.path} ".encode())
 
     def do_POST(self):

@@ -36,6 +36,8 @@ use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, Report
 use crate::grants::{HttpRules, HttpTarget, Protocol};
 use crate::rate::LogGate;
 
+mod timed_io;
+
 /// The most WASI resources (open files, streams, pollables) an app may hold
 /// at once.
 pub const MAX_WASI_RESOURCES: usize = 256;
@@ -48,6 +50,8 @@ pub struct Wasi;
 pub struct WasiState {
     ctx: WasiCtx,
     table: ResourceTable,
+    /// The instance's I/O clock: waits in `wasi:io` are timed on it.
+    io: Arc<crate::io_clock::IoClock>,
     http: wasmtime_wasi_http::WasiHttpCtx,
     http_grants: HttpGrants,
     pub stderr_tail: StderrTail,
@@ -207,6 +211,7 @@ impl Capability for Wasi {
         Ok(WasiState {
             ctx: builder.build(),
             table,
+            io: app.io.clone(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_grants: HttpGrants {
                 app: app.app.clone(),
@@ -266,9 +271,16 @@ impl Capability for Wasi {
         fn net<T: HasCtx<Wasi>>(t: &mut T) -> WasiSocketsCtxView<'_> {
             t.ctx().sockets()
         }
+        fn timed<T: HasCtx<Wasi>>(t: &mut T) -> timed_io::TimedIo<'_> {
+            let state = t.ctx();
+            timed_io::TimedIo {
+                table: &mut state.table,
+                io: &state.io,
+            }
+        }
         wasi_io::error::add_to_linker::<T, HasIo>(l, table::<T>)?;
-        wasi_io::poll::add_to_linker::<T, HasIo>(l, table::<T>)?;
-        wasi_io::streams::add_to_linker::<T, HasIo>(l, table::<T>)?;
+        wasi_io::poll::add_to_linker::<T, HasTimedIo>(l, timed::<T>)?;
+        wasi_io::streams::add_to_linker::<T, HasTimedIo>(l, timed::<T>)?;
         clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, clocks::<T>)?;
         clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, clocks::<T>)?;
         random::random::add_to_linker::<T, WasiRandom>(l, random::<T>)?;
@@ -319,6 +331,12 @@ struct HasIo;
 
 impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
+}
+
+struct HasTimedIo;
+
+impl HasData for HasTimedIo {
+    type Data<'a> = timed_io::TimedIo<'a>;
 }
 
 #[derive(Clone, Copy)]
