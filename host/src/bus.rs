@@ -17,7 +17,7 @@
 //! crashed or replaced instance receives nothing more; the broker's
 //! subscription goes when no instance routes its filter any more.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +29,7 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::IoError;
 use crate::bindings::wasmgate::device::bus::{self as generated, Host};
-use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
+use crate::capability::{AppSetup, Capability, Figure, HasCtx, PerApp, ReportScope};
 use crate::config::BusConfig;
 use crate::grants::{BusAccess, Grants};
 use crate::rate::SharedLimit;
@@ -53,7 +53,7 @@ pub struct Bus {
     /// Taken by [`Bus::run`], the one task that polls it.
     eventloop: Mutex<Option<(EventLoop, BusConfig)>>,
     allow: Arc<Grants>,
-    counters: Mutex<HashMap<String, Arc<Counters>>>,
+    counters: PerApp<Counters>,
     next_instance: AtomicU64,
 }
 
@@ -109,14 +109,9 @@ impl Bus {
                 bus: allow.bus,
                 ..Grants::default()
             }),
-            counters: Mutex::default(),
+            counters: PerApp::default(),
             next_instance: AtomicU64::new(1),
         })
-    }
-
-    fn counters(&self, app: &str) -> Arc<Counters> {
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters.entry(app.to_string()).or_default().clone()
     }
 
     /// Keep the gateway on the bus until `cancel`: connect, reconnect with
@@ -310,12 +305,7 @@ impl BusCtx {
                 self.app
             )));
         }
-        if !self.rate.allow() {
-            return Err(IoError::Limit(format!(
-                "over {} device requests a second (io_requests_per_s)",
-                self.rate.per_second()
-            )));
-        }
+        crate::io_clock::admit_rate(&self.rate)?;
         let link = self
             .link
             .as_ref()
@@ -400,7 +390,7 @@ impl Capability for Bus {
             allow: self.allow.clone(),
             link: self.link.clone(),
             rate: app.rates.device_requests(app.config.io_requests_per_s),
-            counters: self.counters(app.app),
+            counters: self.counters.get(app.app),
             inbox,
             messages: Some(messages),
             handler: false,
@@ -408,13 +398,8 @@ impl Capability for Bus {
     }
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        let counters = self.counters(app.app);
-        let figure = |name, help, counter: &AtomicU64| Figure {
-            name,
-            help,
-            kind: FigureKind::Counter,
-            value: counter.load(Ordering::Relaxed),
-        };
+        let counters = self.counters.get(app.app);
+        let figure = Figure::counter;
         vec![
             figure(
                 "received",

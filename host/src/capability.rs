@@ -109,6 +109,39 @@ pub struct Figure {
     pub value: u64,
 }
 
+impl Figure {
+    /// A counter's figure, read now.
+    pub fn counter(
+        name: &'static str,
+        help: &'static str,
+        value: &std::sync::atomic::AtomicU64,
+    ) -> Figure {
+        Figure {
+            name,
+            help,
+            kind: FigureKind::Counter,
+            value: value.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// A unit's gateway-wide state kept per app (its counters, say), made on
+/// first use and kept across the app's instances.
+pub struct PerApp<T>(std::sync::Mutex<std::collections::HashMap<String, Arc<T>>>);
+
+impl<T: Default> PerApp<T> {
+    pub fn get(&self, app: &str) -> Arc<T> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(app.to_string()).or_default().clone()
+    }
+}
+
+impl<T> Default for PerApp<T> {
+    fn default() -> Self {
+        PerApp(Default::default())
+    }
+}
+
 /// Store data that holds the per-app state of capability `C`.
 pub trait HasCtx<C: Capability>: Send + 'static {
     fn ctx(&mut self) -> &mut C::Ctx;

@@ -17,6 +17,33 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::bindings::IoError;
+use crate::rate::SharedLimit;
+
+/// Whether the app's device-request rate lets one more request through.
+pub fn admit_rate(rate: &SharedLimit) -> Result<(), IoError> {
+    if rate.allow() {
+        return Ok(());
+    }
+    Err(IoError::Limit(format!(
+        "over {} device requests a second (io_requests_per_s)",
+        rate.per_second()
+    )))
+}
+
+/// Whether a request that waits may start: the rate, and I/O time left in
+/// this call.
+pub fn admit(rate: &SharedLimit, io: &IoClock) -> Result<(), IoError> {
+    admit_rate(rate)?;
+    if io.remaining().is_zero() {
+        return Err(IoError::Limit(format!(
+            "this call has used its {} ms of I/O time (io_wait_ms)",
+            io.budget().as_millis()
+        )));
+    }
+    Ok(())
+}
+
 /// One instance's I/O time in the export call in progress.
 #[derive(Debug, Default)]
 pub struct IoClock {

@@ -28,7 +28,7 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::wasmgate::device::modbus::{self as generated, Host, Target};
 use crate::bindings::{IoError, ModbusException};
-use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
+use crate::capability::{AppSetup, Capability, Figure, HasCtx, PerApp, ReportScope};
 use crate::grants::{Endpoint, Grants, MAX_TIMEOUT_MS, ModbusRules, Parity};
 use crate::io_clock::{Interrupted, IoClock};
 use crate::rate::SharedLimit;
@@ -44,7 +44,7 @@ const MAX_WRITE_REGISTERS: usize = 123;
 pub struct Modbus {
     allow: Arc<ModbusRules>,
     pool: Arc<Pool>,
-    counters: Mutex<HashMap<String, Arc<Counters>>>,
+    counters: PerApp<Counters>,
 }
 
 impl Modbus {
@@ -53,13 +53,8 @@ impl Modbus {
         Modbus {
             allow: Arc::new(ModbusRules::new(&allow.modbus)),
             pool: Arc::default(),
-            counters: Mutex::default(),
+            counters: PerApp::default(),
         }
-    }
-
-    fn counters(&self, app: &str) -> Arc<Counters> {
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters.entry(app.to_string()).or_default().clone()
     }
 }
 
@@ -369,18 +364,7 @@ impl ModbusCtx {
                 "a timeout of {timeout_ms} ms is not between 1 and {MAX_TIMEOUT_MS}"
             )));
         }
-        if !self.rate.allow() {
-            return Err(IoError::Limit(format!(
-                "over {} device requests a second (io_requests_per_s)",
-                self.rate.per_second()
-            )));
-        }
-        if self.io.remaining().is_zero() {
-            return Err(IoError::Limit(format!(
-                "this call has used its {} ms of I/O time (io_wait_ms)",
-                self.io.budget().as_millis()
-            )));
-        }
+        crate::io_clock::admit(&self.rate, &self.io)?;
         let limit = Duration::from_millis(u64::from(timeout_ms));
         self.pool
             .line(&endpoint)
@@ -407,18 +391,13 @@ impl Capability for Modbus {
             pool: self.pool.clone(),
             io: app.io.clone(),
             rate: app.rates.device_requests(app.config.io_requests_per_s),
-            counters: self.counters(app.app),
+            counters: self.counters.get(app.app),
         })
     }
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        let counters = self.counters(app.app);
-        let figure = |name, help, counter: &AtomicU64| Figure {
-            name,
-            help,
-            kind: FigureKind::Counter,
-            value: counter.load(Ordering::Relaxed),
-        };
+        let counters = self.counters.get(app.app);
+        let figure = Figure::counter;
         vec![
             figure(
                 "requests",

@@ -28,7 +28,7 @@ use crate::bindings::IoError;
 use crate::bindings::wasmgate::device::serial::{
     self as generated, Host, HostPort, Parity, Settings,
 };
-use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
+use crate::capability::{AppSetup, Capability, Figure, HasCtx, PerApp, ReportScope};
 use crate::grants::{Grants, MAX_TIMEOUT_MS, SerialGrant};
 use crate::io_clock::{Interrupted, IoClock};
 use crate::rate::SharedLimit;
@@ -41,7 +41,7 @@ pub struct Serial {
     allow: Arc<Grants>,
     /// Open ports, and the app holding each.
     held: Arc<Mutex<HashMap<String, Arc<str>>>>,
-    counters: Mutex<HashMap<String, Arc<Counters>>>,
+    counters: PerApp<Counters>,
 }
 
 impl Serial {
@@ -53,13 +53,8 @@ impl Serial {
                 ..Grants::default()
             }),
             held: Arc::default(),
-            counters: Mutex::default(),
+            counters: PerApp::default(),
         }
-    }
-
-    fn counters(&self, app: &str) -> Arc<Counters> {
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters.entry(app.to_string()).or_default().clone()
     }
 }
 
@@ -161,23 +156,6 @@ impl SerialCtx {
             })
     }
 
-    /// The rate and the call's I/O budget, before any I/O.
-    fn within_limits(&self) -> Result<(), IoError> {
-        if !self.rate.allow() {
-            return Err(IoError::Limit(format!(
-                "over {} device requests a second (io_requests_per_s)",
-                self.rate.per_second()
-            )));
-        }
-        if self.io.remaining().is_zero() {
-            return Err(IoError::Limit(format!(
-                "this call has used its {} ms of I/O time (io_wait_ms)",
-                self.io.budget().as_millis()
-            )));
-        }
-        Ok(())
-    }
-
     fn open_port(&mut self, path: &str, settings: Settings) -> Result<PortHandle, IoError> {
         // Permission before anything else.
         let timeout = Duration::from_millis(u64::from(self.granted(path)?.timeout_ms));
@@ -192,7 +170,7 @@ impl SerialCtx {
             2 => tokio_serial::StopBits::Two,
             n => return Err(IoError::Invalid(format!("{n} stop bits: 1 or 2"))),
         };
-        self.within_limits()?;
+        crate::io_clock::admit(&self.rate, &self.io)?;
         let claim = Claim::take(&self.held, path, &self.app)?;
         use tokio_serial::SerialPortBuilderExt as _;
         let stream = tokio_serial::new(path, settings.baud)
@@ -225,7 +203,7 @@ impl SerialCtx {
             )));
         }
         let limit = wait_limit(timeout_ms)?;
-        self.within_limits()?;
+        crate::io_clock::admit(&self.rate, &self.io)?;
         let handle = self.table.get_mut(port).map_err(closed_handle)?;
         let limit = limit.unwrap_or(handle.timeout);
         let mut buffer = vec![0u8; max];
@@ -256,7 +234,7 @@ impl SerialCtx {
                 data.len()
             )));
         }
-        self.within_limits()?;
+        crate::io_clock::admit(&self.rate, &self.io)?;
         let handle = self.table.get_mut(port).map_err(closed_handle)?;
         let limit = handle.timeout;
         let written = async {
@@ -328,19 +306,14 @@ impl Capability for Serial {
             held: self.held.clone(),
             io: app.io.clone(),
             rate: app.rates.device_requests(app.config.io_requests_per_s),
-            counters: self.counters(app.app),
+            counters: self.counters.get(app.app),
             table: ResourceTable::new(),
         })
     }
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        let counters = self.counters(app.app);
-        let figure = |name, help, counter: &AtomicU64| Figure {
-            name,
-            help,
-            kind: FigureKind::Counter,
-            value: counter.load(Ordering::Relaxed),
-        };
+        let counters = self.counters.get(app.app);
+        let figure = Figure::counter;
         vec![
             figure(
                 "calls",

@@ -32,7 +32,7 @@ use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSockets, WasiSocketsCtxView, WasiSocketsView};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
-use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
+use crate::capability::{AppSetup, Capability, Figure, HasCtx, ReportScope};
 use crate::grants::{HttpRules, HttpTarget, Protocol};
 use crate::rate::LogGate;
 
@@ -223,12 +223,7 @@ impl Capability for Wasi {
     }
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        let figure = |name, help, counter: &std::sync::atomic::AtomicU64| Figure {
-            name,
-            help,
-            kind: FigureKind::Counter,
-            value: counter.load(std::sync::atomic::Ordering::Relaxed),
-        };
+        let figure = Figure::counter;
         let metrics = &app.metrics;
         vec![
             figure(
