@@ -920,7 +920,8 @@ fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
 }
 
 #[test]
-fn the_bus_link_comes_back_by_itself_after_the_broker_restarts() {
+fn the_bus_link_comes_back_by_itself_after_the_broker_restarts_and_a_new_version_subscribes_again()
+{
     let cloud = Mosquitto::start("");
     let mut bus = Mosquitto::start("");
     let consumer = Consumer::connect(&cloud.settings("watcher"), &["wg/v1/test-gw/#"]);
@@ -998,5 +999,21 @@ fn the_bus_link_comes_back_by_itself_after_the_broker_restarts() {
         app["capabilities"]["bus"]["failures"].as_u64() >= Some(1),
         "{app}"
     );
+    // A hot swap: the new version subscribes in its init and hears the bus.
+    let config = gw.config_path();
+    let probe = guest("bus-probe");
+    let (ok, out, err) = wasmgate(&[
+        "deploy",
+        "probe",
+        probe.to_str().expect("path"),
+        "--config",
+        "subscribe=sensors/#",
+        "--config",
+        "generation=2",
+        "--gateway",
+        config.to_str().expect("path"),
+    ]);
+    assert!(ok && out.contains("version 2 runs"), "{out}{err}");
+    hear_more(&run, &bus, "devices-3");
     assert!(run.stop().success());
 }
