@@ -137,6 +137,19 @@ fn main() {
         ]);
     }
 
+    if wanted("P9") {
+        let [p50, p99, echo50, echo99] = medians(runs, || {
+            let (a, b, c, d) = bus_round_trips(1000);
+            [a, b, c, d]
+        });
+        rows.push([
+            "P9".into(),
+            "local-bus round trip through a guest (a message → `on-message` → `bus.publish` back), 1000 sequential".into(),
+            format!("p50 {p50:.2} ms, p99 {p99:.2} ms ({:.2}× the echo at p50)", p50 / echo50),
+            format!("plain MQTT echo client through the same broker: p50 {echo50:.2} ms, p99 {echo99:.2} ms"),
+        ]);
+    }
+
     if wanted("P5") {
         let (p50, p99, gap, lost, swaps) = hot_swaps(20);
         rows.push([
@@ -890,6 +903,128 @@ fn footprint() -> (f64, f64, f64, String) {
     (one, ten, size, runtime_only)
 }
 
+/// `n` sequential round trips (after `n / 10` to warm up): publish on
+/// `request`, wait for a message on `response`; milliseconds, sorted. The
+/// first request is sent again every 100 ms until something answers, so the
+/// answerer's subscription need not be known to be in place.
+fn timed_round_trips(
+    broker: &Mosquitto,
+    request: &str,
+    response: &str,
+    n: usize,
+    body: &dyn Fn(usize) -> String,
+) -> Vec<f64> {
+    let options = wasmgate::cloud::mqtt_options(
+        &broker.settings(&format!("rtt-{}", wasmgate::value::random_u64())),
+        true,
+    )
+    .expect("options");
+    let (client, mut connection) = rumqttc::Client::new(options, 64);
+    // Without TCP_NODELAY the requester's PUBACK and its next request wait
+    // on the broker's delayed ACK: 40 ms a round trip, whoever answers.
+    wasmgate::cloud::no_delay(&mut connection.eventloop);
+    client
+        .subscribe(response, rumqttc::QoS::AtLeastOnce)
+        .expect("subscribe");
+    loop {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) =
+            connection.recv().expect("event")
+        {
+            break;
+        }
+    }
+    'warm: loop {
+        client
+            .publish(request, rumqttc::QoS::AtLeastOnce, false, body(0))
+            .expect("publish");
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while let Ok(event) =
+            connection.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) = event {
+                break 'warm;
+            }
+        }
+    }
+    // Answers to the warm-up's repeats may still come: drain them.
+    while connection.recv_timeout(Duration::from_millis(200)).is_ok() {}
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let started = Instant::now();
+        client
+            .publish(request, rumqttc::QoS::AtLeastOnce, false, body(i))
+            .expect("publish");
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) =
+                connection.recv().expect("event")
+            {
+                break;
+            }
+        }
+        if i >= n / 10 {
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples
+}
+
+/// A plain MQTT client that answers every message on `bench/req` with the
+/// same payload on `bench/res`: the baseline of a round trip.
+fn start_echo(broker: &Mosquitto) -> rumqttc::Client {
+    let options = wasmgate::cloud::mqtt_options(&broker.settings("echo"), true).expect("options");
+    let (echo, mut echo_connection) = rumqttc::Client::new(options, 64);
+    wasmgate::cloud::no_delay(&mut echo_connection.eventloop);
+    echo.subscribe("bench/req", rumqttc::QoS::AtLeastOnce)
+        .expect("subscribe");
+    let answerer = echo.clone();
+    std::thread::spawn(move || {
+        for event in echo_connection.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event {
+                let _ = answerer.try_publish(
+                    "bench/res",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    p.payload.to_vec(),
+                );
+            }
+        }
+    });
+    echo
+}
+
+/// P9: a message on the local bus to a guest's `on-message`, which
+/// publishes it back on the bus, against the plain echo on the same broker.
+fn bus_round_trips(n: usize) -> (f64, f64, f64, f64) {
+    let bus = Mosquitto::start("");
+    let grant = "bus = [{ topic = \"bench/#\", access = \"both\" }]";
+    let gw = Gateway::new()
+        .section(&format!("[bus]\nurl = \"{}\"\n", bus.url()))
+        .section(&format!("[allow]\n{grant}\n"))
+        .app(
+            "probe",
+            &guest("bus-probe"),
+            &root().join("tests/models/bus.json"),
+            &format!(
+                "tick_interval_ms = 60000\nio_requests_per_s = 100000\ngrants = {{ {grant} }}\n\
+                 [app.config]\nsubscribe = \"bench/req\"\necho_to = \"bench/res\""
+            ),
+        );
+    let mut run = gw.start();
+    let body = |i: usize| i.to_string();
+    let through_guest = timed_round_trips(&bus, "bench/req", "bench/res", n, &body);
+    run.stop();
+    let _echo = start_echo(&bus);
+    let plain = timed_round_trips(&bus, "bench/req", "bench/res", n, &body);
+    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (
+        at(&through_guest, 0.5),
+        at(&through_guest, 0.99),
+        at(&plain, 0.5),
+        at(&plain, 0.99),
+    )
+}
+
 /// P7: sequential action round trips through Mosquitto, and a plain MQTT
 /// echo through the same broker.
 fn round_trips(n: usize) -> (f64, f64, f64, f64) {
@@ -905,46 +1040,8 @@ fn round_trips(n: usize) -> (f64, f64, f64, f64) {
     let mut run = gw.start();
     run.wait_for("connected to the broker", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
-    let timed = |request: &str, response: &str, body: &dyn Fn(usize) -> String| -> Vec<f64> {
-        let options = wasmgate::cloud::mqtt_options(
-            &broker.settings(&format!("rtt-{}", wasmgate::value::random_u64())),
-            true,
-        )
-        .expect("options");
-        let (client, mut connection) = rumqttc::Client::new(options, 64);
-        // Without TCP_NODELAY the requester's PUBACK and its next request
-        // wait on the broker's delayed ACK: 40 ms a round trip, whoever
-        // answers.
-        wasmgate::cloud::no_delay(&mut connection.eventloop);
-        client
-            .subscribe(response, rumqttc::QoS::AtLeastOnce)
-            .expect("subscribe");
-        loop {
-            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) =
-                connection.recv().expect("event")
-            {
-                break;
-            }
-        }
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..n + n / 10 {
-            let started = Instant::now();
-            client
-                .publish(request, rumqttc::QoS::AtLeastOnce, false, body(i))
-                .expect("publish");
-            loop {
-                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) =
-                    connection.recv().expect("event")
-                {
-                    break;
-                }
-            }
-            if i >= n / 10 {
-                samples.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-        samples.sort_by(|a, b| a.total_cmp(b));
-        samples
+    let timed = |request: &str, response: &str, body: &dyn Fn(usize) -> String| {
+        timed_round_trips(&broker, request, response, n, body)
     };
     let wasmgate_rtt = timed(
         "wg/v1/test-gw/noop/action/echo/req",
@@ -953,25 +1050,7 @@ fn round_trips(n: usize) -> (f64, f64, f64, f64) {
     );
     run.stop();
 
-    // The echo: a client that answers every request on the response topic.
-    let options = wasmgate::cloud::mqtt_options(&broker.settings("echo"), true).expect("options");
-    let (echo, mut echo_connection) = rumqttc::Client::new(options, 64);
-    wasmgate::cloud::no_delay(&mut echo_connection.eventloop);
-    echo.subscribe("bench/req", rumqttc::QoS::AtLeastOnce)
-        .expect("subscribe");
-    std::thread::spawn(move || {
-        for event in echo_connection.iter() {
-            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event {
-                let _ = echo.try_publish(
-                    "bench/res",
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                    p.payload.to_vec(),
-                );
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let _echo = start_echo(&broker);
     let echo_rtt = timed("bench/req", "bench/res", &|i| {
         serde_json::json!({"id": i.to_string(), "argument": i}).to_string()
     });
