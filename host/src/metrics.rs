@@ -37,6 +37,8 @@ pub struct AppMetrics {
     pub http_requests: AtomicU64,
     /// Outgoing HTTP requests refused: not granted (`wasi.http_denied`).
     pub http_denied: AtomicU64,
+    /// Outgoing HTTP requests refused: over the rate (`wasi.http_limited`).
+    pub http_limited: AtomicU64,
 }
 
 /// One app's counters at a moment.

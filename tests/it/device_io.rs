@@ -869,7 +869,7 @@ fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
             &guest("modbus-probe"),
             &model("modbus"),
             &format!(
-                "tick_interval_ms = 60000\ncall_timeout_ms = 500\n\
+                "tick_interval_ms = 60000\ncall_timeout_ms = 500\nio_requests_per_s = 2\n\
                  grants = {{ http = [{{ url = \"http://{at}/api\", timeout_ms = 2000 }}] }}"
             ),
         );
@@ -915,6 +915,18 @@ fn outgoing_http_reaches_granted_url_prefixes_only_and_refusals_are_counted() {
         a["capabilities"]["wasi"]["http_denied"].as_u64() >= Some(5)
     });
     assert_eq!(app["capabilities"]["wasi"]["http_requests"], 3, "{app}");
+    assert_eq!(app["restarts"], 0, "{app}");
+    // A loop of requests is held to the app's rate (here 2 a second, a
+    // burst of 4): the rest fail before they are sent, and are counted.
+    let burst = ask("b1", &format!("http-burst 12 http://{at}/api/meters/2"));
+    let refused: u64 = burst
+        .rsplit_once("refused ")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("{burst}"));
+    assert!(refused >= 1, "{burst}");
+    let app = run.wait_app("probe", T, "limited", |a| {
+        a["capabilities"]["wasi"]["http_limited"].as_u64() >= Some(refused)
+    });
     assert_eq!(app["restarts"], 0, "{app}");
     assert!(run.stop().success());
 }

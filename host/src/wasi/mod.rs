@@ -63,6 +63,9 @@ pub struct WasiState {
 pub struct HttpGrants {
     app: Arc<str>,
     rules: HttpRules,
+    /// The app's device-request bucket: each request takes a token, so a
+    /// loop of requests cannot flood the granted server.
+    rate: crate::rate::SharedLimit,
     metrics: Arc<crate::metrics::AppMetrics>,
 }
 
@@ -96,6 +99,12 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGrants {
                 wasmtime_wasi_http::Error::HttpRequestDenied,
             )));
         };
+        if !self.rate.allow() {
+            self.metrics.http_limited.fetch_add(1, Relaxed);
+            return Box::new(std::future::ready(Err(
+                wasmtime_wasi_http::Error::ConnectionLimitReached,
+            )));
+        }
         self.metrics.http_requests.fetch_add(1, Relaxed);
         // The guest may ask for less time than the grant, never more.
         let most = std::time::Duration::from_millis(u64::from(grant.timeout_ms));
@@ -216,6 +225,7 @@ impl Capability for Wasi {
             http_grants: HttpGrants {
                 app: app.app.clone(),
                 rules: HttpRules::new(&app.config.grants.http),
+                rate: app.rates.device_requests(app.config.io_requests_per_s),
                 metrics: app.metrics.clone(),
             },
             stderr_tail,
@@ -240,6 +250,11 @@ impl Capability for Wasi {
                 "http_denied",
                 "Outgoing HTTP requests refused: not granted.",
                 &metrics.http_denied,
+            ),
+            figure(
+                "http_limited",
+                "Outgoing HTTP requests refused: over the app's io_requests_per_s.",
+                &metrics.http_limited,
             ),
         ]
     }

@@ -16,7 +16,8 @@
 //! - OP `bench` (ARG: a count) reads holding register ADDRESS that many
 //!   times in one call and answers `ok NANOSECONDS` (the benchmark's P8).
 //! - `http URL [BODY]` sends a GET (a POST with BODY) through `wasi:http`
-//!   and answers `ok STATUS BODY`, or `error: CODE`.
+//!   and answers `ok STATUS BODY`, or `error: CODE`. `http-burst N URL`
+//!   sends N GETs in the one call and answers `sent S refused R`.
 //! - Serial, through the host's `serial` interface: `serial-open PATH BAUD`
 //!   opens a port and keeps it, `serial-write TEXT` writes TEXT and a
 //!   newline, `serial-read-line MS` answers `ok` and the next line (without
@@ -202,6 +203,14 @@ fn udp(address: &str, text: &str) -> String {
 
 /// Run one request written as text.
 fn call(text: &str) -> Result<String, String> {
+    if let Some(rest) = text.strip_prefix("http-burst ") {
+        let (n, url) = rest.split_once(' ').ok_or("http-burst N URL")?;
+        let n: u32 = n.parse().map_err(|e| format!("N: {e}"))?;
+        let sent = (0..n)
+            .filter(|_| http(url, None).starts_with("ok "))
+            .count();
+        return Ok(format!("sent {sent} refused {}", n as usize - sent));
+    }
     if let Some(rest) = text.strip_prefix("http ") {
         let (url, body) = match rest.split_once(' ') {
             Some((url, body)) => (url, Some(body)),
