@@ -70,7 +70,7 @@ pub struct HttpGrants {
 }
 
 impl HttpGrants {
-    /// The grant covering `uri`, or why it is refused.
+    /// The grant covering `uri`, if any.
     fn grant_for(&self, uri: &hyper::Uri) -> Option<&crate::grants::HttpGrant> {
         let target = HttpTarget::parse(&uri.to_string()).ok()?;
         self.rules.covering(&target)
