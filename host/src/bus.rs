@@ -32,6 +32,7 @@ use crate::bindings::wasmgate::device::bus::{self as generated, Host};
 use crate::capability::{AppSetup, Capability, Figure, HasCtx, PerApp, ReportScope};
 use crate::config::BusConfig;
 use crate::grants::{BusAccess, Grants};
+use crate::io_clock::IoCounters;
 use crate::rate::SharedLimit;
 
 /// Filters one instance may subscribe to at once.
@@ -76,11 +77,11 @@ struct Route {
 /// What one app's bus traffic came to, since the gateway started.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Subscribes and publishes, by outcome.
+    io: IoCounters,
     received: AtomicU64,
     dropped: AtomicU64,
     published: AtomicU64,
-    denied: AtomicU64,
-    failures: AtomicU64,
 }
 
 impl Bus {
@@ -284,17 +285,6 @@ impl BusCtx {
         self.handler = exported;
     }
 
-    /// Count the call and how it ended.
-    fn counted(&self, outcome: Result<(), IoError>) -> Result<(), IoError> {
-        let counter = match &outcome {
-            Err(IoError::Denied(_)) => &self.counters.denied,
-            Err(IoError::Closed(_)) => &self.counters.failures,
-            _ => return outcome,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        outcome
-    }
-
     /// The checks every call makes before anything is sent.
     fn checked(&self, topic: &str, access: BusAccess) -> Result<&Arc<Link>, IoError> {
         if !(self.grants.bus_granted(topic, access) && self.allow.bus_granted(topic, access)) {
@@ -402,6 +392,11 @@ impl Capability for Bus {
         let figure = Figure::counter;
         vec![
             figure(
+                "calls",
+                "Bus subscribes and publishes the app made.",
+                &counters.io.calls,
+            ),
+            figure(
                 "received",
                 "Bus messages queued for the app's on-message.",
                 &counters.received,
@@ -419,12 +414,12 @@ impl Capability for Bus {
             figure(
                 "denied",
                 "Bus subscribes and publishes refused: not granted to the app.",
-                &counters.denied,
+                &counters.io.denied,
             ),
             figure(
                 "failures",
                 "Bus calls that failed: no bus, or not connected.",
-                &counters.failures,
+                &counters.io.failures,
             ),
         ]
     }
@@ -436,8 +431,9 @@ impl Capability for Bus {
 
 impl Host for BusCtx {
     fn subscribe(&mut self, filter: String) -> wasmtime::Result<Result<(), IoError>> {
+        self.counters.io.begin();
         let subscribed = self.subscribe_to(&filter);
-        Ok(self.counted(subscribed))
+        Ok(self.counters.io.ended(subscribed))
     }
 
     fn unsubscribe(&mut self, filter: String) -> wasmtime::Result<Result<(), IoError>> {
@@ -453,8 +449,9 @@ impl Host for BusCtx {
         payload: Vec<u8>,
         retain: bool,
     ) -> wasmtime::Result<Result<(), IoError>> {
+        self.counters.io.begin();
         let published = self.publish_on(&topic, payload, retain);
-        Ok(self.counted(published))
+        Ok(self.counters.io.ended(published))
     }
 }
 

@@ -10,9 +10,8 @@
 //! Today grants name Modbus endpoints and unit ids, serial ports, topics on
 //! the local MQTT bus, the TCP addresses a guest may connect to through
 //! `wasi:sockets`, and the URL prefixes it may request through `wasi:http`.
-//! This
-//! module is a leaf: it knows the shapes and the rules, not the units that
-//! use them.
+//! This module is a leaf: it knows the shapes and the rules, not the units
+//! that use them.
 
 use serde::{Deserialize, Serialize};
 
@@ -241,6 +240,9 @@ pub enum Endpoint {
     },
 }
 
+/// The baud rates a serial line may be opened at.
+pub const BAUD_RATES: std::ops::RangeInclusive<u32> = 300..=921_600;
+
 /// A serial line's parity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Parity {
@@ -334,7 +336,7 @@ impl Endpoint {
                     baud = Some(
                         v.parse::<u32>()
                             .ok()
-                            .filter(|b| (300..=921_600).contains(b))
+                            .filter(|b| BAUD_RATES.contains(b))
                             .ok_or_else(|| {
                                 format!("{text:?}: baud {v} is not between 300 and 921600")
                             })?,
@@ -408,24 +410,14 @@ impl Grants {
                     format!("{:?}: a grant is a URL prefix, without ? or #", grant.url),
                 ));
             }
-            if !(1..=MAX_TIMEOUT_MS).contains(&grant.timeout_ms) {
-                return Err((
-                    format!("http[{i}].timeout_ms"),
-                    format!("{} is not between 1 and {MAX_TIMEOUT_MS}", grant.timeout_ms),
-                ));
-            }
+            check_timeout(grant.timeout_ms).map_err(|e| (format!("http[{i}].timeout_ms"), e))?;
         }
         for (i, grant) in self.bus.iter().enumerate() {
             check_bus_filter(&grant.topic).map_err(|e| (format!("bus[{i}].topic"), e))?;
         }
         for (i, grant) in self.serial.iter().enumerate() {
             check_serial_port(&grant.port).map_err(|e| (format!("serial[{i}].port"), e))?;
-            if !(1..=MAX_TIMEOUT_MS).contains(&grant.timeout_ms) {
-                return Err((
-                    format!("serial[{i}].timeout_ms"),
-                    format!("{} is not between 1 and {MAX_TIMEOUT_MS}", grant.timeout_ms),
-                ));
-            }
+            check_timeout(grant.timeout_ms).map_err(|e| (format!("serial[{i}].timeout_ms"), e))?;
         }
         for (i, grant) in self.modbus.iter().enumerate() {
             let key = |field: &str| format!("modbus[{i}].{field}");
@@ -442,12 +434,7 @@ impl Grants {
                 }
                 _ => {}
             }
-            if !(1..=MAX_TIMEOUT_MS).contains(&grant.timeout_ms) {
-                return Err((
-                    key("timeout_ms"),
-                    format!("{} is not between 1 and {MAX_TIMEOUT_MS}", grant.timeout_ms),
-                ));
-            }
+            check_timeout(grant.timeout_ms).map_err(|e| (key("timeout_ms"), e))?;
         }
         Ok(())
     }
@@ -570,6 +557,15 @@ impl Grants {
             && self.serial.is_empty()
             && self.bus.is_empty()
             && self.http.is_empty()
+    }
+}
+
+/// A grant's `timeout_ms` is between 1 and [`MAX_TIMEOUT_MS`].
+fn check_timeout(ms: u32) -> Result<(), String> {
+    if (1..=MAX_TIMEOUT_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(format!("{ms} is not between 1 and {MAX_TIMEOUT_MS}"))
     }
 }
 

@@ -44,6 +44,51 @@ pub fn admit(rate: &SharedLimit, io: &IoClock) -> Result<(), IoError> {
     Ok(())
 }
 
+/// How long one request may wait: what the call asked for (`None`: the
+/// grant's `granted_ms`), checked against the range every grant obeys.
+pub fn request_limit(asked_ms: Option<u32>, granted_ms: u32) -> Result<Duration, IoError> {
+    let ms = asked_ms.unwrap_or(granted_ms);
+    if !(1..=crate::grants::MAX_TIMEOUT_MS).contains(&ms) {
+        return Err(IoError::Invalid(format!(
+            "a timeout of {ms} ms is not between 1 and {}",
+            crate::grants::MAX_TIMEOUT_MS
+        )));
+    }
+    Ok(Duration::from_millis(u64::from(ms)))
+}
+
+/// What one app's calls to an I/O unit came to, by outcome, since the
+/// gateway started (each unit reports them under its own names).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    pub calls: AtomicU64,
+    pub denied: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl IoCounters {
+    /// A call begins: counted now, so that a call still waiting on its
+    /// device shows (a stop can then be seen to cut it short).
+    pub fn begin(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count how a begun call ended; hand the outcome on.
+    pub fn ended<T>(&self, outcome: Result<T, IoError>) -> Result<T, IoError> {
+        let counter = match &outcome {
+            Err(IoError::Denied(_)) => Some(&self.denied),
+            Err(IoError::Timeout(_)) => Some(&self.timeouts),
+            Err(IoError::Closed(_)) => Some(&self.failures),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+}
+
 /// One instance's I/O time in the export call in progress.
 #[derive(Debug, Default)]
 pub struct IoClock {
@@ -60,6 +105,20 @@ pub enum Interrupted {
     TimedOut,
     /// The app is stopping or being replaced.
     Cancelled,
+}
+
+impl Interrupted {
+    /// The guest's error for a wait on `what` cut off after at most `limit`.
+    pub fn io_error(self, what: &str, limit: Duration) -> IoError {
+        match self {
+            Interrupted::TimedOut => {
+                IoError::Timeout(format!("{what}: no answer within {} ms", limit.as_millis()))
+            }
+            Interrupted::Cancelled => IoError::Closed(format!(
+                "{what}: cancelled, the app is stopping or being replaced"
+            )),
+        }
+    }
 }
 
 impl IoClock {
@@ -207,6 +266,48 @@ mod tests {
             ungranted.waited(),
             Duration::ZERO,
             "still against its deadline"
+        );
+    }
+
+    #[test]
+    fn a_requests_timeout_is_the_calls_or_the_grants_within_range() {
+        let granted = 1000;
+        assert_eq!(
+            request_limit(None, granted).ok(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            request_limit(Some(250), granted).ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert!(request_limit(Some(0), granted).is_err());
+        assert!(request_limit(Some(crate::grants::MAX_TIMEOUT_MS + 1), granted).is_err());
+    }
+
+    #[test]
+    fn calls_are_counted_by_how_they_ended() {
+        let counters = IoCounters::default();
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counters.begin();
+        assert_eq!(read(&counters.calls), 1, "counted as it begins");
+        let _ = counters.ended(Ok::<(), IoError>(()));
+        for error in [
+            IoError::Denied("x".into()),
+            IoError::Timeout("x".into()),
+            IoError::Closed("x".into()),
+            IoError::Invalid("x".into()),
+        ] {
+            counters.begin();
+            let _ = counters.ended::<()>(Err(error));
+        }
+        assert_eq!(read(&counters.calls), 5);
+        assert_eq!(
+            [
+                read(&counters.denied),
+                read(&counters.timeouts),
+                read(&counters.failures)
+            ],
+            [1, 1, 1]
         );
     }
 }

@@ -18,7 +18,7 @@
 //! request's); the next request connects again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +29,8 @@ use wasmtime::component::{HasData, Linker};
 use crate::bindings::wasmgate::device::modbus::{self as generated, Host, Target};
 use crate::bindings::{IoError, ModbusException};
 use crate::capability::{AppSetup, Capability, Figure, HasCtx, PerApp, ReportScope};
-use crate::grants::{Endpoint, Grants, MAX_TIMEOUT_MS, ModbusRules, Parity};
-use crate::io_clock::{Interrupted, IoClock};
+use crate::grants::{Endpoint, Grants, ModbusRules};
+use crate::io_clock::{IoClock, IoCounters};
 use crate::rate::SharedLimit;
 
 /// The protocol's limits on one request (Modbus application protocol
@@ -44,7 +44,7 @@ const MAX_WRITE_REGISTERS: usize = 123;
 pub struct Modbus {
     allow: Arc<ModbusRules>,
     pool: Arc<Pool>,
-    counters: PerApp<Counters>,
+    counters: PerApp<IoCounters>,
 }
 
 impl Modbus {
@@ -78,15 +78,6 @@ impl Pool {
             })
             .clone()
     }
-}
-
-/// What one app's requests came to, since the gateway started.
-#[derive(Debug, Default)]
-struct Counters {
-    requests: AtomicU64,
-    denied: AtomicU64,
-    timeouts: AtomicU64,
-    failures: AtomicU64,
 }
 
 /// One endpoint's connection, shared by every app granted it. Its mutex
@@ -239,19 +230,7 @@ impl Line {
                 }
             })
             .await;
-        let interrupted = match done {
-            Ok(outcome) => return outcome,
-            Err(interrupted) => interrupted,
-        };
-        Err(match interrupted {
-            Interrupted::TimedOut => IoError::Timeout(format!(
-                "{endpoint} unit {unit}: no answer within {} ms",
-                limit.as_millis()
-            )),
-            Interrupted::Cancelled => IoError::Closed(format!(
-                "{endpoint} unit {unit}: cancelled, the app is stopping or being replaced"
-            )),
-        })
+        done.unwrap_or_else(|cut| Err(cut.io_error(&format!("{endpoint} unit {unit}"), limit)))
     }
 }
 
@@ -286,20 +265,7 @@ async fn connect(endpoint: &Endpoint) -> Result<Context, IoError> {
             parity,
             stop_bits,
         } => {
-            use tokio_serial::SerialPortBuilderExt as _;
-            let port = tokio_serial::new(path, *baud)
-                .data_bits(tokio_serial::DataBits::Eight)
-                .parity(match parity {
-                    Parity::None => tokio_serial::Parity::None,
-                    Parity::Even => tokio_serial::Parity::Even,
-                    Parity::Odd => tokio_serial::Parity::Odd,
-                })
-                .stop_bits(if *stop_bits == 2 {
-                    tokio_serial::StopBits::Two
-                } else {
-                    tokio_serial::StopBits::One
-                })
-                .open_native_async()
+            let port = crate::serial::open_line(path, *baud, *parity, *stop_bits)
                 .map_err(|e| IoError::Closed(format!("{endpoint}: cannot open the line: {e}")))?;
             Ok(tokio_modbus::client::rtu::attach(port))
         }
@@ -321,24 +287,15 @@ pub struct ModbusCtx {
     pool: Arc<Pool>,
     io: Arc<IoClock>,
     rate: SharedLimit,
-    counters: Arc<Counters>,
+    counters: Arc<IoCounters>,
 }
 
 impl ModbusCtx {
     /// Check, then send. Every refusal is counted and named.
     async fn call(&mut self, target: Target, request: Request) -> Result<Answer, IoError> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.begin();
         let answer = self.checked(target, request).await;
-        let counter = match &answer {
-            Err(IoError::Denied(_)) => Some(&self.counters.denied),
-            Err(IoError::Timeout(_)) => Some(&self.counters.timeouts),
-            Err(IoError::Closed(_)) => Some(&self.counters.failures),
-            _ => None,
-        };
-        if let Some(counter) = counter {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        answer
+        self.counters.ended(answer)
     }
 
     async fn checked(&mut self, target: Target, request: Request) -> Result<Answer, IoError> {
@@ -358,14 +315,8 @@ impl ModbusCtx {
             )));
         };
         request.check().map_err(IoError::Invalid)?;
-        let timeout_ms = target.timeout_ms.unwrap_or(grant.timeout_ms);
-        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(IoError::Invalid(format!(
-                "a timeout of {timeout_ms} ms is not between 1 and {MAX_TIMEOUT_MS}"
-            )));
-        }
+        let limit = crate::io_clock::request_limit(target.timeout_ms, grant.timeout_ms)?;
         crate::io_clock::admit(&self.rate, &self.io)?;
-        let limit = Duration::from_millis(u64::from(timeout_ms));
         self.pool
             .line(&endpoint)
             .request(unit, &request, limit, &self.io)
@@ -399,11 +350,7 @@ impl Capability for Modbus {
         let counters = self.counters.get(app.app);
         let figure = Figure::counter;
         vec![
-            figure(
-                "requests",
-                "Modbus requests the app made.",
-                &counters.requests,
-            ),
+            figure("requests", "Modbus requests the app made.", &counters.calls),
             figure(
                 "denied",
                 "Modbus requests refused: not granted to the app.",

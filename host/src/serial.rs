@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -29,8 +28,8 @@ use crate::bindings::wasmgate::device::serial::{
     self as generated, Host, HostPort, Parity, Settings,
 };
 use crate::capability::{AppSetup, Capability, Figure, HasCtx, PerApp, ReportScope};
-use crate::grants::{Grants, MAX_TIMEOUT_MS, SerialGrant};
-use crate::io_clock::{Interrupted, IoClock};
+use crate::grants::{self, BAUD_RATES, Grants, SerialGrant};
+use crate::io_clock::{IoClock, IoCounters};
 use crate::rate::SharedLimit;
 
 /// The most one read returns, or one write takes.
@@ -61,10 +60,7 @@ impl Serial {
 /// What one app's serial calls came to, since the gateway started.
 #[derive(Debug, Default)]
 struct Counters {
-    calls: AtomicU64,
-    denied: AtomicU64,
-    timeouts: AtomicU64,
-    failures: AtomicU64,
+    io: IoCounters,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
 }
@@ -72,8 +68,10 @@ struct Counters {
 /// An open port, held by the app until the handle is dropped.
 pub struct PortHandle {
     stream: tokio_serial::SerialStream,
-    timeout: Duration,
-    _claim: Claim,
+    /// The grant's `timeout_ms`, for calls that give none.
+    timeout_ms: u32,
+    /// The path is taken while the handle lives.
+    claim: Claim,
 }
 
 /// An entry in the gateway's open ports, removed when the port closes.
@@ -127,21 +125,6 @@ pub struct SerialCtx {
 }
 
 impl SerialCtx {
-    /// Count the call and how it ended.
-    fn counted<T>(&self, outcome: Result<T, IoError>) -> Result<T, IoError> {
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let counter = match &outcome {
-            Err(IoError::Denied(_)) => Some(&self.counters.denied),
-            Err(IoError::Timeout(_)) => Some(&self.counters.timeouts),
-            Err(IoError::Closed(_)) => Some(&self.counters.failures),
-            _ => None,
-        };
-        if let Some(counter) = counter {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        outcome
-    }
-
     /// The grant of `path`, if both the app's grants and `[allow]` have it.
     fn granted(&self, path: &str) -> Result<&SerialGrant, IoError> {
         self.grants
@@ -158,35 +141,32 @@ impl SerialCtx {
 
     fn open_port(&mut self, path: &str, settings: Settings) -> Result<PortHandle, IoError> {
         // Permission before anything else.
-        let timeout = Duration::from_millis(u64::from(self.granted(path)?.timeout_ms));
-        if !(300..=921_600).contains(&settings.baud) {
+        let timeout_ms = self.granted(path)?.timeout_ms;
+        if !BAUD_RATES.contains(&settings.baud) {
             return Err(IoError::Invalid(format!(
                 "baud {} is not between 300 and 921600",
                 settings.baud
             )));
         }
-        let stop_bits = match settings.stop_bits {
-            1 => tokio_serial::StopBits::One,
-            2 => tokio_serial::StopBits::Two,
-            n => return Err(IoError::Invalid(format!("{n} stop bits: 1 or 2"))),
-        };
+        if !matches!(settings.stop_bits, 1 | 2) {
+            return Err(IoError::Invalid(format!(
+                "{} stop bits: 1 or 2",
+                settings.stop_bits
+            )));
+        }
         crate::io_clock::admit(&self.rate, &self.io)?;
         let claim = Claim::take(&self.held, path, &self.app)?;
-        use tokio_serial::SerialPortBuilderExt as _;
-        let stream = tokio_serial::new(path, settings.baud)
-            .data_bits(tokio_serial::DataBits::Eight)
-            .parity(match settings.parity {
-                Parity::None => tokio_serial::Parity::None,
-                Parity::Even => tokio_serial::Parity::Even,
-                Parity::Odd => tokio_serial::Parity::Odd,
-            })
-            .stop_bits(stop_bits)
-            .open_native_async()
+        let parity = match settings.parity {
+            Parity::None => grants::Parity::None,
+            Parity::Even => grants::Parity::Even,
+            Parity::Odd => grants::Parity::Odd,
+        };
+        let stream = open_line(path, settings.baud, parity, settings.stop_bits)
             .map_err(|e| IoError::Closed(format!("cannot open {path}: {e}")))?;
         Ok(PortHandle {
             stream,
-            timeout,
-            _claim: claim,
+            timeout_ms,
+            claim,
         })
     }
 
@@ -202,10 +182,9 @@ impl SerialCtx {
                 "a read of {max} bytes: 1 to {MAX_TRANSFER}"
             )));
         }
-        let limit = wait_limit(timeout_ms)?;
-        crate::io_clock::admit(&self.rate, &self.io)?;
         let handle = self.table.get_mut(port).map_err(closed_handle)?;
-        let limit = limit.unwrap_or(handle.timeout);
+        let limit = crate::io_clock::request_limit(timeout_ms, handle.timeout_ms)?;
+        crate::io_clock::admit(&self.rate, &self.io)?;
         let mut buffer = vec![0u8; max];
         // A read cut off by the timeout or a cancel takes nothing from the
         // port: what arrives later is there for the next read.
@@ -219,7 +198,7 @@ impl SerialCtx {
                 Ok(buffer)
             }
             Ok(Err(e)) => Err(IoError::Closed(format!("reading the port: {e}"))),
-            Err(interrupted) => Err(interruption(interrupted, "no bytes", limit)),
+            Err(cut) => Err(cut.io_error(&format!("reading {}", handle.claim.path), limit)),
         }
     }
 
@@ -234,9 +213,9 @@ impl SerialCtx {
                 data.len()
             )));
         }
-        crate::io_clock::admit(&self.rate, &self.io)?;
         let handle = self.table.get_mut(port).map_err(closed_handle)?;
-        let limit = handle.timeout;
+        let limit = crate::io_clock::request_limit(None, handle.timeout_ms)?;
+        crate::io_clock::admit(&self.rate, &self.io)?;
         let written = async {
             handle.stream.write_all(data).await?;
             handle.stream.flush().await
@@ -249,33 +228,33 @@ impl SerialCtx {
                 Ok(())
             }
             Ok(Err(e)) => Err(IoError::Closed(format!("writing the port: {e}"))),
-            Err(interrupted) => Err(interruption(interrupted, "not all written", limit)),
+            Err(cut) => Err(cut.io_error(&format!("writing {}", handle.claim.path), limit)),
         }
     }
 }
 
-/// A call's own timeout, checked; `None` takes the grant's.
-fn wait_limit(timeout_ms: Option<u32>) -> Result<Option<Duration>, IoError> {
-    match timeout_ms {
-        None => Ok(None),
-        Some(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => {
-            Ok(Some(Duration::from_millis(u64::from(ms))))
-        }
-        Some(ms) => Err(IoError::Invalid(format!(
-            "a timeout of {ms} ms is not between 1 and {MAX_TIMEOUT_MS}"
-        ))),
-    }
-}
-
-fn interruption(interrupted: Interrupted, what: &str, limit: Duration) -> IoError {
-    match interrupted {
-        Interrupted::TimedOut => {
-            IoError::Timeout(format!("{what} within {} ms", limit.as_millis()))
-        }
-        Interrupted::Cancelled => {
-            IoError::Closed("cancelled, the app is stopping or being replaced".into())
-        }
-    }
+/// Open a serial line: 8 data bits, `parity`, 1 or 2 stop bits (the serial
+/// unit's ports and the modbus unit's RTU lines alike).
+pub(crate) fn open_line(
+    path: &str,
+    baud: u32,
+    parity: grants::Parity,
+    stop_bits: u8,
+) -> tokio_serial::Result<tokio_serial::SerialStream> {
+    use tokio_serial::SerialPortBuilderExt as _;
+    tokio_serial::new(path, baud)
+        .data_bits(tokio_serial::DataBits::Eight)
+        .parity(match parity {
+            grants::Parity::None => tokio_serial::Parity::None,
+            grants::Parity::Even => tokio_serial::Parity::Even,
+            grants::Parity::Odd => tokio_serial::Parity::Odd,
+        })
+        .stop_bits(if stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        })
+        .open_native_async()
 }
 
 /// A handle the table does not hold is a host bug or a forged handle:
@@ -318,22 +297,22 @@ impl Capability for Serial {
             figure(
                 "calls",
                 "Serial opens, reads and writes the app made.",
-                &counters.calls,
+                &counters.io.calls,
             ),
             figure(
                 "denied",
                 "Serial opens refused: the port is not granted to the app.",
-                &counters.denied,
+                &counters.io.denied,
             ),
             figure(
                 "timeouts",
                 "Serial reads and writes that timed out.",
-                &counters.timeouts,
+                &counters.io.timeouts,
             ),
             figure(
                 "failures",
                 "Serial calls whose port could not be opened, failed or closed.",
-                &counters.failures,
+                &counters.io.failures,
             ),
             figure(
                 "bytes_read",
@@ -361,8 +340,9 @@ impl HostPort for SerialCtx {
         path: String,
         settings: Settings,
     ) -> wasmtime::Result<Result<Resource<PortHandle>, IoError>> {
+        self.counters.io.begin();
         let opened = self.open_port(&path, settings);
-        Ok(match self.counted(opened) {
+        Ok(match self.counters.io.ended(opened) {
             Ok(handle) => Ok(self.table.push(handle)?),
             Err(e) => Err(e),
         })
@@ -374,8 +354,9 @@ impl HostPort for SerialCtx {
         max: u32,
         timeout_ms: Option<u32>,
     ) -> wasmtime::Result<Result<Vec<u8>, IoError>> {
+        self.counters.io.begin();
         let read = self.read_port(&port, max, timeout_ms).await;
-        Ok(self.counted(read))
+        Ok(self.counters.io.ended(read))
     }
 
     async fn write(
@@ -383,8 +364,9 @@ impl HostPort for SerialCtx {
         port: Resource<PortHandle>,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), IoError>> {
+        self.counters.io.begin();
         let written = self.write_port(&port, &data).await;
-        Ok(self.counted(written))
+        Ok(self.counters.io.ended(written))
     }
 
     async fn drop(&mut self, port: Resource<PortHandle>) -> wasmtime::Result<()> {
@@ -416,16 +398,5 @@ mod tests {
         assert!(Claim::take(&held, "/dev/ttyUSB1", &other).is_ok());
         drop(claim);
         assert!(Claim::take(&held, "/dev/ttyUSB0", &other).is_ok());
-    }
-
-    #[test]
-    fn a_calls_timeout_is_checked() {
-        assert_eq!(wait_limit(None).ok(), Some(None));
-        assert_eq!(
-            wait_limit(Some(250)).ok(),
-            Some(Some(Duration::from_millis(250)))
-        );
-        assert!(wait_limit(Some(0)).is_err());
-        assert!(wait_limit(Some(MAX_TIMEOUT_MS + 1)).is_err());
     }
 }
