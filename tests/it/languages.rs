@@ -107,6 +107,20 @@ fn delivered_points(consumer: &Consumer) -> Vec<(f64, f64)> {
     points
 }
 
+/// Each climate batch as it arrived: its id and how many points it held
+/// (to tell a batch that came late from one that never came).
+fn delivered_batches(consumer: &Consumer) -> Vec<(String, usize)> {
+    consumer
+        .on(&topic("telemetry/climate"))
+        .iter()
+        .map(|message| {
+            let batch = message.json();
+            let points = batch["points"].as_array().map_or(0, Vec::len);
+            (batch["batch"].as_str().unwrap_or("?").to_string(), points)
+        })
+        .collect()
+}
+
 /// The Rust build's first points, from a run without a cloud (they stay in
 /// the outbox), for the seed and start temperature every language gets.
 fn rust_points() -> &'static [(f64, f64)] {
@@ -228,7 +242,8 @@ fn thermostat_scenario(lang: &str) {
     assert_eq!(
         points[..EARLY],
         expected[..EARLY],
-        "{lang}: climate points differ from the Rust build's"
+        "{lang}: climate points differ from the Rust build's; batches as they arrived (id, points): {:?}",
+        delivered_batches(&consumer)
     );
 
     // The cloud changes the setpoint; the app takes it and reports it.
