@@ -182,9 +182,20 @@ impl Outgoing {
 
     /// The receiver said how far it is; what it claims beyond the chunks
     /// sent so far is not believed.
+    ///
+    /// Its latest word counts, even when it is behind an earlier one: an
+    /// acknowledgement that someone else on the broker forged, or one the
+    /// broker redelivered after a restart, may have claimed chunks the
+    /// receiver lost with the broker. Were `have` only to grow, those
+    /// chunks would never go again and the transfer would wait for ever;
+    /// going back costs at most a window of chunks sent twice.
     pub fn heard(&mut self, have: u64, now: Instant) {
         self.heard = now;
-        self.have = self.have.max(have.min(self.sent_through));
+        let have = have.min(self.sent_through);
+        if have < self.have {
+            self.next = have;
+        }
+        self.have = have;
         self.next = self.next.max(self.have);
     }
 
@@ -647,6 +658,30 @@ mod tests {
             ..forged
         };
         assert!(!sender.confirms_done(&other));
+    }
+
+    #[test]
+    fn chunks_a_false_acknowledgement_claimed_go_again_once_the_receiver_says_where_it_is() {
+        let bytes = content(64 * 1000);
+        let manifest = manifest_of(&bytes, 1000);
+        let now = Instant::now();
+        let mut sender = Outgoing::new(manifest.clone(), 0, now);
+        assert_eq!(sender.step(now), Some(Step::Manifest));
+        let first: Vec<_> = std::iter::from_fn(|| sender.step(now)).collect();
+        assert_eq!(first.len() as u64, WINDOW);
+        // A forged (or stale, redelivered) acknowledgement claims all that
+        // went, but the receiver lost the second half of it.
+        sender.heard(manifest.chunks, now);
+        assert_eq!(sender.have, WINDOW);
+        let second: Vec<_> = std::iter::from_fn(|| sender.step(now)).collect();
+        assert_eq!(second.first(), Some(&Step::Chunk(WINDOW)));
+        // Silence, a probe, and the receiver's true answer: the chunks it
+        // lacks go again, not only those after the false claim.
+        let later = now + PROBE;
+        assert_eq!(sender.step(later), Some(Step::Manifest));
+        sender.heard(WINDOW / 2, later);
+        assert_eq!(sender.have, WINDOW / 2);
+        assert_eq!(sender.step(later), Some(Step::Chunk(WINDOW / 2)));
     }
 
     #[test]
