@@ -265,6 +265,28 @@ pub enum CloudCommand {
         /// The argument: JSON (21.5, true, "text") or plain text.
         argument: Option<String>,
     },
+    /// Run the server side: keep what the fleet sends in a database
+    /// (SQLite, or PostgreSQL) and answer the HTTP API (docs/server.md).
+    #[cfg(feature = "server")]
+    Serve {
+        /// sqlite://FILE (created if missing) or postgres://USER@HOST/DB.
+        #[arg(long, env = "WASMGATE_DATABASE", default_value = crate::server::DEFAULT_DATABASE)]
+        database: String,
+        /// Where the API listens; beyond loopback it needs --tokens.
+        #[arg(long, default_value = crate::server::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// `ROLE TOKEN` lines (reader or operator), the file its owner's alone.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+        /// Share the fleet's events with other `serve` instances of this
+        /// group (MQTT shared subscriptions); each needs its own --client-id.
+        #[arg(long, value_name = "GROUP")]
+        share: Option<String>,
+        /// The MQTT client id (its persistent session keeps what arrives
+        /// while `serve` is down).
+        #[arg(long, default_value = "wasmgate-serve")]
+        client_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

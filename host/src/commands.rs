@@ -176,6 +176,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Stop { app, gateway } => admin(&gateway.gateway, Request::Stop { app }),
         Command::Start { app, gateway } => admin(&gateway.gateway, Request::Start { app }),
         Command::Remove { app, gateway } => admin(&gateway.gateway, Request::Remove { app }),
+        #[cfg(feature = "server")]
+        Command::Cloud(args) if matches!(args.command, CloudCommand::Serve { .. }) => {
+            cloud_serve(*args)
+        }
         Command::Cloud(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -394,19 +398,61 @@ fn serve(config: Config, watch: bool) -> anyhow::Result<()> {
     })
 }
 
-/// `wasmgate cloud ...`; `Ok(false)` when the answer was an error.
-async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
-    let client_id = format!("wasmgate-cli-{:08x}", crate::value::random_u64() as u32);
+/// The broker as the operator's flags name it.
+fn broker_settings(args: &CloudArgs, client_id: &str) -> anyhow::Result<BrokerSettings> {
     let mut broker =
-        BrokerSettings::from_url(&args.broker, &client_id).map_err(anyhow::Error::msg)?;
-    broker.username = args.username;
-    broker.password = args.password.map(secrecy::SecretString::from);
-    broker.ca_file = args.ca;
-    broker.cert_file = args.cert;
-    broker.key_file = args.key;
+        BrokerSettings::from_url(&args.broker, client_id).map_err(anyhow::Error::msg)?;
+    broker.username = args.username.clone();
+    broker.password = args.password.clone().map(secrecy::SecretString::from);
+    broker.ca_file = args.ca.clone();
+    broker.cert_file = args.cert.clone();
+    broker.key_file = args.key.clone();
     broker
         .check()
         .map_err(|e| anyhow::anyhow!("--broker/--ca/--cert/--key: {e}"))?;
+    Ok(broker)
+}
+
+/// `wasmgate cloud serve`: until SIGINT or SIGTERM.
+#[cfg(feature = "server")]
+fn cloud_serve(args: CloudArgs) -> anyhow::Result<bool> {
+    let CloudCommand::Serve {
+        database,
+        listen,
+        tokens,
+        share,
+        client_id,
+    } = &args.command
+    else {
+        anyhow::bail!("not a serve command");
+    };
+    let options = crate::server::ServeOptions {
+        broker: broker_settings(&args, client_id)?,
+        database: database.clone(),
+        listen: *listen,
+        tokens: tokens.clone(),
+        share: share.clone(),
+    };
+    options.check()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wasmgate-serve")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+        let result = crate::server::run(options, shutdown).await;
+        signals.abort();
+        let _ = signals.await;
+        result.map(|()| true)
+    })
+}
+
+/// `wasmgate cloud ...`; `Ok(false)` when the answer was an error.
+async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
+    let client_id = format!("wasmgate-cli-{:08x}", crate::value::random_u64() as u32);
+    let broker = broker_settings(&args, &client_id)?;
     // Check the arguments before going to the network.
     match &args.command {
         CloudCommand::Twin {
@@ -417,6 +463,8 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         | CloudCommand::Receive { target, .. } => {
             operator::split_target(target)?;
         }
+        #[cfg(feature = "server")]
+        CloudCommand::Serve { .. } => anyhow::bail!("serve runs on its own"),
         CloudCommand::Watch { .. }
         | CloudCommand::Devices
         | CloudCommand::Deploy { .. }
@@ -425,6 +473,8 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
     let mut session =
         Session::connect(&broker, std::time::Duration::from_secs(args.timeout)).await?;
     match args.command {
+        #[cfg(feature = "server")]
+        CloudCommand::Serve { .. } => anyhow::bail!("serve runs on its own"),
         CloudCommand::Watch { gateway } => operator::watch(&mut session, gateway.as_deref())
             .await
             .map(|()| true),

@@ -17,6 +17,7 @@
 //! - [`cloud`]: the MQTT link, the downlink, the operator CLI, the embedded broker.
 //! - [`deploy`]: deployments (admin socket, cloud, watch), registry, hot swap.
 //! - [`metrics`]: per-app and gateway metrics, the Prometheus endpoint.
+//! - [`server`]: `wasmgate cloud serve`, the server side (database, API).
 //! - [`gateway`]: start-up and shutdown. [`status`], [`cli`], [`commands`]: the CLI.
 
 pub mod app;
@@ -47,6 +48,8 @@ pub mod rate;
 pub mod registration;
 pub mod report;
 pub mod serial;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod sim;
 pub mod status;
 pub mod storage;

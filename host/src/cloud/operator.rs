@@ -147,6 +147,7 @@ pub fn describe(message: &Publish) -> String {
                 Kind::Status => "status".to_string(),
                 Kind::Registration if message.payload.is_empty() => "unregistered".to_string(),
                 Kind::Registration => "registered".to_string(),
+                Kind::Model => "model".to_string(),
                 Kind::Reported => "reported".to_string(),
                 Kind::Desired => "desired".to_string(),
                 Kind::Ack => "ack".to_string(),

@@ -37,6 +37,9 @@ pub enum Kind<'a> {
     Status,
     /// A registered device's announcement (retained; empty once unregistered).
     Registration,
+    /// A device's model, as its gateway announces it (retained; empty once
+    /// the device is gone).
+    Model,
     Reported,
     Desired,
     Ack,
@@ -94,6 +97,7 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
     let kind = match tail.as_slice() {
         ["status"] => Kind::Status,
         ["registration"] => Kind::Registration,
+        ["model"] => Kind::Model,
         ["twin", "reported"] => Kind::Reported,
         ["twin", "desired"] => Kind::Desired,
         ["twin", "ack"] => Kind::Ack,

@@ -1,0 +1,431 @@
+//! `serve`'s HTTP API (JSON, described by `openapi.json`, served at
+//! `/api/v1/openapi.json`). Reads come from the database; a desired change
+//! or an action is checked against the device's model, as its gateway
+//! announced it, before anything is published.
+//!
+//! Tokens: with a tokens file, every request needs `Authorization: Bearer
+//! TOKEN`; a `reader` token may read, an `operator` token may also change
+//! things. Refusals are logged without the token.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use rumqttc::{AsyncClient, QoS};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::answers::Answers;
+use super::auth::{Role, Tokens};
+use super::db::Db;
+use super::ingest::Counters;
+use crate::model::DeviceModel;
+use crate::wire::topics;
+
+/// The API's description, checked against the real responses by the tests.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// How long an action call waits for the app's answer.
+pub const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Points a query returns at most without `limit`.
+const DEFAULT_POINT_LIMIT: i64 = 10_000;
+
+#[derive(Clone)]
+pub struct Api {
+    pub db: Db,
+    pub client: AsyncClient,
+    pub answers: Arc<Answers>,
+    pub counters: Arc<Counters>,
+    pub tokens: Option<Arc<Tokens>>,
+}
+
+/// An error answer: a status and what went wrong.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        tracing::error!("database: {e}");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database cannot answer now".into(),
+        )
+    }
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/gateways", get(gateways))
+        .route("/api/v1/gateways/{gateway}", get(gateway))
+        .route("/api/v1/gateways/{gateway}/devices", get(devices))
+        .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/twin",
+            get(twin),
+        )
+        .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/twin/desired",
+            put(set_desired),
+        )
+        .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/series/{series}",
+            get(series),
+        )
+        .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/actions/{action}",
+            post(call_action),
+        )
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/deployments", get(deployments))
+        .fallback(|| async { ApiError::not_found("no such API path (see /api/v1/openapi.json)") })
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
+        .with_state(api)
+}
+
+/// Tokens and roles, before anything else is done.
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let Some(tokens) = &api.tokens else {
+        return next.run(request).await;
+    };
+    let needed = if request.method() == Method::GET || request.method() == Method::HEAD {
+        Role::Reader
+    } else {
+        Role::Operator
+    };
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refusal = match presented.map(|t| tokens.role(t)) {
+        None => Some((StatusCode::UNAUTHORIZED, "a bearer token is needed")),
+        Some(None) => Some((StatusCode::UNAUTHORIZED, "the token is not known")),
+        Some(Some(role)) if !role.may(needed) => Some((
+            StatusCode::FORBIDDEN,
+            "the token's role may only read (an operator token may change things)",
+        )),
+        Some(Some(_)) => None,
+    };
+    match refusal {
+        None => next.run(request).await,
+        Some((status, why)) => {
+            tracing::warn!(method = %request.method(), path = %request.uri().path(), "refused: {why}");
+            ApiError(status, why.to_string()).into_response()
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn stats(State(api): State<Api>) -> Answer {
+    let (batches, points) = api.db.totals().await?;
+    let c = &api.counters;
+    Ok(Json(json!({
+        "database": match api.db.backend {
+            super::db::Backend::Sqlite => "sqlite",
+            super::db::Backend::Postgres => "postgres",
+        },
+        "stored_batches": batches,
+        "stored_points": points,
+        "messages": c.messages.load(Ordering::Relaxed),
+        "points": c.points.load(Ordering::Relaxed),
+        "duplicates": c.duplicates.load(Ordering::Relaxed),
+        "refused": c.refused.load(Ordering::Relaxed),
+        "commits": c.commits.load(Ordering::Relaxed),
+        "commit_failures": c.commit_failures.load(Ordering::Relaxed),
+    })))
+}
+
+async fn gateways(State(api): State<Api>) -> Answer {
+    Ok(Json(json!({ "gateways": api.db.gateways().await? })))
+}
+
+async fn gateway(State(api): State<Api>, Path(gateway): Path<String>) -> Answer {
+    let mut found = api
+        .db
+        .gateway(&gateway)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no gateway {gateway:?} has reported")))?;
+    found["history"] = Value::Array(api.db.history(&gateway).await?);
+    Ok(Json(found))
+}
+
+async fn devices(State(api): State<Api>, Path(gateway): Path<String>) -> Answer {
+    Ok(Json(json!({ "devices": api.db.devices(&gateway).await? })))
+}
+
+async fn twin(State(api): State<Api>, Path((gateway, device)): Path<(String, String)>) -> Answer {
+    api.db
+        .twin(&gateway, &device)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no twin of {gateway}/{device} is stored")))
+}
+
+/// The device's model, or why there is none to check against.
+async fn model_of(api: &Api, gateway: &str, device: &str) -> Result<DeviceModel, ApiError> {
+    if !api.db.device_known(gateway, device).await? {
+        return Err(ApiError::not_found(format!(
+            "gateway {gateway:?} has announced no device {device:?}"
+        )));
+    }
+    let text = api.db.model(gateway, device).await?.ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("gateway {gateway:?} has not announced the model of {device:?}, so nothing can be checked or sent"),
+        )
+    })?;
+    DeviceModel::parse(&text).map_err(|e| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("the stored model of {gateway}/{device} is not valid: {e}"),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DesiredBody {
+    attributes: serde_json::Map<String, Value>,
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("{what}: {e}")))
+}
+
+async fn set_desired(
+    State(api): State<Api>,
+    Path((gateway, device)): Path<(String, String)>,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let desired: DesiredBody = body(&bytes, "the desired change")?;
+    if desired.attributes.is_empty() {
+        return Err(ApiError::bad("the desired change names no attribute"));
+    }
+    let model = model_of(&api, &gateway, &device).await?;
+    let rejected: serde_json::Map<String, Value> = desired
+        .attributes
+        .iter()
+        .filter_map(|(name, value)| {
+            model
+                .check_desired(name, value)
+                .err()
+                .map(|e| (name.clone(), Value::String(e)))
+        })
+        .collect();
+    if !rejected.is_empty() {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the device's model refuses: {}",
+                serde_json::to_string(&rejected).unwrap_or_default()
+            ),
+        ));
+    }
+    // Versions only grow: the time in milliseconds, or one past the last.
+    let last = api
+        .db
+        .twin(&gateway, &device)
+        .await?
+        .and_then(|t| t["desired_version"].as_i64())
+        .unwrap_or(0);
+    let version = ((crate::value::now_ns() / 1_000_000) as i64).max(last + 1);
+    let message = json!({ "version": version, "attributes": desired.attributes });
+    let topic = topics::topic(&gateway, &device, "twin/desired");
+    api.client
+        .publish(topic, QoS::AtLeastOnce, true, message.to_string())
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot publish: {e}"),
+            )
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "version": version }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+    field: Option<String>,
+    bucket_ms: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn series(
+    State(api): State<Api>,
+    Path((gateway, device, series)): Path<(String, String, String)>,
+    query: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let from = q.from.unwrap_or(0);
+    let to = q.to.unwrap_or(i64::MAX);
+    if from >= to {
+        return Err(ApiError::bad(format!(
+            "from ({from}) must be before to ({to})"
+        )));
+    }
+    match (q.bucket_ms, q.field) {
+        (Some(ms), Some(field)) => {
+            if !(1..=i64::MAX / 1_000_000).contains(&ms) {
+                return Err(ApiError::bad("bucket_ms must be at least 1"));
+            }
+            if q.from.is_none() {
+                return Err(ApiError::bad("buckets need a from time"));
+            }
+            let buckets = api
+                .db
+                .buckets(&gateway, &device, &series, &field, from, to, ms * 1_000_000)
+                .await?;
+            Ok(Json(
+                json!({ "field": field, "bucket_ms": ms, "buckets": buckets }),
+            ))
+        }
+        (Some(_), None) => Err(ApiError::bad("bucket_ms needs a field")),
+        (None, _) => {
+            let limit = q.limit.unwrap_or(DEFAULT_POINT_LIMIT);
+            if limit < 1 {
+                return Err(ApiError::bad("limit must be at least 1"));
+            }
+            let points = api
+                .db
+                .points(&gateway, &device, &series, from, to, limit)
+                .await?;
+            Ok(Json(json!({ "points": points })))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(default)]
+    argument: Option<Value>,
+}
+
+async fn call_action(
+    State(api): State<Api>,
+    Path((gateway, device, action)): Path<(String, String, String)>,
+    bytes: axum::body::Bytes,
+) -> Answer {
+    let call: ActionBody = if bytes.is_empty() {
+        ActionBody { argument: None }
+    } else {
+        body(&bytes, "the action call")?
+    };
+    let model = model_of(&api, &gateway, &device).await?;
+    model
+        .check_action(&action, call.argument.as_ref())
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let id = format!("serve-{:016x}", crate::value::random_u64());
+    let answer = api.answers.expect(&gateway, &device, &action, &id);
+    let request = crate::wire::protocol::ActionRequest {
+        id: id.clone(),
+        argument: call.argument,
+    };
+    let topic = topics::topic(&gateway, &device, &format!("action/{action}/req"));
+    let published = api
+        .client
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&request).unwrap_or_default(),
+        )
+        .await;
+    if let Err(e) = published {
+        api.answers.forget(&gateway, &device, &action, &id);
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot publish: {e}"),
+        ));
+    }
+    match tokio::time::timeout(ACTION_TIMEOUT, answer).await {
+        Ok(Ok(response)) => match response.error {
+            Some(error) => Err(ApiError(StatusCode::BAD_GATEWAY, error)),
+            None => Ok(Json(json!({ "id": id, "result": response.result }))),
+        },
+        _ => {
+            api.answers.forget(&gateway, &device, &action, &id);
+            Err(ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "no answer from {gateway}/{device} within {} s",
+                    ACTION_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    gateway: Option<String>,
+    device: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn alerts(
+    State(api): State<Api>,
+    query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit < 1 {
+        return Err(ApiError::bad("limit must be at least 1"));
+    }
+    let alerts = api
+        .db
+        .alerts(q.gateway.as_deref(), q.device.as_deref(), limit)
+        .await?;
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentQuery {
+    gateway: Option<String>,
+}
+
+async fn deployments(
+    State(api): State<Api>,
+    query: Result<Query<DeploymentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    Ok(Json(
+        json!({ "deployments": api.db.deployments(q.gateway.as_deref()).await? }),
+    ))
+}

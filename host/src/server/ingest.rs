@@ -1,0 +1,242 @@
+//! `serve`'s side of the broker: one task owns the MQTT event loop, reads
+//! each message into a [`Record`], stores what arrived in one transaction
+//! and only then acknowledges those messages to the broker (manual QoS 1
+//! acks). A `serve` killed before its commit loses nothing: the broker sends
+//! the messages again, and batch and alert ids keep them from being stored
+//! twice.
+//!
+//! Events (telemetry, alerts, acks, deployment progress) may be shared
+//! between several `serve` instances (`$share/GROUP/...`); retained state
+//! (status, twins, registrations, models) goes to every instance, which
+//! stores it idempotently.
+
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::answers::Answers;
+use super::db::Db;
+use super::record::{self, Record};
+use crate::wire::topics::ROOT;
+
+/// The most messages one commit takes.
+pub const MAX_COMMIT_MESSAGES: usize = 512;
+
+/// How long the first message of a commit waits for others to join it.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// How long to wait before a commit that failed is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What `serve` counts, for `/api/v1/stats`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub messages: AtomicU64,
+    pub points: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub refused: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_failures: AtomicU64,
+}
+
+/// The filters `serve` subscribes to: events through the shared group if
+/// one is given, state directly.
+pub fn filters(share: Option<&str>) -> Vec<String> {
+    let events = ["telemetry/+", "alert/+", "twin/ack", "deploy/res"];
+    let state = [
+        "status",
+        "twin/reported",
+        "twin/desired",
+        "registration",
+        "model",
+        "action/+/res",
+    ];
+    let shared = |suffix: &str| match share {
+        Some(group) => format!("$share/{group}/{ROOT}/+/+/{suffix}"),
+        None => format!("{ROOT}/+/+/{suffix}"),
+    };
+    events
+        .iter()
+        .map(|s| shared(s))
+        .chain(state.iter().map(|s| format!("{ROOT}/+/+/{s}")))
+        .collect()
+}
+
+pub struct Ingest {
+    pub client: AsyncClient,
+    pub db: Db,
+    pub share: Option<String>,
+    pub answers: Arc<Answers>,
+    pub counters: Arc<Counters>,
+}
+
+/// Messages read but not yet committed, in arrival order.
+#[derive(Default)]
+struct Pending {
+    messages: Vec<Publish>,
+    records: Vec<Record>,
+    since: Option<tokio::time::Instant>,
+    /// A commit failed: not before this.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Ingest {
+    pub async fn run(self, mut events: EventLoop, cancel: CancellationToken) {
+        let mut pending = Pending::default();
+        let refusals = crate::rate::refusal_warnings();
+        let mut connected = false;
+        loop {
+            let due = pending
+                .retry_at
+                .or(pending.since.map(|s| s + GATHER))
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let event = {
+                let poll = events.poll();
+                tokio::pin!(poll);
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep_until(due), if !pending.messages.is_empty() => None,
+                    event = &mut poll => Some(event),
+                }
+            };
+            match event {
+                None => self.commit(&mut pending).await,
+                Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                    if !connected {
+                        tracing::info!("connected to the broker");
+                    }
+                    connected = true;
+                    for filter in filters(self.share.as_deref()) {
+                        if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!("cannot subscribe: {e}");
+                        }
+                    }
+                }
+                Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
+                    self.counters.messages.fetch_add(1, Ordering::Relaxed);
+                    match record::read(&publish.topic, &publish.payload) {
+                        Ok(Some(Record::ActionResponse {
+                            gateway,
+                            device,
+                            action,
+                            response,
+                        })) => self.answers.answer(&gateway, &device, &action, response),
+                        Ok(Some(record)) => pending.records.push(record),
+                        Ok(None) => {}
+                        Err(reason) => {
+                            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                            if refusals.allow() {
+                                tracing::warn!("not stored: {reason}");
+                            }
+                        }
+                    }
+                    pending.messages.push(publish);
+                    pending.since.get_or_insert_with(tokio::time::Instant::now);
+                    if pending.messages.len() >= MAX_COMMIT_MESSAGES && pending.retry_at.is_none() {
+                        self.commit(&mut pending).await;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    if connected {
+                        tracing::warn!("lost the broker: {e}; reconnecting");
+                    }
+                    connected = false;
+                    // What was read but not committed comes again from the
+                    // broker (it was never acknowledged).
+                    pending = Pending::default();
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(RETRY) => {}
+                    }
+                }
+            }
+        }
+        // Shutdown: commit what was read, then let the acks go out.
+        if connected && !pending.messages.is_empty() {
+            pending.retry_at = None;
+            self.commit(&mut pending).await;
+            let _ = self.client.try_disconnect();
+            let drain = async {
+                while let Ok(event) = events.poll().await {
+                    if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
+    }
+
+    /// Store what is pending; acknowledge it once committed.
+    async fn commit(&self, pending: &mut Pending) {
+        let now = crate::value::now_ns() as i64;
+        let result = match self.db.store(&pending.records, now).await {
+            // One record the database refuses (not a lost connection)
+            // must not hold up the rest: store them one by one and refuse
+            // only that one.
+            Err(sqlx::Error::Database(_)) if pending.records.len() > 1 => {
+                self.store_one_by_one(&pending.records, now).await
+            }
+            other => other.map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(stored) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .points
+                    .fetch_add(stored.points, Ordering::Relaxed);
+                self.counters
+                    .duplicates
+                    .fetch_add(stored.duplicates, Ordering::Relaxed);
+                for publish in pending.messages.drain(..) {
+                    if let Err(e) = self.client.try_ack(&publish) {
+                        // Not lost: unacknowledged, it comes again after
+                        // a reconnect, and is not stored twice.
+                        tracing::warn!("cannot acknowledge a stored message: {e}");
+                    }
+                }
+                *pending = Pending::default();
+            }
+            Err(e) => {
+                self.counters
+                    .commit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "cannot store {} messages: {e}; trying again in {} s",
+                    pending.messages.len(),
+                    RETRY.as_secs()
+                );
+                pending.retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+
+    async fn store_one_by_one(
+        &self,
+        records: &[Record],
+        now: i64,
+    ) -> Result<super::db::Stored, String> {
+        let mut total = super::db::Stored::default();
+        for record in records {
+            match self.db.store(std::slice::from_ref(record), now).await {
+                Ok(stored) => {
+                    total.points += stored.points;
+                    total.duplicates += stored.duplicates;
+                }
+                Err(sqlx::Error::Database(e)) => {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        gateway = record.gateway(),
+                        "the database refused a record: {e}"
+                    );
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(total)
+    }
+}
