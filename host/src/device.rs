@@ -190,8 +190,10 @@ impl DeviceCtx {
             model: model.to_string(),
             metadata,
         };
-        if existing.as_ref() != Some(&registration) {
-            registration::save(&mut self.deps.db, &app, &registration)
+        if existing.as_ref() != Some(&registration)
+            && let Some(device_model) = self.deps.device_models.get(model)
+        {
+            registration::save(&mut self.deps.db, &app, &registration, device_model)
                 .map_err(|e| self.unavailable("registration", e))?;
             tracing::info!(app = %app, device = %device, hardware_id, model, "device registered");
         }

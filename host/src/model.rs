@@ -212,6 +212,9 @@ pub struct DeviceModel {
     /// The attributes' defaults, typed; filled in by `load`.
     #[serde(skip)]
     defaults: HashMap<String, Value>,
+    /// The JSON text it was read from, announced to the cloud as it is.
+    #[serde(skip)]
+    source: String,
 }
 
 /// Names become MQTT topic segments and SQL keys: keep them plain.
@@ -235,6 +238,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl DeviceModel {
+    /// The JSON text the model was read from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Read and check a model file.
     pub fn load(path: &Path) -> Result<DeviceModel, ModelError> {
         Self::read(path).map(|(model, _)| model)
@@ -275,6 +283,7 @@ impl DeviceModel {
                 key,
                 message,
             })?;
+        model.source = text.to_string();
         Ok(model)
     }
 

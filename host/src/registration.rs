@@ -161,7 +161,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
 
 /// Keep a registration (new, or with new model or metadata), and claim its
 /// device for the app.
-pub fn save(conn: &mut Connection, app: &str, registration: &Registration) -> rusqlite::Result<()> {
+pub fn save(
+    conn: &mut Connection,
+    app: &str,
+    registration: &Registration,
+    model: &crate::model::DeviceModel,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     tx.execute(
         "INSERT INTO registrations (app, hardware_id, device, model, metadata, registered_at)
@@ -179,6 +184,7 @@ pub fn save(conn: &mut Connection, app: &str, registration: &Registration) -> ru
     )?;
     crate::store::claim_device(&tx, &registration.device, app)?;
     announce(&tx, &registration.device, Some((app, registration)))?;
+    crate::outbox::announce_model(&tx, &registration.device, model.source())?;
     tx.commit()
 }
 
@@ -234,6 +240,7 @@ pub fn delete(
         tx.execute("DELETE FROM devices WHERE device = ?1", params![device])?;
         tx.execute("DELETE FROM twin WHERE device = ?1", params![device])?;
         announce(&tx, device, None)?;
+        crate::outbox::announce_model(&tx, device, "")?;
     }
     tx.commit()?;
     Ok(device)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The tables the store itself keeps (devices, the twin, the outbox, the
 /// apps' states); the capability units and the deployer own theirs.
@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS saved_state (
 const OUTBOX_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack', 'registration')),
+    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack', 'registration', 'model')),
     device     TEXT NOT NULL,
     name       TEXT NOT NULL,
     created_at INTEGER NOT NULL,
@@ -145,7 +145,8 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
     conn.execute_batch(OUTBOX_TABLE)?;
     conn.execute_batch(OUTBOX_INDEXES)?;
     // Version 5 added `outbox.sealed` (every row written before was
-    // complete) and the `ack` kind, version 6 the `registration` kind.
+    // complete) and the `ack` kind, version 6 the `registration` kind,
+    // version 7 the `model` kind.
     // SQLite cannot change a CHECK, so an older outbox is copied into the
     // new shape.
     let sql: String = conn.query_row(
@@ -153,7 +154,7 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         [],
         |r| r.get(0),
     )?;
-    if !sql.contains("'registration'") {
+    if !sql.contains("'model'") {
         let sealed = if sql.contains("sealed") {
             "sealed"
         } else {

@@ -6,12 +6,19 @@
 
 pub mod mqtt;
 pub mod peers;
+pub mod serve;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Whether the tests run as root (then servers that refuse root, such as
+/// PostgreSQL, run as their own user).
+pub fn is_root() -> bool {
+    wasmgate::permissions::is_root()
+}
 
 /// The repository root.
 pub fn root() -> PathBuf {

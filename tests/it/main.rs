@@ -25,4 +25,5 @@ mod registration;
 mod runtime;
 mod runtime_only;
 mod security;
+mod serve;
 mod validation;

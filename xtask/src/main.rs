@@ -4,7 +4,7 @@
 //!   demo (a gateway with its embedded MQTT broker), and act as the operator
 //!   next to it: watch what arrives, change the setpoint, call an action.
 //! - `cargo xtask test [ARGS]`: install what the tests need and is missing
-//!   (Mosquitto from apt; the guest languages' tools through
+//!   (Mosquitto and PostgreSQL from apt; the guest languages' tools through
 //!   `guests/install-tools`; cargo-fuzz), build the guests and the
 //!   runtime-only binary, run the whole test suite (`cargo test --workspace
 //!   ARGS`), then, when no ARGS narrow it, every fuzz target for a few
@@ -77,12 +77,32 @@ fn has_mosquitto() -> bool {
         || Command::new("mosquitto").arg("-h").output().is_ok()
 }
 
-/// Install what the tests need and is missing: Mosquitto (apt), the guest
-/// languages' tools (`guests/install-tools`, which says what it does) and
-/// the protocol peers (`tests/peers/install`).
+/// Whether a PostgreSQL server (initdb, postgres) is installed where
+/// Debian puts it: the `serve` tests start their own from initdb.
+fn has_postgres() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .map(|versions| {
+            versions
+                .filter_map(Result::ok)
+                .any(|v| v.path().join("bin/initdb").exists())
+        })
+        .unwrap_or(false)
+}
+
+/// Install what the tests need and is missing: Mosquitto and PostgreSQL
+/// (apt), the guest languages' tools (`guests/install-tools`, which says
+/// what it does) and the protocol peers (`tests/peers/install`).
 fn setup(root: &Path) -> Result<(), String> {
+    let mut packages = Vec::new();
     if !has_mosquitto() {
         eprintln!("xtask: the tests need the Mosquitto MQTT broker: apt-get install mosquitto");
+        packages.push("mosquitto");
+    }
+    if !has_postgres() {
+        eprintln!("xtask: the serve tests need a PostgreSQL server: apt-get install postgresql");
+        packages.push("postgresql");
+    }
+    if !packages.is_empty() {
         let root_user = Command::new("id")
             .arg("-u")
             .output()
@@ -100,7 +120,9 @@ fn setup(root: &Path) -> Result<(), String> {
             run(&mut command)
         };
         apt(&["update", "-qq"])?;
-        apt(&["install", "-y", "-qq", "mosquitto"])?;
+        let mut install = vec!["install", "-y", "-qq"];
+        install.extend(&packages);
+        apt(&install)?;
     }
     if !has_cargo_fuzz() {
         eprintln!("xtask: the fuzz targets need cargo-fuzz {CARGO_FUZZ_VERSION}: cargo install");

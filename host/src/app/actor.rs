@@ -462,9 +462,22 @@ impl Actor {
                     "app started in {:.2} ms",
                     started.elapsed().as_secs_f64() * 1000.0
                 );
+                self.announce_model(version);
                 Ok(instance)
             }
             Err(message) => Err(AppError::InitRefused(message)),
+        }
+    }
+
+    /// Queue the app's device model for the cloud (retained on
+    /// `{device}/model`), which checks desired values and actions with it.
+    /// A failure costs the cloud its check, not the app its start.
+    fn announce_model(&self, version: &AppVersion) {
+        let announced = self.shared.db.open().and_then(|conn| {
+            crate::outbox::announce_model(&conn, &version.config.device, version.model.source())
+        });
+        if let Err(e) = announced {
+            tracing::warn!(app = %self.name, "cannot queue the device model for the cloud: {e}");
         }
     }
 

@@ -367,6 +367,7 @@ impl Link {
                 "alert" => self.publish_alert(row),
                 "ack" => self.publish_stored(row, "twin/ack", false),
                 "registration" => self.publish_stored(row, "registration", true),
+                "model" => self.publish_stored(row, "model", true),
                 _ => self.publish_telemetry(row),
             };
             match published {

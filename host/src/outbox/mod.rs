@@ -51,6 +51,9 @@ pub enum Kind {
     /// A registered device's announcement, or its withdrawal (an empty
     /// payload), retained on `{device}/registration`.
     Registration,
+    /// A device's model, retained on `{device}/model` (empty once the
+    /// device is gone), for the cloud to check desired values and actions.
+    Model,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Twin => "twin",
             Kind::Ack => "ack",
             Kind::Registration => "registration",
+            Kind::Model => "model",
         }
     }
 }
@@ -95,6 +99,26 @@ pub fn insert(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// Queue a device's model (its JSON text; empty to withdraw it) for its
+/// retained `model` topic. Only the newest matters: an older one not yet
+/// sent is replaced.
+pub fn announce_model(conn: &Connection, device: &str, model: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM outbox WHERE kind = 'model' AND device = ?1",
+        [device],
+    )?;
+    insert(
+        conn,
+        &[Entry {
+            kind: Kind::Model,
+            device: device.to_string(),
+            name: String::new(),
+            points: 0,
+            payload: model.as_bytes().to_vec(),
+        }],
+    )
 }
 
 /// A row as the cloud link plans with it: everything but the payload,

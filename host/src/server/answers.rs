@@ -7,10 +7,15 @@ use tokio::sync::oneshot;
 
 use crate::wire::protocol::ActionResponse;
 
-/// Calls waiting for their answer, by `(gateway, device, action, id)`.
+/// A call: `(gateway, device, action, id)`.
+type CallKey = (String, String, String, String);
+
+type Waiting = HashMap<CallKey, oneshot::Sender<ActionResponse>>;
+
+/// Calls waiting for their answer.
 #[derive(Debug, Default)]
 pub struct Answers {
-    waiting: Mutex<HashMap<(String, String, String, String), oneshot::Sender<ActionResponse>>>,
+    waiting: Mutex<Waiting>,
 }
 
 impl Answers {
@@ -43,17 +48,12 @@ impl Answers {
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<(String, String, String, String), oneshot::Sender<ActionResponse>>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-fn key(gateway: &str, device: &str, action: &str, id: &str) -> (String, String, String, String) {
+fn key(gateway: &str, device: &str, action: &str, id: &str) -> CallKey {
     (
         gateway.to_string(),
         device.to_string(),

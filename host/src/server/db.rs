@@ -4,7 +4,9 @@
 //! broker is acknowledged only for what is committed.
 //!
 //! The SQL is what both databases take: `$N` placeholders, `ON CONFLICT`
-//! upserts, BIGINT times in nanoseconds and JSON as TEXT.
+//! upserts, BIGINT times in nanoseconds and JSON as TEXT. Booleans are read
+//! through `CASE WHEN ... THEN 1 ELSE 0 END`: the Any driver cannot decode
+//! SQLite's BOOLEAN columns.
 
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -418,12 +420,13 @@ async fn store_status(
     json: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let was_online: Option<bool> = sqlx::query("SELECT online FROM gateways WHERE gateway = $1")
-        .bind(gateway)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?;
+    let was_online: Option<bool> =
+        sqlx::query("SELECT CASE WHEN online THEN 1 ELSE 0 END FROM gateways WHERE gateway = $1")
+            .bind(gateway)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>(0).map(|n| n != 0))
+            .transpose()?;
     sqlx::query(
         "INSERT INTO gateways (gateway, online, reason, status_time, stored_at, status)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -499,7 +502,8 @@ impl Db {
     /// its apps.
     pub async fn gateways(&self) -> Result<Vec<Value>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT gateway, online, reason, status_time, stored_at, status FROM gateways ORDER BY gateway",
+            "SELECT gateway, CASE WHEN online THEN 1 ELSE 0 END, reason, status_time, stored_at, status
+             FROM gateways ORDER BY gateway",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -512,7 +516,8 @@ impl Db {
 
     pub async fn gateway(&self, gateway: &str) -> Result<Option<Value>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT gateway, online, reason, status_time, stored_at, status FROM gateways WHERE gateway = $1",
+            "SELECT gateway, CASE WHEN online THEN 1 ELSE 0 END, reason, status_time, stored_at, status
+             FROM gateways WHERE gateway = $1",
         )
         .bind(gateway)
         .fetch_optional(&self.pool)
@@ -548,7 +553,7 @@ impl Db {
         .collect::<Result<Vec<_>, _>>()?;
         Ok(serde_json::json!({
             "gateway": gateway,
-            "online": row.try_get::<bool, _>(1)?,
+            "online": row.try_get::<i64, _>(1)? != 0,
             "reason": row.try_get::<Option<String>, _>(2)?,
             "status_time": row.try_get::<Option<i64>, _>(3)?,
             "stored_at": row.try_get::<i64, _>(4)?,
@@ -560,7 +565,8 @@ impl Db {
     /// A gateway's online/offline history, oldest first.
     pub async fn history(&self, gateway: &str) -> Result<Vec<Value>, sqlx::Error> {
         sqlx::query(
-            "SELECT time, online, reason FROM gateway_events WHERE gateway = $1 ORDER BY time",
+            "SELECT time, CASE WHEN online THEN 1 ELSE 0 END, reason FROM gateway_events
+             WHERE gateway = $1 ORDER BY time",
         )
         .bind(gateway)
         .fetch_all(&self.pool)
@@ -569,7 +575,7 @@ impl Db {
         .map(|r| {
             Ok(serde_json::json!({
                 "time": r.try_get::<i64, _>(0)?,
-                "online": r.try_get::<bool, _>(1)?,
+                "online": r.try_get::<i64, _>(1)? != 0,
                 "reason": r.try_get::<Option<String>, _>(2)?,
             }))
         })
@@ -580,7 +586,7 @@ impl Db {
     /// known.
     pub async fn devices(&self, gateway: &str) -> Result<Vec<Value>, sqlx::Error> {
         sqlx::query(
-            "SELECT device, app, registration, model IS NOT NULL FROM devices
+            "SELECT device, app, registration, CASE WHEN model IS NULL THEN 0 ELSE 1 END FROM devices
              WHERE gateway = $1 ORDER BY device",
         )
         .bind(gateway)
@@ -592,7 +598,7 @@ impl Db {
                 "device": r.try_get::<String, _>(0)?,
                 "app": r.try_get::<Option<String>, _>(1)?,
                 "registration": text_json(r.try_get(2)?),
-                "model_known": r.try_get::<bool, _>(3)?,
+                "model_known": r.try_get::<i64, _>(3)? != 0,
             }))
         })
         .collect()

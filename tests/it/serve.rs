@@ -1,0 +1,434 @@
+//! `wasmgate cloud serve` with real gateways, a real Mosquitto and a real
+//! database (a SQLite file, or PostgreSQL started from `initdb`): every
+//! point is stored once through a broker restart and a `kill -9` of serve,
+//! queries return exactly what was recorded, desired values and actions set
+//! through the API reach the app (checked against its model first), and bad
+//! requests are refused without touching what is stored. Answers are
+//! checked against the API's OpenAPI document.
+
+use crate::common::mqtt::{Consumer, Mosquitto};
+use crate::common::serve::{Postgres, Serve};
+use crate::common::{Gateway, guest, root};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn thermostat(broker: &Mosquitto, tick_ms: u64, extra: &str) -> Gateway {
+    Gateway::new()
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+            broker.url()
+        ))
+        .app(
+            "thermostat",
+            &guest("thermostat"),
+            &root().join("examples/thermostat/thermostat.model.json"),
+            &format!("tick_interval_ms = {tick_ms}\n{extra}"),
+        )
+}
+
+/// The climate points the broker delivered, once per batch id, in order.
+fn delivered(consumer: &Consumer) -> Vec<Value> {
+    let mut seen = BTreeSet::new();
+    consumer
+        .on("wg/v1/test-gw/thermostat/telemetry/climate")
+        .iter()
+        .map(|m| m.json())
+        .filter(|b| seen.insert(b["batch"].as_str().unwrap_or("?").to_string()))
+        .flat_map(|b| b["points"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+const CLIMATE: &str = "/gateways/test-gw/devices/thermostat/series/climate";
+
+/// The scenario both databases go through: the gateway records while serve
+/// is killed and restarted and the broker restarts; in the end serve holds
+/// exactly the points the gateway sent, once each.
+fn every_point_stored_once(database: &str) {
+    let mut broker = Mosquitto::start("");
+    let consumer = Consumer::connect(
+        &broker.settings("consumer"),
+        &["wg/v1/test-gw/+/telemetry/+"],
+    );
+    let mut serve = Serve::start(&broker.url(), database, &["--client-id", "serve-a"]);
+    let gw = thermostat(&broker, 20, "");
+    let mut run = gw.start();
+    serve.wait_get("/stats", T, "points stored", |s| {
+        s["stored_points"].as_i64() > Some(20)
+    });
+
+    // Killed between a delivery and its commit: the broker keeps what
+    // was not acknowledged for serve's session.
+    serve.running.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let serve = Serve::start(&broker.url(), database, &["--client-id", "serve-a"]);
+    let before = serve.stored_points();
+    broker.restart();
+    serve.wait_get("/stats", T, "storing after the broker restart", |s| {
+        s["stored_points"].as_i64() > Some(before + 20)
+    });
+
+    // Slow the gateway down and let its outbox drain.
+    assert!(run.stop().success());
+    let gw = thermostat(&broker, 3_600_000, "");
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let deadline = std::time::Instant::now() + T;
+    while gw.count("SELECT COUNT(*) FROM outbox WHERE kind = 'telemetry'") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox did not drain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let points = delivered(&consumer);
+            let stored = serve.stored_points();
+            if stored == points.len() as i64 || std::time::Instant::now() > deadline {
+                break points;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let stored = serve.get(&format!("{CLIMATE}?limit=100000"))["points"]
+        .as_array()
+        .cloned()
+        .expect("points");
+    assert!(sent.len() > 40, "the gateway sent {} points", sent.len());
+    assert_eq!(stored.len(), sent.len(), "every point once");
+    assert_eq!(stored, sent, "exactly the points sent, in order");
+    let stats = serve.get("/stats");
+    assert_eq!(stats["stored_points"].as_i64(), Some(sent.len() as i64));
+    assert_eq!(stats["refused"], 0, "{stats}");
+
+    // A time range returns exactly the points inside it, and buckets sum
+    // up to them.
+    let times: Vec<i64> = sent
+        .iter()
+        .map(|p| p["time"].as_i64().expect("time"))
+        .collect();
+    let (from, to) = (times[10], times[30]);
+    let range = serve.get(&format!("{CLIMATE}?from={from}&to={to}"))["points"]
+        .as_array()
+        .cloned()
+        .expect("points");
+    assert_eq!(range, sent[10..30].to_vec());
+    let buckets = serve.get(&format!(
+        "{CLIMATE}?from={from}&to={to}&field=temperature&bucket_ms=100"
+    ));
+    let buckets = buckets["buckets"].as_array().expect("buckets");
+    let counted: i64 = buckets
+        .iter()
+        .map(|b| b["count"].as_i64().expect("count"))
+        .sum();
+    assert_eq!(counted, 20);
+    let temperatures: Vec<f64> = sent[10..30]
+        .iter()
+        .map(|p| p["values"]["temperature"].as_f64().expect("temperature"))
+        .collect();
+    let min = temperatures.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = temperatures
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let bucket_min = buckets
+        .iter()
+        .filter_map(|b| b["min"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let bucket_max = buckets
+        .iter()
+        .filter_map(|b| b["max"].as_f64())
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!((bucket_min, bucket_max), (min, max));
+    assert!(run.stop().success());
+}
+
+#[test]
+fn on_sqlite_every_point_is_stored_once_through_a_broker_restart_and_a_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    every_point_stored_once(&format!("sqlite://{}/serve.db", dir.path().display()));
+}
+
+#[test]
+fn on_postgres_every_point_is_stored_once_through_a_broker_restart_and_a_kill_9() {
+    let pg = Postgres::start();
+    let database = pg.database("fleet");
+    every_point_stored_once(&database);
+    // Other systems read the same rows with plain SQL.
+    let batches: i64 = pg
+        .query("fleet", "SELECT COUNT(*) FROM batches")
+        .parse()
+        .expect("a count");
+    assert!(batches > 0);
+    let duplicates: i64 = pg
+        .query(
+            "fleet",
+            "SELECT COUNT(*) FROM (SELECT gateway, batch, point, field, COUNT(*) FROM points
+             GROUP BY gateway, batch, point, field HAVING COUNT(*) > 1) AS twice",
+        )
+        .parse()
+        .expect("a count");
+    assert_eq!(duplicates, 0, "no point is stored twice");
+}
+
+// ---- the API: desired values, actions, bad input, tokens ----
+
+const READER: &str = "reader-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+
+/// Check `answer` (of `status`) to `method path` against the OpenAPI
+/// document's schema for it.
+fn conforms(path_template: &str, method: &str, status: u16, answer: &Value) {
+    let document: Value = serde_json::from_str(include_str!("../../host/src/server/openapi.json"))
+        .expect("the OpenAPI document is JSON");
+    let response = &document["paths"][path_template][method]["responses"][status.to_string()];
+    assert!(
+        !response.is_null(),
+        "the OpenAPI document has no {status} for {method} {path_template}"
+    );
+    let response = match response["$ref"].as_str() {
+        Some(r) => {
+            let name = r.rsplit('/').next().expect("a reference");
+            document["components"]["responses"][name].clone()
+        }
+        None => response.clone(),
+    };
+    let mut schema = response["content"]["application/json"]["schema"].clone();
+    schema["components"] = document["components"].clone();
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("the schema of {method} {path_template} {status}: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(answer)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path_template} answered {status} off its schema: {errors:?}\n{answer}"
+    );
+}
+
+fn api_scenario(database: &str) {
+    let broker = Mosquitto::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("reader {READER}\noperator {OPERATOR}\n")).expect("tokens");
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let serve = Serve::start(
+        &broker.url(),
+        database,
+        &["--tokens", tokens.to_str().expect("utf-8")],
+    )
+    .with_token(READER);
+    let gw = thermostat(&broker, 50, "");
+    let mut run = gw.start();
+    run.wait_running("thermostat", T);
+
+    // The gateway, its app and device, as stored.
+    let gateways = serve.wait_get("/gateways", T, "the gateway's status", |g| {
+        g["gateways"][0]["apps"][0]["state"] == "running"
+    });
+    conforms("/api/v1/gateways", "get", 200, &gateways);
+    assert_eq!(gateways["gateways"][0]["gateway"], "test-gw");
+    assert_eq!(gateways["gateways"][0]["online"], true);
+    let devices = serve.wait_get("/gateways/test-gw/devices", T, "the device's model", |d| {
+        d["devices"][0]["model_known"] == true
+    });
+    conforms("/api/v1/gateways/{gateway}/devices", "get", 200, &devices);
+    let twin = serve.wait_get(
+        "/gateways/test-gw/devices/thermostat/twin",
+        T,
+        "reported state",
+        |t| t["reported"]["setpoint"].is_number(),
+    );
+    conforms(
+        "/api/v1/gateways/{gateway}/devices/{device}/twin",
+        "get",
+        200,
+        &twin,
+    );
+    let stats = serve.get("/stats");
+    conforms("/api/v1/stats", "get", 200, &stats);
+
+    // Tokens: none, an unknown one, a reader's for a change.
+    let desired = "/gateways/test-gw/devices/thermostat/twin/desired";
+    let change = json!({"attributes": {"setpoint": 23.5}});
+    for (token, status) in [("", 401), ("not-a-token-0123456789", 401), (READER, 403)] {
+        let (got, answer) = serve.request("PUT", desired, Some(&change), Some(token));
+        assert_eq!(got, status, "{token:?}: {answer}");
+        conforms(
+            "/api/v1/gateways/{gateway}/devices/{device}/twin/desired",
+            "put",
+            status,
+            &answer,
+        );
+    }
+
+    // Bad input: refused with a reason, nothing sent or stored.
+    let bad: [(&str, Value, u16, &str); 5] = [
+        (
+            desired,
+            json!({"attributes": {"setpoint": 99}}),
+            422,
+            "setpoint",
+        ),
+        (
+            desired,
+            json!({"attributes": {"temperature": 20}}),
+            422,
+            "read-only",
+        ),
+        (desired, json!({"attributes": {}}), 400, "no attribute"),
+        (desired, json!({"setpoint": 22}), 400, "unknown field"),
+        (
+            "/gateways/test-gw/devices/nobody/twin/desired",
+            change.clone(),
+            404,
+            "nobody",
+        ),
+    ];
+    for (path, body, status, says) in bad {
+        let (got, answer) = serve.request("PUT", path, Some(&body), Some(OPERATOR));
+        assert_eq!(got, status, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{answer}"
+        );
+        conforms(
+            "/api/v1/gateways/{gateway}/devices/{device}/twin/desired",
+            "put",
+            status,
+            &answer,
+        );
+    }
+    let twin = serve.get("/gateways/test-gw/devices/thermostat/twin");
+    assert_eq!(twin["desired"], Value::Null, "nothing was sent: {twin}");
+    let (got, answer) = serve.request("GET", &format!("{CLIMATE}?from=5&to=1"), None, None);
+    assert_eq!(got, 400, "{answer}");
+    let (got, answer) = serve.request("GET", &format!("{CLIMATE}?bucket_ms=10"), None, None);
+    assert_eq!(got, 400, "{answer}");
+    let (got, answer) = serve.request("GET", "/gateways/elsewhere", None, None);
+    assert_eq!(got, 404, "{answer}");
+    conforms("/api/v1/gateways/{gateway}", "get", 404, &answer);
+
+    // A desired value the model takes reaches the app; its ack is stored.
+    let (got, answer) = serve.request("PUT", desired, Some(&change), Some(OPERATOR));
+    assert_eq!(got, 202, "{answer}");
+    conforms(
+        "/api/v1/gateways/{gateway}/devices/{device}/twin/desired",
+        "put",
+        202,
+        &answer,
+    );
+    let version = answer["version"].as_i64().expect("version");
+    run.wait_for("setpoint changed 21.0 -> 23.5 °C", T);
+    let twin = serve.wait_get(
+        "/gateways/test-gw/devices/thermostat/twin",
+        T,
+        "the ack",
+        |t| t["ack"]["version"].as_i64() == Some(version),
+    );
+    assert_eq!(twin["ack"]["accepted"], json!(["setpoint"]), "{twin}");
+    assert_eq!(twin["desired"], json!({"setpoint": 23.5}), "{twin}");
+    assert_eq!(twin["desired_version"].as_i64(), Some(version));
+
+    // An action: checked, called, answered with the app's result.
+    let reset = "/gateways/test-gw/devices/thermostat/actions/reset";
+    let (got, answer) = serve.request("POST", reset, Some(&json!({"argument": 3})), Some(OPERATOR));
+    assert_eq!(got, 422, "reset takes no argument: {answer}");
+    let (got, answer) = serve.request(
+        "POST",
+        "/gateways/test-gw/devices/thermostat/actions/explode",
+        None,
+        Some(OPERATOR),
+    );
+    assert_eq!(got, 422, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("reset")),
+        "{answer}"
+    );
+    let (got, answer) = serve.request("POST", reset, None, Some(OPERATOR));
+    assert_eq!(got, 200, "{answer}");
+    conforms(
+        "/api/v1/gateways/{gateway}/devices/{device}/actions/{action}",
+        "post",
+        200,
+        &answer,
+    );
+    let before = answer["result"].as_i64().expect("the count it replaced");
+    run.wait_for(&format!("reset: tick counter was {before}"), T);
+
+    // Reads of what is stored conform too.
+    let points = serve.wait_get(&format!("{CLIMATE}?limit=5"), T, "5 points", |p| {
+        p["points"].as_array().map(Vec::len) == Some(5)
+    });
+    conforms(
+        "/api/v1/gateways/{gateway}/devices/{device}/series/{series}",
+        "get",
+        200,
+        &points,
+    );
+    assert_eq!(
+        points["points"].as_array().map(Vec::len),
+        Some(5),
+        "{points} {}",
+        serve.get("/stats")
+    );
+    let gateway = serve.get("/gateways/test-gw");
+    conforms("/api/v1/gateways/{gateway}", "get", 200, &gateway);
+    assert_eq!(gateway["history"][0]["online"], true, "{gateway}");
+    let deployments = serve.get("/deployments");
+    conforms("/api/v1/deployments", "get", 200, &deployments);
+    let alerts = serve.get("/alerts?gateway=test-gw");
+    conforms("/api/v1/alerts", "get", 200, &alerts);
+
+    // The gateway goes offline: its history says so.
+    assert!(run.stop().success());
+    let gateway = serve.wait_get("/gateways/test-gw", T, "offline", |g| g["online"] == false);
+    assert_eq!(gateway["reason"], "shutdown");
+    let history = gateway["history"].as_array().expect("history");
+    assert_eq!(history.last().map(|e| &e["online"]), Some(&json!(false)));
+}
+
+#[test]
+fn on_sqlite_the_api_sets_desired_values_and_calls_actions_checked_by_the_model_and_refuses_bad_requests()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    api_scenario(&format!("sqlite://{}/serve.db", dir.path().display()));
+}
+
+#[test]
+fn on_postgres_the_api_sets_desired_values_and_calls_actions_checked_by_the_model_and_refuses_bad_requests()
+ {
+    let pg = Postgres::start();
+    api_scenario(&pg.database("fleet"));
+}
+
+#[test]
+fn serve_refuses_to_listen_beyond_loopback_without_tokens_and_names_a_bad_database() {
+    let (ok, _, err) = crate::common::wasmgate(&[
+        "cloud",
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--database",
+        "sqlite://x.db",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--tokens"), "{err}");
+    let (ok, _, err) = crate::common::wasmgate(&[
+        "cloud",
+        "serve",
+        "--database",
+        "mysql://secret:hunter2@db/x",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("sqlite://FILE or postgres://"), "{err}");
+    assert!(!err.contains("hunter2"), "the password is not shown: {err}");
+}
