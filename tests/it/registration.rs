@@ -190,6 +190,26 @@ fn the_cap_refuses_registrations_past_max_devices_and_unregistering_frees_a_plac
     );
     assert!(first["metadata"].is_object(), "{first}");
     assert_eq!(registrations("bus.th-02").len(), 1, "announced once");
+    // Its model goes beside it, the app's model file as JSON (the cloud
+    // checks desired values with it), and is withdrawn with it.
+    let sensor_model =
+        std::fs::read_to_string(root().join("examples/busgateway/sensor.model.json"))
+            .expect("the sensor model");
+    let models = |id: &str| consumer.on(&format!("{}/model", device(id)));
+    while models("bus.th-01")
+        .last()
+        .is_none_or(|m| !m.payload.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "th-01's model was not withdrawn"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        models("bus.th-01")[0].json(),
+        serde_json::from_str::<Value>(&sensor_model).expect("JSON")
+    );
     assert!(registrations("bus.th-03").is_empty(), "never registered");
     // The place is free again: the next scan registers th-01 again, with
     // the id it had, and th-03 is still one too many.
