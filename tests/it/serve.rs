@@ -175,6 +175,69 @@ fn on_postgres_every_point_is_stored_once_through_a_broker_restart_and_a_kill_9(
     assert_eq!(duplicates, 0, "no point is stored twice");
 }
 
+#[test]
+fn two_instances_on_shared_subscriptions_store_every_point_once_when_one_is_killed() {
+    let broker = Mosquitto::start("");
+    let pg = Postgres::start();
+    let database = pg.database("fleet");
+    let consumer = Consumer::connect(
+        &broker.settings("consumer"),
+        &["wg/v1/test-gw/+/telemetry/+"],
+    );
+    let start = |id: &str| {
+        Serve::start(
+            &broker.url(),
+            &database,
+            &["--share", "fleet", "--client-id", id],
+        )
+    };
+    let mut a = start("serve-a");
+    let b = start("serve-b");
+    let gw = thermostat(&broker, 10, "");
+    let mut run = gw.start();
+    // Both take a share of the points.
+    for serve in [&a, &b] {
+        serve.wait_get("/stats", T, "a share of the points", |s| {
+            s["points"].as_i64() > Some(10)
+        });
+    }
+    // One is killed while points keep coming; its session keeps what the
+    // broker gave it and it had not acknowledged.
+    a.running.kill9();
+    let before = b.get("/stats")["points"].as_i64().expect("points");
+    b.wait_get("/stats", T, "the other instance goes on", |s| {
+        s["points"].as_i64() > Some(before + 20)
+    });
+    let a = start("serve-a");
+
+    assert!(run.stop().success());
+    let gw = thermostat(&broker, 3_600_000, "");
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let deadline = std::time::Instant::now() + T;
+    let sent = loop {
+        let sent = delivered(&consumer);
+        let drained = gw.count("SELECT COUNT(*) FROM outbox WHERE kind = 'telemetry'") == 0;
+        if drained && b.stored_points() == sent.len() as i64 {
+            break sent;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stored {} of {} points",
+            b.stored_points(),
+            sent.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stored = a.get(&format!("{CLIMATE}?limit=100000"))["points"]
+        .as_array()
+        .cloned()
+        .expect("points");
+    assert_eq!(stored.len(), sent.len(), "every point once");
+    assert_eq!(stored, sent);
+    assert!(run.stop().success());
+}
+
 // ---- the API: desired values, actions, bad input, tokens ----
 
 const READER: &str = "reader-token-0123456789";

@@ -1,8 +1,10 @@
 //! Project tasks, so that the README's commands work the same everywhere:
 //!
 //! - `cargo xtask demo`: build the guests and the host, run the thermostat
-//!   demo (a gateway with its embedded MQTT broker), and act as the operator
-//!   next to it: watch what arrives, change the setpoint, call an action.
+//!   demo (a gateway with its embedded MQTT broker) and the server side
+//!   (`wasmgate cloud serve` on a SQLite file, its API on 127.0.0.1:8640),
+//!   and act as the operator next to it: watch what arrives, change the
+//!   setpoint, call an action.
 //! - `cargo xtask test [ARGS]`: install what the tests need and is missing
 //!   (Mosquitto and PostgreSQL from apt; the guest languages' tools through
 //!   `guests/install-tools`; cargo-fuzz), build the guests and the
@@ -195,16 +197,19 @@ fn demo(root: &Path) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", wasmgate.display()))?;
 
-    let mut watch = match operate(&wasmgate, &mut gateway) {
-        Ok(watch) => watch,
+    let database = target.join("demo-serve.db");
+    let (mut watch, mut serve) = match operate(&wasmgate, &mut gateway, &database) {
+        Ok(children) => children,
         Err(e) => {
             let _ = gateway.kill();
             return Err(e);
         }
     };
     let status = gateway.wait().map_err(|e| e.to_string());
-    let _ = watch.kill();
-    let _ = watch.wait();
+    for child in [&mut watch, &mut serve] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let status = status?;
     if status.success() {
         Ok(())
@@ -213,9 +218,17 @@ fn demo(root: &Path) -> Result<(), String> {
     }
 }
 
-/// The operator's side of the demo, next to the running gateway; returns
-/// the `watch` process, which runs until the gateway stops.
-fn operate(wasmgate: &Path, gateway: &mut Child) -> Result<Child, String> {
+/// Where the demo's `wasmgate cloud serve` answers.
+const DEMO_API: &str = "127.0.0.1:8640";
+
+/// The operator's side of the demo, next to the running gateway: the
+/// server side on a SQLite file, then the operator's commands. Returns the
+/// `watch` and `serve` processes, which run until the gateway stops.
+fn operate(
+    wasmgate: &Path,
+    gateway: &mut Child,
+    database: &Path,
+) -> Result<(Child, Child), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect("127.0.0.1:18830").is_err() {
         if let Ok(Some(status)) = gateway.try_wait() {
@@ -226,6 +239,15 @@ fn operate(wasmgate: &Path, gateway: &mut Child) -> Result<Child, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    say(&format!(
+        "server side: wasmgate cloud serve --database sqlite://{}   (keeps what the fleet sends; API on http://{DEMO_API}/api/v1)",
+        database.display()
+    ));
+    let serve = Command::new(wasmgate)
+        .args(["cloud", "serve", "--listen", DEMO_API, "--database"])
+        .arg(format!("sqlite://{}", database.display()))
+        .spawn()
+        .map_err(|e| e.to_string())?;
     say("operator: wasmgate cloud watch demo-gateway   (what the cloud receives)");
     let watch = Command::new(wasmgate)
         .args(["cloud", "watch", "demo-gateway"])
@@ -247,10 +269,40 @@ fn operate(wasmgate: &Path, gateway: &mut Child) -> Result<Child, String> {
     let _ = Command::new(wasmgate)
         .args(["cloud", "call", "demo-gateway/thermostat", "reset"])
         .status();
-    say(
-        "the gateway keeps running; try more `wasmgate cloud ...` commands in another terminal; Ctrl-C stops it",
-    );
-    Ok(watch)
+    std::thread::sleep(Duration::from_secs(1));
+    match http_get(DEMO_API, "/api/v1/stats") {
+        Ok(stats) => say(&format!(
+            "server side: GET http://{DEMO_API}/api/v1/stats -> {stats}"
+        )),
+        Err(e) => say(&format!("server side: the API did not answer: {e}")),
+    }
+    say(&format!(
+        "the gateway keeps running; try more `wasmgate cloud ...` commands in another terminal, or the API: curl http://{DEMO_API}/api/v1/gateways (docs/server.md); Ctrl-C stops it",
+    ));
+    Ok((watch, serve))
+}
+
+/// A plain HTTP/1.1 GET on loopback (the demo's one request needs no
+/// client library): the body.
+fn http_get(address: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .ok_or_else(|| "no HTTP answer".to_string())
 }
 
 fn say(line: &str) {
