@@ -150,6 +150,26 @@ fn main() {
         ]);
     }
 
+    if wanted("P10") {
+        let points = 200_000u64;
+        let [sqlite, pg, pg_two, bare] = medians(runs, || serve_drains(points));
+        rows.push([
+            "P10".into(),
+            format!("`wasmgate cloud serve` storing a backlog of {points} points (2000 batches of 100) waiting in Mosquitto for its session"),
+            format!(
+                "SQLite {} points/s; PostgreSQL {} points/s; two instances sharing it on PostgreSQL {} points/s ({:.2}× one)",
+                thousands(sqlite),
+                thousands(pg),
+                thousands(pg_two),
+                pg_two / pg
+            ),
+            format!(
+                "a bare rumqttc client draining the same backlog with the same acks, storing nothing: {} points/s",
+                thousands(bare)
+            ),
+        ]);
+    }
+
     if wanted("P5") {
         let (p50, p99, gap, lost, swaps) = hot_swaps(20);
         rows.push([
@@ -1115,4 +1135,175 @@ fn modbus_reads(n: u32) -> (f64, f64) {
     let started = Instant::now();
     client.read_many(0, n);
     (guest_seconds, started.elapsed().as_secs_f64())
+}
+
+/// P10: points/s at which `serve` stores a backlog that waits in the broker
+/// for its session (SQLite; PostgreSQL; two instances on shared
+/// subscriptions over PostgreSQL), and at which a bare client that stores
+/// nothing drains the same backlog from the same broker.
+fn serve_drains(points: u64) -> [f64; 4] {
+    use common::serve::{Postgres, Serve};
+    const PER_BATCH: u64 = 100;
+    let batches = points / PER_BATCH;
+    // Let the broker hand out many unacknowledged messages at once, so
+    // that neither side is held to Mosquitto's default of 20.
+    let broker = Mosquitto::start("max_inflight_messages 1000");
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = format!("sqlite://{}/serve.db", dir.path().display());
+    let (one, two) = (pg.database("one"), pg.database("two"));
+
+    // Every session subscribes once, then goes away: the backlog then
+    // waits in the broker for each of them.
+    let mut sessions: Vec<(String, Vec<&str>)> = vec![
+        (sqlite.clone(), vec!["--client-id", "serve-sqlite"]),
+        (one.clone(), vec!["--client-id", "serve-pg"]),
+        (
+            two.clone(),
+            vec!["--client-id", "serve-a", "--share", "bench"],
+        ),
+        (
+            two.clone(),
+            vec!["--client-id", "serve-b", "--share", "bench"],
+        ),
+    ];
+    for (database, args) in &sessions {
+        let mut serve = Serve::start(&broker.url(), database, args);
+        serve.get("/stats");
+        assert!(serve.running.stop().success());
+    }
+    let bare = BareDrain::subscribe(&broker);
+    publish_backlog(&broker, batches, PER_BATCH);
+
+    let bare_rate = bare.drain(points);
+    let timed = |databases: &mut Vec<(String, Vec<&str>)>| {
+        let started = Instant::now();
+        let serves: Vec<Serve> = databases
+            .iter()
+            .map(|(database, args)| Serve::start(&broker.url(), database, args))
+            .collect();
+        let stored = || serves[0].stored_points();
+        while stored() < points as i64 {
+            std::thread::sleep(Duration::from_millis(10));
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "serve stored {} of {points}",
+                stored()
+            );
+        }
+        points as f64 / started.elapsed().as_secs_f64()
+    };
+    let two_sessions = sessions.split_off(2);
+    let pg_session = sessions.split_off(1);
+    let sqlite_rate = timed(&mut sessions.clone());
+    let pg_rate = timed(&mut pg_session.clone());
+    let two_rate = timed(&mut two_sessions.clone());
+    eprintln!(
+        "serve: sqlite {sqlite_rate:.0}, postgres {pg_rate:.0}, two on postgres {two_rate:.0}, bare {bare_rate:.0} points/s"
+    );
+    [sqlite_rate, pg_rate, two_rate, bare_rate]
+}
+
+/// `batches` telemetry batches of `per_batch` points, each with its own
+/// batch id, published at QoS 1 for the sessions waiting for them.
+fn publish_backlog(broker: &Mosquitto, batches: u64, per_batch: u64) {
+    let mut options = wasmgate::cloud::mqtt_options(&broker.settings("backlog-publisher"), true)
+        .expect("options");
+    options.set_inflight(100);
+    let (client, mut connection) = rumqttc::Client::new(options, 256);
+    let publisher = std::thread::spawn(move || {
+        let start = wasmgate::value::now_ns();
+        for b in 0..batches {
+            let points: Vec<serde_json::Value> = (0..per_batch)
+                .map(|i| {
+                    serde_json::json!({
+                        "time": start + (b * per_batch + i) * 1000,
+                        "values": {"v": (b * per_batch + i) as f64 / 10.0}
+                    })
+                })
+                .collect();
+            let batch = serde_json::json!({"batch": format!("bench-{b}"), "points": points});
+            client
+                .publish(
+                    "wg/v1/bench-gw/dev/telemetry/s",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    batch.to_string(),
+                )
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0u64;
+    for event in connection.iter() {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = event {
+            acked += 1;
+            if acked == batches {
+                break;
+            }
+        }
+    }
+    let _ = publisher.join();
+}
+
+/// A persistent session that takes the backlog as serve does (manual acks,
+/// the same window) and stores nothing.
+struct BareDrain {
+    broker: BrokerSettingsOf,
+}
+
+type BrokerSettingsOf = wasmgate::config::BrokerSettings;
+
+impl BareDrain {
+    fn options(settings: &BrokerSettingsOf) -> rumqttc::MqttOptions {
+        let mut options = wasmgate::cloud::mqtt_options(settings, false).expect("options");
+        options.set_manual_acks(true).set_inflight(512);
+        options
+    }
+
+    fn subscribe(broker: &Mosquitto) -> BareDrain {
+        let settings = broker.settings("bare-drain");
+        let (client, mut connection) = rumqttc::Client::new(Self::options(&settings), 64);
+        client
+            .subscribe("wg/v1/+/+/telemetry/+", rumqttc::QoS::AtLeastOnce)
+            .expect("subscribe");
+        for event in connection.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) = event {
+                break;
+            }
+        }
+        let _ = client.disconnect();
+        for event in connection.iter() {
+            if event.is_err()
+                || matches!(
+                    event,
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect))
+                )
+            {
+                break;
+            }
+        }
+        BareDrain { broker: settings }
+    }
+
+    /// Reconnect and take `points` points: points/s.
+    fn drain(self, points: u64) -> f64 {
+        let started = Instant::now();
+        let (client, mut connection) = rumqttc::Client::new(Self::options(&self.broker), 4096);
+        let mut seen = 0u64;
+        for event in connection.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) = event {
+                seen += publish
+                    .payload
+                    .windows(7)
+                    .filter(|w| w == b"\"time\":")
+                    .count() as u64;
+                client.try_ack(&publish).expect("ack");
+                if seen >= points {
+                    break;
+                }
+            }
+        }
+        points as f64 / started.elapsed().as_secs_f64()
+    }
 }
