@@ -497,6 +497,40 @@ fn text_json(text: Option<String>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// How a column is read into the API's JSON.
+#[derive(Debug, Clone, Copy)]
+enum Col {
+    Text,
+    OptText,
+    Int,
+    OptInt,
+    /// A boolean, selected as `CASE WHEN ... THEN 1 ELSE 0 END`.
+    Flag,
+    /// JSON kept as TEXT (null when absent).
+    Json,
+}
+
+/// A row as a JSON object: column `i` under `columns[i]`'s name.
+fn row_json(row: &AnyRow, columns: &[(&str, Col)]) -> Result<Value, sqlx::Error> {
+    let mut object = serde_json::Map::new();
+    for (i, (name, col)) in columns.iter().enumerate() {
+        let value = match col {
+            Col::Text => Value::from(row.try_get::<String, _>(i)?),
+            Col::OptText => Value::from(row.try_get::<Option<String>, _>(i)?),
+            Col::Int => Value::from(row.try_get::<i64, _>(i)?),
+            Col::OptInt => Value::from(row.try_get::<Option<i64>, _>(i)?),
+            Col::Flag => Value::from(row.try_get::<i64, _>(i)? != 0),
+            Col::Json => text_json(row.try_get(i)?),
+        };
+        object.insert((*name).to_string(), value);
+    }
+    Ok(Value::Object(object))
+}
+
+fn rows_json(rows: &[AnyRow], columns: &[(&str, Col)]) -> Result<Vec<Value>, sqlx::Error> {
+    rows.iter().map(|r| row_json(r, columns)).collect()
+}
+
 impl Db {
     /// Every gateway: id, online, reason, when its status was stored, and
     /// its apps.
@@ -537,20 +571,19 @@ impl Db {
         )
         .bind(&gateway)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|a| -> Result<Value, sqlx::Error> {
-            Ok(serde_json::json!({
-                "name": a.try_get::<String, _>(0)?,
-                "device": a.try_get::<String, _>(1)?,
-                "state": a.try_get::<String, _>(2)?,
-                "version": a.try_get::<i64, _>(3)?,
-                "component": a.try_get::<String, _>(4)?,
-                "restarts": a.try_get::<i64, _>(5)?,
-                "error": a.try_get::<Option<String>, _>(6)?,
-            }))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .await?;
+        let apps = rows_json(
+            &apps,
+            &[
+                ("name", Col::Text),
+                ("device", Col::Text),
+                ("state", Col::Text),
+                ("version", Col::Int),
+                ("component", Col::Text),
+                ("restarts", Col::Int),
+                ("error", Col::OptText),
+            ],
+        )?;
         Ok(serde_json::json!({
             "gateway": gateway,
             "online": row.try_get::<i64, _>(1)? != 0,
@@ -564,44 +597,42 @@ impl Db {
 
     /// A gateway's online/offline history, oldest first.
     pub async fn history(&self, gateway: &str) -> Result<Vec<Value>, sqlx::Error> {
-        sqlx::query(
+        let rows = sqlx::query(
             "SELECT time, CASE WHEN online THEN 1 ELSE 0 END, reason FROM gateway_events
              WHERE gateway = $1 ORDER BY time",
         )
         .bind(gateway)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(serde_json::json!({
-                "time": r.try_get::<i64, _>(0)?,
-                "online": r.try_get::<i64, _>(1)? != 0,
-                "reason": r.try_get::<Option<String>, _>(2)?,
-            }))
-        })
-        .collect()
+        .await?;
+        rows_json(
+            &rows,
+            &[
+                ("time", Col::Int),
+                ("online", Col::Flag),
+                ("reason", Col::OptText),
+            ],
+        )
     }
 
     /// A gateway's devices: id, app, registration and whether a model is
     /// known.
     pub async fn devices(&self, gateway: &str) -> Result<Vec<Value>, sqlx::Error> {
-        sqlx::query(
+        let rows = sqlx::query(
             "SELECT device, app, registration, CASE WHEN model IS NULL THEN 0 ELSE 1 END FROM devices
              WHERE gateway = $1 ORDER BY device",
         )
         .bind(gateway)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(serde_json::json!({
-                "device": r.try_get::<String, _>(0)?,
-                "app": r.try_get::<Option<String>, _>(1)?,
-                "registration": text_json(r.try_get(2)?),
-                "model_known": r.try_get::<i64, _>(3)? != 0,
-            }))
-        })
-        .collect()
+        .await?;
+        rows_json(
+            &rows,
+            &[
+                ("device", Col::Text),
+                ("app", Col::OptText),
+                ("registration", Col::Json),
+                ("model_known", Col::Flag),
+            ],
+        )
     }
 
     /// The device's model (JSON text), if its gateway announced one.
@@ -640,17 +671,20 @@ impl Db {
         .bind(device)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else {
-            return Ok(None);
-        };
-        Ok(Some(serde_json::json!({
-            "reported": text_json(r.try_get(0)?),
-            "reported_version": r.try_get::<Option<i64>, _>(1)?,
-            "reported_time": r.try_get::<Option<i64>, _>(2)?,
-            "desired": text_json(r.try_get(3)?),
-            "desired_version": r.try_get::<Option<i64>, _>(4)?,
-            "ack": text_json(r.try_get(5)?),
-        })))
+        row.map(|r| {
+            row_json(
+                &r,
+                &[
+                    ("reported", Col::Json),
+                    ("reported_version", Col::OptInt),
+                    ("reported_time", Col::OptInt),
+                    ("desired", Col::Json),
+                    ("desired_version", Col::OptInt),
+                    ("ack", Col::Json),
+                ],
+            )
+        })
+        .transpose()
     }
 
     /// Points of a series in `[from, to)`, in order: `{time, values}`.
@@ -748,7 +782,7 @@ impl Db {
         device: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Value>, sqlx::Error> {
-        sqlx::query(
+        let rows = sqlx::query(
             "SELECT id, gateway, device, name, time, severity, values_json FROM alerts
              WHERE ($1 IS NULL OR gateway = $1) AND ($2 IS NULL OR device = $2)
              ORDER BY time DESC LIMIT $3",
@@ -757,45 +791,43 @@ impl Db {
         .bind(device)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(serde_json::json!({
-                "id": r.try_get::<String, _>(0)?,
-                "gateway": r.try_get::<String, _>(1)?,
-                "device": r.try_get::<String, _>(2)?,
-                "name": r.try_get::<String, _>(3)?,
-                "time": r.try_get::<i64, _>(4)?,
-                "severity": r.try_get::<String, _>(5)?,
-                "values": text_json(r.try_get(6)?),
-            }))
-        })
-        .collect()
+        .await?;
+        rows_json(
+            &rows,
+            &[
+                ("id", Col::Text),
+                ("gateway", Col::Text),
+                ("device", Col::Text),
+                ("name", Col::Text),
+                ("time", Col::Int),
+                ("severity", Col::Text),
+                ("values", Col::Json),
+            ],
+        )
     }
 
     /// Deployments, newest first, of a gateway if given.
     pub async fn deployments(&self, gateway: Option<&str>) -> Result<Vec<Value>, sqlx::Error> {
-        sqlx::query(
+        let rows = sqlx::query(
             "SELECT gateway, id, stage, received, chunks, message, error, updated_at FROM deployments
              WHERE ($1 IS NULL OR gateway = $1) ORDER BY updated_at DESC",
         )
         .bind(gateway)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(serde_json::json!({
-                "gateway": r.try_get::<String, _>(0)?,
-                "id": r.try_get::<String, _>(1)?,
-                "stage": r.try_get::<String, _>(2)?,
-                "received": r.try_get::<i64, _>(3)?,
-                "chunks": r.try_get::<i64, _>(4)?,
-                "message": r.try_get::<Option<String>, _>(5)?,
-                "error": r.try_get::<Option<String>, _>(6)?,
-                "updated_at": r.try_get::<i64, _>(7)?,
-            }))
-        })
-        .collect()
+        .await?;
+        rows_json(
+            &rows,
+            &[
+                ("gateway", Col::Text),
+                ("id", Col::Text),
+                ("stage", Col::Text),
+                ("received", Col::Int),
+                ("chunks", Col::Int),
+                ("message", Col::OptText),
+                ("error", Col::OptText),
+                ("updated_at", Col::Int),
+            ],
+        )
     }
 
     /// Points and batches stored, in all.
