@@ -397,6 +397,12 @@ fn publish_flat_out(broker: &Mosquitto, count: u64, payload: &[u8]) {
         }
         client
     });
+    wait_for_acks(&mut connection, count);
+    let _ = publisher.join();
+}
+
+/// Drive `connection` until the broker has acknowledged `count` publishes.
+fn wait_for_acks(connection: &mut rumqttc::Connection, count: u64) {
     let mut acked = 0u64;
     for event in connection.iter() {
         if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = event {
@@ -406,7 +412,6 @@ fn publish_flat_out(broker: &Mosquitto, count: u64, payload: &[u8]) {
             }
         }
     }
-    let _ = publisher.join();
 }
 
 /// Counts messages and points (`"time":` occurrences) on a subscription.
@@ -1234,15 +1239,7 @@ fn publish_backlog(broker: &Mosquitto, batches: u64, per_batch: u64) {
         }
         client
     });
-    let mut acked = 0u64;
-    for event in connection.iter() {
-        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = event {
-            acked += 1;
-            if acked == batches {
-                break;
-            }
-        }
-    }
+    wait_for_acks(&mut connection, batches);
     let _ = publisher.join();
 }
 

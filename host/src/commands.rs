@@ -381,17 +381,31 @@ fn render_apps(apps: &[crate::deploy::AppReport]) -> String {
 
 /// Run the gateway until Ctrl-C or SIGTERM.
 fn serve(config: Config, watch: bool) -> anyhow::Result<()> {
+    until_signal("wasmgate", |shutdown| {
+        crate::gateway::run(config, shutdown, watch)
+    })
+}
+
+/// Run a long-lived service on a multi-thread runtime until Ctrl-C or
+/// SIGTERM cancels the token it is given.
+fn until_signal<F>(
+    thread_name: &str,
+    service: impl FnOnce(CancellationToken) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("wasmgate")
+        .thread_name(thread_name)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        // The signal waiter ends with the gateway: it is aborted (and
-        // awaited) once `run` returns, whether a signal came or not.
+        // The signal waiter ends with the service: it is aborted (and
+        // awaited) once the service returns, whether a signal came or not.
         let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
-        let result = crate::gateway::run(config, shutdown, watch).await;
+        let result = service(shutdown).await;
         signals.abort();
         let _ = signals.await;
         result
@@ -433,20 +447,11 @@ fn cloud_serve(args: CloudArgs) -> anyhow::Result<bool> {
         tokens: tokens.clone(),
         share: share.clone(),
     };
-    options.check()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("wasmgate-serve")
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
-        let result = crate::server::run(options, shutdown).await;
-        signals.abort();
-        let _ = signals.await;
-        result.map(|()| true)
+    // `run` checks the options before anything starts.
+    until_signal("wasmgate-serve", |shutdown| {
+        crate::server::run(options, shutdown)
     })
+    .map(|()| true)
 }
 
 /// `wasmgate cloud ...`; `Ok(false)` when the answer was an error.

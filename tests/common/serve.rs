@@ -197,6 +197,20 @@ impl Postgres {
         command
     }
 
+    /// A client program of this server's, pointed at it as its superuser.
+    fn client(&self, program: &str) -> Command {
+        let mut command = self.command(program);
+        command.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "wasmgate",
+        ]);
+        command
+    }
+
     fn spawn(&mut self) {
         let child = self
             .command("postgres")
@@ -219,8 +233,8 @@ impl Postgres {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = self
-                .command("pg_isready")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .client("pg_isready")
+                .arg("-q")
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
@@ -234,16 +248,8 @@ impl Postgres {
     /// A new, empty database on this server, as a URL for serve.
     pub fn database(&self, name: &str) -> String {
         let out = self
-            .command("createdb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "wasmgate",
-                name,
-            ])
+            .client("createdb")
+            .arg(name)
             .output()
             .expect("createdb runs");
         assert!(
@@ -256,15 +262,8 @@ impl Postgres {
 
     /// Run SQL with psql and return its unaligned output.
     pub fn query(&self, database: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "wasmgate",
-            ])
+        let out = self
+            .client("psql")
             .args(["-d", database, "-At", "-c", sql])
             .output()
             .expect("psql runs");

@@ -194,12 +194,12 @@ async fn twin(State(api): State<Api>, Path((gateway, device)): Path<(String, Str
 
 /// The device's model, or why there is none to check against.
 async fn model_of(api: &Api, gateway: &str, device: &str) -> Result<DeviceModel, ApiError> {
-    if !api.db.device_known(gateway, device).await? {
-        return Err(ApiError::not_found(format!(
+    let announced = api.db.model(gateway, device).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
             "gateway {gateway:?} has announced no device {device:?}"
-        )));
-    }
-    let text = api.db.model(gateway, device).await?.ok_or_else(|| {
+        ))
+    })?;
+    let text = announced.ok_or_else(|| {
         ApiError(
             StatusCode::CONFLICT,
             format!("gateway {gateway:?} has not announced the model of {device:?}, so nothing can be checked or sent"),

@@ -532,49 +532,38 @@ fn rows_json(rows: &[AnyRow], columns: &[(&str, Col)]) -> Result<Vec<Value>, sql
 }
 
 impl Db {
-    /// Every gateway: id, online, reason, when its status was stored, and
-    /// its apps.
+    /// Every gateway: id, online, reason, when its status was stored, its
+    /// apps and its outbox.
     pub async fn gateways(&self) -> Result<Vec<Value>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT gateway, CASE WHEN online THEN 1 ELSE 0 END, reason, status_time, stored_at, status
-             FROM gateways ORDER BY gateway",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.gateway_json(&row).await?);
-        }
-        Ok(out)
+        self.gateways_where(None).await
     }
 
     pub async fn gateway(&self, gateway: &str) -> Result<Option<Value>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT gateway, CASE WHEN online THEN 1 ELSE 0 END, reason, status_time, stored_at, status
-             FROM gateways WHERE gateway = $1",
-        )
-        .bind(gateway)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(self.gateway_json(&row).await?)),
-            None => Ok(None),
-        }
+        Ok(self.gateways_where(Some(gateway)).await?.pop())
     }
 
-    async fn gateway_json(&self, row: &AnyRow) -> Result<Value, sqlx::Error> {
-        let gateway: String = row.try_get(0)?;
-        let status = text_json(row.try_get(5)?);
-        let apps = sqlx::query(
-            "SELECT name, device, state, version, component, restarts, error FROM apps
-             WHERE gateway = $1 ORDER BY name",
+    /// The gateways (all, or the one named) with their apps: two queries,
+    /// however many gateways there are.
+    async fn gateways_where(&self, gateway: Option<&str>) -> Result<Vec<Value>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT gateway, CASE WHEN online THEN 1 ELSE 0 END, reason, status_time, stored_at, status
+             FROM gateways WHERE ($1 IS NULL OR gateway = $1) ORDER BY gateway",
         )
-        .bind(&gateway)
+        .bind(gateway)
         .fetch_all(&self.pool)
         .await?;
-        let apps = rows_json(
-            &apps,
+        let app_rows = sqlx::query(
+            "SELECT gateway, name, device, state, version, component, restarts, error FROM apps
+             WHERE ($1 IS NULL OR gateway = $1) ORDER BY gateway, name",
+        )
+        .bind(gateway)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut apps: std::collections::HashMap<String, Vec<Value>> = Default::default();
+        for mut app in rows_json(
+            &app_rows,
             &[
+                ("gateway", Col::Text),
                 ("name", Col::Text),
                 ("device", Col::Text),
                 ("state", Col::Text),
@@ -583,16 +572,38 @@ impl Db {
                 ("restarts", Col::Int),
                 ("error", Col::OptText),
             ],
-        )?;
-        Ok(serde_json::json!({
-            "gateway": gateway,
-            "online": row.try_get::<i64, _>(1)? != 0,
-            "reason": row.try_get::<Option<String>, _>(2)?,
-            "status_time": row.try_get::<Option<i64>, _>(3)?,
-            "stored_at": row.try_get::<i64, _>(4)?,
-            "apps": apps,
-            "outbox": status["outbox"].clone(),
-        }))
+        )? {
+            let owner = app
+                .as_object_mut()
+                .and_then(|a| a.remove("gateway"))
+                .and_then(|g| g.as_str().map(str::to_string))
+                .unwrap_or_default();
+            apps.entry(owner).or_default().push(app);
+        }
+        rows.iter()
+            .map(|row| {
+                let mut gateway = row_json(
+                    row,
+                    &[
+                        ("gateway", Col::Text),
+                        ("online", Col::Flag),
+                        ("reason", Col::OptText),
+                        ("status_time", Col::OptInt),
+                        ("stored_at", Col::Int),
+                        ("status", Col::Json),
+                    ],
+                )?;
+                // Of the whole status only the outbox is served here.
+                let status = gateway
+                    .as_object_mut()
+                    .and_then(|g| g.remove("status"))
+                    .unwrap_or_default();
+                let id = gateway["gateway"].as_str().unwrap_or_default().to_string();
+                gateway["apps"] = Value::Array(apps.remove(&id).unwrap_or_default());
+                gateway["outbox"] = status["outbox"].clone();
+                Ok(gateway)
+            })
+            .collect()
     }
 
     /// A gateway's online/offline history, oldest first.
@@ -635,31 +646,21 @@ impl Db {
         )
     }
 
-    /// The device's model (JSON text), if its gateway announced one.
-    pub async fn model(&self, gateway: &str, device: &str) -> Result<Option<String>, sqlx::Error> {
-        Ok(
-            sqlx::query("SELECT model FROM devices WHERE gateway = $1 AND device = $2")
-                .bind(gateway)
-                .bind(device)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| r.try_get::<Option<String>, _>(0))
-                .transpose()?
-                .flatten(),
-        )
-    }
-
-    /// Whether the gateway has announced this device (in its status or a
-    /// registration).
-    pub async fn device_known(&self, gateway: &str, device: &str) -> Result<bool, sqlx::Error> {
-        Ok(
-            sqlx::query("SELECT 1 FROM devices WHERE gateway = $1 AND device = $2")
-                .bind(gateway)
-                .bind(device)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-        )
+    /// The device's model (JSON text): `None` if its gateway announced no
+    /// such device (in its status or a registration), `Some(None)` if it
+    /// announced the device but not its model.
+    pub async fn model(
+        &self,
+        gateway: &str,
+        device: &str,
+    ) -> Result<Option<Option<String>>, sqlx::Error> {
+        sqlx::query("SELECT model FROM devices WHERE gateway = $1 AND device = $2")
+            .bind(gateway)
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()
     }
 
     pub async fn twin(&self, gateway: &str, device: &str) -> Result<Option<Value>, sqlx::Error> {
