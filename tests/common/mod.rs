@@ -4,6 +4,7 @@
 //! Each test binary includes this module; not every binary uses every helper.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mqtt;
 pub mod peers;
 pub mod serve;

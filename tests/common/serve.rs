@@ -7,6 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tokens `tokens_file` writes: one of each role.
+pub const READER: &str = "reader-token-0123456789";
+pub const OPERATOR: &str = "operator-token-0123456789";
+
+/// A tokens file for `serve --tokens` in `dir` (private, as serve demands)
+/// with a `reader` and an `operator` token.
+pub fn tokens_file(dir: &Path) -> PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("reader {READER}\noperator {OPERATOR}\n")).expect("tokens");
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    tokens
+}
+
 /// A running `wasmgate cloud serve` and its API's address.
 pub struct Serve {
     pub running: Running,

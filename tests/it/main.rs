@@ -11,6 +11,7 @@ mod common;
 
 mod buffering;
 mod cloud;
+mod console;
 mod content;
 mod deploy;
 mod device_io;

@@ -7,7 +7,7 @@
 //! checked against the API's OpenAPI document.
 
 use crate::common::mqtt::{Consumer, Mosquitto};
-use crate::common::serve::{Postgres, Serve};
+use crate::common::serve::{OPERATOR, Postgres, READER, Serve, tokens_file};
 use crate::common::{Gateway, guest, root};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn thermostat(broker: &Mosquitto, tick_ms: u64, extra: &str) -> Gateway {
+pub(crate) fn thermostat(broker: &Mosquitto, tick_ms: u64, extra: &str) -> Gateway {
     Gateway::new()
         .section(&format!(
             "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
@@ -30,7 +30,7 @@ fn thermostat(broker: &Mosquitto, tick_ms: u64, extra: &str) -> Gateway {
 }
 
 /// The climate points the broker delivered, once per batch id, in order.
-fn delivered(consumer: &Consumer) -> Vec<Value> {
+pub(crate) fn delivered(consumer: &Consumer) -> Vec<Value> {
     let mut seen = BTreeSet::new();
     consumer
         .on("wg/v1/test-gw/thermostat/telemetry/climate")
@@ -240,9 +240,6 @@ fn two_instances_on_shared_subscriptions_store_every_point_once_when_one_is_kill
 
 // ---- the API: desired values, actions, bad input, tokens ----
 
-const READER: &str = "reader-token-0123456789";
-const OPERATOR: &str = "operator-token-0123456789";
-
 /// Check `answer` (of `status`) to `method path` against the OpenAPI
 /// document's schema for it.
 fn conforms(path_template: &str, method: &str, status: u16, answer: &Value) {
@@ -277,10 +274,7 @@ fn conforms(path_template: &str, method: &str, status: u16, answer: &Value) {
 fn api_scenario(database: &str) {
     let broker = Mosquitto::start("");
     let dir = tempfile::tempdir().expect("tempdir");
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("reader {READER}\noperator {OPERATOR}\n")).expect("tokens");
-    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
+    let tokens = tokens_file(dir.path());
     let serve = Serve::start(
         &broker.url(),
         database,
@@ -302,6 +296,19 @@ fn api_scenario(database: &str) {
         d["devices"][0]["model_known"] == true
     });
     conforms("/api/v1/gateways/{gateway}/devices", "get", 200, &devices);
+    // The model, as announced: what the console builds its forms from.
+    let model = serve.get("/gateways/test-gw/devices/thermostat/model");
+    conforms(
+        "/api/v1/gateways/{gateway}/devices/{device}/model",
+        "get",
+        200,
+        &model,
+    );
+    let file = std::fs::read_to_string(root().join("examples/thermostat/thermostat.model.json"))
+        .expect("model file");
+    assert_eq!(model, serde_json::from_str::<Value>(&file).expect("JSON"));
+    let (got, answer) = serve.request("GET", "/gateways/test-gw/devices/nobody/model", None, None);
+    assert_eq!(got, 404, "{answer}");
     let twin = serve.wait_get(
         "/gateways/test-gw/devices/thermostat/twin",
         T,

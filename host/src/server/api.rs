@@ -88,6 +88,10 @@ pub fn router(api: Api) -> Router {
             get(twin),
         )
         .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/model",
+            get(model),
+        )
+        .route(
             "/api/v1/gateways/{gateway}/devices/{device}/twin/desired",
             put(set_desired),
         )
@@ -192,23 +196,40 @@ async fn twin(State(api): State<Api>, Path((gateway, device)): Path<(String, Str
         .ok_or_else(|| ApiError::not_found(format!("no twin of {gateway}/{device} is stored")))
 }
 
+/// The device's model as its gateway announced it: what the console builds
+/// its forms, charts and buttons from.
+async fn model(State(api): State<Api>, Path((gateway, device)): Path<(String, String)>) -> Answer {
+    let text = announced_model(&api, &gateway, &device).await?;
+    serde_json::from_str(&text).map(Json).map_err(|e| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("the stored model of {gateway}/{device} is not JSON: {e}"),
+        )
+    })
+}
+
 /// The device's model, or why there is none to check against.
 async fn model_of(api: &Api, gateway: &str, device: &str) -> Result<DeviceModel, ApiError> {
+    let text = announced_model(api, gateway, device).await?;
+    DeviceModel::parse(&text).map_err(|e| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("the stored model of {gateway}/{device} is not valid: {e}"),
+        )
+    })
+}
+
+/// The model's text, or why there is none.
+async fn announced_model(api: &Api, gateway: &str, device: &str) -> Result<String, ApiError> {
     let announced = api.db.model(gateway, device).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "gateway {gateway:?} has announced no device {device:?}"
         ))
     })?;
-    let text = announced.ok_or_else(|| {
+    announced.ok_or_else(|| {
         ApiError(
             StatusCode::CONFLICT,
             format!("gateway {gateway:?} has not announced the model of {device:?}, so nothing can be checked or sent"),
-        )
-    })?;
-    DeviceModel::parse(&text).map_err(|e| {
-        ApiError(
-            StatusCode::CONFLICT,
-            format!("the stored model of {gateway}/{device} is not valid: {e}"),
         )
     })
 }

@@ -10,10 +10,12 @@
 //! - [`ingest`]: the MQTT event loop, commits and acks.
 //! - [`answers`]: action calls waiting for their responses.
 //! - [`auth`]: API tokens and their roles.
+//! - [`console`]: the web console's files (it uses the API like any client).
 
 pub mod answers;
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod db;
 pub mod ingest;
 pub mod record;
@@ -97,13 +99,13 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
         counters: counters.clone(),
     };
     tasks.spawn(ingest.run(events, cancel.clone()));
-    let router = api::router(api::Api {
+    let router = console::router().merge(api::router(api::Api {
         db,
         client,
         answers,
         counters,
         tokens,
-    });
+    }));
     let stop = cancel.clone();
     tasks.spawn(async move {
         let served = axum::serve(listener, router)
@@ -117,6 +119,7 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
     tasks.close();
     // The address goes to stdout, for scripts and tests that chose port 0.
     println!("api: http://{address}/api/v1");
+    println!("console: http://{address}/console/");
     tracing::info!(%address, "serving the API");
     tasks.wait().await;
     Ok(())

@@ -1,0 +1,758 @@
+// The wasmgate console: the fleet, a gateway, a device. Everything it shows
+// or changes goes through the API at /api/v1, with the token the person
+// gives (kept in this tab's sessionStorage only). Values typed into the page
+// are checked against the device's model here first, with the same rules as
+// the server (host/src/model.rs), and the server checks them again.
+//
+// Data from the fleet is put in the page as text nodes, never as HTML.
+"use strict";
+
+const API = "/api/v1";
+const REFRESH_MS = 2000;
+// The largest text or bytes value a model takes (model::MAX_VALUE_BYTES).
+const MAX_VALUE_BYTES = 64 * 1024;
+// Raw points a chart asks for before it asks for buckets instead.
+const RAW_POINT_LIMIT = 5000;
+// Buckets a downsampled chart draws across its window.
+const BUCKETS = 400;
+// The latest alerts a device page lists.
+const ALERTS_SHOWN = 20;
+const RANGES = [
+    ["5 minutes", 300],
+    ["1 hour", 3600],
+    ["1 day", 86400],
+    ["7 days", 604800],
+];
+const COLOURS = ["#1a56db", "#c2410c", "#047857", "#7c3aed", "#be123c", "#0e7490"];
+
+// The charts on the page, by series: what each one drew, for a person's
+// devtools and for the browser tests.
+window.wasmgateCharts = {};
+
+// ---- the API -------------------------------------------------------------
+
+class ApiError extends Error {
+    constructor(status, message) {
+        super(message);
+        this.status = status;
+    }
+}
+
+function token() {
+    return sessionStorage.getItem("wasmgate-token");
+}
+
+async function api(method, path, body) {
+    const headers = {};
+    if (token()) headers.Authorization = `Bearer ${token()}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let response;
+    try {
+        response = await fetch(API + path, { method, headers, body });
+    } catch (e) {
+        throw new ApiError(0, `the server cannot be reached (${e.message})`);
+    }
+    let json = null;
+    try {
+        json = await response.json();
+    } catch {
+        // An answer that is not JSON: its status says enough.
+    }
+    const why = (json && json.error) || `${response.status} ${response.statusText}`;
+    if (response.status === 401) {
+        showLogin(token() ? why : "");
+        throw new ApiError(401, why);
+    }
+    if (!response.ok) throw new ApiError(response.status, why);
+    return json;
+}
+
+const get = (path) => api("GET", path);
+const enc = encodeURIComponent;
+
+// ---- building the page ---------------------------------------------------
+
+// An element with attributes and children (strings become text nodes).
+function el(tag, attributes = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attributes)) {
+        if (value === undefined || value === null || value === false) continue;
+        if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+        else node.setAttribute(name, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+        if (child === undefined || child === null) continue;
+        node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+}
+
+function fill(node, ...children) {
+    node.replaceChildren();
+    for (const child of children.flat()) {
+        if (child !== undefined && child !== null)
+            node.append(child instanceof Node ? child : String(child));
+    }
+}
+
+// Times from the API are nanoseconds since the epoch; shown in UTC.
+function when(ns) {
+    if (ns === null || ns === undefined) return "–";
+    return new Date(ns / 1e6).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+}
+
+function shown(value) {
+    if (value === undefined) return "–";
+    return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+function bytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function table(headings, rows, attributes = {}) {
+    return el(
+        "table",
+        attributes,
+        el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))),
+        el("tbody", {}, rows),
+    );
+}
+
+// ---- checking values against the model ------------------------------------
+
+// A value typed for a model's type, as the JSON to send, or why it is refused.
+// The same rules as the server's (value::from_json and model::check_value).
+function checkValue(text, spec) {
+    const kind = spec.type;
+    const range = spec.range;
+    const outOfRange = (x) =>
+        range && !(range[0] <= x && x <= range[1])
+            ? `${text.trim()} is out of range [${range[0]}, ${range[1]}]`
+            : null;
+    switch (kind) {
+        case "boolean":
+            if (text === "true" || text === "false") return { json: text };
+            return { error: `expected boolean (true or false), got ${JSON.stringify(text)}` };
+        case "integer": {
+            if (!/^\s*-?\d+\s*$/.test(text)) return { error: `expected integer, got ${JSON.stringify(text)}` };
+            // BigInt keeps integers past 2^53 exact; it compares with numbers exactly.
+            const n = BigInt(text.trim());
+            if (n > 9223372036854775807n || n < -9223372036854775808n)
+                return { error: `${text.trim()} does not fit in 64 bits` };
+            const refused = outOfRange(n);
+            return refused ? { error: refused } : { json: n.toString() };
+        }
+        case "number": {
+            const trimmed = text.trim();
+            if (!/^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(trimmed))
+                return { error: `expected number, got ${JSON.stringify(text)}` };
+            const n = Number(trimmed);
+            if (!Number.isFinite(n)) return { error: `${trimmed} is not a finite number` };
+            const refused = outOfRange(n);
+            return refused ? { error: refused } : { json: JSON.stringify(n) };
+        }
+        case "text": {
+            const length = new TextEncoder().encode(text).length;
+            if (length > MAX_VALUE_BYTES)
+                return { error: `text of ${length} bytes is over the limit of ${MAX_VALUE_BYTES}` };
+            return { json: JSON.stringify(text) };
+        }
+        case "bytes": {
+            const compact = text.trim();
+            if (compact.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(compact))
+                return { error: "expected base64 bytes" };
+            if ((compact.length / 4) * 3 > MAX_VALUE_BYTES + 2)
+                return { error: `over the limit of ${MAX_VALUE_BYTES} bytes` };
+            return { json: JSON.stringify(compact) };
+        }
+        default:
+            return { error: `the model's type ${JSON.stringify(kind)} is not one this page knows` };
+    }
+}
+
+// An input for a value of the model's type.
+function inputFor(spec, attributes) {
+    if (spec.type === "boolean") {
+        return el(
+            "select",
+            attributes,
+            el("option", { value: "" }, "–"),
+            el("option", { value: "true" }, "true"),
+            el("option", { value: "false" }, "false"),
+        );
+    }
+    const hint = spec.range ? `${spec.range[0]} … ${spec.range[1]}` : spec.type;
+    return el("input", { ...attributes, placeholder: hint, autocomplete: "off" });
+}
+
+function describe(spec) {
+    const parts = [spec.type];
+    if (spec.unit) parts.push(spec.unit);
+    if (spec.range) parts.push(`[${spec.range[0]}, ${spec.range[1]}]`);
+    return parts.join(", ");
+}
+
+// ---- the views -----------------------------------------------------------
+
+const view = document.getElementById("view");
+const trail = document.getElementById("trail");
+// Bumped on every route: a refresh of a view no longer shown stops.
+let generation = 0;
+
+async function fleetView(refresh) {
+    fill(trail, "Fleet");
+    const status = el("p", { class: "muted" });
+    const body = el("tbody");
+    fill(
+        view,
+        el(
+            "section",
+            {},
+            el("h2", {}, "Gateways"),
+            el(
+                "table",
+                { id: "gateways" },
+                el(
+                    "thead",
+                    {},
+                    el("tr", {}, ["Gateway", "State", "Since", "Apps", "Outbox"].map((h) => el("th", {}, h))),
+                ),
+                body,
+            ),
+            status,
+        ),
+    );
+    refresh(async () => {
+        const { gateways } = await get("/gateways");
+        fill(body, gateways.map(gatewayRow));
+        fill(status, gateways.length ? "" : "No gateway has reported yet.");
+    });
+}
+
+function gatewayRow(g) {
+    const outbox = g.outbox
+        ? `${g.outbox.entries ?? 0} entries · ${g.outbox.points ?? 0} points · ${bytes(g.outbox.bytes ?? 0)}`
+        : "–";
+    return el(
+        "tr",
+        { "data-gateway": g.gateway },
+        el("td", {}, el("a", { href: `#/gateways/${enc(g.gateway)}` }, g.gateway)),
+        el(
+            "td",
+            { class: "state" },
+            el("span", { class: g.online ? "online" : "offline" }, g.online ? "online" : "offline"),
+            g.reason ? el("span", { class: "muted" }, ` (${g.reason})`) : null,
+        ),
+        el("td", { class: "since" }, when(g.status_time ?? g.stored_at)),
+        el(
+            "td",
+            { class: "apps" },
+            g.apps.map((a) =>
+                el(
+                    "span",
+                    { class: "app", "data-app": a.name },
+                    el("a", { href: `#/gateways/${enc(g.gateway)}/devices/${enc(a.device)}` }, a.name),
+                    ` v${a.version} ${a.state}`,
+                    a.restarts ? ` · ${a.restarts} restarts` : "",
+                ),
+            ),
+            g.online ? null : el("div", { class: "muted" }, "as last reported"),
+        ),
+        el("td", { class: "outbox" }, outbox),
+    );
+}
+
+async function gatewayView(refresh, gateway) {
+    fill(trail, el("a", { href: "#/" }, "Fleet"), " / ", gateway);
+    const summary = el("div");
+    const apps = el("div");
+    const devices = el("div");
+    const history = el("div");
+    const deployments = el("div");
+    fill(
+        view,
+        el("section", {}, el("h2", {}, `Gateway ${gateway}`), summary),
+        el("section", {}, el("h2", {}, "Apps"), apps),
+        el("section", {}, el("h2", {}, "Devices"), devices),
+        el("section", {}, el("h2", {}, "Deployments"), deployments),
+        el("section", {}, el("h2", {}, "Online and offline"), history),
+    );
+    const device = (d) => el("a", { href: `#/gateways/${enc(gateway)}/devices/${enc(d)}` }, d);
+    refresh(async () => {
+        const [g, d, deployed] = await Promise.all([
+            get(`/gateways/${enc(gateway)}`),
+            get(`/gateways/${enc(gateway)}/devices`),
+            get(`/deployments?gateway=${enc(gateway)}`),
+        ]);
+        const cells = gatewayRow(g).querySelectorAll("td.state, td.since, td.outbox");
+        fill(summary, table(["State", "Since", "Outbox"], el("tr", { "data-gateway": gateway }, Array.from(cells))));
+        fill(
+            apps,
+            table(
+                ["App", "Device", "State", "Version", "Restarts", "Error"],
+                g.apps.map((a) =>
+                    el(
+                        "tr",
+                        { "data-app": a.name },
+                        el("td", {}, a.name),
+                        el("td", {}, device(a.device)),
+                        el("td", {}, a.state),
+                        el("td", {}, a.version),
+                        el("td", {}, a.restarts),
+                        el("td", { class: "error" }, a.error ?? ""),
+                    ),
+                ),
+            ),
+        );
+        fill(
+            devices,
+            table(
+                ["Device", "App", "Registered", "Model"],
+                d.devices.map((x) =>
+                    el(
+                        "tr",
+                        { "data-device": x.device },
+                        el("td", {}, device(x.device)),
+                        el("td", {}, x.app ?? "–"),
+                        el("td", {}, x.registration ? "yes" : "no"),
+                        el("td", {}, x.model_known ? "announced" : "not announced"),
+                    ),
+                ),
+            ),
+        );
+        fill(
+            deployments,
+            deployed.deployments.length
+                ? table(
+                      ["Deployment", "Stage", "Message", "Updated"],
+                      deployed.deployments.map((x) =>
+                          el(
+                              "tr",
+                              {},
+                              el("td", {}, x.id),
+                              el("td", { class: x.error ? "error" : "" }, x.stage),
+                              el("td", {}, x.error ?? x.message ?? ""),
+                              el("td", {}, when(x.updated_at)),
+                          ),
+                      ),
+                  )
+                : el("p", { class: "muted" }, "None reported."),
+        );
+        fill(
+            history,
+            table(
+                ["Time", "State", "Reason"],
+                g.history
+                    .slice(-20)
+                    .reverse()
+                    .map((e) =>
+                        el(
+                            "tr",
+                            {},
+                            el("td", {}, when(e.time)),
+                            el("td", { class: e.online ? "online" : "offline" }, e.online ? "online" : "offline"),
+                            el("td", {}, e.reason ?? ""),
+                        ),
+                    ),
+            ),
+        );
+    });
+}
+
+async function deviceView(refresh, gateway, device) {
+    const base = `/gateways/${enc(gateway)}/devices/${enc(device)}`;
+    fill(
+        trail,
+        el("a", { href: "#/" }, "Fleet"),
+        " / ",
+        el("a", { href: `#/gateways/${enc(gateway)}` }, gateway),
+        " / ",
+        device,
+    );
+    let model = null;
+    let modelProblem = null;
+    try {
+        model = await get(`${base}/model`);
+    } catch (e) {
+        if (e.status === 401) return;
+        modelProblem = e.message;
+    }
+    const twinSection = el("section", { id: "twin" }, el("h2", {}, "Twin"));
+    const chartsSection = el("section", { id: "charts" }, el("h2", {}, "Series"));
+    const actionsSection = el("section", { id: "actions" }, el("h2", {}, "Actions"));
+    const alertsSection = el(
+        "section",
+        { id: "alerts" },
+        el("h2", {}, "Alerts"),
+        el("p", { class: "muted" }, `The latest ${ALERTS_SHOWN}; the API's /alerts has them all.`),
+    );
+    fill(view, twinSection, chartsSection, actionsSection, alertsSection);
+    if (modelProblem) {
+        twinSection.append(el("p", { class: "error", id: "model-problem" }, modelProblem));
+    }
+    const updateTwin = twinPart(twinSection, base, model);
+    const updateCharts = model ? chartsPart(chartsSection, base, model) : async () => {};
+    if (model) actionsPart(actionsSection, base, model);
+    else actionsSection.append(el("p", { class: "muted" }, "No model: nothing can be called."));
+    const alertRows = el("tbody");
+    alertsSection.append(
+        el(
+            "table",
+            {},
+            el("thead", {}, el("tr", {}, ["Time", "Alert", "Severity", "Values"].map((h) => el("th", {}, h)))),
+            alertRows,
+        ),
+    );
+    refresh(async () => {
+        const [, , alerts] = await Promise.all([
+            updateTwin(),
+            updateCharts(),
+            get(`/alerts?gateway=${enc(gateway)}&device=${enc(device)}&limit=${ALERTS_SHOWN}`),
+        ]);
+        fill(
+            alertRows,
+            alerts.alerts.map((a) =>
+                el(
+                    "tr",
+                    { "data-alert": a.id },
+                    el("td", {}, when(a.time)),
+                    el("td", {}, a.name),
+                    el("td", { class: a.severity === "critical" ? "error" : "" }, a.severity),
+                    el("td", {}, shown(a.values)),
+                ),
+            ),
+        );
+    });
+}
+
+// The twin: reported and desired values, and a form for the writable ones.
+function twinPart(section, base, model) {
+    const attributes = model ? Object.entries(model.attributes ?? {}) : [];
+    const cells = {};
+    const inputs = {};
+    const rows = attributes.map(([name, spec]) => {
+        cells[name] = { reported: el("td", { class: "reported" }), desired: el("td", { class: "desired" }) };
+        let edit = el("td", { class: "muted" }, "read-only");
+        if (spec.writable) {
+            inputs[name] = inputFor(spec, { name, "aria-label": `desired ${name}` });
+            edit = el("td", {}, inputs[name]);
+        }
+        return el(
+            "tr",
+            { "data-attribute": name },
+            el("td", {}, name, el("div", { class: "muted" }, describe(spec))),
+            cells[name].reported,
+            cells[name].desired,
+            edit,
+        );
+    });
+    const status = el("p", { id: "desired-status" });
+    const ack = el("p", { id: "ack", class: "muted" });
+    let pending = null;
+    const form = el(
+        "form",
+        { id: "desired" },
+        table(["Attribute", "Reported", "Desired", "Set"], rows),
+        Object.keys(inputs).length ? el("button", { type: "submit" }, "Set desired values") : null,
+        status,
+        ack,
+    );
+    form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const changes = [];
+        const refusals = [];
+        for (const [name, input] of Object.entries(inputs)) {
+            input.classList.remove("refused");
+            if (input.value === "") continue;
+            const checked = checkValue(input.value, model.attributes[name]);
+            if (checked.error) {
+                input.classList.add("refused");
+                refusals.push(`${name}: ${checked.error}`);
+            } else changes.push([name, checked.json]);
+        }
+        if (refusals.length) {
+            fill(status, el("span", { class: "error" }, `Not sent. The model refuses ${refusals.join("; ")}`));
+            return;
+        }
+        if (!changes.length) {
+            fill(status, el("span", { class: "error" }, "Nothing to send: type a value first."));
+            return;
+        }
+        // Built by hand so that integers past 2^53 go out exactly as typed.
+        const body = `{"attributes":{${changes.map(([n, json]) => `${JSON.stringify(n)}:${json}`).join(",")}}}`;
+        fill(status, "Sending…");
+        try {
+            const answer = await api("PUT", `${base}/twin/desired`, body);
+            pending = answer.version;
+            fill(status, el("span", { class: "ok" }, `Sent as version ${answer.version}; waiting for the device.`));
+            for (const input of Object.values(inputs)) input.value = "";
+        } catch (e) {
+            fill(status, el("span", { class: "error" }, `Refused by the server: ${e.message}`));
+        }
+    });
+    section.append(form);
+    return async () => {
+        let twin = null;
+        try {
+            twin = await get(`${base}/twin`);
+        } catch (e) {
+            if (e.status !== 404) throw e;
+        }
+        const reported = (twin && twin.reported) || {};
+        const desired = (twin && twin.desired) || {};
+        for (const [name, cell] of Object.entries(cells)) {
+            fill(cell.reported, shown(reported[name]));
+            fill(cell.desired, shown(desired[name]));
+        }
+        const last = twin && twin.ack;
+        if (last && last.version !== undefined) {
+            const rejected = Object.entries(last.rejected ?? {}).map(([n, why]) => `${n} (${why})`);
+            fill(
+                ack,
+                el(
+                    "span",
+                    { class: rejected.length ? "error" : "ok", "data-version": last.version },
+                    `The device acknowledged version ${last.version}: `,
+                    last.accepted && last.accepted.length ? `accepted ${last.accepted.join(", ")}` : "accepted nothing",
+                    rejected.length ? `; refused ${rejected.join(", ")}` : "",
+                ),
+            );
+            if (pending !== null && last.version >= pending) {
+                fill(status, "");
+                pending = null;
+            }
+        }
+    };
+}
+
+// One chart per series, of its numeric fields, over a chosen window.
+function chartsPart(section, base, model) {
+    const series = Object.entries(model.series ?? {});
+    if (!series.length) {
+        section.append(el("p", { class: "muted" }, "The model declares no series."));
+        return async () => {};
+    }
+    const range = el(
+        "select",
+        { id: "range", "aria-label": "window" },
+        RANGES.map(([label, seconds]) => el("option", { value: seconds }, `last ${label}`)),
+    );
+    section.append(el("label", {}, "Window ", range));
+    const charts = series.map(([name, spec]) => {
+        const fields = Object.entries(spec.fields ?? {}).filter(([, f]) => f.type === "number" || f.type === "integer");
+        const holder = el("div", { class: "chart", "data-series": name });
+        const note = el("p", { class: "muted" });
+        section.append(el("h3", {}, name), holder, note);
+        return { name, fields, holder, note, plot: null };
+    });
+    const update = async () => {
+        const seconds = Number(range.value);
+        const to = Date.now() * 1e6 + 60e9; // a minute ahead: gateway clocks drift
+        const from = to - (seconds + 60) * 1e9;
+        await Promise.all(charts.map((chart) => drawChart(chart, base, from, to)));
+    };
+    range.addEventListener("change", update);
+    return update;
+}
+
+async function drawChart(chart, base, from, to) {
+    if (!chart.fields.length) {
+        fill(chart.note, "No numeric field to chart.");
+        return;
+    }
+    const path = `${base}/series/${enc(chart.name)}`;
+    const raw = await get(`${path}?from=${from}&to=${to}&limit=${RAW_POINT_LIMIT}`);
+    let times;
+    let columns;
+    let mode;
+    if (raw.points.length < RAW_POINT_LIMIT) {
+        mode = "points";
+        times = raw.points.map((p) => p.time);
+        columns = chart.fields.map(([f]) => raw.points.map((p) => (typeof p.values[f] === "number" ? p.values[f] : null)));
+    } else {
+        // Too many to draw one by one: the mean of each bucket, per field.
+        mode = "buckets";
+        const ms = Math.max(1, Math.round((to - from) / 1e6 / BUCKETS));
+        const answers = await Promise.all(
+            chart.fields.map(([f]) => get(`${path}?from=${from}&to=${to}&field=${enc(f)}&bucket_ms=${ms}`)),
+        );
+        const starts = [...new Set(answers.flatMap((a) => a.buckets.map((b) => b.start)))].sort((a, b) => a - b);
+        times = starts;
+        columns = answers.map((a) => {
+            const byStart = new Map(a.buckets.map((b) => [b.start, b.mean]));
+            return starts.map((s) => byStart.get(s) ?? null);
+        });
+    }
+    const data = [times.map((t) => t / 1e9), ...columns];
+    if (!chart.plot) {
+        const width = Math.max(300, chart.holder.clientWidth || 800);
+        chart.plot = new uPlot(
+            {
+                width,
+                height: 220,
+                scales: { x: { time: true } },
+                series: [
+                    {},
+                    ...chart.fields.map(([f, spec], i) => ({
+                        label: spec.unit ? `${f} (${spec.unit})` : f,
+                        stroke: COLOURS[i % COLOURS.length],
+                        width: 1.5,
+                        spanGaps: false,
+                    })),
+                ],
+            },
+            data,
+            chart.holder,
+        );
+    } else {
+        chart.plot.setData(data);
+    }
+    fill(
+        chart.note,
+        mode === "points"
+            ? `${times.length} points`
+            : `${times.length} buckets of ${Math.round((to - from) / 1e6 / BUCKETS)} ms, mean per bucket`,
+    );
+    window.wasmgateCharts[chart.name] = {
+        mode,
+        // Milliseconds: nanoseconds past 2^53 are not exact in JavaScript.
+        times: times.map((t) => Math.round(t / 1e6)),
+        fields: Object.fromEntries(chart.fields.map(([f], i) => [f, columns[i]])),
+    };
+}
+
+// A button per action, with an input for its argument if it takes one.
+function actionsPart(section, base, model) {
+    const actions = Object.entries(model.actions ?? {});
+    if (!actions.length) {
+        section.append(el("p", { class: "muted" }, "The model declares no action."));
+        return;
+    }
+    for (const [name, spec] of actions) {
+        const argument = spec.argument
+            ? inputFor(spec.argument, { name: "argument", "aria-label": `argument of ${name}` })
+            : null;
+        const result = el("output", { class: "result" });
+        const form = el(
+            "form",
+            { class: "action", "data-action": name, title: spec.description ?? "" },
+            argument,
+            el("button", { type: "submit" }, name),
+            result,
+        );
+        form.addEventListener("submit", async (event) => {
+            event.preventDefault();
+            let body;
+            if (argument) {
+                const checked = checkValue(argument.value, spec.argument);
+                if (checked.error) {
+                    argument.classList.add("refused");
+                    fill(result, el("span", { class: "error" }, `Not sent: ${checked.error}`));
+                    return;
+                }
+                argument.classList.remove("refused");
+                body = `{"argument":${checked.json}}`;
+            }
+            fill(result, "calling…");
+            try {
+                const answer = await api("POST", `${base}/actions/${enc(name)}`, body);
+                fill(result, el("span", { class: "ok" }, `→ ${shown(answer.result ?? null)}`));
+            } catch (e) {
+                fill(result, el("span", { class: "error" }, `failed: ${e.message}`));
+            }
+        });
+        section.append(form);
+    }
+}
+
+// ---- routes, refreshes and the token -------------------------------------
+
+const routes = [
+    [/^#?\/?$/, fleetView],
+    [/^#\/gateways\/([^/]+)\/?$/, gatewayView],
+    [/^#\/gateways\/([^/]+)\/devices\/([^/]+)\/?$/, deviceView],
+];
+
+function route() {
+    const mine = ++generation;
+    const problem = el("p", { class: "error", id: "problem" });
+    // Runs `update` now and every REFRESH_MS while this view is shown; a
+    // failure is shown and the next refresh tries again.
+    const refresh = (update) => {
+        view.append(problem);
+        const tick = async () => {
+            if (mine !== generation) return;
+            try {
+                await update();
+                fill(problem, "");
+            } catch (e) {
+                if (e.status !== 401) fill(problem, e.message);
+                if (e.status === 401) return;
+            }
+            if (mine === generation) setTimeout(tick, REFRESH_MS);
+        };
+        tick();
+    };
+    for (const [pattern, show] of routes) {
+        const match = location.hash.match(pattern);
+        if (match) {
+            show(refresh, ...match.slice(1).map(decodeURIComponent)).catch((e) => {
+                if (e.status !== 401) fill(view, el("p", { class: "error", id: "problem" }, e.message));
+            });
+            return;
+        }
+    }
+    fill(view, el("p", { class: "error" }, `No such page: ${location.hash}`));
+}
+
+const login = document.getElementById("login");
+
+function showLogin(why) {
+    generation++;
+    login.hidden = false;
+    fill(view);
+    fill(document.getElementById("login-error"), why);
+    document.getElementById("token").focus();
+}
+
+login.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem("wasmgate-token", document.getElementById("token").value);
+    document.getElementById("token").value = "";
+    login.hidden = true;
+    showWho();
+    route();
+});
+
+function showWho() {
+    const who = document.getElementById("who");
+    if (!token()) {
+        fill(who);
+        return;
+    }
+    fill(
+        who,
+        "token given · ",
+        el(
+            "a",
+            {
+                href: "#",
+                id: "forget",
+                onclick: (event) => {
+                    event.preventDefault();
+                    sessionStorage.removeItem("wasmgate-token");
+                    showWho();
+                    route();
+                },
+            },
+            "forget it",
+        ),
+    );
+}
+
+window.addEventListener("hashchange", route);
+showWho();
+route();
