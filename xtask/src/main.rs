@@ -93,7 +93,8 @@ fn has_postgres() -> bool {
 
 /// Install what the tests need and is missing: Mosquitto and PostgreSQL
 /// (apt), the guest languages' tools (`guests/install-tools`, which says
-/// what it does) and the protocol peers (`tests/peers/install`).
+/// what it does), the protocol peers (`tests/peers/install`) and the
+/// browser the console's tests drive (`tests/browser/install`).
 fn setup(root: &Path) -> Result<(), String> {
     let mut packages = Vec::new();
     if !has_mosquitto() {
@@ -138,7 +139,9 @@ fn setup(root: &Path) -> Result<(), String> {
     }
     run(Command::new(root.join("guests/install-tools")).current_dir(root))?;
     // The protocol peers the integration tests talk to (pymodbus, ...).
-    run(Command::new(root.join("tests/peers/install")).current_dir(root))
+    run(Command::new(root.join("tests/peers/install")).current_dir(root))?;
+    // The console's browser tests: Debian's chromium and playwright-core.
+    run(Command::new(root.join("tests/browser/install")).current_dir(root))
 }
 
 /// How long `cargo xtask test` runs each fuzz target: long enough to catch
@@ -276,6 +279,9 @@ fn operate(
         )),
         Err(e) => say(&format!("server side: the API did not answer: {e}")),
     }
+    say(&format!(
+        "the web console: open http://{DEMO_API}/console/ in a browser (the fleet, the thermostat's twin, chart and reset button)"
+    ));
     say(&format!(
         "the gateway keeps running; try more `wasmgate cloud ...` commands in another terminal, or the API: curl http://{DEMO_API}/api/v1/gateways (docs/server.md); Ctrl-C stops it",
     ));
