@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The tables the store itself keeps (devices, the twin, the outbox, the
 /// apps' states); the capability units and the deployer own theirs.
@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS apps (
     restarts   INTEGER NOT NULL DEFAULT 0,
     updated_at INTEGER NOT NULL,
     component  TEXT
+);
+
+-- This database's own id (one row), made when the database is: it goes into
+-- batch and alert ids, so that a gateway whose data directory was wiped,
+-- and whose outbox counts from 1 again, never repeats an id a consumer has
+-- already seen (and would drop as a duplicate). Empty for a database made
+-- before version 8, whose ids keep their old form.
+CREATE TABLE IF NOT EXISTS store_identity (
+    id TEXT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS saved_state (
@@ -173,11 +182,33 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         ))?;
         tx.commit()?;
     }
+    // A database new here (version 0) gets a random id; one from an older
+    // build keeps the ids it may already have sent.
+    let id = if version == 0 {
+        format!("{:012x}", crate::value::random_u64() & 0xffff_ffff_ffff)
+    } else {
+        String::new()
+    };
+    conn.execute(
+        "INSERT INTO store_identity (id) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM store_identity)",
+        params![id],
+    )?;
     for schema in schemas {
         conn.execute_batch(schema)?;
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
+}
+
+/// The prefix of this database's batch and alert ids: `{gateway}-{id}`, or
+/// `{gateway}` for a database made before ids had one.
+pub fn id_prefix(conn: &Connection, gateway: &str) -> rusqlite::Result<String> {
+    let id: String = conn.query_row("SELECT id FROM store_identity LIMIT 1", [], |r| r.get(0))?;
+    Ok(if id.is_empty() {
+        gateway.to_string()
+    } else {
+        format!("{gateway}-{id}")
+    })
 }
 
 /// Record which app owns a device (so cloud traffic for it can be routed).
@@ -351,6 +382,31 @@ mod tests {
             .expect("bump");
         let err = migrate(&conn, &[]).unwrap_err().to_string();
         assert!(err.contains("newer than this wasmgate"), "{err}");
+    }
+
+    #[test]
+    fn a_new_database_gets_its_own_id_prefix_and_an_older_one_keeps_the_old_form() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix_of = |name: &str, before: Option<i64>| {
+            let conn = open(&dir.path().join(name)).expect("open");
+            if let Some(version) = before {
+                // A database an older build made and used.
+                conn.execute_batch(SCHEMA).expect("older tables");
+                conn.execute_batch(OUTBOX_TABLE).expect("older outbox");
+                conn.pragma_update(None, "user_version", version)
+                    .expect("version");
+            }
+            migrate(&conn, &[]).expect("migrate");
+            let first = id_prefix(&conn, "gw").expect("prefix");
+            migrate(&conn, &[]).expect("migrate again");
+            assert_eq!(id_prefix(&conn, "gw").expect("prefix"), first, "stable");
+            first
+        };
+        let a = prefix_of("a.db", None);
+        let b = prefix_of("b.db", None);
+        assert!(a.starts_with("gw-") && a.len() == "gw-".len() + 12, "{a}");
+        assert_ne!(a, b, "a wiped and remade database gets another id");
+        assert_eq!(prefix_of("old.db", Some(7)), "gw");
     }
 
     #[test]

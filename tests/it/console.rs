@@ -9,9 +9,9 @@ use crate::common::browser::Browser;
 use crate::common::mqtt::{Consumer, Mosquitto};
 use crate::common::serve::{OPERATOR, Serve, tokens_file};
 use crate::common::{guest, model, root};
-use crate::serve::{delivered, thermostat};
+use crate::serve::{settled, thermostat};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -137,11 +137,7 @@ fn the_console_shows_the_fleet_sets_desired_values_calls_actions_and_charts_what
     let recorded = settled(&consumer, &serve);
     assert!(recorded.len() > 20, "{} points", recorded.len());
     page.goto(&format!("{console}#/gateways/test-gw/devices/thermostat"));
-    page.wait_text(
-        "#charts p",
-        &format!("{} points", recorded.len()),
-        T,
-    );
+    page.wait_text("#charts p", &format!("{} points", recorded.len()), T);
     let drawn = page.eval("() => window.wasmgateCharts.climate");
     assert_eq!(drawn["mode"], "points", "{drawn}");
     let times: Vec<i64> = recorded
@@ -151,7 +147,10 @@ fn the_console_shows_the_fleet_sets_desired_values_calls_actions_and_charts_what
     let drawn_times: Vec<i64> = serde_json::from_value(drawn["times"].clone()).expect("times");
     assert_eq!(drawn_times, times);
     for field in ["temperature", "humidity"] {
-        let values: Vec<Option<f64>> = recorded.iter().map(|p| p["values"][field].as_f64()).collect();
+        let values: Vec<Option<f64>> = recorded
+            .iter()
+            .map(|p| p["values"][field].as_f64())
+            .collect();
         let drawn_values: Vec<Option<f64>> =
             serde_json::from_value(drawn["fields"][field].clone()).expect("values");
         assert_eq!(drawn_values, values, "{field}");
@@ -170,27 +169,6 @@ fn the_console_shows_the_fleet_sets_desired_values_calls_actions_and_charts_what
     assert!(policy.contains("default-src 'self'"), "{policy}");
 }
 
-/// The points delivered once the killed gateway's last messages are in,
-/// when serve has stored as many.
-fn settled(consumer: &Consumer, serve: &Serve) -> Vec<Value> {
-    let deadline = Instant::now() + T;
-    let mut last = usize::MAX;
-    loop {
-        let points = delivered(consumer);
-        let stored = serve.stored_points();
-        if points.len() == last && stored == points.len() as i64 {
-            return points;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve stored {stored} points, the broker delivered {}",
-            points.len()
-        );
-        last = points.len();
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// The console's copy of uPlot is the one tests/browser/package.json pins.
 #[test]
 fn the_vendored_chart_library_is_the_pinned_version() {
@@ -200,6 +178,9 @@ fn the_vendored_chart_library_is_the_pinned_version() {
         let npm = std::fs::read(pinned.join(file))
             .unwrap_or_else(|e| panic!("{file} from npm (run `cargo xtask setup`): {e}"));
         let ours = std::fs::read(vendored.join(file)).expect("vendored file");
-        assert!(npm == ours, "{file} differs from the pinned uplot's: copy it again");
+        assert!(
+            npm == ours,
+            "{file} differs from the pinned uplot's: copy it again"
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::common::serve::{OPERATOR, Postgres, READER, Serve, tokens_file};
 use crate::common::{Gateway, guest, root};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -39,6 +39,79 @@ pub(crate) fn delivered(consumer: &Consumer) -> Vec<Value> {
         .filter(|b| seen.insert(b["batch"].as_str().unwrap_or("?").to_string()))
         .flat_map(|b| b["points"].as_array().cloned().unwrap_or_default())
         .collect()
+}
+
+/// The points delivered (once per batch id) once a stopped gateway's last
+/// messages are in and serve has stored as many.
+pub(crate) fn settled(consumer: &Consumer, serve: &Serve) -> Vec<Value> {
+    let deadline = Instant::now() + T;
+    let mut last = usize::MAX;
+    loop {
+        let points = delivered(consumer);
+        let stored = serve.stored_points();
+        if points.len() == last && stored == points.len() as i64 {
+            return points;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve stored {stored} points, the broker delivered {}",
+            points.len()
+        );
+        last = points.len();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A gateway whose data directory is wiped counts its outbox from 1 again.
+/// Its batches carry its new database's id, so serve stores them rather than
+/// taking them for batches it has seen.
+#[test]
+fn a_gateway_started_again_on_a_wiped_data_directory_is_stored_not_taken_for_duplicates() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(
+        &broker.settings("consumer"),
+        &["wg/v1/test-gw/+/telemetry/+"],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let serve = Serve::start(&broker.url(), &database, &[]);
+    let gw = thermostat(&broker, 50, "");
+    let batch_ids = || -> BTreeSet<String> {
+        consumer
+            .on("wg/v1/test-gw/thermostat/telemetry/climate")
+            .iter()
+            .map(|m| m.json()["batch"].as_str().expect("batch id").to_string())
+            .collect()
+    };
+    let mut run = gw.start();
+    serve.wait_get("/stats", T, "points stored", |s| {
+        s["stored_points"].as_i64() > Some(20)
+    });
+    assert!(run.stop().success());
+    let first = settled(&consumer, &serve).len();
+    let first_ids = batch_ids();
+
+    std::fs::remove_dir_all(gw.data_dir()).expect("wipe the data directory");
+    let mut run = gw.start();
+    serve.wait_get("/stats", T, "the new points stored", |s| {
+        s["stored_points"].as_i64() > Some(first as i64 + 20)
+    });
+    assert!(run.stop().success());
+    let all = settled(&consumer, &serve);
+    assert!(all.len() > first + 20, "{} then {}", first, all.len());
+    let stats = serve.get("/stats");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    let prefix = |id: &String| {
+        id.rsplit_once('-')
+            .expect("gateway-database-seq")
+            .0
+            .to_string()
+    };
+    let before: BTreeSet<String> = first_ids.iter().map(prefix).collect();
+    let after: BTreeSet<String> = batch_ids().difference(&first_ids).map(prefix).collect();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(before, after, "the wiped gateway's ids have a new prefix");
 }
 
 const CLIMATE: &str = "/gateways/test-gw/devices/thermostat/series/climate";

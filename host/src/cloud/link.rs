@@ -57,6 +57,9 @@ const READ_AHEAD: usize = 64;
 
 struct Link {
     spec_gateway: String,
+    /// `{gateway}-{database id}`: batch and alert ids are this and the
+    /// outbox seq (see `store::id_prefix`).
+    id_prefix: String,
     status_topic: String,
     client: AsyncClient,
     db: rusqlite::Connection,
@@ -108,11 +111,13 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         AsyncClient::new(options, usize::from(config.max_inflight) * 2 + 16);
     super::no_delay(&mut eventloop);
 
+    let conn = db.open()?;
     let mut link = Link {
+        id_prefix: crate::store::id_prefix(&conn, &gateway)?,
         spec_gateway: gateway.clone(),
         status_topic,
         client,
-        db: db.open()?,
+        db: conn,
         usage,
         metrics: report.metrics().clone(),
         report,
@@ -461,7 +466,7 @@ impl Link {
             serde_json::from_slice(&stored).unwrap_or_default();
         alert.insert(
             "id".into(),
-            format!("{}-{}", self.spec_gateway, row.seq).into(),
+            format!("{}-{}", self.id_prefix, row.seq).into(),
         );
         let topic = topics::topic(
             &self.spec_gateway,
@@ -517,11 +522,7 @@ impl Link {
         // rather than parse and re-encode it.
         let mut payload = Vec::with_capacity(points.len() + 64);
         payload.extend_from_slice(
-            format!(
-                "{{\"batch\":\"{}-{}\",\"points\":",
-                self.spec_gateway, row.seq
-            )
-            .as_bytes(),
+            format!("{{\"batch\":\"{}-{}\",\"points\":", self.id_prefix, row.seq).as_bytes(),
         );
         payload.extend_from_slice(&points);
         payload.push(b'}');

@@ -14,15 +14,31 @@ use axum::routing::get;
 
 /// The console's files: path under `/console/`, content type, body.
 const FILES: &[(&str, &str, &str)] = &[
-    ("", "text/html; charset=utf-8", include_str!("console/index.html")),
-    ("console.js", "text/javascript; charset=utf-8", include_str!("console/console.js")),
-    ("console.css", "text/css; charset=utf-8", include_str!("console/console.css")),
+    (
+        "",
+        "text/html; charset=utf-8",
+        include_str!("console/index.html"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_str!("console/console.js"),
+    ),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_str!("console/console.css"),
+    ),
     (
         "vendor/uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
         include_str!("console/vendor/uPlot.iife.min.js"),
     ),
-    ("vendor/uPlot.min.css", "text/css; charset=utf-8", include_str!("console/vendor/uPlot.min.css")),
+    (
+        "vendor/uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("console/vendor/uPlot.min.css"),
+    ),
 ];
 
 /// Scripts and styles only from this server, no framing, no referrer: the
