@@ -226,7 +226,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         usage.clone(),
         database.clone(),
         config.cloud.is_some(),
-    );
+    )
+    .with_labels(config.labels.clone());
     let shared = AppShared {
         db: database.clone(),
         units,

@@ -31,12 +31,14 @@ fn the_console_shows_the_fleet_sets_desired_values_calls_actions_and_charts_what
     )
     .with_token(OPERATOR);
     // Overheated from the first tick, so that there are alerts to show.
-    let gw = thermostat(&broker, 50, "[app.config]\noverheat_at = -100.0\n").app(
-        "actions",
-        &guest("action-behaviours"),
-        &model("actions"),
-        "",
-    );
+    let gw = thermostat(&broker, 50, "[app.config]\noverheat_at = -100.0\n")
+        .gateway(r#"labels = { site = "plant-1" }"#)
+        .app(
+            "actions",
+            &guest("action-behaviours"),
+            &model("actions"),
+            "",
+        );
     let mut run = gw.start();
     run.wait_running("thermostat", T);
     run.wait_running("actions", T);
@@ -58,6 +60,7 @@ fn the_console_shows_the_fleet_sets_desired_values_calls_actions_and_charts_what
     page.wait_text(&format!("{row} [data-app=thermostat]"), "running", T);
     page.wait_text(&format!("{row} [data-app=actions]"), "running", T);
     page.wait_text(&format!("{row} td.outbox"), "entries", T);
+    page.wait_text(&format!("{row} td.labels"), "site=plant-1", T);
 
     // The thermostat's page: its twin as reported.
     page.click(&format!("{row} [data-app=thermostat] a"));

@@ -354,7 +354,8 @@ fn api_scenario(database: &str) {
         &["--tokens", tokens.to_str().expect("utf-8")],
     )
     .with_token(READER);
-    let gw = thermostat(&broker, 50, "");
+    let gw =
+        thermostat(&broker, 50, "").gateway(r#"labels = { site = "plant-1", ring = "canary" }"#);
     let mut run = gw.start();
     run.wait_running("thermostat", T);
 
@@ -365,6 +366,26 @@ fn api_scenario(database: &str) {
     conforms("/api/v1/gateways", "get", 200, &gateways);
     assert_eq!(gateways["gateways"][0]["gateway"], "test-gw");
     assert_eq!(gateways["gateways"][0]["online"], true);
+    // Its labels, and the selectors that match them or not.
+    assert_eq!(
+        gateways["gateways"][0]["labels"],
+        json!({"site": "plant-1", "ring": "canary"})
+    );
+    for (selector, matched) in [
+        ("site%3Dplant-1", 1),
+        ("site%3Dplant-1%2Cring!%3Dcanary", 0),
+        ("site%3Dplant-2", 0),
+    ] {
+        let found = serve.get(&format!("/gateways?selector={selector}"));
+        assert_eq!(
+            found["gateways"].as_array().map(Vec::len),
+            Some(matched),
+            "{selector}: {found}"
+        );
+    }
+    let (got, answer) = serve.request("GET", "/gateways?selector=site%3D%3D", None, None);
+    assert_eq!(got, 400, "{answer}");
+    conforms("/api/v1/gateways", "get", 400, &answer);
     let devices = serve.wait_get("/gateways/test-gw/devices", T, "the device's model", |d| {
         d["devices"][0]["model_known"] == true
     });
@@ -537,6 +558,19 @@ fn api_scenario(database: &str) {
     assert_eq!(gateway["reason"], "shutdown");
     let history = gateway["history"].as_array().expect("history");
     assert_eq!(history.last().map(|e| &e["online"]), Some(&json!(false)));
+
+    // Stopped by a signal, serve drains and exits cleanly; started again on
+    // the same database, it holds what it held.
+    let stored = serve.stored_points();
+    let mut serve = serve;
+    assert!(serve.running.stop().success(), "serve exits 0 on SIGTERM");
+    let serve = Serve::start(
+        &broker.url(),
+        database,
+        &["--tokens", tokens.to_str().expect("utf-8")],
+    )
+    .with_token(READER);
+    assert_eq!(serve.stored_points(), stored);
 }
 
 #[test]

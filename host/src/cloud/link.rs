@@ -90,6 +90,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         online: false,
         time: None,
         reason: Some("connection lost".into()),
+        labels: Default::default(),
         apps: vec![],
         outbox: OutboxInfo::default(),
     };

@@ -60,6 +60,7 @@ pub struct Reporter {
     usage: Arc<Usage>,
     db: Database,
     cloud_configured: bool,
+    labels: BTreeMap<String, String>,
 }
 
 impl Reporter {
@@ -80,7 +81,14 @@ impl Reporter {
             usage,
             db,
             cloud_configured,
+            labels: BTreeMap::new(),
         }
+    }
+
+    /// The gateway's labels, announced in its status.
+    pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Reporter {
+        self.labels = labels;
+        self
     }
 
     pub fn gateway(&self) -> &str {
@@ -241,6 +249,7 @@ impl Reporter {
             online,
             time: Some(time),
             reason: reason.map(str::to_string),
+            labels: self.labels.clone(),
             apps: self.apps_in(conn.as_ref(), crate::wire::protocol::STATUS_LIST),
             outbox: self.outbox_in(conn.as_ref()),
         };

@@ -25,7 +25,9 @@ use super::auth::{Role, Tokens};
 use super::db::Db;
 use super::ingest::Counters;
 use crate::model::DeviceModel;
+use crate::wire::selector::Selector;
 use crate::wire::topics;
+use std::collections::BTreeMap;
 
 /// The API's description, checked against the real responses by the tests.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -170,8 +172,32 @@ async fn stats(State(api): State<Api>) -> Answer {
     })))
 }
 
-async fn gateways(State(api): State<Api>) -> Answer {
-    Ok(Json(json!({ "gateways": api.db.gateways().await? })))
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayQuery {
+    /// A label selector (`site=plant-1,ring!=canary`), as deployments use.
+    selector: Option<String>,
+}
+
+async fn gateways(
+    State(api): State<Api>,
+    query: Result<Query<GatewayQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let selector = q
+        .selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad(format!("selector: {e}")))?;
+    let mut gateways = api.db.gateways().await?;
+    if let Some(selector) = selector {
+        gateways.retain(|g| {
+            serde_json::from_value::<BTreeMap<String, String>>(g["labels"].clone())
+                .is_ok_and(|labels| selector.matches(&labels))
+        });
+    }
+    Ok(Json(json!({ "gateways": gateways })))
 }
 
 async fn gateway(State(api): State<Api>, Path(gateway): Path<String>) -> Answer {

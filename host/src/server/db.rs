@@ -16,7 +16,10 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 use super::record::Record;
 
 /// The migrations, in order; a new one is appended, never edited.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("schema/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("schema/0001_initial.sql")),
+    (2, "labels", include_str!("schema/0002_labels.sql")),
+];
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,12 +431,13 @@ async fn store_status(
             .map(|row| row.try_get::<i64, _>(0).map(|n| n != 0))
             .transpose()?;
     sqlx::query(
-        "INSERT INTO gateways (gateway, online, reason, status_time, stored_at, status)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO gateways (gateway, online, reason, status_time, stored_at, status, labels)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '{}'))
          ON CONFLICT (gateway) DO UPDATE SET
              online = excluded.online, reason = excluded.reason,
              status_time = excluded.status_time, stored_at = excluded.stored_at,
-             status = excluded.status",
+             status = excluded.status,
+             labels = COALESCE($7, gateways.labels)",
     )
     .bind(gateway)
     .bind(status.online)
@@ -441,6 +445,8 @@ async fn store_status(
     .bind(status.time.map(int))
     .bind(now)
     .bind(json)
+    // A last will (no time) says nothing of the labels.
+    .bind(status.time.map(|_| json_text(&status.labels)))
     .execute(&mut **tx)
     .await?;
     if was_online != Some(status.online) {
@@ -546,7 +552,7 @@ impl Db {
     /// however many gateways there are.
     async fn gateways_where(&self, gateway: Option<&str>) -> Result<Vec<Value>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT gateway, CASE WHEN online THEN 1 ELSE 0 END, reason, status_time, stored_at, status
+            "SELECT gateway, CASE WHEN online THEN 1 ELSE 0 END, reason, status_time, stored_at, labels, status
              FROM gateways WHERE ($1 IS NULL OR gateway = $1) ORDER BY gateway",
         )
         .bind(gateway)
@@ -590,6 +596,7 @@ impl Db {
                         ("reason", Col::OptText),
                         ("status_time", Col::OptInt),
                         ("stored_at", Col::Int),
+                        ("labels", Col::Json),
                         ("status", Col::Json),
                     ],
                 )?;

@@ -19,6 +19,10 @@ pub struct Status {
     /// Why the gateway is offline: `shutdown` or `connection lost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `[gateway.labels]`: what fleet selectors (deployments, rollouts)
+    /// match. Absent in the last will.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub apps: Vec<AppInfo>,
     #[serde(default)]
@@ -491,6 +495,7 @@ mod tests {
             online: true,
             time: Some(1),
             reason: None,
+            labels: BTreeMap::new(),
             apps,
             outbox: OutboxInfo {
                 streams: (0..streams)

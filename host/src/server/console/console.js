@@ -218,7 +218,7 @@ async function fleetView(refresh) {
                 el(
                     "thead",
                     {},
-                    el("tr", {}, ["Gateway", "State", "Since", "Apps", "Outbox"].map((h) => el("th", {}, h))),
+                    el("tr", {}, ["Gateway", "Labels", "State", "Since", "Apps", "Outbox"].map((h) => el("th", {}, h))),
                 ),
                 body,
             ),
@@ -240,6 +240,13 @@ function gatewayRow(g) {
         "tr",
         { "data-gateway": g.gateway },
         el("td", {}, el("a", { href: `#/gateways/${enc(g.gateway)}` }, g.gateway)),
+        el(
+            "td",
+            { class: "labels" },
+            Object.entries(g.labels ?? {})
+                .map(([k, v]) => `${k}=${v}`)
+                .join(", "),
+        ),
         el(
             "td",
             { class: "state" },
@@ -287,8 +294,11 @@ async function gatewayView(refresh, gateway) {
             get(`/gateways/${enc(gateway)}/devices`),
             get(`/deployments?gateway=${enc(gateway)}`),
         ]);
-        const cells = gatewayRow(g).querySelectorAll("td.state, td.since, td.outbox");
-        fill(summary, table(["State", "Since", "Outbox"], el("tr", { "data-gateway": gateway }, Array.from(cells))));
+        const cells = gatewayRow(g).querySelectorAll("td.labels, td.state, td.since, td.outbox");
+        fill(
+            summary,
+            table(["Labels", "State", "Since", "Outbox"], el("tr", { "data-gateway": gateway }, Array.from(cells))),
+        );
         fill(
             apps,
             table(
