@@ -156,6 +156,7 @@ pub fn describe(message: &Publish) -> String {
                 Kind::ActionRequest(a) => format!("action {a} request"),
                 Kind::ActionResponse(a) => format!("action {a} response"),
                 Kind::DeployRequest => "deployment request".to_string(),
+                Kind::DeployRollback => "rollback order".to_string(),
                 Kind::DeployChunk(id, i) => {
                     return format!(
                         "{}/{} deployment {id} chunk {i} ({} bytes)",
@@ -330,11 +331,8 @@ pub struct DeploySigning {
     pub expires: u64,
 }
 
-/// Returns whether the gateway deployed it.
-#[allow(clippy::too_many_arguments)]
-pub async fn deploy(
-    session: &mut Session,
-    gateway: &str,
+/// A deployment manifest for `component`, signed by every key of `signing`.
+pub fn signed_manifest(
     app: &str,
     component: &[u8],
     model: Option<serde_json::Value>,
@@ -342,14 +340,13 @@ pub async fn deploy(
     grants: Option<crate::grants::Grants>,
     signing: &DeploySigning,
     chunk_size: u64,
-) -> anyhow::Result<bool> {
-    use crate::cloud::protocol::{DEPLOY_FORMAT, DeployManifest, DeployProgress};
+) -> crate::cloud::protocol::DeployManifest {
+    use crate::cloud::protocol::{DEPLOY_FORMAT, DeployManifest};
     let chunk_size = chunk_size.clamp(1024, crate::deploy::cloud::MAX_CHUNK_BYTES);
-    let id = format!("d-{:016x}", crate::value::random_u64());
     let size = component.len() as u64;
     let mut manifest = DeployManifest {
         format: DEPLOY_FORMAT,
-        id: id.clone(),
+        id: format!("d-{:016x}", crate::value::random_u64()),
         app: app.to_string(),
         version: signing.version,
         target: signing.target.clone(),
@@ -368,6 +365,50 @@ pub async fn deploy(
         .iter()
         .map(|key| crate::deploy::signing::sign(key, &manifest))
         .collect();
+    manifest
+}
+
+/// An order to leave the component `sha256` of `app` (roll back to the
+/// version before it), signed like the manifest that brought it, for the
+/// same target and expiry.
+pub fn signed_rollback(
+    app: &str,
+    sha256: &str,
+    signing: &DeploySigning,
+) -> crate::wire::protocol::RollbackOrder {
+    let mut order = crate::wire::protocol::RollbackOrder {
+        format: crate::cloud::protocol::DEPLOY_FORMAT,
+        id: format!("r-{:016x}", crate::value::random_u64()),
+        app: app.to_string(),
+        sha256: sha256.to_string(),
+        target: signing.target.clone(),
+        expires: signing.expires,
+        signatures: Vec::new(),
+    };
+    order.signatures = signing
+        .keys
+        .iter()
+        .map(|key| crate::deploy::signing::sign(key, &order))
+        .collect();
+    order
+}
+
+/// Returns whether the gateway deployed it.
+#[allow(clippy::too_many_arguments)]
+pub async fn deploy(
+    session: &mut Session,
+    gateway: &str,
+    app: &str,
+    component: &[u8],
+    model: Option<serde_json::Value>,
+    config: Option<Vec<(String, String)>>,
+    grants: Option<crate::grants::Grants>,
+    signing: &DeploySigning,
+    chunk_size: u64,
+) -> anyhow::Result<bool> {
+    use crate::cloud::protocol::DeployProgress;
+    let manifest = signed_manifest(app, component, model, config, grants, signing, chunk_size);
+    let (id, size, chunk_size) = (manifest.id.clone(), manifest.size, manifest.chunk_size);
     let res_topic = topics::topic(gateway, gateway, "deploy/res");
     session.subscribe(&res_topic).await?;
     let offer_topic = topics::topic(gateway, gateway, "deploy/req");

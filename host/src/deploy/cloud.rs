@@ -20,7 +20,8 @@ use crate::config::{TrustedKey, key_id};
 use crate::model::check_name;
 use crate::store::Database;
 use crate::wire::protocol::{
-    DEPLOY_FORMAT, DeployManifest, DeployProgress, DeployTarget, KeyRotation, RotatedKey,
+    DEPLOY_FORMAT, DeployManifest, DeployProgress, DeployTarget, KeyRotation, RollbackOrder,
+    RotatedKey,
 };
 use crate::wire::selector::Selector;
 use crate::wire::topics;
@@ -223,6 +224,42 @@ pub fn check_rotation(
         .map_err(|e| (id.clone(), e))?;
     signing::verify(&trust.keys, trust.threshold, &rotation, now).map_err(|e| (id, e))?;
     Ok((rotation, keys))
+}
+
+/// Read a `deploy/rollback` payload and check it at `now`: format, names,
+/// the digest's shape, target, expiry and enough signatures by trusted keys.
+/// On refusal: the id, if one could be read, and why.
+pub fn check_rollback(
+    trust: &Trust,
+    payload: &[u8],
+    now: u64,
+) -> Result<RollbackOrder, (Option<String>, String)> {
+    let order: RollbackOrder = serde_json::from_slice(payload).map_err(|e| {
+        let id = serde_json::from_slice(payload)
+            .ok()
+            .and_then(|v| readable_id(&v));
+        (id, format!("malformed rollback order: {e}"))
+    })?;
+    check_name(&order.id).map_err(|m| (None, format!("rollback id: {m}")))?;
+    let id = Some(order.id.clone());
+    if order.format != DEPLOY_FORMAT {
+        return Err((
+            id,
+            format!(
+                "format {} is not one this gateway takes ({DEPLOY_FORMAT})",
+                order.format
+            ),
+        ));
+    }
+    check_name(&order.app).map_err(|m| (id.clone(), m))?;
+    if order.sha256.len() != 64 || !order.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err((id, "sha256 is not 64 hex digits".into()));
+    }
+    trust
+        .check_target(&order.target, order.expires, now)
+        .map_err(|e| (id.clone(), e))?;
+    signing::verify(&trust.keys, trust.threshold, &order, now).map_err(|e| (id, e))?;
+    Ok(order)
 }
 
 /// Read a `deploy/req` payload and check it at `now` (unix seconds): the
@@ -430,6 +467,7 @@ impl Handler {
             match parsed.kind {
                 Kind::DeployRequest => self.manifest(&message.payload).await,
                 Kind::DeployKeys => self.rotation(&message.payload).await,
+                Kind::DeployRollback => self.rollback(&message.payload).await,
                 Kind::DeployChunk(id, index) => {
                     let id = id.to_string();
                     let index = index.to_string();
@@ -571,6 +609,32 @@ impl Handler {
             ..DeployProgress::default()
         })
         .await;
+    }
+
+    /// A signed rollback order: the app goes back to its previous version
+    /// if it runs the named component, and nothing happens if it does not.
+    async fn rollback(&mut self, payload: &[u8]) {
+        let order = match check_rollback(&self.trust, payload, unix_now()) {
+            Ok(order) => order,
+            Err((id, error)) => return self.fail(id, error).await,
+        };
+        match self
+            .deploy
+            .rollback_from(order.app.clone(), order.sha256.clone())
+            .await
+        {
+            Ok(message) => {
+                tracing::warn!(rollback = %order.id, app = %order.app, "cloud rollback order: {message}");
+                self.report(DeployProgress {
+                    id: Some(order.id),
+                    stage: "rolled-back".into(),
+                    message: Some(message),
+                    ..DeployProgress::default()
+                })
+                .await
+            }
+            Err(error) => self.fail(Some(order.id), error.to_string()).await,
+        }
     }
 
     async fn chunk(&mut self, id: String, index: &str, payload: Vec<u8>) {

@@ -158,6 +158,8 @@ type Reply = oneshot::Sender<Result<String, DeployError>>;
 enum Command {
     Deploy(Box<DeployRequest>, Reply),
     Rollback(String, Reply),
+    /// Roll the app back if it runs the component with this digest.
+    RollbackFrom(String, String, Reply),
     Stop(String, Reply),
     Start(String, Reply),
     Remove(String, Reply),
@@ -192,6 +194,11 @@ impl DeployClient {
     }
     pub async fn rollback(&self, app: String) -> Result<String, DeployError> {
         self.ask(|tx| Command::Rollback(app, tx)).await?
+    }
+    /// Roll `app` back if it runs the component `digest`; if it runs
+    /// another, do nothing and say so.
+    pub async fn rollback_from(&self, app: String, digest: String) -> Result<String, DeployError> {
+        self.ask(|tx| Command::RollbackFrom(app, digest, tx)).await?
     }
     pub async fn stop(&self, app: String) -> Result<String, DeployError> {
         self.ask(|tx| Command::Stop(app, tx)).await?
@@ -468,6 +475,30 @@ impl Deployer {
             }
             Command::Rollback(app, reply) => {
                 let _ = reply.send(self.rollback(&app).await);
+            }
+            Command::RollbackFrom(app, digest, reply) => {
+                // Checked here, in the one task that changes versions, so
+                // nothing can swap the app between the check and the rollback.
+                let running = registry::current(&self.db(), &app).and_then(|current| {
+                    let Some(current) = current else {
+                        return Ok(None);
+                    };
+                    let versions = registry::versions(&self.db(), &app)?;
+                    Ok(versions
+                        .into_iter()
+                        .find(|v| v.version == current.version)
+                        .map(|v| (v.version, v.digest)))
+                });
+                let result = match running {
+                    Ok(Some((_, running))) if running == digest => self.rollback(&app).await,
+                    Ok(Some((version, running))) => Ok(format!(
+                        "app {app} runs version {version} (component {}), not component {digest}: nothing to roll back",
+                        &running[..running.len().min(12)]
+                    )),
+                    Ok(None) => Err(DeployError::NoSuchApp(app.clone())),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(result);
             }
             Command::Stop(app, reply) => self.stop_or_start(&app, true, reply),
             Command::Start(app, reply) => self.stop_or_start(&app, false, reply),

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 use crate::config::{TrustedKey, key_id};
-use crate::wire::protocol::{DeployManifest, DeploySignature, KeyRotation};
+use crate::wire::protocol::{DeployManifest, DeploySignature, KeyRotation, RollbackOrder};
 
 /// The most signatures a manifest may carry (each costs a verification).
 pub const MAX_SIGNATURES: usize = 16;
@@ -89,6 +89,21 @@ impl Signed for KeyRotation {
             r.expires,
             r.threshold,
             keys.join(","),
+        )
+        .into_bytes()
+    }
+
+    fn signatures(&self) -> &[DeploySignature] {
+        &self.signatures
+    }
+}
+
+impl Signed for RollbackOrder {
+    fn signed_bytes(&self, key: &str) -> Vec<u8> {
+        let r = self;
+        format!(
+            "wasmgate-rollback-v1\nkey={key}\nid={}\napp={}\nsha256={}\ntarget={}\nexpires={}\n",
+            r.id, r.app, r.sha256, r.target, r.expires,
         )
         .into_bytes()
     }
@@ -261,6 +276,36 @@ mod tests {
             config: Some(vec![("k".into(), "v".into())]),
             grants: None,
             signatures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_order_signature_holds_only_for_its_app_component_target_and_expiry() {
+        let (pair, trusted) = key(2);
+        let mut order = RollbackOrder {
+            format: DEPLOY_FORMAT,
+            id: "r1".into(),
+            app: "app".into(),
+            sha256: "ab".repeat(32),
+            target: DeployTarget::Selector("ring=canary".into()),
+            expires: 2_000_000_000,
+            signatures: Vec::new(),
+        };
+        order.signatures.push(sign(&pair, &order));
+        let now = 1_900_000_000;
+        let trusted = std::slice::from_ref(&trusted);
+        assert!(verify(trusted, 1, &order, now).is_ok());
+        let changes: [fn(&mut RollbackOrder); 5] = [
+            |o| o.id = "r2".into(),
+            |o| o.app = "other".into(),
+            |o| o.sha256 = "cd".repeat(32),
+            |o| o.target = DeployTarget::Gateway("gw".into()),
+            |o| o.expires += 1,
+        ];
+        for change in changes {
+            let mut changed = order.clone();
+            change(&mut changed);
+            assert!(verify(trusted, 1, &changed, now).is_err(), "{changed:?}");
         }
     }
 

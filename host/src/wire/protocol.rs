@@ -416,6 +416,27 @@ pub struct KeyRotation {
     pub signatures: Vec<DeploySignature>,
 }
 
+/// `deploy/rollback` (down, gateway device): put an app back on the version
+/// before the one running component `sha256`, signed as a deployment is.
+/// A rollout signs one beside its manifest so that `serve` can undo what it
+/// rolled out without holding a key. A gateway whose app does not run that
+/// component does nothing (so a repeat is harmless). Answered on
+/// `deploy/res` under its `id`: `rolled-back`, or `failed`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackOrder {
+    /// [`DEPLOY_FORMAT`].
+    pub format: u32,
+    pub id: String,
+    pub app: String,
+    /// The component to leave (its sha256, hex).
+    pub sha256: String,
+    pub target: DeployTarget,
+    /// Unix seconds after which it is refused.
+    pub expires: u64,
+    pub signatures: Vec<DeploySignature>,
+}
+
 /// A key of a [`KeyRotation`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

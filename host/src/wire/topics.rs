@@ -53,6 +53,8 @@ pub enum Kind<'a> {
     DeployResponse,
     /// A new set of trusted deployment keys, signed by the keys in force.
     DeployKeys,
+    /// `deploy/rollback`: a signed order to leave a component.
+    DeployRollback,
     /// Content: the manifest, a chunk (id, index) and the receiver's
     /// acknowledgement, of an upload (gateway → cloud) or a download.
     UploadManifest(&'a str),
@@ -78,7 +80,9 @@ impl Kind<'_> {
     /// does.
     pub fn service(&self) -> Option<Service> {
         match self {
-            Kind::DeployRequest | Kind::DeployChunk(..) | Kind::DeployKeys => Some(Service::Deploy),
+            Kind::DeployRequest | Kind::DeployChunk(..) | Kind::DeployKeys | Kind::DeployRollback => {
+                Some(Service::Deploy)
+            }
             Kind::UploadAck(_) | Kind::DownloadManifest(_) | Kind::DownloadChunk(..) => {
                 Some(Service::Content)
             }
@@ -108,6 +112,7 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["deploy", "req"] => Kind::DeployRequest,
         ["deploy", "res"] => Kind::DeployResponse,
         ["deploy", "keys"] => Kind::DeployKeys,
+        ["deploy", "rollback"] => Kind::DeployRollback,
         ["deploy", id, "chunk", index] if !id.is_empty() => Kind::DeployChunk(id, index),
         ["content", "up", id, "manifest"] if !id.is_empty() => Kind::UploadManifest(id),
         ["content", "up", id, "chunk", index] if !id.is_empty() => Kind::UploadChunk(id, index),
