@@ -198,7 +198,8 @@ impl DeployClient {
     /// Roll `app` back if it runs the component `digest`; if it runs
     /// another, do nothing and say so.
     pub async fn rollback_from(&self, app: String, digest: String) -> Result<String, DeployError> {
-        self.ask(|tx| Command::RollbackFrom(app, digest, tx)).await?
+        self.ask(|tx| Command::RollbackFrom(app, digest, tx))
+            .await?
     }
     pub async fn stop(&self, app: String) -> Result<String, DeployError> {
         self.ask(|tx| Command::Stop(app, tx)).await?

@@ -19,6 +19,7 @@ pub mod console;
 pub mod db;
 pub mod ingest;
 pub mod record;
+pub mod rollout;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

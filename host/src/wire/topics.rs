@@ -80,9 +80,10 @@ impl Kind<'_> {
     /// does.
     pub fn service(&self) -> Option<Service> {
         match self {
-            Kind::DeployRequest | Kind::DeployChunk(..) | Kind::DeployKeys | Kind::DeployRollback => {
-                Some(Service::Deploy)
-            }
+            Kind::DeployRequest
+            | Kind::DeployChunk(..)
+            | Kind::DeployKeys
+            | Kind::DeployRollback => Some(Service::Deploy),
             Kind::UploadAck(_) | Kind::DownloadManifest(_) | Kind::DownloadChunk(..) => {
                 Some(Service::Content)
             }
