@@ -287,6 +287,35 @@ pub enum CloudCommand {
         #[arg(long, default_value = "wasmgate-serve")]
         client_id: String,
     },
+    /// Roll a signed version of an app out to a fleet in waves, through
+    /// `serve`, which halts it and rolls it back when too many gateways
+    /// fail (docs/server.md).
+    #[cfg(feature = "server")]
+    Rollout {
+        /// `serve`'s address.
+        #[arg(long, env = "WASMGATE_SERVE", default_value = "http://127.0.0.1:8640")]
+        server: String,
+        /// A file holding an operator token (its owner's alone), for a
+        /// `serve` that asks for one.
+        #[arg(long, env = "WASMGATE_TOKEN_FILE", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+}
+
+#[cfg(feature = "server")]
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Sign APP's COMPONENT for the target and hand it to `serve` to roll
+    /// out; prints the rollout's id.
+    Create(Box<CreateRollout>),
+    /// A rollout: its waves and each gateway's outcome.
+    Status { id: String },
+    /// Every rollout, newest first.
+    List,
+    /// Halt a rollout and roll back the gateways that took its version.
+    Abort { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,4 +357,59 @@ pub enum SimDevice {
         #[arg(long, default_value_t = 17.5)]
         start_temperature: f64,
     },
+}
+
+/// `wasmgate cloud rollout create`.
+#[cfg(feature = "server")]
+#[derive(Debug, clap::Args)]
+pub struct CreateRollout {
+    pub app: String,
+    /// The component (.wasm).
+    pub component: PathBuf,
+    /// A private key to sign with; once per key the gateways' threshold asks for.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub key: Vec<PathBuf>,
+    /// The gateways whose labels match (`site=plant-1,ring!=canary`).
+    #[arg(
+        long,
+        value_name = "SELECTOR",
+        conflicts_with = "gateways",
+        required_unless_present = "gateways"
+    )]
+    pub selector: Option<String>,
+    /// These gateways, by id (comma-separated).
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    pub gateways: Vec<String>,
+    /// The waves: `PERCENT%[:MIN[:SOAK]]`, comma-separated; SOAK is how
+    /// long each gateway must stay healthy after its swap (`30s`, `10m`).
+    #[arg(long, default_value = "10%:1:60s,100%:0:60s")]
+    pub waves: String,
+    /// Halt and roll back once more than this percentage of the gateways
+    /// reached so far failed.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_failures: f64,
+    /// New gateways offered per minute at most.
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// A gateway offline in its wave: `wait` for it, or `fail:SECONDS`.
+    #[arg(long, default_value = "wait")]
+    pub offline: String,
+    /// The app's deployment number (default: the time in milliseconds).
+    #[arg(long)]
+    pub version: Option<u64>,
+    /// Hours until the signed manifests expire.
+    #[arg(long, default_value_t = 24)]
+    pub valid_hours: u64,
+    /// The device model (JSON); needed for a new app, else kept.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// App config KEY=VALUE (replaces the app's config when given).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub app_config: Vec<String>,
+    /// What the app may reach (a TOML file shaped like `[app.grants]`).
+    #[arg(long, value_name = "FILE")]
+    pub grants: Option<PathBuf>,
+    /// Chunk size in KiB.
+    #[arg(long, default_value_t = 256)]
+    pub chunk_kib: u64,
 }

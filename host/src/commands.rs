@@ -180,6 +180,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Cloud(args) if matches!(args.command, CloudCommand::Serve { .. }) => {
             cloud_serve(*args)
         }
+        #[cfg(feature = "server")]
+        Command::Cloud(args) if matches!(args.command, CloudCommand::Rollout { .. }) => {
+            cloud_rollout(*args)
+        }
         Command::Cloud(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -454,6 +458,182 @@ fn cloud_serve(args: CloudArgs) -> anyhow::Result<bool> {
     .map(|()| true)
 }
 
+/// `wasmgate cloud rollout ...`: through serve's API.
+#[cfg(feature = "server")]
+fn cloud_rollout(args: CloudArgs) -> anyhow::Result<bool> {
+    use crate::cli::RolloutCommand;
+    use crate::server::rollout::{Policy, parse_offline, parse_waves};
+    let CloudCommand::Rollout {
+        server,
+        token_file,
+        command,
+    } = args.command
+    else {
+        anyhow::bail!("not a rollout command");
+    };
+    let client = crate::server::client::Client::new(&server, token_file.as_deref())?;
+    match command {
+        RolloutCommand::Create(create) => {
+            let crate::cli::CreateRollout {
+                app,
+                component,
+                key,
+                selector,
+                gateways,
+                waves,
+                max_failures,
+                rate,
+                offline,
+                version,
+                valid_hours,
+                model,
+                app_config,
+                grants,
+                chunk_kib,
+            } = *create;
+            // Everything is checked before anything is signed or sent.
+            let policy = Policy {
+                waves: parse_waves(&waves).map_err(anyhow::Error::msg)?,
+                max_failures: max_failures / 100.0,
+                rate_per_minute: rate,
+                offline: parse_offline(&offline).map_err(anyhow::Error::msg)?,
+            };
+            policy
+                .check()
+                .map_err(|e| anyhow::anyhow!("--waves/--max-failures/--rate: {e}"))?;
+            let (bytes, model, config) =
+                deployment_parts(&component, model.as_deref(), &app_config)?;
+            let grants = grants.as_deref().map(read_grants).transpose()?;
+            let keys = key
+                .iter()
+                .map(|k| crate::deploy::signing::load_key(k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let now = crate::value::now_ns() / 1_000_000_000;
+            let targets: Vec<(String, crate::wire::protocol::DeployTarget)> = match &selector {
+                Some(s) => {
+                    crate::wire::selector::Selector::parse(s).map_err(anyhow::Error::msg)?;
+                    vec![(
+                        "*".into(),
+                        crate::wire::protocol::DeployTarget::Selector(s.clone()),
+                    )]
+                }
+                None => gateways
+                    .iter()
+                    .map(|g| {
+                        (
+                            g.clone(),
+                            crate::wire::protocol::DeployTarget::Gateway(g.clone()),
+                        )
+                    })
+                    .collect(),
+            };
+            if targets.is_empty() {
+                anyhow::bail!("give --selector, or --gateways with at least one id");
+            }
+            let mut signing = operator::DeploySigning {
+                keys,
+                version: version.unwrap_or(crate::value::now_ns() / 1_000_000),
+                target: targets[0].1.clone(),
+                expires: now + valid_hours.clamp(1, 24 * 366) * 3600,
+            };
+            let mut manifests = serde_json::Map::new();
+            let mut rollbacks = serde_json::Map::new();
+            for (name, target) in targets {
+                signing.target = target;
+                let manifest = operator::signed_manifest(
+                    &app,
+                    &bytes,
+                    model.clone(),
+                    config.clone(),
+                    grants.clone(),
+                    &signing,
+                    chunk_kib << 10,
+                );
+                let order = operator::signed_rollback(&app, &manifest.sha256, &signing);
+                manifests.insert(name.clone(), serde_json::to_value(&manifest)?);
+                rollbacks.insert(name, serde_json::to_value(&order)?);
+            }
+            use base64::Engine as _;
+            let body = serde_json::json!({
+                "app": app,
+                "target": match selector {
+                    Some(s) => serde_json::json!({"selector": s}),
+                    None => serde_json::json!({"gateways": gateways}),
+                },
+                "manifests": manifests,
+                "rollbacks": rollbacks,
+                "component": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                "policy": policy,
+            });
+            let created = client.call("POST", "/rollouts", Some(&body))?;
+            println!("{}", created["id"].as_str().unwrap_or("?"));
+            eprintln!(
+                "rollout {} of {app} to {} gateway(s) created",
+                created["id"].as_str().unwrap_or("?"),
+                created["gateways"].as_array().map_or(0, Vec::len)
+            );
+            Ok(true)
+        }
+        RolloutCommand::Status { id } => {
+            let rollout = client.call("GET", &format!("/rollouts/{id}"), None)?;
+            print_rollout(&rollout);
+            Ok(true)
+        }
+        RolloutCommand::List => {
+            let list = client.call("GET", "/rollouts", None)?;
+            for r in list["rollouts"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}  {}  wave {}  {}",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["app"].as_str().unwrap_or("?"),
+                    r["state"].as_str().unwrap_or("?"),
+                    r["wave"].as_u64().map_or(0, |w| w + 1),
+                    r["counts"]
+                );
+            }
+            Ok(true)
+        }
+        RolloutCommand::Abort { id } => {
+            client.call("POST", &format!("/rollouts/{id}/abort"), None)?;
+            println!("rollout {id}: aborting (the gateways that took it are being rolled back)");
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(feature = "server")]
+fn print_rollout(r: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "rollout {} of {}: {}{}",
+        text(&r["id"]),
+        text(&r["app"]),
+        text(&r["state"]),
+        r["reason"]
+            .as_str()
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default()
+    );
+    for wave in r["waves"].as_array().into_iter().flatten() {
+        println!(
+            "  wave {}: {}% (reach {}), soak {} s: {}",
+            wave["wave"].as_u64().map_or(0, |w| w + 1),
+            wave["percent"],
+            wave["reach"],
+            wave["soak_s"],
+            wave["counts"]
+        );
+    }
+    for g in r["gateways"].as_array().into_iter().flatten() {
+        println!(
+            "  {}  {}  {}",
+            text(&g["gateway"]),
+            text(&g["state"]),
+            text(&g["detail"])
+        );
+    }
+}
+
 /// `wasmgate cloud ...`; `Ok(false)` when the answer was an error.
 async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
     let client_id = format!("wasmgate-cli-{:08x}", crate::value::random_u64() as u32);
@@ -470,6 +650,8 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         }
         #[cfg(feature = "server")]
         CloudCommand::Serve { .. } => anyhow::bail!("serve runs on its own"),
+        #[cfg(feature = "server")]
+        CloudCommand::Rollout { .. } => anyhow::bail!("rollouts go through serve"),
         CloudCommand::Watch { .. }
         | CloudCommand::Devices
         | CloudCommand::Deploy { .. }
@@ -480,6 +662,8 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
     match args.command {
         #[cfg(feature = "server")]
         CloudCommand::Serve { .. } => anyhow::bail!("serve runs on its own"),
+        #[cfg(feature = "server")]
+        CloudCommand::Rollout { .. } => anyhow::bail!("rollouts go through serve"),
         CloudCommand::Watch { gateway } => operator::watch(&mut session, gateway.as_deref())
             .await
             .map(|()| true),

@@ -60,6 +60,8 @@ pub fn model(name: &str) -> PathBuf {
 /// A gateway under test: its own temporary directory with config and data.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
+    /// `[gateway] id` (`test-gw` unless [`with_id`](Gateway::with_id) says).
+    id: String,
     apps: Vec<String>,
     gateway_extra: String,
     sections: Vec<String>,
@@ -69,6 +71,7 @@ impl Gateway {
     pub fn new() -> Gateway {
         Gateway {
             dir: tempfile::tempdir().expect("tempdir"),
+            id: "test-gw".into(),
             apps: Vec::new(),
             gateway_extra: String::new(),
             sections: Vec::new(),
@@ -96,10 +99,17 @@ impl Gateway {
     pub fn reconfigure(self) -> Gateway {
         Gateway {
             dir: self.dir,
+            id: self.id,
             apps: Vec::new(),
             gateway_extra: String::new(),
             sections: Vec::new(),
         }
+    }
+
+    /// Another gateway id than `test-gw`, for tests with several.
+    pub fn with_id(mut self, id: &str) -> Gateway {
+        self.id = id.to_string();
+        self
     }
 
     /// Another table of gateway.toml, e.g. `[cloud]`.
@@ -119,7 +129,8 @@ impl Gateway {
     /// Write gateway.toml (again) from what was added.
     pub fn write_config(&self) {
         let text = format!(
-            "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\n{}\n{}\n{}",
+            "[gateway]\nid = \"{}\"\ndata_dir = \"data\"\n{}\n{}\n{}",
+            self.id,
             self.gateway_extra,
             self.sections.join("\n"),
             self.apps.join("\n")

@@ -375,7 +375,7 @@ fn watch_mode_keeps_the_models_an_app_registers_devices_with() {
 }
 
 /// A component with a custom section appended: still valid, different bytes.
-fn with_custom_section(mut bytes: Vec<u8>, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn with_custom_section(mut bytes: Vec<u8>, payload: &[u8]) -> Vec<u8> {
     let leb = |mut n: usize, out: &mut Vec<u8>| loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;

@@ -23,6 +23,7 @@ mod hostile_input;
 mod languages;
 mod operator;
 mod registration;
+mod rollout;
 mod runtime;
 mod runtime_only;
 mod security;

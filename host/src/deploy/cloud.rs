@@ -618,6 +618,7 @@ impl Handler {
             Ok(order) => order,
             Err((id, error)) => return self.fail(id, error).await,
         };
+        tracing::info!(rollback = %order.id, app = %order.app, "cloud rollback order taken; rolling back");
         match self
             .deploy
             .rollback_from(order.app.clone(), order.sha256.clone())
@@ -721,6 +722,57 @@ mod tests {
             "chunks": size.div_ceil(chunk_size), "signatures": []
         }))
         .expect("json")
+    }
+
+    #[test]
+    fn a_rollback_order_is_taken_only_signed_by_a_trusted_key_for_this_gateway() {
+        use ring::signature::KeyPair as _;
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[9; 32]).expect("key");
+        let public: [u8; 32] = pair.public_key().as_ref().try_into().expect("32 bytes");
+        let mut trust = trust();
+        trust.labels.insert("ring".into(), "canary".into());
+        trust.keys.push(TrustedKey {
+            id: key_id(&public),
+            public,
+            expires: None,
+        });
+        let order = |target: DeployTarget, sha256: &str, signed: bool| {
+            let mut order = RollbackOrder {
+                format: DEPLOY_FORMAT,
+                id: "r1".into(),
+                app: "a".into(),
+                sha256: sha256.into(),
+                target,
+                expires: 2_000_000_000,
+                signatures: Vec::new(),
+            };
+            if signed {
+                order.signatures.push(signing::sign(&pair, &order));
+            }
+            serde_json::to_vec(&order).expect("json")
+        };
+        let now = 1_900_000_000;
+        let good = "ab".repeat(32);
+        let canary = DeployTarget::Selector("ring=canary".into());
+        assert!(check_rollback(&trust, &order(canary.clone(), &good, true), now).is_ok());
+        let refused =
+            |payload: Vec<u8>| check_rollback(&trust, &payload, now).expect_err("refused");
+        let (id, why) = refused(order(canary.clone(), &good, false));
+        assert_eq!(id.as_deref(), Some("r1"));
+        assert!(why.contains("signature"), "{why}");
+        let (_, why) = refused(order(DeployTarget::Gateway("other".into()), &good, true));
+        assert!(why.contains("not this one"), "{why}");
+        let (_, why) = refused(order(
+            DeployTarget::Selector("ring=stable".into()),
+            &good,
+            true,
+        ));
+        assert!(why.contains("do not"), "{why}");
+        let (_, why) = refused(order(canary, "abc", true));
+        assert!(why.contains("64 hex"), "{why}");
+        let (id, why) = refused(b"{\"id\": \"r2\", \"format\": 2}".to_vec());
+        assert_eq!(id.as_deref(), Some("r2"));
+        assert!(why.contains("malformed"), "{why}");
     }
 
     #[test]

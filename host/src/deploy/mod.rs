@@ -480,7 +480,10 @@ impl Deployer {
             Command::RollbackFrom(app, digest, reply) => {
                 // Checked here, in the one task that changes versions, so
                 // nothing can swap the app between the check and the rollback.
-                let running = registry::current(&self.db(), &app).and_then(|current| {
+                // One statement per lock of the connection: a second
+                // `self.db()` while the first guard lives would deadlock.
+                let current = registry::current(&self.db(), &app);
+                let running = current.and_then(|current| {
                     let Some(current) = current else {
                         return Ok(None);
                     };

@@ -35,6 +35,10 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// How long an action call waits for the app's answer.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest rollout request: a component of the largest size a gateway
+/// takes, base64, with its manifests.
+const ROLLOUT_BODY_LIMIT: usize = crate::deploy::MAX_ARTIFACT_BYTES / 3 * 4 + (1 << 20);
+
 /// Points a query returns at most without `limit`.
 const DEFAULT_POINT_LIMIT: i64 = 10_000;
 
@@ -107,6 +111,14 @@ pub fn router(api: Api) -> Router {
         )
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/deployments", get(deployments))
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts)
+                .post(create_rollout)
+                .layer(axum::extract::DefaultBodyLimit::max(ROLLOUT_BODY_LIMIT)),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollout))
+        .route("/api/v1/rollouts/{id}/abort", post(abort_rollout))
         .fallback(|| async { ApiError::not_found("no such API path (see /api/v1/openapi.json)") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
@@ -459,6 +471,47 @@ async fn alerts(
         .alerts(q.gateway.as_deref(), q.device.as_deref(), limit)
         .await?;
     Ok(Json(json!({ "alerts": alerts })))
+}
+
+async fn rollouts(State(api): State<Api>) -> Answer {
+    Ok(Json(
+        json!({ "rollouts": super::rollouts::list(&api.db).await? }),
+    ))
+}
+
+async fn rollout(State(api): State<Api>, Path(id): Path<String>) -> Answer {
+    super::rollouts::get(&api.db, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))
+}
+
+async fn create_rollout(
+    State(api): State<Api>,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new: super::rollouts::NewRollout = body(&bytes, "the rollout")?;
+    match super::rollouts::create(&api.db, new).await? {
+        Ok(created) => Ok((StatusCode::CREATED, Json(created))),
+        Err(why) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, why)),
+    }
+}
+
+async fn abort_rollout(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match super::rollouts::abort(&api.db, &id).await? {
+        Some(true) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id, "state": "aborting" })),
+        )),
+        Some(false) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("rollout {id} is not running: nothing to abort"),
+        )),
+        None => Err(ApiError::not_found(format!("no rollout {id:?}"))),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,6 +19,7 @@ use super::record::Record;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("schema/0001_initial.sql")),
     (2, "labels", include_str!("schema/0002_labels.sql")),
+    (3, "rollouts", include_str!("schema/0003_rollouts.sql")),
 ];
 
 /// Which database a URL names.
@@ -505,7 +506,7 @@ fn text_json(text: Option<String>) -> Value {
 
 /// How a column is read into the API's JSON.
 #[derive(Debug, Clone, Copy)]
-enum Col {
+pub(super) enum Col {
     Text,
     OptText,
     Int,
@@ -517,7 +518,7 @@ enum Col {
 }
 
 /// A row as a JSON object: column `i` under `columns[i]`'s name.
-fn row_json(row: &AnyRow, columns: &[(&str, Col)]) -> Result<Value, sqlx::Error> {
+pub(super) fn row_json(row: &AnyRow, columns: &[(&str, Col)]) -> Result<Value, sqlx::Error> {
     let mut object = serde_json::Map::new();
     for (i, (name, col)) in columns.iter().enumerate() {
         let value = match col {
@@ -533,7 +534,10 @@ fn row_json(row: &AnyRow, columns: &[(&str, Col)]) -> Result<Value, sqlx::Error>
     Ok(Value::Object(object))
 }
 
-fn rows_json(rows: &[AnyRow], columns: &[(&str, Col)]) -> Result<Vec<Value>, sqlx::Error> {
+pub(super) fn rows_json(
+    rows: &[AnyRow],
+    columns: &[(&str, Col)],
+) -> Result<Vec<Value>, sqlx::Error> {
     rows.iter().map(|r| row_json(r, columns)).collect()
 }
 

@@ -10,16 +10,21 @@
 //! - [`ingest`]: the MQTT event loop, commits and acks.
 //! - [`answers`]: action calls waiting for their responses.
 //! - [`auth`]: API tokens and their roles.
+//! - [`client`]: the operator's client of the API (`wasmgate cloud rollout`).
 //! - [`console`]: the web console's files (it uses the API like any client).
+//! - [`rollout`]: a rollout's decisions (pure, unit-tested); [`rollouts`]:
+//!   rollouts in the database and the task that drives them.
 
 pub mod answers;
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod console;
 pub mod db;
 pub mod ingest;
 pub mod record;
 pub mod rollout;
+pub mod rollouts;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +105,11 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
         counters: counters.clone(),
     };
     tasks.spawn(ingest.run(events, cancel.clone()));
+    let driver = rollouts::Driver {
+        db: db.clone(),
+        client: client.clone(),
+    };
+    tasks.spawn(driver.run(cancel.clone()));
     let router = console::router().merge(api::router(api::Api {
         db,
         client,

@@ -101,6 +101,71 @@ impl Policy {
     }
 }
 
+/// Waves as the CLI writes them: `PERCENT%[:MIN[:SOAK]]`, comma-separated,
+/// SOAK in seconds or with a unit (`30s`, `10m`, `1h`; default 60 s).
+pub fn parse_waves(text: &str) -> Result<Vec<Wave>, String> {
+    text.split(',')
+        .map(|part| {
+            let mut fields = part.trim().split(':');
+            let percent = fields.next().unwrap_or_default();
+            let percent: f64 = percent
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or_else(|| {
+                    format!("wave {part:?}: {percent:?} is not a percentage like 10%")
+                })?;
+            let min = match fields.next() {
+                None | Some("") => 0,
+                Some(m) => m
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("wave {part:?}: {m:?} is not a number of gateways"))?,
+            };
+            let soak_s = match fields.next() {
+                None | Some("") => 60,
+                Some(s) => parse_duration_s(s.trim()).ok_or_else(|| {
+                    format!("wave {part:?}: {s:?} is not a duration like 30s or 10m")
+                })?,
+            };
+            if fields.next().is_some() {
+                return Err(format!("wave {part:?}: more than PERCENT%:MIN:SOAK"));
+            }
+            Ok(Wave {
+                percent,
+                min,
+                soak_s,
+            })
+        })
+        .collect()
+}
+
+/// `30`, `30s`, `10m`, `2h` as seconds.
+pub fn parse_duration_s(text: &str) -> Option<u64> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+}
+
+/// `wait` or `fail:SECONDS` (a duration with a unit also).
+pub fn parse_offline(text: &str) -> Result<Offline, String> {
+    match text {
+        "wait" => Ok(Offline::Wait),
+        _ => text
+            .strip_prefix("fail:")
+            .and_then(parse_duration_s)
+            .map(Offline::FailAfterS)
+            .ok_or_else(|| format!("--offline {text:?}: wait, or fail:SECONDS")),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetState {
@@ -294,10 +359,17 @@ pub fn step(
     match rollout.state {
         RolloutState::Running => advance(rollout, targets, now, &mut sends),
         RolloutState::Aborting => {
-            // Everything that took the version is sent back; the rest of
-            // the fleet is left alone.
+            // Everything that took the version is sent back, failed or not
+            // (one the gateway already rolled back answers that there is
+            // nothing to do); the rest of the fleet is left alone.
             for target in targets.iter_mut() {
-                if matches!(target.state, TargetState::Deployed | TargetState::Healthy) {
+                let took = target.deployed_at.is_some();
+                if took
+                    && matches!(
+                        target.state,
+                        TargetState::Deployed | TargetState::Healthy | TargetState::Failed
+                    )
+                {
                     target.state = TargetState::RollbackSent;
                     target.sent_at = Some(now);
                     sends.push(Send::Rollback(target.gateway.clone()));
@@ -343,7 +415,8 @@ fn follow(
         TargetState::Offered => match answer(&seen.deployment) {
             Some(p) if p.stage == "deployed" => {
                 target.state = TargetState::Deployed;
-                target.deployed_at = Some(now);
+                // When the gateway said so: the soak runs from its swap.
+                target.deployed_at = Some(p.at.min(now));
                 target.detail = p.said;
             }
             Some(p) if p.stage == "failed" => {
@@ -384,8 +457,17 @@ fn follow(
                 .and_then(|w| rollout.policy.waves.get(w))
                 .map_or(0, |w| (w.soak_s as i64).saturating_mul(1000));
             let deployed_at = target.deployed_at.unwrap_or(now);
-            // Only a status stored since the swap speaks of the new version.
-            let app = seen.app.as_ref().filter(|a| a.at >= deployed_at);
+            // A status sent since the offer that shows the new component
+            // speaks of it (the gateway sends one as it swaps, just before
+            // it says `deployed`); one showing another component speaks of
+            // a rollback only if it came after the swap was reported.
+            let app = seen.app.as_ref().filter(|a| {
+                if a.component == rollout.sha256 {
+                    a.at >= sent_at
+                } else {
+                    a.at > deployed_at
+                }
+            });
             if let Some(app) = app {
                 if app.component != rollout.sha256 {
                     target.state = TargetState::Failed;
@@ -416,7 +498,11 @@ fn follow(
         TargetState::RollbackSent => match answer(&seen.rollback) {
             Some(p) if p.stage == "rolled-back" => {
                 target.state = TargetState::RolledBack;
-                target.detail = p.said;
+                let said = p.said.unwrap_or_default();
+                target.detail = Some(match target.detail.take() {
+                    Some(before) => format!("{before}; then rolled back: {said}"),
+                    None => format!("rolled back: {said}"),
+                });
             }
             Some(p) if p.stage == "failed" => {
                 // Said, and left for the operator: sending it again would
@@ -587,6 +673,39 @@ mod tests {
     }
 
     #[test]
+    fn waves_offline_rules_and_durations_parse_as_the_cli_writes_them() {
+        let waves = parse_waves("1%:2:10m, 10%,100%::30s").expect("waves");
+        assert_eq!(
+            waves,
+            [
+                Wave {
+                    percent: 1.0,
+                    min: 2,
+                    soak_s: 600
+                },
+                Wave {
+                    percent: 10.0,
+                    min: 0,
+                    soak_s: 60
+                },
+                Wave {
+                    percent: 100.0,
+                    min: 0,
+                    soak_s: 30
+                },
+            ]
+        );
+        for bad in ["10", "10%:x", "10%:1:5y", "10%:1:5s:9", ""] {
+            assert!(parse_waves(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_offline("wait"), Ok(Offline::Wait));
+        assert_eq!(parse_offline("fail:2m"), Ok(Offline::FailAfterS(120)));
+        assert!(parse_offline("fail").is_err());
+        assert_eq!(parse_duration_s("45"), Some(45));
+        assert_eq!(parse_duration_s("1h"), Some(3600));
+    }
+
+    #[test]
     fn waves_reach_their_share_at_least_their_minimum_and_the_last_reaches_all() {
         let p = policy(&[(1.0, 2, 0), (10.0, 0, 0), (100.0, 0, 0)], 0.0);
         assert_eq!(p.reach(0, 100), 2, "1% of 100 is 1, but at least 2");
@@ -661,7 +780,8 @@ mod tests {
             at: 6_000,
         });
         let sends = step(&mut r, &mut targets, &seen, 6_000);
-        assert_eq!(targets[0].state, TargetState::Failed);
+        // Failed, which aborts the rollout, which sends it back.
+        assert_eq!(targets[0].state, TargetState::RollbackSent);
         assert!(
             targets[0]
                 .detail
@@ -669,12 +789,29 @@ mod tests {
                 .is_some_and(|d| d.contains("restarting"))
         );
         assert_eq!(r.state, RolloutState::Aborting);
-        // The one that took it and is still on it is sent back; the second
+        // Both that took it are sent back, the failed one too; the second
         // wave never starts.
-        assert_eq!(sends, [Send::Rollback("gw-01".into())]);
+        assert_eq!(
+            sends,
+            [
+                Send::Rollback("gw-00".into()),
+                Send::Rollback("gw-01".into())
+            ]
+        );
         assert_eq!(targets[1].state, TargetState::RollbackSent);
         assert!(targets[2..].iter().all(|t| t.state == TargetState::Waiting));
         // No answer for a while: sent again.
+        seen.get_mut("gw-00").expect("gw").rollback = progress("rolled-back", 7_000);
+        step(&mut r, &mut targets, &seen, 7_000);
+        assert_eq!(targets[0].state, TargetState::RolledBack);
+        assert!(
+            targets[0]
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("unhealthy") && d.contains("then rolled back")),
+            "{:?}",
+            targets[0].detail
+        );
         assert_eq!(
             step(&mut r, &mut targets, &seen, 6_000 + SEND_AGAIN_MS),
             [Send::Rollback("gw-01".into())]
@@ -698,8 +835,16 @@ mod tests {
         step(&mut r, &mut targets, &seen, 2_000);
         assert_eq!(targets[0].state, TargetState::Deployed);
         seen.get_mut("gw-00").expect("gw").app = running(OLD, 0, 3_000);
-        step(&mut r, &mut targets, &seen, 3_000);
-        assert_eq!(targets[0].state, TargetState::Failed);
+        let sends = step(&mut r, &mut targets, &seen, 3_000);
+        // Both that took it get the rollback order (gw-00 will answer that
+        // there is nothing to do).
+        assert_eq!(
+            sends,
+            [
+                Send::Rollback("gw-00".into()),
+                Send::Rollback("gw-01".into())
+            ]
+        );
         assert!(
             targets[0]
                 .detail

@@ -1,0 +1,270 @@
+//! Rollouts through `serve`, with real gateways, Mosquitto and `serve` on
+//! SQLite, driven by `wasmgate cloud rollout`: a good version goes out wave
+//! by wave, through a `kill -9` of `serve` (which resumes it) and to a
+//! gateway that was offline in its wave (which catches up when it returns);
+//! a version that traps after its swap halts the rollout after the first
+//! wave, and the gateway that took it is rolled back by a signed order.
+
+use crate::common::mqtt::Mosquitto;
+use crate::common::serve::Serve;
+use crate::common::{Gateway, Running, guest, model, wasmgate};
+use crate::deploy::with_custom_section;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// An operator's key pair: the private key's path, the public key.
+fn keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("operator");
+    let (ok, _, err) = wasmgate(&["keygen", key.to_str().expect("path")]);
+    assert!(ok, "{err}");
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .expect("pub")
+        .trim()
+        .to_string();
+    (key.with_extension("key"), public)
+}
+
+/// A gateway `id` labelled `ring`, trusting `public`, running the swap
+/// counter as app `counter`. A version that crashes a second after its
+/// swap is past its probation, so the gateway keeps it (and the rollout
+/// must see it is unhealthy).
+fn gateway(broker: &Mosquitto, id: &str, ring: &str, public: &str) -> Gateway {
+    Gateway::new()
+        .with_id(id)
+        .gateway(&format!("labels = {{ ring = \"{ring}\" }}"))
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+            broker.url()
+        ))
+        .section(&format!(
+            "[deploy]\ntrusted_keys = [\"{public}\"]\nprobation_s = 1\n"
+        ))
+        .app(
+            "counter",
+            &guest("swap-counter"),
+            &model("swap"),
+            "tick_interval_ms = 100\n[app.config]\ngeneration = \"one\"\n",
+        )
+}
+
+/// `wasmgate cloud rollout --server SERVE ARGS...`
+fn rollout(serve: &Serve, args: &[&str]) -> (bool, String, String) {
+    let server = serve.base.trim_end_matches("/api/v1").to_string();
+    let mut all = vec!["cloud", "rollout", "--server", server.as_str()];
+    all.extend_from_slice(args);
+    wasmgate(&all)
+}
+
+/// The component `counter` runs on `gateway`, as serve has it.
+fn component_on(serve: &Serve, gateway: &str) -> String {
+    let g = serve.get(&format!("/gateways/{gateway}"));
+    g["apps"][0]["component"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn states(rollout: &Value) -> Vec<(String, String)> {
+    rollout["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            (
+                g["gateway"].as_str().unwrap_or("?").to_string(),
+                g["state"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn start_all(gateways: &[Gateway]) -> Vec<Running> {
+    let mut runs: Vec<Running> = gateways.iter().map(Gateway::start).collect();
+    for run in &mut runs {
+        run.wait_running("counter", T);
+    }
+    runs
+}
+
+#[test]
+fn a_good_version_rolls_out_in_waves_through_a_serve_restart_and_to_a_gateway_that_was_away() {
+    let broker = Mosquitto::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(dir.path());
+    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let mut serve = Serve::start(&broker.url(), &database, &[]);
+    let gateways: Vec<Gateway> = (1..=4)
+        .map(|i| gateway(&broker, &format!("gw-{i}"), "a", &public))
+        .collect();
+    let mut runs = start_all(&gateways);
+    serve.wait_get("/gateways?selector=ring%3Da", T, "four gateways", |g| {
+        g["gateways"]
+            .as_array()
+            .is_some_and(|a| a.len() == 4 && a.iter().all(|g| g["apps"][0]["state"] == "running"))
+    });
+    // gw-4 is away when the rollout starts.
+    assert!(runs[3].stop().success());
+    serve.wait_get("/gateways/gw-4", T, "gw-4 offline", |g| {
+        g["online"] == false
+    });
+
+    let v2 = dir.path().join("v2.wasm");
+    std::fs::write(
+        &v2,
+        with_custom_section(std::fs::read(guest("swap-counter")).expect("read"), b"v2"),
+    )
+    .expect("write");
+    let (ok, out, err) = rollout(
+        &serve,
+        &[
+            "create",
+            "counter",
+            v2.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path"),
+            "--selector",
+            "ring=a",
+            "--waves",
+            "25%:1:1s,50%:0:1s,100%:0:1s",
+            "--config",
+            "generation=two",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let id = out.trim().to_string();
+    let path = format!("/rollouts/{id}");
+
+    // The first wave is one gateway; once it is healthy serve is killed
+    // mid-rollout, and started again on its database it carries on.
+    let first = serve.wait_get(&path, T, "the first wave healthy", |r| {
+        r["gateways"][0]["state"] == "healthy"
+    });
+    assert_eq!(first["waves"][0]["reach"], 1, "{first}");
+    assert!(
+        states(&first)[2..]
+            .iter()
+            .all(|(_, s)| s == "waiting" || s == "offered"),
+        "{first}"
+    );
+    serve.running.kill9();
+    let serve = Serve::start(&broker.url(), &database, &[]);
+
+    // The three that are here end healthy; the one away waits, offered.
+    let waiting = serve.wait_get(&path, T, "three healthy, one waiting", |r| {
+        states(r)
+            == [
+                ("gw-1".into(), "healthy".into()),
+                ("gw-2".into(), "healthy".into()),
+                ("gw-3".into(), "healthy".into()),
+                ("gw-4".into(), "offered".into()),
+            ]
+    });
+    assert_eq!(waiting["state"], "running", "{waiting}");
+    runs[3] = gateways[3].start();
+    let done = serve.wait_get(&path, T, "the rollout completed", |r| {
+        r["state"] == "completed"
+    });
+    assert!(states(&done).iter().all(|(_, s)| s == "healthy"), "{done}");
+    let sha256 = done["sha256"].as_str().expect("sha256").to_string();
+    for i in 1..=4 {
+        let gateway = format!("gw-{i}");
+        serve.wait_get(
+            &format!("/gateways/{gateway}"),
+            T,
+            "the new component",
+            |g| g["apps"][0]["component"] == sha256.as_str(),
+        );
+    }
+    runs[3].wait_for("generation two started", T);
+
+    // The CLI says the same.
+    let (ok, out, err) = rollout(&serve, &["status", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains(": completed"), "{out}");
+    assert_eq!(out.matches("  healthy  ").count(), 4, "{out}");
+    // Aborting what has ended is refused, and says why.
+    let (ok, _, err) = rollout(&serve, &["abort", &id]);
+    assert!(!ok);
+    assert!(err.contains("409") && err.contains("not running"), "{err}");
+    for run in &mut runs {
+        assert!(run.stop().success());
+    }
+}
+
+#[test]
+fn a_version_that_traps_after_its_swap_halts_the_rollout_and_is_rolled_back() {
+    let broker = Mosquitto::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(dir.path());
+    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let serve = Serve::start(&broker.url(), &database, &[]);
+    let gateways: Vec<Gateway> = (1..=3)
+        .map(|i| gateway(&broker, &format!("gw-{i}"), "b", &public))
+        .collect();
+    let mut runs = start_all(&gateways);
+    serve.wait_get("/gateways?selector=ring%3Db", T, "three gateways", |g| {
+        g["gateways"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3 && a.iter().all(|g| g["apps"][0]["state"] == "running"))
+    });
+    let before = component_on(&serve, "gw-1");
+
+    // Runs 20 ticks (2 s) after its swap, past the 1 s probation, then traps.
+    let bad = guest("trap-on-tick");
+    let (ok, out, err) = rollout(
+        &serve,
+        &[
+            "create",
+            "counter",
+            bad.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path"),
+            "--selector",
+            "ring=b",
+            "--waves",
+            "1%:1:10s,100%:0:1s",
+            "--config",
+            "healthy_ticks=20",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let id = out.trim().to_string();
+    let path = format!("/rollouts/{id}");
+    let aborted = serve.wait_get(&path, T, "the rollout aborted", |r| r["state"] == "aborted");
+    assert!(
+        aborted["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("1 of the 1 gateways")),
+        "{aborted}"
+    );
+    // gw-1 failed its soak and was sent back; the others never got it.
+    let gw1 = &aborted["gateways"][0];
+    assert_eq!(gw1["state"], "rolled-back", "{aborted}");
+    assert!(
+        gw1["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("unhealthy") && d.contains("then rolled back")),
+        "{aborted}"
+    );
+    assert_eq!(
+        states(&aborted)[1..],
+        [
+            ("gw-2".to_string(), "waiting".to_string()),
+            ("gw-3".to_string(), "waiting".to_string()),
+        ]
+    );
+    serve.wait_get("/gateways/gw-1", T, "gw-1 back on its old component", |g| {
+        g["apps"][0]["component"] == before.as_str() && g["apps"][0]["state"] == "running"
+    });
+    for g in ["gw-2", "gw-3"] {
+        assert_eq!(component_on(&serve, g), before, "{g} never took it");
+    }
+    let (ok, out, _) = rollout(&serve, &["list"]);
+    assert!(ok && out.contains(&id) && out.contains("aborted"), "{out}");
+    for run in &mut runs {
+        assert!(run.stop().success());
+    }
+}
