@@ -6,9 +6,10 @@
 //! wave, and the gateway that took it is rolled back by a signed order.
 
 use crate::common::mqtt::Mosquitto;
-use crate::common::serve::Serve;
+use crate::common::serve::{Postgres, Serve};
 use crate::common::{Gateway, Running, guest, model, wasmgate};
 use crate::deploy::with_custom_section;
+use crate::serve::conforms;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,12 +91,35 @@ fn start_all(gateways: &[Gateway]) -> Vec<Running> {
 }
 
 #[test]
-fn a_good_version_rolls_out_in_waves_through_a_serve_restart_and_to_a_gateway_that_was_away() {
+fn on_sqlite_a_good_version_rolls_out_in_waves_through_a_serve_restart_and_to_a_gateway_that_was_away()
+ {
+    good_rollout(false);
+}
+
+/// On PostgreSQL with two instances: the one driving is killed, and the
+/// other takes over.
+#[test]
+fn on_postgres_a_good_version_rolls_out_in_waves_while_the_driving_instance_is_killed() {
+    good_rollout(true);
+}
+
+fn good_rollout(postgres: bool) {
     let broker = Mosquitto::start("");
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, public) = keygen(dir.path());
-    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
-    let mut serve = Serve::start(&broker.url(), &database, &[]);
+    let pg = postgres.then(Postgres::start);
+    let database = match &pg {
+        Some(pg) => pg.database("fleet"),
+        None => format!("sqlite://{}", dir.path().join("serve.db").display()),
+    };
+    let start = |id: &str| {
+        Serve::start(
+            &broker.url(),
+            &database,
+            &["--share", "fleet", "--client-id", id],
+        )
+    };
+    let mut serve = start("serve-a");
     let gateways: Vec<Gateway> = (1..=4)
         .map(|i| gateway(&broker, &format!("gw-{i}"), "a", &public))
         .collect();
@@ -142,6 +166,7 @@ fn a_good_version_rolls_out_in_waves_through_a_serve_restart_and_to_a_gateway_th
     let first = serve.wait_get(&path, T, "the first wave healthy", |r| {
         r["gateways"][0]["state"] == "healthy"
     });
+    conforms("/api/v1/rollouts/{id}", "get", 200, &first);
     assert_eq!(first["waves"][0]["reach"], 1, "{first}");
     assert!(
         states(&first)[2..]
@@ -149,8 +174,23 @@ fn a_good_version_rolls_out_in_waves_through_a_serve_restart_and_to_a_gateway_th
             .all(|(_, s)| s == "waiting" || s == "offered"),
         "{first}"
     );
-    serve.running.kill9();
-    let serve = Serve::start(&broker.url(), &database, &[]);
+    assert_eq!(serve.get("/stats")["drives_rollouts"], true);
+    let mut standby = None;
+    if postgres {
+        // A second instance stands by; the driving one is killed, and the
+        // second takes over. The first comes back, for its session holds
+        // its share of the fleet's events, and stands by in turn.
+        let b = start("serve-b");
+        serve.running.kill9();
+        b.wait_get("/stats", T, "the second instance drives", |s| {
+            s["drives_rollouts"] == true
+        });
+        standby = Some(start("serve-a"));
+        serve = b;
+    } else {
+        serve.running.kill9();
+        serve = start("serve-a");
+    }
 
     // The three that are here end healthy; the one away waits, offered.
     let waiting = serve.wait_get(&path, T, "three healthy, one waiting", |r| {
@@ -180,15 +220,49 @@ fn a_good_version_rolls_out_in_waves_through_a_serve_restart_and_to_a_gateway_th
     }
     runs[3].wait_for("generation two started", T);
 
+    if let Some(standby) = &standby {
+        assert_eq!(standby.get("/stats")["drives_rollouts"], false);
+    }
+    let list = serve.get("/rollouts");
+    conforms("/api/v1/rollouts", "get", 200, &list);
+    assert_eq!(list["rollouts"][0]["counts"]["healthy"], 4, "{list}");
+
     // The CLI says the same.
     let (ok, out, err) = rollout(&serve, &["status", &id]);
     assert!(ok, "{err}");
     assert!(out.contains(": completed"), "{out}");
     assert_eq!(out.matches("  healthy  ").count(), 4, "{out}");
-    // Aborting what has ended is refused, and says why.
+    // Aborting what has ended is refused, and says why; so are a rollout
+    // nobody knows and one that matches no gateway.
     let (ok, _, err) = rollout(&serve, &["abort", &id]);
     assert!(!ok);
     assert!(err.contains("409") && err.contains("not running"), "{err}");
+    let (status, answer) = serve.request("POST", &format!("{path}/abort"), None, None);
+    assert_eq!(status, 409, "{answer}");
+    conforms("/api/v1/rollouts/{id}/abort", "post", 409, &answer);
+    let (status, answer) = serve.request("GET", "/rollouts/ro-nobody", None, None);
+    assert_eq!(status, 404, "{answer}");
+    let (ok, _, err) = rollout(
+        &serve,
+        &[
+            "create",
+            "counter",
+            v2.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path"),
+            "--selector",
+            "ring=nowhere",
+        ],
+    );
+    assert!(!ok && err.contains("no gateway"), "{err}");
+    let (status, answer) = serve.request(
+        "POST",
+        "/rollouts",
+        Some(&serde_json::json!({"app": "x"})),
+        None,
+    );
+    assert_eq!(status, 400, "{answer}");
+    conforms("/api/v1/rollouts", "post", 400, &answer);
     for run in &mut runs {
         assert!(run.stop().success());
     }

@@ -315,7 +315,7 @@ fn two_instances_on_shared_subscriptions_store_every_point_once_when_one_is_kill
 
 /// Check `answer` (of `status`) to `method path` against the OpenAPI
 /// document's schema for it.
-fn conforms(path_template: &str, method: &str, status: u16, answer: &Value) {
+pub(crate) fn conforms(path_template: &str, method: &str, status: u16, answer: &Value) {
     let document: Value = serde_json::from_str(include_str!("../../host/src/server/openapi.json"))
         .expect("the OpenAPI document is JSON");
     let response = &document["paths"][path_template][method]["responses"][status.to_string()];

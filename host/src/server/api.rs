@@ -181,6 +181,7 @@ async fn stats(State(api): State<Api>) -> Answer {
         "refused": c.refused.load(Ordering::Relaxed),
         "commits": c.commits.load(Ordering::Relaxed),
         "commit_failures": c.commit_failures.load(Ordering::Relaxed),
+        "drives_rollouts": c.drives_rollouts.load(Ordering::Relaxed),
     })))
 }
 

@@ -39,6 +39,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// Whether this instance drives the rollouts (see `rollouts`).
+    pub drives_rollouts: std::sync::atomic::AtomicBool,
 }
 
 /// The filters `serve` subscribes to: events through the shared group if

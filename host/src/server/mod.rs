@@ -108,6 +108,7 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
     let driver = rollouts::Driver {
         db: db.clone(),
         client: client.clone(),
+        counters: counters.clone(),
     };
     tasks.spawn(driver.run(cancel.clone()));
     let router = console::router().merge(api::router(api::Api {

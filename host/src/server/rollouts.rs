@@ -320,6 +320,8 @@ pub async fn abort(db: &Db, id: &str) -> Result<Option<bool>, sqlx::Error> {
 pub struct Driver {
     pub db: Db,
     pub client: AsyncClient,
+    /// Where `/stats` reads whether this instance drives.
+    pub counters: Arc<super::ingest::Counters>,
 }
 
 impl Driver {
@@ -333,14 +335,19 @@ impl Driver {
                 _ = cancel.cancelled() => break,
                 _ = interval.tick() => {}
             }
-            match self.lead(&mut lock).await {
-                Ok(true) => {}
-                Ok(false) => continue,
+            let leads = match self.lead(&mut lock).await {
+                Ok(leads) => leads,
                 Err(e) => {
                     tracing::warn!("rollouts: cannot tell whether this instance drives: {e}");
                     lock = None;
-                    continue;
+                    false
                 }
+            };
+            self.counters
+                .drives_rollouts
+                .store(leads, std::sync::atomic::Ordering::Relaxed);
+            if !leads {
+                continue;
             }
             if let Err(e) = self.tick(&mut components).await {
                 tracing::error!("rollouts: {e}");
@@ -349,6 +356,9 @@ impl Driver {
         if let Some(conn) = lock {
             let _ = conn.close().await;
         }
+        self.counters
+            .drives_rollouts
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether this instance drives: always on SQLite; on PostgreSQL while
