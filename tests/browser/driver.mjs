@@ -40,6 +40,8 @@ const page = await browser.newPage();
 const said = [];
 page.on("console", (m) => said.push(`${m.type()}: ${m.text()}`));
 page.on("pageerror", (e) => said.push(`error: ${e.message}`));
+// A person at the page answers "OK" to the page's confirmations.
+page.on("dialog", (d) => d.accept());
 
 async function run(command) {
     const timeout = command.timeout_ms ?? 15000;

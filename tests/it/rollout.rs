@@ -5,6 +5,7 @@
 //! a version that traps after its swap halts the rollout after the first
 //! wave, and the gateway that took it is rolled back by a signed order.
 
+use crate::common::browser::Browser;
 use crate::common::mqtt::Mosquitto;
 use crate::common::serve::{Postgres, Serve};
 use crate::common::{Gateway, Running, guest, model, wasmgate};
@@ -338,6 +339,92 @@ fn a_version_that_traps_after_its_swap_halts_the_rollout_and_is_rolled_back() {
     }
     let (ok, out, _) = rollout(&serve, &["list"]);
     assert!(ok && out.contains(&id) && out.contains("aborted"), "{out}");
+    for run in &mut runs {
+        assert!(run.stop().success());
+    }
+}
+
+/// The console lists rollouts with their waves and gateways, and its abort
+/// button halts a running one: the gateway that took the version is rolled
+/// back, the other never gets it.
+#[test]
+fn the_consoles_abort_button_halts_a_rollout_and_the_gateway_that_took_it_is_rolled_back() {
+    let broker = Mosquitto::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(dir.path());
+    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let serve = Serve::start(&broker.url(), &database, &[]);
+    let gateways: Vec<Gateway> = (1..=2)
+        .map(|i| gateway(&broker, &format!("gw-{i}"), "c", &public))
+        .collect();
+    let mut runs = start_all(&gateways);
+    serve.wait_get("/gateways?selector=ring%3Dc", T, "two gateways", |g| {
+        g["gateways"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|g| g["apps"][0]["state"] == "running"))
+    });
+    let before = component_on(&serve, "gw-1");
+    let v2 = dir.path().join("v2.wasm");
+    std::fs::write(
+        &v2,
+        with_custom_section(std::fs::read(guest("swap-counter")).expect("read"), b"v2"),
+    )
+    .expect("write");
+    // A long soak: the rollout sits in its first wave until it is aborted.
+    let (ok, out, err) = rollout(
+        &serve,
+        &[
+            "create",
+            "counter",
+            v2.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path"),
+            "--selector",
+            "ring=c",
+            "--waves",
+            "50%:1:10m,100%",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let id = out.trim().to_string();
+    serve.wait_get(
+        &format!("/rollouts/{id}"),
+        T,
+        "gw-1 on the new version",
+        |r| r["gateways"][0]["state"] == "deployed",
+    );
+
+    let console = serve.base.replace("/api/v1", "/console/");
+    let mut page = Browser::start();
+    page.goto(&format!("{console}#/rollouts"));
+    let row = format!("#rollouts tr[data-rollout=\"{id}\"]");
+    page.wait_text(&format!("{row} td.state"), "running", T);
+    page.wait_text(&format!("{row} td.counts"), "1 deployed", T);
+    page.click(&format!("{row} a"));
+    page.wait_text("#waves tr[data-wave=\"0\"] td.counts", "1 deployed", T);
+    page.wait_text("#waves tr[data-wave=\"0\"]", "50% (1 gateways)", T);
+    page.wait_text(
+        "#rollout-gateways tr[data-gateway=\"gw-2\"] td.state",
+        "waiting",
+        T,
+    );
+    page.click("#abort");
+    page.wait_text("#abort-result", "Aborted", T);
+    page.wait_text("#rollout-state .state", "aborted", T);
+    page.wait_text(
+        "#rollout-gateways tr[data-gateway=\"gw-1\"] td.state",
+        "rolled-back",
+        T,
+    );
+    drop(page);
+
+    let done = serve.get(&format!("/rollouts/{id}"));
+    assert_eq!(done["state"], "aborted", "{done}");
+    assert_eq!(done["reason"], "aborted by the operator", "{done}");
+    serve.wait_get("/gateways/gw-1", T, "gw-1 back on its old component", |g| {
+        g["apps"][0]["component"] == before.as_str()
+    });
+    assert_eq!(component_on(&serve, "gw-2"), before, "gw-2 never took it");
     for run in &mut runs {
         assert!(run.stop().success());
     }

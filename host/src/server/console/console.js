@@ -678,12 +678,143 @@ function actionsPart(section, base, model) {
     }
 }
 
+// ---- rollouts ------------------------------------------------------------
+
+function counted(counts) {
+    const parts = Object.entries(counts ?? {}).map(([state, n]) => `${n} ${state}`);
+    return parts.length ? parts.join(", ") : "–";
+}
+
+async function rolloutsView(refresh) {
+    fill(trail, el("a", { href: "#/" }, "Fleet"), " / Rollouts");
+    const body = el("tbody");
+    const note = el("p", { class: "muted" });
+    fill(
+        view,
+        el(
+            "section",
+            {},
+            el("h2", {}, "Rollouts"),
+            el(
+                "table",
+                { id: "rollouts" },
+                el("thead", {}, el("tr", {}, ["Rollout", "App", "State", "Wave", "Gateways", "Started"].map((h) => el("th", {}, h)))),
+                body,
+            ),
+            note,
+            el("p", { class: "muted" }, "Start one with wasmgate cloud rollout create (it signs the version)."),
+        ),
+    );
+    refresh(async () => {
+        const { rollouts } = await get("/rollouts");
+        fill(
+            body,
+            rollouts.map((r) =>
+                el(
+                    "tr",
+                    { "data-rollout": r.id },
+                    el("td", {}, el("a", { href: `#/rollouts/${enc(r.id)}` }, r.id)),
+                    el("td", {}, r.app),
+                    el("td", { class: `state ${r.state}` }, r.state, r.reason ? el("div", { class: "muted" }, r.reason) : null),
+                    el("td", {}, r.wave + 1),
+                    el("td", { class: "counts" }, counted(r.counts)),
+                    el("td", {}, when(r.created_at * 1e6)),
+                ),
+            ),
+        );
+        fill(note, rollouts.length ? "" : "No rollout yet.");
+    });
+}
+
+async function rolloutView(refresh, id) {
+    fill(trail, el("a", { href: "#/" }, "Fleet"), " / ", el("a", { href: "#/rollouts" }, "Rollouts"), " / ", id);
+    const summary = el("p", { id: "rollout-state" });
+    const abortResult = el("output", { id: "abort-result" });
+    const abort = el("button", { id: "abort", type: "button" }, "Abort and roll back");
+    abort.addEventListener("click", async () => {
+        if (!window.confirm(`Abort rollout ${id}? Gateways that took its version are rolled back.`)) return;
+        fill(abortResult, "aborting…");
+        try {
+            await api("POST", `/rollouts/${enc(id)}/abort`);
+            fill(abortResult, el("span", { class: "ok" }, "Aborted: the gateways that took it are being rolled back."));
+        } catch (e) {
+            fill(abortResult, el("span", { class: "error" }, `Refused: ${e.message}`));
+        }
+    });
+    const waves = el("tbody");
+    const gateways = el("tbody");
+    fill(
+        view,
+        el("section", {}, el("h2", {}, `Rollout ${id}`), summary, abort, " ", abortResult),
+        el(
+            "section",
+            {},
+            el("h2", {}, "Waves"),
+            el(
+                "table",
+                { id: "waves" },
+                el("thead", {}, el("tr", {}, ["Wave", "Reaches", "Soak", "Gateways"].map((h) => el("th", {}, h)))),
+                waves,
+            ),
+        ),
+        el(
+            "section",
+            {},
+            el("h2", {}, "Gateways"),
+            el(
+                "table",
+                { id: "rollout-gateways" },
+                el("thead", {}, el("tr", {}, ["Gateway", "Wave", "State", "Outcome"].map((h) => el("th", {}, h)))),
+                gateways,
+            ),
+        ),
+    );
+    refresh(async () => {
+        const r = await get(`/rollouts/${enc(id)}`);
+        fill(
+            summary,
+            `${r.app} to ${r.target.selector ? `gateways matching ${r.target.selector}` : (r.target.gateways ?? []).join(", ")}: `,
+            el("span", { class: `state ${r.state}` }, r.state),
+            r.reason ? ` (${r.reason})` : "",
+        );
+        abort.hidden = r.state !== "running";
+        fill(
+            waves,
+            r.waves.map((w) =>
+                el(
+                    "tr",
+                    { "data-wave": w.wave },
+                    el("td", {}, w.wave + 1),
+                    el("td", {}, `${w.percent}% (${w.reach} gateways)`),
+                    el("td", {}, `${w.soak_s} s`),
+                    el("td", { class: "counts" }, counted(w.counts)),
+                ),
+            ),
+        );
+        fill(
+            gateways,
+            r.gateways.map((g) =>
+                el(
+                    "tr",
+                    { "data-gateway": g.gateway },
+                    el("td", {}, el("a", { href: `#/gateways/${enc(g.gateway)}` }, g.gateway)),
+                    el("td", {}, g.wave === null ? "–" : g.wave + 1),
+                    el("td", { class: "state" }, g.state),
+                    el("td", {}, g.detail ?? ""),
+                ),
+            ),
+        );
+    });
+}
+
 // ---- routes, refreshes and the token -------------------------------------
 
 const routes = [
     [/^#?\/?$/, fleetView],
     [/^#\/gateways\/([^/]+)\/?$/, gatewayView],
     [/^#\/gateways\/([^/]+)\/devices\/([^/]+)\/?$/, deviceView],
+    [/^#\/rollouts\/?$/, rolloutsView],
+    [/^#\/rollouts\/([^/]+)\/?$/, rolloutView],
 ];
 
 function route() {
