@@ -92,3 +92,6 @@ for await (const line of lines) {
     process.stdout.write(JSON.stringify(answer) + "\n");
 }
 await browser.close();
+// stdin's reader would keep the process alive.
+lines.close();
+process.stdin.destroy();

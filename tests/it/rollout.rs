@@ -83,12 +83,60 @@ fn states(rollout: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn start_all(gateways: &[Gateway]) -> Vec<Running> {
+/// Gateways `gw-1` to `gw-N` labelled `ring`, started, and running as
+/// `serve` has them.
+fn fleet(
+    broker: &Mosquitto,
+    serve: &Serve,
+    ring: &str,
+    n: usize,
+    public: &str,
+) -> (Vec<Gateway>, Vec<Running>) {
+    let gateways: Vec<Gateway> = (1..=n)
+        .map(|i| gateway(broker, &format!("gw-{i}"), ring, public))
+        .collect();
     let mut runs: Vec<Running> = gateways.iter().map(Gateway::start).collect();
     for run in &mut runs {
         run.wait_running("counter", T);
     }
-    runs
+    serve.wait_get(
+        &format!("/gateways?selector=ring%3D{ring}"),
+        T,
+        "the gateways running",
+        |g| {
+            g["gateways"].as_array().is_some_and(|a| {
+                a.len() == n && a.iter().all(|g| g["apps"][0]["state"] == "running")
+            })
+        },
+    );
+    (gateways, runs)
+}
+
+/// The swap counter with a custom section: the same app, another component.
+fn second_version(dir: &Path) -> PathBuf {
+    let path = dir.join("v2.wasm");
+    let bytes = with_custom_section(std::fs::read(guest("swap-counter")).expect("read"), b"v2");
+    std::fs::write(&path, bytes).expect("write");
+    path
+}
+
+/// `rollout create counter COMPONENT --key KEY --selector ring=RING MORE...`:
+/// the rollout's id.
+fn create(serve: &Serve, component: &Path, key: &Path, ring: &str, more: &[&str]) -> String {
+    let selector = format!("ring={ring}");
+    let mut args = vec![
+        "create",
+        "counter",
+        component.to_str().expect("path"),
+        "--key",
+        key.to_str().expect("path"),
+        "--selector",
+        &selector,
+    ];
+    args.extend_from_slice(more);
+    let (ok, out, err) = rollout(serve, &args);
+    assert!(ok, "{out}{err}");
+    out.trim().to_string()
 }
 
 #[test]
@@ -121,45 +169,26 @@ fn good_rollout(postgres: bool) {
         )
     };
     let mut serve = start("serve-a");
-    let gateways: Vec<Gateway> = (1..=4)
-        .map(|i| gateway(&broker, &format!("gw-{i}"), "a", &public))
-        .collect();
-    let mut runs = start_all(&gateways);
-    serve.wait_get("/gateways?selector=ring%3Da", T, "four gateways", |g| {
-        g["gateways"]
-            .as_array()
-            .is_some_and(|a| a.len() == 4 && a.iter().all(|g| g["apps"][0]["state"] == "running"))
-    });
+    let (gateways, mut runs) = fleet(&broker, &serve, "a", 4, &public);
     // gw-4 is away when the rollout starts.
     assert!(runs[3].stop().success());
     serve.wait_get("/gateways/gw-4", T, "gw-4 offline", |g| {
         g["online"] == false
     });
 
-    let v2 = dir.path().join("v2.wasm");
-    std::fs::write(
-        &v2,
-        with_custom_section(std::fs::read(guest("swap-counter")).expect("read"), b"v2"),
-    )
-    .expect("write");
-    let (ok, out, err) = rollout(
+    let v2 = second_version(dir.path());
+    let id = create(
         &serve,
+        &v2,
+        &key,
+        "a",
         &[
-            "create",
-            "counter",
-            v2.to_str().expect("path"),
-            "--key",
-            key.to_str().expect("path"),
-            "--selector",
-            "ring=a",
             "--waves",
             "25%:1:1s,50%:0:1s,100%:0:1s",
             "--config",
             "generation=two",
         ],
     );
-    assert!(ok, "{out}{err}");
-    let id = out.trim().to_string();
     let path = format!("/rollouts/{id}");
 
     // The first wave is one gateway; once it is healthy serve is killed
@@ -276,37 +305,23 @@ fn a_version_that_traps_after_its_swap_halts_the_rollout_and_is_rolled_back() {
     let (key, public) = keygen(dir.path());
     let database = format!("sqlite://{}", dir.path().join("serve.db").display());
     let serve = Serve::start(&broker.url(), &database, &[]);
-    let gateways: Vec<Gateway> = (1..=3)
-        .map(|i| gateway(&broker, &format!("gw-{i}"), "b", &public))
-        .collect();
-    let mut runs = start_all(&gateways);
-    serve.wait_get("/gateways?selector=ring%3Db", T, "three gateways", |g| {
-        g["gateways"]
-            .as_array()
-            .is_some_and(|a| a.len() == 3 && a.iter().all(|g| g["apps"][0]["state"] == "running"))
-    });
+    let (_gateways, mut runs) = fleet(&broker, &serve, "b", 3, &public);
     let before = component_on(&serve, "gw-1");
 
     // Runs 20 ticks (2 s) after its swap, past the 1 s probation, then traps.
     let bad = guest("trap-on-tick");
-    let (ok, out, err) = rollout(
+    let id = create(
         &serve,
+        &bad,
+        &key,
+        "b",
         &[
-            "create",
-            "counter",
-            bad.to_str().expect("path"),
-            "--key",
-            key.to_str().expect("path"),
-            "--selector",
-            "ring=b",
             "--waves",
             "1%:1:10s,100%:0:1s",
             "--config",
             "healthy_ticks=20",
         ],
     );
-    assert!(ok, "{out}{err}");
-    let id = out.trim().to_string();
     let path = format!("/rollouts/{id}");
     let aborted = serve.wait_get(&path, T, "the rollout aborted", |r| r["state"] == "aborted");
     assert!(
@@ -354,39 +369,11 @@ fn the_consoles_abort_button_halts_a_rollout_and_the_gateway_that_took_it_is_rol
     let (key, public) = keygen(dir.path());
     let database = format!("sqlite://{}", dir.path().join("serve.db").display());
     let serve = Serve::start(&broker.url(), &database, &[]);
-    let gateways: Vec<Gateway> = (1..=2)
-        .map(|i| gateway(&broker, &format!("gw-{i}"), "c", &public))
-        .collect();
-    let mut runs = start_all(&gateways);
-    serve.wait_get("/gateways?selector=ring%3Dc", T, "two gateways", |g| {
-        g["gateways"]
-            .as_array()
-            .is_some_and(|a| a.len() == 2 && a.iter().all(|g| g["apps"][0]["state"] == "running"))
-    });
+    let (_gateways, mut runs) = fleet(&broker, &serve, "c", 2, &public);
     let before = component_on(&serve, "gw-1");
-    let v2 = dir.path().join("v2.wasm");
-    std::fs::write(
-        &v2,
-        with_custom_section(std::fs::read(guest("swap-counter")).expect("read"), b"v2"),
-    )
-    .expect("write");
+    let v2 = second_version(dir.path());
     // A long soak: the rollout sits in its first wave until it is aborted.
-    let (ok, out, err) = rollout(
-        &serve,
-        &[
-            "create",
-            "counter",
-            v2.to_str().expect("path"),
-            "--key",
-            key.to_str().expect("path"),
-            "--selector",
-            "ring=c",
-            "--waves",
-            "50%:1:10m,100%",
-        ],
-    );
-    assert!(ok, "{out}{err}");
-    let id = out.trim().to_string();
+    let id = create(&serve, &v2, &key, "c", &["--waves", "50%:1:10m,100%"]);
     serve.wait_get(
         &format!("/rollouts/{id}"),
         T,

@@ -920,7 +920,6 @@ impl Actor {
         ) {
             tracing::warn!(app = %self.name, "could not record the app state: {e}");
         }
-        self.shared.status_signal.notify_one();
         self.status.send_replace(AppStatus {
             state,
             restarts: self.restarts,
@@ -928,6 +927,10 @@ impl Actor {
             version: self.version.number,
             load: self.version.load,
         });
+        // Only once the new state is readable: a status built between the
+        // signal and the update would carry the old state (a swapped-in
+        // component, say) until the next periodic status.
+        self.shared.status_signal.notify_one();
     }
 }
 

@@ -360,11 +360,7 @@ pub fn signed_manifest(
         grants,
         signatures: Vec::new(),
     };
-    manifest.signatures = signing
-        .keys
-        .iter()
-        .map(|key| crate::deploy::signing::sign(key, &manifest))
-        .collect();
+    manifest.signatures = crate::deploy::signing::sign_all(&signing.keys, &manifest);
     manifest
 }
 
@@ -385,11 +381,7 @@ pub fn signed_rollback(
         expires: signing.expires,
         signatures: Vec::new(),
     };
-    order.signatures = signing
-        .keys
-        .iter()
-        .map(|key| crate::deploy::signing::sign(key, &order))
-        .collect();
+    order.signatures = crate::deploy::signing::sign_all(&signing.keys, &order);
     order
 }
 
@@ -508,10 +500,7 @@ pub async fn rotate_keys(
     keys: &[ring::signature::Ed25519KeyPair],
 ) -> anyhow::Result<bool> {
     use crate::cloud::protocol::DeployProgress;
-    rotation.signatures = keys
-        .iter()
-        .map(|key| crate::deploy::signing::sign(key, &rotation))
-        .collect();
+    rotation.signatures = crate::deploy::signing::sign_all(keys, &rotation);
     let res_topic = topics::topic(gateway, gateway, "deploy/res");
     session.subscribe(&res_topic).await?;
     session

@@ -164,6 +164,11 @@ pub fn sign(key: &Ed25519KeyPair, message: &impl Signed) -> DeploySignature {
     DeploySignature { key: id, sig }
 }
 
+/// `message` signed by each of `keys`, as a threshold of them asks.
+pub fn sign_all(keys: &[Ed25519KeyPair], message: &impl Signed) -> Vec<DeploySignature> {
+    keys.iter().map(|key| sign(key, message)).collect()
+}
+
 /// Check `message`'s signatures at `now` (unix seconds): at least
 /// `threshold` distinct trusted, unexpired keys must have signed it. Which
 /// keys did, or why too few.
