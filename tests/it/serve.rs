@@ -62,6 +62,44 @@ pub(crate) fn settled(consumer: &Consumer, serve: &Serve) -> Vec<Value> {
     }
 }
 
+/// Stop the gateway and start it again with a tick of an hour, so that it
+/// records one point at once (its first tick) and then none; once that point
+/// is in and serve has stored all that came, nothing more comes. The new
+/// gateway, its run, and every point delivered.
+fn slowed_down(
+    broker: &Mosquitto,
+    mut run: crate::common::Running,
+    consumer: &Consumer,
+    serve: &Serve,
+) -> (Gateway, crate::common::Running, Vec<Value>) {
+    assert!(run.stop().success());
+    let restarted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let gw = thermostat(broker, 3_600_000, "");
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let deadline = Instant::now() + T;
+    while !delivered(consumer)
+        .iter()
+        .any(|p| p["time"].as_u64().is_some_and(|t| t >= restarted_at))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted gateway's first point did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = settled(consumer, serve);
+    assert_eq!(
+        gw.count("SELECT COUNT(*) FROM outbox WHERE kind = 'telemetry'"),
+        0,
+        "the outbox drained"
+    );
+    (gw, run, sent)
+}
+
 /// A gateway whose data directory is wiped counts its outbox from 1 again.
 /// Its batches carry its new database's id, so serve stores them rather than
 /// taking them for batches it has seen.
@@ -127,7 +165,7 @@ fn every_point_stored_once(database: &str) {
     );
     let mut serve = Serve::start(&broker.url(), database, &["--client-id", "serve-a"]);
     let gw = thermostat(&broker, 20, "");
-    let mut run = gw.start();
+    let run = gw.start();
     serve.wait_get("/stats", T, "points stored", |s| {
         s["stored_points"].as_i64() > Some(20)
     });
@@ -143,30 +181,7 @@ fn every_point_stored_once(database: &str) {
         s["stored_points"].as_i64() > Some(before + 20)
     });
 
-    // Slow the gateway down and let its outbox drain.
-    assert!(run.stop().success());
-    let gw = thermostat(&broker, 3_600_000, "");
-    let mut run = gw.start();
-    run.wait_connected(T);
-    let deadline = std::time::Instant::now() + T;
-    while gw.count("SELECT COUNT(*) FROM outbox WHERE kind = 'telemetry'") > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the outbox did not drain"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let sent = {
-        let deadline = std::time::Instant::now() + T;
-        loop {
-            let points = delivered(&consumer);
-            let stored = serve.stored_points();
-            if stored == points.len() as i64 || std::time::Instant::now() > deadline {
-                break points;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let (_slow, mut run, sent) = slowed_down(&broker, run, &consumer, &serve);
     let stored = serve.get(&format!("{CLIMATE}?limit=100000"))["points"]
         .as_array()
         .cloned()
@@ -267,7 +282,7 @@ fn two_instances_on_shared_subscriptions_store_every_point_once_when_one_is_kill
     let mut a = start("serve-a");
     let b = start("serve-b");
     let gw = thermostat(&broker, 10, "");
-    let mut run = gw.start();
+    let run = gw.start();
     // Both take a share of the points.
     for serve in [&a, &b] {
         serve.wait_get("/stats", T, "a share of the points", |s| {
@@ -283,25 +298,7 @@ fn two_instances_on_shared_subscriptions_store_every_point_once_when_one_is_kill
     });
     let a = start("serve-a");
 
-    assert!(run.stop().success());
-    let gw = thermostat(&broker, 3_600_000, "");
-    let mut run = gw.start();
-    run.wait_connected(T);
-    let deadline = std::time::Instant::now() + T;
-    let sent = loop {
-        let sent = delivered(&consumer);
-        let drained = gw.count("SELECT COUNT(*) FROM outbox WHERE kind = 'telemetry'") == 0;
-        if drained && b.stored_points() == sent.len() as i64 {
-            break sent;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stored {} of {} points",
-            b.stored_points(),
-            sent.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (_gw, mut run, sent) = slowed_down(&broker, run, &consumer, &b);
     let stored = a.get(&format!("{CLIMATE}?limit=100000"))["points"]
         .as_array()
         .cloned()

@@ -411,7 +411,25 @@ fn follow(
     // Only what was stored since the last send counts as an answer to it.
     let answer =
         |progress: &Option<Progress>| progress.as_ref().filter(|p| p.at >= sent_at).cloned();
+    // A status sent since the offer that shows the new component proves the
+    // swap even if the gateway's `deployed` answer was lost (it went to a
+    // `serve` instance that died with it in its session, say): offering it
+    // again would only be refused as a replay.
+    let shows_it = |seen: &Observed| {
+        seen.app
+            .as_ref()
+            .filter(|a| a.component == rollout.sha256 && a.at >= sent_at)
+            .map(|a| a.at)
+    };
     match target.state {
+        TargetState::Offered
+            if answer(&seen.deployment).is_none_or(|p| p.stage != "deployed")
+                && shows_it(seen).is_some() =>
+        {
+            target.state = TargetState::Deployed;
+            target.deployed_at = shows_it(seen).map(|at| at.min(now));
+            target.detail = Some("its status shows the new component".into());
+        }
         TargetState::Offered => match answer(&seen.deployment) {
             Some(p) if p.stage == "deployed" => {
                 target.state = TargetState::Deployed;
@@ -856,6 +874,22 @@ mod tests {
     }
 
     #[test]
+    fn a_status_showing_the_new_component_counts_as_deployed_when_the_answer_was_lost() {
+        let mut r = rollout(policy(&[(100.0, 0, 5)], 0.0));
+        let mut targets = fleet(1);
+        let mut seen = online(&targets);
+        step(&mut r, &mut targets, &seen, 0);
+        // No `deployed` ever arrives, but the status shows the swap.
+        seen.get_mut("gw-00").expect("gw").app = running(NEW, 0, 2_000);
+        let sends = step(&mut r, &mut targets, &seen, 2_000);
+        assert!(sends.is_empty(), "not offered again: {sends:?}");
+        assert_eq!(targets[0].state, TargetState::Deployed);
+        step(&mut r, &mut targets, &seen, 7_000);
+        assert_eq!(targets[0].state, TargetState::Healthy);
+        assert_eq!(r.state, RolloutState::Completed);
+    }
+
+    #[test]
     fn failures_within_the_threshold_do_not_abort() {
         let mut r = rollout(policy(&[(100.0, 0, 0)], 0.5));
         let mut targets = fleet(4);
@@ -863,6 +897,7 @@ mod tests {
         step(&mut r, &mut targets, &seen, 0);
         deploy_all(&targets, &mut seen, 1_000);
         seen.get_mut("gw-03").expect("gw").deployment = progress("failed", 1_000);
+        seen.get_mut("gw-03").expect("gw").app = running(OLD, 0, 1_000);
         step(&mut r, &mut targets, &seen, 1_000);
         step(&mut r, &mut targets, &seen, 2_000);
         assert_eq!(targets[3].state, TargetState::Failed);
@@ -935,6 +970,7 @@ mod tests {
         deploy_all(&targets, &mut seen, 1_000);
         // gw-01 deployed later than gw-00: still offered when the abort comes.
         seen.get_mut("gw-01").expect("gw").deployment = None;
+        seen.get_mut("gw-01").expect("gw").app = running(OLD, 0, 1_000);
         step(&mut r, &mut targets, &seen, 1_000);
         r.state = RolloutState::Aborting;
         let sends = step(&mut r, &mut targets, &seen, 2_000);
