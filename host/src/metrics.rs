@@ -101,11 +101,24 @@ pub struct LinkMetrics {
     pub replies_dropped: AtomicU64,
     /// Why the last connection failed or ended, if one did.
     last_error: Mutex<Option<String>>,
+    /// The broker the link is on, or trying (one of `[cloud] urls`).
+    broker: Mutex<Option<String>>,
 }
 
 impl LinkMetrics {
     pub fn set_last_error(&self, error: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub fn set_broker(&self, url: String) {
+        *self.broker.lock().unwrap_or_else(|e| e.into_inner()) = Some(url);
+    }
+
+    pub fn broker(&self) -> Option<String> {
+        self.broker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn last_error(&self) -> Option<String> {

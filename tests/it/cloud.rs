@@ -5,7 +5,7 @@
 use crate::common::mqtt::{Consumer, Mosquitto, Pki};
 use crate::common::{Gateway, guest, last_counter, model, root};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
@@ -710,4 +710,78 @@ fn the_last_will_marks_a_killed_gateway_offline() {
     let late = Consumer::connect(&broker.settings("late"), &[&topic("test-gw", "status")]);
     let seen = late.wait_json(&topic("test-gw", "status"), T, |_| true);
     assert_eq!(seen["online"], false);
+}
+
+/// `[cloud] urls` lists two brokers (two nodes, as of a cluster): when the
+/// one the gateway is on stops, it moves to the other and says so in its
+/// link, and every point it recorded arrives, through one or the other: the
+/// outbox sends to the second what the first had not acknowledged.
+#[test]
+fn with_two_brokers_the_gateway_moves_to_the_other_when_its_broker_stops_and_nothing_is_lost() {
+    let mut a = Mosquitto::start("");
+    let b = Mosquitto::start("");
+    let filter = ["wg/v1/test-gw/counter/telemetry/#"];
+    let on_a = Consumer::connect(&a.settings("consumer-a"), &filter);
+    let on_b = Consumer::connect(&b.settings("consumer-b"), &filter);
+    let gw = Gateway::new()
+        .section(&format!(
+            "[cloud]\nurls = [\"{}\", \"{}\"]\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+            a.url(),
+            b.url()
+        ))
+        .app(
+            "counter",
+            &guest("storage-roundtrip"),
+            &model("counter"),
+            "tick_interval_ms = 20",
+        );
+    let mut run = gw.start();
+    let (url_a, url_b) = (a.url(), b.url());
+    run.wait_link(T, "on the first broker", |l| {
+        l["connected"] == true && l["broker"] == url_a.as_str()
+    });
+    run.wait_for("counter=20 roundtrip=true", T);
+
+    // The first broker stops while the gateway records.
+    a.stop();
+    let link = run.wait_link(T, "on the second broker", |l| {
+        l["connected"] == true && l["broker"] == url_b.as_str()
+    });
+    assert!(
+        link["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&url_a)),
+        "{link}"
+    );
+    let moved = last_counter(&run.lines()).expect("counter");
+    run.wait_for(&format!("counter={} roundtrip=true", moved + 30), T);
+    assert!(run.stop().success());
+    let recorded = last_counter(&run.lines()).expect("counter");
+
+    // The first broker comes back with what it held for its consumer; the
+    // gateway, started again, sends what its outbox still holds.
+    a.restart();
+    let mut run = gw.start();
+    run.wait_connected(T);
+    let deadline = std::time::Instant::now() + T;
+    let all = loop {
+        let all: BTreeSet<i64> = delivered_counts(&on_a)
+            .into_iter()
+            .chain(delivered_counts(&on_b))
+            .collect();
+        if (1..=recorded).all(|n| all.contains(&n)) || std::time::Instant::now() > deadline {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let missing: Vec<i64> = (1..=recorded).filter(|n| !all.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "lost points {missing:?} of 1..={recorded}"
+    );
+    assert!(
+        delivered_counts(&on_b).iter().any(|&n| n > moved),
+        "points recorded after the move went to the second broker"
+    );
+    assert!(run.stop().success());
 }

@@ -85,7 +85,6 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         mut replies,
     } = spec;
     let status_topic = topics::topic(&gateway, &gateway, "status");
-    let mut options = super::mqtt_options(&config.broker, false)?;
     let will = Status {
         online: false,
         time: None,
@@ -94,22 +93,34 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         apps: vec![],
         outbox: OutboxInfo::default(),
     };
-    options
-        .set_inflight(config.max_inflight)
-        .set_last_will(LastWill::new(
-            &status_topic,
-            serde_json::to_vec(&will)?,
-            QoS::AtLeastOnce,
-            true,
-        ));
-    let url = format!(
-        "{}://{}:{}",
-        if config.broker.tls { "mqtts" } else { "mqtt" },
-        config.broker.host,
-        config.broker.port
+    // Every broker the gateway may use (one, or the nodes of a cluster), in
+    // order: it moves to the next when the one it is on fails.
+    let mut brokers: Vec<(String, rumqttc::MqttOptions)> = Vec::new();
+    for settings in std::iter::once(&config.broker).chain(&config.failover) {
+        let mut options = super::mqtt_options(settings, false)?;
+        options
+            .set_inflight(config.max_inflight)
+            .set_last_will(LastWill::new(
+                &status_topic,
+                serde_json::to_vec(&will)?,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        let url = format!(
+            "{}://{}:{}",
+            if settings.tls { "mqtts" } else { "mqtt" },
+            settings.host,
+            settings.port
+        );
+        brokers.push((url, options));
+    }
+    let mut on = 0;
+    let mut url = brokers[0].0.clone();
+    report.metrics().link.set_broker(url.clone());
+    let (client, mut eventloop) = AsyncClient::new(
+        brokers[0].1.clone(),
+        usize::from(config.max_inflight) * 2 + 16,
     );
-    let (client, mut eventloop) =
-        AsyncClient::new(options, usize::from(config.max_inflight) * 2 + 16);
     super::no_delay(&mut eventloop);
 
     let conn = db.open()?;
@@ -234,7 +245,20 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 } else {
                     format!("cannot connect to the broker {url}: {}", describe(&e))
                 };
-                tracing::warn!("{error}; trying again in {} ms", wait.as_millis());
+                if brokers.len() > 1 {
+                    // Another node of the cluster: the outbox sends there
+                    // what this one did not acknowledge.
+                    on = (on + 1) % brokers.len();
+                    url = brokers[on].0.clone();
+                    eventloop.mqtt_options = brokers[on].1.clone();
+                    link.metrics.link.set_broker(url.clone());
+                    tracing::warn!(
+                        "{error}; moving to the broker {url} in {} ms",
+                        wait.as_millis()
+                    );
+                } else {
+                    tracing::warn!("{error}; trying again in {} ms", wait.as_millis());
+                }
                 link.metrics.link.set_last_error(error);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

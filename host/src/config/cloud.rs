@@ -13,6 +13,10 @@ use std::time::Duration;
 pub(super) struct CloudSection {
     #[serde(default)]
     pub(super) url: Option<String>,
+    /// Several brokers (the nodes of a cluster): the gateway moves to the
+    /// next when the one it is on fails.
+    #[serde(default)]
+    pub(super) urls: Option<Vec<String>>,
     #[serde(default)]
     pub(super) embedded: bool,
     #[serde(default = "default_embedded_listen")]
@@ -50,6 +54,9 @@ pub(super) struct CloudSection {
     pub(super) answer_timeout_s: u64,
 }
 
+/// The most brokers `[cloud] urls` may list.
+pub const MAX_BROKERS: usize = 16;
+
 /// Not MQTT's 1883: a system Mosquitto (installed for the tests, say) often
 /// holds that one, and the demo must not collide with it.
 pub(super) fn default_embedded_listen() -> String {
@@ -78,6 +85,9 @@ pub(super) fn default_answer_timeout_s() -> u64 {
 #[derive(Debug, Clone)]
 pub struct CloudConfig {
     pub broker: BrokerSettings,
+    /// `urls` past the first: where the gateway moves when its broker fails,
+    /// in order, then back to `broker`.
+    pub failover: Vec<BrokerSettings>,
     /// Run an in-process broker listening here, and connect to it.
     pub embedded: Option<std::net::SocketAddr>,
     pub backoff_initial: Duration,
@@ -100,6 +110,7 @@ impl CloudConfig {
     pub fn embedded(gateway_id: &str) -> CloudConfig {
         let section = CloudSection {
             url: None,
+            urls: None,
             embedded: true,
             embedded_listen: default_embedded_listen(),
             client_id: None,
@@ -245,7 +256,38 @@ pub(super) fn cloud_config(
         .client_id
         .clone()
         .unwrap_or_else(|| gateway_id.to_string());
-    let (mut broker, embedded) = match (&cloud.url, cloud.embedded) {
+    let mut failover: Vec<BrokerSettings> = Vec::new();
+    let url = match (&cloud.url, &cloud.urls) {
+        (Some(_), Some(_)) => {
+            return Err(KeyError::new(
+                key("urls"),
+                "give either url or urls, not both",
+            ));
+        }
+        (None, Some(urls)) => {
+            if urls.is_empty() || urls.len() > MAX_BROKERS {
+                return Err(KeyError::new(
+                    key("urls"),
+                    format!("list 1 to {MAX_BROKERS} brokers"),
+                ));
+            }
+            for (i, url) in urls.iter().enumerate().skip(1) {
+                failover.push(
+                    BrokerSettings::from_url(url, &client_id)
+                        .map_err(|m| KeyError::new(format!("cloud.urls[{i}]"), m))?,
+                );
+            }
+            Some(urls[0].clone())
+        }
+        (url, None) => url.clone(),
+    };
+    if !failover.is_empty() && cloud.embedded {
+        return Err(KeyError::new(
+            key("embedded"),
+            "give either urls or embedded = true, not both",
+        ));
+    }
+    let (mut broker, embedded) = match (&url, cloud.embedded) {
         (Some(_), true) => {
             return Err(KeyError::new(
                 key("embedded"),
@@ -289,6 +331,20 @@ pub(super) fn cloud_config(
         keep_alive_s: cloud.keep_alive_s,
     }
     .apply("cloud", &mut broker, resolve)?;
+    // The other brokers log in as the first does.
+    for other in &mut failover {
+        let (tls, host, port) = (other.tls, other.host.clone(), other.port);
+        *other = broker.clone();
+        other.tls = tls;
+        other.host = host;
+        other.port = port;
+        if other.tls != broker.tls {
+            return Err(KeyError::new(
+                key("urls"),
+                "list brokers of one kind: all mqtt:// or all mqtts://",
+            ));
+        }
+    }
     check_backoff("cloud", cloud.backoff_initial_ms, cloud.backoff_max_ms)?;
     if !(1..=1000).contains(&cloud.max_inflight) {
         return Err(KeyError::new(
@@ -307,6 +363,7 @@ pub(super) fn cloud_config(
     }
     Ok(CloudConfig {
         broker,
+        failover,
         embedded,
         backoff_initial: Duration::from_millis(cloud.backoff_initial_ms),
         backoff_max: Duration::from_millis(cloud.backoff_max_ms),

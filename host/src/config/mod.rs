@@ -465,6 +465,45 @@ mod tests {
     }
 
     #[test]
+    fn cloud_urls_list_the_nodes_of_a_cluster_and_refuse_what_cannot_work() {
+        let with = |cloud: &str| parse(&format!("[gateway]\nid = \"gw-1\"\n[cloud]\n{cloud}\n"));
+        let config = with(
+            r#"urls = ["mqtt://a:1883", "mqtt://b:1884"]
+username = "gw-1""#,
+        )
+        .expect("valid");
+        let cloud = config.cloud.expect("cloud");
+        assert_eq!((cloud.broker.host.as_str(), cloud.broker.port), ("a", 1883));
+        assert_eq!(cloud.failover.len(), 1);
+        assert_eq!(
+            (cloud.failover[0].host.as_str(), cloud.failover[0].port),
+            ("b", 1884)
+        );
+        assert_eq!(
+            cloud.failover[0].username.as_deref(),
+            Some("gw-1"),
+            "the same login"
+        );
+        for (bad, says) in [
+            (
+                r#"url = "mqtt://a"
+urls = ["mqtt://b"]"#,
+                "not both",
+            ),
+            ("urls = []", "1 to 16"),
+            (r#"urls = ["mqtt://a", "nonsense"]"#, "cloud.urls[1]"),
+            (
+                r#"urls = ["mqtt://a", "mqtt://b"]
+embedded = true"#,
+                "not both",
+            ),
+        ] {
+            let error = with(bad).expect_err(bad).to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn a_full_config_resolves_paths_and_defaults() {
         let config = parse(
             r#"

@@ -316,7 +316,12 @@ pub fn drop_key_set(conn: &Connection) -> rusqlite::Result<()> {
 /// version is above the one in force.
 pub fn rotate_keys(conn: &mut Connection, id: &str, set: &KeySet) -> Result<(), Replay> {
     let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
-    let tx = conn.transaction().map_err(registry)?;
+    // Immediate: it reads before it writes, and a deferred transaction
+    // whose snapshot another connection wrote past cannot take the write
+    // lock ("database is locked", at once, whatever the busy timeout).
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(registry)?;
     let version = take(&tx, id, KEYS, set.version)?;
     let keys = serde_json::to_string(&set.keys).map_err(|e| Replay::Registry(e.to_string()))?;
     tx.execute(
@@ -432,7 +437,12 @@ pub fn accept_deployment(
     version: u64,
 ) -> Result<Taken, Replay> {
     let registry = |e: rusqlite::Error| Replay::Registry(e.to_string());
-    let tx = conn.transaction().map_err(registry)?;
+    // Immediate: it reads before it writes, and a deferred transaction
+    // whose snapshot another connection wrote past cannot take the write
+    // lock ("database is locked", at once, whatever the busy timeout).
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(registry)?;
     if resumable(&tx, id, app, version).map_err(registry)? {
         return Ok(Taken::Resumed);
     }

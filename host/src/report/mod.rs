@@ -45,6 +45,9 @@ pub struct LinkInfo {
     /// Why the last connection failed or ended, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The broker the link is on or trying (`mqtt://host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
 }
 
 /// Each unit's figures for one app, by unit name.
@@ -239,6 +242,7 @@ impl Reporter {
             downlink_refused: link.downlink_refused.load(Ordering::Relaxed),
             replies_dropped: link.replies_dropped.load(Ordering::Relaxed),
             last_error: link.last_error(),
+            broker: link.broker(),
         }
     }
 
