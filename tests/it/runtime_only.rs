@@ -4,7 +4,7 @@
 //! broker, with a message that says what to do.
 
 use crate::common::{Gateway, guest, model, root, run_to_end, wasmgate};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,6 +22,33 @@ fn runtime_only() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// `BINARY run --config CONFIG`, which must exit (it refuses the config)
+/// within a minute: a binary that runs on instead is stale, built before
+/// the refusal existed, and the test says so rather than hang.
+fn refused_within(binary: &Path, config: &Path) -> std::process::Output {
+    let mut child = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} ran on for 60 s instead of refusing {}: is it stale? cargo build -p wasmgate-runtime-only",
+                binary.display(),
+                config.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
 }
 
 #[test]
@@ -58,11 +85,7 @@ fn the_runtime_only_build_runs_a_precompiled_artifact_and_refuses_a_plain_compon
         "",
     );
     plain.write_config();
-    let out = Command::new(&binary)
-        .args(["run", "--config"])
-        .arg(plain.config_path())
-        .output()
-        .expect("runs");
+    let out = refused_within(&binary, &plain.config_path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -79,11 +102,7 @@ fn the_runtime_only_build_runs_a_precompiled_artifact_and_refuses_a_plain_compon
         "",
     );
     embedded.write_config();
-    let out = Command::new(&binary)
-        .args(["run", "--config"])
-        .arg(embedded.config_path())
-        .output()
-        .expect("runs");
+    let out = refused_within(&binary, &embedded.config_path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

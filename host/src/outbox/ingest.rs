@@ -15,7 +15,7 @@
 //! next `record`, and the commit is retried every flush interval until the
 //! database takes writes again.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
@@ -204,8 +204,13 @@ impl Writer {
         if due.is_empty() {
             return;
         }
+        // Immediate, as every transaction of the writer: one that reads
+        // before it writes (the limits do) could otherwise be refused at once
+        // ("database is locked") when the link deleted rows since it began.
         let sealed = (|| {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             for key in &due {
                 tx.execute(
                     "UPDATE outbox SET sealed = 1 WHERE seq = ?1",
@@ -301,7 +306,9 @@ impl Writer {
             Instant::now(),
         );
         let result = (|| {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut written = Vec::with_capacity(pieces.len());
             for piece in &pieces {
                 written.push(write(&tx, piece)?);
@@ -372,7 +379,9 @@ impl Writer {
         };
         // Limits are enforced after the new rows are counted.
         if result.is_ok() && !pieces.is_empty() && self.over_limits() {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             limits::enforce(&tx, &self.usage)?;
             self.usage.save_counters(&tx)?;
             tx.commit()?;
