@@ -112,13 +112,11 @@ function bytes(n) {
     return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
+// A table with its headings; `rows` are its rows, or the `tbody` a view
+// refills on each refresh.
 function table(headings, rows, attributes = {}) {
-    return el(
-        "table",
-        attributes,
-        el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))),
-        el("tbody", {}, rows),
-    );
+    const body = rows instanceof HTMLTableSectionElement ? rows : el("tbody", {}, rows);
+    return el("table", attributes, el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))), body);
 }
 
 // ---- checking values against the model ------------------------------------
@@ -212,16 +210,7 @@ async function fleetView(refresh) {
             "section",
             {},
             el("h2", {}, "Gateways"),
-            el(
-                "table",
-                { id: "gateways" },
-                el(
-                    "thead",
-                    {},
-                    el("tr", {}, ["Gateway", "Labels", "State", "Since", "Apps", "Outbox"].map((h) => el("th", {}, h))),
-                ),
-                body,
-            ),
+            table(["Gateway", "Labels", "State", "Since", "Apps", "Outbox"], body, { id: "gateways" }),
             status,
         ),
     );
@@ -408,14 +397,7 @@ async function deviceView(refresh, gateway, device) {
     if (model) actionsPart(actionsSection, base, model);
     else actionsSection.append(el("p", { class: "muted" }, "No model: nothing can be called."));
     const alertRows = el("tbody");
-    alertsSection.append(
-        el(
-            "table",
-            {},
-            el("thead", {}, el("tr", {}, ["Time", "Alert", "Severity", "Values"].map((h) => el("th", {}, h)))),
-            alertRows,
-        ),
-    );
+    alertsSection.append(table(["Time", "Alert", "Severity", "Values"], alertRows));
     refresh(async () => {
         const [, , alerts] = await Promise.all([
             updateTwin(),
@@ -695,12 +677,7 @@ async function rolloutsView(refresh) {
             "section",
             {},
             el("h2", {}, "Rollouts"),
-            el(
-                "table",
-                { id: "rollouts" },
-                el("thead", {}, el("tr", {}, ["Rollout", "App", "State", "Wave", "Gateways", "Started"].map((h) => el("th", {}, h)))),
-                body,
-            ),
+            table(["Rollout", "App", "State", "Wave", "Gateways", "Started"], body, { id: "rollouts" }),
             note,
             el("p", { class: "muted" }, "Start one with wasmgate cloud rollout create (it signs the version)."),
         ),
@@ -750,23 +727,13 @@ async function rolloutView(refresh, id) {
             "section",
             {},
             el("h2", {}, "Waves"),
-            el(
-                "table",
-                { id: "waves" },
-                el("thead", {}, el("tr", {}, ["Wave", "Reaches", "Soak", "Gateways"].map((h) => el("th", {}, h)))),
-                waves,
-            ),
+            table(["Wave", "Reaches", "Soak", "Gateways"], waves, { id: "waves" }),
         ),
         el(
             "section",
             {},
             el("h2", {}, "Gateways"),
-            el(
-                "table",
-                { id: "rollout-gateways" },
-                el("thead", {}, el("tr", {}, ["Gateway", "Wave", "State", "Outcome"].map((h) => el("th", {}, h)))),
-                gateways,
-            ),
+            table(["Gateway", "Wave", "State", "Outcome"], gateways, { id: "rollout-gateways" }),
         ),
     );
     refresh(async () => {
