@@ -105,6 +105,16 @@ pub enum Command {
     /// Make an ed25519 key pair for signed deployments: NAME.key (private)
     /// and NAME.pub (public, for gateway.toml's [deploy] trusted_keys).
     Keygen { name: PathBuf },
+    /// Print the shell's completion script for wasmgate (bash: put it in
+    /// /usr/share/bash-completion/completions/wasmgate).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages: wasmgate.1 and one per subcommand
+    /// (wasmgate-cloud-rollout-create.1, ...).
+    Man {
+        /// The directory to write them to (it must exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Show a gateway's apps and outbox, whether it is running or not.
     Status {
         /// The gateway's config file.

@@ -134,6 +134,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             })?;
             Ok(true)
         }
+        Command::Completions { shell } => {
+            let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "wasmgate", &mut std::io::stdout());
+            Ok(true)
+        }
+        Command::Man { out } => {
+            let command = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(command, &out)
+                .with_context(|| format!("writing the man pages to {}", out.display()))?;
+            println!("man pages written to {}", out.display());
+            Ok(true)
+        }
         Command::Keygen { name } => {
             let (seed, public) = crate::deploy::signing::generate()?;
             let private = name.with_extension("key");

@@ -116,3 +116,52 @@ fn operator_commands_fail_clearly() {
     let (ok, _, err) = wasmgate(&["cloud", "--broker", &broker, "call", "no-slash", "reset"]);
     assert!(!ok && err.contains("is not GATEWAY/DEVICE"), "{err}");
 }
+
+/// The shell completions and man pages come from the same definitions as
+/// the commands: bash completes `wasmgate cloud roll` to `rollout`, and
+/// every subcommand has its page.
+#[test]
+fn completions_complete_subcommands_and_every_subcommand_has_a_man_page() {
+    let (ok, script, err) = wasmgate(&["completions", "bash"]);
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wasmgate.bash");
+    std::fs::write(&path, &script).expect("write");
+    let completed = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(wasmgate cloud roll); COMP_CWORD=2; \
+             COMP_LINE='wasmgate cloud roll'; COMP_POINT=${{#COMP_LINE}}; \
+             _wasmgate wasmgate roll cloud; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output()
+        .expect("bash runs");
+    assert_eq!(
+        String::from_utf8_lossy(&completed.stdout).trim(),
+        "rollout",
+        "{}",
+        String::from_utf8_lossy(&completed.stderr)
+    );
+    let (ok, _, err) = wasmgate(&["completions", "tcsh"]);
+    assert!(!ok && err.contains("possible values"), "{err}");
+
+    let (ok, _, err) = wasmgate(&["man", "--out", dir.path().to_str().expect("path")]);
+    assert!(ok, "{err}");
+    for page in [
+        "wasmgate.1",
+        "wasmgate-run.1",
+        "wasmgate-cloud-serve.1",
+        "wasmgate-cloud-rollout-create.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.contains(".TH") && text.contains(".SH NAME"),
+            "{page}: {text}"
+        );
+    }
+    let create =
+        std::fs::read_to_string(dir.path().join("wasmgate-cloud-rollout-create.1")).expect("page");
+    assert!(create.contains("max\\-failures"), "{create}");
+}
