@@ -470,6 +470,43 @@ fn cloud_serve(args: CloudArgs) -> anyhow::Result<bool> {
     .map(|()| true)
 }
 
+/// What a signed deployment is for: the gateways a selector matches (checked
+/// here), or `gateway` alone.
+fn deploy_target(
+    selector: Option<String>,
+    gateway: &str,
+) -> anyhow::Result<crate::wire::protocol::DeployTarget> {
+    Ok(match selector {
+        Some(selector) => {
+            crate::wire::selector::Selector::parse(&selector).map_err(anyhow::Error::msg)?;
+            crate::wire::protocol::DeployTarget::Selector(selector)
+        }
+        None => crate::wire::protocol::DeployTarget::Gateway(gateway.to_string()),
+    })
+}
+
+/// How `cloud deploy` and `cloud rollout create` sign: the keys read, the
+/// version (default: the time in milliseconds, so two deployments in one
+/// second still grow) and the expiry `valid_hours` from now.
+fn deploy_signing(
+    key: &[std::path::PathBuf],
+    version: Option<u64>,
+    valid_hours: u64,
+    target: crate::wire::protocol::DeployTarget,
+) -> anyhow::Result<operator::DeploySigning> {
+    let keys = key
+        .iter()
+        .map(|k| crate::deploy::signing::load_key(k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let now_ns = crate::value::now_ns();
+    Ok(operator::DeploySigning {
+        keys,
+        version: version.unwrap_or(now_ns / 1_000_000),
+        target,
+        expires: now_ns / 1_000_000_000 + valid_hours.clamp(1, 24 * 366) * 3600,
+    })
+}
+
 /// `wasmgate cloud rollout ...`: through serve's API.
 #[cfg(feature = "server")]
 fn cloud_rollout(args: CloudArgs) -> anyhow::Result<bool> {
@@ -516,19 +553,8 @@ fn cloud_rollout(args: CloudArgs) -> anyhow::Result<bool> {
             let (bytes, model, config) =
                 deployment_parts(&component, model.as_deref(), &app_config)?;
             let grants = grants.as_deref().map(read_grants).transpose()?;
-            let keys = key
-                .iter()
-                .map(|k| crate::deploy::signing::load_key(k))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let now = crate::value::now_ns() / 1_000_000_000;
             let targets: Vec<(String, crate::wire::protocol::DeployTarget)> = match &selector {
-                Some(s) => {
-                    crate::wire::selector::Selector::parse(s).map_err(anyhow::Error::msg)?;
-                    vec![(
-                        "*".into(),
-                        crate::wire::protocol::DeployTarget::Selector(s.clone()),
-                    )]
-                }
+                Some(s) => vec![("*".into(), deploy_target(Some(s.clone()), "")?)],
                 None => gateways
                     .iter()
                     .map(|g| {
@@ -542,12 +568,7 @@ fn cloud_rollout(args: CloudArgs) -> anyhow::Result<bool> {
             if targets.is_empty() {
                 anyhow::bail!("give --selector, or --gateways with at least one id");
             }
-            let mut signing = operator::DeploySigning {
-                keys,
-                version: version.unwrap_or(crate::value::now_ns() / 1_000_000),
-                target: targets[0].1.clone(),
-                expires: now + valid_hours.clamp(1, 24 * 366) * 3600,
-            };
+            let mut signing = deploy_signing(&key, version, valid_hours, targets[0].1.clone())?;
             let mut manifests = serde_json::Map::new();
             let mut rollbacks = serde_json::Map::new();
             for (name, target) in targets {
@@ -710,26 +731,8 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
             let (bytes, model, config) =
                 deployment_parts(&component, model.as_deref(), &app_config)?;
             let grants = grants.as_deref().map(read_grants).transpose()?;
-            let keys = key
-                .iter()
-                .map(|k| crate::deploy::signing::load_key(k))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let now = crate::value::now_ns() / 1_000_000_000;
-            let target = match selector {
-                Some(selector) => {
-                    crate::wire::selector::Selector::parse(&selector)
-                        .map_err(anyhow::Error::msg)?;
-                    crate::wire::protocol::DeployTarget::Selector(selector)
-                }
-                None => crate::wire::protocol::DeployTarget::Gateway(gateway.clone()),
-            };
-            let signing = operator::DeploySigning {
-                keys,
-                // Milliseconds: two deployments in one second still grow.
-                version: version.unwrap_or(crate::value::now_ns() / 1_000_000),
-                target,
-                expires: now + valid_hours.clamp(1, 24 * 366) * 3600,
-            };
+            let target = deploy_target(selector, &gateway)?;
+            let signing = deploy_signing(&key, version, valid_hours, target)?;
             operator::deploy(
                 &mut session,
                 &gateway,

@@ -88,10 +88,6 @@ impl Browser {
     pub fn eval(&mut self, function: &str) -> Value {
         self.run(json!({"op": "eval", "js": function}))
     }
-
-    pub fn screenshot(&mut self, path: &std::path::Path) {
-        self.run(json!({"op": "screenshot", "path": path}));
-    }
 }
 
 impl Drop for Browser {

@@ -191,18 +191,9 @@ impl TargetState {
         }
     }
 
+    /// The state named as [`as_str`](Self::as_str) (and serde) name it.
     pub fn parse(text: &str) -> Option<TargetState> {
-        [
-            TargetState::Waiting,
-            TargetState::Offered,
-            TargetState::Deployed,
-            TargetState::Healthy,
-            TargetState::Failed,
-            TargetState::RollbackSent,
-            TargetState::RolledBack,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
     }
 }
 
@@ -296,15 +287,9 @@ impl RolloutState {
         }
     }
 
+    /// The state named as [`as_str`](Self::as_str) (and serde) name it.
     pub fn parse(text: &str) -> Option<RolloutState> {
-        [
-            RolloutState::Running,
-            RolloutState::Aborting,
-            RolloutState::Aborted,
-            RolloutState::Completed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
     }
 }
 
@@ -721,6 +706,31 @@ mod tests {
         assert!(parse_offline("fail").is_err());
         assert_eq!(parse_duration_s("45"), Some(45));
         assert_eq!(parse_duration_s("1h"), Some(3600));
+    }
+
+    #[test]
+    fn states_read_back_as_they_are_stored() {
+        use TargetState::*;
+        for state in [
+            Waiting,
+            Offered,
+            Deployed,
+            Healthy,
+            Failed,
+            RollbackSent,
+            RolledBack,
+        ] {
+            assert_eq!(TargetState::parse(state.as_str()), Some(state));
+        }
+        for state in [
+            RolloutState::Running,
+            RolloutState::Aborting,
+            RolloutState::Aborted,
+            RolloutState::Completed,
+        ] {
+            assert_eq!(RolloutState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(TargetState::parse("lost"), None);
     }
 
     #[test]

@@ -63,11 +63,12 @@ pub enum RolloutTarget {
     Gateways(Vec<String>),
 }
 
-/// Check a new rollout and resolve its gateways; refuse with a reason.
+/// Check a new rollout and resolve its gateways: its gateways and its
+/// component's digest, or why it is refused.
 fn check(
     new: &NewRollout,
     known: &[(String, BTreeMap<String, String>)],
-) -> Result<Vec<String>, String> {
+) -> Result<(Vec<String>, String), String> {
     new.policy.check()?;
     let component = BASE64
         .decode(&new.component)
@@ -128,7 +129,7 @@ fn check(
             ));
         }
     }
-    Ok(gateways)
+    Ok((gateways, sha256))
 }
 
 /// Store a new rollout; its id and gateways, or why it is refused.
@@ -146,18 +147,12 @@ pub async fn create(db: &Db, new: NewRollout) -> Result<Result<Value, String>, s
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()?;
-    let gateways = match check(&new, &known) {
-        Ok(g) => g,
+    let (gateways, sha256) = match check(&new, &known) {
+        Ok(checked) => checked,
         Err(e) => return Ok(Err(e)),
     };
     let id = format!("ro-{:016x}", crate::value::random_u64());
     let now = now_ms();
-    let sha256 = new
-        .manifests
-        .values()
-        .next()
-        .map(|m| m.sha256.clone())
-        .unwrap_or_default();
     let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO rollouts (id, app, sha256, target, policy, manifests, rollbacks, component, state, wave, created_at, updated_at)
