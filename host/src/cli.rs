@@ -22,6 +22,13 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Exchange the claim in the config's [provisioning] for this gateway's
+    /// identity from `serve` (once; `run` asks by itself until it has one).
+    Provision {
+        /// The gateway's config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Run a gateway for development: as `run`, but with the embedded MQTT
     /// broker on 127.0.0.1:18830 if the config has no [cloud].
     Dev {
@@ -296,6 +303,13 @@ pub enum CloudCommand {
         /// while `serve` is down).
         #[arg(long, default_value = "wasmgate-serve")]
         client_id: String,
+        /// The fleet CA's certificate (PEM): with it and its key, `serve`
+        /// provisions gateways that hold a claim (docs/provisioning.md).
+        #[arg(long, value_name = "FILE", requires = "fleet_ca_key")]
+        fleet_ca: Option<PathBuf>,
+        /// The fleet CA's private key (PEM, its owner's alone).
+        #[arg(long, value_name = "FILE", requires = "fleet_ca")]
+        fleet_ca_key: Option<PathBuf>,
     },
     /// Roll a signed version of an app out to a fleet in waves, through
     /// `serve`, which halts it and rolls it back when too many gateways
@@ -311,6 +325,46 @@ pub enum CloudCommand {
         token_file: Option<PathBuf>,
         #[command(subcommand)]
         command: RolloutCommand,
+    },
+    /// Provisioning by claim, through `serve`: claims and the allow-list
+    /// (docs/provisioning.md).
+    #[cfg(feature = "server")]
+    Provisioning {
+        /// `serve`'s address.
+        #[arg(long, env = "WASMGATE_SERVE", default_value = "http://127.0.0.1:8640")]
+        server: String,
+        /// A file holding an operator token (its owner's alone), for a
+        /// `serve` that asks for one.
+        #[arg(long, env = "WASMGATE_TOKEN_FILE", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ProvisioningCommand,
+    },
+}
+
+#[cfg(feature = "server")]
+#[derive(Debug, Subcommand)]
+pub enum ProvisioningCommand {
+    /// Claims, the allow-list, the identities issued and the latest requests.
+    List,
+    /// Accept a claim: a batch certificate's common name, or a claim
+    /// token's broker user.
+    Claim { name: String },
+    /// Revoke a claim: requests made with it are refused from now on.
+    Revoke { name: String },
+    /// Let the device with SERIAL become gateway ID (replaces its entry).
+    Allow {
+        serial: String,
+        /// The gateway id it is issued.
+        #[arg(long = "gateway", value_name = "ID")]
+        gateway: String,
+        /// A label it is issued, NAME=VALUE (repeat for more).
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+        /// A rollout (to a label selector) whose version it starts with
+        /// (repeat for more).
+        #[arg(long = "deploy", value_name = "ROLLOUT")]
+        deploy: Vec<String>,
     },
 }
 

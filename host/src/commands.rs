@@ -10,8 +10,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, CloudArgs, CloudCommand, Command, TwinCommand};
 use crate::cloud::operator::{self, Session};
-use crate::config::{BrokerSettings, Config};
+use crate::config::{BrokerSettings, Config, ConfigError};
 use crate::deploy::admin::{self, Request};
+use std::path::Path;
 
 /// The whole program: what `main` of a `wasmgate` binary calls.
 pub fn main() -> ExitCode {
@@ -60,13 +61,14 @@ fn log_filter() -> EnvFilter {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Run { config, watch } => serve(Config::load(&config)?, watch).map(|()| true),
+        Command::Run { config, watch } => serve(&config, watch).map(|()| true),
+        Command::Provision { config } => provision(&config),
         Command::Dev { config } => {
             let mut config = Config::load(&config)?;
             if config.cloud.is_none() {
                 config.cloud = Some(crate::config::CloudConfig::embedded(&config.gateway_id));
             }
-            serve(config, true).map(|()| true)
+            run_gateway(config, true).map(|()| true)
         }
         Command::Deploy {
             app,
@@ -195,6 +197,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         #[cfg(feature = "server")]
         Command::Cloud(args) if matches!(args.command, CloudCommand::Rollout { .. }) => {
             cloud_rollout(*args)
+        }
+        #[cfg(feature = "server")]
+        Command::Cloud(args) if matches!(args.command, CloudCommand::Provisioning { .. }) => {
+            cloud_provisioning(*args)
         }
         Command::Cloud(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -396,10 +402,55 @@ fn render_apps(apps: &[crate::deploy::AppReport]) -> String {
 }
 
 /// Run the gateway until Ctrl-C or SIGTERM.
-fn serve(config: Config, watch: bool) -> anyhow::Result<()> {
+/// `wasmgate run`: a gateway provisioned by claim first asks for its
+/// identity, for as long as it takes.
+fn serve(path: &Path, watch: bool) -> anyhow::Result<()> {
+    let plan = match Config::load(path) {
+        Ok(config) => return run_gateway(config, watch),
+        Err(ConfigError::Unprovisioned { plan, .. }) => plan,
+        Err(e) => return Err(e.into()),
+    };
+    until_signal("wasmgate", |shutdown| async move {
+        if crate::cloud::provision::until_issued(&plan, &shutdown)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        crate::gateway::run(Config::load(path)?, shutdown, watch).await
+    })
+}
+
+fn run_gateway(config: Config, watch: bool) -> anyhow::Result<()> {
     until_signal("wasmgate", |shutdown| {
         crate::gateway::run(config, shutdown, watch)
     })
+}
+
+/// `wasmgate provision`: one request; exit status 1 if it is refused.
+fn provision(path: &Path) -> anyhow::Result<bool> {
+    let plan = match Config::load(path) {
+        Ok(config) => {
+            println!("already provisioned as {}", config.gateway_id);
+            return Ok(true);
+        }
+        Err(ConfigError::Unprovisioned { plan, .. }) => plan,
+        Err(e) => return Err(e.into()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(crate::cloud::provision::provision(&plan)) {
+        Ok(identity) => {
+            println!("provisioned as {}", identity.gateway);
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(false)
+        }
+    }
 }
 
 /// Run a long-lived service on a multi-thread runtime until Ctrl-C or
@@ -452,6 +503,8 @@ fn cloud_serve(args: CloudArgs) -> anyhow::Result<bool> {
         tokens,
         share,
         client_id,
+        fleet_ca,
+        fleet_ca_key,
     } = &args.command
     else {
         anyhow::bail!("not a serve command");
@@ -462,6 +515,7 @@ fn cloud_serve(args: CloudArgs) -> anyhow::Result<bool> {
         listen: *listen,
         tokens: tokens.clone(),
         share: share.clone(),
+        fleet_ca: fleet_ca.clone().zip(fleet_ca_key.clone()),
     };
     // `run` checks the options before anything starts.
     until_signal("wasmgate-serve", |shutdown| {
@@ -634,6 +688,57 @@ fn cloud_rollout(args: CloudArgs) -> anyhow::Result<bool> {
     }
 }
 
+/// `wasmgate cloud provisioning ...`: through serve's API.
+#[cfg(feature = "server")]
+fn cloud_provisioning(args: CloudArgs) -> anyhow::Result<bool> {
+    use crate::cli::ProvisioningCommand;
+    let CloudCommand::Provisioning {
+        server,
+        token_file,
+        command,
+    } = args.command
+    else {
+        anyhow::bail!("not a provisioning command");
+    };
+    let client = crate::server::client::Client::new(&server, token_file.as_deref())?;
+    match command {
+        ProvisioningCommand::List => {
+            let all = client.call("GET", "/provisioning", None)?;
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        ProvisioningCommand::Claim { name } => {
+            let body = serde_json::json!({ "name": name });
+            client.call("POST", "/provisioning/claims", Some(&body))?;
+            println!("claim {name} accepted");
+        }
+        ProvisioningCommand::Revoke { name } => {
+            client.call("POST", &format!("/provisioning/claims/{name}/revoke"), None)?;
+            println!("claim {name} revoked");
+        }
+        ProvisioningCommand::Allow {
+            serial,
+            gateway,
+            labels,
+            deploy,
+        } => {
+            let labels = labels
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("--label {l:?}: give NAME=VALUE"))
+                })
+                .collect::<anyhow::Result<std::collections::BTreeMap<_, _>>>()?;
+            let body = serde_json::json!({
+                "serial": serial, "gateway": gateway, "labels": labels, "deploy": deploy,
+            });
+            client.call("POST", "/provisioning/allow", Some(&body))?;
+            println!("serial {serial} becomes gateway {gateway}");
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(feature = "server")]
 fn print_rollout(r: &serde_json::Value) {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
@@ -684,7 +789,9 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         #[cfg(feature = "server")]
         CloudCommand::Serve { .. } => anyhow::bail!("serve runs on its own"),
         #[cfg(feature = "server")]
-        CloudCommand::Rollout { .. } => anyhow::bail!("rollouts go through serve"),
+        CloudCommand::Rollout { .. } | CloudCommand::Provisioning { .. } => {
+            anyhow::bail!("rollouts and provisioning go through serve")
+        }
         CloudCommand::Watch { .. }
         | CloudCommand::Devices
         | CloudCommand::Deploy { .. }
@@ -696,7 +803,9 @@ async fn cloud(args: CloudArgs) -> anyhow::Result<bool> {
         #[cfg(feature = "server")]
         CloudCommand::Serve { .. } => anyhow::bail!("serve runs on its own"),
         #[cfg(feature = "server")]
-        CloudCommand::Rollout { .. } => anyhow::bail!("rollouts go through serve"),
+        CloudCommand::Rollout { .. } | CloudCommand::Provisioning { .. } => {
+            anyhow::bail!("rollouts and provisioning go through serve")
+        }
         CloudCommand::Watch { gateway } => operator::watch(&mut session, gateway.as_deref())
             .await
             .map(|()| true),

@@ -17,6 +17,7 @@ pub mod downlink;
 pub mod ledger;
 pub mod link;
 pub mod operator;
+pub mod provision;
 pub mod transfers;
 
 pub use crate::wire::{protocol, topics};

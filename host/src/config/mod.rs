@@ -17,6 +17,7 @@ mod cloud;
 mod content;
 mod deploy;
 mod outbox;
+mod provisioning;
 
 use app::AppSection;
 pub use app::{
@@ -33,6 +34,8 @@ pub use deploy::{DeployConfig, TrustedKey, key_id, parse_time};
 use deploy::{DeploySection, deploy_config};
 pub use outbox::{Batching, MAX_BATCH_KIB, OutboxConfig, SeriesConfig, WhenFull};
 use outbox::{OutboxSection, outbox_config};
+use provisioning::{ClaimLogin, FROM_THE_IDENTITY, ProvisioningSection};
+pub use provisioning::{Identity, MAX_SERIAL, Unprovisioned, check_serial, write_private};
 
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,15 @@ pub enum ConfigError {
         path: PathBuf,
         key: String,
         message: String,
+    },
+    /// `[provisioning]` and no identity yet: what asking for one needs.
+    #[error(
+        "{path}: this gateway has no identity yet: `wasmgate provision` (or `wasmgate run`) asks serve for one with claim {:?}",
+        plan.claim
+    )]
+    Unprovisioned {
+        path: PathBuf,
+        plan: Box<Unprovisioned>,
     },
 }
 
@@ -103,12 +115,17 @@ struct File {
     simulator: Option<SimulatorSection>,
     #[serde(default, rename = "app")]
     apps: Vec<AppSection>,
+    /// A claim to exchange for an identity (`config::provisioning`).
+    #[serde(default)]
+    provisioning: Option<ProvisioningSection>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GatewaySection {
-    id: String,
+    /// Absent when `[provisioning]` gets the id from `serve`.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     /// What fleet selectors match this gateway by (`site`, `ring`, ...).
@@ -218,14 +235,106 @@ impl Config {
             }
         };
 
-        check_name(&file.gateway.id).map_err(|m| invalid("gateway.id".into(), m))?;
-        if file.gateway.labels.len() > crate::wire::selector::MAX_LABELS {
+        let mut file = file;
+        let data_dir = resolve(&file.gateway.data_dir);
+        let mut unprovisioned = None;
+        let identity = match (file.gateway.id.clone(), file.provisioning.take()) {
+            (Some(id), None) => {
+                check_name(&id).map_err(|m| invalid("gateway.id".into(), m))?;
+                None
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "gateway.id".into(),
+                    "missing: give the gateway's id, or a [provisioning] claim to ask serve for one"
+                        .into(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "gateway.id".into(),
+                    "a gateway provisioned by claim is given its id by serve: remove gateway.id or [provisioning]".into(),
+                ));
+            }
+            (None, Some(section)) => {
+                let (login, serial, timeout) = section
+                    .check(&resolve)
+                    .map_err(|e| invalid(e.key, e.message))?;
+                let Some(cloud) = file.cloud.as_mut() else {
+                    return Err(invalid(
+                        "provisioning".into(),
+                        "needs [cloud]: the broker serve listens on".into(),
+                    ));
+                };
+                let set = [
+                    cloud.client_id.is_some(),
+                    cloud.username.is_some(),
+                    cloud.password.is_some(),
+                    cloud.password_file.is_some(),
+                    cloud.password_env.is_some(),
+                    cloud.cert_file.is_some(),
+                    cloud.key_file.is_some(),
+                ];
+                if let Some((name, _)) = FROM_THE_IDENTITY.iter().zip(set).find(|(_, s)| *s) {
+                    return Err(invalid(
+                        format!("cloud.{name}"),
+                        "a gateway provisioned by claim logs in with the identity serve issues; leave it out".into(),
+                    ));
+                }
+                let identity = Identity::load(&data_dir)
+                    .map_err(|m| invalid("provisioning".into(), format!("its identity: {m}")))?;
+                match identity {
+                    Some(identity) => {
+                        cloud.cert_file = Some(Identity::cert_file(&data_dir));
+                        cloud.key_file = Some(Identity::key_file(&data_dir));
+                        file.gateway.id = Some(identity.gateway.clone());
+                        Some(identity)
+                    }
+                    None => {
+                        // The rest of the file is checked as usual (under
+                        // the claim's name) before the claim is used.
+                        let claim = section.claim().to_string();
+                        let mut claim_cloud = cloud.clone();
+                        match login {
+                            ClaimLogin::Certificate { cert, key } => {
+                                claim_cloud.cert_file = Some(cert);
+                                claim_cloud.key_file = Some(key);
+                            }
+                            ClaimLogin::Token(token) => {
+                                claim_cloud.username = Some(claim.clone());
+                                claim_cloud.password_file = Some(token);
+                            }
+                        }
+                        let broker = cloud_config(claim_cloud, &claim, &resolve)
+                            .map_err(|e| invalid(e.key, e.message))?
+                            .broker;
+                        file.gateway.id = Some(claim.clone());
+                        unprovisioned = Some(Unprovisioned {
+                            data_dir: data_dir.clone(),
+                            claim,
+                            serial,
+                            broker,
+                            timeout,
+                        });
+                        None
+                    }
+                }
+            }
+        };
+        let gateway_id = file.gateway.id.clone().unwrap_or_default();
+        // Issued labels win over local ones: serve decides what a
+        // provisioned gateway's fleet selectors match.
+        let mut labels = file.gateway.labels.clone();
+        if let Some(identity) = &identity {
+            labels.extend(identity.labels.clone());
+        }
+        if labels.len() > crate::wire::selector::MAX_LABELS {
             return Err(invalid(
                 "gateway.labels".into(),
                 format!("more than {} labels", crate::wire::selector::MAX_LABELS),
             ));
         }
-        for (name, value) in &file.gateway.labels {
+        for (name, value) in &labels {
             crate::wire::selector::check_label(name)
                 .and_then(|()| crate::wire::selector::check_label(value))
                 .map_err(|m| invalid(format!("gateway.labels.{name}"), m))?;
@@ -304,7 +413,7 @@ impl Config {
             }
             let device = app.device.clone().unwrap_or_else(|| app.name.clone());
             check_name(&device).map_err(|m| invalid(key("device"), m))?;
-            if device == file.gateway.id {
+            if device == gateway_id {
                 return Err(invalid(
                     key("device"),
                     format!("{device:?} is the gateway's own device id"),
@@ -422,23 +531,28 @@ impl Config {
         let cloud = match file.cloud {
             None => None,
             Some(cloud) => Some(
-                cloud_config(cloud, &file.gateway.id, &resolve)
+                cloud_config(cloud, &gateway_id, &resolve)
                     .map_err(|e| invalid(e.key, e.message))?,
             ),
         };
         let bus = match file.bus {
             None => None,
             Some(bus) => Some(
-                bus_config(bus, &file.gateway.id, &resolve)
-                    .map_err(|e| invalid(e.key, e.message))?,
+                bus_config(bus, &gateway_id, &resolve).map_err(|e| invalid(e.key, e.message))?,
             ),
         };
+        if let Some(plan) = unprovisioned {
+            return Err(ConfigError::Unprovisioned {
+                path: path.to_path_buf(),
+                plan: Box::new(plan),
+            });
+        }
         Ok(Config {
             bus,
             path: path.to_path_buf(),
-            gateway_id: file.gateway.id,
-            labels: file.gateway.labels,
-            data_dir: resolve(&file.gateway.data_dir),
+            gateway_id,
+            labels,
+            data_dir,
             outbox,
             deploy,
             metrics,
@@ -535,6 +649,94 @@ embedded = true"#,
                 ("seed".to_string(), "42".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_gateway_provisioned_by_claim_loads_as_the_identity_it_was_issued() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let text = format!(
+            r#"[gateway]
+data_dir = "{}"
+[gateway.labels]
+site = "local"
+floor = "2"
+[cloud]
+url = "mqtts://broker:8883"
+ca_file = "ca.pem"
+[provisioning]
+claim = "batch-7"
+cert_file = "claim.pem"
+key_file = "claim.key"
+serial = "SN-1"
+"#,
+            data.display()
+        );
+        let Err(ConfigError::Unprovisioned { plan, .. }) = parse(&text) else {
+            panic!("no identity yet: unprovisioned");
+        };
+        assert_eq!(
+            (plan.claim.as_str(), plan.serial.as_str()),
+            ("batch-7", "SN-1")
+        );
+        assert_eq!(
+            plan.broker.cert_file.as_deref(),
+            Some(Path::new("/etc/wg/claim.pem"))
+        );
+        assert_eq!(plan.data_dir, data);
+
+        let identity = Identity {
+            gateway: "plant1-gw-7".into(),
+            labels: BTreeMap::from([("site".into(), "plant-1".into())]),
+            claim: "batch-7".into(),
+            serial: "SN-1".into(),
+            issued_at: 1,
+            not_after: 2,
+        };
+        identity.store(&data, "CERT", "KEY").unwrap();
+        let config = parse(&text).expect("provisioned");
+        assert_eq!(config.gateway_id, "plant1-gw-7");
+        // Issued labels win; local ones the issue does not name stay.
+        assert_eq!(config.labels["site"], "plant-1");
+        assert_eq!(config.labels["floor"], "2");
+        let broker = config.cloud.unwrap().broker;
+        assert_eq!(broker.client_id, "plant1-gw-7");
+        assert_eq!(broker.cert_file, Some(Identity::cert_file(&data)));
+        assert_eq!(broker.key_file, Some(Identity::key_file(&data)));
+    }
+
+    #[test]
+    fn provisioning_refuses_what_would_contradict_the_identity() {
+        let cases = [
+            (
+                "id = \"gw\"\n[cloud]\nurl = \"mqtt://b\"\n[provisioning]\nclaim = \"c\"\ntoken_file = \"t\"\nserial = \"s\"",
+                "gateway.id",
+            ),
+            (
+                "[cloud]\nurl = \"mqtt://b\"\ncert_file = \"x\"\nkey_file = \"y\"\n[provisioning]\nclaim = \"c\"\ntoken_file = \"t\"\nserial = \"s\"",
+                "cloud.cert_file",
+            ),
+            (
+                "[provisioning]\nclaim = \"c\"\ntoken_file = \"t\"\nserial = \"s\"",
+                "provisioning",
+            ),
+            (
+                "[cloud]\nurl = \"mqtt://b\"\n[provisioning]\nclaim = \"c\"\nserial = \"s\"",
+                "provisioning.claim",
+            ),
+            (
+                "[cloud]\nurl = \"mqtt://b\"\n[provisioning]\nclaim = \"c\"\ntoken_file = \"t\"\nserial = \"a b\"",
+                "provisioning.serial",
+            ),
+            ("data_dir = \"/tmp\"", "gateway.id"),
+        ];
+        for (text, key) in cases {
+            let text = format!("[gateway]\n{text}\n");
+            match parse(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -119,6 +119,13 @@ pub fn router(api: Api) -> Router {
         )
         .route("/api/v1/rollouts/{id}", get(rollout))
         .route("/api/v1/rollouts/{id}/abort", post(abort_rollout))
+        .route("/api/v1/provisioning", get(provisioning))
+        .route("/api/v1/provisioning/claims", post(add_claim))
+        .route(
+            "/api/v1/provisioning/claims/{name}/revoke",
+            post(revoke_claim),
+        )
+        .route("/api/v1/provisioning/allow", post(allow))
         .fallback(|| async { ApiError::not_found("no such API path (see /api/v1/openapi.json)") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
@@ -512,6 +519,44 @@ async fn abort_rollout(
             format!("rollout {id} is not running: nothing to abort"),
         )),
         None => Err(ApiError::not_found(format!("no rollout {id:?}"))),
+    }
+}
+
+async fn provisioning(State(api): State<Api>) -> Answer {
+    Ok(Json(super::provisioning::list(&api.db).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewClaim {
+    name: String,
+}
+
+async fn add_claim(
+    State(api): State<Api>,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let claim: NewClaim = body(&bytes, "the claim")?;
+    match super::provisioning::add_claim(&api.db, &claim.name).await? {
+        Ok(true) => Ok((StatusCode::CREATED, Json(json!({ "name": claim.name })))),
+        Ok(false) => Ok((StatusCode::OK, Json(json!({ "name": claim.name })))),
+        Err(why) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, why)),
+    }
+}
+
+async fn revoke_claim(State(api): State<Api>, Path(name): Path<String>) -> Answer {
+    match super::provisioning::revoke_claim(&api.db, &name).await? {
+        Some(()) => Ok(Json(json!({ "name": name, "revoked": true }))),
+        None => Err(ApiError::not_found(format!("no claim {name:?}"))),
+    }
+}
+
+async fn allow(State(api): State<Api>, bytes: axum::body::Bytes) -> Answer {
+    let entry: super::provisioning::AllowEntry = body(&bytes, "the allow-list entry")?;
+    let (serial, gateway) = (entry.serial.clone(), entry.gateway.clone());
+    match super::provisioning::allow(&api.db, entry).await? {
+        Ok(()) => Ok(Json(json!({ "serial": serial, "gateway": gateway }))),
+        Err(why) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, why)),
     }
 }
 

@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("schema/0001_initial.sql")),
     (2, "labels", include_str!("schema/0002_labels.sql")),
     (3, "rollouts", include_str!("schema/0003_rollouts.sql")),
+    (
+        4,
+        "provisioning",
+        include_str!("schema/0004_provisioning.sql"),
+    ),
 ];
 
 /// Which database a URL names.

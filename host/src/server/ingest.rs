@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::answers::Answers;
 use super::db::Db;
 use super::record::{self, Record};
+use crate::wire::provision;
 use crate::wire::topics::ROOT;
 
 /// The most messages one commit takes.
@@ -45,7 +46,7 @@ pub struct Counters {
 
 /// The filters `serve` subscribes to: events through the shared group if
 /// one is given, state directly.
-pub fn filters(share: Option<&str>) -> Vec<String> {
+pub fn filters(share: Option<&str>, provisioning: bool) -> Vec<String> {
     let events = ["telemetry/+", "alert/+", "twin/ack", "deploy/res"];
     let state = [
         "status",
@@ -59,10 +60,15 @@ pub fn filters(share: Option<&str>) -> Vec<String> {
         Some(group) => format!("$share/{group}/{ROOT}/+/+/{suffix}"),
         None => format!("{ROOT}/+/+/{suffix}"),
     };
+    let requests = provisioning.then(|| match share {
+        Some(group) => format!("$share/{group}/{}", provision::REQUEST_FILTER),
+        None => provision::REQUEST_FILTER.to_string(),
+    });
     events
         .iter()
         .map(|s| shared(s))
         .chain(state.iter().map(|s| format!("{ROOT}/+/+/{s}")))
+        .chain(requests)
         .collect()
 }
 
@@ -72,6 +78,8 @@ pub struct Ingest {
     pub share: Option<String>,
     pub answers: Arc<Answers>,
     pub counters: Arc<Counters>,
+    /// Set when `serve` has the fleet CA and provisions gateways by claim.
+    pub provisioning: Option<super::provisioning::Provisioning>,
 }
 
 /// Messages read but not yet committed, in arrival order.
@@ -111,7 +119,7 @@ impl Ingest {
                         tracing::info!("connected to the broker");
                     }
                     connected = true;
-                    for filter in filters(self.share.as_deref()) {
+                    for filter in filters(self.share.as_deref(), self.provisioning.is_some()) {
                         if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
                             tracing::error!("cannot subscribe: {e}");
                         }
@@ -119,21 +127,13 @@ impl Ingest {
                 }
                 Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
                     self.counters.messages.fetch_add(1, Ordering::Relaxed);
-                    match record::read(&publish.topic, &publish.payload) {
-                        Ok(Some(Record::ActionResponse {
-                            gateway,
-                            device,
-                            action,
-                            response,
-                        })) => self.answers.answer(&gateway, &device, &action, response),
-                        Ok(Some(record)) => pending.records.push(record),
-                        Ok(None) => {}
-                        Err(reason) => {
-                            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                            if refusals.allow() {
-                                tracing::warn!("not stored: {reason}");
-                            }
-                        }
+                    if let Some((claim, request)) = provision::parse_request_topic(&publish.topic)
+                        && let Some(provisioning) = &self.provisioning
+                    {
+                        self.provision(provisioning, claim, request, &publish.payload)
+                            .await;
+                    } else {
+                        self.read(&publish, &mut pending, &refusals);
                     }
                     pending.messages.push(publish);
                     pending.since.get_or_insert_with(tokio::time::Instant::now);
@@ -170,6 +170,51 @@ impl Ingest {
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
+    }
+
+    /// Read a fleet message into what the next commit stores.
+    fn read(&self, publish: &Publish, pending: &mut Pending, refusals: &crate::rate::SharedLimit) {
+        match record::read(&publish.topic, &publish.payload) {
+            Ok(Some(Record::ActionResponse {
+                gateway,
+                device,
+                action,
+                response,
+            })) => self.answers.answer(&gateway, &device, &action, response),
+            Ok(Some(record)) => pending.records.push(record),
+            Ok(None) => {}
+            Err(reason) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                if refusals.allow() {
+                    tracing::warn!("not stored: {reason}");
+                }
+            }
+        }
+    }
+
+    /// Answer a provisioning request. It is acknowledged with the next
+    /// commit; if `serve` cannot answer now, the gateway asks again.
+    async fn provision(
+        &self,
+        provisioning: &super::provisioning::Provisioning,
+        claim: &str,
+        request: &str,
+        payload: &[u8],
+    ) {
+        let now = crate::value::now_ns() / 1_000_000;
+        match provisioning.handle(claim, request, payload, now).await {
+            Ok(response) => {
+                let topic = provision::response_topic(claim, request);
+                let payload = serde_json::to_vec(&response).unwrap_or_default();
+                if let Err(e) = self
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                {
+                    tracing::error!("cannot answer provisioning request {request}: {e}");
+                }
+            }
+            Err(e) => tracing::error!("provisioning request {request} not answered: {e}"),
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`auth`]: API tokens and their roles.
 //! - [`client`]: the operator's client of the API (`wasmgate cloud rollout`).
 //! - [`console`]: the web console's files (it uses the API like any client).
+//! - [`provisioning`]: identities for gateways that hold only a claim.
 //! - [`rollout`]: a rollout's decisions (pure, unit-tested); [`rollouts`]:
 //!   rollouts in the database and the task that drives them.
 
@@ -22,6 +23,7 @@ pub mod client;
 pub mod console;
 pub mod db;
 pub mod ingest;
+pub mod provisioning;
 pub mod record;
 pub mod rollout;
 pub mod rollouts;
@@ -50,6 +52,9 @@ pub struct ServeOptions {
     pub tokens: Option<PathBuf>,
     /// Share events with other `serve` instances in this group.
     pub share: Option<String>,
+    /// The fleet CA's certificate and key: with them, `serve` provisions
+    /// gateways by claim.
+    pub fleet_ca: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServeOptions {
@@ -80,6 +85,11 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
         .map(auth::Tokens::load)
         .transpose()?
         .map(Arc::new);
+    let fleet_ca = options
+        .fleet_ca
+        .as_ref()
+        .map(|(cert, key)| provisioning::FleetCa::load(cert, key))
+        .transpose()?;
     let db = db::Db::open(&options.database).await?;
     tracing::info!(database = %db::redact(&options.database), "database ready");
     let mut mqtt = crate::mqtt::mqtt_options(&options.broker, false)?;
@@ -103,6 +113,7 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
         share: options.share.clone(),
         answers: answers.clone(),
         counters: counters.clone(),
+        provisioning: fleet_ca.map(|ca| provisioning::Provisioning { db: db.clone(), ca }),
     };
     tasks.spawn(ingest.run(events, cancel.clone()));
     let driver = rollouts::Driver {

@@ -186,6 +186,60 @@ pub async fn create(db: &Db, new: NewRollout) -> Result<Result<Value, String>, s
     Ok(Ok(json!({ "id": id, "gateways": gateways })))
 }
 
+/// A newly provisioned gateway's first version: a rollout of `from`'s
+/// signed version (a rollout to a label selector, whose manifest the new
+/// gateway checks against its issued labels) to that gateway alone, in one
+/// wave. It waits for the gateway to come online, and a failure there
+/// aborts nothing (a new gateway has no older version to go back to).
+/// Its id, or why not.
+pub async fn for_new_gateway(
+    db: &Db,
+    from: &str,
+    gateway: &str,
+) -> Result<Result<String, String>, sqlx::Error> {
+    let policy = Policy {
+        waves: vec![super::rollout::Wave {
+            percent: 100.0,
+            min: 1,
+            soak_s: 0,
+        }],
+        max_failures: 1.0,
+        rate_per_minute: None,
+        offline: super::rollout::Offline::Wait,
+    };
+    let id = format!("ro-{:016x}", crate::value::random_u64());
+    let now = now_ms();
+    let mut tx = db.pool().begin().await?;
+    let copied = sqlx::query(
+        "INSERT INTO rollouts (id, app, sha256, target, policy, manifests, rollbacks, component, state, wave, created_at, updated_at)
+         SELECT $1, app, sha256, target, $2, manifests, rollbacks, component, 'running', 0, $3, $3
+         FROM rollouts WHERE id = $4 AND target LIKE '%\"selector\"%'",
+    )
+    .bind(&id)
+    .bind(serde_json::to_string(&policy).unwrap_or_default())
+    .bind(now)
+    .bind(from)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if copied != 1 {
+        return Ok(Err(format!(
+            "no rollout {from:?} to a label selector to take the version from"
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO rollout_gateways (rollout, gateway, position, state, updated_at)
+         VALUES ($1, $2, 0, 'waiting', $3)",
+    )
+    .bind(&id)
+    .bind(gateway)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(id))
+}
+
 /// Every rollout, newest first, with its gateways counted by state.
 pub async fn list(db: &Db) -> Result<Vec<Value>, sqlx::Error> {
     let rows = sqlx::query(

@@ -5,6 +5,7 @@
 //! each other. `docs/protocol.md` describes it.
 
 pub mod protocol;
+pub mod provision;
 pub mod selector;
 pub mod topics;
 
