@@ -112,6 +112,12 @@ impl Gateway {
         self
     }
 
+    /// No `[gateway] id`: a gateway provisioned by claim is given one.
+    pub fn without_id(mut self) -> Gateway {
+        self.id.clear();
+        self
+    }
+
     /// Another table of gateway.toml, e.g. `[cloud]`.
     pub fn section(mut self, text: &str) -> Gateway {
         self.sections.push(text.to_string());
@@ -128,9 +134,13 @@ impl Gateway {
 
     /// Write gateway.toml (again) from what was added.
     pub fn write_config(&self) {
+        let id = if self.id.is_empty() {
+            String::new()
+        } else {
+            format!("id = \"{}\"\n", self.id)
+        };
         let text = format!(
-            "[gateway]\nid = \"{}\"\ndata_dir = \"data\"\n{}\n{}\n{}",
-            self.id,
+            "[gateway]\n{id}data_dir = \"data\"\n{}\n{}\n{}",
             self.gateway_extra,
             self.sections.join("\n"),
             self.apps.join("\n")

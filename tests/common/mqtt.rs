@@ -323,6 +323,9 @@ impl Pki {
         };
         let (ca_pem, ca) = make_ca("wasmgate test CA");
         write("ca.pem", ca_pem);
+        // The CA's key too: `serve` signs gateways' certificates with it
+        // when it provisions them (it is the fleet CA).
+        write("ca.key", ca.key().serialize_pem());
         let (cert, key) = leaf(&ca, vec!["127.0.0.1".into(), "localhost".into()], "broker");
         write("server.pem", cert);
         write("server.key", key);
@@ -341,5 +344,26 @@ impl Pki {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Another client certificate from the CA, for common name `name`:
+    /// `name.pem` and `name.key` (with `use_identity_as_username`, the
+    /// broker user `name`).
+    pub fn client(&self, name: &str) -> &Pki {
+        use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
+        let read = |file: &str| std::fs::read_to_string(self.path(file)).expect("read the CA");
+        let ca_key = KeyPair::from_pem(&read("ca.key")).expect("the CA's key");
+        let ca = Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("the CA");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca).expect("sign");
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write pem");
+        let key_path = self.path(&format!("{name}.key"));
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the key");
+        self
     }
 }

@@ -33,9 +33,17 @@ impl Serve {
     /// `wasmgate cloud serve --broker BROKER --database DATABASE EXTRA...`,
     /// its API on a port of its choosing.
     pub fn start(broker: &str, database: &str, extra: &[&str]) -> Serve {
+        Serve::start_with(&["--broker", broker], database, extra)
+    }
+
+    /// `wasmgate cloud CLOUD... serve --database DATABASE EXTRA...`: CLOUD
+    /// names the broker and how to log in to it.
+    pub fn start_with(cloud: &[&str], database: &str, extra: &[&str]) -> Serve {
         let mut command = Command::new(super::binary());
         command
-            .args(["cloud", "--broker", broker, "serve", "--database", database])
+            .arg("cloud")
+            .args(cloud)
+            .args(["serve", "--database", database])
             .args(["--listen", "127.0.0.1:0"])
             .args(extra);
         let mut running = Running::spawn_command(command);

@@ -22,6 +22,7 @@ mod hostile;
 mod hostile_input;
 mod languages;
 mod operator;
+mod provisioning;
 mod registration;
 mod rollout;
 mod runtime;

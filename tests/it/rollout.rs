@@ -18,7 +18,7 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 
 /// An operator's key pair: the private key's path, the public key.
-fn keygen(dir: &Path) -> (PathBuf, String) {
+pub(crate) fn keygen(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("operator");
     let (ok, _, err) = wasmgate(&["keygen", key.to_str().expect("path")]);
     assert!(ok, "{err}");
@@ -53,7 +53,7 @@ fn gateway(broker: &Mosquitto, id: &str, ring: &str, public: &str) -> Gateway {
 }
 
 /// `wasmgate cloud rollout --server SERVE ARGS...`
-fn rollout(serve: &Serve, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn rollout(serve: &Serve, args: &[&str]) -> (bool, String, String) {
     let server = serve.base.trim_end_matches("/api/v1").to_string();
     let mut all = vec!["cloud", "rollout", "--server", server.as_str()];
     all.extend_from_slice(args);
@@ -61,7 +61,7 @@ fn rollout(serve: &Serve, args: &[&str]) -> (bool, String, String) {
 }
 
 /// The component `counter` runs on `gateway`, as serve has it.
-fn component_on(serve: &Serve, gateway: &str) -> String {
+pub(crate) fn component_on(serve: &Serve, gateway: &str) -> String {
     let g = serve.get(&format!("/gateways/{gateway}"));
     g["apps"][0]["component"]
         .as_str()
@@ -113,7 +113,7 @@ fn fleet(
 }
 
 /// The swap counter with a custom section: the same app, another component.
-fn second_version(dir: &Path) -> PathBuf {
+pub(crate) fn second_version(dir: &Path) -> PathBuf {
     let path = dir.join("v2.wasm");
     let bytes = with_custom_section(std::fs::read(guest("swap-counter")).expect("read"), b"v2");
     std::fs::write(&path, bytes).expect("write");
@@ -122,7 +122,13 @@ fn second_version(dir: &Path) -> PathBuf {
 
 /// `rollout create counter COMPONENT --key KEY --selector ring=RING MORE...`:
 /// the rollout's id.
-fn create(serve: &Serve, component: &Path, key: &Path, ring: &str, more: &[&str]) -> String {
+pub(crate) fn create(
+    serve: &Serve,
+    component: &Path,
+    key: &Path,
+    ring: &str,
+    more: &[&str],
+) -> String {
     let selector = format!("ring={ring}");
     let mut args = vec![
         "create",

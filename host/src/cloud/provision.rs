@@ -61,6 +61,9 @@ pub async fn until_issued(
 
 /// One request: the identity `serve` issued, now stored, or why not.
 pub async fn provision(plan: &Unprovisioned) -> Result<Identity, ProvisionError> {
+    // The key and the identity are the gateway's alone, as its data
+    // directory is (the gateway itself does the same before it starts).
+    crate::permissions::restrict_new_files();
     let key = pending_key(plan).map_err(ProvisionError::Failed)?;
     let request = format!(
         "{:016x}{:016x}",
