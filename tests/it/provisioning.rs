@@ -308,8 +308,7 @@ fn a_gateway_with_only_a_claim_is_issued_its_identity_and_every_refusal_is_clear
     let request = observer
         .messages()
         .into_iter()
-        .filter(|m| m.topic.ends_with("/request"))
-        .last()
+        .rfind(|m| m.topic.ends_with("/request"))
         .expect("the clone's request, as the broker carried it");
     let answer_topic = request.topic.replace("/request", "/response");
     let replayer = Consumer::connect(
@@ -328,4 +327,195 @@ fn a_gateway_with_only_a_claim_is_issued_its_identity_and_every_refusal_is_clear
     assert_eq!(issued.as_array().map(Vec::len), Some(1), "{issued}");
     assert!(run.stop().success());
     assert!(member_run.stop().success());
+}
+
+/// A provisioning request as a gateway makes it: its key, and the request
+/// with a CSR for it.
+fn request(serial: &str) -> (rcgen::KeyPair, String, Value) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let id = format!("{:016x}", rand_u64());
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, id.as_str());
+    let csr = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as u64;
+    let request = serde_json::json!({ "request": id, "serial": serial, "csr": csr, "time": now });
+    (key, id, request)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}
+
+/// Claims and the allow-list through the API (checked against the OpenAPI
+/// document), and requests answered by `serve` as stored in its database
+/// (run on SQLite and on PostgreSQL by the API scenario). `serve` knows
+/// `test-gw` already, and has the fleet CA.
+pub(crate) fn through_the_api(serve: &Serve, broker: &Mosquitto) {
+    use crate::common::serve::OPERATOR;
+    use crate::serve::conforms;
+    let post = |path: &str, body: Option<Value>| {
+        serve.request(
+            "POST",
+            &format!("/provisioning{path}"),
+            body.as_ref(),
+            Some(OPERATOR),
+        )
+    };
+    let (status, answer) = post("/claims", Some(serde_json::json!({ "name": "batch-api" })));
+    assert_eq!(status, 201, "{answer}");
+    conforms("/api/v1/provisioning/claims", "post", 201, &answer);
+    let (status, answer) = post("/claims", Some(serde_json::json!({ "name": "batch-api" })));
+    assert_eq!(status, 200, "accepted twice is accepted: {answer}");
+    let (status, answer) = post("/claims", Some(serde_json::json!({ "name": "a/b" })));
+    assert_eq!(status, 422, "{answer}");
+    conforms("/api/v1/provisioning/claims", "post", 422, &answer);
+    let (status, answer) = post("/claims/nobody/revoke", None);
+    assert_eq!(status, 404, "{answer}");
+    conforms(
+        "/api/v1/provisioning/claims/{name}/revoke",
+        "post",
+        404,
+        &answer,
+    );
+    // A reader may look, not change.
+    let (status, _) = serve.request(
+        "POST",
+        "/provisioning/claims",
+        Some(&serde_json::json!({ "name": "x" })),
+        Some(crate::common::serve::READER),
+    );
+    assert_eq!(status, 403);
+    for (entry, why) in [
+        (
+            serde_json::json!({ "serial": "SN A", "gateway": "gw-a" }),
+            "serial",
+        ),
+        (
+            serde_json::json!({ "serial": "SN-A", "gateway": "gw/a" }),
+            "gateway",
+        ),
+        (
+            serde_json::json!({ "serial": "SN-A", "gateway": "gw-a", "deploy": ["ro-none"] }),
+            "no rollout",
+        ),
+    ] {
+        let (status, answer) = post("/allow", Some(entry));
+        assert_eq!(status, 422, "{answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(why)),
+            "{answer}"
+        );
+        conforms("/api/v1/provisioning/allow", "post", 422, &answer);
+    }
+    let (status, answer) = post(
+        "/allow",
+        Some(
+            serde_json::json!({ "serial": "SN-A", "gateway": "gw-a", "labels": { "site": "lab" } }),
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    conforms("/api/v1/provisioning/allow", "post", 200, &answer);
+    let (status, answer) = post(
+        "/allow",
+        Some(serde_json::json!({ "serial": "SN-B", "gateway": "gw-a" })),
+    );
+    assert_eq!(status, 422, "one gateway id, one serial: {answer}");
+    assert_eq!(
+        post(
+            "/allow",
+            Some(serde_json::json!({ "serial": "SN-KNOWN", "gateway": "test-gw" }))
+        )
+        .0,
+        200
+    );
+
+    // Requests, as a gateway with claim batch-api sends them.
+    let consumer = Consumer::connect(
+        &broker.settings("api-claim"),
+        &["wg/provision/v1/batch-api/+/response"],
+    );
+    // The answer that comes after those already received on its topic.
+    let ask = |request: &Value| {
+        let id = request["request"].as_str().expect("id");
+        let topic = format!("wg/provision/v1/batch-api/{id}/response");
+        let before = consumer.on(&topic).len();
+        consumer.publish(
+            &format!("wg/provision/v1/batch-api/{id}/request"),
+            serde_json::to_vec(request).expect("json"),
+            false,
+        );
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            if let Some(answer) = consumer.on(&topic).get(before) {
+                return answer.json();
+            }
+            assert!(std::time::Instant::now() < deadline, "no answer on {topic}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (key, _, first) = request("SN-A");
+    let issued = ask(&first);
+    assert_eq!(issued["outcome"], "issued", "{issued}");
+    assert_eq!(issued["gateway"], "gw-a");
+    assert_eq!(issued["labels"], serde_json::json!({ "site": "lab" }));
+    let pem = issued["certificate"].as_str().expect("certificate");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+    let cert = pem.parse_x509().expect("certificate");
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
+    assert_eq!(
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|n| n.as_str().ok()),
+        Some("gw-a")
+    );
+    let replayed = ask(&first);
+    assert!(
+        replayed["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("replayed request")),
+        "{replayed}"
+    );
+    let (_, _, known) = request("SN-KNOWN");
+    let refused = ask(&known);
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("\"test-gw\" is already in use")),
+        "{refused}"
+    );
+    let (_, _, mut stale) = request("SN-A");
+    stale["time"] = serde_json::json!(1_000_000_000_000u64);
+    assert!(
+        ask(&stale)["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("the request is stale"))
+    );
+    let (_, _, mut forged) = request("SN-A");
+    forged["csr"] = request("SN-A").2["csr"].clone();
+    assert_eq!(ask(&forged)["reason"], "the CSR is not for this request");
+
+    let all = serve.get("/provisioning");
+    conforms("/api/v1/provisioning", "get", 200, &all);
+    assert_eq!(all["issued"].as_array().map(Vec::len), Some(1), "{all}");
+    assert_eq!(all["log"].as_array().map(Vec::len), Some(5), "{all}");
+    assert_eq!(all["log"][0]["outcome"], "refused");
+    assert_eq!(post("/claims/batch-api/revoke", None).0, 200);
+    let (_, _, late) = request("SN-A");
+    assert_eq!(ask(&late)["reason"], "claim \"batch-api\" is revoked");
 }

@@ -561,13 +561,23 @@ fn api_scenario(database: &str) {
     let stored = serve.stored_points();
     let mut serve = serve;
     assert!(serve.running.stop().success(), "serve exits 0 on SIGTERM");
+    // This time with the fleet CA: it provisions gateways by claim too.
+    let pki = crate::common::mqtt::Pki::create(dir.path());
     let serve = Serve::start(
         &broker.url(),
         database,
-        &["--tokens", tokens.to_str().expect("utf-8")],
+        &[
+            "--tokens",
+            tokens.to_str().expect("utf-8"),
+            "--fleet-ca",
+            pki.path("ca.pem").to_str().expect("utf-8"),
+            "--fleet-ca-key",
+            pki.path("ca.key").to_str().expect("utf-8"),
+        ],
     )
     .with_token(READER);
     assert_eq!(serve.stored_points(), stored);
+    crate::provisioning::through_the_api(&serve, &broker);
 }
 
 #[test]

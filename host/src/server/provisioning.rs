@@ -443,12 +443,19 @@ pub async fn allow(db: &Db, entry: AllowEntry) -> Result<Result<(), String>, sql
         }
     }
     for rollout in &entry.deploy {
-        let target: Option<String> = sqlx::query("SELECT target FROM rollouts WHERE id = $1")
+        let found = sqlx::query("SELECT target, state FROM rollouts WHERE id = $1")
             .bind(rollout)
             .fetch_optional(db.pool())
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
+            .await?;
+        let (target, state): (Option<String>, String) = match found {
+            Some(r) => (Some(r.try_get(0)?), r.try_get(1)?),
+            None => (None, String::new()),
+        };
+        if target.is_some() && !matches!(state.as_str(), "running" | "completed") {
+            return Ok(Err(format!(
+                "deploy: rollout {rollout} is {state}; a new gateway starts only with a version that is rolling out or rolled out"
+            )));
+        }
         match target {
             None => return Ok(Err(format!("deploy: no rollout {rollout:?}"))),
             Some(t) if !t.contains("\"selector\"") => {

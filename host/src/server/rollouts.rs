@@ -213,7 +213,8 @@ pub async fn for_new_gateway(
     let copied = sqlx::query(
         "INSERT INTO rollouts (id, app, sha256, target, policy, manifests, rollbacks, component, state, wave, created_at, updated_at)
          SELECT $1, app, sha256, target, $2, manifests, rollbacks, component, 'running', 0, $3, $3
-         FROM rollouts WHERE id = $4 AND target LIKE '%\"selector\"%'",
+         FROM rollouts WHERE id = $4 AND target LIKE '%\"selector\"%'
+         AND state IN ('running', 'completed')",
     )
     .bind(&id)
     .bind(serde_json::to_string(&policy).unwrap_or_default())
@@ -224,7 +225,7 @@ pub async fn for_new_gateway(
     .rows_affected();
     if copied != 1 {
         return Ok(Err(format!(
-            "no rollout {from:?} to a label selector to take the version from"
+            "no running or completed rollout {from:?} to a label selector to take the version from"
         )));
     }
     sqlx::query(
