@@ -8,6 +8,7 @@
 //! allow-list and a second gateway claiming a taken id are each refused,
 //! on both sides.
 
+use crate::common::browser::Browser;
 use crate::common::mqtt::{Consumer, Mosquitto, Pki};
 use crate::common::serve::Serve;
 use crate::common::{Gateway, guest, model, wasmgate};
@@ -325,6 +326,38 @@ fn a_gateway_with_only_a_claim_is_issued_its_identity_and_every_refusal_is_clear
     // Nothing of this touched the issued gateway.
     let issued = serve.get("/provisioning")["issued"].clone();
     assert_eq!(issued.as_array().map(Vec::len), Some(1), "{issued}");
+
+    // The console's provisioning page lists it all, and revokes a claim.
+    let console = serve.base.replace("/api/v1", "/console/");
+    let mut page = Browser::start();
+    page.goto(&format!("{console}#/provisioning"));
+    page.wait_text(
+        "#claims tr[data-claim=\"batch-old\"] td.state",
+        "revoked",
+        T,
+    );
+    page.wait_text("#claims tr[data-claim=\"batch-1\"] td.state", "accepted", T);
+    page.wait_text("#allow tr[data-serial=\"SN-0001\"]", "plant1-gw-7", T);
+    page.wait_text(
+        "#allow tr[data-serial=\"SN-0001\"]",
+        "ring=field, site=plant-1",
+        T,
+    );
+    page.wait_text("#provisioning-log", "replayed request", T);
+    page.wait_text("#provisioning-log", "is already taken", T);
+    page.click("#claims button[data-revoke=\"batch-1\"]");
+    page.wait_text("#revoke-result", "Claim batch-1 revoked", T);
+    page.wait_text("#claims tr[data-claim=\"batch-1\"] td.state", "revoked", T);
+    drop(page);
+    let claims = serve.get("/provisioning")["claims"].clone();
+    assert!(
+        claims
+            .as_array()
+            .expect("claims")
+            .iter()
+            .all(|c| c["revoked_at"].is_i64()),
+        "{claims}"
+    );
     assert!(run.stop().success());
     assert!(member_run.stop().success());
 }

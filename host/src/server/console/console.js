@@ -774,6 +774,95 @@ async function rolloutView(refresh, id) {
     });
 }
 
+// ---- provisioning ----------------------------------------------------------
+
+function labelsText(labels) {
+    const parts = Object.entries(labels ?? {}).map(([k, v]) => `${k}=${v}`);
+    return parts.length ? parts.join(", ") : "–";
+}
+
+async function provisioningView(refresh) {
+    fill(trail, el("a", { href: "#/" }, "Fleet"), " / Provisioning");
+    const claims = el("tbody");
+    const allow = el("tbody");
+    const log = el("tbody");
+    const revoked = el("output", { id: "revoke-result" });
+    const section = (title, ...children) => el("section", {}, el("h2", {}, title), ...children);
+    fill(
+        view,
+        section(
+            "Claims",
+            table(["Claim", "Accepted", "State", ""], claims, { id: "claims" }),
+            revoked,
+            el("p", { class: "muted" }, "Accept one with wasmgate cloud provisioning claim NAME."),
+        ),
+        section(
+            "Allow-list",
+            table(["Serial", "Gateway", "Labels", "First versions", "Issued"], allow, { id: "allow" }),
+            el("p", { class: "muted" }, "Add one with wasmgate cloud provisioning allow SERIAL --gateway ID."),
+        ),
+        section(
+            "Requests",
+            table(["When", "Claim", "Serial", "Outcome", "Gateway"], log, { id: "provisioning-log" }),
+        ),
+    );
+    refresh(async () => {
+        const p = await get("/provisioning");
+        const issued = new Map(p.issued.map((i) => [i.serial, i]));
+        fill(
+            claims,
+            p.claims.map((c) => {
+                const cells = [
+                    el("td", {}, c.name),
+                    el("td", {}, when(c.created_at * 1e6)),
+                    el("td", { class: "state" }, c.revoked_at === null ? "accepted" : `revoked ${when(c.revoked_at * 1e6)}`),
+                ];
+                const button = el("button", { type: "button", "data-revoke": c.name }, "Revoke");
+                button.hidden = c.revoked_at !== null;
+                button.addEventListener("click", async () => {
+                    if (!window.confirm(`Revoke claim ${c.name}? Gateways that ask with it from now on are refused.`)) return;
+                    try {
+                        await api("POST", `/provisioning/claims/${enc(c.name)}/revoke`);
+                        fill(revoked, el("span", { class: "ok" }, `Claim ${c.name} revoked.`));
+                    } catch (e) {
+                        fill(revoked, el("span", { class: "error" }, `Refused: ${e.message}`));
+                    }
+                });
+                return el("tr", { "data-claim": c.name }, ...cells, el("td", {}, button));
+            }),
+        );
+        fill(
+            allow,
+            p.allow.map((a) => {
+                const done = issued.get(a.serial);
+                return el(
+                    "tr",
+                    { "data-serial": a.serial },
+                    el("td", {}, a.serial),
+                    el("td", {}, el("a", { href: `#/gateways/${enc(a.gateway)}` }, a.gateway)),
+                    el("td", {}, labelsText(a.labels)),
+                    el("td", {}, a.deploy.length ? a.deploy.map((id) => el("a", { href: `#/rollouts/${enc(id)}` }, id, " ")) : "–"),
+                    el("td", {}, done ? when(done.issued_at * 1e6) : "not yet"),
+                );
+            }),
+        );
+        fill(
+            log,
+            p.log.map((e) =>
+                el(
+                    "tr",
+                    { "data-request": e.request },
+                    el("td", {}, when(e.at * 1e6)),
+                    el("td", {}, e.claim),
+                    el("td", {}, e.serial ?? "–"),
+                    el("td", { class: `state ${e.outcome}` }, e.outcome, e.reason ? el("div", { class: "muted" }, e.reason) : null),
+                    el("td", {}, e.gateway ?? "–"),
+                ),
+            ),
+        );
+    });
+}
+
 // ---- routes, refreshes and the token -------------------------------------
 
 const routes = [
@@ -782,6 +871,7 @@ const routes = [
     [/^#\/gateways\/([^/]+)\/devices\/([^/]+)\/?$/, deviceView],
     [/^#\/rollouts\/?$/, rolloutsView],
     [/^#\/rollouts\/([^/]+)\/?$/, rolloutView],
+    [/^#\/provisioning\/?$/, provisioningView],
 ];
 
 function route() {
