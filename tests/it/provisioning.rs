@@ -247,6 +247,23 @@ fn a_gateway_with_only_a_claim_is_issued_its_identity_and_every_refusal_is_clear
     assert_eq!(seen, ["wg/provision/v1/batch-1/marker/response"]);
     observer.publish("wg/provision/v1/batch-1/marker/response", "", true);
 
+    // The issued identity is confined to its own subtree: with its
+    // certificate, its own retained status comes, the member's does not.
+    let own = "wg/v1/plant1-gw-7/plant1-gw-7";
+    observer.publish(&format!("{own}/marker"), "{\"marker\": true}", true);
+    let mut as_gateway = login(&pki, &broker, "plant1-gw-7", "as-gateway");
+    as_gateway.cert_file = Some(fresh.data_dir().join("identity/cert.pem"));
+    as_gateway.key_file = Some(fresh.data_dir().join("identity/key.pem"));
+    let snoop = Consumer::connect(&as_gateway, &["wg/v1/#", &format!("{own}/marker")]);
+    snoop.wait_json(&format!("{own}/marker"), T, |_| true);
+    let seen: Vec<String> = snoop.messages().into_iter().map(|m| m.topic).collect();
+    assert!(seen.contains(&format!("{own}/status")), "{seen:?}");
+    assert!(
+        seen.iter().all(|t| t.starts_with("wg/v1/plant1-gw-7/")),
+        "{seen:?}"
+    );
+    observer.publish(&format!("{own}/marker"), "", true);
+
     // Refusals: `wasmgate provision` says why (exit status 1), and serve
     // logs each.
     let refused = |claim: &str, serial: &str, reason: &str| {
