@@ -18,6 +18,7 @@ mod device_io;
 mod durability;
 mod examples;
 mod faults;
+mod fleet;
 mod hostile;
 mod hostile_input;
 mod languages;
