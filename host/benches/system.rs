@@ -170,6 +170,45 @@ fn main() {
         ]);
     }
 
+    if wanted("P11") {
+        let fleet = median_fleet(runs);
+        rows.push([
+            "P11".into(),
+            format!("a fleet of {} gateway processes (the swap counter, one tick a second) against Mosquitto and serve on SQLite: a rollout of a new version in one wave with no soak, from `rollout create` to `completed`; the fleet's resident memory, idle", FLEET),
+            format!(
+                "rollout {:.1} s ({:.0} ms a gateway); memory {:.0} MiB in all, {:.1} MiB a gateway",
+                fleet.rollout_s,
+                fleet.rollout_s * 1000.0 / FLEET as f64,
+                fleet.rss_mib,
+                fleet.rss_mib / FLEET as f64
+            ),
+            format!(
+                "the same rollout to one gateway: {:.1} s ({:.1}× for {}× the gateways); that gateway alone: {:.1} MiB ({:.2}× a fleet member's)",
+                fleet.solo_rollout_s,
+                fleet.rollout_s / fleet.solo_rollout_s,
+                FLEET,
+                fleet.solo_rss_mib,
+                fleet.solo_rss_mib / (fleet.rss_mib / FLEET as f64)
+            ),
+        ]);
+    }
+
+    if wanted("P12") {
+        let [serve_ms, broker_ms] = medians(runs, status_cpu);
+        // A gateway sends its status every 60 s (`status_interval_s`), and
+        // on every change: 1,000 gateways send at least 16.7 a second.
+        let share = serve_ms * (1000.0 / 60.0) / 1000.0 / 1000.0 * 100.0;
+        rows.push([
+            "P12".into(),
+            format!("serve's CPU for gateways' statuses: {STATUS_MESSAGES} real status messages of {STATUS_GATEWAYS} gateways (retained, QoS 1), CPU time per 1,000 messages"),
+            format!("{serve_ms:.0} ms per 1,000 statuses: at one status a minute, 1,000 gateways cost {share:.2} % of a core"),
+            format!(
+                "Mosquitto routing the same messages to serve: {broker_ms:.0} ms per 1,000 ({:.1}× for serve)",
+                serve_ms / broker_ms
+            ),
+        ]);
+    }
+
     if wanted("P5") {
         let (p50, p99, gap, lost, swaps) = hot_swaps(20);
         rows.push([
@@ -1303,4 +1342,257 @@ impl BareDrain {
         }
         points as f64 / started.elapsed().as_secs_f64()
     }
+}
+
+// ---- P11 and P12: a fleet, and serve's cost per gateway --------------------
+
+/// How many gateways P11 runs.
+const FLEET: usize = 100;
+
+struct Fleet {
+    rollout_s: f64,
+    rss_mib: f64,
+    solo_rollout_s: f64,
+    solo_rss_mib: f64,
+}
+
+fn median_fleet(runs: usize) -> Fleet {
+    let mut all: Vec<Fleet> = (0..runs).map(|_| fleet()).collect();
+    all.sort_by(|a, b| a.rollout_s.total_cmp(&b.rollout_s));
+    all.swap_remove(all.len() / 2)
+}
+
+/// `wasmgate ARGS`, which must succeed: its stdout.
+fn wasmgate_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::binary())
+        .args(args)
+        .output()
+        .expect("wasmgate runs");
+    assert!(
+        out.status.success(),
+        "wasmgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A member of the bench's fleet, labelled `ring`.
+fn fleet_member(broker: &Mosquitto, id: &str, ring: &str, public: &str) -> Gateway {
+    Gateway::new()
+        .with_id(id)
+        .gateway(&format!("labels = {{ ring = \"{ring}\" }}"))
+        .section(&format!(
+            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 200\nbackoff_max_ms = 2000\n",
+            broker.url()
+        ))
+        .section(&format!(
+            "[deploy]\ntrusted_keys = [\"{public}\"]\nprobation_s = 1\n"
+        ))
+        .app(
+            "counter",
+            &guest("swap-counter"),
+            &common::model("swap"),
+            "tick_interval_ms = 1000\n[app.config]\ngeneration = \"one\"\n",
+        )
+}
+
+/// Roll `component` out to `ring` in one wave with no soak: seconds from
+/// `create` to `completed`.
+fn timed_rollout(
+    serve: &common::serve::Serve,
+    component: &std::path::Path,
+    key: &std::path::Path,
+    ring: &str,
+) -> f64 {
+    let server = serve.base.trim_end_matches("/api/v1").to_string();
+    let selector = format!("ring={ring}");
+    let started = Instant::now();
+    let id = wasmgate_ok(&[
+        "cloud",
+        "rollout",
+        "--server",
+        &server,
+        "create",
+        "counter",
+        component.to_str().expect("path"),
+        "--key",
+        key.to_str().expect("path"),
+        "--selector",
+        &selector,
+        "--waves",
+        "100%:0:0s",
+    ]);
+    let id = id.trim();
+    serve.wait_get(
+        &format!("/rollouts/{id}"),
+        Duration::from_secs(600),
+        "the rollout",
+        |r| r["state"] == "completed",
+    );
+    started.elapsed().as_secs_f64()
+}
+
+/// The gateways `selector` matches, all online and running, as serve has them.
+fn wait_online(serve: &common::serve::Serve, ring: &str, n: usize) {
+    serve.wait_get(
+        &format!("/gateways?selector=ring%3D{ring}"),
+        Duration::from_secs(600),
+        "the gateways online",
+        |g| {
+            g["gateways"].as_array().is_some_and(|a| {
+                a.len() == n
+                    && a.iter()
+                        .all(|g| g["online"] == true && g["apps"][0]["state"] == "running")
+            })
+        },
+    );
+}
+
+/// P11: one gateway, then a fleet, each rolled out to; their memory idle.
+fn fleet() -> Fleet {
+    let broker = Mosquitto::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("operator");
+    wasmgate_ok(&["keygen", key.to_str().expect("path")]);
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .expect("pub")
+        .trim()
+        .to_string();
+    let key = key.with_extension("key");
+    let v2 = dir.path().join("v2.wasm");
+    let mut bytes = std::fs::read(guest("swap-counter")).expect("read");
+    // A custom section (id 0, name "bench"): the same app, another digest.
+    bytes.extend_from_slice(&[0, 7, 5, b'b', b'e', b'n', b'c', b'h', 1]);
+    std::fs::write(&v2, bytes).expect("write");
+    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let serve = common::serve::Serve::start(&broker.url(), &database, &[]);
+
+    let solo = fleet_member(&broker, "solo", "solo", &public);
+    let mut solo_run = solo.start();
+    solo_run.wait_running("counter", Duration::from_secs(60));
+    wait_online(&serve, "solo", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let solo_rss_mib = rss_mib(solo_run.pid());
+    let solo_rollout_s = timed_rollout(&serve, &v2, &key, "solo");
+    solo_run.stop();
+
+    let members: Vec<Gateway> = (1..=FLEET)
+        .map(|i| fleet_member(&broker, &format!("gw-{i}"), "fleet", &public))
+        .collect();
+    let mut runs: Vec<common::Running> = members.iter().map(Gateway::start).collect();
+    for run in &mut runs {
+        run.wait_running("counter", Duration::from_secs(600));
+    }
+    wait_online(&serve, "fleet", FLEET);
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_mib: f64 = runs.iter().map(|r| rss_mib(r.pid())).sum();
+    let rollout_s = timed_rollout(&serve, &v2, &key, "fleet");
+    for run in &mut runs {
+        run.stop();
+    }
+    eprintln!(
+        "fleet: rollout {rollout_s:.1} s (solo {solo_rollout_s:.1} s), {rss_mib:.0} MiB (solo {solo_rss_mib:.1} MiB)"
+    );
+    Fleet {
+        rollout_s,
+        rss_mib,
+        solo_rollout_s,
+        solo_rss_mib,
+    }
+}
+
+const STATUS_GATEWAYS: usize = 1000;
+const STATUS_MESSAGES: usize = 20_000;
+
+/// A process's CPU time (user + system) so far, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // After the command name (which may hold spaces): fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    let per_second = rustix_clock_ticks();
+    ticks * 1000.0 / per_second
+}
+
+fn rustix_clock_ticks() -> f64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+/// P12: serve's CPU (and Mosquitto's, the baseline) per 1,000 status
+/// messages: a real gateway's status, sent for `STATUS_GATEWAYS` gateway
+/// ids in turn until `STATUS_MESSAGES` went out.
+fn status_cpu() -> [f64; 2] {
+    let broker = Mosquitto::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A real status, from a real gateway.
+    let consumer =
+        common::mqtt::Consumer::connect(&broker.settings("status-capture"), &["wg/v1/+/+/status"]);
+    let gw = fleet_member(&broker, "model-gw", "x", "1783cae7f9539337:AAAA");
+    let mut run = gw.start();
+    run.wait_running("counter", Duration::from_secs(60));
+    let status = consumer.wait_json(
+        "wg/v1/model-gw/model-gw/status",
+        Duration::from_secs(60),
+        |s| s["apps"][0]["state"] == "running",
+    );
+    run.stop();
+
+    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let serve = common::serve::Serve::start(&broker.url(), &database, &[]);
+    serve.get("/stats");
+    let before = serve.get("/stats")["messages"].as_u64().unwrap_or(0);
+    let (serve_pid, broker_pid) = (serve.running.pid(), broker.pid().expect("mosquitto runs"));
+    let (serve_cpu, broker_cpu) = (cpu_ms(serve_pid), cpu_ms(broker_pid));
+    let mut options =
+        wasmgate::cloud::mqtt_options(&broker.settings("status-publisher"), true).expect("options");
+    options.set_inflight(100);
+    let (client, mut connection) = rumqttc::Client::new(options, 256);
+    let publisher = std::thread::spawn(move || {
+        let start = wasmgate::value::now_ns();
+        let mut status = status;
+        for i in 0..STATUS_MESSAGES {
+            let gateway = format!("gw-{:04}", i % STATUS_GATEWAYS);
+            let topic = format!("wg/v1/{gateway}/{gateway}/status");
+            // Each newer than the one before, as a gateway's are.
+            status["time"] = serde_json::json!(start + i as u64 * 1000);
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, true, status.to_string())
+                .expect("publish");
+        }
+        client
+    });
+    wait_for_acks(&mut connection, STATUS_MESSAGES as u64);
+    let _ = publisher.join();
+    serve.wait_get(
+        "/stats",
+        Duration::from_secs(600),
+        "every status taken",
+        |s| {
+            s["messages"].as_u64().unwrap_or(0) >= before + STATUS_MESSAGES as u64
+                && s["commits"].as_u64().is_some()
+        },
+    );
+    // The last commit: nothing pending (its counter stops moving).
+    let mut last = serve.get("/stats")["commits"].clone();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = serve.get("/stats")["commits"].clone();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let serve_ms = (cpu_ms(serve_pid) - serve_cpu) / (STATUS_MESSAGES as f64 / 1000.0);
+    let broker_ms = (cpu_ms(broker_pid) - broker_cpu) / (STATUS_MESSAGES as f64 / 1000.0);
+    eprintln!("status: serve {serve_ms:.1} ms, mosquitto {broker_ms:.1} ms per 1000");
+    [serve_ms, broker_ms]
 }

@@ -99,6 +99,11 @@ impl Mosquitto {
         BrokerSettings::from_url(&self.url(), client_id).expect("url")
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the broker logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
