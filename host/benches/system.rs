@@ -1423,13 +1423,38 @@ fn timed_rollout(
         "100%:0:0s",
     ]);
     let id = id.trim();
-    serve.wait_get(
+    let done = serve.wait_get(
         &format!("/rollouts/{id}"),
         Duration::from_secs(600),
         "the rollout",
         |r| r["state"] == "completed",
     );
-    started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed().as_secs_f64();
+    // When each gateway turned healthy, from the rollout's creation: where
+    // the time goes (a wall at the end, or one gateway after another).
+    let created = done["created_at"].as_i64().unwrap_or(0);
+    let mut healthy: Vec<i64> = done["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["updated_at"].as_i64())
+        .map(|t| t - created)
+        .collect();
+    healthy.sort_unstable();
+    let at = |q: f64| {
+        healthy
+            .get(((healthy.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "rollout to {ring}: {elapsed:.1} s; gateways healthy after (ms) p10 {} p50 {} p90 {} last {}",
+        at(0.1),
+        at(0.5),
+        at(0.9),
+        at(1.0)
+    );
+    elapsed
 }
 
 /// The gateways `selector` matches, all online and running, as serve has them.
@@ -1536,7 +1561,13 @@ fn status_cpu() -> [f64; 2] {
     // A real status, from a real gateway.
     let consumer =
         common::mqtt::Consumer::connect(&broker.settings("status-capture"), &["wg/v1/+/+/status"]);
-    let gw = fleet_member(&broker, "model-gw", "x", "1783cae7f9539337:AAAA");
+    let key = dir.path().join("operator");
+    wasmgate_ok(&["keygen", key.to_str().expect("path")]);
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .expect("pub")
+        .trim()
+        .to_string();
+    let gw = fleet_member(&broker, "model-gw", "x", &public);
     let mut run = gw.start();
     run.wait_running("counter", Duration::from_secs(60));
     let status = consumer.wait_json(

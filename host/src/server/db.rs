@@ -98,9 +98,27 @@ impl Db {
             .connect(&url)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(&url)))?;
+        if backend == Backend::Sqlite {
+            // Readers (the API, the rollout driver's reads) beside the one
+            // writer, rather than blocking it; kept in the file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot use WAL on {}: {e}", redact(&url)))?;
+        }
         let db = Db { pool, backend };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// A transaction that writes. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`), so it waits its turn (the busy timeout)
+    /// instead of failing when another writer went first after it read.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
@@ -128,7 +146,7 @@ impl Db {
 
     /// Store `records` in one transaction, at `now` (ns).
     pub async fn store(&self, records: &[Record], now: i64) -> Result<Stored, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut stored = Stored::default();
         for record in records {
             store_one(&mut tx, record, now, &mut stored).await?;
@@ -139,6 +157,20 @@ impl Db {
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// An error that a moment may clear: SQLite busy or locked (a writer
+/// waited past the busy timeout), a PostgreSQL serialization failure or
+/// deadlock. Tried again, never taken as the database refusing a record.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = error else {
+        return false;
+    };
+    let code = e.code().unwrap_or_default();
+    // SQLite's primary code is the low byte of an extended one (517 is
+    // SQLITE_BUSY_SNAPSHOT, a kind of 5).
+    let sqlite = code.parse::<i32>().map(|c| c & 0xff);
+    matches!(sqlite, Ok(5 | 6)) || matches!(code.as_ref(), "40001" | "40P01")
+}
 
 fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
@@ -856,5 +888,50 @@ impl Db {
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection as _;
+
+    #[tokio::test]
+    async fn a_busy_database_is_transient_and_a_refused_record_is_not() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let connect = || async {
+            let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+            sqlx::query("PRAGMA busy_timeout = 0")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c
+        };
+        let (mut holder, mut other) = (connect().await, connect().await);
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let busy = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert!(is_transient(&busy), "{busy}");
+        sqlx::query("INSERT INTO t (k) VALUES ('a')")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t (k) VALUES ('a')")
+            .execute(&mut holder)
+            .await
+            .unwrap_err();
+        assert!(!is_transient(&refused), "{refused}");
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
     }
 }

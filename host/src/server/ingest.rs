@@ -222,10 +222,12 @@ impl Ingest {
     async fn commit(&self, pending: &mut Pending) {
         let now = crate::value::now_ns() as i64;
         let result = match self.db.store(&pending.records, now).await {
-            // One record the database refuses (not a lost connection)
-            // must not hold up the rest: store them one by one and refuse
-            // only that one.
-            Err(sqlx::Error::Database(_)) if pending.records.len() > 1 => {
+            // One record the database refuses (not a lost connection, nor
+            // a lock that a moment will free) must not hold up the rest:
+            // store them one by one and refuse only that one.
+            Err(e @ sqlx::Error::Database(_))
+                if pending.records.len() > 1 && !super::db::is_transient(&e) =>
+            {
                 self.store_one_by_one(&pending.records, now).await
             }
             other => other.map_err(|e| e.to_string()),
@@ -274,6 +276,9 @@ impl Ingest {
                     total.points += stored.points;
                     total.duplicates += stored.duplicates;
                 }
+                // Busy or locked is not a refusal: the commit is tried
+                // again, and nothing is acknowledged meanwhile.
+                Err(e) if super::db::is_transient(&e) => return Err(e.to_string()),
                 Err(sqlx::Error::Database(e)) => {
                     self.counters.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(

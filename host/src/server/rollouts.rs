@@ -153,7 +153,7 @@ pub async fn create(db: &Db, new: NewRollout) -> Result<Result<Value, String>, s
     };
     let id = format!("ro-{:016x}", crate::value::random_u64());
     let now = now_ms();
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "INSERT INTO rollouts (id, app, sha256, target, policy, manifests, rollbacks, component, state, wave, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', 0, $9, $9)",
@@ -209,7 +209,7 @@ pub async fn for_new_gateway(
     };
     let id = format!("ro-{:016x}", crate::value::random_u64());
     let now = now_ms();
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     let copied = sqlx::query(
         "INSERT INTO rollouts (id, app, sha256, target, policy, manifests, rollbacks, component, state, wave, created_at, updated_at)
          SELECT $1, app, sha256, target, $2, manifests, rollbacks, component, 'running', 0, $3, $3
@@ -494,7 +494,7 @@ impl Driver {
         let sends = rollout::step(&mut rollout, &mut targets, &observed, now);
 
         // The new state first: what is sent is on record before it goes.
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for (target, old) in targets.iter().zip(&earlier) {
             if target == old {
                 continue;
