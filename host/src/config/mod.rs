@@ -706,6 +706,33 @@ serial = "SN-1"
     }
 
     #[test]
+    fn a_claim_token_logs_in_as_the_claim_with_the_token_as_password() {
+        use secrecy::ExposeSecret as _;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("claim.token");
+        write_private(&token, "s3cret-claim-token\n").unwrap();
+        let text = format!(
+            "[gateway]\ndata_dir = \"{}\"\n[cloud]\nurl = \"mqtt://broker:1883\"\n[provisioning]\nclaim = \"batch-9\"\ntoken_file = \"{}\"\nserial = \"SN-9\"\n",
+            dir.path().join("data").display(),
+            token.display()
+        );
+        let Err(ConfigError::Unprovisioned { plan, .. }) = parse(&text) else {
+            panic!("unprovisioned");
+        };
+        assert_eq!(plan.broker.username.as_deref(), Some("batch-9"));
+        assert_eq!(
+            plan.broker
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string()),
+            Some("s3cret-claim-token".to_string())
+        );
+        assert_eq!(plan.broker.cert_file, None);
+        // The token never shows in what the plan prints.
+        assert!(!format!("{plan:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn provisioning_refuses_what_would_contradict_the_identity() {
         let cases = [
             (
