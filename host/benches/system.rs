@@ -1376,24 +1376,9 @@ fn wasmgate_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A member of the bench's fleet, labelled `ring`.
+/// A member of the bench's fleet, labelled `ring`, at one tick a second.
 fn fleet_member(broker: &Mosquitto, id: &str, ring: &str, public: &str) -> Gateway {
-    Gateway::new()
-        .with_id(id)
-        .gateway(&format!("labels = {{ ring = \"{ring}\" }}"))
-        .section(&format!(
-            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 200\nbackoff_max_ms = 2000\n",
-            broker.url()
-        ))
-        .section(&format!(
-            "[deploy]\ntrusted_keys = [\"{public}\"]\nprobation_s = 1\n"
-        ))
-        .app(
-            "counter",
-            &guest("swap-counter"),
-            &common::model("swap"),
-            "tick_interval_ms = 1000\n[app.config]\ngeneration = \"one\"\n",
-        )
+    common::fleet_member(&broker.url(), id, ring, public, 1000)
 }
 
 /// Roll `component` out to `ring` in one wave with no soak: seconds from
@@ -1477,13 +1462,7 @@ fn wait_online(serve: &common::serve::Serve, ring: &str, n: usize) {
 fn fleet() -> Fleet {
     let broker = Mosquitto::start("");
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("operator");
-    wasmgate_ok(&["keygen", key.to_str().expect("path")]);
-    let public = std::fs::read_to_string(key.with_extension("pub"))
-        .expect("pub")
-        .trim()
-        .to_string();
-    let key = key.with_extension("key");
+    let (key, public) = common::operator_key(dir.path());
     let v2 = dir.path().join("v2.wasm");
     let mut bytes = std::fs::read(guest("swap-counter")).expect("read");
     // A custom section (id 0, name "bench"): the same app, another digest.
@@ -1561,12 +1540,7 @@ fn status_cpu() -> [f64; 2] {
     // A real status, from a real gateway.
     let consumer =
         common::mqtt::Consumer::connect(&broker.settings("status-capture"), &["wg/v1/+/+/status"]);
-    let key = dir.path().join("operator");
-    wasmgate_ok(&["keygen", key.to_str().expect("path")]);
-    let public = std::fs::read_to_string(key.with_extension("pub"))
-        .expect("pub")
-        .trim()
-        .to_string();
+    let (_, public) = common::operator_key(dir.path());
     let gw = fleet_member(&broker, "model-gw", "x", &public);
     let mut run = gw.start();
     run.wait_running("counter", Duration::from_secs(60));

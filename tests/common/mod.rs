@@ -659,3 +659,39 @@ pub fn thermostat_in(lang: &str) -> PathBuf {
     assert!(path.exists(), "no component at {}", path.display());
     path
 }
+
+/// A fleet member for rollouts: gateway `id` labelled `ring`, on `broker`
+/// (an `mqtt://` URL), trusting `public`, running the swap counter as app
+/// `counter` at one tick every `tick_ms`. Its probation is 1 s, so a
+/// version that crashes later than that is kept (and a rollout must see it
+/// is unhealthy).
+pub fn fleet_member(broker: &str, id: &str, ring: &str, public: &str, tick_ms: u64) -> Gateway {
+    Gateway::new()
+        .with_id(id)
+        .gateway(&format!("labels = {{ ring = \"{ring}\" }}"))
+        .section(&format!(
+            "[cloud]\nurl = \"{broker}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n"
+        ))
+        .section(&format!(
+            "[deploy]\ntrusted_keys = [\"{public}\"]\nprobation_s = 1\n"
+        ))
+        .app(
+            "counter",
+            &guest("swap-counter"),
+            &model("swap"),
+            &format!("tick_interval_ms = {tick_ms}\n[app.config]\ngeneration = \"one\"\n"),
+        )
+}
+
+/// An operator's key pair made by `wasmgate keygen` in `dir`: the private
+/// key's path, the public key.
+pub fn operator_key(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("operator");
+    let (ok, _, err) = wasmgate(&["keygen", key.to_str().expect("path")]);
+    assert!(ok, "{err}");
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .expect("pub")
+        .trim()
+        .to_string();
+    (key.with_extension("key"), public)
+}

@@ -12,9 +12,8 @@
 
 use crate::common::mqtt::Mosquitto;
 use crate::common::serve::Serve;
-use crate::common::{Gateway, Running, guest, model};
-use crate::rollout::{create, keygen, second_version};
-use serde_json::Value;
+use crate::common::{Gateway, Running, fleet_member, guest};
+use crate::rollout::{create, keygen, second_version, states};
 use std::time::Duration;
 
 const GATEWAYS: usize = 100;
@@ -25,37 +24,7 @@ const T: Duration = Duration::from_secs(300);
 /// Gateway `gw-I`: the swap counter at one tick a second (a hundred of them
 /// tick a hundred times a second together), labelled `ring = "fleet"`.
 fn member(broker: &Mosquitto, i: usize, public: &str) -> Gateway {
-    Gateway::new()
-        .with_id(&format!("gw-{i}"))
-        .gateway("labels = { ring = \"fleet\" }")
-        .section(&format!(
-            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 200\nbackoff_max_ms = 2000\n",
-            broker.url()
-        ))
-        .section(&format!(
-            "[deploy]\ntrusted_keys = [\"{public}\"]\nprobation_s = 1\n"
-        ))
-        .app(
-            "counter",
-            &guest("swap-counter"),
-            &model("swap"),
-            "tick_interval_ms = 1000\n[app.config]\ngeneration = \"one\"\n",
-        )
-}
-
-/// Each target gateway's state in a rollout, by gateway.
-fn states(rollout: &Value) -> Vec<(String, String)> {
-    rollout["gateways"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|g| {
-            (
-                g["gateway"].as_str().unwrap_or("?").to_string(),
-                g["state"].as_str().unwrap_or("?").to_string(),
-            )
-        })
-        .collect()
+    fleet_member(&broker.url(), &format!("gw-{i}"), "fleet", public, 1000)
 }
 
 /// The component each gateway's app runs, as serve has it.

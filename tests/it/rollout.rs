@@ -8,7 +8,7 @@
 use crate::common::browser::Browser;
 use crate::common::mqtt::Mosquitto;
 use crate::common::serve::{Postgres, Serve};
-use crate::common::{Gateway, Running, guest, model, wasmgate};
+use crate::common::{Gateway, Running, fleet_member, guest, wasmgate};
 use crate::deploy::with_custom_section;
 use crate::serve::conforms;
 use serde_json::Value;
@@ -19,37 +19,13 @@ const T: Duration = Duration::from_secs(60);
 
 /// An operator's key pair: the private key's path, the public key.
 pub(crate) fn keygen(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("operator");
-    let (ok, _, err) = wasmgate(&["keygen", key.to_str().expect("path")]);
-    assert!(ok, "{err}");
-    let public = std::fs::read_to_string(key.with_extension("pub"))
-        .expect("pub")
-        .trim()
-        .to_string();
-    (key.with_extension("key"), public)
+    crate::common::operator_key(dir)
 }
 
 /// A gateway `id` labelled `ring`, trusting `public`, running the swap
-/// counter as app `counter`. A version that crashes a second after its
-/// swap is past its probation, so the gateway keeps it (and the rollout
-/// must see it is unhealthy).
+/// counter at ten ticks a second.
 fn gateway(broker: &Mosquitto, id: &str, ring: &str, public: &str) -> Gateway {
-    Gateway::new()
-        .with_id(id)
-        .gateway(&format!("labels = {{ ring = \"{ring}\" }}"))
-        .section(&format!(
-            "[cloud]\nurl = \"{}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
-            broker.url()
-        ))
-        .section(&format!(
-            "[deploy]\ntrusted_keys = [\"{public}\"]\nprobation_s = 1\n"
-        ))
-        .app(
-            "counter",
-            &guest("swap-counter"),
-            &model("swap"),
-            "tick_interval_ms = 100\n[app.config]\ngeneration = \"one\"\n",
-        )
+    fleet_member(&broker.url(), id, ring, public, 100)
 }
 
 /// `wasmgate cloud rollout --server SERVE ARGS...`
@@ -69,7 +45,7 @@ pub(crate) fn component_on(serve: &Serve, gateway: &str) -> String {
         .to_string()
 }
 
-fn states(rollout: &Value) -> Vec<(String, String)> {
+pub(crate) fn states(rollout: &Value) -> Vec<(String, String)> {
     rollout["gateways"]
         .as_array()
         .into_iter()

@@ -374,36 +374,42 @@ pub async fn add_claim(db: &Db, name: &str) -> Result<Result<bool, String>, sqlx
     if let Err(m) = crate::model::check_name(name) {
         return Ok(Err(format!("claim: {m}")));
     }
-    let added = sqlx::query(
+    let added = on_claim(
+        db,
         "INSERT INTO provisioning_claims (name, created_at) VALUES ($1, $2)
          ON CONFLICT (name) DO NOTHING",
+        name,
+        "claim accepted",
     )
-    .bind(name)
-    .bind(now_ms())
-    .execute(db.pool())
-    .await?
-    .rows_affected()
-        == 1;
-    if added {
-        tracing::info!(claim = %name, "claim accepted");
-    }
+    .await?;
     Ok(Ok(added))
+}
+
+/// Run `sql` on claim `name` (`$1`) at the time now (`$2`): whether it
+/// changed a row (then logged as `done`).
+async fn on_claim(db: &Db, sql: &'static str, name: &str, done: &str) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(sql)
+        .bind(name)
+        .bind(now_ms())
+        .execute(db.pool())
+        .await?
+        .rows_affected()
+        == 1;
+    if changed {
+        tracing::info!(claim = %name, "{done}");
+    }
+    Ok(changed)
 }
 
 /// Revoke a claim: `None` if there is no such claim.
 pub async fn revoke_claim(db: &Db, name: &str) -> Result<Option<()>, sqlx::Error> {
-    let found = sqlx::query(
+    let found = on_claim(
+        db,
         "UPDATE provisioning_claims SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1",
+        name,
+        "claim revoked",
     )
-    .bind(name)
-    .bind(now_ms())
-    .execute(db.pool())
-    .await?
-    .rows_affected()
-        == 1;
-    if found {
-        tracing::info!(claim = %name, "claim revoked");
-    }
+    .await?;
     Ok(found.then_some(()))
 }
 
