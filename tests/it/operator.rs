@@ -165,3 +165,71 @@ fn completions_complete_subcommands_and_every_subcommand_has_a_man_page() {
         std::fs::read_to_string(dir.path().join("wasmgate-cloud-rollout-create.1")).expect("page");
     assert!(create.contains("max\\-failures"), "{create}");
 }
+
+/// The systemd unit (`packaging/wasmgate.service`) passes `systemd-analyze
+/// verify` (with its ExecStart pointed at the built binary, and the man
+/// pages its Documentation= names made by `wasmgate man`), and its
+/// hardening scores as systemd's own "OK" or better.
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(root().join("packaging/wasmgate.service")).expect("unit");
+    assert!(unit.contains("ExecStart=/usr/bin/wasmgate run --config /etc/wasmgate/gateway.toml"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wasmgate.service");
+    let binary = crate::common::binary();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/wasmgate", binary.to_str().expect("path")),
+    )
+    .expect("write");
+    let man = dir.path().join("man");
+    std::fs::create_dir_all(man.join("man1")).expect("mkdir");
+    let (ok, _, err) = wasmgate(&["man", "--out", man.join("man1").to_str().expect("path")]);
+    assert!(ok, "{err}");
+    let analyze = |args: &[&str]| {
+        let out = std::process::Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .env("MANPATH", &man)
+            .output()
+            .expect("systemd-analyze runs (cargo xtask setup installs it)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = analyze(&["verify"]);
+    assert!(ok && err.trim().is_empty(), "{err}");
+    let (_, out, err) = analyze(&["security", "--offline=true"]);
+    let level: f64 = out
+        .lines()
+        .chain(err.lines())
+        .find_map(|l| {
+            l.split_once("Overall exposure level for wasmgate.service: ")
+                .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no exposure level: {out}{err}"));
+    // systemd calls up to 1.9 "OK"; 10 is unprotected.
+    assert!(level <= 1.9, "exposure {level}: {out}");
+
+    // A unit that leaves its hardening out scores worse: the check bites.
+    let bare: String = unit
+        .lines()
+        .filter(|l| {
+            l.starts_with('[') || l.starts_with("ExecStart") || l.starts_with("Description")
+        })
+        .map(|l| {
+            format!(
+                "{}\n",
+                l.replace("/usr/bin/wasmgate", binary.to_str().expect("path"))
+            )
+        })
+        .collect();
+    std::fs::write(&path, bare).expect("write");
+    let (_, out, _) = analyze(&["security", "--offline=true"]);
+    assert!(
+        out.contains("Overall exposure level for wasmgate.service: 9."),
+        "{out}"
+    );
+}

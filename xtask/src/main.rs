@@ -91,8 +91,8 @@ fn has_postgres() -> bool {
         .unwrap_or(false)
 }
 
-/// Install what the tests need and is missing: Mosquitto and PostgreSQL
-/// (apt), the guest languages' tools (`guests/install-tools`, which says
+/// Install what the tests need and is missing: Mosquitto, PostgreSQL,
+/// systemd-analyze and man (apt), the guest languages' tools (`guests/install-tools`, which says
 /// what it does), the protocol peers (`tests/peers/install`) and the
 /// browser the console's tests drive (`tests/browser/install`).
 fn setup(root: &Path) -> Result<(), String> {
@@ -104,6 +104,16 @@ fn setup(root: &Path) -> Result<(), String> {
     if !has_postgres() {
         eprintln!("xtask: the serve tests need a PostgreSQL server: apt-get install postgresql");
         packages.push("postgresql");
+    }
+    // The service unit's test checks it with `systemd-analyze verify`,
+    // which reads the man pages its Documentation= names with `man`.
+    if !Path::new("/usr/bin/systemd-analyze").exists() {
+        eprintln!("xtask: the service unit's test needs systemd-analyze: apt-get install systemd");
+        packages.push("systemd");
+    }
+    if !Path::new("/usr/bin/man").exists() {
+        eprintln!("xtask: the service unit's test needs man: apt-get install man-db");
+        packages.push("man-db");
     }
     if !packages.is_empty() {
         let root_user = Command::new("id")
