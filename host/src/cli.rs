@@ -352,6 +352,9 @@ pub enum ProvisioningCommand {
     Claim { name: String },
     /// Revoke a claim: requests made with it are refused from now on.
     Revoke { name: String },
+    /// Release GATEWAY's id from the key it was issued for: the next
+    /// request for it (a gateway whose data was wiped) is issued afresh.
+    Release { gateway: String },
     /// Let the device with SERIAL become gateway ID (replaces its entry).
     Allow {
         serial: String,

@@ -715,6 +715,14 @@ fn cloud_provisioning(args: CloudArgs) -> anyhow::Result<bool> {
             client.call("POST", &format!("/provisioning/claims/{name}/revoke"), None)?;
             println!("claim {name} revoked");
         }
+        ProvisioningCommand::Release { gateway } => {
+            client.call(
+                "POST",
+                &format!("/provisioning/issued/{gateway}/release"),
+                None,
+            )?;
+            println!("gateway {gateway} released: its next request is issued afresh");
+        }
         ProvisioningCommand::Allow {
             serial,
             gateway,

@@ -384,21 +384,26 @@ fn a_gateway_with_only_a_claim_is_issued_its_identity_and_every_refusal_is_clear
 fn request(serial: &str) -> (rcgen::KeyPair, String, Value) {
     let key = rcgen::KeyPair::generate().expect("key");
     let id = format!("{:016x}", rand_u64());
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, id.as_str());
-    let csr = params
-        .serialize_request(&key)
-        .expect("csr")
-        .pem()
-        .expect("pem");
+    let csr = csr(&key, &id);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
         .as_millis() as u64;
     let request = serde_json::json!({ "request": id, "serial": serial, "csr": csr, "time": now });
     (key, id, request)
+}
+
+/// A CSR for `key` whose common name is request `id`, as a gateway makes it.
+fn csr(key: &rcgen::KeyPair, id: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, id);
+    params
+        .serialize_request(key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
 }
 
 fn rand_u64() -> u64 {
@@ -565,6 +570,45 @@ pub(crate) fn through_the_api(serve: &Serve, broker: &Mosquitto) {
     assert_eq!(all["issued"].as_array().map(Vec::len), Some(1), "{all}");
     assert_eq!(all["log"].as_array().map(Vec::len), Some(5), "{all}");
     assert_eq!(all["log"][0]["outcome"], "refused");
+
+    // gw-a's data is wiped: it asks with a new key, and its id is taken
+    // until the operator releases it; then it is issued to the new key.
+    let (new_key, _, again) = request("SN-A");
+    let taken = ask(&again);
+    assert!(
+        taken["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("already taken")),
+        "{taken}"
+    );
+    let (status, answer) = post("/issued/gw-a/release", None);
+    assert_eq!(status, 200, "{answer}");
+    conforms(
+        "/api/v1/provisioning/issued/{gateway}/release",
+        "post",
+        200,
+        &answer,
+    );
+    let (status, answer) = post("/issued/nobody/release", None);
+    assert_eq!(status, 404, "{answer}");
+    conforms(
+        "/api/v1/provisioning/issued/{gateway}/release",
+        "post",
+        404,
+        &answer,
+    );
+    // A new request (ids are used once) by the same new key.
+    let (_, id, mut renewed) = request("SN-A");
+    renewed["csr"] = serde_json::json!(csr(&new_key, &id));
+    let reissued = ask(&renewed);
+    assert_eq!(reissued["outcome"], "issued", "{reissued}");
+    let pem = reissued["certificate"].as_str().expect("certificate");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+    let cert = pem.parse_x509().expect("certificate");
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        new_key.public_key_raw()
+    );
     assert_eq!(post("/claims/batch-api/revoke", None).0, 200);
     let (_, _, late) = request("SN-A");
     assert_eq!(ask(&late)["reason"], "claim \"batch-api\" is revoked");

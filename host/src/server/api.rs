@@ -126,6 +126,10 @@ pub fn router(api: Api) -> Router {
             post(revoke_claim),
         )
         .route("/api/v1/provisioning/allow", post(allow))
+        .route(
+            "/api/v1/provisioning/issued/{gateway}/release",
+            post(release),
+        )
         .fallback(|| async { ApiError::not_found("no such API path (see /api/v1/openapi.json)") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
@@ -548,6 +552,15 @@ async fn revoke_claim(State(api): State<Api>, Path(name): Path<String>) -> Answe
     match super::provisioning::revoke_claim(&api.db, &name).await? {
         Some(()) => Ok(Json(json!({ "name": name, "revoked": true }))),
         None => Err(ApiError::not_found(format!("no claim {name:?}"))),
+    }
+}
+
+async fn release(State(api): State<Api>, Path(gateway): Path<String>) -> Answer {
+    match super::provisioning::release(&api.db, &gateway).await? {
+        Some(()) => Ok(Json(json!({ "gateway": gateway, "released": true }))),
+        None => Err(ApiError::not_found(format!(
+            "no identity issued to {gateway:?}"
+        ))),
     }
 }
 

@@ -13,8 +13,8 @@
 //! 4. its CSR is not signed by its key, or is not for this request;
 //! 5. its serial is not on the allow-list;
 //! 6. its gateway id was issued to another key (a second gateway claiming
-//!    an id that is taken), or is in use by a gateway not provisioned by
-//!    claim.
+//!    an id that is taken; an operator may release it), or is in use by a
+//!    gateway not provisioned by claim.
 //!
 //! Every request is logged (`provisioning_log`, `GET /api/v1/provisioning`)
 //! with its outcome, and a refusal also in `serve`'s log.
@@ -261,7 +261,11 @@ impl Provisioning {
                 .await?
                 .map(|r| r.try_get(0))
                 .transpose()?;
+        // Released by the operator (its key forgotten): issued afresh, to
+        // whichever key asks next, as to a new gateway.
+        let released = holder.as_deref() == Some("");
         let reissue = match holder {
+            Some(holder) if holder.is_empty() => false,
             Some(holder) if holder != key_digest => {
                 return refuse(
                     outcome,
@@ -271,7 +275,7 @@ impl Provisioning {
             Some(_) => true,
             None => false,
         };
-        if !reissue {
+        if !reissue && !released {
             let seen = sqlx::query("SELECT 1 FROM gateways WHERE gateway = $1")
                 .bind(&gateway)
                 .fetch_optional(self.db.pool())
@@ -291,7 +295,8 @@ impl Provisioning {
         sqlx::query(
             "INSERT INTO provisioned (gateway, serial, claim, public_key, issued_at, not_after)
              VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (gateway) DO UPDATE SET issued_at = $5, not_after = $6",
+             ON CONFLICT (gateway) DO UPDATE
+             SET serial = $2, claim = $3, public_key = $4, issued_at = $5, not_after = $6",
         )
         .bind(&gateway)
         .bind(&request.serial)
@@ -410,6 +415,22 @@ pub async fn revoke_claim(db: &Db, name: &str) -> Result<Option<()>, sqlx::Error
         "claim revoked",
     )
     .await?;
+    Ok(found.then_some(()))
+}
+
+/// Release gateway `gateway`'s id from the key it was issued for, so that
+/// the next request for it (a gateway whose data was wiped, with a new
+/// key) is issued again: `None` if it was never issued.
+pub async fn release(db: &Db, gateway: &str) -> Result<Option<()>, sqlx::Error> {
+    let found = sqlx::query("UPDATE provisioned SET public_key = '' WHERE gateway = $1")
+        .bind(gateway)
+        .execute(db.pool())
+        .await?
+        .rows_affected()
+        == 1;
+    if found {
+        tracing::info!(%gateway, "released: the next request for it is issued afresh");
+    }
     Ok(found.then_some(()))
 }
 
