@@ -609,6 +609,47 @@ pub(crate) fn through_the_api(serve: &Serve, broker: &Mosquitto) {
         cert.public_key().subject_public_key.data.as_ref(),
         new_key.public_key_raw()
     );
+    // A flood on one claim is held to its rate: past the burst, requests
+    // are refused as too many, before any other check is made.
+    let flood: Vec<Value> = (0..100).map(|_| request("SN-FLOOD").2).collect();
+    for r in &flood {
+        let id = r["request"].as_str().expect("id");
+        consumer.publish(
+            &format!("wg/provision/v1/batch-api/{id}/request"),
+            serde_json::to_vec(r).expect("json"),
+            false,
+        );
+    }
+    let answers = |prefix: &str| {
+        flood
+            .iter()
+            .filter(|r| {
+                let id = r["request"].as_str().unwrap_or_default();
+                consumer
+                    .on(&format!("wg/provision/v1/batch-api/{id}/response"))
+                    .first()
+                    .is_some_and(|m| {
+                        m.json()["reason"]
+                            .as_str()
+                            .is_some_and(|w| w.starts_with(prefix))
+                    })
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + T;
+    while answers("") < flood.len() {
+        assert!(std::time::Instant::now() < deadline, "the flood unanswered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (limited, checked) = (answers("too many requests"), answers("serial \"SN-FLOOD\""));
+    assert_eq!(limited + checked, flood.len());
+    // The burst (20, less what the requests above used) and a second or
+    // so of its rate (10/s) are checked; the rest is refused.
+    assert!(
+        limited >= 40 && (1..=60).contains(&checked),
+        "{limited} limited, {checked} checked"
+    );
+
     assert_eq!(post("/claims/batch-api/revoke", None).0, 200);
     let (_, _, late) = request("SN-A");
     assert_eq!(ask(&late)["reason"], "claim \"batch-api\" is revoked");

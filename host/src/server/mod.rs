@@ -113,7 +113,7 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
         share: options.share.clone(),
         answers: answers.clone(),
         counters: counters.clone(),
-        provisioning: fleet_ca.map(|ca| provisioning::Provisioning { db: db.clone(), ca }),
+        provisioning: fleet_ca.map(|ca| provisioning::Provisioning::new(db.clone(), ca)),
     };
     tasks.spawn(ingest.run(events, cancel.clone()));
     let driver = rollouts::Driver {

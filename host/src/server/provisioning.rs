@@ -9,7 +9,9 @@
 //! 1. it cannot be read, or its id is not the topic's;
 //! 2. its id was seen before (a replay), or it is older or newer than
 //!    [`MAX_REQUEST_AGE_MS`] (a replay from before `serve` remembers);
-//! 3. its claim is unknown or revoked;
+//! 3. its claim is unknown or revoked, or asked more than
+//!    [`CLAIM_REQUESTS_PER_S`] times a second (bursts of
+//!    [`CLAIM_REQUEST_BURST`]);
 //! 4. its CSR is not signed by its key, or is not for this request;
 //! 5. its serial is not on the allow-list;
 //! 6. its gateway id was issued to another key (a second gateway claiming
@@ -104,9 +106,38 @@ struct Issued {
     not_after: u64,
 }
 
+/// Requests a second one claim may make on average, and in a burst: a
+/// batch powered on at once is served at this pace (its gateways ask
+/// again), and a claim that floods costs `serve` no more than this.
+pub const CLAIM_REQUESTS_PER_S: u32 = 10;
+pub const CLAIM_REQUEST_BURST: u32 = 20;
+
 pub struct Provisioning {
     pub db: Db,
     pub ca: FleetCa,
+    /// One bucket per known claim (unknown claims are refused before it).
+    pub limits: std::sync::Mutex<std::collections::HashMap<String, crate::rate::SharedLimit>>,
+}
+
+impl Provisioning {
+    pub fn new(db: Db, ca: FleetCa) -> Provisioning {
+        Provisioning {
+            db,
+            ca,
+            limits: Default::default(),
+        }
+    }
+
+    /// Whether claim `claim` may make one more request now.
+    fn within_limit(&self, claim: &str) -> bool {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits
+            .entry(claim.to_string())
+            .or_insert_with(|| {
+                crate::rate::SharedLimit::new(CLAIM_REQUESTS_PER_S, CLAIM_REQUEST_BURST)
+            })
+            .allow()
+    }
 }
 
 impl Provisioning {
@@ -220,6 +251,15 @@ impl Provisioning {
             None => return refuse(outcome, format!("unknown claim {claim:?}")),
             Some(Some(_)) => return refuse(outcome, format!("claim {claim:?} is revoked")),
             Some(None) => {}
+        }
+        // Before the work a request costs (its signature, the database).
+        if !self.within_limit(claim) {
+            return refuse(
+                outcome,
+                format!(
+                    "too many requests with claim {claim:?} (more than {CLAIM_REQUESTS_PER_S} a second): ask again later"
+                ),
+            );
         }
         let csr = match CertificateSigningRequestParams::from_pem(&request.csr) {
             Ok(csr) => csr,
