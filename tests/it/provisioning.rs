@@ -499,7 +499,10 @@ pub(crate) fn through_the_api(serve: &Serve, broker: &Mosquitto) {
     // Requests, as a gateway with claim batch-api sends them.
     let consumer = Consumer::connect(
         &broker.settings("api-claim"),
-        &["wg/provision/v1/batch-api/+/response"],
+        &[
+            "wg/provision/v1/batch-api/+/response",
+            "wg/provision/v1/batch-flood/+/response",
+        ],
     );
     // The answer that comes after those already received on its topic.
     let ask = |request: &Value| {
@@ -609,13 +612,22 @@ pub(crate) fn through_the_api(serve: &Serve, broker: &Mosquitto) {
         cert.public_key().subject_public_key.data.as_ref(),
         new_key.public_key_raw()
     );
-    // A flood on one claim is held to its rate: past the burst, requests
-    // are refused as too many, before any other check is made.
+    // A flood on one claim (its own, so the others keep their rate) is
+    // held to its rate: past the burst, requests are refused as too many,
+    // before any other check is made.
+    assert_eq!(
+        post(
+            "/claims",
+            Some(serde_json::json!({ "name": "batch-flood" }))
+        )
+        .0,
+        201
+    );
     let flood: Vec<Value> = (0..100).map(|_| request("SN-FLOOD").2).collect();
     for r in &flood {
         let id = r["request"].as_str().expect("id");
         consumer.publish(
-            &format!("wg/provision/v1/batch-api/{id}/request"),
+            &format!("wg/provision/v1/batch-flood/{id}/request"),
             serde_json::to_vec(r).expect("json"),
             false,
         );
@@ -626,7 +638,7 @@ pub(crate) fn through_the_api(serve: &Serve, broker: &Mosquitto) {
             .filter(|r| {
                 let id = r["request"].as_str().unwrap_or_default();
                 consumer
-                    .on(&format!("wg/provision/v1/batch-api/{id}/response"))
+                    .on(&format!("wg/provision/v1/batch-flood/{id}/response"))
                     .first()
                     .is_some_and(|m| {
                         m.json()["reason"]

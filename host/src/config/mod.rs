@@ -34,7 +34,7 @@ pub use deploy::{DeployConfig, TrustedKey, key_id, parse_time};
 use deploy::{DeploySection, deploy_config};
 pub use outbox::{Batching, MAX_BATCH_KIB, OutboxConfig, SeriesConfig, WhenFull};
 use outbox::{OutboxSection, outbox_config};
-use provisioning::{ClaimLogin, FROM_THE_IDENTITY, ProvisioningSection};
+use provisioning::{Claimed, ProvisioningSection};
 pub use provisioning::{Identity, MAX_SERIAL, Unprovisioned, check_serial, write_private};
 
 /// Why a config file could not be used.
@@ -257,65 +257,19 @@ impl Config {
                 ));
             }
             (None, Some(section)) => {
-                let (login, serial, timeout) = section
-                    .check(&resolve)
-                    .map_err(|e| invalid(e.key, e.message))?;
-                let Some(cloud) = file.cloud.as_mut() else {
-                    return Err(invalid(
-                        "provisioning".into(),
-                        "needs [cloud]: the broker serve listens on".into(),
-                    ));
-                };
-                let set = [
-                    cloud.client_id.is_some(),
-                    cloud.username.is_some(),
-                    cloud.password.is_some(),
-                    cloud.password_file.is_some(),
-                    cloud.password_env.is_some(),
-                    cloud.cert_file.is_some(),
-                    cloud.key_file.is_some(),
-                ];
-                if let Some((name, _)) = FROM_THE_IDENTITY.iter().zip(set).find(|(_, s)| *s) {
-                    return Err(invalid(
-                        format!("cloud.{name}"),
-                        "a gateway provisioned by claim logs in with the identity serve issues; leave it out".into(),
-                    ));
-                }
-                let identity = Identity::load(&data_dir)
-                    .map_err(|m| invalid("provisioning".into(), format!("its identity: {m}")))?;
-                match identity {
-                    Some(identity) => {
-                        cloud.cert_file = Some(Identity::cert_file(&data_dir));
-                        cloud.key_file = Some(Identity::key_file(&data_dir));
+                match section
+                    .resolve(file.cloud.as_mut(), &data_dir, &resolve)
+                    .map_err(|e| invalid(e.key, e.message))?
+                {
+                    Claimed::Issued(identity) => {
                         file.gateway.id = Some(identity.gateway.clone());
                         Some(identity)
                     }
-                    None => {
+                    Claimed::Asking(plan) => {
                         // The rest of the file is checked as usual (under
                         // the claim's name) before the claim is used.
-                        let claim = section.claim().to_string();
-                        let mut claim_cloud = cloud.clone();
-                        match login {
-                            ClaimLogin::Certificate { cert, key } => {
-                                claim_cloud.cert_file = Some(cert);
-                                claim_cloud.key_file = Some(key);
-                            }
-                            ClaimLogin::Token(token) => {
-                                claim_cloud.username = Some(claim.clone());
-                                claim_cloud.password_file = Some(token);
-                            }
-                        }
-                        let broker = cloud_config(claim_cloud, &claim, &resolve)
-                            .map_err(|e| invalid(e.key, e.message))?
-                            .broker;
-                        file.gateway.id = Some(claim.clone());
-                        unprovisioned = Some(Unprovisioned {
-                            data_dir: data_dir.clone(),
-                            claim,
-                            serial,
-                            broker,
-                            timeout,
-                        });
+                        file.gateway.id = Some(plan.claim.clone());
+                        unprovisioned = Some(plan);
                         None
                     }
                 }
@@ -328,17 +282,8 @@ impl Config {
         if let Some(identity) = &identity {
             labels.extend(identity.labels.clone());
         }
-        if labels.len() > crate::wire::selector::MAX_LABELS {
-            return Err(invalid(
-                "gateway.labels".into(),
-                format!("more than {} labels", crate::wire::selector::MAX_LABELS),
-            ));
-        }
-        for (name, value) in &labels {
-            crate::wire::selector::check_label(name)
-                .and_then(|()| crate::wire::selector::check_label(value))
-                .map_err(|m| invalid(format!("gateway.labels.{name}"), m))?;
-        }
+        crate::wire::selector::check_labels(&labels)
+            .map_err(|(key, m)| invalid(format!("gateway.{key}"), m))?;
         let outbox = outbox_config(file.outbox.unwrap_or_default())
             .map_err(|e| invalid(e.key, e.message))?;
         let deploy = deploy_config(file.deploy.unwrap_or_default())

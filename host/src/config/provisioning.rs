@@ -16,6 +16,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::cloud::{CloudSection, cloud_config};
 use super::{BrokerSettings, KeyError};
 
 #[derive(Debug, Deserialize)]
@@ -65,25 +66,76 @@ pub struct Unprovisioned {
     pub timeout: Duration,
 }
 
-/// Which settings a provisioned gateway takes from its identity rather
-/// than from `[cloud]`.
-pub(super) const FROM_THE_IDENTITY: &[&str] = &[
-    "client_id",
-    "username",
-    "password",
-    "password_file",
-    "password_env",
-    "cert_file",
-    "key_file",
-];
+/// What `[provisioning]` makes of a config: the gateway it was issued, or
+/// what asking for an identity needs.
+pub(super) enum Claimed {
+    Issued(Identity),
+    Asking(Unprovisioned),
+}
 
 impl ProvisioningSection {
-    pub(super) fn claim(&self) -> &str {
-        &self.claim
+    /// Check the section against `[cloud]` (`cloud`) and the identity in
+    /// `data_dir`. Issued, `cloud` logs in with the identity's certificate;
+    /// not yet, the plan logs in with the claim.
+    pub(super) fn resolve(
+        &self,
+        cloud: Option<&mut CloudSection>,
+        data_dir: &Path,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<Claimed, KeyError> {
+        let (login, serial, timeout) = self.check(resolve)?;
+        let Some(cloud) = cloud else {
+            return Err(KeyError::new(
+                "provisioning",
+                "needs [cloud]: the broker serve listens on",
+            ));
+        };
+        // What a provisioned gateway takes from its identity, not [cloud].
+        let from_the_identity = [
+            ("client_id", cloud.client_id.is_some()),
+            ("username", cloud.username.is_some()),
+            ("password", cloud.password.is_some()),
+            ("password_file", cloud.password_file.is_some()),
+            ("password_env", cloud.password_env.is_some()),
+            ("cert_file", cloud.cert_file.is_some()),
+            ("key_file", cloud.key_file.is_some()),
+        ];
+        if let Some((name, _)) = from_the_identity.iter().find(|(_, set)| *set) {
+            return Err(KeyError::new(
+                format!("cloud.{name}"),
+                "a gateway provisioned by claim logs in with the identity serve issues; leave it out",
+            ));
+        }
+        if let Some(identity) = Identity::load(data_dir)
+            .map_err(|m| KeyError::new("provisioning", format!("its identity: {m}")))?
+        {
+            cloud.cert_file = Some(Identity::cert_file(data_dir));
+            cloud.key_file = Some(Identity::key_file(data_dir));
+            return Ok(Claimed::Issued(identity));
+        }
+        let mut claim_cloud = cloud.clone();
+        match login {
+            ClaimLogin::Certificate { cert, key } => {
+                claim_cloud.cert_file = Some(cert);
+                claim_cloud.key_file = Some(key);
+            }
+            ClaimLogin::Token(token) => {
+                claim_cloud.username = Some(self.claim.clone());
+                claim_cloud.password_file = Some(token);
+            }
+        }
+        let broker = cloud_config(claim_cloud, &self.claim, resolve)?.broker;
+        Ok(Claimed::Asking(Unprovisioned {
+            data_dir: data_dir.to_path_buf(),
+            claim: self.claim.clone(),
+            serial,
+            broker,
+            timeout,
+        }))
     }
 
     /// Check the section; the claim's login, to be set on `[cloud]`'s.
-    pub(super) fn check(
+    fn check(
         &self,
         resolve: &dyn Fn(&Path) -> PathBuf,
     ) -> Result<(ClaimLogin, String, Duration), KeyError> {
@@ -151,7 +203,7 @@ pub fn check_serial(serial: &str) -> Result<(), String> {
 }
 
 /// How the claim logs in to the broker.
-pub(super) enum ClaimLogin {
+enum ClaimLogin {
     Certificate {
         cert: PathBuf,
         key: PathBuf,

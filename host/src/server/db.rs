@@ -158,6 +158,12 @@ impl Db {
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
+/// Now in milliseconds since the epoch, as the rollout and provisioning
+/// tables keep times.
+pub fn now_ms() -> i64 {
+    (crate::value::now_ns() / 1_000_000) as i64
+}
+
 /// An error that a moment may clear: SQLite busy or locked (a writer
 /// waited past the busy timeout), a PostgreSQL serialization failure or
 /// deadlock. Tried again, never taken as the database refusing a record.

@@ -56,19 +56,15 @@ pub fn filters(share: Option<&str>, provisioning: bool) -> Vec<String> {
         "model",
         "action/+/res",
     ];
-    let shared = |suffix: &str| match share {
-        Some(group) => format!("$share/{group}/{ROOT}/+/+/{suffix}"),
-        None => format!("{ROOT}/+/+/{suffix}"),
+    let shared = |filter: String| match share {
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter,
     };
-    let requests = provisioning.then(|| match share {
-        Some(group) => format!("$share/{group}/{}", provision::REQUEST_FILTER),
-        None => provision::REQUEST_FILTER.to_string(),
-    });
     events
         .iter()
-        .map(|s| shared(s))
+        .map(|s| shared(format!("{ROOT}/+/+/{s}")))
         .chain(state.iter().map(|s| format!("{ROOT}/+/+/{s}")))
-        .chain(requests)
+        .chain(provisioning.then(|| shared(provision::REQUEST_FILTER.to_string())))
         .collect()
 }
 
@@ -202,7 +198,7 @@ impl Ingest {
         request: &str,
         payload: &[u8],
     ) {
-        let now = crate::value::now_ns() / 1_000_000;
+        let now = super::db::now_ms() as u64;
         match provisioning.handle(claim, request, payload, now).await {
             Ok(response) => {
                 let topic = provision::response_topic(claim, request);

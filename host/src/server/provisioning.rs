@@ -6,12 +6,12 @@
 //! one-gateway rollouts of the rollouts its allow-list entry names.
 //!
 //! In order, a request is refused when:
+//! 0. its claim asked more than [`CLAIM_REQUESTS_PER_S`] times a second
+//!    (bursts of [`CLAIM_REQUEST_BURST`]), before any other work;
 //! 1. it cannot be read, or its id is not the topic's;
 //! 2. its id was seen before (a replay), or it is older or newer than
 //!    [`MAX_REQUEST_AGE_MS`] (a replay from before `serve` remembers);
-//! 3. its claim is unknown or revoked, or asked more than
-//!    [`CLAIM_REQUESTS_PER_S`] times a second (bursts of
-//!    [`CLAIM_REQUEST_BURST`]);
+//! 3. its claim is unknown or revoked;
 //! 4. its CSR is not signed by its key, or is not for this request;
 //! 5. its serial is not on the allow-list;
 //! 6. its gateway id was issued to another key (a second gateway claiming
@@ -31,7 +31,7 @@ use sqlx::Row as _;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::db::{Col, Db, rows_json};
+use super::db::{Col, Db, now_ms, rows_json};
 use crate::wire::provision::{MAX_REQUEST_AGE_MS, Request, Response};
 
 /// How long an issued certificate is valid.
@@ -115,7 +115,7 @@ pub const CLAIM_REQUEST_BURST: u32 = 20;
 pub struct Provisioning {
     pub db: Db,
     pub ca: FleetCa,
-    /// One bucket per known claim (unknown claims are refused before it).
+    /// One bucket per claim the broker let ask (its ACL names the users).
     pub limits: std::sync::Mutex<std::collections::HashMap<String, crate::rate::SharedLimit>>,
 }
 
@@ -138,9 +138,7 @@ impl Provisioning {
             })
             .allow()
     }
-}
 
-impl Provisioning {
     /// Answer the request `payload` on claim `claim`'s topic for request id
     /// `request`, at `now_ms`.
     pub async fn handle(
@@ -208,6 +206,16 @@ impl Provisioning {
             outcome.answer = Err(reason);
             Ok(outcome)
         };
+        // Before any work a request costs (the database, the signature): a
+        // claim the broker let in can flood, even one revoked or unknown.
+        if !self.within_limit(claim) {
+            return refuse(
+                outcome,
+                format!(
+                    "too many requests with claim {claim:?} (more than {CLAIM_REQUESTS_PER_S} a second): ask again later"
+                ),
+            );
+        }
         let request: Request = match serde_json::from_slice(payload) {
             Ok(r) => r,
             Err(e) => return refuse(outcome, format!("the request cannot be read: {e}")),
@@ -216,6 +224,12 @@ impl Provisioning {
         if request.request != request_id {
             return refuse(outcome, "the request's id is not its topic's".into());
         }
+        // Ids older than a request may be are of no use against a replay
+        // (such a request is refused as stale anyway).
+        sqlx::query("DELETE FROM provisioning_requests WHERE at < $1")
+            .bind(now_ms.saturating_sub(2 * MAX_REQUEST_AGE_MS) as i64)
+            .execute(self.db.pool())
+            .await?;
         let first_time = sqlx::query(
             "INSERT INTO provisioning_requests (request, claim, at) VALUES ($1, $2, $3)
              ON CONFLICT (request) DO NOTHING",
@@ -251,15 +265,6 @@ impl Provisioning {
             None => return refuse(outcome, format!("unknown claim {claim:?}")),
             Some(Some(_)) => return refuse(outcome, format!("claim {claim:?} is revoked")),
             Some(None) => {}
-        }
-        // Before the work a request costs (its signature, the database).
-        if !self.within_limit(claim) {
-            return refuse(
-                outcome,
-                format!(
-                    "too many requests with claim {claim:?} (more than {CLAIM_REQUESTS_PER_S} a second): ask again later"
-                ),
-            );
         }
         let csr = match CertificateSigningRequestParams::from_pem(&request.csr) {
             Ok(csr) => csr,
@@ -301,21 +306,19 @@ impl Provisioning {
                 .await?
                 .map(|r| r.try_get(0))
                 .transpose()?;
-        // Released by the operator (its key forgotten): issued afresh, to
-        // whichever key asks next, as to a new gateway.
-        let released = holder.as_deref() == Some("");
-        let reissue = match holder {
-            Some(holder) if holder.is_empty() => false,
-            Some(holder) if holder != key_digest => {
-                return refuse(
-                    outcome,
-                    format!("gateway id {gateway:?} is already taken by another gateway's key"),
-                );
-            }
-            Some(_) => true,
-            None => false,
-        };
-        if !reissue && !released {
+        // Empty: released by the operator (its key forgotten), and issued
+        // afresh to whichever key asks next, as to a new gateway.
+        if holder
+            .as_deref()
+            .is_some_and(|h| !h.is_empty() && h != key_digest)
+        {
+            return refuse(
+                outcome,
+                format!("gateway id {gateway:?} is already taken by another gateway's key"),
+            );
+        }
+        let reissue = holder.as_deref() == Some(key_digest.as_str());
+        if holder.is_none() {
             let seen = sqlx::query("SELECT 1 FROM gateways WHERE gateway = $1")
                 .bind(&gateway)
                 .fetch_optional(self.db.pool())
@@ -409,12 +412,8 @@ pub async fn list(db: &Db) -> Result<Value, sqlx::Error> {
     }))
 }
 
-fn now_ms() -> i64 {
-    (crate::value::now_ns() / 1_000_000) as i64
-}
-
-/// Accept a claim (again, if it was revoked: no, a revoked claim stays
-/// revoked; `Ok(false)` if it exists).
+/// Accept a claim: `Ok(false)` if it was accepted before (a revoked claim
+/// stays revoked).
 pub async fn add_claim(db: &Db, name: &str) -> Result<Result<bool, String>, sqlx::Error> {
     if let Err(m) = crate::model::check_name(name) {
         return Ok(Err(format!("claim: {m}")));
@@ -496,41 +495,12 @@ pub async fn allow(db: &Db, entry: AllowEntry) -> Result<Result<(), String>, sql
     if let Err(m) = crate::model::check_name(&entry.gateway) {
         return Ok(Err(format!("gateway: {m}")));
     }
-    if entry.labels.len() > crate::wire::selector::MAX_LABELS {
-        return Ok(Err(format!(
-            "labels: more than {}",
-            crate::wire::selector::MAX_LABELS
-        )));
-    }
-    for (name, value) in &entry.labels {
-        if let Err(m) = crate::wire::selector::check_label(name)
-            .and_then(|()| crate::wire::selector::check_label(value))
-        {
-            return Ok(Err(format!("labels.{name}: {m}")));
-        }
+    if let Err((key, m)) = crate::wire::selector::check_labels(&entry.labels) {
+        return Ok(Err(format!("{key}: {m}")));
     }
     for rollout in &entry.deploy {
-        let found = sqlx::query("SELECT target, state FROM rollouts WHERE id = $1")
-            .bind(rollout)
-            .fetch_optional(db.pool())
-            .await?;
-        let (target, state): (Option<String>, String) = match found {
-            Some(r) => (Some(r.try_get(0)?), r.try_get(1)?),
-            None => (None, String::new()),
-        };
-        if target.is_some() && !matches!(state.as_str(), "running" | "completed") {
-            return Ok(Err(format!(
-                "deploy: rollout {rollout} is {state}; a new gateway starts only with a version that is rolling out or rolled out"
-            )));
-        }
-        match target {
-            None => return Ok(Err(format!("deploy: no rollout {rollout:?}"))),
-            Some(t) if !t.contains("\"selector\"") => {
-                return Ok(Err(format!(
-                    "deploy: rollout {rollout} targets gateways by id; a new gateway's first version comes from a rollout to a label selector"
-                )));
-            }
-            Some(_) => {}
+        if let Err(why) = super::rollouts::first_version_source(db, rollout).await? {
+            return Ok(Err(format!("deploy: {why}")));
         }
     }
     let taken: Option<String> =

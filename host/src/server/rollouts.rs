@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{Backend, Col, Db, row_json, rows_json};
+use super::db::{Backend, Col, Db, now_ms, row_json, rows_json};
 use super::rollout::{
     self, AppSeen, Observed, Policy, Progress, Rollout, RolloutState, Send, Target, TargetState,
 };
@@ -35,10 +35,6 @@ pub const TICK: Duration = Duration::from_millis(500);
 
 /// The PostgreSQL advisory lock the driving instance holds.
 const DRIVER_LOCK: i64 = 0x7761_736d_6761_7465; // "wasmgate"
-
-fn now_ms() -> i64 {
-    (crate::value::now_ns() / 1_000_000) as i64
-}
 
 /// What `POST /api/v1/rollouts` takes: the signed manifests and rollback
 /// orders (`wasmgate cloud rollout create` makes them), the component and
@@ -151,7 +147,7 @@ pub async fn create(db: &Db, new: NewRollout) -> Result<Result<Value, String>, s
         Ok(checked) => checked,
         Err(e) => return Ok(Err(e)),
     };
-    let id = format!("ro-{:016x}", crate::value::random_u64());
+    let id = new_rollout_id();
     let now = now_ms();
     let mut tx = db.begin_write().await?;
     sqlx::query(
@@ -170,20 +166,63 @@ pub async fn create(db: &Db, new: NewRollout) -> Result<Result<Value, String>, s
     .execute(&mut *tx)
     .await?;
     for (position, gateway) in gateways.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO rollout_gateways (rollout, gateway, position, state, updated_at)
-             VALUES ($1, $2, $3, 'waiting', $4)",
-        )
-        .bind(&id)
-        .bind(gateway)
-        .bind(position as i64)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        add_target(&mut tx, &id, gateway, position, now).await?;
     }
     tx.commit().await?;
     tracing::info!(rollout = %id, app = %new.app, gateways = gateways.len(), "rollout created");
     Ok(Ok(json!({ "id": id, "gateways": gateways })))
+}
+
+fn new_rollout_id() -> String {
+    format!("ro-{:016x}", crate::value::random_u64())
+}
+
+/// Put `gateway` in rollout `rollout` at `position`, waiting.
+async fn add_target(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    rollout: &str,
+    gateway: &str,
+    position: usize,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rollout_gateways (rollout, gateway, position, state, updated_at)
+         VALUES ($1, $2, $3, 'waiting', $4)",
+    )
+    .bind(rollout)
+    .bind(gateway)
+    .bind(position as i64)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether rollout `id` may give a newly provisioned gateway its first
+/// version: it targets a label selector (whose signed manifest the new
+/// gateway can check) and is running or completed. Why not, if not.
+pub async fn first_version_source(db: &Db, id: &str) -> Result<Result<(), String>, sqlx::Error> {
+    let Some(row) = sqlx::query("SELECT target, state FROM rollouts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+    else {
+        return Ok(Err(format!("no rollout {id:?}")));
+    };
+    let target: Option<RolloutTarget> = serde_json::from_str(&row.try_get::<String, _>(0)?).ok();
+    let state: String = row.try_get(1)?;
+    Ok(match (target, RolloutState::parse(&state)) {
+        (
+            Some(RolloutTarget::Selector(_)),
+            Some(RolloutState::Running | RolloutState::Completed),
+        ) => Ok(()),
+        (Some(RolloutTarget::Selector(_)), _) => Err(format!(
+            "rollout {id} is {state}; a new gateway starts only with a version that is rolling out or rolled out"
+        )),
+        _ => Err(format!(
+            "rollout {id} targets gateways by id; a new gateway's first version comes from a rollout to a label selector"
+        )),
+    })
 }
 
 /// A newly provisioned gateway's first version: a rollout of `from`'s
@@ -207,36 +246,24 @@ pub async fn for_new_gateway(
         rate_per_minute: None,
         offline: super::rollout::Offline::Wait,
     };
-    let id = format!("ro-{:016x}", crate::value::random_u64());
+    let id = new_rollout_id();
     let now = now_ms();
+    if let Err(why) = first_version_source(db, from).await? {
+        return Ok(Err(why));
+    }
     let mut tx = db.begin_write().await?;
-    let copied = sqlx::query(
+    sqlx::query(
         "INSERT INTO rollouts (id, app, sha256, target, policy, manifests, rollbacks, component, state, wave, created_at, updated_at)
          SELECT $1, app, sha256, target, $2, manifests, rollbacks, component, 'running', 0, $3, $3
-         FROM rollouts WHERE id = $4 AND target LIKE '%\"selector\"%'
-         AND state IN ('running', 'completed')",
+         FROM rollouts WHERE id = $4",
     )
     .bind(&id)
     .bind(serde_json::to_string(&policy).unwrap_or_default())
     .bind(now)
     .bind(from)
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if copied != 1 {
-        return Ok(Err(format!(
-            "no running or completed rollout {from:?} to a label selector to take the version from"
-        )));
-    }
-    sqlx::query(
-        "INSERT INTO rollout_gateways (rollout, gateway, position, state, updated_at)
-         VALUES ($1, $2, 0, 'waiting', $3)",
-    )
-    .bind(&id)
-    .bind(gateway)
-    .bind(now)
-    .execute(&mut *tx)
     .await?;
+    add_target(&mut tx, &id, gateway, 0, now).await?;
     tx.commit().await?;
     Ok(Ok(id))
 }

@@ -23,6 +23,20 @@ pub fn check_label(text: &str) -> Result<(), String> {
     }
 }
 
+/// A gateway's labels: at most [`MAX_LABELS`], each name and value a
+/// label. Refused, the key that is wrong (`labels`, or `labels.NAME`) and why.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), (String, String)> {
+    if labels.len() > MAX_LABELS {
+        return Err(("labels".into(), format!("more than {MAX_LABELS} labels")));
+    }
+    for (name, value) in labels {
+        check_label(name)
+            .and_then(|()| check_label(value))
+            .map_err(|m| (format!("labels.{name}"), m))?;
+    }
+    Ok(())
+}
+
 /// One term of a selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Term {

@@ -30,12 +30,15 @@ CREATE TABLE provisioned (
     not_after  BIGINT NOT NULL
 );
 
--- Every request id seen: a request seen before is a replay.
+-- Every request id seen lately: a request seen before is a replay. Ids
+-- older than twice a request's longest life are pruned (such a request is
+-- refused as stale anyway).
 CREATE TABLE provisioning_requests (
     request TEXT PRIMARY KEY,
     claim   TEXT NOT NULL,
     at      BIGINT NOT NULL
 );
+CREATE INDEX provisioning_requests_at ON provisioning_requests (at);
 
 -- What was asked and answered, refusals too.
 CREATE TABLE provisioning_log (
