@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod mqtt;
 pub mod peers;
+pub mod rabbitmq;
 pub mod serve;
 
 use std::io::{BufRead, BufReader};

@@ -100,6 +100,10 @@ fn the_console_shows_the_fleet_sets_desired_values_calls_actions_and_charts_what
         .unwrap_or_else(|e| panic!("reset answered {result:?}: {e}"));
     assert!(counted > 0, "reset answered {result:?}");
 
+    // The gateway's page: the broker it is on.
+    page.goto(&format!("{console}#/gateways/test-gw"));
+    page.wait_text(r#"tr[data-gateway="test-gw"] td.broker"#, &broker.url(), T);
+
     // The other app's page: actions with arguments, checked first.
     page.goto(&format!("{console}#/gateways/test-gw/devices/actions"));
     let double = "#actions form[data-action=double]";

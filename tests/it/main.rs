@@ -11,6 +11,7 @@ mod common;
 
 mod buffering;
 mod cloud;
+mod cluster;
 mod console;
 mod content;
 mod deploy;

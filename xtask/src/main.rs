@@ -6,7 +6,7 @@
 //!   and act as the operator next to it: watch what arrives, change the
 //!   setpoint, call an action.
 //! - `cargo xtask test [ARGS]`: install what the tests need and is missing
-//!   (Mosquitto and PostgreSQL from apt; the guest languages' tools through
+//!   (Mosquitto, PostgreSQL and RabbitMQ from apt; the guest languages' tools through
 //!   `guests/install-tools`; cargo-fuzz), build the guests and the
 //!   runtime-only binary, run the whole test suite (`cargo test --workspace
 //!   ARGS`), then, when no ARGS narrow it, every fuzz target for a few
@@ -92,7 +92,7 @@ fn has_postgres() -> bool {
 }
 
 /// Install what the tests need and is missing: Mosquitto, PostgreSQL,
-/// systemd-analyze and man (apt), the guest languages' tools (`guests/install-tools`, which says
+/// RabbitMQ, systemd-analyze and man (apt), the guest languages' tools (`guests/install-tools`, which says
 /// what it does), the protocol peers (`tests/peers/install`) and the
 /// browser the console's tests drive (`tests/browser/install`).
 fn setup(root: &Path) -> Result<(), String> {
@@ -104,6 +104,13 @@ fn setup(root: &Path) -> Result<(), String> {
     if !has_postgres() {
         eprintln!("xtask: the serve tests need a PostgreSQL server: apt-get install postgresql");
         packages.push("postgresql");
+    }
+    // Broker failover is tested against a real three-node cluster.
+    if !Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() {
+        eprintln!(
+            "xtask: the failover test needs a RabbitMQ cluster with its MQTT plugin: apt-get install rabbitmq-server"
+        );
+        packages.push("rabbitmq-server");
     }
     // The service unit's test checks it with `systemd-analyze verify`,
     // which reads the man pages its Documentation= names with `man`.

@@ -90,6 +90,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         time: None,
         reason: Some("connection lost".into()),
         labels: Default::default(),
+        broker: None,
         apps: vec![],
         outbox: OutboxInfo::default(),
     };

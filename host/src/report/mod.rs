@@ -254,6 +254,8 @@ impl Reporter {
             time: Some(time),
             reason: reason.map(str::to_string),
             labels: self.labels.clone(),
+            // Said only while on it: an offline status names no broker.
+            broker: online.then(|| self.metrics.link.broker()).flatten(),
             apps: self.apps_in(conn.as_ref(), crate::wire::protocol::STATUS_LIST),
             outbox: self.outbox_in(conn.as_ref()),
         };

@@ -647,13 +647,15 @@ impl Db {
                         ("status", Col::Json),
                     ],
                 )?;
-                // Of the whole status only the outbox is served here.
+                // Of the whole status only the broker it is on and the
+                // outbox are served here.
                 let status = gateway
                     .as_object_mut()
                     .and_then(|g| g.remove("status"))
                     .unwrap_or_default();
                 let id = gateway["gateway"].as_str().unwrap_or_default().to_string();
                 gateway["apps"] = Value::Array(apps.remove(&id).unwrap_or_default());
+                gateway["broker"] = status["broker"].clone();
                 gateway["outbox"] = status["outbox"].clone();
                 Ok(gateway)
             })

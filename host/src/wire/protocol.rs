@@ -23,6 +23,11 @@ pub struct Status {
     /// match. Absent in the last will.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The broker the gateway is connected to (`mqtt://host:port`), one
+    /// of `[cloud] urls`: after a failover, which node of the cluster it
+    /// moved to. Absent in the last will.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
     #[serde(default)]
     pub apps: Vec<AppInfo>,
     #[serde(default)]
@@ -517,6 +522,7 @@ mod tests {
             time: Some(1),
             reason: None,
             labels: BTreeMap::new(),
+            broker: None,
             apps,
             outbox: OutboxInfo {
                 streams: (0..streams)

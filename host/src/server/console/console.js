@@ -286,7 +286,15 @@ async function gatewayView(refresh, gateway) {
         const cells = gatewayRow(g).querySelectorAll("td.labels, td.state, td.since, td.outbox");
         fill(
             summary,
-            table(["Labels", "State", "Since", "Outbox"], el("tr", { "data-gateway": gateway }, Array.from(cells))),
+            table(
+                ["Labels", "State", "Since", "Broker", "Outbox"],
+                el("tr", { "data-gateway": gateway }, [
+                    ...Array.from(cells).slice(0, 3),
+                    // With [cloud] urls, the node of the cluster it is on.
+                    el("td", { class: "broker" }, g.broker ?? "–"),
+                    ...Array.from(cells).slice(3),
+                ]),
+            ),
         );
         fill(
             apps,
