@@ -702,6 +702,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
             }),
             storage: Arc::new(wasmgate::storage::Storage),
             log: Arc::new(wasmgate::log::Log),
+            config_store: Arc::new(wasmgate::config_store::ConfigStore),
             content: Arc::new(wasmgate::content::Content {
                 data_dir: dir.path().to_path_buf(),
                 config: Default::default(),

@@ -201,6 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         }),
         storage: Arc::new(crate::storage::Storage),
         log: Arc::new(crate::log::Log),
+        config_store: Arc::new(crate::config_store::ConfigStore),
         content: Arc::new(crate::content::Content {
             data_dir: config.data_dir.clone(),
             config: config.content.clone(),

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod config_store;
 pub mod content;
 pub mod deploy;
 pub mod device;

@@ -1,5 +1,9 @@
 //! Host side of the `wasmgate:device/log` interface: a guest's log lines go
 //! to the gateway's log (tracing) with the app's name on every line.
+//!
+//! The standard `wasi:logging/logging` (`0.1.0-draft`, what wasmCloud
+//! components and libraries written for it import) is the same unit: its
+//! lines go through the same rate limit to the same log.
 
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
@@ -8,6 +12,16 @@ use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, Report
 use crate::rate::LogGate;
 
 use crate::bindings::wasmgate::device::log::{self as generated, Host, Level};
+
+/// `wasi:logging@0.1.0-draft`, from its upstream WIT (`wit/deps/logging`).
+mod standard {
+    wasmtime::component::bindgen!({
+        path: "../wit/deps/logging",
+        world: "wasi:logging/imports",
+        imports: { default: trappable },
+    });
+}
+use standard::wasi::logging::logging as wasi_logging;
 
 /// Longer lines are cut here so one call cannot flood the log.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -72,7 +86,8 @@ impl Capability for Log {
     }
 
     fn add_to_linker<T: HasCtx<Log>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        generated::add_to_linker::<T, LogData>(linker, T::ctx)
+        generated::add_to_linker::<T, LogData>(linker, T::ctx)?;
+        wasi_logging::add_to_linker::<T, LogData>(linker, T::ctx)
     }
 }
 
@@ -92,6 +107,31 @@ impl Host for LogCtx {
             Level::Error => tracing::error!(app = %app, device = %device, "{message}"),
         }
         Ok(())
+    }
+}
+
+impl wasi_logging::Host for LogCtx {
+    /// `context` (a logger's name, say) leads the line, as `context: message`;
+    /// `critical` is logged as `error`, the gateway's highest level.
+    fn log(
+        &mut self,
+        level: wasi_logging::Level,
+        context: String,
+        message: String,
+    ) -> wasmtime::Result<()> {
+        use wasi_logging::Level as Standard;
+        let level = match level {
+            Standard::Trace => Level::Trace,
+            Standard::Debug => Level::Debug,
+            Standard::Info => Level::Info,
+            Standard::Warn => Level::Warn,
+            Standard::Error | Standard::Critical => Level::Error,
+        };
+        if context.is_empty() {
+            Host::log(self, level, message)
+        } else {
+            Host::log(self, level, format!("{context}: {message}"))
+        }
     }
 }
 

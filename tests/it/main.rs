@@ -31,4 +31,5 @@ mod runtime;
 mod runtime_only;
 mod security;
 mod serve;
+mod standard;
 mod validation;

@@ -291,6 +291,11 @@ const LINKED: &[&str] = &[
     "wasmgate:device/modbus@0.1",
     "wasmgate:device/serial@0.1",
     "wasmgate:device/bus@0.1",
+    // The standard interfaces, on the app's log and config (wit/standard.wit).
+    "wasi:logging/logging@0.1.0-draft",
+    "wasi:config/store@0.2.0-draft",
+    "wasi:config/store@0.2.0-draft-2024-09-27",
+    "wasi:config/store@0.2.0-rc.1",
     "wasi:http/types@0.2",
     "wasi:http/outgoing-handler@0.2",
     "wasi:io/error@0.2",

@@ -91,6 +91,7 @@ units! {
     device: crate::device::Device,
     storage: crate::storage::Storage,
     log: crate::log::Log,
+    config_store: crate::config_store::ConfigStore,
     content: crate::content::Content,
     modbus: crate::modbus::Modbus,
     serial: crate::serial::Serial,
