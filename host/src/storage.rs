@@ -3,6 +3,9 @@
 //!
 //! Every key is stored with the app's name, and every query is bound to it,
 //! so no app can name another's keys. Sizes are checked before any I/O.
+//!
+//! The standard `wasi:keyvalue` reaches the same storage through
+//! [`keyvalue`], with the same checks.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
@@ -12,6 +15,8 @@ use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::storage::{self as generated, Host};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::rate::SharedLimit;
+
+pub mod keyvalue;
 
 /// The storage capability: no gateway state of its own; the `kv` table.
 pub struct Storage;
@@ -59,7 +64,8 @@ CREATE TABLE IF NOT EXISTS kv (
     }
 
     fn add_to_linker<T: HasCtx<Storage>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        generated::add_to_linker::<T, StorageData>(linker, T::ctx)
+        generated::add_to_linker::<T, StorageData>(linker, T::ctx)?;
+        keyvalue::add_to_linker(linker)
     }
 }
 
@@ -104,6 +110,8 @@ pub struct StorageCtx {
     keys: u64,
     /// Writes are transactions: an app may not make them without end (see `rate`).
     writes: SharedLimit,
+    /// The `wasi:keyvalue` bucket and CAS handles it holds.
+    handles: keyvalue::Handles,
 }
 
 impl StorageCtx {
@@ -122,6 +130,7 @@ impl StorageCtx {
             used,
             keys,
             writes,
+            handles: Default::default(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! WASI's standard interfaces inside a wasmgate app (`wit/standard.wit`):
 //! `wasi:config/store` reads the app's own config, `wasi:logging` writes to
-//! the app's log under the same rate limit as `log`. The guests are built
+//! the app's log under the same rate limit as `log`, and `wasi:keyvalue` is
+//! the app's storage, under its quota. The guests are built
 //! from source against the upstream WIT in `wit/deps`: in Rust with
 //! wit-bindgen, and in JavaScript with componentize-js.
 
@@ -13,7 +14,7 @@ const T: Duration = Duration::from_secs(30);
 /// The app reads its config through `wasi:config` (the versions Spin and
 /// wasmCloud import) and finds exactly what `init` was given; its
 /// `wasi:logging` lines reach the app's log, `critical` as an error.
-fn reads_its_config_and_logs(component: &Path) {
+fn reads_its_config_and_logs(component: &Path, keyvalue: &str) {
     let gw = Gateway::new().app(
         "standard",
         component,
@@ -28,6 +29,7 @@ fn reads_its_config_and_logs(component: &Path) {
     let critical = run.wait_for("standard: a critical line", T);
     assert!(critical.contains("ERROR"), "{critical}");
     assert!(critical.contains("app=standard"), "{critical}");
+    run.wait_for(keyvalue, T);
     let apps = gw.apps();
     let app = &apps[0];
     assert_eq!(app["state"], "running", "{app}");
@@ -37,13 +39,20 @@ fn reads_its_config_and_logs(component: &Path) {
 
 #[test]
 fn a_rust_component_built_against_the_upstream_wit_reads_its_config_and_logs() {
-    reads_its_config_and_logs(&guest("standard-interfaces"));
+    reads_its_config_and_logs(
+        &guest("standard-interfaces"),
+        "keyvalue greeting=hi visits=1 visits-draft=3 own-visits=3 exists=true keys=greeting,visits \
+         batch=true cas-ok=true cas-conflict=true no-such-store=true big=accepted",
+    );
 }
 
 #[test]
 fn a_javascript_component_built_against_the_upstream_wit_reads_its_config_and_logs() {
     let component = thermostat_in("js").with_file_name("standard.wasm");
-    reads_its_config_and_logs(&component);
+    reads_its_config_and_logs(
+        &component,
+        "keyvalue greeting=hello visits=1 keys=greeting,visits",
+    );
 }
 
 /// A flood through `wasi:logging` meets the app's log rate limit (a burst
@@ -78,5 +87,34 @@ fn wasi_logging_is_held_to_the_apps_log_rate_limit() {
         "{kept} lines kept in {seconds} s"
     );
     assert!(dropped >= 3000, "{dropped} dropped");
+    assert!(run.stop().success());
+}
+
+/// What `wasi:keyvalue` stores is the app's storage: it outlives a restart,
+/// and the app's quota refuses through it what it refuses through
+/// `storage`, with the same reason.
+#[test]
+fn wasi_keyvalue_is_the_apps_durable_storage_under_its_quota() {
+    let gw = Gateway::new().app(
+        "standard",
+        &guest("standard-interfaces"),
+        &model("counter"),
+        "storage_quota_kib = 4\n[app.config]\nbig = \"8192\"\n",
+    );
+    let mut run = gw.start();
+    let line = run.wait_for("keyvalue greeting=hi visits=1 visits-draft=3", T);
+    assert!(
+        line.contains("big=limit: storage quota of 4096 bytes would be exceeded"),
+        "{line}"
+    );
+    assert!(run.stop().success());
+    let stored = gw.count("SELECT COUNT(*) FROM kv WHERE app = 'standard' AND key = 'visits'");
+    assert_eq!(stored, 1);
+
+    let mut run = gw.start();
+    run.wait_for(
+        "keyvalue greeting=hi visits=4 visits-draft=6 own-visits=6",
+        T,
+    );
     assert!(run.stop().success());
 }
