@@ -202,12 +202,17 @@ fn a_log_flood_is_dropped_past_its_rate_and_the_drops_are_counted() {
     // while the app waits to restart (a restart clears it), so wait for one
     // of those windows rather than read a single report.
     assert!(flood["traps"].as_u64().expect("traps") >= 1, "{flood}");
-    run.wait_app("flood", Duration::from_secs(10), "cut off at its deadline", |a| {
-        a["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("ran past its deadline of 500 ms")
-    });
+    run.wait_app(
+        "flood",
+        Duration::from_secs(10),
+        "cut off at its deadline",
+        |a| {
+            a["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ran past its deadline of 500 ms")
+        },
+    );
     stays_bounded(&mut run, 200);
 }
 

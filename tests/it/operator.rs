@@ -233,3 +233,187 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "{out}"
     );
 }
+
+/// Run `command`; panic with its output unless it succeeds; return stdout.
+fn succeeds(command: &mut std::process::Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{command:?}: {stdout}{stderr}");
+    stdout
+}
+
+#[test]
+fn the_debian_package_installs_into_a_throwaway_root_and_purges_cleanly() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Command;
+    // The package is built by the script `cargo xtask deb` runs, from the
+    // wasmgate binary this test run already has (no second build).
+    let binary = crate::common::binary();
+    let target = binary.ancestors().nth(2).expect("target dir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("out");
+    succeeds(
+        Command::new(root().join("packaging/build-deb"))
+            .args(["--profile", "dev", "--fast", "--out"])
+            .arg(&out)
+            .env("CARGO_TARGET_DIR", target),
+    );
+    let deb = std::fs::read_dir(&out)
+        .expect("out")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+
+    // A throwaway root whose dpkg database knows only what the package
+    // depends on, copied from this machine's, so dpkg checks the package's
+    // Depends for real. Maintainer scripts run outside a chroot with
+    // DPKG_ROOT set (what they are written for).
+    let depends = succeeds(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg("Depends"),
+    );
+    assert!(depends.contains("systemd"), "{depends}");
+    let names: Vec<&str> = depends
+        .split(',')
+        .map(|d| d.split_whitespace().next().expect("a name"))
+        .collect();
+    let system = work.path().join("root");
+    let admin = system.join("var/lib/dpkg");
+    for dir in ["info", "updates", "triggers"] {
+        std::fs::create_dir_all(admin.join(dir)).expect("mkdir");
+    }
+    std::fs::create_dir_all(system.join("var/log")).expect("mkdir");
+    let status = succeeds(Command::new("dpkg-query").arg("-s").args(&names));
+    std::fs::write(admin.join("status"), status).expect("status");
+    let qualified = succeeds(
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${binary:Package}\\n"])
+            .args(&names),
+    );
+    for package in qualified.lines() {
+        std::fs::write(admin.join(format!("info/{package}.list")), "").expect("list");
+    }
+    let dpkg = |args: &[&str]| {
+        let mut command = Command::new("dpkg");
+        command
+            .arg(format!("--root={}", system.display()))
+            .args(["--force-not-root", "--force-script-chrootless"])
+            .args(args);
+        command
+    };
+    succeeds(dpkg(&["--install"]).arg(&deb));
+
+    // The binary runs and says its version.
+    let installed = system.join("usr/bin/wasmgate");
+    let version = succeeds(Command::new(&installed).arg("--version"));
+    assert_eq!(
+        version.trim(),
+        format!("wasmgate {}", env!("CARGO_PKG_VERSION"))
+    );
+    // bash's completion script registers itself for wasmgate.
+    let completion = system.join("usr/share/bash-completion/completions/wasmgate");
+    let complete = succeeds(Command::new("bash").arg("-c").arg(format!(
+        "source '{}' && complete -p wasmgate",
+        completion.display()
+    )));
+    assert!(complete.contains("wasmgate"), "{complete}");
+    for file in [
+        "usr/share/zsh/vendor-completions/_wasmgate",
+        "usr/share/fish/vendor_completions.d/wasmgate.fish",
+        "usr/share/man/man1/wasmgate.1.gz",
+        "usr/share/man/man1/wasmgate-cloud-rollout-create.1.gz",
+    ] {
+        assert!(system.join(file).is_file(), "{file} is installed");
+    }
+    // The unit is the hardened one the other test checks, and verifies in
+    // the installed tree (where its ExecStart now exists).
+    let unit = std::fs::read_to_string(system.join("usr/lib/systemd/system/wasmgate.service"))
+        .expect("the unit is installed");
+    assert_eq!(
+        unit,
+        std::fs::read_to_string(root().join("packaging/wasmgate.service")).expect("unit")
+    );
+    // The service's user exists in the new root, and the config (which may
+    // hold a password) is readable by root and that group only.
+    let group = std::fs::read_to_string(system.join("etc/group")).expect("group");
+    let gid: u32 = group
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmgate:x:"))
+        .and_then(|rest| rest.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("a wasmgate group: {group}"));
+    let passwd = std::fs::read_to_string(system.join("etc/passwd")).expect("passwd");
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("wasmgate:x:")
+                && l.ends_with(":/var/lib/wasmgate:/usr/sbin/nologin")),
+        "{passwd}"
+    );
+    let config = system.join("etc/wasmgate/gateway.toml");
+    let meta = std::fs::metadata(&config).expect("the config is installed");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, gid, 0o640)
+    );
+    // The starter config is one the gateway accepts: the installed binary
+    // runs (offline, with no apps) on it, given a data directory it may
+    // write, until SIGTERM stops it cleanly.
+    let data = work.path().join("data");
+    let local = work.path().join("gateway.toml");
+    std::fs::write(
+        &local,
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("/var/lib/wasmgate", data.to_str().expect("path")),
+    )
+    .expect("write");
+    let mut gateway = Command::new(&installed)
+        .args(["run", "--config"])
+        .arg(&local)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the installed wasmgate starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let out = Command::new(&installed)
+            .args(["status", "--json", "--config"])
+            .arg(&local)
+            .output()
+            .expect("status runs");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if report["running_pid"] == gateway.id() {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not come up: {report} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(report["gateway"], "my-gateway", "{report}");
+    succeeds(Command::new("kill").args(["-TERM", &gateway.id().to_string()]));
+    assert!(gateway.wait().expect("wait").success());
+
+    // Purged, it leaves nothing of its own behind.
+    succeeds(&mut dpkg(&["--purge", "wasmgate"]));
+    for gone in [
+        "usr/bin/wasmgate",
+        "usr/share/bash-completion/completions/wasmgate",
+        "usr/share/man/man1/wasmgate.1.gz",
+        "usr/lib/systemd/system/wasmgate.service",
+        "usr/lib/sysusers.d/wasmgate.conf",
+        "etc/wasmgate/gateway.toml",
+    ] {
+        assert!(!system.join(gone).exists(), "{gone} is removed");
+    }
+    let listed = dpkg(&["--status", "wasmgate"]).output().expect("dpkg runs");
+    assert!(!listed.status.success(), "dpkg no longer knows wasmgate");
+}

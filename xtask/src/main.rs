@@ -12,6 +12,8 @@
 //!   ARGS`), then, when no ARGS narrow it, every fuzz target for a few
 //!   seconds (`fuzz/run 5`).
 //! - `cargo xtask guests`: build the guests only.
+//! - `cargo xtask deb`: build the release binary and the Debian package
+//!   (`packaging/build-deb`), in target/debian.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,10 @@ fn main() -> ExitCode {
             }),
         Some("setup") => setup(&root),
         Some("guests") => guests(&root, &[]),
-        _ => Err("usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | guests".to_string()),
+        Some("deb") => deb(&root),
+        _ => Err(
+            "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | guests | deb".to_string(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +127,13 @@ fn setup(root: &Path) -> Result<(), String> {
         eprintln!("xtask: the service unit's test needs man: apt-get install man-db");
         packages.push("man-db");
     }
+    // cargo-deb reads the binary's library dependencies with dpkg-shlibdeps.
+    if !Path::new("/usr/bin/dpkg-shlibdeps").exists() {
+        eprintln!(
+            "xtask: the Debian package's test needs dpkg-shlibdeps: apt-get install dpkg-dev"
+        );
+        packages.push("dpkg-dev");
+    }
     if !packages.is_empty() {
         let root_user = Command::new("id")
             .arg("-u")
@@ -144,16 +156,13 @@ fn setup(root: &Path) -> Result<(), String> {
         install.extend(&packages);
         apt(&install)?;
     }
-    if !has_cargo_fuzz() {
-        eprintln!("xtask: the fuzz targets need cargo-fuzz {CARGO_FUZZ_VERSION}: cargo install");
-        run(cargo().args([
-            "install",
-            "cargo-fuzz",
-            "--locked",
-            "--version",
-            CARGO_FUZZ_VERSION,
-        ]))?;
-    }
+    cargo_tool("cargo-fuzz", "fuzz", CARGO_FUZZ_VERSION, "the fuzz targets")?;
+    cargo_tool(
+        "cargo-deb",
+        "deb",
+        CARGO_DEB_VERSION,
+        "the Debian package and its test",
+    )?;
     run(Command::new(root.join("guests/install-tools")).current_dir(root))?;
     // The protocol peers the integration tests talk to (pymodbus, ...).
     run(Command::new(root.join("tests/peers/install")).current_dir(root))?;
@@ -174,14 +183,31 @@ fn fuzz(root: &Path, seconds: u32) -> Result<(), String> {
         .current_dir(root))
 }
 
-fn has_cargo_fuzz() -> bool {
-    cargo()
-        .args(["fuzz", "--version"])
+/// cargo-deb, pinned: `cargo xtask deb` and the package's test use it.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// Install the cargo subcommand `crate_name` at `version` (from crates.io,
+/// with its own lock file) unless `cargo SUBCOMMAND --version` already
+/// says that version.
+fn cargo_tool(crate_name: &str, subcommand: &str, version: &str, why: &str) -> Result<(), String> {
+    let installed = cargo()
+        .args([subcommand, "--version"])
         .output()
-        .map(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)
-        })
-        .unwrap_or(false)
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
+        .unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: {why} need {crate_name} {version}: cargo install");
+    run(cargo().args(["install", crate_name, "--locked", "--version", version]))
+}
+
+/// The Debian package of a release build: target/debian/wasmgate_*.deb.
+fn deb(root: &Path) -> Result<(), String> {
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "--package", "wasmgate"]))?;
+    run(Command::new(root.join("packaging/build-deb")).current_dir(root))
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
