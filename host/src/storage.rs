@@ -311,7 +311,7 @@ pub const MAX_PAGE: u32 = 1000;
 mod tests {
     use super::*;
 
-    fn ctx(quota: u64) -> StorageCtx {
+    pub(super) fn ctx(quota: u64) -> StorageCtx {
         let db = Connection::open_in_memory().expect("sqlite");
         db.execute_batch(Storage::SCHEMA).expect("schema");
         StorageCtx::new(

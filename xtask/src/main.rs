@@ -10,7 +10,7 @@
 //!   `guests/install-tools`; cargo-fuzz), build the guests and the
 //!   runtime-only binary, run the whole test suite (`cargo test --workspace
 //!   ARGS`), then, when no ARGS narrow it, every fuzz target for a few
-//!   seconds (`fuzz/run 5`).
+//!   seconds (`fuzz/run --dev 10`).
 //! - `cargo xtask guests`: build the guests only.
 //! - `cargo xtask deb`: build the release binary and the Debian package
 //!   (`packaging/build-deb`), in target/debian.
@@ -172,14 +172,16 @@ fn setup(root: &Path) -> Result<(), String> {
 
 /// How long `cargo xtask test` runs each fuzz target: long enough to catch
 /// a parser that panics on what the seeds become after a few mutations.
-const FUZZ_SECONDS: u32 = 5;
+const FUZZ_SECONDS: u32 = 10;
 
 /// cargo-fuzz, pinned; it runs on the stable toolchain with `-s none`.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
+/// The short run: an unoptimised build (`fuzz/run --dev`), which takes
+/// less than half the release build's time and checks overflow too.
 fn fuzz(root: &Path, seconds: u32) -> Result<(), String> {
     run(Command::new(root.join("fuzz/run"))
-        .arg(seconds.to_string())
+        .args(["--dev", &seconds.to_string()])
         .current_dir(root))
 }
 

@@ -143,10 +143,51 @@ impl StorageCtx {
                 }
             },
         };
-        let next = now + delta;
+        let Some(next) = now.checked_add(delta) else {
+            return Ok(Err(format!(
+                "invalid: {key:?} is {now}, and {delta} more is out of range"
+            )));
+        };
         Ok(self
             .kv_set(key, next.to_string().into_bytes())?
             .map(|()| next))
+    }
+
+    /// Each key with its value, or none if it is not there.
+    #[allow(clippy::type_complexity)]
+    fn kv_get_many(
+        &mut self,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, String>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.kv_get(key.clone())? {
+                Ok(value) => found.push((key, value)),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(found))
+    }
+
+    fn kv_set_many(
+        &mut self,
+        pairs: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        for (key, value) in pairs {
+            if let Err(e) = self.kv_set(key, value)? {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn kv_delete_many(&mut self, keys: Vec<String>) -> wasmtime::Result<Result<(), String>> {
+        for key in keys {
+            if let Err(e) = self.kv_delete(key)? {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// A page of keys after `after` (from the start if none), and the
@@ -159,44 +200,59 @@ impl StorageCtx {
     }
 }
 
+/// What both versions' `store` share, in each version's own types: `open`,
+/// and a bucket's `get`, `set`, `delete`, `exists` and `drop`; the
+/// version's `list_keys` (whose cursors differ) is passed in.
+macro_rules! shared_host {
+    ($($list_keys:tt)*) => {
+        type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
+
+        fn other(reason: String) -> store::Error {
+            store::Error::Other(reason)
+        }
+
+        impl store::Host for StorageCtx {
+            fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
+                Ok(match self.kv_open(&identifier) {
+                    Ok(Some(bucket)) => Ok(bucket),
+                    Ok(None) => Err(store::Error::NoSuchStore),
+                    Err(e) => Err(other(e)),
+                })
+            }
+        }
+
+        impl store::HostBucket for StorageCtx {
+            fn get(&mut self, _: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
+                Ok(self.kv_get(key)?.map_err(other))
+            }
+
+            fn set(&mut self, _: Resource<Bucket>, key: String, value: Vec<u8>) -> Answer<()> {
+                Ok(self.kv_set(key, value)?.map_err(other))
+            }
+
+            fn delete(&mut self, _: Resource<Bucket>, key: String) -> Answer<()> {
+                Ok(self.kv_delete(key)?.map_err(other))
+            }
+
+            fn exists(&mut self, _: Resource<Bucket>, key: String) -> Answer<bool> {
+                Ok(self.kv_get(key)?.map(|v| v.is_some()).map_err(other))
+            }
+
+            $($list_keys)*
+
+            fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+                self.handles.remove(bucket).map(|_| ())
+            }
+        }
+    };
+}
+
 mod v_draft {
     //! `0.2.0-draft`: cursors are offsets, increments unsigned.
     use super::draft::wasi::keyvalue::{atomics, batch, store};
     use super::*;
 
-    type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
-
-    fn other(reason: String) -> store::Error {
-        store::Error::Other(reason)
-    }
-
-    impl store::Host for StorageCtx {
-        fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
-            Ok(match self.kv_open(&identifier) {
-                Ok(Some(bucket)) => Ok(bucket),
-                Ok(None) => Err(store::Error::NoSuchStore),
-                Err(e) => Err(other(e)),
-            })
-        }
-    }
-
-    impl store::HostBucket for StorageCtx {
-        fn get(&mut self, _: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
-            Ok(self.kv_get(key)?.map_err(other))
-        }
-
-        fn set(&mut self, _: Resource<Bucket>, key: String, value: Vec<u8>) -> Answer<()> {
-            Ok(self.kv_set(key, value)?.map_err(other))
-        }
-
-        fn delete(&mut self, _: Resource<Bucket>, key: String) -> Answer<()> {
-            Ok(self.kv_delete(key)?.map_err(other))
-        }
-
-        fn exists(&mut self, _: Resource<Bucket>, key: String) -> Answer<bool> {
-            Ok(self.kv_get(key)?.map(|v| v.is_some()).map_err(other))
-        }
-
+    shared_host! {
         /// The cursor counts the keys already listed: the page starts after
         /// the last of them.
         fn list_keys(
@@ -207,13 +263,14 @@ mod v_draft {
             let skip = cursor.unwrap_or(0);
             let mut after = None;
             let mut skipped = 0;
-            // Walk to the offset a page at a time (keys are ordered).
+            // Walk to the offset a page at a time (keys are ordered, and
+            // their count is capped, so this ends).
             while skipped < skip {
                 let page = match self.kv_page(after.clone())? {
                     Ok(page) => page,
                     Err(e) => return Ok(Err(other(e))),
                 };
-                let take = ((skip - skipped) as usize).min(page.len());
+                let take = usize::try_from(skip - skipped).unwrap_or(usize::MAX).min(page.len());
                 if take == 0 {
                     break;
                 }
@@ -227,10 +284,6 @@ mod v_draft {
             let cursor = (keys.len() as u32 == MAX_PAGE).then(|| skipped + keys.len() as u64);
             Ok(Ok(store::KeyResponse { keys, cursor }))
         }
-
-        fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-            self.handles.remove(bucket).map(|_| ())
-        }
     }
 
     impl atomics::Host for StorageCtx {
@@ -243,37 +296,29 @@ mod v_draft {
     }
 
     impl batch::Host for StorageCtx {
+        /// Present keys only, each with its value.
         fn get_many(
             &mut self,
             _: Resource<Bucket>,
             keys: Vec<String>,
         ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                match self.kv_get(key.clone())? {
-                    Ok(value) => out.push(value.map(|v| (key, v))),
-                    Err(e) => return Ok(Err(other(e))),
-                }
-            }
-            Ok(Ok(out))
+            Ok(self
+                .kv_get_many(keys)?
+                .map(|found| {
+                    found
+                        .into_iter()
+                        .map(|(key, value)| value.map(|v| (key, v)))
+                        .collect()
+                })
+                .map_err(other))
         }
 
         fn set_many(&mut self, _: Resource<Bucket>, pairs: Vec<(String, Vec<u8>)>) -> Answer<()> {
-            for (key, value) in pairs {
-                if let Err(e) = self.kv_set(key, value)? {
-                    return Ok(Err(other(e)));
-                }
-            }
-            Ok(Ok(()))
+            Ok(self.kv_set_many(pairs)?.map_err(other))
         }
 
         fn delete_many(&mut self, _: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
-            for key in keys {
-                if let Err(e) = self.kv_delete(key)? {
-                    return Ok(Err(other(e)));
-                }
-            }
-            Ok(Ok(()))
+            Ok(self.kv_delete_many(keys)?.map_err(other))
         }
     }
 }
@@ -284,39 +329,7 @@ mod v_draft2 {
     use super::draft2::wasi::keyvalue::{atomics, batch, store};
     use super::*;
 
-    type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
-
-    fn other(reason: String) -> store::Error {
-        store::Error::Other(reason)
-    }
-
-    impl store::Host for StorageCtx {
-        fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
-            Ok(match self.kv_open(&identifier) {
-                Ok(Some(bucket)) => Ok(bucket),
-                Ok(None) => Err(store::Error::NoSuchStore),
-                Err(e) => Err(other(e)),
-            })
-        }
-    }
-
-    impl store::HostBucket for StorageCtx {
-        fn get(&mut self, _: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
-            Ok(self.kv_get(key)?.map_err(other))
-        }
-
-        fn set(&mut self, _: Resource<Bucket>, key: String, value: Vec<u8>) -> Answer<()> {
-            Ok(self.kv_set(key, value)?.map_err(other))
-        }
-
-        fn delete(&mut self, _: Resource<Bucket>, key: String) -> Answer<()> {
-            Ok(self.kv_delete(key)?.map_err(other))
-        }
-
-        fn exists(&mut self, _: Resource<Bucket>, key: String) -> Answer<bool> {
-            Ok(self.kv_get(key)?.map(|v| v.is_some()).map_err(other))
-        }
-
+    shared_host! {
         fn list_keys(
             &mut self,
             _: Resource<Bucket>,
@@ -333,10 +346,6 @@ mod v_draft2 {
                 }
                 Err(e) => Err(other(e)),
             })
-        }
-
-        fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-            self.handles.remove(bucket).map(|_| ())
         }
     }
 
@@ -392,37 +401,130 @@ mod v_draft2 {
     }
 
     impl batch::Host for StorageCtx {
+        /// Every key asked for, with its value or none.
         fn get_many(
             &mut self,
             _: Resource<Bucket>,
             keys: Vec<String>,
         ) -> Answer<Vec<(String, Option<Vec<u8>>)>> {
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                match self.kv_get(key.clone())? {
-                    Ok(value) => out.push((key, value)),
-                    Err(e) => return Ok(Err(other(e))),
-                }
-            }
-            Ok(Ok(out))
+            Ok(self.kv_get_many(keys)?.map_err(other))
         }
 
         fn set_many(&mut self, _: Resource<Bucket>, pairs: Vec<(String, Vec<u8>)>) -> Answer<()> {
-            for (key, value) in pairs {
-                if let Err(e) = self.kv_set(key, value)? {
-                    return Ok(Err(other(e)));
-                }
-            }
-            Ok(Ok(()))
+            Ok(self.kv_set_many(pairs)?.map_err(other))
         }
 
         fn delete_many(&mut self, _: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
-            for key in keys {
-                if let Err(e) = self.kv_delete(key)? {
-                    return Ok(Err(other(e)));
-                }
-            }
-            Ok(Ok(()))
+            Ok(self.kv_delete_many(keys)?.map_err(other))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(ctx: &mut StorageCtx, key: &str, delta: i128) -> Result<i128, String> {
+        ctx.kv_increment(key.into(), delta).expect("call")
+    }
+
+    #[test]
+    fn increment_counts_in_decimal_text_and_refuses_what_it_cannot_count() {
+        let mut ctx = super::super::tests::ctx(1 << 20);
+        assert_eq!(numbers(&mut ctx, "n", 5), Ok(5));
+        assert_eq!(numbers(&mut ctx, "n", -7), Ok(-2));
+        assert_eq!(
+            ctx.kv_get("n".into()).expect("call"),
+            Ok(Some(b"-2".to_vec()))
+        );
+
+        ctx.kv_set("word".into(), b"hello".to_vec())
+            .expect("call")
+            .expect("set");
+        let refused = numbers(&mut ctx, "word", 1).expect_err("not a number");
+        assert!(refused.starts_with("invalid: "), "{refused}");
+
+        // At the edge of the range the sum is refused, not wrapped (or a
+        // host panic in a debug build), and the value stays as it was.
+        let top = i128::MAX.to_string().into_bytes();
+        ctx.kv_set("top".into(), top.clone())
+            .expect("call")
+            .expect("set");
+        let refused = numbers(&mut ctx, "top", 1).expect_err("out of range");
+        assert!(refused.contains("out of range"), "{refused}");
+        assert_eq!(ctx.kv_get("top".into()).expect("call"), Ok(Some(top)));
+    }
+
+    #[test]
+    fn both_versions_page_through_every_key_once() {
+        use super::draft::wasi::keyvalue::store as draft_store;
+        use super::draft2::wasi::keyvalue::store as draft2_store;
+        let mut ctx = super::super::tests::ctx(1 << 24);
+        let count = MAX_PAGE as usize * 2 + 5;
+        let keys: Vec<String> = (0..count).map(|i| format!("k{i:05}")).collect();
+        ctx.kv_set_many(keys.iter().map(|k| (k.clone(), vec![1])).collect())
+            .expect("call")
+            .expect("set");
+
+        // 0.2.0-draft: the cursor is how many keys came before.
+        let listed = every_key(&mut ctx, |ctx, cursor| {
+            let bucket = draft_store::Host::open(ctx, "".into())
+                .expect("call")
+                .expect("open");
+            let page = draft_store::HostBucket::list_keys(ctx, bucket, cursor)
+                .expect("call")
+                .expect("page");
+            (page.keys, page.cursor)
+        });
+        assert_eq!(listed, keys);
+
+        // 0.2.0-draft2: the cursor is the last key listed.
+        let listed = every_key(&mut ctx, |ctx, cursor| {
+            let bucket = draft2_store::Host::open(ctx, "default".into())
+                .expect("call")
+                .expect("open");
+            let page = draft2_store::HostBucket::list_keys(ctx, bucket, cursor)
+                .expect("call")
+                .expect("page");
+            (page.keys, page.cursor)
+        });
+        assert_eq!(listed, keys);
+    }
+
+    /// Every key, a page at a time, following `page`'s cursors.
+    fn every_key<C>(
+        ctx: &mut StorageCtx,
+        mut page: impl FnMut(&mut StorageCtx, Option<C>) -> (Vec<String>, Option<C>),
+    ) -> Vec<String> {
+        let mut listed = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (keys, next) = page(ctx, cursor);
+            listed.extend(keys);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return listed,
+            }
+        }
+    }
+
+    #[test]
+    fn a_guest_cannot_hold_more_handles_than_the_cap() {
+        use super::draft2::wasi::keyvalue::store;
+        let mut ctx = super::super::tests::ctx(1 << 20);
+        for _ in 0..MAX_HANDLES {
+            store::Host::open(&mut ctx, "".into())
+                .expect("call")
+                .expect("open");
+        }
+        let refused = store::Host::open(&mut ctx, "".into()).expect("call");
+        assert!(
+            matches!(&refused, Err(store::Error::Other(m)) if m.starts_with("limit: ")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            store::Host::open(&mut ctx, "elsewhere".into()).expect("call"),
+            Err(store::Error::NoSuchStore)
+        ));
     }
 }
