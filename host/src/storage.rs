@@ -304,6 +304,27 @@ impl Host for StorageCtx {
     }
 }
 
+impl StorageCtx {
+    /// A page of the app's keys in byte order, after the first `skip` of
+    /// them: the paging of `wasi:keyvalue` `0.2.0-draft`, whose cursor is
+    /// an offset. SQLite skips the rows itself, in one query.
+    pub(crate) fn keys_at_offset(
+        &mut self,
+        skip: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, GuestError> {
+        let skip = i64::try_from(skip).unwrap_or(i64::MAX);
+        let result = (|| {
+            let mut stmt = self.db.prepare_cached(
+                "SELECT key FROM kv WHERE app = ?1 ORDER BY key LIMIT ?2 OFFSET ?3",
+            )?;
+            stmt.query_map(params![&*self.app, limit.min(MAX_PAGE), skip], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })();
+        result.map_err(|e| self.failed("keys-page", e))
+    }
+}
+
 /// The most keys one `keys-page` returns.
 pub const MAX_PAGE: u32 = 1000;
 

@@ -253,33 +253,16 @@ mod v_draft {
     use super::*;
 
     shared_host! {
-        /// The cursor counts the keys already listed: the page starts after
-        /// the last of them.
+        /// The cursor counts the keys already listed.
         fn list_keys(
             &mut self,
             _: Resource<Bucket>,
             cursor: Option<u64>,
         ) -> Answer<store::KeyResponse> {
-            let skip = cursor.unwrap_or(0);
-            let mut after = None;
-            let mut skipped = 0;
-            // Walk to the offset a page at a time (keys are ordered, and
-            // their count is capped, so this ends).
-            while skipped < skip {
-                let page = match self.kv_page(after.clone())? {
-                    Ok(page) => page,
-                    Err(e) => return Ok(Err(other(e))),
-                };
-                let take = usize::try_from(skip - skipped).unwrap_or(usize::MAX).min(page.len());
-                if take == 0 {
-                    break;
-                }
-                after = page.get(take - 1).cloned();
-                skipped += take as u64;
-            }
-            let keys = match self.kv_page(after)? {
+            let skipped = cursor.unwrap_or(0);
+            let keys = match self.keys_at_offset(skipped, MAX_PAGE) {
                 Ok(keys) => keys,
-                Err(e) => return Ok(Err(other(e))),
+                Err(e) => return Ok(Err(other(reason(e)))),
             };
             let cursor = (keys.len() as u32 == MAX_PAGE).then(|| skipped + keys.len() as u64);
             Ok(Ok(store::KeyResponse { keys, cursor }))
