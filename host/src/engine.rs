@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::app::AppCtx;
+use crate::app::{AppCtx, Prepared};
 use crate::bindings::AppPre;
 use crate::wire::protocol::Load;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// How often the epoch advances: the granularity of call deadlines, and how
 /// often a busy guest yields to the other tasks on its thread.
@@ -60,7 +61,7 @@ pub fn precompile(bytes: &[u8], target: Option<&str>) -> anyhow::Result<Vec<u8>>
 
 /// A component ready to instantiate.
 pub struct Loaded {
-    pub pre: AppPre<AppCtx>,
+    pub pre: Prepared,
     /// sha256 of the component file, hex.
     pub digest: String,
     pub source: Load,
@@ -155,10 +156,20 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .and_then(|pre| AppPre::new(pre).map_err(anyhow::Error::from))
-            .context(
-                "it does not fit the wasmgate:device/app@0.1.0 world (or imports something the gateway does not give guests)",
-            )?;
+            .context("it imports something the gateway does not give guests")?;
+        // A wasmgate app, or else a component that serves HTTP; the error
+        // is the app world's, which is what most components mean to be.
+        let pre = match AppPre::new(pre.clone()) {
+            Ok(app) => Prepared::App(app),
+            Err(not_an_app) => match ProxyPre::new(pre) {
+                Ok(proxy) => Prepared::HttpProxy(proxy),
+                Err(_) => {
+                    return Err(anyhow::Error::from(not_an_app).context(
+                        "it does not fit the wasmgate:device/app@0.1.0 world, and does not serve HTTP as a wasi:http/proxy component either",
+                    ));
+                }
+            },
+        };
         Ok(Loaded {
             pre,
             digest,

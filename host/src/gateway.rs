@@ -214,6 +214,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             config.bus.clone(),
             config.allow.clone(),
         )?),
+        http_serve: Arc::new(crate::http_serve::HttpServe::new(config.allow.clone())),
     };
     // The local bus, up before the apps that subscribe in their `init`
     // (a subscription made before it connects is sent when it does).

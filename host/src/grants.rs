@@ -9,7 +9,8 @@
 //!
 //! Today grants name Modbus endpoints and unit ids, serial ports, topics on
 //! the local MQTT bus, the TCP addresses a guest may connect to through
-//! `wasi:sockets`, and the URL prefixes it may request through `wasi:http`.
+//! `wasi:sockets`, the URL prefixes it may request through `wasi:http`,
+//! and the address a `wasi:http/proxy` app serves HTTP on.
 //! This module is a leaf: it knows the shapes and the rules, not the units
 //! that use them.
 
@@ -34,6 +35,48 @@ pub struct Grants {
     /// URL prefixes the app may send requests to (`wasi:http`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpGrant>,
+    /// The address a `wasi:http/proxy` app serves HTTP on (an app has at
+    /// most one); in `[allow]`, the addresses apps may serve on, with the
+    /// token their requests need.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serve_http: Vec<ServeHttpGrant>,
+}
+
+/// Where an app serves HTTP: an `ip:port` it listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeHttpGrant {
+    /// `ip:port` (IPv6 in brackets). Loopback unless `[allow]` gives a
+    /// token for it.
+    pub address: String,
+    /// In `[allow]` only: a file holding the token that every request to
+    /// this address must carry (`Authorization: Bearer TOKEN`). Needed for
+    /// any address beyond loopback. The token is the gateway's, so an app's
+    /// grant (which a cloud deployment may carry) never holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// How many requests the app handles at once, each in its own instance
+    /// (its memory limit each); more are answered `503` at once, so a burst
+    /// costs the gateway at most this many instances.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_max_in_flight() -> u32 {
+    DEFAULT_MAX_IN_FLIGHT
+}
+
+/// Requests an HTTP app handles at once, unless its grant says otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 4;
+
+/// The most requests a grant may let an app handle at once.
+pub const MAX_IN_FLIGHT: u32 = 64;
+
+impl ServeHttpGrant {
+    /// The address, parsed (`Grants::check` refused any that does not).
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        self.address.parse().ok()
+    }
 }
 
 /// Where an app may send HTTP requests: a URL prefix.
@@ -412,6 +455,16 @@ impl Grants {
             }
             check_timeout(grant.timeout_ms).map_err(|e| (format!("http[{i}].timeout_ms"), e))?;
         }
+        for (i, grant) in self.serve_http.iter().enumerate() {
+            check_serve_http(grant, app)
+                .map_err(|(field, e)| (format!("serve_http[{i}]{field}"), e))?;
+        }
+        if app && self.serve_http.len() > 1 {
+            return Err((
+                "serve_http".into(),
+                "an app serves HTTP on one address at most".into(),
+            ));
+        }
         for (i, grant) in self.bus.iter().enumerate() {
             check_bus_filter(&grant.topic).map_err(|e| (format!("bus[{i}].topic"), e))?;
         }
@@ -466,6 +519,29 @@ impl Grants {
                     format!("http[{i}]"),
                     format!("http {} is not within the gateway's [allow]", grant.url),
                 ));
+            }
+        }
+        for (i, grant) in self.serve_http.iter().enumerate() {
+            let Some(address) = grant.socket_addr() else {
+                continue; // `check` names it
+            };
+            match allow.serve_http_grant(address) {
+                None => {
+                    return Err((
+                        format!("serve_http[{i}]"),
+                        format!("serving HTTP on {address} is not within the gateway's [allow]"),
+                    ));
+                }
+                Some(allowed) if grant.max_in_flight > allowed.max_in_flight => {
+                    return Err((
+                        format!("serve_http[{i}].max_in_flight"),
+                        format!(
+                            "{} requests at once is more than the gateway's [allow] gives on {address} ({})",
+                            grant.max_in_flight, allowed.max_in_flight
+                        ),
+                    ));
+                }
+                Some(_) => {}
             }
         }
         for (i, grant) in self.bus.iter().enumerate() {
@@ -531,6 +607,14 @@ impl Grants {
         self.serial.iter().find(|g| g.port == path)
     }
 
+    /// The `[allow]` entry for serving HTTP on `address`, if any (the same
+    /// address exactly: `0.0.0.0` does not stand for every address).
+    pub fn serve_http_grant(&self, address: std::net::SocketAddr) -> Option<&ServeHttpGrant> {
+        self.serve_http
+            .iter()
+            .find(|g| g.socket_addr() == Some(address))
+    }
+
     /// Whether `topic` (a topic to publish on, or a filter to subscribe
     /// to) lies within a grant that allows `access`.
     pub fn bus_granted(&self, topic: &str, access: BusAccess) -> bool {
@@ -557,6 +641,7 @@ impl Grants {
             && self.serial.is_empty()
             && self.bus.is_empty()
             && self.http.is_empty()
+            && self.serve_http.is_empty()
     }
 }
 
@@ -566,6 +651,40 @@ fn check_timeout(ms: u32) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{ms} is not between 1 and {MAX_TIMEOUT_MS}"))
+    }
+}
+
+/// A serve_http grant: an `ip:port`, a sane `max_in_flight`, and a token
+/// where it must (and may) have one. The error is the field under the grant
+/// (`.address`, say) and why.
+fn check_serve_http(grant: &ServeHttpGrant, app: bool) -> Result<(), (&'static str, String)> {
+    let address: std::net::SocketAddr = grant.address.parse().map_err(|_| {
+        (
+            ".address",
+            format!("{:?} is not an ip:port address", grant.address),
+        )
+    })?;
+    if !(1..=MAX_IN_FLIGHT).contains(&grant.max_in_flight) {
+        return Err((
+            ".max_in_flight",
+            format!(
+                "{} is not between 1 and {MAX_IN_FLIGHT}",
+                grant.max_in_flight
+            ),
+        ));
+    }
+    match (&grant.token_file, app) {
+        (Some(_), true) => Err((
+            ".token_file",
+            "the token is the gateway's: give token_file in [allow], not in the app's grant".into(),
+        )),
+        (None, false) if !address.ip().is_loopback() => Err((
+            ".token_file",
+            format!(
+                "{address} reaches beyond this machine: give token_file, so that every request needs a token"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -920,6 +1039,91 @@ mod tests {
                 ..Grants::default()
             };
             assert_eq!(grants.check(true).unwrap_err().0, "http[0].url", "{bad}");
+        }
+    }
+
+    fn serve(address: &str, token_file: Option<&str>, max_in_flight: u32) -> ServeHttpGrant {
+        ServeHttpGrant {
+            address: address.into(),
+            token_file: token_file.map(Into::into),
+            max_in_flight,
+        }
+    }
+
+    #[test]
+    fn serving_http_beyond_loopback_needs_a_token_and_an_app_serves_only_what_allow_gives() {
+        // [allow]: loopback needs nothing; beyond it, a token file.
+        let allow = Grants {
+            serve_http: vec![
+                serve("127.0.0.1:8090", None, 4),
+                serve("0.0.0.0:8091", Some("/etc/wasmgate/page.token"), 8),
+            ],
+            ..Grants::default()
+        };
+        allow.check(false).expect("allow");
+        let open = Grants {
+            serve_http: vec![serve("0.0.0.0:8092", None, 4)],
+            ..Grants::default()
+        };
+        assert_eq!(
+            open.check(false).expect_err("no token"),
+            (
+                "serve_http[0].token_file".into(),
+                "0.0.0.0:8092 reaches beyond this machine: give token_file, so that every request needs a token".into()
+            )
+        );
+
+        // An app: one address, no token of its own, within [allow].
+        let app = Grants {
+            serve_http: vec![serve("0.0.0.0:8091", None, 8)],
+            ..Grants::default()
+        };
+        app.check(true).expect("shape");
+        app.check_within(&allow).expect("within");
+        let with_token = Grants {
+            serve_http: vec![serve("127.0.0.1:8090", Some("/tmp/t"), 4)],
+            ..Grants::default()
+        };
+        assert_eq!(
+            with_token.check(true).expect_err("token").0,
+            "serve_http[0].token_file"
+        );
+        let two = Grants {
+            serve_http: vec![
+                serve("127.0.0.1:8090", None, 4),
+                serve("127.0.0.1:8093", None, 4),
+            ],
+            ..Grants::default()
+        };
+        assert_eq!(two.check(true).expect_err("two").0, "serve_http");
+        let elsewhere = Grants {
+            serve_http: vec![serve("127.0.0.1:9999", None, 4)],
+            ..Grants::default()
+        };
+        assert_eq!(
+            elsewhere.check_within(&allow).expect_err("outside"),
+            (
+                "serve_http[0]".into(),
+                "serving HTTP on 127.0.0.1:9999 is not within the gateway's [allow]".into()
+            )
+        );
+        let greedy = Grants {
+            serve_http: vec![serve("127.0.0.1:8090", None, 5)],
+            ..Grants::default()
+        };
+        assert_eq!(
+            greedy.check_within(&allow).expect_err("more at once").0,
+            "serve_http[0].max_in_flight"
+        );
+        for bad in [
+            serve("localhost:80", None, 4),
+            serve("127.0.0.1:80", None, 0),
+        ] {
+            let grants = Grants {
+                serve_http: vec![bad.clone()],
+                ..Grants::default()
+            };
+            assert!(grants.check(true).is_err(), "{bad:?}");
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod device;
 pub mod engine;
 pub mod gateway;
 pub mod grants;
+pub mod http_serve;
 pub mod io_clock;
 pub mod log;
 pub mod logbook;

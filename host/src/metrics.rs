@@ -39,6 +39,14 @@ pub struct AppMetrics {
     pub http_denied: AtomicU64,
     /// Outgoing HTTP requests refused: over the rate (`wasi.http_limited`).
     pub http_limited: AtomicU64,
+    /// HTTP requests an app serving HTTP answered (`http_serve.requests`).
+    pub http_served: AtomicU64,
+    /// HTTP requests answered 503: too many at once (`http_serve.busy`).
+    pub http_busy: AtomicU64,
+    /// HTTP requests answered 401: no or a wrong token (`http_serve.unauthorized`).
+    pub http_unauthorized: AtomicU64,
+    /// HTTP requests answered 500: the instance failed (`http_serve.failed`).
+    pub http_failed: AtomicU64,
 }
 
 /// One app's counters at a moment.

@@ -31,5 +31,6 @@ mod runtime;
 mod runtime_only;
 mod security;
 mod serve;
+mod serving;
 mod standard;
 mod validation;

@@ -8,6 +8,8 @@
 //! Events (desired changes, actions) wait in their queue while a swap
 //! happens and are handled, in order, by whichever version runs after it.
 
+mod http;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +25,8 @@ use super::{
     AppCtx, AppError, AppEvent, AppHandle, AppLimiter, AppState, AppStatus, DeadlineExceeded,
     EVENT_QUEUE, MemoryLimitHit,
 };
-use crate::bindings::{App, AppPre};
+use crate::app::Prepared;
+use crate::bindings::App;
 use crate::capability::AppSetup;
 use crate::config::AppConfig;
 use crate::metrics::AppMetrics;
@@ -44,7 +47,7 @@ pub struct AppVersion {
     pub model: Arc<DeviceModel>,
     /// The models the app may `register` devices with, by name.
     pub device_models: Arc<BTreeMap<String, Arc<DeviceModel>>>,
-    pub pre: AppPre<AppCtx>,
+    pub pre: Prepared,
     /// sha256 of the component.
     pub digest: String,
     /// The version number in the deployment registry (0 if not registered).
@@ -257,6 +260,78 @@ struct Actor {
     current_io: super::CurrentIo,
 }
 
+/// What it takes to make a store for one of an app's instances, apart
+/// from the actor: an HTTP app makes one per request, in the request's task.
+#[derive(Clone)]
+pub(super) struct StoreMaker {
+    pub(super) name: Arc<str>,
+    pub(super) metrics: Arc<AppMetrics>,
+    rates: crate::rate::AppRates,
+    shared: AppShared,
+    files_dir: PathBuf,
+}
+
+impl StoreMaker {
+    /// A store for one instance of `version`: every unit's state, the
+    /// memory limit, and the deadline (armed for its instantiation). Also
+    /// its I/O clock and the tail of its stderr.
+    pub(super) fn store(
+        &self,
+        version: &AppVersion,
+    ) -> Result<(Store<AppCtx>, Arc<crate::io_clock::IoClock>, StderrTail), AppError> {
+        let config = &version.config;
+        let device: Arc<str> = config.device.as_str().into();
+        let io = Arc::new(crate::io_clock::IoClock::new(config.io_budget()));
+        let setup = AppSetup {
+            io: &io,
+            metrics: &self.metrics,
+            app: &self.name,
+            device: &device,
+            config,
+            model: &version.model,
+            device_models: &version.device_models,
+            files_dir: &self.files_dir,
+            rates: &self.rates,
+            db: &self.shared.db,
+        };
+        let units = self.shared.units.instances(&setup)?;
+        let stderr_tail = units.wasi.stderr_tail.clone();
+        let ctx = AppCtx {
+            io: io.clone(),
+            units,
+            limiter: AppLimiter {
+                memory_limit: config.memory_limit_bytes,
+                metrics: self.metrics.clone(),
+            },
+            deadline: Instant::now(),
+            call_timeout: config.call_timeout,
+        };
+        let mut store = Store::new(version.pre.engine(), ctx);
+        store.limiter(|ctx| &mut ctx.limiter);
+        // Each epoch tick (10 ms) a running guest comes here: past its
+        // deadline it traps, otherwise it yields so that other apps and the
+        // host's own tasks get the thread.
+        store.epoch_deadline_callback(|ctx| {
+            let data = ctx.data();
+            // Time waited on devices does not count against the deadline.
+            if Instant::now() >= data.deadline + data.io.waited() {
+                Err(DeadlineExceeded(data.call_timeout).into())
+            } else {
+                // `yield_now` lets tokio run its timers and I/O before
+                // this task is polled again; a plain yield re-wakes it at
+                // once, and busy guests then starve other apps' ticks.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        store.data_mut().deadline = Instant::now() + config.call_timeout;
+        store.set_epoch_deadline(1);
+        Ok((store, io, stderr_tail))
+    }
+}
+
 /// How often an app's disk use is measured (before a tick).
 const DISK_CHECK: Duration = Duration::from_secs(1);
 
@@ -322,6 +397,8 @@ enum Phase {
     /// Start an instance, with the state a previous instance handed over.
     Start(Option<Vec<u8>>),
     Serving(Box<Instance>),
+    /// Serving HTTP: a listener, and an instance per request.
+    ServingHttp(Box<http::HttpApp>),
     /// Crashed; start again at the given time.
     Waiting(Clock),
     Quarantined,
@@ -348,6 +425,7 @@ impl Actor {
             phase = match phase {
                 Phase::Start(previous) => self.starting(previous).await,
                 Phase::Serving(instance) => self.serve(instance, &cancel).await,
+                Phase::ServingHttp(app) => self.serve_http(app, &cancel).await,
                 Phase::Waiting(until) => self.waiting(until, &cancel).await,
                 Phase::Quarantined => self.idle(&cancel, true).await,
                 Phase::Stopped => self.idle(&cancel, false).await,
@@ -358,6 +436,16 @@ impl Actor {
 
     async fn starting(&mut self, previous: Option<Vec<u8>>) -> Phase {
         self.set_state(AppState::Starting);
+        if self.version.pre.serves_http() {
+            // Nothing to hand over: its instances live one request each.
+            return match self.start_http().await {
+                Ok(app) => {
+                    self.set_state(AppState::Running);
+                    Phase::ServingHttp(Box::new(app))
+                }
+                Err(error) => self.crashed(error),
+            };
+        }
         let handed_over = previous.is_some();
         match self.start(previous).await {
             Ok(instance) => {
@@ -481,61 +569,30 @@ impl Actor {
         }
     }
 
+    /// What it takes to make a store for one of the app's instances.
+    pub(super) fn maker(&self) -> StoreMaker {
+        StoreMaker {
+            name: self.name.clone(),
+            metrics: self.metrics.clone(),
+            rates: self.rates.clone(),
+            shared: self.shared.clone(),
+            files_dir: self.files_dir.clone(),
+        }
+    }
+
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, AppError> {
+        let Prepared::App(pre) = &version.pre else {
+            return Err(AppError::ServesHttp {
+                app: self.name.to_string(),
+            });
+        };
         let config = &version.config;
-        let device: Arc<str> = config.device.as_str().into();
-        let io = Arc::new(crate::io_clock::IoClock::new(config.io_budget()));
+        let (mut store, io, stderr_tail) = self.maker().store(version)?;
         *self.current_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io.clone());
-        let setup = AppSetup {
-            io: &io,
-            metrics: &self.metrics,
-            app: &self.name,
-            device: &device,
-            config,
-            model: &version.model,
-            device_models: &version.device_models,
-            files_dir: &self.files_dir,
-            rates: &self.rates,
-            db: &self.shared.db,
-        };
-        let units = self.shared.units.instances(&setup)?;
-        let stderr_tail = units.wasi.stderr_tail.clone();
-        let ctx = AppCtx {
-            io: io.clone(),
-            units,
-            limiter: AppLimiter {
-                memory_limit: config.memory_limit_bytes,
-                metrics: self.metrics.clone(),
-            },
-            deadline: Instant::now(),
-            call_timeout: config.call_timeout,
-        };
-        let mut store = Store::new(version.pre.engine(), ctx);
-        store.limiter(|ctx| &mut ctx.limiter);
-        // Each epoch tick (10 ms) a running guest comes here: past its
-        // deadline it traps, otherwise it yields so that other apps and the
-        // host's own tasks get the thread.
-        store.epoch_deadline_callback(|ctx| {
-            let data = ctx.data();
-            // Time waited on devices does not count against the deadline.
-            if Instant::now() >= data.deadline + data.io.waited() {
-                Err(DeadlineExceeded(data.call_timeout).into())
-            } else {
-                // `yield_now` lets tokio run its timers and I/O before
-                // this task is polled again; a plain yield re-wakes it at
-                // once, and busy guests then starve other apps' ticks.
-                Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ))
-            }
-        });
-        store.data_mut().deadline = Instant::now() + config.call_timeout;
-        store.set_epoch_deadline(1);
         let instance = within(
             config.call_timeout,
             &io,
-            version.pre.instance_pre().instantiate_async(&mut store),
+            pre.instance_pre().instantiate_async(&mut store),
         )
         .await
         .map_err(|e| describe(&e, "instantiation", &stderr_tail))?;
@@ -587,6 +644,16 @@ impl Actor {
                     return Phase::Done;
                 }
                 Some(control) = self.control.recv() => match control {
+                    Control::Swap { version, reply, outcome, .. } if version.pre.serves_http() => {
+                        // Another kind of component: no hot swap between
+                        // them; the app stops (its state saved) and starts
+                        // on the new one.
+                        tracing::info!(app = %self.name, "version {} serves HTTP: restarting the app on it", version.number);
+                        self.end_probation(Outcome::Interrupted);
+                        self.stop(*instance).await;
+                        self.install(*version, reply, outcome);
+                        return Phase::Start(None);
+                    }
                     Control::Swap { version, probation, reply, outcome } => {
                         return self.swap(instance, *version, probation, reply, outcome).await;
                     }

@@ -96,6 +96,40 @@ units! {
     modbus: crate::modbus::Modbus,
     serial: crate::serial::Serial,
     bus: crate::bus::Bus,
+    http_serve: crate::http_serve::HttpServe,
+}
+
+/// A component linked and ready to instantiate, by the world it fits.
+#[derive(Clone)]
+pub enum Prepared {
+    /// A wasmgate app (`wasmgate:device/app` exports): one long-lived
+    /// instance, called on ticks and events.
+    App(crate::bindings::AppPre<AppCtx>),
+    /// A `wasi:http/proxy` component (`wasi:http/incoming-handler`
+    /// export): an instance per request, on its `serve_http` address.
+    HttpProxy(wasmtime_wasi_http::p2::bindings::ProxyPre<AppCtx>),
+}
+
+impl Prepared {
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Prepared::App(pre) => pre.engine(),
+            Prepared::HttpProxy(pre) => pre.engine(),
+        }
+    }
+
+    /// Whether it serves HTTP rather than being a wasmgate app.
+    pub fn serves_http(&self) -> bool {
+        matches!(self, Prepared::HttpProxy(_))
+    }
+
+    /// Its world, as messages name it.
+    pub fn world(&self) -> &'static str {
+        match self {
+            Prepared::App(_) => "wasmgate:device/app",
+            Prepared::HttpProxy(_) => "wasi:http/proxy",
+        }
+    }
 }
 
 /// The data of an app's `Store`: one state per capability unit, the
@@ -203,6 +237,12 @@ pub enum AppError {
     /// A new version could not be instantiated; the running one stays.
     #[error("the new version could not start: {reason}; version {running} keeps running")]
     NotStarted { reason: Box<AppError>, running: i64 },
+    /// The app serves HTTP (a `wasi:http/proxy` component): it has no
+    /// exports for desired values or actions.
+    #[error(
+        "app {app} serves HTTP (a wasi:http/proxy component): it takes no desired values or actions"
+    )]
+    ServesHttp { app: String },
     /// A new version's `init` failed or crashed; the running one stays.
     #[error("{reason}; version {running} keeps running")]
     SwapRefused { reason: Box<AppError>, running: i64 },

@@ -340,12 +340,22 @@ impl Config {
                 })
             }
         };
-        let allow = file.allow;
+        let mut allow = file.allow;
         allow
             .check(false)
             .map_err(|(field, message)| invalid(format!("allow.{field}"), message))?;
+        // A token file is found from the config's directory, and must be the
+        // gateway user's alone, as a password file must.
+        for (i, grant) in allow.serve_http.iter_mut().enumerate() {
+            if let Some(path) = &mut grant.token_file {
+                *path = resolve(path);
+                crate::permissions::check_private(path, "the token file")
+                    .map_err(|m| invalid(format!("allow.serve_http[{i}].token_file"), m))?;
+            }
+        }
         let mut names = HashSet::new();
         let mut devices = HashSet::new();
+        let mut serving = HashSet::new();
         let mut apps = Vec::with_capacity(file.apps.len());
         for (i, app) in file.apps.into_iter().enumerate() {
             let key = |field: &str| format!("app[{i}].{field}");
@@ -452,6 +462,14 @@ impl Config {
                 .check(true)
                 .and_then(|()| grants.check_within(&allow))
                 .map_err(|(field, message)| invalid(key(&format!("grants.{field}")), message))?;
+            for grant in &grants.serve_http {
+                if !serving.insert(grant.socket_addr()) {
+                    return Err(invalid(
+                        key("grants.serve_http"),
+                        format!("two apps serve HTTP on {}", grant.address),
+                    ));
+                }
+            }
             let bus_queue = between("bus_queue", app.bus_queue as u64, 1, 100_000)? as usize;
             apps.push(AppConfig {
                 bus_queue,

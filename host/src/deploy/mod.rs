@@ -379,7 +379,7 @@ impl Deployer {
         &self,
         app: &str,
         number: i64,
-        loaded: Option<(crate::bindings::AppPre<app::AppCtx>, Load)>,
+        loaded: Option<(crate::app::Prepared, Load)>,
     ) -> anyhow::Result<AppVersion> {
         let record = registry::get(&self.db(), app, number)?
             .with_context(|| format!("app {app}: version {number} is not in the registry"))?;

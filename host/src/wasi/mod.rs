@@ -180,6 +180,19 @@ fn socket_check(
     }
 }
 
+impl WasiState {
+    /// The `wasi:http` view of this instance: for the host to hand a
+    /// served request to the guest (the same table, and the same grant
+    /// checks on what the guest then sends).
+    pub fn http_view(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_grants,
+        }
+    }
+}
+
 impl Capability for Wasi {
     type Ctx = WasiState;
     const NAME: &'static str = "wasi";
@@ -318,12 +331,7 @@ impl Capability for Wasi {
         // Outgoing HTTP, on the same resource table (its bodies are
         // wasi:io streams), checked by the app's HttpGrants.
         fn http<T: HasCtx<Wasi>>(t: &mut T) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-            let state = t.ctx();
-            wasmtime_wasi_http::WasiHttpCtxView {
-                ctx: &mut state.http,
-                table: &mut state.table,
-                hooks: &mut state.http_grants,
-            }
+            t.ctx().http_view()
         }
         use wasmtime_wasi_http::WasiHttp;
         use wasmtime_wasi_http::p2::bindings::{LinkOptions, http as wasi_http};
