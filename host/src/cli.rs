@@ -36,6 +36,21 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Start a new app in PARENT/NAME: its source in LANG, its device model,
+    /// the WIT it is built against, a gateway.toml for `wasmgate dev`, and a
+    /// README with the one command that builds it and the one that runs it.
+    New {
+        /// The app's name, as gateway.toml takes it (1 to 64 characters from
+        /// A-Z a-z 0-9 _ - .); also the directory's name.
+        name: String,
+        /// The language of its source.
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Language,
+        /// The directory to make it in (made if missing); PARENT/NAME must
+        /// not exist, or be an empty directory.
+        #[arg(long, value_name = "PARENT", default_value = ".")]
+        dir: PathBuf,
+    },
     /// Speak the cloud protocol through a broker, as the operator does.
     Cloud(Box<CloudArgs>),
     /// Deploy a new version of an app to the running gateway (hot swap).

@@ -70,6 +70,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             run_gateway(config, true).map(|()| true)
         }
+        Command::New { name, lang, dir } => {
+            let app = crate::scaffold::create(&name, lang, &dir)?;
+            println!(
+                "made {name}, an app in {}, in {}\nbuild and run it there (README.md says which tools the build needs):\n  cd {}\n  {}\n  {}",
+                lang.title(),
+                app.display(),
+                app.display(),
+                lang.build_command(),
+                crate::scaffold::RUN_COMMAND
+            );
+            Ok(true)
+        }
         Command::Deploy {
             app,
             component,

@@ -49,6 +49,7 @@ pub mod policy;
 pub mod rate;
 pub mod registration;
 pub mod report;
+pub mod scaffold;
 pub mod serial;
 #[cfg(feature = "server")]
 pub mod server;

@@ -29,6 +29,7 @@ mod registration;
 mod rollout;
 mod runtime;
 mod runtime_only;
+mod scaffold;
 mod security;
 mod serve;
 mod serving;
