@@ -209,6 +209,20 @@ fn main() {
         ]);
     }
 
+    if wanted("P13") {
+        let [gw_rps, gw_p50, bare_rps, bare_p50] = medians(runs, || http_serving(4_000));
+        rows.push([
+            "P13".into(),
+            format!("an app serving HTTP (a Spin SDK component, a fresh instance per request), {HTTP_CLIENTS} keep-alive clients, 4,000 requests"),
+            format!("{} requests/s, p50 {gw_p50:.2} ms", thousands(gw_rps)),
+            format!(
+                "the same component behind a bare hyper + wasmtime-wasi-http server in the bench process (ProxyPre per request, as wasmtime's docs serve it): {} requests/s, p50 {bare_p50:.2} ms ({:.0} % of it)",
+                thousands(bare_rps),
+                gw_rps / bare_rps * 100.0
+            ),
+        ]);
+    }
+
     if wanted("P5") {
         let (p50, p99, gap, lost, swaps) = hot_swaps(20);
         rows.push([
@@ -1602,4 +1616,178 @@ fn status_cpu() -> [f64; 2] {
     let broker_ms = (cpu_ms(broker_pid) - broker_cpu) / (STATUS_MESSAGES as f64 / 1000.0);
     eprintln!("status: serve {serve_ms:.1} ms, mosquitto {broker_ms:.1} ms per 1000");
     [serve_ms, broker_ms]
+}
+
+/// Concurrent clients of P13.
+const HTTP_CLIENTS: usize = 4;
+
+/// `requests` GETs to `port`, from [`HTTP_CLIENTS`] threads each on its own
+/// kept-alive connection: requests a second, and the median latency in ms.
+fn http_load(port: u16, requests: usize) -> (f64, f64) {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..HTTP_CLIENTS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
+                let mut latencies = Vec::with_capacity(requests / HTTP_CLIENTS);
+                for _ in 0..requests / HTTP_CLIENTS {
+                    let sent = Instant::now();
+                    let body = agent
+                        .get(&format!("http://127.0.0.1:{port}/rooms/3"))
+                        .call()
+                        .expect("an answer")
+                        .body_mut()
+                        .read_to_string()
+                        .expect("a body");
+                    assert!(body.starts_with("hello from spin"), "{body}");
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client"))
+        .collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    (
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
+    )
+}
+
+/// P13: the gateway serving spin-hello, then the same component behind a
+/// bare server in this process; each warmed up with 200 requests first.
+fn http_serving(requests: usize) -> [f64; 4] {
+    let port = common::free_port();
+    let grant = format!(
+        "serve_http = [{{ address = \"127.0.0.1:{port}\", max_in_flight = {HTTP_CLIENTS} }}]"
+    );
+    let gw = Gateway::new().section(&format!("[allow]\n{grant}\n")).app(
+        "page",
+        &guest("spin-hello"),
+        &root().join("tests/models/counter.json"),
+        &format!("[app.grants]\n{grant}\n"),
+    );
+    let mut run = gw.start();
+    run.wait_running("page", Duration::from_secs(60));
+    http_load(port, 200);
+    let (gw_rps, gw_p50) = http_load(port, requests);
+    run.stop();
+
+    let port = common::free_port();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Bound before the clients start.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .expect("bind");
+    let server = runtime.spawn(bare_http_server(listener, stop.clone()));
+    http_load(port, 200);
+    let (bare_rps, bare_p50) = http_load(port, requests);
+    stop.cancel();
+    runtime.block_on(server).expect("server");
+    [gw_rps, gw_p50, bare_rps, bare_p50]
+}
+
+/// What a bare wasi:http server keeps per request.
+struct BareHttp {
+    wasi: wasmtime_wasi::WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for BareHttp {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for BareHttp {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+/// spin-hello served as wasmtime-wasi-http's documentation serves a
+/// component: hyper's HTTP/1.1 server, a `ProxyPre`, a store and an
+/// instance per request, no limits, no deadline.
+async fn bare_http_server(
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use wasmtime_wasi_http::WasiHttpView as _;
+    let engine = bare_engine();
+    let component =
+        wasmtime::component::Component::from_file(&engine, guest("spin-hello")).expect("component");
+    let mut linker = wasmtime::component::Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("http");
+    let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(
+        linker.instantiate_pre(&component).expect("pre"),
+    )
+    .expect("proxy");
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted.expect("accept"),
+        };
+        let pre = pre.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let pre = pre.clone();
+                async move {
+                    let mut store = wasmtime::Store::new(
+                        pre.engine(),
+                        BareHttp {
+                            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                            table: Default::default(),
+                        },
+                    );
+                    store.set_epoch_deadline(u64::MAX);
+                    let (sender, receiver) = tokio::sync::oneshot::channel();
+                    let scheme = wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http;
+                    let request = store
+                        .data_mut()
+                        .http()
+                        .new_incoming_request(scheme, request)?;
+                    let out = store.data_mut().http().new_response_outparam(sender)?;
+                    let task = tokio::spawn(async move {
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut store, request, out)
+                            .await
+                    });
+                    // The body may still be streaming from the task.
+                    match receiver.await {
+                        Ok(Ok(response)) => Ok(response),
+                        _ => {
+                            let _ = task.await;
+                            Err(wasmtime::Error::msg("no response"))
+                        }
+                    }
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+    connections.close();
+    connections.wait().await;
 }
