@@ -120,8 +120,20 @@ impl Capability for HttpServe {
         Ok(())
     }
 
+    /// Nothing for an app that never had a request: most apps serve no
+    /// HTTP, and four zeros each would only be noise in `wasmgate apps`
+    /// and `/metrics`.
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
         let m = &app.metrics;
+        let counters = [
+            &m.http_served,
+            &m.http_busy,
+            &m.http_unauthorized,
+            &m.http_failed,
+        ];
+        if counters.iter().all(|c| c.load(Relaxed) == 0) {
+            return Vec::new();
+        }
         vec![
             Figure::counter(
                 "requests",

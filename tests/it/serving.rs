@@ -172,8 +172,21 @@ fn requests_past_max_in_flight_are_answered_busy() {
     let gw = page_gateway(&guest("http-page"), port, "");
     let mut run = gw.start();
     run.wait_running("page", T);
+    // Two requests that hold both slots until their deadline. One that
+    // arrives while a probe below holds a slot is itself answered 503: it
+    // asks again.
     let spinners: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || get(&agent(), port, "/spin").0))
+        .map(|_| {
+            std::thread::spawn(move || {
+                let agent = agent();
+                loop {
+                    let (status, _) = get(&agent, port, "/spin");
+                    if status != 503 {
+                        return status;
+                    }
+                }
+            })
+        })
         .collect();
     let agent = agent();
     let busy = loop {

@@ -22,7 +22,14 @@ use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` says at run time where xtask's manifest is. The path baked
+    // in at build time may be another checkout's: with a shared
+    // CARGO_TARGET_DIR, cargo does not rebuild xtask for a checkout whose
+    // files are older than the build, and would run the other tree's tests.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
