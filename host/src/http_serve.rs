@@ -40,7 +40,7 @@ use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::capability::{AppSetup, Capability, Figure, HasCtx, ReportScope};
-use crate::grants::{Grants, ServeHttpGrant};
+use crate::grants::Grants;
 use crate::metrics::AppMetrics;
 
 /// How long a client has to send a request's head after connecting (or
@@ -54,14 +54,12 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// The unit: the gateway's `[allow]` entries for serving HTTP.
 pub struct HttpServe {
-    allow: Vec<ServeHttpGrant>,
+    allow: Grants,
 }
 
 impl HttpServe {
     pub fn new(allow: Grants) -> HttpServe {
-        HttpServe {
-            allow: allow.serve_http,
-        }
+        HttpServe { allow }
     }
 
     /// Bind the address `app` (an app's `serve_http` grants) names, after
@@ -79,13 +77,9 @@ impl HttpServe {
         let address = grant
             .socket_addr()
             .with_context(|| format!("serve_http: {:?} is not an ip:port", grant.address))?;
-        let allowed = self
-            .allow
-            .iter()
-            .find(|g| g.socket_addr() == Some(address))
-            .with_context(|| {
-                format!("serving HTTP on {address} is not within the gateway's [allow]")
-            })?;
+        let allowed = self.allow.serve_http_grant(address).with_context(|| {
+            format!("serving HTTP on {address} is not within the gateway's [allow]")
+        })?;
         let token = match &allowed.token_file {
             Some(path) => Some(TokenDigest::load(path)?),
             None if !address.ip().is_loopback() => anyhow::bail!(
@@ -194,11 +188,6 @@ impl<H: Handler> Server<H> {
     /// Where it listens (the port the OS chose, if the grant said 0).
     pub fn address(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.address)
-    }
-
-    /// The address as granted.
-    pub fn granted_address(&self) -> SocketAddr {
-        self.address
     }
 
     /// Wait for the next connection and serve it in its own task. Meant for

@@ -134,15 +134,10 @@ pub async fn time_dispatch(
         version: version.number,
         load: version.load,
     });
-    let metrics = shared.metrics.app(&version.config.name);
     let mut actor = Actor {
-        rates: crate::rate::AppRates::new(metrics.clone()),
-        metrics,
-        name: version.config.name.as_str().into(),
         db: shared.db.open()?,
+        base: AppBase::new(version.config.name.as_str().into(), shared, files_dir),
         version: version.clone(),
-        shared,
-        files_dir,
         events,
         control,
         status,
@@ -202,14 +197,9 @@ pub fn spawn(
     });
     let db = spec.shared.db.open()?;
     let stopped = spec.stopped;
-    let metrics = spec.shared.metrics.app(&name);
     let actor = Actor {
-        rates: crate::rate::AppRates::new(metrics.clone()),
-        metrics,
-        name: name.clone(),
+        base: AppBase::new(name.clone(), spec.shared, spec.files_dir),
         version: spec.version,
-        shared: spec.shared,
-        files_dir: spec.files_dir,
         events,
         control,
         status: status_tx,
@@ -233,14 +223,9 @@ pub fn spawn(
 }
 
 struct Actor {
-    metrics: Arc<AppMetrics>,
-    /// Rate limits live as long as the app, not one instance of it, so a
-    /// restart does not hand a flooding app a fresh burst.
-    rates: crate::rate::AppRates,
-    name: Arc<str>,
+    /// What outlives the app's instances, and makes their stores.
+    base: AppBase,
     version: AppVersion,
-    shared: AppShared,
-    files_dir: PathBuf,
     events: mpsc::Receiver<AppEvent>,
     control: mpsc::Receiver<Control>,
     status: watch::Sender<AppStatus>,
@@ -260,22 +245,38 @@ struct Actor {
     current_io: super::CurrentIo,
 }
 
-/// What it takes to make a store for one of an app's instances, apart
-/// from the actor: an HTTP app makes one per request, in the request's task.
+/// What an app keeps across its instances, and makes their stores with:
+/// the actor holds one, and an HTTP app's request handler a clone, to make a
+/// store per request in the request's task.
 #[derive(Clone)]
-pub(super) struct StoreMaker {
-    pub(super) name: Arc<str>,
-    pub(super) metrics: Arc<AppMetrics>,
+struct AppBase {
+    name: Arc<str>,
+    /// The app's counters, kept across its instances and versions.
+    metrics: Arc<AppMetrics>,
+    /// Rate limits live as long as the app, not one instance of it, so a
+    /// restart does not hand a flooding app a fresh burst.
     rates: crate::rate::AppRates,
     shared: AppShared,
+    /// The app's own directory, its only WASI preopen.
     files_dir: PathBuf,
 }
 
-impl StoreMaker {
+impl AppBase {
+    fn new(name: Arc<str>, shared: AppShared, files_dir: PathBuf) -> AppBase {
+        let metrics = shared.metrics.app(&name);
+        AppBase {
+            rates: crate::rate::AppRates::new(metrics.clone()),
+            metrics,
+            name,
+            shared,
+            files_dir,
+        }
+    }
+
     /// A store for one instance of `version`: every unit's state, the
     /// memory limit, and the deadline (armed for its instantiation). Also
     /// its I/O clock and the tail of its stderr.
-    pub(super) fn store(
+    fn store(
         &self,
         version: &AppVersion,
     ) -> Result<(Store<AppCtx>, Arc<crate::io_clock::IoClock>, StderrTail), AppError> {
@@ -413,10 +414,10 @@ impl Actor {
             self.set_state(AppState::Stopped);
             Phase::Stopped
         } else {
-            match crate::store::saved_state(&self.db, &self.name) {
+            match crate::store::saved_state(&self.db, &self.base.name) {
                 Ok(state) => Phase::Start(state),
                 Err(e) => {
-                    tracing::warn!(app = %self.name, "could not read the saved state: {e}");
+                    tracing::warn!(app = %self.base.name, "could not read the saved state: {e}");
                     Phase::Start(None)
                 }
             }
@@ -449,9 +450,10 @@ impl Actor {
         let handed_over = previous.is_some();
         match self.start(previous).await {
             Ok(instance) => {
-                if handed_over && let Err(e) = crate::store::clear_saved_state(&self.db, &self.name)
+                if handed_over
+                    && let Err(e) = crate::store::clear_saved_state(&self.db, &self.base.name)
                 {
-                    tracing::warn!(app = %self.name, "could not clear the saved state: {e}");
+                    tracing::warn!(app = %self.base.name, "could not clear the saved state: {e}");
                 }
                 self.set_state(AppState::Running);
                 Phase::Serving(Box::new(instance))
@@ -463,7 +465,7 @@ impl Actor {
     /// A crash: roll back if the version is on probation; otherwise back
     /// off before restarting, or quarantine.
     fn crashed(&mut self, error: AppError) -> Phase {
-        self.metrics.traps.fetch_add(1, Ordering::Relaxed);
+        self.base.metrics.traps.fetch_add(1, Ordering::Relaxed);
         // The next instance's first tick measures the disk again, before
         // the app can write more.
         self.disk_checked = None;
@@ -472,7 +474,7 @@ impl Actor {
                 "version {} crashed during its probation: {error}",
                 self.version.number
             );
-            tracing::error!(app = %self.name, "{reason}; rolling back to version {}", probation.previous.number);
+            tracing::error!(app = %self.base.name, "{reason}; rolling back to version {}", probation.previous.number);
             self.version = probation.previous;
             self.crashes.clear();
             let _ = probation.outcome.send(Outcome::RolledBack(reason));
@@ -490,7 +492,7 @@ impl Actor {
         match self.crashes.record(Clock::now(), policy) {
             Verdict::Quarantine { count } => {
                 tracing::error!(
-                    app = %self.name,
+                    app = %self.base.name,
                     "app quarantined after {count} crashes within {}s: {error}",
                     policy.window_s
                 );
@@ -501,7 +503,7 @@ impl Actor {
             }
             Verdict::Restart { after, count } => {
                 tracing::warn!(
-                    app = %self.name,
+                    app = %self.base.name,
                     "app crashed: {error}; restarting in {} ms (crash {count} of {} allowed within {}s)",
                     after.as_millis(),
                     policy.max_crashes,
@@ -544,7 +546,7 @@ impl Actor {
         match instance.finish(result, "init", timeout)? {
             Ok(()) => {
                 tracing::info!(
-                    app = %self.name,
+                    app = %self.base.name,
                     version = version.number,
                     component = &version.digest[..12],
                     "app started in {:.2} ms",
@@ -561,33 +563,22 @@ impl Actor {
     /// `{device}/model`), which checks desired values and actions with it.
     /// A failure costs the cloud its check, not the app its start.
     fn announce_model(&self, version: &AppVersion) {
-        let announced = self.shared.db.open().and_then(|conn| {
+        let announced = self.base.shared.db.open().and_then(|conn| {
             crate::outbox::announce_model(&conn, &version.config.device, version.model.source())
         });
         if let Err(e) = announced {
-            tracing::warn!(app = %self.name, "cannot queue the device model for the cloud: {e}");
-        }
-    }
-
-    /// What it takes to make a store for one of the app's instances.
-    pub(super) fn maker(&self) -> StoreMaker {
-        StoreMaker {
-            name: self.name.clone(),
-            metrics: self.metrics.clone(),
-            rates: self.rates.clone(),
-            shared: self.shared.clone(),
-            files_dir: self.files_dir.clone(),
+            tracing::warn!(app = %self.base.name, "cannot queue the device model for the cloud: {e}");
         }
     }
 
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, AppError> {
         let Prepared::App(pre) = &version.pre else {
             return Err(AppError::ServesHttp {
-                app: self.name.to_string(),
+                app: self.base.name.to_string(),
             });
         };
         let config = &version.config;
-        let (mut store, io, stderr_tail) = self.maker().store(version)?;
+        let (mut store, io, stderr_tail) = self.base.store(version)?;
         *self.current_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io.clone());
         let instance = within(
             config.call_timeout,
@@ -616,7 +607,7 @@ impl Actor {
             app,
             io,
             stderr_tail,
-            metrics: self.metrics.clone(),
+            metrics: self.base.metrics.clone(),
             called: Instant::now(),
             on_message,
             messages,
@@ -648,7 +639,7 @@ impl Actor {
                         // Another kind of component: no hot swap between
                         // them; the app stops (its state saved) and starts
                         // on the new one.
-                        tracing::info!(app = %self.name, "version {} serves HTTP: restarting the app on it", version.number);
+                        tracing::info!(app = %self.base.name, "version {} serves HTTP: restarting the app on it", version.number);
                         self.end_probation(Outcome::Interrupted);
                         self.stop(*instance).await;
                         self.install(*version, reply, outcome);
@@ -674,7 +665,7 @@ impl Actor {
                     }
                 },
                 _ = probation_done => {
-                    tracing::info!(app = %self.name, version = self.version.number, "version passed its probation");
+                    tracing::info!(app = %self.base.name, version = self.version.number, "version passed its probation");
                     self.end_probation(Outcome::Kept);
                     return Phase::Serving(instance);
                 }
@@ -683,17 +674,17 @@ impl Actor {
                     // answer in time"): a request nobody waits for any
                     // more is not run late.
                     if event.abandoned() {
-                        tracing::warn!(app = %self.name, "skipping a request whose sender stopped waiting for it");
+                        tracing::warn!(app = %self.base.name, "skipping a request whose sender stopped waiting for it");
                         continue;
                     }
                     event.mark_started();
-                    self.metrics.events.fetch_add(1, Ordering::Relaxed);
+                    self.base.metrics.events.fetch_add(1, Ordering::Relaxed);
                     if let Err(crash) = instance.handle(event, timeout).await {
                         return self.crashed(crash);
                     }
                 }
                 Some(message) = next_message(&mut instance.messages) => {
-                    self.metrics.events.fetch_add(1, Ordering::Relaxed);
+                    self.base.metrics.events.fetch_add(1, Ordering::Relaxed);
                     if let Err(crash) = instance.deliver(message, timeout).await {
                         return self.crashed(crash);
                     }
@@ -702,7 +693,7 @@ impl Actor {
                     if let Err(over) = self.check_disk().await {
                         return self.crashed(over);
                     }
-                    self.metrics.events.fetch_add(1, Ordering::Relaxed);
+                    self.base.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
                     let result = within(timeout, &instance.io, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
@@ -745,7 +736,7 @@ impl Actor {
             Ok(state) => state,
             Err(crash) => {
                 // The old instance is gone; carry on with the new one, without state.
-                tracing::warn!(app = %self.name, "save failed during the swap: {crash}");
+                tracing::warn!(app = %self.base.name, "save failed during the swap: {crash}");
                 None
             }
         };
@@ -765,7 +756,7 @@ impl Actor {
                     Err(crash) => crash,
                     Ok(Ok(())) => unreachable!(),
                 };
-                tracing::warn!(app = %self.name, "version {} refused: {why}; version {} keeps running", version.number, self.version.number);
+                tracing::warn!(app = %self.base.name, "version {} refused: {why}; version {} keeps running", version.number, self.version.number);
                 self.keep_io(&old);
                 let _ = reply.send(Err(AppError::SwapRefused {
                     reason: Box::new(why),
@@ -776,7 +767,7 @@ impl Actor {
         }
         let pause = started.elapsed();
         tracing::info!(
-            app = %self.name,
+            app = %self.base.name,
             from = self.version.number,
             to = version.number,
             component = &version.digest[..12],
@@ -819,7 +810,7 @@ impl Actor {
         outcome: oneshot::Sender<Outcome>,
     ) {
         self.end_probation(Outcome::Interrupted);
-        tracing::info!(app = %self.name, from = self.version.number, to = version.number, "new version installed");
+        tracing::info!(app = %self.base.name, from = self.version.number, to = version.number, "new version installed");
         self.version = version;
         self.crashes.clear();
         let _ = reply.send(Ok(()));
@@ -879,7 +870,7 @@ impl Actor {
                 }
                 Control::Start(done) => {
                     let _ = done.send(());
-                    let saved = crate::store::saved_state(&self.db, &self.name).unwrap_or_default();
+                    let saved = crate::store::saved_state(&self.db, &self.base.name).unwrap_or_default();
                     Phase::Start(saved)
                 }
                 Control::Remove(done) => {
@@ -888,7 +879,7 @@ impl Actor {
                 }
             },
             Some(event) = self.events.recv() => {
-                let app = self.name.to_string();
+                let app = self.base.name.to_string();
                 let error = if quarantined {
                     AppError::Quarantined { app }
                 } else {
@@ -915,17 +906,17 @@ impl Actor {
         .await;
         match instance.finish(result, "save", timeout) {
             Ok(Some(state)) if state.len() > MAX_SAVED_STATE => tracing::warn!(
-                app = %self.name,
+                app = %self.base.name,
                 "the state `save` returned ({} bytes) is over the limit of {MAX_SAVED_STATE}: not kept; keep large state in storage",
                 state.len()
             ),
             Ok(Some(state)) => {
-                if let Err(e) = crate::store::put_saved_state(&self.db, &self.name, &state) {
-                    tracing::warn!(app = %self.name, "could not keep the saved state: {e}");
+                if let Err(e) = crate::store::put_saved_state(&self.db, &self.base.name, &state) {
+                    tracing::warn!(app = %self.base.name, "could not keep the saved state: {e}");
                 }
             }
             Ok(None) => {}
-            Err(crash) => tracing::warn!(app = %self.name, "save failed at stop: {crash}"),
+            Err(crash) => tracing::warn!(app = %self.base.name, "save failed at stop: {crash}"),
         }
     }
 
@@ -943,14 +934,14 @@ impl Actor {
         self.disk_checked = Some(Instant::now());
         // The walk may take a while in a large directory: off the runtime's
         // worker, so no other app's ticks wait on it.
-        let dir = self.files_dir.clone();
+        let dir = self.base.files_dir.clone();
         let files = tokio::task::spawn_blocking(move || disk_bytes(&dir))
             .await
             .unwrap_or(0);
         // The content and storage units own their tables and say what they hold.
-        let waiting =
-            crate::content::waiting_uploads(&self.db, &self.name).map_or(0, |(_, bytes)| bytes);
-        let stored = crate::storage::usage(&self.db, &self.name).map_or(0, |(_, bytes)| bytes);
+        let waiting = crate::content::waiting_uploads(&self.db, &self.base.name)
+            .map_or(0, |(_, bytes)| bytes);
+        let stored = crate::storage::usage(&self.db, &self.base.name).map_or(0, |(_, bytes)| bytes);
         let quota = self.version.config.disk_quota_bytes;
         let used = files.saturating_add(waiting).saturating_add(stored);
         if used > quota {
@@ -963,9 +954,9 @@ impl Actor {
             .files_measured
             .replace(files)
             .map_or(0, |before| files.saturating_sub(before));
-        let reserve = self.shared.disk_reserve_bytes;
+        let reserve = self.base.shared.disk_reserve_bytes;
         if grew > 0
-            && let Some(free) = crate::content::transfer::free_bytes(&self.files_dir)
+            && let Some(free) = crate::content::transfer::free_bytes(&self.base.files_dir)
             && free < reserve
         {
             return Err(AppError::Trap(format!(
@@ -979,13 +970,13 @@ impl Actor {
         let detail = state.error().map(str::to_string);
         if let Err(e) = crate::store::set_app_state(
             &self.db,
-            &self.name,
+            &self.base.name,
             state.name(),
             detail.as_deref(),
             self.restarts,
             &self.version.digest,
         ) {
-            tracing::warn!(app = %self.name, "could not record the app state: {e}");
+            tracing::warn!(app = %self.base.name, "could not record the app state: {e}");
         }
         self.status.send_replace(AppStatus {
             state,
@@ -997,7 +988,7 @@ impl Actor {
         // Only once the new state is readable: a status built between the
         // signal and the update would carry the old state (a swapped-in
         // component, say) until the next periodic status.
-        self.shared.status_signal.notify_one();
+        self.base.shared.status_signal.notify_one();
     }
 }
 

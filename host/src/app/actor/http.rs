@@ -27,12 +27,13 @@ use tokio_util::task::TaskTracker;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::{Actor, AppVersion, Control, HOST_CALL_GRACE, Outcome, Phase, StoreMaker};
+use super::{Actor, AppBase, AppVersion, Control, HOST_CALL_GRACE, Outcome, Phase};
 use super::{describe, within};
-use crate::app::Prepared;
+use crate::app::{AppCtx, Prepared};
 use crate::app::{AppError, AppEvent, AppState};
 use crate::http_serve::{Handler, Server, text_response};
 use std::sync::atomic::Ordering::Relaxed;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// A serving HTTP app: its server and what handles its requests.
 pub(super) struct HttpApp {
@@ -40,10 +41,29 @@ pub(super) struct HttpApp {
     handler: Arc<RequestHandler>,
 }
 
+/// A version that serves HTTP, with its `ProxyPre` at hand.
+struct Serving {
+    version: AppVersion,
+    pre: ProxyPre<AppCtx>,
+}
+
+impl Serving {
+    /// `version` if it is a `wasi:http/proxy` component; else itself back.
+    fn of(version: AppVersion) -> Result<Serving, Box<AppVersion>> {
+        match &version.pre {
+            Prepared::HttpProxy(pre) => Ok(Serving {
+                pre: pre.clone(),
+                version,
+            }),
+            Prepared::App(_) => Err(Box::new(version)),
+        }
+    }
+}
+
 /// Makes an instance of the current version for each request.
 pub(super) struct RequestHandler {
-    maker: StoreMaker,
-    version: RwLock<Arc<AppVersion>>,
+    base: AppBase,
+    current: RwLock<Arc<Serving>>,
     /// Every request's instance task, so that a stop waits for them.
     instances: TaskTracker,
 }
@@ -54,18 +74,13 @@ impl Handler for RequestHandler {
         request: hyper::Request<hyper::body::Incoming>,
         permit: OwnedSemaphorePermit,
     ) -> hyper::Response<HyperOutgoingBody> {
-        let version = self
-            .version
+        let serving = self
+            .current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let metrics = &self.maker.metrics;
-        let Prepared::HttpProxy(pre) = &version.pre else {
-            // The actor only installs HTTP versions here.
-            metrics.http_failed.fetch_add(1, Relaxed);
-            return text_response(500, "this app does not serve HTTP\n");
-        };
-        let (mut store, io, stderr_tail) = match self.maker.store(&version) {
+        let metrics = &self.base.metrics;
+        let (mut store, io, stderr_tail) = match self.base.store(&serving.version) {
             Ok(made) => made,
             Err(e) => return self.failed(&e.to_string()),
         };
@@ -82,8 +97,8 @@ impl Handler for RequestHandler {
             Ok(out) => out,
             Err(e) => return self.failed(&format!("{e:#}")),
         };
-        let pre = pre.clone();
-        let timeout = version.config.call_timeout;
+        let pre = serving.pre.clone();
+        let timeout = serving.version.config.call_timeout;
         let handler = self.clone();
         // The instance runs in its own task: once it has given the
         // response's head it may still be writing the body.
@@ -98,12 +113,12 @@ impl Handler for RequestHandler {
                     .await
             })
             .await;
-            handler.maker.metrics.call(called.elapsed());
+            handler.base.metrics.call(called.elapsed());
             store.data_mut().units.device.flush();
             let result = result.map_err(|e| describe(&e, "handle", &stderr_tail));
             if let Err(crash) = &result {
-                handler.maker.metrics.traps.fetch_add(1, Relaxed);
-                tracing::warn!(app = %handler.maker.name, "an HTTP request failed: {crash}");
+                handler.base.metrics.traps.fetch_add(1, Relaxed);
+                tracing::warn!(app = %handler.base.name, "an HTTP request failed: {crash}");
             }
             result
         });
@@ -127,7 +142,7 @@ impl Handler for RequestHandler {
                 };
                 metrics.http_failed.fetch_add(1, Relaxed);
                 if let Some(why) = why {
-                    tracing::warn!(app = %self.maker.name, "an HTTP request failed: {why}");
+                    tracing::warn!(app = %self.base.name, "an HTTP request failed: {why}");
                 }
                 text_response(
                     500,
@@ -142,8 +157,8 @@ impl RequestHandler {
     /// A request the host could not hand to an instance: logged, counted,
     /// answered `500`.
     fn failed(&self, why: &str) -> hyper::Response<HyperOutgoingBody> {
-        self.maker.metrics.http_failed.fetch_add(1, Relaxed);
-        tracing::warn!(app = %self.maker.name, "an HTTP request could not start: {why}");
+        self.base.metrics.http_failed.fetch_add(1, Relaxed);
+        tracing::warn!(app = %self.base.name, "an HTTP request could not start: {why}");
         text_response(
             500,
             "the app failed to answer; the gateway's log says why\n",
@@ -166,50 +181,46 @@ impl Actor {
     /// Check that `self.version` instantiates, then serve it on its granted
     /// address. An error is the crash report.
     pub(super) async fn start_http(&mut self) -> Result<HttpApp, AppError> {
-        let version = Arc::new(self.version.clone());
-        self.check_instantiates(&version).await?;
+        let serving = Serving::of(self.version.clone())
+            .map_err(|_| AppError::Trap("not a wasi:http/proxy component".into()))?;
+        self.check_instantiates(&serving).await?;
+        let version = &serving.version;
+        let grants = version.config.grants.clone();
+        let (number, digest) = (version.number, version.digest.clone());
         let handler = Arc::new(RequestHandler {
-            maker: self.maker(),
-            version: RwLock::new(version.clone()),
+            base: self.base.clone(),
+            current: RwLock::new(Arc::new(serving)),
             instances: TaskTracker::new(),
         });
         let server = self
+            .base
             .shared
             .units
             .http_serve
-            .bind(
-                &version.config.grants,
-                handler.clone(),
-                self.metrics.clone(),
-            )
+            .bind(&grants, handler.clone(), self.base.metrics.clone())
             .await
             .map_err(|e| AppError::Preparing {
                 unit: "http_serve",
                 reason: format!("{e:#}"),
             })?;
         tracing::info!(
-            app = %self.name,
-            version = version.number,
-            component = &version.digest[..12],
+            app = %self.base.name,
+            version = number,
+            component = &digest[..12],
             "serving HTTP on http://{}",
             server.address()
         );
         Ok(HttpApp { server, handler })
     }
 
-    /// Make one instance of `version` and drop it: a component that cannot
+    /// Make one instance of `serving` and drop it: a component that cannot
     /// even start is a crash at start, not a `500` at every request.
-    async fn check_instantiates(&mut self, version: &AppVersion) -> Result<(), AppError> {
-        let Prepared::HttpProxy(pre) = &version.pre else {
-            return Err(AppError::Trap(
-                "not a wasi:http/proxy component".to_string(),
-            ));
-        };
-        let (mut store, io, stderr_tail) = self.maker().store(version)?;
+    async fn check_instantiates(&mut self, serving: &Serving) -> Result<(), AppError> {
+        let (mut store, io, stderr_tail) = self.base.store(&serving.version)?;
         within(
-            version.config.call_timeout,
+            serving.version.config.call_timeout,
             &io,
-            pre.instantiate_async(&mut store),
+            serving.pre.instantiate_async(&mut store),
         )
         .await
         .map(drop)
@@ -252,7 +263,7 @@ impl Actor {
                     }
                 },
                 Some(event) = self.events.recv() => {
-                    let error = AppError::ServesHttp { app: self.name.to_string() };
+                    let error = AppError::ServesHttp { app: self.base.name.to_string() };
                     match event {
                         AppEvent::Desired { reply, .. } => { let _ = reply.send(Err(error)); }
                         AppEvent::Action { reply, .. } => { let _ = reply.send(Err(error)); }
@@ -261,6 +272,20 @@ impl Actor {
                 _ = app.server.accept() => {}
             }
         }
+    }
+
+    /// Install `version` in place of the server (which the caller stops):
+    /// the phase that starts it.
+    fn restart_on(
+        &mut self,
+        version: AppVersion,
+        reply: oneshot::Sender<Result<(), AppError>>,
+        outcome: oneshot::Sender<Outcome>,
+    ) -> Phase {
+        tracing::info!(app = %self.base.name, "version {} is a {} component or serves elsewhere: restarting the app on it", version.number, version.pre.world());
+        self.install(version, reply, outcome);
+        let saved = crate::store::saved_state(&self.db, &self.base.name).unwrap_or_default();
+        Phase::Start(saved)
     }
 
     /// A new version for a serving HTTP app. One that serves HTTP on the
@@ -274,29 +299,32 @@ impl Actor {
         reply: oneshot::Sender<Result<(), AppError>>,
         outcome: oneshot::Sender<Outcome>,
     ) -> Option<Phase> {
-        let same_listener = version.pre.serves_http()
-            && version.config.grants.serve_http == self.version.config.grants.serve_http;
-        if !same_listener {
-            tracing::info!(app = %self.name, "version {} is a {} component or serves elsewhere: restarting the app on it", version.number, version.pre.world());
-            self.install(version, reply, outcome);
-            let saved = crate::store::saved_state(&self.db, &self.name).unwrap_or_default();
-            return Some(Phase::Start(saved));
-        }
+        let serving = match Serving::of(version) {
+            Ok(serving)
+                if serving.version.config.grants.serve_http
+                    == self.version.config.grants.serve_http =>
+            {
+                serving
+            }
+            Ok(Serving { version, .. }) => return Some(self.restart_on(version, reply, outcome)),
+            Err(version) => return Some(self.restart_on(*version, reply, outcome)),
+        };
         let started = Instant::now();
-        if let Err(e) = self.check_instantiates(&version).await {
-            tracing::warn!(app = %self.name, "version {} refused: {e}; version {} keeps serving", version.number, self.version.number);
+        if let Err(e) = self.check_instantiates(&serving).await {
+            tracing::warn!(app = %self.base.name, "version {} refused: {e}; version {} keeps serving", serving.version.number, self.version.number);
             let _ = reply.send(Err(AppError::NotStarted {
                 reason: Box::new(e),
                 running: self.version.number,
             }));
             return None;
         }
+        let version = serving.version.clone();
         *app.handler
-            .version
+            .current
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(version.clone());
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(serving);
         tracing::info!(
-            app = %self.name,
+            app = %self.base.name,
             from = self.version.number,
             to = version.number,
             component = &version.digest[..12],
