@@ -384,11 +384,10 @@ pub fn app_files(name: &str, language: Language) -> Vec<AppFile> {
         .collect();
     files.extend(sdk_files(language, &names));
 
-    let readme_vars: Vec<(&str, &str)> = vars.clone();
-    let files_table = render(templates.files, &readme_vars);
-    let tools = render(templates.tools, &readme_vars);
-    let build_notes = render(templates.build_notes, &readme_vars);
-    let mut readme_vars = readme_vars;
+    let files_table = render(templates.files, &vars);
+    let tools = render(templates.tools, &vars);
+    let build_notes = render(templates.build_notes, &vars);
+    let mut readme_vars = vars.clone();
     readme_vars.extend([
         ("language", language.title()),
         ("files", files_table.as_str()),
