@@ -278,6 +278,22 @@ pub fn reported_state(
     Ok((version.max(0) as u64, attributes))
 }
 
+/// A device's reported attributes: name, JSON and when each was reported
+/// (ns; 0 if unknown).
+pub fn reported_attributes(
+    conn: &Connection,
+    device: &str,
+) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, reported, COALESCE(reported_at, 0) FROM twin
+         WHERE device = ?1 AND reported IS NOT NULL ORDER BY name",
+    )?;
+    stmt.query_map(params![device], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+    })?
+    .collect()
+}
+
 /// An app's state as the gateway last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRow {

@@ -227,11 +227,30 @@ impl Ledger {
         self.rows_out.clear();
         self.twins_out.clear();
     }
+
+    /// Drop every waiting message: for a profile whose messages belong to
+    /// one connection (Sparkplug's births and sequence numbers), a message
+    /// not acknowledged before a disconnect must not go out on the next.
+    pub fn forget_messages(&mut self) {
+        self.messages.clear();
+        self.queued_bytes = 0;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgotten_messages_do_not_go_out_after_a_reconnect() {
+        let mut ledger = Ledger::new(4);
+        ledger.submit(Sent::Message(reply("birth"), false));
+        assert!(ledger.sent(1));
+        ledger.disconnected();
+        ledger.forget_messages();
+        assert!(ledger.next_message().is_none());
+        assert!(ledger.room());
+    }
 
     fn reply(topic: &str) -> Reply {
         Reply {

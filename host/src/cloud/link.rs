@@ -73,6 +73,10 @@ struct Link {
 
 /// Run the link until `cancel`; then mark the gateway offline and disconnect.
 pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()> {
+    if let crate::config::Profile::Sparkplug(ids) = &spec.config.profile {
+        let ids = ids.clone();
+        return super::sparkplug::link::run(spec, ids, cancel).await;
+    }
     let LinkSpec {
         gateway,
         config,
@@ -313,7 +317,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
 }
 
 /// A connection error in words an operator can act on.
-fn describe(e: &ConnectionError) -> String {
+pub(crate) fn describe(e: &ConnectionError) -> String {
     let text = match e {
         ConnectionError::ConnectionRefused(code) => {
             return format!("the broker refused the connection ({code:?})");

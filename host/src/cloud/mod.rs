@@ -7,6 +7,8 @@
 //! - [`downlink`]: desired changes and action requests: checked against the
 //!   device model, delivered to the app that owns the device, answered.
 //! - [`operator`]: `wasmgate cloud ...`, the enterprise side.
+//! - [`sparkplug`]: the other profile: the gateway as a Sparkplug B 3.0 edge
+//!   node, on the same outbox and downlink.
 //! - [`broker`]: the embedded broker for development and the demo.
 //! - [`topics`], [`protocol`]: topic names and JSON payloads
 //!   (`docs/protocol.md`), re-exported from [`crate::wire`].
@@ -18,6 +20,7 @@ pub mod ledger;
 pub mod link;
 pub mod operator;
 pub mod provision;
+pub mod sparkplug;
 pub mod transfers;
 
 pub use crate::wire::{protocol, topics};

@@ -52,6 +52,42 @@ pub(super) struct CloudSection {
     pub(super) status_interval_s: u64,
     #[serde(default = "default_answer_timeout_s")]
     pub(super) answer_timeout_s: u64,
+    /// `wg/v1` (the default) or `sparkplug`.
+    #[serde(default)]
+    pub(super) profile: Option<String>,
+    /// `[cloud.sparkplug]`: the edge node's ids, for `profile = "sparkplug"`.
+    #[serde(default)]
+    pub(super) sparkplug: Option<SparkplugSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SparkplugSection {
+    pub(super) group_id: String,
+    /// The gateway id unless given.
+    #[serde(default)]
+    pub(super) edge_node_id: Option<String>,
+    /// A primary host application's id: the node publishes only while that
+    /// host's STATE says it is online.
+    #[serde(default)]
+    pub(super) primary_host: Option<String>,
+}
+
+/// What the gateway speaks to the cloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Profile {
+    /// The project's own protocol (`docs/protocol.md`).
+    WgV1,
+    /// A Sparkplug B 3.0 edge node (`docs/sparkplug.md`).
+    Sparkplug(SparkplugIds),
+}
+
+/// The edge node's place in the Sparkplug namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparkplugIds {
+    pub group_id: String,
+    pub edge_node_id: String,
+    pub primary_host: Option<String>,
 }
 
 /// The most brokers `[cloud] urls` may list.
@@ -103,6 +139,7 @@ pub struct CloudConfig {
     /// The password is written in gateway.toml itself, which must then be
     /// the gateway user's alone.
     pub password_inline: bool,
+    pub profile: Profile,
 }
 
 impl CloudConfig {
@@ -127,6 +164,8 @@ impl CloudConfig {
             max_inflight: default_max_inflight(),
             status_interval_s: default_status_interval_s(),
             answer_timeout_s: default_answer_timeout_s(),
+            profile: None,
+            sparkplug: None,
         };
         // The defaults are valid by construction.
         cloud_config(section, gateway_id, &|p: &Path| p.to_path_buf())
@@ -361,7 +400,9 @@ pub(super) fn cloud_config(
             format!("{} is not between 1 and 3600", cloud.answer_timeout_s),
         ));
     }
+    let profile = profile(cloud.profile.as_deref(), cloud.sparkplug, gateway_id)?;
     Ok(CloudConfig {
+        profile,
         broker,
         failover,
         embedded,
@@ -372,6 +413,65 @@ pub(super) fn cloud_config(
         answer_timeout: Duration::from_secs(cloud.answer_timeout_s),
         password_inline,
     })
+}
+
+/// `profile` and `[cloud.sparkplug]`. Sparkplug ids are topic levels:
+/// nothing that MQTT gives a meaning (`/ + #`) may be in them.
+fn profile(
+    name: Option<&str>,
+    section: Option<SparkplugSection>,
+    gateway_id: &str,
+) -> Result<Profile, KeyError> {
+    match (name.unwrap_or("wg/v1"), section) {
+        ("wg/v1", None) => Ok(Profile::WgV1),
+        ("wg/v1", Some(_)) => Err(KeyError::new(
+            "cloud.sparkplug",
+            "is for profile = \"sparkplug\"; set that, or remove the section",
+        )),
+        ("sparkplug", None) => Err(KeyError::new(
+            "cloud.sparkplug",
+            "profile = \"sparkplug\" needs [cloud.sparkplug] with group_id",
+        )),
+        ("sparkplug", Some(s)) => {
+            let edge_node_id = s.edge_node_id.unwrap_or_else(|| gateway_id.to_string());
+            for (key, id) in [
+                ("group_id", Some(&s.group_id)),
+                ("edge_node_id", Some(&edge_node_id)),
+                ("primary_host", s.primary_host.as_ref()),
+            ] {
+                if let Some(id) = id {
+                    check_sparkplug_id(id)
+                        .map_err(|m| KeyError::new(format!("cloud.sparkplug.{key}"), m))?;
+                }
+            }
+            Ok(Profile::Sparkplug(SparkplugIds {
+                group_id: s.group_id,
+                edge_node_id,
+                primary_host: s.primary_host,
+            }))
+        }
+        (other, _) => Err(KeyError::new(
+            "cloud.profile",
+            format!("{other:?} is not a profile: give \"wg/v1\" or \"sparkplug\""),
+        )),
+    }
+}
+
+/// A Sparkplug id: a plain topic level (the specification forbids `/`,
+/// `+` and `#`; wasmgate also keeps them printable and short).
+fn check_sparkplug_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | '+' | '#'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a Sparkplug id (1 to 64 printable characters, no / + #)"
+        ))
+    }
 }
 
 /// How a section (`[cloud]`, `[bus]`) logs in to its broker: the keys

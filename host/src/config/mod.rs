@@ -26,7 +26,7 @@ pub use app::{
 };
 pub use bus::BusConfig;
 use bus::{BusSection, bus_config};
-pub use cloud::{BrokerSettings, CloudConfig};
+pub use cloud::{BrokerSettings, CloudConfig, Profile, SparkplugIds};
 use cloud::{CloudSection, cloud_config};
 pub use content::ContentConfig;
 use content::{ContentSection, content_config};
@@ -539,6 +539,48 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/wg/gateway.toml"), text)
+    }
+
+    #[test]
+    fn the_sparkplug_profile_takes_its_ids_and_refuses_what_cannot_be_a_topic_level() {
+        let with = |cloud: &str| {
+            parse(&format!(
+                "[gateway]\nid = \"gw-1\"\n[cloud]\nurl = \"mqtt://a\"\n{cloud}\n"
+            ))
+        };
+        let cloud = with("").expect("valid").cloud.expect("cloud");
+        assert_eq!(cloud.profile, Profile::WgV1);
+        let cloud = with("profile = \"sparkplug\"\n[cloud.sparkplug]\ngroup_id = \"plant\"")
+            .expect("valid")
+            .cloud
+            .expect("cloud");
+        assert_eq!(
+            cloud.profile,
+            Profile::Sparkplug(SparkplugIds {
+                group_id: "plant".into(),
+                edge_node_id: "gw-1".into(),
+                primary_host: None,
+            })
+        );
+        for (bad, says) in [
+            ("profile = \"sparkplug\"", "needs [cloud.sparkplug]"),
+            ("profile = \"opc-ua\"", "cloud.profile"),
+            (
+                "[cloud.sparkplug]\ngroup_id = \"plant\"",
+                "is for profile = \"sparkplug\"",
+            ),
+            (
+                "profile = \"sparkplug\"\n[cloud.sparkplug]\ngroup_id = \"a/b\"",
+                "cloud.sparkplug.group_id",
+            ),
+            (
+                "profile = \"sparkplug\"\n[cloud.sparkplug]\ngroup_id = \"g\"\nprimary_host = \"#\"",
+                "cloud.sparkplug.primary_host",
+            ),
+        ] {
+            let error = with(bad).expect_err(bad).to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
     }
 
     #[test]
