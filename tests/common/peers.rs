@@ -267,3 +267,101 @@ impl Drop for SerialPair {
         let _ = self.child.wait();
     }
 }
+
+/// A Sparkplug B host application written with pysparkplug
+/// (`tests/peers/sparkplug_host.py`): it decodes every message under its
+/// group with pysparkplug's own decoder, and sends commands the test asks
+/// for. Each message it saw is one JSON object (see the script's
+/// docstring).
+pub struct SparkplugHost {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl SparkplugHost {
+    /// A host on the broker at 127.0.0.1:`port`, for group `group`; with
+    /// `host_id`, a primary host that publishes its STATE.
+    pub fn start(port: u16, group: &str, host_id: Option<&str>) -> SparkplugHost {
+        let mut command = Command::new(python());
+        command
+            .arg(super::root().join("tests/peers/sparkplug_host.py"))
+            .args(["127.0.0.1", &port.to_string(), group]);
+        if let Some(id) = host_id {
+            command.args(["--host-id", id]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the pysparkplug host");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the host's first line");
+        assert_eq!(line.trim(), "ready", "the pysparkplug host said {line:?}");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(message) => sink.lock().unwrap().push(message),
+                    Err(_) => eprintln!("sparkplug host: {line}"),
+                }
+            }
+        });
+        SparkplugHost { child, stdin, seen }
+    }
+
+    /// Everything it decoded so far, in arrival order.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Wait for a message `check` accepts, after the first `from`; return
+    /// its index and the message.
+    pub fn wait_from(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> (usize, serde_json::Value) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.messages();
+            if let Some((i, m)) = seen.iter().enumerate().skip(from).find(|(_, m)| check(m)) {
+                return (i, m.clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; the host saw {} messages, the last: {:?}",
+                seen.len(),
+                seen.iter().rev().take(3).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send a command (a JSON line of the script's protocol) and wait until
+    /// the script has published it.
+    pub fn command(&mut self, command: serde_json::Value) {
+        use std::io::Write as _;
+        let from = self.messages().len();
+        let cmd = command["cmd"].clone();
+        writeln!(self.stdin, "{command}").expect("write to the host");
+        self.stdin.flush().expect("flush");
+        self.wait_from(from, Duration::from_secs(10), "the command's DONE", |m| {
+            m["type"] == "DONE" && m["cmd"] == cmd
+        });
+    }
+}
+
+impl Drop for SparkplugHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

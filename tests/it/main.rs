@@ -33,5 +33,6 @@ mod scaffold;
 mod security;
 mod serve;
 mod serving;
+mod sparkplug;
 mod standard;
 mod validation;

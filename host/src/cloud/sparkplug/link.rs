@@ -201,7 +201,7 @@ pub async fn run(
                 delays = backoff.build();
                 was_connected = true;
                 link.connected = true;
-                link.node.connected(bd_seq, now_ms());
+                link.node.connected(bd_seq);
                 let mut filters: Vec<String> = topics.command_filters().into();
                 if let Some(host) = link.node.primary_host() {
                     filters.push(Topics::state(host));
@@ -477,7 +477,7 @@ impl Node {
                 return false;
             }
             if due == Due::NodeBirth {
-                self.node.node_born();
+                self.node.node_born(now);
                 tracing::info!(bd_seq = self.node.bd_seq(), "the node is born");
             }
         }
@@ -567,7 +567,13 @@ impl Node {
                 )
                 .map(drop)
         } else {
+            let same = self
+                .node
+                .model(&row.device)
+                .is_some_and(|known| known.source() == text);
             match DeviceModel::parse(&text) {
+                // Announced again at every start: the device stands as born.
+                Ok(_) if same => Ok(()),
                 Ok(model) => {
                     self.node.add_device(&row.device, Arc::new(model));
                     self.db

@@ -170,9 +170,10 @@ pub struct EdgeNode {
     next_seq: u64,
     next_alias: u64,
     node_born: bool,
-    /// When this session began (ms): points older than that were recorded
-    /// while the node was offline, and go out flagged historical.
-    session_start_ms: u64,
+    /// When the node was last born (ms): points older than that were
+    /// recorded while it was offline (or waiting for its primary host), and
+    /// go out flagged historical.
+    born_at_ms: u64,
     devices: BTreeMap<String, Device>,
     /// Devices gone while born: their DDEATH is due.
     deaths: Vec<String>,
@@ -193,7 +194,7 @@ impl EdgeNode {
             next_seq: 0,
             next_alias: FIRST_DEVICE_ALIAS,
             node_born: false,
-            session_start_ms: 0,
+            born_at_ms: 0,
             devices: BTreeMap::new(),
             deaths: Vec::new(),
             host: primary_host.map(|id| Host {
@@ -227,9 +228,8 @@ impl EdgeNode {
     }
 
     /// A new connection with this bdSeq: everything is born again.
-    pub fn connected(&mut self, bd_seq: u64, now_ms: u64) {
+    pub fn connected(&mut self, bd_seq: u64) {
         self.bd_seq = bd_seq;
-        self.session_start_ms = now_ms;
         self.deaths.clear();
         self.rebirth();
     }
@@ -409,9 +409,10 @@ impl EdgeNode {
         }
     }
 
-    /// The node was born (its NBIRTH went out).
-    pub fn node_born(&mut self) {
+    /// The node was born (its NBIRTH went out) at `now_ms`.
+    pub fn node_born(&mut self, now_ms: u64) {
         self.node_born = true;
+        self.born_at_ms = now_ms;
     }
 
     /// Put the next `seq` on a payload about to go out; [`EdgeNode::sent`]
@@ -493,7 +494,7 @@ impl EdgeNode {
         let mut metrics = Vec::new();
         for point in points {
             let time_ms = point.time / 1_000_000;
-            let historical = time_ms < self.session_start_ms;
+            let historical = time_ms < self.born_at_ms;
             for (field, json) in &point.values {
                 let Some(metric) = device.metrics.get(&format!("{series}/{field}")) else {
                     continue;
@@ -543,7 +544,7 @@ impl EdgeNode {
             time_ms,
         );
         m.is_transient = Some(true);
-        if time_ms < self.session_start_ms {
+        if time_ms < self.born_at_ms {
             m.is_historical = Some(true);
         }
         Some(Payload {
@@ -745,7 +746,7 @@ mod tests {
     fn node() -> EdgeNode {
         let mut node = EdgeNode::new(Topics::new("plant", "gw1"), "wasmgate test", None);
         node.add_device("thermo", model());
-        node.connected(7, 1_000);
+        node.connected(7);
         node
     }
 
@@ -769,7 +770,7 @@ mod tests {
             node.stamp(&mut payload);
             node.sent();
             if due == Due::NodeBirth {
-                node.node_born();
+                node.node_born(1_000);
             }
             out.push((due, payload.seq.unwrap()));
         }
@@ -947,7 +948,7 @@ mod tests {
     }
 
     #[test]
-    fn points_recorded_before_the_session_are_historical_in_order() {
+    fn points_recorded_before_the_birth_are_historical_in_order() {
         let mut node = node();
         birth_all(&mut node, &vec![]);
         let point = |ms: u64, t: f64| crate::wire::protocol::Point {
