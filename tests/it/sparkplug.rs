@@ -425,3 +425,70 @@ fn with_a_primary_host_bd_seq_and_seq_hold_across_a_kill_9_and_a_broker_restart_
     assert!(run.stop().success());
     assert_seqs(&host.messages());
 }
+
+#[test]
+fn registered_devices_are_sparkplug_devices_and_die_when_unregistered_or_their_app_stops() {
+    let broker = Mosquitto::start("");
+    let mut host = SparkplugHost::start(broker.port, "plant", None);
+    let example = root().join("examples/busgateway");
+    let gw = Gateway::new().section(&cloud(&broker, "")).app(
+        "bus",
+        &guest("busgateway"),
+        &example.join("bus.model.json"),
+        &format!(
+            "tick_interval_ms = 200\nmax_devices = 8\n\
+             [app.models]\nsensor = \"{}\"\n[app.config]\nsensors = 2",
+            example.join("sensor.model.json").display()
+        ),
+    );
+    let mut run = gw.start();
+    for device in ["bus", "bus.th-01", "bus.th-02"] {
+        host.wait_from(0, T, &format!("the DBIRTH of {device}"), |m| {
+            m["type"] == "DBIRTH" && m["device"] == device
+        });
+    }
+    let (_, sensor) = host.wait_from(0, T, "a sensor's birth", |m| {
+        m["type"] == "DBIRTH" && m["device"] == "bus.th-02"
+    });
+    assert_eq!(
+        named(&sensor, "label")["datatype"],
+        "STRING",
+        "a registered device is born with its own model: {sensor}"
+    );
+    host.wait_from(0, T, "a sensor's data", |m| {
+        m["type"] == "DDATA" && m["device"] == "bus.th-01"
+    });
+
+    // An action with a text argument, by DCMD: the bus unplugs th-01, which
+    // dies.
+    let from = host.messages().len();
+    host.command(
+        json!({"cmd": "dcmd", "edge_node": "test-gw", "device": "bus",
+        "metrics": [{"name": "actions/unplug", "datatype": "STRING", "value": "th-01"}]}),
+    );
+    host.wait_from(from, T, "th-01's DDEATH", |m| {
+        m["type"] == "DDEATH" && m["device"] == "bus.th-01"
+    });
+
+    // The app stops: its device and the device it still registers die.
+    let from = host.messages().len();
+    let config = gw.config_path();
+    let (ok, _, err) =
+        crate::common::wasmgate(&["stop", "bus", "--gateway", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for device in ["bus", "bus.th-02"] {
+        host.wait_from(from, T, &format!("the DDEATH of {device}"), |m| {
+            m["type"] == "DDEATH" && m["device"] == device
+        });
+    }
+    // And they are born again when it starts.
+    let from = host.messages().len();
+    let (ok, _, err) =
+        crate::common::wasmgate(&["start", "bus", "--gateway", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    host.wait_from(from, T, "the bus born again", |m| {
+        m["type"] == "DBIRTH" && m["device"] == "bus"
+    });
+    assert!(run.stop().success());
+    assert_seqs(&host.messages());
+}

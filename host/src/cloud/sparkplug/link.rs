@@ -32,7 +32,7 @@ use super::payload::{self, Payload};
 use crate::cloud::downlink::Reply;
 use crate::cloud::ledger::{Ledger, Sent};
 use crate::cloud::link::{LinkSpec, describe};
-use crate::cloud::protocol::{Ack, ActionResponse, Point};
+use crate::cloud::protocol::{Ack, ActionResponse, Point, RunState};
 use crate::cloud::topics;
 use crate::config::SparkplugIds;
 use crate::model::DeviceModel;
@@ -110,7 +110,7 @@ pub async fn run(
         db,
         usage,
         outbox_signal,
-        status_signal: _,
+        status_signal,
         report,
         mut downlink,
         mut replies,
@@ -188,6 +188,10 @@ pub async fn run(
                     }
                     _ = outbox_signal.notified() => link.pump(),
                     _ = outbox_timer.tick() => link.pump(),
+                    _ = status_signal.notified() => {
+                        link.app_states(&report);
+                        link.pump();
+                    }
                 }
             }
         };
@@ -202,6 +206,7 @@ pub async fn run(
                 was_connected = true;
                 link.connected = true;
                 link.node.connected(bd_seq);
+                link.app_states(&report);
                 let mut filters: Vec<String> = topics.command_filters().into();
                 if let Some(host) = link.node.primary_host() {
                     filters.push(Topics::state(host));
@@ -535,6 +540,19 @@ impl Node {
                 Some((name, value, at_ns / 1_000_000))
             })
             .collect()
+    }
+
+    /// An app's state changed: its devices (its own and those it
+    /// registered) live while it runs or starts, and die otherwise.
+    fn app_states(&mut self, report: &crate::report::Reporter) {
+        let status = report.status(true, None, now_ns());
+        for app in status.apps {
+            let alive = matches!(app.state, RunState::Running | RunState::Starting);
+            self.node.set_alive(&app.device, alive);
+            for registered in &app.devices {
+                self.node.set_alive(&registered.id, alive);
+            }
+        }
     }
 
     fn stored(&self, row: &outbox::Row) -> Option<Vec<u8>> {

@@ -130,6 +130,9 @@ struct Device {
     /// Its metrics, by name; aliases are given at its birth.
     metrics: BTreeMap<String, DeviceMetric>,
     born: bool,
+    /// Whether its app runs (or is starting): a device whose app stopped
+    /// or crashed is dead (DDEATH) until the app runs again.
+    alive: bool,
     /// The attribute values sent this session, so that data goes out by
     /// exception.
     sent: HashMap<String, Value>,
@@ -291,6 +294,7 @@ impl EdgeNode {
                 metrics: device_metrics(&model),
                 model,
                 born: false,
+                alive: true,
                 sent: HashMap::new(),
             },
         );
@@ -301,6 +305,23 @@ impl EdgeNode {
         if let Some(device) = self.devices.remove(name)
             && device.born
         {
+            self.deaths.push(name.to_string());
+        }
+    }
+
+    /// Whether the device's app runs: a device going down gets its DDEATH
+    /// (if it was born), and its data waits until it is born again.
+    pub fn set_alive(&mut self, name: &str, alive: bool) {
+        let Some(device) = self.devices.get_mut(name) else {
+            return;
+        };
+        if device.alive == alive {
+            return;
+        }
+        device.alive = alive;
+        if !alive && device.born {
+            device.born = false;
+            device.sent.clear();
             self.deaths.push(name.to_string());
         }
     }
@@ -320,7 +341,7 @@ impl EdgeNode {
         }
         self.devices
             .iter()
-            .find(|(_, d)| !d.born)
+            .find(|(_, d)| d.alive && !d.born)
             .map(|(name, _)| Due::DeviceBirth(name.clone()))
     }
 
@@ -1102,6 +1123,19 @@ mod tests {
         );
         assert!(!node.may_publish());
         assert!(node.host_state(b"online").is_err());
+    }
+
+    #[test]
+    fn a_device_whose_app_stops_dies_and_is_born_again_when_it_runs() {
+        let mut node = node();
+        birth_all(&mut node, &vec![]);
+        node.set_alive("thermo", false);
+        assert_eq!(node.due(), Some(Due::DeviceDeath("thermo".into())));
+        birth_all(&mut node, &vec![]);
+        assert!(!node.born("thermo"), "its data waits");
+        assert_eq!(node.due(), None, "no birth while its app is down");
+        node.set_alive("thermo", true);
+        assert_eq!(node.due(), Some(Due::DeviceBirth("thermo".into())));
     }
 
     #[test]
