@@ -332,6 +332,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 report: reporter.clone(),
                 downlink,
                 replies,
+                outbox: config.outbox.clone(),
             };
             Some(tokio::spawn(link::run(spec, stop_link.clone())))
         }

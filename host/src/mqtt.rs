@@ -46,6 +46,40 @@ pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::R
     Ok(options)
 }
 
+/// rumqttc's MQTT 5 options for `settings`: no clean start, and a session
+/// the broker keeps for `session_expiry` after a disconnect.
+pub fn mqtt5_options(
+    settings: &BrokerSettings,
+    session_expiry: Duration,
+) -> anyhow::Result<rumqttc::v5::MqttOptions> {
+    let mut options =
+        rumqttc::v5::MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options
+        .set_keep_alive(settings.keep_alive)
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(
+            u32::try_from(session_expiry.as_secs()).unwrap_or(u32::MAX),
+        ))
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET_BYTES as u32))
+        .set_network_options(network);
+    if let Some(user) = &settings.username {
+        let password = settings
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_string())
+            .unwrap_or_default();
+        options.set_credentials(user, password);
+    }
+    if settings.tls {
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+            tls_config(settings)?,
+        ))));
+    }
+    Ok(options)
+}
+
 /// Turn off Nagle's algorithm on the connection: request/response traffic
 /// (an action and its answer, a PUBACK and the next publish) otherwise
 /// waits for delayed ACKs, tens of milliseconds per exchange.

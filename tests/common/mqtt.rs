@@ -372,3 +372,107 @@ impl Pki {
         self
     }
 }
+
+/// Mosquitto's own MQTT 5 client, `mosquitto_sub -V 5 -F %j`: every message
+/// on its filters with its MQTT 5 properties, as Mosquitto's JSON
+/// (`topic`, `payload`, `properties` with `content-type`,
+/// `message-expiry-interval`, `correlation-data`, `response-topic`).
+pub struct Mqtt5Watcher {
+    child: Child,
+    seen: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Mqtt5Watcher {
+    /// Subscribed once a probe it publishes itself comes back.
+    pub fn start(broker: &Mosquitto, filters: &[&str]) -> Mqtt5Watcher {
+        use std::io::BufRead as _;
+        let probe = format!("probe/{}", super::free_port());
+        let mut command = Command::new("mosquitto_sub");
+        command.args(["-h", "127.0.0.1", "-p", &broker.port.to_string()]);
+        command.args(["-V", "5", "-q", "1", "-F", "%j", "-t", &probe]);
+        for filter in filters {
+            command.args(["-t", filter]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mosquitto_sub runs (apt-get install mosquitto-clients)");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) {
+                    sink.lock().expect("the log").push(message);
+                }
+            }
+        });
+        let watcher = Mqtt5Watcher { child, seen };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !watcher.messages().iter().any(|m| m["topic"] == probe) {
+            assert!(Instant::now() < deadline, "mosquitto_sub never subscribed");
+            mosquitto_pub(broker, &probe, "probe", &[]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        watcher
+    }
+
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().expect("the log").clone()
+    }
+
+    /// Wait for a message on `topic` that `check` accepts.
+    pub fn wait(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self
+                .messages()
+                .into_iter()
+                .find(|m| m["topic"] == topic && check(m))
+            {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for a message on {topic}; saw {:?}",
+                self.messages()
+                    .iter()
+                    .map(|m| m["topic"].clone())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mqtt5Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publish with Mosquitto's own client over MQTT 5 at QoS 1; `properties`
+/// are `-D publish NAME VALUE` pairs (`response-topic`, `correlation-data`).
+pub fn mosquitto_pub(broker: &Mosquitto, topic: &str, payload: &str, properties: &[(&str, &str)]) {
+    let mut command = Command::new("mosquitto_pub");
+    command.args(["-h", "127.0.0.1", "-p", &broker.port.to_string()]);
+    command.args(["-V", "5", "-q", "1", "-t", topic, "-m", payload]);
+    for (name, value) in properties {
+        command.args(["-D", "publish", name, value]);
+    }
+    let out = command
+        .output()
+        .expect("mosquitto_pub runs (apt-get install mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

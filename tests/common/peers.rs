@@ -307,7 +307,7 @@ impl SparkplugHost {
             for line in stdout.lines() {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<serde_json::Value>(&line) {
-                    Ok(message) => sink.lock().unwrap().push(message),
+                    Ok(message) => sink.lock().expect("the log").push(message),
                     Err(_) => eprintln!("sparkplug host: {line}"),
                 }
             }
@@ -317,7 +317,7 @@ impl SparkplugHost {
 
     /// Everything it decoded so far, in arrival order.
     pub fn messages(&self) -> Vec<serde_json::Value> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().expect("the log").clone()
     }
 
     /// Wait for a message `check` accepts, after the first `from`; return

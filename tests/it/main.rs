@@ -23,6 +23,7 @@ mod fleet;
 mod hostile;
 mod hostile_input;
 mod languages;
+mod mqtt5;
 mod operator;
 mod provisioning;
 mod registration;

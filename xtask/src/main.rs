@@ -113,6 +113,18 @@ fn setup(root: &Path) -> Result<(), String> {
         eprintln!("xtask: the tests need the Mosquitto MQTT broker: apt-get install mosquitto");
         packages.push("mosquitto");
     }
+    // The MQTT 5 tests read message properties with mosquitto_sub and send
+    // requests with response topics with mosquitto_pub.
+    if Command::new("mosquitto_sub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "xtask: the MQTT 5 tests need mosquitto_sub and mosquitto_pub: apt-get install mosquitto-clients"
+        );
+        packages.push("mosquitto-clients");
+    }
     if !has_postgres() {
         eprintln!("xtask: the serve tests need a PostgreSQL server: apt-get install postgresql");
         packages.push("postgresql");

@@ -15,9 +15,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::wire::Inbound;
 pub use crate::wire::Reply;
 use crate::wire::topics::Service;
+use crate::wire::{Inbound, RespondTo};
 
 use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_BYTES};
 use super::topics::{self, Kind};
@@ -36,8 +36,17 @@ const DEVICE_QUEUE: usize = 64;
 
 enum Request {
     Desired(Vec<u8>),
-    Action { name: String, payload: Vec<u8> },
+    /// An action request, and where its answer goes: `action/{name}/res`,
+    /// or (MQTT 5) the request's response topic with its correlation data.
+    Action {
+        name: String,
+        payload: Vec<u8>,
+        answer: RespondTo,
+    },
 }
+
+/// The longest response topic taken from a request (MQTT 5).
+pub const MAX_RESPONSE_TOPIC: usize = 512;
 
 /// Routes downlink messages to per-device workers.
 pub struct Downlink {
@@ -133,6 +142,21 @@ impl Downlink {
     /// channel that the link itself drains.
     #[must_use = "a refused request is answered with the reply returned"]
     pub fn dispatch(&mut self, topic: &str, payload: &[u8]) -> Option<Reply> {
+        self.dispatch_answering(topic, payload, None)
+    }
+
+    /// [`dispatch`](Self::dispatch) for a message that (MQTT 5) names where
+    /// an action's answer goes. A response topic that is not one a client
+    /// may publish to (empty, a wildcard, over [`MAX_RESPONSE_TOPIC`]
+    /// bytes) is ignored, and the answer goes to the usual topic. The
+    /// broker's ACL decides where the gateway may publish.
+    #[must_use = "a refused request is answered with the reply returned"]
+    pub fn dispatch_answering(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        respond_to: Option<RespondTo>,
+    ) -> Option<Reply> {
         let Some(parsed) = topics::parse(topic).filter(|p| p.gateway == self.gateway) else {
             tracing::warn!(
                 topic,
@@ -154,13 +178,31 @@ impl Downlink {
                 Request::Desired(payload.to_vec()),
                 topics::topic(&self.gateway, &device, "twin/ack"),
             ),
-            Kind::ActionRequest(name) => (
-                Request::Action {
-                    name: name.to_string(),
-                    payload: payload.to_vec(),
-                },
-                topics::topic(&self.gateway, &device, &format!("action/{name}/res")),
-            ),
+            Kind::ActionRequest(name) => {
+                let answer = respond_to
+                    .filter(|r| {
+                        let usable = !r.topic.is_empty()
+                            && r.topic.len() <= MAX_RESPONSE_TOPIC
+                            && !r.topic.contains(['+', '#', '\0']);
+                        if !usable {
+                            tracing::warn!(topic, response_topic = %r.topic, "ignoring a response topic no client may publish to");
+                        }
+                        usable
+                    })
+                    .unwrap_or_else(|| RespondTo {
+                        topic: topics::topic(&self.gateway, &device, &format!("action/{name}/res")),
+                        correlation: None,
+                    });
+                let reply_topic = answer.topic.clone();
+                (
+                    Request::Action {
+                        name: name.to_string(),
+                        payload: payload.to_vec(),
+                        answer,
+                    },
+                    reply_topic,
+                )
+            }
             _ => {
                 tracing::warn!(
                     topic,
@@ -245,9 +287,14 @@ fn refusal(request: &Request, topic: String, error: String) -> Reply {
             error: Some(error),
         }),
     };
+    let correlation = match request {
+        Request::Action { answer, .. } => answer.correlation.clone(),
+        Request::Desired(_) => None,
+    };
     Reply {
         topic,
         payload: payload.unwrap_or_default(),
+        correlation,
     }
 }
 
@@ -400,18 +447,20 @@ impl Worker {
                             Reply {
                                 topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
                                 payload: entry.payload,
+                                correlation: None,
                             }
                         }
                     }
                 }
-                Request::Action { name, payload } => Reply {
-                    topic: topics::topic(
-                        &self.gateway,
-                        &self.device,
-                        &format!("action/{name}/res"),
-                    ),
+                Request::Action {
+                    name,
+                    payload,
+                    answer,
+                } => Reply {
+                    topic: answer.topic,
                     payload: serde_json::to_vec(&self.action(&name, &payload).await)
                         .unwrap_or_default(),
+                    correlation: answer.correlation,
                 },
             };
             if self.replies.send(reply).await.is_err() {

@@ -256,6 +256,7 @@ mod tests {
         Reply {
             topic: topic.into(),
             payload: Vec::new(),
+            correlation: None,
         }
     }
 
@@ -346,6 +347,7 @@ mod tests {
         let big = |topic: &str| Reply {
             topic: topic.into(),
             payload: vec![0; (MAX_QUEUED_BYTES / 4) - topic.len()],
+            correlation: None,
         };
         for _ in 0..4 {
             assert!(ledger.takes_replies());

@@ -14,20 +14,18 @@
 //! delivered when it comes back.
 
 use backon::BackoffBuilder as _;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode,
-};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::{self, Client, LinkEvent, Options, Properties};
 use super::downlink::{Downlink, Reply};
 use super::ledger::{HARD_QUEUED_BYTES, Ledger, Sent};
 use super::protocol::{OutboxInfo, Status};
 use super::topics;
-use crate::config::CloudConfig;
+use crate::config::{CloudConfig, OutboxConfig};
 use crate::mqtt::reconnect_backoff;
 use crate::outbox::{self, Stream, Usage};
 use crate::report::Reporter;
@@ -50,6 +48,8 @@ pub struct LinkSpec {
     pub report: Reporter,
     pub downlink: Downlink,
     pub replies: mpsc::Receiver<Reply>,
+    /// For MQTT 5's message expiry: each series' `max_age`.
+    pub outbox: OutboxConfig,
 }
 
 /// Outbox rows read per pump beyond those already in flight.
@@ -61,7 +61,8 @@ struct Link {
     /// outbox seq (see `store::id_prefix`).
     id_prefix: String,
     status_topic: String,
-    client: AsyncClient,
+    client: Client,
+    outbox: OutboxConfig,
     db: rusqlite::Connection,
     usage: Arc<Usage>,
     report: Reporter,
@@ -87,6 +88,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         report,
         mut downlink,
         mut replies,
+        outbox,
     } = spec;
     let status_topic = topics::topic(&gateway, &gateway, "status");
     let will = Status {
@@ -100,17 +102,16 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     };
     // Every broker the gateway may use (one, or the nodes of a cluster), in
     // order: it moves to the next when the one it is on fails.
-    let mut brokers: Vec<(String, rumqttc::MqttOptions)> = Vec::new();
+    let will = serde_json::to_vec(&will)?;
+    let mut brokers: Vec<(String, Options)> = Vec::new();
     for settings in std::iter::once(&config.broker).chain(&config.failover) {
-        let mut options = super::mqtt_options(settings, false)?;
-        options
-            .set_inflight(config.max_inflight)
-            .set_last_will(LastWill::new(
-                &status_topic,
-                serde_json::to_vec(&will)?,
-                QoS::AtLeastOnce,
-                true,
-            ));
+        let options = Options::new(
+            settings,
+            config.mqtt_version,
+            config.session_expiry,
+            config.max_inflight,
+            (&status_topic, will.clone()),
+        )?;
         let url = format!(
             "{}://{}:{}",
             if settings.tls { "mqtts" } else { "mqtt" },
@@ -122,11 +123,10 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     let mut on = 0;
     let mut url = brokers[0].0.clone();
     report.metrics().link.set_broker(url.clone());
-    let (client, mut eventloop) = AsyncClient::new(
+    let (client, mut eventloop) = connection::connect(
         brokers[0].1.clone(),
         usize::from(config.max_inflight) * 2 + 16,
     );
-    super::no_delay(&mut eventloop);
 
     let conn = db.open()?;
     let mut link = Link {
@@ -134,6 +134,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         spec_gateway: gateway.clone(),
         status_topic,
         client,
+        outbox,
         db: conn,
         usage,
         metrics: report.metrics().clone(),
@@ -185,7 +186,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
             }
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(LinkEvent::Connected) => {
                 tracing::info!(broker = %url, "connected to the broker");
                 if link
                     .metrics
@@ -204,40 +205,47 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 was_connected = true;
                 link.connected = true;
                 for filter in topics::downlink_filters(&gateway) {
-                    if let Err(e) = link.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                    if let Err(e) = link.client.try_subscribe(&filter) {
                         tracing::error!("cannot subscribe: {e}");
                     }
                 }
                 link.queue_status(true, None);
                 link.pump();
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
+            Ok(LinkEvent::Subscribed(refused)) => {
+                if refused {
                     tracing::error!(
                         "the broker refused a subscription: desired changes or actions will not arrive (check its ACL)"
                     );
                 }
             }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                link.acknowledged(ack.pkid);
+            Ok(LinkEvent::Acknowledged(pkid, refused)) => {
+                if let Some(reason) = refused {
+                    // The broker will not take it again either: it counts as
+                    // delivered, and the log says why it went nowhere.
+                    tracing::warn!(pkid, "the broker did not take a message: {reason}");
+                }
+                link.acknowledged(pkid);
                 link.pump();
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if let Some(refusal) = downlink.dispatch(&publish.topic, &publish.payload) {
+            Ok(LinkEvent::Message(message)) => {
+                let respond_to = message.response_topic.map(|topic| crate::wire::RespondTo {
+                    topic,
+                    correlation: message.correlation,
+                });
+                if let Some(refusal) =
+                    downlink.dispatch_answering(&message.topic, &message.payload, respond_to)
+                {
                     link.queue(refusal, false);
                     link.pump();
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.sent(pkid),
+            Ok(LinkEvent::Sent(pkid)) => link.sent(pkid),
             Ok(_) => {}
             Err(e) => {
                 // rumqttc would republish what was in flight; the outbox
                 // does that instead, so forget it here.
-                eventloop.pending.clear();
+                eventloop.forget_pending();
                 link.disconnected();
                 link.metrics
                     .link
@@ -246,16 +254,16 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 let wait = delays.next().unwrap_or(config.backoff_max);
                 let error = if was_connected {
                     was_connected = false;
-                    format!("lost the connection to the broker {url}: {}", describe(&e))
+                    format!("lost the connection to the broker {url}: {}", e.describe())
                 } else {
-                    format!("cannot connect to the broker {url}: {}", describe(&e))
+                    format!("cannot connect to the broker {url}: {}", e.describe())
                 };
                 if brokers.len() > 1 {
                     // Another node of the cluster: the outbox sends there
                     // what this one did not acknowledge.
                     on = (on + 1) % brokers.len();
                     url = brokers[on].0.clone();
-                    eventloop.mqtt_options = brokers[on].1.clone();
+                    eventloop.use_options(&brokers[on].1);
                     link.metrics.link.set_broker(url.clone());
                     tracing::warn!(
                         "{error}; moving to the broker {url} in {} ms",
@@ -282,6 +290,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         let reply = Reply {
             topic: link.status_topic.clone(),
             payload: serde_json::to_vec(&status).unwrap_or_default(),
+            correlation: None,
         };
         let mut disconnecting = false;
         if link
@@ -298,15 +307,15 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
             tokio::select! {
                 _ = &mut deadline => break,
                 event = eventloop.poll() => match event {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.sent(pkid),
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        link.acknowledged(ack.pkid);
+                    Ok(LinkEvent::Sent(pkid)) => link.sent(pkid),
+                    Ok(LinkEvent::Acknowledged(pkid, _)) => {
+                        link.acknowledged(pkid);
                         let status_pending = link.ledger.carries(&link.status_topic);
                         if !status_pending && !disconnecting {
                             disconnecting = link.client.try_disconnect().is_ok();
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(LinkEvent::Disconnecting) | Err(_) => break,
                     Ok(_) => {}
                 },
             }
@@ -314,28 +323,6 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         tracing::info!("disconnected from the broker");
     }
     Ok(())
-}
-
-/// A connection error in words an operator can act on.
-pub(crate) fn describe(e: &ConnectionError) -> String {
-    let text = match e {
-        ConnectionError::ConnectionRefused(code) => {
-            return format!("the broker refused the connection ({code:?})");
-        }
-        ConnectionError::Io(io) => format!("network error: {io}"),
-        other => other.to_string(),
-    };
-    // TLS failures surface deep inside rumqttc's errors; say which side
-    // did not trust the other.
-    if let Some(alert) = text.split("received fatal alert: ").nth(1) {
-        format!(
-            "the broker rejected the gateway's client certificate (TLS alert {alert}; check cert_file and key_file)"
-        )
-    } else if text.contains("invalid peer certificate") {
-        format!("the broker's certificate is not trusted by ca_file ({text})")
-    } else {
-        text
-    }
 }
 
 impl Link {
@@ -357,7 +344,14 @@ impl Link {
         let topic = self.status_topic.clone();
         let status = self.status(online, reason);
         let payload = serde_json::to_vec(&status).unwrap_or_default();
-        self.ledger.queue_latest(Reply { topic, payload }, true);
+        self.ledger.queue_latest(
+            Reply {
+                topic,
+                payload,
+                correlation: None,
+            },
+            true,
+        );
     }
 
     fn status(&self, online: bool, reason: Option<&str>) -> Status {
@@ -371,12 +365,14 @@ impl Link {
             return;
         }
         while let Some((reply, retain)) = self.ledger.next_message() {
-            if let Err(e) = self.client.try_publish(
-                &reply.topic,
-                QoS::AtLeastOnce,
-                retain,
-                reply.payload.clone(),
-            ) {
+            let properties = Properties {
+                correlation: reply.correlation.clone(),
+                ..Properties::default()
+            };
+            if let Err(e) =
+                self.client
+                    .try_publish(&reply.topic, retain, reply.payload.clone(), &properties)
+            {
                 tracing::debug!("publish queue full: {e}");
                 self.ledger.unsent(reply, retain);
                 return;
@@ -433,10 +429,20 @@ impl Link {
         topic: &str,
         retain: bool,
         payload: Vec<u8>,
-    ) -> Result<(), rumqttc::ClientError> {
+    ) -> Result<(), connection::ClientError> {
+        self.publish_with(topic, retain, payload, &Properties::default())
+    }
+
+    fn publish_with(
+        &self,
+        topic: &str,
+        retain: bool,
+        payload: Vec<u8>,
+        properties: &Properties,
+    ) -> Result<(), connection::ClientError> {
         let bytes = payload.len() as u64;
         self.client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)?;
+            .try_publish(topic, retain, payload, properties)?;
         self.metrics
             .link
             .bytes_sent
@@ -446,7 +452,7 @@ impl Link {
 
     /// The device's whole reported state, retained; settles every twin row
     /// of the device written so far.
-    fn publish_twin(&mut self, device: &str) -> Result<Option<Sent>, rumqttc::ClientError> {
+    fn publish_twin(&mut self, device: &str) -> Result<Option<Sent>, connection::ClientError> {
         if self.ledger.twin_out(device) {
             return Ok(None);
         }
@@ -488,7 +494,10 @@ impl Link {
         })
     }
 
-    fn publish_alert(&mut self, row: &outbox::Row) -> Result<Option<Sent>, rumqttc::ClientError> {
+    fn publish_alert(
+        &mut self,
+        row: &outbox::Row,
+    ) -> Result<Option<Sent>, connection::ClientError> {
         let Some(stored) = self.stored(row) else {
             return Ok(None);
         };
@@ -527,7 +536,7 @@ impl Link {
         row: &outbox::Row,
         suffix: &str,
         retain: bool,
-    ) -> Result<Option<Sent>, rumqttc::ClientError> {
+    ) -> Result<Option<Sent>, connection::ClientError> {
         let Some(payload) = self.stored(row) else {
             return Ok(None);
         };
@@ -544,7 +553,7 @@ impl Link {
     fn publish_telemetry(
         &mut self,
         row: &outbox::Row,
-    ) -> Result<Option<Sent>, rumqttc::ClientError> {
+    ) -> Result<Option<Sent>, connection::ClientError> {
         let Some(points) = self.stored(row) else {
             return Ok(None);
         };
@@ -561,7 +570,11 @@ impl Link {
             &row.device,
             &format!("telemetry/{}", row.name),
         );
-        self.publish(&topic, false, payload)?;
+        let properties = Properties {
+            message_expiry: self.message_expiry(row),
+            ..Properties::default()
+        };
+        self.publish_with(&topic, false, payload, &properties)?;
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
@@ -571,6 +584,23 @@ impl Link {
                 u64::from(row.points),
             )),
         }))
+    }
+
+    /// MQTT 5: a telemetry row's message expires when its series' points
+    /// would expire in the outbox (`max_age_s`): what a consumer would not
+    /// have been sent had it waited here is not delivered late from the
+    /// broker's queue either. Measured from when the row was written; at
+    /// least a second.
+    fn message_expiry(&self, row: &outbox::Row) -> Option<u32> {
+        let series = self
+            .outbox
+            .series
+            .get(&row.name)
+            .unwrap_or(&self.outbox.defaults);
+        let max_age = series.max_age?;
+        let waited = Duration::from_nanos(now_ns().saturating_sub(row.created_at.max(0) as u64));
+        let left = max_age.saturating_sub(waited).as_secs().max(1);
+        Some(u32::try_from(left).unwrap_or(u32::MAX))
     }
 
     /// rumqttc sent the next submitted publish with packet id `pkid`.

@@ -4,6 +4,8 @@
 //!   `EventLoop`; it publishes the outbox (rows are deleted only when the
 //!   broker acknowledges them), keeps the retained `status`, and hands
 //!   downlink messages to [`downlink`].
+//! - [`connection`]: the link's MQTT connection in either version (3.1.1 or
+//!   5), in one shape for the link.
 //! - [`downlink`]: desired changes and action requests: checked against the
 //!   device model, delivered to the app that owns the device, answered.
 //! - [`operator`]: `wasmgate cloud ...`, the enterprise side.
@@ -15,6 +17,7 @@
 
 #[cfg(feature = "broker")]
 pub mod broker;
+pub mod connection;
 pub mod downlink;
 pub mod ledger;
 pub mod link;

@@ -55,6 +55,13 @@ pub(super) struct CloudSection {
     /// `wg/v1` (the default) or `sparkplug`.
     #[serde(default)]
     pub(super) profile: Option<String>,
+    /// `"3.1.1"` (the default) or `"5"`, for the `wg/v1` profile.
+    #[serde(default)]
+    pub(super) mqtt_version: Option<String>,
+    /// MQTT 5: how long the broker keeps the gateway's session (its
+    /// subscriptions and the messages queued for it) after a disconnect.
+    #[serde(default = "default_session_expiry_s")]
+    pub(super) session_expiry_s: u64,
     /// `[cloud.sparkplug]`: the edge node's ids, for `profile = "sparkplug"`.
     #[serde(default)]
     pub(super) sparkplug: Option<SparkplugSection>,
@@ -71,6 +78,13 @@ pub(super) struct SparkplugSection {
     /// host's STATE says it is online.
     #[serde(default)]
     pub(super) primary_host: Option<String>,
+}
+
+/// The MQTT version of the `wg/v1` link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    V311,
+    V5,
 }
 
 /// What the gateway speaks to the cloud.
@@ -116,6 +130,11 @@ pub(super) fn default_status_interval_s() -> u64 {
 pub(super) fn default_answer_timeout_s() -> u64 {
     30
 }
+/// A week: a gateway off the network over a long weekend still finds the
+/// desired changes and action requests sent meanwhile.
+pub(super) fn default_session_expiry_s() -> u64 {
+    7 * 24 * 3600
+}
 
 /// The cloud link, as gateway.toml's `[cloud]` gives it.
 #[derive(Debug, Clone)]
@@ -140,6 +159,9 @@ pub struct CloudConfig {
     /// the gateway user's alone.
     pub password_inline: bool,
     pub profile: Profile,
+    pub mqtt_version: MqttVersion,
+    /// MQTT 5: how long the broker keeps the session after a disconnect.
+    pub session_expiry: Duration,
 }
 
 impl CloudConfig {
@@ -166,6 +188,8 @@ impl CloudConfig {
             answer_timeout_s: default_answer_timeout_s(),
             profile: None,
             sparkplug: None,
+            mqtt_version: None,
+            session_expiry_s: default_session_expiry_s(),
         };
         // The defaults are valid by construction.
         cloud_config(section, gateway_id, &|p: &Path| p.to_path_buf())
@@ -401,8 +425,42 @@ pub(super) fn cloud_config(
         ));
     }
     let profile = profile(cloud.profile.as_deref(), cloud.sparkplug, gateway_id)?;
+    let mqtt_version = match cloud.mqtt_version.as_deref() {
+        None | Some("3.1.1") => MqttVersion::V311,
+        Some("5") => MqttVersion::V5,
+        Some(other) => {
+            return Err(KeyError::new(
+                key("mqtt_version"),
+                format!("{other:?} is not an MQTT version: give \"3.1.1\" or \"5\""),
+            ));
+        }
+    };
+    if mqtt_version == MqttVersion::V5 && matches!(profile, Profile::Sparkplug(_)) {
+        return Err(KeyError::new(
+            key("mqtt_version"),
+            "Sparkplug B 3.0 runs on MQTT 3.1.1 here: remove mqtt_version, or use profile = \"wg/v1\"",
+        ));
+    }
+    if mqtt_version == MqttVersion::V5 && embedded.is_some() {
+        return Err(KeyError::new(
+            key("mqtt_version"),
+            "the embedded broker speaks MQTT 3.1.1: remove mqtt_version, or give the url of a broker that speaks 5",
+        ));
+    }
+    if !(1..=u64::from(u32::MAX)).contains(&cloud.session_expiry_s) {
+        return Err(KeyError::new(
+            key("session_expiry_s"),
+            format!(
+                "{} is not between 1 and {}",
+                cloud.session_expiry_s,
+                u32::MAX
+            ),
+        ));
+    }
     Ok(CloudConfig {
         profile,
+        mqtt_version,
+        session_expiry: Duration::from_secs(cloud.session_expiry_s),
         broker,
         failover,
         embedded,

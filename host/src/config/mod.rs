@@ -26,7 +26,7 @@ pub use app::{
 };
 pub use bus::BusConfig;
 use bus::{BusSection, bus_config};
-pub use cloud::{BrokerSettings, CloudConfig, Profile, SparkplugIds};
+pub use cloud::{BrokerSettings, CloudConfig, MqttVersion, Profile, SparkplugIds};
 use cloud::{CloudSection, cloud_config};
 pub use content::ContentConfig;
 use content::{ContentSection, content_config};
@@ -542,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sparkplug_profile_takes_its_ids_and_refuses_what_cannot_be_a_topic_level() {
+    fn the_profile_and_mqtt_version_are_checked_and_sparkplug_ids_must_be_topic_levels() {
         let with = |cloud: &str| {
             parse(&format!(
                 "[gateway]\nid = \"gw-1\"\n[cloud]\nurl = \"mqtt://a\"\n{cloud}\n"
@@ -562,7 +562,23 @@ mod tests {
                 primary_host: None,
             })
         );
+        let cloud = with("mqtt_version = \"5\"\nsession_expiry_s = 60")
+            .expect("valid")
+            .cloud
+            .expect("cloud");
+        assert_eq!(cloud.mqtt_version, MqttVersion::V5);
+        assert_eq!(cloud.session_expiry, std::time::Duration::from_secs(60));
+        assert_eq!(
+            with("").unwrap().cloud.unwrap().mqtt_version,
+            MqttVersion::V311
+        );
         for (bad, says) in [
+            ("mqtt_version = \"4\"", "cloud.mqtt_version"),
+            ("session_expiry_s = 0", "cloud.session_expiry_s"),
+            (
+                "mqtt_version = \"5\"\nprofile = \"sparkplug\"\n[cloud.sparkplug]\ngroup_id = \"g\"",
+                "MQTT 3.1.1",
+            ),
             ("profile = \"sparkplug\"", "needs [cloud.sparkplug]"),
             ("profile = \"opc-ua\"", "cloud.profile"),
             (

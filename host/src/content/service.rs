@@ -113,7 +113,15 @@ impl Service {
 
     async fn publish(&mut self, device: &str, suffix: &str, payload: Vec<u8>) {
         let topic = topics::topic(&self.spec.gateway, device, suffix);
-        let _ = self.spec.replies.send(Reply { topic, payload }).await;
+        let _ = self
+            .spec
+            .replies
+            .send(Reply {
+                topic,
+                payload,
+                correlation: None,
+            })
+            .await;
     }
 
     /// Pick up uploads that are in the table but not in hand.

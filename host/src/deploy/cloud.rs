@@ -482,6 +482,7 @@ impl Handler {
         let reply = Reply {
             topic: topics::topic(&self.trust.gateway, &self.trust.gateway, "deploy/res"),
             payload: serde_json::to_vec(&progress).unwrap_or_default(),
+            correlation: None,
         };
         let _ = self.replies.send(reply).await;
     }

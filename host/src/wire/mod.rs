@@ -33,4 +33,14 @@ impl Inbound {
 pub struct Reply {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// MQTT 5: the requester's correlation data, echoed with its answer.
+    pub correlation: Option<Vec<u8>>,
+}
+
+/// MQTT 5: where a request wants its answer (its response topic), and what
+/// to echo with it (its correlation data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RespondTo {
+    pub topic: String,
+    pub correlation: Option<Vec<u8>>,
 }

@@ -29,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::node::{Current, Due, EdgeNode, Inbound, Topics};
 use super::payload::{self, Payload};
+use crate::cloud::connection::describe_v4 as describe;
 use crate::cloud::downlink::Reply;
 use crate::cloud::ledger::{Ledger, Sent};
-use crate::cloud::link::{LinkSpec, describe};
+use crate::cloud::link::LinkSpec;
 use crate::cloud::protocol::{Ack, ActionResponse, Point, RunState};
 use crate::cloud::topics;
 use crate::config::SparkplugIds;
@@ -114,6 +115,7 @@ pub async fn run(
         report,
         mut downlink,
         mut replies,
+        outbox: _,
     } = spec;
     let conn = db.open()?;
     conn.execute_batch(SCHEMA)?;
@@ -497,6 +499,7 @@ impl Node {
             Reply {
                 topic: String::new(),
                 payload: Vec::new(),
+                correlation: None,
             },
             false,
         )

@@ -919,7 +919,7 @@ mod tests {
 
     #[test]
     fn a_stamp_not_sent_leaves_no_gap() {
-        let mut node = node();
+        let node = node();
         let mut p = Payload::default();
         node.stamp(&mut p);
         let mut q = Payload::default();
