@@ -169,6 +169,40 @@ pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> 
     Ok(rows)
 }
 
+/// [`next_rows`] without the rows of the devices in `held`: the Sparkplug
+/// link holds a device's data while the device is dead, and its backlog
+/// must not keep other devices' rows from being read.
+pub fn next_rows_except(
+    conn: &Connection,
+    limit: usize,
+    held: &[&str],
+) -> rusqlite::Result<Vec<Row>> {
+    if held.is_empty() {
+        return next_rows(conn, limit);
+    }
+    let held = serde_json::to_string(held).unwrap_or_else(|_| "[]".into());
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok(Row {
+            seq: r.get(0)?,
+            kind: r.get(1)?,
+            device: r.get(2)?,
+            name: r.get(3)?,
+            points: r.get(4)?,
+            created_at: r.get(5)?,
+            bytes: r.get::<_, i64>(6)?.max(0) as u64,
+        })
+    };
+    // Model rows are never held: they are how a device becomes known.
+    conn.prepare_cached(
+        "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
+         WHERE sealed = 1
+           AND (kind = 'model' OR device NOT IN (SELECT value FROM json_each(?2)))
+         ORDER BY kind != 'alert', seq LIMIT ?1",
+    )?
+    .query_map(params![limit as i64, held], map)?
+    .collect()
+}
+
 /// A row's payload (`None` if the row is gone).
 pub fn payload(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Vec<u8>>> {
     use rusqlite::OptionalExtension as _;
@@ -361,6 +395,47 @@ mod tests {
                 .sum::<u64>(),
             4
         );
+    }
+
+    #[test]
+    fn held_devices_rows_are_left_out_but_not_their_models() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        let entry = |kind: Kind, device: &str| Entry {
+            kind,
+            device: device.into(),
+            name: "s".into(),
+            points: 1,
+            payload: b"[]".to_vec(),
+        };
+        insert(
+            &conn,
+            &[
+                entry(Kind::Telemetry, "dead"),
+                entry(Kind::Telemetry, "dead"),
+                entry(Kind::Telemetry, "alive"),
+                entry(Kind::Model, "dead"),
+                entry(Kind::Alert, "alive"),
+            ],
+        )
+        .expect("insert");
+        let read = |held: &[&str]| -> Vec<(String, String)> {
+            next_rows_except(&conn, 10, held)
+                .expect("rows")
+                .into_iter()
+                .map(|r| (r.kind, r.device))
+                .collect()
+        };
+        let pair = |k: &str, d: &str| (k.to_string(), d.to_string());
+        assert_eq!(
+            read(&["dead"]),
+            [
+                pair("alert", "alive"),
+                pair("telemetry", "alive"),
+                pair("model", "dead")
+            ]
+        );
+        assert_eq!(read(&[]).len(), 5);
     }
 
     #[test]

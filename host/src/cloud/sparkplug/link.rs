@@ -397,7 +397,9 @@ impl Node {
         if !self.ledger.room() {
             return;
         }
-        let rows = match outbox::next_rows(&self.db, self.ledger.rows_out() + READ_AHEAD) {
+        let held = self.node.held();
+        let read = outbox::next_rows_except(&self.db, self.ledger.rows_out() + READ_AHEAD, &held);
+        let rows = match read {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");
@@ -476,10 +478,8 @@ impl Node {
             };
             if self.send(topic, payload, self.marker()).is_err() {
                 // Births are made again from the state next time.
-                if let Due::DeviceBirth(device) = &due
-                    && let Some(model) = self.node.model(device).cloned()
-                {
-                    self.node.add_device(device, model);
+                if let Due::DeviceBirth(device) = &due {
+                    self.node.unborn(device);
                 }
                 return false;
             }

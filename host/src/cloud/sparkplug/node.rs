@@ -234,6 +234,11 @@ impl EdgeNode {
     pub fn connected(&mut self, bd_seq: u64) {
         self.bd_seq = bd_seq;
         self.deaths.clear();
+        // The host's STATE is read again on every connection (it is
+        // retained): what it was before the connection dropped is stale.
+        if let Some(host) = &mut self.host {
+            host.online = false;
+        }
         self.rebirth();
     }
 
@@ -324,6 +329,22 @@ impl EdgeNode {
             device.sent.clear();
             self.deaths.push(name.to_string());
         }
+    }
+
+    /// A device's birth could not be sent: it is due again.
+    pub fn unborn(&mut self, name: &str) {
+        if let Some(device) = self.devices.get_mut(name) {
+            device.born = false;
+        }
+    }
+
+    /// The devices whose data must wait: known, but dead or not yet born.
+    pub fn held(&self) -> Vec<&str> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| !d.born)
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     pub fn has_device(&self, name: &str) -> bool {
@@ -1123,6 +1144,16 @@ mod tests {
         );
         assert!(!node.may_publish());
         assert!(node.host_state(b"online").is_err());
+        // After a reconnect the node waits for the (retained) STATE again,
+        // even if the host was online when the connection dropped.
+        node.host_state(br#"{"online": true, "timestamp": 12}"#)
+            .unwrap();
+        node.connected(1);
+        assert!(!node.may_publish());
+        assert_eq!(
+            node.host_state(br#"{"online": true, "timestamp": 12}"#),
+            Ok(Some(true))
+        );
     }
 
     #[test]
@@ -1133,6 +1164,7 @@ mod tests {
         assert_eq!(node.due(), Some(Due::DeviceDeath("thermo".into())));
         birth_all(&mut node, &vec![]);
         assert!(!node.born("thermo"), "its data waits");
+        assert_eq!(node.held(), ["thermo"]);
         assert_eq!(node.due(), None, "no birth while its app is down");
         node.set_alive("thermo", true);
         assert_eq!(node.due(), Some(Due::DeviceBirth("thermo".into())));
