@@ -30,18 +30,11 @@ pub fn mqtt_options(settings: &BrokerSettings, clean_session: bool) -> anyhow::R
         .set_keep_alive(settings.keep_alive)
         .set_clean_session(clean_session)
         .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_PACKET_BYTES);
-    if let Some(user) = &settings.username {
-        let password = settings
-            .password
-            .as_ref()
-            .map(|p| p.expose_secret().to_string())
-            .unwrap_or_default();
+    if let Some((user, password)) = credentials(settings) {
         options.set_credentials(user, password);
     }
-    if settings.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
-            tls_config(settings)?,
-        ))));
+    if let Some(transport) = transport(settings)? {
+        options.set_transport(transport);
     }
     Ok(options)
 }
@@ -64,20 +57,34 @@ pub fn mqtt5_options(
         ))
         .set_max_packet_size(Some(MAX_INCOMING_PACKET_BYTES as u32))
         .set_network_options(network);
-    if let Some(user) = &settings.username {
-        let password = settings
-            .password
-            .as_ref()
-            .map(|p| p.expose_secret().to_string())
-            .unwrap_or_default();
+    if let Some((user, password)) = credentials(settings) {
         options.set_credentials(user, password);
     }
-    if settings.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
-            tls_config(settings)?,
-        ))));
+    if let Some(transport) = transport(settings)? {
+        options.set_transport(transport);
     }
     Ok(options)
+}
+
+/// The user name and password to log in with, if any.
+fn credentials(settings: &BrokerSettings) -> Option<(String, String)> {
+    let user = settings.username.clone()?;
+    let password = settings
+        .password
+        .as_ref()
+        .map(|p| p.expose_secret().to_string())
+        .unwrap_or_default();
+    Some((user, password))
+}
+
+/// TLS from the settings' PEM files, for an `mqtts://` broker.
+fn transport(settings: &BrokerSettings) -> anyhow::Result<Option<Transport>> {
+    if !settings.tls {
+        return Ok(None);
+    }
+    Ok(Some(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+        tls_config(settings)?,
+    )))))
 }
 
 /// Turn off Nagle's algorithm on the connection: request/response traffic

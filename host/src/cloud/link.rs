@@ -620,21 +620,7 @@ impl Link {
             tracing::debug!(pkid, "acknowledgement for an unknown packet");
             return;
         };
-        if let Sent::Row {
-            seq,
-            twin_device,
-            counted,
-        } = sent
-        {
-            let deleted = match &twin_device {
-                Some(device) => outbox::delete_twin_upto(&self.db, device, seq),
-                None => outbox::delete_delivered(&self.db, &self.usage, seq, counted.as_ref()),
-            };
-            if let Err(e) = deleted {
-                // The row stays and is sent again: a duplicate, not a loss.
-                tracing::error!(seq, "cannot remove a delivered row from the outbox: {e}");
-            }
-        }
+        settle(&self.db, &self.usage, sent);
     }
 
     /// Forget what was in flight; rows are read from the outbox again and
@@ -642,6 +628,27 @@ impl Link {
     fn disconnected(&mut self) {
         self.connected = false;
         self.ledger.disconnected();
+    }
+}
+
+/// What an acknowledged publish carried is delivered: its outbox rows are
+/// removed (a device's twin rows up to the one sent, or the one row) and
+/// taken off the outbox's totals. A message carrying no row settles nothing.
+pub(crate) fn settle(db: &rusqlite::Connection, usage: &Usage, sent: Sent) {
+    if let Sent::Row {
+        seq,
+        twin_device,
+        counted,
+    } = sent
+    {
+        let deleted = match &twin_device {
+            Some(device) => outbox::delete_twin_upto(db, device, seq),
+            None => outbox::delete_delivered(db, usage, seq, counted.as_ref()),
+        };
+        if let Err(e) = deleted {
+            // The row stays and is sent again: a duplicate, not a loss.
+            tracing::error!(seq, "cannot remove a delivered row from the outbox: {e}");
+        }
     }
 }
 

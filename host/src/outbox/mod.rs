@@ -135,35 +135,37 @@ pub struct Row {
     pub bytes: u64,
 }
 
+/// A row as [`next_rows`] selects it (the payload's length, not the payload).
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        seq: r.get(0)?,
+        kind: r.get(1)?,
+        device: r.get(2)?,
+        name: r.get(3)?,
+        points: r.get(4)?,
+        created_at: r.get(5)?,
+        bytes: r.get::<_, i64>(6)?.max(0) as u64,
+    })
+}
+
 /// The next rows to send: up to `limit` alerts first, then up to `limit`
 /// other sealed rows in order (a telemetry row the writer may still add
 /// to waits). Payloads are not read: a backlog of large batches
 /// would otherwise be read again on every acknowledgement.
 pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
-    let map = |r: &rusqlite::Row<'_>| {
-        Ok(Row {
-            seq: r.get(0)?,
-            kind: r.get(1)?,
-            device: r.get(2)?,
-            name: r.get(3)?,
-            points: r.get(4)?,
-            created_at: r.get(5)?,
-            bytes: r.get::<_, i64>(6)?.max(0) as u64,
-        })
-    };
     let mut rows = conn
         .prepare_cached(
             "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
              WHERE kind = 'alert' ORDER BY seq LIMIT ?1",
         )?
-        .query_map([limit as i64], map)?
+        .query_map([limit as i64], row_of)?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
     rows.extend(
         conn.prepare_cached(
             "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
              WHERE kind != 'alert' AND sealed = 1 ORDER BY seq LIMIT ?1",
         )?
-        .query_map([limit as i64], map)?
+        .query_map([limit as i64], row_of)?
         .collect::<rusqlite::Result<Vec<Row>>>()?,
     );
     Ok(rows)
@@ -181,17 +183,6 @@ pub fn next_rows_except(
         return next_rows(conn, limit);
     }
     let held = serde_json::to_string(held).unwrap_or_else(|_| "[]".into());
-    let map = |r: &rusqlite::Row<'_>| {
-        Ok(Row {
-            seq: r.get(0)?,
-            kind: r.get(1)?,
-            device: r.get(2)?,
-            name: r.get(3)?,
-            points: r.get(4)?,
-            created_at: r.get(5)?,
-            bytes: r.get::<_, i64>(6)?.max(0) as u64,
-        })
-    };
     // Model rows are never held: they are how a device becomes known.
     conn.prepare_cached(
         "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
@@ -199,7 +190,7 @@ pub fn next_rows_except(
            AND (kind = 'model' OR device NOT IN (SELECT value FROM json_each(?2)))
          ORDER BY kind != 'alert', seq LIMIT ?1",
     )?
-    .query_map(params![limit as i64, held], map)?
+    .query_map(params![limit as i64, held], row_of)?
     .collect()
 }
 

@@ -660,29 +660,15 @@ impl Node {
             row.bytes,
             u64::from(row.points),
         ));
-        match self
+        let data = self
             .node
-            .alert_data(&row.device, &row.name, &alert, time_ms, now_ms())
-        {
-            Some(data) => self.send(
-                self.node.topics().device("DDATA", &row.device),
-                data,
-                Sent::Row {
-                    seq: row.seq,
-                    twin_device: None,
-                    counted,
-                },
-            ),
-            None => {
-                tracing::warn!(device = %row.device, alert = %row.name, "an alert the device's model does not declare is not sent");
-                if let Err(e) =
-                    outbox::delete_delivered(&self.db, &self.usage, row.seq, counted.as_ref())
-                {
-                    tracing::error!("cannot remove a row from the outbox: {e}");
-                }
-                Ok(())
-            }
-        }
+            .alert_data(&row.device, &row.name, &alert, time_ms, now_ms());
+        self.send_row(
+            row,
+            data,
+            counted,
+            "an alert the device's model does not declare",
+        )
     }
 
     fn telemetry_row(&mut self, row: &outbox::Row) -> Result<(), rumqttc::ClientError> {
@@ -695,29 +681,45 @@ impl Node {
             u64::from(row.points),
         ));
         let points: Vec<Point> = serde_json::from_slice(&stored).unwrap_or_default();
-        match self
+        let data = self
             .node
-            .point_data(&row.device, &row.name, &points, now_ms())
-        {
-            Some(data) => self.send(
-                self.node.topics().device("DDATA", &row.device),
-                data,
-                Sent::Row {
-                    seq: row.seq,
-                    twin_device: None,
-                    counted,
-                },
-            ),
-            None => {
-                tracing::warn!(device = %row.device, series = %row.name, "a batch with no field the device's model declares is not sent");
-                if let Err(e) =
-                    outbox::delete_delivered(&self.db, &self.usage, row.seq, counted.as_ref())
-                {
-                    tracing::error!("cannot remove a row from the outbox: {e}");
-                }
-                Ok(())
-            }
-        }
+            .point_data(&row.device, &row.name, &points, now_ms());
+        self.send_row(
+            row,
+            data,
+            counted,
+            "a batch with no field the device's model declares",
+        )
+    }
+
+    /// Send a counted row's DDATA; a row that makes none (the model has
+    /// nothing for it) is removed, and the log says so.
+    fn send_row(
+        &mut self,
+        row: &outbox::Row,
+        data: Option<Payload>,
+        counted: Option<(Stream, u64, u64)>,
+        unsendable: &str,
+    ) -> Result<(), rumqttc::ClientError> {
+        let Some(data) = data else {
+            tracing::warn!(device = %row.device, name = %row.name, "{unsendable} is not sent");
+            let sent = Sent::Row {
+                seq: row.seq,
+                twin_device: None,
+                counted,
+            };
+            crate::cloud::link::settle(&self.db, &self.usage, sent);
+            return Ok(());
+        };
+        self.send(
+            self.node.topics().device("DDATA", &row.device),
+            data,
+            Sent::Row {
+                seq: row.seq,
+                twin_device: None,
+                counted,
+            },
+        )
     }
 
     fn acknowledged(&mut self, pkid: u16) {
@@ -725,22 +727,8 @@ impl Node {
             .link
             .messages_sent
             .fetch_add(1, Ordering::Relaxed);
-        let Some(sent) = self.ledger.acknowledged(pkid) else {
-            return;
-        };
-        if let Sent::Row {
-            seq,
-            twin_device,
-            counted,
-        } = sent
-        {
-            let deleted = match &twin_device {
-                Some(device) => outbox::delete_twin_upto(&self.db, device, seq),
-                None => outbox::delete_delivered(&self.db, &self.usage, seq, counted.as_ref()),
-            };
-            if let Err(e) = deleted {
-                tracing::error!(seq, "cannot remove a delivered row from the outbox: {e}");
-            }
+        if let Some(sent) = self.ledger.acknowledged(pkid) {
+            crate::cloud::link::settle(&self.db, &self.usage, sent);
         }
     }
 
