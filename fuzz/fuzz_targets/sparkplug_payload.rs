@@ -1,5 +1,5 @@
 //! Any bytes as a Sparkplug B payload: refused with a reason, or decoded
-//! into metrics that encode and decode again to the same payload, and whose
+//! into metrics that encode and decode again to the same bytes, and whose
 //! values read as any model kind without a panic (a value that does not fit
 //! is refused, one that does keeps its kind).
 
@@ -17,8 +17,10 @@ fuzz_target!(|bytes: &[u8]| {
         }
         Ok(p) => p,
     };
-    let again = payload::decode(&payload::encode(&decoded)).expect("its own encoding decodes");
-    assert_eq!(again, decoded);
+    // Compared as bytes: a NaN value is not equal to itself.
+    let encoded = payload::encode(&decoded);
+    let again = payload::decode(&encoded).expect("its own encoding decodes");
+    assert_eq!(payload::encode(&again), encoded);
     for metric in &decoded.metrics {
         for kind in [
             ValueKind::Boolean,
