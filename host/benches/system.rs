@@ -714,7 +714,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
                 directory: Arc::new(directory),
                 status_signal: Default::default(),
             }),
-            storage: Arc::new(wasmgate::storage::Storage),
+            storage: Arc::new(wasmgate::storage::Storage::default()),
             log: Arc::new(wasmgate::log::Log),
             config_store: Arc::new(wasmgate::config_store::ConfigStore),
             content: Arc::new(wasmgate::content::Content {

@@ -45,8 +45,11 @@ pub struct AppSetup<'a> {
     /// The app's rate-limit buckets: they outlive its instances, so a
     /// restart or a hot swap does not hand it a fresh burst.
     pub rates: &'a AppRates,
-    /// The gateway's database; each unit opens its own connections.
+    /// The gateway's database.
     pub db: &'a Database,
+    /// The app's own connections to it, reused across its instances: a
+    /// unit that keeps a connection in its `Ctx` takes it from here.
+    pub pool: &'a Arc<crate::store::ConnectionPool>,
     /// The instance's I/O time: an I/O unit times its waits on it.
     pub io: &'a Arc<crate::io_clock::IoClock>,
     /// The app's counters, kept across its instances.

@@ -8,7 +8,7 @@
 //! are buffered here for the length of one export call (or up to
 //! [`FLUSH_POINTS`]) and then handed to the outbox writer thread.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -49,7 +49,7 @@ struct DeviceDeps {
     app: Arc<str>,
     default_device: String,
     model: Arc<DeviceModel>,
-    db: Connection,
+    db: crate::store::Pooled,
     ingest: IngestSender,
     usage: Arc<Usage>,
     /// Signalled when a report or alert is in the outbox.
@@ -601,7 +601,7 @@ impl Capability for Device {
             app: app.app.clone(),
             default_device: app.device.to_string(),
             model: app.model.clone(),
-            db: app.db.open()?,
+            db: app.pool.open()?,
             ingest: self.ingest.clone(),
             usage: self.usage.clone(),
             outbox_signal: self.outbox_signal.clone(),

@@ -199,7 +199,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             directory: Arc::new(directory.clone()),
             status_signal: status_signal.clone(),
         }),
-        storage: Arc::new(crate::storage::Storage),
+        storage: Arc::new(crate::storage::Storage::default()),
         log: Arc::new(crate::log::Log),
         config_store: Arc::new(crate::config_store::ConfigStore),
         content: Arc::new(crate::content::Content {

@@ -8,18 +8,34 @@
 //! [`keyvalue`], with the same checks.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::storage::{self as generated, Host};
-use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
+use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, PerApp, ReportScope};
 use crate::rate::SharedLimit;
 
 pub mod keyvalue;
 
 /// The storage capability: no gateway state of its own; the `kv` table.
-pub struct Storage;
+#[derive(Default)]
+pub struct Storage {
+    /// Each app's tally, shared by all its instances (an app serving HTTP
+    /// has one per request in flight): its quota holds across them, and it
+    /// is counted once, not at every instantiation.
+    tallies: PerApp<Mutex<Tally>>,
+}
+
+/// What an app's keys count against its quota.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Counted from the database (once, at the app's first instance).
+    counted: bool,
+    /// Bytes of keys and values, with each key's overhead.
+    used: u64,
+    keys: u64,
+}
 
 impl Capability for Storage {
     type Ctx = StorageCtx;
@@ -34,10 +50,19 @@ CREATE TABLE IF NOT EXISTS kv (
 "#;
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        let (keys, bytes) = usage(app.db, app.app).unwrap_or_else(|e| {
-            tracing::warn!(app = app.app, "cannot count the app's storage: {e}");
-            (0, 0)
-        });
+        // The running app's tally; counted from the database for an app
+        // that has not run.
+        let tally = self.tallies.get(app.app);
+        let held = tally.lock().unwrap_or_else(|e| e.into_inner());
+        let (keys, bytes) = if held.counted {
+            (held.keys, held.used)
+        } else {
+            usage(app.db, app.app).unwrap_or_else(|e| {
+                tracing::warn!(app = app.app, "cannot count the app's storage: {e}");
+                (0, 0)
+            })
+        };
+        drop(held);
         vec![
             Figure {
                 name: "keys",
@@ -57,9 +82,10 @@ CREATE TABLE IF NOT EXISTS kv (
     fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<StorageCtx> {
         Ok(StorageCtx::new(
             app.app.clone(),
-            app.db.open()?,
+            app.pool.open()?,
             app.config.storage_quota_bytes,
             app.rates.storage_writes.clone(),
+            self.tallies.get(app.app),
         )?)
     }
 
@@ -102,12 +128,12 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Per-app state of the storage interface.
 pub struct StorageCtx {
     app: Arc<str>,
-    db: Connection,
+    db: crate::store::Pooled,
     quota: u64,
-    /// What the app's keys and values count against its quota now.
-    used: u64,
-    /// Keys it holds now.
-    keys: u64,
+    /// What the app's keys and values count against its quota now, shared
+    /// with its other instances. Held across a write's check and the write,
+    /// so that two instances cannot both take the last of the quota.
+    tally: Arc<Mutex<Tally>>,
     /// Writes are transactions: an app may not make them without end (see `rate`).
     writes: SharedLimit,
     /// The `wasi:keyvalue` bucket and CAS handles it holds.
@@ -118,17 +144,27 @@ impl StorageCtx {
     /// Open the app's storage, counting what it already holds.
     pub fn new(
         app: Arc<str>,
-        db: Connection,
+        db: crate::store::Pooled,
         quota: u64,
         writes: SharedLimit,
+        tally: Arc<Mutex<Tally>>,
     ) -> rusqlite::Result<Self> {
-        let (keys, used) = usage(&db, &app)?;
+        {
+            let mut held = tally.lock().unwrap_or_else(|e| e.into_inner());
+            if !held.counted {
+                let (keys, used) = usage(&db, &app)?;
+                *held = Tally {
+                    counted: true,
+                    used,
+                    keys,
+                };
+            }
+        }
         Ok(StorageCtx {
             app,
             db,
             quota,
-            used,
-            keys,
+            tally,
             writes,
             handles: Default::default(),
         })
@@ -204,18 +240,20 @@ impl Host for StorageCtx {
                 value.len()
             ))));
         }
+        let tally = self.tally.clone();
+        let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
         let old = match self.stored_size(&key) {
             Ok(old) => old,
             Err(e) => return Ok(Err(self.failed("set", e))),
         };
-        if old.is_none() && self.keys >= MAX_KEYS {
+        if old.is_none() && tally.keys >= MAX_KEYS {
             return Ok(Err(GuestError::Limit(format!(
                 "the app holds {} keys, the most it may",
-                self.keys
+                tally.keys
             ))));
         }
         let new = cost(&key, value.len());
-        let used = self.used - old.unwrap_or(0).min(self.used) + new;
+        let used = tally.used - old.unwrap_or(0).min(tally.used) + new;
         if used > self.quota {
             return Ok(Err(GuestError::Limit(format!(
                 "storage quota of {} bytes would be exceeded ({used} bytes)",
@@ -229,8 +267,8 @@ impl Host for StorageCtx {
         );
         Ok(match result {
             Ok(_) => {
-                self.used = used;
-                self.keys += u64::from(old.is_none());
+                tally.used = used;
+                tally.keys += u64::from(old.is_none());
                 Ok(())
             }
             Err(e) => Err(self.failed("set", e)),
@@ -241,6 +279,8 @@ impl Host for StorageCtx {
         if let Err(e) = Self::check_key(&key).and_then(|()| self.write_allowed()) {
             return Ok(Err(e));
         }
+        let tally = self.tally.clone();
+        let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
         let old = match self.stored_size(&key) {
             Ok(old) => old,
             Err(e) => return Ok(Err(self.failed("delete", e))),
@@ -251,8 +291,8 @@ impl Host for StorageCtx {
                 params![&*self.app, key],
             ) {
                 Ok(_) => {
-                    self.used = self.used.saturating_sub(old.unwrap_or(0));
-                    self.keys -= u64::from(old.is_some() && self.keys > 0);
+                    tally.used = tally.used.saturating_sub(old.unwrap_or(0));
+                    tally.keys -= u64::from(old.is_some() && tally.keys > 0);
                     Ok(())
                 }
                 Err(e) => Err(self.failed("delete", e)),
@@ -337,9 +377,10 @@ mod tests {
         db.execute_batch(Storage::SCHEMA).expect("schema");
         StorageCtx::new(
             "app".into(),
-            db,
+            crate::store::Pooled::unpooled(db),
             quota,
             SharedLimit::new(1_000_000, 1_000_000),
+            Arc::default(),
         )
         .expect("ctx")
     }
@@ -381,8 +422,9 @@ mod tests {
                 .is_ok()
         );
         // What is held is counted the same way after a restart.
-        assert_eq!(usage(&storage.db, "app").expect("usage"), (2, storage.used));
-        assert_eq!(storage.keys, 2);
+        let tally = storage.tally.lock().expect("tally");
+        assert_eq!(usage(&storage.db, "app").expect("usage"), (2, tally.used));
+        assert_eq!(tally.keys, 2);
     }
 
     #[test]
@@ -421,9 +463,46 @@ mod tests {
     }
 
     #[test]
+    fn two_instances_of_an_app_share_its_quota() {
+        // As an app serving HTTP has, one per request in flight: on one
+        // database, with one tally.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = crate::store::ConnectionPool::new(crate::store::Database::new(
+            dir.path().join("kv.db"),
+            None,
+        ));
+        pool.open()
+            .expect("open")
+            .execute_batch(Storage::SCHEMA)
+            .expect("schema");
+        let quota = 2 * (2 + KEY_OVERHEAD_BYTES);
+        let unit = Storage::default();
+        let instance = || {
+            StorageCtx::new(
+                "app".into(),
+                pool.open().expect("open"),
+                quota,
+                SharedLimit::new(1_000_000, 1_000_000),
+                unit.tallies.get("app"),
+            )
+            .expect("ctx")
+        };
+        let (mut first, mut second) = (instance(), instance());
+        assert!(first.set("a".into(), b"1".to_vec()).expect("call").is_ok());
+        assert!(second.set("b".into(), b"2".to_vec()).expect("call").is_ok());
+        let refused = first.set("c".into(), b"3".to_vec()).expect("call");
+        assert!(
+            matches!(refused, Err(GuestError::Limit(_))),
+            "the second instance's key counts for the first: {refused:?}"
+        );
+        assert!(second.delete("a".into()).expect("call").is_ok());
+        assert!(first.set("c".into(), b"3".to_vec()).expect("call").is_ok());
+    }
+
+    #[test]
     fn an_app_holds_at_most_max_keys() {
         let mut storage = ctx(u64::MAX);
-        storage.keys = MAX_KEYS - 1;
+        storage.tally.lock().expect("tally").keys = MAX_KEYS - 1;
         assert!(
             storage
                 .set("last".into(), Vec::new())

@@ -9,6 +9,7 @@
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::value::now_ns;
@@ -117,6 +118,107 @@ impl Database {
             conn.pragma_update(None, "max_page_count", (max as i64 / page.max(512)).max(1))?;
         }
         Ok(conn)
+    }
+}
+
+/// A few open connections to the gateway's database, kept for one app and
+/// handed to its instances in turn. Opening a connection (the file, the
+/// WAL and the pragmas) costs more than making a whole instance otherwise
+/// does, and an app that serves HTTP makes an instance per request; a
+/// pooled connection also keeps its cache of prepared statements.
+///
+/// A connection comes back to the pool when its holder drops it, unless it
+/// is inside a transaction (a holder that panicked mid-way): that one is
+/// closed, which rolls the transaction back.
+#[derive(Debug)]
+pub struct ConnectionPool {
+    db: Database,
+    idle: std::sync::Mutex<Vec<Connection>>,
+}
+
+/// Connections a pool keeps open while nobody holds them: the two units
+/// that keep one, for two instances (a hot swap, or two HTTP requests).
+const POOL_IDLE: usize = 4;
+
+impl ConnectionPool {
+    pub fn new(db: Database) -> Arc<ConnectionPool> {
+        Arc::new(ConnectionPool {
+            db,
+            idle: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A connection: an idle one, or a new one.
+    pub fn open(self: &Arc<Self>) -> rusqlite::Result<Pooled> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.db.open()?,
+        };
+        Ok(Pooled {
+            conn: Some(conn),
+            pool: Some(self.clone()),
+        })
+    }
+
+    /// The database the pool opens.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Connections open and idle now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// A connection from a [`ConnectionPool`], back to it when dropped.
+#[derive(Debug)]
+pub struct Pooled {
+    conn: Option<Connection>,
+    pool: Option<Arc<ConnectionPool>>,
+}
+
+impl Pooled {
+    /// A connection of no pool, closed when dropped (a unit test's
+    /// in-memory database, say).
+    pub fn unpooled(conn: Connection) -> Pooled {
+        Pooled {
+            conn: Some(conn),
+            pool: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("a pooled connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn
+            .as_mut()
+            .expect("a pooled connection until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let (Some(conn), Some(pool)) = (self.conn.take(), &self.pool) else {
+            return;
+        };
+        if !conn.is_autocommit() {
+            return;
+        }
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < POOL_IDLE {
+            idle.push(conn);
+        }
     }
 }
 
@@ -438,5 +540,41 @@ mod tests {
         );
         clear_saved_state(&conn, "a").expect("clear");
         assert_eq!(saved_state(&conn, "a").expect("read"), None);
+    }
+
+    #[test]
+    fn a_pool_hands_back_its_connections_but_not_one_left_in_a_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = ConnectionPool::new(Database::new(dir.path().join("p.db"), None));
+        {
+            let first = pool.open().expect("open");
+            let _second = pool.open().expect("open");
+            first
+                .execute_batch("CREATE TABLE t (x INTEGER)")
+                .expect("create");
+        }
+        assert_eq!(pool.idle(), 2, "both came back");
+        let conn = pool.open().expect("open");
+        assert_eq!(pool.idle(), 1, "one was reused");
+        conn.execute("INSERT INTO t VALUES (1)", [])
+            .expect("insert");
+        drop(conn);
+        let mut conn = pool.open().expect("open");
+        let tx = conn.transaction().expect("begin");
+        tx.execute("INSERT INTO t VALUES (2)", []).expect("insert");
+        std::mem::forget(tx);
+        drop(conn);
+        assert_eq!(pool.idle(), 1, "the one inside a transaction was closed");
+        let count: i64 = pool
+            .open()
+            .expect("open")
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 1, "and its transaction rolled back");
+        let many: Vec<Pooled> = (0..POOL_IDLE + 3)
+            .map(|_| pool.open().expect("open"))
+            .collect();
+        drop(many);
+        assert_eq!(pool.idle(), POOL_IDLE, "at most POOL_IDLE stay open");
     }
 }

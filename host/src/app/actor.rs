@@ -259,12 +259,15 @@ struct AppBase {
     shared: AppShared,
     /// The app's own directory, its only WASI preopen.
     files_dir: PathBuf,
+    /// The app's database connections, kept across its instances.
+    pool: Arc<crate::store::ConnectionPool>,
 }
 
 impl AppBase {
     fn new(name: Arc<str>, shared: AppShared, files_dir: PathBuf) -> AppBase {
         let metrics = shared.metrics.app(&name);
         AppBase {
+            pool: crate::store::ConnectionPool::new(shared.db.clone()),
             rates: crate::rate::AppRates::new(metrics.clone()),
             metrics,
             name,
@@ -294,6 +297,7 @@ impl AppBase {
             files_dir: &self.files_dir,
             rates: &self.rates,
             db: &self.shared.db,
+            pool: &self.pool,
         };
         let units = self.shared.units.instances(&setup)?;
         let stderr_tail = units.wasi.stderr_tail.clone();
