@@ -112,12 +112,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
             config.max_inflight,
             (&status_topic, will.clone()),
         )?;
-        let url = format!(
-            "{}://{}:{}",
-            if settings.tls { "mqtts" } else { "mqtt" },
-            settings.host,
-            settings.port
-        );
+        let url = settings.url();
         brokers.push((url, options));
     }
     let mut on = 0;

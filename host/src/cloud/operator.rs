@@ -25,12 +25,7 @@ impl Session {
         let options = super::mqtt_options(settings, true)?;
         let (client, mut events) = AsyncClient::new(options, 64);
         super::no_delay(&mut events);
-        let url = format!(
-            "{}://{}:{}",
-            if settings.tls { "mqtts" } else { "mqtt" },
-            settings.host,
-            settings.port
-        );
+        let url = settings.url();
         let connected = tokio::time::timeout(timeout, async {
             loop {
                 match events.poll().await {

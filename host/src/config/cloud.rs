@@ -290,6 +290,13 @@ impl BrokerSettings {
         })
     }
 
+    /// `mqtt://host:port` or `mqtts://host:port`: which broker, for the log
+    /// and the status.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+
     /// Check the TLS settings hang together.
     pub fn check(&self) -> Result<(), String> {
         if self.cert_file.is_some() != self.key_file.is_some() {

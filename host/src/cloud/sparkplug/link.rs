@@ -134,12 +134,7 @@ pub async fn run(
         // A Sparkplug session starts clean: the births state everything.
         let mut options = crate::mqtt::mqtt_options(settings, true)?;
         options.set_inflight(config.max_inflight);
-        let url = format!(
-            "{}://{}:{}",
-            if settings.tls { "mqtts" } else { "mqtt" },
-            settings.host,
-            settings.port
-        );
+        let url = settings.url();
         brokers.push((url, options));
     }
     let mut on = 0;
