@@ -1115,16 +1115,7 @@ async fn within<T>(
     call: impl std::future::Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
     // Device I/O may add its budget: each wait is cut at what is left of it.
-    let deadline = tokio::time::Instant::now() + timeout + HOST_CALL_GRACE + io.budget();
-    let mut call = std::pin::pin!(call);
-    // Most calls (a tick that computes and records) finish in their first
-    // poll, and need no timer: only a call that waits gets one, due at the
-    // same deadline as if it had been set before the first poll.
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
-    if let std::task::Poll::Ready(result) = first {
-        return result;
-    }
-    match tokio::time::timeout_at(deadline, call).await {
+    match tokio::time::timeout(timeout + HOST_CALL_GRACE + io.budget(), call).await {
         Ok(result) => result,
         Err(_) => Err(StuckInHostCall(timeout).into()),
     }
