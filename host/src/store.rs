@@ -161,11 +161,6 @@ impl ConnectionPool {
         })
     }
 
-    /// The database the pool opens.
-    pub fn database(&self) -> &Database {
-        &self.db
-    }
-
     /// Connections open and idle now.
     pub fn idle(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()

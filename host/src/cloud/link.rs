@@ -587,6 +587,10 @@ impl Link {
     /// broker's queue either. Measured from when the row was written; at
     /// least a second.
     fn message_expiry(&self, row: &outbox::Row) -> Option<u32> {
+        // 3.1.1 has no expiry to carry it.
+        if matches!(self.client, Client::V4(_)) {
+            return None;
+        }
         let series = self
             .outbox
             .series

@@ -347,10 +347,6 @@ impl EdgeNode {
             .collect()
     }
 
-    pub fn has_device(&self, name: &str) -> bool {
-        self.devices.contains_key(name)
-    }
-
     /// What must go out before any data: the NBIRTH, or a DBIRTH (its
     /// device), or a DDEATH.
     pub fn due(&self) -> Option<Due> {
@@ -688,11 +684,6 @@ impl EdgeNode {
     /// The model a device was added with.
     pub fn model(&self, device: &str) -> Option<&Arc<DeviceModel>> {
         self.devices.get(device).map(|d| &d.model)
-    }
-
-    /// The devices the node speaks for.
-    pub fn devices(&self) -> impl Iterator<Item = &str> {
-        self.devices.keys().map(String::as_str)
     }
 }
 
