@@ -597,9 +597,8 @@ impl EdgeNode {
         let mut commands = Commands::default();
         for metric in &payload.metrics {
             let name = match (&metric.name, metric.alias) {
-                (Some(name), _) => name.clone(),
                 (None, Some(REBIRTH_ALIAS)) => REBIRTH.to_string(),
-                (None, alias) => format!("alias {}", alias.unwrap_or(0)),
+                _ => label(metric),
             };
             if name != REBIRTH {
                 commands
@@ -630,20 +629,16 @@ impl EdgeNode {
         };
         for metric in &payload.metrics {
             let found = match (&metric.name, metric.alias) {
-                (Some(name), _) => known.metrics.get_key_value(name.as_str()),
-                (None, Some(alias)) if known.born => {
+                (Some(name), _) if !name.is_empty() => known.metrics.get_key_value(name.as_str()),
+                (_, Some(alias)) if known.born => {
                     known.metrics.iter().find(|(_, m)| m.alias == alias)
                 }
                 _ => None,
             };
             let Some((name, spec)) = found else {
-                let what = metric
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("alias {}", metric.alias.unwrap_or(0)));
                 commands
                     .refused
-                    .push((what, "the device has no such metric".into()));
+                    .push((label(metric), "the device has no such metric".into()));
                 continue;
             };
             match &spec.source {
@@ -684,6 +679,18 @@ impl EdgeNode {
     /// The model a device was added with.
     pub fn model(&self, device: &str) -> Option<&Arc<DeviceModel>> {
         self.devices.get(device).map(|d| &d.model)
+    }
+}
+
+/// How a refused command metric is named in the log and the refusal: its
+/// name, else its alias. A sender may give neither, or an empty name, and
+/// the operator still needs something to look for.
+fn label(metric: &Metric) -> String {
+    match (metric.name.as_deref(), metric.alias) {
+        (Some(name), _) if !name.is_empty() => name.to_string(),
+        (_, Some(alias)) => format!("alias {alias}"),
+        (Some(_), None) => "a metric with an empty name".to_string(),
+        (None, None) => "a metric with neither name nor alias".to_string(),
     }
 }
 
@@ -1112,6 +1119,36 @@ mod tests {
         let other = node.node_command(&rebirth(Some("Node Control/Reboot"), None));
         assert!(!other.rebirth);
         assert_eq!(other.refused.len(), 1);
+    }
+
+    #[test]
+    fn a_command_metric_with_an_empty_name_is_read_by_alias_or_refused_with_a_label() {
+        let mut node = node();
+        birth_all(&mut node, &vec![]);
+        let alias = node.devices["thermo"].metrics["setpoint"].alias;
+        let write = |name: Option<&str>, alias: Option<u64>| Payload {
+            metrics: vec![Metric {
+                name: name.map(str::to_string),
+                alias,
+                datatype: Some(datatype::DOUBLE),
+                value: Some(MetricValue::DoubleValue(21.5)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let by_alias = node.device_command("thermo", &write(Some(""), Some(alias)));
+        assert_eq!(
+            by_alias.desired.get("setpoint"),
+            Some(&serde_json::json!(21.5))
+        );
+        // Found by a fuzz run: a refusal named "" told the operator nothing.
+        for (name, alias) in [(Some(""), None), (None, None)] {
+            let refused = node.device_command("thermo", &write(name, alias)).refused;
+            assert_eq!(refused.len(), 1);
+            assert!(refused[0].0.contains("metric with"), "{refused:?}");
+            let refused = node.node_command(&write(name, alias)).refused;
+            assert!(refused[0].0.contains("metric with"), "{refused:?}");
+        }
     }
 
     #[test]
