@@ -7,6 +7,8 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "system/scale.rs"]
+mod scale;
 
 use common::mqtt::Mosquitto;
 use common::{Gateway, guest, root};
@@ -17,8 +19,10 @@ use std::time::{Duration, Instant};
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let runs = if quick { 1 } else { 3 };
-    // `-- P5 P7` measures only those figures.
-    let only: Vec<String> = std::env::args().filter(|a| a.starts_with('P')).collect();
+    // `-- P5 P7` measures only those figures, `-- S2` only that curve.
+    let only: Vec<String> = std::env::args()
+        .filter(|a| a.starts_with('P') || a.starts_with('S'))
+        .collect();
     let wanted = |id: &str| only.is_empty() || only.iter().any(|o| o == id);
     let mut rows: Vec<[String; 4]> = Vec::new();
 
@@ -221,6 +225,92 @@ fn main() {
                 gw_rps / bare_rps * 100.0
             ),
         ]);
+    }
+
+    // The scale curves: one run each (the largest sizes take minutes).
+    if wanted("S1") {
+        let points: Vec<(usize, scale::AppsPoint)> = scale::APP_COUNTS
+            .iter()
+            .map(|&n| (n, scale::apps(n)))
+            .collect();
+        let (first, base) = (points[0].0, &points[0].1);
+        for (n, p) in &points {
+            let per_app = if *n > first {
+                format!(
+                    ", {:.2} MiB an app",
+                    (p.rss_mib - base.rss_mib) / (*n - first) as f64
+                )
+            } else {
+                String::new()
+            };
+            rows.push([
+                format!("S1 ({n})"),
+                format!("{n} apps: storage-roundtrip ticking every 100 ms, 10 s watched; then bench-ingest recording 1,000,000 points among them"),
+                format!(
+                    "RSS {:.1} MiB; tick gap p99 {:.1} ms ({} ticks); ingest {} points/s",
+                    p.rss_mib,
+                    p.tick_p99_ms,
+                    p.ticks,
+                    thousands(p.ingest)
+                ),
+                format!(
+                    "{first} app: RSS ×{:.2}{per_app}; tick p99 ×{:.2}; ingest ×{:.2}",
+                    p.rss_mib / base.rss_mib,
+                    p.tick_p99_ms / base.tick_p99_ms,
+                    p.ingest / base.ingest
+                ),
+            ]);
+        }
+    }
+
+    if wanted("S2") {
+        let points: Vec<(usize, scale::DevicesPoint)> = scale::DEVICE_COUNTS
+            .iter()
+            .map(|&n| (n, scale::devices(n)))
+            .collect();
+        let (first, base) = (points[0].0, &points[0].1);
+        for (n, p) in &points {
+            rows.push([
+                format!("S2 ({n})"),
+                format!("{n} registered devices (the bus-gateway example, {n} sensors, in apps of at most 1,000), each recording a point and reporting once a second, through Mosquitto; 10 s watched"),
+                format!(
+                    "gateway CPU {:.1} % of a core; report to subscriber p50 {:.1} ms, p99 {:.1} ms; {} reports/s received, from {} devices; RSS {:.1} MiB",
+                    p.gateway_cpu,
+                    p.latency_p50_ms,
+                    p.latency_p99_ms,
+                    thousands(p.reports_per_s),
+                    thousands(p.devices_heard as f64),
+                    p.rss_mib
+                ),
+                format!(
+                    "Mosquitto routing the same: {:.1} % ({:.1}× for the gateway); {first} devices: CPU ×{:.1} for ×{} the devices",
+                    p.broker_cpu,
+                    p.gateway_cpu / p.broker_cpu,
+                    p.gateway_cpu / base.gateway_cpu,
+                    n / first
+                ),
+            ]);
+        }
+    }
+
+    if wanted("S3") {
+        let points: Vec<(usize, scale::SeriesPoint)> = scale::SERIES_COUNTS
+            .iter()
+            .map(|&n| (n, scale::series(n)))
+            .collect();
+        let (first, base) = (points[0].0, &points[0].1);
+        for (n, p) in &points {
+            rows.push([
+                format!("S3 ({n})"),
+                format!("one app recording 200,000 points into {n} series, batches of 100 to each in turn"),
+                format!("{} points/s; RSS {:.1} MiB", thousands(p.ingest), p.rss_mib),
+                format!(
+                    "{first} series: ingest ×{:.2}, RSS ×{:.2}",
+                    p.ingest / base.ingest,
+                    p.rss_mib / base.rss_mib
+                ),
+            ]);
+        }
     }
 
     if wanted("P5") {
