@@ -384,21 +384,28 @@ fn committed_points(gw: &Gateway) -> u64 {
         .unwrap_or(0) as u64
 }
 
+/// Points per second of `run` (gateway `gw`), from its first app's start
+/// until `total` points are committed to SQLite.
+fn ingest_rate(run: &mut common::Running, gw: &Gateway, total: u64) -> f64 {
+    run.wait_for("app started", Duration::from_secs(600));
+    let started = Instant::now();
+    while committed_points(gw) < total {
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "ingest did not finish: {} of {total} points",
+            committed_points(gw)
+        );
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Points per second from the guest's first tick until every point is
 /// committed to SQLite.
 fn ingest(total: u64) -> f64 {
     let gw = ingest_gateway(total);
     let mut run = gw.start();
-    run.wait_for("app started", Duration::from_secs(60));
-    let started = Instant::now();
-    while committed_points(&gw) < total {
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "ingest did not finish"
-        );
-    }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let rate = ingest_rate(&mut run, &gw, total);
     run.stop();
     eprintln!("ingest: {rate:.0} points/s");
     rate

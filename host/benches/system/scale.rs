@@ -5,7 +5,7 @@
 
 use super::common::mqtt::Mosquitto;
 use super::common::{Gateway, guest, root};
-use super::{committed_points, cpu_ms, rss_mib, thousands};
+use super::{cpu_ms, ingest_rate, rss_mib, thousands};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -118,16 +118,7 @@ pub fn apps(n: usize) -> AppsPoint {
     }
     let total = share * n as u64;
     let mut run = gw.start();
-    run.wait_for("app started", Duration::from_secs(600));
-    let started = Instant::now();
-    while committed_points(&gw) < total {
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the apps' ingest did not finish"
-        );
-    }
-    let ingest = total as f64 / started.elapsed().as_secs_f64();
+    let ingest = ingest_rate(&mut run, &gw, total);
     run.stop();
     let point = AppsPoint {
         rss_mib: rss,
@@ -313,16 +304,7 @@ pub fn series(n: usize) -> SeriesPoint {
         ),
     );
     let mut run = gw.start();
-    run.wait_for("app started", Duration::from_secs(120));
-    let started = Instant::now();
-    while committed_points(&gw) < SERIES_POINTS {
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "ingest into {n} series did not finish"
-        );
-    }
-    let ingest = SERIES_POINTS as f64 / started.elapsed().as_secs_f64();
+    let ingest = ingest_rate(&mut run, &gw, SERIES_POINTS);
     let rss = rss_mib(run.pid());
     run.stop();
     eprintln!("series {n}: {} points/s, {rss:.1} MiB", thousands(ingest));
