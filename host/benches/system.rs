@@ -919,14 +919,15 @@ fn paho_baseline(points: u64) -> Result<f64, String> {
     Ok(rate)
 }
 
-fn ten_apps(n: usize) -> Gateway {
+/// `n` storage-roundtrip apps (`app0`, ...) ticking every `tick_ms`.
+fn roundtrip_apps(n: usize, tick_ms: u32) -> Gateway {
     let mut gw = Gateway::new();
     for i in 0..n {
         gw = gw.app(
             &format!("app{i}"),
             &guest("storage-roundtrip"),
             &root().join("tests/models/counter.json"),
-            "tick_interval_ms = 10",
+            &format!("tick_interval_ms = {tick_ms}"),
         );
     }
     gw
@@ -952,7 +953,7 @@ fn cold_start(apps: usize) -> (f64, f64, f64, Duration) {
     let mut warms = Vec::new();
     let mut starts = Vec::new();
     for _ in 0..3 {
-        let gw = ten_apps(apps);
+        let gw = roundtrip_apps(apps, 10);
         let t = Instant::now();
         let mut run = gw.start();
         first_ticks(&mut run);
@@ -1026,7 +1027,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// P6: resident memory of an idle gateway with 1 and 10 apps; binary sizes.
 fn footprint() -> (f64, f64, f64, String) {
     let idle = |apps: usize| {
-        let gw = ten_apps(apps).section("");
+        let gw = roundtrip_apps(apps, 10).section("");
         let mut run = gw.start();
         run.wait_until(
             Duration::from_secs(120),

@@ -853,7 +853,6 @@ fn a_guest_that_sleeps_in_a_host_call_is_cut_off_at_its_deadline_and_never_holds
     // while that stop is still pending. The stop goes just after a sleep
     // ended, so that the next one (10 ms later) has all of its 8 s to go:
     // under load, the two commands below may take seconds.
-    run.wait_app("dozer", T, "running", |a| a["state"] == "running");
     let woke = |lines: &[String]| {
         lines
             .iter()

@@ -5,7 +5,7 @@
 
 use super::common::mqtt::Mosquitto;
 use super::common::{Gateway, guest, root};
-use super::{cpu_ms, ingest_rate, rss_mib, thousands};
+use super::{cpu_ms, ingest_rate, roundtrip_apps, rss_mib, thousands};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,15 +69,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// [`WINDOW`]; then `n` bench-ingest apps recording
 /// [`APPS_INGEST_POINTS`] among them.
 pub fn apps(n: usize) -> AppsPoint {
-    let mut gw = Gateway::new();
-    for i in 0..n {
-        gw = gw.app(
-            &format!("app{i}"),
-            &guest("storage-roundtrip"),
-            &root().join("tests/models/counter.json"),
-            "tick_interval_ms = 100",
-        );
-    }
+    // (The gateway owns its data directory: kept until the run ends.)
+    let gw = roundtrip_apps(n, 100);
     let mut run = gw.start();
     run.wait_until(Duration::from_secs(600), "every app ticking", |lines| {
         let ticking = lines

@@ -596,7 +596,7 @@ impl EdgeNode {
     pub fn node_command(&self, payload: &Payload) -> Commands {
         let mut commands = Commands::default();
         for metric in &payload.metrics {
-            let name = match (&metric.name, metric.alias) {
+            let name = match (named(metric), metric.alias) {
                 (None, Some(REBIRTH_ALIAS)) => REBIRTH.to_string(),
                 _ => label(metric),
             };
@@ -628,9 +628,9 @@ impl EdgeNode {
             return commands;
         };
         for metric in &payload.metrics {
-            let found = match (&metric.name, metric.alias) {
-                (Some(name), _) if !name.is_empty() => known.metrics.get_key_value(name.as_str()),
-                (_, Some(alias)) if known.born => {
+            let found = match (named(metric), metric.alias) {
+                (Some(name), _) => known.metrics.get_key_value(name),
+                (None, Some(alias)) if known.born => {
                     known.metrics.iter().find(|(_, m)| m.alias == alias)
                 }
                 _ => None,
@@ -686,12 +686,18 @@ impl EdgeNode {
 /// name, else its alias. A sender may give neither, or an empty name, and
 /// the operator still needs something to look for.
 fn label(metric: &Metric) -> String {
-    match (metric.name.as_deref(), metric.alias) {
-        (Some(name), _) if !name.is_empty() => name.to_string(),
-        (_, Some(alias)) => format!("alias {alias}"),
-        (Some(_), None) => "a metric with an empty name".to_string(),
+    match (named(metric), metric.alias) {
+        (Some(name), _) => name.to_string(),
+        (None, Some(alias)) => format!("alias {alias}"),
+        (None, None) if metric.name.is_some() => "a metric with an empty name".to_string(),
         (None, None) => "a metric with neither name nor alias".to_string(),
     }
+}
+
+/// A command metric's name, if it has one: an empty name is none, so that
+/// the metric is read by its alias.
+fn named(metric: &Metric) -> Option<&str> {
+    metric.name.as_deref().filter(|name| !name.is_empty())
 }
 
 /// What [`EdgeNode::due`] asks for.
@@ -1115,6 +1121,11 @@ mod tests {
         assert!(
             node.node_command(&rebirth(None, Some(REBIRTH_ALIAS)))
                 .rebirth
+        );
+        assert!(
+            node.node_command(&rebirth(Some(""), Some(REBIRTH_ALIAS)))
+                .rebirth,
+            "an empty name is read by the alias, as in a DCMD"
         );
         let other = node.node_command(&rebirth(Some("Node Control/Reboot"), None));
         assert!(!other.rebirth);
