@@ -91,6 +91,11 @@ const OUTBOX_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
 CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, seq);
 "#;
+/// The rows the telemetry writer may still add to: a handful, so the link
+/// finds the oldest at once (`outbox::oldest_open`). Created after the
+/// migration below, which gives an old outbox its `sealed` column.
+const OUTBOX_OPEN_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS outbox_open ON outbox (seq) WHERE sealed = 0;";
 
 /// The gateway's database: where it is and how large it may grow. Every
 /// connection is opened through this, so the size cap holds on all of them.
@@ -279,6 +284,7 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         ))?;
         tx.commit()?;
     }
+    conn.execute_batch(OUTBOX_OPEN_INDEX)?;
     // A database new here (version 0) gets a random id; one from an older
     // build keeps the ids it may already have sent.
     let id = if version == 0 {

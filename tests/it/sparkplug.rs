@@ -300,8 +300,13 @@ fn with_a_primary_host_bd_seq_and_seq_hold_across_a_kill_9_and_a_broker_restart_
  {
     let mut broker = Mosquitto::start("");
     let host = SparkplugHost::start(broker.port, "plant", Some("scada"));
+    // `sync_record`: a point is durable when `record` returns, so every
+    // count the guest logged as recorded must arrive. (By default the
+    // points of the last flush interval may go with a kill -9, as
+    // docs/buffering.md says.)
     let gw = Gateway::new()
         .section(&cloud(&broker, "primary_host = \"scada\""))
+        .section("[outbox]\nsync_record = true")
         .app(
             "counter",
             &guest("storage-roundtrip"),

@@ -13,12 +13,17 @@
 //!   by the link, replies are done;
 //! - on a disconnect nothing in flight counts as delivered: outbox rows are
 //!   read again from the outbox, and replies and statuses are queued again
-//!   ahead of newer ones, in the order they were first submitted.
+//!   ahead of newer ones, in the order they were first submitted;
+//! - while connected, the link reads the outbox on from the last row it
+//!   handed out (`read_past`) rather than from the first, but never past a
+//!   row the telemetry writer may still add to. A device's twin row that
+//!   comes while its state is out is not sent then: the device's state is
+//!   sent again once the broker has the one out (`twins_due`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::downlink::Reply;
-use crate::outbox::Stream;
+use crate::outbox::Counted;
 
 /// Bytes of replies and statuses waiting to be sent past which the link
 /// takes no more replies from the apps' workers and services: they wait
@@ -46,7 +51,7 @@ pub enum Sent {
         twin_device: Option<String>,
         /// The stream and size of a telemetry or alert row, to count it out
         /// of the outbox when it is delivered.
-        counted: Option<(Stream, u64, u64)>,
+        counted: Option<Counted>,
     },
     /// A reply or status (and whether it is retained): sent again after a
     /// reconnect if not acknowledged.
@@ -68,6 +73,14 @@ pub struct Ledger {
     rows_out: HashSet<i64>,
     /// Devices whose retained twin state is submitted or in flight.
     twins_out: HashSet<String>,
+    /// The link has handed out (or skipped, see `twins_later`) every outbox
+    /// row up to this seq on this connection; it reads on past it.
+    read_past: i64,
+    /// Devices with a twin row that came while their state was out.
+    twins_later: HashSet<String>,
+    /// Of those, the ones whose state the broker has acknowledged since:
+    /// their state is sent again, with the newer rows.
+    twins_due: VecDeque<String>,
     /// Replies and statuses waiting for a connection or a free slot.
     messages: VecDeque<(Reply, bool)>,
     /// Their bytes.
@@ -83,6 +96,9 @@ impl Ledger {
             order: 0,
             rows_out: HashSet::new(),
             twins_out: HashSet::new(),
+            read_past: 0,
+            twins_later: HashSet::new(),
+            twins_due: VecDeque::new(),
             messages: VecDeque::new(),
             queued_bytes: 0,
         }
@@ -154,6 +170,50 @@ impl Ledger {
         self.rows_out.len()
     }
 
+    /// The seq the link reads the outbox on from.
+    pub fn read_past(&self) -> i64 {
+        self.read_past
+    }
+
+    /// Row `seq` is handed out, or needs nothing more: read on past it,
+    /// unless the writer may still add to a row at or before it (`open`,
+    /// the oldest such row), which must be read again once sealed.
+    pub fn pass(&mut self, seq: i64, open: Option<i64>) {
+        if open.is_none_or(|open| seq < open) {
+            self.read_past = self.read_past.max(seq);
+        }
+    }
+
+    /// Read the outbox from its first row again (a delivered row could not
+    /// be deleted, and must be sent again).
+    pub fn read_again(&mut self) {
+        self.read_past = 0;
+    }
+
+    /// A twin row of `device` came while its state is out: send the state
+    /// again once the broker has the one out.
+    pub fn twin_later(&mut self, device: &str) {
+        if !self.twins_later.contains(device) {
+            self.twins_later.insert(device.to_string());
+        }
+    }
+
+    /// The next device whose state is to be sent again, if one fits in the
+    /// window. Give it back with [`twin_unsent`](Self::twin_unsent) if
+    /// rumqttc cannot take it now.
+    pub fn next_twin_due(&mut self) -> Option<String> {
+        if !self.room() {
+            return None;
+        }
+        self.twins_due.pop_front()
+    }
+
+    /// A device from [`next_twin_due`](Self::next_twin_due) that could not
+    /// be sent: first again next time.
+    pub fn twin_unsent(&mut self, device: String) {
+        self.twins_due.push_front(device);
+    }
+
     /// Whether a message on `topic` is submitted or in flight.
     pub fn carries(&self, topic: &str) -> bool {
         self.submitted
@@ -201,9 +261,16 @@ impl Ledger {
         } = &sent
         {
             match twin_device {
-                Some(device) => self.twins_out.remove(device),
-                None => self.rows_out.remove(seq),
-            };
+                Some(device) => {
+                    self.twins_out.remove(device);
+                    if self.twins_later.remove(device) {
+                        self.twins_due.push_back(device.clone());
+                    }
+                }
+                None => {
+                    self.rows_out.remove(seq);
+                }
+            }
         }
         Some(sent)
     }
@@ -226,6 +293,10 @@ impl Ledger {
         self.recount();
         self.rows_out.clear();
         self.twins_out.clear();
+        // Every row is read again, from the first.
+        self.read_past = 0;
+        self.twins_later.clear();
+        self.twins_due.clear();
     }
 
     /// Drop every waiting message: for a profile whose messages belong to
@@ -290,6 +361,57 @@ mod tests {
         assert_eq!(ledger.acknowledged(7), Some(row(1)));
         assert_eq!(ledger.acknowledged(7), None, "settled once");
         assert!(!ledger.row_out(1));
+    }
+
+    #[test]
+    fn reading_goes_on_past_handed_out_rows_but_not_past_an_open_one() {
+        let mut ledger = Ledger::new(8);
+        ledger.pass(3, None);
+        assert_eq!(ledger.read_past(), 3);
+        ledger.pass(2, None);
+        assert_eq!(ledger.read_past(), 3, "never back");
+        // Row 5 may still grow: rows past it are sent, but read again
+        // (and skipped as out) until it is sealed.
+        ledger.pass(4, Some(5));
+        ledger.pass(6, Some(5));
+        assert_eq!(ledger.read_past(), 4);
+        ledger.read_again();
+        assert_eq!(ledger.read_past(), 0);
+        ledger.pass(9, None);
+        ledger.disconnected();
+        assert_eq!(ledger.read_past(), 0, "a new connection reads everything");
+    }
+
+    #[test]
+    fn a_twin_row_that_comes_while_the_state_is_out_sends_the_state_again_once_acknowledged() {
+        let mut ledger = Ledger::new(1);
+        ledger.submit(twin("d", 2));
+        assert!(ledger.sent(1));
+        ledger.twin_later("d");
+        ledger.twin_later("d");
+        assert_eq!(
+            ledger.next_twin_due(),
+            None,
+            "the window is full, and d is out"
+        );
+        ledger.acknowledged(1);
+        assert_eq!(ledger.next_twin_due(), Some("d".into()));
+        assert_eq!(ledger.next_twin_due(), None, "once");
+        // Given back when rumqttc cannot take it.
+        ledger.twin_unsent("d".into());
+        assert_eq!(ledger.next_twin_due(), Some("d".into()));
+        // A twin acknowledged with nothing newer is not sent again, and a
+        // disconnect forgets what was due (every row is read again).
+        ledger.submit(twin("e", 3));
+        ledger.sent(2);
+        ledger.acknowledged(2);
+        assert_eq!(ledger.next_twin_due(), None);
+        ledger.submit(twin("f", 4));
+        ledger.sent(3);
+        ledger.twin_later("f");
+        ledger.acknowledged(3);
+        ledger.disconnected();
+        assert_eq!(ledger.next_twin_due(), None);
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub struct LinkSpec {
 /// Outbox rows read per pump beyond those already in flight.
 const READ_AHEAD: usize = 64;
 
+/// Acknowledged rows are deleted in one transaction once no other event of
+/// the connection is ready, or when this many wait: one commit for a burst
+/// of PUBACKs rather than one each.
+const SETTLE_BATCH: usize = 64;
+
 struct Link {
     spec_gateway: String,
     /// `{gateway}-{database id}`: batch and alert ids are this and the
@@ -70,6 +75,12 @@ struct Link {
     connected: bool,
     /// What is out and what waits (see `ledger`).
     ledger: Ledger,
+    /// What acknowledged publishes carried, not yet deleted from the outbox
+    /// (see [`SETTLE_BATCH`]).
+    delivered: Vec<Sent>,
+    /// A pump (which settles `delivered` first) waits for the connection's
+    /// ready events to be handled.
+    pump_due: bool,
 }
 
 /// Run the link until `cancel`; then mark the gateway offline and disconnect.
@@ -136,6 +147,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         report,
         ledger: Ledger::new(usize::from(config.max_inflight)),
         connected: false,
+        delivered: Vec::new(),
+        pump_due: false,
     };
     let backoff = reconnect_backoff(config.backoff_initial, config.backoff_max);
     let mut delays = backoff.build();
@@ -177,6 +190,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                         link.queue_status(true, None);
                         link.pump();
                     }
+                    // Last: only once nothing above is ready.
+                    _ = std::future::ready(()), if link.pump_due => link.pump(),
                 }
             }
         };
@@ -221,7 +236,11 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     tracing::warn!(pkid, "the broker did not take a message: {reason}");
                 }
                 link.acknowledged(pkid);
-                link.pump();
+                if link.delivered.len() >= SETTLE_BATCH {
+                    link.pump();
+                } else {
+                    link.pump_due = true;
+                }
             }
             Ok(LinkEvent::Message(message)) => {
                 let respond_to = message.response_topic.map(|topic| crate::wire::RespondTo {
@@ -315,6 +334,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 },
             }
         }
+        link.settle_delivered();
         tracing::info!("disconnected from the broker");
     }
     Ok(())
@@ -356,6 +376,8 @@ impl Link {
     /// Send what fits in the window: queued messages first, then the outbox
     /// (alerts before everything else, then in order).
     fn pump(&mut self) {
+        self.pump_due = false;
+        self.settle_delivered();
         if !self.connected {
             return;
         }
@@ -374,19 +396,51 @@ impl Link {
             }
             self.ledger.submit(Sent::Message(reply, retain));
         }
+        // States to send again, for twin rows that came while they were out.
+        while let Some(device) = self.ledger.next_twin_due() {
+            match self.publish_twin(&device) {
+                Ok(Some(sent)) => self.ledger.submit(sent),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!("publish queue full: {e}");
+                    self.ledger.twin_unsent(device);
+                    return;
+                }
+            }
+        }
         if !self.ledger.room() {
             return;
         }
-        let rows = match self.read_rows() {
-            Ok(rows) => rows,
+        let (rows, open) = match self.read_rows() {
+            Ok(read) => read,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");
                 return;
             }
         };
+        // Read on past each row handed out, up to the first one that is not
+        // (the window filled, or it could not be read): that one is read
+        // again next time.
+        let mut passing = true;
         for row in &rows {
             if !self.ledger.room() {
                 break;
+            }
+            let alert = row.kind == "alert";
+            if self.ledger.row_out(row.seq) {
+                if passing && !alert {
+                    self.ledger.pass(row.seq, open);
+                }
+                continue;
+            }
+            if row.kind == "twin" && self.ledger.twin_out(&row.device) {
+                // The state out does not hold this row's report: it is sent
+                // again once acknowledged.
+                self.ledger.twin_later(&row.device);
+                if passing {
+                    self.ledger.pass(row.seq, open);
+                }
+                continue;
             }
             let published = match row.kind.as_str() {
                 "twin" => self.publish_twin(&row.device),
@@ -397,8 +451,13 @@ impl Link {
                 _ => self.publish_telemetry(row),
             };
             match published {
-                Ok(Some(sent)) => self.ledger.submit(sent),
-                Ok(None) => {}
+                Ok(Some(sent)) => {
+                    self.ledger.submit(sent);
+                    if passing && !alert {
+                        self.ledger.pass(row.seq, open);
+                    }
+                }
+                Ok(None) => passing = passing && alert,
                 Err(e) => {
                     tracing::debug!("publish queue full: {e}");
                     return;
@@ -407,16 +466,15 @@ impl Link {
         }
     }
 
-    /// Rows not in flight, alerts first, then by sequence.
-    fn read_rows(&self) -> rusqlite::Result<Vec<outbox::Row>> {
-        let rows = outbox::next_rows(&self.db, self.ledger.rows_out() + READ_AHEAD)?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| {
-                let twin_out = r.kind == "twin" && self.ledger.twin_out(&r.device);
-                !(self.ledger.row_out(r.seq) || twin_out)
-            })
-            .collect())
+    /// The rows to send, alerts first, then on past what was handed out;
+    /// and the oldest row the writer may still add to, which reading on
+    /// must not pass.
+    fn read_rows(&self) -> rusqlite::Result<(Vec<outbox::Row>, Option<i64>)> {
+        // The open row first: one sealed after this read is then read again.
+        let open = outbox::oldest_open(&self.db)?;
+        let past = self.ledger.read_past();
+        let rows = outbox::next_rows_after(&self.db, self.ledger.rows_out() + READ_AHEAD, past)?;
+        Ok((rows, open))
     }
 
     fn publish(
@@ -452,6 +510,8 @@ impl Link {
             return Ok(None);
         }
         let upto = match outbox::last_twin_seq(&self.db, device) {
+            // No row left: the state sent last covers every report.
+            Ok(0) => return Ok(None),
             Ok(seq) => seq,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");
@@ -609,44 +669,71 @@ impl Link {
         }
     }
 
-    /// The broker acknowledged packet `pkid`: settle what it carried.
+    /// The broker acknowledged packet `pkid`: what it carried is delivered,
+    /// and settled with the next pump.
     fn acknowledged(&mut self, pkid: u16) {
         self.metrics
             .link
             .messages_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(sent) = self.ledger.acknowledged(pkid) else {
-            tracing::debug!(pkid, "acknowledgement for an unknown packet");
-            return;
-        };
-        settle(&self.db, &self.usage, sent);
+        match self.ledger.acknowledged(pkid) {
+            Some(sent @ Sent::Row { .. }) => self.delivered.push(sent),
+            Some(Sent::Message(..)) => {}
+            None => tracing::debug!(pkid, "acknowledgement for an unknown packet"),
+        }
+    }
+
+    /// Delete the delivered rows from the outbox, in one transaction.
+    fn settle_delivered(&mut self) {
+        if !settle(&self.db, &self.usage, self.delivered.drain(..)) {
+            self.ledger.read_again();
+        }
     }
 
     /// Forget what was in flight; rows are read from the outbox again and
     /// unacknowledged messages are queued again, in their order.
     fn disconnected(&mut self) {
+        // What was acknowledged is delivered: deleted before the rows are
+        // read again, so it is not sent twice.
+        self.settle_delivered();
         self.connected = false;
         self.ledger.disconnected();
     }
 }
 
-/// What an acknowledged publish carried is delivered: its outbox rows are
-/// removed (a device's twin rows up to the one sent, or the one row) and
-/// taken off the outbox's totals. A message carrying no row settles nothing.
-pub(crate) fn settle(db: &rusqlite::Connection, usage: &Usage, sent: Sent) {
-    if let Sent::Row {
-        seq,
-        twin_device,
-        counted,
-    } = sent
-    {
-        let deleted = match &twin_device {
-            Some(device) => outbox::delete_twin_upto(db, device, seq),
-            None => outbox::delete_delivered(db, usage, seq, counted.as_ref()),
-        };
-        if let Err(e) = deleted {
-            // The row stays and is sent again: a duplicate, not a loss.
-            tracing::error!(seq, "cannot remove a delivered row from the outbox: {e}");
+/// What acknowledged publishes carried is delivered: their outbox rows are
+/// removed (a device's twin rows up to the one sent, or the one row), in
+/// one transaction, and taken off the outbox's totals. A message carrying
+/// no row settles nothing. `false` if the rows could not be removed: they
+/// stay and are sent again (duplicates, not a loss).
+pub(crate) fn settle(
+    db: &rusqlite::Connection,
+    usage: &Usage,
+    sent: impl IntoIterator<Item = Sent>,
+) -> bool {
+    let mut rows = Vec::new();
+    let mut twins = Vec::new();
+    for sent in sent {
+        if let Sent::Row {
+            seq,
+            twin_device,
+            counted,
+        } = sent
+        {
+            match twin_device {
+                Some(device) => twins.push((device, seq)),
+                None => rows.push((seq, counted)),
+            }
+        }
+    }
+    if rows.is_empty() && twins.is_empty() {
+        return true;
+    }
+    match outbox::delete_delivered_all(db, usage, &rows, &twins) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("cannot remove delivered rows from the outbox: {e}");
+            false
         }
     }
 }

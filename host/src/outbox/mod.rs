@@ -153,6 +153,13 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 /// to waits). Payloads are not read: a backlog of large batches
 /// would otherwise be read again on every acknowledgement.
 pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
+    next_rows_after(conn, limit, 0)
+}
+
+/// [`next_rows`], but only the non-alert rows past `past`: the cloud link
+/// reads on from where it left off instead of reading again every row it
+/// has in flight (alerts are few, and are always read from the first).
+pub fn next_rows_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Result<Vec<Row>> {
     let mut rows = conn
         .prepare_cached(
             "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
@@ -163,12 +170,20 @@ pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> 
     rows.extend(
         conn.prepare_cached(
             "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
-             WHERE kind != 'alert' AND sealed = 1 ORDER BY seq LIMIT ?1",
+             WHERE seq > ?2 AND kind != 'alert' AND sealed = 1 ORDER BY seq LIMIT ?1",
         )?
-        .query_map([limit as i64], row_of)?
+        .query_map(params![limit as i64, past], row_of)?
         .collect::<rusqlite::Result<Vec<Row>>>()?,
     );
     Ok(rows)
+}
+
+/// The oldest row the telemetry writer may still add to (`None` when every
+/// row is sealed). A reader that goes on from where it left off must not go
+/// past it: it is sent once it is sealed, behind rows sent before it.
+pub fn oldest_open(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT MIN(seq) FROM outbox WHERE sealed = 0")?
+        .query_row([], |r| r.get(0))
 }
 
 /// [`next_rows`] without the rows of the devices in `held`: the Sparkplug
@@ -214,11 +229,45 @@ pub fn delete_delivered(
     conn: &Connection,
     usage: &Usage,
     seq: i64,
-    counted: Option<&(Stream, u64, u64)>,
+    counted: Option<&Counted>,
 ) -> rusqlite::Result<()> {
     if delete(conn, seq)?
         && let Some((stream, bytes, points)) = counted
     {
+        usage.removed(stream, *bytes, *points);
+    }
+    Ok(())
+}
+
+/// What a telemetry or alert row counts in the outbox's totals: its
+/// stream, bytes and points.
+pub type Counted = (Stream, u64, u64);
+
+/// Delete delivered rows in one transaction: each `(seq, counted)` row, and
+/// each device's twin rows up to a seq. What the deleted rows counted comes
+/// off the totals once the deletes are committed (a row can be evicted or
+/// expire while it is in flight, and then counts nothing).
+pub fn delete_delivered_all(
+    conn: &Connection,
+    usage: &Usage,
+    rows: &[(i64, Option<Counted>)],
+    twins: &[(String, i64)],
+) -> rusqlite::Result<()> {
+    // Immediate: the deletes must not wait behind a read lock they took.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let mut gone = Vec::new();
+    for (seq, counted) in rows {
+        if delete(&tx, *seq)?
+            && let Some(counted) = counted
+        {
+            gone.push(counted);
+        }
+    }
+    for (device, seq) in twins {
+        delete_twin_upto(&tx, device, *seq)?;
+    }
+    tx.commit()?;
+    for (stream, bytes, points) in gone {
         usage.removed(stream, *bytes, *points);
     }
     Ok(())
@@ -372,6 +421,92 @@ mod tests {
     }
 
     #[test]
+    fn delivered_rows_go_in_one_transaction_and_only_those_still_there_are_counted_out() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        let usage = Usage::load(&conn, OutboxConfig::default()).expect("usage");
+        let alert = |name: &str| Entry {
+            kind: Kind::Alert,
+            device: "d".into(),
+            name: name.into(),
+            points: 1,
+            payload: b"{\"x\":1}".to_vec(),
+        };
+        insert_alert(&conn, &usage, alert("a")).expect("alert");
+        insert_alert(&conn, &usage, alert("b")).expect("alert");
+        insert_alert(&conn, &usage, alert("c")).expect("alert");
+        let twin = Entry {
+            kind: Kind::Twin,
+            device: "d".into(),
+            name: String::new(),
+            points: 1,
+            payload: b"{}".to_vec(),
+        };
+        insert(&conn, &[twin.clone(), twin]).expect("twins");
+        assert_eq!(usage.total_bytes(), 21);
+        let rows = next_rows(&conn, 10).expect("rows");
+        let counted = |r: &Row| Some((Stream::alert(&r.device, &r.name), r.bytes, 1));
+        let (a, b) = (&rows[0], &rows[1]);
+        // `b` was evicted while in flight: it counts nothing twice.
+        assert!(delete(&conn, b.seq).expect("delete"));
+        usage.removed(&Stream::alert("d", "b"), 7, 1);
+        let last_twin = last_twin_seq(&conn, "d").expect("seq");
+        delete_delivered_all(
+            &conn,
+            &usage,
+            &[(a.seq, counted(a)), (b.seq, counted(b))],
+            &[("d".into(), last_twin)],
+        )
+        .expect("settle");
+        // Only `c`, never sent, is left, and still counted.
+        assert_eq!(totals(&conn).expect("totals"), (1, 1));
+        assert_eq!(usage.total_bytes(), 7);
+    }
+
+    #[test]
+    fn reading_on_past_a_seq_skips_earlier_rows_but_never_an_alert() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        let entry = |kind: Kind, name: &str| Entry {
+            kind,
+            device: "d".into(),
+            name: name.into(),
+            points: 1,
+            payload: b"{}".to_vec(),
+        };
+        insert(
+            &conn,
+            &[
+                entry(Kind::Ack, ""),
+                entry(Kind::Alert, "hot"),
+                entry(Kind::Ack, ""),
+                entry(Kind::Ack, ""),
+            ],
+        )
+        .expect("insert");
+        let all: Vec<i64> = next_rows(&conn, 10)
+            .expect("rows")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let (alert, first, second, third) = (all[0], all[1], all[2], all[3]);
+        assert!(first < alert, "the alert comes first whatever its seq");
+        let after = |past: i64| -> Vec<i64> {
+            next_rows_after(&conn, 10, past)
+                .expect("rows")
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(after(first), [alert, second, third]);
+        assert_eq!(
+            after(third),
+            [alert],
+            "an alert is read until it is settled"
+        );
+    }
+
+    #[test]
     fn the_writer_adds_to_an_open_batch_and_the_link_sees_it_only_once_sealed() {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
@@ -385,12 +520,16 @@ mod tests {
         sender.flush().expect("flush");
         sender.append(point_batch("s", 2..3)).expect("append");
         sender.flush().expect("flush");
-        // Committed (durable) but open: nothing for the link yet.
+        // Committed (durable) but open: nothing for the link yet, and a
+        // link reading on from where it left off stops before it.
         assert!(next_rows(&conn, 10).expect("rows").is_empty());
+        let open = oldest_open(&conn).expect("read").expect("an open row");
+        assert!(open > 0);
         let (rows, points) = totals(&conn).expect("totals");
         assert_eq!((rows, points), (2, 4), "one row per stream");
         // Stopping seals what is open.
         ingest.shutdown();
+        assert_eq!(oldest_open(&conn).expect("read"), None);
 
         let rows: Vec<Row> = next_rows(&conn, 10).expect("rows");
         let s: Vec<&Row> = rows.iter().filter(|r| r.name == "s").collect();

@@ -703,7 +703,7 @@ impl Node {
                 twin_device: None,
                 counted,
             };
-            crate::cloud::link::settle(&self.db, &self.usage, sent);
+            crate::cloud::link::settle(&self.db, &self.usage, [sent]);
             return Ok(());
         };
         self.send(
@@ -723,7 +723,7 @@ impl Node {
             .messages_sent
             .fetch_add(1, Ordering::Relaxed);
         if let Some(sent) = self.ledger.acknowledged(pkid) {
-            crate::cloud::link::settle(&self.db, &self.usage, sent);
+            crate::cloud::link::settle(&self.db, &self.usage, [sent]);
         }
     }
 
