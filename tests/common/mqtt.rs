@@ -99,6 +99,17 @@ impl Mosquitto {
         BrokerSettings::from_url(&self.url(), client_id).expect("url")
     }
 
+    /// Stop answering (SIGSTOP): connections stay open, nothing is
+    /// acknowledged.
+    pub fn pause(&self) {
+        super::peers::signal(self.child.as_ref().expect("running"), "-STOP");
+    }
+
+    /// Answer again (SIGCONT).
+    pub fn resume(&self) {
+        super::peers::signal(self.child.as_ref().expect("running"), "-CONT");
+    }
+
     /// The broker's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

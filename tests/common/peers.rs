@@ -121,7 +121,8 @@ fn start_ready(mut command: Command, what: &str) -> (Child, u16) {
     (child, port)
 }
 
-fn signal(child: &Child, which: &str) {
+/// Send `which` (`-STOP`, `-CONT`) to a peer's process.
+pub fn signal(child: &Child, which: &str) {
     let sent = Command::new("kill")
         .args([which, &child.id().to_string()])
         .status()

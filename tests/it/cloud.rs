@@ -132,6 +132,68 @@ fn telemetry_alerts_reported_state_and_status_arrive_as_documented() {
     assert_eq!(offline["reason"], "shutdown");
 }
 
+/// A report made while its device's state is out (published, not yet
+/// acknowledged) is not sent then, nor lost: once the broker acknowledges the
+/// state out, the newer state goes, and the retained state ends at the last
+/// report, although every report was made while the broker was not answering.
+#[test]
+fn reports_made_while_the_state_is_out_are_sent_once_it_is_acknowledged() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(
+        &broker.settings("consumer"),
+        &[&topic("replay", "twin/reported")],
+    );
+    let gw = Gateway::new().section(&cloud(&broker));
+    let model_path = gw.dir.path().join("level.json");
+    std::fs::write(
+        &model_path,
+        r#"{"attributes": {"level": {"type": "number"}},
+            "series": {"readings": {"fields": {"v": {"type": "number"}}}}}"#,
+    )
+    .expect("write the model");
+    // A first value, reported while the broker answers; then 15 more. Each
+    // tick also records a point, and with the state out the 15 rows of
+    // points must leave room in the window (32): with it full, the link
+    // would stop before the twin rows and send the newest state anyway.
+    let values: Vec<String> = (1..=16).map(|n| n.to_string()).collect();
+    let gw = gw.app(
+        "replay",
+        &guest("replay-values"),
+        &model_path,
+        &format!(
+            "tick_interval_ms = 100\n[app.config]\nvalues = \"{}\"\nstep_ms = 1\nstart_ms = 1700000000000",
+            values.join(",")
+        ),
+    );
+    let _run = gw.start();
+    consumer.wait_json(&topic("replay", "twin/reported"), T, |j| {
+        j["attributes"]["level"] == 1.0
+    });
+    broker.pause();
+    // Every later report is made while a state is out: the last one is in
+    // the outbox, and the broker has seen none of them.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let rows = gw.outbox_rows("twin", None);
+        if rows
+            .last()
+            .is_some_and(|r| r["attributes"]["level"] == 16.0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app did not report all its values: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker.resume();
+    let last = consumer.wait_json(&topic("replay", "twin/reported"), T, |j| {
+        j["attributes"]["level"] == 16.0
+    });
+    assert_eq!(last["attributes"]["level"], 16.0);
+}
+
 /// Publish a desired message and wait for a new ack of its version.
 fn desire(consumer: &Consumer, device: &str, body: Value) -> Value {
     let version = body["version"].clone();
