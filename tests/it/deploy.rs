@@ -223,8 +223,11 @@ fn failing_init_and_bad_deployments_are_refused_and_a_crash_in_probation_rolls_b
         &["--config", "generation=three", "--config", "trap_after=5"],
     );
     assert!(ok, "{out}");
+    // The outcome is recorded as the rollback begins: wait for version 1
+    // to be running again as well.
     let app = run.wait_app("counter", T, "rolled back", |app| {
         app["state"] == "running"
+            && app["version"] == 1
             && app["versions"].as_array().is_some_and(|versions| {
                 versions.iter().any(|v| {
                     v["outcome"]

@@ -652,10 +652,18 @@ pub fn settle(
             Ok(None)
         }
         crate::app::Outcome::RolledBack(reason) => {
-            set_outcome(conn, app, version, &Outcome::RolledBack(reason.clone()))?;
-            set_current(conn, app, previous)?;
-            set_outcome(conn, app, previous, &Outcome::Running)?;
-            get(conn, app, previous)
+            // One transaction: neither a reader nor a crash may see the
+            // version rolled back while it is still the current one.
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            set_outcome(&tx, app, version, &Outcome::RolledBack(reason.clone()))?;
+            set_current(&tx, app, previous)?;
+            set_outcome(&tx, app, previous, &Outcome::Running)?;
+            let record = get(&tx, app, previous)?;
+            tx.commit()?;
+            Ok(record)
         }
         // The gateway stopped during the probation: the version stays on
         // probation in the registry, and starts as current next time.

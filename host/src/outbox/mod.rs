@@ -384,6 +384,17 @@ mod tests {
         b
     }
 
+    /// A row of one point to append.
+    fn entry(kind: Kind, device: &str, name: &str, payload: &[u8]) -> Entry {
+        Entry {
+            kind,
+            device: device.into(),
+            name: name.into(),
+            points: 1,
+            payload: payload.to_vec(),
+        }
+    }
+
     fn database() -> (tempfile::TempDir, crate::store::Database) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = crate::store::Database::new(dir.path().join("t.db"), None);
@@ -395,13 +406,7 @@ mod tests {
     fn a_devices_last_twin_row_is_found_among_other_devices_rows_and_deleted_up_to() {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
-        let twin = |device: &str| Entry {
-            kind: Kind::Twin,
-            device: device.into(),
-            name: String::new(),
-            points: 1,
-            payload: b"{}".to_vec(),
-        };
+        let twin = |device: &str| entry(Kind::Twin, device, "", b"{}");
         assert_eq!(last_twin_seq(&conn, "a").expect("seq"), 0, "none yet");
         insert(&conn, &[twin("a"), twin("b"), twin("a"), twin("b")]).expect("insert");
         let seqs = |device: &str| -> Vec<i64> {
@@ -425,23 +430,11 @@ mod tests {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
         let usage = Usage::load(&conn, OutboxConfig::default()).expect("usage");
-        let alert = |name: &str| Entry {
-            kind: Kind::Alert,
-            device: "d".into(),
-            name: name.into(),
-            points: 1,
-            payload: b"{\"x\":1}".to_vec(),
-        };
+        let alert = |name: &str| entry(Kind::Alert, "d", name, b"{\"x\":1}");
         insert_alert(&conn, &usage, alert("a")).expect("alert");
         insert_alert(&conn, &usage, alert("b")).expect("alert");
         insert_alert(&conn, &usage, alert("c")).expect("alert");
-        let twin = Entry {
-            kind: Kind::Twin,
-            device: "d".into(),
-            name: String::new(),
-            points: 1,
-            payload: b"{}".to_vec(),
-        };
+        let twin = entry(Kind::Twin, "d", "", b"{}");
         insert(&conn, &[twin.clone(), twin]).expect("twins");
         assert_eq!(usage.total_bytes(), 21);
         let rows = next_rows(&conn, 10).expect("rows");
@@ -467,13 +460,7 @@ mod tests {
     fn reading_on_past_a_seq_skips_earlier_rows_but_never_an_alert() {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
-        let entry = |kind: Kind, name: &str| Entry {
-            kind,
-            device: "d".into(),
-            name: name.into(),
-            points: 1,
-            payload: b"{}".to_vec(),
-        };
+        let entry = |kind: Kind, name: &str| entry(kind, "d", name, b"{}");
         insert(
             &conn,
             &[
@@ -562,13 +549,7 @@ mod tests {
     fn held_devices_rows_are_left_out_but_not_their_models() {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
-        let entry = |kind: Kind, device: &str| Entry {
-            kind,
-            device: device.into(),
-            name: "s".into(),
-            points: 1,
-            payload: b"[]".to_vec(),
-        };
+        let entry = |kind: Kind, device: &str| entry(kind, device, "s", b"[]");
         insert(
             &conn,
             &[
