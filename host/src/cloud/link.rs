@@ -420,47 +420,44 @@ impl Link {
         };
         // Read on past each row handed out, up to the first one that is not
         // (the window filled, or it could not be read): that one is read
-        // again next time.
+        // again next time. Alerts are read from the first every time.
         let mut passing = true;
         for row in &rows {
             if !self.ledger.room() {
                 break;
             }
-            let alert = row.kind == "alert";
-            if self.ledger.row_out(row.seq) {
-                if passing && !alert {
-                    self.ledger.pass(row.seq, open);
-                }
-                continue;
-            }
-            if row.kind == "twin" && self.ledger.twin_out(&row.device) {
+            let handled = if self.ledger.row_out(row.seq) {
+                true
+            } else if row.kind == "twin" && self.ledger.twin_out(&row.device) {
                 // The state out does not hold this row's report: it is sent
                 // again once acknowledged.
                 self.ledger.twin_later(&row.device);
-                if passing {
-                    self.ledger.pass(row.seq, open);
-                }
-                continue;
-            }
-            let published = match row.kind.as_str() {
-                "twin" => self.publish_twin(&row.device),
-                "alert" => self.publish_alert(row),
-                "ack" => self.publish_stored(row, "twin/ack", false),
-                "registration" => self.publish_stored(row, "registration", true),
-                "model" => self.publish_stored(row, "model", true),
-                _ => self.publish_telemetry(row),
-            };
-            match published {
-                Ok(Some(sent)) => {
-                    self.ledger.submit(sent);
-                    if passing && !alert {
-                        self.ledger.pass(row.seq, open);
+                true
+            } else {
+                let published = match row.kind.as_str() {
+                    "twin" => self.publish_twin(&row.device),
+                    "alert" => self.publish_alert(row),
+                    "ack" => self.publish_stored(row, "twin/ack", false),
+                    "registration" => self.publish_stored(row, "registration", true),
+                    "model" => self.publish_stored(row, "model", true),
+                    _ => self.publish_telemetry(row),
+                };
+                match published {
+                    Ok(Some(sent)) => {
+                        self.ledger.submit(sent);
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(e) => {
+                        tracing::debug!("publish queue full: {e}");
+                        return;
                     }
                 }
-                Ok(None) => passing = passing && alert,
-                Err(e) => {
-                    tracing::debug!("publish queue full: {e}");
-                    return;
+            };
+            if row.kind != "alert" {
+                passing &= handled;
+                if passing {
+                    self.ledger.pass(row.seq, open);
                 }
             }
         }

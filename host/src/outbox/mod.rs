@@ -223,22 +223,6 @@ pub fn delete(conn: &Connection, seq: i64) -> rusqlite::Result<bool> {
     Ok(conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])? > 0)
 }
 
-/// Delete a delivered row, and take what it counted off the totals if it
-/// was still there (a row can be evicted or expire while it is in flight).
-pub fn delete_delivered(
-    conn: &Connection,
-    usage: &Usage,
-    seq: i64,
-    counted: Option<&Counted>,
-) -> rusqlite::Result<()> {
-    if delete(conn, seq)?
-        && let Some((stream, bytes, points)) = counted
-    {
-        usage.removed(stream, *bytes, *points);
-    }
-    Ok(())
-}
-
 /// What a telemetry or alert row counts in the outbox's totals: its
 /// stream, bytes and points.
 pub type Counted = (Stream, u64, u64);

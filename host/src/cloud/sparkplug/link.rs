@@ -562,7 +562,8 @@ impl Node {
 
     /// Remove a row that has nothing to send.
     fn settle(&self, row: &outbox::Row) {
-        if let Err(e) = outbox::delete_delivered(&self.db, &self.usage, row.seq, None) {
+        if let Err(e) = outbox::delete_delivered_all(&self.db, &self.usage, &[(row.seq, None)], &[])
+        {
             tracing::error!(seq = row.seq, "cannot remove a row from the outbox: {e}");
         }
     }
