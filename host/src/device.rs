@@ -30,6 +30,10 @@ pub const FLUSH_POINTS: usize = 4096;
 /// How many device handles an app may hold at once; past this `this-device`
 /// traps (a guest leaking handles is a bug, not an expected failure).
 pub const MAX_HANDLES: usize = 1024;
+/// The most reports one `report-all` call may carry: a bus of this many
+/// devices is one commit, and the reports rate's burst (5,000) always
+/// admits a full call.
+pub const MAX_REPORTS_PER_CALL: usize = 1000;
 
 /// Which side of an attribute's twin to read.
 #[derive(Debug, Clone, Copy)]
@@ -274,12 +278,74 @@ impl DeviceCtx {
     }
 
     fn report(&mut self, device: &str, attributes: Vec<(String, Value)>) -> Result<(), GuestError> {
-        Self::limited(&self.reports, "reports")?;
-        let model = self.model_of(device)?;
-        let attributes = model
-            .check_report(attributes)
-            .map_err(|m| self.refuse(device, "report", m))?;
+        self.report_all(vec![(device.to_string(), attributes)])
+    }
+
+    /// Reports of several devices, stored in one transaction: all of them or,
+    /// if any is refused, none. One commit for a whole bus scan is what lets
+    /// thousands of registered devices report each second; a commit per
+    /// report is the gateway's bottleneck there (BENCHMARKS.md, S2).
+    fn report_all(
+        &mut self,
+        reports: Vec<(String, Vec<(String, Value)>)>,
+    ) -> Result<(), GuestError> {
+        if reports.len() > MAX_REPORTS_PER_CALL {
+            return Err(GuestError::Invalid(format!(
+                "{} reports in one call: at most {MAX_REPORTS_PER_CALL}",
+                reports.len()
+            )));
+        }
+        // Every report counts against the limit, batched or not: the limit
+        // guards the uplink, which carries each device's report on its own.
+        if !self.reports.allow_n(reports.len() as u64) {
+            return Err(GuestError::Limit(format!(
+                "more than {} reports a second",
+                self.reports.per_second()
+            )));
+        }
+        // Every report is checked before any policy sees one, so a refused
+        // report leaves every pipeline (a deadband's last value, ...) as it was.
+        let several = reports.len() > 1;
+        let mut checked = Vec::with_capacity(reports.len());
+        for (device, attributes) in reports {
+            let model = self.model_of(&device)?;
+            let attributes = model.check_report(attributes).map_err(|m| {
+                let m = if several {
+                    format!("device {device}: {m}")
+                } else {
+                    m
+                };
+                self.refuse(&device, "report", m)
+            })?;
+            checked.push((device, model, attributes));
+        }
         let now = now_ns();
+        let mut kept_reports = Vec::with_capacity(checked.len());
+        for (device, model, attributes) in checked {
+            let kept = self.through_policies(&device, &model, attributes, now)?;
+            // A report the policies kept nothing of is not stored, and not an error.
+            if !kept.is_empty() {
+                kept_reports.push((device, kept));
+            }
+        }
+        if kept_reports.is_empty() {
+            return Ok(());
+        }
+        self.store_reports(&kept_reports)
+            .map_err(|e| self.unavailable("report", e))?;
+        self.deps.outbox_signal.notify_one();
+        Ok(())
+    }
+
+    /// A report's attributes after their policies; the alerts the policies
+    /// raise are stored on the way.
+    fn through_policies(
+        &mut self,
+        device: &str,
+        model: &DeviceModel,
+        attributes: Vec<(String, Value)>,
+        now: u64,
+    ) -> Result<Vec<(String, Value)>, GuestError> {
         let mut kept = Vec::with_capacity(attributes.len());
         let mut raised = Vec::new();
         for (name, value) in attributes {
@@ -303,55 +369,48 @@ impl DeviceCtx {
         for alert in raised {
             self.store_alert(device, &alert.alert, alert.severity, &alert.values)?;
         }
-        if kept.is_empty() {
-            // The policies kept none of it: nothing to store, and not an error.
-            return Ok(());
-        }
-        self.store_report(device, &kept)
-            .map_err(|e| self.unavailable("report", e))?;
-        self.deps.outbox_signal.notify_one();
-        Ok(())
+        Ok(kept)
     }
 
-    fn store_report(
+    /// Store reports in the twin and the outbox, in one transaction.
+    fn store_reports(
         &mut self,
-        device: &str,
-        attributes: &[(String, Value)],
+        reports: &[(String, Vec<(String, Value)>)],
     ) -> rusqlite::Result<()> {
         let now = now_ns();
         let tx = self.deps.db.transaction()?;
-        let version: i64 = tx.query_row(
-            "UPDATE devices SET reported_version = reported_version + 1 WHERE device = ?1
-             RETURNING reported_version",
-            params![device],
-            |r| r.get(0),
-        )?;
+        let mut entries = Vec::with_capacity(reports.len());
         {
+            let mut next_version = tx.prepare_cached(
+                "UPDATE devices SET reported_version = reported_version + 1 WHERE device = ?1
+                 RETURNING reported_version",
+            )?;
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO twin (device, name, reported, reported_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (device, name) DO UPDATE
                  SET reported = excluded.reported, reported_at = excluded.reported_at",
             )?;
-            for (name, value) in attributes {
-                let json = crate::value::to_json(value).to_string();
-                upsert.execute(params![device, name, json, now as i64])?;
+            for (device, attributes) in reports {
+                let version: i64 = next_version.query_row(params![device], |r| r.get(0))?;
+                for (name, value) in attributes {
+                    let json = crate::value::to_json(value).to_string();
+                    upsert.execute(params![device, name, json, now as i64])?;
+                }
+                let payload = serde_json::json!({
+                    "version": version,
+                    "time": now,
+                    "attributes": fields_to_json(attributes),
+                });
+                entries.push(outbox::Entry {
+                    kind: Kind::Twin,
+                    device: device.clone(),
+                    name: String::new(),
+                    points: u32::try_from(attributes.len()).unwrap_or(u32::MAX),
+                    payload: payload.to_string().into_bytes(),
+                });
             }
         }
-        let payload = serde_json::json!({
-            "version": version,
-            "time": now,
-            "attributes": fields_to_json(attributes),
-        });
-        outbox::insert(
-            &tx,
-            &[outbox::Entry {
-                kind: Kind::Twin,
-                device: device.to_string(),
-                name: String::new(),
-                points: u32::try_from(attributes.len()).unwrap_or(u32::MAX),
-                payload: payload.to_string().into_bytes(),
-            }],
-        )?;
+        outbox::insert(&tx, &entries)?;
         tx.commit()
     }
 
@@ -666,6 +725,17 @@ impl Host for DeviceView<'_> {
 
     fn unregister(&mut self, hardware_id: String) -> wasmtime::Result<Result<(), GuestError>> {
         Ok(self.ctx.unregister(&hardware_id))
+    }
+
+    fn report_all(
+        &mut self,
+        reports: Vec<(Resource<DeviceHandle>, Vec<(String, Value)>)>,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        let reports = reports
+            .into_iter()
+            .map(|(handle, attributes)| Ok((self.id_of(&handle)?, attributes)))
+            .collect::<wasmtime::Result<Vec<_>>>()?;
+        Ok(self.ctx.report_all(reports))
     }
 }
 

@@ -24,6 +24,9 @@ fn values_outside_the_model_are_refused_with_clear_errors_and_never_stored() {
         "series-field: refused (invalid: unknown field of series `levels`: `depth` (the model declares: level))",
         "series-unknown: refused (invalid: unknown series `nope` (the model declares: levels))",
         "alert-unknown: refused (invalid: unknown alert `meltdown` (the model declares: high))",
+        "batch-mixed: refused (invalid: device level: attribute `level`: 250 is out of range [0, 100])",
+        "batch-too-many: refused (invalid: 1001 reports in one call: at most 1000)",
+        "batch-valid: accepted",
     ];
     for line in expect {
         run.wait_for(line, Duration::from_secs(5));
@@ -36,7 +39,8 @@ fn values_outside_the_model_are_refused_with_clear_errors_and_never_stored() {
     assert!(refusal.contains("level"), "{refusal}");
     assert!(run.stop().success());
 
-    // Only the valid report reached the twin and the outbox.
+    // Only the valid reports reached the twin and the outbox (the batch's
+    // valid first report, 10, was not stored with its refused second).
     let db = gw.db();
     let twin: Vec<(String, String)> = db
         .prepare("SELECT name, reported FROM twin WHERE device = 'level' ORDER BY name")

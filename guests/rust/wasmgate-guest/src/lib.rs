@@ -51,7 +51,9 @@ pub mod bus {
 
 pub use bindings::wasmgate;
 pub use bindings::wasmgate::device::content;
-pub use bindings::wasmgate::device::device::{Device, register, this_device, unregister};
+pub use bindings::wasmgate::device::device::{
+    Device, register, report_all, this_device, unregister,
+};
 pub use bindings::wasmgate::device::log::Level;
 pub use bindings::wasmgate::device::storage;
 pub use bindings::wasmgate::device::types::{

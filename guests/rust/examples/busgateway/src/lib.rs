@@ -12,9 +12,12 @@
 
 use std::collections::BTreeMap;
 use wasmgate_guest::{
-    App, Config, Device, Fields, Timestamp, Value, field, info, register, this_device, unregister,
-    warn,
+    App, Config, Device, Fields, Timestamp, Value, field, info, register, report_all, this_device,
+    unregister, warn,
 };
+
+/// The most reports the gateway takes in one `report_all`.
+const MAX_REPORTS_PER_CALL: usize = 1000;
 
 /// A sensor on the bus and the device it was registered as.
 struct Sensor {
@@ -107,6 +110,9 @@ impl App for BusGateway {
 
     fn on_tick(&mut self, _now: Timestamp) {
         let mut online = 0i64;
+        // The whole scan's reports go in one `report_all`: one step for the
+        // gateway to store, however many sensors the bus has.
+        let mut reports = Vec::with_capacity(self.sensors.len() + 1);
         for sensor in self.sensors.values_mut() {
             let value = sensor.read();
             let Some(device) = &sensor.device else {
@@ -116,16 +122,18 @@ impl App for BusGateway {
             if let Err(e) = device.record("temperature", None, &[field("celsius", value)]) {
                 warn!("{}: record refused: {}", sensor.hardware_id, e.message());
             }
-            let attributes = [
+            let attributes = vec![
                 field("temperature", value),
                 field("label", sensor.label.as_str()),
             ];
-            if let Err(e) = device.report(&attributes) {
-                warn!("{}: report refused: {}", sensor.hardware_id, e.message());
-            }
+            reports.push((device, attributes));
         }
-        if let Err(e) = this_device().report(&[field("sensors", online)]) {
-            warn!("bus report refused: {}", e.message());
+        let bus = this_device();
+        reports.push((&bus, vec![field("sensors", online)]));
+        for chunk in reports.chunks(MAX_REPORTS_PER_CALL) {
+            if let Err(e) = report_all(chunk) {
+                warn!("bus scan's reports refused: {}", e.message());
+            }
         }
     }
 

@@ -1,8 +1,11 @@
 //! Test guest: on every tick tries values its device model refuses (out of
 //! range, wrong type, unknown name, not finite) next to one valid report, and
-//! logs the error the host gave back for each.
+//! logs the error the host gave back for each; then the same through
+//! `report-all`, several reports in one call.
 
-use wasmgate_guest::{App, Config, Severity, Timestamp, Value, field, info, this_device};
+use wasmgate_guest::{
+    App, Config, Severity, Timestamp, Value, field, info, report_all, this_device,
+};
 
 struct InvalidReport;
 
@@ -49,6 +52,25 @@ impl App for InvalidReport {
         info!(
             "alert-unknown: {}",
             outcome(d.alert("meltdown", Severity::Critical, &[]))
+        );
+        // A batch is all or nothing too, and its error names the device.
+        info!(
+            "batch-mixed: {}",
+            outcome(report_all(&[
+                (&d, vec![field("level", 10.0)]),
+                (&d, vec![field("level", 250.0)]),
+            ]))
+        );
+        let too_many: Vec<_> = (0..1001)
+            .map(|_| (&d, vec![field("level", 10.0)]))
+            .collect();
+        info!("batch-too-many: {}", outcome(report_all(&too_many)));
+        info!(
+            "batch-valid: {}",
+            outcome(report_all(&[
+                (&d, vec![field("level", 42.0)]),
+                (&d, vec![field("level", 42.0)]),
+            ]))
         );
         info!("valid: {}", outcome(d.report(&[field("level", 42.0)])));
     }
