@@ -242,13 +242,13 @@ fn a_full_database_refuses_writes_clearly_and_recovers_when_space_returns() {
 
 /// Run `values` through a model whose `readings` series and `level`
 /// attribute carry the given policies; what reached the outbox:
-/// (points as (ms from start, v), reported levels, alerts as v).
+/// (points as (ms from start, v), the waiting twin row as (version, level), alerts as v).
 fn replay(
     series_policies: &str,
     level_policies: &str,
     values: &str,
     step_ms: u64,
-) -> (Vec<(u64, f64)>, Vec<f64>, Vec<f64>) {
+) -> (Vec<(u64, f64)>, Vec<(u64, f64)>, Vec<f64>) {
     let gw = Gateway::new();
     let model_path = gw.dir.path().join("policies.json");
     std::fs::write(
@@ -285,9 +285,16 @@ fn replay(
             )
         })
         .collect();
+    // A report replaces its device's waiting twin row, so the outbox holds
+    // the last one stored, whose version counts every report stored.
     let levels = rows("twin")
         .iter()
-        .map(|r| r["attributes"]["level"].as_f64().expect("level"))
+        .map(|r| {
+            (
+                r["version"].as_u64().expect("version"),
+                r["attributes"]["level"].as_f64().expect("level"),
+            )
+        })
         .collect();
     let alerts = rows("alert")
         .iter()
@@ -381,7 +388,9 @@ fn attribute_policies_thin_reports() {
         "10,10.5,12,12.2,9",
         100,
     );
-    assert_eq!(levels, vec![10.0, 12.0, 9.0]);
+    // 10, 12 and 9 are stored (3 reports of 5; 12 raised the alert), and
+    // the state is the last of them.
+    assert_eq!(levels, vec![(3, 9.0)]);
     assert_eq!(alerts, vec![12.0]);
 }
 

@@ -187,6 +187,10 @@ fn reports_made_while_the_state_is_out_are_sent_once_it_is_acknowledged() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A report replaces the device's waiting row: the outbox holds one,
+    // the newest, not a row per report the broker has not seen.
+    let rows = gw.outbox_rows("twin", None);
+    assert_eq!(rows.len(), 1, "one twin row for the device: {rows:?}");
     broker.resume();
     let last = consumer.wait_json(&topic("replay", "twin/reported"), T, |j| {
         j["attributes"]["level"] == 16.0

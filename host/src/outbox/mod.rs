@@ -280,10 +280,12 @@ pub fn last_twin_seq(conn: &Connection, device: &str) -> rusqlite::Result<i64> {
 /// Remove a device's twin rows up to `seq`: the retained state that was
 /// delivered covers them all.
 pub fn delete_twin_upto(conn: &Connection, device: &str, seq: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "DELETE FROM outbox WHERE kind = 'twin' AND device = ?1 AND seq <= ?2",
-        params![device, seq],
-    )?;
+    // `name = ''` (a twin row's) keeps the delete to the device's own rows in
+    // `outbox_by_stream`, as in `last_twin_seq`.
+    conn.prepare_cached(
+        "DELETE FROM outbox WHERE kind = 'twin' AND device = ?1 AND name = '' AND seq <= ?2",
+    )?
+    .execute(params![device, seq])?;
     Ok(())
 }
 
