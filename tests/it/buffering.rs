@@ -240,6 +240,9 @@ fn a_full_database_refuses_writes_clearly_and_recovers_when_space_returns() {
     assert!(!consumer.on("wg/v1/test-gw/seq/telemetry/seq").is_empty());
 }
 
+/// A waiting twin row: (version, level).
+type TwinRow = (u64, f64);
+
 /// Run `values` through a model whose `readings` series and `level`
 /// attribute carry the given policies; what reached the outbox:
 /// (points as (ms from start, v), the waiting twin row as (version, level), alerts as v).
@@ -248,7 +251,7 @@ fn replay(
     level_policies: &str,
     values: &str,
     step_ms: u64,
-) -> (Vec<(u64, f64)>, Vec<(u64, f64)>, Vec<f64>) {
+) -> (Vec<(u64, f64)>, Vec<TwinRow>, Vec<f64>) {
     let gw = Gateway::new();
     let model_path = gw.dir.path().join("policies.json");
     std::fs::write(
