@@ -57,6 +57,7 @@ pub mod sim;
 pub mod status;
 pub mod storage;
 pub mod store;
+pub mod synced;
 pub mod value;
 pub mod wasi;
 pub mod wire;
