@@ -1072,7 +1072,9 @@ fn footprint() -> (f64, f64, f64, String) {
         .status()
         .is_ok_and(|s| s.success());
     let runtime_only = if built {
-        stripped(&root().join("target/release/wasmgate-runtime-only"))
+        // Beside the default binary: the same target directory and profile,
+        // wherever CARGO_TARGET_DIR puts them.
+        stripped(&common::binary().with_file_name("wasmgate-runtime-only"))
             .map_or("not measured".into(), |s| format!("{s:.1} MiB"))
     } else {
         "not built".into()
