@@ -373,7 +373,7 @@ fn resolve<'a, T: Version>(rule: Rule, current: Option<&'a T>, incoming: &T) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::clock::Clock;
     use super::*;
     use proptest::prelude::*;
@@ -759,7 +759,8 @@ mod tests {
     // ---- Convergence, by property ------------------------------------------
 
     const KEYS: [&str; 3] = ["a", "b", "c"];
-    const COLUMNS: [&str; 3] = ["x", "y", "z"];
+    /// The columns of the property tests' tables (the store's tests too).
+    pub(in crate::synced) const COLUMNS: [&str; 3] = ["x", "y", "z"];
 
     /// One edit, before it is stamped: stamps come from the sides' clocks as
     /// the edits are replayed in order, as they would be on the two nodes.
@@ -785,10 +786,12 @@ mod tests {
         prop::sample::select(Rule::ALL.to_vec())
     }
 
-    fn arb_rules() -> impl Strategy<Value = TableRules> {
+    /// Any key rule, and any rule or none for each of [`COLUMNS`] (shared
+    /// with the store's property test).
+    pub(in crate::synced) fn arb_rules() -> impl Strategy<Value = TableRules> {
         (
             arb_rule(),
-            prop::collection::vec(prop::option::of(arb_rule()), 3),
+            prop::collection::vec(prop::option::of(arb_rule()), COLUMNS.len()),
         )
             .prop_map(|(key_rule, per_column)| TableRules {
                 key_rule,

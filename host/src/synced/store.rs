@@ -1614,7 +1614,7 @@ mod tests {
     }
 
     const KEYS: [&str; 4] = ["a", "a%", "a_", "b"];
-    const COLUMNS: [&str; 3] = ["x", "y", "z"];
+    use super::super::merge::tests::{COLUMNS, arb_rules};
 
     /// A key, put (0), update (1) or delete (2), and column values, as indices.
     type RawEdit = (usize, u8, Vec<(usize, Option<i64>)>);
@@ -1630,22 +1630,6 @@ mod tests {
         /// One of the other end's changesets so far, picked by `pick`
         /// (modulo their number), delivered to one end: any order, repeats.
         Deliver { to_gateway: bool, pick: usize },
-    }
-
-    fn arb_rules() -> impl Strategy<Value = TableRules> {
-        let rule = || prop::sample::select(Rule::ALL.to_vec());
-        (
-            rule(),
-            prop::collection::vec(prop::option::of(rule()), COLUMNS.len()),
-        )
-            .prop_map(|(key_rule, per_column)| TableRules {
-                key_rule,
-                columns: COLUMNS
-                    .iter()
-                    .zip(per_column)
-                    .filter_map(|(c, rule)| Some((c.to_string(), rule?)))
-                    .collect(),
-            })
     }
 
     fn arb_step() -> impl Strategy<Value = Step> {
