@@ -108,8 +108,14 @@ func newBusGateway(config wg.Config, previous []byte) (wg.App, error) {
 
 func (g *busGateway) Save() []byte { return nil }
 
+// maxReportsPerCall is the most reports the gateway takes in one ReportAll.
+const maxReportsPerCall = 1000
+
 func (g *busGateway) OnTick(now uint64) {
 	online := int64(0)
+	// The whole scan's reports go in one ReportAll: one step for the
+	// gateway to store, however many sensors the bus has.
+	reports := make([]wg.DeviceReport, 0, len(g.sensors)+1)
 	for _, s := range g.sensors {
 		value := s.read()
 		if s.device == nil {
@@ -119,12 +125,17 @@ func (g *busGateway) OnTick(now uint64) {
 		if err := s.device.Record("temperature", nil, wg.F("celsius", wg.Number(value))); err != nil {
 			wg.Warnf("%s: record refused: %s", s.hardwareID, err.(*wg.Error).Message)
 		}
-		if err := s.device.Report(wg.F("temperature", wg.Number(value)), wg.F("label", wg.Text(s.label))); err != nil {
-			wg.Warnf("%s: report refused: %s", s.hardwareID, err.(*wg.Error).Message)
-		}
+		reports = append(reports, wg.DeviceReport{Device: s.device, Attributes: []wg.Field{
+			wg.F("temperature", wg.Number(value)), wg.F("label", wg.Text(s.label)),
+		}})
 	}
-	if err := g.bus.Report(wg.F("sensors", wg.Int(online))); err != nil {
-		wg.Warnf("bus report refused: %s", err.(*wg.Error).Message)
+	reports = append(reports, wg.DeviceReport{Device: g.bus, Attributes: []wg.Field{wg.F("sensors", wg.Int(online))}})
+	for len(reports) > 0 {
+		n := min(len(reports), maxReportsPerCall)
+		if err := wg.ReportAll(reports[:n]); err != nil {
+			wg.Warnf("bus scan's reports refused: %s", err.(*wg.Error).Message)
+		}
+		reports = reports[n:]
 	}
 }
 

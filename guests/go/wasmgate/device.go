@@ -60,6 +60,23 @@ func (d *Device) Report(attributes ...Field) error {
 	return check(d.d.Report(fieldsToWIT(attributes)))
 }
 
+// DeviceReport is one device's attributes, for ReportAll.
+type DeviceReport struct {
+	Device     *Device
+	Attributes []Field
+}
+
+// ReportAll reports several devices in one call (a whole bus scan): the
+// gateway stores them in one step, all or nothing, and the error names the
+// device it refused. At most 1,000 reports a call.
+func ReportAll(reports []DeviceReport) error {
+	out := make([]witTypes.Tuple2[*wasmgate_device_device.Device, types.Fields], len(reports))
+	for i, r := range reports {
+		out[i] = witTypes.Tuple2[*wasmgate_device_device.Device, types.Fields]{F0: r.Device.d, F1: fieldsToWIT(r.Attributes)}
+	}
+	return check(wasmgate_device_device.ReportAll(out))
+}
+
 // Reported is the last value reported for an attribute.
 func (d *Device) Reported(name string) (Value, bool) {
 	return optionFromWIT(d.d.Reported(name))
