@@ -230,8 +230,35 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     // process crash and loses at most the last commits on power loss.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_handler(Some(wait_for_the_lock))?;
     Ok(conn)
+}
+
+/// How long a writer waits for SQLite's write lock before its statement
+/// fails with "database is locked".
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a waiting writer sleeps between tries. SQLite's own
+/// `busy_timeout` backs off to sleeps of 100 ms, so under contention the
+/// lock sat free while every writer slept: at 10,000 registered devices the
+/// gateway used half a core and sent nothing (BENCHMARKS.md, S2). Short,
+/// even sleeps hand the lock on within a fraction of a millisecond.
+pub const LOCK_RETRY: Duration = Duration::from_micros(500);
+
+/// SQLite's busy handler for the gateway's connections: called with the
+/// number of times it was called for this wait; `false` gives up.
+fn wait_for_the_lock(tries: i32) -> bool {
+    if !keeps_waiting(tries) {
+        return false;
+    }
+    std::thread::sleep(LOCK_RETRY);
+    true
+}
+
+/// Whether a writer that has tried `tries` times waits once more: until its
+/// sleeps add up to [`LOCK_WAIT`] (the tries themselves make the real wait
+/// a little longer, never shorter).
+fn keeps_waiting(tries: i32) -> bool {
+    LOCK_RETRY.saturating_mul(u32::try_from(tries).unwrap_or(u32::MAX)) < LOCK_WAIT
 }
 
 /// Open an existing database read-only (for `wasmgate status`).
@@ -482,6 +509,38 @@ pub fn clear_saved_state(conn: &Connection, app: &str) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writer_waits_for_the_lock_up_to_its_bound_then_gives_up() {
+        let limit = (LOCK_WAIT.as_micros() / LOCK_RETRY.as_micros()) as i32;
+        assert!(keeps_waiting(0) && keeps_waiting(limit - 1));
+        assert!(!keeps_waiting(limit) && !keeps_waiting(i32::MAX));
+    }
+
+    #[test]
+    fn a_writer_gets_the_lock_once_the_holder_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let holder = open(&path).expect("open");
+        holder
+            .execute_batch("CREATE TABLE t (n INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .expect("hold the write lock");
+        let writer = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let conn = open(&path).expect("open");
+                // Waits in the busy handler while the holder has the lock.
+                conn.execute("INSERT INTO t VALUES (2)", [])
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        holder.execute_batch("COMMIT").expect("commit");
+        assert_eq!(writer.join().expect("writer").expect("insert"), 1);
+        let rows: i64 = holder
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 2);
+    }
 
     #[test]
     fn schema_is_created_once_and_newer_schemas_are_refused() {
