@@ -390,18 +390,9 @@ impl DeviceCtx {
                  ON CONFLICT (device, name) DO UPDATE
                  SET reported = excluded.reported, reported_at = excluded.reported_at",
             )?;
-            // A device's twin row only says that its state has changed since
-            // it was last sent: the link sends the whole state from `twin`. So
-            // a new report replaces the device's waiting row rather than
-            // queueing behind it, and a link that falls behind holds one row
-            // per device, not one per report (if the replaced row is out, its
-            // acknowledgement deletes nothing, and the new row is sent).
-            let mut replace = tx.prepare_cached(
-                "DELETE FROM outbox WHERE kind = 'twin' AND device = ?1 AND name = ''",
-            )?;
             for (device, attributes) in reports {
                 let version: i64 = next_version.query_row(params![device], |r| r.get(0))?;
-                replace.execute(params![device])?;
+                outbox::replace_waiting_twin(&tx, device)?;
                 for (name, value) in attributes {
                     let json = crate::value::to_json(value).to_string();
                     upsert.execute(params![device, name, json, now as i64])?;

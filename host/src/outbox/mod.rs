@@ -277,6 +277,26 @@ pub fn last_twin_seq(conn: &Connection, device: &str) -> rusqlite::Result<i64> {
     .query_row([device], |r| r.get(0))
 }
 
+/// Make way for a device's new twin row: delete its waiting ones. A twin
+/// row only says that the device's state changed since it was last sent
+/// (the link sends the whole state from `twin`), so a new report replaces
+/// the waiting row rather than queueing behind it, and a link that falls
+/// behind holds one row per device, not one per report. If the replaced
+/// row is out, its acknowledgement deletes nothing and the new row is sent.
+///
+/// Rows before the device's last `ack` row stay: an ack leaves after the
+/// state the app reported while applying the change (docs/protocol.md), so
+/// that state must not move behind it.
+pub fn replace_waiting_twin(conn: &Connection, device: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM outbox WHERE kind = 'twin' AND device = ?1 AND name = ''
+           AND seq > (SELECT COALESCE(MAX(seq), 0) FROM outbox
+                      WHERE kind = 'ack' AND device = ?1 AND name = '')",
+    )?
+    .execute([device])?;
+    Ok(())
+}
+
 /// Remove a device's twin rows up to `seq`: the retained state that was
 /// delivered covers them all.
 pub fn delete_twin_upto(conn: &Connection, device: &str, seq: i64) -> rusqlite::Result<()> {
@@ -409,6 +429,45 @@ mod tests {
         delete_twin_upto(&conn, "a", a[1]).expect("delete");
         assert_eq!(last_twin_seq(&conn, "a").expect("seq"), 0);
         assert_eq!(seqs("b"), b, "another device's rows stay");
+    }
+
+    #[test]
+    fn a_new_twin_row_replaces_the_waiting_ones_but_not_those_before_an_ack() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        let twin = |device: &str| entry(Kind::Twin, device, "", b"{}");
+        let kinds = || -> Vec<(String, String)> {
+            next_rows(&conn, 20)
+                .expect("rows")
+                .into_iter()
+                .map(|r| (r.kind, r.device))
+                .collect()
+        };
+        let row = |kind: &str, device: &str| (kind.to_string(), device.to_string());
+        // Reports of `a` and `b`: each replaces its own device's waiting row.
+        for _ in 0..3 {
+            for device in ["a", "b"] {
+                replace_waiting_twin(&conn, device).expect("replace");
+                insert(&conn, &[twin(device)]).expect("insert");
+            }
+        }
+        assert_eq!(kinds(), vec![row("twin", "a"), row("twin", "b")]);
+        // `a` answers a desired change after its report: that report stays
+        // before the ack, and later reports replace only what follows it.
+        insert(&conn, &[entry(Kind::Ack, "a", "", b"{}")]).expect("ack");
+        for _ in 0..2 {
+            replace_waiting_twin(&conn, "a").expect("replace");
+            insert(&conn, &[twin("a")]).expect("insert");
+        }
+        assert_eq!(
+            kinds(),
+            vec![
+                row("twin", "a"),
+                row("twin", "b"),
+                row("ack", "a"),
+                row("twin", "a")
+            ]
+        );
     }
 
     #[test]
