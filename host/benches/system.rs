@@ -823,6 +823,7 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
             modbus: Arc::new(wasmgate::modbus::Modbus::new(Default::default())),
             serial: Arc::new(wasmgate::serial::Serial::new(Default::default())),
             bus: Arc::new(wasmgate::bus::Bus::new(None, Default::default()).expect("bus")),
+            tables: Arc::new(wasmgate::tables::Tables::new(Default::default(), false)),
             http_serve: Arc::new(wasmgate::http_serve::HttpServe::new(Default::default())),
         };
         let shared = wasmgate::app::AppShared {

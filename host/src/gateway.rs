@@ -214,6 +214,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             config.bus.clone(),
             config.allow.clone(),
         )?),
+        tables: Arc::new(crate::tables::Tables::new(
+            outbox_signal.clone(),
+            config
+                .cloud
+                .as_ref()
+                .is_some_and(|c| matches!(c.profile, crate::config::Profile::Sparkplug(_))),
+        )),
         http_serve: Arc::new(crate::http_serve::HttpServe::new(config.allow.clone())),
     };
     // The local bus, up before the apps that subscribe in their `init`

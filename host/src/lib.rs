@@ -58,6 +58,7 @@ pub mod status;
 pub mod storage;
 pub mod store;
 pub mod synced;
+pub mod tables;
 pub mod value;
 pub mod wasi;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! Device models: what an app's devices have (attributes, actions,
-//! time-series, alerts), read from a JSON file per app, and the checks every
-//! value from a guest or the cloud passes before it is stored or delivered.
+//! time-series, alerts) and the synced tables the app keeps with the server,
+//! read from a JSON file per app, and the checks every value from a guest or
+//! the cloud passes before it is stored or delivered.
 //!
 //! A model is checked once at load, so a bad model stops the gateway with a
 //! message naming the file and the problem, not a guest at run time.
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bindings::Value;
 use crate::policy::{self, Stage};
+use crate::synced::merge::{Rule, TableRules};
 use crate::value::{ValueKind, from_json, kind_of};
 
 /// The longest text or bytes value the host takes, in bytes. Larger content
@@ -192,6 +194,121 @@ pub struct AlertSpec {
     pub description: Option<String>,
 }
 
+/// A column of a synced table: a typed field with an optional merge rule of
+/// its own (the table's rule otherwise). [`FieldSpec`]'s keys spelled out
+/// again rather than flattened in: serde cannot deny unknown keys through
+/// `flatten`, and a misspelt `rule` must not pass silently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    #[serde(rename = "type")]
+    pub kind: ValueKind,
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub range: Option<[Bound; 2]>,
+    #[serde(default)]
+    pub rule: Option<Rule>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A synced table (`docs/synced-tables.md`): rows keyed by text that the app
+/// and the server both edit, merged by the declared rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// The name of the key column, which is always text; `key` by default.
+    #[serde(default = "default_key_column")]
+    pub key: String,
+    /// The rule for the row's existence and for every column without one of
+    /// its own; `last-writer-wins` by default.
+    #[serde(default = "default_rule")]
+    pub rule: Rule,
+    pub columns: BTreeMap<String, ColumnSpec>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The rules as the merge takes them; filled in by `validate`.
+    #[serde(skip)]
+    rules: Option<TableRules>,
+}
+
+fn default_key_column() -> String {
+    "key".to_string()
+}
+
+fn default_rule() -> Rule {
+    Rule::LastWriterWins
+}
+
+/// A row's columns as the synced store keeps them: JSON values, `None`
+/// being null.
+pub type TableColumns = BTreeMap<String, Option<serde_json::Value>>;
+
+impl TableSpec {
+    /// The merge rules of the table (both ends must hold the same).
+    pub fn rules(&self) -> &TableRules {
+        self.rules
+            .as_ref()
+            .expect("a table's rules are filled in when its model is checked")
+    }
+
+    /// Check the columns a guest gives for a row of `table`: every column
+    /// declared, typed and in range, none twice. A put (`whole`) sets every
+    /// column, so those left out are null; an update writes only those
+    /// given, and needs one.
+    pub fn check_columns(
+        &self,
+        table: &str,
+        values: Vec<(String, Value)>,
+        whole: bool,
+    ) -> Result<TableColumns, String> {
+        if !whole && values.is_empty() {
+            return Err(format!(
+                "an update of table `{table}` needs at least one column"
+            ));
+        }
+        let checked = check_fields_with(values, &format!("column of table `{table}`"), |name| {
+            self.columns
+                .get(name)
+                .map(|c| (c.kind, c.range))
+                .ok_or_else(|| {
+                    unknown(
+                        &format!("column of table `{table}`:"),
+                        name,
+                        self.columns.keys(),
+                    )
+                })
+        })?;
+        let mut columns: TableColumns = checked
+            .into_iter()
+            .map(|(name, value)| (name, Some(crate::value::to_json(&value))))
+            .collect();
+        if whole {
+            for name in self.columns.keys() {
+                columns.entry(name.clone()).or_insert(None);
+            }
+        }
+        Ok(columns)
+    }
+
+    /// A stored row as the guest reads it: its non-null columns, typed. A
+    /// column the model no longer declares, or whose stored value no longer
+    /// fits its declared type, is left out: the model changed since the
+    /// value was written, and the merge keeps it until a write replaces it.
+    pub fn read_columns(&self, stored: &TableColumns) -> Vec<(String, Value)> {
+        stored
+            .iter()
+            .filter_map(|(name, json)| {
+                let spec = self.columns.get(name)?;
+                from_json(json.as_ref()?, spec.kind)
+                    .ok()
+                    .map(|v| (name.clone(), v))
+            })
+            .collect()
+    }
+}
+
 /// A device model as written in the JSON file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,6 +326,9 @@ pub struct DeviceModel {
     pub series: BTreeMap<String, SeriesSpec>,
     #[serde(default)]
     pub alerts: BTreeMap<String, AlertSpec>,
+    /// The synced tables of the app this model is the own model of.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableSpec>,
     /// The attributes' defaults, typed; filled in by `load`.
     #[serde(skip)]
     defaults: HashMap<String, Value>,
@@ -373,7 +493,50 @@ impl DeviceModel {
             check_name(name).map_err(|m| InvalidKey::new(&key, m))?;
             fields(&format!("{key}.fields"), &spec.fields)?;
         }
+        for (name, spec) in &mut self.tables {
+            let key = format!("tables.{name}");
+            check_name(name).map_err(|m| InvalidKey::new(&key, m))?;
+            check_name(&spec.key).map_err(|m| InvalidKey::new(format!("{key}.key"), m))?;
+            if spec.columns.is_empty() {
+                return Err(InvalidKey::new(
+                    format!("{key}.columns"),
+                    "a table needs at least one column besides its key",
+                ));
+            }
+            if spec.columns.len() > MAX_FIELDS {
+                return Err(InvalidKey::new(
+                    format!("{key}.columns"),
+                    format!(
+                        "{} columns is more than the limit of {MAX_FIELDS}",
+                        spec.columns.len()
+                    ),
+                ));
+            }
+            let mut rules = TableRules::new(spec.rule);
+            for (column, c) in &spec.columns {
+                let ckey = format!("{key}.columns.{column}");
+                check_name(column).map_err(|m| InvalidKey::new(&ckey, m))?;
+                if *column == spec.key {
+                    return Err(InvalidKey::new(
+                        &ckey,
+                        format!("`{column}` is the table's key, which is a text column of its own"),
+                    ));
+                }
+                spec_range(&ckey, c.kind, c.range)?;
+                if let Some(rule) = c.rule {
+                    rules.columns.insert(column.clone(), rule);
+                }
+            }
+            spec.rules = Some(rules);
+        }
         Ok(())
+    }
+
+    /// A synced table the model declares.
+    pub fn table(&self, name: &str) -> Result<&TableSpec, String> {
+        self.tables
+            .get(name)
+            .ok_or_else(|| unknown("table", name, self.tables.keys()))
     }
 
     /// The default desired value of an attribute.
@@ -622,6 +785,118 @@ mod tests {
             model
                 .check_report(vec![("n".into(), Value::Integer(top))])
                 .is_ok()
+        );
+    }
+
+    const RECIPES: &str = r#"{"tables": {"recipes": {
+        "key": "id",
+        "rule": "device-wins",
+        "columns": {
+            "name": {"type": "text"},
+            "setpoint": {"type": "number", "range": [0, 100], "rule": "server-wins"}
+        }}}}"#;
+
+    #[test]
+    fn tables_declare_typed_columns_and_their_merge_rules() {
+        let model = DeviceModel::parse(RECIPES).expect("model");
+        let table = model.table("recipes").expect("declared");
+        assert_eq!(table.key, "id");
+        assert_eq!(table.rules().rule_for("name"), Rule::DeviceWins);
+        assert_eq!(table.rules().rule_for("setpoint"), Rule::ServerWins);
+        assert_eq!(
+            model.table("nope").expect_err("undeclared"),
+            "unknown table `nope` (the model declares: recipes)"
+        );
+        // Defaults: a `key` column and last-writer-wins.
+        let plain =
+            DeviceModel::parse(r#"{"tables": {"t": {"columns": {"v": {"type": "integer"}}}}}"#)
+                .expect("model");
+        let t = plain.table("t").expect("declared");
+        assert_eq!((t.key.as_str(), t.rule), ("key", Rule::LastWriterWins));
+    }
+
+    #[test]
+    fn bad_table_declarations_name_the_key() {
+        for (model, expected) in [
+            (
+                r#"{"tables": {"t": {"columns": {}}}}"#,
+                "tables.t.columns: a table needs at least one column besides its key",
+            ),
+            (
+                r#"{"tables": {"t": {"key": "id", "columns": {"id": {"type": "text"}}}}}"#,
+                "tables.t.columns.id: `id` is the table's key, which is a text column of its own",
+            ),
+            (
+                r#"{"tables": {"t": {"columns": {"v": {"type": "text", "range": [0, 1]}}}}}"#,
+                "tables.t.columns.v.range: a range needs an integer or number type, not text",
+            ),
+            (
+                r#"{"tables": {"a/b": {"columns": {"v": {"type": "text"}}}}}"#,
+                "tables.a/b: \"a/b\" is not a valid name (1 to 64 characters from A-Z a-z 0-9 _ - ., not . or ..)",
+            ),
+        ] {
+            let error = DeviceModel::parse(model).expect_err(model).to_string();
+            assert!(error.ends_with(expected), "{error}");
+        }
+        let rule = DeviceModel::parse(
+            r#"{"tables": {"t": {"rule": "newest", "columns": {"v": {"type": "text"}}}}}"#,
+        )
+        .expect_err("unknown rule")
+        .to_string();
+        assert!(rule.contains("unknown variant `newest`"), "{rule}");
+    }
+
+    #[test]
+    fn table_columns_are_checked_filled_and_read_back_typed() {
+        let model = DeviceModel::parse(RECIPES).expect("model");
+        let table = model.table("recipes").expect("declared");
+        // A put sets every column: those left out are null.
+        let put = table
+            .check_columns(
+                "recipes",
+                vec![("setpoint".into(), Value::Integer(21))],
+                true,
+            )
+            .expect("valid");
+        assert_eq!(put.get("name"), Some(&None));
+        assert_eq!(put.get("setpoint"), Some(&Some(serde_json::json!(21.0))));
+        // An update writes only what it gives, and needs something.
+        let update = table
+            .check_columns(
+                "recipes",
+                vec![("name".into(), Value::Text("a".into()))],
+                false,
+            )
+            .expect("valid");
+        assert_eq!(update.len(), 1);
+        assert!(table.check_columns("recipes", vec![], false).is_err());
+        for (bad, expected) in [
+            (
+                vec![("setpoint".into(), Value::Number(101.0))],
+                "column of table `recipes` `setpoint`: 101 is out of range [0, 100]",
+            ),
+            (
+                vec![("colour".into(), Value::Text("red".into()))],
+                "unknown column of table `recipes`: `colour` (the model declares: name, setpoint)",
+            ),
+            (
+                vec![("name".into(), Value::Integer(1))],
+                "column of table `recipes` `name`: expected text, got integer",
+            ),
+        ] {
+            assert_eq!(
+                table
+                    .check_columns("recipes", bad, true)
+                    .expect_err(expected),
+                expected
+            );
+        }
+        // Reading back: typed, nulls and columns the model dropped left out.
+        let mut stored = put.clone();
+        stored.insert("gone".into(), Some(serde_json::json!(1)));
+        assert_eq!(
+            table.read_columns(&stored),
+            vec![("setpoint".to_string(), Value::Number(21.0))]
         );
     }
 

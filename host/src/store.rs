@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The tables the store itself keeps (devices, the twin, the outbox, the
 /// apps' states); the capability units and the deployer own theirs.
@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS saved_state (
 const OUTBOX_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack', 'registration', 'model')),
+    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack', 'registration', 'model', 'changeset')),
     device     TEXT NOT NULL,
     name       TEXT NOT NULL,
     created_at INTEGER NOT NULL,
@@ -284,7 +284,8 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
     conn.execute_batch(OUTBOX_INDEXES)?;
     // Version 5 added `outbox.sealed` (every row written before was
     // complete) and the `ack` kind, version 6 the `registration` kind,
-    // version 7 the `model` kind.
+    // version 7 the `model` kind, version 9 the `changeset` kind (synced
+    // tables).
     // SQLite cannot change a CHECK, so an older outbox is copied into the
     // new shape.
     let sql: String = conn.query_row(
@@ -292,7 +293,7 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         [],
         |r| r.get(0),
     )?;
-    if !sql.contains("'model'") {
+    if !sql.contains("'changeset'") {
         let sealed = if sql.contains("sealed") {
             "sealed"
         } else {

@@ -36,4 +36,5 @@ mod serve;
 mod serving;
 mod sparkplug;
 mod standard;
+mod tables;
 mod validation;

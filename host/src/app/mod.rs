@@ -96,6 +96,7 @@ units! {
     modbus: crate::modbus::Modbus,
     serial: crate::serial::Serial,
     bus: crate::bus::Bus,
+    tables: crate::tables::Tables,
     http_serve: crate::http_serve::HttpServe,
 }
 

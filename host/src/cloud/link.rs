@@ -440,6 +440,7 @@ impl Link {
                     "ack" => self.publish_stored(row, "twin/ack", false),
                     "registration" => self.publish_stored(row, "registration", true),
                     "model" => self.publish_stored(row, "model", true),
+                    "changeset" => self.publish_changeset(row),
                     _ => self.publish_telemetry(row),
                 };
                 match published {
@@ -594,6 +595,49 @@ impl Link {
         };
         let topic = topics::topic(&self.spec_gateway, &row.device, suffix);
         self.publish(&topic, retain, payload)?;
+        Ok(Some(Sent::Row {
+            seq: row.seq,
+            twin_device: None,
+            counted: None,
+        }))
+    }
+
+    /// A synced table's changeset: its rules and changes as stored (a JSON
+    /// object), with the id the server skips a repeat by and the table
+    /// (`docs/protocol.md`).
+    fn publish_changeset(
+        &mut self,
+        row: &outbox::Row,
+    ) -> Result<Option<Sent>, connection::ClientError> {
+        let Some(stored) = self.stored(row) else {
+            return Ok(None);
+        };
+        // The stored object is already JSON: open it with the id and the
+        // table rather than parse and re-encode it, as telemetry is wrapped.
+        let Some(fields) = stored.strip_prefix(b"{") else {
+            tracing::error!(
+                seq = row.seq,
+                "a changeset row is not a JSON object: left in the outbox"
+            );
+            return Ok(None);
+        };
+        let mut payload = Vec::with_capacity(stored.len() + 96);
+        payload.extend_from_slice(
+            format!(
+                "{{\"id\":\"{}-{}\",\"table\":{},",
+                self.id_prefix,
+                row.seq,
+                serde_json::Value::from(row.name.as_str())
+            )
+            .as_bytes(),
+        );
+        payload.extend_from_slice(fields);
+        let topic = topics::topic(
+            &self.spec_gateway,
+            &row.device,
+            &format!("synced/{}", row.name),
+        );
+        self.publish(&topic, false, payload)?;
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,

@@ -148,6 +148,7 @@ pub fn describe(message: &Publish) -> String {
                 Kind::Ack => "ack".to_string(),
                 Kind::Telemetry(s) => format!("telemetry {s}"),
                 Kind::Alert(a) => format!("alert {a}"),
+                Kind::Changeset(t) => format!("changeset of table {t}"),
                 Kind::ActionRequest(a) => format!("action {a} request"),
                 Kind::ActionResponse(a) => format!("action {a} response"),
                 Kind::DeployRequest => "deployment request".to_string(),

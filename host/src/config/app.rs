@@ -47,6 +47,46 @@ pub(super) struct AppSection {
     /// Bus messages that may wait for the app's `on-message`.
     #[serde(default = "default_bus_queue")]
     pub(super) bus_queue: usize,
+    /// The synced tables' limits (`docs/synced-tables.md`).
+    #[serde(default = "default_synced_max_rows")]
+    pub(super) synced_max_rows: u64,
+    #[serde(default = "default_synced_max_kib")]
+    pub(super) synced_max_kib: u64,
+    #[serde(default = "default_synced_max_changes")]
+    pub(super) synced_max_changes: u32,
+}
+
+pub(super) fn default_synced_max_rows() -> u64 {
+    SyncedLimits::default().max_rows
+}
+pub(super) fn default_synced_max_kib() -> u64 {
+    SyncedLimits::default().max_bytes >> 10
+}
+pub(super) fn default_synced_max_changes() -> u32 {
+    SyncedLimits::default().max_changes
+}
+
+/// What an app's synced tables may hold, all its tables together, and what
+/// one transaction may change. A write past one is refused with a `limit`
+/// error; what is already committed stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct SyncedLimits {
+    /// Rows (not counting deleted ones).
+    pub max_rows: u64,
+    /// Bytes of the rows as stored: every column's value and version.
+    pub max_bytes: u64,
+    /// Writes in one call, which makes one changeset.
+    pub max_changes: u32,
+}
+
+impl Default for SyncedLimits {
+    fn default() -> Self {
+        SyncedLimits {
+            max_rows: 10_000,
+            max_bytes: 4 << 20,
+            max_changes: 1_000,
+        }
+    }
 }
 
 pub(super) fn default_bus_queue() -> usize {
@@ -149,6 +189,8 @@ pub struct AppConfig {
     pub io_requests_per_s: u32,
     /// Bus messages that may wait for the app's `on-message`.
     pub bus_queue: usize,
+    /// What its synced tables may hold.
+    pub synced: SyncedLimits,
 }
 
 impl AppConfig {

@@ -22,7 +22,7 @@ mod provisioning;
 use app::AppSection;
 pub use app::{
     AppConfig, DEFAULT_BUS_QUEUE, DEFAULT_DISK_QUOTA_BYTES, DEFAULT_IO_REQUESTS_PER_S,
-    DEFAULT_IO_WAIT, RestartPolicy,
+    DEFAULT_IO_WAIT, RestartPolicy, SyncedLimits,
 };
 pub use bus::BusConfig;
 use bus::{BusSection, bus_config};
@@ -471,7 +471,19 @@ impl Config {
                 }
             }
             let bus_queue = between("bus_queue", app.bus_queue as u64, 1, 100_000)? as usize;
+            let synced = SyncedLimits {
+                max_rows: between("synced_max_rows", app.synced_max_rows, 1, 10_000_000)?,
+                max_bytes: between("synced_max_kib", app.synced_max_kib, 1, 16 * 1024 * 1024)?
+                    << 10,
+                max_changes: between(
+                    "synced_max_changes",
+                    u64::from(app.synced_max_changes),
+                    1,
+                    100_000,
+                )? as u32,
+            };
             apps.push(AppConfig {
+                synced,
                 bus_queue,
                 io_wait: Duration::from_millis(io_wait),
                 io_requests_per_s,

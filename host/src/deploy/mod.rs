@@ -865,6 +865,7 @@ fn default_app(name: &str) -> crate::config::AppConfig {
         io_wait: crate::config::DEFAULT_IO_WAIT,
         io_requests_per_s: crate::config::DEFAULT_IO_REQUESTS_PER_S,
         bus_queue: crate::config::DEFAULT_BUS_QUEUE,
+        synced: Default::default(),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Spec {
     pub io_requests_per_s: u32,
     #[serde(default = "default_bus_queue")]
     pub bus_queue: usize,
+    #[serde(default)]
+    pub synced: crate::config::SyncedLimits,
 }
 
 fn default_bus_queue() -> usize {
@@ -79,6 +81,7 @@ impl Spec {
             io_wait_ms: app.io_wait.as_millis() as u64,
             io_requests_per_s: app.io_requests_per_s,
             bus_queue: app.bus_queue,
+            synced: app.synced,
         }
     }
 
@@ -103,6 +106,7 @@ impl Spec {
             io_wait: std::time::Duration::from_millis(self.io_wait_ms),
             io_requests_per_s: self.io_requests_per_s,
             bus_queue: self.bus_queue,
+            synced: self.synced,
         }
     }
 
@@ -731,6 +735,7 @@ mod tests {
             io_wait_ms: 10_000,
             io_requests_per_s: 200,
             bus_queue: 256,
+            synced: Default::default(),
         }
     }
 

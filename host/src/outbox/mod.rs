@@ -2,9 +2,11 @@
 //! cloud link has it acknowledged. `docs/buffering.md` is the promise this
 //! module keeps.
 //!
-//! Four kinds of rows: `telemetry` (a batch of points of one series),
-//! `alert`, `twin` (a report of attributes) and `ack` (the answer to a
-//! desired change, durable and in order after the reports it answers). Twin reports and alerts are
+//! Its kinds of rows: `telemetry` (a batch of points of one series),
+//! `alert`, `twin` (a report of attributes), `ack` (the answer to a
+//! desired change, durable and in order after the reports it answers),
+//! `registration` and `model` (a registered device's), and `changeset` (a
+//! write to a synced table). Twin reports and alerts are
 //! written by the reporting call itself, in its own transaction, so they are
 //! durable when the guest's call returns. Telemetry goes through [`ingest`]:
 //! a writer thread that group-commits points. [`limits`] keeps the outbox
@@ -54,6 +56,10 @@ pub enum Kind {
     /// A device's model, retained on `{device}/model` (empty once the
     /// device is gone), for the cloud to check desired values and actions.
     Model,
+    /// The changes of one write to an app's synced table (`name` is the
+    /// table), sent on `{device}/synced/{table}`. Never dropped by the
+    /// outbox's limits: the synced tables' own limits bound them.
+    Changeset,
 }
 
 impl Kind {
@@ -65,6 +71,7 @@ impl Kind {
             Kind::Ack => "ack",
             Kind::Registration => "registration",
             Kind::Model => "model",
+            Kind::Changeset => "changeset",
         }
     }
 }
@@ -694,5 +701,7 @@ mod tests {
             }],
         )
         .expect("a registration row");
+        insert(&conn, &[entry(Kind::Changeset, "d-1", "recipes", b"[]")])
+            .expect("a changeset row (schema 9)");
     }
 }

@@ -28,6 +28,7 @@ files_under!(
         "serial.wit",
         "standard.wit",
         "storage.wit",
+        "tables.wit",
         "types.wit",
         "deps/config-draft/store.wit",
         "deps/config-draft/world.wit",

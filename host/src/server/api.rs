@@ -109,6 +109,14 @@ pub fn router(api: Api) -> Router {
             "/api/v1/gateways/{gateway}/devices/{device}/actions/{action}",
             post(call_action),
         )
+        .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/tables/{table}",
+            get(synced_rows),
+        )
+        .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/tables/{table}/overwritten",
+            get(synced_overwritten),
+        )
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/deployments", get(deployments))
         .route(
@@ -397,6 +405,60 @@ async fn series(
             Ok(Json(json!({ "points": points })))
         }
     }
+}
+
+/// The most rows or records one read of a synced table returns.
+const MAX_TABLE_PAGE: i64 = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableQuery {
+    /// Rows after this key (a page's last key).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+fn table_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit.unwrap_or(1_000) {
+        n if (1..=MAX_TABLE_PAGE).contains(&n) => Ok(n),
+        n => Err(ApiError::bad(format!(
+            "limit must be between 1 and {MAX_TABLE_PAGE}, not {n}"
+        ))),
+    }
+}
+
+/// A synced table's rows, a page at a time in key order.
+async fn synced_rows(
+    State(api): State<Api>,
+    Path((gateway, device, table)): Path<(String, String, String)>,
+    query: Result<Query<TableQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let limit = table_limit(q.limit)?;
+    let after = q.after.unwrap_or_default();
+    let rows = api
+        .db
+        .synced_rows(&gateway, &device, &table, &after, limit)
+        .await?;
+    Ok(Json(json!({ "table": table, "rows": rows })))
+}
+
+/// What the merge of a synced table overwrote, newest first.
+async fn synced_overwritten(
+    State(api): State<Api>,
+    Path((gateway, device, table)): Path<(String, String, String)>,
+    query: Result<Query<TableQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    if q.after.is_some() {
+        return Err(ApiError::bad("overwritten records take a limit only"));
+    }
+    let limit = table_limit(q.limit)?;
+    let records = api
+        .db
+        .synced_overwritten(&gateway, &device, &table, limit)
+        .await?;
+    Ok(Json(json!({ "table": table, "overwritten": records })))
 }
 
 #[derive(Debug, Deserialize)]

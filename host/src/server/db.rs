@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "provisioning",
         include_str!("schema/0004_provisioning.sql"),
     ),
+    (5, "synced", include_str!("schema/0005_synced.sql")),
 ];
 
 /// Which database a URL names.
@@ -384,8 +385,167 @@ async fn store_one(
         }
         // Answers go to whoever asked (the API), not to the database.
         Record::ActionResponse { .. } => {}
+        Record::Changeset {
+            gateway,
+            device,
+            changeset,
+        } => {
+            if !apply_changeset(tx, gateway, device, changeset, now).await? {
+                stored.duplicates += 1;
+            }
+        }
     }
     Ok(())
+}
+
+/// Apply a gateway's changeset to its device's table, once: `false` if its
+/// id was applied before. Every change goes through the merge the gateways
+/// use (`synced::merge`), under the rules the changeset carries, and what
+/// it overwrote is recorded.
+async fn apply_changeset(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    device: &str,
+    changeset: &crate::synced::Changeset,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    use crate::synced::merge::{self, Row};
+    use crate::synced::store::stamp_text;
+    let fresh = sqlx::query(
+        "INSERT INTO synced_applied (gateway, device, changeset, changes, applied_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(&changeset.id)
+    .bind(changeset.changes.len() as i64)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if !fresh {
+        return Ok(false);
+    }
+    let table = changeset.table.as_str();
+    // The upsert locks the table's row until the commit (PostgreSQL), so
+    // that merges into one table never interleave; SQLite has one writer.
+    sqlx::query(
+        "INSERT INTO synced_tables (gateway, device, tbl, rules, updated_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (gateway, device, tbl) DO UPDATE SET
+             rules = excluded.rules, updated_at = excluded.updated_at",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .bind(json_text(&changeset.rules))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    // Each key's row is read once, merged in memory for every change to
+    // it, and written once.
+    let mut rows: std::collections::BTreeMap<&str, (Option<Row<Value>>, bool)> =
+        std::collections::BTreeMap::new();
+    let mut overwritten = Vec::new();
+    for change in &changeset.changes {
+        let key = change.key.as_str();
+        if !rows.contains_key(key) {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM synced_rows
+                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4",
+            )
+            .bind(gateway)
+            .bind(device)
+            .bind(table)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let row = match state.map(|s| serde_json::from_str::<Row<Value>>(&s)) {
+                Some(Ok(row)) => Some(row),
+                None => None,
+                // A row this server cannot read is rebuilt from the
+                // changes that come: refusing the changeset would lose
+                // them, and keeping it would stop every later one.
+                Some(Err(e)) => {
+                    tracing::error!(
+                        gateway,
+                        device,
+                        table,
+                        key,
+                        "a synced row's stored state is corrupt ({e}): merged as new"
+                    );
+                    None
+                }
+            };
+            rows.insert(key, (row, false));
+        }
+        let (row, changed) = rows.get_mut(key).expect("loaded above");
+        let applied = merge::apply(row.as_ref(), change, &changeset.rules);
+        for o in &applied.overwritten {
+            overwritten.push((
+                key,
+                o.column.clone(),
+                json_text(&o.kept),
+                json_text(&o.lost),
+                stamp_text(&o.lost.stamp),
+            ));
+        }
+        if let Some(o) = &applied.presence_overwritten {
+            overwritten.push((
+                key,
+                String::new(),
+                json_text(&o.kept),
+                json_text(&o.lost),
+                stamp_text(&o.lost.stamp),
+            ));
+        }
+        if applied.changed {
+            *row = Some(applied.row);
+            *changed = true;
+        }
+    }
+    for (key, (row, changed)) in &rows {
+        let Some(row) = row.as_ref().filter(|_| *changed) else {
+            continue;
+        };
+        let columns = merge::visible(row).map(|c| json_text(&c));
+        sqlx::query(
+            "INSERT INTO synced_rows (gateway, device, tbl, key, columns, state, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (gateway, device, tbl, key) DO UPDATE SET
+                 columns = excluded.columns, state = excluded.state,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(gateway)
+        .bind(device)
+        .bind(table)
+        .bind(*key)
+        .bind(columns)
+        .bind(json_text(row))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (key, col, kept, lost, lost_stamp) in overwritten {
+        sqlx::query(
+            "INSERT INTO synced_overwritten
+             (gateway, device, tbl, key, col, kept, lost, lost_stamp, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        )
+        .bind(gateway)
+        .bind(device)
+        .bind(table)
+        .bind(key)
+        .bind(col)
+        .bind(kept)
+        .bind(lost)
+        .bind(lost_stamp)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(true)
 }
 
 /// Rows per INSERT of points: 9 parameters each, well within both
@@ -698,6 +858,71 @@ impl Db {
                 ("app", Col::OptText),
                 ("registration", Col::Json),
                 ("model_known", Col::Flag),
+            ],
+        )
+    }
+
+    /// A synced table's rows as readers see them, in key order: at most
+    /// `limit` after key `after` (deleted rows are left out).
+    pub async fn synced_rows(
+        &self,
+        gateway: &str,
+        device: &str,
+        table: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<Value>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT key, columns, updated_at FROM synced_rows
+             WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key > $4
+               AND columns IS NOT NULL
+             ORDER BY key LIMIT $5",
+        )
+        .bind(gateway)
+        .bind(device)
+        .bind(table)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows_json(
+            &rows,
+            &[
+                ("key", Col::Text),
+                ("columns", Col::Json),
+                ("updated_at", Col::Int),
+            ],
+        )
+    }
+
+    /// What the merge overwrote in a synced table, newest first: each
+    /// version that lost, with the one kept.
+    pub async fn synced_overwritten(
+        &self,
+        gateway: &str,
+        device: &str,
+        table: &str,
+        limit: i64,
+    ) -> Result<Vec<Value>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT key, col, kept, lost, recorded_at FROM synced_overwritten
+             WHERE gateway = $1 AND device = $2 AND tbl = $3
+             ORDER BY recorded_at DESC, key, col, lost_stamp LIMIT $4",
+        )
+        .bind(gateway)
+        .bind(device)
+        .bind(table)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows_json(
+            &rows,
+            &[
+                ("key", Col::Text),
+                ("column", Col::Text),
+                ("kept", Col::Json),
+                ("lost", Col::Json),
+                ("recorded_at", Col::Int),
             ],
         )
     }

@@ -47,7 +47,13 @@ pub struct Counters {
 /// The filters `serve` subscribes to: events through the shared group if
 /// one is given, state directly.
 pub fn filters(share: Option<&str>, provisioning: bool) -> Vec<String> {
-    let events = ["telemetry/+", "alert/+", "twin/ack", "deploy/res"];
+    let events = [
+        "telemetry/+",
+        "alert/+",
+        "twin/ack",
+        "deploy/res",
+        "synced/+",
+    ];
     let state = [
         "status",
         "twin/reported",

@@ -70,6 +70,12 @@ pub enum Record {
         action: String,
         response: ActionResponse,
     },
+    /// The changes of one write to a synced table of the device's app.
+    Changeset {
+        gateway: String,
+        device: String,
+        changeset: crate::synced::Changeset,
+    },
 }
 
 impl Record {
@@ -85,7 +91,8 @@ impl Record {
             | Record::Registration { gateway, .. }
             | Record::Model { gateway, .. }
             | Record::Deployment { gateway, .. }
-            | Record::ActionResponse { gateway, .. } => gateway,
+            | Record::ActionResponse { gateway, .. }
+            | Record::Changeset { gateway, .. } => gateway,
         }
     }
 }
@@ -200,6 +207,18 @@ pub fn read(topic: &str, payload: &[u8]) -> Result<Option<Record>, String> {
             gateway,
             device,
         },
+        Kind::Changeset(table) => {
+            let changeset: crate::synced::Changeset = serde_json::from_slice(payload)
+                .map_err(|e| format!("changeset on {topic}: {e}"))?;
+            changeset
+                .check(table, crate::synced::merge::Side::Device)
+                .map_err(|e| format!("changeset on {topic}: {e}"))?;
+            Record::Changeset {
+                gateway,
+                device,
+                changeset,
+            }
+        }
         _ => return Ok(None),
     };
     Ok(Some(record))
@@ -263,6 +282,20 @@ mod tests {
         assert!(e.contains("own device"), "{e}");
         let e = read("wg/v1/gw/th/model", br#"{"attributes": 3}"#).expect_err("refused");
         assert!(e.contains("model on wg/v1/gw/th/model"), "{e}");
+        // A gateway may not pass its changes off as the server's.
+        let forged = br#"{"id":"gw-1","table":"t","rules":{"key_rule":"server-wins"},
+            "changes":[{"key":"k","side":"server","stamp":{"wall_ms":1,"counter":0,"node":0},"kind":"delete"}]}"#;
+        let e = read("wg/v1/gw/th/synced/t", forged).expect_err("refused");
+        assert!(
+            e.starts_with("changeset on wg/v1/gw/th/synced/t: change of key \"k\" claims"),
+            "{e}"
+        );
+        let honest =
+            String::from_utf8_lossy(forged).replace("\"server\",\"stamp", "\"device\",\"stamp");
+        assert!(matches!(
+            read("wg/v1/gw/th/synced/t", honest.as_bytes()),
+            Ok(Some(Record::Changeset { .. }))
+        ));
     }
 
     #[test]

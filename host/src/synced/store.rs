@@ -35,11 +35,11 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use thiserror::Error;
 
-/// The tables of synced rows. Idempotent: run it at every open.
-///
-/// `app` namespaces everything: each app has its own tables, its own clock
-/// and its own record of applied changesets.
-pub const SCHEMA: &str = r#"
+/// [`SCHEMA`] as a literal, so that the gateway's tables unit can add its
+/// own tables to it with `concat!`.
+macro_rules! schema {
+    () => {
+        r#"
 CREATE TABLE IF NOT EXISTS synced_rows (
     app     TEXT NOT NULL,
     tbl     TEXT NOT NULL,
@@ -86,7 +86,16 @@ CREATE TABLE IF NOT EXISTS synced_overwritten (
     lost_stamp TEXT NOT NULL,
     PRIMARY KEY (app, tbl, key, col, lost_stamp)
 );
-"#;
+"#
+    };
+}
+pub(crate) use schema;
+
+/// The tables of synced rows. Idempotent: run it at every open.
+///
+/// `app` namespaces everything: each app has its own tables, its own clock
+/// and its own record of applied changesets.
+pub const SCHEMA: &str = schema!();
 
 /// A row as readers see it: its columns, `None` being null.
 pub type Columns = BTreeMap<String, Option<Value>>;
@@ -341,6 +350,61 @@ pub fn counts(conn: &Connection, table: &Table<'_>) -> Result<(u64, u64), StoreE
     Ok(counted)
 }
 
+/// The visible rows of all of an app's tables and the bytes of their stored
+/// state: what its limits count.
+pub fn app_counts(conn: &Connection, app: &str) -> Result<(u64, u64), StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(octet_length(state)), 0) FROM synced_rows
+             WHERE app = ?1 AND visible = 1",
+        )?
+        .query_row(params![app], |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?)))?)
+}
+
+/// The visible rows among `keys` of the table and the bytes of their
+/// stored state: taken before and after a write, the difference is what
+/// the write adds to the app's counts.
+pub fn key_counts(
+    conn: &Connection,
+    table: &Table<'_>,
+    keys: &[&str],
+) -> Result<(u64, u64), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT octet_length(state) FROM synced_rows
+         WHERE app = ?1 AND tbl = ?2 AND key = ?3 AND visible = 1",
+    )?;
+    let (mut rows, mut bytes) = (0, 0);
+    for key in keys {
+        if let Some(size) = stmt
+            .query_row(params![table.app, table.name, key], |r| get_u64(r, 0))
+            .optional()?
+        {
+            rows += 1;
+            bytes += size;
+        }
+    }
+    Ok((rows, bytes))
+}
+
+impl KeyRange {
+    /// The part of the range past `key`, for reading on after a page that
+    /// ended at it: `key` followed by U+0000 is the first string above it.
+    pub fn after(&self, key: &str) -> KeyRange {
+        let (from, to) = match self {
+            KeyRange::Prefix(prefix) => (Some(prefix.clone()), prefix_successor(prefix)),
+            KeyRange::Between { from, to } => (from.clone(), to.clone()),
+        };
+        let past = format!("{key}\0");
+        KeyRange::Between {
+            from: Some(match from {
+                Some(from) if from > past => from,
+                _ => past,
+            }),
+            to,
+        }
+    }
+}
+
 /// The smallest string above every string that starts with `prefix`, or
 /// `None` if there is none (the empty prefix, or one of U+10FFFF only):
 /// drop the trailing U+10FFFF characters, which cannot be incremented, then
@@ -552,7 +616,7 @@ fn to_json<T: Serialize>(key: &str, what: &T) -> Result<String, StoreError> {
 
 /// A stamp as text whose order is the stamps' order: each field zero-padded
 /// to the width of its largest value.
-fn stamp_text(stamp: &Stamp) -> String {
+pub fn stamp_text(stamp: &Stamp) -> String {
     format!(
         "{:020}-{:010}-{:020}",
         stamp.wall_ms, stamp.counter, stamp.node
@@ -1355,6 +1419,44 @@ mod tests {
                 ("c", w31.as_str())
             ]
         );
+    }
+
+    #[test]
+    fn pages_read_on_past_the_last_key_and_counts_see_visible_rows_only() {
+        let mut conn = db();
+        let rules = TableRules::new(Rule::LastWriterWins);
+        let t = table(&rules);
+        let edits: Vec<Edit> = ["a1", "a2", "a2\0", "a3", "b1"]
+            .iter()
+            .map(|k| put(k, &[("v", json!(k))]))
+            .collect();
+        local(&mut conn, &t, T0, &edits).unwrap();
+        let page = |range: KeyRange| -> Vec<String> {
+            keys(&scan(&conn, &t, &range, 100).unwrap())
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        let prefix = KeyRange::Prefix("a".into());
+        // Past "a2": "a2\0" is the first key above it, and is listed.
+        assert_eq!(page(prefix.after("a2")), ["a2\0", "a3"]);
+        // Past a key before the range: the range's own start holds.
+        assert_eq!(page(prefix.after("0")), ["a1", "a2", "a2\0", "a3"]);
+        let between = KeyRange::Between {
+            from: None,
+            to: Some("b".into()),
+        };
+        assert_eq!(page(between.after("a2\0")), ["a3"]);
+
+        let (rows, bytes) = app_counts(&conn, APP).unwrap();
+        assert_eq!((rows, bytes), counts(&conn, &t).unwrap());
+        assert_eq!(rows, 5);
+        local(&mut conn, &t, T0 + 1, &[delete("a1")]).unwrap();
+        let (one, one_bytes) = key_counts(&conn, &t, &["a1", "a2", "zz"]).unwrap();
+        assert_eq!(one, 1, "a1 is a tombstone and zz was never put");
+        let (rows_now, bytes_now) = app_counts(&conn, APP).unwrap();
+        assert_eq!(rows_now, 4);
+        assert!(one_bytes > 0 && bytes_now < bytes);
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum Kind<'a> {
     DownloadManifest(&'a str),
     DownloadChunk(&'a str, &'a str),
     DownloadAck(&'a str),
+    /// A changeset of a synced table (`synced/{table}`), gateway → cloud.
+    Changeset(&'a str),
 }
 
 /// The services that take messages coming down, besides the downlink's own
@@ -121,6 +123,7 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["content", "down", id, "manifest"] if !id.is_empty() => Kind::DownloadManifest(id),
         ["content", "down", id, "chunk", index] if !id.is_empty() => Kind::DownloadChunk(id, index),
         ["content", "down", id, "ack"] if !id.is_empty() => Kind::DownloadAck(id),
+        ["synced", table] if !table.is_empty() => Kind::Changeset(table),
         _ => return None,
     };
     Some(Parsed {
@@ -167,6 +170,10 @@ mod tests {
         assert_eq!(
             parse("wg/v1/gw/gw/deploy/d1/chunk/3").map(|p| p.kind),
             Some(Kind::DeployChunk("d1", "3"))
+        );
+        assert_eq!(
+            parse("wg/v1/gw/dev/synced/recipes").map(|p| p.kind),
+            Some(Kind::Changeset("recipes"))
         );
     }
 

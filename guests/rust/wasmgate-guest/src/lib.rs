@@ -56,6 +56,9 @@ pub use bindings::wasmgate::device::device::{
 };
 pub use bindings::wasmgate::device::log::Level;
 pub use bindings::wasmgate::device::storage;
+/// Synced tables: rows the app and the server both edit, declared in the
+/// app's model (`docs/synced-tables.md`).
+pub use bindings::wasmgate::device::tables;
 pub use bindings::wasmgate::device::types::{
     Error, Fields, Point, Severity, Time, Timestamp, Value,
 };

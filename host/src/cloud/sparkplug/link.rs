@@ -425,6 +425,19 @@ impl Node {
                     self.settle(&row);
                     Ok(())
                 }
+                "changeset" => {
+                    // Synced tables have no Sparkplug form, and refuse
+                    // writes under this profile: this one was written
+                    // under wg/v1 before the switch. Its rows stay in the
+                    // gateway's table.
+                    tracing::warn!(
+                        device = %row.device,
+                        table = %row.name,
+                        "a synced-table changeset cannot be sent as Sparkplug B: removed from the outbox (the rows stay on the gateway)"
+                    );
+                    self.settle(&row);
+                    Ok(())
+                }
                 "ack" => {
                     if let Some(stored) = self.stored(&row) {
                         let ack: Ack = serde_json::from_slice(&stored).unwrap_or_default();

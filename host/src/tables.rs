@@ -1,0 +1,510 @@
+//! Host side of the `wasmgate:device/tables` interface: the synced tables
+//! an app's model declares (`docs/synced-tables.md`).
+//!
+//! A write is one SQLite transaction that checks the edits against the
+//! model, merges them into the rows (`synced::store`), checks the app's
+//! limits on the result, and queues the changes as one `changeset` row of
+//! the outbox, which the cloud link sends on `{device}/synced/{table}`. A
+//! write that is refused, at any of these steps, leaves nothing behind; one
+//! that returns is durable and on its way.
+//!
+//! The model is checked first and the database touched after, as every unit
+//! does (permission and shape before I/O). The connection is opened at the
+//! first call, so that an app that declares no tables pays nothing for the
+//! unit at instantiation.
+
+use rusqlite::{OptionalExtension, params};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::GuestError;
+use crate::bindings::wasmgate::device::tables::{
+    self as generated, Edit as GuestEdit, Host, KeyRange as GuestRange, Row as GuestRow, SyncStatus,
+};
+use crate::bindings::wasmgate::device::types::Fields;
+use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, PerApp, ReportScope};
+use crate::config::SyncedLimits;
+use crate::model::{DeviceModel, TableSpec};
+use crate::outbox::{self, Kind};
+use crate::rate::SharedLimit;
+use crate::store::{ConnectionPool, Pooled};
+use crate::synced::merge::Side;
+use crate::synced::store::{self, Edit, KeyRange, StoreError, Table};
+
+/// The longest key, in bytes (as storage's).
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// The most rows one `scan` returns.
+pub const MAX_SCAN: u32 = 1_000;
+
+/// The largest changeset, in bytes of its JSON: one MQTT message, well
+/// under what brokers take by default.
+pub const MAX_CHANGESET_BYTES: usize = 1 << 20;
+
+/// The synced-tables capability: the gateway's wake-up for the cloud link,
+/// and each app's counts against its limits.
+pub struct Tables {
+    outbox_signal: Arc<Notify>,
+    /// The cloud link speaks Sparkplug B, which has no form for a
+    /// changeset: writes are refused rather than kept where nothing reads
+    /// them.
+    sparkplug: bool,
+    tallies: PerApp<Mutex<Tally>>,
+}
+
+impl Tables {
+    pub fn new(outbox_signal: Arc<Notify>, sparkplug: bool) -> Tables {
+        Tables {
+            outbox_signal,
+            sparkplug,
+            tallies: PerApp::default(),
+        }
+    }
+}
+
+/// What an app's tables count against its limits, all tables together.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Counted from the database (once, at the app's first write).
+    counted: bool,
+    rows: u64,
+    bytes: u64,
+}
+
+/// The SQL of the synced tables: the store's, and when the broker last took
+/// a changeset of each table (kept by a trigger on the outbox, so the
+/// cloud link needs to know nothing of tables).
+const SCHEMA: &str = concat!(
+    crate::synced::store::schema!(),
+    r#"
+CREATE TABLE IF NOT EXISTS synced_pushes (
+    device  TEXT NOT NULL,
+    tbl     TEXT NOT NULL,
+    -- Nanoseconds since the epoch (millisecond precision).
+    last_ns INTEGER NOT NULL,
+    PRIMARY KEY (device, tbl)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS synced_pushed AFTER DELETE ON outbox
+WHEN old.kind = 'changeset'
+BEGIN
+    INSERT OR REPLACE INTO synced_pushes (device, tbl, last_ns)
+    VALUES (old.device, old.name,
+            CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) * 1000000);
+END;
+"#
+);
+
+impl Capability for Tables {
+    type Ctx = TablesCtx;
+    const NAME: &'static str = "tables";
+    const SCHEMA: &'static str = SCHEMA;
+
+    fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<TablesCtx> {
+        Ok(TablesCtx {
+            app: app.app.clone(),
+            device: app.device.clone(),
+            model: app.model.clone(),
+            limits: app.config.synced,
+            pool: app.pool.clone(),
+            db: None,
+            node: None,
+            tally: self.tallies.get(app.app),
+            writes: app.rates.storage_writes.clone(),
+            outbox_signal: self.outbox_signal.clone(),
+            sparkplug: self.sparkplug,
+        })
+    }
+
+    fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
+        let tally = self.tallies.get(app.app);
+        let held = tally.lock().unwrap_or_else(|e| e.into_inner());
+        let (rows, bytes) = if held.counted {
+            (held.rows, held.bytes)
+        } else {
+            drop(held);
+            // No rows yet, or an error the app's next write reports.
+            store::app_counts(app.db, app.app).unwrap_or_default()
+        };
+        if rows == 0 && bytes == 0 {
+            return Vec::new();
+        }
+        vec![
+            Figure {
+                name: "rows",
+                help: "Rows the app's synced tables hold.",
+                kind: FigureKind::Gauge,
+                value: rows,
+            },
+            Figure {
+                name: "bytes",
+                help: "Bytes the app's synced rows count against its synced_max_kib.",
+                kind: FigureKind::Gauge,
+                value: bytes,
+            },
+        ]
+    }
+
+    fn add_to_linker<T: HasCtx<Tables>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        generated::add_to_linker::<T, TablesData>(linker, T::ctx)
+    }
+}
+
+/// Per-app state of the tables interface.
+pub struct TablesCtx {
+    app: Arc<str>,
+    /// The device the app speaks for: its changesets go on its topics.
+    device: Arc<str>,
+    model: Arc<DeviceModel>,
+    limits: SyncedLimits,
+    pool: Arc<ConnectionPool>,
+    /// Opened at the first call.
+    db: Option<Pooled>,
+    /// This end's node id for the clock, read at the first write.
+    node: Option<u64>,
+    tally: Arc<Mutex<Tally>>,
+    /// Writes are transactions, limited as storage writes are (`rate`).
+    writes: SharedLimit,
+    outbox_signal: Arc<Notify>,
+    sparkplug: bool,
+}
+
+struct TablesData;
+
+impl HasData for TablesData {
+    type Data<'a> = &'a mut TablesCtx;
+}
+
+/// Why a call failed, before it becomes the guest's error.
+fn invalid(message: impl Into<String>) -> GuestError {
+    GuestError::Invalid(message.into())
+}
+
+impl TablesCtx {
+    fn spec(&self, table: &str) -> Result<(Arc<DeviceModel>, String), GuestError> {
+        self.model.table(table).map_err(invalid)?;
+        Ok((self.model.clone(), table.to_string()))
+    }
+
+    fn db(&mut self) -> Result<&mut Pooled, GuestError> {
+        if self.db.is_none() {
+            let conn = self
+                .pool
+                .open()
+                .map_err(|e| self.failed("open", e.into()))?;
+            self.db = Some(conn);
+        }
+        Ok(self.db.as_mut().expect("opened above"))
+    }
+
+    fn failed(&self, what: &str, e: StoreError) -> GuestError {
+        match e {
+            StoreError::NoSuchRow { .. } => invalid(e.to_string()),
+            e => {
+                tracing::error!(app = %self.app, "synced tables {what} failed: {e}");
+                GuestError::Unavailable(format!("synced tables {what} failed: {e}"))
+            }
+        }
+    }
+
+    fn check_key(key: &str) -> Result<(), GuestError> {
+        if key.is_empty() {
+            return Err(invalid("a row's key may not be empty"));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(invalid(format!(
+                "key of {} bytes is over the limit of {MAX_KEY_BYTES}",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A guest's edit checked against the table's declaration.
+    fn edit_of(spec: &TableSpec, table: &str, edit: GuestEdit) -> Result<Edit, GuestError> {
+        Ok(match edit {
+            GuestEdit::Put(GuestRow { key, columns }) => {
+                Self::check_key(&key)?;
+                Edit::Put {
+                    columns: spec.check_columns(table, columns, true).map_err(invalid)?,
+                    key,
+                }
+            }
+            GuestEdit::Update(GuestRow { key, columns }) => {
+                Self::check_key(&key)?;
+                Edit::Update {
+                    columns: spec.check_columns(table, columns, false).map_err(invalid)?,
+                    key,
+                }
+            }
+            GuestEdit::Delete(key) => {
+                Self::check_key(&key)?;
+                Edit::Delete { key }
+            }
+        })
+    }
+
+    /// Apply a guest's edits to `table` as one transaction (see the module
+    /// header).
+    fn write(&mut self, table: String, edits: Vec<GuestEdit>) -> Result<(), GuestError> {
+        if self.sparkplug {
+            return Err(invalid(
+                "synced tables need the wg/v1 cloud profile: this gateway speaks Sparkplug B, which has no form for their changes",
+            ));
+        }
+        let (model, table) = self.spec(&table)?;
+        let spec = model.table(&table).map_err(invalid)?;
+        if edits.len() > self.limits.max_changes as usize {
+            return Err(GuestError::Limit(format!(
+                "{} changes in one call is more than the app's synced_max_changes of {}",
+                edits.len(),
+                self.limits.max_changes
+            )));
+        }
+        if edits.is_empty() {
+            return Ok(());
+        }
+        let edits = edits
+            .into_iter()
+            .map(|e| Self::edit_of(spec, &table, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !self.writes.allow() {
+            return Err(GuestError::Limit(format!(
+                "more than {} storage and table writes a second",
+                self.writes.per_second()
+            )));
+        }
+        let tally = self.tally.clone();
+        let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+        let (app, device, limits) = (self.app.clone(), self.device.clone(), self.limits);
+        let node = self.node;
+        let conn = self.db()?;
+        let outcome = (|| {
+            if !tally.counted {
+                let (rows, bytes) = store::app_counts(conn, &app)?;
+                *tally = Tally {
+                    counted: true,
+                    rows,
+                    bytes,
+                };
+            }
+            let node = match node {
+                Some(node) => node,
+                None => node_id(conn, &device)?,
+            };
+            let at = Table {
+                app: &app,
+                name: &table,
+                rules: spec.rules(),
+            };
+            // Each key once: a transaction may write one row several times.
+            let mut keys: Vec<&str> = edits.iter().map(Edit::key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            // Immediate: the write lock is taken (and waited for) at the
+            // start; a deferred transaction that reads first cannot wait
+            // for a writer that commits meanwhile, and fails as busy.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before = store::key_counts(&tx, &at, &keys)?;
+            let changes = store::edit(&tx, &at, Side::Device, node, now_ms(), &edits)?;
+            let after = store::key_counts(&tx, &at, &keys)?;
+            let rows = tally.rows + after.0 - before.0.min(tally.rows);
+            let bytes = (tally.bytes + after.1).saturating_sub(before.1);
+            // A write that shrinks the rows is always taken, even past a
+            // limit lowered since they were written.
+            if rows > limits.max_rows && after.0 > before.0 {
+                return Ok(Err(GuestError::Limit(format!(
+                    "the app's synced tables would hold {rows} rows, more than its synced_max_rows of {}",
+                    limits.max_rows
+                ))));
+            }
+            if bytes > limits.max_bytes && after.1 > before.1 {
+                return Ok(Err(GuestError::Limit(format!(
+                    "the app's synced tables would take {bytes} bytes, more than its synced_max_kib of {} KiB",
+                    limits.max_bytes >> 10
+                ))));
+            }
+            // The table's rules travel with its changes, so that the server
+            // merges by the rules this version of the app declares, whether
+            // or not the device's model has reached it yet.
+            let payload = serde_json::to_vec(&serde_json::json!({
+                "rules": spec.rules(),
+                "changes": changes,
+            }))
+            .expect("changes are JSON");
+            if payload.len() > MAX_CHANGESET_BYTES {
+                return Ok(Err(GuestError::Limit(format!(
+                    "the call's changeset is {} bytes, more than the limit of {MAX_CHANGESET_BYTES}: write in smaller transactions",
+                    payload.len()
+                ))));
+            }
+            outbox::insert(
+                &tx,
+                &[outbox::Entry {
+                    kind: Kind::Changeset,
+                    device: device.to_string(),
+                    name: table.clone(),
+                    points: changes.len() as u32,
+                    payload,
+                }],
+            )?;
+            tx.commit()?;
+            tally.rows = rows;
+            tally.bytes = bytes;
+            Ok::<_, StoreError>(Ok(node))
+        })();
+        match outcome {
+            Ok(Ok(node)) => {
+                self.node = Some(node);
+                self.outbox_signal.notify_one();
+                Ok(())
+            }
+            // Refused: the transaction was dropped, so rolled back.
+            Ok(Err(refused)) => Err(refused),
+            Err(e) => Err(self.failed("write", e)),
+        }
+    }
+
+    fn read<T>(
+        &mut self,
+        table: &str,
+        what: &str,
+        read: impl FnOnce(&rusqlite::Connection, &Table<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, GuestError> {
+        let (model, table) = self.spec(table)?;
+        let spec = model.table(&table).map_err(invalid)?;
+        let app = self.app.clone();
+        let conn = self.db()?;
+        let at = Table {
+            app: &app,
+            name: &table,
+            rules: spec.rules(),
+        };
+        let result = read(conn, &at);
+        result.map_err(|e| self.failed(what, e))
+    }
+}
+
+/// This end's node id: the database's identity and the device, hashed
+/// (FNV-1a), so that two gateways, and two apps of one, never stamp alike.
+/// 0 is the server's.
+fn node_id(conn: &rusqlite::Connection, device: &str) -> Result<u64, StoreError> {
+    let id: String = conn
+        .query_row("SELECT id FROM store_identity LIMIT 1", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes().chain([b'/']).chain(device.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Ok(hash.max(1))
+}
+
+fn now_ms() -> u64 {
+    crate::value::now_ns() / 1_000_000
+}
+
+impl Host for TablesCtx {
+    fn put(
+        &mut self,
+        table: String,
+        key: String,
+        columns: Fields,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(self.write(table, vec![GuestEdit::Put(GuestRow { key, columns })]))
+    }
+
+    fn update(
+        &mut self,
+        table: String,
+        key: String,
+        columns: Fields,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(self.write(table, vec![GuestEdit::Update(GuestRow { key, columns })]))
+    }
+
+    fn delete(&mut self, table: String, key: String) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(self.write(table, vec![GuestEdit::Delete(key)]))
+    }
+
+    fn transact(
+        &mut self,
+        table: String,
+        edits: Vec<GuestEdit>,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        Ok(self.write(table, edits))
+    }
+
+    fn get(
+        &mut self,
+        table: String,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Fields>, GuestError>> {
+        if let Err(e) = Self::check_key(&key) {
+            return Ok(Err(e));
+        }
+        let model = self.model.clone();
+        Ok(self
+            .read(&table, "get", |conn, at| store::get(conn, at, &key))
+            .map(|row| {
+                let spec = model.table(&table).expect("checked by read");
+                row.map(|columns| spec.read_columns(&columns))
+            }))
+    }
+
+    fn scan(
+        &mut self,
+        table: String,
+        range: GuestRange,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<GuestRow>, GuestError>> {
+        let range = match range {
+            GuestRange::Prefix(prefix) => KeyRange::Prefix(prefix),
+            GuestRange::Between((from, to)) => KeyRange::Between { from, to },
+        };
+        let range = match &after {
+            Some(after) => range.after(after),
+            None => range,
+        };
+        let limit = limit.min(MAX_SCAN) as usize;
+        let model = self.model.clone();
+        Ok(self
+            .read(&table, "scan", |conn, at| {
+                store::scan(conn, at, &range, limit)
+            })
+            .map(|rows| {
+                let spec = model.table(&table).expect("checked by read");
+                rows.into_iter()
+                    .map(|(key, columns)| GuestRow {
+                        key,
+                        columns: spec.read_columns(&columns),
+                    })
+                    .collect()
+            }))
+    }
+
+    fn status(&mut self, table: String) -> wasmtime::Result<Result<SyncStatus, GuestError>> {
+        let device = self.device.clone();
+        Ok(self.read(&table, "status", |conn, at| {
+            let (rows, bytes) = store::counts(conn, at)?;
+            let pending: i64 = conn
+                .prepare_cached(
+                    "SELECT coalesce(sum(points), 0) FROM outbox
+                     WHERE kind = 'changeset' AND device = ?1 AND name = ?2",
+                )?
+                .query_row(params![&*device, at.name], |r| r.get(0))?;
+            let last_push: Option<i64> = conn
+                .prepare_cached("SELECT last_ns FROM synced_pushes WHERE device = ?1 AND tbl = ?2")?
+                .query_row(params![&*device, at.name], |r| r.get(0))
+                .optional()?;
+            Ok(SyncStatus {
+                pending_changes: pending.max(0) as u64,
+                last_push: last_push.map(|ns| ns.max(0) as u64),
+                rows,
+                bytes,
+            })
+        }))
+    }
+}

@@ -1,0 +1,476 @@
+//! Synced tables on the gateway (`docs/synced-tables.md`): a guest compiled
+//! from source writes and reads its table through `wasmgate:device/tables`,
+//! driven by actions over a real Mosquitto; every write leaves as a
+//! changeset on `{device}/synced/{table}`; the model and the per-app limits
+//! refuse what does not fit and keep what was committed; a `kill -9` loses
+//! no committed change; and `serve`, on SQLite and on PostgreSQL, applies
+//! every changeset once through `kill -9`s of its own.
+
+use crate::common::mqtt::{Consumer, Message, Mosquitto};
+use crate::common::serve::{Postgres, Serve};
+use crate::common::{Gateway, guest, model};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+const BASE: &str = "wg/v1/test-gw/probe";
+const CHANGESETS: &str = "wg/v1/test-gw/probe/synced/recipes";
+
+fn probe(broker_url: &str, extra: &str) -> Gateway {
+    Gateway::new()
+        .section(&format!(
+            "[cloud]\nurl = \"{broker_url}\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 300\n"
+        ))
+        .app(
+            "probe",
+            &guest("table-probe"),
+            &model("tables"),
+            // Debug builds merge slowly: a call of 500 writes gets time.
+            &format!("device = \"probe\"\ncall_timeout_ms = 20000\n{extra}"),
+        )
+}
+
+/// Call an action of the probe and return its line of text.
+fn call(consumer: &Consumer, action: &str, argument: Option<Value>) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!(
+        "c{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let answer = consumer.call(BASE, action, &id, argument);
+    answer["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{action}: no text result: {answer}"))
+        .to_string()
+}
+
+fn changesets(consumer: &Consumer) -> Vec<Value> {
+    consumer
+        .on(CHANGESETS)
+        .iter()
+        .map(|m: &Message| serde_json::from_slice(&m.payload).expect("a changeset is JSON"))
+        .collect()
+}
+
+/// Wait until the changesets seen hold `want` distinct ids.
+fn wait_changesets(consumer: &Consumer, want: usize) -> Vec<Value> {
+    let deadline = Instant::now() + T;
+    loop {
+        let seen = changesets(consumer);
+        let ids: BTreeSet<String> = seen.iter().map(|c| c["id"].to_string()).collect();
+        if ids.len() >= want {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} changesets after {T:?}",
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_guest_writes_and_reads_its_table_and_every_write_leaves_as_one_changeset() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    let gw = probe(&broker.url(), "");
+    let mut run = gw.start();
+    run.wait_running("probe", T);
+    run.wait_connected(T);
+
+    let put = |spec: &str| call(&consumer, "put", Some(json!(spec)));
+    assert_eq!(put("r1|pump|21.5"), "ok");
+    assert_eq!(
+        call(&consumer, "get", Some(json!("r1"))),
+        "r1 name=pump setpoint=21.5"
+    );
+    assert_eq!(call(&consumer, "update", Some(json!("r1|uses|3"))), "ok");
+    assert_eq!(
+        call(&consumer, "get", Some(json!("r1"))),
+        "r1 name=pump setpoint=21.5 uses=3"
+    );
+    // A put replaces the whole row: what it leaves out is null.
+    assert_eq!(put("r2|fan|"), "ok");
+    assert_eq!(call(&consumer, "get", Some(json!("r2"))), "r2 name=fan");
+    assert_eq!(put("r10|valve|50"), "ok");
+    assert_eq!(put("s1|other|1"), "ok");
+    assert_eq!(call(&consumer, "delete", Some(json!("s1"))), "ok");
+    assert_eq!(call(&consumer, "get", Some(json!("s1"))), "none");
+    // Pages of two, in byte order of the keys.
+    assert_eq!(call(&consumer, "scan", Some(json!("r"))), "r1,r10,r2");
+    assert_eq!(call(&consumer, "scan", Some(json!(""))), "r1,r10,r2");
+
+    // What does not fit the model, or names a missing row, is refused
+    // whole, with nothing written.
+    for (action, argument, expected) in [
+        (
+            "put",
+            "r3|x|101",
+            "error invalid: column of table `recipes` `setpoint`: 101 is out of range [0, 100]",
+        ),
+        (
+            "update",
+            "r1|colour|red",
+            "error invalid: unknown column of table `recipes`: `colour` (the model declares: name, setpoint, uses)",
+        ),
+        (
+            "delete",
+            "nope",
+            "error invalid: no row with key \"nope\": it was never put, or it was deleted",
+        ),
+        (
+            "transact",
+            "p:r4|new|1;u:gone|uses|1",
+            "error invalid: no row with key \"gone\": it was never put, or it was deleted",
+        ),
+        (
+            "put",
+            "|empty|1",
+            "error invalid: a row's key may not be empty",
+        ),
+    ] {
+        assert_eq!(
+            call(&consumer, action, Some(json!(argument))),
+            expected,
+            "{action}({argument})"
+        );
+    }
+    assert_eq!(
+        call(&consumer, "get", Some(json!("r4"))),
+        "none",
+        "all or none"
+    );
+    assert_eq!(
+        call(
+            &consumer,
+            "transact",
+            Some(json!("p:r4|new|1;u:r4|uses|7;d:r2"))
+        ),
+        "ok"
+    );
+    assert_eq!(
+        call(&consumer, "get", Some(json!("r4"))),
+        "r4 name=new setpoint=1 uses=7"
+    );
+
+    // Seven writes returned ok: seven changesets, each once, in order, with
+    // the gateway's changes stamped by its clock.
+    let seen = wait_changesets(&consumer, 7);
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    let ids: Vec<&str> = seen.iter().map(|c| c["id"].as_str().expect("id")).collect();
+    assert!(ids.iter().all(|id| id.starts_with("test-gw-")), "{ids:?}");
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 7, "{ids:?}");
+    let first = &seen[0];
+    assert_eq!(first["table"], "recipes");
+    assert_eq!(
+        first["rules"],
+        json!({"key_rule": "last-writer-wins", "columns": {"setpoint": "server-wins"}})
+    );
+    let change = &first["changes"][0];
+    assert_eq!(change["key"], "r1");
+    assert_eq!(change["side"], "device");
+    assert_eq!(
+        change["kind"],
+        json!({"put": {"name": "pump", "setpoint": 21.5, "uses": null}})
+    );
+    let last = &seen[6];
+    let keys: Vec<&str> = last["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(keys, ["r4", "r4", "r2"]);
+    // Stamps only grow.
+    let stamps: Vec<(u64, u64)> = seen
+        .iter()
+        .flat_map(|c| c["changes"].as_array().expect("changes").clone())
+        .map(|c| {
+            (
+                c["stamp"]["wall_ms"].as_u64().expect("wall"),
+                c["stamp"]["counter"].as_u64().expect("counter"),
+            )
+        })
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+
+    // Everything reached the broker.
+    let deadline = Instant::now() + T;
+    loop {
+        let status = call(&consumer, "status", None);
+        if status == "pending=0 pushed=yes rows=3" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let app = &gw.apps()[0];
+    assert_eq!(app["capabilities"]["tables"]["rows"], 3, "{app}");
+    run.stop();
+}
+
+#[test]
+fn a_write_past_a_limit_is_refused_and_what_was_committed_stays() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    let gw = probe(
+        &broker.url(),
+        "synced_max_rows = 1200\nsynced_max_changes = 500\nsynced_max_kib = 1024",
+    );
+    let mut run = gw.start();
+    run.wait_running("probe", T);
+    run.wait_connected(T);
+
+    assert_eq!(call(&consumer, "fill", Some(json!(1000))), "filled 1000");
+    // Replacing the first 1,000 adds no row; the next 500 would make 1,500.
+    let refused = call(&consumer, "fill", Some(json!(2000)));
+    assert_eq!(
+        refused,
+        "filled 1000, then error limit: the app's synced tables would hold 1500 rows, more than its synced_max_rows of 1200"
+    );
+    assert!(call(&consumer, "status", None).ends_with("rows=1000"));
+    assert_eq!(
+        call(&consumer, "get", Some(json!("fill-000999"))),
+        "fill-000999 uses=999"
+    );
+    assert_eq!(call(&consumer, "get", Some(json!("fill-001000"))), "none");
+    // Deleting under the limit is always taken.
+    assert_eq!(call(&consumer, "delete", Some(json!("fill-000000"))), "ok");
+
+    // One call may change at most synced_max_changes rows.
+    let many = vec!["d:fill-000001"; 501].join(";");
+    assert_eq!(
+        call(&consumer, "transact", Some(json!(many))),
+        "error limit: 501 changes in one call is more than the app's synced_max_changes of 500"
+    );
+    assert_eq!(
+        call(&consumer, "get", Some(json!("fill-000001"))),
+        "fill-000001 uses=1"
+    );
+
+    // Bytes: 600 KiB hold some 1,000 of these rows (each value is kept
+    // with its version), not 2,000.
+    drop(run);
+    let tight = probe(&broker.url(), "synced_max_kib = 600");
+    let mut run = tight.start();
+    run.wait_running("probe", T);
+    run.wait_connected(T);
+    let answer = call(&consumer, "fill", Some(json!(2000)));
+    let (filled, error) = answer.split_once(", then ").expect(&answer);
+    assert!(
+        error.starts_with("error limit: the app's synced tables would take ")
+            && error.ends_with("bytes, more than its synced_max_kib of 600 KiB"),
+        "{answer}"
+    );
+    let filled: u64 = filled
+        .strip_prefix("filled ")
+        .and_then(|n| n.parse().ok())
+        .expect(&answer);
+    assert!(filled > 0 && filled < 2000, "{answer}");
+    assert!(
+        call(&consumer, "status", None).ends_with(&format!("rows={filled}")),
+        "the transactions before the refused one stay"
+    );
+    run.stop();
+}
+
+#[test]
+fn kill_9_mid_sync_loses_no_committed_change_and_repeats_only_whole_changesets() {
+    // The guest writes 5,000 rows in ten transactions at its start, while
+    // the broker is away: they wait in the outbox.
+    let mut broker = Mosquitto::start("");
+    let url = broker.url();
+    broker.stop();
+    let gw = probe(&url, "[app.config]\nfill = 5000");
+    let mut run = gw.start();
+    run.wait_running("probe", T);
+    let waiting = |gw: &Gateway| gw.count("SELECT count(*) FROM outbox WHERE kind = 'changeset'");
+    assert_eq!(waiting(&gw), 10);
+    assert_eq!(
+        gw.count("SELECT sum(points) FROM outbox WHERE kind = 'changeset'"),
+        5000
+    );
+    run.kill9();
+
+    // The broker comes back; the gateway is killed again as soon as the
+    // first changeset is through, in the middle of sending the rest.
+    broker.restart();
+    let consumer = Consumer::connect(&broker.settings("consumer"), &[CHANGESETS]);
+    let mut run = gw.start();
+    wait_changesets(&consumer, 1);
+    run.kill9();
+    let mut run = gw.start();
+    let seen = wait_changesets(&consumer, 10);
+    run.wait_running("probe", T);
+
+    // Every committed change arrived; a changeset sent twice is the same
+    // changeset, under the same id, so the server applies it once.
+    let mut by_id: BTreeMap<String, &Value> = BTreeMap::new();
+    for changeset in &seen {
+        let id = changeset["id"].as_str().expect("id").to_string();
+        if let Some(before) = by_id.insert(id.clone(), changeset) {
+            assert_eq!(before, changeset, "{id} repeated with other contents");
+        }
+    }
+    assert_eq!(by_id.len(), 10);
+    let keys: BTreeSet<&str> = by_id
+        .values()
+        .flat_map(|c| c["changes"].as_array().expect("changes"))
+        .map(|c| c["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(keys.len(), 5000);
+    // And the rows were not written twice: the restarted guest found them.
+    assert_eq!(
+        gw.count("SELECT count(*) FROM synced_rows WHERE app = 'probe' AND visible = 1"),
+        5000
+    );
+    let deadline = Instant::now() + T;
+    while waiting(&gw) != 0 {
+        assert!(Instant::now() < deadline, "changesets still waiting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.stop();
+}
+
+/// Wait until `serve` holds the probe's table as `want` (key → columns).
+fn wait_table(serve: &Serve, want: &BTreeMap<String, Value>) {
+    let path = "/gateways/test-gw/devices/probe/tables/recipes";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut held = BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let page = serve.get(&format!("{path}?limit=1000&after={after}"));
+            let rows = page["rows"].as_array().cloned().expect("rows");
+            for row in &rows {
+                held.insert(
+                    row["key"].as_str().expect("key").to_string(),
+                    row["columns"].clone(),
+                );
+            }
+            match rows.last() {
+                Some(last) if rows.len() == 1000 => {
+                    after = last["key"].as_str().expect("key").to_string();
+                }
+                _ => break,
+            }
+        }
+        if &held == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve ({}) holds {} rows, not the {} wanted; first difference: {:?}",
+            serve.base,
+            held.len(),
+            want.len(),
+            want.iter().find(|(k, v)| held.get(*k) != Some(*v))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serve_applies_every_changeset_once_on_sqlite_and_postgres_through_kill_9s() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let pg = Postgres::start();
+    let postgres = pg.database("fleet");
+    let on_sqlite = Serve::start(&broker.url(), &sqlite, &["--client-id", "serve-s"]);
+    let mut on_postgres = Serve::start(&broker.url(), &postgres, &["--client-id", "serve-p"]);
+
+    // 3,000 rows in six changesets at the guest's start; PostgreSQL's serve
+    // is killed as soon as the first is through, and comes back to the
+    // rest, which the broker kept for its session.
+    let gw = probe(&broker.url(), "[app.config]\nfill = 3000");
+    let mut run = gw.start();
+    wait_changesets(&consumer, 1);
+    on_postgres.running.kill9();
+    let on_postgres = Serve::start(&broker.url(), &postgres, &["--client-id", "serve-p"]);
+    run.wait_running("probe", T);
+    run.wait_connected(T);
+
+    // Edits of rows that exist, a delete, and a transaction.
+    for (action, argument) in [
+        ("update", "fill-000001|name|first"),
+        ("update", "fill-000002|setpoint|42.5"),
+        ("delete", "fill-000003"),
+        ("transact", "p:extra|added|7;u:extra|uses|9;d:fill-000004"),
+    ] {
+        assert_eq!(
+            call(&consumer, action, Some(json!(argument))),
+            "ok",
+            "{action}"
+        );
+    }
+    let mut want: BTreeMap<String, Value> = (0..3000)
+        .filter(|i| ![3, 4].contains(i))
+        .map(|i| {
+            (
+                format!("fill-{i:06}"),
+                json!({"name": null, "setpoint": null, "uses": i}),
+            )
+        })
+        .collect();
+    want.insert(
+        "fill-000001".into(),
+        json!({"name": "first", "setpoint": null, "uses": 1}),
+    );
+    want.insert(
+        "fill-000002".into(),
+        json!({"name": null, "setpoint": 42.5, "uses": 2}),
+    );
+    want.insert(
+        "extra".into(),
+        json!({"name": "added", "setpoint": 7.0, "uses": 9}),
+    );
+    wait_table(&on_sqlite, &want);
+    wait_table(&on_postgres, &want);
+
+    // Ten changesets went out; each is applied once on each database, and
+    // a repeat is counted as a duplicate, not applied again.
+    let ids: BTreeSet<String> = changesets(&consumer)
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 10, "{ids:?}");
+    let applied: usize = pg
+        .query("fleet", "SELECT count(*) FROM synced_applied")
+        .parse()
+        .expect("a count");
+    assert_eq!(applied, 10);
+    let again = changesets(&consumer)
+        .into_iter()
+        .find(|c| c["changes"].as_array().map(Vec::len) == Some(500))
+        .expect("a fill changeset");
+    let before = on_sqlite.get("/stats")["duplicates"]
+        .as_u64()
+        .expect("duplicates");
+    consumer.publish(CHANGESETS, again.to_string(), false);
+    on_sqlite.wait_get("/stats", T, "the repeat seen", |s| {
+        s["duplicates"].as_u64() > Some(before)
+    });
+    wait_table(&on_sqlite, &want);
+
+    // Other systems read the rows with plain SQL.
+    assert_eq!(
+        pg.query(
+            "fleet",
+            "SELECT columns FROM synced_rows WHERE key = 'fill-000002'"
+        ),
+        r#"{"name":null,"setpoint":42.5,"uses":2}"#
+    );
+    assert_eq!(
+        pg.query(
+            "fleet",
+            "SELECT count(*) FROM synced_rows WHERE columns IS NULL"
+        ),
+        "2",
+        "the deleted rows stay as tombstones"
+    );
+    run.stop();
+}
