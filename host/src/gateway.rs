@@ -328,7 +328,19 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             .counting_refusals_in(metrics.link.clone())
             .answering_within(cloud.answer_timeout)
             .with_handler(Service::Deploy, deployments)
-            .with_handler(Service::Content, content);
+            .with_handler(Service::Content, content)
+            .with_handler(
+                Service::Synced,
+                crate::cloud::synced::spawn(
+                    crate::cloud::synced::SyncedSpec {
+                        db: database.clone(),
+                        directory: Arc::new(directory.clone()),
+                        outbox_signal: outbox_signal.clone(),
+                    },
+                    stop_link.child_token(),
+                    &link_tasks,
+                ),
+            );
             let spec = LinkSpec {
                 gateway: config.gateway_id.clone(),
                 config: cloud.clone(),

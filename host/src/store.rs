@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS saved_state (
 const OUTBOX_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack', 'registration', 'model', 'changeset')),
+    kind       TEXT NOT NULL CHECK (kind IN ('telemetry', 'alert', 'twin', 'ack', 'registration', 'model', 'changeset', 'pull')),
     device     TEXT NOT NULL,
     name       TEXT NOT NULL,
     created_at INTEGER NOT NULL,
@@ -284,8 +284,8 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
     conn.execute_batch(OUTBOX_INDEXES)?;
     // Version 5 added `outbox.sealed` (every row written before was
     // complete) and the `ack` kind, version 6 the `registration` kind,
-    // version 7 the `model` kind, version 9 the `changeset` kind (synced
-    // tables).
+    // version 7 the `model` kind, version 9 the `changeset` and `pull`
+    // kinds (synced tables).
     // SQLite cannot change a CHECK, so an older outbox is copied into the
     // new shape.
     let sql: String = conn.query_row(
@@ -293,7 +293,7 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         [],
         |r| r.get(0),
     )?;
-    if !sql.contains("'changeset'") {
+    if !sql.contains("'pull'") {
         let sealed = if sql.contains("sealed") {
             "sealed"
         } else {

@@ -92,8 +92,159 @@ BEGIN
     VALUES (old.device, old.name,
             CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) * 1000000);
 END;
+
+-- Every table an app has declared, with the device it speaks for: the
+-- server's changesets come numbered per table (`seq`), and this is the last
+-- one applied with every one before it. A pull asks for those after it.
+CREATE TABLE IF NOT EXISTS synced_pulled (
+    app    TEXT NOT NULL,
+    tbl    TEXT NOT NULL,
+    device TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (app, tbl)
+) WITHOUT ROWID;
+
+-- The keys whose rows the server changed, until the app takes them
+-- (`server-changes`): kept here, so the app learns of them even if it was
+-- not running when they came.
+CREATE TABLE IF NOT EXISTS synced_changed (
+    app TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (app, tbl, key)
+) WITHOUT ROWID;
 "#
 );
+
+/// Queue a pull of `table` for the app: a request, sent through the
+/// outbox on `{device}/synced/{table}/pull`, for the server's changesets
+/// after the last one applied. Only the newest waiting pull of a table is
+/// kept.
+pub fn queue_pull(
+    conn: &rusqlite::Connection,
+    app: &str,
+    device: &str,
+    table: &str,
+) -> rusqlite::Result<()> {
+    let after: i64 = conn
+        .prepare_cached("SELECT seq FROM synced_pulled WHERE app = ?1 AND tbl = ?2")?
+        .query_row(params![app, table], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    conn.execute(
+        "DELETE FROM outbox WHERE kind = 'pull' AND device = ?1 AND name = ?2",
+        params![device, table],
+    )?;
+    outbox::insert(
+        conn,
+        &[outbox::Entry {
+            kind: Kind::Pull,
+            device: device.to_string(),
+            name: table.to_string(),
+            points: 0,
+            payload: serde_json::json!({ "after": after })
+                .to_string()
+                .into_bytes(),
+        }],
+    )
+}
+
+/// Queue a pull of every table the app's model declares, and remember the
+/// tables for [`queue_all_pulls`]: done at each start of the app, so that
+/// what the server changed while the gateway or the app was away comes
+/// down.
+pub fn queue_pulls(
+    conn: &rusqlite::Connection,
+    app: &str,
+    device: &str,
+    model: &DeviceModel,
+) -> rusqlite::Result<()> {
+    for table in model.tables.keys() {
+        conn.execute(
+            "INSERT INTO synced_pulled (app, tbl, device, seq) VALUES (?1, ?2, ?3, 0)
+             ON CONFLICT (app, tbl) DO UPDATE SET device = excluded.device",
+            params![app, table, device],
+        )?;
+        queue_pull(conn, app, device, table)?;
+    }
+    Ok(())
+}
+
+/// Queue a pull of every table any app has declared: done by the cloud
+/// link at each connection, since a changeset sent down while the link was
+/// away may never have reached the gateway (a broker that restarted forgets
+/// what it held for it).
+pub fn queue_all_pulls(conn: &rusqlite::Connection) -> rusqlite::Result<usize> {
+    let tables: Vec<(String, String, String)> = conn
+        .prepare_cached("SELECT app, device, tbl FROM synced_pulled")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (app, device, table) in &tables {
+        queue_pull(conn, app, device, table)?;
+    }
+    Ok(tables.len())
+}
+
+/// What applying one of the server's changesets did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// Applied before (by its id): nothing changed.
+    pub duplicate: bool,
+    /// Keys whose rows the app sees differently now.
+    pub changed_keys: Vec<String>,
+    /// Changesets before this one are missing: a pull was queued for them.
+    pub gap: bool,
+}
+
+/// Apply a changeset the server sent down for the app's `table`, with its
+/// number `seq`, in one transaction: the merge (once, by id), the keys the
+/// app is to be told of, the last number applied without a gap, and a pull
+/// if there is one.
+pub fn apply_pulled(
+    conn: &mut rusqlite::Connection,
+    app: &str,
+    device: &str,
+    changeset: &crate::synced::Changeset,
+    seq: u64,
+) -> Result<Pulled, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let table = Table {
+        app,
+        name: &changeset.table,
+        rules: &changeset.rules,
+    };
+    let remote = store::apply_remote(&tx, &table, &changeset.id, &changeset.changes, now_ms())?;
+    {
+        let mut told = tx.prepare_cached(
+            "INSERT OR IGNORE INTO synced_changed (app, tbl, key) VALUES (?1, ?2, ?3)",
+        )?;
+        for key in &remote.changed_keys {
+            told.execute(params![app, table.name, key])?;
+        }
+    }
+    let last: i64 = tx
+        .prepare_cached("SELECT seq FROM synced_pulled WHERE app = ?1 AND tbl = ?2")?
+        .query_row(params![app, table.name], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let gap = seq > last + 1;
+    if seq == last + 1 {
+        tx.execute(
+            "INSERT INTO synced_pulled (app, tbl, device, seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (app, tbl) DO UPDATE SET seq = excluded.seq",
+            params![app, table.name, device, seq],
+        )?;
+    } else if gap {
+        queue_pull(&tx, app, device, table.name)?;
+    }
+    tx.commit()?;
+    Ok(Pulled {
+        duplicate: remote.duplicate,
+        changed_keys: remote.changed_keys,
+        gap,
+    })
+}
 
 impl Capability for Tables {
     type Ctx = TablesCtx;
@@ -483,6 +634,30 @@ impl Host for TablesCtx {
                     })
                     .collect()
             }))
+    }
+
+    fn server_changes(
+        &mut self,
+        table: String,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<String>, GuestError>> {
+        let limit = i64::from(limit.min(MAX_SCAN));
+        Ok(self.read(&table, "server-changes", |conn, at| {
+            let keys: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT key FROM synced_changed WHERE app = ?1 AND tbl = ?2
+                     ORDER BY key LIMIT ?3",
+                )?
+                .query_map(params![at.app, at.name, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut taken = conn.prepare_cached(
+                "DELETE FROM synced_changed WHERE app = ?1 AND tbl = ?2 AND key = ?3",
+            )?;
+            for key in &keys {
+                taken.execute(params![at.app, at.name, key])?;
+            }
+            Ok(keys)
+        }))
     }
 
     fn status(&mut self, table: String) -> wasmtime::Result<Result<SyncStatus, GuestError>> {

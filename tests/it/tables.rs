@@ -474,3 +474,229 @@ fn serve_applies_every_changeset_once_on_sqlite_and_postgres_through_kill_9s() {
     );
     run.stop();
 }
+
+/// The server's edits to the probe's table, through the API.
+fn server_edits(serve: &Serve, edits: Value) -> Value {
+    let (status, answer) = serve.request(
+        "POST",
+        "/gateways/test-gw/devices/probe/tables/recipes/edits",
+        Some(&json!({ "edits": edits })),
+        None,
+    );
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+/// Wait until the probe's `get` of `key` answers `want`.
+fn wait_get(consumer: &Consumer, key: &str, want: &str) {
+    let deadline = Instant::now() + T;
+    loop {
+        let got = call(consumer, "get", Some(json!(key)));
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "get({key}) = {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Both sides edit, online and then offline, and end with the same rows,
+/// each conflict settled by the table's rules: `setpoint` is server-wins,
+/// the rest last-writer-wins.
+fn changes_on_either_side_converge(database: &str) -> Serve {
+    let mut broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    let serve = Serve::start(&broker.url(), database, &["--client-id", "serve-c"]);
+    let gw = probe(&broker.url(), "tick_interval_ms = 50");
+    let mut run = gw.start();
+    run.wait_running("probe", T);
+    run.wait_connected(T);
+
+    // The gateway writes; the server holds its rows.
+    assert_eq!(call(&consumer, "put", Some(json!("r1|pump|20"))), "ok");
+    assert_eq!(call(&consumer, "put", Some(json!("r2|fan|"))), "ok");
+    wait_table(
+        &serve,
+        &BTreeMap::from([
+            (
+                "r1".into(),
+                json!({"name": "pump", "setpoint": 20.0, "uses": null}),
+            ),
+            (
+                "r2".into(),
+                json!({"name": "fan", "setpoint": null, "uses": null}),
+            ),
+        ]),
+    );
+
+    // The server writes; the guest sees its rows and is told which.
+    let answer = server_edits(
+        &serve,
+        json!([
+            {"update": {"key": "r1", "columns": {"setpoint": 30}}},
+            {"put": {"key": "r3", "columns": {"name": "from the server", "uses": 5}}},
+            {"delete": "r2"},
+        ]),
+    );
+    assert_eq!(
+        (answer["seq"].as_u64(), answer["sent"].as_bool()),
+        (Some(1), Some(true))
+    );
+    wait_get(&consumer, "r3", "r3 name=from the server uses=5");
+    wait_get(&consumer, "r1", "r1 name=pump setpoint=30");
+    assert_eq!(call(&consumer, "get", Some(json!("r2"))), "none");
+    assert_eq!(call(&consumer, "changes", None), "r1,r2,r3");
+    assert_eq!(call(&consumer, "changes", None), "", "taken");
+
+    // What the model refuses, or a missing row, is refused whole.
+    for (edits, status, expected) in [
+        (
+            json!([{"update": {"key": "r1", "columns": {"setpoint": 500}}}]),
+            422,
+            "column of table `recipes` `setpoint`: 500 is out of range [0, 100]",
+        ),
+        (
+            json!([{"put": {"key": "r9", "columns": {"colour": "red"}}}]),
+            422,
+            "unknown column of table `recipes`: `colour`",
+        ),
+        (
+            json!([{"put": {"key": "r8", "columns": {}}}, {"delete": "nope"}]),
+            409,
+            "no row with key \"nope\": it was never put, or it was deleted",
+        ),
+    ] {
+        let (got, answer) = serve.request(
+            "POST",
+            "/gateways/test-gw/devices/probe/tables/recipes/edits",
+            Some(&json!({ "edits": edits })),
+            None,
+        );
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(expected)),
+            "{edits}"
+        );
+    }
+
+    // Offline on both sides: the broker goes away, and the gateway writes
+    // (on its own tick, as no action can reach it); the server writes after
+    // it.
+    assert_eq!(
+        call(
+            &consumer,
+            "later",
+            Some(json!(
+                "1500;u:r1|setpoint|40;u:r1|name|from the gateway;u:r3|uses|6;p:r4|offline|1"
+            ))
+        ),
+        "scheduled"
+    );
+    broker.stop();
+    run.wait_disconnected(T);
+    let deadline = Instant::now() + T;
+    while gw.count("SELECT count(*) FROM outbox WHERE kind = 'changeset'") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the offline writes were not made"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(5)); // the server's edit is later
+    server_edits(
+        &serve,
+        json!([
+            {"update": {"key": "r1", "columns": {"name": "from the server"}}},
+            {"put": {"key": "r5", "columns": {"name": "server offline"}}},
+        ]),
+    );
+    broker.restart();
+    run.wait_connected(T);
+
+    // Converged: r1's name is the later write's (the server's), its
+    // setpoint stays the server's (server-wins), and each side's other
+    // writes are on both.
+    let want = BTreeMap::from([
+        (
+            "r1".to_string(),
+            json!({"name": "from the server", "setpoint": 30.0, "uses": null}),
+        ),
+        (
+            "r3".to_string(),
+            json!({"name": "from the server", "setpoint": null, "uses": 6}),
+        ),
+        (
+            "r4".to_string(),
+            json!({"name": "offline", "setpoint": 1.0, "uses": null}),
+        ),
+        (
+            "r5".to_string(),
+            json!({"name": "server offline", "setpoint": null, "uses": null}),
+        ),
+    ]);
+    wait_table(&serve, &want);
+    wait_get(&consumer, "r5", "r5 name=server offline");
+    assert_eq!(
+        call(&consumer, "dump", None),
+        "r1 name=from the server setpoint=30;r3 name=from the server uses=6;r4 name=offline setpoint=1;r5 name=server offline"
+    );
+    // The server recorded what lost, with both versions.
+    let records =
+        serve.get("/gateways/test-gw/devices/probe/tables/recipes/overwritten")["overwritten"]
+            .as_array()
+            .cloned()
+            .expect("records");
+    let lost: Vec<(String, String, Value)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().expect("key").to_string(),
+                r["column"].as_str().expect("column").to_string(),
+                r["lost"]["value"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        lost.contains(&("r1".into(), "setpoint".into(), json!(40.0))),
+        "{records:?}"
+    );
+    assert!(
+        lost.contains(&("r1".into(), "name".into(), json!("from the gateway"))),
+        "{records:?}"
+    );
+
+    // A gateway killed and started again pulls what it missed meanwhile.
+    run.kill9();
+    server_edits(
+        &serve,
+        json!([{"update": {"key": "r4", "columns": {"uses": 44}}}]),
+    );
+    let mut run = gw.start();
+    run.wait_running("probe", T);
+    wait_get(&consumer, "r4", "r4 name=offline setpoint=1 uses=44");
+    run.stop();
+    serve
+}
+
+#[test]
+fn changes_on_either_side_converge_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    changes_on_either_side_converge(&format!(
+        "sqlite://{}",
+        dir.path().join("serve.db").display()
+    ));
+}
+
+#[test]
+fn changes_on_either_side_converge_on_postgres() {
+    let pg = Postgres::start();
+    changes_on_either_side_converge(&pg.database("fleet"));
+    // A plain-SQL reader sees the converged rows.
+    assert_eq!(
+        pg.query("fleet", "SELECT columns FROM synced_rows WHERE key = 'r1'"),
+        r#"{"name":"from the server","setpoint":30.0,"uses":null}"#
+    );
+}

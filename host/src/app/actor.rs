@@ -568,7 +568,14 @@ impl Actor {
     /// A failure costs the cloud its check, not the app its start.
     fn announce_model(&self, version: &AppVersion) {
         let announced = self.base.shared.db.open().and_then(|conn| {
-            crate::outbox::announce_model(&conn, &version.config.device, version.model.source())
+            crate::outbox::announce_model(&conn, &version.config.device, version.model.source())?;
+            // What the server changed in its synced tables meanwhile.
+            crate::tables::queue_pulls(
+                &conn,
+                &self.base.name,
+                &version.config.device,
+                &version.model,
+            )
         });
         if let Err(e) = announced {
             tracing::warn!(app = %self.base.name, "cannot queue the device model for the cloud: {e}");

@@ -219,6 +219,12 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                         tracing::error!("cannot subscribe: {e}");
                     }
                 }
+                // What the server changed in synced tables while the link
+                // was away: asked for again, after the subscriptions.
+                // (The pump below reads them from the outbox.)
+                if let Err(e) = crate::tables::queue_all_pulls(&link.db) {
+                    tracing::warn!("cannot queue the synced tables' pulls: {e}");
+                }
                 link.queue_status(true, None);
                 link.pump();
             }
@@ -441,6 +447,10 @@ impl Link {
                     "registration" => self.publish_stored(row, "registration", true),
                     "model" => self.publish_stored(row, "model", true),
                     "changeset" => self.publish_changeset(row),
+                    "pull" => {
+                        let suffix = format!("synced/{}/pull", row.name);
+                        self.publish_stored(row, &suffix, false)
+                    }
                     _ => self.publish_telemetry(row),
                 };
                 match published {

@@ -11,6 +11,8 @@
 //! - [`operator`]: `wasmgate cloud ...`, the enterprise side.
 //! - [`sparkplug`]: the other profile: the gateway as a Sparkplug B 3.0 edge
 //!   node, on the same outbox and downlink.
+//! - [`synced`]: the server's changes to synced tables, applied to the
+//!   apps' tables beside the link.
 //! - [`broker`]: the embedded broker for development and the demo.
 //! - [`topics`], [`protocol`]: topic names and JSON payloads
 //!   (`docs/protocol.md`), re-exported from [`crate::wire`].
@@ -24,6 +26,7 @@ pub mod link;
 pub mod operator;
 pub mod provision;
 pub mod sparkplug;
+pub mod synced;
 pub mod transfers;
 
 pub use crate::wire::{protocol, topics};

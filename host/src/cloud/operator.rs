@@ -149,6 +149,8 @@ pub fn describe(message: &Publish) -> String {
                 Kind::Telemetry(s) => format!("telemetry {s}"),
                 Kind::Alert(a) => format!("alert {a}"),
                 Kind::Changeset(t) => format!("changeset of table {t}"),
+                Kind::ChangesetDown(t) => format!("server changeset of table {t}"),
+                Kind::Pull(t) => format!("pull of table {t}"),
                 Kind::ActionRequest(a) => format!("action {a} request"),
                 Kind::ActionResponse(a) => format!("action {a} response"),
                 Kind::DeployRequest => "deployment request".to_string(),

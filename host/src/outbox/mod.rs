@@ -6,7 +6,8 @@
 //! `alert`, `twin` (a report of attributes), `ack` (the answer to a
 //! desired change, durable and in order after the reports it answers),
 //! `registration` and `model` (a registered device's), and `changeset` (a
-//! write to a synced table). Twin reports and alerts are
+//! write to a synced table) and `pull` (a request for the server's changes
+//! to one). Twin reports and alerts are
 //! written by the reporting call itself, in its own transaction, so they are
 //! durable when the guest's call returns. Telemetry goes through [`ingest`]:
 //! a writer thread that group-commits points. [`limits`] keeps the outbox
@@ -60,6 +61,9 @@ pub enum Kind {
     /// table), sent on `{device}/synced/{table}`. Never dropped by the
     /// outbox's limits: the synced tables' own limits bound them.
     Changeset,
+    /// A request for the server's changesets of a synced table (`name`)
+    /// after the last applied, sent on `{device}/synced/{table}/pull`.
+    Pull,
 }
 
 impl Kind {
@@ -72,6 +76,7 @@ impl Kind {
             Kind::Registration => "registration",
             Kind::Model => "model",
             Kind::Changeset => "changeset",
+            Kind::Pull => "pull",
         }
     }
 }

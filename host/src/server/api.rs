@@ -117,6 +117,10 @@ pub fn router(api: Api) -> Router {
             "/api/v1/gateways/{gateway}/devices/{device}/tables/{table}/overwritten",
             get(synced_overwritten),
         )
+        .route(
+            "/api/v1/gateways/{gateway}/devices/{device}/tables/{table}/edits",
+            post(edit_table),
+        )
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/deployments", get(deployments))
         .route(
@@ -459,6 +463,132 @@ async fn synced_overwritten(
         .synced_overwritten(&gateway, &device, &table, limit)
         .await?;
     Ok(Json(json!({ "table": table, "overwritten": records })))
+}
+
+/// One edit of a synced table, as the API takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum TableEdit {
+    Put(EditRow),
+    Update(EditRow),
+    Delete(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditRow {
+    key: String,
+    columns: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditsBody {
+    edits: Vec<TableEdit>,
+}
+
+/// The most edits one request makes (as one changeset down).
+const MAX_TABLE_EDITS: usize = 1_000;
+
+/// The server's edits to a synced table: checked against the device's
+/// model as its gateway announced it (the table, its columns, their types
+/// and ranges), made all or none as the server's side, and sent down.
+async fn edit_table(
+    State(api): State<Api>,
+    Path((gateway, device, table)): Path<(String, String, String)>,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: EditsBody = body(&bytes, "the edits")?;
+    if body.edits.is_empty() || body.edits.len() > MAX_TABLE_EDITS {
+        return Err(ApiError::bad(format!(
+            "give 1 to {MAX_TABLE_EDITS} edits, not {}",
+            body.edits.len()
+        )));
+    }
+    let model = model_of(&api, &gateway, &device).await?;
+    let unprocessable = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let spec = model.table(&table).map_err(unprocessable)?;
+    let columns = |row: &EditRow, whole: bool| -> Result<_, ApiError> {
+        if row.key.is_empty() || row.key.len() > crate::synced::MAX_KEY_BYTES {
+            return Err(unprocessable(format!(
+                "a key must be 1 to {} bytes",
+                crate::synced::MAX_KEY_BYTES
+            )));
+        }
+        if let Some(name) = row.columns.keys().find(|n| !spec.columns.contains_key(*n)) {
+            return Err(unprocessable(format!(
+                "unknown column of table `{table}`: `{name}`"
+            )));
+        }
+        let values = row
+            .columns
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(name, json)| {
+                let kind = spec.columns[name].kind;
+                crate::value::from_json(json, kind)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| format!("column of table `{table}` `{name}`: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(unprocessable)?;
+        let mut checked = spec
+            .check_columns(&table, values, whole)
+            .map_err(unprocessable)?;
+        // An explicit null is a value the API may write, as a put writes
+        // null to the columns it leaves out.
+        for (name, json) in &row.columns {
+            if json.is_null() && spec.columns.contains_key(name) {
+                checked.insert(name.clone(), None);
+            }
+        }
+        Ok(checked)
+    };
+    let mut edits = Vec::with_capacity(body.edits.len());
+    for edit in &body.edits {
+        edits.push(match edit {
+            TableEdit::Put(row) => crate::synced::store::Edit::Put {
+                key: row.key.clone(),
+                columns: columns(row, true)?,
+            },
+            TableEdit::Update(row) if row.columns.is_empty() => {
+                return Err(unprocessable("an update needs at least one column".into()));
+            }
+            TableEdit::Update(row) => crate::synced::store::Edit::Update {
+                key: row.key.clone(),
+                columns: columns(row, false).or_else(|e| {
+                    // Only nulls: nothing for check_columns, all for us.
+                    if row.columns.values().all(Value::is_null) {
+                        Ok(row.columns.keys().map(|k| (k.clone(), None)).collect())
+                    } else {
+                        Err(e)
+                    }
+                })?,
+            },
+            TableEdit::Delete(key) => crate::synced::store::Edit::Delete { key: key.clone() },
+        });
+    }
+    let changeset = super::tables::edit(&api.db, &gateway, &device, &table, spec.rules(), &edits)
+        .await
+        .map_err(|e| match e {
+            super::tables::EditError::Database(e) => ApiError::from(e),
+            other => ApiError(StatusCode::CONFLICT, other.to_string()),
+        })?;
+    // Committed: a send that fails now is made good by the gateway's next
+    // pull, so the answer says so rather than failing.
+    let sent = super::tables::send_down(&api.client, &gateway, &device, &changeset).await;
+    if let Err(e) = &sent {
+        tracing::warn!(
+            gateway,
+            device,
+            table,
+            "a changeset down was not sent now: {e}"
+        );
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": changeset.id, "seq": changeset.seq, "sent": sent.is_ok() })),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -157,7 +157,7 @@ impl Db {
     }
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 /// Now in milliseconds since the epoch, as the rollout and provisioning
 /// tables keep times.
@@ -179,7 +179,7 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     matches!(sqlite, Ok(5 | 6)) || matches!(code.as_ref(), "40001" | "40P01")
 }
 
-fn json_text(value: &impl serde::Serialize) -> String {
+pub(super) fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
@@ -383,169 +383,20 @@ async fn store_one(
             .execute(&mut **tx)
             .await?;
         }
-        // Answers go to whoever asked (the API), not to the database.
-        Record::ActionResponse { .. } => {}
+        // Answers go to whoever asked (the API), not to the database; a
+        // pull is answered once the commit it came with is done.
+        Record::ActionResponse { .. } | Record::Pull { .. } => {}
         Record::Changeset {
             gateway,
             device,
             changeset,
         } => {
-            if !apply_changeset(tx, gateway, device, changeset, now).await? {
+            if !super::tables::apply_changeset(tx, gateway, device, changeset, now).await? {
                 stored.duplicates += 1;
             }
         }
     }
     Ok(())
-}
-
-/// Apply a gateway's changeset to its device's table, once: `false` if its
-/// id was applied before. Every change goes through the merge the gateways
-/// use (`synced::merge`), under the rules the changeset carries, and what
-/// it overwrote is recorded.
-async fn apply_changeset(
-    tx: &mut Tx<'_>,
-    gateway: &str,
-    device: &str,
-    changeset: &crate::synced::Changeset,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
-    use crate::synced::merge::{self, Row};
-    use crate::synced::store::stamp_text;
-    let fresh = sqlx::query(
-        "INSERT INTO synced_applied (gateway, device, changeset, changes, applied_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(gateway)
-    .bind(device)
-    .bind(&changeset.id)
-    .bind(changeset.changes.len() as i64)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        > 0;
-    if !fresh {
-        return Ok(false);
-    }
-    let table = changeset.table.as_str();
-    // The upsert locks the table's row until the commit (PostgreSQL), so
-    // that merges into one table never interleave; SQLite has one writer.
-    sqlx::query(
-        "INSERT INTO synced_tables (gateway, device, tbl, rules, updated_at)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (gateway, device, tbl) DO UPDATE SET
-             rules = excluded.rules, updated_at = excluded.updated_at",
-    )
-    .bind(gateway)
-    .bind(device)
-    .bind(table)
-    .bind(json_text(&changeset.rules))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    // Each key's row is read once, merged in memory for every change to
-    // it, and written once.
-    let mut rows: std::collections::BTreeMap<&str, (Option<Row<Value>>, bool)> =
-        std::collections::BTreeMap::new();
-    let mut overwritten = Vec::new();
-    for change in &changeset.changes {
-        let key = change.key.as_str();
-        if !rows.contains_key(key) {
-            let state: Option<String> = sqlx::query_scalar(
-                "SELECT state FROM synced_rows
-                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4",
-            )
-            .bind(gateway)
-            .bind(device)
-            .bind(table)
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let row = match state.map(|s| serde_json::from_str::<Row<Value>>(&s)) {
-                Some(Ok(row)) => Some(row),
-                None => None,
-                // A row this server cannot read is rebuilt from the
-                // changes that come: refusing the changeset would lose
-                // them, and keeping it would stop every later one.
-                Some(Err(e)) => {
-                    tracing::error!(
-                        gateway,
-                        device,
-                        table,
-                        key,
-                        "a synced row's stored state is corrupt ({e}): merged as new"
-                    );
-                    None
-                }
-            };
-            rows.insert(key, (row, false));
-        }
-        let (row, changed) = rows.get_mut(key).expect("loaded above");
-        let applied = merge::apply(row.as_ref(), change, &changeset.rules);
-        for o in &applied.overwritten {
-            overwritten.push((
-                key,
-                o.column.clone(),
-                json_text(&o.kept),
-                json_text(&o.lost),
-                stamp_text(&o.lost.stamp),
-            ));
-        }
-        if let Some(o) = &applied.presence_overwritten {
-            overwritten.push((
-                key,
-                String::new(),
-                json_text(&o.kept),
-                json_text(&o.lost),
-                stamp_text(&o.lost.stamp),
-            ));
-        }
-        if applied.changed {
-            *row = Some(applied.row);
-            *changed = true;
-        }
-    }
-    for (key, (row, changed)) in &rows {
-        let Some(row) = row.as_ref().filter(|_| *changed) else {
-            continue;
-        };
-        let columns = merge::visible(row).map(|c| json_text(&c));
-        sqlx::query(
-            "INSERT INTO synced_rows (gateway, device, tbl, key, columns, state, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (gateway, device, tbl, key) DO UPDATE SET
-                 columns = excluded.columns, state = excluded.state,
-                 updated_at = excluded.updated_at",
-        )
-        .bind(gateway)
-        .bind(device)
-        .bind(table)
-        .bind(*key)
-        .bind(columns)
-        .bind(json_text(row))
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for (key, col, kept, lost, lost_stamp) in overwritten {
-        sqlx::query(
-            "INSERT INTO synced_overwritten
-             (gateway, device, tbl, key, col, kept, lost, lost_stamp, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-        )
-        .bind(gateway)
-        .bind(device)
-        .bind(table)
-        .bind(key)
-        .bind(col)
-        .bind(kept)
-        .bind(lost)
-        .bind(lost_stamp)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(true)
 }
 
 /// Rows per INSERT of points: 9 parameters each, well within both

@@ -53,6 +53,7 @@ pub fn filters(share: Option<&str>, provisioning: bool) -> Vec<String> {
         "twin/ack",
         "deploy/res",
         "synced/+",
+        "synced/+/pull",
     ];
     let state = [
         "status",
@@ -82,6 +83,8 @@ pub struct Ingest {
     pub counters: Arc<Counters>,
     /// Set when `serve` has the fleet CA and provisions gateways by claim.
     pub provisioning: Option<super::provisioning::Provisioning>,
+    /// Gateways' pulls of synced tables, for the answerer.
+    pub pulls: tokio::sync::mpsc::Sender<super::tables::Pull>,
 }
 
 /// Messages read but not yet committed, in arrival order.
@@ -243,6 +246,33 @@ impl Ingest {
                 self.counters
                     .duplicates
                     .fetch_add(stored.duplicates, Ordering::Relaxed);
+                // Pulls are answered once what came with them is stored,
+                // by the answerer (sending may wait, and this task must
+                // keep the event loop turning).
+                for record in &pending.records {
+                    if let Record::Pull {
+                        gateway,
+                        device,
+                        table,
+                        after,
+                    } = record
+                    {
+                        let pull = super::tables::Pull {
+                            gateway: gateway.clone(),
+                            device: device.clone(),
+                            table: table.clone(),
+                            after: *after,
+                        };
+                        if self.pulls.try_send(pull).is_err() {
+                            tracing::warn!(
+                                gateway,
+                                device,
+                                table,
+                                "a pull was dropped: too many are waiting (the gateway pulls again)"
+                            );
+                        }
+                    }
+                }
                 for publish in pending.messages.drain(..) {
                     if let Err(e) = self.client.try_ack(&publish) {
                         // Not lost: unacknowledged, it comes again after

@@ -27,6 +27,7 @@ pub mod provisioning;
 pub mod record;
 pub mod rollout;
 pub mod rollouts;
+pub mod tables;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,7 +108,14 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
     let address = listener.local_addr()?;
 
     let tasks = TaskTracker::new();
+    let (pulls, pulled) = tokio::sync::mpsc::channel(tables::PULL_QUEUE);
+    let answerer = tables::Answerer {
+        db: db.clone(),
+        client: client.clone(),
+    };
+    tasks.spawn(answerer.run(pulled, cancel.clone()));
     let ingest = ingest::Ingest {
+        pulls,
         client: client.clone(),
         db: db.clone(),
         share: options.share.clone(),

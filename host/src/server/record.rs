@@ -76,6 +76,13 @@ pub enum Record {
         device: String,
         changeset: crate::synced::Changeset,
     },
+    /// A gateway asks for the server's changesets of a table after `after`.
+    Pull {
+        gateway: String,
+        device: String,
+        table: String,
+        after: u64,
+    },
 }
 
 impl Record {
@@ -92,7 +99,8 @@ impl Record {
             | Record::Model { gateway, .. }
             | Record::Deployment { gateway, .. }
             | Record::ActionResponse { gateway, .. }
-            | Record::Changeset { gateway, .. } => gateway,
+            | Record::Changeset { gateway, .. }
+            | Record::Pull { gateway, .. } => gateway,
         }
     }
 }
@@ -217,6 +225,21 @@ pub fn read(topic: &str, payload: &[u8]) -> Result<Option<Record>, String> {
                 gateway,
                 device,
                 changeset,
+            }
+        }
+        Kind::Pull(table) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Pull {
+                after: u64,
+            }
+            let pull: Pull =
+                serde_json::from_slice(payload).map_err(|e| format!("pull on {topic}: {e}"))?;
+            Record::Pull {
+                gateway,
+                device,
+                table: table.to_string(),
+                after: pull.after,
             }
         }
         _ => return Ok(None),

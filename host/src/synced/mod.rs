@@ -23,6 +23,10 @@ pub struct Changeset {
     pub table: String,
     pub rules: merge::TableRules,
     pub changes: Vec<merge::Change<serde_json::Value>>,
+    /// The server's number for its changesets of the table, 1, 2, ... (a
+    /// gateway's have none): a gateway that sees one missing pulls it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// The most changes one changeset may carry from anyone (a gateway's own
@@ -87,6 +91,7 @@ mod tests {
                 stamp: clock::Stamp::new(1, 0, 7),
                 kind: ChangeKind::Delete,
             }],
+            seq: None,
         }
     }
 

@@ -12,7 +12,7 @@ pub fn topic(gateway: &str, device: &str, suffix: &str) -> String {
 
 /// The topics a gateway subscribes to: desired changes and action requests
 /// for any of its devices.
-pub fn downlink_filters(gateway: &str) -> [String; 6] {
+pub fn downlink_filters(gateway: &str) -> [String; 7] {
     [
         format!("{ROOT}/{gateway}/+/twin/desired"),
         format!("{ROOT}/{gateway}/+/action/+/req"),
@@ -20,6 +20,7 @@ pub fn downlink_filters(gateway: &str) -> [String; 6] {
         format!("{ROOT}/{gateway}/+/content/up/+/ack"),
         format!("{ROOT}/{gateway}/+/content/down/+/manifest"),
         format!("{ROOT}/{gateway}/+/content/down/+/chunk/+"),
+        format!("{ROOT}/{gateway}/+/synced/+/down"),
     ]
 }
 
@@ -65,6 +66,11 @@ pub enum Kind<'a> {
     DownloadAck(&'a str),
     /// A changeset of a synced table (`synced/{table}`), gateway → cloud.
     Changeset(&'a str),
+    /// A changeset of a synced table from the server (`synced/{table}/down`).
+    ChangesetDown(&'a str),
+    /// A gateway's request for the server's changesets of a table
+    /// (`synced/{table}/pull`).
+    Pull(&'a str),
 }
 
 /// The services that take messages coming down, besides the downlink's own
@@ -75,6 +81,8 @@ pub enum Service {
     Deploy,
     /// Content transfers (`content/...`).
     Content,
+    /// The server's changes to synced tables (`synced/{table}/down`).
+    Synced,
 }
 
 impl Kind<'_> {
@@ -89,6 +97,7 @@ impl Kind<'_> {
             Kind::UploadAck(_) | Kind::DownloadManifest(_) | Kind::DownloadChunk(..) => {
                 Some(Service::Content)
             }
+            Kind::ChangesetDown(_) => Some(Service::Synced),
             _ => None,
         }
     }
@@ -124,6 +133,8 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["content", "down", id, "chunk", index] if !id.is_empty() => Kind::DownloadChunk(id, index),
         ["content", "down", id, "ack"] if !id.is_empty() => Kind::DownloadAck(id),
         ["synced", table] if !table.is_empty() => Kind::Changeset(table),
+        ["synced", table, "down"] if !table.is_empty() => Kind::ChangesetDown(table),
+        ["synced", table, "pull"] if !table.is_empty() => Kind::Pull(table),
         _ => return None,
     };
     Some(Parsed {
@@ -186,6 +197,10 @@ mod tests {
             service("wg/v1/gw/gw/deploy/d/chunk/0"),
             Some(Service::Deploy)
         );
+        assert_eq!(
+            service("wg/v1/gw/dev/synced/recipes/down"),
+            Some(Service::Synced)
+        );
         for content in [
             "wg/v1/gw/dev/content/up/u1/ack",
             "wg/v1/gw/dev/content/down/d1/manifest",
@@ -200,6 +215,8 @@ mod tests {
             "wg/v1/gw/gw/deploy/res",
             "wg/v1/gw/dev/content/up/u1/manifest",
             "wg/v1/gw/dev/telemetry/climate",
+            "wg/v1/gw/dev/synced/recipes",
+            "wg/v1/gw/dev/synced/recipes/pull",
         ] {
             assert_eq!(service(other), None, "{other}");
         }

@@ -438,6 +438,12 @@ impl Node {
                     self.settle(&row);
                     Ok(())
                 }
+                // A pull, queued at every app start: no server answers it
+                // under this profile.
+                "pull" => {
+                    self.settle(&row);
+                    Ok(())
+                }
                 "ack" => {
                     if let Some(stored) = self.stored(&row) {
                         let ack: Ack = serde_json::from_slice(&stored).unwrap_or_default();

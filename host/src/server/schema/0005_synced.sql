@@ -3,16 +3,34 @@
 -- device an app speaks for). Times are nanoseconds since the epoch; JSON is
 -- TEXT.
 
--- Each table a changeset has come for: the rules it was merged by, as the
--- app's model declares them, and when it last changed. A write takes this
--- row first, so that two serve instances never merge into one table at once.
+-- Each table a changeset has come for or the API has edited: the rules it
+-- was merged by, as the app's model declares them, and when it last
+-- changed; the server's clock for the table (its last stamp: wall
+-- milliseconds and counter; the server's node is 0), and the number of its
+-- last changeset sent down. A write takes this row first, so that two serve
+-- instances never merge into one table at once.
 CREATE TABLE synced_tables (
+    gateway       TEXT NOT NULL,
+    device        TEXT NOT NULL,
+    tbl           TEXT NOT NULL,
+    rules         TEXT NOT NULL,
+    updated_at    BIGINT NOT NULL,
+    clock_wall    BIGINT NOT NULL DEFAULT 0,
+    clock_counter BIGINT NOT NULL DEFAULT 0,
+    down_seq      BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (gateway, device, tbl)
+);
+
+-- The server's own changes, as the changesets sent down, numbered per table
+-- (`seq`, from 1): a gateway's pull asks for those after the last it has.
+CREATE TABLE synced_down (
     gateway    TEXT NOT NULL,
     device     TEXT NOT NULL,
     tbl        TEXT NOT NULL,
-    rules      TEXT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    PRIMARY KEY (gateway, device, tbl)
+    seq        BIGINT NOT NULL,
+    changeset  TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (gateway, device, tbl, seq)
 );
 
 -- The rows. `columns` is what readers see (the JSON object of the row's

@@ -10,7 +10,11 @@
 //! - `get("id")`: `id name=... setpoint=...` or `none`;
 //! - `scan("prefix")`: every key under the prefix, a page of 2 at a time;
 //! - `fill(n)`: `n` rows `fill-0`.. in transactions of 500;
-//! - `status`: `pending=N pushed=yes|no rows=N`.
+//! - `status`: `pending=N pushed=yes|no rows=N`;
+//! - `changes`: the keys the server changed since last asked, `,`-joined;
+//! - `dump`: every row as `get` shows it, `;`-joined;
+//! - `later("MS;op;op...")`: the ops of a `transact`, made on the first tick
+//!   at least MS milliseconds later (for writes while the cloud is away).
 //!
 //! With `fill = N` in its config, `init` fills N rows itself unless they are
 //! there, so that a test can write while the cloud is away.
@@ -20,7 +24,10 @@
 use wasmgate_guest::tables::{self, Edit, KeyRange, Row};
 use wasmgate_guest::{App, Config, Error, Fields, Value, info};
 
-struct TableProbe;
+struct TableProbe {
+    /// A transaction to make on a later tick: when (ns), and its ops.
+    later: Option<(u64, String)>,
+}
 
 const TABLE: &str = "recipes";
 
@@ -76,6 +83,21 @@ fn show(key: &str, columns: &Fields) -> String {
     line
 }
 
+/// The ops of a transaction: `p:id|name|setpoint`, `u:id|column|value`,
+/// `d:id`, `;`-separated.
+fn edits_of(text: &str) -> Result<Vec<Edit>, String> {
+    let mut edits = Vec::new();
+    for op in text.split(';') {
+        edits.push(match op.split_once(':') {
+            Some(("p", spec)) => Edit::Put(put_row(spec)?),
+            Some(("u", spec)) => Edit::Update(update_row(spec)?),
+            Some(("d", key)) => Edit::Delete(key.to_string()),
+            _ => return Err(format!("bad op {op:?}")),
+        });
+    }
+    Ok(edits)
+}
+
 /// Put rows `fill-000000` .. `fill-{n-1}`, 500 to a transaction.
 fn fill(n: i64) -> String {
     let mut start = 0;
@@ -114,7 +136,17 @@ impl App for TableProbe {
             info!("table-probe: {}", fill(n));
         }
         info!("table-probe started");
-        Ok(TableProbe)
+        Ok(TableProbe { later: None })
+    }
+
+    fn on_tick(&mut self, now: u64) {
+        if let Some((due, ops)) = self.later.take_if(|(due, _)| *due <= now) {
+            let result = edits_of(&ops).map(|edits| answer(tables::transact(TABLE, &edits)));
+            info!(
+                "later({ops}) at {} ms late -> {result:?}",
+                (now - due) / 1_000_000
+            );
+        }
     }
 
     fn on_action(
@@ -137,17 +169,17 @@ impl App for TableProbe {
                 answer(tables::update(TABLE, &row.key, &row.columns))
             }
             "delete" => answer(tables::delete(TABLE, &text)),
-            "transact" => {
-                let mut edits = Vec::new();
-                for op in text.split(';') {
-                    edits.push(match op.split_once(':') {
-                        Some(("p", spec)) => Edit::Put(put_row(spec)?),
-                        Some(("u", spec)) => Edit::Update(update_row(spec)?),
-                        Some(("d", key)) => Edit::Delete(key.to_string()),
-                        _ => return Err(format!("bad op {op:?}")),
-                    });
-                }
-                answer(tables::transact(TABLE, &edits))
+            "transact" => answer(tables::transact(TABLE, &edits_of(&text)?)),
+            "later" => {
+                let (ms, ops) = text.split_once(';').ok_or("later needs MS;ops")?;
+                let ms: u64 = ms.parse().map_err(|e| format!("later {ms:?}: {e}"))?;
+                edits_of(ops)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or_default();
+                self.later = Some((now + ms * 1_000_000, ops.to_string()));
+                "scheduled".to_string()
             }
             "get" => match tables::get(TABLE, &text) {
                 Ok(Some(columns)) => show(&text, &columns),
@@ -180,6 +212,32 @@ impl App for TableProbe {
                 Some(Value::Integer(n)) => n,
                 _ => 0,
             }),
+            "changes" => match tables::server_changes(TABLE, 1000) {
+                Ok(keys) => keys.join(","),
+                Err(e) => refused(e),
+            },
+            "dump" => {
+                let mut rows = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let page = match tables::scan(
+                        TABLE,
+                        &KeyRange::Prefix(String::new()),
+                        after.as_deref(),
+                        1000,
+                    ) {
+                        Ok(page) => page,
+                        Err(e) => return Ok(Some(Value::Text(refused(e)))),
+                    };
+                    let full = page.len() == 1000;
+                    after = page.last().map(|r| r.key.clone());
+                    rows.extend(page.iter().map(|r| show(&r.key, &r.columns)));
+                    if !full {
+                        break;
+                    }
+                }
+                rows.join(";")
+            }
             "status" => match tables::status(TABLE) {
                 Ok(s) => format!(
                     "pending={} pushed={} rows={}",

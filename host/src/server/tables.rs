@@ -1,0 +1,504 @@
+//! Synced tables on `serve` (`docs/synced-tables.md`): the gateways'
+//! changesets applied once with the merge both ends share, the server's own
+//! edits stamped by its clock and kept as numbered changesets to send down,
+//! and the answers to gateways' pulls.
+//!
+//! A table is its gateway's and device's (the device its app speaks for).
+//! Every write takes the table's row in `synced_tables` first: an upsert
+//! that PostgreSQL holds locked until the commit, so that two instances never
+//! merge into one table at once; SQLite has one writer anyway. That row also
+//! keeps the table's clock and the number of its last changeset down.
+
+use rumqttc::{AsyncClient, QoS};
+use serde_json::Value;
+use sqlx::Row as _;
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::db::{Db, Tx, json_text};
+use crate::synced::Changeset;
+use crate::synced::clock::{Clock, Stamp};
+use crate::synced::merge::{self, Change, ChangeKind, Row, Side, TableRules};
+use crate::synced::store::{Edit, stamp_text};
+use crate::wire::topics;
+
+/// The server's node id in every stamp it makes.
+pub const SERVER_NODE: u64 = 0;
+
+/// The table's row, taken (and locked) for this transaction: its clock and
+/// the number of its last changeset down.
+async fn take_table(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    device: &str,
+    table: &str,
+    rules: &TableRules,
+    now: i64,
+) -> Result<(Clock, i64), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO synced_tables (gateway, device, tbl, rules, updated_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (gateway, device, tbl) DO UPDATE SET
+             rules = excluded.rules, updated_at = excluded.updated_at",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .bind(json_text(rules))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query(
+        "SELECT clock_wall, clock_counter, down_seq FROM synced_tables
+         WHERE gateway = $1 AND device = $2 AND tbl = $3",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .fetch_one(&mut **tx)
+    .await?;
+    let wall: i64 = row.try_get(0)?;
+    let counter: i64 = row.try_get(1)?;
+    let clock = Clock::resume(Stamp::new(
+        wall.max(0) as u64,
+        u32::try_from(counter.max(0)).unwrap_or(u32::MAX),
+        SERVER_NODE,
+    ));
+    Ok((clock, row.try_get(2)?))
+}
+
+async fn save_table(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    device: &str,
+    table: &str,
+    clock: &Clock,
+    down_seq: i64,
+) -> Result<(), sqlx::Error> {
+    let last = clock.last();
+    sqlx::query(
+        "UPDATE synced_tables SET clock_wall = $4, clock_counter = $5, down_seq = $6
+         WHERE gateway = $1 AND device = $2 AND tbl = $3",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .bind(i64::try_from(last.wall_ms).unwrap_or(i64::MAX))
+    .bind(i64::from(last.counter))
+    .bind(down_seq)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The rows one write touches: read once, merged in memory, written once.
+struct Touched<'a> {
+    gateway: &'a str,
+    device: &'a str,
+    table: &'a str,
+    rows: BTreeMap<String, (Option<Row<Value>>, bool)>,
+    /// (key, column, kept, lost, lost stamp)
+    overwritten: Vec<(String, String, String, String, String)>,
+}
+
+impl<'a> Touched<'a> {
+    fn new(gateway: &'a str, device: &'a str, table: &'a str) -> Self {
+        Touched {
+            gateway,
+            device,
+            table,
+            rows: BTreeMap::new(),
+            overwritten: Vec::new(),
+        }
+    }
+
+    async fn row(
+        &mut self,
+        tx: &mut Tx<'_>,
+        key: &str,
+    ) -> Result<Option<&Row<Value>>, sqlx::Error> {
+        if !self.rows.contains_key(key) {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM synced_rows
+                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4",
+            )
+            .bind(self.gateway)
+            .bind(self.device)
+            .bind(self.table)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let row = match state.map(|s| serde_json::from_str::<Row<Value>>(&s)) {
+                Some(Ok(row)) => Some(row),
+                None => None,
+                // A row this server cannot read is rebuilt from the changes
+                // that come: refusing them would lose them, and keeping the
+                // row would stop every later one.
+                Some(Err(e)) => {
+                    tracing::error!(
+                        gateway = self.gateway,
+                        device = self.device,
+                        table = self.table,
+                        key,
+                        "a synced row's stored state is corrupt ({e}): merged as new"
+                    );
+                    None
+                }
+            };
+            self.rows.insert(key.to_string(), (row, false));
+        }
+        Ok(self.rows[key].0.as_ref())
+    }
+
+    async fn apply(
+        &mut self,
+        tx: &mut Tx<'_>,
+        change: &Change<Value>,
+        rules: &TableRules,
+    ) -> Result<(), sqlx::Error> {
+        let current = self.row(tx, &change.key).await?;
+        let applied = merge::apply(current, change, rules);
+        let key = &change.key;
+        for o in &applied.overwritten {
+            self.overwritten.push((
+                key.clone(),
+                o.column.clone(),
+                json_text(&o.kept),
+                json_text(&o.lost),
+                stamp_text(&o.lost.stamp),
+            ));
+        }
+        if let Some(o) = &applied.presence_overwritten {
+            self.overwritten.push((
+                key.clone(),
+                String::new(),
+                json_text(&o.kept),
+                json_text(&o.lost),
+                stamp_text(&o.lost.stamp),
+            ));
+        }
+        if applied.changed {
+            self.rows.insert(key.clone(), (Some(applied.row), true));
+        }
+        Ok(())
+    }
+
+    fn visible(&self, key: &str) -> bool {
+        self.rows
+            .get(key)
+            .and_then(|(row, _)| row.as_ref())
+            .and_then(merge::visible)
+            .is_some()
+    }
+
+    async fn write(self, tx: &mut Tx<'_>, now: i64) -> Result<(), sqlx::Error> {
+        for (key, (row, changed)) in &self.rows {
+            let Some(row) = row.as_ref().filter(|_| *changed) else {
+                continue;
+            };
+            let columns = merge::visible(row).map(|c| json_text(&c));
+            sqlx::query(
+                "INSERT INTO synced_rows (gateway, device, tbl, key, columns, state, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (gateway, device, tbl, key) DO UPDATE SET
+                     columns = excluded.columns, state = excluded.state,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(self.gateway)
+            .bind(self.device)
+            .bind(self.table)
+            .bind(key)
+            .bind(columns)
+            .bind(json_text(row))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for (key, col, kept, lost, lost_stamp) in &self.overwritten {
+            // A lost version applied again (a repeat under another id)
+            // records its loss again: the first record stands.
+            sqlx::query(
+                "INSERT INTO synced_overwritten
+                 (gateway, device, tbl, key, col, kept, lost, lost_stamp, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+            )
+            .bind(self.gateway)
+            .bind(self.device)
+            .bind(self.table)
+            .bind(key)
+            .bind(col)
+            .bind(kept)
+            .bind(lost)
+            .bind(lost_stamp)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Apply a gateway's changeset to its device's table, once: `false` if its
+/// id was applied before. Every change goes through the merge the gateways
+/// use, under the rules the changeset carries, and what it overwrote is
+/// recorded. The table's clock observes the changes' stamps, so that the
+/// server's later edits are stamped after them.
+pub(super) async fn apply_changeset(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    device: &str,
+    changeset: &Changeset,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let fresh = sqlx::query(
+        "INSERT INTO synced_applied (gateway, device, changeset, changes, applied_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(&changeset.id)
+    .bind(changeset.changes.len() as i64)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if !fresh {
+        return Ok(false);
+    }
+    let table = changeset.table.as_str();
+    let (mut clock, down_seq) =
+        take_table(tx, gateway, device, table, &changeset.rules, now).await?;
+    let mut touched = Touched::new(gateway, device, table);
+    let now_ms = (now / 1_000_000).max(0) as u64;
+    for change in &changeset.changes {
+        touched.apply(tx, change, &changeset.rules).await?;
+        // A stamp too far ahead of this server's clock is merged all the
+        // same (the gateway has committed it), but not taken into the
+        // server's clock, which must not jump to a wild gateway's time.
+        if let Err(e) = clock.observe(change.stamp, now_ms) {
+            tracing::warn!(
+                gateway,
+                device,
+                table,
+                "a change's stamp is not taken into the table's clock: {e}"
+            );
+        }
+    }
+    touched.write(tx, now).await?;
+    save_table(tx, gateway, device, table, &clock, down_seq).await?;
+    Ok(true)
+}
+
+/// Why an edit from the API was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("no row with key {0:?}: it was never put, or it was deleted")]
+    NoSuchRow(String),
+    #[error("the server's clock for the table: {0}")]
+    Clock(#[from] crate::synced::clock::ClockError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Make the server's `edits` to a table, all or none: stamped by the
+/// table's clock, merged as the server's side, and kept as the table's next
+/// changeset down, which is returned for sending.
+pub async fn edit(
+    db: &Db,
+    gateway: &str,
+    device: &str,
+    table: &str,
+    rules: &TableRules,
+    edits: &[Edit],
+) -> Result<Changeset, EditError> {
+    let now = crate::value::now_ns() as i64;
+    let now_ms = (now / 1_000_000).max(0) as u64;
+    let mut tx = db.begin_write().await?;
+    let (mut clock, down_seq) = take_table(&mut tx, gateway, device, table, rules, now).await?;
+    let mut touched = Touched::new(gateway, device, table);
+    let mut changes = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let key = edit.key();
+        touched.row(&mut tx, key).await?;
+        if !matches!(edit, Edit::Put { .. }) && !touched.visible(key) {
+            return Err(EditError::NoSuchRow(key.to_string()));
+        }
+        let kind = match edit {
+            Edit::Put { columns, .. } => ChangeKind::Put(columns.clone()),
+            Edit::Update { columns, .. } => ChangeKind::Update(columns.clone()),
+            Edit::Delete { .. } => ChangeKind::Delete,
+        };
+        let change = Change {
+            key: key.to_string(),
+            side: Side::Server,
+            stamp: clock.tick(now_ms)?,
+            kind,
+        };
+        touched.apply(&mut tx, &change, rules).await?;
+        changes.push(change);
+    }
+    touched.write(&mut tx, now).await?;
+    let seq = down_seq + 1;
+    let changeset = Changeset {
+        // Unique even if this database is made anew and its numbers start
+        // again: a gateway skips an id it has applied.
+        id: format!("serve-{table}-{seq}-{now_ms}"),
+        table: table.to_string(),
+        rules: rules.clone(),
+        changes,
+        seq: Some(seq as u64),
+    };
+    sqlx::query(
+        "INSERT INTO synced_down (gateway, device, tbl, seq, changeset, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .bind(seq)
+    .bind(json_text(&changeset))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    save_table(&mut tx, gateway, device, table, &clock, seq).await?;
+    tx.commit().await?;
+    Ok(changeset)
+}
+
+/// The table's changesets down after number `after`, in order, at most
+/// `limit`.
+pub async fn down_after(
+    db: &Db,
+    gateway: &str,
+    device: &str,
+    table: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Changeset>, sqlx::Error> {
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT changeset FROM synced_down
+         WHERE gateway = $1 AND device = $2 AND tbl = $3 AND seq > $4
+         ORDER BY seq LIMIT $5",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(texts
+        .iter()
+        .filter_map(|t| match serde_json::from_str(t) {
+            Ok(changeset) => Some(changeset),
+            Err(e) => {
+                tracing::error!(
+                    gateway,
+                    device,
+                    table,
+                    "a stored changeset down is corrupt: {e}"
+                );
+                None
+            }
+        })
+        .collect())
+}
+
+/// Send a changeset down to the gateway, at least once.
+pub async fn send_down(
+    client: &AsyncClient,
+    gateway: &str,
+    device: &str,
+    changeset: &Changeset,
+) -> Result<(), rumqttc::ClientError> {
+    let topic = topics::topic(gateway, device, &format!("synced/{}/down", changeset.table));
+    client
+        .publish(topic, QoS::AtLeastOnce, false, json_text(changeset))
+        .await
+}
+
+/// Changesets read from the database at a time to answer a pull.
+const PULL_PAGE: i64 = 1_000;
+
+/// Answer a gateway's pull: send its table's changesets down after
+/// `after`, every one of them, in order; returns how many.
+pub async fn answer_pull(
+    db: &Db,
+    client: &AsyncClient,
+    gateway: &str,
+    device: &str,
+    table: &str,
+    after: u64,
+) -> Result<usize, String> {
+    let mut after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut sent = 0;
+    loop {
+        let page = down_after(db, gateway, device, table, after, PULL_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        for changeset in &page {
+            send_down(client, gateway, device, changeset)
+                .await
+                .map_err(|e| e.to_string())?;
+            after = changeset.seq.map_or(after, |s| s as i64);
+        }
+        sent += page.len();
+        if (page.len() as i64) < PULL_PAGE {
+            return Ok(sent);
+        }
+    }
+}
+
+/// A gateway's pull, waiting for its answer.
+#[derive(Debug, Clone)]
+pub struct Pull {
+    pub gateway: String,
+    pub device: String,
+    pub table: String,
+    pub after: u64,
+}
+
+/// Pulls that may wait for the answerer; past that, one is dropped with a
+/// warning (its gateway pulls again at the app's next start or gap).
+pub const PULL_QUEUE: usize = 1024;
+
+/// Answers pulls in a task of its own: sending may wait for room in the
+/// MQTT client's queue, which the ingest task, which owns the event loop,
+/// must never do.
+pub struct Answerer {
+    pub db: Db,
+    pub client: AsyncClient,
+}
+
+impl Answerer {
+    pub async fn run(self, mut pulls: mpsc::Receiver<Pull>, cancel: CancellationToken) {
+        loop {
+            let pull = tokio::select! {
+                _ = cancel.cancelled() => return,
+                pull = pulls.recv() => match pull {
+                    Some(pull) => pull,
+                    None => return,
+                },
+            };
+            match answer_pull(
+                &self.db,
+                &self.client,
+                &pull.gateway,
+                &pull.device,
+                &pull.table,
+                pull.after,
+            )
+            .await
+            {
+                Ok(sent) => {
+                    tracing::debug!(gateway = %pull.gateway, device = %pull.device, table = %pull.table, sent, "answered a pull")
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %pull.gateway, device = %pull.device, table = %pull.table, "a pull was not answered: {e}")
+                }
+            }
+        }
+    }
+}
