@@ -506,7 +506,7 @@ fn wait_get(consumer: &Consumer, key: &str, want: &str) {
 /// Both sides edit, online and then offline, and end with the same rows,
 /// each conflict settled by the table's rules: `setpoint` is server-wins,
 /// the rest last-writer-wins.
-fn changes_on_either_side_converge(database: &str) -> Serve {
+fn changes_on_either_side_converge(database: &str, sql: impl Fn(&str) -> String) -> Serve {
     let mut broker = Mosquitto::start("");
     let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
     let serve = Serve::start(&broker.url(), database, &["--client-id", "serve-c"]);
@@ -668,6 +668,58 @@ fn changes_on_either_side_converge(database: &str) -> Serve {
         "{records:?}"
     );
 
+    // Plain SQL on the server's table: a row edited, a row inserted, and an
+    // edit the model refuses, which is undone and says why.
+    let row = "gateway = 'test-gw' AND device = 'probe' AND tbl = 'recipes'";
+    sql(&format!(
+        "UPDATE synced_rows SET columns = '{{\"name\":\"by sql\",\"setpoint\":30.0,\"uses\":null}}', edited = 1
+         WHERE {row} AND key = 'r1'"
+    ));
+    sql(
+        "INSERT INTO synced_rows (gateway, device, tbl, key, columns, state, updated_at, edited)
+         VALUES ('test-gw', 'probe', 'recipes', 'r7', '{\"name\":\"inserted\"}', '{}', 0, 1)",
+    );
+    sql(&format!(
+        "UPDATE synced_rows SET columns = '{{\"setpoint\":500}}', edited = 1 WHERE {row} AND key = 'r5'"
+    ));
+    wait_get(&consumer, "r1", "r1 name=by sql setpoint=30");
+    wait_get(&consumer, "r7", "r7 name=inserted");
+    let deadline = Instant::now() + T;
+    loop {
+        let error = sql(&format!(
+            "SELECT edit_error FROM synced_rows WHERE {row} AND key = 'r5'"
+        ));
+        if !error.is_empty() {
+            assert_eq!(
+                error,
+                "column of table `recipes` `setpoint`: 500 is out of range [0, 100]"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused edit was not answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        sql(&format!(
+            "SELECT columns FROM synced_rows WHERE {row} AND key = 'r5'"
+        )),
+        r#"{"name":"server offline","setpoint":null,"uses":null}"#,
+        "undone"
+    );
+    assert_eq!(
+        call(&consumer, "get", Some(json!("r5"))),
+        "r5 name=server offline"
+    );
+    assert_eq!(
+        sql(&format!(
+            "SELECT count(*) FROM synced_rows WHERE {row} AND edited = 1"
+        )),
+        "0"
+    );
+
     // A gateway killed and started again pulls what it missed meanwhile.
     run.kill9();
     server_edits(
@@ -684,19 +736,32 @@ fn changes_on_either_side_converge(database: &str) -> Serve {
 #[test]
 fn changes_on_either_side_converge_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
-    changes_on_either_side_converge(&format!(
-        "sqlite://{}",
-        dir.path().join("serve.db").display()
-    ));
+    let path = dir.path().join("serve.db");
+    changes_on_either_side_converge(&format!("sqlite://{}", path.display()), |sql| {
+        let conn = rusqlite::Connection::open(&path).expect("open serve's database");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        let mut stmt = conn.prepare(sql).expect(sql);
+        let mut rows = stmt.query([]).expect(sql);
+        match rows.next().expect(sql) {
+            Some(row) => match row.get_ref(0).expect("a column") {
+                rusqlite::types::ValueRef::Null => String::new(),
+                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                other => format!("{other:?}"),
+            },
+            None => String::new(),
+        }
+    });
 }
 
 #[test]
 fn changes_on_either_side_converge_on_postgres() {
     let pg = Postgres::start();
-    changes_on_either_side_converge(&pg.database("fleet"));
+    changes_on_either_side_converge(&pg.database("fleet"), |sql| pg.query("fleet", sql));
     // A plain-SQL reader sees the converged rows.
     assert_eq!(
         pg.query("fleet", "SELECT columns FROM synced_rows WHERE key = 'r1'"),
-        r#"{"name":"from the server","setpoint":30.0,"uses":null}"#
+        r#"{"name":"by sql","setpoint":30.0,"uses":null}"#
     );
 }

@@ -291,6 +291,7 @@ const LINKED: &[&str] = &[
     "wasmgate:device/modbus@0.1",
     "wasmgate:device/serial@0.1",
     "wasmgate:device/bus@0.1",
+    "wasmgate:device/tables@0.1",
     // The standard interfaces, on the app's log and config (wit/standard.wit).
     "wasi:logging/logging@0.1.0-draft",
     "wasi:config/store@0.2.0-draft",

@@ -62,11 +62,15 @@ pub fn redact(url: &str) -> String {
 }
 
 /// What one write stored.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Stored {
     pub points: u64,
     /// Batches and alerts already stored, skipped.
     pub duplicates: u64,
+    /// Changesets down the commit made (of plain-SQL edits that were
+    /// waiting in a table a gateway's changeset came for), to send once
+    /// committed: gateway, device, changeset.
+    pub down: Vec<(String, String, crate::synced::Changeset)>,
 }
 
 #[derive(Clone)]
@@ -150,7 +154,7 @@ impl Db {
         let mut tx = self.begin_write().await?;
         let mut stored = Stored::default();
         for record in records {
-            store_one(&mut tx, record, now, &mut stored).await?;
+            store_one(&mut tx, self.backend, record, now, &mut stored).await?;
         }
         tx.commit().await?;
         Ok(stored)
@@ -191,6 +195,7 @@ fn int(n: u64) -> i64 {
 
 async fn store_one(
     tx: &mut Tx<'_>,
+    backend: Backend,
     record: &Record,
     now: i64,
     stored: &mut Stored,
@@ -391,8 +396,14 @@ async fn store_one(
             device,
             changeset,
         } => {
-            if !super::tables::apply_changeset(tx, gateway, device, changeset, now).await? {
-                stored.duplicates += 1;
+            match super::tables::apply_changeset(tx, backend, gateway, device, changeset, now)
+                .await?
+            {
+                super::tables::Applied::Duplicate => stored.duplicates += 1,
+                super::tables::Applied::Fresh { down: None } => {}
+                super::tables::Applied::Fresh { down: Some(down) } => {
+                    stored.down.push((gateway.clone(), device.clone(), down));
+                }
             }
         }
     }

@@ -246,6 +246,24 @@ impl Ingest {
                 self.counters
                     .duplicates
                     .fetch_add(stored.duplicates, Ordering::Relaxed);
+                // Changesets down the commit made go with the answers.
+                let made =
+                    stored
+                        .down
+                        .iter()
+                        .map(|(gateway, device, changeset)| super::tables::Pull {
+                            gateway: gateway.clone(),
+                            device: device.clone(),
+                            table: changeset.table.clone(),
+                            after: changeset.seq.unwrap_or(1).saturating_sub(1),
+                        });
+                for pull in made {
+                    if self.pulls.try_send(pull).is_err() {
+                        tracing::warn!(
+                            "a changeset down was not sent now: too many are waiting (the gateway pulls it)"
+                        );
+                    }
+                }
                 // Pulls are answered once what came with them is stored,
                 // by the answerer (sending may wait, and this task must
                 // keep the event loop turning).
@@ -307,6 +325,7 @@ impl Ingest {
                 Ok(stored) => {
                     total.points += stored.points;
                     total.duplicates += stored.duplicates;
+                    total.down.extend(stored.down);
                 }
                 // Busy or locked is not a refusal: the commit is tried
                 // again, and nothing is acknowledged meanwhile.

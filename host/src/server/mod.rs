@@ -114,6 +114,11 @@ pub async fn run(options: ServeOptions, cancel: CancellationToken) -> anyhow::Re
         client: client.clone(),
     };
     tasks.spawn(answerer.run(pulled, cancel.clone()));
+    let plain_edits = tables::PlainEdits {
+        db: db.clone(),
+        client: client.clone(),
+    };
+    tasks.spawn(plain_edits.run(cancel.clone()));
     let ingest = ingest::Ingest {
         pulls,
         client: client.clone(),

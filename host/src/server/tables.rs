@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{Db, Tx, json_text};
+use super::db::{Backend, Db, Tx, json_text};
+use crate::model::{DeviceModel, TableSpec};
 use crate::synced::Changeset;
 use crate::synced::clock::{Clock, Stamp};
 use crate::synced::merge::{self, Change, ChangeKind, Row, Side, TableRules};
@@ -25,6 +26,15 @@ use crate::wire::topics;
 
 /// The server's node id in every stamp it makes.
 pub const SERVER_NODE: u64 = 0;
+
+/// `FOR UPDATE` where the database takes it (SQLite's one writer needs
+/// none).
+fn row_lock(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    }
+}
 
 /// The table's row, taken (and locked) for this transaction: its clock and
 /// the number of its last changeset down.
@@ -97,17 +107,22 @@ struct Touched<'a> {
     gateway: &'a str,
     device: &'a str,
     table: &'a str,
+    /// What a read of a row adds to take its lock until the commit
+    /// (PostgreSQL), so that a plain-SQL edit made meanwhile waits rather
+    /// than being written over.
+    lock: &'static str,
     rows: BTreeMap<String, (Option<Row<Value>>, bool)>,
     /// (key, column, kept, lost, lost stamp)
     overwritten: Vec<(String, String, String, String, String)>,
 }
 
 impl<'a> Touched<'a> {
-    fn new(gateway: &'a str, device: &'a str, table: &'a str) -> Self {
+    fn new(gateway: &'a str, device: &'a str, table: &'a str, backend: Backend) -> Self {
         Touched {
             gateway,
             device,
             table,
+            lock: row_lock(backend),
             rows: BTreeMap::new(),
             overwritten: Vec::new(),
         }
@@ -119,16 +134,20 @@ impl<'a> Touched<'a> {
         key: &str,
     ) -> Result<Option<&Row<Value>>, sqlx::Error> {
         if !self.rows.contains_key(key) {
-            let state: Option<String> = sqlx::query_scalar(
+            let sql = format!(
                 "SELECT state FROM synced_rows
-                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4",
-            )
-            .bind(self.gateway)
-            .bind(self.device)
-            .bind(self.table)
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
+                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4{}",
+                self.lock
+            );
+            let state: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(self.gateway)
+                .bind(self.device)
+                .bind(self.table)
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+            // A row plain SQL inserted has no merge state yet ('{}').
+            let state = state.filter(|s| !matches!(s.trim(), "" | "{}"));
             let row = match state.map(|s| serde_json::from_str::<Row<Value>>(&s)) {
                 Some(Ok(row)) => Some(row),
                 None => None,
@@ -246,11 +265,12 @@ impl<'a> Touched<'a> {
 /// server's later edits are stamped after them.
 pub(super) async fn apply_changeset(
     tx: &mut Tx<'_>,
+    backend: Backend,
     gateway: &str,
     device: &str,
     changeset: &Changeset,
     now: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Applied, sqlx::Error> {
     let fresh = sqlx::query(
         "INSERT INTO synced_applied (gateway, device, changeset, changes, applied_at)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -265,13 +285,29 @@ pub(super) async fn apply_changeset(
     .rows_affected()
         > 0;
     if !fresh {
-        return Ok(false);
+        return Ok(Applied::Duplicate);
     }
     let table = changeset.table.as_str();
     let (mut clock, down_seq) =
         take_table(tx, gateway, device, table, &changeset.rules, now).await?;
-    let mut touched = Touched::new(gateway, device, table);
+    let mut touched = Touched::new(gateway, device, table, backend);
     let now_ms = (now / 1_000_000).max(0) as u64;
+    // Plain-SQL edits waiting in the table become the server's changes
+    // first: merging the gateway's into those rows would write over them.
+    let mut plain = Vec::new();
+    take_plain_edits(
+        tx,
+        &mut touched,
+        &changeset.rules,
+        &mut clock,
+        now_ms,
+        &mut plain,
+    )
+    .await
+    .map_err(|e| match e {
+        EditError::Database(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    })?;
     for change in &changeset.changes {
         touched.apply(tx, change, &changeset.rules).await?;
         // A stamp too far ahead of this server's clock is merged all the
@@ -287,8 +323,392 @@ pub(super) async fn apply_changeset(
         }
     }
     touched.write(tx, now).await?;
-    save_table(tx, gateway, device, table, &clock, down_seq).await?;
-    Ok(true)
+    let down = record_down(
+        tx,
+        gateway,
+        device,
+        table,
+        &changeset.rules,
+        plain,
+        down_seq,
+        now,
+    )
+    .await?;
+    save_table(
+        tx,
+        gateway,
+        device,
+        table,
+        &clock,
+        down.as_ref()
+            .and_then(|c| c.seq)
+            .map_or(down_seq, |s| s as i64),
+    )
+    .await?;
+    Ok(Applied::Fresh { down })
+}
+
+/// What [`apply_changeset`] did.
+#[derive(Debug)]
+pub enum Applied {
+    /// Its id was applied before: nothing was done.
+    Duplicate,
+    /// Applied; `down` is the changeset made of plain-SQL edits that were
+    /// waiting in the table, for sending once committed.
+    Fresh { down: Option<Changeset> },
+}
+
+/// Keep the server's `changes` to a table as its next changeset down
+/// (none for no changes).
+#[allow(clippy::too_many_arguments)]
+async fn record_down(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    device: &str,
+    table: &str,
+    rules: &TableRules,
+    changes: Vec<Change<Value>>,
+    down_seq: i64,
+    now: i64,
+) -> Result<Option<Changeset>, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    let seq = down_seq + 1;
+    let now_ms = now / 1_000_000;
+    let changeset = Changeset {
+        // Unique even if this database is made anew and its numbers start
+        // again: a gateway skips an id it has applied.
+        id: format!("serve-{table}-{seq}-{now_ms}"),
+        table: table.to_string(),
+        rules: rules.clone(),
+        changes,
+        seq: Some(seq as u64),
+    };
+    sqlx::query(
+        "INSERT INTO synced_down (gateway, device, tbl, seq, changeset, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .bind(seq)
+    .bind(json_text(&changeset))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(changeset))
+}
+
+/// The table's declaration in the device's model as its gateway announced
+/// it, or why there is none.
+async fn declared(
+    tx: &mut Tx<'_>,
+    gateway: &str,
+    device: &str,
+    table: &str,
+) -> Result<TableSpec, String> {
+    let model: Option<Option<String>> =
+        sqlx::query_scalar("SELECT model FROM devices WHERE gateway = $1 AND device = $2")
+            .bind(gateway)
+            .bind(device)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| e.to_string())?;
+    let text = model
+        .flatten()
+        .ok_or_else(|| format!("gateway {gateway:?} has announced no model of {device:?}"))?;
+    let model = DeviceModel::parse(&text).map_err(|e| e.to_string())?;
+    model.table(table).cloned()
+}
+
+/// A row's columns as plain SQL wrote them, checked against the table's
+/// declaration: what the edit writes (the columns that differ from the
+/// row's, all of them for a row that was not there), or why it cannot.
+fn plain_edit(
+    spec: &TableSpec,
+    table: &str,
+    key: &str,
+    written: Option<&str>,
+    current: Option<&BTreeMap<String, Option<Value>>>,
+) -> Result<Option<Edit>, String> {
+    let Some(written) = written else {
+        return Ok(current.map(|_| Edit::Delete {
+            key: key.to_string(),
+        }));
+    };
+    let object: serde_json::Map<String, Value> =
+        serde_json::from_str(written).map_err(|e| format!("columns is not a JSON object: {e}"))?;
+    if let Some(name) = object.keys().find(|n| !spec.columns.contains_key(*n)) {
+        return Err(format!("unknown column of table `{table}`: `{name}`"));
+    }
+    let values = object
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(name, json)| {
+            crate::value::from_json(json, spec.columns[name].kind)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| format!("column of table `{table}` `{name}`: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let whole = current.is_none();
+    let mut columns = if values.is_empty() {
+        BTreeMap::new()
+    } else {
+        spec.check_columns(table, values, whole)?
+    };
+    for (name, json) in &object {
+        if json.is_null() {
+            columns.insert(name.clone(), None);
+        }
+    }
+    Ok(match current {
+        None => {
+            for name in spec.columns.keys() {
+                columns.entry(name.clone()).or_insert(None);
+            }
+            Some(Edit::Put {
+                key: key.to_string(),
+                columns,
+            })
+        }
+        Some(current) => {
+            columns.retain(|name, value| current.get(name).unwrap_or(&None) != value);
+            (!columns.is_empty()).then(|| Edit::Update {
+                key: key.to_string(),
+                columns,
+            })
+        }
+    })
+}
+
+/// Turn the plain-SQL edits waiting in the touched table (`edited = 1`)
+/// into the server's changes, stamped now and merged; an edit the model
+/// refuses is undone (`columns` as the merge has them) with `edit_error`
+/// saying why. The changes are appended to `changes`.
+async fn take_plain_edits(
+    tx: &mut Tx<'_>,
+    touched: &mut Touched<'_>,
+    rules: &TableRules,
+    clock: &mut Clock,
+    now_ms: u64,
+    changes: &mut Vec<Change<Value>>,
+) -> Result<(), EditError> {
+    let (gateway, device, table) = (touched.gateway, touched.device, touched.table);
+    let sql = format!(
+        "SELECT key, columns FROM synced_rows
+         WHERE gateway = $1 AND device = $2 AND tbl = $3 AND edited = 1 ORDER BY key{}",
+        touched.lock
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(gateway)
+        .bind(device)
+        .bind(table)
+        .fetch_all(&mut **tx)
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let spec = declared(tx, gateway, device, table).await;
+    for row in rows {
+        let key: String = row.try_get(0)?;
+        let written: Option<String> = row.try_get(1)?;
+        let current = touched.row(tx, &key).await?.and_then(merge::visible);
+        let edit = spec
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|spec| plain_edit(spec, table, &key, written.as_deref(), current.as_ref()));
+        let error = match edit {
+            Ok(Some(edit)) => {
+                let kind = match &edit {
+                    Edit::Put { columns, .. } => ChangeKind::Put(columns.clone()),
+                    Edit::Update { columns, .. } => ChangeKind::Update(columns.clone()),
+                    Edit::Delete { .. } => ChangeKind::Delete,
+                };
+                let change = Change {
+                    key: key.clone(),
+                    side: Side::Server,
+                    stamp: clock.tick(now_ms)?,
+                    kind,
+                };
+                touched.apply(tx, &change, rules).await?;
+                changes.push(change);
+                None
+            }
+            Ok(None) => None,
+            Err(reason) => {
+                tracing::warn!(
+                    gateway,
+                    device,
+                    table,
+                    key,
+                    "a plain-SQL edit of a synced row is refused: {reason}"
+                );
+                Some(reason)
+            }
+        };
+        // The row's columns are the merge's again (the edit's, or as they
+        // were if it was refused), and the flag is down.
+        let columns = touched
+            .rows
+            .get(&key)
+            .and_then(|(row, _)| row.as_ref())
+            .and_then(merge::visible)
+            .map(|c| json_text(&c));
+        sqlx::query(
+            "UPDATE synced_rows SET edited = 0, edit_error = $5, columns = $6
+             WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4",
+        )
+        .bind(gateway)
+        .bind(device)
+        .bind(table)
+        .bind(&key)
+        .bind(error)
+        .bind(columns)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Make the plain-SQL edits waiting in one table the server's: the
+/// changeset down they make, if any, for sending.
+pub async fn apply_plain_edits(
+    db: &Db,
+    gateway: &str,
+    device: &str,
+    table: &str,
+) -> Result<Option<Changeset>, EditError> {
+    let now = crate::value::now_ns() as i64;
+    let now_ms = (now / 1_000_000).max(0) as u64;
+    let mut tx = db.begin_write().await?;
+    let rules: Option<String> = sqlx::query_scalar(
+        "SELECT rules FROM synced_tables WHERE gateway = $1 AND device = $2 AND tbl = $3",
+    )
+    .bind(gateway)
+    .bind(device)
+    .bind(table)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // A table serve has never seen has no rules here: the model's.
+    let rules = match rules.and_then(|r| serde_json::from_str::<TableRules>(&r).ok()) {
+        Some(rules) => rules,
+        None => match declared(&mut tx, gateway, device, table).await {
+            Ok(spec) => spec.rules().clone(),
+            Err(reason) => {
+                sqlx::query(
+                    "UPDATE synced_rows SET edited = 0, edit_error = $4
+                     WHERE gateway = $1 AND device = $2 AND tbl = $3 AND edited = 1",
+                )
+                .bind(gateway)
+                .bind(device)
+                .bind(table)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                tracing::warn!(
+                    gateway,
+                    device,
+                    table,
+                    "plain-SQL edits of a synced table are refused: {reason}"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let (mut clock, down_seq) = take_table(&mut tx, gateway, device, table, &rules, now).await?;
+    let mut touched = Touched::new(gateway, device, table, db.backend);
+    let mut changes = Vec::new();
+    take_plain_edits(
+        &mut tx,
+        &mut touched,
+        &rules,
+        &mut clock,
+        now_ms,
+        &mut changes,
+    )
+    .await?;
+    touched.write(&mut tx, now).await?;
+    let down = record_down(
+        &mut tx, gateway, device, table, &rules, changes, down_seq, now,
+    )
+    .await?;
+    let seq = down
+        .as_ref()
+        .and_then(|c| c.seq)
+        .map_or(down_seq, |s| s as i64);
+    save_table(&mut tx, gateway, device, table, &clock, seq).await?;
+    tx.commit().await?;
+    Ok(down)
+}
+
+/// The tables with plain-SQL edits waiting, at most `limit`.
+pub async fn tables_edited(
+    db: &Db,
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT gateway, device, tbl FROM synced_rows WHERE edited = 1 LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
+/// How often serve looks for plain-SQL edits.
+pub const PLAIN_EDITS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Makes the plain-SQL edits of synced rows the server's, and sends them
+/// down, every [`PLAIN_EDITS_EVERY`].
+pub struct PlainEdits {
+    pub db: Db,
+    pub client: AsyncClient,
+}
+
+impl PlainEdits {
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut every = tokio::time::interval(PLAIN_EDITS_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let tables = match tables_edited(&self.db, 100).await {
+                Ok(tables) => tables,
+                Err(e) => {
+                    tracing::warn!("cannot look for plain-SQL edits of synced tables: {e}");
+                    continue;
+                }
+            };
+            for (gateway, device, table) in tables {
+                match apply_plain_edits(&self.db, &gateway, &device, &table).await {
+                    Ok(Some(changeset)) => {
+                        if let Err(e) = send_down(&self.client, &gateway, &device, &changeset).await
+                        {
+                            tracing::warn!(
+                                gateway,
+                                device,
+                                table,
+                                "a changeset down was not sent now (the gateway pulls it): {e}"
+                            );
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        gateway,
+                        device,
+                        table,
+                        "plain-SQL edits were not applied: {e}"
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// Why an edit from the API was not made.
@@ -317,8 +737,19 @@ pub async fn edit(
     let now_ms = (now / 1_000_000).max(0) as u64;
     let mut tx = db.begin_write().await?;
     let (mut clock, down_seq) = take_table(&mut tx, gateway, device, table, rules, now).await?;
-    let mut touched = Touched::new(gateway, device, table);
+    let mut touched = Touched::new(gateway, device, table, db.backend);
     let mut changes = Vec::with_capacity(edits.len());
+    // Plain-SQL edits waiting in the table are made first, as they were
+    // made first.
+    take_plain_edits(
+        &mut tx,
+        &mut touched,
+        rules,
+        &mut clock,
+        now_ms,
+        &mut changes,
+    )
+    .await?;
     for edit in edits {
         let key = edit.key();
         touched.row(&mut tx, key).await?;
@@ -340,29 +771,12 @@ pub async fn edit(
         changes.push(change);
     }
     touched.write(&mut tx, now).await?;
-    let seq = down_seq + 1;
-    let changeset = Changeset {
-        // Unique even if this database is made anew and its numbers start
-        // again: a gateway skips an id it has applied.
-        id: format!("serve-{table}-{seq}-{now_ms}"),
-        table: table.to_string(),
-        rules: rules.clone(),
-        changes,
-        seq: Some(seq as u64),
-    };
-    sqlx::query(
-        "INSERT INTO synced_down (gateway, device, tbl, seq, changeset, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+    let changeset = record_down(
+        &mut tx, gateway, device, table, rules, changes, down_seq, now,
     )
-    .bind(gateway)
-    .bind(device)
-    .bind(table)
-    .bind(seq)
-    .bind(json_text(&changeset))
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    save_table(&mut tx, gateway, device, table, &clock, seq).await?;
+    .await?
+    .expect("an edit makes at least one change");
+    save_table(&mut tx, gateway, device, table, &clock, down_seq + 1).await?;
     tx.commit().await?;
     Ok(changeset)
 }

@@ -36,6 +36,9 @@ CREATE TABLE synced_down (
 -- The rows. `columns` is what readers see (the JSON object of the row's
 -- columns, null for a deleted row); `state` is the merge's: every column's
 -- version and the row's existence, kept after a delete as a tombstone.
+-- Plain SQL edits a row by writing `columns` and setting `edited` to 1;
+-- serve makes that the server's edit and sets it back to 0, with
+-- `edit_error` saying why if it could not (docs/synced-tables.md).
 CREATE TABLE synced_rows (
     gateway    TEXT NOT NULL,
     device     TEXT NOT NULL,
@@ -44,8 +47,11 @@ CREATE TABLE synced_rows (
     columns    TEXT,
     state      TEXT NOT NULL,
     updated_at BIGINT NOT NULL,
+    edited     INTEGER NOT NULL DEFAULT 0,
+    edit_error TEXT,
     PRIMARY KEY (gateway, device, tbl, key)
 );
+CREATE INDEX synced_rows_edited ON synced_rows (gateway, device, tbl) WHERE edited = 1;
 
 -- The changesets applied, by id: a repeat is skipped.
 CREATE TABLE synced_applied (
