@@ -9,6 +9,8 @@
 mod common;
 #[path = "system/scale.rs"]
 mod scale;
+#[path = "system/synced.rs"]
+mod synced;
 
 use common::mqtt::Mosquitto;
 use common::{Gateway, guest, root};
@@ -308,6 +310,29 @@ fn main() {
                     "{first} series: ingest ×{:.2}, RSS ×{:.2}",
                     p.ingest / base.ingest,
                     p.rss_mib / base.rss_mib
+                ),
+            ]);
+        }
+    }
+
+    if wanted("S4") {
+        for n in [1_000, 10_000] {
+            let p = synced::synced(n);
+            rows.push([
+                format!("S4 ({n})"),
+                format!("synced tables: {n} rows written by the app while the broker is away, then edited by the server (API) while the gateway is down; Mosquitto and serve on SQLite"),
+                format!(
+                    "push {} rows/s ({:.2} s from the broker's return until serve holds every row); pull {} rows/s ({:.2} s from the gateway's start until it applied every changeset); {} KiB of changesets",
+                    thousands(p.push_rows_per_s),
+                    p.push_converge_s,
+                    thousands(p.pull_rows_per_s),
+                    p.pull_converge_s,
+                    p.changeset_bytes >> 10
+                ),
+                format!(
+                    "the same changesets' bytes, bare client to bare subscriber: {} rows/s (push ×{:.2})",
+                    thousands(p.bare_rows_per_s),
+                    p.push_rows_per_s / p.bare_rows_per_s
                 ),
             ]);
         }

@@ -20,7 +20,8 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::tables::{
-    self as generated, Edit as GuestEdit, Host, KeyRange as GuestRange, Row as GuestRow, SyncStatus,
+    self as generated, Edit as GuestEdit, Host, KeyRange as GuestRange, Row as GuestRow,
+    SyncDirections, SyncStatus,
 };
 use crate::bindings::wasmgate::device::types::Fields;
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, PerApp, ReportScope};
@@ -97,10 +98,12 @@ END;
 -- server's changesets come numbered per table (`seq`), and this is the last
 -- one applied with every one before it. A pull asks for those after it.
 CREATE TABLE IF NOT EXISTS synced_pulled (
-    app    TEXT NOT NULL,
-    tbl    TEXT NOT NULL,
-    device TEXT NOT NULL,
-    seq    INTEGER NOT NULL,
+    app     TEXT NOT NULL,
+    tbl     TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    -- When a changeset from the server was last applied (ns), or null.
+    last_ns INTEGER,
     PRIMARY KEY (app, tbl)
 ) WITHOUT ROWID;
 
@@ -229,11 +232,15 @@ pub fn apply_pulled(
         .unwrap_or(0);
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     let gap = seq > last + 1;
+    tx.execute(
+        "UPDATE synced_pulled SET last_ns = ?3 WHERE app = ?1 AND tbl = ?2",
+        params![app, table.name, crate::value::now_ns() as i64],
+    )?;
     if seq == last + 1 {
         tx.execute(
-            "INSERT INTO synced_pulled (app, tbl, device, seq) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO synced_pulled (app, tbl, device, seq, last_ns) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (app, tbl) DO UPDATE SET seq = excluded.seq",
-            params![app, table.name, device, seq],
+            params![app, table.name, device, seq, crate::value::now_ns() as i64],
         )?;
     } else if gap {
         queue_pull(&tx, app, device, table.name)?;
@@ -660,6 +667,24 @@ impl Host for TablesCtx {
         }))
     }
 
+    fn sync(
+        &mut self,
+        table: String,
+        directions: SyncDirections,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        let (app, device) = (self.app.clone(), self.device.clone());
+        let pulled = self.read(&table, "sync", |conn, at| {
+            if directions & SyncDirections::PULL == SyncDirections::PULL {
+                queue_pull(conn, &app, &device, at.name)?;
+            }
+            Ok(())
+        });
+        if pulled.is_ok() && directions != SyncDirections::empty() {
+            self.outbox_signal.notify_one();
+        }
+        Ok(pulled)
+    }
+
     fn status(&mut self, table: String) -> wasmtime::Result<Result<SyncStatus, GuestError>> {
         let device = self.device.clone();
         Ok(self.read(&table, "status", |conn, at| {
@@ -674,9 +699,18 @@ impl Host for TablesCtx {
                 .prepare_cached("SELECT last_ns FROM synced_pushes WHERE device = ?1 AND tbl = ?2")?
                 .query_row(params![&*device, at.name], |r| r.get(0))
                 .optional()?;
+            let (pulled_seq, last_pull): (i64, Option<i64>) = conn
+                .prepare_cached(
+                    "SELECT seq, last_ns FROM synced_pulled WHERE app = ?1 AND tbl = ?2",
+                )?
+                .query_row(params![at.app, at.name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((0, None));
             Ok(SyncStatus {
                 pending_changes: pending.max(0) as u64,
                 last_push: last_push.map(|ns| ns.max(0) as u64),
+                last_pull: last_pull.map(|ns| ns.max(0) as u64),
+                pulled_seq: pulled_seq.max(0) as u64,
                 rows,
                 bytes,
             })

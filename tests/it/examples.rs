@@ -330,3 +330,71 @@ fn the_bus_gateway_registers_its_sensors_and_each_reports_as_its_own_device() {
     );
     assert!(run.stop().success());
 }
+
+#[test]
+fn the_inventory_counts_on_the_gateway_and_takes_the_offices_reorder_points() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut run, consumer) = with_embedded_broker("inventory", dir.path());
+    let base = "wg/v1/cabinet-gateway/cabinet";
+
+    // The cabinet counts: 12 fuses, 3 taken, 9 left, at or below 10.
+    let answer = consumer.call(base, "take", "t-1", Some(json!("fuse-10a:3")));
+    assert_eq!(answer["result"], json!(9), "{answer}");
+    let alert = consumer.wait_json(&format!("{base}/alert/low_stock"), T, |_| true);
+    assert_eq!(
+        alert["values"],
+        json!({"part": "fuse-10a", "count": 9, "reorder_at": 10})
+    );
+    let changeset = consumer.wait_json(&format!("{base}/synced/parts"), T, |c| {
+        c["changes"][0]["key"] == "fuse-10a"
+    });
+    assert_eq!(
+        changeset["changes"][0]["kind"],
+        json!({"update": {"count": 9}})
+    );
+    let answer = consumer.call(base, "take", "t-2", Some(json!("relay-24v:5")));
+    assert_eq!(
+        answer["error"],
+        json!("only 4 of relay-24v in the cabinet"),
+        "{answer}"
+    );
+
+    // The office, as serve sends it: a reorder point and a description for
+    // the relay, and a count, which is the cabinet's (device-wins) and so
+    // does not take.
+    let rules = changeset["rules"].clone();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as u64;
+    let office = json!({
+        "id": "office-1", "table": "parts", "rules": rules, "seq": 1,
+        "changes": [{
+            "key": "relay-24v", "side": "server",
+            "stamp": {"wall_ms": now_ms, "counter": 0, "node": 0},
+            "kind": {"update": {"reorder_at": 5, "description": "24 V DC relay", "count": 100}}
+        }]
+    });
+    consumer.publish(
+        &format!("{base}/synced/parts/down"),
+        office.to_string(),
+        false,
+    );
+    // The app learns of it on its next tick: 4 relays are at or below 5.
+    let alert = consumer.wait_json(&format!("{base}/alert/low_stock"), T, |a| {
+        a["values"]["part"] == "relay-24v"
+    });
+    assert_eq!(
+        alert["values"],
+        json!({"part": "relay-24v", "count": 4, "reorder_at": 5})
+    );
+    let answer = consumer.call(base, "list", "l-1", None);
+    assert_eq!(
+        answer["result"],
+        json!(
+            "bolt-m6: 200 in A1 (reorder at 50)\nfuse-10a: 9 in B2 (reorder at 10)\nrelay-24v: 4 in C3 (reorder at 5), 24 V DC relay"
+        ),
+        "{answer}"
+    );
+    assert!(run.stop().success());
+}

@@ -6,6 +6,7 @@
 //! no committed change; and `serve`, on SQLite and on PostgreSQL, applies
 //! every changeset once through `kill -9`s of its own.
 
+use crate::common::browser::Browser;
 use crate::common::mqtt::{Consumer, Message, Mosquitto};
 use crate::common::serve::{Postgres, Serve};
 use crate::common::{Gateway, guest, model};
@@ -336,7 +337,12 @@ fn kill_9_mid_sync_loses_no_committed_change_and_repeats_only_whole_changesets()
 
 /// Wait until `serve` holds the probe's table as `want` (key → columns).
 fn wait_table(serve: &Serve, want: &BTreeMap<String, Value>) {
-    let path = "/gateways/test-gw/devices/probe/tables/recipes";
+    wait_table_of(serve, "recipes", want)
+}
+
+/// Wait until `serve` holds the probe's `table` as `want`.
+fn wait_table_of(serve: &Serve, table: &str, want: &BTreeMap<String, Value>) {
+    let path = format!("/gateways/test-gw/devices/probe/tables/{table}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut held = BTreeMap::new();
@@ -550,6 +556,12 @@ fn changes_on_either_side_converge(database: &str, sql: impl Fn(&str) -> String)
     assert_eq!(call(&consumer, "get", Some(json!("r2"))), "none");
     assert_eq!(call(&consumer, "changes", None), "r1,r2,r3");
     assert_eq!(call(&consumer, "changes", None), "", "taken");
+    assert_eq!(call(&consumer, "pulled", None), "seq=1 last=yes");
+    // A pull the app asks for goes out for what comes after changeset 1.
+    assert_eq!(call(&consumer, "sync", Some(json!("push,pull"))), "ok");
+    consumer.wait_json(&format!("{BASE}/synced/recipes/pull"), T, |p| {
+        p == &json!({"after": 1})
+    });
 
     // What the model refuses, or a missing row, is refused whole.
     for (edits, status, expected) in [
@@ -640,7 +652,7 @@ fn changes_on_either_side_converge(database: &str, sql: impl Fn(&str) -> String)
     wait_table(&serve, &want);
     wait_get(&consumer, "r5", "r5 name=server offline");
     assert_eq!(
-        call(&consumer, "dump", None),
+        call(&consumer, "dump", Some(json!(""))),
         "r1 name=from the server setpoint=30;r3 name=from the server uses=6;r4 name=offline setpoint=1;r5 name=server offline"
     );
     // The server recorded what lost, with both versions.
@@ -764,4 +776,228 @@ fn changes_on_either_side_converge_on_postgres() {
         pg.query("fleet", "SELECT columns FROM synced_rows WHERE key = 'r1'"),
         r#"{"name":"by sql","setpoint":30.0,"uses":null}"#
     );
+}
+
+/// 1,000 changes on each side while the broker is away, to the same 500
+/// rows of three tables, one per rule: the gateway writes first, the server
+/// after it. Once the broker is back, both ends hold the same rows, each
+/// conflict settled by its table's rule, and the server recorded every
+/// version that lost.
+fn offline_changes_converge_under_each_rule(database: &str) {
+    let mut broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    let serve = Serve::start(&broker.url(), database, &["--client-id", "serve-r"]);
+    let gw = probe(&broker.url(), "tick_interval_ms = 50");
+    let mut run = gw.start();
+    run.wait_running("probe", T);
+    run.wait_connected(T);
+    const TABLES: [&str; 3] = ["sw", "dw", "lww"];
+    const ROWS: usize = 500;
+    let ops = |f: &dyn Fn(usize) -> String| (0..ROWS).map(f).collect::<Vec<_>>().join(";");
+
+    // The rows, from the gateway, on both ends.
+    let seeded: BTreeMap<String, Value> = (0..ROWS)
+        .map(|i| (format!("k{i:03}"), json!({"name": "seed", "uses": null})))
+        .collect();
+    for table in TABLES {
+        let puts = ops(&|i| format!("p:k{i:03}|seed|"));
+        assert_eq!(
+            call(
+                &consumer,
+                "transact",
+                Some(json!(format!("@{table};{puts}")))
+            ),
+            "ok"
+        );
+    }
+    for table in TABLES {
+        wait_table_of(&serve, table, &seeded);
+    }
+
+    // Offline: the gateway makes 1,000 changes to each table (two columns
+    // of every row, one update each), then the server makes its 1,000.
+    for table in TABLES {
+        let updates = (0..ROWS)
+            .flat_map(|i| {
+                [
+                    format!("u:k{i:03}|name|device {i}"),
+                    format!("u:k{i:03}|uses|{i}"),
+                ]
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+        assert_eq!(
+            call(
+                &consumer,
+                "later",
+                Some(json!(format!("@{table};1500;{updates}")))
+            ),
+            "scheduled"
+        );
+    }
+    broker.stop();
+    run.wait_disconnected(T);
+    let deadline = Instant::now() + T;
+    while gw.count("SELECT count(*) FROM outbox WHERE kind = 'changeset'") < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the offline writes were not made"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for table in TABLES {
+        let edits: Vec<Value> = (0..ROWS)
+            .flat_map(|i| {
+                let key = format!("k{i:03}");
+                [
+                    json!({"update": {"key": key, "columns": {"name": format!("server {i}")}}}),
+                    json!({"update": {"key": key, "columns": {"uses": 1000 + i}}}),
+                ]
+            })
+            .collect();
+        let (status, answer) = serve.request(
+            "POST",
+            &format!("/gateways/test-gw/devices/probe/tables/{table}/edits"),
+            Some(&json!({ "edits": edits })),
+            None,
+        );
+        assert_eq!(status, 202, "{answer}");
+    }
+    broker.restart();
+    run.wait_connected(T);
+
+    // server-wins keeps the server's values; device-wins the gateway's;
+    // last-writer-wins the later writer's, the server's.
+    for table in TABLES {
+        let want: BTreeMap<String, Value> = (0..ROWS)
+            .map(|i| {
+                let columns = match table {
+                    "dw" => json!({"name": format!("device {i}"), "uses": i}),
+                    _ => json!({"name": format!("server {i}"), "uses": 1000 + i}),
+                };
+                (format!("k{i:03}"), columns)
+            })
+            .collect();
+        wait_table_of(&serve, table, &want);
+        let shown: Vec<String> = want
+            .iter()
+            .map(|(key, c)| {
+                format!(
+                    "{key} name={} uses={}",
+                    c["name"].as_str().expect("name"),
+                    c["uses"]
+                )
+            })
+            .collect();
+        let deadline = Instant::now() + T;
+        loop {
+            let dump = call(&consumer, "dump", Some(json!(format!("@{table};"))));
+            if dump == shown.join(";") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{table} on the gateway: {}",
+                &dump[..dump.len().min(300)]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Every version that lost to the other side's, once: the seed's
+        // values, overwritten by the server's (not under device-wins, where
+        // the server's lose to them at once), and the 1,000 that lost. The
+        // gateway's changesets may still be on their way (under
+        // server-wins they change no row): waited for.
+        let lost = match table {
+            "dw" => 2 * ROWS,
+            _ => 4 * ROWS,
+        };
+        let deadline = Instant::now() + T;
+        loop {
+            let records = serve.get(&format!(
+                "/gateways/test-gw/devices/probe/tables/{table}/overwritten?limit=10000"
+            ))["overwritten"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if records == lost {
+                break;
+            }
+            assert!(
+                records < lost && Instant::now() < deadline,
+                "{table}: {records} records, not {lost}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    run.stop();
+}
+
+#[test]
+fn offline_changes_converge_under_each_rule_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    offline_changes_converge_under_each_rule(&format!(
+        "sqlite://{}",
+        dir.path().join("serve.db").display()
+    ));
+}
+
+#[test]
+fn offline_changes_converge_under_each_rule_on_postgres() {
+    let pg = Postgres::start();
+    offline_changes_converge_under_each_rule(&pg.database("fleet"));
+}
+
+/// The console's page of a synced table, in headless Chromium: the rows
+/// the server holds, an edit the model refuses (not sent, with why), edits
+/// that reach the guest (a change, a new row, a delete), and the gateway's
+/// own writes showing up.
+#[test]
+fn the_console_browses_and_edits_a_synced_table() {
+    let broker = Mosquitto::start("");
+    let consumer = Consumer::connect(&broker.settings("consumer"), &["wg/v1/test-gw/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let serve = Serve::start(&broker.url(), &database, &[]);
+    let gw = probe(&broker.url(), "");
+    let mut run = gw.start();
+    run.wait_running("probe", T);
+    run.wait_connected(T);
+    assert_eq!(call(&consumer, "put", Some(json!("r1|pump|20"))), "ok");
+    wait_table(
+        &serve,
+        &BTreeMap::from([(
+            "r1".into(),
+            json!({"name": "pump", "setpoint": 20.0, "uses": null}),
+        )]),
+    );
+
+    let mut page = Browser::start();
+    page.goto(
+        &serve
+            .base
+            .replace("/api/v1", "/console/#/gateways/test-gw/devices/probe"),
+    );
+    page.wait_text("#tables", "recipes", T);
+    page.click("#tables a[href$=recipes]");
+    let r1 = r#"#rows tr[data-key="r1"]"#;
+    page.wait_text(&format!("{r1} td[data-column=name] .value"), "pump", T);
+
+    page.fill(&format!("{r1} input[name=setpoint]"), "500");
+    page.click(&format!("{r1} button.save"));
+    page.wait_text("#table-status", "500 is out of range [0, 100]", T);
+    page.fill(&format!("{r1} input[name=setpoint]"), "");
+    page.fill(&format!("{r1} input[name=name]"), "from the console");
+    page.click(&format!("{r1} button.save"));
+    page.wait_text("#table-status", "sent to the gateway", T);
+    wait_get(&consumer, "r1", "r1 name=from the console setpoint=20");
+
+    page.fill("#add-row input[name=key]", "r2");
+    page.fill("#add-row input[name=name]", "added");
+    page.click("#add-row button");
+    wait_get(&consumer, "r2", "r2 name=added");
+    page.click(r#"#rows tr[data-key="r2"] button.delete"#);
+    wait_get(&consumer, "r2", "none");
+
+    assert_eq!(call(&consumer, "update", Some(json!("r1|uses|9"))), "ok");
+    page.wait_text(&format!("{r1} td[data-column=uses] .value"), "9", T);
+    run.stop();
 }

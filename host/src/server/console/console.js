@@ -390,13 +390,26 @@ async function deviceView(refresh, gateway, device) {
     const twinSection = el("section", { id: "twin" }, el("h2", {}, "Twin"));
     const chartsSection = el("section", { id: "charts" }, el("h2", {}, "Series"));
     const actionsSection = el("section", { id: "actions" }, el("h2", {}, "Actions"));
+    const tablesSection = el("section", { id: "tables" }, el("h2", {}, "Synced tables"));
+    const tableNames = Object.keys((model && model.tables) ?? {});
+    tablesSection.append(
+        tableNames.length
+            ? el(
+                  "ul",
+                  {},
+                  tableNames.map((t) =>
+                      el("li", {}, el("a", { href: `#/gateways/${enc(gateway)}/devices/${enc(device)}/tables/${enc(t)}` }, t)),
+                  ),
+              )
+            : el("p", { class: "muted" }, "The model declares no synced table."),
+    );
     const alertsSection = el(
         "section",
         { id: "alerts" },
         el("h2", {}, "Alerts"),
         el("p", { class: "muted" }, `The latest ${ALERTS_SHOWN}; the API's /alerts has them all.`),
     );
-    fill(view, twinSection, chartsSection, actionsSection, alertsSection);
+    fill(view, twinSection, chartsSection, actionsSection, tablesSection, alertsSection);
     if (modelProblem) {
         twinSection.append(el("p", { class: "error", id: "model-problem" }, modelProblem));
     }
@@ -668,6 +681,159 @@ function actionsPart(section, base, model) {
     }
 }
 
+// ---- synced tables ---------------------------------------------------------
+
+// The rows of one synced table as the server holds them, a form to edit
+// each (what is changed is sent as the server's update), one to delete it,
+// one to add a row, and what the merge overwrote.
+async function tableView(refresh, gateway, device, name) {
+    const base = `/gateways/${enc(gateway)}/devices/${enc(device)}`;
+    fill(
+        trail,
+        el("a", { href: "#/" }, "Fleet"),
+        " / ",
+        el("a", { href: `#/gateways/${enc(gateway)}` }, gateway),
+        " / ",
+        el("a", { href: `#/gateways/${enc(gateway)}/devices/${enc(device)}` }, device),
+        " / ",
+        name,
+    );
+    const model = await get(`${base}/model`);
+    const spec = (model.tables ?? {})[name];
+    if (!spec) {
+        fill(view, el("p", { class: "error", id: "problem" }, `The device's model declares no table ${name}.`));
+        return;
+    }
+    const columns = Object.entries(spec.columns);
+    const path = `${base}/tables/${enc(name)}`;
+    const status = el("p", { id: "table-status" });
+    // Send edits; the rows are read again at once.
+    let reload = async () => {};
+    const send = async (edits, what) => {
+        fill(status, `${what}…`);
+        try {
+            const answer = await api("POST", `${path}/edits`, `{"edits":[${edits.join(",")}]}`);
+            fill(status, el("span", { class: "ok" }, `${what}: done as the server's changeset ${answer.seq}${answer.sent ? ", sent to the gateway" : "; the gateway pulls it when it is back"}.`));
+            await reload();
+        } catch (e) {
+            fill(status, el("span", { class: "error" }, `${what}: refused by the server: ${e.message}`));
+        }
+    };
+    // The columns typed in `inputs` as JSON members, or why not: `all`
+    // sends every column (empty ones as null), otherwise only those typed.
+    const typed = (inputs, all) => {
+        const members = [];
+        for (const [column, input] of Object.entries(inputs)) {
+            input.classList.remove("refused");
+            if (input.value === "") {
+                if (all) members.push(`${JSON.stringify(column)}:null`);
+                continue;
+            }
+            const checked = checkValue(input.value, spec.columns[column]);
+            if (checked.error) {
+                input.classList.add("refused");
+                return { error: `${column}: ${checked.error}` };
+            }
+            members.push(`${JSON.stringify(column)}:${checked.json}`);
+        }
+        return { members };
+    };
+    const rows = el("tbody");
+    const addKey = el("input", { name: "key", "aria-label": "key of the new row", placeholder: spec.key ?? "key", autocomplete: "off" });
+    const addInputs = Object.fromEntries(columns.map(([c, cs]) => [c, inputFor(cs, { name: c, "aria-label": `new ${c}` })]));
+    const add = el(
+        "form",
+        { id: "add-row" },
+        addKey,
+        Object.values(addInputs),
+        el("button", { type: "submit" }, "Add or replace row"),
+    );
+    add.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const key = addKey.value;
+        if (!key) {
+            fill(status, el("span", { class: "error" }, "Not sent: a row needs a key."));
+            return;
+        }
+        const checked = typed(addInputs, true);
+        if (checked.error) {
+            fill(status, el("span", { class: "error" }, `Not sent. The model refuses ${checked.error}`));
+            return;
+        }
+        await send([`{"put":{"key":${JSON.stringify(key)},"columns":{${checked.members.join(",")}}}}`], `Put ${key}`);
+        addKey.value = "";
+        for (const input of Object.values(addInputs)) input.value = "";
+    });
+    const overwritten = el("tbody");
+    fill(
+        view,
+        el("section", { id: "rows" }, el("h2", {}, `Rows of ${name}`), el("p", { class: "muted" }, `Rule: ${spec.rule ?? "last-writer-wins"}. Type in a row's fields and save it to change those columns as the server.`), table([spec.key ?? "key", ...columns.map(([c, cs]) => `${c} (${describe(cs)}${cs.rule ? `, ${cs.rule}` : ""})`), ""], rows), add, status),
+        el("section", { id: "overwritten" }, el("h2", {}, "Overwritten"), el("p", { class: "muted" }, "Versions that lost to the other side's, newest first."), table(["Key", "Column", "Kept", "Lost"], overwritten)),
+    );
+    // The rows are drawn once per read; an edit in progress is not
+    // redrawn under the user's hands, so they are read on a change only.
+    let drawn = "";
+    reload = async () => {
+        const found = [];
+        let after = "";
+        for (;;) {
+            const page = await get(`${path}?limit=1000&after=${enc(after)}`);
+            found.push(...page.rows);
+            if (page.rows.length < 1000) break;
+            after = page.rows[page.rows.length - 1].key;
+        }
+        const text = JSON.stringify(found);
+        if (text === drawn) return;
+        drawn = text;
+        fill(
+            rows,
+            found.map((row) => {
+                const inputs = Object.fromEntries(
+                    columns.map(([c, cs]) => [c, inputFor(cs, { name: c, "aria-label": `${c} of ${row.key}` })]),
+                );
+                const save = el("button", { type: "button", class: "save" }, "Save");
+                const remove = el("button", { type: "button", class: "delete" }, "Delete");
+                save.addEventListener("click", async () => {
+                    const checked = typed(inputs, false);
+                    if (checked.error) {
+                        fill(status, el("span", { class: "error" }, `Not sent. The model refuses ${checked.error}`));
+                        return;
+                    }
+                    if (!checked.members.length) {
+                        fill(status, el("span", { class: "error" }, "Nothing to save: type a value first."));
+                        return;
+                    }
+                    await send([`{"update":{"key":${JSON.stringify(row.key)},"columns":{${checked.members.join(",")}}}}`], `Saved ${row.key}`);
+                });
+                remove.addEventListener("click", () => send([`{"delete":${JSON.stringify(row.key)}}`], `Deleted ${row.key}`));
+                return el(
+                    "tr",
+                    { "data-key": row.key },
+                    el("td", {}, row.key),
+                    columns.map(([c]) => el("td", { "data-column": c }, el("span", { class: "value" }, shown(row.columns[c] ?? undefined)), inputs[c])),
+                    el("td", {}, save, remove),
+                );
+            }),
+        );
+    };
+    refresh(async () => {
+        const [, lost] = await Promise.all([reload(), get(`${path}/overwritten?limit=50`)]);
+        fill(
+            overwritten,
+            lost.overwritten.map((o) =>
+                el(
+                    "tr",
+                    {},
+                    el("td", {}, o.key),
+                    el("td", {}, o.column || "(the row)"),
+                    el("td", {}, `${shown(o.kept.value)} (${o.kept.side})`),
+                    el("td", {}, `${shown(o.lost.value)} (${o.lost.side})`),
+                ),
+            ),
+        );
+    });
+}
+
 // ---- rollouts ------------------------------------------------------------
 
 function counted(counts) {
@@ -877,6 +1043,7 @@ const routes = [
     [/^#?\/?$/, fleetView],
     [/^#\/gateways\/([^/]+)\/?$/, gatewayView],
     [/^#\/gateways\/([^/]+)\/devices\/([^/]+)\/?$/, deviceView],
+    [/^#\/gateways\/([^/]+)\/devices\/([^/]+)\/tables\/([^/]+)\/?$/, tableView],
     [/^#\/rollouts\/?$/, rolloutsView],
     [/^#\/rollouts\/([^/]+)\/?$/, rolloutView],
     [/^#\/provisioning\/?$/, provisioningView],

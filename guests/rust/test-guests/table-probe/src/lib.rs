@@ -12,21 +12,25 @@
 //! - `fill(n)`: `n` rows `fill-0`.. in transactions of 500;
 //! - `status`: `pending=N pushed=yes|no rows=N`;
 //! - `changes`: the keys the server changed since last asked, `,`-joined;
-//! - `dump`: every row as `get` shows it, `;`-joined;
+//! - `sync("push,pull")`: `sync` the ways named; `pulled`: `seq=N last=yes|no`;
+//! - `dump("")`: every row as `get` shows it, `;`-joined;
 //! - `later("MS;op;op...")`: the ops of a `transact`, made on the first tick
 //!   at least MS milliseconds later (for writes while the cloud is away).
 //!
 //! With `fill = N` in its config, `init` fills N rows itself unless they are
 //! there, so that a test can write while the cloud is away.
 //!
-//! A refused call answers `error <kind>: <message>`.
+//! Every text argument may start with `@TABLE;` to act on another of the
+//! model's tables than `recipes`. A refused call answers `error <kind>:
+//! <message>`.
 
 use wasmgate_guest::tables::{self, Edit, KeyRange, Row};
 use wasmgate_guest::{App, Config, Error, Fields, Value, info};
 
 struct TableProbe {
-    /// A transaction to make on a later tick: when (ns), and its ops.
-    later: Option<(u64, String)>,
+    /// Transactions to make on a later tick: when (ns), the table, and the
+    /// ops.
+    later: Vec<(u64, String, String)>,
 }
 
 const TABLE: &str = "recipes";
@@ -136,14 +140,18 @@ impl App for TableProbe {
             info!("table-probe: {}", fill(n));
         }
         info!("table-probe started");
-        Ok(TableProbe { later: None })
+        Ok(TableProbe { later: Vec::new() })
     }
 
     fn on_tick(&mut self, now: u64) {
-        if let Some((due, ops)) = self.later.take_if(|(due, _)| *due <= now) {
-            let result = edits_of(&ops).map(|edits| answer(tables::transact(TABLE, &edits)));
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.later.drain(..).partition(|(due, _, _)| *due <= now);
+        self.later = waiting;
+        for (due, table, ops) in due {
+            let result = edits_of(&ops).map(|edits| answer(tables::transact(&table, &edits)));
             info!(
-                "later({ops}) at {} ms late -> {result:?}",
+                "later in {table} ({} ops) at {} ms late -> {result:?}",
+                ops.split(';').count(),
                 (now - due) / 1_000_000
             );
         }
@@ -159,17 +167,22 @@ impl App for TableProbe {
             Some(Value::Text(t)) => t.clone(),
             _ => String::new(),
         };
+        let (table, text) = match text.strip_prefix('@').and_then(|t| t.split_once(';')) {
+            Some((table, rest)) => (table.to_string(), rest.to_string()),
+            None => (TABLE.to_string(), text),
+        };
+        let table = table.as_str();
         let line = match name.as_str() {
             "put" => {
                 let row = put_row(&text)?;
-                answer(tables::put(TABLE, &row.key, &row.columns))
+                answer(tables::put(table, &row.key, &row.columns))
             }
             "update" => {
                 let row = update_row(&text)?;
-                answer(tables::update(TABLE, &row.key, &row.columns))
+                answer(tables::update(table, &row.key, &row.columns))
             }
-            "delete" => answer(tables::delete(TABLE, &text)),
-            "transact" => answer(tables::transact(TABLE, &edits_of(&text)?)),
+            "delete" => answer(tables::delete(table, &text)),
+            "transact" => answer(tables::transact(table, &edits_of(&text)?)),
             "later" => {
                 let (ms, ops) = text.split_once(';').ok_or("later needs MS;ops")?;
                 let ms: u64 = ms.parse().map_err(|e| format!("later {ms:?}: {e}"))?;
@@ -178,10 +191,11 @@ impl App for TableProbe {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or_default();
-                self.later = Some((now + ms * 1_000_000, ops.to_string()));
+                self.later
+                    .push((now + ms * 1_000_000, table.to_string(), ops.to_string()));
                 "scheduled".to_string()
             }
-            "get" => match tables::get(TABLE, &text) {
+            "get" => match tables::get(table, &text) {
                 Ok(Some(columns)) => show(&text, &columns),
                 Ok(None) => "none".to_string(),
                 Err(e) => refused(e),
@@ -191,7 +205,7 @@ impl App for TableProbe {
                 let mut after: Option<String> = None;
                 loop {
                     let page = match tables::scan(
-                        TABLE,
+                        table,
                         &KeyRange::Prefix(text.clone()),
                         after.as_deref(),
                         2,
@@ -212,7 +226,27 @@ impl App for TableProbe {
                 Some(Value::Integer(n)) => n,
                 _ => 0,
             }),
-            "changes" => match tables::server_changes(TABLE, 1000) {
+            "sync" => {
+                let mut ways = tables::SyncDirections::empty();
+                for way in text.split(',') {
+                    let direction = match way {
+                        "push" => tables::SyncDirections::PUSH,
+                        "pull" => tables::SyncDirections::PULL,
+                        other => return Err(format!("no direction {other:?}")),
+                    };
+                    ways = ways | direction;
+                }
+                answer(tables::sync(table, ways))
+            }
+            "pulled" => match tables::status(table) {
+                Ok(s) => format!(
+                    "seq={} last={}",
+                    s.pulled_seq,
+                    if s.last_pull.is_some() { "yes" } else { "no" }
+                ),
+                Err(e) => refused(e),
+            },
+            "changes" => match tables::server_changes(table, 1000) {
                 Ok(keys) => keys.join(","),
                 Err(e) => refused(e),
             },
@@ -221,7 +255,7 @@ impl App for TableProbe {
                 let mut after: Option<String> = None;
                 loop {
                     let page = match tables::scan(
-                        TABLE,
+                        table,
                         &KeyRange::Prefix(String::new()),
                         after.as_deref(),
                         1000,
@@ -238,7 +272,7 @@ impl App for TableProbe {
                 }
                 rows.join(";")
             }
-            "status" => match tables::status(TABLE) {
+            "status" => match tables::status(table) {
                 Ok(s) => format!(
                     "pending={} pushed={} rows={}",
                     s.pending_changes,
