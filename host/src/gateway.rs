@@ -237,6 +237,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         config.cloud.is_some(),
     )
     .with_labels(config.labels.clone());
+    // The synced-tables service counts the server's changes in its tallies.
+    let tables_unit = units.tables.clone();
     let shared = AppShared {
         db: database.clone(),
         units,
@@ -334,6 +336,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 crate::cloud::synced::spawn(
                     crate::cloud::synced::SyncedSpec {
                         db: database.clone(),
+                        tables: tables_unit.clone(),
                         directory: Arc::new(directory.clone()),
                         outbox_signal: outbox_signal.clone(),
                     },

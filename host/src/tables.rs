@@ -197,6 +197,25 @@ pub struct Pulled {
     pub changed_keys: Vec<String>,
     /// Changesets before this one are missing: a pull was queued for them.
     pub gap: bool,
+    /// What it added to the app's rows and bytes (negative: took away), for
+    /// [`Tables::adjust`].
+    pub rows_delta: i64,
+    pub bytes_delta: i64,
+}
+
+impl Tables {
+    /// Count a change the server made to the app's rows into its tally, so
+    /// that its limits see it. The server's changes are applied whatever
+    /// the limits (refusing them would leave the two ends apart); the
+    /// app's own next write that adds rows past a limit is refused.
+    pub fn adjust(&self, app: &str, rows: i64, bytes: i64) {
+        let tally = self.tallies.get(app);
+        let mut held = tally.lock().unwrap_or_else(|e| e.into_inner());
+        if held.counted {
+            held.rows = held.rows.saturating_add_signed(rows);
+            held.bytes = held.bytes.saturating_add_signed(bytes);
+        }
+    }
 }
 
 /// Apply a changeset the server sent down for the app's `table`, with its
@@ -216,7 +235,12 @@ pub fn apply_pulled(
         name: &changeset.table,
         rules: &changeset.rules,
     };
+    let mut keys: Vec<&str> = changeset.changes.iter().map(|c| c.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let before = store::key_counts(&tx, &table, &keys)?;
     let remote = store::apply_remote(&tx, &table, &changeset.id, &changeset.changes, now_ms())?;
+    let after = store::key_counts(&tx, &table, &keys)?;
     {
         let mut told = tx.prepare_cached(
             "INSERT OR IGNORE INTO synced_changed (app, tbl, key) VALUES (?1, ?2, ?3)",
@@ -250,6 +274,8 @@ pub fn apply_pulled(
         duplicate: remote.duplicate,
         changed_keys: remote.changed_keys,
         gap,
+        rows_delta: after.0 as i64 - before.0 as i64,
+        bytes_delta: after.1 as i64 - before.1 as i64,
     })
 }
 

@@ -23,6 +23,8 @@ use crate::wire::topics::{self, Kind};
 
 pub struct SyncedSpec {
     pub db: Database,
+    /// The tables unit, whose tallies count what the server changes.
+    pub tables: Arc<crate::tables::Tables>,
     /// Which app speaks for which device.
     pub directory: Arc<dyn Routes>,
     /// Woken when a pull was queued.
@@ -94,6 +96,8 @@ fn apply(
         .ok_or_else(|| format!("no app speaks for device {}", parsed.device))?;
     let pulled = crate::tables::apply_pulled(conn, &app, parsed.device, &changeset, seq)
         .map_err(|e| e.to_string())?;
+    spec.tables
+        .adjust(&app, pulled.rows_delta, pulled.bytes_delta);
     tracing::debug!(
         app,
         table,
