@@ -292,6 +292,47 @@ impl TableSpec {
         Ok(columns)
     }
 
+    /// Columns given as a JSON object (by `serve`'s API, or by plain SQL on
+    /// its tables), checked as [`check_columns`](Self::check_columns)
+    /// checks a guest's: every name declared, each value of its column's
+    /// type and in range. `null` writes null. A put (`whole`) sets every
+    /// column, so those left out are null.
+    pub fn columns_from_json(
+        &self,
+        table: &str,
+        object: &serde_json::Map<String, serde_json::Value>,
+        whole: bool,
+    ) -> Result<TableColumns, String> {
+        if let Some(name) = object.keys().find(|n| !self.columns.contains_key(*n)) {
+            return Err(format!("unknown column of table `{table}`: `{name}`"));
+        }
+        let values = object
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(name, json)| {
+                from_json(json, self.columns[name].kind)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| format!("column of table `{table}` `{name}`: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut columns = if values.is_empty() {
+            TableColumns::new()
+        } else {
+            self.check_columns(table, values, false)?
+        };
+        for (name, json) in object {
+            if json.is_null() {
+                columns.insert(name.clone(), None);
+            }
+        }
+        if whole {
+            for name in self.columns.keys() {
+                columns.entry(name.clone()).or_insert(None);
+            }
+        }
+        Ok(columns)
+    }
+
     /// A stored row as the guest reads it: its non-null columns, typed. A
     /// column the model no longer declares, or whose stored value no longer
     /// fits its declared type, is left out: the model changed since the
@@ -898,6 +939,43 @@ mod tests {
             table.read_columns(&stored),
             vec![("setpoint".to_string(), Value::Number(21.0))]
         );
+    }
+
+    #[test]
+    fn table_columns_from_json_are_checked_as_a_guests_are() {
+        let model = DeviceModel::parse(RECIPES).expect("model");
+        let table = model.table("recipes").expect("declared");
+        let object = |json: serde_json::Value| json.as_object().cloned().expect("an object");
+        let put = table
+            .columns_from_json("recipes", &object(serde_json::json!({"setpoint": 5})), true)
+            .expect("valid");
+        assert_eq!(put.get("name"), Some(&None), "a put sets every column");
+        assert_eq!(put.get("setpoint"), Some(&Some(serde_json::json!(5.0))));
+        let update = table
+            .columns_from_json("recipes", &object(serde_json::json!({"name": null})), false)
+            .expect("a null is a value");
+        assert_eq!(update, TableColumns::from([("name".to_string(), None)]));
+        for (json, expected) in [
+            (
+                serde_json::json!({"colour": "red"}),
+                "unknown column of table `recipes`: `colour`",
+            ),
+            (
+                serde_json::json!({"setpoint": "hot"}),
+                "column of table `recipes` `setpoint`: expected number, got text",
+            ),
+            (
+                serde_json::json!({"setpoint": 101}),
+                "column of table `recipes` `setpoint`: 101 is out of range [0, 100]",
+            ),
+        ] {
+            assert_eq!(
+                table
+                    .columns_from_json("recipes", &object(json), false)
+                    .expect_err(expected),
+                expected
+            );
+        }
     }
 
     #[test]

@@ -142,6 +142,33 @@ mod tests {
         assert_eq!(names(WIT), files_in(&repository().join("wit")));
     }
 
+    /// `guests/build` refuses a component that imports what its list of
+    /// the gateway's interfaces lacks (guests/tools, `LINKED`), and a
+    /// JavaScript component imports every interface of the world: a new
+    /// interface in `wit/` must be in that list too.
+    #[test]
+    fn the_guest_tool_knows_every_interface_the_gateway_links() {
+        let tool = std::fs::read_to_string(repository().join("guests/tools/src/main.rs"))
+            .expect("the guest tool's source");
+        let mut interfaces = Vec::new();
+        for (path, text) in WIT.iter().filter(|(path, _)| !path.starts_with("deps/")) {
+            for line in text.lines() {
+                if let Some(name) = line.strip_prefix("interface ") {
+                    let name = name.trim_end_matches(|c| c == '{' || c == ' ');
+                    interfaces.push((path.to_string(), name.to_string()));
+                }
+            }
+        }
+        assert!(interfaces.len() >= 9, "{interfaces:?}");
+        for (path, name) in interfaces {
+            let linked = format!("\"wasmgate:device/{name}@0.1\"");
+            assert!(
+                tool.contains(&linked),
+                "wit/{path} declares interface {name}, which guests/tools/src/main.rs's LINKED lacks"
+            );
+        }
+    }
+
     #[test]
     fn every_sdk_file_is_embedded() {
         let guests = repository().join("guests");

@@ -515,34 +515,8 @@ async fn edit_table(
                 crate::synced::MAX_KEY_BYTES
             )));
         }
-        if let Some(name) = row.columns.keys().find(|n| !spec.columns.contains_key(*n)) {
-            return Err(unprocessable(format!(
-                "unknown column of table `{table}`: `{name}`"
-            )));
-        }
-        let values = row
-            .columns
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(name, json)| {
-                let kind = spec.columns[name].kind;
-                crate::value::from_json(json, kind)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| format!("column of table `{table}` `{name}`: {e}"))
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(unprocessable)?;
-        let mut checked = spec
-            .check_columns(&table, values, whole)
-            .map_err(unprocessable)?;
-        // An explicit null is a value the API may write, as a put writes
-        // null to the columns it leaves out.
-        for (name, json) in &row.columns {
-            if json.is_null() && spec.columns.contains_key(name) {
-                checked.insert(name.clone(), None);
-            }
-        }
-        Ok(checked)
+        spec.columns_from_json(&table, &row.columns, whole)
+            .map_err(unprocessable)
     };
     let mut edits = Vec::with_capacity(body.edits.len());
     for edit in &body.edits {
@@ -556,14 +530,7 @@ async fn edit_table(
             }
             TableEdit::Update(row) => crate::synced::store::Edit::Update {
                 key: row.key.clone(),
-                columns: columns(row, false).or_else(|e| {
-                    // Only nulls: nothing for check_columns, all for us.
-                    if row.columns.values().all(Value::is_null) {
-                        Ok(row.columns.keys().map(|k| (k.clone(), None)).collect())
-                    } else {
-                        Err(e)
-                    }
-                })?,
+                columns: columns(row, false)?,
             },
             TableEdit::Delete(key) => crate::synced::store::Edit::Delete { key: key.clone() },
         });

@@ -27,6 +27,23 @@ use crate::wire::topics;
 /// The server's node id in every stamp it makes.
 pub const SERVER_NODE: u64 = 0;
 
+/// Rows read or written by one statement: at 9 values a row, well within
+/// both databases' limits on parameters.
+const PRELOAD: usize = 400;
+
+/// `($1, ..., $n), (...), ...`: `rows` rows of `per_row` parameters.
+fn placeholders(rows: usize, per_row: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=per_row)
+                .map(|c| format!("${}", r * per_row + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `FOR UPDATE` where the database takes it (SQLite's one writer needs
 /// none).
 fn row_lock(backend: Backend) -> &'static str {
@@ -128,44 +145,72 @@ impl<'a> Touched<'a> {
         }
     }
 
+    /// A stored state as the merge reads it: `None` for none, for a row
+    /// plain SQL inserted ('{}'), or for one this server cannot read (it is
+    /// rebuilt from the changes that come: refusing them would lose them,
+    /// and keeping the row would stop every later one).
+    fn parse(&self, key: &str, state: Option<String>) -> Option<Row<Value>> {
+        let state = state.filter(|s| !matches!(s.trim(), "" | "{}"))?;
+        match serde_json::from_str::<Row<Value>>(&state) {
+            Ok(row) => Some(row),
+            Err(e) => {
+                tracing::error!(
+                    gateway = self.gateway,
+                    device = self.device,
+                    table = self.table,
+                    key,
+                    "a synced row's stored state is corrupt ({e}): merged as new"
+                );
+                None
+            }
+        }
+    }
+
+    /// Read the rows of `keys` not read yet, [`PRELOAD`] to a statement:
+    /// a changeset of 1,000 changes is a few statements, not 1,000.
+    async fn preload(&mut self, tx: &mut Tx<'_>, keys: &[&str]) -> Result<(), sqlx::Error> {
+        let mut wanted: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| !self.rows.contains_key(*k))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for chunk in wanted.chunks(PRELOAD) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+            let sql = format!(
+                "SELECT key, state FROM synced_rows
+                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key IN ({}){}",
+                marks.join(", "),
+                self.lock
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(self.gateway)
+                .bind(self.device)
+                .bind(self.table);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            let found = query.fetch_all(&mut **tx).await?;
+            let mut states = BTreeMap::new();
+            for row in &found {
+                states.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+            }
+            for key in chunk {
+                let row = self.parse(key, states.remove(*key));
+                self.rows.insert(key.to_string(), (row, false));
+            }
+        }
+        Ok(())
+    }
+
     async fn row(
         &mut self,
         tx: &mut Tx<'_>,
         key: &str,
     ) -> Result<Option<&Row<Value>>, sqlx::Error> {
         if !self.rows.contains_key(key) {
-            let sql = format!(
-                "SELECT state FROM synced_rows
-                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4{}",
-                self.lock
-            );
-            let state: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(self.gateway)
-                .bind(self.device)
-                .bind(self.table)
-                .bind(key)
-                .fetch_optional(&mut **tx)
-                .await?;
-            // A row plain SQL inserted has no merge state yet ('{}').
-            let state = state.filter(|s| !matches!(s.trim(), "" | "{}"));
-            let row = match state.map(|s| serde_json::from_str::<Row<Value>>(&s)) {
-                Some(Ok(row)) => Some(row),
-                None => None,
-                // A row this server cannot read is rebuilt from the changes
-                // that come: refusing them would lose them, and keeping the
-                // row would stop every later one.
-                Some(Err(e)) => {
-                    tracing::error!(
-                        gateway = self.gateway,
-                        device = self.device,
-                        table = self.table,
-                        key,
-                        "a synced row's stored state is corrupt ({e}): merged as new"
-                    );
-                    None
-                }
-            };
-            self.rows.insert(key.to_string(), (row, false));
+            self.preload(tx, &[key]).await?;
         }
         Ok(self.rows[key].0.as_ref())
     }
@@ -212,47 +257,58 @@ impl<'a> Touched<'a> {
     }
 
     async fn write(self, tx: &mut Tx<'_>, now: i64) -> Result<(), sqlx::Error> {
-        for (key, (row, changed)) in &self.rows {
-            let Some(row) = row.as_ref().filter(|_| *changed) else {
-                continue;
-            };
-            let columns = merge::visible(row).map(|c| json_text(&c));
-            sqlx::query(
-                "INSERT INTO synced_rows (gateway, device, tbl, key, columns, state, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (gateway, device, tbl, key) DO UPDATE SET
+        let changed: Vec<(&String, &Row<Value>)> = self
+            .rows
+            .iter()
+            .filter_map(|(key, (row, changed))| row.as_ref().filter(|_| *changed).map(|r| (key, r)))
+            .collect();
+        // Many rows to a statement.
+        for chunk in changed.chunks(PRELOAD) {
+            let mut sql = format!(
+                "INSERT INTO synced_rows (gateway, device, tbl, key, columns, state, updated_at) VALUES {}",
+                placeholders(chunk.len(), 7)
+            );
+            sql.push_str(
+                " ON CONFLICT (gateway, device, tbl, key) DO UPDATE SET
                      columns = excluded.columns, state = excluded.state,
                      updated_at = excluded.updated_at",
-            )
-            .bind(self.gateway)
-            .bind(self.device)
-            .bind(self.table)
-            .bind(key)
-            .bind(columns)
-            .bind(json_text(row))
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (key, row) in chunk {
+                query = query
+                    .bind(self.gateway)
+                    .bind(self.device)
+                    .bind(self.table)
+                    .bind(key.as_str())
+                    .bind(merge::visible(row).map(|c| json_text(&c)))
+                    .bind(json_text(*row))
+                    .bind(now);
+            }
+            query.execute(&mut **tx).await?;
         }
-        for (key, col, kept, lost, lost_stamp) in &self.overwritten {
-            // A lost version applied again (a repeat under another id)
-            // records its loss again: the first record stands.
-            sqlx::query(
+        // A lost version applied again (a repeat under another id) records
+        // its loss again: the first record stands.
+        for chunk in self.overwritten.chunks(PRELOAD) {
+            let sql = format!(
                 "INSERT INTO synced_overwritten
                  (gateway, device, tbl, key, col, kept, lost, lost_stamp, recorded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-            )
-            .bind(self.gateway)
-            .bind(self.device)
-            .bind(self.table)
-            .bind(key)
-            .bind(col)
-            .bind(kept)
-            .bind(lost)
-            .bind(lost_stamp)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+                 VALUES {} ON CONFLICT DO NOTHING",
+                placeholders(chunk.len(), 9)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (key, col, kept, lost, lost_stamp) in chunk {
+                query = query
+                    .bind(self.gateway)
+                    .bind(self.device)
+                    .bind(self.table)
+                    .bind(key.as_str())
+                    .bind(col.as_str())
+                    .bind(kept.as_str())
+                    .bind(lost.as_str())
+                    .bind(lost_stamp.as_str())
+                    .bind(now);
+            }
+            query.execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -308,6 +364,8 @@ pub(super) async fn apply_changeset(
         EditError::Database(e) => e,
         other => sqlx::Error::Protocol(other.to_string()),
     })?;
+    let keys: Vec<&str> = changeset.changes.iter().map(|c| c.key.as_str()).collect();
+    touched.preload(tx, &keys).await?;
     for change in &changeset.changes {
         touched.apply(tx, change, &changeset.rules).await?;
         // A stamp too far ahead of this server's clock is merged all the
@@ -439,39 +497,12 @@ fn plain_edit(
     };
     let object: serde_json::Map<String, Value> =
         serde_json::from_str(written).map_err(|e| format!("columns is not a JSON object: {e}"))?;
-    if let Some(name) = object.keys().find(|n| !spec.columns.contains_key(*n)) {
-        return Err(format!("unknown column of table `{table}`: `{name}`"));
-    }
-    let values = object
-        .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(name, json)| {
-            crate::value::from_json(json, spec.columns[name].kind)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| format!("column of table `{table}` `{name}`: {e}"))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let whole = current.is_none();
-    let mut columns = if values.is_empty() {
-        BTreeMap::new()
-    } else {
-        spec.check_columns(table, values, whole)?
-    };
-    for (name, json) in &object {
-        if json.is_null() {
-            columns.insert(name.clone(), None);
-        }
-    }
+    let mut columns = spec.columns_from_json(table, &object, current.is_none())?;
     Ok(match current {
-        None => {
-            for name in spec.columns.keys() {
-                columns.entry(name.clone()).or_insert(None);
-            }
-            Some(Edit::Put {
-                key: key.to_string(),
-                columns,
-            })
-        }
+        None => Some(Edit::Put {
+            key: key.to_string(),
+            columns,
+        }),
         Some(current) => {
             columns.retain(|name, value| current.get(name).unwrap_or(&None) != value);
             (!columns.is_empty()).then(|| Edit::Update {
@@ -750,6 +781,8 @@ pub async fn edit(
         &mut changes,
     )
     .await?;
+    let keys: Vec<&str> = edits.iter().map(Edit::key).collect();
+    touched.preload(&mut tx, &keys).await?;
     for edit in edits {
         let key = edit.key();
         touched.row(&mut tx, key).await?;
@@ -914,5 +947,18 @@ impl Answerer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_every_value_of_every_row() {
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 1), "($1)");
+        let many = placeholders(PRELOAD, 9);
+        assert!(many.ends_with(&format!("${})", PRELOAD * 9)), "{many}");
     }
 }
