@@ -154,7 +154,7 @@ mod tests {
         for (path, text) in WIT.iter().filter(|(path, _)| !path.starts_with("deps/")) {
             for line in text.lines() {
                 if let Some(name) = line.strip_prefix("interface ") {
-                    let name = name.trim_end_matches(|c| c == '{' || c == ' ');
+                    let name = name.trim_end_matches(['{', ' ']);
                     interfaces.push((path.to_string(), name.to_string()));
                 }
             }
