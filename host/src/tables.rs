@@ -119,6 +119,16 @@ CREATE TABLE IF NOT EXISTS synced_changed (
 "#
 );
 
+/// The number of the last changeset from the server applied to the app's
+/// `table` with every one before it (0 before the first).
+fn pulled_seq(conn: &rusqlite::Connection, app: &str, table: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM synced_pulled WHERE app = ?1 AND tbl = ?2")?
+        .query_row(params![app, table], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
 /// Queue a pull of `table` for the app: a request, sent through the
 /// outbox on `{device}/synced/{table}/pull`, for the server's changesets
 /// after the last one applied. Only the newest waiting pull of a table is
@@ -129,11 +139,7 @@ pub fn queue_pull(
     device: &str,
     table: &str,
 ) -> rusqlite::Result<()> {
-    let after: i64 = conn
-        .prepare_cached("SELECT seq FROM synced_pulled WHERE app = ?1 AND tbl = ?2")?
-        .query_row(params![app, table], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
+    let after = pulled_seq(conn, app, table)?;
     conn.execute(
         "DELETE FROM outbox WHERE kind = 'pull' AND device = ?1 AND name = ?2",
         params![device, table],
@@ -249,24 +255,23 @@ pub fn apply_pulled(
             told.execute(params![app, table.name, key])?;
         }
     }
-    let last: i64 = tx
-        .prepare_cached("SELECT seq FROM synced_pulled WHERE app = ?1 AND tbl = ?2")?
-        .query_row(params![app, table.name], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
+    let last = pulled_seq(&tx, app, table.name)?;
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     let gap = seq > last + 1;
+    // The last number moves on only without a gap; the time, always.
+    let contiguous = if seq == last + 1 { seq } else { last };
     tx.execute(
-        "UPDATE synced_pulled SET last_ns = ?3 WHERE app = ?1 AND tbl = ?2",
-        params![app, table.name, crate::value::now_ns() as i64],
+        "INSERT INTO synced_pulled (app, tbl, device, seq, last_ns) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (app, tbl) DO UPDATE SET seq = excluded.seq, last_ns = excluded.last_ns",
+        params![
+            app,
+            table.name,
+            device,
+            contiguous,
+            crate::value::now_ns() as i64
+        ],
     )?;
-    if seq == last + 1 {
-        tx.execute(
-            "INSERT INTO synced_pulled (app, tbl, device, seq, last_ns) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (app, tbl) DO UPDATE SET seq = excluded.seq",
-            params![app, table.name, device, seq, crate::value::now_ns() as i64],
-        )?;
-    } else if gap {
+    if gap {
         queue_pull(&tx, app, device, table.name)?;
     }
     tx.commit()?;
@@ -365,11 +370,6 @@ fn invalid(message: impl Into<String>) -> GuestError {
 }
 
 impl TablesCtx {
-    fn spec(&self, table: &str) -> Result<(Arc<DeviceModel>, String), GuestError> {
-        self.model.table(table).map_err(invalid)?;
-        Ok((self.model.clone(), table.to_string()))
-    }
-
     fn db(&mut self) -> Result<&mut Pooled, GuestError> {
         if self.db.is_none() {
             let conn = self
@@ -436,7 +436,7 @@ impl TablesCtx {
                 "synced tables need the wg/v1 cloud profile: this gateway speaks Sparkplug B, which has no form for their changes",
             ));
         }
-        let (model, table) = self.spec(&table)?;
+        let model = self.model.clone();
         let spec = model.table(&table).map_err(invalid)?;
         if edits.len() > self.limits.max_changes as usize {
             return Err(GuestError::Limit(format!(
@@ -492,7 +492,7 @@ impl TablesCtx {
             let before = store::key_counts(&tx, &at, &keys)?;
             let changes = store::edit(&tx, &at, Side::Device, node, now_ms(), &edits)?;
             let after = store::key_counts(&tx, &at, &keys)?;
-            let rows = tally.rows + after.0 - before.0.min(tally.rows);
+            let rows = (tally.rows + after.0).saturating_sub(before.0);
             let bytes = (tally.bytes + after.1).saturating_sub(before.1);
             // A write that shrinks the rows is always taken, even past a
             // limit lowered since they were written.
@@ -549,22 +549,23 @@ impl TablesCtx {
         }
     }
 
+    /// Run `read` on a table the model declares, with its declaration.
     fn read<T>(
         &mut self,
         table: &str,
         what: &str,
-        read: impl FnOnce(&rusqlite::Connection, &Table<'_>) -> Result<T, StoreError>,
+        read: impl FnOnce(&rusqlite::Connection, &Table<'_>, &TableSpec) -> Result<T, StoreError>,
     ) -> Result<T, GuestError> {
-        let (model, table) = self.spec(table)?;
-        let spec = model.table(&table).map_err(invalid)?;
+        let model = self.model.clone();
+        let spec = model.table(table).map_err(invalid)?;
         let app = self.app.clone();
         let conn = self.db()?;
         let at = Table {
             app: &app,
-            name: &table,
+            name: table,
             rules: spec.rules(),
         };
-        let result = read(conn, &at);
+        let result = read(conn, &at, spec);
         result.map_err(|e| self.failed(what, e))
     }
 }
@@ -628,13 +629,9 @@ impl Host for TablesCtx {
         if let Err(e) = Self::check_key(&key) {
             return Ok(Err(e));
         }
-        let model = self.model.clone();
-        Ok(self
-            .read(&table, "get", |conn, at| store::get(conn, at, &key))
-            .map(|row| {
-                let spec = model.table(&table).expect("checked by read");
-                row.map(|columns| spec.read_columns(&columns))
-            }))
+        Ok(self.read(&table, "get", |conn, at, spec| {
+            Ok(store::get(conn, at, &key)?.map(|columns| spec.read_columns(&columns)))
+        }))
     }
 
     fn scan(
@@ -653,20 +650,15 @@ impl Host for TablesCtx {
             None => range,
         };
         let limit = limit.min(MAX_SCAN) as usize;
-        let model = self.model.clone();
-        Ok(self
-            .read(&table, "scan", |conn, at| {
-                store::scan(conn, at, &range, limit)
-            })
-            .map(|rows| {
-                let spec = model.table(&table).expect("checked by read");
-                rows.into_iter()
-                    .map(|(key, columns)| GuestRow {
-                        key,
-                        columns: spec.read_columns(&columns),
-                    })
-                    .collect()
-            }))
+        Ok(self.read(&table, "scan", |conn, at, spec| {
+            Ok(store::scan(conn, at, &range, limit)?
+                .into_iter()
+                .map(|(key, columns)| GuestRow {
+                    key,
+                    columns: spec.read_columns(&columns),
+                })
+                .collect())
+        }))
     }
 
     fn server_changes(
@@ -675,7 +667,7 @@ impl Host for TablesCtx {
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<String>, GuestError>> {
         let limit = i64::from(limit.min(MAX_SCAN));
-        Ok(self.read(&table, "server-changes", |conn, at| {
+        Ok(self.read(&table, "server-changes", |conn, at, _| {
             let keys: Vec<String> = conn
                 .prepare_cached(
                     "SELECT key FROM synced_changed WHERE app = ?1 AND tbl = ?2
@@ -699,7 +691,7 @@ impl Host for TablesCtx {
         directions: SyncDirections,
     ) -> wasmtime::Result<Result<(), GuestError>> {
         let (app, device) = (self.app.clone(), self.device.clone());
-        let pulled = self.read(&table, "sync", |conn, at| {
+        let pulled = self.read(&table, "sync", |conn, at, _| {
             if directions & SyncDirections::PULL == SyncDirections::PULL {
                 queue_pull(conn, &app, &device, at.name)?;
             }
@@ -713,7 +705,7 @@ impl Host for TablesCtx {
 
     fn status(&mut self, table: String) -> wasmtime::Result<Result<SyncStatus, GuestError>> {
         let device = self.device.clone();
-        Ok(self.read(&table, "status", |conn, at| {
+        Ok(self.read(&table, "status", |conn, at, _| {
             let (rows, bytes) = store::counts(conn, at)?;
             let pending: i64 = conn
                 .prepare_cached(

@@ -314,11 +314,12 @@ impl<'a> Touched<'a> {
     }
 }
 
-/// Apply a gateway's changeset to its device's table, once: `false` if its
-/// id was applied before. Every change goes through the merge the gateways
-/// use, under the rules the changeset carries, and what it overwrote is
-/// recorded. The table's clock observes the changes' stamps, so that the
-/// server's later edits are stamped after them.
+/// Apply a gateway's changeset to its device's table, once:
+/// [`Applied::Duplicate`] if its id was applied before. Every change goes
+/// through the merge the gateways use, under the rules the changeset
+/// carries, and what it overwrote is recorded. The table's clock observes
+/// the changes' stamps, so that the server's later edits are stamped after
+/// them.
 pub(super) async fn apply_changeset(
     tx: &mut Tx<'_>,
     backend: Backend,
@@ -344,34 +345,21 @@ pub(super) async fn apply_changeset(
         return Ok(Applied::Duplicate);
     }
     let table = changeset.table.as_str();
-    let (mut clock, down_seq) =
-        take_table(tx, gateway, device, table, &changeset.rules, now).await?;
-    let mut touched = Touched::new(gateway, device, table, backend);
-    let now_ms = (now / 1_000_000).max(0) as u64;
-    // Plain-SQL edits waiting in the table become the server's changes
-    // first: merging the gateway's into those rows would write over them.
-    let mut plain = Vec::new();
-    take_plain_edits(
-        tx,
-        &mut touched,
-        &changeset.rules,
-        &mut clock,
-        now_ms,
-        &mut plain,
-    )
-    .await
-    .map_err(|e| match e {
-        EditError::Database(e) => e,
-        other => sqlx::Error::Protocol(other.to_string()),
-    })?;
+    let rules = &changeset.rules;
+    let mut write = TableWrite::open(tx, backend, [gateway, device, table], rules, now)
+        .await
+        .map_err(|e| match e {
+            EditError::Database(e) => e,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })?;
     let keys: Vec<&str> = changeset.changes.iter().map(|c| c.key.as_str()).collect();
-    touched.preload(tx, &keys).await?;
+    write.touched.preload(tx, &keys).await?;
     for change in &changeset.changes {
-        touched.apply(tx, change, &changeset.rules).await?;
+        write.touched.apply(tx, change, rules).await?;
         // A stamp too far ahead of this server's clock is merged all the
         // same (the gateway has committed it), but not taken into the
         // server's clock, which must not jump to a wild gateway's time.
-        if let Err(e) = clock.observe(change.stamp, now_ms) {
+        if let Err(e) = write.clock.observe(change.stamp, write.now_ms) {
             tracing::warn!(
                 gateway,
                 device,
@@ -380,30 +368,169 @@ pub(super) async fn apply_changeset(
             );
         }
     }
-    touched.write(tx, now).await?;
-    let down = record_down(
-        tx,
-        gateway,
-        device,
-        table,
-        &changeset.rules,
-        plain,
-        down_seq,
-        now,
-    )
-    .await?;
-    save_table(
-        tx,
-        gateway,
-        device,
-        table,
-        &clock,
-        down.as_ref()
-            .and_then(|c| c.seq)
-            .map_or(down_seq, |s| s as i64),
-    )
-    .await?;
+    let down = write.finish(tx).await?;
     Ok(Applied::Fresh { down })
+}
+
+/// One write to a table on serve, from [`TableWrite::open`] to
+/// [`TableWrite::finish`] in one transaction: the table taken, its clock,
+/// the rows touched, and the server's own changes, which become the table's
+/// next changeset down. Every write begins by making the plain-SQL edits
+/// waiting in the table the server's: merging anything into those rows
+/// first would write over them.
+struct TableWrite<'a> {
+    touched: Touched<'a>,
+    rules: &'a TableRules,
+    clock: Clock,
+    /// The number of the table's last changeset down.
+    down_seq: i64,
+    /// The server's changes made in this write.
+    changes: Vec<Change<Value>>,
+    now: i64,
+    now_ms: u64,
+}
+
+impl<'a> TableWrite<'a> {
+    /// Take the table (gateway, device, table) for the transaction, and
+    /// make the plain-SQL edits waiting in it.
+    async fn open(
+        tx: &mut Tx<'_>,
+        backend: Backend,
+        [gateway, device, table]: [&'a str; 3],
+        rules: &'a TableRules,
+        now: i64,
+    ) -> Result<TableWrite<'a>, EditError> {
+        let (clock, down_seq) = take_table(tx, gateway, device, table, rules, now).await?;
+        let mut write = TableWrite {
+            touched: Touched::new(gateway, device, table, backend),
+            rules,
+            clock,
+            down_seq,
+            changes: Vec::new(),
+            now,
+            now_ms: (now / 1_000_000).max(0) as u64,
+        };
+        write.take_plain_edits(tx).await?;
+        Ok(write)
+    }
+
+    /// A change the server makes now: stamped by the table's clock, merged,
+    /// and kept for the changeset down.
+    async fn server_change(
+        &mut self,
+        tx: &mut Tx<'_>,
+        key: &str,
+        kind: ChangeKind<Value>,
+    ) -> Result<(), EditError> {
+        let change = Change {
+            key: key.to_string(),
+            side: Side::Server,
+            stamp: self.clock.tick(self.now_ms)?,
+            kind,
+        };
+        self.touched.apply(tx, &change, self.rules).await?;
+        self.changes.push(change);
+        Ok(())
+    }
+
+    /// Write the rows and what was overwritten, the changeset down of the
+    /// server's changes (returned, for sending once committed; none for
+    /// none) and the table's clock.
+    async fn finish(self, tx: &mut Tx<'_>) -> Result<Option<Changeset>, sqlx::Error> {
+        let (gateway, device, table) = (
+            self.touched.gateway,
+            self.touched.device,
+            self.touched.table,
+        );
+        self.touched.write(tx, self.now).await?;
+        let down = record_down(
+            tx,
+            [gateway, device, table],
+            self.rules,
+            self.changes,
+            self.down_seq,
+            self.now,
+        )
+        .await?;
+        let seq = down
+            .as_ref()
+            .and_then(|c| c.seq)
+            .map_or(self.down_seq, |s| s as i64);
+        save_table(tx, gateway, device, table, &self.clock, seq).await?;
+        Ok(down)
+    }
+    /// Turn the plain-SQL edits waiting in the table (`edited = 1`) into
+    /// the server's changes; an edit the model refuses is undone (`columns`
+    /// as the merge has them) with `edit_error` saying why.
+    async fn take_plain_edits(&mut self, tx: &mut Tx<'_>) -> Result<(), EditError> {
+        let (gateway, device, table) = (
+            self.touched.gateway,
+            self.touched.device,
+            self.touched.table,
+        );
+        let sql = format!(
+            "SELECT key, columns FROM synced_rows
+             WHERE gateway = $1 AND device = $2 AND tbl = $3 AND edited = 1 ORDER BY key{}",
+            self.touched.lock
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(gateway)
+            .bind(device)
+            .bind(table)
+            .fetch_all(&mut **tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let spec = declared(tx, gateway, device, table).await;
+        for row in rows {
+            let key: String = row.try_get(0)?;
+            let written: Option<String> = row.try_get(1)?;
+            let current = self.touched.row(tx, &key).await?.and_then(merge::visible);
+            let edit = spec.as_ref().map_err(Clone::clone).and_then(|spec| {
+                plain_edit(spec, table, &key, written.as_deref(), current.as_ref())
+            });
+            let error = match edit {
+                Ok(Some(edit)) => {
+                    self.server_change(tx, &key, edit.change_kind()).await?;
+                    None
+                }
+                Ok(None) => None,
+                Err(reason) => {
+                    tracing::warn!(
+                        gateway,
+                        device,
+                        table,
+                        key,
+                        "a plain-SQL edit of a synced row is refused: {reason}"
+                    );
+                    Some(reason)
+                }
+            };
+            // The row's columns are the merge's again (the edit's, or as they
+            // were if it was refused), and the flag is down.
+            let columns = self
+                .touched
+                .rows
+                .get(&key)
+                .and_then(|(row, _)| row.as_ref())
+                .and_then(merge::visible)
+                .map(|c| json_text(&c));
+            sqlx::query(
+                "UPDATE synced_rows SET edited = 0, edit_error = $5, columns = $6
+                 WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4",
+            )
+            .bind(gateway)
+            .bind(device)
+            .bind(table)
+            .bind(&key)
+            .bind(error)
+            .bind(columns)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// What [`apply_changeset`] did.
@@ -418,12 +545,9 @@ pub enum Applied {
 
 /// Keep the server's `changes` to a table as its next changeset down
 /// (none for no changes).
-#[allow(clippy::too_many_arguments)]
 async fn record_down(
     tx: &mut Tx<'_>,
-    gateway: &str,
-    device: &str,
-    table: &str,
+    [gateway, device, table]: [&str; 3],
     rules: &TableRules,
     changes: Vec<Change<Value>>,
     down_seq: i64,
@@ -513,95 +637,6 @@ fn plain_edit(
     })
 }
 
-/// Turn the plain-SQL edits waiting in the touched table (`edited = 1`)
-/// into the server's changes, stamped now and merged; an edit the model
-/// refuses is undone (`columns` as the merge has them) with `edit_error`
-/// saying why. The changes are appended to `changes`.
-async fn take_plain_edits(
-    tx: &mut Tx<'_>,
-    touched: &mut Touched<'_>,
-    rules: &TableRules,
-    clock: &mut Clock,
-    now_ms: u64,
-    changes: &mut Vec<Change<Value>>,
-) -> Result<(), EditError> {
-    let (gateway, device, table) = (touched.gateway, touched.device, touched.table);
-    let sql = format!(
-        "SELECT key, columns FROM synced_rows
-         WHERE gateway = $1 AND device = $2 AND tbl = $3 AND edited = 1 ORDER BY key{}",
-        touched.lock
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(gateway)
-        .bind(device)
-        .bind(table)
-        .fetch_all(&mut **tx)
-        .await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let spec = declared(tx, gateway, device, table).await;
-    for row in rows {
-        let key: String = row.try_get(0)?;
-        let written: Option<String> = row.try_get(1)?;
-        let current = touched.row(tx, &key).await?.and_then(merge::visible);
-        let edit = spec
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|spec| plain_edit(spec, table, &key, written.as_deref(), current.as_ref()));
-        let error = match edit {
-            Ok(Some(edit)) => {
-                let kind = match &edit {
-                    Edit::Put { columns, .. } => ChangeKind::Put(columns.clone()),
-                    Edit::Update { columns, .. } => ChangeKind::Update(columns.clone()),
-                    Edit::Delete { .. } => ChangeKind::Delete,
-                };
-                let change = Change {
-                    key: key.clone(),
-                    side: Side::Server,
-                    stamp: clock.tick(now_ms)?,
-                    kind,
-                };
-                touched.apply(tx, &change, rules).await?;
-                changes.push(change);
-                None
-            }
-            Ok(None) => None,
-            Err(reason) => {
-                tracing::warn!(
-                    gateway,
-                    device,
-                    table,
-                    key,
-                    "a plain-SQL edit of a synced row is refused: {reason}"
-                );
-                Some(reason)
-            }
-        };
-        // The row's columns are the merge's again (the edit's, or as they
-        // were if it was refused), and the flag is down.
-        let columns = touched
-            .rows
-            .get(&key)
-            .and_then(|(row, _)| row.as_ref())
-            .and_then(merge::visible)
-            .map(|c| json_text(&c));
-        sqlx::query(
-            "UPDATE synced_rows SET edited = 0, edit_error = $5, columns = $6
-             WHERE gateway = $1 AND device = $2 AND tbl = $3 AND key = $4",
-        )
-        .bind(gateway)
-        .bind(device)
-        .bind(table)
-        .bind(&key)
-        .bind(error)
-        .bind(columns)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
 /// Make the plain-SQL edits waiting in one table the server's: the
 /// changeset down they make, if any, for sending.
 pub async fn apply_plain_edits(
@@ -611,7 +646,6 @@ pub async fn apply_plain_edits(
     table: &str,
 ) -> Result<Option<Changeset>, EditError> {
     let now = crate::value::now_ns() as i64;
-    let now_ms = (now / 1_000_000).max(0) as u64;
     let mut tx = db.begin_write().await?;
     let rules: Option<String> = sqlx::query_scalar(
         "SELECT rules FROM synced_tables WHERE gateway = $1 AND device = $2 AND tbl = $3",
@@ -648,28 +682,9 @@ pub async fn apply_plain_edits(
             }
         },
     };
-    let (mut clock, down_seq) = take_table(&mut tx, gateway, device, table, &rules, now).await?;
-    let mut touched = Touched::new(gateway, device, table, db.backend);
-    let mut changes = Vec::new();
-    take_plain_edits(
-        &mut tx,
-        &mut touched,
-        &rules,
-        &mut clock,
-        now_ms,
-        &mut changes,
-    )
-    .await?;
-    touched.write(&mut tx, now).await?;
-    let down = record_down(
-        &mut tx, gateway, device, table, &rules, changes, down_seq, now,
-    )
-    .await?;
-    let seq = down
-        .as_ref()
-        .and_then(|c| c.seq)
-        .map_or(down_seq, |s| s as i64);
-    save_table(&mut tx, gateway, device, table, &clock, seq).await?;
+    let write =
+        TableWrite::open(&mut tx, db.backend, [gateway, device, table], &rules, now).await?;
+    let down = write.finish(&mut tx).await?;
     tx.commit().await?;
     Ok(down)
 }
@@ -765,51 +780,27 @@ pub async fn edit(
     edits: &[Edit],
 ) -> Result<Changeset, EditError> {
     let now = crate::value::now_ns() as i64;
-    let now_ms = (now / 1_000_000).max(0) as u64;
     let mut tx = db.begin_write().await?;
-    let (mut clock, down_seq) = take_table(&mut tx, gateway, device, table, rules, now).await?;
-    let mut touched = Touched::new(gateway, device, table, db.backend);
-    let mut changes = Vec::with_capacity(edits.len());
     // Plain-SQL edits waiting in the table are made first, as they were
     // made first.
-    take_plain_edits(
-        &mut tx,
-        &mut touched,
-        rules,
-        &mut clock,
-        now_ms,
-        &mut changes,
-    )
-    .await?;
+    let mut write =
+        TableWrite::open(&mut tx, db.backend, [gateway, device, table], rules, now).await?;
     let keys: Vec<&str> = edits.iter().map(Edit::key).collect();
-    touched.preload(&mut tx, &keys).await?;
+    write.touched.preload(&mut tx, &keys).await?;
     for edit in edits {
         let key = edit.key();
-        touched.row(&mut tx, key).await?;
-        if !matches!(edit, Edit::Put { .. }) && !touched.visible(key) {
+        write.touched.row(&mut tx, key).await?;
+        if !matches!(edit, Edit::Put { .. }) && !write.touched.visible(key) {
             return Err(EditError::NoSuchRow(key.to_string()));
         }
-        let kind = match edit {
-            Edit::Put { columns, .. } => ChangeKind::Put(columns.clone()),
-            Edit::Update { columns, .. } => ChangeKind::Update(columns.clone()),
-            Edit::Delete { .. } => ChangeKind::Delete,
-        };
-        let change = Change {
-            key: key.to_string(),
-            side: Side::Server,
-            stamp: clock.tick(now_ms)?,
-            kind,
-        };
-        touched.apply(&mut tx, &change, rules).await?;
-        changes.push(change);
+        write
+            .server_change(&mut tx, key, edit.change_kind())
+            .await?;
     }
-    touched.write(&mut tx, now).await?;
-    let changeset = record_down(
-        &mut tx, gateway, device, table, rules, changes, down_seq, now,
-    )
-    .await?
-    .expect("an edit makes at least one change");
-    save_table(&mut tx, gateway, device, table, &clock, down_seq + 1).await?;
+    let changeset = write
+        .finish(&mut tx)
+        .await?
+        .expect("an edit makes at least one change");
     tx.commit().await?;
     Ok(changeset)
 }

@@ -128,6 +128,15 @@ impl Edit {
             Edit::Put { key, .. } | Edit::Update { key, .. } | Edit::Delete { key } => key,
         }
     }
+
+    /// The change it makes, for the merge.
+    pub fn change_kind(&self) -> ChangeKind<Value> {
+        match self {
+            Edit::Put { columns, .. } => ChangeKind::Put(columns.clone()),
+            Edit::Update { columns, .. } => ChangeKind::Update(columns.clone()),
+            Edit::Delete { .. } => ChangeKind::Delete,
+        }
+    }
 }
 
 /// Which keys a [`scan`] reads.
@@ -209,11 +218,7 @@ pub fn edit(
                 key: key.to_owned(),
             });
         }
-        let kind = match edit {
-            Edit::Put { columns, .. } => ChangeKind::Put(columns.clone()),
-            Edit::Update { columns, .. } => ChangeKind::Update(columns.clone()),
-            Edit::Delete { .. } => ChangeKind::Delete,
-        };
+        let kind = edit.change_kind();
         let change = normalized(Cow::Owned(Change {
             key: key.to_owned(),
             side,
