@@ -204,31 +204,42 @@ pub struct Pulled {
     /// Changesets before this one are missing: a pull was queued for them.
     pub gap: bool,
     /// What it added to the app's rows and bytes (negative: took away), for
-    /// [`Tables::adjust`].
+    /// the app's tally.
     pub rows_delta: i64,
     pub bytes_delta: i64,
 }
 
 impl Tables {
-    /// Count a change the server made to the app's rows into its tally, so
-    /// that its limits see it. The server's changes are applied whatever
-    /// the limits (refusing them would leave the two ends apart); the
-    /// app's own next write that adds rows past a limit is refused.
-    pub fn adjust(&self, app: &str, rows: i64, bytes: i64) {
+    /// [`apply_pulled`], counted into the app's tally, so that its limits
+    /// see the server's changes. They are applied whatever the limits
+    /// (refusing them would leave the two ends apart); the app's own next
+    /// write that adds rows past a limit is refused. The tally is held
+    /// across the commit, as a write holds it, so that a count made
+    /// meanwhile neither misses the change nor counts it twice.
+    pub fn apply_pulled(
+        &self,
+        conn: &mut rusqlite::Connection,
+        app: &str,
+        device: &str,
+        changeset: &crate::synced::Changeset,
+        seq: u64,
+    ) -> Result<Pulled, StoreError> {
         let tally = self.tallies.get(app);
         let mut held = tally.lock().unwrap_or_else(|e| e.into_inner());
+        let pulled = apply_pulled(conn, app, device, changeset, seq)?;
         if held.counted {
-            held.rows = held.rows.saturating_add_signed(rows);
-            held.bytes = held.bytes.saturating_add_signed(bytes);
+            held.rows = held.rows.saturating_add_signed(pulled.rows_delta);
+            held.bytes = held.bytes.saturating_add_signed(pulled.bytes_delta);
         }
+        Ok(pulled)
     }
 }
 
 /// Apply a changeset the server sent down for the app's `table`, with its
 /// number `seq`, in one transaction: the merge (once, by id), the keys the
 /// app is to be told of, the last number applied without a gap, and a pull
-/// if there is one.
-pub fn apply_pulled(
+/// if there is one. Called through [`Tables::apply_pulled`].
+fn apply_pulled(
     conn: &mut rusqlite::Connection,
     app: &str,
     device: &str,
@@ -307,14 +318,21 @@ impl Capability for Tables {
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
         let tally = self.tallies.get(app.app);
-        let held = tally.lock().unwrap_or_else(|e| e.into_inner());
-        let (rows, bytes) = if held.counted {
-            (held.rows, held.bytes)
-        } else {
-            drop(held);
-            // No rows yet, or an error the app's next write reports.
-            store::app_counts(app.db, app.app).unwrap_or_default()
-        };
+        let mut held = tally.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted once, here or at the app's first write, and kept up to
+        // date after: a report comes every few seconds, and counting reads
+        // every row. An error is the app's next write's to report.
+        if !held.counted
+            && let Ok((rows, bytes)) = store::app_counts(app.db, app.app)
+        {
+            *held = Tally {
+                counted: true,
+                rows,
+                bytes,
+            };
+        }
+        let (rows, bytes) = (held.rows, held.bytes);
+        drop(held);
         if rows == 0 && bytes == 0 {
             return Vec::new();
         }

@@ -1,7 +1,7 @@
 //! The gateway's side of the server's changes to synced tables: a service
 //! of the downlink that takes each changeset `serve` sends down
 //! (`{device}/synced/{table}/down`), checks it, and applies it to the app
-//! that speaks for the device, through `tables::apply_pulled` (the merge,
+//! that speaks for the device, through `Tables::apply_pulled` (the merge,
 //! once by id, the keys the app is told of, and a pull when changesets are
 //! missing before it).
 //!
@@ -94,10 +94,10 @@ fn apply(
         .directory
         .owner(parsed.device)
         .ok_or_else(|| format!("no app speaks for device {}", parsed.device))?;
-    let pulled = crate::tables::apply_pulled(conn, &app, parsed.device, &changeset, seq)
+    let pulled = spec
+        .tables
+        .apply_pulled(conn, &app, parsed.device, &changeset, seq)
         .map_err(|e| e.to_string())?;
-    spec.tables
-        .adjust(&app, pulled.rows_delta, pulled.bytes_delta);
     tracing::debug!(
         app,
         table,

@@ -67,10 +67,10 @@ pub struct Stored {
     pub points: u64,
     /// Batches and alerts already stored, skipped.
     pub duplicates: u64,
-    /// Changesets down the commit made (of plain-SQL edits that were
+    /// The changesets down the commit made (of plain-SQL edits that were
     /// waiting in a table a gateway's changeset came for), to send once
-    /// committed: gateway, device, changeset.
-    pub down: Vec<(String, String, crate::synced::Changeset)>,
+    /// committed, as the pulls that send them.
+    pub down: Vec<super::tables::Pull>,
 }
 
 #[derive(Clone)]
@@ -390,7 +390,7 @@ async fn store_one(
         }
         // Answers go to whoever asked (the API), not to the database; a
         // pull is answered once the commit it came with is done.
-        Record::ActionResponse { .. } | Record::Pull { .. } => {}
+        Record::ActionResponse { .. } | Record::Pull(_) => {}
         Record::Changeset {
             gateway,
             device,
@@ -402,7 +402,12 @@ async fn store_one(
                 super::tables::Applied::Duplicate => stored.duplicates += 1,
                 super::tables::Applied::Fresh { down: None } => {}
                 super::tables::Applied::Fresh { down: Some(down) } => {
-                    stored.down.push((gateway.clone(), device.clone(), down));
+                    stored.down.push(super::tables::Pull {
+                        gateway: gateway.clone(),
+                        device: device.clone(),
+                        after: down.seq.unwrap_or(1).saturating_sub(1),
+                        table: down.table,
+                    });
                 }
             }
         }

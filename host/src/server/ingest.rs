@@ -246,49 +246,22 @@ impl Ingest {
                 self.counters
                     .duplicates
                     .fetch_add(stored.duplicates, Ordering::Relaxed);
-                // Changesets down the commit made go with the answers.
-                let made =
-                    stored
-                        .down
-                        .iter()
-                        .map(|(gateway, device, changeset)| super::tables::Pull {
-                            gateway: gateway.clone(),
-                            device: device.clone(),
-                            table: changeset.table.clone(),
-                            after: changeset.seq.unwrap_or(1).saturating_sub(1),
-                        });
-                for pull in made {
+                // The changesets down the commit made, and the pulls that
+                // came with it, are answered once it is stored, by the
+                // answerer (sending may wait, and this task must keep the
+                // event loop turning). One dropped is asked for again.
+                let pulls = stored
+                    .down
+                    .into_iter()
+                    .chain(pending.records.iter().filter_map(|r| match r {
+                        Record::Pull(pull) => Some(pull.clone()),
+                        _ => None,
+                    }));
+                for pull in pulls {
                     if self.pulls.try_send(pull).is_err() {
                         tracing::warn!(
-                            "a changeset down was not sent now: too many are waiting (the gateway pulls it)"
+                            "a pull was dropped: too many are waiting (the gateway pulls again)"
                         );
-                    }
-                }
-                // Pulls are answered once what came with them is stored,
-                // by the answerer (sending may wait, and this task must
-                // keep the event loop turning).
-                for record in &pending.records {
-                    if let Record::Pull {
-                        gateway,
-                        device,
-                        table,
-                        after,
-                    } = record
-                    {
-                        let pull = super::tables::Pull {
-                            gateway: gateway.clone(),
-                            device: device.clone(),
-                            table: table.clone(),
-                            after: *after,
-                        };
-                        if self.pulls.try_send(pull).is_err() {
-                            tracing::warn!(
-                                gateway,
-                                device,
-                                table,
-                                "a pull was dropped: too many are waiting (the gateway pulls again)"
-                            );
-                        }
                     }
                 }
                 for publish in pending.messages.drain(..) {

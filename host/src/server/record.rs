@@ -77,12 +77,7 @@ pub enum Record {
         changeset: crate::synced::Changeset,
     },
     /// A gateway asks for the server's changesets of a table after `after`.
-    Pull {
-        gateway: String,
-        device: String,
-        table: String,
-        after: u64,
-    },
+    Pull(super::tables::Pull),
 }
 
 impl Record {
@@ -100,7 +95,7 @@ impl Record {
             | Record::Deployment { gateway, .. }
             | Record::ActionResponse { gateway, .. }
             | Record::Changeset { gateway, .. }
-            | Record::Pull { gateway, .. } => gateway,
+            | Record::Pull(super::tables::Pull { gateway, .. }) => gateway,
         }
     }
 }
@@ -235,12 +230,12 @@ pub fn read(topic: &str, payload: &[u8]) -> Result<Option<Record>, String> {
             }
             let pull: Pull =
                 serde_json::from_slice(payload).map_err(|e| format!("pull on {topic}: {e}"))?;
-            Record::Pull {
+            Record::Pull(super::tables::Pull {
                 gateway,
                 device,
                 table: table.to_string(),
                 after: pull.after,
-            }
+            })
         }
         _ => return Ok(None),
     };

@@ -890,7 +890,7 @@ pub async fn answer_pull(
 }
 
 /// A gateway's pull, waiting for its answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pull {
     pub gateway: String,
     pub device: String,

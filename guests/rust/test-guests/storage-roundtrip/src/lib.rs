@@ -22,6 +22,14 @@ fn load_counter() -> Result<i64, String> {
 impl App for StorageRoundtrip {
     fn init(_config: Config, previous: Option<Vec<u8>>) -> Result<Self, String> {
         let counter = load_counter()?;
+        // A kill -9 between a tick's `set` of its scratch key and its
+        // `delete` leaves the key behind; the round trip expects only
+        // `tmp/keep` under `tmp/`.
+        for key in storage::keys("tmp/").map_err(|e| e.message().to_string())? {
+            if key != "tmp/keep" {
+                storage::delete(&key).map_err(|e| e.message().to_string())?;
+            }
+        }
         let last = this_device().reported("counter");
         info!(
             "storage-roundtrip started: counter={counter} previous={} reported={last:?}",
