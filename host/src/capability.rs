@@ -47,9 +47,9 @@ pub struct AppSetup<'a> {
     pub rates: &'a AppRates,
     /// The gateway's database.
     pub db: &'a Database,
-    /// The app's own connections to it, reused across its instances: a
-    /// unit that keeps a connection in its `Ctx` takes it from here.
-    pub pool: &'a Arc<crate::store::ConnectionPool>,
+    /// The instance's connection to it, opened at its first use and
+    /// shared by the units that use one.
+    pub conn: &'a crate::store::SharedConnection,
     /// The instance's I/O time: an I/O unit times its waits on it.
     pub io: &'a Arc<crate::io_clock::IoClock>,
     /// The app's counters, kept across its instances.

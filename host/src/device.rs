@@ -53,7 +53,8 @@ struct DeviceDeps {
     app: Arc<str>,
     default_device: String,
     model: Arc<DeviceModel>,
-    db: crate::store::Pooled,
+    /// The instance's connection, opened at the first call that needs it.
+    db: crate::store::SharedConnection,
     ingest: IngestSender,
     usage: Arc<Usage>,
     /// Signalled when a report or alert is in the outbox.
@@ -103,7 +104,7 @@ impl DeviceCtx {
         if ctx.deps.device_models.is_empty() {
             return ctx;
         }
-        let earlier = registration::of_app(&ctx.deps.db, &ctx.deps.app).unwrap_or_else(|e| {
+        let earlier = ctx.deps.db.lock().and_then(|db| registration::of_app(&db, &ctx.deps.app)).unwrap_or_else(|e| {
             tracing::error!(app = %ctx.deps.app, "cannot read the app's registered devices: {e}");
             Vec::new()
         });
@@ -164,12 +165,20 @@ impl DeviceCtx {
                 }
             )));
         }
-        let existing = registration::find(&self.deps.db, &app, hardware_id)
+        let existing = self
+            .deps
+            .db
+            .lock()
+            .and_then(|db| registration::find(&db, &app, hardware_id))
             .map_err(|e| self.unavailable("registration", e))?;
         let device = match &existing {
             Some(r) => r.device.clone(),
             None => {
-                let count = registration::count(&self.deps.db, &app)
+                let count = self
+                    .deps
+                    .db
+                    .lock()
+                    .and_then(|db| registration::count(&db, &app))
                     .map_err(|e| self.unavailable("registration", e))?;
                 if count >= self.deps.max_devices {
                     tracing::warn!(app = %app, hardware_id, "registration refused: {count} devices registered");
@@ -197,7 +206,10 @@ impl DeviceCtx {
         if existing.as_ref() != Some(&registration)
             && let Some(device_model) = self.deps.device_models.get(model)
         {
-            registration::save(&mut self.deps.db, &app, &registration, device_model)
+            self.deps
+                .db
+                .lock()
+                .and_then(|mut db| registration::save(&mut db, &app, &registration, device_model))
                 .map_err(|e| self.unavailable("registration", e))?;
             tracing::info!(app = %app, device = %device, hardware_id, model, "device registered");
         }
@@ -215,7 +227,11 @@ impl DeviceCtx {
 
     fn unregister(&mut self, hardware_id: &str) -> Result<(), GuestError> {
         let app = self.deps.app.clone();
-        let device = registration::delete(&mut self.deps.db, &app, hardware_id)
+        let device = self
+            .deps
+            .db
+            .lock()
+            .and_then(|mut db| registration::delete(&mut db, &app, hardware_id))
             .map_err(|e| self.unavailable("unregistration", e))?
             .ok_or_else(|| {
                 GuestError::Invalid(format!(
@@ -378,7 +394,8 @@ impl DeviceCtx {
         reports: &[(String, Vec<(String, Value)>)],
     ) -> rusqlite::Result<()> {
         let now = now_ns();
-        let tx = self.deps.db.transaction()?;
+        let mut db = self.deps.db.lock()?;
+        let tx = db.transaction()?;
         let mut entries = Vec::with_capacity(reports.len());
         {
             let mut next_version = tx.prepare_cached(
@@ -423,8 +440,11 @@ impl DeviceCtx {
         let stored: Option<Option<String>> = self
             .deps
             .db
-            .prepare_cached(sql)
-            .and_then(|mut stmt| stmt.query_row(params![device, name], |r| r.get(0)))
+            .lock()
+            .and_then(|db| {
+                db.prepare_cached(sql)?
+                    .query_row(params![device, name], |r| r.get(0))
+            })
             .optional()
             .unwrap_or_else(|e| {
                 tracing::error!(app = %self.deps.app, "reading the twin failed: {e}");
@@ -563,7 +583,10 @@ impl DeviceCtx {
             points: 1,
             payload,
         };
-        outbox::insert_alert(&self.deps.db, &self.deps.usage, entry)
+        self.deps
+            .db
+            .lock()
+            .and_then(|db| outbox::insert_alert(&db, &self.deps.usage, entry))
             .map_err(|e| self.unavailable("alert", e))?;
         self.deps.outbox_signal.notify_one();
         Ok(())
@@ -661,7 +684,7 @@ impl Capability for Device {
             app: app.app.clone(),
             default_device: app.device.to_string(),
             model: app.model.clone(),
-            db: app.pool.open()?,
+            db: app.conn.clone(),
             ingest: self.ingest.clone(),
             usage: self.usage.clone(),
             outbox_signal: self.outbox_signal.clone(),

@@ -8,13 +8,14 @@
 //! [`keyvalue`], with the same checks.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::GuestError;
 use crate::bindings::wasmgate::device::storage::{self as generated, Host};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, PerApp, ReportScope};
 use crate::rate::SharedLimit;
+use crate::store::{ConnectionGuard, SharedConnection};
 
 pub mod keyvalue;
 
@@ -30,7 +31,7 @@ pub struct Storage {
 /// What an app's keys count against its quota.
 #[derive(Debug, Default)]
 pub struct Tally {
-    /// Counted from the database (once, at the app's first instance).
+    /// Counted from the database (once, at the app's first write).
     counted: bool,
     /// Bytes of keys and values, with each key's overhead.
     used: u64,
@@ -82,11 +83,11 @@ CREATE TABLE IF NOT EXISTS kv (
     fn instance(&self, app: &AppSetup<'_>) -> anyhow::Result<StorageCtx> {
         Ok(StorageCtx::new(
             app.app.clone(),
-            app.pool.open()?,
+            app.conn.clone(),
             app.config.storage_quota_bytes,
             app.rates.storage_writes.clone(),
             self.tallies.get(app.app),
-        )?)
+        ))
     }
 
     fn add_to_linker<T: HasCtx<Storage>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
@@ -128,7 +129,8 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Per-app state of the storage interface.
 pub struct StorageCtx {
     app: Arc<str>,
-    db: crate::store::Pooled,
+    /// The instance's connection, opened at the first call that needs it.
+    db: SharedConnection,
     quota: u64,
     /// What the app's keys and values count against its quota now, shared
     /// with its other instances. Held across a write's check and the write,
@@ -141,33 +143,41 @@ pub struct StorageCtx {
 }
 
 impl StorageCtx {
-    /// Open the app's storage, counting what it already holds.
+    /// The app's storage, on the instance's connection. What it holds is
+    /// counted at its first write, not here: an instance that only reads
+    /// (or never touches storage) opens no connection for it.
     pub fn new(
         app: Arc<str>,
-        db: crate::store::Pooled,
+        db: SharedConnection,
         quota: u64,
         writes: SharedLimit,
         tally: Arc<Mutex<Tally>>,
-    ) -> rusqlite::Result<Self> {
-        {
-            let mut held = tally.lock().unwrap_or_else(|e| e.into_inner());
-            if !held.counted {
-                let (keys, used) = usage(&db, &app)?;
-                *held = Tally {
-                    counted: true,
-                    used,
-                    keys,
-                };
-            }
-        }
-        Ok(StorageCtx {
+    ) -> Self {
+        StorageCtx {
             app,
             db,
             quota,
             tally,
             writes,
             handles: Default::default(),
-        })
+        }
+    }
+
+    /// The app's tally and the connection, for a write: the tally is held
+    /// across the write's check and the write, and counted from the
+    /// database the first time.
+    fn for_write(&self) -> rusqlite::Result<(MutexGuard<'_, Tally>, ConnectionGuard<'_>)> {
+        let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = self.db.lock()?;
+        if !tally.counted {
+            let (keys, used) = usage(&conn, &self.app)?;
+            *tally = Tally {
+                counted: true,
+                used,
+                keys,
+            };
+        }
+        Ok((tally, conn))
     }
 
     fn failed(&self, what: &str, e: rusqlite::Error) -> GuestError {
@@ -196,15 +206,14 @@ impl StorageCtx {
         Ok(())
     }
 
-    fn stored_size(&self, key: &str) -> rusqlite::Result<Option<u64>> {
-        self.db
-            .query_row(
-                "SELECT length(value) FROM kv WHERE app = ?1 AND key = ?2",
-                params![&*self.app, key],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|size| size.map(|s| cost(key, s.max(0) as usize)))
+    fn stored_size(&self, conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
+        conn.query_row(
+            "SELECT length(value) FROM kv WHERE app = ?1 AND key = ?2",
+            params![&*self.app, key],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map(|size| size.map(|s| cost(key, s.max(0) as usize)))
     }
 }
 
@@ -219,15 +228,15 @@ impl Host for StorageCtx {
         if let Err(e) = Self::check_key(&key) {
             return Ok(Err(e));
         }
-        Ok(self
-            .db
-            .query_row(
+        let value = self.db.lock().and_then(|conn| {
+            conn.query_row(
                 "SELECT value FROM kv WHERE app = ?1 AND key = ?2",
                 params![&*self.app, key],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.failed("get", e)))
+        });
+        Ok(value.map_err(|e| self.failed("get", e)))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), GuestError>> {
@@ -240,9 +249,11 @@ impl Host for StorageCtx {
                 value.len()
             ))));
         }
-        let tally = self.tally.clone();
-        let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-        let old = match self.stored_size(&key) {
+        let (mut tally, conn) = match self.for_write() {
+            Ok(held) => held,
+            Err(e) => return Ok(Err(self.failed("set", e))),
+        };
+        let old = match self.stored_size(&conn, &key) {
             Ok(old) => old,
             Err(e) => return Ok(Err(self.failed("set", e))),
         };
@@ -260,7 +271,7 @@ impl Host for StorageCtx {
                 self.quota
             ))));
         }
-        let result = self.db.execute(
+        let result = conn.execute(
             "INSERT INTO kv (app, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
             params![&*self.app, key, value],
@@ -279,14 +290,16 @@ impl Host for StorageCtx {
         if let Err(e) = Self::check_key(&key).and_then(|()| self.write_allowed()) {
             return Ok(Err(e));
         }
-        let tally = self.tally.clone();
-        let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-        let old = match self.stored_size(&key) {
+        let (mut tally, conn) = match self.for_write() {
+            Ok(held) => held,
+            Err(e) => return Ok(Err(self.failed("delete", e))),
+        };
+        let old = match self.stored_size(&conn, &key) {
             Ok(old) => old,
             Err(e) => return Ok(Err(self.failed("delete", e))),
         };
         Ok(
-            match self.db.execute(
+            match conn.execute(
                 "DELETE FROM kv WHERE app = ?1 AND key = ?2",
                 params![&*self.app, key],
             ) {
@@ -306,7 +319,8 @@ impl Host for StorageCtx {
         }
         // Compare bytes, not characters, so any UTF-8 prefix matches exactly.
         let result = (|| {
-            let mut stmt = self.db.prepare_cached(
+            let conn = self.db.lock()?;
+            let mut stmt = conn.prepare_cached(
                 "SELECT key FROM kv WHERE app = ?1
                  AND substr(CAST(key AS BLOB), 1, length(CAST(?2 AS BLOB))) = CAST(?2 AS BLOB)
                  ORDER BY CAST(key AS BLOB)",
@@ -332,7 +346,8 @@ impl Host for StorageCtx {
         // `key > after` and `key >= prefix` walk the primary key's index in
         // its (binary, so byte) order; the prefix test ends the match.
         let result = (|| {
-            let mut stmt = self.db.prepare_cached(
+            let conn = self.db.lock()?;
+            let mut stmt = conn.prepare_cached(
                 "SELECT key FROM kv WHERE app = ?1 AND key >= ?2 AND key > ?3
                  AND substr(CAST(key AS BLOB), 1, length(CAST(?2 AS BLOB))) = CAST(?2 AS BLOB)
                  ORDER BY key LIMIT ?4",
@@ -355,7 +370,8 @@ impl StorageCtx {
     ) -> Result<Vec<String>, GuestError> {
         let skip = i64::try_from(skip).unwrap_or(i64::MAX);
         let result = (|| {
-            let mut stmt = self.db.prepare_cached(
+            let conn = self.db.lock()?;
+            let mut stmt = conn.prepare_cached(
                 "SELECT key FROM kv WHERE app = ?1 ORDER BY key LIMIT ?2 OFFSET ?3",
             )?;
             stmt.query_map(params![&*self.app, limit.min(MAX_PAGE), skip], |r| r.get(0))?
@@ -377,12 +393,11 @@ mod tests {
         db.execute_batch(Storage::SCHEMA).expect("schema");
         StorageCtx::new(
             "app".into(),
-            crate::store::Pooled::unpooled(db),
+            SharedConnection::opened(crate::store::Pooled::unpooled(db)),
             quota,
             SharedLimit::new(1_000_000, 1_000_000),
             Arc::default(),
         )
-        .expect("ctx")
     }
 
     #[test]
@@ -423,7 +438,8 @@ mod tests {
         );
         // What is held is counted the same way after a restart.
         let tally = storage.tally.lock().expect("tally");
-        assert_eq!(usage(&storage.db, "app").expect("usage"), (2, tally.used));
+        let conn = storage.db.lock().expect("open");
+        assert_eq!(usage(&conn, "app").expect("usage"), (2, tally.used));
         assert_eq!(tally.keys, 2);
     }
 
@@ -480,12 +496,11 @@ mod tests {
         let instance = || {
             StorageCtx::new(
                 "app".into(),
-                pool.open().expect("open"),
+                SharedConnection::lazy(pool.clone()),
                 quota,
                 SharedLimit::new(1_000_000, 1_000_000),
                 unit.tallies.get("app"),
             )
-            .expect("ctx")
         };
         let (mut first, mut second) = (instance(), instance());
         assert!(first.set("a".into(), b"1".to_vec()).expect("call").is_ok());
@@ -502,7 +517,11 @@ mod tests {
     #[test]
     fn an_app_holds_at_most_max_keys() {
         let mut storage = ctx(u64::MAX);
-        storage.tally.lock().expect("tally").keys = MAX_KEYS - 1;
+        {
+            let mut tally = storage.tally.lock().expect("tally");
+            tally.counted = true;
+            tally.keys = MAX_KEYS - 1;
+        }
         assert!(
             storage
                 .set("last".into(), Vec::new())

@@ -3,9 +3,10 @@
 //!
 //! It holds per-app key-value data (`kv`), the device twins (`twin`,
 //! `devices`), the outbox (see `outbox`), app states (`apps`) and the state
-//! apps hand over across a clean restart (`saved_state`). Each capability
-//! opens its own connection, so no app waits on a lock held by another
-//! app's Rust code; SQLite serialises the writes.
+//! apps hand over across a clean restart (`saved_state`). Each app
+//! instance has its own connection (a [`SharedConnection`], shared by its
+//! units), so no app waits on a lock held by another app's Rust code;
+//! SQLite serialises the writes.
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -141,8 +142,9 @@ pub struct ConnectionPool {
     idle: std::sync::Mutex<Vec<Connection>>,
 }
 
-/// Connections a pool keeps open while nobody holds them: the two units
-/// that keep one, for two instances (a hot swap, or two HTTP requests).
+/// Connections a pool keeps open while nobody holds them: one for each of
+/// the instances an app has at once (two across a hot swap, several while
+/// an HTTP app serves requests side by side).
 const POOL_IDLE: usize = 4;
 
 impl ConnectionPool {
@@ -219,6 +221,81 @@ impl Drop for Pooled {
         if idle.len() < POOL_IDLE {
             idle.push(conn);
         }
+    }
+}
+
+/// One instance's connection to the gateway's database, shared by the
+/// units that use one (storage, device, tables) and taken from the app's
+/// pool at the first use. Taking it costs a tenth of a millisecond or more
+/// when the pool is empty (a start, a restart): an instance that never
+/// touches the database does not pay it, and one that does pays it once,
+/// not once per unit; an app holds one connection, not three.
+///
+/// An instance makes one call at a time, so units never wait on each other
+/// for it; each holds it for one host call, and ends its transactions
+/// within that call.
+#[derive(Debug, Clone)]
+pub struct SharedConnection(Arc<std::sync::Mutex<Lazy>>);
+
+#[derive(Debug)]
+struct Lazy {
+    pool: Option<Arc<ConnectionPool>>,
+    conn: Option<Pooled>,
+}
+
+/// The connection of a [`SharedConnection`], held for one host call.
+pub struct ConnectionGuard<'a>(std::sync::MutexGuard<'a, Lazy>);
+
+impl SharedConnection {
+    /// A connection taken from `pool` when first used.
+    pub fn lazy(pool: Arc<ConnectionPool>) -> SharedConnection {
+        SharedConnection(Arc::new(std::sync::Mutex::new(Lazy {
+            pool: Some(pool),
+            conn: None,
+        })))
+    }
+
+    /// An open connection (a unit test's in-memory database, say).
+    pub fn opened(conn: Pooled) -> SharedConnection {
+        SharedConnection(Arc::new(std::sync::Mutex::new(Lazy {
+            pool: None,
+            conn: Some(conn),
+        })))
+    }
+
+    /// The connection, opened now if this is its first use.
+    pub fn lock(&self) -> rusqlite::Result<ConnectionGuard<'_>> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held.conn.is_none() {
+            let pool = held
+                .pool
+                .as_ref()
+                .expect("a shared connection without a pool is opened");
+            held.conn = Some(pool.open()?);
+        }
+        Ok(ConnectionGuard(held))
+    }
+
+    /// Whether the connection was opened (by a first use).
+    pub fn is_open(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .conn
+            .is_some()
+    }
+}
+
+impl std::ops::Deref for ConnectionGuard<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.0.conn.as_ref().expect("opened by lock")
+    }
+}
+
+impl std::ops::DerefMut for ConnectionGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0.conn.as_mut().expect("opened by lock")
     }
 }
 
@@ -637,5 +714,36 @@ mod tests {
             .collect();
         drop(many);
         assert_eq!(pool.idle(), POOL_IDLE, "at most POOL_IDLE stay open");
+    }
+
+    #[test]
+    fn a_shared_connection_opens_at_its_first_use_once_for_all_its_holders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::new(dir.path().join("s.db"), None);
+        let pool = ConnectionPool::new(db.clone());
+        let shared = SharedConnection::lazy(pool.clone());
+        let unit = shared.clone();
+        assert!(!shared.is_open(), "not opened before it is used");
+        assert!(!db.path().exists(), "not even the file");
+        shared
+            .lock()
+            .expect("open")
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .expect("create");
+        assert!(unit.is_open(), "one connection for every holder");
+        // The other holder sees the same connection: a transaction begun
+        // through one is the other's.
+        shared
+            .lock()
+            .expect("open")
+            .execute_batch("BEGIN")
+            .expect("begin");
+        assert!(!unit.lock().expect("open").is_autocommit());
+        unit.lock()
+            .expect("open")
+            .execute_batch("COMMIT")
+            .expect("commit");
+        drop((shared, unit));
+        assert_eq!(pool.idle(), 1, "back to the pool when the last holder goes");
     }
 }

@@ -29,7 +29,7 @@ use crate::config::SyncedLimits;
 use crate::model::{DeviceModel, TableSpec};
 use crate::outbox::{self, Kind};
 use crate::rate::SharedLimit;
-use crate::store::{ConnectionPool, Pooled};
+use crate::store::{ConnectionGuard, SharedConnection};
 use crate::synced::merge::Side;
 use crate::synced::store::{self, Edit, KeyRange, StoreError, Table};
 
@@ -306,8 +306,7 @@ impl Capability for Tables {
             device: app.device.clone(),
             model: app.model.clone(),
             limits: app.config.synced,
-            pool: app.pool.clone(),
-            db: None,
+            conn: app.conn.clone(),
             node: None,
             tally: self.tallies.get(app.app),
             writes: app.rates.storage_writes.clone(),
@@ -364,9 +363,8 @@ pub struct TablesCtx {
     device: Arc<str>,
     model: Arc<DeviceModel>,
     limits: SyncedLimits,
-    pool: Arc<ConnectionPool>,
-    /// Opened at the first call.
-    db: Option<Pooled>,
+    /// The instance's connection, opened at the first call that needs it.
+    conn: SharedConnection,
     /// This end's node id for the clock, read at the first write.
     node: Option<u64>,
     tally: Arc<Mutex<Tally>>,
@@ -388,15 +386,8 @@ fn invalid(message: impl Into<String>) -> GuestError {
 }
 
 impl TablesCtx {
-    fn db(&mut self) -> Result<&mut Pooled, GuestError> {
-        if self.db.is_none() {
-            let conn = self
-                .pool
-                .open()
-                .map_err(|e| self.failed("open", e.into()))?;
-            self.db = Some(conn);
-        }
-        Ok(self.db.as_mut().expect("opened above"))
+    fn db(&self) -> Result<ConnectionGuard<'_>, GuestError> {
+        self.conn.lock().map_err(|e| self.failed("open", e.into()))
     }
 
     fn failed(&self, what: &str, e: StoreError) -> GuestError {
@@ -480,7 +471,8 @@ impl TablesCtx {
         let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
         let (app, device, limits) = (self.app.clone(), self.device.clone(), self.limits);
         let node = self.node;
-        let conn = self.db()?;
+        let mut held = self.db()?;
+        let conn: &mut rusqlite::Connection = &mut held;
         let outcome = (|| {
             if !tally.counted {
                 let (rows, bytes) = store::app_counts(conn, &app)?;
@@ -555,6 +547,7 @@ impl TablesCtx {
             tally.bytes = bytes;
             Ok::<_, StoreError>(Ok(node))
         })();
+        drop(held);
         match outcome {
             Ok(Ok(node)) => {
                 self.node = Some(node);
@@ -583,7 +576,8 @@ impl TablesCtx {
             name: table,
             rules: spec.rules(),
         };
-        let result = read(conn, &at, spec);
+        let result = read(&conn, &at, spec);
+        drop(conn);
         result.map_err(|e| self.failed(what, e))
     }
 }

@@ -286,6 +286,7 @@ impl AppBase {
         let config = &version.config;
         let device: Arc<str> = config.device.as_str().into();
         let io = Arc::new(crate::io_clock::IoClock::new(config.io_budget()));
+        let conn = crate::store::SharedConnection::lazy(self.pool.clone());
         let setup = AppSetup {
             io: &io,
             metrics: &self.metrics,
@@ -297,7 +298,7 @@ impl AppBase {
             files_dir: &self.files_dir,
             rates: &self.rates,
             db: &self.shared.db,
-            pool: &self.pool,
+            conn: &conn,
         };
         let units = self.shared.units.instances(&setup)?;
         let stderr_tail = units.wasi.stderr_tail.clone();
@@ -535,6 +536,7 @@ impl Actor {
     ) -> Result<Instance, AppError> {
         let started = Instant::now();
         let mut instance = self.instantiate(version).await?;
+        let instantiated = started.elapsed();
         let timeout = version.config.call_timeout;
         instance.arm(timeout);
         let result = within(
@@ -553,8 +555,9 @@ impl Actor {
                     app = %self.base.name,
                     version = version.number,
                     component = &version.digest[..12],
-                    "app started in {:.2} ms",
-                    started.elapsed().as_secs_f64() * 1000.0
+                    "app started in {:.2} ms (instantiated in {:.2} ms, then init)",
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    instantiated.as_secs_f64() * 1000.0
                 );
                 self.announce_model(version);
                 Ok(instance)
