@@ -31,11 +31,27 @@ pub struct Storage {
 /// What an app's keys count against its quota.
 #[derive(Debug, Default)]
 pub struct Tally {
-    /// Counted from the database (once, at the app's first write).
+    /// Counted from the database (once, at the app's first write or its
+    /// first report).
     counted: bool,
     /// Bytes of keys and values, with each key's overhead.
     used: u64,
     keys: u64,
+}
+
+impl Tally {
+    /// Count what `app` holds from the database, unless already counted.
+    fn count(&mut self, db: &Connection, app: &str) -> rusqlite::Result<()> {
+        if !self.counted {
+            let (keys, used) = usage(db, app)?;
+            *self = Tally {
+                counted: true,
+                used,
+                keys,
+            };
+        }
+        Ok(())
+    }
 }
 
 impl Capability for Storage {
@@ -51,17 +67,17 @@ CREATE TABLE IF NOT EXISTS kv (
 "#;
 
     fn report(&self, app: &ReportScope<'_>) -> Vec<Figure> {
-        // The running app's tally; counted from the database for an app
-        // that has not run.
+        // The app's tally, counted from the database the first time (an
+        // app that has not run, or not written yet) and kept: only the
+        // app's writes change it, and they keep the tally up to date.
         let tally = self.tallies.get(app.app);
-        let held = tally.lock().unwrap_or_else(|e| e.into_inner());
-        let (keys, bytes) = if held.counted {
-            (held.keys, held.used)
-        } else {
-            usage(app.db, app.app).unwrap_or_else(|e| {
+        let mut held = tally.lock().unwrap_or_else(|e| e.into_inner());
+        let (keys, bytes) = match held.count(app.db, app.app) {
+            Ok(()) => (held.keys, held.used),
+            Err(e) => {
                 tracing::warn!(app = app.app, "cannot count the app's storage: {e}");
                 (0, 0)
-            })
+            }
         };
         drop(held);
         vec![
@@ -169,14 +185,7 @@ impl StorageCtx {
     fn for_write(&self) -> rusqlite::Result<(MutexGuard<'_, Tally>, ConnectionGuard<'_>)> {
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
         let conn = self.db.lock()?;
-        if !tally.counted {
-            let (keys, used) = usage(&conn, &self.app)?;
-            *tally = Tally {
-                counted: true,
-                used,
-                keys,
-            };
-        }
+        tally.count(&conn, &self.app)?;
         Ok((tally, conn))
     }
 
@@ -393,7 +402,7 @@ mod tests {
         db.execute_batch(Storage::SCHEMA).expect("schema");
         StorageCtx::new(
             "app".into(),
-            SharedConnection::opened(crate::store::Pooled::unpooled(db)),
+            SharedConnection::opened(db),
             quota,
             SharedLimit::new(1_000_000, 1_000_000),
             Arc::default(),
@@ -512,6 +521,58 @@ mod tests {
         );
         assert!(second.delete("a".into()).expect("call").is_ok());
         assert!(first.set("c".into(), b"3".to_vec()).expect("call").is_ok());
+    }
+
+    #[test]
+    fn a_report_counts_an_apps_storage_once_and_its_writes_keep_the_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = crate::store::ConnectionPool::new(crate::store::Database::new(
+            dir.path().join("kv.db"),
+            None,
+        ));
+        let reader = pool.open().expect("open");
+        reader.execute_batch(Storage::SCHEMA).expect("schema");
+        // A key from an earlier run.
+        reader
+            .execute(
+                "INSERT INTO kv (app, key, value) VALUES ('app', 'a', x'01')",
+                [],
+            )
+            .expect("insert");
+        let unit = Storage::default();
+        let metrics = crate::metrics::AppMetrics::default();
+        let keys = || {
+            let scope = ReportScope {
+                app: "app",
+                metrics: &metrics,
+                db: &reader,
+            };
+            unit.report(&scope)[0].value
+        };
+        assert_eq!(keys(), 1, "counted from the database");
+        // Counted once: a row the app's writes did not make is not seen.
+        reader
+            .execute(
+                "INSERT INTO kv (app, key, value) VALUES ('app', 'b', x'01')",
+                [],
+            )
+            .expect("insert");
+        assert_eq!(keys(), 1, "the tally is kept, not counted again");
+        // The app's own writes keep it up to date.
+        let mut storage = StorageCtx::new(
+            "app".into(),
+            SharedConnection::lazy(pool.clone()),
+            u64::MAX,
+            SharedLimit::new(1_000_000, 1_000_000),
+            unit.tallies.get("app"),
+        );
+        assert!(
+            storage
+                .set("c".into(), b"3".to_vec())
+                .expect("call")
+                .is_ok()
+        );
+        assert_eq!(keys(), 2);
     }
 
     #[test]

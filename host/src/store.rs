@@ -184,7 +184,7 @@ pub struct Pooled {
 impl Pooled {
     /// A connection of no pool, closed when dropped (a unit test's
     /// in-memory database, say).
-    pub fn unpooled(conn: Connection) -> Pooled {
+    fn unpooled(conn: Connection) -> Pooled {
         Pooled {
             conn: Some(conn),
             pool: None,
@@ -255,11 +255,12 @@ impl SharedConnection {
         })))
     }
 
-    /// An open connection (a unit test's in-memory database, say).
-    pub fn opened(conn: Pooled) -> SharedConnection {
+    /// An open connection of no pool (a unit test's in-memory database,
+    /// say).
+    pub fn opened(conn: Connection) -> SharedConnection {
         SharedConnection(Arc::new(std::sync::Mutex::new(Lazy {
             pool: None,
-            conn: Some(conn),
+            conn: Some(Pooled::unpooled(conn)),
         })))
     }
 
@@ -277,7 +278,8 @@ impl SharedConnection {
     }
 
     /// Whether the connection was opened (by a first use).
-    pub fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -576,9 +576,7 @@ impl TablesCtx {
             name: table,
             rules: spec.rules(),
         };
-        let result = read(&conn, &at, spec);
-        drop(conn);
-        result.map_err(|e| self.failed(what, e))
+        read(&conn, &at, spec).map_err(|e| self.failed(what, e))
     }
 }
 
