@@ -417,7 +417,11 @@ impl Link {
         if !self.ledger.room() {
             return;
         }
-        let (rows, open) = match self.read_rows() {
+        let outbox::Unsent { rows, open } = match outbox::unsent_after(
+            &self.db,
+            self.ledger.rows_out() + READ_AHEAD,
+            self.ledger.read_past(),
+        ) {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");
@@ -472,17 +476,6 @@ impl Link {
                 }
             }
         }
-    }
-
-    /// The rows to send, alerts first, then on past what was handed out;
-    /// and the oldest row the writer may still add to, which reading on
-    /// must not pass.
-    fn read_rows(&self) -> rusqlite::Result<(Vec<outbox::Row>, Option<i64>)> {
-        // The open row first: one sealed after this read is then read again.
-        let open = outbox::oldest_open(&self.db)?;
-        let past = self.ledger.read_past();
-        let rows = outbox::next_rows_after(&self.db, self.ledger.rows_out() + READ_AHEAD, past)?;
-        Ok((rows, open))
     }
 
     fn publish(

@@ -190,6 +190,28 @@ pub fn next_rows_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::
     Ok(rows)
 }
 
+/// What a reader that goes on from where it left off reads: the rows of
+/// [`next_rows_after`], and the oldest row the writer may still add to
+/// ([`oldest_open`]), which the reader must not read on past.
+pub struct Unsent {
+    pub rows: Vec<Row>,
+    pub open: Option<i64>,
+}
+
+/// [`next_rows_after`] and [`oldest_open`] from one snapshot of the outbox.
+/// Read apart, a commit between them that opens a batch and adds a sealed
+/// row after it (a tick's climate point and its twin report) showed the
+/// sealed row with no open row before it: the reader passed it, and the
+/// batch, once sealed, lay behind its cursor and was never sent.
+pub fn unsent_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Result<Unsent> {
+    // A deferred transaction that only reads: one WAL snapshot, no lock
+    // that keeps the writer out. Dropping it ends it.
+    let snapshot = conn.unchecked_transaction()?;
+    let open = oldest_open(&snapshot)?;
+    let rows = next_rows_after(&snapshot, limit, past)?;
+    Ok(Unsent { rows, open })
+}
+
 /// The oldest row the telemetry writer may still add to (`None` when every
 /// row is sealed). A reader that goes on from where it left off must not go
 /// past it: it is sent once it is sealed, behind rows sent before it.
@@ -548,6 +570,70 @@ mod tests {
             [alert],
             "an alert is read until it is settled"
         );
+    }
+
+    /// One read of [`unsent_after`] during which another connection
+    /// commits what a tick commits (a new open batch, and a sealed twin
+    /// row after it) at the read's `at`-th SQLite progress step: what the
+    /// read let the reader pass, the batch's seq, and whether the commit
+    /// came before the read ended.
+    fn read_while_a_tick_commits(at: usize) -> (Vec<i64>, i64, bool) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (_dir, db) = database();
+        let reader = db.open().expect("open");
+        insert(&reader, &[entry(Kind::Ack, "d", "", b"{}")]).expect("insert");
+        let past = next_rows(&reader, 10).expect("rows")[0].seq;
+        let writer = db.open().expect("open");
+        let steps = Arc::new(AtomicUsize::new(0));
+        let counted = steps.clone();
+        reader
+            .progress_handler(
+                1,
+                Some(move || {
+                    if counted.fetch_add(1, Ordering::SeqCst) + 1 == at {
+                        writer
+                            .execute_batch(
+                                "INSERT INTO outbox (kind, device, name, created_at, points, payload, sealed)
+                                 VALUES ('telemetry', 'd', 'climate', 0, 1, X'5B5D', 0),
+                                        ('twin', 'd', '', 0, 1, X'7B7D', 1)",
+                            )
+                            .expect("the writer commits");
+                    }
+                    false
+                }),
+            )
+            .expect("progress handler");
+        let read = unsent_after(&reader, 10, past).expect("read");
+        reader
+            .progress_handler(0, None::<fn() -> bool>)
+            .expect("progress handler");
+        let committed = steps.load(Ordering::SeqCst) >= at;
+        let passed = read
+            .rows
+            .iter()
+            .filter(|row| row.kind != "alert" && read.open.is_none_or(|open| row.seq < open))
+            .map(|row| row.seq)
+            .collect();
+        (passed, past + 1, committed)
+    }
+
+    #[test]
+    fn a_batch_opened_while_the_link_reads_is_never_read_past() {
+        // The commit lands at each step of the read in turn, so at least
+        // one lands between its statements, wherever SQLite takes them.
+        let mut landed = 0;
+        for at in 1.. {
+            let (passed, batch, committed) = read_while_a_tick_commits(at);
+            if !committed {
+                break;
+            }
+            landed += 1;
+            assert!(
+                passed.iter().all(|&seq| seq < batch),
+                "a commit at step {at}: the reader may pass {passed:?} while batch {batch} is open"
+            );
+        }
+        assert!(landed > 2, "the read took {landed} steps");
     }
 
     #[test]
