@@ -6,12 +6,17 @@
 //! keyed by the sha256 of the component and by the engine's compatibility
 //! hash, so a restart with unchanged components loads native code instead of
 //! compiling (milliseconds instead of seconds for a large guest).
+//!
+//! Apps of the same component share one loaded copy of it: its code and
+//! metadata are in memory once, however many apps run it (see
+//! [`Runtime::load_bytes`]).
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
@@ -31,6 +36,9 @@ pub struct Runtime {
     linker: Linker<AppCtx>,
     cache_dir: PathBuf,
     ticker_stop: Arc<AtomicBool>,
+    /// The components loaded and still held by an app version, by digest,
+    /// with how each was made ready.
+    loaded: Mutex<HashMap<String, (Weak<Prepared>, Load)>>,
 }
 
 /// The engine settings. `wasmgate compile` uses the same, so that its
@@ -61,10 +69,14 @@ pub fn precompile(bytes: &[u8], target: Option<&str>) -> anyhow::Result<Vec<u8>>
 
 /// A component ready to instantiate.
 pub struct Loaded {
-    pub pre: Prepared,
+    /// Shared by every app version of this component.
+    pub pre: Arc<Prepared>,
     /// sha256 of the component file, hex.
     pub digest: String,
+    /// How the component was made ready when it was first loaded.
     pub source: Load,
+    /// It was already loaded for another app version, and is shared.
+    pub shared: bool,
     pub elapsed: Duration,
 }
 
@@ -95,6 +107,7 @@ impl Runtime {
             linker,
             cache_dir: cache_dir.to_path_buf(),
             ticker_stop,
+            loaded: Mutex::default(),
         })
     }
 
@@ -110,13 +123,26 @@ impl Runtime {
             .with_context(|| format!("component {}", path.display()))
     }
 
-    /// Make a component ready to instantiate: from the compile cache if this
-    /// exact component was compiled by a compatible engine before, else
-    /// compile and cache it. Then check that it fits the `app` world and
-    /// link it.
+    /// Make a component ready to instantiate: the copy already loaded if
+    /// an app version holds one, else from the compile cache if this exact
+    /// component was compiled by a compatible engine before, else compile
+    /// and cache it. Then check that it fits the `app` world and link it.
+    ///
+    /// A loaded copy is shared because each holds the component's code and
+    /// metadata: ten apps of a small Rust guest held ten copies, 0.35 MiB
+    /// each (BENCHMARKS.md, P6), and loaded it ten times at a start.
     pub fn load_bytes(&self, bytes: &[u8]) -> anyhow::Result<Loaded> {
         let started = Instant::now();
         let digest = hex::encode(Sha256::digest(bytes));
+        if let Some((pre, source)) = self.already_loaded(&digest) {
+            return Ok(Loaded {
+                pre,
+                digest,
+                source,
+                shared: true,
+                elapsed: started.elapsed(),
+            });
+        }
         let cached = self.cache_path(&digest);
 
         let mut component = None;
@@ -170,12 +196,31 @@ impl Runtime {
                 }
             },
         };
+        let pre = Arc::new(pre);
+        self.keep_loaded(&digest, &pre, source);
         Ok(Loaded {
             pre,
             digest,
             source,
+            shared: false,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The copy of component `digest` an app version still holds.
+    fn already_loaded(&self, digest: &str) -> Option<(Arc<Prepared>, Load)> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let (pre, source) = loaded.get(digest)?;
+        Some((pre.upgrade()?, *source))
+    }
+
+    /// Remember `pre` for the next load of `digest`, without keeping it
+    /// alive: a component no version holds any more is dropped, and its
+    /// entry with it.
+    fn keep_loaded(&self, digest: &str, pre: &Arc<Prepared>, source: Load) {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, (held, _)| held.strong_count() > 0);
+        loaded.insert(digest.to_string(), (Arc::downgrade(pre), source));
     }
 
     #[cfg(feature = "compiler")]

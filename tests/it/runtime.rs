@@ -138,6 +138,54 @@ fn a_restart_with_unchanged_components_does_not_recompile() {
     assert!(run.stop().success());
 }
 
+/// Three apps of one component: on the start that loads it from the
+/// compile cache, the cache file is mapped once, not once an app.
+#[test]
+fn apps_of_one_component_share_one_loaded_copy_of_it() {
+    let names = ["a", "b", "c"];
+    let gw = names.iter().fold(Gateway::new(), |gw, name| {
+        gw.app(name, &guest("storage-roundtrip"), &model("counter"), FAST)
+    });
+    let mut run = gw.start();
+    for name in names {
+        run.wait_running(name, Duration::from_secs(60));
+    }
+    assert!(run.stop().success());
+
+    let mut run = gw.start();
+    let statuses: Vec<_> = names
+        .iter()
+        .map(|name| run.wait_running(name, Duration::from_secs(30)))
+        .collect();
+    for status in &statuses {
+        assert_eq!(status["load"], "cache", "{status}");
+        assert_eq!(status["component"], statuses[0]["component"]);
+    }
+    // Each load maps the file's code and read-only data: a second load
+    // would map those offsets again. (Writable mappings are each
+    // instance's own copy-on-write image of its linear memory.)
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", run.pid())).expect("maps");
+    let offsets: Vec<(&str, &str)> = maps
+        .lines()
+        .filter(|line| line.ends_with(".cwasm"))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1], fields[2])
+        })
+        .filter(|(permissions, _)| !permissions.contains('w'))
+        .collect();
+    assert!(!offsets.is_empty(), "the cache file is not mapped:\n{maps}");
+    let mut unique = offsets.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        offsets.len(),
+        "the component is mapped more than once (permissions, offset): {offsets:?}"
+    );
+    assert!(run.stop().success());
+}
+
 #[test]
 fn the_thermostat_example_records_reports_and_alerts() {
     let gw = Gateway::new().app(

@@ -47,7 +47,8 @@ pub struct AppVersion {
     pub model: Arc<DeviceModel>,
     /// The models the app may `register` devices with, by name.
     pub device_models: Arc<BTreeMap<String, Arc<DeviceModel>>>,
-    pub pre: Prepared,
+    /// Shared with every other version of the same component.
+    pub pre: Arc<Prepared>,
     /// sha256 of the component.
     pub digest: String,
     /// The version number in the deployment registry (0 if not registered).
@@ -586,7 +587,7 @@ impl Actor {
     }
 
     async fn instantiate(&mut self, version: &AppVersion) -> Result<Instance, AppError> {
-        let Prepared::App(pre) = &version.pre else {
+        let Prepared::App(pre) = &*version.pre else {
             return Err(AppError::ServesHttp {
                 app: self.base.name.to_string(),
             });

@@ -345,7 +345,7 @@ impl Deployer {
                         first_line(&format!("{e:#}"))
                     )
                 })?;
-            log_load(&app.name, &loaded.source, loaded.elapsed);
+            log_load(&app.name, &loaded);
             loaded_now.insert(app.name.clone(), (loaded.pre, loaded.source));
             let digest = self.artifacts.put(&component)?;
             let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
@@ -379,7 +379,7 @@ impl Deployer {
         &self,
         app: &str,
         number: i64,
-        loaded: Option<(crate::app::Prepared, Load)>,
+        loaded: Option<(Arc<crate::app::Prepared>, Load)>,
     ) -> anyhow::Result<AppVersion> {
         let record = registry::get(&self.db(), app, number)?
             .with_context(|| format!("app {app}: version {number} is not in the registry"))?;
@@ -395,7 +395,7 @@ impl Deployer {
                 let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
                     .await?
                     .with_context(|| format!("app {app}"))?;
-                log_load(app, &loaded.source, loaded.elapsed);
+                log_load(app, &loaded);
                 (loaded.pre, loaded.source)
             }
         };
@@ -566,7 +566,7 @@ impl Deployer {
             .await
             .map_err(DeployError::LoadTask)?
             .map_err(DeployError::ComponentRefused)?;
-        log_load(&app, &loaded.source, loaded.elapsed);
+        log_load(&app, &loaded);
         let number = registry::add(&self.db(), &app, &digest, &spec, &request.source)?;
         let version = AppVersion {
             config: spec.to_config(&app),
@@ -876,8 +876,13 @@ impl Spec {
     }
 }
 
-fn log_load(app: &str, source: &Load, elapsed: Duration) {
-    match source {
+fn log_load(app: &str, loaded: &crate::engine::Loaded) {
+    let elapsed = loaded.elapsed;
+    if loaded.shared {
+        tracing::info!(app, "uses the component another app has loaded");
+        return;
+    }
+    match loaded.source {
         Load::Compiled => tracing::info!(
             app,
             "compiled component in {} ms (kept in the compile cache)",

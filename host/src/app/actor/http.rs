@@ -50,7 +50,7 @@ struct Serving {
 impl Serving {
     /// `version` if it is a `wasi:http/proxy` component; else itself back.
     fn of(version: AppVersion) -> Result<Serving, Box<AppVersion>> {
-        match &version.pre {
+        match &*version.pre {
             Prepared::HttpProxy(pre) => Ok(Serving {
                 pre: pre.clone(),
                 version,
