@@ -81,30 +81,57 @@ fn main() {
     }
 
     if wanted("P4") {
-        let [cold, warm, started, bare_instantiate] = medians(runs, || {
-            let (a, b, c, d) = cold_start(10);
-            [a, b, c, micros(d)]
+        let [cold, warm, started, instantiated, bare_instantiate] = medians(runs, || {
+            let start = cold_start(10);
+            [
+                start.cold_ms,
+                start.warm_ms,
+                start.started_ms,
+                start.instantiated_ms,
+                micros(start.bare_instantiate),
+            ]
         });
+        let bare_ms = bare_instantiate / 1000.0;
         rows.push([
             "P4".into(),
-            "cold start: 10 apps, process start to every app's first tick; per app instantiate + init".into(),
-            format!("no cache {cold:.0} ms, with the compile cache {warm:.0} ms; instantiate + init {started:.2} ms per app"),
-            format!("wasmtime `InstancePre` instantiation of the same component: {:.3} ms", bare_instantiate / 1000.0),
+            "cold start: 10 apps, process start to every app's first tick; per app: instantiation (and instantiation + the guest's init)".into(),
+            format!(
+                "no cache {cold:.0} ms, with the compile cache {warm:.0} ms; instantiation {instantiated:.3} ms per app ({started:.2} ms with init)"
+            ),
+            format!(
+                "wasmtime `InstancePre` instantiation of the same component: {bare_ms:.3} ms; instantiation {:.1}× (with init {:.0}×)",
+                instantiated / bare_ms,
+                started / bare_ms
+            ),
         ]);
     }
 
     if wanted("P6") {
-        let mut sizes = (0.0, String::new());
-        let [rss1, rss10] = medians(runs, || {
-            let (a, b, size, runtime_only) = footprint();
-            sizes = (size, runtime_only);
-            [a, b]
+        let mut last = None;
+        let [rss1, rss10, anon1, anon10, device1, device10] = medians(runs, || {
+            let footprint = footprint();
+            let device = footprint
+                .device
+                .map_or([f64::NAN; 2], |(one, ten)| [one.rss, ten.rss]);
+            let figures = [
+                footprint.one.rss,
+                footprint.ten.rss,
+                footprint.one.anon,
+                footprint.ten.anon,
+                device[0],
+                device[1],
+            ];
+            last = Some(footprint);
+            figures
         });
-        let (size, runtime_only) = sizes;
+        let footprint = last.expect("a run");
         rows.push([
             "P6".into(),
-            "resident memory idle (1 app / 10 apps); binary size (release, stripped: default / runtime-only)".into(),
-            format!("{rss1:.1} MiB / {rss10:.1} MiB; {size:.1} MiB / {runtime_only}"),
+            "resident memory idle, 1 / 10 apps (of it anonymous, the rest mostly the binary's code); the runtime-only build with precompiled apps; binary size (release, stripped: default / runtime-only)".into(),
+            format!(
+                "{rss1:.1} / {rss10:.1} MiB (anonymous {anon1:.1} / {anon10:.1}); runtime-only {device1:.1} / {device10:.1} MiB; {:.1} MiB / {}",
+                footprint.size, footprint.runtime_only
+            ),
             "—".into(),
         ]);
     }
@@ -947,11 +974,17 @@ fn paho_baseline(points: u64) -> Result<f64, String> {
 
 /// `n` storage-roundtrip apps (`app0`, ...) ticking every `tick_ms`.
 fn roundtrip_apps(n: usize, tick_ms: u32) -> Gateway {
+    apps_of(&guest("storage-roundtrip"), n, tick_ms)
+}
+
+/// `n` counter apps of `component` (the storage-roundtrip guest, as a
+/// component or precompiled).
+fn apps_of(component: &std::path::Path, n: usize, tick_ms: u32) -> Gateway {
     let mut gw = Gateway::new();
     for i in 0..n {
         gw = gw.app(
             &format!("app{i}"),
-            &guest("storage-roundtrip"),
+            component,
             &root().join("tests/models/counter.json"),
             &format!("tick_interval_ms = {tick_ms}"),
         );
@@ -959,9 +992,23 @@ fn roundtrip_apps(n: usize, tick_ms: u32) -> Gateway {
     gw
 }
 
+/// P4's figures: medians of three starts each.
+struct ColdStart {
+    /// Process start to every app's first tick, on a fresh data directory.
+    cold_ms: f64,
+    /// The same with the compile cache.
+    warm_ms: f64,
+    /// An app's start as the gateway logs it: instantiation and `init`.
+    started_ms: f64,
+    /// Of it, the instantiation: wasmtime's and every unit's state.
+    instantiated_ms: f64,
+    /// The baseline: wasmtime's `InstancePre` instantiation alone.
+    bare_instantiate: Duration,
+}
+
 /// P4: from process start until every app has ticked, with a fresh data
 /// directory and again with its compile cache; and instantiation alone.
-fn cold_start(apps: usize) -> (f64, f64, f64, Duration) {
+fn cold_start(apps: usize) -> ColdStart {
     let first_ticks = |run: &mut common::Running| {
         run.wait_until(
             Duration::from_secs(120),
@@ -978,6 +1025,7 @@ fn cold_start(apps: usize) -> (f64, f64, f64, Duration) {
     let mut colds = Vec::new();
     let mut warms = Vec::new();
     let mut starts = Vec::new();
+    let mut instantiations = Vec::new();
     for _ in 0..3 {
         let gw = roundtrip_apps(apps, 10);
         let t = Instant::now();
@@ -991,14 +1039,19 @@ fn cold_start(apps: usize) -> (f64, f64, f64, Duration) {
         let mut run = gw.start();
         first_ticks(&mut run);
         warms.push(t.elapsed().as_secs_f64() * 1000.0);
-        starts.extend(run.lines().iter().filter_map(|l| {
-            l.split("app started in ")
+        // "app started in 0.25 ms (instantiated in 0.07 ms, then init)"
+        let after = |line: &str, prefix: &str| -> Option<f64> {
+            line.split(prefix)
                 .nth(1)?
                 .split_whitespace()
                 .next()?
                 .parse::<f64>()
                 .ok()
-        }));
+        };
+        for line in run.lines() {
+            starts.extend(after(&line, "app started in "));
+            instantiations.extend(after(&line, "(instantiated in "));
+        }
         run.stop();
     }
     let med = |mut v: Vec<f64>| {
@@ -1029,19 +1082,27 @@ fn cold_start(apps: usize) -> (f64, f64, f64, Duration) {
         }
         started.elapsed() / n
     });
-    let (cold, warm, started) = (med(colds), med(warms), med(starts));
+    let start = ColdStart {
+        cold_ms: med(colds),
+        warm_ms: med(warms),
+        started_ms: med(starts),
+        instantiated_ms: med(instantiations),
+        bare_instantiate: bare,
+    };
     eprintln!(
-        "cold start: {cold:.0} ms, warm {warm:.0} ms, app started {started:.2} ms, bare instantiate {bare:?}"
+        "cold start: {:.0} ms, warm {:.0} ms, app started {:.2} ms (instantiated {:.3} ms), bare instantiate {bare:?}",
+        start.cold_ms, start.warm_ms, start.started_ms, start.instantiated_ms
     );
-    (cold, warm, started, bare)
+    start
 }
 
-fn rss_mib(pid: u32) -> f64 {
+/// A field of `/proc/PID/status` in kB, as MiB (NaN when unreadable).
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
+                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
                 .split_whitespace()
                 .nth(1)?
                 .parse::<f64>()
@@ -1050,29 +1111,72 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-/// P6: resident memory of an idle gateway with 1 and 10 apps; binary sizes.
-fn footprint() -> (f64, f64, f64, String) {
-    let idle = |apps: usize| {
-        let gw = roundtrip_apps(apps, 10).section("");
-        let mut run = gw.start();
-        run.wait_until(
-            Duration::from_secs(120),
-            "every app's first tick",
-            |lines| {
-                (lines
-                    .iter()
-                    .filter(|l| l.contains("counter=1 roundtrip="))
-                    .count()
-                    >= apps)
-                    .then_some(())
-            },
-        );
-        std::thread::sleep(Duration::from_secs(3));
-        let rss = rss_mib(run.pid());
-        run.stop();
-        rss
-    };
-    let (one, ten) = (idle(1), idle(10));
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
+}
+
+/// A process's resident memory, and how much of it is anonymous (heap,
+/// stacks, guests' memories) rather than pages of its files (its code).
+#[derive(Clone, Copy)]
+struct Resident {
+    rss: f64,
+    anon: f64,
+}
+
+impl Resident {
+    fn of(pid: u32) -> Resident {
+        Resident {
+            rss: rss_mib(pid),
+            anon: status_mib(pid, "RssAnon"),
+        }
+    }
+}
+
+/// P6's figures.
+struct Footprint {
+    one: Resident,
+    ten: Resident,
+    /// The runtime-only build running the same apps precompiled: what a
+    /// device would run. `None` if it could not be built.
+    device: Option<(Resident, Resident)>,
+    /// Stripped sizes, MiB: the default binary, and the runtime-only one.
+    size: f64,
+    runtime_only: String,
+}
+
+/// `apps` storage-roundtrip apps of `component`, run by `binary` until
+/// every app has ticked and 3 s after: the process's resident memory.
+fn idle_resident(binary: &std::path::Path, component: &std::path::Path, apps: usize) -> Resident {
+    let gw = apps_of(component, apps, 10);
+    gw.write_config();
+    let mut run = common::Running::spawn_binary(binary, &gw.config_path(), &[]);
+    run.wait_until(
+        Duration::from_secs(120),
+        "every app's first tick",
+        |lines| {
+            (lines
+                .iter()
+                .filter(|l| l.contains("counter=1 roundtrip="))
+                .count()
+                >= apps)
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let resident = Resident::of(run.pid());
+    run.stop();
+    resident
+}
+
+/// P6: resident memory of an idle gateway with 1 and 10 apps, for the
+/// default binary and for the runtime-only one; binary sizes.
+fn footprint() -> Footprint {
+    let component = guest("storage-roundtrip");
+    let binary = common::binary();
+    let (one, ten) = (
+        idle_resident(&binary, &component, 1),
+        idle_resident(&binary, &component, 10),
+    );
     let stripped = |path: &std::path::Path| -> Option<f64> {
         let copy = std::env::temp_dir().join(format!("wasmgate-size-{}", std::process::id()));
         std::fs::copy(path, &copy).ok()?;
@@ -1085,7 +1189,7 @@ fn footprint() -> (f64, f64, f64, String) {
         let _ = std::fs::remove_file(&copy);
         ok.then_some(size)
     };
-    let size = stripped(&common::binary()).unwrap_or(f64::NAN);
+    let size = stripped(&binary).unwrap_or(f64::NAN);
     let built = std::process::Command::new(env!("CARGO"))
         .current_dir(root())
         .args([
@@ -1097,16 +1201,51 @@ fn footprint() -> (f64, f64, f64, String) {
         ])
         .status()
         .is_ok_and(|s| s.success());
+    // Beside the default binary: the same target directory and profile,
+    // wherever CARGO_TARGET_DIR puts them.
+    let device_binary = binary.with_file_name("wasmgate-runtime-only");
     let runtime_only = if built {
-        // Beside the default binary: the same target directory and profile,
-        // wherever CARGO_TARGET_DIR puts them.
-        stripped(&common::binary().with_file_name("wasmgate-runtime-only"))
-            .map_or("not measured".into(), |s| format!("{s:.1} MiB"))
+        stripped(&device_binary).map_or("not measured".into(), |s| format!("{s:.1} MiB"))
     } else {
         "not built".into()
     };
-    eprintln!("footprint: {one:.1} / {ten:.1} MiB; {size:.1} MiB / {runtime_only}");
-    (one, ten, size, runtime_only)
+    let device = built
+        .then(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let artifact = dir.path().join("storage-roundtrip.cwasm");
+            let compiled = std::process::Command::new(&binary)
+                .arg("compile")
+                .arg(&component)
+                .arg("--output")
+                .arg(&artifact)
+                .status()
+                .is_ok_and(|s| s.success());
+            compiled.then(|| {
+                (
+                    idle_resident(&device_binary, &artifact, 1),
+                    idle_resident(&device_binary, &artifact, 10),
+                )
+            })
+        })
+        .flatten();
+    eprintln!(
+        "footprint: {:.1} / {:.1} MiB (anonymous {:.1} / {:.1}); runtime-only {}; {size:.1} MiB / {runtime_only}",
+        one.rss,
+        ten.rss,
+        one.anon,
+        ten.anon,
+        device.map_or("not measured".into(), |(a, b)| format!(
+            "{:.1} / {:.1} MiB (anonymous {:.1} / {:.1})",
+            a.rss, b.rss, a.anon, b.anon
+        )),
+    );
+    Footprint {
+        one,
+        ten,
+        device,
+        size,
+        runtime_only,
+    }
 }
 
 /// `n` sequential round trips (after `n / 10` to warm up): publish on
