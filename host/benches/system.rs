@@ -1110,7 +1110,7 @@ fn cold_start(apps: usize) -> ColdStart {
 
 /// When the gateway logged `line` (its leading RFC 3339 timestamp).
 fn logged_at(line: &str) -> Option<std::time::SystemTime> {
-    let stamp = line.trim_start().split_whitespace().next()?;
+    let stamp = line.split_whitespace().next()?;
     let at =
         time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
     Some(at.into())
