@@ -108,7 +108,16 @@ fn main() {
 
     if wanted("P6") {
         let mut last = None;
-        let [rss1, rss10, anon1, anon10, device1, device10] = medians(runs, || {
+        let [
+            rss1,
+            rss10,
+            anon1,
+            anon10,
+            device1,
+            device10,
+            again,
+            again_anon,
+        ] = medians(runs, || {
             let footprint = footprint();
             let device = footprint
                 .device
@@ -120,6 +129,8 @@ fn main() {
                 footprint.ten.anon,
                 device[0],
                 device[1],
+                footprint.restarted.rss,
+                footprint.restarted.anon,
             ];
             last = Some(footprint);
             figures
@@ -127,9 +138,9 @@ fn main() {
         let footprint = last.expect("a run");
         rows.push([
             "P6".into(),
-            "resident memory idle, 1 / 10 apps (of it anonymous, the rest mostly the binary's code); the runtime-only build with precompiled apps; binary size (release, stripped: default / runtime-only)".into(),
+            "resident memory idle, 1 / 10 apps, on the start that compiles them (of it anonymous, the rest mostly the binary's code); 10 apps restarted from the compile cache; the runtime-only build with precompiled apps; binary size (release, stripped: default / runtime-only)".into(),
             format!(
-                "{rss1:.1} / {rss10:.1} MiB (anonymous {anon1:.1} / {anon10:.1}); runtime-only {device1:.1} / {device10:.1} MiB; {:.1} MiB / {}",
+                "{rss1:.1} / {rss10:.1} MiB (anonymous {anon1:.1} / {anon10:.1}); restarted {again:.1} MiB (anonymous {again_anon:.1}); runtime-only {device1:.1} / {device10:.1} MiB; {:.1} MiB / {}",
                 footprint.size, footprint.runtime_only
             ),
             "—".into(),
@@ -1155,8 +1166,11 @@ impl Resident {
 
 /// P6's figures.
 struct Footprint {
+    /// The first start, which compiles the component.
     one: Resident,
     ten: Resident,
+    /// Ten apps started again, from the compile cache.
+    restarted: Resident,
     /// The runtime-only build running the same apps precompiled: what a
     /// device would run. `None` if it could not be built.
     device: Option<(Resident, Resident)>,
@@ -1170,6 +1184,16 @@ struct Footprint {
 fn idle_resident(binary: &std::path::Path, component: &std::path::Path, apps: usize) -> Resident {
     let gw = apps_of(component, apps, 10);
     gw.write_config();
+    idle_resident_of(binary, &gw, apps)
+}
+
+/// `gw`'s `apps` counter apps run by `binary` until every app has ticked
+/// (for the first time: counters in storage are wiped first) and 3 s
+/// after: the process's resident memory.
+fn idle_resident_of(binary: &std::path::Path, gw: &Gateway, apps: usize) -> Resident {
+    if gw.db_path().exists() {
+        gw.db().execute("DELETE FROM kv", []).expect("reset");
+    }
     let mut run = common::Running::spawn_binary(binary, &gw.config_path(), &[]);
     run.wait_until(
         Duration::from_secs(120),
@@ -1198,6 +1222,14 @@ fn footprint() -> Footprint {
         idle_resident(&binary, &component, 1),
         idle_resident(&binary, &component, 10),
     );
+    // The same ten apps again on the same data directory: loaded from the
+    // compile cache, as after any restart, instead of compiled.
+    let restarted = {
+        let gw = apps_of(&component, 10, 10);
+        gw.write_config();
+        idle_resident_of(&binary, &gw, 10);
+        idle_resident_of(&binary, &gw, 10)
+    };
     let stripped = |path: &std::path::Path| -> Option<f64> {
         let copy = std::env::temp_dir().join(format!("wasmgate-size-{}", std::process::id()));
         std::fs::copy(path, &copy).ok()?;
@@ -1260,9 +1292,14 @@ fn footprint() -> Footprint {
             a.rss, b.rss, a.anon, b.anon
         )),
     );
+    eprintln!(
+        "footprint: restarted from the compile cache, 10 apps: {:.1} MiB (anonymous {:.1})",
+        restarted.rss, restarted.anon
+    );
     Footprint {
         one,
         ten,
+        restarted,
         device,
         size,
         runtime_only,
