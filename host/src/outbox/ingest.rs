@@ -391,14 +391,22 @@ impl Writer {
 
     fn over_limits(&self) -> bool {
         let config = self.usage.config();
+        // Without a series byte limit, no stream can be over one: skip the
+        // scan of every stream.
+        let series_limits = config.defaults.max_bytes.is_some()
+            || config
+                .series
+                .values()
+                .any(|series| series.max_bytes.is_some());
         self.usage.total_bytes() > config.max_bytes
-            || self.usage.snapshot().iter().any(|(s, st)| {
-                s.kind == "telemetry"
-                    && config
-                        .series(&s.name)
-                        .max_bytes
-                        .is_some_and(|max| st.bytes > max)
-            })
+            || series_limits
+                && self.usage.any_stream(|s, st| {
+                    s.kind == "telemetry"
+                        && config
+                            .series(&s.name)
+                            .max_bytes
+                            .is_some_and(|max| st.bytes > max)
+                })
     }
 }
 
