@@ -32,9 +32,19 @@ use crate::wire::topics::Service;
 /// The name of the lock file that keeps two gateways off one data directory.
 pub const LOCK_FILE: &str = "wasmgate.lock";
 
+/// How long a start waits for the data directory's lock: a wasmgate that
+/// was just stopped may still be exiting (a restart by systemd, or a test
+/// that starts it again at once), and its lock goes with its last file.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Hold the data directory for this process. The lock goes with the process,
 /// even on `kill -9`.
 pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    lock_data_dir_within(data_dir, LOCK_WAIT)
+}
+
+/// [`lock_data_dir`], waiting at most `wait` for a holder to let go.
+fn lock_data_dir_within(data_dir: &Path, wait: std::time::Duration) -> anyhow::Result<File> {
     let path = data_dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -43,13 +53,25 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    if file.try_lock().is_err() {
-        let pid = std::fs::read_to_string(&path).unwrap_or_default();
-        anyhow::bail!(
-            "another wasmgate (pid {}) is using the data directory {}",
-            pid.trim(),
-            data_dir.display()
-        );
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "another wasmgate (pid {}) is using the data directory {}",
+                    pid.trim(),
+                    data_dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
     }
     file.set_len(0)?;
     write!(file, "{}", std::process::id())?;
@@ -413,4 +435,30 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_start_waits_for_a_holder_that_lets_go_and_names_one_that_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = lock_data_dir_within(dir.path(), Duration::ZERO).expect("first lock");
+        let err = lock_data_dir_within(dir.path(), Duration::from_millis(100))
+            .expect_err("held throughout")
+            .to_string();
+        assert!(
+            err.contains("another wasmgate") && err.contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        // The holder lets go while the next start waits: it gets the lock.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+        });
+        lock_data_dir_within(dir.path(), Duration::from_secs(10)).expect("lock after release");
+        release.join().expect("release");
+    }
 }
