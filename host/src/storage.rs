@@ -487,11 +487,8 @@ mod tests {
         assert_eq!(all[0], "many/00000");
     }
 
-    #[test]
-    fn two_instances_of_an_app_share_its_quota() {
-        // As an app serving HTTP has, one per request in flight: on one
-        // database, with one tally.
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A pool on a file database in `dir` with the `kv` table.
+    fn kv_pool(dir: &tempfile::TempDir) -> Arc<crate::store::ConnectionPool> {
         let pool = crate::store::ConnectionPool::new(crate::store::Database::new(
             dir.path().join("kv.db"),
             None,
@@ -500,17 +497,33 @@ mod tests {
             .expect("open")
             .execute_batch(Storage::SCHEMA)
             .expect("schema");
+        pool
+    }
+
+    /// An instance of `unit`'s app "app", on a connection of `pool`.
+    fn instance_of(
+        unit: &Storage,
+        pool: &Arc<crate::store::ConnectionPool>,
+        quota: u64,
+    ) -> StorageCtx {
+        StorageCtx::new(
+            "app".into(),
+            SharedConnection::lazy(pool.clone()),
+            quota,
+            SharedLimit::new(1_000_000, 1_000_000),
+            unit.tallies.get("app"),
+        )
+    }
+
+    #[test]
+    fn two_instances_of_an_app_share_its_quota() {
+        // As an app serving HTTP has, one per request in flight: on one
+        // database, with one tally.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = kv_pool(&dir);
         let quota = 2 * (2 + KEY_OVERHEAD_BYTES);
         let unit = Storage::default();
-        let instance = || {
-            StorageCtx::new(
-                "app".into(),
-                SharedConnection::lazy(pool.clone()),
-                quota,
-                SharedLimit::new(1_000_000, 1_000_000),
-                unit.tallies.get("app"),
-            )
-        };
+        let instance = || instance_of(&unit, &pool, quota);
         let (mut first, mut second) = (instance(), instance());
         assert!(first.set("a".into(), b"1".to_vec()).expect("call").is_ok());
         assert!(second.set("b".into(), b"2".to_vec()).expect("call").is_ok());
@@ -526,12 +539,8 @@ mod tests {
     #[test]
     fn a_report_counts_an_apps_storage_once_and_its_writes_keep_the_count() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = crate::store::ConnectionPool::new(crate::store::Database::new(
-            dir.path().join("kv.db"),
-            None,
-        ));
+        let pool = kv_pool(&dir);
         let reader = pool.open().expect("open");
-        reader.execute_batch(Storage::SCHEMA).expect("schema");
         // A key from an earlier run.
         reader
             .execute(
@@ -559,13 +568,7 @@ mod tests {
             .expect("insert");
         assert_eq!(keys(), 1, "the tally is kept, not counted again");
         // The app's own writes keep it up to date.
-        let mut storage = StorageCtx::new(
-            "app".into(),
-            SharedConnection::lazy(pool.clone()),
-            u64::MAX,
-            SharedLimit::new(1_000_000, 1_000_000),
-            unit.tallies.get("app"),
-        );
+        let mut storage = instance_of(&unit, &pool, u64::MAX);
         assert!(
             storage
                 .set("c".into(), b"3".to_vec())

@@ -324,15 +324,23 @@ impl Writer {
         if maintain {
             self.last_maintenance = Instant::now();
         }
+        // Only a stream written now can have gone over its series' limit.
+        let mut stream_over = false;
         let result = match result {
             Ok(written) => {
                 let now = Instant::now();
                 for (piece, row) in pieces.iter().zip(written) {
-                    self.usage.added(
+                    let held = self.usage.added(
                         Stream::telemetry(&piece.device, &piece.series),
                         row.added_bytes,
                         u64::from(piece.points),
                     );
+                    stream_over |= self
+                        .usage
+                        .config()
+                        .series(&piece.series)
+                        .max_bytes
+                        .is_some_and(|max| held > max);
                     let key = (piece.device.clone(), piece.series.clone());
                     if piece.sealed {
                         self.open.remove(&key);
@@ -378,7 +386,8 @@ impl Writer {
             }
         };
         // Limits are enforced after the new rows are counted.
-        if result.is_ok() && !pieces.is_empty() && self.over_limits() {
+        let gateway_over = self.usage.total_bytes() > self.usage.config().max_bytes;
+        if result.is_ok() && !pieces.is_empty() && (stream_over || gateway_over) {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -387,26 +396,6 @@ impl Writer {
             tx.commit()?;
         }
         result
-    }
-
-    fn over_limits(&self) -> bool {
-        let config = self.usage.config();
-        // Without a series byte limit, no stream can be over one: skip the
-        // scan of every stream.
-        let series_limits = config.defaults.max_bytes.is_some()
-            || config
-                .series
-                .values()
-                .any(|series| series.max_bytes.is_some());
-        self.usage.total_bytes() > config.max_bytes
-            || series_limits
-                && self.usage.any_stream(|s, st| {
-                    s.kind == "telemetry"
-                        && config
-                            .series(&s.name)
-                            .max_bytes
-                            .is_some_and(|max| st.bytes > max)
-                })
     }
 }
 

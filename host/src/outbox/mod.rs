@@ -171,7 +171,7 @@ pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> 
 /// [`next_rows`], but only the non-alert rows past `past`: the cloud link
 /// reads on from where it left off instead of reading again every row it
 /// has in flight (alerts are few, and are always read from the first).
-pub fn next_rows_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Result<Vec<Row>> {
+fn next_rows_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Result<Vec<Row>> {
     let mut rows = conn
         .prepare_cached(
             "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
@@ -215,7 +215,7 @@ pub fn unsent_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Res
 /// The oldest row the telemetry writer may still add to (`None` when every
 /// row is sealed). A reader that goes on from where it left off must not go
 /// past it: it is sent once it is sealed, behind rows sent before it.
-pub fn oldest_open(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+fn oldest_open(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT MIN(seq) FROM outbox WHERE sealed = 0")?
         .query_row([], |r| r.get(0))
 }
