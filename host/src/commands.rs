@@ -376,6 +376,10 @@ fn render_link(link: &crate::report::LinkInfo) -> String {
     if link.replies_dropped > 0 {
         line.push_str(&format!(", {} repl(ies) dropped", link.replies_dropped));
     }
+    line.push_str(&format!(
+        ", {} in flight, {} waiting",
+        link.in_flight, link.waiting
+    ));
     if let Some(error) = &link.last_error {
         line.push_str(&format!("\n  last error: {error}"));
     }

@@ -107,6 +107,12 @@ pub struct LinkMetrics {
     /// Replies dropped because too many bytes of them already waited for
     /// the broker.
     pub replies_dropped: AtomicU64,
+    /// Publishes handed to the MQTT client and not yet acknowledged: the
+    /// link's window in use (at most `max_inflight`). A window that stays
+    /// full while nothing is acknowledged is a stuck link.
+    pub in_flight: AtomicU64,
+    /// Replies and statuses waiting for room in the window.
+    pub waiting: AtomicU64,
     /// Why the last connection failed or ended, if one did.
     last_error: Mutex<Option<String>>,
     /// The broker the link is on, or trying (one of `[cloud] urls`).
@@ -114,6 +120,12 @@ pub struct LinkMetrics {
 }
 
 impl LinkMetrics {
+    /// The window's occupancy now (see [`in_flight`](Self::in_flight)).
+    pub fn set_window(&self, in_flight: usize, waiting: usize) {
+        self.in_flight.store(in_flight as u64, Ordering::Relaxed);
+        self.waiting.store(waiting as u64, Ordering::Relaxed);
+    }
+
     pub fn set_last_error(&self, error: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }

@@ -165,7 +165,7 @@ fn reports_made_while_the_state_is_out_are_sent_once_it_is_acknowledged() {
             values.join(",")
         ),
     );
-    let _run = gw.start();
+    let mut run = gw.start();
     consumer.wait_json(&topic("replay", "twin/reported"), T, |j| {
         j["attributes"]["level"] == 1.0
     });
@@ -191,11 +191,18 @@ fn reports_made_while_the_state_is_out_are_sent_once_it_is_acknowledged() {
     // the newest, not a row per report the broker has not seen.
     let rows = gw.outbox_rows("twin", None);
     assert_eq!(rows.len(), 1, "one twin row for the device: {rows:?}");
+    // The link's window shows what waits for the broker: the state out,
+    // and rows of points, never more than `max_inflight` (32).
+    let link = run.link().expect("link");
+    let in_flight = link["in_flight"].as_u64().expect("in_flight");
+    assert!((1..=32).contains(&in_flight), "{link}");
     broker.resume();
     let last = consumer.wait_json(&topic("replay", "twin/reported"), T, |j| {
         j["attributes"]["level"] == 16.0
     });
     assert_eq!(last["attributes"]["level"], 16.0);
+    // Once the broker has everything, the window is empty again.
+    run.wait_link(T, "empty of publishes", |link| link["in_flight"] == 0);
 }
 
 /// Publish a desired message and wait for a new ack of its version.

@@ -114,6 +114,16 @@ impl Ledger {
         self.submitted.len() + self.inflight.len() < self.window
     }
 
+    /// Publishes submitted or in flight: the window in use.
+    pub fn out(&self) -> usize {
+        self.submitted.len() + self.inflight.len()
+    }
+
+    /// Replies and statuses waiting for room.
+    pub fn waiting(&self) -> usize {
+        self.messages.len()
+    }
+
     /// Queue a reply; `Err` gives it back when the queue is at its hard
     /// bound.
     pub fn queue(&mut self, reply: Reply, retain: bool) -> Result<(), Reply> {

@@ -379,9 +379,22 @@ impl Link {
         self.report.status(online, reason, now_ns())
     }
 
+    /// Send what fits in the window, and show how full it is.
+    fn pump(&mut self) {
+        self.fill_window();
+        self.show_window();
+    }
+
+    /// The window's occupancy, in the link's metrics.
+    fn show_window(&self) {
+        self.metrics
+            .link
+            .set_window(self.ledger.out(), self.ledger.waiting());
+    }
+
     /// Send what fits in the window: queued messages first, then the outbox
     /// (alerts before everything else, then in order).
-    fn pump(&mut self) {
+    fn fill_window(&mut self) {
         self.pump_due = false;
         self.settle_delivered();
         if !self.connected {
@@ -742,6 +755,7 @@ impl Link {
         self.settle_delivered();
         self.connected = false;
         self.ledger.disconnected();
+        self.show_window();
     }
 }
 

@@ -42,6 +42,13 @@ pub struct LinkInfo {
     /// Replies dropped because too many already waited for the broker.
     #[serde(default)]
     pub replies_dropped: u64,
+    /// Publishes sent and not yet acknowledged by the broker (at most
+    /// `max_inflight`).
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Replies and statuses waiting for room among those.
+    #[serde(default)]
+    pub waiting: u64,
     /// Why the last connection failed or ended, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -241,6 +248,8 @@ impl Reporter {
             bytes_sent: link.bytes_sent.load(Ordering::Relaxed),
             downlink_refused: link.downlink_refused.load(Ordering::Relaxed),
             replies_dropped: link.replies_dropped.load(Ordering::Relaxed),
+            in_flight: link.in_flight.load(Ordering::Relaxed),
+            waiting: link.waiting.load(Ordering::Relaxed),
             last_error: link.last_error(),
             broker: link.broker(),
         }

@@ -245,6 +245,18 @@ impl Collector for Scrape {
                 link.replies_dropped as f64,
             ),
             (
+                "wasmgate_cloud_in_flight",
+                "Publishes sent and not yet acknowledged by the broker (at most max_inflight); full while nothing is acknowledged is a stuck link.",
+                MetricType::Gauge,
+                link.in_flight as f64,
+            ),
+            (
+                "wasmgate_cloud_waiting",
+                "Replies and statuses waiting for room in the link's window.",
+                MetricType::Gauge,
+                link.waiting as f64,
+            ),
+            (
                 "wasmgate_cloud_reconnects",
                 "Connections to the broker made after the first.",
                 MetricType::Counter,

@@ -359,8 +359,21 @@ fn stored_devices(db: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
 }
 
 impl Node {
-    /// Publish what is due, then outbox rows, while the window has room.
+    /// Publish what fits in the window, and show how full it is.
     fn pump(&mut self) {
+        self.fill_window();
+        self.show_window();
+    }
+
+    /// The window's occupancy, in the link's metrics.
+    fn show_window(&self) {
+        self.metrics
+            .link
+            .set_window(self.ledger.out(), self.ledger.waiting());
+    }
+
+    /// Publish what is due, then outbox rows, while the window has room.
+    fn fill_window(&mut self) {
         if !self.connected || !self.node.may_publish() {
             return;
         }
@@ -751,6 +764,7 @@ impl Node {
         self.connected = false;
         self.ledger.disconnected();
         self.ledger.forget_messages();
+        self.show_window();
     }
 
     /// End the session on purpose: the NDEATH, then DISCONNECT. Returns
