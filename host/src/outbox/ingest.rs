@@ -18,7 +18,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -123,25 +123,52 @@ impl IngestSender {
         self.usage.reserve(device, series, bytes, points)
     }
 
-    /// Hand a batch to the writer. Blocks while the writer is behind. If it
-    /// cannot be handed over, its reservation is given back.
+    /// Hand a batch to the writer. Blocks while the writer is behind (off
+    /// the runtime, see [`off_the_runtime`]). If it cannot be handed over,
+    /// its reservation is given back.
     pub fn append(&self, batch: Batch) -> Result<(), OutboxError> {
-        self.tx.send(Command::Append(batch)).map_err(|refused| {
-            if let Command::Append(batch) = refused.0 {
-                let stream = Stream::telemetry(&batch.device, &batch.series);
-                self.usage.unreserve(&stream, batch.points() as u64);
-            }
-            OutboxError::ShuttingDown
-        })
+        let refused = match self.tx.try_send(Command::Append(batch)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(command)) => match off_the_runtime(|| self.tx.send(command)) {
+                Ok(()) => return Ok(()),
+                Err(refused) => refused.0,
+            },
+            Err(TrySendError::Disconnected(command)) => command,
+        };
+        if let Command::Append(batch) = refused {
+            let stream = Stream::telemetry(&batch.device, &batch.series);
+            self.usage.unreserve(&stream, batch.points() as u64);
+        }
+        Err(OutboxError::ShuttingDown)
     }
 
-    /// Wait until everything handed over so far is committed.
+    /// Wait until everything handed over so far is committed (off the
+    /// runtime: a commit may wait on the disk).
     pub fn flush(&self) -> Result<(), OutboxError> {
-        let (tx, rx) = mpsc::channel();
-        self.tx
-            .send(Command::Flush(tx))
-            .map_err(|_| OutboxError::ShuttingDown)?;
-        rx.recv().map_err(|_| OutboxError::WriterStopped)?
+        off_the_runtime(|| {
+            let (tx, rx) = mpsc::channel();
+            self.tx
+                .send(Command::Flush(tx))
+                .map_err(|_| OutboxError::ShuttingDown)?;
+            rx.recv().map_err(|_| OutboxError::WriterStopped)?
+        })
+    }
+}
+
+/// Run `wait`, which blocks its thread, without holding up the runtime: on
+/// a worker of the multi-thread runtime, the worker's other tasks move to
+/// another thread first (`block_in_place`). Apps record on the runtime's
+/// workers, and the gateway has as many workers as cores: two apps waiting
+/// on a writer that is behind once stopped every task of a 2-core gateway,
+/// the cloud link and the admin socket included.
+fn off_the_runtime<R>(wait: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        // No runtime (the writer's own thread, a test), or one that cannot
+        // move its tasks: waiting here holds up nothing else.
+        _ => wait(),
     }
 }
 
@@ -767,5 +794,62 @@ mod tests {
         }
         out.push(b']');
         out
+    }
+
+    #[test]
+    fn an_app_waiting_on_a_writer_that_is_behind_holds_up_no_other_task() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::Database::new(dir.path().join("t.db"), None);
+        let conn = db.open().expect("open");
+        crate::store::migrate(&conn, &[]).expect("migrate");
+        let usage = Arc::new(Usage::load(&conn, OutboxConfig::default()).expect("usage"));
+        let ingest = Ingest::start(&db, usage, Arc::default()).expect("start");
+        let sender = ingest.sender();
+        // Another connection holds the write lock, and the writer is made
+        // to commit: it waits for the lock, and takes nothing more from its
+        // channel (256 commands) meanwhile.
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .expect("hold the lock");
+        sender.append(batch("s", &[0])).expect("append");
+        let (committed, commit) = mpsc::channel();
+        sender.tx.send(Command::Flush(committed)).expect("flush");
+        // One worker: without moving its tasks, the recorder's wait would
+        // hold it until the writer gave up on the lock.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let recorder = runtime.spawn({
+            let finished = finished.clone();
+            async move {
+                for n in 1..1_000 {
+                    sender.append(batch("s", &[n])).expect("append");
+                }
+                finished.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let (ran, other) = mpsc::channel();
+        runtime.spawn({
+            let finished = finished.clone();
+            async move {
+                let _ = ran.send(finished.load(std::sync::atomic::Ordering::SeqCst));
+            }
+        });
+        let recorder_had_finished = other
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the other task ran");
+        assert!(
+            !recorder_had_finished,
+            "the other task ran only once the recorder was done"
+        );
+        conn.execute_batch("COMMIT").expect("let go of the lock");
+        commit
+            .recv_timeout(Duration::from_secs(60))
+            .expect("committed")
+            .expect("commit");
+        runtime.block_on(recorder).expect("the recorder finished");
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
+        ingest.shutdown();
     }
 }
