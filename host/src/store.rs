@@ -313,6 +313,17 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Run `write` on `conn` so that, should another writer hold the database,
+/// it fails at once (SQLITE_BUSY) instead of waiting up to [`LOCK_WAIT`];
+/// `conn` waits again afterwards.
+pub fn without_waiting<R>(conn: &Connection, write: impl FnOnce() -> R) -> R {
+    // Setting a busy handler cannot fail on an open connection.
+    let _ = conn.busy_handler(None);
+    let result = write();
+    let _ = conn.busy_handler(Some(wait_for_the_lock));
+    result
+}
+
 /// How long a writer waits for SQLite's write lock before its statement
 /// fails with "database is locked".
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);

@@ -10,7 +10,10 @@
 //!   (`Outgoing::Publish`), which is how a packet id is tied to what it
 //!   carried;
 //! - a PUBACK settles what its packet carried: outbox rows are then deleted
-//!   by the link, replies are done;
+//!   by the link, replies are done. A row stays out until the link has
+//!   deleted it ([`Ledger::settled`]): the link may put the delete off while
+//!   another writer holds the database, and must not send the row again
+//!   meanwhile;
 //! - on a disconnect nothing in flight counts as delivered: outbox rows are
 //!   read again from the outbox, and replies and statuses are queued again
 //!   ahead of newer ones, in the order they were first submitted;
@@ -266,23 +269,33 @@ impl Ledger {
     /// to settle (`None` for an unknown packet).
     pub fn acknowledged(&mut self, pkid: u16) -> Option<Sent> {
         let (_, sent) = self.inflight.remove(&pkid)?;
+        // A device's state is no longer out once acknowledged: a newer one
+        // may go (sending an acknowledged state again is harmless, as it is
+        // retained). Other rows are out until deleted: see `settled`.
         if let Sent::Row {
-            seq, twin_device, ..
+            twin_device: Some(device),
+            ..
         } = &sent
         {
-            match twin_device {
-                Some(device) => {
-                    self.twins_out.remove(device);
-                    if self.twins_later.remove(device) {
-                        self.twins_due.push_back(device.clone());
-                    }
-                }
-                None => {
-                    self.rows_out.remove(seq);
-                }
+            self.twins_out.remove(device);
+            if self.twins_later.remove(device) {
+                self.twins_due.push_back(device.clone());
             }
         }
         Some(sent)
+    }
+
+    /// An acknowledged row is deleted from the outbox (or could not be, and
+    /// is read again): it is no longer out.
+    pub fn settled(&mut self, sent: &Sent) {
+        if let Sent::Row {
+            seq,
+            twin_device: None,
+            ..
+        } = sent
+        {
+            self.rows_out.remove(seq);
+        }
     }
 
     /// The connection is gone: forget what was out. Rows are read from the
@@ -370,6 +383,9 @@ mod tests {
         assert!(!ledger.twin_out("d") && ledger.row_out(1));
         assert_eq!(ledger.acknowledged(7), Some(row(1)));
         assert_eq!(ledger.acknowledged(7), None, "settled once");
+        // Acknowledged but not yet deleted: still out, not to be sent again.
+        assert!(ledger.row_out(1) && ledger.room());
+        ledger.settled(&row(1));
         assert!(!ledger.row_out(1));
     }
 

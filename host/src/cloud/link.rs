@@ -56,9 +56,15 @@ pub struct LinkSpec {
 const READ_AHEAD: usize = 64;
 
 /// Acknowledged rows are deleted in one transaction once no other event of
-/// the connection is ready, or when this many wait: one commit for a burst
-/// of PUBACKs rather than one each.
+/// the connection is ready, or each time this many more wait: one commit
+/// for a burst of PUBACKs rather than one each.
 const SETTLE_BATCH: usize = 64;
+
+/// Acknowledged rows not yet deleted past which a pump waits for the write
+/// lock rather than put the delete off again (see
+/// [`Link::settle_delivered`]): what the link holds in memory, and what a
+/// crash would send twice, stay bounded.
+const MAX_UNSETTLED: usize = 4096;
 
 struct Link {
     spec_gateway: String,
@@ -242,7 +248,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     tracing::warn!(pkid, "the broker did not take a message: {reason}");
                 }
                 link.acknowledged(pkid);
-                if link.delivered.len() >= SETTLE_BATCH {
+                if !link.delivered.is_empty() && link.delivered.len().is_multiple_of(SETTLE_BATCH) {
                     link.pump();
                 } else {
                     link.pump_due = true;
@@ -340,7 +346,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                 },
             }
         }
-        link.settle_delivered();
+        link.settle_delivered(true);
         tracing::info!("disconnected from the broker");
     }
     Ok(())
@@ -396,7 +402,7 @@ impl Link {
     /// (alerts before everything else, then in order).
     fn fill_window(&mut self) {
         self.pump_due = false;
-        self.settle_delivered();
+        self.settle_delivered(self.delivered.len() >= MAX_UNSETTLED);
         if !self.connected {
             return;
         }
@@ -741,8 +747,24 @@ impl Link {
     }
 
     /// Delete the delivered rows from the outbox, in one transaction.
-    fn settle_delivered(&mut self) {
-        if !settle(&self.db, &self.usage, self.delivered.drain(..)) {
+    ///
+    /// Unless `wait`, a delete that would wait for the write lock (the apps'
+    /// reports and the ingest writer commit all the time) is put off to a
+    /// later pump, and the rows stay out in the ledger meanwhile, so that
+    /// sending never waits on those commits. At 10,000 devices the link
+    /// spent its time waiting there and sent a tenth of what came in
+    /// (BENCHMARKS.md, S2).
+    fn settle_delivered(&mut self, wait: bool) {
+        let settled = match settle_or_defer(&self.db, &self.usage, &self.delivered, wait) {
+            Settle::Later => return,
+            Settle::Done => true,
+            Settle::Failed => false,
+        };
+        for sent in self.delivered.drain(..) {
+            self.ledger.settled(&sent);
+        }
+        if !settled {
+            // They stay in the outbox: read (and sent) again.
             self.ledger.read_again();
         }
     }
@@ -752,7 +774,7 @@ impl Link {
     fn disconnected(&mut self) {
         // What was acknowledged is delivered: deleted before the rows are
         // read again, so it is not sent twice.
-        self.settle_delivered();
+        self.settle_delivered(true);
         self.connected = false;
         self.ledger.disconnected();
         self.show_window();
@@ -764,11 +786,24 @@ impl Link {
 /// one transaction, and taken off the outbox's totals. A message carrying
 /// no row settles nothing. `false` if the rows could not be removed: they
 /// stay and are sent again (duplicates, not a loss).
-pub(crate) fn settle(
-    db: &rusqlite::Connection,
-    usage: &Usage,
-    sent: impl IntoIterator<Item = Sent>,
-) -> bool {
+pub(crate) fn settle(db: &rusqlite::Connection, usage: &Usage, sent: &[Sent]) -> bool {
+    matches!(settle_or_defer(db, usage, sent, true), Settle::Done)
+}
+
+/// What became of a [`settle_or_defer`].
+#[derive(Debug, PartialEq)]
+enum Settle {
+    /// The rows are deleted.
+    Done,
+    /// Another writer held the database: nothing was done, try later.
+    Later,
+    /// The rows could not be deleted (said in the log).
+    Failed,
+}
+
+/// [`settle`], or, unless `wait`, nothing at all if another writer holds
+/// the database now.
+fn settle_or_defer(db: &rusqlite::Connection, usage: &Usage, sent: &[Sent], wait: bool) -> Settle {
     let mut rows = Vec::new();
     let mut twins = Vec::new();
     for sent in sent {
@@ -779,19 +814,29 @@ pub(crate) fn settle(
         } = sent
         {
             match twin_device {
-                Some(device) => twins.push((device, seq)),
-                None => rows.push((seq, counted)),
+                Some(device) => twins.push((device.clone(), *seq)),
+                None => rows.push((*seq, counted.clone())),
             }
         }
     }
     if rows.is_empty() && twins.is_empty() {
-        return true;
+        return Settle::Done;
     }
-    match outbox::delete_delivered_all(db, usage, &rows, &twins) {
-        Ok(()) => true,
+    let deleted = if wait {
+        outbox::delete_delivered_all(db, usage, &rows, &twins)
+    } else {
+        crate::store::without_waiting(db, || {
+            outbox::delete_delivered_all(db, usage, &rows, &twins)
+        })
+    };
+    match deleted {
+        Ok(()) => Settle::Done,
+        Err(e) if !wait && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            Settle::Later
+        }
         Err(e) => {
             tracing::error!("cannot remove delivered rows from the outbox: {e}");
-            false
+            Settle::Failed
         }
     }
 }
@@ -811,5 +856,59 @@ mod tests {
                 "wait {i}: {wait:?} for a step of {step:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_settle_that_would_wait_for_another_writer_is_put_off_and_rows_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::Database::new(dir.path().join("t.db"), None);
+        let conn = db.open().expect("open");
+        crate::store::migrate(&conn, &[]).expect("migrate");
+        let entry = outbox::Entry {
+            kind: outbox::Kind::Telemetry,
+            device: "d".into(),
+            name: "s".into(),
+            points: 1,
+            payload: b"[]".to_vec(),
+        };
+        outbox::insert(&conn, &[entry.clone(), entry]).expect("insert");
+        let usage = Usage::load(&conn, crate::config::OutboxConfig::default()).expect("usage");
+        let sent: Vec<Sent> = outbox::next_rows(&conn, 10)
+            .expect("rows")
+            .iter()
+            .map(|row| Sent::Row {
+                seq: row.seq,
+                twin_device: None,
+                counted: None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 2);
+        let rows_left = || outbox::next_rows(&conn, 10).expect("rows").len();
+        // Another writer (the apps' reports, the ingest writer) holds the
+        // database until told to let go.
+        let (let_go, told) = std::sync::mpsc::channel::<()>();
+        let (holding, held) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let db = db.clone();
+            move || {
+                let conn = db.open().expect("open");
+                conn.execute_batch("BEGIN IMMEDIATE")
+                    .expect("hold the lock");
+                holding.send(()).expect("say so");
+                told.recv().expect("told");
+                conn.execute_batch("COMMIT").expect("let go");
+            }
+        });
+        held.recv().expect("held");
+        assert_eq!(settle_or_defer(&conn, &usage, &sent, false), Settle::Later);
+        assert_eq!(rows_left(), 2, "nothing deleted");
+        // A settle that waits still waits: the connection waits again.
+        let_go.send(()).expect("let go");
+        assert!(
+            settle(&conn, &usage, &sent),
+            "deleted once the lock is free"
+        );
+        assert_eq!(rows_left(), 0);
+        holder.join().expect("holder");
     }
 }

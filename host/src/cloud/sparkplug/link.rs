@@ -736,7 +736,7 @@ impl Node {
                 twin_device: None,
                 counted,
             };
-            crate::cloud::link::settle(&self.db, &self.usage, [sent]);
+            crate::cloud::link::settle(&self.db, &self.usage, &[sent]);
             return Ok(());
         };
         self.send(
@@ -756,7 +756,8 @@ impl Node {
             .messages_sent
             .fetch_add(1, Ordering::Relaxed);
         if let Some(sent) = self.ledger.acknowledged(pkid) {
-            crate::cloud::link::settle(&self.db, &self.usage, [sent]);
+            self.ledger.settled(&sent);
+            crate::cloud::link::settle(&self.db, &self.usage, &[sent]);
         }
     }
 
