@@ -74,6 +74,9 @@ pub struct Ledger {
     order: u64,
     /// Outbox rows submitted or in flight.
     rows_out: HashSet<i64>,
+    /// Outbox rows acknowledged and not yet deleted by the link: out still,
+    /// but no longer counted in what the link reads ahead for.
+    settling: HashSet<i64>,
     /// Devices whose retained twin state is submitted or in flight.
     twins_out: HashSet<String>,
     /// The link has handed out (or skipped, see `twins_later`) every outbox
@@ -98,6 +101,7 @@ impl Ledger {
             inflight: HashMap::new(),
             order: 0,
             rows_out: HashSet::new(),
+            settling: HashSet::new(),
             twins_out: HashSet::new(),
             read_past: 0,
             twins_later: HashSet::new(),
@@ -168,9 +172,10 @@ impl Ledger {
         self.messages.push_front((reply, retain));
     }
 
-    /// Whether outbox row `seq` is already out.
+    /// Whether outbox row `seq` is already out (or acknowledged, and not
+    /// yet deleted).
     pub fn row_out(&self, seq: i64) -> bool {
-        self.rows_out.contains(&seq)
+        self.rows_out.contains(&seq) || self.settling.contains(&seq)
     }
 
     /// Whether `device`'s retained twin state is already out.
@@ -178,7 +183,7 @@ impl Ledger {
         self.twins_out.contains(device)
     }
 
-    /// Rows out, to read that many more from the outbox.
+    /// Rows submitted or in flight, to read that many more from the outbox.
     pub fn rows_out(&self) -> usize {
         self.rows_out.len()
     }
@@ -273,13 +278,20 @@ impl Ledger {
         // may go (sending an acknowledged state again is harmless, as it is
         // retained). Other rows are out until deleted: see `settled`.
         if let Sent::Row {
-            twin_device: Some(device),
-            ..
+            seq, twin_device, ..
         } = &sent
         {
-            self.twins_out.remove(device);
-            if self.twins_later.remove(device) {
-                self.twins_due.push_back(device.clone());
+            match twin_device {
+                Some(device) => {
+                    self.twins_out.remove(device);
+                    if self.twins_later.remove(device) {
+                        self.twins_due.push_back(device.clone());
+                    }
+                }
+                None => {
+                    self.rows_out.remove(seq);
+                    self.settling.insert(*seq);
+                }
             }
         }
         Some(sent)
@@ -294,7 +306,7 @@ impl Ledger {
             ..
         } = sent
         {
-            self.rows_out.remove(seq);
+            self.settling.remove(seq);
         }
     }
 
@@ -315,6 +327,7 @@ impl Ledger {
         self.messages = again;
         self.recount();
         self.rows_out.clear();
+        self.settling.clear();
         self.twins_out.clear();
         // Every row is read again, from the first.
         self.read_past = 0;
@@ -383,8 +396,10 @@ mod tests {
         assert!(!ledger.twin_out("d") && ledger.row_out(1));
         assert_eq!(ledger.acknowledged(7), Some(row(1)));
         assert_eq!(ledger.acknowledged(7), None, "settled once");
-        // Acknowledged but not yet deleted: still out, not to be sent again.
+        // Acknowledged but not yet deleted: still out, not to be sent again,
+        // but no longer read ahead for.
         assert!(ledger.row_out(1) && ledger.room());
+        assert_eq!(ledger.rows_out(), 0);
         ledger.settled(&row(1));
         assert!(!ledger.row_out(1));
     }
