@@ -121,7 +121,7 @@ pub struct LinkMetrics {
 
 impl LinkMetrics {
     /// The window's occupancy now (see [`in_flight`](Self::in_flight)).
-    pub fn set_window(&self, in_flight: usize, waiting: usize) {
+    pub fn set_window(&self, (in_flight, waiting): (usize, usize)) {
         self.in_flight.store(in_flight as u64, Ordering::Relaxed);
         self.waiting.store(waiting as u64, Ordering::Relaxed);
     }

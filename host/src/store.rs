@@ -597,6 +597,16 @@ pub fn clear_saved_state(conn: &Connection, app: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A new database with the store's schema in a temporary directory, for
+/// unit tests (the directory goes when dropped).
+#[cfg(test)]
+pub(crate) fn temporary_database() -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::new(dir.path().join("t.db"), None);
+    migrate(&db.open().expect("open"), &[]).expect("migrate");
+    (dir, db)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,14 +121,13 @@ impl Ledger {
         self.submitted.len() + self.inflight.len() < self.window
     }
 
-    /// Publishes submitted or in flight: the window in use.
-    pub fn out(&self) -> usize {
-        self.submitted.len() + self.inflight.len()
-    }
-
-    /// Replies and statuses waiting for room.
-    pub fn waiting(&self) -> usize {
-        self.messages.len()
+    /// How full the window is: publishes submitted or in flight, and
+    /// replies and statuses waiting for room.
+    pub fn occupancy(&self) -> (usize, usize) {
+        (
+            self.submitted.len() + self.inflight.len(),
+            self.messages.len(),
+        )
     }
 
     /// Queue a reply; `Err` gives it back when the queue is at its hard

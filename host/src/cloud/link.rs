@@ -388,14 +388,7 @@ impl Link {
     /// Send what fits in the window, and show how full it is.
     fn pump(&mut self) {
         self.fill_window();
-        self.show_window();
-    }
-
-    /// The window's occupancy, in the link's metrics.
-    fn show_window(&self) {
-        self.metrics
-            .link
-            .set_window(self.ledger.out(), self.ledger.waiting());
+        self.metrics.link.set_window(self.ledger.occupancy());
     }
 
     /// Send what fits in the window: queued messages first, then the outbox
@@ -777,7 +770,7 @@ impl Link {
         self.settle_delivered(true);
         self.connected = false;
         self.ledger.disconnected();
-        self.show_window();
+        self.metrics.link.set_window(self.ledger.occupancy());
     }
 }
 
@@ -860,10 +853,8 @@ mod tests {
 
     #[test]
     fn a_settle_that_would_wait_for_another_writer_is_put_off_and_rows_stay() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::store::Database::new(dir.path().join("t.db"), None);
+        let (_dir, db) = crate::store::temporary_database();
         let conn = db.open().expect("open");
-        crate::store::migrate(&conn, &[]).expect("migrate");
         let entry = outbox::Entry {
             kind: outbox::Kind::Telemetry,
             device: "d".into(),

@@ -798,10 +798,8 @@ mod tests {
 
     #[test]
     fn an_app_waiting_on_a_writer_that_is_behind_holds_up_no_other_task() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::store::Database::new(dir.path().join("t.db"), None);
+        let (_dir, db) = crate::store::temporary_database();
         let conn = db.open().expect("open");
-        crate::store::migrate(&conn, &[]).expect("migrate");
         let usage = Arc::new(Usage::load(&conn, OutboxConfig::default()).expect("usage"));
         let ingest = Ingest::start(&db, usage, Arc::default()).expect("start");
         let sender = ingest.sender();

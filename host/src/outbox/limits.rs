@@ -608,10 +608,8 @@ mod tests {
         rows: &[(&str, &str, u64)],
         config: OutboxConfig,
     ) -> (tempfile::TempDir, Connection, Usage) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::store::Database::new(dir.path().join("t.db"), None);
+        let (dir, db) = crate::store::temporary_database();
         let conn = db.open().expect("open");
-        crate::store::migrate(&conn, &[]).expect("migrate");
         let mut insert = conn
             .prepare(
                 "INSERT INTO outbox (kind, device, name, created_at, points, payload)

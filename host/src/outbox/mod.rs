@@ -436,10 +436,7 @@ mod tests {
     }
 
     fn database() -> (tempfile::TempDir, crate::store::Database) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::store::Database::new(dir.path().join("t.db"), None);
-        crate::store::migrate(&db.open().expect("open"), &[]).expect("migrate");
-        (dir, db)
+        crate::store::temporary_database()
     }
 
     #[test]

@@ -362,14 +362,7 @@ impl Node {
     /// Publish what fits in the window, and show how full it is.
     fn pump(&mut self) {
         self.fill_window();
-        self.show_window();
-    }
-
-    /// The window's occupancy, in the link's metrics.
-    fn show_window(&self) {
-        self.metrics
-            .link
-            .set_window(self.ledger.out(), self.ledger.waiting());
+        self.metrics.link.set_window(self.ledger.occupancy());
     }
 
     /// Publish what is due, then outbox rows, while the window has room.
@@ -765,7 +758,7 @@ impl Node {
         self.connected = false;
         self.ledger.disconnected();
         self.ledger.forget_messages();
-        self.show_window();
+        self.metrics.link.set_window(self.ledger.occupancy());
     }
 
     /// End the session on purpose: the NDEATH, then DISCONNECT. Returns
