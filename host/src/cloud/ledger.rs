@@ -11,9 +11,9 @@
 //!   carried;
 //! - a PUBACK settles what its packet carried: outbox rows are then deleted
 //!   by the link, replies are done. A row stays out until the link has
-//!   deleted it ([`Ledger::settled`]): the link may put the delete off while
-//!   another writer holds the database, and must not send the row again
-//!   meanwhile;
+//!   deleted it ([`Ledger::delivered`], [`Ledger::settled`]): the link may
+//!   put the delete off while another writer holds the database, and must
+//!   not send the row again meanwhile;
 //! - on a disconnect nothing in flight counts as delivered: outbox rows are
 //!   read again from the outbox, and replies and statuses are queued again
 //!   ahead of newer ones, in the order they were first submitted;
@@ -74,8 +74,10 @@ pub struct Ledger {
     order: u64,
     /// Outbox rows submitted or in flight.
     rows_out: HashSet<i64>,
-    /// Outbox rows acknowledged and not yet deleted by the link: out still,
-    /// but no longer counted in what the link reads ahead for.
+    /// What acknowledged publishes carried, for the link to delete from the
+    /// outbox: out still, but no longer counted in what it reads ahead for.
+    delivered: Vec<Sent>,
+    /// The seqs of the rows (not twin states) in `delivered`.
     settling: HashSet<i64>,
     /// Devices whose retained twin state is submitted or in flight.
     twins_out: HashSet<String>,
@@ -101,6 +103,7 @@ impl Ledger {
             inflight: HashMap::new(),
             order: 0,
             rows_out: HashSet::new(),
+            delivered: Vec::new(),
             settling: HashSet::new(),
             twins_out: HashSet::new(),
             read_past: 0,
@@ -269,8 +272,8 @@ impl Ledger {
         }
     }
 
-    /// The broker acknowledged packet `pkid`: what it carried, for the link
-    /// to settle (`None` for an unknown packet).
+    /// The broker acknowledged packet `pkid`: what it carried (`None` for
+    /// an unknown packet). Outbox rows join [`delivered`](Self::delivered).
     pub fn acknowledged(&mut self, pkid: u16) -> Option<Sent> {
         let (_, sent) = self.inflight.remove(&pkid)?;
         // A device's state is no longer out once acknowledged: a newer one
@@ -292,21 +295,21 @@ impl Ledger {
                     self.settling.insert(*seq);
                 }
             }
+            self.delivered.push(sent.clone());
         }
         Some(sent)
     }
 
-    /// An acknowledged row is deleted from the outbox (or could not be, and
-    /// is read again): it is no longer out.
-    pub fn settled(&mut self, sent: &Sent) {
-        if let Sent::Row {
-            seq,
-            twin_device: None,
-            ..
-        } = sent
-        {
-            self.settling.remove(seq);
-        }
+    /// Outbox rows acknowledged and not yet deleted: for the link to delete.
+    pub fn delivered(&self) -> &[Sent] {
+        &self.delivered
+    }
+
+    /// The [`delivered`](Self::delivered) rows are deleted from the outbox
+    /// (or could not be, and are to be read again): no longer out.
+    pub fn settled(&mut self) {
+        self.delivered.clear();
+        self.settling.clear();
     }
 
     /// The connection is gone: forget what was out. Rows are read from the
@@ -326,7 +329,9 @@ impl Ledger {
         self.messages = again;
         self.recount();
         self.rows_out.clear();
-        self.settling.clear();
+        // Not deleted yet: read again with the rest (duplicates, not a
+        // loss). The link deletes them before it gets here.
+        self.settled();
         self.twins_out.clear();
         // Every row is read again, from the first.
         self.read_past = 0;
@@ -399,7 +404,8 @@ mod tests {
         // but no longer read ahead for.
         assert!(ledger.row_out(1) && ledger.room());
         assert_eq!(ledger.rows_out(), 0);
-        ledger.settled(&row(1));
+        assert_eq!(ledger.delivered(), [twin("d", 2), row(1)]);
+        ledger.settled();
         assert!(!ledger.row_out(1));
     }
 

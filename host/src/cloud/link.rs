@@ -81,11 +81,9 @@ struct Link {
     connected: bool,
     /// What is out and what waits (see `ledger`).
     ledger: Ledger,
-    /// What acknowledged publishes carried, not yet deleted from the outbox
-    /// (see [`SETTLE_BATCH`]).
-    delivered: Vec<Sent>,
-    /// A pump (which settles `delivered` first) waits for the connection's
-    /// ready events to be handled.
+    /// A pump (which first deletes what the ledger says was delivered, see
+    /// [`SETTLE_BATCH`]) waits for the connection's ready events to be
+    /// handled.
     pump_due: bool,
 }
 
@@ -153,7 +151,6 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         report,
         ledger: Ledger::new(usize::from(config.max_inflight)),
         connected: false,
-        delivered: Vec::new(),
         pump_due: false,
     };
     let backoff = reconnect_backoff(config.backoff_initial, config.backoff_max);
@@ -248,7 +245,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     tracing::warn!(pkid, "the broker did not take a message: {reason}");
                 }
                 link.acknowledged(pkid);
-                if !link.delivered.is_empty() && link.delivered.len().is_multiple_of(SETTLE_BATCH) {
+                let delivered = link.ledger.delivered().len();
+                if delivered > 0 && delivered.is_multiple_of(SETTLE_BATCH) {
                     link.pump();
                 } else {
                     link.pump_due = true;
@@ -395,7 +393,7 @@ impl Link {
     /// (alerts before everything else, then in order).
     fn fill_window(&mut self) {
         self.pump_due = false;
-        self.settle_delivered(self.delivered.len() >= MAX_UNSETTLED);
+        self.settle_delivered(self.ledger.delivered().len() >= MAX_UNSETTLED);
         if !self.connected {
             return;
         }
@@ -732,10 +730,8 @@ impl Link {
             .link
             .messages_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.ledger.acknowledged(pkid) {
-            Some(sent @ Sent::Row { .. }) => self.delivered.push(sent),
-            Some(Sent::Message(..)) => {}
-            None => tracing::debug!(pkid, "acknowledgement for an unknown packet"),
+        if self.ledger.acknowledged(pkid).is_none() {
+            tracing::debug!(pkid, "acknowledgement for an unknown packet");
         }
     }
 
@@ -748,17 +744,14 @@ impl Link {
     /// spent its time waiting there and sent a tenth of what came in
     /// (BENCHMARKS.md, S2).
     fn settle_delivered(&mut self, wait: bool) {
-        let settled = match settle_or_defer(&self.db, &self.usage, &self.delivered, wait) {
-            Settle::Later => return,
-            Settle::Done => true,
-            Settle::Failed => false,
-        };
-        for sent in self.delivered.drain(..) {
-            self.ledger.settled(&sent);
-        }
-        if !settled {
-            // They stay in the outbox: read (and sent) again.
-            self.ledger.read_again();
+        match settle_or_defer(&self.db, &self.usage, self.ledger.delivered(), wait) {
+            Settle::Later => {}
+            Settle::Done => self.ledger.settled(),
+            Settle::Failed => {
+                // They stay in the outbox: read (and sent) again.
+                self.ledger.settled();
+                self.ledger.read_again();
+            }
         }
     }
 

@@ -79,6 +79,16 @@ pub struct SeriesConfig {
     pub batching: Batching,
 }
 
+impl SeriesConfig {
+    /// The byte limit the writer keeps a stream of this series under by
+    /// dropping its oldest rows (`None` without one, or when a full stream
+    /// refuses new points instead).
+    pub fn drop_oldest_limit(&self) -> Option<u64> {
+        self.max_bytes
+            .filter(|_| self.when_full == WhenFull::DropOldest)
+    }
+}
+
 /// `[outbox]`: durability, bounds and batching of what waits for the cloud.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxConfig {
@@ -121,6 +131,11 @@ impl OutboxConfig {
     /// The settings of `series`.
     pub fn series(&self, series: &str) -> &SeriesConfig {
         self.series.get(series).unwrap_or(&self.defaults)
+    }
+
+    /// Every series' settings: each `[outbox.series.*]` and the defaults.
+    pub fn all_series(&self) -> impl Iterator<Item = &SeriesConfig> {
+        self.series.values().chain([&self.defaults])
     }
 }
 

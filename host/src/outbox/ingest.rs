@@ -357,17 +357,11 @@ impl Writer {
             Ok(written) => {
                 let now = Instant::now();
                 for (piece, row) in pieces.iter().zip(written) {
-                    let held = self.usage.added(
+                    stream_over |= self.usage.added(
                         Stream::telemetry(&piece.device, &piece.series),
                         row.added_bytes,
                         u64::from(piece.points),
                     );
-                    stream_over |= self
-                        .usage
-                        .config()
-                        .series(&piece.series)
-                        .max_bytes
-                        .is_some_and(|max| held > max);
                     let key = (piece.device.clone(), piece.series.clone());
                     if piece.sealed {
                         self.open.remove(&key);

@@ -8,7 +8,7 @@
 //! series is `reject-newest` is checked before a guest's `record` is
 //! accepted instead.
 
-use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -229,15 +229,20 @@ impl Usage {
         }
     }
 
-    /// Rows were written; the stream's bytes now.
-    pub(super) fn added(&self, stream: Stream, bytes: u64, points: u64) -> u64 {
+    /// Rows were written; whether their stream is now over the byte limit
+    /// its series keeps by dropping (see [`enforce`]).
+    pub(super) fn added(&self, stream: Stream, bytes: u64, points: u64) -> bool {
+        let limit = match stream.kind {
+            "telemetry" => self.config.series(&stream.name).drop_oldest_limit(),
+            _ => None,
+        };
         let mut inner = self.lock();
         inner.total_bytes += bytes;
         let stats = inner.streams.entry(stream).or_default();
         stats.bytes += bytes;
         stats.points += points;
         stats.settle(points);
-        stats.bytes
+        limit.is_some_and(|max| stats.bytes > max)
     }
 
     /// Rows were delivered.
@@ -328,13 +333,11 @@ enum Loss {
 /// oldest rows of `drop-oldest` streams: telemetry first, alerts last.
 pub fn enforce(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
     let config = usage.config();
-    // Per-stream limits, if any series has one to enforce here: copying
-    // every stream's figures each second is not free at 20,000 streams.
+    // Per-stream limits, if any series has one: copying every stream's
+    // figures each second is not free at 20,000 streams.
     let stream_limits = config
-        .series
-        .values()
-        .chain([&config.defaults])
-        .any(|series| series.max_bytes.is_some() && series.when_full == WhenFull::DropOldest);
+        .all_series()
+        .any(|series| series.drop_oldest_limit().is_some());
     for (stream, stats) in stream_limits
         .then(|| usage.snapshot())
         .into_iter()
@@ -343,8 +346,7 @@ pub fn enforce(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
         if stream.kind != "telemetry" {
             continue;
         }
-        let series = config.series(&stream.name);
-        let (Some(max), WhenFull::DropOldest) = (series.max_bytes, series.when_full) else {
+        let Some(max) = config.series(&stream.name).drop_oldest_limit() else {
             continue;
         };
         let mut over = stats.bytes.saturating_sub(max);
@@ -353,13 +355,13 @@ pub fn enforce(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
             if victims.is_empty() {
                 break;
             }
-            for (seq, s, bytes, points) in victims {
+            for victim in victims {
                 if over == 0 {
                     break;
                 }
-                delete(tx, seq)?;
-                usage.lost(&s, bytes, points, Loss::Dropped);
-                over = over.saturating_sub(bytes);
+                delete(tx, victim.seq)?;
+                usage.lost(&victim.stream, victim.bytes, victim.points, Loss::Dropped);
+                over = over.saturating_sub(victim.bytes);
             }
         }
     }
@@ -368,21 +370,21 @@ pub fn enforce(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
         let mut after = 0i64;
         while usage.total_bytes() > config.max_bytes {
             let victims = oldest(tx, None, kind, after, 64)?;
-            let Some((last, ..)) = victims.last() else {
+            let Some(last) = victims.last() else {
                 break;
             };
-            after = *last;
-            for (seq, s, bytes, points) in victims {
-                let evictable =
-                    kind == "alert" || config.series(&s.name).when_full == WhenFull::DropOldest;
+            after = last.seq;
+            for victim in victims {
+                let evictable = kind == "alert"
+                    || config.series(&victim.stream.name).when_full == WhenFull::DropOldest;
                 if !evictable {
                     continue;
                 }
                 if usage.total_bytes() <= config.max_bytes {
                     break;
                 }
-                delete(tx, seq)?;
-                usage.lost(&s, bytes, points, Loss::Dropped);
+                delete(tx, victim.seq)?;
+                usage.lost(&victim.stream, victim.bytes, victim.points, Loss::Dropped);
             }
         }
     }
@@ -413,9 +415,7 @@ pub fn expire(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
         i64::try_from(now.saturating_sub(age)).unwrap_or(i64::MAX)
     };
     let Some(shortest) = config
-        .series
-        .values()
-        .chain([&config.defaults])
+        .all_series()
         .filter_map(|series| series.max_age)
         .min()
     else {
@@ -424,11 +424,10 @@ pub fn expire(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
     let newest_cutoff = cutoff(shortest);
     let mut due = false;
     for kind in ["telemetry", "alert"] {
-        let first: Option<i64> = tx
-            .prepare_cached("SELECT created_at FROM outbox WHERE kind = ?1 ORDER BY seq LIMIT 1")?
-            .query_row([kind], |r| r.get(0))
-            .optional()?;
-        due |= first.is_some_and(|created_at| created_at < newest_cutoff);
+        let first = oldest(tx, None, kind, 0, 1)?;
+        due |= first
+            .first()
+            .is_some_and(|row| row.created_at < newest_cutoff);
     }
     if !due {
         return Ok(());
@@ -458,31 +457,13 @@ fn expire_stream(
 ) -> rusqlite::Result<()> {
     const STEP: usize = 64;
     loop {
-        let rows = tx
-            .prepare_cached(
-                "SELECT seq, created_at FROM outbox WHERE kind = ?1 AND device = ?2 AND name = ?3
-                 ORDER BY seq LIMIT ?4",
-            )?
-            .query_map(
-                params![stream.kind, stream.device, stream.name, STEP as i64],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for &(seq, created_at) in &rows {
-            if created_at >= cutoff {
+        let rows = oldest(tx, Some(stream), stream.kind, 0, STEP)?;
+        for row in &rows {
+            if row.created_at >= cutoff {
                 return Ok(());
             }
-            let (bytes, points) = tx
-                .prepare_cached(
-                    "DELETE FROM outbox WHERE seq = ?1 RETURNING length(payload), points",
-                )?
-                .query_row([seq], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?.max(0) as u64,
-                        r.get::<_, i64>(1)?.max(0) as u64,
-                    ))
-                })?;
-            usage.lost(stream, bytes, points, Loss::Expired);
+            delete(tx, row.seq)?;
+            usage.lost(stream, row.bytes, row.points, Loss::Expired);
         }
         if rows.len() < STEP {
             return Ok(());
@@ -490,7 +471,14 @@ fn expire_stream(
     }
 }
 
-type Victim = (i64, Stream, u64, u64);
+/// A row that limits or ages may delete, with what it counts.
+struct Victim {
+    seq: i64,
+    stream: Stream,
+    bytes: u64,
+    points: u64,
+    created_at: i64,
+}
 
 /// The oldest rows of a stream, or of a kind, after sequence `after`.
 fn oldest(
@@ -500,7 +488,8 @@ fn oldest(
     after: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<Victim>> {
-    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String, String, String, i64, i64)> {
+    type Read = (i64, String, String, String, i64, i64, i64);
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Read> {
         Ok((
             r.get(0)?,
             r.get(1)?,
@@ -508,19 +497,20 @@ fn oldest(
             r.get(3)?,
             r.get(4)?,
             r.get(5)?,
+            r.get(6)?,
         ))
     };
     let rows = match stream {
         Some(s) => tx
             .prepare_cached(
-                "SELECT seq, kind, device, name, length(payload), points FROM outbox
+                "SELECT seq, kind, device, name, length(payload), points, created_at FROM outbox
                  WHERE kind = ?1 AND device = ?2 AND name = ?3 AND seq > ?4 ORDER BY seq LIMIT ?5",
             )?
             .query_map(params![s.kind, s.device, s.name, after, limit as i64], map)?
             .collect::<rusqlite::Result<Vec<_>>>()?,
         None => tx
             .prepare_cached(
-                "SELECT seq, kind, device, name, length(payload), points FROM outbox
+                "SELECT seq, kind, device, name, length(payload), points, created_at FROM outbox
                  WHERE kind = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?
             .query_map(params![kind, after, limit as i64], map)?
@@ -528,13 +518,14 @@ fn oldest(
     };
     Ok(rows
         .into_iter()
-        .filter_map(|(seq, kind, device, name, bytes, points)| {
-            Some((
+        .filter_map(|(seq, kind, device, name, bytes, points, created_at)| {
+            Some(Victim {
                 seq,
-                Stream::of(&kind, device, name)?,
-                bytes.max(0) as u64,
-                points.max(0) as u64,
-            ))
+                stream: Stream::of(&kind, device, name)?,
+                bytes: bytes.max(0) as u64,
+                points: points.max(0) as u64,
+                created_at,
+            })
         })
         .collect())
 }

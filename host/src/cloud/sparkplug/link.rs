@@ -748,9 +748,9 @@ impl Node {
             .link
             .messages_sent
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(sent) = self.ledger.acknowledged(pkid) {
-            self.ledger.settled(&sent);
-            crate::cloud::link::settle(&self.db, &self.usage, &[sent]);
+        if self.ledger.acknowledged(pkid).is_some() {
+            crate::cloud::link::settle(&self.db, &self.usage, self.ledger.delivered());
+            self.ledger.settled();
         }
     }
 
