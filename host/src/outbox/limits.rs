@@ -593,6 +593,34 @@ mod tests {
         assert!(usage.lock().streams.is_empty());
     }
 
+    #[test]
+    fn only_a_stream_over_a_limit_kept_by_dropping_calls_for_enforce() {
+        // Reject-newest: over by what one flush brought, nothing to drop.
+        let usage = usage_with_rejecting_series(1000);
+        assert!(!usage.added(Stream::telemetry("d", "s"), 1500, 10));
+        let mut config = OutboxConfig::default();
+        config.series.insert(
+            "s".into(),
+            SeriesConfig {
+                max_bytes: Some(1000),
+                ..config.defaults.clone()
+            },
+        );
+        let usage = Usage {
+            config,
+            inner: Mutex::default(),
+        };
+        assert!(!usage.added(Stream::telemetry("d", "s"), 600, 5));
+        assert!(
+            usage.added(Stream::telemetry("d", "s"), 600, 5),
+            "1200 of 1000"
+        );
+        assert!(
+            !usage.added(Stream::telemetry("d", "other"), 5000, 5),
+            "no limit"
+        );
+    }
+
     /// A database with the outbox's schema, `rows` of `(stream, device,
     /// seconds ago)` written in that order, and its usage under `config`.
     fn outbox_with(
