@@ -25,7 +25,13 @@ fn main() {
     let only: Vec<String> = std::env::args()
         .filter(|a| a.starts_with('P') || a.starts_with('S'))
         .collect();
-    let wanted = |id: &str| only.is_empty() || only.iter().any(|o| o == id);
+    let wanted = |id: &str| {
+        let wanted = only.is_empty() || only.iter().any(|o| o == id);
+        if wanted {
+            assert_nothing_left_running(id);
+        }
+        wanted
+    };
     let mut rows: Vec<[String; 4]> = Vec::new();
 
     if wanted("P1") {
@@ -628,6 +634,31 @@ fn wait_for_acks(connection: &mut rumqttc::Connection, count: u64) {
     }
 }
 
+/// Before figure `id`: this process is idle, so no thread that an earlier
+/// figure started is still taking CPU from the figures measured after it.
+fn assert_nothing_left_running(id: &str) {
+    let me = std::process::id();
+    let before = cpu_ms(me);
+    let window = Duration::from_millis(300);
+    std::thread::sleep(window);
+    let busy = (cpu_ms(me) - before) / window.as_millis() as f64;
+    assert!(
+        busy < 0.1,
+        "before {id}, the bench itself used {:.0} % of a core while idle: a thread of an earlier figure is still running",
+        busy * 100.0
+    );
+}
+
+/// A client thread's events until its connection fails. rumqttc retries a
+/// lost connection at once, with no pause, on every poll: a thread that
+/// ignored the error would spin on `connect` to a broker that is gone, for
+/// the rest of the run, and take a core from every figure measured after it.
+fn until_the_broker_goes(
+    events: impl Iterator<Item = Result<rumqttc::Event, rumqttc::ConnectionError>>,
+) -> impl Iterator<Item = rumqttc::Event> {
+    events.map_while(Result::ok)
+}
+
 /// Counts messages and points (`"time":` occurrences) on a subscription.
 struct PointCounter {
     points: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -652,12 +683,12 @@ impl PointCounter {
         let (ready_tx, ready) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _client = client;
-            for event in connection.iter() {
+            for event in until_the_broker_goes(connection.iter()) {
                 match event {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
                         let _ = ready_tx.send(());
                     }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) => {
                         let n = publish
                             .payload
                             .windows(7)
@@ -666,8 +697,7 @@ impl PointCounter {
                         p.fetch_add(n, Ordering::Relaxed);
                         m.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(_) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    _ => {}
                 }
             }
         });
@@ -716,8 +746,8 @@ fn hot_swaps(count: usize) -> (f64, f64, f64, u64, usize) {
     {
         let answers = answers.clone();
         std::thread::spawn(move || {
-            for event in connection.iter() {
-                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event
+            for event in until_the_broker_goes(connection.iter()) {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event
                     && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload)
                     && let Some(id) = json["id"].as_str().and_then(|i| i.parse().ok())
                 {
@@ -1382,8 +1412,8 @@ fn start_echo(broker: &Mosquitto) -> rumqttc::Client {
         .expect("subscribe");
     let answerer = echo.clone();
     std::thread::spawn(move || {
-        for event in echo_connection.iter() {
-            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event {
+        for event in until_the_broker_goes(echo_connection.iter()) {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
                 let _ = answerer.try_publish(
                     "bench/res",
                     rumqttc::QoS::AtLeastOnce,
