@@ -247,6 +247,9 @@ impl DeviceCtx {
     /// Hand buffered points to the outbox writer. Called after every export
     /// call, so a point is never held longer than the call that made it.
     pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         self.pending_points = 0;
         for batch in self.pending.drain(..) {
             if let Err(e) = self.deps.ingest.append(batch) {

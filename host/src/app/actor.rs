@@ -1013,7 +1013,7 @@ impl Instance {
         self.stderr_tail.clear();
         self.called = Instant::now();
         self.io.reset();
-        self.store.data_mut().deadline = Instant::now() + timeout;
+        self.store.data_mut().deadline = self.called + timeout;
         self.store.set_epoch_deadline(1);
     }
 
@@ -1125,8 +1125,19 @@ async fn within<T>(
     io: &crate::io_clock::IoClock,
     call: impl std::future::Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
+    let started = tokio::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    // Most calls run to their end on the first poll, never waiting in a host
+    // call: they need no timer. Arming one registers it in tokio's timer
+    // wheel and removes it again, which was most of what dispatch added to
+    // a bare call (P1). A call that waits gets its bound from its start.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(result) = first {
+        return result;
+    }
     // Device I/O may add its budget: each wait is cut at what is left of it.
-    match tokio::time::timeout(timeout + HOST_CALL_GRACE + io.budget(), call).await {
+    let bound = started + timeout + HOST_CALL_GRACE + io.budget();
+    match tokio::time::timeout_at(bound, call).await {
         Ok(result) => result,
         Err(_) => Err(StuckInHostCall(timeout).into()),
     }
@@ -1190,12 +1201,35 @@ mod tests {
             report,
             "on-tick: the call ran past its deadline of 300 ms, waiting in a host call (a sleep, say); it was cut off and its instance dropped"
         );
-        // A call that returns in time is left alone.
+        // A call that returns in time is left alone, whether it finishes
+        // at once or after a wait.
         assert_eq!(
             within(timeout, &no_io, async { Ok(7) })
                 .await
                 .expect("in time"),
             7
         );
+        let waits = within(timeout, &no_io, async {
+            tokio::time::sleep(timeout).await;
+            Ok(8)
+        });
+        assert_eq!(waits.await.expect("in time"), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_waits_is_bounded_from_its_start_not_from_its_first_wait() {
+        let timeout = Duration::from_millis(300);
+        let started = tokio::time::Instant::now();
+        let no_io = crate::io_clock::IoClock::default();
+        // 200 ms pass in the call's first poll (a guest computing before
+        // it waits), then it waits for ever.
+        let call = async {
+            tokio::time::advance(Duration::from_millis(200)).await;
+            std::future::pending::<wasmtime::Result<()>>().await
+        };
+        within(timeout, &no_io, call)
+            .await
+            .expect_err("cut off");
+        assert_eq!(started.elapsed(), timeout + HOST_CALL_GRACE);
     }
 }

@@ -367,7 +367,15 @@ enum Stream {
 /// crash report can say what the guest printed before it trapped (a Rust
 /// panic message, for example).
 #[derive(Clone, Default)]
-pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+pub struct StderrTail(Arc<Tail>);
+
+#[derive(Default)]
+struct Tail {
+    lines: Mutex<VecDeque<String>>,
+    /// Lines were kept since the last clear. Most calls write nothing, and
+    /// checking this is cheaper than taking the lock on every call (P1).
+    kept: std::sync::atomic::AtomicBool,
+}
 
 /// Lines a crash report quotes.
 const TAIL_LINES: usize = 3;
@@ -378,24 +386,28 @@ impl StderrTail {
         if line.starts_with("note: run with `RUST_BACKTRACE") {
             return;
         }
-        if let Ok(mut tail) = self.0.lock() {
+        if let Ok(mut tail) = self.0.lines.lock() {
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
             }
             tail.push_back(line.to_string());
+            self.0.kept.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
     /// Forget earlier calls' output.
     pub fn clear(&self) {
-        if let Ok(mut tail) = self.0.lock() {
+        if !self.0.kept.swap(false, std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut tail) = self.0.lines.lock() {
             tail.clear();
         }
     }
 
     /// The kept lines joined with " / ", if any.
     pub fn summary(&self) -> Option<String> {
-        let tail = self.0.lock().ok()?;
+        let tail = self.0.lines.lock().ok()?;
         (!tail.is_empty()).then(|| {
             tail.iter()
                 .map(String::as_str)
