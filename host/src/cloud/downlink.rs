@@ -625,7 +625,10 @@ impl Worker {
                         "the app's result is {size} bytes, over the limit of {MAX_DOWNLINK_BYTES}"
                     ));
                 }
-                tracing::info!(device = %device, action = name, id = %id, "action answered");
+                // At debug: a gateway answering hundreds of actions a second
+                // would write as many lines, on the answer's path (P7). A
+                // refused or failed action still logs a warning.
+                tracing::debug!(device = %device, action = name, id = %id, "action answered");
                 ActionResponse {
                     id: Some(id.clone()),
                     result: Some(result),
