@@ -1227,9 +1227,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(200)).await;
             std::future::pending::<wasmtime::Result<()>>().await
         };
-        within(timeout, &no_io, call)
-            .await
-            .expect_err("cut off");
+        within(timeout, &no_io, call).await.expect_err("cut off");
         assert_eq!(started.elapsed(), timeout + HOST_CALL_GRACE);
     }
 }

@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
@@ -374,7 +375,7 @@ struct Tail {
     lines: Mutex<VecDeque<String>>,
     /// Lines were kept since the last clear. Most calls write nothing, and
     /// checking this is cheaper than taking the lock on every call (P1).
-    kept: std::sync::atomic::AtomicBool,
+    kept: AtomicBool,
 }
 
 /// Lines a crash report quotes.
@@ -391,13 +392,13 @@ impl StderrTail {
                 tail.pop_front();
             }
             tail.push_back(line.to_string());
-            self.0.kept.store(true, std::sync::atomic::Ordering::Release);
+            self.0.kept.store(true, Ordering::Release);
         }
     }
 
     /// Forget earlier calls' output.
     pub fn clear(&self) {
-        if !self.0.kept.swap(false, std::sync::atomic::Ordering::Acquire) {
+        if !self.0.kept.swap(false, Ordering::Acquire) {
             return;
         }
         if let Ok(mut tail) = self.0.lines.lock() {
