@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,6 +160,11 @@ impl Message {
 pub struct Consumer {
     client: Client,
     messages: Arc<Mutex<Vec<Message>>>,
+    /// Set when the consumer is dropped: its thread then ends at the
+    /// connection's next error rather than reconnecting for the rest of the
+    /// test binary (rumqttc reconnects on every poll while anyone holds a
+    /// client, and the thread holds one to subscribe).
+    dropped: Arc<AtomicBool>,
 }
 
 impl Consumer {
@@ -169,9 +175,14 @@ impl Consumer {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let subscribed = Arc::new(Mutex::new(false));
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let dropped = Arc::new(AtomicBool::new(false));
         {
-            let (client, messages, subscribed) =
-                (client.clone(), messages.clone(), subscribed.clone());
+            let (client, messages, subscribed, dropped) = (
+                client.clone(),
+                messages.clone(),
+                subscribed.clone(),
+                dropped.clone(),
+            );
             std::thread::spawn(move || {
                 for event in connection.iter() {
                     match event {
@@ -192,6 +203,7 @@ impl Consumer {
                         }
                         Ok(_) => {}
                         Err(rumqttc::ConnectionError::RequestsDone) => return,
+                        Err(_) if dropped.load(Ordering::Relaxed) => return,
                         Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
                 }
@@ -205,7 +217,11 @@ impl Consumer {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Consumer { client, messages }
+        Consumer {
+            client,
+            messages,
+            dropped,
+        }
     }
 
     pub fn messages(&self) -> Vec<Message> {
@@ -296,6 +312,7 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        self.dropped.store(true, Ordering::Relaxed);
         let _ = self.client.disconnect();
     }
 }
