@@ -397,6 +397,26 @@ impl Link {
         if !self.connected {
             return;
         }
+        // Everything this pump reads (the rows, their payloads, the devices'
+        // states) comes from one read transaction. On its own each query is
+        // a transaction of its own, and each takes and drops SQLite's file
+        // locks (two `fcntl` calls or more): three queries a device a second
+        // at 10,000 devices (BENCHMARKS.md, S2). One snapshot also means a
+        // row read is still there when its payload is read. Only reads
+        // happen in it, so it never waits for the apps' writers nor holds
+        // them up; deletes are settled above, outside it.
+        let snapshot = self.db.execute_batch("BEGIN DEFERRED");
+        self.send_what_fits();
+        if snapshot.is_ok()
+            && let Err(e) = self.db.execute_batch("COMMIT")
+        {
+            tracing::error!("cannot end the outbox's read transaction: {e}");
+            let _ = self.db.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// [`Link::fill_window`]'s sending, in its read transaction.
+    fn send_what_fits(&mut self) {
         while let Some((reply, retain)) = self.ledger.next_message() {
             let properties = Properties {
                 correlation: reply.correlation.clone(),

@@ -205,10 +205,16 @@ pub struct Unsent {
 /// batch, once sealed, lay behind its cursor and was never sent.
 pub fn unsent_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Result<Unsent> {
     // A deferred transaction that only reads: one WAL snapshot, no lock
-    // that keeps the writer out. Dropping it ends it.
-    let snapshot = conn.unchecked_transaction()?;
-    let open = oldest_open(&snapshot)?;
-    let rows = next_rows_after(&snapshot, limit, past)?;
+    // that keeps the writer out. Dropping it ends it. A caller already in a
+    // transaction (the link's pump reads in one) has its snapshot already,
+    // and SQLite's transactions do not nest.
+    let snapshot = match conn.is_autocommit() {
+        true => Some(conn.unchecked_transaction()?),
+        false => None,
+    };
+    let open = oldest_open(conn)?;
+    let rows = next_rows_after(conn, limit, past)?;
+    drop(snapshot);
     Ok(Unsent { rows, open })
 }
 
@@ -631,6 +637,36 @@ mod tests {
             );
         }
         assert!(landed > 2, "the read took {landed} steps");
+    }
+
+    #[test]
+    fn a_read_inside_the_callers_transaction_uses_its_snapshot() {
+        // The link's pump reads the rows, then their payloads and states, in
+        // one read transaction of its own: `unsent_after` must read in it,
+        // not fail to open a second one, and see what the pump's other reads
+        // see.
+        let (_dir, db) = database();
+        let reader = db.open().expect("open");
+        insert(&reader, &[entry(Kind::Ack, "d", "", b"{}")]).expect("insert");
+        reader.execute_batch("BEGIN DEFERRED").expect("begin");
+        let first = unsent_after(&reader, 10, 0).expect("read in the caller's transaction");
+        assert_eq!(first.rows.len(), 1);
+        let writer = db.open().expect("open");
+        insert(&writer, &[entry(Kind::Ack, "d", "", b"{}")]).expect("a commit meanwhile");
+        let again = unsent_after(&reader, 10, 0).expect("read again");
+        assert_eq!(
+            again.rows.len(),
+            1,
+            "the same snapshot: the new row is not seen yet"
+        );
+        assert!(
+            !reader.is_autocommit(),
+            "the caller's transaction is still open"
+        );
+        reader.execute_batch("COMMIT").expect("commit");
+        let after = unsent_after(&reader, 10, 0).expect("read on its own");
+        assert_eq!(after.rows.len(), 2, "a new snapshot once the caller's ends");
+        assert!(reader.is_autocommit(), "its own transaction ended");
     }
 
     #[test]
