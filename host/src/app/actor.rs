@@ -155,6 +155,7 @@ pub async fn time_dispatch(
     for _ in 0..n {
         instance.arm(timeout);
         let result = within(
+            instance.called,
             timeout,
             &instance.io,
             instance.app.call_on_tick(&mut instance.store, now_ns()),
@@ -168,6 +169,7 @@ pub async fn time_dispatch(
     for _ in 0..n {
         instance.arm(timeout);
         let result = within(
+            instance.called,
             timeout,
             &instance.io,
             instance
@@ -541,6 +543,7 @@ impl Actor {
         let timeout = version.config.call_timeout;
         instance.arm(timeout);
         let result = within(
+            instance.called,
             timeout,
             &instance.io,
             instance.app.call_init(
@@ -596,6 +599,7 @@ impl Actor {
         let (mut store, io, stderr_tail) = self.base.store(version)?;
         *self.current_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io.clone());
         let instance = within(
+            Instant::now(),
             config.call_timeout,
             &io,
             pre.instance_pre().instantiate_async(&mut store),
@@ -710,7 +714,7 @@ impl Actor {
                     }
                     self.base.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
-                    let result = within(timeout, &instance.io, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
+                    let result = within(instance.called, timeout, &instance.io, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
                         return self.crashed(crash);
                     }
@@ -746,7 +750,13 @@ impl Actor {
         };
         let timeout = self.version.config.call_timeout;
         old.arm(timeout);
-        let saved = within(timeout, &old.io, old.app.call_save(&mut old.store)).await;
+        let saved = within(
+            old.called,
+            timeout,
+            &old.io,
+            old.app.call_save(&mut old.store),
+        )
+        .await;
         let saved = match old.finish(saved, "save", timeout) {
             Ok(state) => state,
             Err(crash) => {
@@ -757,6 +767,7 @@ impl Actor {
         };
         new.arm(version.config.call_timeout);
         let init = within(
+            new.called,
             version.config.call_timeout,
             &new.io,
             new.app
@@ -914,6 +925,7 @@ impl Actor {
         let timeout = self.version.config.call_timeout;
         instance.arm(timeout);
         let result = within(
+            instance.called,
             timeout,
             &instance.io,
             instance.app.call_save(&mut instance.store),
@@ -1041,7 +1053,7 @@ impl Instance {
         };
         self.arm(timeout);
         let call = on_message.call_async(&mut self.store, (message.topic, message.payload));
-        let result = within(timeout, &self.io, call).await;
+        let result = within(self.called, timeout, &self.io, call).await;
         self.finish(result, "on-message", timeout)
     }
 
@@ -1056,6 +1068,7 @@ impl Instance {
             } => {
                 self.arm(timeout);
                 let result = within(
+                    self.called,
                     timeout,
                     &self.io,
                     self.app.call_on_desired(&mut self.store, &device, &changes),
@@ -1081,6 +1094,7 @@ impl Instance {
             } => {
                 self.arm(timeout);
                 let result = within(
+                    self.called,
                     timeout,
                     &self.io,
                     self.app
@@ -1119,13 +1133,15 @@ async fn next_message(
 /// the app counts as crashed.
 pub const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
 
-/// Bound an export call in wall time: its deadline plus [`HOST_CALL_GRACE`].
+/// Bound an export call in wall time: its deadline plus [`HOST_CALL_GRACE`],
+/// counted from `started` (the call's [`Instance::arm`], whose clock read
+/// serves both: one read less on every call).
 async fn within<T>(
+    started: Instant,
     timeout: Duration,
     io: &crate::io_clock::IoClock,
     call: impl std::future::Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
-    let started = tokio::time::Instant::now();
     let mut call = std::pin::pin!(call);
     // Most calls run to their end on the first poll, never waiting in a host
     // call: they need no timer. Arming one registers it in tokio's timer
@@ -1136,7 +1152,7 @@ async fn within<T>(
         return result;
     }
     // Device I/O may add its budget: each wait is cut at what is left of it.
-    let bound = started + timeout + HOST_CALL_GRACE + io.budget();
+    let bound = Clock::from_std(started) + timeout + HOST_CALL_GRACE + io.budget();
     match tokio::time::timeout_at(bound, call).await {
         Ok(result) => result,
         Err(_) => Err(StuckInHostCall(timeout).into()),
@@ -1187,9 +1203,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_stuck_in_a_host_call_is_cut_off_after_its_deadline_and_the_grace() {
         let timeout = Duration::from_millis(300);
-        let started = tokio::time::Instant::now();
+        let started = Clock::now();
         let no_io = crate::io_clock::IoClock::default();
-        let stuck = within(timeout, &no_io, async {
+        let stuck = within(started.into_std(), timeout, &no_io, async {
             tokio::time::sleep(Duration::from_secs(90)).await;
             Ok(())
         })
@@ -1204,12 +1220,12 @@ mod tests {
         // A call that returns in time is left alone, whether it finishes
         // at once or after a wait.
         assert_eq!(
-            within(timeout, &no_io, async { Ok(7) })
+            within(Clock::now().into_std(), timeout, &no_io, async { Ok(7) })
                 .await
                 .expect("in time"),
             7
         );
-        let waits = within(timeout, &no_io, async {
+        let waits = within(Clock::now().into_std(), timeout, &no_io, async {
             tokio::time::sleep(timeout).await;
             Ok(8)
         });
@@ -1219,7 +1235,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_that_waits_is_bounded_from_its_start_not_from_its_first_wait() {
         let timeout = Duration::from_millis(300);
-        let started = tokio::time::Instant::now();
+        let started = Clock::now();
         let no_io = crate::io_clock::IoClock::default();
         // 200 ms pass in the call's first poll (a guest computing before
         // it waits), then it waits for ever.
@@ -1227,7 +1243,9 @@ mod tests {
             tokio::time::advance(Duration::from_millis(200)).await;
             std::future::pending::<wasmtime::Result<()>>().await
         };
-        within(timeout, &no_io, call).await.expect_err("cut off");
+        within(started.into_std(), timeout, &no_io, call)
+            .await
+            .expect_err("cut off");
         assert_eq!(started.elapsed(), timeout + HOST_CALL_GRACE);
     }
 }

@@ -105,7 +105,7 @@ impl Handler for RequestHandler {
         let instance = self.instances.spawn(async move {
             let _permit = permit;
             let called = Instant::now();
-            let result = within(timeout, &io, async {
+            let result = within(called, timeout, &io, async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
@@ -218,6 +218,7 @@ impl Actor {
     async fn check_instantiates(&mut self, serving: &Serving) -> Result<(), AppError> {
         let (mut store, io, stderr_tail) = self.base.store(&serving.version)?;
         within(
+            Instant::now(),
             serving.version.config.call_timeout,
             &io,
             serving.pre.instantiate_async(&mut store),
