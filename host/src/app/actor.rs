@@ -749,15 +749,7 @@ impl Actor {
             }
         };
         let timeout = self.version.config.call_timeout;
-        old.arm(timeout);
-        let saved = within(
-            old.called,
-            timeout,
-            &old.io,
-            old.app.call_save(&mut old.store),
-        )
-        .await;
-        let saved = match old.finish(saved, "save", timeout) {
+        let saved = match old.save(timeout).await {
             Ok(state) => state,
             Err(crash) => {
                 // The old instance is gone; carry on with the new one, without state.
@@ -923,15 +915,7 @@ impl Actor {
     /// Clean stop: ask the guest for its state and keep it for the next start.
     async fn stop(&mut self, mut instance: Instance) {
         let timeout = self.version.config.call_timeout;
-        instance.arm(timeout);
-        let result = within(
-            instance.called,
-            timeout,
-            &instance.io,
-            instance.app.call_save(&mut instance.store),
-        )
-        .await;
-        match instance.finish(result, "save", timeout) {
+        match instance.save(timeout).await {
             Ok(Some(state)) if state.len() > MAX_SAVED_STATE => tracing::warn!(
                 app = %self.base.name,
                 "the state `save` returned ({} bytes) is over the limit of {MAX_SAVED_STATE}: not kept; keep large state in storage",
@@ -1040,6 +1024,20 @@ impl Instance {
         self.metrics.call(self.called.elapsed());
         self.store.data_mut().units.device.flush();
         result.map_err(|e| describe(&e, call, &self.stderr_tail))
+    }
+
+    /// Ask the guest for the state to hand to its next instance (`save`):
+    /// before a swap and at a clean stop. An error is the crash report.
+    async fn save(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, AppError> {
+        self.arm(timeout);
+        let saved = within(
+            self.called,
+            timeout,
+            &self.io,
+            self.app.call_save(&mut self.store),
+        )
+        .await;
+        self.finish(saved, "save", timeout)
     }
 
     /// Hand one bus message to `on-message`. An error is the crash report.
