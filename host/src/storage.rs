@@ -508,7 +508,7 @@ mod tests {
     ) -> StorageCtx {
         StorageCtx::new(
             "app".into(),
-            SharedConnection::lazy(pool.clone()),
+            SharedConnection::pooled(pool.clone()),
             quota,
             SharedLimit::new(1_000_000, 1_000_000),
             unit.tallies.get("app"),

@@ -225,31 +225,36 @@ impl Drop for Pooled {
 }
 
 /// One instance's connection to the gateway's database, shared by the
-/// units that use one (storage, device, tables) and taken from the app's
-/// pool at the first use. Taking it costs a tenth of a millisecond or more
-/// when the pool is empty (a start, a restart): an instance that never
-/// touches the database does not pay it, and one that does pays it once,
-/// not once per unit; an app holds one connection, not three.
+/// units that use one (storage, device, tables). It is taken from the
+/// app's pool for each host call and handed back after it, so an app keeps
+/// one open connection between its actor and its instances, not one per
+/// holder: each costs some 130 KiB (SQLite's lookaside, page cache and
+/// parsed schema), and with two per app they were three quarters of an idle
+/// gateway's heap (BENCHMARKS.md, P6). Taking an idle one is a pop from a
+/// list; an instance that never touches the database opens none.
 ///
 /// An instance makes one call at a time, so units never wait on each other
 /// for it; each holds it for one host call, and ends its transactions
-/// within that call.
+/// within that call (a connection handed back inside one is closed, which
+/// rolls it back).
 #[derive(Debug, Clone)]
-pub struct SharedConnection(Arc<std::sync::Mutex<Lazy>>);
+pub struct SharedConnection(Arc<std::sync::Mutex<Held>>);
 
 #[derive(Debug)]
-struct Lazy {
+struct Held {
+    /// Where the connection comes from and goes back to; `None` for one
+    /// opened by the caller, kept for the holders' lifetime.
     pool: Option<Arc<ConnectionPool>>,
     conn: Option<Pooled>,
 }
 
 /// The connection of a [`SharedConnection`], held for one host call.
-pub struct ConnectionGuard<'a>(std::sync::MutexGuard<'a, Lazy>);
+pub struct ConnectionGuard<'a>(std::sync::MutexGuard<'a, Held>);
 
 impl SharedConnection {
-    /// A connection taken from `pool` when first used.
-    pub fn lazy(pool: Arc<ConnectionPool>) -> SharedConnection {
-        SharedConnection(Arc::new(std::sync::Mutex::new(Lazy {
+    /// A connection taken from `pool` for each use.
+    pub fn pooled(pool: Arc<ConnectionPool>) -> SharedConnection {
+        SharedConnection(Arc::new(std::sync::Mutex::new(Held {
             pool: Some(pool),
             conn: None,
         })))
@@ -258,13 +263,13 @@ impl SharedConnection {
     /// An open connection of no pool (a unit test's in-memory database,
     /// say).
     pub fn opened(conn: Connection) -> SharedConnection {
-        SharedConnection(Arc::new(std::sync::Mutex::new(Lazy {
+        SharedConnection(Arc::new(std::sync::Mutex::new(Held {
             pool: None,
             conn: Some(Pooled::unpooled(conn)),
         })))
     }
 
-    /// The connection, opened now if this is its first use.
+    /// The connection: the pool's idle one, or a new one.
     pub fn lock(&self) -> rusqlite::Result<ConnectionGuard<'_>> {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if held.conn.is_none() {
@@ -276,15 +281,14 @@ impl SharedConnection {
         }
         Ok(ConnectionGuard(held))
     }
+}
 
-    /// Whether the connection was opened (by a first use).
-    #[cfg(test)]
-    fn is_open(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .conn
-            .is_some()
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.pool.is_some() {
+            // Back to the pool (or closed, if inside a transaction).
+            self.0.conn = None;
+        }
     }
 }
 
@@ -740,33 +744,43 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_connection_opens_at_its_first_use_once_for_all_its_holders() {
+    fn a_shared_connection_is_taken_for_each_use_and_handed_back_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::new(dir.path().join("s.db"), None);
         let pool = ConnectionPool::new(db.clone());
-        let shared = SharedConnection::lazy(pool.clone());
+        let shared = SharedConnection::pooled(pool.clone());
         let unit = shared.clone();
-        assert!(!shared.is_open(), "not opened before it is used");
-        assert!(!db.path().exists(), "not even the file");
-        shared
-            .lock()
-            .expect("open")
-            .execute_batch("CREATE TABLE t (x INTEGER)")
-            .expect("create");
-        assert!(unit.is_open(), "one connection for every holder");
-        // The other holder sees the same connection: a transaction begun
-        // through one is the other's.
-        shared
-            .lock()
-            .expect("open")
-            .execute_batch("BEGIN")
-            .expect("begin");
-        assert!(!unit.lock().expect("open").is_autocommit());
+        assert!(!db.path().exists(), "nothing opened before it is used");
+        {
+            let conn = shared.lock().expect("open");
+            conn.execute_batch("CREATE TABLE t (x INTEGER)")
+                .expect("create");
+            assert_eq!(pool.idle(), 0, "held while in use");
+        }
+        assert_eq!(pool.idle(), 1, "handed back after the use");
+        // Another holder of the app (its actor, another unit) takes the
+        // same connection rather than opening one.
+        let other = pool.open().expect("open");
+        assert_eq!(pool.idle(), 0, "the idle one was taken");
+        drop(other);
         unit.lock()
             .expect("open")
-            .execute_batch("COMMIT")
-            .expect("commit");
-        drop((shared, unit));
-        assert_eq!(pool.idle(), 1, "back to the pool when the last holder goes");
+            .execute("INSERT INTO t VALUES (1)", [])
+            .expect("insert");
+        assert_eq!(pool.idle(), 1, "still one connection for them all");
+        // A use that leaves a transaction open loses it: the connection is
+        // closed, which rolls the transaction back.
+        shared
+            .lock()
+            .expect("open")
+            .execute_batch("BEGIN; INSERT INTO t VALUES (2)")
+            .expect("begin");
+        assert_eq!(pool.idle(), 0, "the one left in a transaction was closed");
+        let count: i64 = unit
+            .lock()
+            .expect("open")
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 1, "and its transaction rolled back");
     }
 }

@@ -136,7 +136,6 @@ pub async fn time_dispatch(
         load: version.load,
     });
     let mut actor = Actor {
-        db: shared.db.open()?,
         base: AppBase::new(version.config.name.as_str().into(), shared, files_dir),
         version: version.clone(),
         events,
@@ -198,7 +197,6 @@ pub fn spawn(
         version: spec.version.number,
         load: spec.version.load,
     });
-    let db = spec.shared.db.open()?;
     let stopped = spec.stopped;
     let actor = Actor {
         base: AppBase::new(name.clone(), spec.shared, spec.files_dir),
@@ -206,7 +204,6 @@ pub fn spawn(
         events,
         control,
         status: status_tx,
-        db,
         crashes: Crashes::default(),
         restarts: 0,
         probation: None,
@@ -232,8 +229,6 @@ struct Actor {
     events: mpsc::Receiver<AppEvent>,
     control: mpsc::Receiver<Control>,
     status: watch::Sender<AppStatus>,
-    /// For the app's row in `apps` and its saved state.
-    db: rusqlite::Connection,
     /// When the recent crashes happened, within the restart window.
     crashes: Crashes,
     restarts: u64,
@@ -279,6 +274,13 @@ impl AppBase {
         }
     }
 
+    /// A connection to the gateway's database from the app's pool: the one
+    /// its instance hands back after each host call, so that the actor and
+    /// its instances keep one open connection between them, not one each.
+    fn db(&self) -> rusqlite::Result<crate::store::Pooled> {
+        self.pool.open()
+    }
+
     /// A store for one instance of `version`: every unit's state, the
     /// memory limit, and the deadline (armed for its instantiation). Also
     /// its I/O clock and the tail of its stderr.
@@ -289,7 +291,7 @@ impl AppBase {
         let config = &version.config;
         let device: Arc<str> = config.device.as_str().into();
         let io = Arc::new(crate::io_clock::IoClock::new(config.io_budget()));
-        let conn = crate::store::SharedConnection::lazy(self.pool.clone());
+        let conn = crate::store::SharedConnection::pooled(self.pool.clone());
         let setup = AppSetup {
             io: &io,
             metrics: &self.metrics,
@@ -422,7 +424,11 @@ impl Actor {
             self.set_state(AppState::Stopped);
             Phase::Stopped
         } else {
-            match crate::store::saved_state(&self.db, &self.base.name) {
+            match self
+                .base
+                .db()
+                .and_then(|db| crate::store::saved_state(&db, &self.base.name))
+            {
                 Ok(state) => Phase::Start(state),
                 Err(e) => {
                     tracing::warn!(app = %self.base.name, "could not read the saved state: {e}");
@@ -459,7 +465,10 @@ impl Actor {
         match self.start(previous).await {
             Ok(instance) => {
                 if handed_over
-                    && let Err(e) = crate::store::clear_saved_state(&self.db, &self.base.name)
+                    && let Err(e) = self
+                        .base
+                        .db()
+                        .and_then(|db| crate::store::clear_saved_state(&db, &self.base.name))
                 {
                     tracing::warn!(app = %self.base.name, "could not clear the saved state: {e}");
                 }
@@ -574,7 +583,7 @@ impl Actor {
     /// `{device}/model`), which checks desired values and actions with it.
     /// A failure costs the cloud its check, not the app its start.
     fn announce_model(&self, version: &AppVersion) {
-        let announced = self.base.shared.db.open().and_then(|conn| {
+        let announced = self.base.db().and_then(|conn| {
             crate::outbox::announce_model(&conn, &version.config.device, version.model.source())?;
             // What the server changed in its synced tables meanwhile.
             crate::tables::queue_pulls(
@@ -888,7 +897,11 @@ impl Actor {
                 }
                 Control::Start(done) => {
                     let _ = done.send(());
-                    let saved = crate::store::saved_state(&self.db, &self.base.name).unwrap_or_default();
+                    let saved = self
+                        .base
+                        .db()
+                        .and_then(|db| crate::store::saved_state(&db, &self.base.name))
+                        .unwrap_or_default();
                     Phase::Start(saved)
                 }
                 Control::Remove(done) => {
@@ -922,7 +935,11 @@ impl Actor {
                 state.len()
             ),
             Ok(Some(state)) => {
-                if let Err(e) = crate::store::put_saved_state(&self.db, &self.base.name, &state) {
+                if let Err(e) = self
+                    .base
+                    .db()
+                    .and_then(|db| crate::store::put_saved_state(&db, &self.base.name, &state))
+                {
                     tracing::warn!(app = %self.base.name, "could not keep the saved state: {e}");
                 }
             }
@@ -950,9 +967,14 @@ impl Actor {
             .await
             .unwrap_or(0);
         // The content and storage units own their tables and say what they hold.
-        let waiting = crate::content::waiting_uploads(&self.db, &self.base.name)
-            .map_or(0, |(_, bytes)| bytes);
-        let stored = crate::storage::usage(&self.db, &self.base.name).map_or(0, |(_, bytes)| bytes);
+        // A database that cannot be opened counts as holding nothing, as a
+        // failed query does.
+        let (waiting, stored) = self.base.db().map_or((0, 0), |db| {
+            (
+                crate::content::waiting_uploads(&db, &self.base.name).map_or(0, |(_, bytes)| bytes),
+                crate::storage::usage(&db, &self.base.name).map_or(0, |(_, bytes)| bytes),
+            )
+        });
         let quota = self.version.config.disk_quota_bytes;
         let used = files.saturating_add(waiting).saturating_add(stored);
         if used > quota {
@@ -979,14 +1001,16 @@ impl Actor {
 
     fn set_state(&mut self, state: AppState) {
         let detail = state.error().map(str::to_string);
-        if let Err(e) = crate::store::set_app_state(
-            &self.db,
-            &self.base.name,
-            state.name(),
-            detail.as_deref(),
-            self.restarts,
-            &self.version.digest,
-        ) {
+        if let Err(e) = self.base.db().and_then(|db| {
+            crate::store::set_app_state(
+                &db,
+                &self.base.name,
+                state.name(),
+                detail.as_deref(),
+                self.restarts,
+                &self.version.digest,
+            )
+        }) {
             tracing::warn!(app = %self.base.name, "could not record the app state: {e}");
         }
         self.status.send_replace(AppStatus {

@@ -285,7 +285,11 @@ impl Actor {
     ) -> Phase {
         tracing::info!(app = %self.base.name, "version {} is a {} component or serves elsewhere: restarting the app on it", version.number, version.pre.world());
         self.install(version, reply, outcome);
-        let saved = crate::store::saved_state(&self.db, &self.base.name).unwrap_or_default();
+        let saved = self
+            .base
+            .db()
+            .and_then(|db| crate::store::saved_state(&db, &self.base.name))
+            .unwrap_or_default();
         Phase::Start(saved)
     }
 
