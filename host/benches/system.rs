@@ -144,7 +144,7 @@ fn main() {
         let footprint = last.expect("a run");
         rows.push([
             "P6".into(),
-            "resident memory idle, 1 / 10 apps, on the start that compiles them (of it anonymous, the rest mostly the binary's code); 10 apps restarted from the compile cache; the runtime-only build with precompiled apps; binary size (release, stripped: default / runtime-only)".into(),
+            "resident memory idle, 1 / 10 apps, on the start that compiles them (of it anonymous, the rest mostly the binary's code); 10 apps restarted from the compile cache; the runtime-only build (profile `device`) with precompiled apps; binary size (stripped: default release / runtime-only device)".into(),
             format!(
                 "{rss1:.1} / {rss10:.1} MiB (anonymous {anon1:.1} / {anon10:.1}); restarted {again:.1} MiB (anonymous {again_anon:.1}); runtime-only {device1:.1} / {device10:.1} MiB; {:.1} MiB / {}",
                 footprint.size, footprint.runtime_only
@@ -1201,8 +1201,8 @@ struct Footprint {
     ten: Resident,
     /// Ten apps started again, from the compile cache.
     restarted: Resident,
-    /// The runtime-only build running the same apps precompiled: what a
-    /// device would run. `None` if it could not be built.
+    /// The runtime-only build (`--profile device`) running the same apps
+    /// precompiled: what a device would run. `None` if it could not be built.
     device: Option<(Resident, Resident)>,
     /// Stripped sizes, MiB: the default binary, and the runtime-only one.
     size: f64,
@@ -1278,15 +1278,20 @@ fn footprint() -> Footprint {
         .args([
             "build",
             "--quiet",
-            "--release",
+            "--profile",
+            "device",
             "-p",
             "wasmgate-runtime-only",
         ])
         .status()
         .is_ok_and(|s| s.success());
-    // Beside the default binary: the same target directory and profile,
-    // wherever CARGO_TARGET_DIR puts them.
-    let device_binary = binary.with_file_name("wasmgate-runtime-only");
+    // In the same target directory as the default binary, wherever
+    // CARGO_TARGET_DIR puts it, under the device profile's directory.
+    let device_binary = binary
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the binary is in a profile's directory of the target directory")
+        .join("device/wasmgate-runtime-only");
     let runtime_only = if built {
         stripped(&device_binary).map_or("not measured".into(), |s| format!("{s:.1} MiB"))
     } else {
