@@ -140,6 +140,8 @@ impl Database {
 pub struct ConnectionPool {
     db: Database,
     idle: std::sync::Mutex<Vec<Connection>>,
+    /// Connections it has opened, ever.
+    opened: std::sync::atomic::AtomicU64,
 }
 
 /// Connections a pool keeps open while nobody holds them: one for each of
@@ -152,6 +154,7 @@ impl ConnectionPool {
         Arc::new(ConnectionPool {
             db,
             idle: std::sync::Mutex::new(Vec::new()),
+            opened: Default::default(),
         })
     }
 
@@ -160,7 +163,12 @@ impl ConnectionPool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => self.db.open()?,
+            None => {
+                let conn = self.db.open()?;
+                self.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                conn
+            }
         };
         Ok(Pooled {
             conn: Some(conn),
@@ -171,6 +179,12 @@ impl ConnectionPool {
     /// Connections open and idle now.
     pub fn idle(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Connections opened since the pool was made: what its holders could
+    /// not find idle.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -10,8 +10,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,7 +25,7 @@ use super::protocol::{Ack, ActionRequest, ActionResponse, Desired, MAX_DOWNLINK_
 use super::topics::{self, Kind};
 use crate::app::{AppError, Directory};
 use crate::model::DeviceModel;
-use crate::store::Database;
+use crate::store::{ConnectionPool, Database};
 use crate::value::to_json;
 
 /// How long a downlink message may wait for its app (queue, restarts, call)
@@ -33,6 +35,22 @@ pub const APP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Messages waiting per device before new ones are refused as "busy".
 const DEVICE_QUEUE: usize = 64;
+
+/// A device's worker that has had nothing to do for this long is ended,
+/// and started again by the device's next message: a gateway that has
+/// had a message for each of 10,000 devices does not keep 10,000 tasks
+/// and queues (a few KiB each) for good.
+const WORKER_IDLE: Duration = Duration::from_secs(60);
+
+/// A device's worker, as the downlink sees it.
+struct DeviceWorker {
+    queue: mpsc::Sender<Request>,
+    /// Messages handed to it and not yet answered. It is retired only at
+    /// zero, waiting for nothing, so a device's messages stay in order
+    /// across a retirement: the next worker starts after the last ended.
+    pending: Arc<AtomicUsize>,
+    last_message: Instant,
+}
 
 enum Request {
     Desired(Vec<u8>),
@@ -56,9 +74,14 @@ pub struct Downlink {
     /// Which app speaks for which device, with which model: looked up for
     /// every message, so deployments take effect at once.
     directory: Directory,
-    workers: HashMap<String, mpsc::Sender<Request>>,
+    workers: HashMap<String, DeviceWorker>,
+    /// When idle workers were last looked for.
+    retired: Instant,
     replies: mpsc::Sender<Reply>,
-    db: Database,
+    /// The workers' connections to the gateway's database, taken for each
+    /// use: a worker per device that ever had a message must not keep a
+    /// connection (two files and some 150 KiB) open each.
+    pool: Arc<ConnectionPool>,
     /// Wakes the link when an ack is in the outbox.
     outbox_signal: Arc<Notify>,
     cancel: CancellationToken,
@@ -88,8 +111,9 @@ impl Downlink {
             gateway,
             directory,
             workers: HashMap::new(),
+            retired: Instant::now(),
             replies,
-            db,
+            pool: ConnectionPool::new(db),
             outbox_signal,
             cancel,
             tasks,
@@ -234,9 +258,14 @@ impl Downlink {
             ));
             return Some(reply);
         }
-        // A worker that ended (it could not open the database, say) is
+        self.retire_idle_workers();
+        // A worker that ended (its task panicked, say) is
         // replaced, never left as a queue nobody drains.
-        if self.workers.get(&device).is_some_and(|w| w.is_closed()) {
+        if self
+            .workers
+            .get(&device)
+            .is_some_and(|w| w.queue.is_closed())
+        {
             tracing::warn!(device = %device, "the device's downlink worker had stopped; starting a new one");
             self.workers.remove(&device);
         }
@@ -247,14 +276,25 @@ impl Downlink {
                 device: device.clone(),
                 directory: self.directory.clone(),
                 replies: self.replies.clone(),
-                db: self.db.clone(),
+                pool: self.pool.clone(),
                 outbox_signal: self.outbox_signal.clone(),
                 answer_within: self.answer_within,
+                pending: Arc::default(),
             };
+            let pending = worker.pending.clone();
             self.tasks.spawn(worker.run(rx, self.cancel.clone()));
-            tx
+            DeviceWorker {
+                queue: tx,
+                pending,
+                last_message: Instant::now(),
+            }
         });
-        if let Err(e) = worker.try_send(request) {
+        worker.last_message = Instant::now();
+        // Counted before it is sent: the worker may be done with it before
+        // `try_send` returns.
+        worker.pending.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = worker.queue.try_send(request) {
+            worker.pending.fetch_sub(1, Ordering::AcqRel);
             let request = match e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
@@ -270,6 +310,24 @@ impl Downlink {
             return Some(reply);
         }
         None
+    }
+}
+
+impl Downlink {
+    /// End the workers that have waited for nothing for [`WORKER_IDLE`]:
+    /// their queues are dropped, so each returns from its wait. Looked for
+    /// at most once a [`WORKER_IDLE`], from `dispatch`, the only place
+    /// that hands them work, so none can be given a message meanwhile.
+    fn retire_idle_workers(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.retired) < WORKER_IDLE {
+            return;
+        }
+        self.retired = now;
+        self.workers.retain(|_, worker| {
+            worker.pending.load(Ordering::Acquire) > 0
+                || now.duration_since(worker.last_message) < WORKER_IDLE
+        });
     }
 }
 
@@ -401,75 +459,87 @@ struct Worker {
     device: String,
     directory: Directory,
     replies: mpsc::Sender<Reply>,
-    db: Database,
+    pool: Arc<ConnectionPool>,
     outbox_signal: Arc<Notify>,
     answer_within: Duration,
+    /// Shared with its [`DeviceWorker`]: lowered once a message is answered.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Worker {
     async fn run(self, mut requests: mpsc::Receiver<Request>, cancel: CancellationToken) {
-        let mut db = match self.db.open() {
-            Ok(db) => db,
-            Err(e) => {
-                tracing::error!(device = %self.device, "downlink worker cannot open the database: {e}");
-                return;
-            }
-        };
         loop {
             let request = tokio::select! {
                 _ = cancel.cancelled() => return,
                 request = requests.recv() => match request {
                     Some(r) => r,
+                    // Retired (or the downlink is gone).
                     None => return,
                 },
             };
-            let reply = match request {
-                Request::Desired(payload) => {
-                    let ack = serde_json::to_vec(&self.desired(&mut db, &payload).await)
-                        .unwrap_or_default();
-                    // Into the outbox, after the reports the app made while
-                    // it applied the change, so the cloud sees them first and
-                    // a lost connection loses no answer.
-                    let entry = crate::outbox::Entry {
-                        kind: crate::outbox::Kind::Ack,
-                        device: self.device.clone(),
-                        name: String::new(),
-                        points: 0,
-                        payload: ack,
-                    };
-                    match crate::outbox::insert(&db, std::slice::from_ref(&entry)) {
-                        Ok(()) => {
-                            self.outbox_signal.notify_one();
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!(device = %self.device, "cannot keep a twin ack in the outbox, sending it at once: {e}");
-                            Reply {
-                                topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
-                                payload: entry.payload,
-                                correlation: None,
-                            }
-                        }
-                    }
-                }
-                Request::Action {
-                    name,
-                    payload,
-                    answer,
-                } => Reply {
-                    topic: answer.topic,
-                    payload: serde_json::to_vec(&self.action(&name, &payload).await)
-                        .unwrap_or_default(),
-                    correlation: answer.correlation,
-                },
+            let sent = match self.handle(request).await {
+                Some(reply) => self.replies.send(reply).await.is_ok(),
+                None => true,
             };
-            if self.replies.send(reply).await.is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            if !sent {
                 return;
             }
         }
     }
 
-    async fn desired(&self, db: &mut rusqlite::Connection, payload: &[u8]) -> Ack {
+    /// Handle one message: the answer to send, or `None` once it is in the
+    /// outbox (a twin ack).
+    async fn handle(&self, request: Request) -> Option<Reply> {
+        match request {
+            Request::Desired(payload) => {
+                let ack = serde_json::to_vec(&self.desired(&payload).await).unwrap_or_default();
+                // Into the outbox, after the reports the app made while
+                // it applied the change, so the cloud sees them first and
+                // a lost connection loses no answer.
+                let entry = crate::outbox::Entry {
+                    kind: crate::outbox::Kind::Ack,
+                    device: self.device.clone(),
+                    name: String::new(),
+                    points: 0,
+                    payload: ack,
+                };
+                let kept = self
+                    .pool
+                    .open()
+                    .and_then(|db| crate::outbox::insert(&db, std::slice::from_ref(&entry)));
+                match kept {
+                    Ok(()) => {
+                        self.outbox_signal.notify_one();
+                        None
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %self.device, "cannot keep a twin ack in the outbox, sending it at once: {e}");
+                        Some(Reply {
+                            topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
+                            payload: entry.payload,
+                            correlation: None,
+                        })
+                    }
+                }
+            }
+            Request::Action {
+                name,
+                payload,
+                answer,
+            } => Some(Reply {
+                topic: answer.topic,
+                payload: serde_json::to_vec(&self.action(&name, &payload).await)
+                    .unwrap_or_default(),
+                correlation: answer.correlation,
+            }),
+        }
+    }
+
+    /// Check a desired change, hand it to the app and record it. The
+    /// database connection is taken for the reads and writes only, not
+    /// held while the app works on the change.
+    async fn desired(&self, payload: &[u8]) -> Ack {
         let device = &self.device;
         let Some(route) = self.directory.by_device(device) else {
             return Ack {
@@ -493,7 +563,11 @@ impl Worker {
             }
         };
         let version = checked.version;
-        let applied = match crate::store::desired_version(db, device) {
+        let applied = match self
+            .pool
+            .open()
+            .and_then(|db| crate::store::desired_version(&db, device))
+        {
             Ok(v) => v,
             Err(e) => {
                 return self.failed(version, format!("the gateway cannot read its twin: {e}"));
@@ -556,7 +630,11 @@ impl Worker {
             .collect();
         // The version is recorded even if every attribute was refused, so an
         // older message arriving later is recognised as stale.
-        if let Err(e) = crate::store::apply_desired(db, device, version, &stored) {
+        if let Err(e) = self
+            .pool
+            .open()
+            .and_then(|mut db| crate::store::apply_desired(&mut db, device, version, &stored))
+        {
             return self.failed(
                 version,
                 format!("the gateway could not store the change: {e}"),
@@ -654,6 +732,7 @@ mod tests {
     struct Setup {
         _dir: tempfile::TempDir,
         worker: Worker,
+        db: Database,
         conn: rusqlite::Connection,
         app: mpsc::Receiver<AppEvent>,
     }
@@ -681,13 +760,15 @@ mod tests {
             device: "thermostat".into(),
             directory,
             replies,
-            db,
+            pool: ConnectionPool::new(db.clone()),
             outbox_signal: Arc::new(Notify::new()),
             answer_within: APP_TIMEOUT,
+            pending: Arc::default(),
         };
         Setup {
             _dir: dir,
             worker,
+            db,
             conn,
             app,
         }
@@ -721,12 +802,13 @@ mod tests {
         let Setup {
             _dir,
             worker,
-            mut conn,
+            conn,
             app,
+            db: _,
         } = setup();
         let answering = app_answers_desired(app, Ok(()));
 
-        let ack = worker.desired(&mut conn, &desired(5, 23.5)).await;
+        let ack = worker.desired(&desired(5, 23.5)).await;
         assert_eq!(ack.accepted, vec!["setpoint".to_string()]);
         assert!(ack.rejected.is_empty() && ack.error.is_none(), "{ack:?}");
         assert_eq!(
@@ -735,10 +817,10 @@ mod tests {
         );
 
         // The same version again: not applied twice.
-        let again = worker.desired(&mut conn, &desired(5, 23.5)).await;
+        let again = worker.desired(&desired(5, 23.5)).await;
         assert!(again.duplicate, "{again:?}");
         // An older version: refused as stale, without asking the app.
-        let stale = worker.desired(&mut conn, &desired(4, 22.0)).await;
+        let stale = worker.desired(&desired(4, 22.0)).await;
         assert!(stale.rejected["setpoint"].starts_with("stale"), "{stale:?}");
 
         drop(worker);
@@ -750,12 +832,13 @@ mod tests {
         let Setup {
             _dir,
             worker,
-            mut conn,
+            conn,
             app,
+            db: _,
         } = setup();
         let answering = app_answers_desired(app, Ok(()));
         // 99 is outside the setpoint's range; the version is still recorded.
-        let ack = worker.desired(&mut conn, &desired(7, 99.0)).await;
+        let ack = worker.desired(&desired(7, 99.0)).await;
         assert!(ack.accepted.is_empty(), "{ack:?}");
         assert!(ack.rejected.contains_key("setpoint"), "{ack:?}");
         assert_eq!(
@@ -771,11 +854,12 @@ mod tests {
         let Setup {
             _dir,
             worker,
-            mut conn,
+            conn: _,
             app,
+            db: _,
         } = setup();
         let _answering = app_answers_desired(app, Err("relay stuck".into()));
-        let ack = worker.desired(&mut conn, &desired(1, 22.0)).await;
+        let ack = worker.desired(&desired(1, 22.0)).await;
         assert_eq!(
             ack.rejected["setpoint"], "the app refused it: relay stuck",
             "{ack:?}"
@@ -787,8 +871,9 @@ mod tests {
         let Setup {
             _dir,
             worker,
-            mut conn,
+            conn: _,
             app,
+            db: _,
         } = setup();
         // The app takes events and never answers them: it begins the
         // desired change (as the actor marks it) but not the action.
@@ -803,7 +888,7 @@ mod tests {
             }
         });
         let started = tokio::time::Instant::now();
-        let ack = worker.desired(&mut conn, &desired(1, 22.0)).await;
+        let ack = worker.desired(&desired(1, 22.0)).await;
         assert_eq!(
             ack.rejected["setpoint"],
             format!(
@@ -830,8 +915,9 @@ mod tests {
         let Setup {
             _dir,
             worker,
-            mut conn,
+            conn,
             app,
+            db: _,
         } = setup();
         // The app holds events without beginning them.
         let _silent = tokio::spawn(async move {
@@ -842,7 +928,7 @@ mod tests {
             }
         });
         let before = crate::store::desired_version(&conn, "thermostat").expect("version");
-        let ack = worker.desired(&mut conn, &desired(7, 22.0)).await;
+        let ack = worker.desired(&desired(7, 22.0)).await;
         assert!(
             ack.rejected["setpoint"]
                 .ends_with("had not started handling the request, and will not"),
@@ -882,6 +968,7 @@ mod tests {
         let Setup {
             _dir,
             worker,
+            db,
             mut app,
             ..
         } = setup();
@@ -891,7 +978,7 @@ mod tests {
             "gw".into(),
             worker.directory.clone(),
             replies,
-            worker.db.clone(),
+            db,
             Arc::new(Notify::new()),
             CancellationToken::new(),
             TaskTracker::new(),
@@ -900,7 +987,14 @@ mod tests {
         // The device's worker ended (it could not open the database, say).
         let (stopped, gone) = mpsc::channel(1);
         drop(gone);
-        downlink.workers.insert("thermostat".into(), stopped);
+        downlink.workers.insert(
+            "thermostat".into(),
+            DeviceWorker {
+                queue: stopped,
+                pending: Arc::default(),
+                last_message: Instant::now(),
+            },
+        );
 
         let refused = downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "r1"}"#);
         assert!(refused.is_none(), "taken by a new worker");
@@ -939,19 +1033,158 @@ mod tests {
         );
     }
 
+    /// `setup()`'s gateway with `n` more devices, `t0` to `t{n-1}`, each
+    /// with a stand-in app, and a downlink over them all: the apps, where
+    /// the answers go, and what the workers signal once an ack is kept.
+    fn devices(
+        n: usize,
+    ) -> (
+        Setup,
+        Downlink,
+        Vec<mpsc::Receiver<AppEvent>>,
+        mpsc::Receiver<Reply>,
+        Arc<Notify>,
+    ) {
+        let setup = setup();
+        let directory = setup.worker.directory.clone();
+        let model = directory.by_device("thermostat").expect("route").model;
+        let mut apps = Vec::new();
+        for i in 0..n {
+            let device = format!("t{i}");
+            crate::store::claim_device(&setup.conn, &device, &device).expect("claim");
+            let (handle, app) = AppHandle::stand_in(&device);
+            directory.insert(Entry {
+                handle,
+                device: device.clone(),
+                model: model.clone(),
+            });
+            apps.push(app);
+        }
+        let (replies, replied) = mpsc::channel(8);
+        let acked = Arc::new(Notify::new());
+        let downlink = Downlink::new(
+            "gw".into(),
+            directory,
+            replies,
+            setup.db.clone(),
+            acked.clone(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+        // Longer than any test advances the clock: no answer times out.
+        .answering_within(Duration::from_secs(3600));
+        (setup, downlink, apps, replied, acked)
+    }
+
+    /// Answer the action the app `app` is asked next.
+    async fn answer_action(app: &mut mpsc::Receiver<AppEvent>) {
+        match app.recv().await.expect("the app is asked") {
+            AppEvent::Action { reply, .. } => {
+                let _ = reply.send(Ok(None));
+            }
+            _ => panic!("expected an action"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_workers_of_many_devices_share_a_few_connections() {
+        let devices = 20;
+        let (setup, mut downlink, mut apps, mut replied, acked) = self::devices(devices);
+        // An action needs no connection at all.
+        for (i, app) in apps.iter_mut().enumerate() {
+            let topic = format!("wg/v1/gw/t{i}/action/reset/req");
+            assert!(downlink.dispatch(&topic, br#"{"id": "r"}"#).is_none());
+            answer_action(app).await;
+            let answer = replied.recv().await.expect("an answer");
+            assert_eq!(answer.topic, format!("wg/v1/gw/t{i}/action/reset/res"));
+        }
+        assert_eq!(downlink.workers.len(), devices, "a worker per device");
+        assert_eq!(downlink.pool.opened(), 0, "and no connection for actions");
+        // A desired change reads and writes the twin and keeps its ack; one
+        // device after another, the devices' workers take turns on one.
+        for (i, app) in apps.iter_mut().enumerate() {
+            let topic = format!("wg/v1/gw/t{i}/twin/desired");
+            assert!(downlink.dispatch(&topic, &desired(1, 21.0)).is_none());
+            match app.recv().await.expect("the app is asked") {
+                AppEvent::Desired { reply, .. } => {
+                    let _ = reply.send(Ok(()));
+                }
+                _ => panic!("expected the desired change"),
+            }
+            acked.notified().await;
+            assert_eq!(
+                crate::store::desired_version(&setup.conn, &format!("t{i}")).expect("version"),
+                1
+            );
+        }
+        assert_eq!(
+            downlink.pool.opened(),
+            1,
+            "one connection for the {devices} workers, not one each"
+        );
+        assert_eq!(downlink.pool.idle(), 1, "and none is held between messages");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_workers_are_retired_and_the_next_message_starts_one_again() {
+        let (_setup, mut downlink, mut apps, mut replied, _) = devices(5);
+        let action = |downlink: &mut Downlink, device: usize, id: &str| {
+            let topic = format!("wg/v1/gw/t{device}/action/reset/req");
+            let payload = format!(r#"{{"id": "{id}"}}"#);
+            assert!(downlink.dispatch(&topic, payload.as_bytes()).is_none());
+        };
+        for (i, app) in apps.iter_mut().enumerate() {
+            action(&mut downlink, i, "first");
+            answer_action(app).await;
+            replied.recv().await.expect("an answer");
+        }
+        // t1's app is still working on this one when the others go idle.
+        action(&mut downlink, 1, "slow");
+        let slow = match apps[1].recv().await.expect("asked") {
+            AppEvent::Action { reply, .. } => reply,
+            _ => panic!("expected an action"),
+        };
+        tokio::time::advance(WORKER_IDLE + Duration::from_secs(1)).await;
+
+        action(&mut downlink, 0, "again");
+        let mut kept: Vec<&String> = downlink.workers.keys().collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            ["t0", "t1"],
+            "the idle ones are retired; t0's next message started one, and t1's waits on its app"
+        );
+        answer_action(&mut apps[0]).await;
+        let answer = replied.recv().await.expect("an answer");
+        let answer: ActionResponse = serde_json::from_slice(&answer.payload).expect("json");
+        assert_eq!(answer.id.as_deref(), Some("again"));
+        let _ = slow.send(Ok(None));
+        let answer = replied.recv().await.expect("the slow one's answer");
+        let answer: ActionResponse = serde_json::from_slice(&answer.payload).expect("json");
+        assert_eq!((answer.id.as_deref(), answer.error), (Some("slow"), None));
+        // The retired tasks end: only t0's and t1's still run.
+        for _ in 0..100 {
+            if downlink.tasks.len() <= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(downlink.tasks.len(), 2);
+    }
+
     #[tokio::test]
     async fn desired_versions_outside_1_to_2_pow_63_and_floods_of_attributes_are_refused() {
         let Setup {
             _dir,
             worker,
-            mut conn,
+            conn: _,
             app,
+            db: _,
         } = setup();
         let answering = app_answers_desired(app, Ok(()));
         for version in [0u64, 1 << 63, u64::MAX] {
             let ack = worker
                 .desired(
-                    &mut conn,
                     &json!({"version": version, "attributes": {"setpoint": 22.0}})
                         .to_string()
                         .into_bytes(),
@@ -968,7 +1201,6 @@ mod tests {
             (0..300).map(|i| (format!("a{i}"), json!(1))).collect();
         let ack = worker
             .desired(
-                &mut conn,
                 &json!({"version": 3, "attributes": many})
                     .to_string()
                     .into_bytes(),
@@ -980,7 +1212,7 @@ mod tests {
                 .contains("over the limit of 256")
         );
         // Nothing was applied, so version 1 is still new.
-        let ack = worker.desired(&mut conn, &desired(1, 22.0)).await;
+        let ack = worker.desired(&desired(1, 22.0)).await;
         assert_eq!(ack.accepted, vec!["setpoint".to_string()], "{ack:?}");
         drop(worker);
         assert_eq!(answering.await.unwrap(), 1);
