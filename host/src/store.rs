@@ -242,9 +242,9 @@ impl Drop for Pooled {
 /// units that use one (storage, device, tables). It is taken from the
 /// app's pool for each host call and handed back after it, so an app keeps
 /// one open connection between its actor and its instances, not one per
-/// holder: each costs some 130 KiB (SQLite's lookaside, page cache and
-/// parsed schema), and with two per app they were three quarters of an idle
-/// gateway's heap (BENCHMARKS.md, P6). Taking an idle one is a pop from a
+/// holder: each costs about 100 KiB of heap (SQLite's lookaside, page cache and
+/// parsed schema). With two per app, SQLite held three quarters of the heap
+/// of an idle gateway running ten apps (BENCHMARKS.md, P6). Taking an idle one is a pop from a
 /// list; an instance that never touches the database opens none.
 ///
 /// An instance makes one call at a time, so units never wait on each other

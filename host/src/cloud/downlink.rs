@@ -80,7 +80,7 @@ pub struct Downlink {
     replies: mpsc::Sender<Reply>,
     /// The workers' connections to the gateway's database, taken for each
     /// use: a worker per device that ever had a message must not keep a
-    /// connection (two files and some 150 KiB) open each.
+    /// connection (two open files and about 100 KiB of heap) open each.
     pool: Arc<ConnectionPool>,
     /// Wakes the link when an ack is in the outbox.
     outbox_signal: Arc<Notify>,
