@@ -268,18 +268,22 @@ impl TableSpec {
                 "an update of table `{table}` needs at least one column"
             ));
         }
-        let checked = check_fields_with(values, &format!("column of table `{table}`"), |name| {
-            self.columns
-                .get(name)
-                .map(|c| (c.kind, c.range))
-                .ok_or_else(|| {
-                    unknown(
-                        &format!("column of table `{table}`:"),
-                        name,
-                        self.columns.keys(),
-                    )
-                })
-        })?;
+        let checked = check_fields_with(
+            values,
+            || format!("column of table `{table}`"),
+            |name| {
+                self.columns
+                    .get(name)
+                    .map(|c| (c.kind, c.range))
+                    .ok_or_else(|| {
+                        unknown(
+                            &format!("column of table `{table}`:"),
+                            name,
+                            self.columns.keys(),
+                        )
+                    })
+            },
+        )?;
         let mut columns: TableColumns = checked
             .into_iter()
             .map(|(name, value)| (name, Some(crate::value::to_json(&value))))
@@ -594,12 +598,16 @@ impl DeviceModel {
         if attributes.is_empty() {
             return Err("a report needs at least one attribute".into());
         }
-        check_fields_with(attributes, "attribute", |name| {
-            self.attributes
-                .get(name)
-                .map(|s| (s.kind, s.range))
-                .ok_or_else(|| unknown("attribute", name, self.attributes.keys()))
-        })
+        check_fields_with(
+            attributes,
+            || "attribute".to_string(),
+            |name| {
+                self.attributes
+                    .get(name)
+                    .map(|s| (s.kind, s.range))
+                    .ok_or_else(|| unknown("attribute", name, self.attributes.keys()))
+            },
+        )
     }
 
     /// Check one point of `series`.
@@ -617,18 +625,22 @@ impl DeviceModel {
                 "a point of series `{series}` needs at least one field"
             ));
         }
-        check_fields_with(values, &format!("series `{series}` field"), |name| {
-            spec.fields
-                .get(name)
-                .map(|s| (s.kind, s.range))
-                .ok_or_else(|| {
-                    unknown(
-                        &format!("field of series `{series}`:"),
-                        name,
-                        spec.fields.keys(),
-                    )
-                })
-        })
+        check_fields_with(
+            values,
+            || format!("series `{series}` field"),
+            |name| {
+                spec.fields
+                    .get(name)
+                    .map(|s| (s.kind, s.range))
+                    .ok_or_else(|| {
+                        unknown(
+                            &format!("field of series `{series}`:"),
+                            name,
+                            spec.fields.keys(),
+                        )
+                    })
+            },
+        )
     }
 
     /// Check an alert and its values.
@@ -641,18 +653,22 @@ impl DeviceModel {
             .alerts
             .get(alert)
             .ok_or_else(|| unknown("alert", alert, self.alerts.keys()))?;
-        check_fields_with(values, &format!("alert `{alert}` field"), |name| {
-            spec.fields
-                .get(name)
-                .map(|s| (s.kind, s.range))
-                .ok_or_else(|| {
-                    unknown(
-                        &format!("field of alert `{alert}`:"),
-                        name,
-                        spec.fields.keys(),
-                    )
-                })
-        })
+        check_fields_with(
+            values,
+            || format!("alert `{alert}` field"),
+            |name| {
+                spec.fields
+                    .get(name)
+                    .map(|s| (s.kind, s.range))
+                    .ok_or_else(|| {
+                        unknown(
+                            &format!("field of alert `{alert}`:"),
+                            name,
+                            spec.fields.keys(),
+                        )
+                    })
+            },
+        )
     }
 
     /// Check a desired value from the cloud: a known, writable attribute,
@@ -712,10 +728,13 @@ fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) 
     }
 }
 
-/// Check named values against the kinds and ranges `spec_of` gives.
+/// Check named values against the kinds and ranges `spec_of` gives. `what`
+/// names them in an error ("series `temp` field"): made only for one, as
+/// this runs for every recorded point. The values are checked in place and
+/// handed back, widened where the model asks for a number.
 fn check_fields_with(
-    values: Vec<(String, Value)>,
-    what: &str,
+    mut values: Vec<(String, Value)>,
+    what: impl Fn() -> String,
     spec_of: impl Fn(&str) -> Result<(ValueKind, Option<[Bound; 2]>), String>,
 ) -> Result<Vec<(String, Value)>, String> {
     if values.len() > MAX_FIELDS {
@@ -724,23 +743,25 @@ fn check_fields_with(
             values.len()
         ));
     }
-    // Points usually carry a handful of fields: a scan beats hashing there,
-    // and this runs for every recorded point.
+    // Points usually carry a handful of fields: a scan beats hashing there.
     let mut seen = (values.len() > 16).then(|| HashSet::with_capacity(values.len()));
-    let mut checked: Vec<(String, Value)> = Vec::with_capacity(values.len());
-    for (name, value) in values {
+    for i in 0..values.len() {
+        let (before, rest) = values.split_at_mut(i);
+        let (name, value) = &mut rest[0];
         let twice = match &mut seen {
             Some(set) => !set.insert(name.clone()),
-            None => checked.iter().any(|(n, _)| *n == name),
+            None => before.iter().any(|(n, _)| n == name),
         };
         if twice {
-            return Err(format!("{what} `{name}` given twice"));
+            return Err(format!("{} `{name}` given twice", what()));
         }
-        let (kind, range) = spec_of(&name)?;
-        let value = check_value(value, kind, range).map_err(|m| format!("{what} `{name}`: {m}"))?;
-        checked.push((name, value));
+        let (kind, range) = spec_of(name)?;
+        // Taken out and put back checked: a placeholder meanwhile.
+        let unchecked = std::mem::replace(value, Value::Integer(0));
+        *value =
+            check_value(unchecked, kind, range).map_err(|m| format!("{} `{name}`: {m}", what()))?;
     }
-    Ok(checked)
+    Ok(values)
 }
 
 /// Check one value against a kind and an optional inclusive range. Integers
