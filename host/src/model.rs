@@ -268,21 +268,11 @@ impl TableSpec {
                 "an update of table `{table}` needs at least one column"
             ));
         }
-        let checked = check_fields_with(
+        let checked = check_fields(
             values,
+            &self.columns,
             || format!("column of table `{table}`"),
-            |name| {
-                self.columns
-                    .get(name)
-                    .map(|c| (c.kind, c.range))
-                    .ok_or_else(|| {
-                        unknown(
-                            &format!("column of table `{table}`:"),
-                            name,
-                            self.columns.keys(),
-                        )
-                    })
-            },
+            || format!("column of table `{table}`:"),
         )?;
         let mut columns: TableColumns = checked
             .into_iter()
@@ -598,15 +588,11 @@ impl DeviceModel {
         if attributes.is_empty() {
             return Err("a report needs at least one attribute".into());
         }
-        check_fields_with(
+        check_fields(
             attributes,
+            &self.attributes,
             || "attribute".to_string(),
-            |name| {
-                self.attributes
-                    .get(name)
-                    .map(|s| (s.kind, s.range))
-                    .ok_or_else(|| unknown("attribute", name, self.attributes.keys()))
-            },
+            || "attribute".to_string(),
         )
     }
 
@@ -625,21 +611,11 @@ impl DeviceModel {
                 "a point of series `{series}` needs at least one field"
             ));
         }
-        check_fields_with(
+        check_fields(
             values,
+            &spec.fields,
             || format!("series `{series}` field"),
-            |name| {
-                spec.fields
-                    .get(name)
-                    .map(|s| (s.kind, s.range))
-                    .ok_or_else(|| {
-                        unknown(
-                            &format!("field of series `{series}`:"),
-                            name,
-                            spec.fields.keys(),
-                        )
-                    })
-            },
+            || format!("field of series `{series}`:"),
         )
     }
 
@@ -653,21 +629,11 @@ impl DeviceModel {
             .alerts
             .get(alert)
             .ok_or_else(|| unknown("alert", alert, self.alerts.keys()))?;
-        check_fields_with(
+        check_fields(
             values,
+            &spec.fields,
             || format!("alert `{alert}` field"),
-            |name| {
-                spec.fields
-                    .get(name)
-                    .map(|s| (s.kind, s.range))
-                    .ok_or_else(|| {
-                        unknown(
-                            &format!("field of alert `{alert}`:"),
-                            name,
-                            spec.fields.keys(),
-                        )
-                    })
-            },
+            || format!("field of alert `{alert}`:"),
         )
     }
 
@@ -728,14 +694,40 @@ fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) 
     }
 }
 
-/// Check named values against the kinds and ranges `spec_of` gives. `what`
-/// names them in an error ("series `temp` field"): made only for one, as
-/// this runs for every recorded point. The values are checked in place and
-/// handed back, widened where the model asks for a number.
-fn check_fields_with(
+/// A value a model declares: its kind, and its range if it has one.
+trait Declared {
+    fn kind_and_range(&self) -> (ValueKind, Option<[Bound; 2]>);
+}
+
+impl Declared for AttributeSpec {
+    fn kind_and_range(&self) -> (ValueKind, Option<[Bound; 2]>) {
+        (self.kind, self.range)
+    }
+}
+
+impl Declared for FieldSpec {
+    fn kind_and_range(&self) -> (ValueKind, Option<[Bound; 2]>) {
+        (self.kind, self.range)
+    }
+}
+
+impl Declared for ColumnSpec {
+    fn kind_and_range(&self) -> (ValueKind, Option<[Bound; 2]>) {
+        (self.kind, self.range)
+    }
+}
+
+/// Check named values against what `declared` says of each name. `what`
+/// names them in an error ("series `temp` field"), `unknown_as` in the
+/// error for a name not declared ("field of series `temp`:"): both made
+/// only for an error, as this runs for every recorded point. The values
+/// are checked in place and handed back, widened where the model asks for
+/// a number.
+fn check_fields<D: Declared>(
     mut values: Vec<(String, Value)>,
+    declared: &BTreeMap<String, D>,
     what: impl Fn() -> String,
-    spec_of: impl Fn(&str) -> Result<(ValueKind, Option<[Bound; 2]>), String>,
+    unknown_as: impl Fn() -> String,
 ) -> Result<Vec<(String, Value)>, String> {
     if values.len() > MAX_FIELDS {
         return Err(format!(
@@ -755,7 +747,10 @@ fn check_fields_with(
         if twice {
             return Err(format!("{} `{name}` given twice", what()));
         }
-        let (kind, range) = spec_of(name)?;
+        let (kind, range) = declared
+            .get(name.as_str())
+            .ok_or_else(|| unknown(&unknown_as(), name, declared.keys()))?
+            .kind_and_range();
         // Taken out and put back checked: a placeholder meanwhile.
         let unchecked = std::mem::replace(value, Value::Integer(0));
         *value =
