@@ -172,7 +172,7 @@ impl ConnectionPool {
         };
         Ok(Pooled {
             conn: Some(conn),
-            pool: Some(self.clone()),
+            pool: self.clone(),
         })
     }
 
@@ -192,18 +192,7 @@ impl ConnectionPool {
 #[derive(Debug)]
 pub struct Pooled {
     conn: Option<Connection>,
-    pool: Option<Arc<ConnectionPool>>,
-}
-
-impl Pooled {
-    /// A connection of no pool, closed when dropped (a unit test's
-    /// in-memory database, say).
-    fn unpooled(conn: Connection) -> Pooled {
-        Pooled {
-            conn: Some(conn),
-            pool: None,
-        }
-    }
+    pool: Arc<ConnectionPool>,
 }
 
 impl std::ops::Deref for Pooled {
@@ -225,13 +214,13 @@ impl std::ops::DerefMut for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let (Some(conn), Some(pool)) = (self.conn.take(), &self.pool) else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
         if !conn.is_autocommit() {
             return;
         }
-        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < POOL_IDLE {
             idle.push(conn);
         }
@@ -242,80 +231,73 @@ impl Drop for Pooled {
 /// units that use one (storage, device, tables). It is taken from the
 /// app's pool for each host call and handed back after it, so an app keeps
 /// one open connection between its actor and its instances, not one per
-/// holder: each costs about 100 KiB of heap (SQLite's lookaside, page cache and
-/// parsed schema). With two per app, SQLite held three quarters of the heap
-/// of an idle gateway running ten apps (BENCHMARKS.md, P6). Taking an idle one is a pop from a
-/// list; an instance that never touches the database opens none.
+/// holder: each costs about 100 KiB of heap (SQLite's lookaside, page
+/// cache and parsed schema). With two per app, SQLite held three quarters
+/// of the heap of an idle gateway running ten apps (BENCHMARKS.md, P6).
+/// Taking an idle one is a pop from a list; an instance that never touches
+/// the database opens none.
 ///
 /// An instance makes one call at a time, so units never wait on each other
 /// for it; each holds it for one host call, and ends its transactions
 /// within that call (a connection handed back inside one is closed, which
 /// rolls it back).
 #[derive(Debug, Clone)]
-pub struct SharedConnection(Arc<std::sync::Mutex<Held>>);
+pub struct SharedConnection(Source);
 
-#[derive(Debug)]
-struct Held {
-    /// Where the connection comes from and goes back to; `None` for one
-    /// opened by the caller, kept for the holders' lifetime.
-    pool: Option<Arc<ConnectionPool>>,
-    conn: Option<Pooled>,
+#[derive(Debug, Clone)]
+enum Source {
+    /// Taken from the pool for each use, handed back after it.
+    Pool(Arc<ConnectionPool>),
+    /// Opened by the caller, kept for the holders' lifetime.
+    Opened(Arc<std::sync::Mutex<Connection>>),
 }
 
 /// The connection of a [`SharedConnection`], held for one host call.
-pub struct ConnectionGuard<'a>(std::sync::MutexGuard<'a, Held>);
+pub struct ConnectionGuard<'a>(Held<'a>);
+
+enum Held<'a> {
+    Pooled(Pooled),
+    Opened(std::sync::MutexGuard<'a, Connection>),
+}
 
 impl SharedConnection {
     /// A connection taken from `pool` for each use.
     pub fn pooled(pool: Arc<ConnectionPool>) -> SharedConnection {
-        SharedConnection(Arc::new(std::sync::Mutex::new(Held {
-            pool: Some(pool),
-            conn: None,
-        })))
+        SharedConnection(Source::Pool(pool))
     }
 
     /// An open connection of no pool (a unit test's in-memory database,
     /// say).
     pub fn opened(conn: Connection) -> SharedConnection {
-        SharedConnection(Arc::new(std::sync::Mutex::new(Held {
-            pool: None,
-            conn: Some(Pooled::unpooled(conn)),
-        })))
+        SharedConnection(Source::Opened(Arc::new(std::sync::Mutex::new(conn))))
     }
 
-    /// The connection: the pool's idle one, or a new one.
+    /// The connection: the pool's idle one, or a new one. Dropping the
+    /// guard hands it back (or closes it, if inside a transaction).
     pub fn lock(&self) -> rusqlite::Result<ConnectionGuard<'_>> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if held.conn.is_none() {
-            let pool = held
-                .pool
-                .as_ref()
-                .expect("a shared connection without a pool is opened");
-            held.conn = Some(pool.open()?);
-        }
-        Ok(ConnectionGuard(held))
-    }
-}
-
-impl Drop for ConnectionGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.pool.is_some() {
-            // Back to the pool (or closed, if inside a transaction).
-            self.0.conn = None;
-        }
+        Ok(ConnectionGuard(match &self.0 {
+            Source::Pool(pool) => Held::Pooled(pool.open()?),
+            Source::Opened(conn) => Held::Opened(conn.lock().unwrap_or_else(|e| e.into_inner())),
+        }))
     }
 }
 
 impl std::ops::Deref for ConnectionGuard<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        self.0.conn.as_ref().expect("opened by lock")
+        match &self.0 {
+            Held::Pooled(conn) => conn,
+            Held::Opened(conn) => conn,
+        }
     }
 }
 
 impl std::ops::DerefMut for ConnectionGuard<'_> {
     fn deref_mut(&mut self) -> &mut Connection {
-        self.0.conn.as_mut().expect("opened by lock")
+        match &mut self.0 {
+            Held::Pooled(conn) => conn,
+            Held::Opened(conn) => conn,
+        }
     }
 }
 

@@ -281,6 +281,12 @@ impl AppBase {
         self.pool.open()
     }
 
+    /// The state the app's last instance kept at a clean stop, if any.
+    fn saved_state(&self) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.db()
+            .and_then(|db| crate::store::saved_state(&db, &self.name))
+    }
+
     /// A store for one instance of `version`: every unit's state, the
     /// memory limit, and the deadline (armed for its instantiation). Also
     /// its I/O clock and the tail of its stderr.
@@ -424,11 +430,7 @@ impl Actor {
             self.set_state(AppState::Stopped);
             Phase::Stopped
         } else {
-            match self
-                .base
-                .db()
-                .and_then(|db| crate::store::saved_state(&db, &self.base.name))
-            {
+            match self.base.saved_state() {
                 Ok(state) => Phase::Start(state),
                 Err(e) => {
                     tracing::warn!(app = %self.base.name, "could not read the saved state: {e}");
@@ -897,11 +899,7 @@ impl Actor {
                 }
                 Control::Start(done) => {
                     let _ = done.send(());
-                    let saved = self
-                        .base
-                        .db()
-                        .and_then(|db| crate::store::saved_state(&db, &self.base.name))
-                        .unwrap_or_default();
+                    let saved = self.base.saved_state().unwrap_or_default();
                     Phase::Start(saved)
                 }
                 Control::Remove(done) => {

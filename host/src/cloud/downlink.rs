@@ -160,6 +160,21 @@ impl Downlink {
         }
     }
 
+    /// End the workers that have waited for nothing for [`WORKER_IDLE`]:
+    /// their queues are dropped, so each returns from its wait. Looked for
+    /// at most once a [`WORKER_IDLE`], from `dispatch`, the only place
+    /// that hands them work, so none can be given a message meanwhile.
+    fn retire_idle_workers(&mut self, now: Instant) {
+        if now.duration_since(self.retired) < WORKER_IDLE {
+            return;
+        }
+        self.retired = now;
+        self.workers.retain(|_, worker| {
+            worker.pending.load(Ordering::Acquire) > 0
+                || now.duration_since(worker.last_message) < WORKER_IDLE
+        });
+    }
+
     /// Handle one message the link received. Never waits. Returns the
     /// answer to a request refused here (oversized, for no app, or its
     /// device busy), for the link to queue itself: it must not wait on the
@@ -258,7 +273,8 @@ impl Downlink {
             ));
             return Some(reply);
         }
-        self.retire_idle_workers();
+        let now = Instant::now();
+        self.retire_idle_workers(now);
         // A worker that ended (its task panicked, say) is
         // replaced, never left as a queue nobody drains.
         if self
@@ -286,10 +302,10 @@ impl Downlink {
             DeviceWorker {
                 queue: tx,
                 pending,
-                last_message: Instant::now(),
+                last_message: now,
             }
         });
-        worker.last_message = Instant::now();
+        worker.last_message = now;
         // Counted before it is sent: the worker may be done with it before
         // `try_send` returns.
         worker.pending.fetch_add(1, Ordering::AcqRel);
@@ -310,24 +326,6 @@ impl Downlink {
             return Some(reply);
         }
         None
-    }
-}
-
-impl Downlink {
-    /// End the workers that have waited for nothing for [`WORKER_IDLE`]:
-    /// their queues are dropped, so each returns from its wait. Looked for
-    /// at most once a [`WORKER_IDLE`], from `dispatch`, the only place
-    /// that hands them work, so none can be given a message meanwhile.
-    fn retire_idle_workers(&mut self) {
-        let now = Instant::now();
-        if now.duration_since(self.retired) < WORKER_IDLE {
-            return;
-        }
-        self.retired = now;
-        self.workers.retain(|_, worker| {
-            worker.pending.load(Ordering::Acquire) > 0
-                || now.duration_since(worker.last_message) < WORKER_IDLE
-        });
     }
 }
 

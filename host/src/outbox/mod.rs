@@ -208,10 +208,10 @@ pub fn unsent_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Res
     // that keeps the writer out. Dropping it ends it. A caller already in a
     // transaction (the link's pump reads in one) has its snapshot already,
     // and SQLite's transactions do not nest.
-    let snapshot = match conn.is_autocommit() {
-        true => Some(conn.unchecked_transaction()?),
-        false => None,
-    };
+    let snapshot = conn
+        .is_autocommit()
+        .then(|| conn.unchecked_transaction())
+        .transpose()?;
     let open = oldest_open(conn)?;
     let rows = next_rows_after(conn, limit, past)?;
     drop(snapshot);

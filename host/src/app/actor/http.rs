@@ -285,11 +285,7 @@ impl Actor {
     ) -> Phase {
         tracing::info!(app = %self.base.name, "version {} is a {} component or serves elsewhere: restarting the app on it", version.number, version.pre.world());
         self.install(version, reply, outcome);
-        let saved = self
-            .base
-            .db()
-            .and_then(|db| crate::store::saved_state(&db, &self.base.name))
-            .unwrap_or_default();
+        let saved = self.base.saved_state().unwrap_or_default();
         Phase::Start(saved)
     }
 
