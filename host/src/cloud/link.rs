@@ -55,10 +55,12 @@ pub struct LinkSpec {
 /// Outbox rows read per pump beyond those already in flight.
 const READ_AHEAD: usize = 64;
 
-/// Acknowledged rows are deleted in one transaction once no other event of
-/// the connection is ready, or each time this many more wait: one commit
-/// for a burst of PUBACKs rather than one each.
-const SETTLE_BATCH: usize = 64;
+/// Acknowledged rows are deleted in one transaction once this many wait,
+/// or once nothing is out (`Ledger::settle_due`), or at the latest on the
+/// outbox's one-second poll: one commit for many PUBACKs rather than one for
+/// each pump. A crash sends again what was delivered and not yet deleted
+/// (duplicates, not a loss), so this also bounds those.
+const SETTLE_BATCH: usize = 256;
 
 /// Acknowledged rows not yet deleted past which a pump waits for the write
 /// lock rather than put the delete off again (see
@@ -81,8 +83,8 @@ struct Link {
     connected: bool,
     /// What is out and what waits (see `ledger`).
     ledger: Ledger,
-    /// A pump (which first deletes what the ledger says was delivered, see
-    /// [`SETTLE_BATCH`]) waits for the connection's ready events to be
+    /// A pump (which first deletes what the ledger says was delivered once
+    /// [`SETTLE_BATCH`] wait) waits for the connection's ready events to be
     /// handled.
     pump_due: bool,
 }
@@ -184,7 +186,11 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                         link.pump();
                     }
                     _ = outbox_signal.notified() => link.pump(),
-                    _ = outbox_timer.tick() => link.pump(),
+                    _ = outbox_timer.tick() => {
+                        // Whatever was delivered since, however little.
+                        link.settle_delivered(false);
+                        link.pump();
+                    }
                     _ = status_signal.notified() => {
                         link.queue_status(true, None);
                         link.pump();
@@ -393,7 +399,9 @@ impl Link {
     /// (alerts before everything else, then in order).
     fn fill_window(&mut self) {
         self.pump_due = false;
-        self.settle_delivered(self.ledger.delivered().len() >= MAX_UNSETTLED);
+        if self.ledger.settle_due(SETTLE_BATCH) {
+            self.settle_delivered(self.ledger.delivered().len() >= MAX_UNSETTLED);
+        }
         if !self.connected {
             return;
         }
