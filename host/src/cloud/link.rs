@@ -452,7 +452,7 @@ impl Link {
                 }
             }
         }
-        if !self.ledger.room() {
+        if !self.ledger.refill_due() {
             return;
         }
         let outbox::Unsent { rows, open } = match outbox::unsent_after(
