@@ -58,9 +58,11 @@ const READ_AHEAD: usize = 64;
 /// Acknowledged rows are deleted in one transaction once this many wait,
 /// or once nothing is out (`Ledger::settle_due`), or at the latest on the
 /// outbox's one-second poll: one commit for many PUBACKs rather than one for
-/// each pump. A crash sends again what was delivered and not yet deleted
-/// (duplicates, not a loss), so this also bounds those.
-const SETTLE_BATCH: usize = 256;
+/// each pump. Not many more: deleting holds up the sending, and a larger
+/// batch (256) slowed a backlog's drain (P3). A crash sends again what was
+/// delivered and not yet deleted (duplicates, not a loss), so this also
+/// bounds those.
+const SETTLE_BATCH: usize = 64;
 
 /// Acknowledged rows not yet deleted past which a pump waits for the write
 /// lock rather than put the delete off again (see
