@@ -89,6 +89,10 @@ pub struct Ledger {
     /// Of those, the ones whose state the broker has acknowledged since:
     /// their state is sent again, with the newer rows.
     twins_due: VecDeque<String>,
+    /// The outbox may hold rows not read yet: rows were added, or a read
+    /// stopped short (the window filled, or rumqttc's queue did). A pump that only sends a reply
+    /// does not read the outbox then (see [`Ledger::read_due`]).
+    outbox_unread: bool,
     /// Replies and statuses waiting for a connection or a free slot.
     messages: VecDeque<(Reply, bool)>,
     /// Their bytes.
@@ -109,6 +113,7 @@ impl Ledger {
             read_past: 0,
             twins_later: HashSet::new(),
             twins_due: VecDeque::new(),
+            outbox_unread: true,
             messages: VecDeque::new(),
             queued_bytes: 0,
         }
@@ -132,6 +137,30 @@ impl Ledger {
     /// drain, P3).
     pub fn refill_due(&self) -> bool {
         self.window - (self.submitted.len() + self.inflight.len()) >= self.window.div_ceil(4)
+    }
+
+    /// The outbox may hold rows not read yet (rows were added to it, or the
+    /// last read stopped short).
+    pub fn outbox_changed(&mut self) {
+        self.outbox_unread = true;
+    }
+
+    /// Whether to read the outbox now: it may hold rows not read yet and a
+    /// quarter of the window is free ([`refill_due`](Self::refill_due)).
+    /// Taking it clears the mark. An action's answer was sent by a pump
+    /// that also read the outbox (a read transaction and three queries)
+    /// for nothing.
+    pub fn read_due(&mut self) -> bool {
+        let due = self.outbox_unread && self.refill_due();
+        if due {
+            self.outbox_unread = false;
+        }
+        due
+    }
+
+    /// Whether states are waiting to be sent again.
+    pub fn twins_due(&self) -> bool {
+        !self.twins_due.is_empty()
     }
 
     /// How full the window is: publishes submitted or in flight, and
@@ -218,6 +247,7 @@ impl Ledger {
     /// be deleted, and must be sent again).
     pub fn read_again(&mut self) {
         self.read_past = 0;
+        self.outbox_unread = true;
     }
 
     /// A twin row of `device` came while its state is out: send the state
@@ -357,6 +387,7 @@ impl Ledger {
         self.twins_out.clear();
         // Every row is read again, from the first.
         self.read_past = 0;
+        self.outbox_unread = true;
         self.twins_later.clear();
         self.twins_due.clear();
     }
@@ -446,6 +477,37 @@ mod tests {
         assert!(one.refill_due());
         one.submit(row(1));
         assert!(!one.refill_due());
+    }
+
+    #[test]
+    fn the_outbox_is_read_only_when_it_may_hold_rows_not_read() {
+        let mut ledger = Ledger::new(8);
+        assert!(ledger.read_due(), "at the start");
+        assert!(!ledger.read_due(), "read, and nothing added since");
+        ledger.outbox_changed();
+        assert!(ledger.read_due(), "rows added");
+        // A reply goes out and is acknowledged: no row was added.
+        ledger.submit(Sent::Message(reply("answer"), false));
+        assert!(ledger.sent(1));
+        assert!(!ledger.read_due());
+        ledger.acknowledged(1);
+        assert!(!ledger.read_due(), "nothing new to read");
+        // Marked, but the window is too full to read: it stays marked.
+        for seq in 1..=7 {
+            ledger.submit(row(seq));
+        }
+        ledger.outbox_changed();
+        assert!(!ledger.read_due(), "one free of eight");
+        for pkid in 11..=17 {
+            assert!(ledger.sent(pkid));
+        }
+        ledger.acknowledged(11);
+        assert!(ledger.read_due(), "two free of eight, and still marked");
+        ledger.disconnected();
+        assert!(
+            ledger.read_due(),
+            "everything is read again after a reconnect"
+        );
     }
 
     #[test]

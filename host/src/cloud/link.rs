@@ -187,13 +187,21 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                         link.queue(reply, false);
                         link.pump();
                     }
-                    _ = outbox_signal.notified() => link.pump(),
+                    _ = outbox_signal.notified() => {
+                        link.ledger.outbox_changed();
+                        link.pump();
+                    }
                     _ = outbox_timer.tick() => {
-                        // Whatever was delivered since, however little.
+                        // Whatever was delivered since, however little; and
+                        // a read in case a signal was missed.
                         link.settle_delivered(false);
+                        link.ledger.outbox_changed();
                         link.pump();
                     }
                     _ = status_signal.notified() => {
+                        // An app's start and a device's registration queue
+                        // rows (models, announcements) with this signal.
+                        link.ledger.outbox_changed();
                         link.queue_status(true, None);
                         link.pump();
                     }
@@ -415,9 +423,13 @@ impl Link {
         // row read is still there when its payload is read. Only reads
         // happen in it, so it never waits for the apps' writers nor holds
         // them up; deletes are settled above, outside it.
-        let snapshot = self.db.execute_batch("BEGIN DEFERRED");
-        self.send_what_fits();
-        if snapshot.is_ok()
+        // A pump that reads nothing (one that sends an action's answer)
+        // opens no transaction.
+        let read = self.ledger.read_due();
+        let snapshot =
+            (read || self.ledger.twins_due()).then(|| self.db.execute_batch("BEGIN DEFERRED"));
+        self.send_what_fits(read);
+        if let Some(Ok(())) = snapshot
             && let Err(e) = self.db.execute_batch("COMMIT")
         {
             tracing::error!("cannot end the outbox's read transaction: {e}");
@@ -425,8 +437,9 @@ impl Link {
         }
     }
 
-    /// [`Link::fill_window`]'s sending, in its read transaction.
-    fn send_what_fits(&mut self) {
+    /// [`Link::fill_window`]'s sending, in its read transaction; the outbox
+    /// is read if `read` ([`Ledger::read_due`]).
+    fn send_what_fits(&mut self, read: bool) {
         while let Some((reply, retain)) = self.ledger.next_message() {
             let properties = Properties {
                 correlation: reply.correlation.clone(),
@@ -438,6 +451,9 @@ impl Link {
             {
                 tracing::debug!("publish queue full: {e}");
                 self.ledger.unsent(reply, retain);
+                if read {
+                    self.ledger.outbox_changed();
+                }
                 return;
             }
             self.ledger.submit(Sent::Message(reply, retain));
@@ -450,30 +466,38 @@ impl Link {
                 Err(e) => {
                     tracing::debug!("publish queue full: {e}");
                     self.ledger.twin_unsent(device);
+                    if read {
+                        self.ledger.outbox_changed();
+                    }
                     return;
                 }
             }
         }
-        if !self.ledger.refill_due() {
+        if !read {
             return;
         }
-        let outbox::Unsent { rows, open } = match outbox::unsent_after(
-            &self.db,
-            self.ledger.rows_out() + READ_AHEAD,
-            self.ledger.read_past(),
-        ) {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::error!("cannot read the outbox: {e}");
-                return;
-            }
-        };
+        let limit = self.ledger.rows_out() + READ_AHEAD;
+        let outbox::Unsent { rows, open } =
+            match outbox::unsent_after(&self.db, limit, self.ledger.read_past()) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!("cannot read the outbox: {e}");
+                    self.ledger.outbox_changed();
+                    return;
+                }
+            };
+        // Rows past the limit, or a read that stops short below: read again
+        // at the next pump.
+        if rows.len() >= limit {
+            self.ledger.outbox_changed();
+        }
         // Read on past each row handed out, up to the first one that is not
         // (the window filled, or it could not be read): that one is read
         // again next time. Alerts are read from the first every time.
         let mut passing = true;
         for row in &rows {
             if !self.ledger.room() {
+                self.ledger.outbox_changed();
                 break;
             }
             let handled = if self.ledger.row_out(row.seq) {
@@ -505,6 +529,7 @@ impl Link {
                     Ok(None) => false,
                     Err(e) => {
                         tracing::debug!("publish queue full: {e}");
+                        self.ledger.outbox_changed();
                         return;
                     }
                 }
