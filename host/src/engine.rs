@@ -91,6 +91,7 @@ impl Runtime {
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
 
+        crate::value::refresh_wall_offset();
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -99,6 +100,7 @@ impl Runtime {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     ticker_engine.increment_epoch();
+                    crate::value::refresh_wall_offset();
                 }
             })?;
 

@@ -25,9 +25,11 @@ pub const BUCKETS: [f64; 8] = [
 #[derive(Debug, Default)]
 pub struct AppMetrics {
     pub events: AtomicU64,
-    pub calls: AtomicU64,
-    pub call_nanos: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
+    /// The calls the app's actor makes: it makes one at a time, so it is
+    /// their only writer ([`AppMetrics::actor_call`]).
+    actor_calls: CallTimes,
+    /// The calls of instances serving HTTP, many at once.
+    served_calls: CallTimes,
     pub traps: AtomicU64,
     pub memory_bytes: AtomicU64,
     pub log_dropped: AtomicU64,
@@ -66,32 +68,88 @@ impl AppMetrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         AppNumbers {
             events: load(&self.events),
-            calls: load(&self.calls),
+            calls: load(&self.actor_calls.calls) + load(&self.served_calls.calls),
             traps: load(&self.traps),
             memory_bytes: load(&self.memory_bytes),
-            call_seconds: load(&self.call_nanos) as f64 / 1e9,
+            call_seconds: (load(&self.actor_calls.nanos) + load(&self.served_calls.nanos)) as f64
+                / 1e9,
         }
     }
 
     /// The call latency histogram: a count per bucket of [`BUCKETS`].
     pub fn buckets(&self) -> Vec<(f64, u64)> {
+        let (actor, served) = (&self.actor_calls.buckets, &self.served_calls.buckets);
         BUCKETS
             .iter()
-            .zip(&self.buckets)
-            .map(|(bound, count)| (*bound, count.load(Ordering::Relaxed)))
+            .zip(actor.iter().zip(served))
+            .map(|(bound, (a, s))| {
+                (
+                    *bound,
+                    a.load(Ordering::Relaxed) + s.load(Ordering::Relaxed),
+                )
+            })
             .collect()
     }
 
-    /// An export call took `took`.
-    pub fn call(&self, took: Duration) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.call_nanos
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// An export call of the app's actor took `took`. Only the actor may
+    /// call this: its counters are added to without a locked instruction
+    /// (a load and a store), which a second writer would race. Three
+    /// locked adds were a tenth of what the actor's call path adds to a
+    /// bare call (P1).
+    pub fn actor_call(&self, took: Duration) {
+        let add = |counter: &AtomicU64, n: u64| {
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
+        };
+        let calls = &self.actor_calls;
+        add(&calls.calls, 1);
+        add(&calls.nanos, duration_nanos(took));
+        add(&calls.buckets[bucket(took)], 1);
     }
+
+    /// A call of an instance serving HTTP took `took` (from any task).
+    pub fn served_call(&self, took: Duration) {
+        let calls = &self.served_calls;
+        calls.calls.fetch_add(1, Ordering::Relaxed);
+        calls
+            .nanos
+            .fetch_add(duration_nanos(took), Ordering::Relaxed);
+        calls.buckets[bucket(took)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Export calls counted: how many, their time, and their latency histogram.
+#[derive(Debug, Default)]
+struct CallTimes {
+    calls: AtomicU64,
+    nanos: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+/// [`BUCKETS`] in nanoseconds, but for the last (infinite) one.
+const BUCKET_NANOS: [u64; BUCKETS.len() - 1] = [
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// The index in [`BUCKETS`] of the bucket that `took` falls in.
+fn bucket(took: Duration) -> usize {
+    let nanos = duration_nanos(took);
+    BUCKET_NANOS
+        .iter()
+        .position(|bound| nanos <= *bound)
+        .unwrap_or(BUCKET_NANOS.len())
+}
+
+fn duration_nanos(took: Duration) -> u64 {
+    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The cloud link's numbers.
@@ -165,5 +223,32 @@ impl Metrics {
             .entry(app.to_string())
             .or_default()
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_bounds_in_nanoseconds_are_the_published_ones() {
+        for (nanos, seconds) in BUCKET_NANOS.iter().zip(BUCKETS) {
+            assert_eq!(*nanos as f64 / 1e9, seconds);
+        }
+        assert_eq!(BUCKETS[BUCKET_NANOS.len()], f64::INFINITY);
+    }
+
+    #[test]
+    fn the_actors_calls_and_the_served_calls_add_up_in_one_histogram() {
+        let metrics = AppMetrics::default();
+        metrics.actor_call(Duration::from_micros(10)); // on the first bound
+        metrics.actor_call(Duration::from_micros(11));
+        metrics.served_call(Duration::from_millis(2));
+        metrics.served_call(Duration::from_secs(11));
+        let numbers = metrics.read();
+        assert_eq!(numbers.calls, 4);
+        assert!((numbers.call_seconds - 11.002_021).abs() < 1e-9);
+        let counts: Vec<u64> = metrics.buckets().iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [1, 1, 0, 1, 0, 0, 0, 1]);
     }
 }

@@ -32,7 +32,7 @@ use crate::config::AppConfig;
 use crate::metrics::AppMetrics;
 use crate::model::DeviceModel;
 use crate::store::Database;
-use crate::value::now_ns;
+use crate::value::wall_ns_at;
 use crate::wasi::StderrTail;
 use std::sync::atomic::Ordering;
 /// Restarts and probations run on tokio's clock, which tests can pause and
@@ -157,7 +157,9 @@ pub async fn time_dispatch(
             instance.called,
             timeout,
             &instance.io,
-            instance.app.call_on_tick(&mut instance.store, now_ns()),
+            instance
+                .app
+                .call_on_tick(&mut instance.store, wall_ns_at(instance.called)),
         )
         .await;
         instance.finish(result, "on-tick", timeout)?;
@@ -725,7 +727,7 @@ impl Actor {
                     }
                     self.base.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
-                    let result = within(instance.called, timeout, &instance.io, instance.app.call_on_tick(&mut instance.store, now_ns())).await;
+                    let result = within(instance.called, timeout, &instance.io, instance.app.call_on_tick(&mut instance.store, wall_ns_at(instance.called))).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
                         return self.crashed(crash);
                     }
@@ -1043,7 +1045,7 @@ impl Instance {
         call: &str,
         _timeout: Duration,
     ) -> Result<T, AppError> {
-        self.metrics.call(self.called.elapsed());
+        self.metrics.actor_call(self.called.elapsed());
         self.store.data_mut().units.device.flush();
         result.map_err(|e| describe(&e, call, &self.stderr_tail))
     }

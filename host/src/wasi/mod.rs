@@ -398,7 +398,9 @@ impl StderrTail {
 
     /// Forget earlier calls' output.
     pub fn clear(&self) {
-        if !self.0.kept.swap(false, Ordering::Acquire) {
+        // A plain load first: a swap is a locked instruction on every call,
+        // and most calls kept nothing (P1).
+        if !self.0.kept.load(Ordering::Relaxed) || !self.0.kept.swap(false, Ordering::Acquire) {
             return;
         }
         if let Ok(mut tail) = self.0.lines.lock() {

@@ -113,7 +113,7 @@ impl Handler for RequestHandler {
                     .await
             })
             .await;
-            handler.base.metrics.call(called.elapsed());
+            handler.base.metrics.served_call(called.elapsed());
             store.data_mut().units.device.flush();
             let result = result.map_err(|e| describe(&e, "handle", &stderr_tail));
             if let Err(crash) = &result {
