@@ -138,6 +138,45 @@ fn a_restart_with_unchanged_components_does_not_recompile() {
     assert!(run.stop().success());
 }
 
+/// A start reads an app's kept component (its artifact) only when no
+/// compile cache has it, and refuses one whose bytes no longer match the
+/// digest the registry keeps it under, by name, rather than running them.
+#[test]
+fn a_kept_component_damaged_on_disk_is_refused_when_it_must_be_read() {
+    let gw = counter_gateway();
+    let mut run = gw.start();
+    let first = run.wait_running("counter", Duration::from_secs(60));
+    assert!(run.stop().success());
+    let digest = first["component"].as_str().expect("digest").to_string();
+    let artifacts = gw.data_dir().join("artifacts");
+    let artifact = std::fs::read_dir(&artifacts)
+        .expect("artifacts")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with(&digest))
+        .unwrap_or_else(|| panic!("no artifact of {digest} in {}", artifacts.display()));
+    let mut bytes = std::fs::read(&artifact).expect("artifact");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&artifact, &bytes).expect("damage the artifact");
+
+    // The compile cache has it: the artifact is not read.
+    let mut run = gw.start();
+    let second = run.wait_running("counter", Duration::from_secs(30));
+    assert_eq!(second["load"], "cache", "{second}");
+    assert!(run.stop().success());
+
+    // Without the cache it must be read, and its bytes are not the digest's.
+    std::fs::remove_dir_all(gw.data_dir().join("cache")).expect("remove the cache");
+    let (ok, _, stderr) = crate::common::run_to_end(&["run", "--config"], &gw.config_path());
+    assert!(!ok, "a damaged component must not start: {stderr}");
+    assert!(
+        stderr.contains("app counter: the artifact of version 1")
+            && stderr.contains("was changed or damaged on disk"),
+        "{stderr}"
+    );
+}
+
 /// Three apps of one component: on the start that loads it from the
 /// compile cache, the cache file is mapped once, not once an app.
 #[test]

@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct Artifacts {
     dir: PathBuf,
 }

@@ -315,15 +315,21 @@ impl Deployer {
     pub async fn start_apps(&mut self, config: &Config) -> anyhow::Result<()> {
         // Components loaded by the check below, used again to start them.
         let mut loaded_now = std::collections::HashMap::new();
+        // Each component's sha256, by its bytes: apps of one component are
+        // hashed once, and compared byte for byte (a memcmp) after that.
+        let mut digests: Vec<(Vec<u8>, String)> = Vec::new();
         for app in &config.apps {
             let (component, spec) = read_app(app)?;
+            let component_digest = match digests.iter().find(|(bytes, _)| *bytes == component) {
+                Some((_, digest)) => digest.clone(),
+                None => {
+                    let digest = artifacts::digest(&component);
+                    digests.push((component.clone(), digest.clone()));
+                    digest
+                }
+            };
             let fingerprint = artifacts::digest(
-                format!(
-                    "{}\n{}",
-                    artifacts::digest(&component),
-                    serde_json::to_string(&spec)?
-                )
-                .as_bytes(),
+                format!("{component_digest}\n{}", serde_json::to_string(&spec)?).as_bytes(),
             );
             let current = registry::current(&self.db(), &app.name)?;
             if current.as_ref().and_then(|c| c.config_digest.as_deref())
@@ -335,16 +341,18 @@ impl Deployer {
             // not load leaves the registry as it was.
             let runtime = self.runtime.clone();
             let bytes = component.clone();
-            let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
-                .await?
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "app {}: the component {} is refused: {}",
-                        app.name,
-                        app.component.display(),
-                        first_line(&format!("{e:#}"))
-                    )
-                })?;
+            let loaded = tokio::task::spawn_blocking(move || {
+                runtime.load_artifact(&component_digest, || Ok(bytes))
+            })
+            .await?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "app {}: the component {} is refused: {}",
+                    app.name,
+                    app.component.display(),
+                    first_line(&format!("{e:#}"))
+                )
+            })?;
             log_load(&app.name, &loaded);
             loaded_now.insert(app.name.clone(), (loaded.pre, loaded.source));
             let digest = self.artifacts.put(&component)?;
@@ -388,13 +396,15 @@ impl Deployer {
         let (pre, load) = match loaded {
             Some(ready) => ready,
             None => {
-                let bytes = self.artifacts.get(&record.digest).with_context(|| {
-                    format!("app {app}: the artifact of version {number} is missing")
-                })?;
-                let runtime = self.runtime.clone();
-                let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
-                    .await?
-                    .with_context(|| format!("app {app}"))?;
+                // Read only if neither a loaded copy nor the compile cache
+                // has it: the registry knows its digest.
+                let (runtime, artifacts) = (self.runtime.clone(), self.artifacts.clone());
+                let digest = record.digest.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    runtime.load_artifact(&digest, || artifacts.get(&digest))
+                })
+                .await?
+                .with_context(|| format!("app {app}: the artifact of version {number}"))?;
                 log_load(app, &loaded);
                 (loaded.pre, loaded.source)
             }
