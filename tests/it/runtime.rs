@@ -153,7 +153,12 @@ fn a_kept_component_damaged_on_disk_is_refused_when_it_must_be_read() {
         .expect("artifacts")
         .flatten()
         .map(|entry| entry.path())
-        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with(&digest))
+        .find(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&digest)
+        })
         .unwrap_or_else(|| panic!("no artifact of {digest} in {}", artifacts.display()));
     let mut bytes = std::fs::read(&artifact).expect("artifact");
     let last = bytes.len() - 1;
