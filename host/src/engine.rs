@@ -13,6 +13,7 @@
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,11 @@ pub fn precompile(bytes: &[u8], target: Option<&str>) -> anyhow::Result<Vec<u8>>
         .precompile_component(bytes)
         .map_err(anyhow::Error::from)
         .context("compiling the component")
+}
+
+/// A component's sha256, hex: the name it is loaded, cached and kept under.
+pub fn component_digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A component ready to instantiate.
@@ -134,40 +140,46 @@ impl Runtime {
     /// metadata: ten apps of a small Rust guest held ten copies, 0.35 MiB
     /// each (BENCHMARKS.md, P6), and loaded it ten times at a start.
     pub fn load_bytes(&self, bytes: &[u8]) -> anyhow::Result<Loaded> {
-        let started = Instant::now();
-        let digest = hex::encode(Sha256::digest(bytes));
-        self.load_digested(started, digest, || Ok(std::borrow::Cow::Borrowed(bytes)))
+        self.load_hashed(bytes, &component_digest(bytes))
     }
 
-    /// [`Runtime::load_bytes`] for a component whose sha256 is known: an
-    /// artifact the deployer keeps under its digest. `read` gives its bytes,
-    /// and is called only when neither a loaded copy nor the compile cache
-    /// has it; bytes read are checked against `digest`. A warm start of ten
-    /// apps of one component hashed it twenty times, a tenth of the start
-    /// (BENCHMARKS.md, P4).
+    /// [`Runtime::load_bytes`] for bytes whose sha256 (`digest`, from
+    /// [`component_digest`]) the caller has just taken: they are not hashed
+    /// again.
+    pub fn load_hashed(&self, bytes: &[u8], digest: &str) -> anyhow::Result<Loaded> {
+        self.load_known(digest, || Ok(Cow::Borrowed(bytes)))
+    }
+
+    /// [`Runtime::load_bytes`] for a component kept under its digest (an
+    /// artifact of the deployer's): `read` gives its bytes, and is called
+    /// only when neither a loaded copy nor the compile cache has it; bytes
+    /// read are checked against `digest`. A warm start of ten apps of one
+    /// component hashed it twenty times, a tenth of the start (BENCHMARKS.md,
+    /// P4).
     pub fn load_artifact(
         &self,
         digest: &str,
         read: impl FnOnce() -> std::io::Result<Vec<u8>>,
     ) -> anyhow::Result<Loaded> {
-        let started = Instant::now();
-        self.load_digested(started, digest.to_string(), || {
+        self.load_known(digest, || {
             let bytes = read().context("reading the component")?;
-            let found = hex::encode(Sha256::digest(&bytes));
+            let found = component_digest(&bytes);
             anyhow::ensure!(
                 found == digest,
                 "the component kept as {digest} has sha256 {found}: it was changed or damaged on disk"
             );
-            Ok(std::borrow::Cow::Owned(bytes))
+            Ok(Cow::Owned(bytes))
         })
     }
 
-    fn load_digested<'a>(
+    /// Load component `digest`; `read` gives its bytes when they are needed.
+    fn load_known<'a>(
         &self,
-        started: Instant,
-        digest: String,
-        read: impl FnOnce() -> anyhow::Result<std::borrow::Cow<'a, [u8]>>,
+        digest: &str,
+        read: impl FnOnce() -> anyhow::Result<Cow<'a, [u8]>>,
     ) -> anyhow::Result<Loaded> {
+        let started = Instant::now();
+        let digest = digest.to_string();
         if let Some((pre, source)) = self.already_loaded(&digest) {
             return Ok(Loaded {
                 pre,

@@ -128,16 +128,17 @@ struct CallTimes {
     buckets: [AtomicU64; BUCKETS.len()],
 }
 
-/// [`BUCKETS`] in nanoseconds, but for the last (infinite) one.
-const BUCKET_NANOS: [u64; BUCKETS.len() - 1] = [
-    10_000,
-    100_000,
-    1_000_000,
-    10_000_000,
-    100_000_000,
-    1_000_000_000,
-    10_000_000_000,
-];
+/// [`BUCKETS`] in nanoseconds, but for the last (infinite) one: a call is
+/// placed by comparing integers, not by converting its time to seconds.
+const BUCKET_NANOS: [u64; BUCKETS.len() - 1] = {
+    let mut nanos = [0; BUCKETS.len() - 1];
+    let mut i = 0;
+    while i < nanos.len() {
+        nanos[i] = (BUCKETS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    nanos
+};
 
 /// The index in [`BUCKETS`] of the bucket that `took` falls in.
 fn bucket(took: Duration) -> usize {

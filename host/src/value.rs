@@ -8,13 +8,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A random-enough token (ids, jitter) without a crate for it: the standard
 /// library's randomly keyed hasher over the clock and a counter.
 pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ns());
@@ -126,11 +128,10 @@ pub fn now_ns() -> u64 {
 
 /// The wall clock minus the monotonic clock (nanoseconds since
 /// [`MONOTONIC_ORIGIN`]), in nanoseconds; `i64::MIN` until first measured.
-static WALL_OFFSET_NS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+static WALL_OFFSET_NS: AtomicI64 = AtomicI64::new(i64::MIN);
 
 /// Where the monotonic readings of [`wall_ns_at`] count from.
-static MONOTONIC_ORIGIN: std::sync::LazyLock<std::time::Instant> =
-    std::sync::LazyLock::new(std::time::Instant::now);
+static MONOTONIC_ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Measure again how far the wall clock is from the monotonic one. The
 /// epoch ticker does, every tick (`engine::EPOCH_TICK`), so a step of the
@@ -138,10 +139,10 @@ static MONOTONIC_ORIGIN: std::sync::LazyLock<std::time::Instant> =
 /// within a tick; between two, the clocks part by at most NTP's slew
 /// (0.05 %: 5 µs in 10 ms).
 pub fn refresh_wall_offset() {
-    let monotonic = std::time::Instant::now().duration_since(*MONOTONIC_ORIGIN);
+    let monotonic = Instant::now().duration_since(*MONOTONIC_ORIGIN);
     let offset = i128::from(now_ns()) - monotonic.as_nanos() as i128;
     let offset = i64::try_from(offset).unwrap_or(i64::MIN + 1);
-    WALL_OFFSET_NS.store(offset, std::sync::atomic::Ordering::Relaxed);
+    WALL_OFFSET_NS.store(offset, Ordering::Relaxed);
 }
 
 /// The wall-clock time, in nanoseconds since the Unix epoch, of the
@@ -149,8 +150,8 @@ pub fn refresh_wall_offset() {
 /// deadline gets its wall time without a second clock read (a third of
 /// what the tick's call path added to a bare call, P1). Before the first
 /// [`refresh_wall_offset`] it reads the wall clock.
-pub fn wall_ns_at(at: std::time::Instant) -> u64 {
-    let offset = WALL_OFFSET_NS.load(std::sync::atomic::Ordering::Relaxed);
+pub fn wall_ns_at(at: Instant) -> u64 {
+    let offset = WALL_OFFSET_NS.load(Ordering::Relaxed);
     if offset == i64::MIN {
         return now_ns();
     }

@@ -126,7 +126,13 @@ impl Ledger {
 
     /// Whether another publish fits in the window.
     pub fn room(&self) -> bool {
-        self.submitted.len() + self.inflight.len() < self.window
+        self.free() > 0
+    }
+
+    /// Slots of the window not taken by publishes submitted or in flight.
+    fn free(&self) -> usize {
+        self.window
+            .saturating_sub(self.submitted.len() + self.inflight.len())
     }
 
     /// Whether to read the outbox for more now: once a quarter of the
@@ -136,7 +142,7 @@ impl Ledger {
     /// connection busy meanwhile (waiting for half of it slowed a backlog's
     /// drain, P3).
     pub fn refill_due(&self) -> bool {
-        self.window - (self.submitted.len() + self.inflight.len()) >= self.window.div_ceil(4)
+        self.free() >= self.window.div_ceil(4)
     }
 
     /// The outbox may hold rows not read yet (rows were added to it, or the
@@ -147,15 +153,19 @@ impl Ledger {
 
     /// Whether to read the outbox now: it may hold rows not read yet and a
     /// quarter of the window is free ([`refill_due`](Self::refill_due)).
-    /// Taking it clears the mark. An action's answer was sent by a pump
-    /// that also read the outbox (a read transaction and three queries)
-    /// for nothing.
-    pub fn read_due(&mut self) -> bool {
-        let due = self.outbox_unread && self.refill_due();
-        if due {
-            self.outbox_unread = false;
-        }
-        due
+    /// An action's answer was sent by a pump that also read the outbox (a
+    /// read transaction and three queries) for nothing.
+    pub fn read_due(&self) -> bool {
+        self.outbox_unread && self.refill_due()
+    }
+
+    /// A read of the outbox went through: every row it found was handled,
+    /// and there were no more than it asked for. Until rows are added
+    /// ([`outbox_changed`](Self::outbox_changed)) it is not read again; a
+    /// read that stops short (the window or rumqttc's queue full, an error)
+    /// leaves the mark, and the next pump reads again.
+    pub fn outbox_read_through(&mut self) {
+        self.outbox_unread = false;
     }
 
     /// Whether states are waiting to be sent again.
@@ -483,9 +493,11 @@ mod tests {
     fn the_outbox_is_read_only_when_it_may_hold_rows_not_read() {
         let mut ledger = Ledger::new(8);
         assert!(ledger.read_due(), "at the start");
+        ledger.outbox_read_through();
         assert!(!ledger.read_due(), "read, and nothing added since");
         ledger.outbox_changed();
         assert!(ledger.read_due(), "rows added");
+        ledger.outbox_read_through();
         // A reply goes out and is acknowledged: no row was added.
         ledger.submit(Sent::Message(reply("answer"), false));
         assert!(ledger.sent(1));

@@ -451,9 +451,6 @@ impl Link {
             {
                 tracing::debug!("publish queue full: {e}");
                 self.ledger.unsent(reply, retain);
-                if read {
-                    self.ledger.outbox_changed();
-                }
                 return;
             }
             self.ledger.submit(Sent::Message(reply, retain));
@@ -466,9 +463,6 @@ impl Link {
                 Err(e) => {
                     tracing::debug!("publish queue full: {e}");
                     self.ledger.twin_unsent(device);
-                    if read {
-                        self.ledger.outbox_changed();
-                    }
                     return;
                 }
             }
@@ -482,22 +476,19 @@ impl Link {
                 Ok(read) => read,
                 Err(e) => {
                     tracing::error!("cannot read the outbox: {e}");
-                    self.ledger.outbox_changed();
                     return;
                 }
             };
-        // Rows past the limit, or a read that stops short below: read again
-        // at the next pump.
-        if rows.len() >= limit {
-            self.ledger.outbox_changed();
-        }
+        // Rows past the limit, or a read that stops short below (every
+        // early return too): the outbox is read again at the next pump.
+        let mut through = rows.len() < limit;
         // Read on past each row handed out, up to the first one that is not
         // (the window filled, or it could not be read): that one is read
         // again next time. Alerts are read from the first every time.
         let mut passing = true;
         for row in &rows {
             if !self.ledger.room() {
-                self.ledger.outbox_changed();
+                through = false;
                 break;
             }
             let handled = if self.ledger.row_out(row.seq) {
@@ -529,7 +520,6 @@ impl Link {
                     Ok(None) => false,
                     Err(e) => {
                         tracing::debug!("publish queue full: {e}");
-                        self.ledger.outbox_changed();
                         return;
                     }
                 }
@@ -540,6 +530,9 @@ impl Link {
                     self.ledger.pass(row.seq, open);
                 }
             }
+        }
+        if through {
+            self.ledger.outbox_read_through();
         }
     }
 

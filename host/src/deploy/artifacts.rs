@@ -2,7 +2,6 @@
 //! their sha256, written atomically, and removed when no registered version
 //! uses them any more.
 
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +12,7 @@ pub struct Artifacts {
 
 /// The sha256 of some bytes, hex.
 pub fn digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    crate::engine::component_digest(bytes)
 }
 
 impl Artifacts {
@@ -31,13 +30,20 @@ impl Artifacts {
     /// Keep `bytes`; returns their digest.
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<String> {
         let digest = digest(bytes);
-        let path = self.path(&digest);
+        self.put_hashed(bytes, &digest)?;
+        Ok(digest)
+    }
+
+    /// [`Artifacts::put`] for bytes whose `digest` the caller has just
+    /// taken.
+    pub fn put_hashed(&self, bytes: &[u8], digest: &str) -> std::io::Result<()> {
+        let path = self.path(digest);
         if !path.exists() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(&tmp, &path)?;
         }
-        Ok(digest)
+        Ok(())
     }
 
     pub fn get(&self, digest: &str) -> std::io::Result<Vec<u8>> {

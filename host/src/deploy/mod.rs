@@ -340,23 +340,21 @@ impl Deployer {
             // Checked before any version is recorded: a component that does
             // not load leaves the registry as it was.
             let runtime = self.runtime.clone();
-            let bytes = component.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                runtime.load_artifact(&component_digest, || Ok(bytes))
-            })
-            .await?
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "app {}: the component {} is refused: {}",
-                    app.name,
-                    app.component.display(),
-                    first_line(&format!("{e:#}"))
-                )
-            })?;
+            let (bytes, digest) = (component.clone(), component_digest.clone());
+            let loaded = tokio::task::spawn_blocking(move || runtime.load_hashed(&bytes, &digest))
+                .await?
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "app {}: the component {} is refused: {}",
+                        app.name,
+                        app.component.display(),
+                        first_line(&format!("{e:#}"))
+                    )
+                })?;
             log_load(&app.name, &loaded);
             loaded_now.insert(app.name.clone(), (loaded.pre, loaded.source));
-            let digest = self.artifacts.put(&component)?;
-            let number = registry::add(&self.db(), &app.name, &digest, &spec, "config")?;
+            self.artifacts.put_hashed(&component, &component_digest)?;
+            let number = registry::add(&self.db(), &app.name, &component_digest, &spec, "config")?;
             registry::set_current(&self.db(), &app.name, number)?;
             registry::set_config_digest(&self.db(), &app.name, &fingerprint)?;
             registry::set_outcome(&self.db(), &app.name, number, &VersionOutcome::Running)?;
@@ -557,9 +555,9 @@ impl Deployer {
         let device_models = spec
             .parse_device_models()
             .map_err(DeployError::InvalidDeviceModels)?;
-        let digest = self
-            .artifacts
-            .put(&request.component)
+        let digest = artifacts::digest(&request.component);
+        self.artifacts
+            .put_hashed(&request.component, &digest)
             .map_err(DeployError::ArtifactStore)?;
         if let Some(base) = &running
             && base.digest == digest
@@ -570,9 +568,9 @@ impl Deployer {
                 base.version
             ));
         }
-        let runtime = self.runtime.clone();
+        let (runtime, hashed) = (self.runtime.clone(), digest.clone());
         let bytes = request.component;
-        let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&bytes))
+        let loaded = tokio::task::spawn_blocking(move || runtime.load_hashed(&bytes, &hashed))
             .await
             .map_err(DeployError::LoadTask)?
             .map_err(DeployError::ComponentRefused)?;
