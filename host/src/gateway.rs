@@ -378,7 +378,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
                 replies,
                 outbox: config.outbox.clone(),
             };
-            Some(tokio::spawn(link::run(spec, stop_link.clone())))
+            Some(tokio::spawn(crate::own_wakes::repoll_own_wakes(link::run(
+                spec,
+                stop_link.clone(),
+            ))))
         }
     };
 

@@ -44,6 +44,7 @@ pub mod modbus;
 pub mod model;
 pub mod mqtt;
 pub mod outbox;
+pub mod own_wakes;
 pub mod permissions;
 pub mod policy;
 pub mod rate;

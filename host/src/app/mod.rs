@@ -356,6 +356,39 @@ impl AppEvent {
     }
 }
 
+/// A request queued for an app, whose answer is still to come.
+pub struct Asked<T> {
+    app: Arc<str>,
+    outcome: oneshot::Receiver<Result<T, AppError>>,
+    started: Started,
+}
+
+impl<T> Asked<T> {
+    /// Wait `within` for the answer. Giving up drops the receiver, which
+    /// tells the actor not to run the request late.
+    pub async fn answer(self, within: Duration) -> Result<T, AppError> {
+        let started = self.started.clone();
+        match tokio::time::timeout(within, self.outcome()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(not_answered_within(within, &started)),
+        }
+    }
+
+    async fn outcome(self) -> Result<T, AppError> {
+        let app = self.app;
+        self.outcome.await.map_err(|_| AppError::Gone {
+            app: app.to_string(),
+        })?
+    }
+}
+
+fn not_answered_within(within: Duration, started: &Started) -> AppError {
+    AppError::NotAnswered {
+        within,
+        started: started.load(std::sync::atomic::Ordering::Acquire),
+    }
+}
+
 /// The rest of the host's way to talk to a running app.
 #[derive(Clone)]
 pub struct AppHandle {
@@ -421,6 +454,27 @@ impl AppHandle {
         .await
     }
 
+    /// Queue an action (its argument already checked against the model)
+    /// without waiting, for a caller that must not wait: its answer is
+    /// [`Asked::answer`]. `None` if the app's queue is full or the app is
+    /// gone; the caller then takes the way that waits ([`Self::action`]),
+    /// which says why.
+    pub fn try_action(
+        &self,
+        device: String,
+        name: String,
+        argument: Option<Value>,
+    ) -> Option<Asked<Option<Value>>> {
+        let (event, asked) = self.asking(|reply, started| AppEvent::Action {
+            device,
+            name,
+            argument,
+            reply,
+            started,
+        });
+        self.events.try_send(event).ok().map(|()| asked)
+    }
+
     /// Send the event `make` builds and wait `within` (the wait for room in
     /// the app's queue included) for its answer. Giving up drops the
     /// answer's receiver, which tells the actor not to run it late.
@@ -429,19 +483,32 @@ impl AppHandle {
         within: Duration,
         make: impl FnOnce(oneshot::Sender<Result<T, AppError>>, Started) -> AppEvent,
     ) -> Result<T, AppError> {
+        let (event, asked) = self.asking(make);
+        let started = asked.started.clone();
+        let answered = async {
+            self.send(event).await?;
+            asked.outcome().await
+        };
+        match tokio::time::timeout(within, answered).await {
+            Ok(answer) => answer,
+            Err(_) => Err(not_answered_within(within, &started)),
+        }
+    }
+
+    /// The event `make` builds, and the receiving end of its answer.
+    fn asking<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, AppError>>, Started) -> AppEvent,
+    ) -> (AppEvent, Asked<T>) {
         let (reply, outcome) = oneshot::channel();
         let started = Started::default();
-        let asked = async {
-            self.send(make(reply, started.clone())).await?;
-            outcome.await.map_err(|_| self.gone())?
+        let event = make(reply, started.clone());
+        let asked = Asked {
+            app: self.name.clone(),
+            outcome,
+            started,
         };
-        match tokio::time::timeout(within, asked).await {
-            Ok(answer) => answer,
-            Err(_) => Err(AppError::NotAnswered {
-                within,
-                started: started.load(std::sync::atomic::Ordering::Acquire),
-            }),
-        }
+        (event, asked)
     }
 
     /// Swap in `version`: `Ok` once its `init` succeeded (an error leaves

@@ -8,7 +8,11 @@
 //! passed the device model: unknown, read-only, wrong-typed or out-of-range
 //! values are refused in the answer and logged.
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -94,6 +98,11 @@ pub struct Downlink {
     refusal_log: crate::rate::SharedLimit,
     /// How long a request waits for its app before it is answered "timed out".
     answer_within: Duration,
+    /// Whether an action for a device with nothing waiting goes straight to
+    /// its app, its answer coming back through [`Downlink::next_answer`].
+    direct: bool,
+    /// The answers of the actions that went straight to their apps.
+    answers: FuturesUnordered<Pin<Box<dyn Future<Output = Reply> + Send>>>,
 }
 
 impl Downlink {
@@ -120,6 +129,33 @@ impl Downlink {
             handlers: HashMap::new(),
             refusal_log: crate::rate::refusal_warnings(),
             answer_within: APP_TIMEOUT,
+            direct: false,
+            answers: FuturesUnordered::new(),
+        }
+    }
+
+    /// Send an action for a device that has nothing waiting straight to
+    /// its app, and take its answer from [`next_answer`](Self::next_answer),
+    /// which the caller (the link) must poll. A device's worker is one more
+    /// task woken on the way there and one more on the way back: two hops
+    /// that, with tokio's cap of three tasks run in a row from its LIFO
+    /// slot, woke a second worker thread on every action (P7).
+    pub fn answering_directly(mut self) -> Self {
+        self.direct = true;
+        self
+    }
+
+    /// Whether an action sent straight to its app is still to be answered.
+    pub fn answers_pending(&self) -> bool {
+        !self.answers.is_empty()
+    }
+
+    /// The next answer of an action sent straight to its app; never, while
+    /// there is none to wait for.
+    pub async fn next_answer(&mut self) -> Reply {
+        match self.answers.next().await {
+            Some(reply) => reply,
+            None => std::future::pending().await,
         }
     }
 
@@ -266,12 +302,16 @@ impl Downlink {
             ));
             return Some(reply);
         }
-        if self.directory.by_device(&device).is_none() {
+        let Some(route) = self.directory.by_device(&device) else {
             let reply = refuse(format!(
                 "no app on gateway {} speaks for device {device}",
                 self.gateway
             ));
             return Some(reply);
+        };
+        if let Some(answer) = self.ask_directly(&route, &request) {
+            self.answers.push(answer);
+            return None;
         }
         let now = Instant::now();
         self.retire_idle_workers(now);
@@ -326,6 +366,92 @@ impl Downlink {
             return Some(reply);
         }
         None
+    }
+}
+
+impl Downlink {
+    /// Send an action straight to its app (see
+    /// [`answering_directly`](Self::answering_directly)): the answer to
+    /// come, or `None` for the worker's way. That way is kept for a device
+    /// whose worker has messages waiting, which must be handled first; a
+    /// request the model refuses, which the worker answers; and an app
+    /// whose queue is full, for which the worker waits.
+    fn ask_directly(
+        &self,
+        route: &crate::app::Entry,
+        request: &Request,
+    ) -> Option<Pin<Box<dyn Future<Output = Reply> + Send>>> {
+        let Request::Action {
+            name,
+            payload,
+            answer,
+        } = request
+        else {
+            return None;
+        };
+        let idle = self
+            .workers
+            .get(&route.device)
+            .is_none_or(|w| w.pending.load(Ordering::Acquire) == 0);
+        if !self.direct || !idle {
+            return None;
+        }
+        let (id, argument) = check_action(&route.model, name, payload).ok()?;
+        let asked = route
+            .handle
+            .try_action(route.device.clone(), name.clone(), argument)?;
+        let (device, name, answer) = (route.device.clone(), name.clone(), answer.clone());
+        let within = self.answer_within;
+        Some(Box::pin(async move {
+            let outcome = asked.answer(within).await;
+            Reply {
+                topic: answer.topic,
+                payload: serde_json::to_vec(&action_response(&device, &name, id, outcome))
+                    .unwrap_or_default(),
+                correlation: answer.correlation,
+            }
+        }))
+    }
+}
+
+/// The answer to an action request, from the app's outcome.
+fn action_response(
+    device: &str,
+    name: &str,
+    id: String,
+    outcome: Result<Option<crate::bindings::Value>, AppError>,
+) -> ActionResponse {
+    let fail = |error: String| {
+        tracing::warn!(device, action = name, id = %id, "action failed: {error}");
+        ActionResponse {
+            id: Some(id.clone()),
+            result: None,
+            error: Some(error),
+        }
+    };
+    match outcome {
+        Ok(result) => {
+            let result = result
+                .as_ref()
+                .map(to_json)
+                .unwrap_or(serde_json::Value::Null);
+            let size = result.to_string().len();
+            if size > MAX_DOWNLINK_BYTES {
+                return fail(format!(
+                    "the app's result is {size} bytes, over the limit of {MAX_DOWNLINK_BYTES}"
+                ));
+            }
+            // At debug: a gateway answering hundreds of actions a second
+            // would write as many lines, on the answer's path (P7). A
+            // refused or failed action still logs a warning.
+            tracing::debug!(device, action = name, id = %id, "action answered");
+            ActionResponse {
+                id: Some(id.clone()),
+                result: Some(result),
+                error: None,
+            }
+        }
+        Err(reason) => fail(reason.to_string()),
     }
 }
 
@@ -675,44 +801,16 @@ impl Worker {
                 };
             }
         };
-        let fail = |error: String| {
-            tracing::warn!(device = %device, action = name, id = %id, "action failed: {error}");
-            ActionResponse {
-                id: Some(id.clone()),
-                result: None,
-                error: Some(error),
-            }
-        };
-        let call = route.handle.action(
-            device.clone(),
-            name.to_string(),
-            argument,
-            self.answer_within,
-        );
-        match call.await {
-            Ok(result) => {
-                let result = result
-                    .as_ref()
-                    .map(to_json)
-                    .unwrap_or(serde_json::Value::Null);
-                let size = result.to_string().len();
-                if size > MAX_DOWNLINK_BYTES {
-                    return fail(format!(
-                        "the app's result is {size} bytes, over the limit of {MAX_DOWNLINK_BYTES}"
-                    ));
-                }
-                // At debug: a gateway answering hundreds of actions a second
-                // would write as many lines, on the answer's path (P7). A
-                // refused or failed action still logs a warning.
-                tracing::debug!(device = %device, action = name, id = %id, "action answered");
-                ActionResponse {
-                    id: Some(id.clone()),
-                    result: Some(result),
-                    error: None,
-                }
-            }
-            Err(reason) => fail(reason.to_string()),
-        }
+        let outcome = route
+            .handle
+            .action(
+                device.clone(),
+                name.to_string(),
+                argument,
+                self.answer_within,
+            )
+            .await;
+        action_response(device, name, id, outcome)
     }
 }
 
@@ -1214,5 +1312,154 @@ mod tests {
         assert_eq!(ack.accepted, vec!["setpoint".to_string()], "{ack:?}");
         drop(worker);
         assert_eq!(answering.await.unwrap(), 1);
+    }
+
+    /// A downlink that sends an idle device's actions straight to its app
+    /// (as the link's does), and the channel its workers answer on.
+    fn direct_downlink(setup: &Setup) -> (Downlink, mpsc::Receiver<Reply>) {
+        let (replies, replied) = mpsc::channel(8);
+        let downlink = Downlink::new(
+            "gw".into(),
+            setup.worker.directory.clone(),
+            replies,
+            setup.db.clone(),
+            Arc::new(Notify::new()),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+        .answering_directly();
+        (downlink, replied)
+    }
+
+    fn action_answer(reply: &Reply) -> ActionResponse {
+        serde_json::from_slice(&reply.payload).expect("an action response")
+    }
+
+    #[tokio::test]
+    async fn an_idle_devices_action_goes_straight_to_its_app_and_back_without_a_worker() {
+        let mut setup = setup();
+        let (mut downlink, mut replied) = direct_downlink(&setup);
+        assert!(!downlink.answers_pending());
+
+        let refused = downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "d1"}"#);
+        assert!(refused.is_none());
+        assert!(downlink.answers_pending());
+        assert!(downlink.workers.is_empty(), "no worker was started for it");
+        match setup.app.try_recv().expect("in the app's queue at once") {
+            AppEvent::Action { name, reply, .. } => {
+                assert_eq!(name, "reset");
+                let _ = reply.send(Ok(Some(Value::Text("done".into()))));
+            }
+            _ => panic!("expected the action"),
+        }
+        let answer = downlink.next_answer().await;
+        assert_eq!(answer.topic, "wg/v1/gw/thermostat/action/reset/res");
+        let answer = action_answer(&answer);
+        assert_eq!(
+            (answer.id.as_deref(), answer.result, answer.error),
+            (Some("d1"), Some(json!("done")), None)
+        );
+        assert!(!downlink.answers_pending());
+        assert!(replied.try_recv().is_err(), "nothing came the worker's way");
+    }
+
+    #[tokio::test]
+    async fn an_action_behind_a_waiting_message_of_its_device_keeps_its_turn() {
+        let mut setup = setup();
+        let (mut downlink, mut replied) = direct_downlink(&setup);
+        // A desired change first: its worker reads the twin before it asks
+        // the app, so an action sent straight on would overtake it.
+        let refused = downlink.dispatch("wg/v1/gw/thermostat/twin/desired", &desired(3, 22.0));
+        assert!(refused.is_none());
+        let refused = downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "d2"}"#);
+        assert!(refused.is_none());
+        assert!(
+            !downlink.answers_pending(),
+            "it went to the device's worker"
+        );
+
+        match setup.app.recv().await.expect("the change") {
+            AppEvent::Desired { reply, .. } => {
+                let _ = reply.send(Ok(()));
+            }
+            _ => panic!("the desired change comes first"),
+        }
+        match setup.app.recv().await.expect("the action") {
+            AppEvent::Action { reply, .. } => {
+                let _ = reply.send(Ok(None));
+            }
+            _ => panic!("then the action"),
+        }
+        let answer = replied.recv().await.expect("the worker answers it");
+        assert_eq!(action_answer(&answer).id.as_deref(), Some("d2"));
+    }
+
+    #[tokio::test]
+    async fn an_action_the_model_refuses_is_answered_by_the_worker_without_the_app() {
+        let mut setup = setup();
+        let (mut downlink, mut replied) = direct_downlink(&setup);
+        let refused =
+            downlink.dispatch("wg/v1/gw/thermostat/action/explode/req", br#"{"id": "d3"}"#);
+        assert!(refused.is_none() && !downlink.answers_pending());
+        let answer = action_answer(&replied.recv().await.expect("answered"));
+        assert_eq!(answer.id.as_deref(), Some("d3"));
+        assert!(
+            answer.error.is_some() && answer.result.is_none(),
+            "{answer:?}"
+        );
+        assert!(setup.app.try_recv().is_err(), "the app was not asked");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_action_sent_straight_on_times_out_like_any_other() {
+        let setup = setup();
+        let (mut downlink, _replied) = direct_downlink(&setup);
+        let refused = downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "d4"}"#);
+        assert!(refused.is_none() && downlink.answers_pending());
+        // `setup.app` holds the event and never answers it.
+        let started = tokio::time::Instant::now();
+        let answer = action_answer(&downlink.next_answer().await);
+        assert_eq!(started.elapsed(), APP_TIMEOUT);
+        assert_eq!(
+            answer.error.as_deref(),
+            Some(
+                "the app did not answer within 30 s; it had not started handling the request, and will not"
+            )
+        );
+        drop(setup);
+    }
+
+    #[tokio::test]
+    async fn an_action_for_an_app_whose_queue_is_full_waits_in_the_devices_worker() {
+        let mut setup = setup();
+        let (mut downlink, mut replied) = direct_downlink(&setup);
+        for i in 0..crate::app::EVENT_QUEUE {
+            let request = json!({"id": format!("q{i}")}).to_string();
+            let refused =
+                downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", request.as_bytes());
+            assert!(refused.is_none());
+        }
+        assert!(downlink.workers.is_empty(), "each went straight to the app");
+        // The app's queue is full: the next waits for room in a worker,
+        // and is answered once the app has caught up.
+        let refused =
+            downlink.dispatch("wg/v1/gw/thermostat/action/reset/req", br#"{"id": "last"}"#);
+        assert!(refused.is_none());
+        assert!(downlink.workers.contains_key("thermostat"));
+        let mut asked = 0;
+        while asked <= crate::app::EVENT_QUEUE {
+            let Some(AppEvent::Action { reply, .. }) = setup.app.recv().await else {
+                panic!("expected actions");
+            };
+            asked += 1;
+            let _ = reply.send(Ok(None));
+        }
+        let answer = replied.recv().await.expect("the worker's answer");
+        assert_eq!(action_answer(&answer).id.as_deref(), Some("last"));
+        for _ in 0..crate::app::EVENT_QUEUE {
+            let answer = action_answer(&downlink.next_answer().await);
+            assert!(answer.error.is_none(), "{answer:?}");
+        }
+        assert!(!downlink.answers_pending());
     }
 }

@@ -105,10 +105,13 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         outbox_signal,
         status_signal,
         report,
-        mut downlink,
+        downlink,
         mut replies,
         outbox,
     } = spec;
+    // An action for an idle device goes straight to its app; its answer
+    // comes back through `next_answer`, polled below.
+    let mut downlink = downlink.answering_directly();
     let status_topic = topics::topic(&gateway, &gateway, "status");
     let will = Status {
         online: false,
@@ -184,6 +187,10 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                     // Past its bound the ledger takes no more: the
                     // workers wait on this channel instead of losing answers.
                     Some(reply) = replies.recv(), if link.ledger.takes_replies() => {
+                        link.queue(reply, false);
+                        link.pump();
+                    }
+                    reply = downlink.next_answer(), if downlink.answers_pending() && link.ledger.takes_replies() => {
                         link.queue(reply, false);
                         link.pump();
                     }

@@ -1,0 +1,193 @@
+//! A future that wakes itself while it is polled is polled again at once,
+//! instead of being handed back to the runtime.
+//!
+//! The cloud link queues each answer on rumqttc's request channel, whose
+//! receiver is the link's own event loop: the send wakes the link's task
+//! while that task runs. tokio takes a wake during a task's own poll for a
+//! yield: the task goes to the back of the run queue, and a parked worker
+//! thread is woken to help (a futex wake; on a VM, an interrupt to an idle
+//! CPU). That came on every action's answer, on its way to the socket (P7).
+//! [`OwnWakes`] takes such wakes itself and polls again before it returns,
+//! so the answer is written in the same turn. A wake that comes after the
+//! poll reaches the runtime as before.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// At most this many polls in a row on the future's own wakes; then it
+/// yields to the runtime like any task, so that one that keeps waking
+/// itself cannot hold its thread.
+const MAX_POLLS: usize = 16;
+
+/// `future`, polled again at once when it wakes itself during a poll.
+pub fn repoll_own_wakes<F: Future>(future: F) -> OwnWakes<F> {
+    OwnWakes {
+        future: Box::pin(future),
+        waker: Arc::new(OwnWaker::default()),
+    }
+}
+
+/// See [`repoll_own_wakes`].
+pub struct OwnWakes<F> {
+    future: Pin<Box<F>>,
+    waker: Arc<OwnWaker>,
+}
+
+#[derive(Default)]
+struct OwnWaker {
+    /// The future is being polled: a wake now is taken here.
+    polling: AtomicBool,
+    /// A wake came during the poll.
+    woken: AtomicBool,
+    /// The runtime's waker of the task, for wakes outside a poll.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for OwnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            self.woken.store(true, Ordering::SeqCst);
+            // The poll may have ended between the two loads, without
+            // seeing this wake: then the task must have it.
+            if self.polling.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl<F: Future> Future for OwnWakes<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        {
+            let mut task = self.waker.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let waker = Waker::from(self.waker.clone());
+        let mut own = Context::from_waker(&waker);
+        for _ in 0..MAX_POLLS {
+            self.waker.polling.store(true, Ordering::SeqCst);
+            self.waker.woken.store(false, Ordering::SeqCst);
+            let polled = self.future.as_mut().poll(&mut own);
+            self.waker.polling.store(false, Ordering::SeqCst);
+            if polled.is_ready() {
+                return polled;
+            }
+            if !self.waker.woken.swap(false, Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts the wakes that reach the task.
+    #[derive(Default)]
+    struct TaskWakes(AtomicUsize);
+
+    impl Wake for TaskWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn task() -> (Arc<TaskWakes>, Waker) {
+        let wakes = Arc::new(TaskWakes::default());
+        (wakes.clone(), Waker::from(wakes))
+    }
+
+    /// Wakes itself on each of its first `times` polls, then is ready.
+    struct WakesItself {
+        times: usize,
+        polls: usize,
+    }
+
+    impl Future for WakesItself {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            if self.polls > self.times {
+                return Poll::Ready(self.polls);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_future_that_wakes_itself_is_polled_again_in_the_same_turn() {
+        let (wakes, waker) = task();
+        let mut future = std::pin::pin!(repoll_own_wakes(WakesItself { times: 3, polls: 0 }));
+        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        assert_eq!(polled, Poll::Ready(4), "four polls in one turn");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            0,
+            "the task was never woken"
+        );
+    }
+
+    #[test]
+    fn one_that_keeps_waking_itself_yields_to_the_runtime() {
+        let (wakes, waker) = task();
+        let mut future = std::pin::pin!(repoll_own_wakes(WakesItself {
+            times: usize::MAX,
+            polls: 0,
+        }));
+        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending());
+        assert_eq!(future.future.polls, MAX_POLLS);
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "it asked to be polled again"
+        );
+    }
+
+    #[test]
+    fn a_wake_after_the_poll_reaches_the_task() {
+        let (wakes, waker) = task();
+        let (send, mut receive) = tokio::sync::oneshot::channel::<u8>();
+        let mut future = std::pin::pin!(repoll_own_wakes(async move { (&mut receive).await }));
+        assert!(
+            future
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        std::thread::spawn(move || send.send(7))
+            .join()
+            .expect("sender")
+            .expect("sent");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "woken from the other thread"
+        );
+        assert_eq!(
+            future.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Ready(Ok(7))
+        );
+    }
+}
