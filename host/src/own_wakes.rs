@@ -167,8 +167,8 @@ mod tests {
     #[test]
     fn a_wake_after_the_poll_reaches_the_task() {
         let (wakes, waker) = task();
-        let (send, mut receive) = tokio::sync::oneshot::channel::<u8>();
-        let mut future = std::pin::pin!(repoll_own_wakes(async move { (&mut receive).await }));
+        let (send, receive) = tokio::sync::oneshot::channel::<u8>();
+        let mut future = std::pin::pin!(repoll_own_wakes(receive));
         assert!(
             future
                 .as_mut()
