@@ -157,9 +157,11 @@ pub async fn time_dispatch(
             instance.called,
             timeout,
             &instance.io,
-            instance
-                .app
-                .call_on_tick(&mut instance.store, wall_ns_at(instance.called)),
+            std::pin::pin!(
+                instance
+                    .app
+                    .call_on_tick(&mut instance.store, wall_ns_at(instance.called))
+            ),
         )
         .await;
         instance.finish(result, "on-tick", timeout)?;
@@ -173,9 +175,11 @@ pub async fn time_dispatch(
             instance.called,
             timeout,
             &instance.io,
-            instance
-                .app
-                .call_on_desired(&mut instance.store, "bench", &changes),
+            std::pin::pin!(
+                instance
+                    .app
+                    .call_on_desired(&mut instance.store, "bench", &changes)
+            ),
         )
         .await;
         let _ = instance.finish(result, "on-desired", timeout)?;
@@ -559,11 +563,11 @@ impl Actor {
             instance.called,
             timeout,
             &instance.io,
-            instance.app.call_init(
+            std::pin::pin!(instance.app.call_init(
                 &mut instance.store,
                 &version.config.config,
                 previous.as_deref(),
-            ),
+            )),
         )
         .await;
         match instance.finish(result, "init", timeout)? {
@@ -615,7 +619,7 @@ impl Actor {
             Instant::now(),
             config.call_timeout,
             &io,
-            pre.instance_pre().instantiate_async(&mut store),
+            std::pin::pin!(pre.instance_pre().instantiate_async(&mut store)),
         )
         .await
         .map_err(|e| describe(&e, "instantiation", &stderr_tail))?;
@@ -727,7 +731,7 @@ impl Actor {
                     }
                     self.base.metrics.events.fetch_add(1, Ordering::Relaxed);
                     instance.arm(timeout);
-                    let result = within(instance.called, timeout, &instance.io, instance.app.call_on_tick(&mut instance.store, wall_ns_at(instance.called))).await;
+                    let result = within(instance.called, timeout, &instance.io, std::pin::pin!(instance.app.call_on_tick(&mut instance.store, wall_ns_at(instance.called)))).await;
                     if let Err(crash) = instance.finish(result, "on-tick", timeout) {
                         return self.crashed(crash);
                     }
@@ -775,8 +779,11 @@ impl Actor {
             new.called,
             version.config.call_timeout,
             &new.io,
-            new.app
-                .call_init(&mut new.store, &version.config.config, saved.as_deref()),
+            std::pin::pin!(new.app.call_init(
+                &mut new.store,
+                &version.config.config,
+                saved.as_deref()
+            )),
         )
         .await;
         match new.finish(init, "init", version.config.call_timeout) {
@@ -1058,7 +1065,7 @@ impl Instance {
             self.called,
             timeout,
             &self.io,
-            self.app.call_save(&mut self.store),
+            std::pin::pin!(self.app.call_save(&mut self.store)),
         )
         .await;
         self.finish(saved, "save", timeout)
@@ -1075,7 +1082,7 @@ impl Instance {
         };
         self.arm(timeout);
         let call = on_message.call_async(&mut self.store, (message.topic, message.payload));
-        let result = within(self.called, timeout, &self.io, call).await;
+        let result = within(self.called, timeout, &self.io, std::pin::pin!(call)).await;
         self.finish(result, "on-message", timeout)
     }
 
@@ -1093,7 +1100,7 @@ impl Instance {
                     self.called,
                     timeout,
                     &self.io,
-                    self.app.call_on_desired(&mut self.store, &device, &changes),
+                    std::pin::pin!(self.app.call_on_desired(&mut self.store, &device, &changes)),
                 )
                 .await;
                 match self.finish(result, "on-desired", timeout) {
@@ -1119,8 +1126,12 @@ impl Instance {
                     self.called,
                     timeout,
                     &self.io,
-                    self.app
-                        .call_on_action(&mut self.store, &device, &name, argument.as_ref()),
+                    std::pin::pin!(self.app.call_on_action(
+                        &mut self.store,
+                        &device,
+                        &name,
+                        argument.as_ref()
+                    )),
                 )
                 .await;
                 match self.finish(result, "on-action", timeout) {
@@ -1157,14 +1168,16 @@ pub const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
 
 /// Bound an export call in wall time: its deadline plus [`HOST_CALL_GRACE`],
 /// counted from `started` (the call's [`Instance::arm`], whose clock read
-/// serves both: one read less on every call).
-async fn within<T>(
+/// serves both: one read less on every call). The call is pinned where it
+/// is made and taken by reference: wasmtime's call futures are large, and
+/// moving one into this function's future was a tenth of what dispatch
+/// added to a bare call (P1).
+async fn within<T, F: std::future::Future<Output = wasmtime::Result<T>>>(
     started: Instant,
     timeout: Duration,
     io: &crate::io_clock::IoClock,
-    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+    mut call: std::pin::Pin<&mut F>,
 ) -> wasmtime::Result<T> {
-    let mut call = std::pin::pin!(call);
     // Most calls run to their end on the first poll, never waiting in a host
     // call: they need no timer. Arming one registers it in tokio's timer
     // wheel and removes it again, which was most of what dispatch added to
@@ -1227,10 +1240,15 @@ mod tests {
         let timeout = Duration::from_millis(300);
         let started = Clock::now();
         let no_io = crate::io_clock::IoClock::default();
-        let stuck = within(started.into_std(), timeout, &no_io, async {
-            tokio::time::sleep(Duration::from_secs(90)).await;
-            Ok(())
-        })
+        let stuck = within(
+            started.into_std(),
+            timeout,
+            &no_io,
+            std::pin::pin!(async {
+                tokio::time::sleep(Duration::from_secs(90)).await;
+                Ok(())
+            }),
+        )
         .await
         .expect_err("cut off");
         assert_eq!(started.elapsed(), timeout + HOST_CALL_GRACE);
@@ -1242,15 +1260,21 @@ mod tests {
         // A call that returns in time is left alone, whether it finishes
         // at once or after a wait.
         assert_eq!(
-            within(Clock::now().into_std(), timeout, &no_io, async { Ok(7) })
-                .await
-                .expect("in time"),
+            within(
+                Clock::now().into_std(),
+                timeout,
+                &no_io,
+                std::pin::pin!(async { Ok(7) })
+            )
+            .await
+            .expect("in time"),
             7
         );
-        let waits = within(Clock::now().into_std(), timeout, &no_io, async {
+        let waits = std::pin::pin!(async {
             tokio::time::sleep(timeout).await;
             Ok(8)
         });
+        let waits = within(Clock::now().into_std(), timeout, &no_io, waits);
         assert_eq!(waits.await.expect("in time"), 8);
     }
 
@@ -1265,7 +1289,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(200)).await;
             std::future::pending::<wasmtime::Result<()>>().await
         };
-        within(started.into_std(), timeout, &no_io, call)
+        within(started.into_std(), timeout, &no_io, std::pin::pin!(call))
             .await
             .expect_err("cut off");
         assert_eq!(started.elapsed(), timeout + HOST_CALL_GRACE);

@@ -105,13 +105,18 @@ impl Handler for RequestHandler {
         let instance = self.instances.spawn(async move {
             let _permit = permit;
             let called = Instant::now();
-            let result = within(called, timeout, &io, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, out)
-                    .await
-            })
+            let result = within(
+                called,
+                timeout,
+                &io,
+                std::pin::pin!(async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, request, out)
+                        .await
+                }),
+            )
             .await;
             handler.base.metrics.served_call(called.elapsed());
             store.data_mut().units.device.flush();
@@ -221,7 +226,7 @@ impl Actor {
             Instant::now(),
             serving.version.config.call_timeout,
             &io,
-            serving.pre.instantiate_async(&mut store),
+            std::pin::pin!(serving.pre.instantiate_async(&mut store)),
         )
         .await
         .map(drop)
