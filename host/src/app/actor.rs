@@ -576,7 +576,7 @@ impl Actor {
                     app = %self.base.name,
                     version = version.number,
                     component = &version.digest[..12],
-                    "app started in {:.2} ms (instantiated in {:.2} ms, then init)",
+                    "app started in {:.3} ms (instantiated in {:.3} ms, then init)",
                     started.elapsed().as_secs_f64() * 1000.0,
                     instantiated.as_secs_f64() * 1000.0
                 );
