@@ -11,10 +11,11 @@
 //! so the answer is written in the same turn. A wake that comes after the
 //! poll reaches the runtime as before.
 
+use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 /// At most this many polls in a row on the future's own wakes; then it
@@ -43,7 +44,7 @@ struct OwnWaker {
     /// A wake came during the poll.
     woken: AtomicBool,
     /// The runtime's waker of the task, for wakes outside a poll.
-    task: Mutex<Option<Waker>>,
+    task: AtomicWaker,
 }
 
 impl Wake for OwnWaker {
@@ -60,10 +61,7 @@ impl Wake for OwnWaker {
                 return;
             }
         }
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(task) = task.as_ref() {
-            task.wake_by_ref();
-        }
+        self.task.wake();
     }
 }
 
@@ -71,12 +69,7 @@ impl<F: Future> Future for OwnWakes<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        {
-            let mut task = self.waker.task.lock().unwrap_or_else(|e| e.into_inner());
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
-        }
+        self.waker.task.register(cx.waker());
         let waker = Waker::from(self.waker.clone());
         let mut own = Context::from_waker(&waker);
         for _ in 0..MAX_POLLS {
