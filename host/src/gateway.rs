@@ -351,6 +351,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
             )
             .counting_refusals_in(metrics.link.clone())
             .answering_within(cloud.answer_timeout)
+            // Either link polls `Downlink::next_answer`.
+            .answering_directly()
             .with_handler(Service::Deploy, deployments)
             .with_handler(Service::Content, content)
             .with_handler(

@@ -127,34 +127,29 @@ mod tests {
         }
     }
 
+    /// One turn of a future that wakes itself on its first `times` polls:
+    /// what the turn gave, how often the future was polled, and how often
+    /// the task was woken.
+    fn one_turn(times: usize) -> (Poll<usize>, usize, usize) {
+        let (wakes, waker) = task();
+        let mut future = std::pin::pin!(repoll_own_wakes(WakesItself { times, polls: 0 }));
+        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        (polled, future.future.polls, wakes.0.load(Ordering::SeqCst))
+    }
+
     #[test]
     fn a_future_that_wakes_itself_is_polled_again_in_the_same_turn() {
-        let (wakes, waker) = task();
-        let mut future = std::pin::pin!(repoll_own_wakes(WakesItself { times: 3, polls: 0 }));
-        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        let (polled, _, woken) = one_turn(3);
         assert_eq!(polled, Poll::Ready(4), "four polls in one turn");
-        assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
-            0,
-            "the task was never woken"
-        );
+        assert_eq!(woken, 0, "the task was never woken");
     }
 
     #[test]
     fn one_that_keeps_waking_itself_yields_to_the_runtime() {
-        let (wakes, waker) = task();
-        let mut future = std::pin::pin!(repoll_own_wakes(WakesItself {
-            times: usize::MAX,
-            polls: 0,
-        }));
-        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        let (polled, polls, woken) = one_turn(usize::MAX);
         assert!(polled.is_pending());
-        assert_eq!(future.future.polls, MAX_POLLS);
-        assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
-            1,
-            "it asked to be polled again"
-        );
+        assert_eq!(polls, MAX_POLLS);
+        assert_eq!(woken, 1, "it asked to be polled again");
     }
 
     #[test]

@@ -70,6 +70,9 @@ enum Request {
 /// The longest response topic taken from a request (MQTT 5).
 pub const MAX_RESPONSE_TOPIC: usize = 512;
 
+/// The answer to come of an action sent straight to its app.
+type PendingAnswer = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
 /// Routes downlink messages to per-device workers.
 pub struct Downlink {
     /// Counts the messages refused before they reached a worker or service.
@@ -102,7 +105,7 @@ pub struct Downlink {
     /// its app, its answer coming back through [`Downlink::next_answer`].
     direct: bool,
     /// The answers of the actions that went straight to their apps.
-    answers: FuturesUnordered<Pin<Box<dyn Future<Output = Reply> + Send>>>,
+    answers: FuturesUnordered<PendingAnswer>,
 }
 
 impl Downlink {
@@ -367,20 +370,17 @@ impl Downlink {
         }
         None
     }
-}
 
-impl Downlink {
     /// Send an action straight to its app (see
     /// [`answering_directly`](Self::answering_directly)): the answer to
     /// come, or `None` for the worker's way. That way is kept for a device
     /// whose worker has messages waiting, which must be handled first; a
     /// request the model refuses, which the worker answers; and an app
     /// whose queue is full, for which the worker waits.
-    fn ask_directly(
-        &self,
-        route: &crate::app::Entry,
-        request: &Request,
-    ) -> Option<Pin<Box<dyn Future<Output = Reply> + Send>>> {
+    fn ask_directly(&self, route: &crate::app::Entry, request: &Request) -> Option<PendingAnswer> {
+        if !self.direct {
+            return None;
+        }
         let Request::Action {
             name,
             payload,
@@ -393,7 +393,7 @@ impl Downlink {
             .workers
             .get(&route.device)
             .is_none_or(|w| w.pending.load(Ordering::Acquire) == 0);
-        if !self.direct || !idle {
+        if !idle {
             return None;
         }
         let (id, argument) = check_action(&route.model, name, payload).ok()?;
@@ -404,13 +404,17 @@ impl Downlink {
         let within = self.answer_within;
         Some(Box::pin(async move {
             let outcome = asked.answer(within).await;
-            Reply {
-                topic: answer.topic,
-                payload: serde_json::to_vec(&action_response(&device, &name, id, outcome))
-                    .unwrap_or_default(),
-                correlation: answer.correlation,
-            }
+            action_reply(answer, &action_response(&device, &name, id, outcome))
         }))
+    }
+}
+
+/// An action's response, as the reply to where its request asked for it.
+fn action_reply(answer: RespondTo, response: &ActionResponse) -> Reply {
+    Reply {
+        topic: answer.topic,
+        payload: serde_json::to_vec(response).unwrap_or_default(),
+        correlation: answer.correlation,
     }
 }
 
@@ -651,12 +655,7 @@ impl Worker {
                 name,
                 payload,
                 answer,
-            } => Some(Reply {
-                topic: answer.topic,
-                payload: serde_json::to_vec(&self.action(&name, &payload).await)
-                    .unwrap_or_default(),
-                correlation: answer.correlation,
-            }),
+            } => Some(action_reply(answer, &self.action(&name, &payload).await)),
         }
     }
 

@@ -46,7 +46,10 @@ pub struct LinkSpec {
     /// The gateway's report, for the status message; the link's counters
     /// are in its metrics.
     pub report: Reporter,
+    /// Where received messages go; the link polls its
+    /// [`Downlink::next_answer`] for the actions it sent straight to apps.
     pub downlink: Downlink,
+    /// The answers of the downlink's workers and services.
     pub replies: mpsc::Receiver<Reply>,
     /// For MQTT 5's message expiry: each series' `max_age`.
     pub outbox: OutboxConfig,
@@ -105,13 +108,10 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         outbox_signal,
         status_signal,
         report,
-        downlink,
+        mut downlink,
         mut replies,
         outbox,
     } = spec;
-    // An action for an idle device goes straight to its app; its answer
-    // comes back through `next_answer`, polled below.
-    let mut downlink = downlink.answering_directly();
     let status_topic = topics::topic(&gateway, &gateway, "status");
     let will = Status {
         online: false,

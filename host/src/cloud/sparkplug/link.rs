@@ -183,6 +183,11 @@ pub async fn run(
                         link.reply(&reply);
                         link.pump();
                     }
+                    // The actions the downlink sent straight to their apps.
+                    reply = downlink.next_answer(), if downlink.answers_pending() => {
+                        link.reply(&reply);
+                        link.pump();
+                    }
                     _ = outbox_signal.notified() => link.pump(),
                     _ = outbox_timer.tick() => link.pump(),
                     _ = status_signal.notified() => {
