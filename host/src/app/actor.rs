@@ -406,6 +406,8 @@ struct Instance {
     metrics: Arc<AppMetrics>,
     /// When the call in progress started.
     called: Instant,
+    /// Which calls are timed to their end.
+    timing: crate::metrics::CallSampler,
     /// The component's `on-message` export, if it has one (`bus-app`).
     on_message: Option<OnMessage>,
     /// Bus messages waiting for it.
@@ -645,6 +647,7 @@ impl Actor {
             stderr_tail,
             metrics: self.base.metrics.clone(),
             called: Instant::now(),
+            timing: Default::default(),
             on_message,
             messages,
         })
@@ -1039,6 +1042,7 @@ impl Instance {
     fn arm(&mut self, timeout: Duration) {
         self.stderr_tail.clear();
         self.called = Instant::now();
+        self.timing.start(self.called);
         self.io.reset();
         self.store.data_mut().deadline = self.called + timeout;
         self.store.set_epoch_deadline(1);
@@ -1052,7 +1056,8 @@ impl Instance {
         call: &str,
         _timeout: Duration,
     ) -> Result<T, AppError> {
-        self.metrics.actor_call(self.called.elapsed());
+        self.metrics
+            .actor_call(self.timing.took(self.called, Instant::now));
         self.store.data_mut().units.device.flush();
         result.map_err(|e| describe(&e, call, &self.stderr_tail))
     }
