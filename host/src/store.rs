@@ -453,37 +453,33 @@ pub fn claim_device(conn: &Connection, device: &str, app: &str) -> rusqlite::Res
 
 /// The last desired version applied to a device (0 if none).
 pub fn desired_version(conn: &Connection, device: &str) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT desired_version FROM devices WHERE device = ?1",
-        params![device],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|v| v.unwrap_or(0).max(0) as u64)
+    conn.prepare_cached("SELECT desired_version FROM devices WHERE device = ?1")?
+        .query_row(params![device], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.unwrap_or(0).max(0) as u64)
 }
 
 /// Record an applied desired change: the accepted values (JSON) and the
-/// version, in one transaction.
+/// version, in the caller's transaction (which queues the change's ack
+/// too, so both are kept or neither).
 pub fn apply_desired(
-    conn: &mut Connection,
+    tx: &rusqlite::Transaction<'_>,
     device: &str,
     version: u64,
     accepted: &[(String, String)],
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    for (name, json) in accepted {
-        tx.execute(
-            "INSERT INTO twin (device, name, desired, desired_version) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (device, name) DO UPDATE
-             SET desired = excluded.desired, desired_version = excluded.desired_version",
-            params![device, name, json, version as i64],
-        )?;
-    }
-    tx.execute(
-        "UPDATE devices SET desired_version = ?2 WHERE device = ?1",
-        params![device, version as i64],
+    // Cached: parsing the statements again was much of a change's cost.
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO twin (device, name, desired, desired_version) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device, name) DO UPDATE
+         SET desired = excluded.desired, desired_version = excluded.desired_version",
     )?;
-    tx.commit()
+    for (name, json) in accepted {
+        upsert.execute(params![device, name, json, version as i64])?;
+    }
+    tx.prepare_cached("UPDATE devices SET desired_version = ?2 WHERE device = ?1")?
+        .execute(params![device, version as i64])?;
+    Ok(())
 }
 
 /// A device's reported attributes (name, JSON text) and report version.

@@ -526,6 +526,13 @@ impl DesiredChange {
 /// alike), so that an ack stays small.
 pub const MAX_DESIRED_ATTRIBUTES: usize = 256;
 
+/// A desired change the app applied: its version and the accepted values
+/// (JSON text), recorded in the twin with the change's ack.
+struct Applied {
+    version: u64,
+    values: Vec<(String, String)>,
+}
+
 /// Read a `twin/desired` payload and check each attribute against `model`.
 /// An unreadable message is refused whole; a bad attribute only itself.
 pub fn check_desired(model: &DeviceModel, payload: &[u8]) -> Result<DesiredChange, String> {
@@ -620,37 +627,7 @@ impl Worker {
     /// outbox (a twin ack).
     async fn handle(&self, request: Request) -> Option<Reply> {
         match request {
-            Request::Desired(payload) => {
-                let ack = serde_json::to_vec(&self.desired(&payload).await).unwrap_or_default();
-                // Into the outbox, after the reports the app made while
-                // it applied the change, so the cloud sees them first and
-                // a lost connection loses no answer.
-                let entry = crate::outbox::Entry {
-                    kind: crate::outbox::Kind::Ack,
-                    device: self.device.clone(),
-                    name: String::new(),
-                    points: 0,
-                    payload: ack,
-                };
-                let kept = self
-                    .pool
-                    .open()
-                    .and_then(|db| crate::outbox::insert(&db, std::slice::from_ref(&entry)));
-                match kept {
-                    Ok(()) => {
-                        self.outbox_signal.notify_one();
-                        None
-                    }
-                    Err(e) => {
-                        tracing::error!(device = %self.device, "cannot keep a twin ack in the outbox, sending it at once: {e}");
-                        Some(Reply {
-                            topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
-                            payload: entry.payload,
-                            correlation: None,
-                        })
-                    }
-                }
-            }
+            Request::Desired(payload) => self.desired(&payload).await.1,
             Request::Action {
                 name,
                 payload,
@@ -659,13 +636,91 @@ impl Worker {
         }
     }
 
-    /// Check a desired change, hand it to the app and record it. The
-    /// database connection is taken for the reads and writes only, not
-    /// held while the app works on the change.
-    async fn desired(&self, payload: &[u8]) -> Ack {
+    /// Handle a desired change: decide it, then record what was applied
+    /// and queue its ack into the outbox, in one transaction. The ack
+    /// goes after the reports the app made while it applied the change,
+    /// so the cloud sees them first, and a lost connection loses no
+    /// answer. Also the reply to send at once, if the outbox cannot keep
+    /// the ack.
+    async fn desired(&self, payload: &[u8]) -> (Ack, Option<Reply>) {
+        let (ack, applied) = self.decide_desired(payload).await;
+        self.keep_ack(ack, applied)
+    }
+
+    /// Record `applied` and queue `ack` together; an ack whose change
+    /// cannot be recorded becomes an error ack, queued alone.
+    fn keep_ack(&self, ack: Ack, applied: Option<Applied>) -> (Ack, Option<Reply>) {
+        let ack = match applied {
+            None => ack,
+            Some(applied) => {
+                // One transaction, not one for the change and one for its
+                // ack: a commit was a third of a desired change's time in
+                // the worker (P7's desired to ack).
+                let kept = self.pool.open().and_then(|mut db| {
+                    let tx = db.transaction()?;
+                    crate::store::apply_desired(
+                        &tx,
+                        &self.device,
+                        applied.version,
+                        &applied.values,
+                    )?;
+                    crate::outbox::insert(&tx, std::slice::from_ref(&self.ack_entry(&ack)))?;
+                    tx.commit()
+                });
+                match kept {
+                    Ok(()) => {
+                        self.outbox_signal.notify_one();
+                        return (ack, None);
+                    }
+                    Err(e) => self.failed(
+                        applied.version,
+                        format!("the gateway could not store the change: {e}"),
+                    ),
+                }
+            }
+        };
+        let entry = self.ack_entry(&ack);
+        let kept = self
+            .pool
+            .open()
+            .and_then(|db| crate::outbox::insert(&db, std::slice::from_ref(&entry)));
+        match kept {
+            Ok(()) => {
+                self.outbox_signal.notify_one();
+                (ack, None)
+            }
+            Err(e) => {
+                tracing::error!(device = %self.device, "cannot keep a twin ack in the outbox, sending it at once: {e}");
+                let reply = Reply {
+                    topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
+                    payload: entry.payload,
+                    correlation: None,
+                };
+                (ack, Some(reply))
+            }
+        }
+    }
+
+    /// `ack` as an outbox entry of this worker's device.
+    fn ack_entry(&self, ack: &Ack) -> crate::outbox::Entry {
+        crate::outbox::Entry {
+            kind: crate::outbox::Kind::Ack,
+            device: self.device.clone(),
+            name: String::new(),
+            points: 0,
+            payload: serde_json::to_vec(ack).unwrap_or_default(),
+        }
+    }
+
+    /// Check a desired change and hand it to the app: its ack, and what
+    /// to record of it (its version, even if every attribute was refused,
+    /// so that an older message arriving later is recognised as stale).
+    /// The database connection is taken for the read only, not held
+    /// while the app works on the change.
+    async fn decide_desired(&self, payload: &[u8]) -> (Ack, Option<Applied>) {
         let device = &self.device;
         let Some(route) = self.directory.by_device(device) else {
-            return Ack {
+            let ack = Ack {
                 version: version_of(payload),
                 error: Some(format!(
                     "no app on gateway {} speaks for device {device}",
@@ -673,16 +728,18 @@ impl Worker {
                 )),
                 ..Ack::default()
             };
+            return (ack, None);
         };
         let checked = match check_desired(&route.model, payload) {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(device = %device, "refused a desired message: {error}");
-                return Ack {
+                let ack = Ack {
                     version: version_of(payload),
                     error: Some(error),
                     ..Ack::default()
                 };
+                return (ack, None);
             }
         };
         let version = checked.version;
@@ -693,16 +750,18 @@ impl Worker {
         {
             Ok(v) => v,
             Err(e) => {
-                return self.failed(version, format!("the gateway cannot read its twin: {e}"));
+                let error = format!("the gateway cannot read its twin: {e}");
+                return (self.failed(version, error), None);
             }
         };
         if version == applied {
             tracing::info!(device = %device, version, "desired version already applied; not applying it again");
-            return Ack {
+            let ack = Ack {
                 version: Some(version),
                 duplicate: true,
                 ..Ack::default()
             };
+            return (ack, None);
         }
         let mut ack = Ack {
             version: Some(version),
@@ -716,7 +775,7 @@ impl Worker {
                 );
             }
             tracing::warn!(device = %device, version, applied, "refused a stale desired change");
-            return ack;
+            return (ack, None);
         }
 
         let mut accepted = checked.accepted;
@@ -744,28 +803,16 @@ impl Worker {
                 }
             }
             if never_begun {
-                return ack;
+                return (ack, None);
             }
         }
-        let stored: Vec<(String, String)> = accepted
+        let values = accepted
             .iter()
             .map(|(n, v)| (n.clone(), to_json(v).to_string()))
             .collect();
-        // The version is recorded even if every attribute was refused, so an
-        // older message arriving later is recognised as stale.
-        if let Err(e) = self
-            .pool
-            .open()
-            .and_then(|mut db| crate::store::apply_desired(&mut db, device, version, &stored))
-        {
-            return self.failed(
-                version,
-                format!("the gateway could not store the change: {e}"),
-            );
-        }
         ack.accepted = accepted.into_iter().map(|(n, _)| n).collect();
         tracing::info!(device = %device, version, accepted = ?ack.accepted, rejected = ack.rejected.len(), "desired change handled");
-        ack
+        (ack, Some(Applied { version, values }))
     }
 
     fn failed(&self, version: u64, error: String) -> Ack {
@@ -903,7 +950,7 @@ mod tests {
         } = setup();
         let answering = app_answers_desired(app, Ok(()));
 
-        let ack = worker.desired(&desired(5, 23.5)).await;
+        let (ack, _) = worker.desired(&desired(5, 23.5)).await;
         assert_eq!(ack.accepted, vec!["setpoint".to_string()]);
         assert!(ack.rejected.is_empty() && ack.error.is_none(), "{ack:?}");
         assert_eq!(
@@ -912,10 +959,10 @@ mod tests {
         );
 
         // The same version again: not applied twice.
-        let again = worker.desired(&desired(5, 23.5)).await;
+        let (again, _) = worker.desired(&desired(5, 23.5)).await;
         assert!(again.duplicate, "{again:?}");
         // An older version: refused as stale, without asking the app.
-        let stale = worker.desired(&desired(4, 22.0)).await;
+        let (stale, _) = worker.desired(&desired(4, 22.0)).await;
         assert!(stale.rejected["setpoint"].starts_with("stale"), "{stale:?}");
 
         drop(worker);
@@ -933,7 +980,7 @@ mod tests {
         } = setup();
         let answering = app_answers_desired(app, Ok(()));
         // 99 is outside the setpoint's range; the version is still recorded.
-        let ack = worker.desired(&desired(7, 99.0)).await;
+        let (ack, _) = worker.desired(&desired(7, 99.0)).await;
         assert!(ack.accepted.is_empty(), "{ack:?}");
         assert!(ack.rejected.contains_key("setpoint"), "{ack:?}");
         assert_eq!(
@@ -954,7 +1001,7 @@ mod tests {
             db: _,
         } = setup();
         let _answering = app_answers_desired(app, Err("relay stuck".into()));
-        let ack = worker.desired(&desired(1, 22.0)).await;
+        let (ack, _) = worker.desired(&desired(1, 22.0)).await;
         assert_eq!(
             ack.rejected["setpoint"], "the app refused it: relay stuck",
             "{ack:?}"
@@ -983,7 +1030,7 @@ mod tests {
             }
         });
         let started = tokio::time::Instant::now();
-        let ack = worker.desired(&desired(1, 22.0)).await;
+        let (ack, _) = worker.desired(&desired(1, 22.0)).await;
         assert_eq!(
             ack.rejected["setpoint"],
             format!(
@@ -1023,7 +1070,7 @@ mod tests {
             }
         });
         let before = crate::store::desired_version(&conn, "thermostat").expect("version");
-        let ack = worker.desired(&desired(7, 22.0)).await;
+        let (ack, _) = worker.desired(&desired(7, 22.0)).await;
         assert!(
             ack.rejected["setpoint"]
                 .ends_with("had not started handling the request, and will not"),
@@ -1034,6 +1081,70 @@ mod tests {
             before,
             "version 7 is not recorded"
         );
+    }
+
+    #[tokio::test]
+    async fn a_desired_change_is_recorded_with_its_ack_or_not_at_all() {
+        let Setup {
+            _dir,
+            worker,
+            conn,
+            app,
+            db: _,
+        } = setup();
+        let _answering = app_answers_desired(app, Ok(()));
+        let acks = |conn: &rusqlite::Connection| -> Vec<Ack> {
+            let mut stmt = conn
+                .prepare("SELECT payload FROM outbox WHERE kind = 'ack' AND device = 'thermostat' ORDER BY seq")
+                .expect("select");
+            stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .expect("query")
+                .map(|p| serde_json::from_slice(&p.expect("row")).expect("an ack"))
+                .collect()
+        };
+
+        let (ack, unsent) = worker.desired(&desired(5, 23.5)).await;
+        assert!(unsent.is_none(), "the outbox kept the ack");
+        assert_eq!(ack.accepted, vec!["setpoint".to_string()]);
+        let kept = acks(&conn);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(
+            (kept[0].version, &kept[0].accepted),
+            (Some(5), &ack.accepted)
+        );
+
+        // An outbox that refuses acks: the change is not recorded without
+        // one, and the error ack goes out at once.
+        conn.execute_batch(
+            "CREATE TRIGGER no_acks BEFORE INSERT ON outbox WHEN NEW.kind = 'ack'
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .expect("trigger");
+        let (ack, unsent) = worker.desired(&desired(6, 19.0)).await;
+        let error = ack.error.clone().unwrap_or_default();
+        assert!(
+            error.starts_with("the gateway could not store the change")
+                && error.contains("the disk is full"),
+            "{ack:?}"
+        );
+        let unsent = unsent.expect("an ack the outbox cannot keep is sent at once");
+        assert_eq!(unsent.topic, topics::topic("gw", "thermostat", "twin/ack"));
+        let sent: Ack = serde_json::from_slice(&unsent.payload).expect("an ack");
+        assert_eq!((sent.version, sent.error), (Some(6), ack.error));
+        assert_eq!(
+            crate::store::desired_version(&conn, "thermostat").expect("version"),
+            5,
+            "version 6 is not recorded without its ack"
+        );
+        let setpoint: String = conn
+            .query_row(
+                "SELECT desired FROM twin WHERE device = 'thermostat' AND name = 'setpoint'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("twin");
+        assert_eq!(setpoint, "23.5");
+        assert_eq!(acks(&conn).len(), 1);
     }
 
     #[tokio::test]
@@ -1278,7 +1389,7 @@ mod tests {
         } = setup();
         let answering = app_answers_desired(app, Ok(()));
         for version in [0u64, 1 << 63, u64::MAX] {
-            let ack = worker
+            let (ack, _) = worker
                 .desired(
                     &json!({"version": version, "attributes": {"setpoint": 22.0}})
                         .to_string()
@@ -1294,7 +1405,7 @@ mod tests {
         }
         let many: serde_json::Map<String, serde_json::Value> =
             (0..300).map(|i| (format!("a{i}"), json!(1))).collect();
-        let ack = worker
+        let (ack, _) = worker
             .desired(
                 &json!({"version": 3, "attributes": many})
                     .to_string()
@@ -1307,7 +1418,7 @@ mod tests {
                 .contains("over the limit of 256")
         );
         // Nothing was applied, so version 1 is still new.
-        let ack = worker.desired(&desired(1, 22.0)).await;
+        let (ack, _) = worker.desired(&desired(1, 22.0)).await;
         assert_eq!(ack.accepted, vec!["setpoint".to_string()], "{ack:?}");
         drop(worker);
         assert_eq!(answering.await.unwrap(), 1);
