@@ -163,6 +163,17 @@ fn main() {
             format!("p50 {p50:.3} ms, p99 {p99:.3} ms; a desired change to its ack (through the device's worker and the outbox): p50 {desired50:.3} ms, p99 {desired99:.3} ms"),
             format!("plain MQTT request/response echo through the same broker: p50 {echo50:.3} ms, p99 {echo99:.3} ms"),
         ]);
+        // The same with the bench, the broker and the gateway on one CPU:
+        // unpinned, whether a round trip's wake-ups cross between CPUs is
+        // the kernel's draw for each gateway (BENCHMARKS.md, ddf5cab).
+        let [p50, p99, echo50, echo99, desired50, desired99] =
+            on_one_cpu(|| medians(runs, || round_trips(1000)));
+        rows.push([
+            "P7 (one CPU)".into(),
+            "the same, with the bench, Mosquitto and the gateway pinned to one CPU".into(),
+            format!("p50 {p50:.3} ms, p99 {p99:.3} ms; a desired change to its ack: p50 {desired50:.3} ms, p99 {desired99:.3} ms"),
+            format!("the same echo, pinned the same: p50 {echo50:.3} ms, p99 {echo99:.3} ms"),
+        ]);
     }
 
     if wanted("P8") {
@@ -1466,6 +1477,47 @@ fn bus_round_trips(n: usize) -> (f64, f64, f64, f64) {
 /// desired changes to their acks, and a plain MQTT echo through the same
 /// broker, in ms: p50 and p99 of each, as [action, action,
 /// echo, echo, desired, desired].
+/// Run `f` with this thread, and every thread and process it starts
+/// (they inherit its affinity), on the first CPU it may use; then put the
+/// thread's affinity back.
+#[allow(unsafe_code)]
+fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    let set_affinity = |set: &libc::cpu_set_t| {
+        // SAFETY: `set` is a valid `cpu_set_t` of `size` bytes, read for
+        // the calling thread (pid 0) only.
+        let done = unsafe { libc::sched_setaffinity(0, size, set) };
+        assert_eq!(
+            done,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    // SAFETY: `cpu_set_t` is plain bits, for which zeros are the empty set;
+    // the calls write and read only the sets given, of `size` bytes.
+    let (before, one) = unsafe {
+        let mut before: libc::cpu_set_t = std::mem::zeroed();
+        let got = libc::sched_getaffinity(0, size, &mut before);
+        assert_eq!(
+            got,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &before))
+            .expect("a CPU this thread may use");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(first, &mut one);
+        (before, one)
+    };
+    set_affinity(&one);
+    let result = f();
+    set_affinity(&before);
+    result
+}
+
 fn round_trips(n: usize) -> [f64; 6] {
     let broker = Mosquitto::start("");
     let gw = Gateway::new()
