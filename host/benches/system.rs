@@ -154,26 +154,33 @@ fn main() {
     }
 
     if wanted("P7") {
-        let [p50, p99, echo50, echo99, desired50, desired99] = medians(runs, || round_trips(1000));
-        rows.push([
-            "P7".into(),
-            "action round trip through a local Mosquitto (request → `on-action` → response), 1000 sequential".into(),
-            // Three decimals: at 0.04 against 0.03 ms, two would make the
-            // ratio a matter of rounding.
-            format!("p50 {p50:.3} ms, p99 {p99:.3} ms; a desired change to its ack (through the device's worker and the outbox): p50 {desired50:.3} ms, p99 {desired99:.3} ms"),
-            format!("plain MQTT request/response echo through the same broker: p50 {echo50:.3} ms, p99 {echo99:.3} ms"),
-        ]);
-        // The same with the bench, the broker and the gateway on one CPU:
+        // Again with the bench, the broker and the gateway on one CPU:
         // unpinned, whether a round trip's wake-ups cross between CPUs is
         // the kernel's draw for each gateway (BENCHMARKS.md, ddf5cab).
-        let [p50, p99, echo50, echo99, desired50, desired99] =
-            on_one_cpu(|| medians(runs, || round_trips(1000)));
-        rows.push([
-            "P7 (one CPU)".into(),
-            "the same, with the bench, Mosquitto and the gateway pinned to one CPU".into(),
-            format!("p50 {p50:.3} ms, p99 {p99:.3} ms; a desired change to its ack: p50 {desired50:.3} ms, p99 {desired99:.3} ms"),
-            format!("the same echo, pinned the same: p50 {echo50:.3} ms, p99 {echo99:.3} ms"),
-        ]);
+        let unpinned = medians(runs, || round_trips(1000));
+        let pinned = on_one_cpu(|| medians(runs, || round_trips(1000)));
+        for (id, what, figures) in [
+            (
+                "P7",
+                "action round trip through a local Mosquitto (request → `on-action` → response), 1000 sequential",
+                unpinned,
+            ),
+            (
+                "P7 (one CPU)",
+                "the same, with the bench, Mosquitto and the gateway pinned to one CPU",
+                pinned,
+            ),
+        ] {
+            let [p50, p99, echo50, echo99, desired50, desired99] = figures;
+            rows.push([
+                id.into(),
+                what.into(),
+                // Three decimals: at 0.04 against 0.03 ms, two would make the
+                // ratio a matter of rounding.
+                format!("p50 {p50:.3} ms, p99 {p99:.3} ms; a desired change to its ack (through the device's worker and the outbox): p50 {desired50:.3} ms, p99 {desired99:.3} ms"),
+                format!("plain MQTT request/response echo through the same broker: p50 {echo50:.3} ms, p99 {echo99:.3} ms"),
+            ]);
+        }
     }
 
     if wanted("P8") {
@@ -1473,10 +1480,6 @@ fn bus_round_trips(n: usize) -> (f64, f64, f64, f64) {
     )
 }
 
-/// P7: sequential action round trips through the gateway and Mosquitto,
-/// desired changes to their acks, and a plain MQTT echo through the same
-/// broker, in ms: p50 and p99 of each, as [action, action,
-/// echo, echo, desired, desired].
 /// Run `f` with this thread, and every thread and process it starts
 /// (they inherit its affinity), on the first CPU it may use; then put the
 /// thread's affinity back.
@@ -1518,6 +1521,10 @@ fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// P7: sequential action round trips through the gateway and Mosquitto,
+/// desired changes to their acks, and a plain MQTT echo through the same
+/// broker, in ms: p50 and p99 of each, as [action, action,
+/// echo, echo, desired, desired].
 fn round_trips(n: usize) -> [f64; 6] {
     let broker = Mosquitto::start("");
     let gw = Gateway::new()

@@ -25,9 +25,11 @@ const MAX_POLLS: usize = 16;
 
 /// `future`, polled again at once when it wakes itself during a poll.
 pub fn repoll_own_wakes<F: Future>(future: F) -> OwnWakes<F> {
+    let state = Arc::new(OwnWaker::default());
     OwnWakes {
         future: Box::pin(future),
-        waker: Arc::new(OwnWaker::default()),
+        own: Waker::from(state.clone()),
+        waker: state,
     }
 }
 
@@ -35,6 +37,8 @@ pub fn repoll_own_wakes<F: Future>(future: F) -> OwnWakes<F> {
 pub struct OwnWakes<F> {
     future: Pin<Box<F>>,
     waker: Arc<OwnWaker>,
+    /// `waker` as the future's waker: made once, not on every poll.
+    own: Waker,
 }
 
 #[derive(Default)]
@@ -69,18 +73,18 @@ impl<F: Future> Future for OwnWakes<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.waker.task.register(cx.waker());
-        let waker = Waker::from(self.waker.clone());
-        let mut own = Context::from_waker(&waker);
+        let this = &mut *self;
+        this.waker.task.register(cx.waker());
+        let mut own = Context::from_waker(&this.own);
         for _ in 0..MAX_POLLS {
-            self.waker.polling.store(true, Ordering::SeqCst);
-            self.waker.woken.store(false, Ordering::SeqCst);
-            let polled = self.future.as_mut().poll(&mut own);
-            self.waker.polling.store(false, Ordering::SeqCst);
+            this.waker.polling.store(true, Ordering::SeqCst);
+            this.waker.woken.store(false, Ordering::SeqCst);
+            let polled = this.future.as_mut().poll(&mut own);
+            this.waker.polling.store(false, Ordering::SeqCst);
             if polled.is_ready() {
                 return polled;
             }
-            if !self.waker.woken.swap(false, Ordering::SeqCst) {
+            if !this.waker.woken.swap(false, Ordering::SeqCst) {
                 return Poll::Pending;
             }
         }

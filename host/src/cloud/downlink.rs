@@ -650,40 +650,15 @@ impl Worker {
     /// Record `applied` and queue `ack` together; an ack whose change
     /// cannot be recorded becomes an error ack, queued alone.
     fn keep_ack(&self, ack: Ack, applied: Option<Applied>) -> (Ack, Option<Reply>) {
-        let ack = match applied {
-            None => ack,
-            Some(applied) => {
-                // One transaction, not one for the change and one for its
-                // ack: a commit was a third of a desired change's time in
-                // the worker (P7's desired to ack).
-                let kept = self.pool.open().and_then(|mut db| {
-                    let tx = db.transaction()?;
-                    crate::store::apply_desired(
-                        &tx,
-                        &self.device,
-                        applied.version,
-                        &applied.values,
-                    )?;
-                    crate::outbox::insert(&tx, std::slice::from_ref(&self.ack_entry(&ack)))?;
-                    tx.commit()
-                });
-                match kept {
-                    Ok(()) => {
-                        self.outbox_signal.notify_one();
-                        return (ack, None);
-                    }
-                    Err(e) => self.failed(
-                        applied.version,
-                        format!("the gateway could not store the change: {e}"),
-                    ),
-                }
+        let (ack, kept) = match (self.store_ack(&ack, applied.as_ref()), applied) {
+            (Err(e), Some(applied)) => {
+                let error = format!("the gateway could not store the change: {e}");
+                let failed = self.failed(applied.version, error);
+                let kept = self.store_ack(&failed, None);
+                (failed, kept)
             }
+            (kept, _) => (ack, kept),
         };
-        let entry = self.ack_entry(&ack);
-        let kept = self
-            .pool
-            .open()
-            .and_then(|db| crate::outbox::insert(&db, std::slice::from_ref(&entry)));
         match kept {
             Ok(()) => {
                 self.outbox_signal.notify_one();
@@ -693,7 +668,7 @@ impl Worker {
                 tracing::error!(device = %self.device, "cannot keep a twin ack in the outbox, sending it at once: {e}");
                 let reply = Reply {
                     topic: topics::topic(&self.gateway, &self.device, "twin/ack"),
-                    payload: entry.payload,
+                    payload: serde_json::to_vec(&ack).unwrap_or_default(),
                     correlation: None,
                 };
                 (ack, Some(reply))
@@ -701,15 +676,25 @@ impl Worker {
         }
     }
 
-    /// `ack` as an outbox entry of this worker's device.
-    fn ack_entry(&self, ack: &Ack) -> crate::outbox::Entry {
-        crate::outbox::Entry {
+    /// Queue `ack` into the outbox, and record `applied` (if any) in the
+    /// same transaction: one commit, not one for the change and one for
+    /// its ack, which was a third of a desired change's time in the worker
+    /// (P7's desired to ack).
+    fn store_ack(&self, ack: &Ack, applied: Option<&Applied>) -> rusqlite::Result<()> {
+        let mut db = self.pool.open()?;
+        let tx = db.transaction()?;
+        if let Some(applied) = applied {
+            crate::store::apply_desired(&tx, &self.device, applied.version, &applied.values)?;
+        }
+        let entry = crate::outbox::Entry {
             kind: crate::outbox::Kind::Ack,
             device: self.device.clone(),
             name: String::new(),
             points: 0,
             payload: serde_json::to_vec(ack).unwrap_or_default(),
-        }
+        };
+        crate::outbox::insert(&tx, std::slice::from_ref(&entry))?;
+        tx.commit()
     }
 
     /// Check a desired change and hand it to the app: its ack, and what
@@ -1085,14 +1070,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_desired_change_is_recorded_with_its_ack_or_not_at_all() {
-        let Setup {
-            _dir,
-            worker,
-            conn,
-            app,
-            db: _,
-        } = setup();
-        let _answering = app_answers_desired(app, Ok(()));
+        let setup = setup();
+        let _answering = app_answers_desired(setup.app, Ok(()));
+        let (worker, conn) = (&setup.worker, &setup.conn);
         let acks = |conn: &rusqlite::Connection| -> Vec<Ack> {
             let mut stmt = conn
                 .prepare("SELECT payload FROM outbox WHERE kind = 'ack' AND device = 'thermostat' ORDER BY seq")
@@ -1106,7 +1086,7 @@ mod tests {
         let (ack, unsent) = worker.desired(&desired(5, 23.5)).await;
         assert!(unsent.is_none(), "the outbox kept the ack");
         assert_eq!(ack.accepted, vec!["setpoint".to_string()]);
-        let kept = acks(&conn);
+        let kept = acks(conn);
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(
             (kept[0].version, &kept[0].accepted),
@@ -1132,7 +1112,7 @@ mod tests {
         let sent: Ack = serde_json::from_slice(&unsent.payload).expect("an ack");
         assert_eq!((sent.version, sent.error), (Some(6), ack.error));
         assert_eq!(
-            crate::store::desired_version(&conn, "thermostat").expect("version"),
+            crate::store::desired_version(conn, "thermostat").expect("version"),
             5,
             "version 6 is not recorded without its ack"
         );
@@ -1144,7 +1124,7 @@ mod tests {
             )
             .expect("twin");
         assert_eq!(setpoint, "23.5");
-        assert_eq!(acks(&conn).len(), 1);
+        assert_eq!(acks(conn).len(), 1);
     }
 
     #[tokio::test]
