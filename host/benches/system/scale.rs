@@ -150,9 +150,15 @@ pub struct DevicesPoint {
 /// [`BUS_APP_SENSORS`]), each registered as a device, recording a point and
 /// reporting once a second, against Mosquitto: once
 /// every device has reported, [`WINDOW`] of the gateway's and the broker's
-/// CPU, and the latency of every reported state received.
-pub fn devices(n: usize) -> DevicesPoint {
-    let broker = Mosquitto::start("");
+/// CPU, and the latency of every reported state received. The tests'
+/// Mosquitto turns Nagle's algorithm off; `stock_broker` leaves it on, as a
+/// Mosquitto installed with its defaults has it.
+pub fn devices(n: usize, stock_broker: bool) -> DevicesPoint {
+    let broker = Mosquitto::start(if stock_broker {
+        "set_tcp_nodelay false"
+    } else {
+        ""
+    });
     let example = root().join("examples/busgateway");
     // The example's bus counts at most 1,000 sensors in its model.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -159,6 +159,18 @@ impl Ledger {
         self.outbox_unread && self.refill_due()
     }
 
+    /// Whether a read is held back only by the quarter-window rule: rows
+    /// may wait and a slot is free, but fewer than a quarter of the window.
+    /// The link reads anyway once its `REFILL_WAIT` passes like
+    /// this. A broker with Nagle's algorithm on (Mosquitto's default) sends
+    /// the first PUBACK of a burst at once and holds the rest until the
+    /// gateway's TCP acknowledges it; a link sending nothing until a quarter
+    /// is free acknowledges it only with its delayed ACK, 40 ms later, and
+    /// sent a window every 40 ms (BENCHMARKS.md, S2 against a stock broker).
+    pub fn read_held(&self) -> bool {
+        self.outbox_unread && self.room() && !self.refill_due()
+    }
+
     /// A read of the outbox went through: every row it found was handled,
     /// and there were no more than it asked for. Until rows are added
     /// ([`outbox_changed`](Self::outbox_changed)) it is not read again; a
@@ -487,6 +499,30 @@ mod tests {
         assert!(one.refill_due());
         one.submit(row(1));
         assert!(!one.refill_due());
+    }
+
+    #[test]
+    fn a_read_is_held_only_while_rows_may_wait_and_less_than_a_quarter_is_free() {
+        let mut ledger = Ledger::new(8);
+        assert!(!ledger.read_held(), "all free: the read is due, not held");
+        for seq in 1..=8 {
+            ledger.submit(row(seq));
+            assert!(ledger.sent(seq as u16 + 10));
+        }
+        assert!(!ledger.read_held(), "the window is full: nothing would fit");
+        ledger.acknowledged(11);
+        assert!(
+            ledger.read_held() && !ledger.read_due(),
+            "one free of eight: held back"
+        );
+        ledger.outbox_read_through();
+        assert!(!ledger.read_held(), "nothing may wait");
+        ledger.outbox_changed();
+        ledger.acknowledged(12);
+        assert!(
+            !ledger.read_held() && ledger.read_due(),
+            "two free of eight: due"
+        );
     }
 
     #[test]

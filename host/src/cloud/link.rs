@@ -73,6 +73,14 @@ const SETTLE_BATCH: usize = 64;
 /// crash would send twice, stay bounded.
 const MAX_UNSETTLED: usize = 4096;
 
+/// How long a read of the outbox held back by the quarter-window rule
+/// ([`Ledger::read_held`]) waits for more PUBACKs before the link reads and
+/// sends what fits anyway. Against a broker that acknowledges promptly, a
+/// quarter of the window is free well within it; against one with Nagle's
+/// algorithm on, the publish sent then carries the TCP acknowledgement the
+/// broker's held PUBACKs wait for.
+const REFILL_WAIT: Duration = Duration::from_millis(1);
+
 struct Link {
     spec_gateway: String,
     /// `{gateway}-{database id}`: batch and alert ids are this and the
@@ -92,6 +100,9 @@ struct Link {
     /// [`SETTLE_BATCH`] wait) waits for the connection's ready events to be
     /// handled.
     pump_due: bool,
+    /// When a read held back by the quarter-window rule is made anyway
+    /// ([`REFILL_WAIT`] after it was first held); `None` while none is.
+    held_read_at: Option<tokio::time::Instant>,
 }
 
 /// Run the link until `cancel`; then mark the gateway offline and disconnect.
@@ -159,6 +170,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         ledger: Ledger::new(usize::from(config.max_inflight)),
         connected: false,
         pump_due: false,
+        held_read_at: None,
     };
     let backoff = reconnect_backoff(config.backoff_initial, config.backoff_max);
     let mut delays = backoff.build();
@@ -170,6 +182,11 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     // signals every commit and every batch it seals.
     let mut outbox_timer = tokio::time::interval(Duration::from_secs(1));
     outbox_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The held read's timer (`Link::held_read_at`), reset only when that
+    // changes rather than made anew on every event.
+    let held_read = tokio::time::sleep(REFILL_WAIT);
+    tokio::pin!(held_read);
+    let mut held_read_set = None;
 
     tracing::info!(broker = %url, client_id = %config.broker.client_id, "connecting to the broker");
     'run: loop {
@@ -180,6 +197,12 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
             let poll = eventloop.poll();
             tokio::pin!(poll);
             loop {
+                if link.held_read_at != held_read_set {
+                    if let Some(at) = link.held_read_at {
+                        held_read.as_mut().reset(at);
+                    }
+                    held_read_set = link.held_read_at;
+                }
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => break 'run,
@@ -216,6 +239,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                         link.queue_status(true, None);
                         link.pump();
                     }
+                    () = &mut held_read, if link.held_read_at.is_some() => link.pump_held(),
                     // Last: only once nothing above is ready.
                     _ = std::future::ready(()), if link.pump_due => link.pump(),
                 }
@@ -408,13 +432,35 @@ impl Link {
 
     /// Send what fits in the window, and show how full it is.
     fn pump(&mut self) {
-        self.fill_window();
+        self.pump_reading(false);
+    }
+
+    /// [`pump`](Self::pump), reading the outbox even with less than a
+    /// quarter of the window free: a read held back for [`REFILL_WAIT`].
+    fn pump_held(&mut self) {
+        self.held_read_at = None;
+        self.pump_reading(true);
+    }
+
+    fn pump_reading(&mut self, held_too: bool) {
+        self.fill_window(held_too);
+        self.hold_read();
         self.metrics.link.set_window(self.ledger.occupancy());
+    }
+
+    /// Start the wait of a read the quarter-window rule holds back, if one
+    /// is and none was; forget it once none is.
+    fn hold_read(&mut self) {
+        if !self.connected || !self.ledger.read_held() {
+            self.held_read_at = None;
+        } else if self.held_read_at.is_none() {
+            self.held_read_at = Some(tokio::time::Instant::now() + REFILL_WAIT);
+        }
     }
 
     /// Send what fits in the window: queued messages first, then the outbox
     /// (alerts before everything else, then in order).
-    fn fill_window(&mut self) {
+    fn fill_window(&mut self, held_too: bool) {
         self.pump_due = false;
         if self.ledger.settle_due(SETTLE_BATCH) {
             self.settle_delivered(self.ledger.delivered().len() >= MAX_UNSETTLED);
@@ -432,7 +478,7 @@ impl Link {
         // them up; deletes are settled above, outside it.
         // A pump that reads nothing (one that sends an action's answer)
         // opens no transaction.
-        let read = self.ledger.read_due();
+        let read = self.ledger.read_due() || (held_too && self.ledger.read_held());
         let snapshot =
             (read || self.ledger.twins_due()).then(|| self.db.execute_batch("BEGIN DEFERRED"));
         self.send_what_fits(read);
