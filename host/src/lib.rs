@@ -20,14 +20,6 @@
 //! - [`server`]: `wasmgate cloud serve`, the server side (database, API).
 //! - [`gateway`]: start-up and shutdown. [`status`], [`cli`], [`commands`]: the CLI.
 
-/// The default build's Rust heap: mimalloc, whose per-thread free lists cost
-/// less than glibc's arenas on the many small allocations of the apps' calls
-/// and the link (BENCHMARKS.md, S2 and P2). SQLite's own allocations stay on
-/// glibc's malloc. The runtime-only build leaves it out.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static HEAP: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod app;
 pub mod bindings;
 pub mod bus;
