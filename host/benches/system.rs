@@ -347,16 +347,16 @@ fn main() {
         // The same against Mosquitto's own default, Nagle's algorithm on:
         // each PUBACK after the first of a burst waits for the gateway's
         // TCP acknowledgement.
-        let n = scale::DEVICE_COUNTS[scale::DEVICE_COUNTS.len() - 1];
-        let stock = scale::devices(n, true);
+        let (n, largest) = points.last().expect("S2 has sizes");
+        let stock = scale::devices(*n, true);
         rows.push(devices_row(
             format!("S2 ({n}, stock broker)"),
             format!("as S2 ({n}), against a Mosquitto with Nagle's algorithm on (`set_tcp_nodelay false`, its default)"),
             &stock,
             format!(
                 "S2 ({n}): {} reports/s received, CPU ×{:.2}",
-                thousands(points[points.len() - 1].1.reports_per_s),
-                stock.gateway_cpu / points[points.len() - 1].1.gateway_cpu
+                thousands(largest.reports_per_s),
+                stock.gateway_cpu / largest.gateway_cpu
             ),
         ));
     }

@@ -14,6 +14,7 @@
 //! delivered when it comes back.
 
 use backon::BackoffBuilder as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -100,9 +101,11 @@ struct Link {
     /// [`SETTLE_BATCH`] wait) waits for the connection's ready events to be
     /// handled.
     pump_due: bool,
-    /// When a read held back by the quarter-window rule is made anyway
-    /// ([`REFILL_WAIT`] after it was first held); `None` while none is.
-    held_read_at: Option<tokio::time::Instant>,
+    /// Whether a read is held back by the quarter-window rule; it is made
+    /// anyway when `held_read` fires, [`REFILL_WAIT`] after it was first
+    /// held. One timer, reset when a read is first held, not made anew.
+    read_held: bool,
+    held_read: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// Run the link until `cancel`; then mark the gateway offline and disconnect.
@@ -170,7 +173,8 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
         ledger: Ledger::new(usize::from(config.max_inflight)),
         connected: false,
         pump_due: false,
-        held_read_at: None,
+        read_held: false,
+        held_read: Box::pin(tokio::time::sleep(REFILL_WAIT)),
     };
     let backoff = reconnect_backoff(config.backoff_initial, config.backoff_max);
     let mut delays = backoff.build();
@@ -182,11 +186,6 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
     // signals every commit and every batch it seals.
     let mut outbox_timer = tokio::time::interval(Duration::from_secs(1));
     outbox_timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    // The held read's timer (`Link::held_read_at`), reset only when that
-    // changes rather than made anew on every event.
-    let held_read = tokio::time::sleep(REFILL_WAIT);
-    tokio::pin!(held_read);
-    let mut held_read_set = None;
 
     tracing::info!(broker = %url, client_id = %config.broker.client_id, "connecting to the broker");
     'run: loop {
@@ -197,12 +196,6 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
             let poll = eventloop.poll();
             tokio::pin!(poll);
             loop {
-                if link.held_read_at != held_read_set {
-                    if let Some(at) = link.held_read_at {
-                        held_read.as_mut().reset(at);
-                    }
-                    held_read_set = link.held_read_at;
-                }
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => break 'run,
@@ -239,7 +232,7 @@ pub async fn run(spec: LinkSpec, cancel: CancellationToken) -> anyhow::Result<()
                         link.queue_status(true, None);
                         link.pump();
                     }
-                    () = &mut held_read, if link.held_read_at.is_some() => link.pump_held(),
+                    () = link.held_read.as_mut(), if link.read_held => link.pump_held(),
                     // Last: only once nothing above is ready.
                     _ = std::future::ready(()), if link.pump_due => link.pump(),
                 }
@@ -438,7 +431,7 @@ impl Link {
     /// [`pump`](Self::pump), reading the outbox even with less than a
     /// quarter of the window free: a read held back for [`REFILL_WAIT`].
     fn pump_held(&mut self) {
-        self.held_read_at = None;
+        self.read_held = false;
         self.pump_reading(true);
     }
 
@@ -452,9 +445,12 @@ impl Link {
     /// is and none was; forget it once none is.
     fn hold_read(&mut self) {
         if !self.connected || !self.ledger.read_held() {
-            self.held_read_at = None;
-        } else if self.held_read_at.is_none() {
-            self.held_read_at = Some(tokio::time::Instant::now() + REFILL_WAIT);
+            self.read_held = false;
+        } else if !self.read_held {
+            self.read_held = true;
+            self.held_read
+                .as_mut()
+                .reset(tokio::time::Instant::now() + REFILL_WAIT);
         }
     }
 
