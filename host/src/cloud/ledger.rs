@@ -21,7 +21,10 @@
 //!   handed out (`read_past`) rather than from the first, but never past a
 //!   row the telemetry writer may still add to. A device's twin row that
 //!   comes while its state is out is not sent then: the device's state is
-//!   sent again once the broker has the one out (`twins_due`).
+//!   sent again once the broker has the one out (`twins_due`);
+//! - an ack row of a device whose newer state waits to be sent again is
+//!   held back (`acks_held`) until that state is handed out: an ack leaves
+//!   after the state the app reported while applying the change.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -89,6 +92,9 @@ pub struct Ledger {
     /// Of those, the ones whose state the broker has acknowledged since:
     /// their state is sent again, with the newer rows.
     twins_due: VecDeque<String>,
+    /// Devices with an ack row held back until their newer state is handed
+    /// out ([`Ledger::ack_waits`]); the outbox is read again then.
+    acks_held: HashSet<String>,
     /// The outbox may hold rows not read yet: rows were added, or a read
     /// stopped short (the window filled, or rumqttc's queue did). A pump that only sends a reply
     /// does not read the outbox then (see [`Ledger::read_due`]).
@@ -113,6 +119,7 @@ impl Ledger {
             read_past: 0,
             twins_later: HashSet::new(),
             twins_due: VecDeque::new(),
+            acks_held: HashSet::new(),
             outbox_unread: true,
             messages: VecDeque::new(),
             queued_bytes: 0,
@@ -296,6 +303,25 @@ impl Ledger {
         self.twins_due.push_front(device);
     }
 
+    /// Whether an ack row of `device` must wait: a newer state of the
+    /// device, one that came while the last was out, is still to be sent
+    /// again. The ack answers a change the app applied, and leaves after
+    /// the state it reported meanwhile (docs/protocol.md, Ack); sent now,
+    /// it would overtake that state. The link leaves the row where it is
+    /// ([`ack_held`](Self::ack_held)).
+    pub fn ack_waits(&self, device: &str) -> bool {
+        self.twins_later.contains(device) || self.twins_due.iter().any(|d| d == device)
+    }
+
+    /// An ack row of `device` was left in the outbox by
+    /// [`ack_waits`](Self::ack_waits): the outbox is read again once the
+    /// device's state is handed out.
+    pub fn ack_held(&mut self, device: &str) {
+        if !self.acks_held.contains(device) {
+            self.acks_held.insert(device.to_string());
+        }
+    }
+
     /// Whether a message on `topic` is submitted or in flight.
     pub fn carries(&self, topic: &str) -> bool {
         self.submitted
@@ -312,6 +338,9 @@ impl Ledger {
                 ..
             } => {
                 self.twins_out.insert(device.clone());
+                if self.acks_held.remove(device) {
+                    self.outbox_unread = true;
+                }
             }
             Sent::Row { seq, .. } => {
                 self.rows_out.insert(*seq);
@@ -412,6 +441,7 @@ impl Ledger {
         self.outbox_unread = true;
         self.twins_later.clear();
         self.twins_due.clear();
+        self.acks_held.clear();
     }
 
     /// Drop every waiting message: for a profile whose messages belong to
@@ -626,6 +656,37 @@ mod tests {
         ledger.acknowledged(3);
         ledger.disconnected();
         assert_eq!(ledger.next_twin_due(), None);
+    }
+
+    #[test]
+    fn an_ack_waits_for_the_newer_state_of_its_device_and_the_outbox_is_read_again_once_it_is_out()
+    {
+        let mut ledger = Ledger::new(4);
+        ledger.submit(twin("d", 2));
+        assert!(ledger.sent(1));
+        assert!(!ledger.ack_waits("d"), "the state out covers every report");
+        // A report while the state is out, then the app's ack.
+        ledger.twin_later("d");
+        assert!(ledger.ack_waits("d"));
+        assert!(!ledger.ack_waits("e"), "another device's ack goes");
+        ledger.ack_held("d");
+        ledger.outbox_read_through();
+        ledger.acknowledged(1);
+        assert!(ledger.ack_waits("d"), "due, not yet out");
+        assert!(!ledger.read_due(), "nothing to read before the state goes");
+        let device = ledger.next_twin_due().expect("d is due");
+        ledger.submit(twin(&device, 5));
+        assert!(!ledger.ack_waits("d"), "the state is out ahead of the ack");
+        assert!(ledger.read_due(), "the held ack is read again");
+        // Handed out without an ack held: no read for it.
+        ledger.outbox_read_through();
+        ledger.submit(twin("e", 6));
+        assert!(!ledger.read_due());
+        // A disconnect forgets the held acks: every row is read again.
+        ledger.twin_later("e");
+        ledger.ack_held("e");
+        ledger.disconnected();
+        assert!(!ledger.ack_waits("e"));
     }
 
     #[test]

@@ -516,7 +516,8 @@ impl Link {
                 }
             }
         }
-        if !read {
+        // A state just handed out may free an ack held back for it.
+        if !read && !self.ledger.read_due() {
             return;
         }
         let limit = self.ledger.rows_out() + READ_AHEAD;
@@ -547,6 +548,11 @@ impl Link {
                 // again once acknowledged.
                 self.ledger.twin_later(&row.device);
                 true
+            } else if row.kind == "ack" && self.ledger.ack_waits(&row.device) {
+                // Not passed: read again once the device's newer state is
+                // handed out, ahead of it.
+                self.ledger.ack_held(&row.device);
+                false
             } else {
                 let published = match row.kind.as_str() {
                     "twin" => self.publish_twin(&row.device),
