@@ -17,9 +17,9 @@
 //! - on a disconnect nothing in flight counts as delivered: outbox rows are
 //!   read again from the outbox, and replies and statuses are queued again
 //!   ahead of newer ones, in the order they were first submitted;
-//! - while connected, the link reads the outbox on from the last row it
-//!   handed out (`read_past`) rather than from the first, but never past a
-//!   row the telemetry writer may still add to. A device's twin row that
+//! - while connected, the link reads each lane of the outbox on from the
+//!   last row it handed out there (`read_past`) rather than from the
+//!   first, but never past a row the telemetry writer may still add to. A device's twin row that
 //!   comes while its state is out is not sent then: the device's state is
 //!   sent again once the broker has the one out (`twins_due`);
 //! - an ack row of a device whose newer state waits to be sent again is
@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::downlink::Reply;
-use crate::outbox::Counted;
+use crate::outbox::{Counted, Lane};
 
 /// Bytes of replies and statuses waiting to be sent past which the link
 /// takes no more replies from the apps' workers and services: they wait
@@ -84,9 +84,10 @@ pub struct Ledger {
     settling: HashSet<i64>,
     /// Devices whose retained twin state is submitted or in flight.
     twins_out: HashSet<String>,
-    /// The link has handed out (or skipped, see `twins_later`) every outbox
-    /// row up to this seq on this connection; it reads on past it.
-    read_past: i64,
+    /// For each lane of the outbox ([`Lane::First`], [`Lane::Later`]): the
+    /// link has handed out (or skipped, see `twins_later`) every row of the
+    /// lane up to this seq on this connection; it reads on past it.
+    read_past: [i64; 2],
     /// Devices with a twin row that came while their state was out.
     twins_later: HashSet<String>,
     /// Of those, the ones whose state the broker has acknowledged since:
@@ -116,7 +117,7 @@ impl Ledger {
             delivered: Vec::new(),
             settling: HashSet::new(),
             twins_out: HashSet::new(),
-            read_past: 0,
+            read_past: [0; 2],
             twins_later: HashSet::new(),
             twins_due: VecDeque::new(),
             acks_held: HashSet::new(),
@@ -258,24 +259,25 @@ impl Ledger {
         self.rows_out.len()
     }
 
-    /// The seq the link reads the outbox on from.
-    pub fn read_past(&self) -> i64 {
-        self.read_past
+    /// The seq the link reads `lane` of the outbox on from.
+    pub fn read_past(&self, lane: Lane) -> i64 {
+        self.read_past[lane as usize]
     }
 
-    /// Row `seq` is handed out, or needs nothing more: read on past it,
-    /// unless the writer may still add to a row at or before it (`open`,
-    /// the oldest such row), which must be read again once sealed.
-    pub fn pass(&mut self, seq: i64, open: Option<i64>) {
-        if open.is_none_or(|open| seq < open) {
-            self.read_past = self.read_past.max(seq);
-        }
+    /// Every row of `lane` up to `seq` is handed out, or needs nothing
+    /// more: read on past it, but not past a row the writer may still add
+    /// to (`open`, the oldest such row), which must be read again once
+    /// sealed.
+    pub fn pass(&mut self, lane: Lane, seq: i64, open: Option<i64>) {
+        let upto = open.map_or(seq, |open| seq.min(open - 1));
+        let past = &mut self.read_past[lane as usize];
+        *past = (*past).max(upto);
     }
 
     /// Read the outbox from its first row again (a delivered row could not
     /// be deleted, and must be sent again).
     pub fn read_again(&mut self) {
-        self.read_past = 0;
+        self.read_past = [0; 2];
         self.outbox_unread = true;
     }
 
@@ -437,7 +439,7 @@ impl Ledger {
         self.settled();
         self.twins_out.clear();
         // Every row is read again, from the first.
-        self.read_past = 0;
+        self.read_past = [0; 2];
         self.outbox_unread = true;
         self.twins_later.clear();
         self.twins_due.clear();
@@ -608,22 +610,37 @@ mod tests {
     }
 
     #[test]
-    fn reading_goes_on_past_handed_out_rows_but_not_past_an_open_one() {
+    fn reading_goes_on_past_handed_out_rows_of_each_lane_but_not_past_an_open_one() {
+        use Lane::{First, Later};
         let mut ledger = Ledger::new(8);
-        ledger.pass(3, None);
-        assert_eq!(ledger.read_past(), 3);
-        ledger.pass(2, None);
-        assert_eq!(ledger.read_past(), 3, "never back");
+        ledger.pass(Later, 3, None);
+        assert_eq!(ledger.read_past(Later), 3);
+        ledger.pass(Later, 2, None);
+        assert_eq!(ledger.read_past(Later), 3, "never back");
+        assert_eq!(ledger.read_past(First), 0, "each lane on its own");
+        ledger.pass(First, 7, None);
+        assert_eq!(ledger.read_past(First), 7);
+        assert_eq!(ledger.read_past(Later), 3);
         // Row 5 may still grow: rows past it are sent, but read again
         // (and skipped as out) until it is sealed.
-        ledger.pass(4, Some(5));
-        ledger.pass(6, Some(5));
-        assert_eq!(ledger.read_past(), 4);
+        ledger.pass(Later, 4, Some(5));
+        ledger.pass(Later, 6, Some(5));
+        assert_eq!(ledger.read_past(Later), 4);
+        // A read that handled every row up to the outbox's last goes on
+        // to just before the open row.
+        ledger.pass(Later, 20, Some(9));
+        assert_eq!(ledger.read_past(Later), 8);
         ledger.read_again();
-        assert_eq!(ledger.read_past(), 0);
-        ledger.pass(9, None);
+        assert_eq!(ledger.read_past(Later), 0);
+        assert_eq!(ledger.read_past(First), 0);
+        ledger.pass(Later, 9, None);
+        ledger.pass(First, 9, None);
         ledger.disconnected();
-        assert_eq!(ledger.read_past(), 0, "a new connection reads everything");
+        assert_eq!(
+            (ledger.read_past(First), ledger.read_past(Later)),
+            (0, 0),
+            "a new connection reads everything"
+        );
     }
 
     #[test]

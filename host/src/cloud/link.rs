@@ -28,7 +28,7 @@ use super::protocol::{OutboxInfo, Status};
 use super::topics;
 use crate::config::{CloudConfig, OutboxConfig};
 use crate::mqtt::reconnect_backoff;
-use crate::outbox::{self, Stream, Usage};
+use crate::outbox::{self, Lane, Stream, Usage};
 use crate::report::Reporter;
 use crate::store::Database;
 use crate::value::now_ns;
@@ -520,26 +520,49 @@ impl Link {
         if !read && !self.ledger.read_due() {
             return;
         }
+        // The first lane (alerts, announcements, states, acks), then the
+        // later one (telemetry, synced tables) with what room is left.
         let limit = self.ledger.rows_out() + READ_AHEAD;
-        let outbox::Unsent { rows, open } =
-            match outbox::unsent_after(&self.db, limit, self.ledger.read_past()) {
-                Ok(read) => read,
-                Err(e) => {
-                    tracing::error!("cannot read the outbox: {e}");
-                    return;
-                }
-            };
-        // Rows past the limit, or a read that stops short below (every
-        // early return too): the outbox is read again at the next pump.
-        let mut through = rows.len() < limit;
-        // Read on past each row handed out, up to the first one that is not
-        // (the window filled, or it could not be read): that one is read
-        // again next time. Alerts are read from the first every time.
-        let mut passing = true;
-        for row in &rows {
+        let mut through = true;
+        for lane in [Lane::First, Lane::Later] {
             if !self.ledger.room() {
                 through = false;
                 break;
+            }
+            match self.send_lane(lane, limit) {
+                Some(lane_through) => through &= lane_through,
+                // An early return: the outbox is read again at the next pump.
+                None => return,
+            }
+        }
+        if through {
+            self.ledger.outbox_read_through();
+        }
+    }
+
+    /// Hand out the rows of `lane` that fit, read on from where the last
+    /// read of it left off: `Some(true)` if the read went through (every
+    /// row it could find handled or skipped), `None` if it stopped on an
+    /// error or a full rumqttc queue.
+    fn send_lane(&mut self, lane: Lane, limit: usize) -> Option<bool> {
+        let outbox::Unsent { rows, open, last } =
+            match outbox::unsent_in(&self.db, lane, limit, self.ledger.read_past(lane)) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!("cannot read the outbox: {e}");
+                    return None;
+                }
+            };
+        // Rows past the limit, or a read that stops short below: the
+        // outbox is read again at the next pump.
+        let through = rows.len() < limit;
+        // Read on past each row handed out, up to the first one that is not
+        // (the window filled, or it could not be read): that one is read
+        // again next time.
+        let mut passing = true;
+        for row in &rows {
+            if !self.ledger.room() {
+                return Some(false);
             }
             let handled = if self.ledger.row_out(row.seq) {
                 true
@@ -575,20 +598,21 @@ impl Link {
                     Ok(None) => false,
                     Err(e) => {
                         tracing::debug!("publish queue full: {e}");
-                        return;
+                        return None;
                     }
                 }
             };
-            if row.kind != "alert" {
-                passing &= handled;
-                if passing {
-                    self.ledger.pass(row.seq, open);
-                }
+            passing &= handled;
+            if passing {
+                self.ledger.pass(lane, row.seq, open);
             }
         }
-        if through {
-            self.ledger.outbox_read_through();
+        // Every row of the lane there was is handled: the rows of the other
+        // lane up to the outbox's last need not be read past again.
+        if through && passing {
+            self.ledger.pass(lane, last, open);
         }
+        Some(through)
     }
 
     fn publish(

@@ -160,51 +160,74 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
-/// The next rows to send: up to `limit` alerts first, then up to `limit`
-/// other sealed rows in order (a telemetry row the writer may still add
-/// to waits). Payloads are not read: a backlog of large batches
-/// would otherwise be read again on every acknowledgement.
-pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
-    next_rows_after(conn, limit, 0)
+/// The outbox's two lanes. The link reads the first before the later one:
+/// alerts, registered devices' announcements and models, reported states
+/// and acks go ahead of telemetry and synced tables' changes, so that after
+/// an outage the cloud learns the devices and their states first instead of
+/// after the whole backlog of points. Within a lane, rows go in order, so a
+/// device's registration comes before its state, and an ack after the
+/// state reported while applying the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    First,
+    Later,
 }
 
-/// [`next_rows`], but only the non-alert rows past `past`: the cloud link
-/// reads on from where it left off instead of reading again every row it
-/// has in flight (alerts are few, and are always read from the first).
-fn next_rows_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Result<Vec<Row>> {
-    let mut rows = conn
-        .prepare_cached(
-            "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
-             WHERE kind = 'alert' ORDER BY seq LIMIT ?1",
-        )?
-        .query_map([limit as i64], row_of)?
-        .collect::<rusqlite::Result<Vec<Row>>>()?;
-    rows.extend(
-        conn.prepare_cached(SEALED_PAST)?
-            .query_map(params![limit as i64, past], row_of)?
-            .collect::<rusqlite::Result<Vec<Row>>>()?,
-    );
+/// The first lane's rows past `?2`, through the partial index
+/// `outbox_first`, named: left to choose, SQLite read them through
+/// `outbox_by_kind` and sorted them all for each read. It can use the
+/// index only if the query names the same kinds in the same words as the
+/// index does (`store::OUTBOX_INDEXES`); if not, the query fails to
+/// compile, loudly, rather than reading slowly.
+const FIRST_PAST: &str = "SELECT seq, kind, device, name, points, created_at, length(payload)
+    FROM outbox INDEXED BY outbox_first
+    WHERE kind IN ('alert', 'registration', 'model', 'twin', 'ack') AND seq > ?2
+    ORDER BY seq LIMIT ?1";
+
+/// The later lane's sealed rows past `?2`, in the table's own order. Not
+/// `kind IN ('telemetry', ...)`: SQLite would read those through
+/// `outbox_by_kind` and sort the whole backlog for each read.
+const LATER_PAST: &str = "SELECT seq, kind, device, name, points, created_at, length(payload)
+    FROM outbox
+    WHERE seq > ?2 AND kind NOT IN ('alert', 'registration', 'model', 'twin', 'ack') AND sealed = 1
+    ORDER BY seq LIMIT ?1";
+
+/// The next rows to send, from the first: up to `limit` of the first lane,
+/// then up to `limit` of the later one (a telemetry row the writer may
+/// still add to waits). Payloads are not read: a backlog of large batches
+/// would otherwise be read again on every acknowledgement.
+pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> {
+    let mut rows = unsent_in(conn, Lane::First, limit, 0)?.rows;
+    rows.extend(unsent_in(conn, Lane::Later, limit, 0)?.rows);
     Ok(rows)
 }
 
-/// [`next_rows_after`]'s read of the sealed rows past where it left off.
-const SEALED_PAST: &str = "SELECT seq, kind, device, name, points, created_at, length(payload)
-    FROM outbox WHERE seq > ?2 AND kind != 'alert' AND sealed = 1 ORDER BY seq LIMIT ?1";
-
-/// What a reader that goes on from where it left off reads: the rows of
-/// [`next_rows_after`], and the oldest row the writer may still add to
-/// ([`oldest_open`]), which the reader must not read on past.
+/// What a reader that goes on from where it left off reads of one lane:
+/// up to `limit` rows past a seq, the oldest row the writer may still add
+/// to ([`oldest_open`]), which the reader must not read on past, and the
+/// outbox's last seq. Seqs are never reused (`AUTOINCREMENT`), and a row
+/// committed after the read has a larger one, so a read that found fewer
+/// rows than it asked for and handled them all may go on past `last`
+/// (short of `open`): the rows of the other lane between are never read
+/// again by this one.
 pub struct Unsent {
     pub rows: Vec<Row>,
     pub open: Option<i64>,
+    pub last: i64,
 }
 
-/// [`next_rows_after`] and [`oldest_open`] from one snapshot of the outbox.
-/// Read apart, a commit between them that opens a batch and adds a sealed
-/// row after it (a tick's climate point and its twin report) showed the
-/// sealed row with no open row before it: the reader passed it, and the
-/// batch, once sealed, lay behind its cursor and was never sent.
-pub fn unsent_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Result<Unsent> {
+/// One lane's rows past `past`, with [`oldest_open`] and the last seq, all
+/// from one snapshot of the outbox. Read apart, a commit between them that
+/// opens a batch and adds a sealed row after it (a tick's climate point
+/// and its twin report) showed the sealed row with no open row before it:
+/// the reader passed it, and the batch, once sealed, lay behind its cursor
+/// and was never sent.
+pub fn unsent_in(
+    conn: &Connection,
+    lane: Lane,
+    limit: usize,
+    past: i64,
+) -> rusqlite::Result<Unsent> {
     // A deferred transaction that only reads: one WAL snapshot, no lock
     // that keeps the writer out. Dropping it ends it. A caller already in a
     // transaction (the link's pump reads in one) has its snapshot already,
@@ -213,10 +236,23 @@ pub fn unsent_after(conn: &Connection, limit: usize, past: i64) -> rusqlite::Res
         .is_autocommit()
         .then(|| conn.unchecked_transaction())
         .transpose()?;
-    let open = oldest_open(conn)?;
-    let rows = next_rows_after(conn, limit, past)?;
+    let open = match lane {
+        Lane::First => None,
+        Lane::Later => oldest_open(conn)?,
+    };
+    let query = match lane {
+        Lane::First => FIRST_PAST,
+        Lane::Later => LATER_PAST,
+    };
+    let rows = conn
+        .prepare_cached(query)?
+        .query_map(params![limit as i64, past], row_of)?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    let last = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM outbox")?
+        .query_row([], |r| r.get(0))?;
     drop(snapshot);
-    Ok(Unsent { rows, open })
+    Ok(Unsent { rows, open, last })
 }
 
 /// The oldest row the telemetry writer may still add to (`None` when every
@@ -244,7 +280,7 @@ pub fn next_rows_except(
         "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
          WHERE sealed = 1
            AND (kind = 'model' OR device NOT IN (SELECT value FROM json_each(?2)))
-         ORDER BY kind != 'alert', seq LIMIT ?1",
+         ORDER BY kind NOT IN ('alert', 'registration', 'model', 'twin', 'ack'), seq LIMIT ?1",
     )?
     .query_map(params![limit as i64, held], row_of)?
     .collect()
@@ -459,14 +495,18 @@ mod tests {
         insert(&conn, &[twin("a"), twin("b"), twin("c")]).expect("insert");
         // The link's limit follows its window, and its start each row sent.
         for n in 1..20 {
-            unsent_after(&conn, n, (n % 4) as i64).expect("read");
+            for lane in [Lane::First, Lane::Later] {
+                unsent_in(&conn, lane, n, (n % 4) as i64).expect("read");
+            }
         }
-        let read = conn.prepare_cached(SEALED_PAST).expect("the cached read");
-        assert_eq!(
-            read.get_status(rusqlite::StatementStatus::RePrepare),
-            0,
-            "compiled again for new values"
-        );
+        for query in [FIRST_PAST, LATER_PAST] {
+            let read = conn.prepare_cached(query).expect("the cached read");
+            assert_eq!(
+                read.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "compiled again for new values"
+            );
+        }
     }
 
     #[test]
@@ -563,43 +603,93 @@ mod tests {
     }
 
     #[test]
-    fn reading_on_past_a_seq_skips_earlier_rows_but_never_an_alert() {
+    fn states_acks_alerts_and_announcements_are_read_before_telemetry_each_lane_on_past_a_seq() {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
         let entry = |kind: Kind, name: &str| entry(kind, "d", name, b"{}");
         insert(
             &conn,
             &[
-                entry(Kind::Ack, ""),
+                entry(Kind::Telemetry, "climate"),
+                entry(Kind::Registration, ""),
+                entry(Kind::Telemetry, "climate"),
+                entry(Kind::Model, ""),
+                entry(Kind::Twin, ""),
+                entry(Kind::Changeset, "setpoints"),
                 entry(Kind::Alert, "hot"),
                 entry(Kind::Ack, ""),
-                entry(Kind::Ack, ""),
+                entry(Kind::Pull, "setpoints"),
             ],
         )
         .expect("insert");
-        let all: Vec<i64> = next_rows(&conn, 10)
+        let kinds: Vec<String> = next_rows(&conn, 20)
             .expect("rows")
-            .iter()
-            .map(|r| r.seq)
+            .into_iter()
+            .map(|r| r.kind)
             .collect();
-        let (alert, first, second, third) = (all[0], all[1], all[2], all[3]);
-        assert!(first < alert, "the alert comes first whatever its seq");
-        let after = |past: i64| -> Vec<i64> {
-            next_rows_after(&conn, 10, past)
+        assert_eq!(
+            kinds,
+            [
+                "registration",
+                "model",
+                "twin",
+                "alert",
+                "ack",
+                "telemetry",
+                "telemetry",
+                "changeset",
+                "pull"
+            ],
+            "each lane in order, the first lane first"
+        );
+        let seqs = |lane: Lane, past: i64| -> Vec<i64> {
+            unsent_in(&conn, lane, 20, past)
                 .expect("rows")
+                .rows
                 .iter()
                 .map(|r| r.seq)
                 .collect()
         };
-        assert_eq!(after(first), [alert, second, third]);
+        let first = seqs(Lane::First, 0);
+        let later = seqs(Lane::Later, 0);
+        assert_eq!(seqs(Lane::First, first[2]), first[3..]);
+        assert_eq!(seqs(Lane::Later, later[1]), later[2..]);
+        let read = unsent_in(&conn, Lane::Later, 2, 0).expect("rows");
+        assert_eq!(read.rows.len(), 2, "up to the limit");
         assert_eq!(
-            after(third),
-            [alert],
-            "an alert is read until it is settled"
+            read.last,
+            *later.last().expect("rows"),
+            "the outbox's last seq"
+        );
+        assert_eq!(read.open, None, "nothing open");
+    }
+
+    #[test]
+    fn each_lane_is_read_through_an_index_not_by_sorting_the_outbox() {
+        let (_dir, db) = database();
+        let conn = db.open().expect("open");
+        let plan = |query: &str| -> String {
+            conn.prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+                .expect("plan")
+                .query_map(params![10, 0], |r| r.get::<_, String>(3))
+                .expect("plan")
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .expect("plan")
+                .join("; ")
+        };
+        let first = plan(FIRST_PAST);
+        assert!(
+            first.contains("outbox_first") && !first.contains("TEMP B-TREE"),
+            "{first}"
+        );
+        let later = plan(LATER_PAST);
+        assert!(
+            later.contains("INTEGER PRIMARY KEY") && !later.contains("TEMP B-TREE"),
+            "{later}"
         );
     }
 
-    /// One read of [`unsent_after`] during which another connection
+    /// One read of [`unsent_in`]'s later lane during which another connection
     /// commits what a tick commits (a new open batch, and a sealed twin
     /// row after it) at the read's `at`-th SQLite progress step: what the
     /// read let the reader pass, the batch's seq, and whether the commit
@@ -608,7 +698,7 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let (_dir, db) = database();
         let reader = db.open().expect("open");
-        insert(&reader, &[entry(Kind::Ack, "d", "", b"{}")]).expect("insert");
+        insert(&reader, &[entry(Kind::Telemetry, "d", "power", b"[]")]).expect("insert");
         let past = next_rows(&reader, 10).expect("rows")[0].seq;
         let writer = db.open().expect("open");
         let steps = Arc::new(AtomicUsize::new(0));
@@ -622,7 +712,7 @@ mod tests {
                             .execute_batch(
                                 "INSERT INTO outbox (kind, device, name, created_at, points, payload, sealed)
                                  VALUES ('telemetry', 'd', 'climate', 0, 1, X'5B5D', 0),
-                                        ('twin', 'd', '', 0, 1, X'7B7D', 1)",
+                                        ('telemetry', 'd', 'power', 0, 1, X'5B5D', 1)",
                             )
                             .expect("the writer commits");
                     }
@@ -630,16 +720,20 @@ mod tests {
                 }),
             )
             .expect("progress handler");
-        let read = unsent_after(&reader, 10, past).expect("read");
+        let read = unsent_in(&reader, Lane::Later, 10, past).expect("read");
         reader
             .progress_handler(0, None::<fn() -> bool>)
             .expect("progress handler");
         let committed = steps.load(Ordering::SeqCst) >= at;
+        // Each row it found, and the last seq once it found fewer than it
+        // asked for, each only short of the open row (`Ledger::pass`).
+        let short_of_open = |seq: i64| read.open.map_or(seq, |open| seq.min(open - 1));
         let passed = read
             .rows
             .iter()
-            .filter(|row| row.kind != "alert" && read.open.is_none_or(|open| row.seq < open))
             .map(|row| row.seq)
+            .chain((read.rows.len() < 10).then_some(read.last))
+            .map(short_of_open)
             .collect();
         (passed, past + 1, committed)
     }
@@ -666,18 +760,20 @@ mod tests {
     #[test]
     fn a_read_inside_the_callers_transaction_uses_its_snapshot() {
         // The link's pump reads the rows, then their payloads and states, in
-        // one read transaction of its own: `unsent_after` must read in it,
+        // one read transaction of its own: `unsent_in` must read in it,
         // not fail to open a second one, and see what the pump's other reads
         // see.
         let (_dir, db) = database();
         let reader = db.open().expect("open");
-        insert(&reader, &[entry(Kind::Ack, "d", "", b"{}")]).expect("insert");
+        insert(&reader, &[entry(Kind::Telemetry, "d", "power", b"[]")]).expect("insert");
         reader.execute_batch("BEGIN DEFERRED").expect("begin");
-        let first = unsent_after(&reader, 10, 0).expect("read in the caller's transaction");
+        let first =
+            unsent_in(&reader, Lane::Later, 10, 0).expect("read in the caller's transaction");
         assert_eq!(first.rows.len(), 1);
         let writer = db.open().expect("open");
-        insert(&writer, &[entry(Kind::Ack, "d", "", b"{}")]).expect("a commit meanwhile");
-        let again = unsent_after(&reader, 10, 0).expect("read again");
+        insert(&writer, &[entry(Kind::Telemetry, "d", "power", b"[]")])
+            .expect("a commit meanwhile");
+        let again = unsent_in(&reader, Lane::Later, 10, 0).expect("read again");
         assert_eq!(
             again.rows.len(),
             1,
@@ -688,7 +784,7 @@ mod tests {
             "the caller's transaction is still open"
         );
         reader.execute_batch("COMMIT").expect("commit");
-        let after = unsent_after(&reader, 10, 0).expect("read on its own");
+        let after = unsent_in(&reader, Lane::Later, 10, 0).expect("read on its own");
         assert_eq!(after.rows.len(), 2, "a new snapshot once the caller's ends");
         assert!(reader.is_autocommit(), "its own transaction ended");
     }
@@ -772,9 +868,9 @@ mod tests {
         assert_eq!(
             read(&["dead"]),
             [
+                pair("model", "dead"),
                 pair("alert", "alive"),
-                pair("telemetry", "alive"),
-                pair("model", "dead")
+                pair("telemetry", "alive")
             ]
         );
         assert_eq!(read(&[]).len(), 5);
