@@ -92,8 +92,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 const OUTBOX_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS outbox_by_stream ON outbox (kind, device, name, seq);
 CREATE INDEX IF NOT EXISTS outbox_by_kind ON outbox (kind, seq);
-CREATE INDEX IF NOT EXISTS outbox_first ON outbox (seq)
-    WHERE kind IN ('alert', 'registration', 'model', 'twin', 'ack');
 "#;
 /// The rows the telemetry writer may still add to: a handful, so the link
 /// finds the oldest at once (`outbox::oldest_open`). Created after the
@@ -405,7 +403,6 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
             "ALTER TABLE outbox RENAME TO outbox_old;
              DROP INDEX IF EXISTS outbox_by_stream;
              DROP INDEX IF EXISTS outbox_by_kind;
-             DROP INDEX IF EXISTS outbox_first;
              {OUTBOX_TABLE}
              INSERT INTO outbox (seq, kind, device, name, created_at, points, payload, sealed)
                  SELECT seq, kind, device, name, created_at, points, payload, {sealed} FROM outbox_old;

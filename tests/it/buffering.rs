@@ -123,10 +123,11 @@ fn points_older_than_max_age_expire_unsent() {
 }
 
 #[test]
-fn alerts_leave_the_outbox_before_telemetry() {
-    // Fill the outbox offline, then connect.
+fn alerts_and_the_reported_state_leave_the_outbox_before_telemetry() {
+    // Fill the outbox offline, then connect. The state is reported last,
+    // after every batch of points.
     let offline = recorder(
-        "tick_interval_ms = 10\n[app.config]\nper_tick = 100\nalert_every = 100\nstop_after = 2000",
+        "tick_interval_ms = 10\n[app.config]\nper_tick = 100\nalert_every = 100\nstop_after = 2000\nreport_last = true",
     );
     let mut run = offline.start();
     run.wait_for("recorded through 2000", T);
@@ -165,6 +166,22 @@ fn alerts_leave_the_outbox_before_telemetry() {
         .expect("telemetry");
     assert_eq!(topics.iter().filter(|t| t.contains("/alert/")).count(), 20);
     assert!(last_alert < first_telemetry, "alerts first: {topics:?}");
+    // The state the app reported after its last batch goes before the
+    // batches: the cloud sees a device's state without waiting for the
+    // backlog of its history.
+    let reported = consumer
+        .messages()
+        .into_iter()
+        .position(|m| {
+            m.topic == "wg/v1/test-gw/seq/twin/reported"
+                && serde_json::from_slice::<Value>(&m.payload)
+                    .is_ok_and(|j| j["attributes"]["recorded"] == 2000)
+        })
+        .unwrap_or_else(|| panic!("the reported state: {topics:?}"));
+    assert!(
+        reported < first_telemetry,
+        "the state before telemetry: {topics:?}"
+    );
 }
 
 #[test]

@@ -173,15 +173,24 @@ pub enum Lane {
     Later,
 }
 
-/// The first lane's rows past `?2`, through the partial index
-/// `outbox_first`, named: left to choose, SQLite read them through
-/// `outbox_by_kind` and sorted them all for each read. It can use the
-/// index only if the query names the same kinds in the same words as the
-/// index does (`store::OUTBOX_INDEXES`); if not, the query fails to
-/// compile, loudly, rather than reading slowly.
-const FIRST_PAST: &str = "SELECT seq, kind, device, name, points, created_at, length(payload)
-    FROM outbox INDEXED BY outbox_first
-    WHERE kind IN ('alert', 'registration', 'model', 'twin', 'ack') AND seq > ?2
+/// The first lane's rows past `?2`: each kind's rows in order through
+/// `outbox_by_kind`, merged by seq. SQLite merges the five ordered streams
+/// and stops at the limit, sorting nothing. `kind IN (...)` instead was
+/// read through the same index and sorted whole for each read (every
+/// device's twin row at 10,000 devices), and a partial index of the lane
+/// cost every report's commit a page: S2's gateway took a tenth more CPU
+/// with it (BENCHMARKS.md).
+const FIRST_PAST: &str = "
+    SELECT seq, kind, device, name, points, created_at, length(payload)
+        FROM outbox WHERE kind = 'alert' AND seq > ?2
+    UNION ALL SELECT seq, kind, device, name, points, created_at, length(payload)
+        FROM outbox WHERE kind = 'registration' AND seq > ?2
+    UNION ALL SELECT seq, kind, device, name, points, created_at, length(payload)
+        FROM outbox WHERE kind = 'model' AND seq > ?2
+    UNION ALL SELECT seq, kind, device, name, points, created_at, length(payload)
+        FROM outbox WHERE kind = 'twin' AND seq > ?2
+    UNION ALL SELECT seq, kind, device, name, points, created_at, length(payload)
+        FROM outbox WHERE kind = 'ack' AND seq > ?2
     ORDER BY seq LIMIT ?1";
 
 /// The later lane's sealed rows past `?2`, in the table's own order. Not
@@ -679,7 +688,11 @@ mod tests {
         };
         let first = plan(FIRST_PAST);
         assert!(
-            first.contains("outbox_first") && !first.contains("TEMP B-TREE"),
+            first
+                .matches("USING INDEX outbox_by_kind (kind=? AND seq>?)")
+                .count()
+                == 5
+                && !first.contains("TEMP B-TREE"),
             "{first}"
         );
         let later = plan(LATER_PAST);

@@ -1,6 +1,8 @@
 //! Test guest: records the numbered sequence 1, 2, 3, ... as the `seq`
 //! series (field `n`), `per_tick` points per tick in one `record-batch`,
-//! and raises the `milestone` alert every `alert_every` points. Its next
+//! and raises the `milestone` alert every `alert_every` points; with
+//! `report_last = true` it reports the last number, as the attribute
+//! `recorded`, once it has recorded `stop_after`. Its next
 //! number is in storage, written before the points are recorded, so after a
 //! crash it continues without reusing a number. It logs the last number
 //! whose `record-batch` returned, and every refusal.
@@ -14,6 +16,7 @@ struct SequenceRecorder {
     per_tick: i64,
     alert_every: i64,
     stop_after: i64,
+    report_last: bool,
     refusals: u64,
 }
 
@@ -31,6 +34,7 @@ impl App for SequenceRecorder {
             per_tick: config.parse_or("per_tick", 1)?,
             alert_every: config.parse_or("alert_every", 0)?,
             stop_after: config.parse_or("stop_after", i64::MAX)?,
+            report_last: config.parse_or("report_last", false)?,
             refusals: 0,
         })
     }
@@ -74,6 +78,12 @@ impl App for SequenceRecorder {
                     warn!("alert refused: {}: {}", e.kind(), e.message());
                 }
             }
+        }
+        if self.report_last
+            && last == self.stop_after
+            && let Err(e) = device.report(&[field("recorded", last)])
+        {
+            warn!("report refused: {}: {}", e.kind(), e.message());
         }
     }
 }
