@@ -1,5 +1,5 @@
 //! The outbox keeps its promises: limits with both policies, age limits,
-//! alerts first and last to go, a full database that recovers, and the
+//! alerts and states first, alerts last to go, a full database that recovers, and the
 //! device policies of a model, each with exact expected outputs.
 
 use crate::common::mqtt::{Consumer, Mosquitto};
