@@ -56,8 +56,9 @@ pub struct LinkSpec {
     pub outbox: OutboxConfig,
 }
 
-/// Outbox rows read per pump beyond those already in flight.
-const READ_AHEAD: usize = 64;
+/// Outbox rows a read asks for beyond what fits and what is already out
+/// ([`Ledger::read_limit`]).
+const READ_AHEAD: usize = 8;
 
 /// Acknowledged rows are deleted in one transaction once this many wait,
 /// or once nothing is out (`Ledger::settle_due`), or at the latest on the
@@ -522,14 +523,13 @@ impl Link {
         }
         // The first lane (alerts, announcements, states, acks), then the
         // later one (telemetry, synced tables) with what room is left.
-        let limit = self.ledger.rows_out() + READ_AHEAD;
         let mut through = true;
         for lane in [Lane::First, Lane::Later] {
             if !self.ledger.room() {
                 through = false;
                 break;
             }
-            match self.send_lane(lane, limit) {
+            match self.send_lane(lane, self.ledger.read_limit(READ_AHEAD)) {
                 Some(lane_through) => through &= lane_through,
                 // An early return: the outbox is read again at the next pump.
                 None => return,
