@@ -20,7 +20,7 @@
 use backon::BackoffBuilder as _;
 use rumqttc::{AsyncClient, Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode};
 use rusqlite::{Connection, OptionalExtension as _, params};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -412,10 +412,10 @@ impl Node {
                 return;
             }
         };
+        let mut skipping = Skipping::default();
         for row in rows {
-            let out = (row.kind == "twin" && self.ledger.twin_out(&row.device))
-                || self.ledger.row_out(row.seq);
-            if out {
+            let state_out = row.kind == "twin" && self.ledger.twin_out(&row.device);
+            if skipping.skips(&row, state_out, self.ledger.row_out(row.seq)) {
                 continue;
             }
             if !self.ledger.room() {
@@ -889,5 +889,73 @@ impl Node {
                 .or_default()
                 .push(attribute.clone());
         }
+    }
+}
+
+/// Which rows of one read the link leaves for the next read (which starts
+/// from the first row again): rows already out; a device's twin row while
+/// the device's state is out (its state goes once that one is
+/// acknowledged); and an ack of such a device read after that row. The ack
+/// answers a desired change, and leaves after the state the app reported
+/// while applying it (docs/protocol.md, Ack); answered at once, it
+/// overtook that state.
+#[derive(Default)]
+struct Skipping {
+    states_left: HashSet<String>,
+}
+
+impl Skipping {
+    /// Whether to leave `row`: `state_out` if it is a twin row whose
+    /// device's state is out, `row_out` if the row itself is out.
+    fn skips(&mut self, row: &outbox::Row, state_out: bool, row_out: bool) -> bool {
+        if state_out {
+            self.states_left.insert(row.device.clone());
+            return true;
+        }
+        row_out || (row.kind == "ack" && self.states_left.contains(&row.device))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_read_after_a_twin_row_left_for_its_state_out_is_left_too() {
+        let row = |seq: i64, kind: &str, device: &str| outbox::Row {
+            seq,
+            kind: kind.into(),
+            device: device.into(),
+            name: String::new(),
+            points: 1,
+            created_at: 0,
+            bytes: 2,
+        };
+        let mut skipping = Skipping::default();
+        assert!(
+            !skipping.skips(&row(1, "ack", "d"), false, false),
+            "no state left yet"
+        );
+        assert!(
+            skipping.skips(&row(2, "twin", "d"), true, false),
+            "d's state is out"
+        );
+        assert!(
+            skipping.skips(&row(3, "ack", "d"), false, false),
+            "after d's state"
+        );
+        assert!(
+            !skipping.skips(&row(4, "ack", "e"), false, false),
+            "another device"
+        );
+        assert!(!skipping.skips(&row(5, "twin", "e"), false, false));
+        assert!(
+            skipping.skips(&row(6, "alert", "e"), false, true),
+            "a row out"
+        );
+        assert!(
+            !skipping.skips(&row(7, "alert", "d"), false, false),
+            "only acks wait"
+        );
     }
 }
