@@ -23,7 +23,7 @@
 //!   comes while its state is out is not sent then: the device's state is
 //!   sent again once the broker has the one out (`twins_due`);
 //! - an ack row of a device whose newer state waits to be sent again is
-//!   held back (`acks_held`) until that state is handed out: an ack leaves
+//!   held back (`hold_ack`) until that state is handed out: an ack leaves
 //!   after the state the app reported while applying the change.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -94,7 +94,7 @@ pub struct Ledger {
     /// their state is sent again, with the newer rows.
     twins_due: VecDeque<String>,
     /// Devices with an ack row held back until their newer state is handed
-    /// out ([`Ledger::ack_waits`]); the outbox is read again then.
+    /// out ([`Ledger::hold_ack`]); the outbox is read again then.
     acks_held: HashSet<String>,
     /// The outbox may hold rows not read yet: rows were added, or a read
     /// stopped short (the window filled, or rumqttc's queue did). A pump that only sends a reply
@@ -319,19 +319,20 @@ impl Ledger {
     /// device, one that came while the last was out, is still to be sent
     /// again. The ack answers a change the app applied, and leaves after
     /// the state it reported meanwhile (docs/protocol.md, Ack); sent now,
-    /// it would overtake that state. The link leaves the row where it is
-    /// ([`ack_held`](Self::ack_held)).
+    /// it would overtake that state.
     pub fn ack_waits(&self, device: &str) -> bool {
         self.twins_later.contains(device) || self.twins_due.iter().any(|d| d == device)
     }
 
-    /// An ack row of `device` was left in the outbox by
-    /// [`ack_waits`](Self::ack_waits): the outbox is read again once the
-    /// device's state is handed out.
-    pub fn ack_held(&mut self, device: &str) {
-        if !self.acks_held.contains(device) {
+    /// Whether the link must leave an ack row of `device` in the outbox
+    /// ([`ack_waits`](Self::ack_waits)); if so, the outbox is read again
+    /// once the device's state is handed out.
+    pub fn hold_ack(&mut self, device: &str) -> bool {
+        let waits = self.ack_waits(device);
+        if waits && !self.acks_held.contains(device) {
             self.acks_held.insert(device.to_string());
         }
+        waits
     }
 
     /// Whether a message on `topic` is submitted or in flight.
@@ -710,7 +711,8 @@ mod tests {
         ledger.twin_later("d");
         assert!(ledger.ack_waits("d"));
         assert!(!ledger.ack_waits("e"), "another device's ack goes");
-        ledger.ack_held("d");
+        assert!(!ledger.hold_ack("e"), "nor held");
+        assert!(ledger.hold_ack("d"));
         ledger.outbox_read_through();
         ledger.acknowledged(1);
         assert!(ledger.ack_waits("d"), "due, not yet out");
@@ -725,7 +727,7 @@ mod tests {
         assert!(!ledger.read_due());
         // A disconnect forgets the held acks: every row is read again.
         ledger.twin_later("e");
-        ledger.ack_held("e");
+        assert!(ledger.hold_ack("e"));
         ledger.disconnected();
         assert!(!ledger.ack_waits("e"));
     }

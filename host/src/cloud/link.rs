@@ -571,10 +571,9 @@ impl Link {
                 // again once acknowledged.
                 self.ledger.twin_later(&row.device);
                 true
-            } else if row.kind == "ack" && self.ledger.ack_waits(&row.device) {
+            } else if row.kind == "ack" && self.ledger.hold_ack(&row.device) {
                 // Not passed: read again once the device's newer state is
                 // handed out, ahead of it.
-                self.ledger.ack_held(&row.device);
                 false
             } else {
                 let published = match row.kind.as_str() {
@@ -609,7 +608,10 @@ impl Link {
         }
         // Every row of the lane there was is handled: the rows of the other
         // lane up to the outbox's last need not be read past again.
-        if through && passing {
+        if through
+            && passing
+            && let Some(last) = last
+        {
             self.ledger.pass(lane, last, open);
         }
         Some(through)

@@ -173,6 +173,14 @@ pub enum Lane {
     Later,
 }
 
+/// The kinds of the first lane, as SQL: the later lane is every other.
+/// [`FIRST_PAST`] reads each of them apart, in the same order.
+macro_rules! first_lane_kinds {
+    () => {
+        "'alert', 'registration', 'model', 'twin', 'ack'"
+    };
+}
+
 /// The first lane's rows past `?2`: each kind's rows in order through
 /// `outbox_by_kind`, merged by seq. SQLite merges the five ordered streams
 /// and stops at the limit, sorting nothing. `kind IN (...)` instead was
@@ -196,10 +204,12 @@ const FIRST_PAST: &str = "
 /// The later lane's sealed rows past `?2`, in the table's own order. Not
 /// `kind IN ('telemetry', ...)`: SQLite would read those through
 /// `outbox_by_kind` and sort the whole backlog for each read.
-const LATER_PAST: &str = "SELECT seq, kind, device, name, points, created_at, length(payload)
-    FROM outbox
-    WHERE seq > ?2 AND kind NOT IN ('alert', 'registration', 'model', 'twin', 'ack') AND sealed = 1
-    ORDER BY seq LIMIT ?1";
+const LATER_PAST: &str = concat!(
+    "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
+     WHERE seq > ?2 AND kind NOT IN (",
+    first_lane_kinds!(),
+    ") AND sealed = 1 ORDER BY seq LIMIT ?1"
+);
 
 /// The next rows to send, from the first: up to `limit` of the first lane,
 /// then up to `limit` of the later one (a telemetry row the writer may
@@ -213,16 +223,18 @@ pub fn next_rows(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Row>> 
 
 /// What a reader that goes on from where it left off reads of one lane:
 /// up to `limit` rows past a seq, the oldest row the writer may still add
-/// to ([`oldest_open`]), which the reader must not read on past, and the
-/// outbox's last seq. Seqs are never reused (`AUTOINCREMENT`), and a row
-/// committed after the read has a larger one, so a read that found fewer
-/// rows than it asked for and handled them all may go on past `last`
-/// (short of `open`): the rows of the other lane between are never read
-/// again by this one.
+/// to ([`oldest_open`]), which the reader must not read on past, and, for
+/// the later lane, the outbox's last seq. Seqs are never reused
+/// (`AUTOINCREMENT`), and a row committed after the read has a larger one,
+/// so a read that found fewer rows than it asked for and handled them all
+/// may go on past `last` (short of `open`): the later lane's scan walks
+/// the first lane's rows between, and would walk them on every read. The
+/// first lane's scans skip the other kinds through the index, so it has no
+/// `last`.
 pub struct Unsent {
     pub rows: Vec<Row>,
     pub open: Option<i64>,
-    pub last: i64,
+    pub last: Option<i64>,
 }
 
 /// One lane's rows past `past`, with [`oldest_open`] and the last seq, all
@@ -245,23 +257,28 @@ pub fn unsent_in(
         .is_autocommit()
         .then(|| conn.unchecked_transaction())
         .transpose()?;
-    let open = match lane {
-        Lane::First => None,
-        Lane::Later => oldest_open(conn)?,
+    let read = |query: &str| -> rusqlite::Result<Vec<Row>> {
+        conn.prepare_cached(query)?
+            .query_map(params![limit as i64, past], row_of)?
+            .collect()
     };
-    let query = match lane {
-        Lane::First => FIRST_PAST,
-        Lane::Later => LATER_PAST,
+    let read = match lane {
+        Lane::First => Unsent {
+            rows: read(FIRST_PAST)?,
+            open: None,
+            last: None,
+        },
+        Lane::Later => Unsent {
+            open: oldest_open(conn)?,
+            rows: read(LATER_PAST)?,
+            last: Some(
+                conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM outbox")?
+                    .query_row([], |r| r.get(0))?,
+            ),
+        },
     };
-    let rows = conn
-        .prepare_cached(query)?
-        .query_map(params![limit as i64, past], row_of)?
-        .collect::<rusqlite::Result<Vec<Row>>>()?;
-    let last = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM outbox")?
-        .query_row([], |r| r.get(0))?;
     drop(snapshot);
-    Ok(Unsent { rows, open, last })
+    Ok(read)
 }
 
 /// The oldest row the telemetry writer may still add to (`None` when every
@@ -285,12 +302,14 @@ pub fn next_rows_except(
     }
     let held = serde_json::to_string(held).unwrap_or_else(|_| "[]".into());
     // Model rows are never held: they are how a device becomes known.
-    conn.prepare_cached(
+    conn.prepare_cached(concat!(
         "SELECT seq, kind, device, name, points, created_at, length(payload) FROM outbox
          WHERE sealed = 1
            AND (kind = 'model' OR device NOT IN (SELECT value FROM json_each(?2)))
-         ORDER BY kind NOT IN ('alert', 'registration', 'model', 'twin', 'ack'), seq LIMIT ?1",
-    )?
+         ORDER BY kind NOT IN (",
+        first_lane_kinds!(),
+        "), seq LIMIT ?1"
+    ))?
     .query_map(params![limit as i64, held], row_of)?
     .collect()
 }
@@ -665,11 +684,7 @@ mod tests {
         assert_eq!(seqs(Lane::Later, later[1]), later[2..]);
         let read = unsent_in(&conn, Lane::Later, 2, 0).expect("rows");
         assert_eq!(read.rows.len(), 2, "up to the limit");
-        assert_eq!(
-            read.last,
-            *later.last().expect("rows"),
-            "the outbox's last seq"
-        );
+        assert_eq!(read.last, later.last().copied(), "the outbox's last seq");
         assert_eq!(read.open, None, "nothing open");
     }
 
@@ -745,7 +760,7 @@ mod tests {
             .rows
             .iter()
             .map(|row| row.seq)
-            .chain((read.rows.len() < 10).then_some(read.last))
+            .chain(read.last.filter(|_| read.rows.len() < 10))
             .map(short_of_open)
             .collect();
         (passed, past + 1, committed)

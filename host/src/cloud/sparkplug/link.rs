@@ -414,8 +414,7 @@ impl Node {
         };
         let mut skipping = Skipping::default();
         for row in rows {
-            let state_out = row.kind == "twin" && self.ledger.twin_out(&row.device);
-            if skipping.skips(&row, state_out, self.ledger.row_out(row.seq)) {
+            if skipping.skips(&row, &self.ledger) {
                 continue;
             }
             if !self.ledger.room() {
@@ -905,14 +904,13 @@ struct Skipping {
 }
 
 impl Skipping {
-    /// Whether to leave `row`: `state_out` if it is a twin row whose
-    /// device's state is out, `row_out` if the row itself is out.
-    fn skips(&mut self, row: &outbox::Row, state_out: bool, row_out: bool) -> bool {
-        if state_out {
+    /// Whether to leave `row`, given what `ledger` has out.
+    fn skips(&mut self, row: &outbox::Row, ledger: &Ledger) -> bool {
+        if row.kind == "twin" && ledger.twin_out(&row.device) {
             self.states_left.insert(row.device.clone());
             return true;
         }
-        row_out || (row.kind == "ack" && self.states_left.contains(&row.device))
+        ledger.row_out(row.seq) || (row.kind == "ack" && self.states_left.contains(&row.device))
     }
 }
 
@@ -931,31 +929,26 @@ mod tests {
             created_at: 0,
             bytes: 2,
         };
+        // d's state is out, and so is row 6.
+        let mut ledger = Ledger::new(8);
+        for seq in [2, 6] {
+            ledger.submit(Sent::Row {
+                seq,
+                twin_device: (seq == 2).then(|| "d".to_string()),
+                counted: None,
+            });
+        }
         let mut skipping = Skipping::default();
-        assert!(
-            !skipping.skips(&row(1, "ack", "d"), false, false),
-            "no state left yet"
-        );
-        assert!(
-            skipping.skips(&row(2, "twin", "d"), true, false),
-            "d's state is out"
-        );
-        assert!(
-            skipping.skips(&row(3, "ack", "d"), false, false),
-            "after d's state"
-        );
-        assert!(
-            !skipping.skips(&row(4, "ack", "e"), false, false),
-            "another device"
-        );
-        assert!(!skipping.skips(&row(5, "twin", "e"), false, false));
-        assert!(
-            skipping.skips(&row(6, "alert", "e"), false, true),
-            "a row out"
-        );
-        assert!(
-            !skipping.skips(&row(7, "alert", "d"), false, false),
-            "only acks wait"
-        );
+        for (read, skipped, why) in [
+            (row(1, "ack", "d"), false, "no state left yet"),
+            (row(2, "twin", "d"), true, "d's state is out"),
+            (row(3, "ack", "d"), true, "after d's state"),
+            (row(4, "ack", "e"), false, "another device"),
+            (row(5, "twin", "e"), false, "e's state is not out"),
+            (row(6, "alert", "e"), true, "a row out"),
+            (row(7, "alert", "d"), false, "only acks wait"),
+        ] {
+            assert_eq!(skipping.skips(&read, &ledger), skipped, "{why}");
+        }
     }
 }
