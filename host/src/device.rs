@@ -12,12 +12,15 @@ use rusqlite::{OptionalExtension, params};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::Notify;
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{
+    ComponentType, HasData, Lift, Linker, Resource, ResourceTable, WasmList, WasmStr,
+};
 
 use crate::bindings::wasmgate::device::device::{self as generated, Host, HostDevice};
 use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
-use crate::model::DeviceModel;
+use crate::model::{DeviceModel, PointCheck};
 use crate::outbox::{self, Batch, IngestSender, Kind, Usage};
 use crate::policy::{AlertSeverity, Pipeline, Sample};
 use crate::rate::SharedLimit;
@@ -457,54 +460,77 @@ impl DeviceCtx {
         self.model_of(device).ok()?.attribute_from_json(name, &json)
     }
 
-    fn record(&mut self, device: &str, series: &str, points: Vec<Point>) -> Result<(), GuestError> {
+    /// The first step of a `record` call of `count` points: the checks
+    /// that come before any point is read. Gives the device's model.
+    fn admit_points(
+        &self,
+        device: &str,
+        series: &str,
+        count: usize,
+    ) -> Result<Arc<DeviceModel>, GuestError> {
         if let Some(error) = self.deps.usage.write_error() {
             return Err(GuestError::Unavailable(error.to_string()));
         }
-        if let Err(refusal) = self.deps.ingest.admit(device, series, points.len() as u64) {
+        if let Err(refusal) = self.deps.ingest.admit(device, series, count as u64) {
             tracing::warn!(app = %self.deps.app, device, series, "record refused: {refusal}");
             return Err(GuestError::Limit(refusal.to_string()));
         }
-        let model = self.model_of(device)?;
-        let now = now_ns();
-        // Check every point first: a refused call stores nothing.
-        let mut checked = Vec::with_capacity(points.len());
-        for (i, point) in points.into_iter().enumerate() {
-            let at = |m: String| if i == 0 { m } else { format!("point {i}: {m}") };
-            let time = match point.at {
-                Some(t) => time_to_ns(t)
-                    .and_then(|ns| plausible_time(ns, now))
-                    .map_err(|m| self.refuse(device, "record", at(m)))?,
-                None => now,
-            };
-            let values = model
-                .check_point(series, point.values)
-                .map_err(|m| self.refuse(device, "record", at(m)))?;
-            checked.push(Sample { time, values });
-        }
-        let stages = model
-            .series
-            .get(series)
-            .map(|s| s.policies.as_slice())
-            .unwrap_or(&[]);
-        let mut raised = Vec::new();
-        let kept: Vec<Sample> =
-            match self.pipeline(format!("series/{device}/{series}"), stages, None) {
-                None => checked,
-                Some(pipeline) => checked
+        self.model_of(device)
+    }
+
+    /// `record` of points lifted already (`record-batch` reads its points
+    /// in place instead: see [`record_in_place`]).
+    fn record(&mut self, device: &str, series: &str, points: Vec<Point>) -> Result<(), GuestError> {
+        let model = self.admit_points(device, series, points.len())?;
+        let mut recording = Recording::new(&model, series, points.len())
+            .map_err(|m| self.refuse(device, "record", m))?;
+        let read = points
+            .into_iter()
+            .enumerate()
+            .try_for_each(|(index, point)| {
+                recording.begin(index, point.at, point.values.len())?;
+                for (name, value) in point.values {
+                    recording.field(&name, value)?;
+                }
+                recording.end();
+                Ok(())
+            });
+        read.map_err(|m| self.refuse(device, "record", m))?;
+        self.store_recording(device, series, recording)
+    }
+
+    /// Hand a call's checked points on: through the series' policies if it
+    /// has any, into the app's pending batch of the series, and to the
+    /// writer at once where the app asked for durable calls.
+    fn store_recording(
+        &mut self,
+        device: &str,
+        series: &str,
+        recording: Recording<'_>,
+    ) -> Result<(), GuestError> {
+        let points = match recording.points {
+            RecordedPoints::Encoded { json, ends } => EncodedPoints { json, ends },
+            RecordedPoints::ForPolicies { samples, stages } => {
+                let pipeline = self
+                    .pipeline(format!("series/{device}/{series}"), stages, None)
+                    .expect("a series with policies has a pipeline");
+                let mut raised = Vec::new();
+                let kept: Vec<Sample> = samples
                     .into_iter()
                     .filter_map(|sample| {
                         let (out, alerts) = pipeline.apply(sample);
                         raised.extend(alerts);
                         out
                     })
-                    .collect(),
-            };
-        for alert in raised {
-            self.store_alert(device, &alert.alert, alert.severity, &alert.values)?;
-        }
-        if !kept.is_empty() {
-            self.buffer(device, series, &kept);
+                    .collect();
+                for alert in raised {
+                    self.store_alert(device, &alert.alert, alert.severity, &alert.values)?;
+                }
+                EncodedPoints::of(&kept)
+            }
+        };
+        if !points.ends.is_empty() {
+            self.buffer(device, series, points);
         }
         if self.deps.usage.config().sync_record {
             // Durable before the call returns, as configured.
@@ -517,8 +543,9 @@ impl DeviceCtx {
         Ok(())
     }
 
-    /// Encode points into the app's pending batch of the stream.
-    fn buffer(&mut self, device: &str, series: &str, samples: &[Sample]) {
+    /// Add encoded points to the app's pending batch of the stream.
+    fn buffer(&mut self, device: &str, series: &str, points: EncodedPoints) {
+        let count = points.ends.len();
         let batch = match self.pending.last_mut() {
             Some(last) if last.device == device && last.series == series => last,
             _ => {
@@ -532,17 +559,22 @@ impl DeviceCtx {
             }
         };
         let before = batch.json.len();
-        for sample in samples {
-            encode_point(&mut batch.json, sample.time, &sample.values);
+        if before == 0 {
+            // A new batch takes the call's encoding as it is.
+            batch.json = points.json;
+            batch.ends = points.ends;
+        } else {
+            let offset = u32::try_from(before).unwrap_or(u32::MAX);
+            batch.json.extend_from_slice(&points.json);
             batch
                 .ends
-                .push(u32::try_from(batch.json.len()).unwrap_or(u32::MAX));
+                .extend(points.ends.iter().map(|end| end.saturating_add(offset)));
         }
         let bytes = (batch.json.len() - before) as u64;
         self.deps
             .ingest
-            .reserve(device, series, bytes, samples.len() as u64);
-        self.pending_points += samples.len();
+            .reserve(device, series, bytes, count as u64);
+        self.pending_points += count;
         if self.pending_points >= FLUSH_POINTS || batch.json.len() > (64 << 20) {
             self.flush();
         }
@@ -596,29 +628,250 @@ impl DeviceCtx {
     }
 }
 
-/// `{"time":<ns>,"values":{"name":<value>,...}}`, written straight into the
-/// batch: this is the hot path of `record`, so no intermediate JSON tree.
-fn encode_point(out: &mut Vec<u8>, time: u64, values: &[(String, Value)]) {
-    use std::io::Write as _;
-    let _ = write!(out, "{{\"time\":{time},\"values\":{{");
-    for (i, (name, value)) in values.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+/// Points of one call, encoded: `json` holds their JSON objects back to
+/// back, `ends[i]` is where point `i` ends (as in [`Batch`]).
+struct EncodedPoints {
+    json: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl EncodedPoints {
+    fn with_capacity(points: usize) -> Self {
+        EncodedPoints {
+            // About what a point of two numbers takes.
+            json: Vec::with_capacity(points.min(FLUSH_POINTS) * 48),
+            ends: Vec::with_capacity(points.min(FLUSH_POINTS)),
         }
-        // Field names are checked identifiers ([A-Za-z0-9_.-]): no escaping.
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        let _ = match value {
-            Value::Boolean(b) => out.write_all(if *b { b"true" } else { b"false" }),
-            Value::Integer(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
-            Value::Number(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
-            Value::Text(t) => serde_json::to_writer(&mut *out, t).map_err(std::io::Error::other),
-            Value::Bytes(_) => serde_json::to_writer(&mut *out, &crate::value::to_json(value))
-                .map_err(std::io::Error::other),
-        };
     }
-    out.extend_from_slice(b"}}");
+
+    /// Samples that went through a series' policies.
+    fn of(samples: &[Sample]) -> Self {
+        let mut points = EncodedPoints::with_capacity(samples.len());
+        for sample in samples {
+            begin_point(&mut points.json, sample.time);
+            for (i, (name, value)) in sample.values.iter().enumerate() {
+                encode_field(&mut points.json, i, name, value);
+            }
+            points.end_point();
+        }
+        points
+    }
+
+    fn end_point(&mut self) {
+        self.json.extend_from_slice(b"}}");
+        self.ends
+            .push(u32::try_from(self.json.len()).unwrap_or(u32::MAX));
+    }
+}
+
+/// The points of one `record` call, checked and encoded as the host reads
+/// them, field by field: `record-batch` reads them where the guest wrote
+/// them, without lifting them into `String`s first. Nothing reaches the
+/// app's pending batches until every point has passed, so a refused call
+/// stores nothing.
+struct Recording<'m> {
+    check: PointCheck<'m>,
+    now: u64,
+    points: RecordedPoints<'m>,
+    /// The point being read: its index, and how many fields it has so far.
+    index: usize,
+    fields: usize,
+}
+
+enum RecordedPoints<'m> {
+    /// Encoded as read: the series has no policies.
+    Encoded { json: Vec<u8>, ends: Vec<u32> },
+    /// Kept as samples for the series' policies, encoded after them.
+    ForPolicies {
+        samples: Vec<Sample>,
+        stages: &'m [crate::policy::Stage],
+    },
+}
+
+impl<'m> Recording<'m> {
+    /// A recording of `count` points of `series`; refused if the model does
+    /// not declare the series.
+    fn new(model: &'m DeviceModel, series: &str, count: usize) -> Result<Self, String> {
+        let check = model.point_check(series)?;
+        let stages = model
+            .series
+            .get(series)
+            .map(|s| s.policies.as_slice())
+            .unwrap_or(&[]);
+        let points = if stages.is_empty() {
+            let EncodedPoints { json, ends } = EncodedPoints::with_capacity(count);
+            RecordedPoints::Encoded { json, ends }
+        } else {
+            RecordedPoints::ForPolicies {
+                samples: Vec::with_capacity(count.min(FLUSH_POINTS)),
+                stages,
+            }
+        };
+        Ok(Recording {
+            check,
+            now: now_ns(),
+            points,
+            index: 0,
+            fields: 0,
+        })
+    }
+
+    /// Start point `index`, of `fields` fields, taken at `at` (now if none).
+    fn begin(
+        &mut self,
+        index: usize,
+        at: Option<crate::bindings::Time>,
+        fields: usize,
+    ) -> Result<(), String> {
+        self.index = index;
+        self.fields = 0;
+        let time = match at {
+            Some(t) => time_to_ns(t)
+                .and_then(|ns| plausible_time(ns, self.now))
+                .map_err(|m| self.in_point(m))?,
+            None => self.now,
+        };
+        self.check.begin(fields).map_err(|m| self.in_point(m))?;
+        match &mut self.points {
+            RecordedPoints::Encoded { json, .. } => begin_point(json, time),
+            RecordedPoints::ForPolicies { samples, .. } => samples.push(Sample {
+                time,
+                values: Vec::with_capacity(fields),
+            }),
+        }
+        Ok(())
+    }
+
+    /// Check and add one field of the point begun.
+    fn field(&mut self, name: &str, value: Value) -> Result<(), String> {
+        let (name, value) = match self.check.field(name, value) {
+            Ok(checked) => checked,
+            Err(m) => return Err(self.in_point(m)),
+        };
+        match &mut self.points {
+            RecordedPoints::Encoded { json, .. } => encode_field(json, self.fields, name, &value),
+            RecordedPoints::ForPolicies { samples, .. } => {
+                let sample = samples.last_mut().expect("a point begun");
+                sample.values.push((name.to_string(), value));
+            }
+        }
+        self.fields += 1;
+        Ok(())
+    }
+
+    /// End the point begun.
+    fn end(&mut self) {
+        if let RecordedPoints::Encoded { json, ends } = &mut self.points {
+            json.extend_from_slice(b"}}");
+            ends.push(u32::try_from(json.len()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// An error about the point being read: the first point's as it is, a
+    /// later one's naming it.
+    fn in_point(&self, message: String) -> String {
+        if self.index == 0 {
+            message
+        } else {
+            format!("point {}: {message}", self.index)
+        }
+    }
+}
+
+/// `{"time":<ns>,"values":{` — a point is written straight into its
+/// buffer, field by field: this is the hot path of `record`, so no
+/// intermediate JSON tree. [`encode_field`] and `}}` complete it.
+fn begin_point(out: &mut Vec<u8>, time: u64) {
+    out.extend_from_slice(b"{\"time\":");
+    let _ = serde_json::to_writer(&mut *out, &time);
+    out.extend_from_slice(b",\"values\":{");
+}
+
+/// `"name":<value>`, after a comma unless it is the point's first field.
+fn encode_field(out: &mut Vec<u8>, index: usize, name: &str, value: &Value) {
+    use std::io::Write as _;
+    if index > 0 {
+        out.push(b',');
+    }
+    // Field names are checked identifiers ([A-Za-z0-9_.-]): no escaping.
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    let _ = match value {
+        Value::Boolean(b) => out.write_all(if *b { b"true" } else { b"false" }),
+        Value::Integer(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
+        Value::Number(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
+        Value::Text(t) => serde_json::to_writer(&mut *out, t).map_err(std::io::Error::other),
+        Value::Bytes(_) => serde_json::to_writer(&mut *out, &crate::value::to_json(value))
+            .map_err(std::io::Error::other),
+    };
+}
+
+/// A `point` of `wasmgate:device/types` as `record-batch` reads it: its
+/// fields stay in the guest's memory until each is checked and encoded.
+/// Lifting the list into `Vec<Point>` cost a `String` per field name and a
+/// `Vec` per point, about a third of a batch's cost on the host (P2 in
+/// BENCHMARKS.md).
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct PointInPlace {
+    at: Option<crate::bindings::Time>,
+    values: WasmList<(WasmStr, Value)>,
+}
+
+/// `device.record-batch`, linked in place of the generated binding (see
+/// [`PointInPlace`]). The store is borrowed in turns: the app's state to
+/// admit the call, the guest's memory to read the points into a
+/// [`Recording`], the app's state again to store them.
+fn record_in_place<T: HasCtx<Device>>(
+    mut store: StoreContextMut<'_, T>,
+    (handle, series, points): (Resource<DeviceHandle>, WasmStr, WasmList<PointInPlace>),
+) -> wasmtime::Result<(Result<(), GuestError>,)> {
+    let series = series.to_str(&store)?.into_owned();
+    let (device, model) = {
+        let state = store.data_mut().ctx();
+        let device = state.table.get(&handle)?.id.clone();
+        match state.ctx.admit_points(&device, &series, points.len()) {
+            Ok(model) => (device, model),
+            Err(error) => return Ok((Err(error),)),
+        }
+    };
+    let mut recording = match Recording::new(&model, &series, points.len()) {
+        Ok(recording) => recording,
+        Err(m) => return Ok((Err(store.data_mut().ctx().ctx.refuse(&device, "record", m)),)),
+    };
+    let mut read = || -> wasmtime::Result<Result<(), String>> {
+        // Each list is lifted with one iterator (a `get` per item sets up
+        // a lift each time); a point or a name out of the guest's memory
+        // traps, as the generated lift would.
+        let points = points
+            .iter(&mut store)?
+            .collect::<wasmtime::Result<Vec<_>>>()?;
+        let mut fields = Vec::new();
+        for (index, point) in points.into_iter().enumerate() {
+            fields.clear();
+            for field in point.values.iter(&mut store)? {
+                fields.push(field?);
+            }
+            if let Err(m) = recording.begin(index, point.at, fields.len()) {
+                return Ok(Err(m));
+            }
+            for (name, value) in fields.drain(..) {
+                let name = name.to_str(&store)?;
+                if let Err(m) = recording.field(&name, value) {
+                    return Ok(Err(m));
+                }
+            }
+            recording.end();
+        }
+        Ok(Ok(()))
+    };
+    let read = read()?;
+    let state = store.data_mut().ctx();
+    Ok((match read {
+        Ok(()) => state.ctx.store_recording(&device, &series, recording),
+        Err(m) => Err(state.ctx.refuse(&device, "record", m)),
+    },))
 }
 
 /// A borrow of the store data that the generated `Host` traits are
@@ -711,7 +964,15 @@ impl Capability for Device {
                 table: &mut state.table,
             }
         }
-        generated::add_to_linker::<T, DeviceData>(linker, view::<T>)
+        generated::add_to_linker::<T, DeviceData>(linker, view::<T>)?;
+        // `record-batch` reads its points in place (see `PointInPlace`):
+        // its generated binding is replaced.
+        linker.allow_shadowing(true);
+        linker
+            .instance("wasmgate:device/device@0.1.0")?
+            .func_wrap("[method]device.record-batch", record_in_place::<T>)?;
+        linker.allow_shadowing(false);
+        Ok(())
     }
 }
 
@@ -849,29 +1110,149 @@ mod tests {
 
     #[test]
     fn points_are_encoded_as_the_protocol_documents_them() {
-        let mut out = Vec::new();
-        encode_point(
-            &mut out,
-            7,
-            &[
-                ("t".into(), Value::Number(21.5)),
-                ("n".into(), Value::Integer(-3)),
-                ("on".into(), Value::Boolean(true)),
-                ("label".into(), Value::Text("a \"b\"\n".into())),
-                ("raw".into(), Value::Bytes(vec![0, 255])),
-                ("whole".into(), Value::Number(2.0)),
-            ],
-        );
-        let json: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        let samples = [
+            Sample {
+                time: 7,
+                values: vec![
+                    ("t".into(), Value::Number(21.5)),
+                    ("n".into(), Value::Integer(-3)),
+                    ("on".into(), Value::Boolean(true)),
+                    ("label".into(), Value::Text("a \"b\"\n".into())),
+                    ("raw".into(), Value::Bytes(vec![0, 255])),
+                    ("whole".into(), Value::Number(2.0)),
+                ],
+            },
+            Sample {
+                time: 8,
+                values: vec![("t".into(), Value::Number(-1.0))],
+            },
+        ];
+        let points = EncodedPoints::of(&samples);
+        let first = &points.json[..points.ends[0] as usize];
+        let second = &points.json[points.ends[0] as usize..points.ends[1] as usize];
+        assert_eq!(points.ends[1] as usize, points.json.len());
+        let json: serde_json::Value = serde_json::from_slice(first).expect("valid JSON");
         assert_eq!(
             json,
             serde_json::json!({"time": 7, "values": {"t": 21.5, "n": -3, "on": true, "label": "a \"b\"\n", "raw": "AP8=", "whole": 2.0}})
         );
         assert!(
-            String::from_utf8(out)
+            String::from_utf8(first.to_vec())
                 .expect("utf8")
                 .contains("\"whole\":2.0"),
             "numbers stay numbers"
+        );
+        let json: serde_json::Value = serde_json::from_slice(second).expect("valid JSON");
+        assert_eq!(json, serde_json::json!({"time": 8, "values": {"t": -1.0}}));
+    }
+
+    const MODEL: &str = r#"{"series": {
+        "plain": {"fields": {"v": {"type": "number"}, "n": {"type": "integer", "range": [0, 9]}}},
+        "sampled": {"fields": {"v": {"type": "number"}}, "policies": [{"sample": {"every": 2}}]}
+    }}"#;
+
+    /// Point `i`'s time in these tests: `T0 + i + 1`, plausibly recent.
+    const T0: u64 = 1_764_000_000_000_000_000;
+
+    /// Read points into a recording as `record-batch` does, field by field.
+    fn read<'m>(
+        model: &'m DeviceModel,
+        series: &str,
+        points: &[&[(&str, Value)]],
+    ) -> Result<Recording<'m>, String> {
+        let mut recording = Recording::new(model, series, points.len())?;
+        for (index, fields) in points.iter().enumerate() {
+            recording.begin(
+                index,
+                Some(crate::bindings::Time::Nanoseconds(T0 + index as u64 + 1)),
+                fields.len(),
+            )?;
+            for (name, value) in fields.iter() {
+                recording.field(name, value.clone())?;
+            }
+            recording.end();
+        }
+        Ok(recording)
+    }
+
+    #[test]
+    fn a_recording_encodes_each_point_as_it_is_read_with_integers_widened() {
+        let model = DeviceModel::parse(MODEL).expect("model");
+        let recording = read(
+            &model,
+            "plain",
+            &[
+                &[("v", Value::Integer(2)), ("n", Value::Integer(3))],
+                &[("n", Value::Integer(4)), ("v", Value::Number(0.5))],
+            ],
+        )
+        .expect("accepted");
+        let RecordedPoints::Encoded { json, ends } = recording.points else {
+            panic!("a series without policies is encoded as read");
+        };
+        let text = String::from_utf8(json).expect("utf8");
+        let first = format!(r#"{{"time":{},"values":{{"v":2.0,"n":3}}}}"#, T0 + 1);
+        let second = format!(r#"{{"time":{},"values":{{"n":4,"v":0.5}}}}"#, T0 + 2);
+        assert_eq!(text, format!("{first}{second}"));
+        assert_eq!(ends, [first.len() as u32, text.len() as u32]);
+    }
+
+    #[test]
+    fn a_recording_refuses_a_bad_field_naming_its_point_after_the_first() {
+        let model = DeviceModel::parse(MODEL).expect("model");
+        for (points, expected) in [
+            (
+                &[
+                    &[("v", Value::Number(1.0))][..],
+                    &[("n", Value::Integer(10))][..],
+                ][..],
+                "point 1: series `plain` field `n`: 10 is out of range [0, 9]",
+            ),
+            (
+                &[&[("v", Value::Number(1.0)), ("v", Value::Number(2.0))][..]][..],
+                "series `plain` field `v` given twice",
+            ),
+            (
+                &[
+                    &[("v", Value::Number(1.0))][..],
+                    &[("w", Value::Number(1.0))][..],
+                ][..],
+                "point 1: unknown field of series `plain`: `w` (the model declares: n, v)",
+            ),
+            (
+                &[&[("v", Value::Number(1.0))][..], &[][..]][..],
+                "point 1: a point of series `plain` needs at least one field",
+            ),
+        ] {
+            let error = read(&model, "plain", points).err().expect(expected);
+            assert_eq!(error, expected);
+        }
+        let error = read(&model, "nope", &[]).err().expect("unknown series");
+        assert!(error.starts_with("unknown series `nope`"), "{error}");
+    }
+
+    #[test]
+    fn a_series_with_policies_keeps_its_points_as_samples_for_them() {
+        let model = DeviceModel::parse(MODEL).expect("model");
+        let recording = read(
+            &model,
+            "sampled",
+            &[&[("v", Value::Integer(1))], &[("v", Value::Number(2.0))]],
+        )
+        .expect("accepted");
+        let RecordedPoints::ForPolicies { samples, stages } = recording.points else {
+            panic!("a series with policies keeps samples");
+        };
+        assert_eq!(stages.len(), 1);
+        assert_eq!(
+            samples
+                .iter()
+                .map(|s| (s.time, s.values.clone()))
+                .collect::<Vec<_>>(),
+            [
+                (T0 + 1, vec![("v".to_string(), Value::Number(1.0))]),
+                (T0 + 2, vec![("v".to_string(), Value::Number(2.0))]),
+            ]
         );
     }
 }

@@ -600,23 +600,28 @@ impl DeviceModel {
     pub fn check_point(
         &self,
         series: &str,
-        values: Vec<(String, Value)>,
+        mut values: Vec<(String, Value)>,
     ) -> Result<Vec<(String, Value)>, String> {
-        let spec = self
-            .series
-            .get(series)
-            .ok_or_else(|| unknown("series", series, self.series.keys()))?;
-        if values.is_empty() {
-            return Err(format!(
-                "a point of series `{series}` needs at least one field"
-            ));
+        let mut check = self.point_check(series)?;
+        check.begin(values.len())?;
+        for (name, value) in &mut values {
+            // Taken out and put back checked: a placeholder meanwhile.
+            let unchecked = std::mem::replace(value, Value::Integer(0));
+            *value = check.field(name, unchecked)?.1;
         }
-        check_fields(
-            values,
-            &spec.fields,
-            || format!("series `{series}` field"),
-            || format!("field of series `{series}`:"),
-        )
+        Ok(values)
+    }
+
+    /// The check of `series`' points, field by field (see [`PointCheck`]).
+    pub fn point_check(&self, series: &str) -> Result<PointCheck<'_>, String> {
+        let (series, spec) = self
+            .series
+            .get_key_value(series)
+            .ok_or_else(|| unknown("series", series, self.series.keys()))?;
+        Ok(PointCheck {
+            series,
+            fields: FieldCheck::new(&spec.fields),
+        })
     }
 
     /// Check an alert and its values.
@@ -717,44 +722,121 @@ impl Declared for ColumnSpec {
     }
 }
 
-/// Check named values against what `declared` says of each name. `what`
-/// names them in an error ("series `temp` field"), `unknown_as` in the
-/// error for a name not declared ("field of series `temp`:"): both made
-/// only for an error, as this runs for every recorded point. The values
-/// are checked in place and handed back, widened where the model asks for
-/// a number.
+/// The points of one series, checked field by field as a caller reads
+/// them. A name resolves to the model's own, so the caller need not own it:
+/// `record-batch` reads each field name where the guest wrote it (see
+/// `device::record_in_place`), which spares a `String` per field.
+pub struct PointCheck<'m> {
+    series: &'m str,
+    fields: FieldCheck<'m, FieldSpec>,
+}
+
+impl<'m> PointCheck<'m> {
+    /// Start a point of `count` fields.
+    pub fn begin(&mut self, count: usize) -> Result<(), String> {
+        if count == 0 {
+            return Err(format!(
+                "a point of series `{}` needs at least one field",
+                self.series
+            ));
+        }
+        self.fields.begin(count)
+    }
+
+    /// Check one field of the point begun: its name as the model spells it,
+    /// and its value, widened where the model asks for a number.
+    pub fn field(&mut self, name: &str, value: Value) -> Result<(&'m str, Value), String> {
+        let series = self.series;
+        self.fields.check(
+            name,
+            value,
+            || format!("series `{series}` field"),
+            || format!("field of series `{series}`:"),
+        )
+    }
+}
+
+/// Named values checked one at a time against what `declared` says of each
+/// name, none twice. Reused from one set of values to the next (`begin`),
+/// so that checking a point allocates nothing.
+struct FieldCheck<'m, D> {
+    declared: &'m BTreeMap<String, D>,
+    /// The names checked so far: scanned for a handful of values, hashed
+    /// beyond (a guest may send up to `MAX_FIELDS`).
+    seen: Vec<&'m str>,
+    seen_many: Option<HashSet<&'m str>>,
+}
+
+impl<'m, D: Declared> FieldCheck<'m, D> {
+    fn new(declared: &'m BTreeMap<String, D>) -> Self {
+        FieldCheck {
+            declared,
+            seen: Vec::new(),
+            seen_many: None,
+        }
+    }
+
+    /// Start a set of `count` values.
+    fn begin(&mut self, count: usize) -> Result<(), String> {
+        if count > MAX_FIELDS {
+            return Err(format!(
+                "{count} values is more than the limit of {MAX_FIELDS}"
+            ));
+        }
+        self.seen.clear();
+        self.seen_many = (count > 16).then(|| HashSet::with_capacity(count));
+        Ok(())
+    }
+
+    /// Check one value. `what` names the values in an error ("series `temp`
+    /// field"), `unknown_as` in the error for a name not declared ("field of
+    /// series `temp`:"): both made only for an error, as this runs for every
+    /// recorded point.
+    fn check(
+        &mut self,
+        name: &str,
+        value: Value,
+        what: impl Fn() -> String,
+        unknown_as: impl Fn() -> String,
+    ) -> Result<(&'m str, Value), String> {
+        let (declared_name, spec) = self
+            .declared
+            .get_key_value(name)
+            .ok_or_else(|| unknown(&unknown_as(), name, self.declared.keys()))?;
+        let declared_name = declared_name.as_str();
+        let twice = match &mut self.seen_many {
+            Some(set) => !set.insert(declared_name),
+            None => {
+                let twice = self.seen.contains(&declared_name);
+                self.seen.push(declared_name);
+                twice
+            }
+        };
+        if twice {
+            return Err(format!("{} `{name}` given twice", what()));
+        }
+        let (kind, range) = spec.kind_and_range();
+        let value =
+            check_value(value, kind, range).map_err(|m| format!("{} `{name}`: {m}", what()))?;
+        Ok((declared_name, value))
+    }
+}
+
+/// Check named values against what `declared` says of each name (see
+/// [`FieldCheck::check`]). The values are checked in place and handed back,
+/// widened where the model asks for a number.
 fn check_fields<D: Declared>(
     mut values: Vec<(String, Value)>,
     declared: &BTreeMap<String, D>,
     what: impl Fn() -> String,
     unknown_as: impl Fn() -> String,
 ) -> Result<Vec<(String, Value)>, String> {
-    if values.len() > MAX_FIELDS {
-        return Err(format!(
-            "{} values is more than the limit of {MAX_FIELDS}",
-            values.len()
-        ));
-    }
-    // Points usually carry a handful of fields: a scan beats hashing there.
-    let mut seen = (values.len() > 16).then(|| HashSet::with_capacity(values.len()));
-    for i in 0..values.len() {
-        let (before, rest) = values.split_at_mut(i);
-        let (name, value) = &mut rest[0];
-        let twice = match &mut seen {
-            Some(set) => !set.insert(name.clone()),
-            None => before.iter().any(|(n, _)| n == name),
-        };
-        if twice {
-            return Err(format!("{} `{name}` given twice", what()));
-        }
-        let (kind, range) = declared
-            .get(name.as_str())
-            .ok_or_else(|| unknown(&unknown_as(), name, declared.keys()))?
-            .kind_and_range();
+    let mut check = FieldCheck::new(declared);
+    check.begin(values.len())?;
+    for (name, value) in &mut values {
         // Taken out and put back checked: a placeholder meanwhile.
         let unchecked = std::mem::replace(value, Value::Integer(0));
-        *value =
-            check_value(unchecked, kind, range).map_err(|m| format!("{} `{name}`: {m}", what()))?;
+        *value = check.check(name, unchecked, &what, &unknown_as)?.1;
     }
     Ok(values)
 }
