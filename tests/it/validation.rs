@@ -25,6 +25,7 @@ fn values_outside_the_model_are_refused_with_clear_errors_and_never_stored() {
         "series-unknown: refused (invalid: unknown series `nope` (the model declares: levels))",
         "alert-unknown: refused (invalid: unknown alert `meltdown` (the model declares: high))",
         "batch-mixed: refused (invalid: device level: attribute `level`: 250 is out of range [0, 100])",
+        "record-batch-mixed: refused (invalid: point 1: series `levels` field `level`: 101 is out of range [0, 100])",
         "batch-too-many: refused (invalid: 1001 reports in one call: at most 1000)",
         "batch-valid: accepted",
     ];
@@ -40,7 +41,8 @@ fn values_outside_the_model_are_refused_with_clear_errors_and_never_stored() {
     assert!(run.stop().success());
 
     // Only the valid reports reached the twin and the outbox (the batch's
-    // valid first report, 10, was not stored with its refused second).
+    // valid first report, 10, was not stored with its refused second, nor
+    // the record batch's valid first point).
     let db = gw.db();
     let twin: Vec<(String, String)> = db
         .prepare("SELECT name, reported FROM twin WHERE device = 'level' ORDER BY name")

@@ -1,10 +1,11 @@
 //! Test guest: on every tick tries values its device model refuses (out of
 //! range, wrong type, unknown name, not finite) next to one valid report, and
 //! logs the error the host gave back for each; then the same through
-//! `report-all`, several reports in one call.
+//! `report-all`, several reports in one call, and through `record-batch`,
+//! several points in one call.
 
 use wasmgate_guest::{
-    App, Config, Severity, Timestamp, Value, field, info, report_all, this_device,
+    App, Config, Point, Severity, Timestamp, Value, field, info, report_all, this_device,
 };
 
 struct InvalidReport;
@@ -60,6 +61,24 @@ impl App for InvalidReport {
                 (&d, vec![field("level", 10.0)]),
                 (&d, vec![field("level", 250.0)]),
             ]))
+        );
+        // So is a batch of points: its error names the refused point, and the
+        // valid first point is not stored.
+        info!(
+            "record-batch-mixed: {}",
+            outcome(d.record_batch(
+                "levels",
+                &[
+                    Point {
+                        at: None,
+                        values: vec![field("level", 1.0)],
+                    },
+                    Point {
+                        at: None,
+                        values: vec![field("level", 101.0)],
+                    },
+                ],
+            ))
         );
         let too_many: Vec<_> = (0..1001)
             .map(|_| (&d, vec![field("level", 10.0)]))
