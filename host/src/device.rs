@@ -841,20 +841,20 @@ fn record_in_place<T: HasCtx<Device>>(
         Err(m) => return Ok((Err(store.data_mut().ctx().ctx.refuse(&device, "record", m)),)),
     };
     let mut read = || -> wasmtime::Result<Result<(), String>> {
-        // Each list is lifted with one iterator (a `get` per item sets up
-        // a lift each time); a point or a name out of the guest's memory
-        // traps, as the generated lift would.
-        let points = points
-            .iter(&mut store)?
-            .collect::<wasmtime::Result<Vec<_>>>()?;
+        // A point or a name out of the guest's memory traps, as the
+        // generated lift would. The points are read one at a time, so a long
+        // list is never copied whole; a point's fields, at most `model::MAX_FIELDS`
+        // (checked by `begin` before they are read), with one iterator,
+        // which sets up wasmtime's lift once rather than for each field.
         let mut fields = Vec::new();
-        for (index, point) in points.into_iter().enumerate() {
+        for index in 0..points.len() {
+            let point = points.get(&mut store, index).expect("an index below len")?;
+            if let Err(m) = recording.begin(index, point.at, point.values.len()) {
+                return Ok(Err(m));
+            }
             fields.clear();
             for field in point.values.iter(&mut store)? {
                 fields.push(field?);
-            }
-            if let Err(m) = recording.begin(index, point.at, fields.len()) {
-                return Ok(Err(m));
             }
             for (name, value) in fields.drain(..) {
                 let name = name.to_str(&store)?;
