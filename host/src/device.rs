@@ -487,14 +487,7 @@ impl DeviceCtx {
         let read = points
             .into_iter()
             .enumerate()
-            .try_for_each(|(index, point)| {
-                recording.begin(index, point.at, point.values.len())?;
-                for (name, value) in point.values {
-                    recording.field(&name, value)?;
-                }
-                recording.end();
-                Ok(())
-            });
+            .try_for_each(|(index, point)| recording.point(index, point.at, point.values));
         read.map_err(|m| self.refuse(device, "record", m))?;
         self.store_recording(device, series, recording)
     }
@@ -509,7 +502,7 @@ impl DeviceCtx {
         recording: Recording<'_>,
     ) -> Result<(), GuestError> {
         let points = match recording.points {
-            RecordedPoints::Encoded { json, ends } => EncodedPoints { json, ends },
+            RecordedPoints::Encoded(points) => points,
             RecordedPoints::ForPolicies { samples, stages } => {
                 let pipeline = self
                     .pipeline(format!("series/{device}/{series}"), stages, None)
@@ -680,7 +673,7 @@ struct Recording<'m> {
 
 enum RecordedPoints<'m> {
     /// Encoded as read: the series has no policies.
-    Encoded { json: Vec<u8>, ends: Vec<u32> },
+    Encoded(EncodedPoints),
     /// Kept as samples for the series' policies, encoded after them.
     ForPolicies {
         samples: Vec<Sample>,
@@ -693,14 +686,9 @@ impl<'m> Recording<'m> {
     /// not declare the series.
     fn new(model: &'m DeviceModel, series: &str, count: usize) -> Result<Self, String> {
         let check = model.point_check(series)?;
-        let stages = model
-            .series
-            .get(series)
-            .map(|s| s.policies.as_slice())
-            .unwrap_or(&[]);
+        let stages = check.policies();
         let points = if stages.is_empty() {
-            let EncodedPoints { json, ends } = EncodedPoints::with_capacity(count);
-            RecordedPoints::Encoded { json, ends }
+            RecordedPoints::Encoded(EncodedPoints::with_capacity(count))
         } else {
             RecordedPoints::ForPolicies {
                 samples: Vec::with_capacity(count.min(FLUSH_POINTS)),
@@ -733,7 +721,7 @@ impl<'m> Recording<'m> {
         };
         self.check.begin(fields).map_err(|m| self.in_point(m))?;
         match &mut self.points {
-            RecordedPoints::Encoded { json, .. } => begin_point(json, time),
+            RecordedPoints::Encoded(points) => begin_point(&mut points.json, time),
             RecordedPoints::ForPolicies { samples, .. } => samples.push(Sample {
                 time,
                 values: Vec::with_capacity(fields),
@@ -749,7 +737,9 @@ impl<'m> Recording<'m> {
             Err(m) => return Err(self.in_point(m)),
         };
         match &mut self.points {
-            RecordedPoints::Encoded { json, .. } => encode_field(json, self.fields, name, &value),
+            RecordedPoints::Encoded(points) => {
+                encode_field(&mut points.json, self.fields, name, &value)
+            }
             RecordedPoints::ForPolicies { samples, .. } => {
                 let sample = samples.last_mut().expect("a point begun");
                 sample.values.push((name.to_string(), value));
@@ -761,10 +751,26 @@ impl<'m> Recording<'m> {
 
     /// End the point begun.
     fn end(&mut self) {
-        if let RecordedPoints::Encoded { json, ends } = &mut self.points {
-            json.extend_from_slice(b"}}");
-            ends.push(u32::try_from(json.len()).unwrap_or(u32::MAX));
+        if let RecordedPoints::Encoded(points) = &mut self.points {
+            points.end_point();
         }
+    }
+
+    /// Point `index`, whose fields are lifted already: [`begin`](Self::begin),
+    /// each [`field`](Self::field), [`end`](Self::end).
+    fn point<N: AsRef<str>>(
+        &mut self,
+        index: usize,
+        at: Option<crate::bindings::Time>,
+        fields: impl IntoIterator<Item = (N, Value), IntoIter: ExactSizeIterator>,
+    ) -> Result<(), String> {
+        let fields = fields.into_iter();
+        self.begin(index, at, fields.len())?;
+        for (name, value) in fields {
+            self.field(name.as_ref(), value)?;
+        }
+        self.end();
+        Ok(())
     }
 
     /// An error about the point being read: the first point's as it is, a
@@ -1154,7 +1160,7 @@ mod tests {
     /// Point `i`'s time in these tests: `T0 + i + 1`, plausibly recent.
     const T0: u64 = 1_764_000_000_000_000_000;
 
-    /// Read points into a recording as `record-batch` does, field by field.
+    /// Read points into a recording as `record` does.
     fn read<'m>(
         model: &'m DeviceModel,
         series: &str,
@@ -1162,15 +1168,11 @@ mod tests {
     ) -> Result<Recording<'m>, String> {
         let mut recording = Recording::new(model, series, points.len())?;
         for (index, fields) in points.iter().enumerate() {
-            recording.begin(
+            recording.point(
                 index,
                 Some(crate::bindings::Time::Nanoseconds(T0 + index as u64 + 1)),
-                fields.len(),
+                fields.iter().map(|(name, value)| (*name, value.clone())),
             )?;
-            for (name, value) in fields.iter() {
-                recording.field(name, value.clone())?;
-            }
-            recording.end();
         }
         Ok(recording)
     }
@@ -1187,7 +1189,7 @@ mod tests {
             ],
         )
         .expect("accepted");
-        let RecordedPoints::Encoded { json, ends } = recording.points else {
+        let RecordedPoints::Encoded(EncodedPoints { json, ends }) = recording.points else {
             panic!("a series without policies is encoded as read");
         };
         let text = String::from_utf8(json).expect("utf8");

@@ -596,22 +596,6 @@ impl DeviceModel {
         )
     }
 
-    /// Check one point of `series`.
-    pub fn check_point(
-        &self,
-        series: &str,
-        mut values: Vec<(String, Value)>,
-    ) -> Result<Vec<(String, Value)>, String> {
-        let mut check = self.point_check(series)?;
-        check.begin(values.len())?;
-        for (name, value) in &mut values {
-            // Taken out and put back checked: a placeholder meanwhile.
-            let unchecked = std::mem::replace(value, Value::Integer(0));
-            *value = check.field(name, unchecked)?.1;
-        }
-        Ok(values)
-    }
-
     /// The check of `series`' points, field by field (see [`PointCheck`]).
     pub fn point_check(&self, series: &str) -> Result<PointCheck<'_>, String> {
         let (series, spec) = self
@@ -620,6 +604,7 @@ impl DeviceModel {
             .ok_or_else(|| unknown("series", series, self.series.keys()))?;
         Ok(PointCheck {
             series,
+            policies: &spec.policies,
             fields: FieldCheck::new(&spec.fields),
         })
     }
@@ -728,10 +713,16 @@ impl Declared for ColumnSpec {
 /// `device::record_in_place`), which spares a `String` per field.
 pub struct PointCheck<'m> {
     series: &'m str,
+    policies: &'m [Stage],
     fields: FieldCheck<'m, FieldSpec>,
 }
 
 impl<'m> PointCheck<'m> {
+    /// What the series' points go through before the outbox.
+    pub fn policies(&self) -> &'m [Stage] {
+        self.policies
+    }
+
     /// Start a point of `count` fields.
     pub fn begin(&mut self, count: usize) -> Result<(), String> {
         if count == 0 {
@@ -758,13 +749,14 @@ impl<'m> PointCheck<'m> {
 
 /// Named values checked one at a time against what `declared` says of each
 /// name, none twice. Reused from one set of values to the next (`begin`),
-/// so that checking a point allocates nothing.
+/// so that checking a point allocates nothing once the first is checked.
 struct FieldCheck<'m, D> {
     declared: &'m BTreeMap<String, D>,
     /// The names checked so far: scanned for a handful of values, hashed
     /// beyond (a guest may send up to `MAX_FIELDS`).
     seen: Vec<&'m str>,
-    seen_many: Option<HashSet<&'m str>>,
+    seen_many: HashSet<&'m str>,
+    hashed: bool,
 }
 
 impl<'m, D: Declared> FieldCheck<'m, D> {
@@ -772,7 +764,8 @@ impl<'m, D: Declared> FieldCheck<'m, D> {
         FieldCheck {
             declared,
             seen: Vec::new(),
-            seen_many: None,
+            seen_many: HashSet::new(),
+            hashed: false,
         }
     }
 
@@ -784,7 +777,8 @@ impl<'m, D: Declared> FieldCheck<'m, D> {
             ));
         }
         self.seen.clear();
-        self.seen_many = (count > 16).then(|| HashSet::with_capacity(count));
+        self.seen_many.clear();
+        self.hashed = count > 16;
         Ok(())
     }
 
@@ -804,13 +798,12 @@ impl<'m, D: Declared> FieldCheck<'m, D> {
             .get_key_value(name)
             .ok_or_else(|| unknown(&unknown_as(), name, self.declared.keys()))?;
         let declared_name = declared_name.as_str();
-        let twice = match &mut self.seen_many {
-            Some(set) => !set.insert(declared_name),
-            None => {
-                let twice = self.seen.contains(&declared_name);
-                self.seen.push(declared_name);
-                twice
-            }
+        let twice = if self.hashed {
+            !self.seen_many.insert(declared_name)
+        } else {
+            let twice = self.seen.contains(&declared_name);
+            self.seen.push(declared_name);
+            twice
         };
         if twice {
             return Err(format!("{} `{name}` given twice", what()));
@@ -1163,20 +1156,25 @@ mod tests {
         );
     }
 
+    /// One point checked field by field, as `device::Recording` does.
+    fn check_point(m: &DeviceModel, series: &str, values: &[(&str, Value)]) -> Result<(), String> {
+        let mut check = m.point_check(series)?;
+        check.begin(values.len())?;
+        values
+            .iter()
+            .try_for_each(|(name, value)| check.field(name, value.clone()).map(drop))
+    }
+
     #[test]
     fn points_and_alerts_are_checked_against_their_declarations() {
         let m = model();
-        assert!(
-            m.check_point("levels", vec![("level".into(), Value::Number(1.0))])
-                .is_ok()
-        );
+        assert!(check_point(&m, "levels", &[("level", Value::Number(1.0))]).is_ok());
         assert_eq!(
-            m.check_point("nope", vec![("level".into(), Value::Number(1.0))])
-                .unwrap_err(),
+            check_point(&m, "nope", &[("level", Value::Number(1.0))]).unwrap_err(),
             "unknown series `nope` (the model declares: levels)"
         );
         assert!(
-            m.check_point("levels", vec![("depth".into(), Value::Number(1.0))])
+            check_point(&m, "levels", &[("depth", Value::Number(1.0))])
                 .unwrap_err()
                 .contains("`depth`")
         );

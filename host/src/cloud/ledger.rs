@@ -320,7 +320,7 @@ impl Ledger {
     /// again. The ack answers a change the app applied, and leaves after
     /// the state it reported meanwhile (docs/protocol.md, Ack); sent now,
     /// it would overtake that state.
-    pub fn ack_waits(&self, device: &str) -> bool {
+    fn ack_waits(&self, device: &str) -> bool {
         self.twins_later.contains(device) || self.twins_due.iter().any(|d| d == device)
     }
 

@@ -257,20 +257,20 @@ pub fn unsent_in(
         .is_autocommit()
         .then(|| conn.unchecked_transaction())
         .transpose()?;
-    let read = |query: &str| -> rusqlite::Result<Vec<Row>> {
+    let rows = |query: &str| -> rusqlite::Result<Vec<Row>> {
         conn.prepare_cached(query)?
             .query_map(params![limit as i64, past], row_of)?
             .collect()
     };
     let read = match lane {
         Lane::First => Unsent {
-            rows: read(FIRST_PAST)?,
+            rows: rows(FIRST_PAST)?,
             open: None,
             last: None,
         },
         Lane::Later => Unsent {
             open: oldest_open(conn)?,
-            rows: read(LATER_PAST)?,
+            rows: rows(LATER_PAST)?,
             last: Some(
                 conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM outbox")?
                     .query_row([], |r| r.get(0))?,
