@@ -412,6 +412,10 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         tx.commit()?;
     }
     conn.execute_batch(OUTBOX_OPEN_INDEX)?;
+    // baea322 (main's head for under an hour) made a partial index that no
+    // query reads since 4b3004c; left in place it would cost each report's
+    // commit a page.
+    conn.execute_batch("DROP INDEX IF EXISTS outbox_first;")?;
     // A database new here (version 0) gets a random id; one from an older
     // build keeps the ids it may already have sent.
     let id = if version == 0 {
@@ -664,6 +668,34 @@ mod tests {
             .expect("bump");
         let err = migrate(&conn, &[]).unwrap_err().to_string();
         assert!(err.contains("newer than this wasmgate"), "{err}");
+    }
+
+    #[test]
+    fn an_index_no_query_reads_any_more_is_dropped_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open(&dir.path().join("t.db")).expect("open");
+        migrate(&conn, &[]).expect("migrate");
+        // As baea322 made it.
+        conn.execute_batch(
+            "CREATE INDEX outbox_first ON outbox (seq)
+                 WHERE kind IN ('alert', 'registration', 'model', 'twin', 'ack');",
+        )
+        .expect("the old index");
+        let indexes = |conn: &Connection| -> Vec<String> {
+            let mut read = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' AND sql IS NOT NULL ORDER BY name")
+                .expect("prepare");
+            read.query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("names")
+        };
+        assert!(indexes(&conn).contains(&"outbox_first".to_string()));
+        migrate(&conn, &[]).expect("migrate again");
+        assert_eq!(
+            indexes(&conn),
+            ["outbox_by_kind", "outbox_by_stream", "outbox_open"]
+        );
     }
 
     #[test]
