@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::Linker;
 
-pub use actor::{AppShared, AppSpec, AppVersion, Control, Outcome, spawn, time_dispatch};
+pub use actor::{
+    AppShared, AppSpec, AppVersion, Control, Outcome, spawn, time_dispatch, time_instantiation,
+};
 
 use crate::bindings::Value;
 use crate::capability::{AppSetup, Capability, Figure, HasCtx, ReportScope};
