@@ -1033,6 +1033,21 @@ fn actor_bench(guest_name: &str, model: &str) -> ActorBench {
     }
 }
 
+/// One bare instance of `pre`, with its own store and WASI context, dropped.
+async fn bare_instantiate(engine: &wasmtime::Engine, pre: &wasmtime::component::InstancePre<Bare>) {
+    let mut store = wasmtime::Store::new(
+        engine,
+        Bare {
+            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            table: Default::default(),
+        },
+    );
+    store.set_epoch_deadline(u64::MAX);
+    pre.instantiate_async(&mut store)
+        .await
+        .expect("instantiate");
+}
+
 /// P1: the actor's call path against a bare typed call, `n` events each.
 fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
@@ -1249,33 +1264,13 @@ fn cold_start(apps: usize) -> ColdStart {
                 *line = line.wrapping_add(i as u8);
             }
             let started = Instant::now();
-            let mut store = wasmtime::Store::new(
-                &engine,
-                Bare {
-                    wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                    table: Default::default(),
-                },
-            );
-            store.set_epoch_deadline(u64::MAX);
-            pre.instantiate_async(&mut store)
-                .await
-                .expect("instantiate");
+            bare_instantiate(&engine, &pre).await;
             cold += started.elapsed();
         }
         let cold = cold / cold_n;
         let started = Instant::now();
         for _ in 0..n {
-            let mut store = wasmtime::Store::new(
-                &engine,
-                Bare {
-                    wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                    table: Default::default(),
-                },
-            );
-            store.set_epoch_deadline(u64::MAX);
-            pre.instantiate_async(&mut store)
-                .await
-                .expect("instantiate");
+            bare_instantiate(&engine, &pre).await;
         }
         (in_a_row, cold, started.elapsed() / n)
     });

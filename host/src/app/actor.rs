@@ -204,19 +204,13 @@ pub fn spawn(
         load: spec.version.load,
     });
     let stopped = spec.stopped;
-    let actor = Actor {
-        base: AppBase::new(name.clone(), spec.shared, spec.files_dir),
-        version: spec.version,
+    let actor = Actor::new(
+        AppBase::new(name.clone(), spec.shared, spec.files_dir),
+        spec.version,
         events,
         control,
-        status: status_tx,
-        crashes: Crashes::default(),
-        restarts: 0,
-        probation: None,
-        disk_checked: None,
-        files_measured: None,
-        current_io: Default::default(),
-    };
+        status_tx,
+    );
     let io = actor.current_io.clone();
     tasks.spawn(actor.run(cancel, stopped));
     Ok(AppHandle {
@@ -445,9 +439,26 @@ impl Actor {
             version: version.number,
             load: version.load,
         });
+        Actor::new(
+            AppBase::new(version.config.name.as_str().into(), shared, files_dir),
+            version.clone(),
+            events,
+            control,
+            status,
+        )
+    }
+
+    /// An actor of `version` that has not run yet: no crashes, no restarts.
+    fn new(
+        base: AppBase,
+        version: AppVersion,
+        events: mpsc::Receiver<AppEvent>,
+        control: mpsc::Receiver<Control>,
+        status: watch::Sender<AppStatus>,
+    ) -> Actor {
         Actor {
-            base: AppBase::new(version.config.name.as_str().into(), shared, files_dir),
-            version: version.clone(),
+            base,
+            version,
             events,
             control,
             status,
