@@ -930,14 +930,7 @@ async fn bare_instance(
         .define_unknown_imports_as_traps(component)
         .expect("traps");
     let pre = linker.instantiate_pre(component).expect("pre");
-    let mut store = wasmtime::Store::new(
-        engine,
-        Bare {
-            wasi: wasmtime_wasi::WasiCtx::builder().build(),
-            table: Default::default(),
-        },
-    );
-    store.set_epoch_deadline(u64::MAX);
+    let mut store = bare_store(engine);
     let app = wasmgate::bindings::App::instantiate_async(&mut store, component, &linker)
         .await
         .expect("instantiate");
@@ -1033,8 +1026,8 @@ fn actor_bench(guest_name: &str, model: &str) -> ActorBench {
     }
 }
 
-/// One bare instance of `pre`, with its own store and WASI context, dropped.
-async fn bare_instantiate(engine: &wasmtime::Engine, pre: &wasmtime::component::InstancePre<Bare>) {
+/// A store for a bare instance: a plain WASI context, no deadline.
+fn bare_store(engine: &wasmtime::Engine) -> wasmtime::Store<Bare> {
     let mut store = wasmtime::Store::new(
         engine,
         Bare {
@@ -1043,6 +1036,12 @@ async fn bare_instantiate(engine: &wasmtime::Engine, pre: &wasmtime::component::
         },
     );
     store.set_epoch_deadline(u64::MAX);
+    store
+}
+
+/// One bare instance of `pre`, with its own store and WASI context, dropped.
+async fn bare_instantiate(engine: &wasmtime::Engine, pre: &wasmtime::component::InstancePre<Bare>) {
+    let mut store = bare_store(engine);
     pre.instantiate_async(&mut store)
         .await
         .expect("instantiate");
