@@ -1053,8 +1053,8 @@ fn dispatch(n: u32) -> (Duration, Duration, Duration, Duration) {
     runtime.block_on(async {
         let bench = actor_bench("bench-noop", "noop.json");
         // Warm up, then measure.
-        wasmgate::app::time_dispatch(bench.version.clone(), bench.shared.clone(), bench.files.clone(), n / 10).await.expect("warm-up");
-        let (tick, desired) = wasmgate::app::time_dispatch(bench.version.clone(), bench.shared.clone(), bench.files.clone(), n).await.expect("dispatch");
+        wasmgate::app::time_dispatch(&bench.version, &bench.shared, &bench.files, n / 10).await.expect("warm-up");
+        let (tick, desired) = wasmgate::app::time_dispatch(&bench.version, &bench.shared, &bench.files, n).await.expect("dispatch");
 
         let engine = bare_engine();
         let component = wasmtime::component::Component::from_file(&engine, &bench.wasm).expect("component");
@@ -1225,7 +1225,7 @@ fn cold_start(apps: usize) -> ColdStart {
         v[v.len() / 2]
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
-    let bare = runtime.block_on(async {
+    let (in_a_row, bare_cold, bare) = runtime.block_on(async {
         let engine = bare_engine();
         let component =
             wasmtime::component::Component::from_file(&engine, guest("storage-roundtrip"))
@@ -1235,22 +1235,13 @@ fn cold_start(apps: usize) -> ColdStart {
         // The gateway's own instantiation path, timed the same way: in a
         // row, warm, after a warm-up.
         let bench = actor_bench("storage-roundtrip", "counter.json");
-        wasmgate::app::time_instantiation(
-            bench.version.clone(),
-            bench.shared.clone(),
-            bench.files.clone(),
-            n / 10,
-        )
-        .await
-        .expect("warm-up");
-        let in_a_row = wasmgate::app::time_instantiation(
-            bench.version.clone(),
-            bench.shared.clone(),
-            bench.files.clone(),
-            n,
-        )
-        .await
-        .expect("instantiation");
+        wasmgate::app::time_instantiation(&bench.version, &bench.shared, &bench.files, n / 10)
+            .await
+            .expect("warm-up");
+        let in_a_row =
+            wasmgate::app::time_instantiation(&bench.version, &bench.shared, &bench.files, n)
+                .await
+                .expect("instantiation");
         bench.ingest.shutdown();
         // The same, each with cold caches: after 16 MiB of other memory
         // traffic, as an app's instantiation at a start comes after the
@@ -1273,7 +1264,6 @@ fn cold_start(apps: usize) -> ColdStart {
         }
         (in_a_row, cold, started.elapsed() / n)
     });
-    let (in_a_row, bare_cold, bare) = bare;
     let start = ColdStart {
         cold_ms: med(colds),
         warm_ms: med(warms),

@@ -1082,6 +1082,9 @@ impl HostDevice for DeviceView<'_> {
         Ok(self.ctx.record(&id, &series, vec![Point { at, values }]))
     }
 
+    /// Not reached: `Device::add_to_linker` links `record_in_place` in
+    /// its place. The generated trait needs it, and it gives the same
+    /// result, through the same `Recording`.
     fn record_batch(
         &mut self,
         handle: Resource<DeviceHandle>,

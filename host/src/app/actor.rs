@@ -11,7 +11,7 @@
 mod http;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -121,13 +121,13 @@ pub const MAX_SAVED_STATE: usize = 1 << 20;
 /// Returns the mean of each. For the benchmarks.
 #[doc(hidden)]
 pub async fn time_dispatch(
-    version: AppVersion,
-    shared: AppShared,
-    files_dir: PathBuf,
+    version: &AppVersion,
+    shared: &AppShared,
+    files_dir: &Path,
     n: u32,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let mut actor = Actor::detached(&version, shared, files_dir);
-    let mut instance = actor.start_version(&version, None).await?;
+    let mut actor = Actor::detached(version, shared, files_dir);
+    let mut instance = actor.start_version(version, None).await?;
     let timeout = version.config.call_timeout;
     let started = Instant::now();
     for _ in 0..n {
@@ -174,15 +174,15 @@ pub async fn time_dispatch(
 /// logs is its first instance, in a process busy starting the others.
 #[doc(hidden)]
 pub async fn time_instantiation(
-    version: AppVersion,
-    shared: AppShared,
-    files_dir: PathBuf,
+    version: &AppVersion,
+    shared: &AppShared,
+    files_dir: &Path,
     n: u32,
 ) -> anyhow::Result<Duration> {
-    let mut actor = Actor::detached(&version, shared, files_dir);
+    let mut actor = Actor::detached(version, shared, files_dir);
     let started = Instant::now();
     for _ in 0..n {
-        drop(actor.instantiate(&version).await?);
+        drop(actor.instantiate(version).await?);
     }
     Ok(started.elapsed() / n.max(1))
 }
@@ -196,20 +196,12 @@ pub fn spawn(
     let name: Arc<str> = spec.version.config.name.as_str().into();
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
     let (control_tx, control) = mpsc::channel(16);
-    let (status_tx, status) = watch::channel(AppStatus {
-        state: AppState::Starting,
-        restarts: 0,
-        component: spec.version.digest.clone(),
-        version: spec.version.number,
-        load: spec.version.load,
-    });
     let stopped = spec.stopped;
-    let actor = Actor::new(
+    let (actor, status) = Actor::new(
         AppBase::new(name.clone(), spec.shared, spec.files_dir),
         spec.version,
         events,
         control,
-        status_tx,
     );
     let io = actor.current_io.clone();
     tasks.spawn(actor.run(cancel, stopped));
@@ -429,34 +421,33 @@ enum Phase {
 impl Actor {
     /// An actor of `version` that no channel reaches, for the benchmarks'
     /// timings of its call path.
-    fn detached(version: &AppVersion, shared: AppShared, files_dir: PathBuf) -> Actor {
+    fn detached(version: &AppVersion, shared: &AppShared, files_dir: &Path) -> Actor {
         let (_, events) = mpsc::channel(1);
         let (_, control) = mpsc::channel(1);
-        let (status, _) = watch::channel(AppStatus {
+        let base = AppBase::new(
+            version.config.name.as_str().into(),
+            shared.clone(),
+            files_dir.to_path_buf(),
+        );
+        Actor::new(base, version.clone(), events, control).0
+    }
+
+    /// An actor of `version` that has not run yet (no crashes, no
+    /// restarts), and the watch of its status, starting.
+    fn new(
+        base: AppBase,
+        version: AppVersion,
+        events: mpsc::Receiver<AppEvent>,
+        control: mpsc::Receiver<Control>,
+    ) -> (Actor, watch::Receiver<AppStatus>) {
+        let (status, watched) = watch::channel(AppStatus {
             state: AppState::Starting,
             restarts: 0,
             component: version.digest.clone(),
             version: version.number,
             load: version.load,
         });
-        Actor::new(
-            AppBase::new(version.config.name.as_str().into(), shared, files_dir),
-            version.clone(),
-            events,
-            control,
-            status,
-        )
-    }
-
-    /// An actor of `version` that has not run yet: no crashes, no restarts.
-    fn new(
-        base: AppBase,
-        version: AppVersion,
-        events: mpsc::Receiver<AppEvent>,
-        control: mpsc::Receiver<Control>,
-        status: watch::Sender<AppStatus>,
-    ) -> Actor {
-        Actor {
+        let actor = Actor {
             base,
             version,
             events,
@@ -468,7 +459,8 @@ impl Actor {
             disk_checked: None,
             files_measured: None,
             current_io: Default::default(),
-        }
+        };
+        (actor, watched)
     }
 
     async fn run(mut self, cancel: CancellationToken, stopped: bool) {
