@@ -40,6 +40,10 @@ pub struct Runtime {
     /// The components loaded and still held by an app version, by digest,
     /// with how each was made ready.
     loaded: Mutex<HashMap<String, (Weak<Prepared>, Load)>>,
+    /// The wasmgate executable that compiles components in a child process
+    /// (see [`Runtime::compiling_in_child`]); `None` compiles in this one.
+    #[cfg(feature = "compiler")]
+    child_compiler: Option<PathBuf>,
 }
 
 /// The engine settings. `wasmgate compile` uses the same, so that its
@@ -96,6 +100,7 @@ impl Runtime {
 
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
+        remove_temporaries(cache_dir);
 
         crate::value::refresh_wall_offset();
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -116,7 +121,23 @@ impl Runtime {
             cache_dir: cache_dir.to_path_buf(),
             ticker_stop,
             loaded: Mutex::default(),
+            #[cfg(feature = "compiler")]
+            child_compiler: None,
         })
+    }
+
+    /// Compile components in a child process, `executable compile
+    /// COMPONENT --output ARTIFACT` (wasmgate's own `compile` command, which
+    /// builds its engine with the same settings), and load the artifact from
+    /// the compile cache as a restart would. Cranelift's heap and code then
+    /// never become part of the gateway's resident memory, which kept about
+    /// 8 MiB of both after a start that compiled (BENCHMARKS.md, P6). If the
+    /// child cannot compile the component, the gateway compiles it itself:
+    /// an invalid component gets the same error either way.
+    #[cfg(feature = "compiler")]
+    pub fn compiling_in_child(mut self, executable: PathBuf) -> Runtime {
+        self.child_compiler = Some(executable);
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -275,13 +296,90 @@ impl Runtime {
 
     #[cfg(feature = "compiler")]
     fn compile(&self, bytes: &[u8], cached: &Path) -> anyhow::Result<Component> {
+        let child_failed = match &self.child_compiler {
+            Some(executable) => match self.compile_in_child(executable, bytes, cached) {
+                Ok(component) => return Ok(component),
+                // A compiler that crashed on this component would crash the
+                // gateway too.
+                Err(ChildFailure::Killed(e)) => return Err(e),
+                Err(ChildFailure::Failed(e)) => Some(e),
+            },
+            None => None,
+        };
         let component = Component::from_binary(&self.engine, bytes)
             .map_err(anyhow::Error::from)
             .context("it is not a valid WebAssembly component");
         release_freed_memory();
         let component = component?;
+        if let Some(e) = child_failed {
+            // Only worth a warning when the gateway could compile what the
+            // child could not: the child itself failed (an invalid
+            // component fails both, and its error is returned above).
+            tracing::warn!("compiled in the gateway: compiling in a child process failed: {e:#}");
+        }
         self.store_in_cache(&component, cached);
         Ok(component)
+    }
+
+    /// Compile with `executable compile` into the cache at `cached`, then
+    /// load the artifact from there.
+    #[cfg(feature = "compiler")]
+    fn compile_in_child(
+        &self,
+        executable: &Path,
+        bytes: &[u8],
+        cached: &Path,
+    ) -> Result<Component, ChildFailure> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let input = temporary_beside(cached, "wasm");
+        let output = temporary_beside(cached, "cwasm");
+        std::fs::write(&input, bytes)
+            .with_context(|| format!("writing {}", input.display()))
+            .map_err(ChildFailure::Failed)?;
+        let run = std::process::Command::new(executable)
+            .arg("compile")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output();
+        let _ = std::fs::remove_file(&input);
+        let run = run
+            .with_context(|| format!("running {}", executable.display()))
+            .map_err(ChildFailure::Failed)?;
+        if !run.status.success() {
+            let _ = std::fs::remove_file(&output);
+            if let Some(signal) = run.status.signal() {
+                return Err(ChildFailure::Killed(anyhow::anyhow!(
+                    "compiling it killed the compiler (`{} compile`, signal {signal}); the \
+                     gateway does not try again itself",
+                    executable.display()
+                )));
+            }
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            return Err(ChildFailure::Failed(anyhow::anyhow!(
+                "`{} compile` {}: {}",
+                executable.display(),
+                run.status,
+                last_line(&stderr)
+            )));
+        }
+        std::fs::rename(&output, cached)
+            .with_context(|| format!("moving the artifact to {}", cached.display()))
+            .map_err(ChildFailure::Failed)?;
+        // SAFETY: as for the compile cache in `load_known`: the file is in the
+        // cache under the data dir, just written by this same executable
+        // (`/proc/self/exe` where there is one) with this engine's settings.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize_file(&self.engine, cached) };
+        component.map_err(|e| {
+            let _ = std::fs::remove_file(cached);
+            ChildFailure::Failed(
+                anyhow::Error::from(e).context("loading the artifact the child compiled"),
+            )
+        })
     }
 
     #[cfg(not(feature = "compiler"))]
@@ -315,7 +413,7 @@ impl Runtime {
     fn store_in_cache(&self, component: &Component, path: &Path) {
         let write = || -> anyhow::Result<()> {
             let bytes = component.serialize().map_err(anyhow::Error::from)?;
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let tmp = temporary_beside(path, "cwasm");
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(&tmp, path)?;
             Ok(())
@@ -326,6 +424,62 @@ impl Runtime {
             tracing::warn!(cache = %path.display(), "could not write the compile cache: {e:#}");
         }
     }
+}
+
+/// Why a child process did not compile a component.
+#[cfg(feature = "compiler")]
+enum ChildFailure {
+    /// It could not run, or failed, or wrote an artifact that does not
+    /// load: the gateway compiles the component itself.
+    Failed(anyhow::Error),
+    /// A signal ended it (a crash, or the kernel's OOM killer): the
+    /// component is refused.
+    Killed(anyhow::Error),
+}
+
+/// The running wasmgate's own executable, for [`Runtime::compiling_in_child`]:
+/// on Linux `/proc/self/exe`, which still runs this very binary after its
+/// file was replaced by an upgrade (its artifacts would not load here).
+#[cfg(feature = "compiler")]
+pub fn own_executable() -> std::io::Result<PathBuf> {
+    let this_process = Path::new("/proc/self/exe");
+    if this_process.exists() {
+        return Ok(this_process.to_path_buf());
+    }
+    std::env::current_exe()
+}
+
+/// A file name beside `path` that no other load uses at the same time (the
+/// process id and a counter), ending in `extension`.
+#[cfg(feature = "compiler")]
+fn temporary_beside(path: &Path, extension: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_extension(format!("tmp{}-{n}.{extension}", std::process::id()))
+}
+
+/// Delete what a process that stopped while compiling left half-written in
+/// the cache (see [`temporary_beside`]): it is never read, and would stay.
+fn remove_temporaries(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().contains(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The last line a failed child wrote: `error: ...`, with its causes.
+#[cfg(feature = "compiler")]
+fn last_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("(it wrote nothing)")
+        .trim()
 }
 
 /// Give the heap that a compile freed back to the system. Cranelift's
@@ -347,5 +501,107 @@ fn release_freed_memory() {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, feature = "compiler"))]
+mod tests {
+    use super::*;
+
+    /// The smallest valid component: the preamble of an empty one.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("the cache dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_component_the_child_cannot_compile_is_compiled_in_the_gateway() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = Runtime::new(dir.path())
+            .expect("runtime")
+            .compiling_in_child(dir.path().join("no-such-wasmgate"));
+        let cached = runtime.cache_path("empty");
+        runtime
+            .compile(EMPTY_COMPONENT, &cached)
+            .expect("compiled in the gateway");
+        // The cache has the artifact and nothing the failed child left.
+        assert_eq!(
+            files_in(dir.path()),
+            [cached.file_name().expect("a file name").to_string_lossy()]
+        );
+    }
+
+    #[test]
+    fn an_invalid_component_gets_the_gateways_own_error_when_the_child_fails_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = Runtime::new(dir.path())
+            .expect("runtime")
+            .compiling_in_child(PathBuf::from("/bin/false"));
+        let cached = runtime.cache_path("invalid");
+        let error = runtime
+            .compile(b"\0asm\x0d\x00\x01\x00\xff", &cached)
+            .expect_err("an invalid component is refused");
+        assert!(
+            format!("{error:#}").starts_with("it is not a valid WebAssembly component"),
+            "{error:#}"
+        );
+        assert_eq!(files_in(dir.path()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_component_that_kills_the_compiler_is_refused_without_compiling_it_again() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let crashing = dir.path().join("crashing-compiler");
+        std::fs::write(&crashing, "#!/bin/sh\nkill -9 $$\n").expect("write");
+        std::fs::set_permissions(&crashing, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let cache = dir.path().join("cache");
+        let runtime = Runtime::new(&cache)
+            .expect("runtime")
+            .compiling_in_child(crashing);
+        let cached = runtime.cache_path("crash");
+        let error = runtime
+            .compile(EMPTY_COMPONENT, &cached)
+            .expect_err("refused");
+        assert!(format!("{error}").contains("signal 9"), "{error}");
+        // Not compiled in the gateway: nothing cached, nothing left over.
+        assert_eq!(files_in(&cache), Vec::<String>::new());
+    }
+
+    #[test]
+    fn what_a_stopped_compile_left_in_the_cache_is_deleted_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = "abc-0123.cwasm";
+        std::fs::write(dir.path().join(kept), b"artifact").expect("write");
+        for left in [
+            "abc-0123.tmp77-0.wasm",
+            "abc-0123.tmp77-1.cwasm",
+            "abc-0123.tmp78",
+        ] {
+            std::fs::write(dir.path().join(left), b"half").expect("write");
+        }
+        Runtime::new(dir.path()).expect("runtime");
+        assert_eq!(files_in(dir.path()), [kept]);
+    }
+
+    #[test]
+    fn a_failed_childs_last_line_is_its_error() {
+        assert_eq!(
+            last_line("  Compiling\nerror: it is not valid: bad magic\n\n"),
+            "error: it is not valid: bad magic"
+        );
+        assert_eq!(last_line(""), "(it wrote nothing)");
     }
 }

@@ -182,7 +182,21 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         config.apps.len(),
         config.data_dir.display()
     );
-    let runtime = Arc::new(Runtime::new(&config.data_dir.join("cache"))?);
+    let runtime = Runtime::new(&config.data_dir.join("cache"))?;
+    // Compiling in a child keeps the compiler's memory out of the gateway's
+    // (see `compiling_in_child`); without an executable to run, the gateway
+    // compiles itself, as it would if the child failed.
+    #[cfg(feature = "compiler")]
+    let runtime = match crate::engine::own_executable() {
+        Ok(executable) => runtime.compiling_in_child(executable),
+        Err(e) => {
+            tracing::warn!(
+                "components are compiled in the gateway: its executable is not found: {e}"
+            );
+            runtime
+        }
+    };
+    let runtime = Arc::new(runtime);
 
     if let Some(listen) = config.cloud.as_ref().and_then(|c| c.embedded) {
         #[cfg(feature = "broker")]

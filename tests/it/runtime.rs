@@ -138,6 +138,55 @@ fn a_restart_with_unchanged_components_does_not_recompile() {
     assert!(run.stop().success());
 }
 
+/// A start that compiles runs the compiler in a child process: the gateway
+/// runs the component from the artifact the child wrote to the compile
+/// cache, mapped from that file as on a restart, so the compiler's memory
+/// never becomes the gateway's (BENCHMARKS.md, P6). Compiled in the
+/// gateway, the code would be in anonymous memory, and no file mapped.
+#[test]
+fn a_start_that_compiles_runs_the_artifact_a_child_process_compiled() {
+    let gw = counter_gateway();
+    let mut run = gw.start();
+    let status = run.wait_running("counter", Duration::from_secs(60));
+    assert_eq!(status["load"], "compiled", "{status}");
+    assert!(
+        !cache_file_mappings(run.pid()).is_empty(),
+        "the compiled component does not run from the compile cache's file"
+    );
+    // The artifact, and nothing the child or the gateway left half-written.
+    let cache: Vec<String> = std::fs::read_dir(gw.data_dir().join("cache"))
+        .expect("the compile cache")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(
+        cache.len() == 1 && cache[0].ends_with(".cwasm"),
+        "{cache:?}"
+    );
+    assert!(run.stop().success());
+}
+
+/// The compile cache's files mapped into process `pid` without write
+/// access (the components' code and read-only data), as (permissions,
+/// offset). Writable mappings are each instance's own copy-on-write image
+/// of its linear memory.
+fn cache_file_mappings(pid: u32) -> Vec<(String, String)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    maps.lines()
+        .filter(|line| line.ends_with(".cwasm"))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1].to_string(), fields[2].to_string())
+        })
+        .filter(|(permissions, _)| !permissions.contains('w'))
+        .collect()
+}
+
 /// A start reads an app's kept component (its artifact) only when no
 /// compile cache has it, and refuses one whose bytes no longer match the
 /// digest the registry keeps it under, by name, rather than running them.
@@ -206,19 +255,9 @@ fn apps_of_one_component_share_one_loaded_copy_of_it() {
         assert_eq!(status["component"], statuses[0]["component"]);
     }
     // Each load maps the file's code and read-only data: a second load
-    // would map those offsets again. (Writable mappings are each
-    // instance's own copy-on-write image of its linear memory.)
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", run.pid())).expect("maps");
-    let offsets: Vec<(&str, &str)> = maps
-        .lines()
-        .filter(|line| line.ends_with(".cwasm"))
-        .map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields[1], fields[2])
-        })
-        .filter(|(permissions, _)| !permissions.contains('w'))
-        .collect();
-    assert!(!offsets.is_empty(), "the cache file is not mapped:\n{maps}");
+    // would map those offsets again.
+    let offsets = cache_file_mappings(run.pid());
+    assert!(!offsets.is_empty(), "the cache file is not mapped");
     let mut unique = offsets.clone();
     unique.sort();
     unique.dedup();
