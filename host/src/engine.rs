@@ -511,19 +511,9 @@ mod tests {
     /// The smallest valid component: the preamble of an empty one.
     const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
 
-    fn files_in(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("the cache dir")
-            .map(|entry| {
-                entry
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        names
+    /// How many files `dir` holds.
+    fn files_in(dir: &Path) -> usize {
+        std::fs::read_dir(dir).expect("the cache dir").count()
     }
 
     #[test]
@@ -537,10 +527,8 @@ mod tests {
             .compile(EMPTY_COMPONENT, &cached)
             .expect("compiled in the gateway");
         // The cache has the artifact and nothing the failed child left.
-        assert_eq!(
-            files_in(dir.path()),
-            [cached.file_name().expect("a file name").to_string_lossy()]
-        );
+        assert!(cached.exists());
+        assert_eq!(files_in(dir.path()), 1);
     }
 
     #[test]
@@ -557,7 +545,7 @@ mod tests {
             format!("{error:#}").starts_with("it is not a valid WebAssembly component"),
             "{error:#}"
         );
-        assert_eq!(files_in(dir.path()), Vec::<String>::new());
+        assert_eq!(files_in(dir.path()), 0);
     }
 
     #[test]
@@ -577,7 +565,7 @@ mod tests {
             .expect_err("refused");
         assert!(format!("{error}").contains("signal 9"), "{error}");
         // Not compiled in the gateway: nothing cached, nothing left over.
-        assert_eq!(files_in(&cache), Vec::<String>::new());
+        assert_eq!(files_in(&cache), 0);
     }
 
     #[test]
@@ -593,7 +581,8 @@ mod tests {
             std::fs::write(dir.path().join(left), b"half").expect("write");
         }
         Runtime::new(dir.path()).expect("runtime");
-        assert_eq!(files_in(dir.path()), [kept]);
+        assert!(dir.path().join(kept).exists());
+        assert_eq!(files_in(dir.path()), 1);
     }
 
     #[test]

@@ -154,16 +154,7 @@ fn a_start_that_compiles_runs_the_artifact_a_child_process_compiled() {
         "the compiled component does not run from the compile cache's file"
     );
     // The artifact, and nothing the child or the gateway left half-written.
-    let cache: Vec<String> = std::fs::read_dir(gw.data_dir().join("cache"))
-        .expect("the compile cache")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let cache = crate::common::listing(&gw.data_dir().join("cache"));
     assert!(
         cache.len() == 1 && cache[0].ends_with(".cwasm"),
         "{cache:?}"

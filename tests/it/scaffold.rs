@@ -11,7 +11,7 @@
 //! which names it. And `new` refuses a directory that is not empty and a
 //! name that is not an app name, writing nothing.
 
-use crate::common::{Running, binary, wasmgate};
+use crate::common::{Running, binary, listing, wasmgate};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -267,21 +267,6 @@ fn new_app_in_go_builds_and_runs() {
 #[test]
 fn new_app_in_zig_builds_and_runs() {
     new_app_builds_and_runs("zig");
-}
-
-/// Everything in `dir`, by name.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("read the directory")
-        .map(|e| {
-            e.expect("an entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]
