@@ -550,11 +550,19 @@ mod tests {
 
     #[test]
     fn a_component_that_kills_the_compiler_is_refused_without_compiling_it_again() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let crashing = dir.path().join("crashing-compiler");
-        std::fs::write(&crashing, "#!/bin/sh\nkill -9 $$\n").expect("write");
-        std::fs::set_permissions(&crashing, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        // Written by a shell, not by this process: a test thread that forks
+        // while this process holds the file open for writing would make its
+        // exec fail with "text file busy".
+        let written = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"printf '#!/bin/sh\nkill -9 $$\n' > "$1" && chmod 700 "$1""#)
+            .arg("sh")
+            .arg(&crashing)
+            .status()
+            .expect("sh");
+        assert!(written.success());
         let cache = dir.path().join("cache");
         let runtime = Runtime::new(&cache)
             .expect("runtime")
