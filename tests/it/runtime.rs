@@ -162,19 +162,71 @@ fn a_start_that_compiles_runs_the_artifact_a_child_process_compiled() {
     assert!(run.stop().success());
 }
 
+/// After an upgrade replaced the binary's file, a deployment is still
+/// compiled in a child, by the binary that runs (`/proc/self/exe`): the
+/// new file's artifacts would not load in this one, and here the new file
+/// cannot even run.
+#[test]
+fn after_an_upgrade_replaced_the_binary_a_deployment_is_compiled_by_the_running_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let installed = dir.path().join("wasmgate");
+    std::fs::copy(crate::common::binary(), &installed).expect("install a copy");
+    let gw = counter_gateway();
+    gw.write_config();
+    let mut run = crate::common::Running::spawn_binary(&installed, &gw.config_path(), &[]);
+    run.wait_running("counter", Duration::from_secs(60));
+
+    // The upgrade: another file where the binary was, which runs nothing.
+    std::fs::remove_file(&installed).expect("remove the binary");
+    std::fs::write(&installed, "not a program").expect("replace the binary");
+
+    // Other bytes, so the cache does not have it: compiled at the deployment.
+    let component = dir.path().join("counter-2.wasm");
+    let bytes = std::fs::read(guest("storage-roundtrip")).expect("guest");
+    std::fs::write(
+        &component,
+        crate::deploy::with_custom_section(bytes, b"version 2"),
+    )
+    .expect("write");
+    let config = gw.config_path();
+    let (ok, out, err) = crate::common::wasmgate(&[
+        "deploy",
+        "counter",
+        component.to_str().expect("path"),
+        "--gateway",
+        config.to_str().expect("path"),
+    ]);
+    assert!(ok, "{out}{err}");
+    let status = run.wait_version("counter", 2, Duration::from_secs(60));
+    assert_eq!(status["load"], "compiled", "{status}");
+    let digest = status["component"].as_str().expect("digest");
+    assert!(
+        cache_file_mappings(run.pid())
+            .iter()
+            .any(|(path, _, _)| path.contains(digest)),
+        "version 2 does not run from its artifact in the compile cache"
+    );
+    assert!(run.stop().success());
+}
+
 /// The compile cache's files mapped into process `pid` without write
-/// access (the components' code and read-only data), as (permissions,
-/// offset). Writable mappings are each instance's own copy-on-write image
-/// of its linear memory.
-fn cache_file_mappings(pid: u32) -> Vec<(String, String)> {
+/// access (the components' code and read-only data), as (path,
+/// permissions, offset). Writable mappings are each instance's own
+/// copy-on-write image of its linear memory.
+fn cache_file_mappings(pid: u32) -> Vec<(String, String, String)> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     maps.lines()
         .filter(|line| line.ends_with(".cwasm"))
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields[1].to_string(), fields[2].to_string())
+            let path = fields.last().expect("a mapped file's path");
+            (
+                path.to_string(),
+                fields[1].to_string(),
+                fields[2].to_string(),
+            )
         })
-        .filter(|(permissions, _)| !permissions.contains('w'))
+        .filter(|(_, permissions, _)| !permissions.contains('w'))
         .collect()
 }
 
