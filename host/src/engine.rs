@@ -214,17 +214,10 @@ impl Runtime {
 
         let mut component = None;
         if cached.exists() {
-            // SAFETY: `deserialize_file` trusts that the file is native code
-            // this engine produced. Only this process writes the cache (under
-            // the data dir, atomically via rename), and the file name carries
-            // the engine's compatibility hash; a file that still fails to load
-            // is removed and the component is compiled again.
-            #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            match self.load_cached(&cached) {
                 Ok(c) => component = Some((c, Load::Cache)),
                 Err(e) => {
-                    tracing::warn!(cache = %cached.display(), "discarding an unusable compile cache entry: {e}");
-                    let _ = std::fs::remove_file(&cached);
+                    tracing::warn!(cache = %cached.display(), "discarded an unusable compile cache entry: {e}");
                 }
             }
         }
@@ -369,16 +362,25 @@ impl Runtime {
         std::fs::rename(&output, cached)
             .with_context(|| format!("moving the artifact to {}", cached.display()))
             .map_err(ChildFailure::Failed)?;
-        // SAFETY: as for the compile cache in `load_known`: the file is in the
-        // cache under the data dir, just written by this same executable
-        // (`/proc/self/exe` where there is one) with this engine's settings.
+        self.load_cached(cached)
+            .context("loading the artifact the child compiled")
+            .map_err(ChildFailure::Failed)
+    }
+
+    /// The compiled component kept in the cache at `cached`. A file that
+    /// does not load is deleted, so that the component is compiled again.
+    fn load_cached(&self, cached: &Path) -> anyhow::Result<Component> {
+        // SAFETY: `deserialize_file` trusts that the file is native code
+        // this engine produced. Only the gateway's own executable writes the
+        // cache (this process, or the child it compiles in), under the data
+        // dir, atomically via rename, and the file name carries the engine's
+        // compatibility hash; wasmtime still checks that the file was made by
+        // a compatible engine.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize_file(&self.engine, cached) };
         component.map_err(|e| {
             let _ = std::fs::remove_file(cached);
-            ChildFailure::Failed(
-                anyhow::Error::from(e).context("loading the artifact the child compiled"),
-            )
+            anyhow::Error::from(e)
         })
     }
 

@@ -22,7 +22,7 @@ fn swap_gateway(extra: &str) -> Gateway {
 }
 
 /// `wasmgate deploy counter COMPONENT ARGS --gateway CONFIG`.
-fn deploy(gw: &Gateway, component: &std::path::Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn deploy(gw: &Gateway, component: &std::path::Path, args: &[&str]) -> (bool, String) {
     let config = gw.config_path();
     let mut all = vec!["deploy", "counter", component.to_str().expect("path")];
     all.extend_from_slice(args);

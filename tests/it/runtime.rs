@@ -188,15 +188,8 @@ fn after_an_upgrade_replaced_the_binary_a_deployment_is_compiled_by_the_running_
         crate::deploy::with_custom_section(bytes, b"version 2"),
     )
     .expect("write");
-    let config = gw.config_path();
-    let (ok, out, err) = crate::common::wasmgate(&[
-        "deploy",
-        "counter",
-        component.to_str().expect("path"),
-        "--gateway",
-        config.to_str().expect("path"),
-    ]);
-    assert!(ok, "{out}{err}");
+    let (ok, out) = crate::deploy::deploy(&gw, &component, &[]);
+    assert!(ok, "{out}");
     let status = run.wait_version("counter", 2, Duration::from_secs(60));
     assert_eq!(status["load"], "compiled", "{status}");
     let digest = status["component"].as_str().expect("digest");
