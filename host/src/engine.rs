@@ -461,7 +461,8 @@ fn temporary_beside(path: &Path, extension: &str) -> PathBuf {
 }
 
 /// Delete what a process that stopped while compiling left half-written in
-/// the cache (see [`temporary_beside`]): it is never read, and would stay.
+/// the cache (names from `temporary_beside`): it is never read, and would
+/// stay.
 fn remove_temporaries(cache_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(cache_dir) else {
         return;

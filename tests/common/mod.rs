@@ -607,7 +607,6 @@ pub fn wasmgate_for(args: &[&str], time: Duration) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A free TCP port on loopback.
 /// Everything in `dir`, by name, sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -623,6 +622,7 @@ pub fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
