@@ -21,7 +21,7 @@ use crate::bindings::wasmgate::device::device::{self as generated, Host, HostDev
 use crate::bindings::{GuestError, Point, Severity, Value};
 use crate::capability::{AppSetup, Capability, Figure, FigureKind, HasCtx, ReportScope};
 use crate::model::{DeviceModel, PointCheck};
-use crate::outbox::{self, Batch, IngestSender, Kind, Usage};
+use crate::outbox::{self, Batch, IngestSender, Kind, Points, Usage};
 use crate::policy::{AlertSeverity, Pipeline, Sample};
 use crate::rate::SharedLimit;
 use crate::registration::{self, Registration};
@@ -502,7 +502,7 @@ impl DeviceCtx {
         recording: Recording<'_>,
     ) -> Result<(), GuestError> {
         let points = match recording.points {
-            RecordedPoints::Encoded(points) => points,
+            RecordedPoints::Checked(points) => points,
             RecordedPoints::ForPolicies { samples, stages } => {
                 let pipeline = self
                     .pipeline(format!("series/{device}/{series}"), stages, None)
@@ -519,10 +519,10 @@ impl DeviceCtx {
                 for alert in raised {
                     self.store_alert(device, &alert.alert, alert.severity, &alert.values)?;
                 }
-                EncodedPoints::of(&kept)
+                points_of(&kept)
             }
         };
-        if !points.ends.is_empty() {
+        if !points.is_empty() {
             self.buffer(device, series, points);
         }
         if self.deps.usage.config().sync_record {
@@ -536,9 +536,9 @@ impl DeviceCtx {
         Ok(())
     }
 
-    /// Add encoded points to the app's pending batch of the stream.
-    fn buffer(&mut self, device: &str, series: &str, points: EncodedPoints) {
-        let count = points.ends.len();
+    /// Add checked points to the app's pending batch of the stream.
+    fn buffer(&mut self, device: &str, series: &str, points: Points) {
+        let (count, bytes) = (points.len(), points.json_estimate());
         let batch = match self.pending.last_mut() {
             Some(last) if last.device == device && last.series == series => last,
             _ => {
@@ -551,24 +551,13 @@ impl DeviceCtx {
                 &mut self.pending[last]
             }
         };
-        let before = batch.json.len();
-        if before == 0 {
-            // A new batch takes the call's encoding as it is.
-            batch.json = points.json;
-            batch.ends = points.ends;
-        } else {
-            let offset = u32::try_from(before).unwrap_or(u32::MAX);
-            batch.json.extend_from_slice(&points.json);
-            batch
-                .ends
-                .extend(points.ends.iter().map(|end| end.saturating_add(offset)));
-        }
-        let bytes = (batch.json.len() - before) as u64;
+        batch.points.append(points);
+        let held = batch.points.size();
         self.deps
             .ingest
             .reserve(device, series, bytes, count as u64);
         self.pending_points += count;
-        if self.pending_points >= FLUSH_POINTS || batch.json.len() > (64 << 20) {
+        if self.pending_points >= FLUSH_POINTS || held > (64 << 20) {
             self.flush();
         }
     }
@@ -621,43 +610,19 @@ impl DeviceCtx {
     }
 }
 
-/// Points of one call, encoded: `json` holds their JSON objects back to
-/// back, `ends[i]` is where point `i` ends (as in [`Batch`]).
-struct EncodedPoints {
-    json: Vec<u8>,
-    ends: Vec<u32>,
-}
-
-impl EncodedPoints {
-    fn with_capacity(points: usize) -> Self {
-        EncodedPoints {
-            // About what a point of two numbers takes.
-            json: Vec::with_capacity(points.min(FLUSH_POINTS) * 48),
-            ends: Vec::with_capacity(points.min(FLUSH_POINTS)),
+/// Samples that went through a series' policies, as points.
+fn points_of(samples: &[Sample]) -> Points {
+    let mut points = Points::with_capacity(samples.len());
+    for sample in samples {
+        points.begin(sample.time);
+        for (name, value) in &sample.values {
+            points.field(name, value);
         }
     }
-
-    /// Samples that went through a series' policies.
-    fn of(samples: &[Sample]) -> Self {
-        let mut points = EncodedPoints::with_capacity(samples.len());
-        for sample in samples {
-            begin_point(&mut points.json, sample.time);
-            for (i, (name, value)) in sample.values.iter().enumerate() {
-                encode_field(&mut points.json, i, name, value);
-            }
-            points.end_point();
-        }
-        points
-    }
-
-    fn end_point(&mut self) {
-        self.json.extend_from_slice(b"}}");
-        self.ends
-            .push(u32::try_from(self.json.len()).unwrap_or(u32::MAX));
-    }
+    points
 }
 
-/// The points of one `record` call, checked and encoded as the host reads
+/// The points of one `record` call, checked and kept as the host reads
 /// them, field by field: `record-batch` reads them where the guest wrote
 /// them, without lifting them into `String`s first. Nothing reaches the
 /// app's pending batches until every point has passed, so a refused call
@@ -666,15 +631,14 @@ struct Recording<'m> {
     check: PointCheck<'m>,
     now: u64,
     points: RecordedPoints<'m>,
-    /// The point being read: its index, and how many fields it has so far.
+    /// The index of the point being read.
     index: usize,
-    fields: usize,
 }
 
 enum RecordedPoints<'m> {
-    /// Encoded as read: the series has no policies.
-    Encoded(EncodedPoints),
-    /// Kept as samples for the series' policies, encoded after them.
+    /// Kept as read: the series has no policies.
+    Checked(Points),
+    /// Kept as samples for the series' policies, made points after them.
     ForPolicies {
         samples: Vec<Sample>,
         stages: &'m [crate::policy::Stage],
@@ -688,7 +652,7 @@ impl<'m> Recording<'m> {
         let check = model.point_check(series)?;
         let stages = check.policies();
         let points = if stages.is_empty() {
-            RecordedPoints::Encoded(EncodedPoints::with_capacity(count))
+            RecordedPoints::Checked(Points::with_capacity(count.min(FLUSH_POINTS)))
         } else {
             RecordedPoints::ForPolicies {
                 samples: Vec::with_capacity(count.min(FLUSH_POINTS)),
@@ -700,7 +664,6 @@ impl<'m> Recording<'m> {
             now: now_ns(),
             points,
             index: 0,
-            fields: 0,
         })
     }
 
@@ -712,7 +675,6 @@ impl<'m> Recording<'m> {
         fields: usize,
     ) -> Result<(), String> {
         self.index = index;
-        self.fields = 0;
         let time = match at {
             Some(t) => time_to_ns(t)
                 .and_then(|ns| plausible_time(ns, self.now))
@@ -721,7 +683,7 @@ impl<'m> Recording<'m> {
         };
         self.check.begin(fields).map_err(|m| self.in_point(m))?;
         match &mut self.points {
-            RecordedPoints::Encoded(points) => begin_point(&mut points.json, time),
+            RecordedPoints::Checked(points) => points.begin(time),
             RecordedPoints::ForPolicies { samples, .. } => samples.push(Sample {
                 time,
                 values: Vec::with_capacity(fields),
@@ -737,27 +699,17 @@ impl<'m> Recording<'m> {
             Err(m) => return Err(self.in_point(m)),
         };
         match &mut self.points {
-            RecordedPoints::Encoded(points) => {
-                encode_field(&mut points.json, self.fields, name, &value)
-            }
+            RecordedPoints::Checked(points) => points.field(name, &value),
             RecordedPoints::ForPolicies { samples, .. } => {
                 let sample = samples.last_mut().expect("a point begun");
                 sample.values.push((name.to_string(), value));
             }
         }
-        self.fields += 1;
         Ok(())
     }
 
-    /// End the point begun.
-    fn end(&mut self) {
-        if let RecordedPoints::Encoded(points) = &mut self.points {
-            points.end_point();
-        }
-    }
-
     /// Point `index`, whose fields are lifted already: [`begin`](Self::begin),
-    /// each [`field`](Self::field), [`end`](Self::end).
+    /// then each [`field`](Self::field).
     fn point<N: AsRef<str>>(
         &mut self,
         index: usize,
@@ -769,7 +721,6 @@ impl<'m> Recording<'m> {
         for (name, value) in fields {
             self.field(name.as_ref(), value)?;
         }
-        self.end();
         Ok(())
     }
 
@@ -784,37 +735,8 @@ impl<'m> Recording<'m> {
     }
 }
 
-/// `{"time":<ns>,"values":{` — a point is written straight into its
-/// buffer, field by field: this is the hot path of `record`, so no
-/// intermediate JSON tree. [`encode_field`] and `}}` complete it.
-fn begin_point(out: &mut Vec<u8>, time: u64) {
-    out.extend_from_slice(b"{\"time\":");
-    let _ = serde_json::to_writer(&mut *out, &time);
-    out.extend_from_slice(b",\"values\":{");
-}
-
-/// `"name":<value>`, after a comma unless it is the point's first field.
-fn encode_field(out: &mut Vec<u8>, index: usize, name: &str, value: &Value) {
-    use std::io::Write as _;
-    if index > 0 {
-        out.push(b',');
-    }
-    // Field names are checked identifiers ([A-Za-z0-9_.-]): no escaping.
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    let _ = match value {
-        Value::Boolean(b) => out.write_all(if *b { b"true" } else { b"false" }),
-        Value::Integer(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
-        Value::Number(n) => serde_json::to_writer(&mut *out, n).map_err(std::io::Error::other),
-        Value::Text(t) => serde_json::to_writer(&mut *out, t).map_err(std::io::Error::other),
-        Value::Bytes(_) => serde_json::to_writer(&mut *out, &crate::value::to_json(value))
-            .map_err(std::io::Error::other),
-    };
-}
-
 /// A `point` of `wasmgate:device/types` as `record-batch` reads it: its
-/// fields stay in the guest's memory until each is checked and encoded.
+/// fields stay in the guest's memory until each is checked and kept.
 /// Lifting the list into `Vec<Point>` cost a `String` per field name and a
 /// `Vec` per point, about a third of a batch's cost on the host (P2 in
 /// BENCHMARKS.md).
@@ -868,7 +790,6 @@ fn record_in_place<T: HasCtx<Device>>(
                     return Ok(Err(m));
                 }
             }
-            recording.end();
         }
         Ok(Ok(()))
     };
@@ -1118,7 +1039,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn points_are_encoded_as_the_protocol_documents_them() {
+    fn samples_after_policies_are_encoded_as_the_protocol_documents_points() {
         let samples = [
             Sample {
                 time: 7,
@@ -1136,10 +1057,10 @@ mod tests {
                 values: vec![("t".into(), Value::Number(-1.0))],
             },
         ];
-        let points = EncodedPoints::of(&samples);
-        let first = &points.json[..points.ends[0] as usize];
-        let second = &points.json[points.ends[0] as usize..points.ends[1] as usize];
-        assert_eq!(points.ends[1] as usize, points.json.len());
+        let (json, ends) = encoded(&points_of(&samples));
+        let first = &json[..ends[0] as usize];
+        let second = &json[ends[0] as usize..ends[1] as usize];
+        assert_eq!(ends[1] as usize, json.len());
         let json: serde_json::Value = serde_json::from_slice(first).expect("valid JSON");
         assert_eq!(
             json,
@@ -1153,6 +1074,13 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_slice(second).expect("valid JSON");
         assert_eq!(json, serde_json::json!({"time": 8, "values": {"t": -1.0}}));
+    }
+
+    /// Points as the outbox writer encodes them: JSON, and where each ends.
+    fn encoded(points: &Points) -> (Vec<u8>, Vec<u32>) {
+        let (mut json, mut ends) = (Vec::new(), Vec::new());
+        points.encode_json(&mut json, &mut ends);
+        (json, ends)
     }
 
     const MODEL: &str = r#"{"series": {
@@ -1181,7 +1109,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recording_encodes_each_point_as_it_is_read_with_integers_widened() {
+    fn a_recording_keeps_each_point_as_it_is_read_with_integers_widened() {
         let model = DeviceModel::parse(MODEL).expect("model");
         let recording = read(
             &model,
@@ -1192,9 +1120,10 @@ mod tests {
             ],
         )
         .expect("accepted");
-        let RecordedPoints::Encoded(EncodedPoints { json, ends }) = recording.points else {
-            panic!("a series without policies is encoded as read");
+        let RecordedPoints::Checked(points) = recording.points else {
+            panic!("a series without policies is kept as read");
         };
+        let (json, ends) = encoded(&points);
         let text = String::from_utf8(json).expect("utf8");
         let first = format!(r#"{{"time":{},"values":{{"v":2.0,"n":3}}}}"#, T0 + 1);
         let second = format!(r#"{{"time":{},"values":{{"n":4,"v":0.5}}}}"#, T0 + 2);

@@ -2,8 +2,9 @@
 //! most the flush interval and commits them in one transaction, one row per
 //! stream per batch, and keeps the outbox within its limits.
 //!
-//! Points arrive already encoded as JSON (the apps encode on their own
-//! threads), so the writer only concatenates bytes and writes rows. A row
+//! Points arrive checked, in the compact form of [`Points`]: the writer
+//! encodes them to JSON as it takes each batch ([`Held::of`]), off the
+//! apps' threads, and concatenates their bytes into rows. A row
 //! is one message on the wire, cut here and nowhere else ([`cut`]): at most
 //! the series' `batch_max_points` points and about `batch_max_kib` bytes.
 //! With `batch_max_delay_ms` the last row of a series stays open for later
@@ -25,21 +26,48 @@ use tokio::sync::Notify;
 
 use super::Kind;
 use super::OutboxError;
+use super::Points;
 use super::limits::{self, Stream, Usage};
 use crate::store::Database;
 
-/// Points of one series of one device, encoded: `json` holds the points'
-/// JSON objects back to back, `ends[i]` is where point `i` ends.
+/// Points of one series of one device, as an app hands them over.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub device: String,
     pub series: String,
-    pub json: Vec<u8>,
-    pub ends: Vec<u32>,
+    pub points: Points,
 }
 
 impl Batch {
     pub fn points(&self) -> usize {
+        self.points.len()
+    }
+}
+
+/// A batch the writer holds until its commit, encoded: `json` holds the
+/// points' JSON objects back to back, `ends[i]` is where point `i` ends.
+#[derive(Debug, Default)]
+struct Held {
+    device: String,
+    series: String,
+    json: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl Held {
+    /// Encode a batch as the writer takes it.
+    fn of(batch: Batch) -> Held {
+        let mut held = Held {
+            device: batch.device,
+            series: batch.series,
+            json: Vec::with_capacity(batch.points.json_estimate() as usize),
+            ends: Vec::with_capacity(batch.points.len()),
+        };
+        batch.points.encode_json(&mut held.json, &mut held.ends);
+        held
+    }
+
+    fn points(&self) -> usize {
         self.ends.len()
     }
 }
@@ -176,7 +204,7 @@ struct Writer {
     conn: Connection,
     usage: Arc<Usage>,
     committed: Arc<Notify>,
-    pending: Vec<Batch>,
+    pending: Vec<Held>,
     pending_points: usize,
     /// When the oldest uncommitted point arrived.
     oldest: Option<Instant>,
@@ -307,6 +335,7 @@ impl Writer {
     }
 
     fn hold(&mut self, batch: Batch) {
+        let batch = Held::of(batch);
         self.pending_points += batch.points();
         self.pending.push(batch);
         self.oldest.get_or_insert_with(Instant::now);
@@ -471,13 +500,13 @@ impl Piece {
 /// `batch_max_kib` bytes. This is the one place a wire batch is cut: the
 /// link sends each sealed row as it is.
 fn cut(
-    pending: &[Batch],
+    pending: &[Held],
     open: &HashMap<StreamKey, OpenRow>,
     config: &crate::config::OutboxConfig,
     now: Instant,
 ) -> Vec<Piece> {
     let mut order: Vec<(&str, &str)> = Vec::new();
-    let mut by_stream: HashMap<(&str, &str), Vec<&Batch>> = HashMap::new();
+    let mut by_stream: HashMap<(&str, &str), Vec<&Held>> = HashMap::new();
     for batch in pending {
         let key = (batch.device.as_str(), batch.series.as_str());
         by_stream
@@ -640,18 +669,36 @@ mod tests {
     use super::*;
     use crate::config::OutboxConfig;
 
+    /// A batch of points `{"time":n,"values":{"n":n}}`.
     fn batch(series: &str, ns: &[i64]) -> Batch {
-        let mut b = Batch {
+        let mut points = Points::default();
+        for &n in ns {
+            points.begin(n as u64);
+            points.field("n", &crate::bindings::Value::Integer(n));
+        }
+        Batch {
             device: "d".into(),
             series: series.into(),
-            ..Batch::default()
-        };
-        for n in ns {
-            b.json
-                .extend_from_slice(format!(r#"{{"time":{n},"values":{{"n":{n}}}}}"#).as_bytes());
-            b.ends.push(b.json.len() as u32);
+            points,
         }
-        b
+    }
+
+    /// The same batch, as the writer holds it.
+    fn held(series: &str, ns: &[i64]) -> Held {
+        Held::of(batch(series, ns))
+    }
+
+    #[test]
+    fn the_writer_holds_a_batch_encoded_as_the_protocol_has_points() {
+        let held = held("s", &[1, 22]);
+        assert_eq!((held.device.as_str(), held.series.as_str()), ("d", "s"));
+        let first = r#"{"time":1,"values":{"n":1}}"#;
+        let second = r#"{"time":22,"values":{"n":22}}"#;
+        assert_eq!(held.json, format!("{first}{second}").as_bytes());
+        assert_eq!(
+            held.ends,
+            [first.len() as u32, (first.len() + second.len()) as u32]
+        );
     }
 
     fn ns(payload: &[u8]) -> Vec<i64> {
@@ -697,9 +744,9 @@ mod tests {
     #[test]
     fn pending_batches_become_rows_per_stream_in_order_cut_at_the_batch_limit() {
         let pending = [
-            batch("s", &[1, 2]),
-            batch("t", &[9]),
-            batch("s", &[3, 4, 5, 6, 7]),
+            held("s", &[1, 2]),
+            held("t", &[9]),
+            held("s", &[3, 4, 5, 6, 7]),
         ];
         let pieces = cut(&pending, &HashMap::new(), &config(3, 0), Instant::now());
         let s = |n: &[i64]| ("s".to_string(), None, n.to_vec(), true);
@@ -725,12 +772,7 @@ mod tests {
             opened: now,
         };
         let streams = HashMap::from([(("d".to_string(), "s".to_string()), open)]);
-        let pieces = cut(
-            &[batch("s", &[3, 4, 5, 6])],
-            &streams,
-            &config(3, 1000),
-            now,
-        );
+        let pieces = cut(&[held("s", &[3, 4, 5, 6])], &streams, &config(3, 1000), now);
         assert_eq!(
             summary(&pieces),
             vec![
@@ -739,14 +781,14 @@ mod tests {
                 ("s".to_string(), None, vec![4, 5, 6], true),
             ]
         );
-        let pieces = cut(&[batch("s", &[3])], &streams, &config(4, 1000), now);
+        let pieces = cut(&[held("s", &[3])], &streams, &config(4, 1000), now);
         assert_eq!(
             summary(&pieces),
             vec![("s".to_string(), Some(7), vec![3], false)],
             "not full and young: it stays open"
         );
         assert_eq!(pieces[0].row_size(), (3, ns_row(&[1, 2, 3]).len() as u64));
-        let pieces = cut(&[batch("s", &[8])], &HashMap::new(), &config(3, 1000), now);
+        let pieces = cut(&[held("s", &[8])], &HashMap::new(), &config(3, 1000), now);
         assert_eq!(
             summary(&pieces),
             vec![("s".to_string(), None, vec![8], false)]
@@ -764,7 +806,7 @@ mod tests {
         };
         let streams = HashMap::from([(("d".to_string(), "s".to_string()), open)]);
         let later = opened + Duration::from_millis(1000);
-        let pieces = cut(&[batch("s", &[2])], &streams, &config(3, 1000), later);
+        let pieces = cut(&[held("s", &[2])], &streams, &config(3, 1000), later);
         assert_eq!(
             summary(&pieces),
             vec![
@@ -776,7 +818,7 @@ mod tests {
 
     /// A whole row's payload, as the writer stores it.
     fn ns_row(n: &[i64]) -> Vec<u8> {
-        let b = batch("s", n);
+        let b = held("s", n);
         let mut out = vec![b'['];
         let mut start = 0;
         for (i, &end) in b.ends.iter().enumerate() {

@@ -15,8 +15,10 @@
 
 pub mod ingest;
 pub mod limits;
+pub mod points;
 
 pub use ingest::{Batch, Ingest, IngestSender};
+pub use points::Points;
 
 /// Why the outbox did not take points (the outbox layer's one error type).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -486,18 +488,18 @@ mod tests {
     use crate::config::OutboxConfig;
     use std::sync::Arc;
 
+    /// Points `{"time":n,"values":{"n":n}}` for each `n` of `ns`.
     fn point_batch(series: &str, ns: std::ops::Range<i64>) -> Batch {
-        let mut b = Batch {
+        let mut points = Points::default();
+        for n in ns {
+            points.begin(n as u64);
+            points.field("n", &crate::bindings::Value::Integer(n));
+        }
+        Batch {
             device: "d".into(),
             series: series.into(),
-            ..Batch::default()
-        };
-        for n in ns {
-            b.json
-                .extend_from_slice(format!(r#"{{"time":{n},"values":{{"n":{n}}}}}"#).as_bytes());
-            b.ends.push(b.json.len() as u32);
+            points,
         }
-        b
     }
 
     /// A row of one point to append.

@@ -1,0 +1,336 @@
+//! Checked points on their way from an app's thread to the outbox writer,
+//! in a compact binary form that the writer encodes to JSON.
+//!
+//! Why not JSON straight away: formatting numbers (the time and every
+//! field) was about a quarter of what a `record-batch` cost on the app's
+//! thread, which is the thread that limits ingest (P2 in BENCHMARKS.md).
+//! Here a field is copied, not formatted: the writer formats it, on its
+//! own thread, as it takes the batch ([`Points::encode_json`]).
+//!
+//! The form is private to this module: a point is `P` and its time (u64,
+//! little-endian); each field a tag byte, its name (u32 length, bytes) and
+//! its value (1 byte for a boolean, 8 for a number, u32 length and bytes
+//! for text and bytes). Only [`Points`] writes it and reads it back.
+
+use crate::bindings::Value;
+
+/// Points of one or more calls, checked, in the order they were recorded.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Points {
+    log: Vec<u8>,
+    count: usize,
+    /// About how long their JSON will be: what the outbox's quota reserves
+    /// for them before they are written (see `Usage::reserve`).
+    json_estimate: u64,
+}
+
+const POINT: u8 = b'P';
+const BOOLEAN: u8 = b'b';
+const INTEGER: u8 = b'i';
+const NUMBER: u8 = b'n';
+const TEXT: u8 = b't';
+const BYTES: u8 = b'x';
+
+/// `{"time":`, `,"values":{` and `}}`, and a time's digits.
+const POINT_JSON: u64 = 8 + 11 + 2 + 20;
+
+impl Points {
+    /// Room for `points` points of two numbers, about.
+    pub fn with_capacity(points: usize) -> Self {
+        Points {
+            log: Vec::with_capacity(points * 40),
+            ..Points::default()
+        }
+    }
+
+    /// How many points.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes held in memory.
+    pub fn size(&self) -> usize {
+        self.log.len()
+    }
+
+    /// About how many bytes of JSON they become: exact for booleans and
+    /// names, an upper bound for numbers, text counted unescaped.
+    pub fn json_estimate(&self) -> u64 {
+        self.json_estimate
+    }
+
+    /// Start a point taken at `time` (ns since the epoch); its fields follow.
+    pub fn begin(&mut self, time: u64) {
+        self.log.push(POINT);
+        self.log.extend_from_slice(&time.to_le_bytes());
+        self.count += 1;
+        self.json_estimate += POINT_JSON;
+    }
+
+    /// Add a field to the point begun. `name` is a checked identifier.
+    pub fn field(&mut self, name: &str, value: &Value) {
+        let (tag, estimate) = match value {
+            Value::Boolean(_) => (BOOLEAN, 5),
+            Value::Integer(_) => (INTEGER, 20),
+            Value::Number(_) => (NUMBER, 24),
+            Value::Text(t) => (TEXT, t.len() as u64 + 2),
+            Value::Bytes(b) => (BYTES, (b.len() as u64).div_ceil(3) * 4 + 2),
+        };
+        self.log.push(tag);
+        self.put_bytes(name.as_bytes());
+        match value {
+            Value::Boolean(b) => self.log.push(u8::from(*b)),
+            Value::Integer(n) => self.log.extend_from_slice(&n.to_le_bytes()),
+            Value::Number(n) => self.log.extend_from_slice(&n.to_le_bytes()),
+            Value::Text(t) => self.put_bytes(t.as_bytes()),
+            Value::Bytes(b) => self.put_bytes(b),
+        }
+        // `"name":` and a comma.
+        self.json_estimate += name.len() as u64 + 4 + estimate;
+    }
+
+    fn put_bytes(&mut self, bytes: &[u8]) {
+        let len = u32::try_from(bytes.len()).expect("names and values are far below 4 GiB");
+        self.log.extend_from_slice(&len.to_le_bytes());
+        self.log.extend_from_slice(bytes);
+    }
+
+    /// Add `other`'s points after these.
+    pub fn append(&mut self, other: Points) {
+        if self.log.is_empty() {
+            *self = other;
+            return;
+        }
+        self.log.extend_from_slice(&other.log);
+        self.count += other.count;
+        self.json_estimate += other.json_estimate;
+    }
+
+    /// Write each point as a JSON object, `{"time":<ns>,"values":{…}}`,
+    /// onto `json`, and push where each ends onto `ends` (as the writer's
+    /// batches keep them).
+    pub fn encode_json(&self, json: &mut Vec<u8>, ends: &mut Vec<u32>) {
+        let mut reader = Reader {
+            log: &self.log,
+            at: 0,
+        };
+        let mut open = false;
+        let mut fields = 0;
+        while let Some(tag) = reader.byte() {
+            if tag == POINT {
+                if open {
+                    end_point(json, ends);
+                }
+                begin_point(json, reader.u64());
+                open = true;
+                fields = 0;
+                continue;
+            }
+            let name = reader.bytes();
+            if fields > 0 {
+                json.push(b',');
+            }
+            fields += 1;
+            // Field names are checked identifiers ([A-Za-z0-9_.-]): no escaping.
+            json.push(b'"');
+            json.extend_from_slice(name);
+            json.extend_from_slice(b"\":");
+            match tag {
+                BOOLEAN => {
+                    let on = reader.byte() == Some(1);
+                    json.extend_from_slice(if on { b"true" } else { b"false" });
+                }
+                INTEGER => write_json(json, &i64::from_le_bytes(reader.array())),
+                NUMBER => write_json(json, &f64::from_le_bytes(reader.array())),
+                TEXT => {
+                    let text = std::str::from_utf8(reader.bytes())
+                        .expect("the log holds text as a `str` wrote it");
+                    write_json(json, text);
+                }
+                BYTES => {
+                    use base64::Engine as _;
+                    // As `value::to_json` has bytes.
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(reader.bytes());
+                    write_json(json, &encoded);
+                }
+                other => unreachable!("points: unknown tag {other}"),
+            }
+        }
+        if open {
+            end_point(json, ends);
+        }
+    }
+}
+
+/// `{"time":<ns>,"values":{`: [`encode_json`](Points::encode_json) adds the
+/// fields and `}}`. Straight into the buffer, field by field: this is the
+/// hot path of ingest, so no intermediate JSON tree.
+fn begin_point(json: &mut Vec<u8>, time: u64) {
+    json.extend_from_slice(b"{\"time\":");
+    write_json(json, &time);
+    json.extend_from_slice(b",\"values\":{");
+}
+
+fn end_point(json: &mut Vec<u8>, ends: &mut Vec<u32>) {
+    json.extend_from_slice(b"}}");
+    ends.push(u32::try_from(json.len()).unwrap_or(u32::MAX));
+}
+
+/// A number or string as JSON (a number that is not finite as `null`,
+/// as `value::to_json` has it).
+fn write_json<T: serde::Serialize + ?Sized>(json: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(&mut *json, value).expect("writing JSON to memory cannot fail");
+}
+
+/// Reads the log back in the order [`Points`] wrote it.
+struct Reader<'a> {
+    log: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let byte = *self.log.get(self.at)?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let bytes = self.log[self.at..self.at + N].try_into().expect("N bytes");
+        self.at += N;
+        bytes
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.array())
+    }
+
+    fn bytes(&mut self) -> &'a [u8] {
+        let len = u32::from_le_bytes(self.array()) as usize;
+        let bytes = &self.log[self.at..self.at + len];
+        self.at += len;
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points(of: &[(u64, Vec<(&str, Value)>)]) -> Points {
+        let mut points = Points::default();
+        for (time, fields) in of {
+            points.begin(*time);
+            for (name, value) in fields {
+                points.field(name, value);
+            }
+        }
+        points
+    }
+
+    fn encoded(points: &Points) -> (Vec<u8>, Vec<u32>) {
+        let (mut json, mut ends) = (Vec::new(), Vec::new());
+        points.encode_json(&mut json, &mut ends);
+        (json, ends)
+    }
+
+    #[test]
+    fn points_are_encoded_as_the_protocol_documents_them() {
+        let points = points(&[
+            (
+                7,
+                vec![
+                    ("t", Value::Number(21.5)),
+                    ("n", Value::Integer(-3)),
+                    ("on", Value::Boolean(true)),
+                    ("off", Value::Boolean(false)),
+                    ("label", Value::Text("a \"b\"\n".into())),
+                    ("raw", Value::Bytes(vec![0, 255])),
+                    ("whole", Value::Number(2.0)),
+                    ("big", Value::Integer(i64::MIN)),
+                ],
+            ),
+            (8, vec![("t", Value::Number(-1.0))]),
+        ]);
+        assert_eq!(points.len(), 2);
+        let (json, ends) = encoded(&points);
+        assert_eq!(ends.len(), 2);
+        assert_eq!(ends[1] as usize, json.len());
+        let first = &json[..ends[0] as usize];
+        let second = &json[ends[0] as usize..];
+        let parsed: serde_json::Value = serde_json::from_slice(first).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({"time": 7, "values": {"t": 21.5, "n": -3, "on": true, "off": false, "label": "a \"b\"\n", "raw": "AP8=", "whole": 2.0, "big": i64::MIN}})
+        );
+        let text = String::from_utf8(first.to_vec()).expect("utf8");
+        assert!(
+            text.contains("\"whole\":2.0"),
+            "numbers stay numbers: {text}"
+        );
+        assert!(
+            text.starts_with(r#"{"time":7,"values":{"t":21.5,"n":-3,"#),
+            "{text}"
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(second).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({"time": 8, "values": {"t": -1.0}})
+        );
+    }
+
+    #[test]
+    fn a_number_that_is_not_finite_is_null() {
+        let (json, _) = encoded(&points(&[(1, vec![("v", Value::Number(f64::NAN))])]));
+        assert_eq!(json, br#"{"time":1,"values":{"v":null}}"#);
+    }
+
+    #[test]
+    fn appended_points_encode_as_one_run_with_ends_past_the_first() {
+        let mut first = points(&[(1, vec![("a", Value::Integer(1))])]);
+        let second = points(&[
+            (2, vec![("a", Value::Integer(2))]),
+            (3, vec![("a", Value::Integer(3))]),
+        ]);
+        let (second_json, _) = encoded(&second);
+        let (first_json, _) = encoded(&first);
+        first.append(second);
+        assert_eq!(first.len(), 3);
+        let (json, ends) = encoded(&first);
+        assert_eq!(json, [first_json.clone(), second_json].concat());
+        assert_eq!(ends[0] as usize, first_json.len());
+        assert_eq!(ends.len(), 3);
+        assert_eq!(ends[2] as usize, json.len());
+        // Appending to nothing takes the points as they are.
+        let mut empty = Points::default();
+        empty.append(first.clone());
+        assert_eq!(empty, first);
+    }
+
+    #[test]
+    fn the_estimate_is_at_least_the_json_for_numbers_and_close_to_it() {
+        let points = points(&[
+            (
+                1_795_000_000_000_000_000,
+                vec![
+                    ("v", Value::Number(-1.234_567_890_123_456_7e-300)),
+                    ("n", Value::Integer(i64::MIN)),
+                    ("on", Value::Boolean(false)),
+                ],
+            ),
+            (u64::MAX, vec![("text", Value::Text("plain".into()))]),
+        ]);
+        let (json, _) = encoded(&points);
+        let estimate = points.json_estimate();
+        assert!(estimate >= json.len() as u64, "{estimate} < {}", json.len());
+        assert!(
+            estimate <= json.len() as u64 * 3 / 2,
+            "{estimate} is far over {}",
+            json.len()
+        );
+    }
+}
