@@ -73,6 +73,7 @@ impl Points {
 
     /// Add a field to the point begun. `name` is a checked identifier.
     pub fn field(&mut self, name: &str, value: &Value) {
+        debug_assert!(self.count > 0, "a field belongs to a point begun");
         let (tag, estimate) = match value {
             Value::Boolean(_) => (BOOLEAN, 5),
             Value::Integer(_) => (INTEGER, 20),
@@ -309,6 +310,69 @@ mod tests {
         let mut empty = Points::default();
         empty.append(first.clone());
         assert_eq!(empty, first);
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<bool>().prop_map(Value::Boolean),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>()
+                .prop_filter("JSON has finite numbers", |n| n.is_finite())
+                .prop_map(Value::Number),
+            ".{0,40}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever points are kept, their JSON reads back as the same
+        /// times and values, one object per point, ending where `ends` says.
+        #[test]
+        fn any_points_encode_to_json_that_reads_back_as_them(
+            of in proptest::collection::vec(
+                (any_time(), proptest::collection::vec(value(), 1..6)),
+                0..8,
+            )
+        ) {
+            let mut points = Points::default();
+            for (time, values) in &of {
+                points.begin(*time);
+                for (i, value) in values.iter().enumerate() {
+                    points.field(&format!("f{i}"), value);
+                }
+            }
+            let (json, ends) = encoded(&points);
+            proptest::prop_assert_eq!(ends.len(), of.len());
+            let mut start = 0;
+            for ((time, values), end) in of.iter().zip(&ends) {
+                let read: serde_json::Value = serde_json::from_slice(&json[start..*end as usize])
+                    .expect("each point is one JSON object");
+                start = *end as usize;
+                proptest::prop_assert_eq!(&read["time"], &serde_json::json!(time));
+                let fields = read["values"].as_object().expect("values");
+                proptest::prop_assert_eq!(fields.len(), values.len());
+                for (i, value) in values.iter().enumerate() {
+                    let kind = crate::value::kind_of(value);
+                    let back = crate::value::from_json(&fields[&format!("f{i}")], kind)
+                        .expect("the value reads back as its kind");
+                    match (&back, value) {
+                        // serde_json reads a float without its `float_roundtrip`
+                        // feature, which can land one ULP off what was written.
+                        (Value::Number(back), Value::Number(n)) => proptest::prop_assert!(
+                            back.to_bits().abs_diff(n.to_bits()) <= 1,
+                            "{back} read back for {n}"
+                        ),
+                        _ => proptest::prop_assert_eq!(&back, value),
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(start, json.len());
+        }
+    }
+
+    fn any_time() -> impl proptest::strategy::Strategy<Value = u64> {
+        proptest::prelude::any::<u64>()
     }
 
     #[test]
