@@ -38,12 +38,6 @@ pub struct Batch {
     pub points: Points,
 }
 
-impl Batch {
-    pub fn points(&self) -> usize {
-        self.points.len()
-    }
-}
-
 /// A batch the writer holds until its commit, encoded: `json` holds the
 /// points' JSON objects back to back, `ends[i]` is where point `i` ends.
 #[derive(Debug, Default)]
@@ -165,7 +159,7 @@ impl IngestSender {
         };
         if let Command::Append(batch) = refused {
             let stream = Stream::telemetry(&batch.device, &batch.series);
-            self.usage.unreserve(&stream, batch.points() as u64);
+            self.usage.unreserve(&stream, batch.points.len() as u64);
         }
         Err(OutboxError::ShuttingDown)
     }
