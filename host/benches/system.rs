@@ -603,6 +603,7 @@ fn sqlite_baseline(total: u64) -> f64 {
 /// Fill the outbox offline, then connect to Mosquitto and time until a
 /// consumer has every point. The baseline publishes messages of the same
 /// size straight to the same broker.
+///
 /// Gives the medians of the drain and its baseline, each timed from the
 /// start (of the gateway, of the bare client) and from its first message.
 fn drain(total: u64, runs: usize) -> [f64; 4] {
@@ -648,7 +649,7 @@ fn drain(total: u64, runs: usize) -> [f64; 4] {
         }
         let rate = total as f64 / started.elapsed().as_secs_f64();
         run.stop();
-        let streamed = counter.streaming_rate();
+        let (streamed, _) = counter.streaming_rates();
         eprintln!("drain: {rate:.0} points/s; from its first message {streamed:.0} points/s");
         rates.push(rate);
         streaming.push(streamed);
@@ -665,7 +666,7 @@ fn drain(total: u64, runs: usize) -> [f64; 4] {
         let baseline = (messages * 1000) as f64 / started.elapsed().as_secs_f64();
         // Its messages carry no points: a message stands for 1,000, as the
         // gateway's rows of this backlog hold.
-        let streamed = baseline_counter.streaming_messages_rate() * 1000.0;
+        let streamed = baseline_counter.streaming_rates().1 * 1000.0;
         eprintln!(
             "mosquitto baseline: {baseline:.0} points/s ({message_size} byte messages); from its first message {streamed:.0} points/s"
         );
@@ -748,7 +749,8 @@ struct PointCounter {
     arrivals: std::sync::Arc<std::sync::Mutex<Arrivals>>,
 }
 
-/// When the first and the latest message came, and what the first carried.
+/// When the first and the latest message came, and the points the first
+/// carried.
 #[derive(Default, Clone, Copy)]
 struct Arrivals {
     first: Option<(Instant, u64)>,
@@ -816,25 +818,20 @@ impl PointCounter {
         self.messages.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Points a second from the first message's arrival to the latest's,
-    /// counting the points after the first message: the rate of the stream
-    /// itself, without what came before its first message (a process
-    /// starting, a client connecting).
-    fn streaming_rate(&self) -> f64 {
+    /// Points and messages a second from the first message's arrival to
+    /// the latest's, counting what came after the first message: the rate
+    /// of the stream itself, without what came before its first message (a
+    /// process starting, a client connecting).
+    fn streaming_rates(&self) -> (f64, f64) {
         let arrivals = *self.arrivals.lock().expect("arrivals");
         let (Some((first, first_points)), Some(latest)) = (arrivals.first, arrivals.latest) else {
-            return 0.0;
+            return (0.0, 0.0);
         };
-        (self.points() - first_points) as f64 / latest.duration_since(first).as_secs_f64()
-    }
-
-    /// [`streaming_rate`](Self::streaming_rate) in messages a second.
-    fn streaming_messages_rate(&self) -> f64 {
-        let arrivals = *self.arrivals.lock().expect("arrivals");
-        let (Some((first, _)), Some(latest)) = (arrivals.first, arrivals.latest) else {
-            return 0.0;
-        };
-        (self.messages() - 1) as f64 / latest.duration_since(first).as_secs_f64()
+        let seconds = latest.duration_since(first).as_secs_f64();
+        (
+            (self.points() - first_points) as f64 / seconds,
+            (self.messages() - 1) as f64 / seconds,
+        )
     }
 }
 

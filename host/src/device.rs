@@ -1057,7 +1057,7 @@ mod tests {
                 values: vec![("t".into(), Value::Number(-1.0))],
             },
         ];
-        let (json, ends) = encoded(&points_of(&samples));
+        let (json, ends) = points_of(&samples).to_json();
         let first = &json[..ends[0] as usize];
         let second = &json[ends[0] as usize..ends[1] as usize];
         assert_eq!(ends[1] as usize, json.len());
@@ -1074,13 +1074,6 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_slice(second).expect("valid JSON");
         assert_eq!(json, serde_json::json!({"time": 8, "values": {"t": -1.0}}));
-    }
-
-    /// Points as the outbox writer encodes them: JSON, and where each ends.
-    fn encoded(points: &Points) -> (Vec<u8>, Vec<u32>) {
-        let (mut json, mut ends) = (Vec::new(), Vec::new());
-        points.encode_json(&mut json, &mut ends);
-        (json, ends)
     }
 
     const MODEL: &str = r#"{"series": {
@@ -1123,7 +1116,7 @@ mod tests {
         let RecordedPoints::Checked(points) = recording.points else {
             panic!("a series without policies is kept as read");
         };
-        let (json, ends) = encoded(&points);
+        let (json, ends) = points.to_json();
         let text = String::from_utf8(json).expect("utf8");
         let first = format!(r#"{{"time":{},"values":{{"v":2.0,"n":3}}}}"#, T0 + 1);
         let second = format!(r#"{{"time":{},"values":{{"n":4,"v":0.5}}}}"#, T0 + 2);

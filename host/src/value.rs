@@ -5,7 +5,8 @@
 //! strings, booleans, and bytes as base64 text.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+/// How bytes are written as JSON text (and read back): standard base64.
+pub(crate) use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::LazyLock;

@@ -40,7 +40,7 @@ pub struct Batch {
 
 /// A batch the writer holds until its commit, encoded: `json` holds the
 /// points' JSON objects back to back, `ends[i]` is where point `i` ends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Held {
     device: String,
     series: String,
@@ -659,14 +659,15 @@ fn insert_row(tx: &Connection, piece: &Piece, payload: &[u8]) -> rusqlite::Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::OutboxConfig;
 
-    /// A batch of points `{"time":n,"values":{"n":n}}`.
-    fn batch(series: &str, ns: &[i64]) -> Batch {
+    /// A batch of device `d`'s points `{"time":n,"values":{"n":n}}`, one for
+    /// each `n` of `ns`.
+    pub(in crate::outbox) fn batch(series: &str, ns: impl IntoIterator<Item = i64>) -> Batch {
         let mut points = Points::default();
-        for &n in ns {
+        for n in ns {
             points.begin(n as u64);
             points.field("n", &crate::bindings::Value::Integer(n));
         }
@@ -679,7 +680,7 @@ mod tests {
 
     /// The same batch, as the writer holds it.
     fn held(series: &str, ns: &[i64]) -> Held {
-        Held::of(batch(series, ns))
+        Held::of(batch(series, ns.iter().copied()))
     }
 
     #[test]
@@ -838,7 +839,7 @@ mod tests {
         // channel (256 commands) meanwhile.
         conn.execute_batch("BEGIN IMMEDIATE")
             .expect("hold the lock");
-        sender.append(batch("s", &[0])).expect("append");
+        sender.append(batch("s", [0])).expect("append");
         let (committed, commit) = mpsc::channel();
         sender.tx.send(Command::Flush(committed)).expect("flush");
         // One worker: without moving its tasks, the recorder's wait would
@@ -852,7 +853,7 @@ mod tests {
             let finished = finished.clone();
             async move {
                 for n in 1..1_000 {
-                    sender.append(batch("s", &[n])).expect("append");
+                    sender.append(batch("s", [n])).expect("append");
                 }
                 finished.store(true, std::sync::atomic::Ordering::SeqCst);
             }

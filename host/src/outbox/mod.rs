@@ -484,23 +484,10 @@ pub fn depth(conn: &Connection) -> rusqlite::Result<Vec<Depth>> {
 
 #[cfg(test)]
 mod tests {
+    use super::ingest::tests::batch;
     use super::*;
     use crate::config::OutboxConfig;
     use std::sync::Arc;
-
-    /// Points `{"time":n,"values":{"n":n}}` for each `n` of `ns`.
-    fn point_batch(series: &str, ns: std::ops::Range<i64>) -> Batch {
-        let mut points = Points::default();
-        for n in ns {
-            points.begin(n as u64);
-            points.field("n", &crate::bindings::Value::Integer(n));
-        }
-        Batch {
-            device: "d".into(),
-            series: series.into(),
-            points,
-        }
-    }
 
     /// A row of one point to append.
     fn entry(kind: Kind, device: &str, name: &str, payload: &[u8]) -> Entry {
@@ -828,10 +815,10 @@ mod tests {
         let usage = Arc::new(Usage::load(&conn, config).expect("usage"));
         let ingest = Ingest::start(&db, usage.clone(), Arc::default()).expect("start");
         let sender = ingest.sender();
-        sender.append(point_batch("s", 0..2)).expect("append");
-        sender.append(point_batch("other", 9..10)).expect("append");
+        sender.append(batch("s", 0..2)).expect("append");
+        sender.append(batch("other", 9..10)).expect("append");
         sender.flush().expect("flush");
-        sender.append(point_batch("s", 2..3)).expect("append");
+        sender.append(batch("s", 2..3)).expect("append");
         sender.flush().expect("flush");
         // Committed (durable) but open: nothing for the link yet, and a
         // link reading on from where it left off stops before it.
@@ -913,9 +900,9 @@ mod tests {
         let usage = Arc::new(Usage::load(&conn, OutboxConfig::default()).expect("usage"));
         let ingest = Ingest::start(&db, usage, Arc::default()).expect("start");
         let sender = ingest.sender();
-        sender.append(point_batch("s", 0..2)).expect("append");
+        sender.append(batch("s", 0..2)).expect("append");
         sender.flush().expect("flush");
-        sender.append(point_batch("s", 2..3)).expect("append");
+        sender.append(batch("s", 2..3)).expect("append");
         sender.flush().expect("flush");
         let rows = next_rows(&conn, 10).expect("rows");
         assert_eq!(

@@ -74,24 +74,41 @@ impl Points {
     /// Add a field to the point begun. `name` is a checked identifier.
     pub fn field(&mut self, name: &str, value: &Value) {
         debug_assert!(self.count > 0, "a field belongs to a point begun");
-        let (tag, estimate) = match value {
-            Value::Boolean(_) => (BOOLEAN, 5),
-            Value::Integer(_) => (INTEGER, 20),
-            Value::Number(_) => (NUMBER, 24),
-            Value::Text(t) => (TEXT, t.len() as u64 + 2),
-            Value::Bytes(b) => (BYTES, (b.len() as u64).div_ceil(3) * 4 + 2),
+        // What the value's JSON takes at most (text unescaped).
+        let estimate = match value {
+            Value::Boolean(b) => {
+                self.named(BOOLEAN, name).push(u8::from(*b));
+                5
+            }
+            Value::Integer(n) => {
+                self.named(INTEGER, name)
+                    .extend_from_slice(&n.to_le_bytes());
+                20
+            }
+            Value::Number(n) => {
+                self.named(NUMBER, name).extend_from_slice(&n.to_le_bytes());
+                24
+            }
+            Value::Text(t) => {
+                self.named(TEXT, name);
+                self.put_bytes(t.as_bytes());
+                t.len() as u64 + 2
+            }
+            Value::Bytes(b) => {
+                self.named(BYTES, name);
+                self.put_bytes(b);
+                (b.len() as u64).div_ceil(3) * 4 + 2
+            }
         };
-        self.log.push(tag);
-        self.put_bytes(name.as_bytes());
-        match value {
-            Value::Boolean(b) => self.log.push(u8::from(*b)),
-            Value::Integer(n) => self.log.extend_from_slice(&n.to_le_bytes()),
-            Value::Number(n) => self.log.extend_from_slice(&n.to_le_bytes()),
-            Value::Text(t) => self.put_bytes(t.as_bytes()),
-            Value::Bytes(b) => self.put_bytes(b),
-        }
         // `"name":` and a comma.
         self.json_estimate += name.len() as u64 + 4 + estimate;
+    }
+
+    /// A field's tag and name; its value follows.
+    fn named(&mut self, tag: u8, name: &str) -> &mut Vec<u8> {
+        self.log.push(tag);
+        self.put_bytes(name.as_bytes());
+        &mut self.log
     }
 
     fn put_bytes(&mut self, bytes: &[u8]) {
@@ -109,6 +126,14 @@ impl Points {
         self.log.extend_from_slice(&other.log);
         self.count += other.count;
         self.json_estimate += other.json_estimate;
+    }
+
+    /// The points' JSON and where each ends, on their own.
+    #[cfg(test)]
+    pub fn to_json(&self) -> (Vec<u8>, Vec<u32>) {
+        let (mut json, mut ends) = (Vec::new(), Vec::new());
+        self.encode_json(&mut json, &mut ends);
+        (json, ends)
     }
 
     /// Write each point as a JSON object, `{"time":<ns>,"values":{…}}`,
@@ -154,9 +179,7 @@ impl Points {
                 }
                 BYTES => {
                     use base64::Engine as _;
-                    // As `value::to_json` has bytes.
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(reader.bytes());
-                    write_json(json, &encoded);
+                    write_json(json, &crate::value::BASE64.encode(reader.bytes()));
                 }
                 other => unreachable!("points: unknown tag {other}"),
             }
@@ -233,12 +256,6 @@ mod tests {
         points
     }
 
-    fn encoded(points: &Points) -> (Vec<u8>, Vec<u32>) {
-        let (mut json, mut ends) = (Vec::new(), Vec::new());
-        points.encode_json(&mut json, &mut ends);
-        (json, ends)
-    }
-
     #[test]
     fn points_are_encoded_as_the_protocol_documents_them() {
         let points = points(&[
@@ -258,7 +275,7 @@ mod tests {
             (8, vec![("t", Value::Number(-1.0))]),
         ]);
         assert_eq!(points.len(), 2);
-        let (json, ends) = encoded(&points);
+        let (json, ends) = points.to_json();
         assert_eq!(ends.len(), 2);
         assert_eq!(ends[1] as usize, json.len());
         let first = &json[..ends[0] as usize];
@@ -286,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_number_that_is_not_finite_is_null() {
-        let (json, _) = encoded(&points(&[(1, vec![("v", Value::Number(f64::NAN))])]));
+        let (json, _) = points(&[(1, vec![("v", Value::Number(f64::NAN))])]).to_json();
         assert_eq!(json, br#"{"time":1,"values":{"v":null}}"#);
     }
 
@@ -297,11 +314,11 @@ mod tests {
             (2, vec![("a", Value::Integer(2))]),
             (3, vec![("a", Value::Integer(3))]),
         ]);
-        let (second_json, _) = encoded(&second);
-        let (first_json, _) = encoded(&first);
+        let (second_json, _) = second.to_json();
+        let (first_json, _) = first.to_json();
         first.append(second);
         assert_eq!(first.len(), 3);
-        let (json, ends) = encoded(&first);
+        let (json, ends) = first.to_json();
         assert_eq!(json, [first_json.clone(), second_json].concat());
         assert_eq!(ends[0] as usize, first_json.len());
         assert_eq!(ends.len(), 3);
@@ -342,7 +359,7 @@ mod tests {
                     points.field(&format!("f{i}"), value);
                 }
             }
-            let (json, ends) = encoded(&points);
+            let (json, ends) = points.to_json();
             proptest::prop_assert_eq!(ends.len(), of.len());
             let mut start = 0;
             for ((time, values), end) in of.iter().zip(&ends) {
@@ -388,7 +405,7 @@ mod tests {
             ),
             (u64::MAX, vec![("text", Value::Text("plain".into()))]),
         ]);
-        let (json, _) = encoded(&points);
+        let (json, _) = points.to_json();
         let estimate = points.json_estimate();
         assert!(estimate >= json.len() as u64, "{estimate} < {}", json.len());
         assert!(
