@@ -9,7 +9,9 @@
 //! binary resident; together they keep about 5 (BENCHMARKS.md, P6).
 //! `host/benches/link-order` writes the list. Only there is the linker known
 //! to be LLD, Rust's default, which reads it; a function the list does not
-//! name is placed after those it names, as without it.
+//! name is placed after those it names, as without it. A build that links
+//! with another linker (GNU ld has no such option) sets
+//! `WASMGATE_LINK_ORDER=off`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/sparkplug_b.proto");
@@ -18,8 +20,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("cargo:rerun-if-changed=link-order.txt");
     let target = |key: &str| std::env::var(format!("CARGO_CFG_TARGET_{key}")).unwrap_or_default();
+    println!("cargo:rerun-if-env-changed=WASMGATE_LINK_ORDER");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
-    if release && target("ARCH") == "x86_64" && target("OS") == "linux" && target("ENV") == "gnu" {
+    let wanted = std::env::var("WASMGATE_LINK_ORDER").as_deref() != Ok("off");
+    if release
+        && wanted
+        && target("ARCH") == "x86_64"
+        && target("OS") == "linux"
+        && target("ENV") == "gnu"
+    {
         let list =
             std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("link-order.txt");
         println!(
