@@ -6,7 +6,7 @@
 //! functions an idle gateway runs, placed first in the text. Linux maps a
 //! program's text 64 KiB at a time around each page it runs, so scattered
 //! among the compiler's and the server's code they kept about 11 MiB of the
-//! binary resident; together they keep about 5 (BENCHMARKS.md, P6).
+//! binary resident; together they keep about 6 (BENCHMARKS.md, P6).
 //! `host/benches/link-order` writes the list. Only there is the linker known
 //! to be LLD, Rust's default, which reads it; a function the list does not
 //! name is placed after those it names, as without it. A build that links
