@@ -3,7 +3,11 @@
 //!
 //! `cargo bench -p wasmgate --bench system` (add `-- quick` for one run of
 //! each instead of the median of three: every figure is a median). The table it prints goes into
-//! BENCHMARKS.md. These measure; they never fail on a number.
+//! BENCHMARKS.md. These measure; they never fail on a number. Every figure
+//! that starts a gateway runs the binary the package ships, which the bench
+//! first builds with `cargo build --release --package wasmgate`
+//! ([`ship_binary`]), not the one `cargo bench` built with the tests'
+//! features.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -32,6 +36,7 @@ fn main() {
         }
         wanted
     };
+    ship_binary();
     let mut rows: Vec<[String; 4]> = Vec::new();
 
     if wanted("P1") {
@@ -169,8 +174,8 @@ fn main() {
             "P6".into(),
             "resident memory idle, 1 / 10 apps, on the start that compiles them (of it anonymous, the rest mostly the binary's code); 10 apps restarted from the compile cache; the runtime-only build (profile `device`) with precompiled apps; binary size (stripped: default release / runtime-only device)".into(),
             format!(
-                "{rss1:.1} / {rss10:.1} MiB (anonymous {anon1:.1} / {anon10:.1}); restarted {again:.1} MiB (anonymous {again_anon:.1}); runtime-only {device1:.1} / {device10:.1} MiB; {:.1} MiB / {}",
-                footprint.size, footprint.runtime_only
+                "{rss1:.1} / {rss10:.1} MiB (anonymous {anon1:.1} / {anon10:.1}); restarted {again:.1} MiB (anonymous {again_anon:.1}); runtime-only {device1:.1} / {device10:.1} MiB; {:.1} MiB / {}; link order: {}",
+                footprint.size, footprint.runtime_only, link_order_matches()
             ),
             "—".into(),
         ]);
@@ -1107,6 +1112,60 @@ async fn bare_instantiate(engine: &wasmtime::Engine, pre: &wasmtime::component::
     pre.instantiate_async(&mut store)
         .await
         .expect("instantiate");
+}
+
+/// Makes the binary at `CARGO_BIN_EXE_wasmgate`, which every figure that
+/// starts a gateway runs, the one the Debian package ships (`cargo build
+/// --release --package wasmgate`, as `cargo xtask deb` builds it).
+/// `cargo bench` builds the package's binary with the dev-dependencies'
+/// features unified in (tokio's `test-util`): not quite the shipped code,
+/// and its symbols carry other crate hashes than the ones
+/// `host/link-order.txt` lists, so P6 measured a binary laid out worse than
+/// the one that ships. cargo keeps each build's binary apart under `deps/`
+/// and copies the one last asked for to this path, so after the first time
+/// this is a second of cargo's checks, not another link.
+fn ship_binary() {
+    let binary = common::binary();
+    assert!(
+        binary.parent().and_then(|p| p.file_name()) == Some("release".as_ref()),
+        "{} is not a release build: run the system bench with `cargo bench`",
+        binary.display()
+    );
+    eprintln!("building the binary the package ships: cargo build --release --package wasmgate");
+    let built = std::process::Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["build", "--release", "--package", "wasmgate"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        built,
+        "cargo build --release --package wasmgate failed: the bench measures the binary it builds"
+    );
+}
+
+/// How many of `host/link-order.txt`'s functions the measured binary has
+/// (`host/benches/link-order --check`): a stale list names few of them, and
+/// the gateway keeps more of its code resident again (P6).
+fn link_order_matches() -> String {
+    let out = std::process::Command::new(root().join("host/benches/link-order"))
+        .arg("--check")
+        .arg(common::binary())
+        .output();
+    match out {
+        // "7678 of the 7701 functions in host/link-order.txt are in ..."
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let words: Vec<&str> = text.split_whitespace().collect();
+            match (words.first(), words.get(3)) {
+                (Some(found), Some(listed)) => {
+                    format!("{found} of {listed} listed functions in the binary")
+                }
+                _ => format!("not read ({})", text.trim()),
+            }
+        }
+        Ok(out) => format!("not read ({})", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => format!("not read ({e})"),
+    }
 }
 
 /// P1: the actor's call path against a bare typed call, `n` events each.
