@@ -1132,8 +1132,7 @@ fn ship_binary() {
         binary.display()
     );
     eprintln!("building the binary the package ships: cargo build --release --package wasmgate");
-    let built = std::process::Command::new(env!("CARGO"))
-        .current_dir(root())
+    let built = cargo()
         .args(["build", "--release", "--package", "wasmgate"])
         .status()
         .is_ok_and(|s| s.success());
@@ -1141,6 +1140,36 @@ fn ship_binary() {
         built,
         "cargo build --release --package wasmgate failed: the bench measures the binary it builds"
     );
+}
+
+/// `cargo`, for a build from within the bench, in the environment the bench
+/// was started from. cargo gives a bench its package's variables
+/// (`CARGO_PKG_NAME`, `OUT_DIR`, ...), and a build script that asks to run
+/// again when one of them changes (ring's asks for most) would otherwise
+/// run again, and every crate built after it, on each such build and on the
+/// next build from a shell.
+fn cargo() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO"));
+    command.current_dir(root());
+    const SET_FOR_A_BENCH: [&str; 6] = [
+        "OUT_DIR",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_BIN_NAME",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
+            .iter()
+            .any(|prefix| text.starts_with(prefix))
+            || SET_FOR_A_BENCH.contains(&&*text)
+        {
+            command.env_remove(&name);
+        }
+    }
+    command
 }
 
 /// How many of `host/link-order.txt`'s functions the measured binary has
@@ -1524,8 +1553,7 @@ fn footprint() -> Footprint {
         ok.then_some(size)
     };
     let size = stripped(&binary).unwrap_or(f64::NAN);
-    let built = std::process::Command::new(env!("CARGO"))
-        .current_dir(root())
+    let built = cargo()
         .args([
             "build",
             "--quiet",
