@@ -1056,7 +1056,7 @@ fn actor_bench(guest_name: &str, model: &str) -> ActorBench {
     };
     let shared = wasmgate::app::AppShared {
         metrics: wasmgate::metrics::Metrics::default(),
-        db,
+        pool: wasmgate::store::ConnectionPool::new(db),
         units,
         status_signal: Default::default(),
         disk_reserve_bytes: 0,

@@ -276,7 +276,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     // The synced-tables service counts the server's changes in its tallies.
     let tables_unit = units.tables.clone();
     let shared = AppShared {
-        db: database.clone(),
+        pool: crate::store::ConnectionPool::new(database.clone()),
         units,
         status_signal: status_signal.clone(),
         metrics: metrics.clone(),

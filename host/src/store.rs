@@ -3,10 +3,11 @@
 //!
 //! It holds per-app key-value data (`kv`), the device twins (`twin`,
 //! `devices`), the outbox (see `outbox`), app states (`apps`) and the state
-//! apps hand over across a clean restart (`saved_state`). Each app
-//! instance has its own connection (a [`SharedConnection`], shared by its
-//! units), so no app waits on a lock held by another app's Rust code;
-//! SQLite serialises the writes.
+//! apps hand over across a clean restart (`saved_state`). An app instance
+//! takes a connection from the apps' [`ConnectionPool`] for each host call
+//! (a [`SharedConnection`], shared by its units) and hands it back after
+//! it; the pool opens another rather than make anyone wait, so no app waits
+//! on a lock held by another app's Rust code. SQLite serialises the writes.
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -128,11 +129,14 @@ impl Database {
     }
 }
 
-/// A few open connections to the gateway's database, kept for one app and
-/// handed to its instances in turn. Opening a connection (the file, the
-/// WAL and the pragmas) costs more than making a whole instance otherwise
-/// does, and an app that serves HTTP makes an instance per request; a
-/// pooled connection also keeps its cache of prepared statements.
+/// A few open connections to the gateway's database, handed in turn to
+/// whoever needs one for a moment: the apps' instances share one pool, each
+/// holding a connection for one host call. Opening a connection (the file,
+/// the WAL and the pragmas) costs more than making a whole instance
+/// otherwise does, and its first statements parse the schema and compile
+/// each query; a pooled connection has done both already. At a start, ten
+/// apps took one connection each, and opening them was most of the
+/// gateway's start-up CPU (BENCHMARKS.md, P4).
 ///
 /// A connection comes back to the pool when its holder drops it, unless it
 /// is inside a transaction (a holder that panicked mid-way): that one is
@@ -143,12 +147,18 @@ pub struct ConnectionPool {
     idle: std::sync::Mutex<Vec<Connection>>,
     /// Connections it has opened, ever.
     opened: std::sync::atomic::AtomicU64,
+    /// How many it keeps open while nobody holds them ([`keep_idle`]).
+    keep_idle: usize,
 }
 
-/// Connections a pool keeps open while nobody holds them: one for each of
-/// the instances an app has at once (two across a hot swap, several while
-/// an HTTP app serves requests side by side).
-const POOL_IDLE: usize = 4;
+/// Connections a pool keeps open while nobody holds them: one for each host
+/// call that may run at once. Guests run on the runtime's worker threads,
+/// one a core, and a few more hold one across an await now and then (an
+/// actor reading its saved state, a hot swap's second instance). Past it, a
+/// connection is opened again rather than waited for.
+fn keep_idle() -> usize {
+    std::thread::available_parallelism().map_or(4, |cores| (2 * cores.get()).max(4))
+}
 
 impl ConnectionPool {
     pub fn new(db: Database) -> Arc<ConnectionPool> {
@@ -156,6 +166,7 @@ impl ConnectionPool {
             db,
             idle: std::sync::Mutex::new(Vec::new()),
             opened: Default::default(),
+            keep_idle: keep_idle(),
         })
     }
 
@@ -175,6 +186,11 @@ impl ConnectionPool {
             conn: Some(conn),
             pool: self.clone(),
         })
+    }
+
+    /// The database it opens connections to.
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Connections open and idle now.
@@ -222,7 +238,7 @@ impl Drop for Pooled {
             return;
         }
         let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < POOL_IDLE {
+        if idle.len() < self.pool.keep_idle {
             idle.push(conn);
         }
     }
@@ -230,13 +246,13 @@ impl Drop for Pooled {
 
 /// One instance's connection to the gateway's database, shared by the
 /// units that use one (storage, device, tables). It is taken from the
-/// app's pool for each host call and handed back after it, so an app keeps
-/// one open connection between its actor and its instances, not one per
-/// holder: each costs about 100 KiB of heap (SQLite's lookaside, page
-/// cache and parsed schema). With two per app, SQLite held three quarters
-/// of the heap of an idle gateway running ten apps (BENCHMARKS.md, P6).
-/// Taking an idle one is a pop from a list; an instance that never touches
-/// the database opens none.
+/// apps' pool for each host call and handed back after it, so the apps
+/// keep a few open connections between them, not one per holder: each
+/// costs about 100 KiB of heap (SQLite's lookaside, page cache and parsed
+/// schema). With two per app, SQLite held three quarters of the heap of an
+/// idle gateway running ten apps (BENCHMARKS.md, P6). Taking an idle one is
+/// a pop from a list; an instance that never touches the database opens
+/// none.
 ///
 /// An instance makes one call at a time, so units never wait on each other
 /// for it; each holds it for one host call, and ends its transactions
@@ -767,11 +783,11 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .expect("count");
         assert_eq!(count, 1, "and its transaction rolled back");
-        let many: Vec<Pooled> = (0..POOL_IDLE + 3)
+        let many: Vec<Pooled> = (0..pool.keep_idle + 3)
             .map(|_| pool.open().expect("open"))
             .collect();
         drop(many);
-        assert_eq!(pool.idle(), POOL_IDLE, "at most POOL_IDLE stay open");
+        assert_eq!(pool.idle(), pool.keep_idle, "at most keep_idle stay open");
     }
 
     #[test]

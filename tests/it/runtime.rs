@@ -305,6 +305,44 @@ fn apps_of_one_component_share_one_loaded_copy_of_it() {
     assert!(run.stop().success());
 }
 
+/// The apps share one pool of database connections: a dozen apps that each
+/// read and write storage keep a few connections open between them, not
+/// one each. Each costs about 100 KiB of heap, and opening one per app was
+/// most of a start's CPU (BENCHMARKS.md, P4).
+#[test]
+fn apps_share_a_few_database_connections_rather_than_one_each() {
+    let one = database_files_open_with_apps(1);
+    let apps = 12;
+    let many = database_files_open_with_apps(apps);
+    assert!(one >= 1, "a gateway with one app has the database open");
+    assert!(
+        many - one < apps / 2,
+        "{apps} apps opened {} more connections than one app did ({one})",
+        many - one
+    );
+}
+
+/// How many times a gateway running `apps` storage apps, each through its
+/// `init` and ticking, has the database file open: its connections.
+fn database_files_open_with_apps(apps: usize) -> usize {
+    let names: Vec<String> = (0..apps).map(|i| format!("app{i}")).collect();
+    let gw = names.iter().fold(Gateway::new(), |gw, name| {
+        gw.app(name, &guest("storage-roundtrip"), &model("counter"), FAST)
+    });
+    let mut run = gw.start();
+    for name in &names {
+        run.wait_running(name, Duration::from_secs(60));
+    }
+    let database = gw.db_path().canonicalize().expect("the database file");
+    let open = std::fs::read_dir(format!("/proc/{}/fd", run.pid()))
+        .expect("the gateway's open files")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|file| *file == database)
+        .count();
+    assert!(run.stop().success());
+    open
+}
+
 #[test]
 fn the_thermostat_example_records_reports_and_alerts() {
     let gw = Gateway::new().app(

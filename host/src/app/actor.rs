@@ -31,7 +31,6 @@ use crate::capability::AppSetup;
 use crate::config::AppConfig;
 use crate::metrics::AppMetrics;
 use crate::model::DeviceModel;
-use crate::store::Database;
 use crate::value::wall_ns_at;
 use crate::wasi::StderrTail;
 use std::sync::atomic::Ordering;
@@ -60,7 +59,11 @@ pub struct AppVersion {
 /// What every app of the gateway shares.
 #[derive(Clone)]
 pub struct AppShared {
-    pub db: Database,
+    /// Connections to the gateway's database, shared by every app's
+    /// instances and actors: each takes one for a host call and hands it
+    /// back, so apps reuse each other's open connections (with their parsed
+    /// schema and prepared statements) instead of each opening its own.
+    pub pool: Arc<crate::store::ConnectionPool>,
     /// The capability units, with their gateway state.
     pub units: super::Units,
     /// Signalled when an app's state changes.
@@ -249,15 +252,12 @@ struct AppBase {
     shared: AppShared,
     /// The app's own directory, its only WASI preopen.
     files_dir: PathBuf,
-    /// The app's database connections, kept across its instances.
-    pool: Arc<crate::store::ConnectionPool>,
 }
 
 impl AppBase {
     fn new(name: Arc<str>, shared: AppShared, files_dir: PathBuf) -> AppBase {
         let metrics = shared.metrics.app(&name);
         AppBase {
-            pool: crate::store::ConnectionPool::new(shared.db.clone()),
             rates: crate::rate::AppRates::new(metrics.clone()),
             metrics,
             name,
@@ -266,11 +266,12 @@ impl AppBase {
         }
     }
 
-    /// A connection to the gateway's database from the app's pool: the one
-    /// its instance hands back after each host call, so that the actor and
-    /// its instances keep one open connection between them, not one each.
+    /// A connection to the gateway's database from the apps' pool: one
+    /// that an instance (of this app or another) handed back after a host
+    /// call, so that the apps keep a few open connections between them, not
+    /// one each.
     fn db(&self) -> rusqlite::Result<crate::store::Pooled> {
-        self.pool.open()
+        self.shared.pool.open()
     }
 
     /// The state the app's last instance kept at a clean stop, if any.
@@ -289,7 +290,7 @@ impl AppBase {
         let config = &version.config;
         let device: Arc<str> = config.device.as_str().into();
         let io = Arc::new(crate::io_clock::IoClock::new(config.io_budget()));
-        let conn = crate::store::SharedConnection::pooled(self.pool.clone());
+        let conn = crate::store::SharedConnection::pooled(self.shared.pool.clone());
         let setup = AppSetup {
             io: &io,
             metrics: &self.metrics,
@@ -300,7 +301,7 @@ impl AppBase {
             device_models: &version.device_models,
             files_dir: &self.files_dir,
             rates: &self.rates,
-            db: &self.shared.db,
+            db: self.shared.pool.database(),
             conn: &conn,
         };
         let units = self.shared.units.instances(&setup)?;

@@ -284,7 +284,7 @@ impl Deployer {
     ) -> anyhow::Result<Deployer> {
         Ok(Deployer {
             runtime,
-            conn: std::sync::Mutex::new(shared.db.open()?),
+            conn: std::sync::Mutex::new(shared.pool.database().open()?),
             artifacts: Artifacts::open(&data_dir.join("artifacts"))
                 .context("opening the artifact store")?,
             directory,
