@@ -119,10 +119,8 @@ pub fn insert(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
 /// retained `model` topic. Only the newest matters: an older one not yet
 /// sent is replaced.
 pub fn announce_model(conn: &Connection, device: &str, model: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "DELETE FROM outbox WHERE kind = 'model' AND device = ?1",
-        [device],
-    )?;
+    conn.prepare_cached("DELETE FROM outbox WHERE kind = 'model' AND device = ?1")?
+        .execute([device])?;
     insert(
         conn,
         &[Entry {
