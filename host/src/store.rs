@@ -135,8 +135,9 @@ impl Database {
 /// the WAL and the pragmas) costs more than making a whole instance
 /// otherwise does, and its first statements parse the schema and compile
 /// each query; a pooled connection has done both already. At a start, ten
-/// apps took one connection each, and opening them was most of the
-/// gateway's start-up CPU (BENCHMARKS.md, P4).
+/// apps took one connection each, and opening them (with the schema parsed
+/// and the queries compiled on each) was the largest part of the start's
+/// CPU (BENCHMARKS.md, P4).
 ///
 /// A connection comes back to the pool when its holder drops it, unless it
 /// is inside a transaction (a holder that panicked mid-way): that one is
