@@ -158,14 +158,20 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     let _lock = lock_data_dir(&config.data_dir)?;
     let database = Database::new(config.database_path(), config.outbox.database_max_bytes);
     let db_path = database.path().to_path_buf();
-    let db = database
-        .open()
-        .with_context(|| format!("opening the database {}", db_path.display()))?;
-    let mut schemas = Units::schemas();
-    schemas.push(crate::deploy::registry::SCHEMA);
-    crate::store::migrate(&db, &schemas)
-        .with_context(|| format!("preparing the database {}", db_path.display()))?;
-    let usage = Arc::new(Usage::load(&db, config.outbox.clone()).context("reading the outbox")?);
+    // The apps' connections, which the deployer and the start's own reads
+    // take too: the connection that prepares the database goes back to the
+    // pool, schema parsed, for the first app rather than stay open unused.
+    let pool = crate::store::ConnectionPool::new(database.clone());
+    let usage = {
+        let db = pool
+            .open()
+            .with_context(|| format!("opening the database {}", db_path.display()))?;
+        let mut schemas = Units::schemas();
+        schemas.push(crate::deploy::registry::SCHEMA);
+        crate::store::migrate(&db, &schemas)
+            .with_context(|| format!("preparing the database {}", db_path.display()))?;
+        Arc::new(Usage::load(&db, config.outbox.clone()).context("reading the outbox")?)
+    };
 
     // Models are checked before anything starts: a bad one is an operator
     // error to fix, named with its file.
@@ -276,7 +282,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
     // The synced-tables service counts the server's changes in its tallies.
     let tables_unit = units.tables.clone();
     let shared = AppShared {
-        pool: crate::store::ConnectionPool::new(database.clone()),
+        pool: pool.clone(),
         units,
         status_signal: status_signal.clone(),
         metrics: metrics.clone(),
@@ -329,7 +335,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         }
         Some(cloud) => {
             let (replies_tx, replies) = mpsc::channel(256);
-            let (trust, base) = crate::deploy::cloud::Trust::load(&config, &db)
+            let (trust, base) = crate::deploy::cloud::Trust::load(&config, &*pool.open()?)
                 .context("reading the trusted deployment keys")?;
             let deployments = crate::deploy::cloud::spawn(
                 trust,

@@ -253,9 +253,6 @@ struct Settled {
 
 pub struct Deployer {
     runtime: Arc<Runtime>,
-    /// Behind a mutex only so that the deployer's futures are `Send`; it is
-    /// never held across an await.
-    conn: std::sync::Mutex<rusqlite::Connection>,
     artifacts: Artifacts,
     directory: Directory,
     shared: AppShared,
@@ -284,7 +281,6 @@ impl Deployer {
     ) -> anyhow::Result<Deployer> {
         Ok(Deployer {
             runtime,
-            conn: std::sync::Mutex::new(shared.pool.database().open()?),
             artifacts: Artifacts::open(&data_dir.join("artifacts"))
                 .context("opening the artifact store")?,
             directory,
@@ -299,8 +295,10 @@ impl Deployer {
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// A connection from the apps' pool, for one statement or a few: the
+    /// deployer keeps none of its own.
+    fn db(&self) -> rusqlite::Result<crate::store::Pooled> {
+        self.shared.pool.open()
     }
 
     /// Bring the registry in line with gateway.toml and start every app.
@@ -331,7 +329,7 @@ impl Deployer {
             let fingerprint = artifacts::digest(
                 format!("{component_digest}\n{}", serde_json::to_string(&spec)?).as_bytes(),
             );
-            let current = registry::current(&self.db(), &app.name)?;
+            let current = registry::current(&*self.db()?, &app.name)?;
             if current.as_ref().and_then(|c| c.config_digest.as_deref())
                 == Some(fingerprint.as_str())
             {
@@ -354,21 +352,22 @@ impl Deployer {
             log_load(&app.name, &loaded);
             loaded_now.insert(app.name.clone(), (loaded.pre, loaded.source));
             self.artifacts.put_hashed(&component, &component_digest)?;
-            let number = registry::add(&self.db(), &app.name, &component_digest, &spec, "config")?;
-            registry::set_current(&self.db(), &app.name, number)?;
-            registry::set_config_digest(&self.db(), &app.name, &fingerprint)?;
-            registry::set_outcome(&self.db(), &app.name, number, &VersionOutcome::Running)?;
+            let number =
+                registry::add(&*self.db()?, &app.name, &component_digest, &spec, "config")?;
+            registry::set_current(&*self.db()?, &app.name, number)?;
+            registry::set_config_digest(&*self.db()?, &app.name, &fingerprint)?;
+            registry::set_outcome(&*self.db()?, &app.name, number, &VersionOutcome::Running)?;
             if let Some(previous) = current {
                 tracing::info!(app = %app.name, "gateway.toml changed the app: version {number} replaces {}", previous.version);
                 registry::set_outcome(
-                    &self.db(),
+                    &*self.db()?,
                     &app.name,
                     previous.version,
                     &VersionOutcome::Replaced,
                 )?;
             }
         }
-        let all = registry::all(&self.db())?;
+        let all = registry::all(&*self.db()?)?;
         for current in all {
             let loaded = loaded_now.remove(&current.app);
             let version = self
@@ -387,7 +386,7 @@ impl Deployer {
         number: i64,
         loaded: Option<(Arc<crate::app::Prepared>, Load)>,
     ) -> anyhow::Result<AppVersion> {
-        let record = registry::get(&self.db(), app, number)?
+        let record = registry::get(&*self.db()?, app, number)?
             .with_context(|| format!("app {app}: version {number} is not in the registry"))?;
         let model = DeviceModel::parse(&record.spec.model.to_string())
             .map_err(|e| anyhow::anyhow!("app {app}: {e}"))?;
@@ -427,7 +426,7 @@ impl Deployer {
         let files_dir = crate::config::app_files_dir(&self.data_dir, &name);
         std::fs::create_dir_all(&files_dir)
             .with_context(|| format!("creating {}", files_dir.display()))?;
-        crate::store::claim_device(&self.db(), &version.config.device, &name)?;
+        crate::store::claim_device(&*self.db()?, &version.config.device, &name)?;
         let device = version.config.device.clone();
         let model = version.model.clone();
         let spec = AppSpec {
@@ -488,14 +487,11 @@ impl Deployer {
             Command::RollbackFrom(app, digest, reply) => {
                 // Checked here, in the one task that changes versions, so
                 // nothing can swap the app between the check and the rollback.
-                // One statement per lock of the connection: a second
-                // `self.db()` while the first guard lives would deadlock.
-                let current = registry::current(&self.db(), &app);
-                let running = current.and_then(|current| {
-                    let Some(current) = current else {
+                let running = self.db().and_then(|db| {
+                    let Some(current) = registry::current(&db, &app)? else {
                         return Ok(None);
                     };
-                    let versions = registry::versions(&self.db(), &app)?;
+                    let versions = registry::versions(&db, &app)?;
                     Ok(versions
                         .into_iter()
                         .find(|v| v.version == current.version)
@@ -528,9 +524,9 @@ impl Deployer {
                 bytes: request.component.len(),
             });
         }
-        let current = registry::current(&self.db(), &app)?;
+        let current = registry::current(&*self.db()?, &app)?;
         let running = match &current {
-            Some(c) => registry::get(&self.db(), &app, c.version)?,
+            Some(c) => registry::get(&*self.db()?, &app, c.version)?,
             None => None,
         };
         let spec = next_spec(
@@ -575,7 +571,7 @@ impl Deployer {
             .map_err(DeployError::LoadTask)?
             .map_err(DeployError::ComponentRefused)?;
         log_load(&app, &loaded);
-        let number = registry::add(&self.db(), &app, &digest, &spec, &request.source)?;
+        let number = registry::add(&*self.db()?, &app, &digest, &spec, &request.source)?;
         let version = AppVersion {
             config: spec.to_config(&app),
             model: Arc::new(model),
@@ -602,16 +598,16 @@ impl Deployer {
         let Some(entry) = self.directory.get(app) else {
             self.spawn_app(version, false)
                 .map_err(DeployError::CannotStart)?;
-            registry::set_current(&self.db(), app, number)?;
-            registry::set_outcome(&self.db(), app, number, &VersionOutcome::Running)?;
+            registry::set_current(&*self.db()?, app, number)?;
+            registry::set_outcome(&*self.db()?, app, number, &VersionOutcome::Running)?;
             self.tidy(app);
             return Ok(format!("app {app}: version {number} started"));
         };
-        crate::store::claim_device(&self.db(), &device, app)?;
+        crate::store::claim_device(&*self.db()?, &device, app)?;
         match entry.handle.swap(version, self.probation).await {
             Ok(outcome) => {
-                registry::set_current(&self.db(), app, number)?;
-                registry::set_outcome(&self.db(), app, number, &VersionOutcome::OnProbation)?;
+                registry::set_current(&*self.db()?, app, number)?;
+                registry::set_outcome(&*self.db()?, app, number, &VersionOutcome::OnProbation)?;
                 self.directory.insert(Entry {
                     handle: entry.handle,
                     device,
@@ -633,7 +629,7 @@ impl Deployer {
             }
             Err(error) => {
                 registry::set_outcome(
-                    &self.db(),
+                    &*self.db()?,
                     app,
                     number,
                     &VersionOutcome::Refused(error.to_string()),
@@ -663,7 +659,9 @@ impl Deployer {
             }
             Outcome::Interrupted => {}
         }
-        let settled = registry::settle(&self.db(), &app, version, previous, &outcome);
+        let settled = self
+            .db()
+            .and_then(|db| registry::settle(&db, &app, version, previous, &outcome));
         match settled {
             // Rolled back: the directory routes with the previous version's
             // device and model again.
@@ -686,19 +684,22 @@ impl Deployer {
 
     /// Forget old versions and the artifacts nobody uses.
     fn tidy(&self, app: &str) {
-        if let Err(e) = registry::prune(&self.db(), app, self.keep) {
+        if let Err(e) = self
+            .db()
+            .and_then(|db| registry::prune(&db, app, self.keep))
+        {
             tracing::warn!(app, "could not prune old versions: {e}");
         }
-        match registry::digests_in_use(&self.db()) {
+        match self.db().and_then(|db| registry::digests_in_use(&db)) {
             Ok(keep) => self.artifacts.collect_garbage(&keep),
             Err(e) => tracing::warn!("could not list the artifacts in use: {e}"),
         }
     }
 
     async fn rollback(&mut self, app: &str) -> Result<String, DeployError> {
-        let current = registry::current(&self.db(), app)?
+        let current = registry::current(&*self.db()?, app)?
             .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
-        let versions = registry::versions(&self.db(), app)?;
+        let versions = registry::versions(&*self.db()?, app)?;
         let target = registry::rollback_target(&versions, current.version)
             .ok_or_else(|| DeployError::NothingToRollBackTo(app.to_string()))?;
         let version = self
@@ -707,7 +708,7 @@ impl Deployer {
             .map_err(DeployError::LoadVersion)?;
         let message = self.switch_to(app, version, Some(current.version)).await?;
         registry::set_outcome(
-            &self.db(),
+            &*self.db()?,
             app,
             current.version,
             &VersionOutcome::RolledBackByOperator,
@@ -726,7 +727,10 @@ impl Deployer {
             let _ = reply.send(Err(DeployError::NoSuchApp(app.to_string())));
             return;
         };
-        if let Err(e) = registry::set_stopped(&self.db(), app, stop) {
+        if let Err(e) = self
+            .db()
+            .and_then(|db| registry::set_stopped(&db, app, stop))
+        {
             let _ = reply.send(Err(DeployError::RecordState(e)));
             return;
         }
@@ -752,7 +756,9 @@ impl Deployer {
             .ok_or_else(|| DeployError::NoSuchApp(app.to_string()))?;
         entry.handle.control(Control::Remove).await?;
         self.directory.remove(app);
-        registry::remove(&self.db(), app).map_err(DeployError::RecordState)?;
+        self.db()
+            .and_then(|db| registry::remove(&db, app))
+            .map_err(DeployError::RecordState)?;
         self.tidy(app);
         Ok(format!(
             "app {app} removed (its storage and files are kept; deploying it again finds them)"
