@@ -18,7 +18,14 @@ use std::time::Duration;
 use crate::value::now_ns;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
+
+/// Sums the outbox's rows into `outbox_totals`: once for a database from
+/// before the kept totals, and in tests to check the kept totals against.
+pub(crate) const RECOUNT_OUTBOX_TOTALS: &str = "DELETE FROM outbox_totals;
+     INSERT INTO outbox_totals (kind, device, name, bytes, points)
+         SELECT kind, device, name, SUM(length(payload)), SUM(points) FROM outbox
+         WHERE kind IN ('telemetry', 'alert') GROUP BY kind, device, name;";
 
 /// The tables the store itself keeps (devices, the twin, the outbox, the
 /// apps' states); the capability units and the deployer own theirs.
@@ -47,6 +54,17 @@ CREATE TABLE IF NOT EXISTS outbox_counters (
     dropped  INTEGER NOT NULL DEFAULT 0,
     rejected INTEGER NOT NULL DEFAULT 0,
     expired  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, device, name)
+) WITHOUT ROWID;
+
+-- What each telemetry and alert stream holds in the outbox, changed in the
+-- transaction that changes its rows (outbox::totals; schema 10).
+CREATE TABLE IF NOT EXISTS outbox_totals (
+    kind   TEXT NOT NULL,
+    device TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    bytes  INTEGER NOT NULL,
+    points INTEGER NOT NULL,
     PRIMARY KEY (kind, device, name)
 ) WITHOUT ROWID;
 
@@ -429,6 +447,13 @@ pub fn migrate(conn: &Connection, schemas: &[&str]) -> anyhow::Result<()> {
         tx.commit()?;
     }
     conn.execute_batch(OUTBOX_OPEN_INDEX)?;
+    // Version 10 keeps the streams' totals beside the rows: an older
+    // database's are summed once, here.
+    if version < 10 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(RECOUNT_OUTBOX_TOTALS)?;
+        tx.commit()?;
+    }
     // baea322 (main's head for under an hour) made a partial index that no
     // query reads since 4b3004c; left in place it would cost each report's
     // commit a page.

@@ -28,7 +28,7 @@ use super::protocol::{OutboxInfo, Status};
 use super::topics;
 use crate::config::{CloudConfig, OutboxConfig};
 use crate::mqtt::reconnect_backoff;
-use crate::outbox::{self, Lane, Stream, Usage};
+use crate::outbox::{self, Lane, Usage};
 use crate::report::Reporter;
 use crate::store::Database;
 use crate::value::now_ns;
@@ -676,7 +676,6 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: upto,
             twin_device: Some(device.to_string()),
-            counted: None,
         }))
     }
 
@@ -715,11 +714,6 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
-            counted: Some((
-                Stream::alert(&row.device, &row.name),
-                row.bytes,
-                u64::from(row.points),
-            )),
         }))
     }
 
@@ -740,7 +734,6 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
-            counted: None,
         }))
     }
 
@@ -783,7 +776,6 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
-            counted: None,
         }))
     }
 
@@ -816,11 +808,6 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
-            counted: Some((
-                Stream::telemetry(&row.device, &row.name),
-                row.bytes,
-                u64::from(row.points),
-            )),
         }))
     }
 
@@ -922,15 +909,10 @@ fn settle_or_defer(db: &rusqlite::Connection, usage: &Usage, sent: &[Sent], wait
     let mut rows = Vec::new();
     let mut twins = Vec::new();
     for sent in sent {
-        if let Sent::Row {
-            seq,
-            twin_device,
-            counted,
-        } = sent
-        {
+        if let Sent::Row { seq, twin_device } = sent {
             match twin_device {
                 Some(device) => twins.push((device.clone(), *seq)),
-                None => rows.push((*seq, counted.clone())),
+                None => rows.push(*seq),
             }
         }
     }
@@ -992,7 +974,6 @@ mod tests {
             .map(|row| Sent::Row {
                 seq: row.seq,
                 twin_device: None,
-                counted: None,
             })
             .collect();
         assert_eq!(sent.len(), 2);

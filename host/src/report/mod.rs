@@ -210,7 +210,7 @@ impl Reporter {
 
     fn outbox_in(&self, conn: Option<&rusqlite::Connection>) -> OutboxInfo {
         let (entries, points) = conn
-            .and_then(|conn| crate::outbox::totals(conn).ok())
+            .and_then(|conn| crate::outbox::totals(conn, &self.usage).ok())
             .unwrap_or_default();
         let streams = self
             .usage
