@@ -105,19 +105,6 @@ fn every_point_within_the_promise_survives_repeated_kill_9() {
         std::thread::sleep(Duration::from_millis(100 + rng.next(600)));
         let killed_at = SystemTime::now();
         run.kill9();
-        // The streams' totals a start reads are kept beside the rows, in
-        // their transactions: a kill at any moment leaves them equal.
-        let kept = "SELECT kind, device, name, bytes, points FROM outbox_totals
-                    WHERE bytes != 0 OR points != 0";
-        let summed = "SELECT kind, device, name, SUM(length(payload)), SUM(points) FROM outbox
-                      WHERE kind IN ('telemetry', 'alert') GROUP BY kind, device, name";
-        for (a, b) in [(kept, summed), (summed, kept)] {
-            let differ = gw.count(&format!("SELECT COUNT(*) FROM ({a} EXCEPT {b})"));
-            assert_eq!(
-                differ, 0,
-                "round {round}: the kept totals differ from the rows"
-            );
-        }
         // Numbers claimed after the promise's cut-off may be lost; earlier
         // ones may not.
         let covered = recorded_before(&run, killed_at - PROMISE);

@@ -27,7 +27,6 @@ use tokio::sync::Notify;
 use super::Kind;
 use super::OutboxError;
 use super::Points;
-use super::Tally;
 use super::limits::{self, Stream, Usage};
 use crate::store::Database;
 
@@ -361,14 +360,9 @@ impl Writer {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut written = Vec::with_capacity(pieces.len());
-            let mut tally = Tally::default();
             for piece in &pieces {
-                let row = write(&tx, piece)?;
-                let stream = Stream::telemetry(&piece.device, &piece.series);
-                tally.change(&stream, row.added_bytes as i64, i64::from(piece.points));
-                written.push((stream, row));
+                written.push(write(&tx, piece)?);
             }
-            tally.write(&tx)?;
             if maintain {
                 limits::enforce(&tx, &self.usage)?;
                 limits::expire(&tx, &self.usage)?;
@@ -385,10 +379,12 @@ impl Writer {
         let result = match result {
             Ok(written) => {
                 let now = Instant::now();
-                for (piece, (stream, row)) in pieces.iter().zip(written) {
-                    stream_over |=
-                        self.usage
-                            .added(stream, row.added_bytes, u64::from(piece.points));
+                for (piece, row) in pieces.iter().zip(written) {
+                    stream_over |= self.usage.added(
+                        Stream::telemetry(&piece.device, &piece.series),
+                        row.added_bytes,
+                        u64::from(piece.points),
+                    );
                     let key = (piece.device.clone(), piece.series.clone());
                     if piece.sealed {
                         self.open.remove(&key);

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::Tally;
 use crate::config::{OutboxConfig, WhenFull};
 use crate::value::now_ns;
 
@@ -99,6 +98,11 @@ struct Inner {
     dirty: bool,
 }
 
+/// Each stream's bytes and points, summed over its rows.
+const STREAM_SUMS: &str =
+    "SELECT kind, device, name, COALESCE(SUM(length(payload)), 0), COALESCE(SUM(points), 0)
+     FROM outbox WHERE kind IN ('telemetry', 'alert') GROUP BY kind, device, name";
+
 /// The outbox's running totals and counters, shared by the writer, the
 /// apps and the cloud link.
 pub struct Usage {
@@ -107,15 +111,30 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Totals from the kept totals (not from the rows: see
-    /// [`super::totals`]), counters from `outbox_counters`.
+    /// Totals from the rows in the database, counters from `outbox_counters`.
+    /// The sums read only the index `outbox_by_stream`, which holds each
+    /// row's points and payload length (see `store`), not the rows: the
+    /// start of a gateway with a backlog would otherwise read all of it.
     pub fn load(conn: &Connection, config: OutboxConfig) -> rusqlite::Result<Usage> {
         let mut inner = Inner::default();
-        for (stream, bytes, points) in super::totals::read(conn)? {
-            let stats = inner.streams.entry(stream).or_default();
-            stats.bytes = bytes;
-            stats.points = points;
-            inner.total_bytes += bytes;
+        let mut stmt = conn.prepare(STREAM_SUMS)?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, device, name, bytes, points) = row?;
+            if let Some(stream) = Stream::of(&kind, device, name) {
+                let stats = inner.streams.entry(stream).or_default();
+                stats.bytes = bytes.max(0) as u64;
+                stats.points = points.max(0) as u64;
+                inner.total_bytes += stats.bytes;
+            }
         }
         let mut stmt = conn.prepare(
             "SELECT kind, device, name, dropped, rejected, expired FROM outbox_counters",
@@ -323,12 +342,6 @@ enum Loss {
 /// Bring every stream and the gateway under their byte limits, deleting the
 /// oldest rows of `drop-oldest` streams: telemetry first, alerts last.
 pub fn enforce(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
-    let mut tally = Tally::default();
-    enforce_tallied(tx, usage, &mut tally)?;
-    tally.write(tx)
-}
-
-fn enforce_tallied(tx: &Transaction<'_>, usage: &Usage, tally: &mut Tally) -> rusqlite::Result<()> {
     let config = usage.config();
     // Per-stream limits, if any series has one: copying every stream's
     // figures each second is not free at 20,000 streams.
@@ -356,7 +369,7 @@ fn enforce_tallied(tx: &Transaction<'_>, usage: &Usage, tally: &mut Tally) -> ru
                 if over == 0 {
                     break;
                 }
-                super::delete(tx, victim.seq, tally)?;
+                delete(tx, victim.seq)?;
                 usage.lost(&victim.stream, victim.bytes, victim.points, Loss::Dropped);
                 over = over.saturating_sub(victim.bytes);
             }
@@ -380,7 +393,7 @@ fn enforce_tallied(tx: &Transaction<'_>, usage: &Usage, tally: &mut Tally) -> ru
                 if usage.total_bytes() <= config.max_bytes {
                     break;
                 }
-                super::delete(tx, victim.seq, tally)?;
+                delete(tx, victim.seq)?;
                 usage.lost(&victim.stream, victim.bytes, victim.points, Loss::Dropped);
             }
         }
@@ -429,7 +442,6 @@ pub fn expire(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
     if !due {
         return Ok(());
     }
-    let mut tally = Tally::default();
     for (stream, stats) in usage.snapshot() {
         if stats.points == 0 {
             continue;
@@ -439,10 +451,10 @@ pub fn expire(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
             _ => config.defaults.max_age,
         };
         if let Some(max_age) = max_age {
-            expire_stream(tx, usage, &mut tally, &stream, cutoff(max_age))?;
+            expire_stream(tx, usage, &stream, cutoff(max_age))?;
         }
     }
-    tally.write(tx)
+    Ok(())
 }
 
 /// Delete `stream`'s rows written before `cutoff`, oldest first, up to the
@@ -450,7 +462,6 @@ pub fn expire(tx: &Transaction<'_>, usage: &Usage) -> rusqlite::Result<()> {
 fn expire_stream(
     tx: &Transaction<'_>,
     usage: &Usage,
-    tally: &mut Tally,
     stream: &Stream,
     cutoff: i64,
 ) -> rusqlite::Result<()> {
@@ -461,7 +472,7 @@ fn expire_stream(
             if row.created_at >= cutoff {
                 return Ok(());
             }
-            super::delete(tx, row.seq, tally)?;
+            delete(tx, row.seq)?;
             usage.lost(stream, row.bytes, row.points, Loss::Expired);
         }
         if rows.len() < STEP {
@@ -527,6 +538,11 @@ fn oldest(
             })
         })
         .collect())
+}
+
+fn delete(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -636,9 +652,6 @@ mod tests {
                 .expect("insert");
         }
         drop(insert);
-        // Written behind the outbox's back: summed into the kept totals.
-        conn.execute_batch(crate::store::RECOUNT_OUTBOX_TOTALS)
-            .expect("recount");
         let usage = Usage::load(&conn, config).expect("usage");
         (dir, conn, usage)
     }
@@ -689,31 +702,27 @@ mod tests {
             (4, 2, 4)
         );
         assert_eq!((stats("e").expired, stats("e").points), (2, 2));
-        let (kept, summed) = crate::outbox::totals::tests::kept_and_summed(&conn);
-        assert_eq!(kept.len(), 3, "long at d, short at d and e");
-        assert_eq!(kept, summed);
     }
 
     #[test]
-    fn the_gateways_limit_evicts_the_oldest_rows_and_the_kept_totals_follow() {
-        let config = OutboxConfig {
-            // Four bytes a row: room for three.
-            max_bytes: 12,
-            ..OutboxConfig::default()
-        };
-        let rows: Vec<(&str, &str, u64)> = (0..5).map(|i| ("s", "d", 50 - i)).collect();
-        let (_dir, mut conn, usage) = outbox_with(&rows, config);
-        assert_eq!(usage.total_bytes(), 20);
-        let tx = conn.transaction().expect("tx");
-        enforce(&tx, &usage).expect("enforce");
-        tx.commit().expect("commit");
-        assert_eq!(usage.total_bytes(), 12);
-        let (kept, summed) = crate::outbox::totals::tests::kept_and_summed(&conn);
-        assert_eq!(kept, vec![(Stream::telemetry("d", "s"), 12, 6)]);
-        assert_eq!(kept, summed);
-        // A start after it reads what is left.
-        let config = usage.config().clone();
-        assert_eq!(Usage::load(&conn, config).expect("usage").total_bytes(), 12);
+    fn a_start_sums_the_streams_from_an_index_without_reading_the_rows() {
+        let (_dir, conn, usage) = outbox_with(&[("s", "d", 30), ("s", "e", 20), ("s", "d", 10)], {
+            OutboxConfig::default()
+        });
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {STREAM_SUMS}"))
+            .expect("plan")
+            .query_map([], |r| r.get(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan");
+        assert_eq!(
+            plan,
+            ["SEARCH outbox USING COVERING INDEX outbox_by_stream (kind=?)"]
+        );
+        let stats = |device: &str| usage.lock().streams[&Stream::telemetry(device, "s")].clone();
+        assert_eq!((stats("d").bytes, stats("d").points), (8, 4));
+        assert_eq!((stats("e").bytes, stats("e").points), (4, 2));
     }
 
     #[test]

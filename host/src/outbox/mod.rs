@@ -16,7 +16,6 @@
 pub mod ingest;
 pub mod limits;
 pub mod points;
-pub mod totals;
 
 pub use ingest::{Batch, Ingest, IngestSender};
 pub use points::Points;
@@ -40,7 +39,6 @@ pub enum OutboxError {
     WriterStopped,
 }
 pub use limits::{Stream, StreamStats, Usage};
-pub use totals::Tally;
 
 use rusqlite::{Connection, params};
 
@@ -97,15 +95,13 @@ pub struct Entry {
     pub payload: Vec<u8>,
 }
 
-/// Append rows, and add the telemetry and alerts among them to the kept
-/// totals; the caller owns the transaction.
+/// Append rows; the caller owns the transaction.
 pub fn insert(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO outbox (kind, device, name, created_at, points, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let now = now_ns() as i64;
-    let mut tally = Tally::default();
     for e in entries {
         stmt.execute(params![
             e.kind.as_str(),
@@ -115,11 +111,8 @@ pub fn insert(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
             e.points,
             e.payload
         ])?;
-        if let Some(stream) = Stream::of(e.kind.as_str(), e.device.clone(), e.name.clone()) {
-            tally.change(&stream, e.payload.len() as i64, i64::from(e.points));
-        }
     }
-    tally.write(conn)
+    Ok(())
 }
 
 /// Queue a device's model (its JSON text; empty to withdraw it) for its
@@ -329,16 +322,15 @@ pub fn payload(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Vec<u8>>>
         .optional()
 }
 
-/// Remove a row, and tally what it counted: its stream, bytes and points if
-/// it was a telemetry or alert row still there (a row can be evicted or
-/// expired while it is in flight). The caller owns the transaction and
-/// writes the tally in it.
-pub fn delete(conn: &Connection, seq: i64, tally: &mut Tally) -> rusqlite::Result<Option<Counted>> {
+/// Remove a row; what it counted in the outbox's totals (its stream, bytes
+/// and points) if it was a telemetry or alert row still there (a row can be
+/// evicted or expired while it is in flight).
+pub fn delete(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Counted>> {
     use rusqlite::OptionalExtension as _;
     // Cached: the link deletes every row it delivers (compiling the delete
     // each time was 4 % of the gateway's CPU at 10,000 devices). What the
     // row counted comes from the row itself, so the totals cannot drift
-    // from what a caller believed the row held.
+    // from what a caller believed it held.
     let deleted = conn
         .prepare_cached(
             "DELETE FROM outbox WHERE seq = ?1 RETURNING kind, device, name, length(payload), points",
@@ -355,7 +347,6 @@ pub fn delete(conn: &Connection, seq: i64, tally: &mut Tally) -> rusqlite::Resul
         .optional()?;
     Ok(deleted.and_then(|(kind, device, name, bytes, points)| {
         let stream = Stream::of(&kind, device, name)?;
-        tally.change(&stream, -bytes, -points);
         Some((stream, bytes.max(0) as u64, points.max(0) as u64))
     }))
 }
@@ -366,8 +357,8 @@ pub type Counted = (Stream, u64, u64);
 
 /// Delete delivered rows in one transaction: each row by its seq, and each
 /// device's twin rows up to a seq. What the deleted rows counted comes off
-/// the totals, kept and in memory, once the deletes are committed (a row
-/// evicted or expired while it was in flight counts nothing).
+/// the totals once the deletes are committed (a row evicted or expired
+/// while it was in flight counts nothing).
 pub fn delete_delivered_all(
     conn: &Connection,
     usage: &Usage,
@@ -376,15 +367,13 @@ pub fn delete_delivered_all(
 ) -> rusqlite::Result<()> {
     // Immediate: the deletes must not wait behind a read lock they took.
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    let mut tally = Tally::default();
     let mut gone = Vec::new();
     for seq in rows {
-        gone.extend(delete(&tx, *seq, &mut tally)?);
+        gone.extend(delete(&tx, *seq)?);
     }
     for (device, seq) in twins {
         delete_twin_upto(&tx, device, *seq)?;
     }
-    tally.write(&tx)?;
     tx.commit()?;
     for (stream, bytes, points) in gone {
         usage.removed(&stream, bytes, points);
@@ -396,10 +385,7 @@ pub fn delete_delivered_all(
 pub fn insert_alert(conn: &Connection, usage: &Usage, entry: Entry) -> rusqlite::Result<()> {
     let (bytes, points) = (entry.payload.len() as u64, u64::from(entry.points));
     let stream = Stream::alert(&entry.device, &entry.name);
-    // The row and its count in the kept totals commit together.
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    insert(&tx, std::slice::from_ref(&entry))?;
-    tx.commit()?;
+    insert(conn, std::slice::from_ref(&entry))?;
     usage.added(stream, bytes, points);
     Ok(())
 }
@@ -637,10 +623,8 @@ mod tests {
         let rows = next_rows(&conn, 10).expect("rows");
         let (a, b) = (&rows[0], &rows[1]);
         // `b` was evicted while in flight: it counts nothing twice.
-        let mut tally = Tally::default();
-        let evicted = delete(&conn, b.seq, &mut tally).expect("delete");
+        let evicted = delete(&conn, b.seq).expect("delete");
         assert_eq!(evicted, Some((Stream::alert("d", "b"), 7, 1)));
-        tally.write(&conn).expect("tally");
         usage.removed(&Stream::alert("d", "b"), 7, 1);
         let last_twin = last_twin_seq(&conn, "d").expect("seq");
         delete_delivered_all(&conn, &usage, &[a.seq, b.seq], &[("d".into(), last_twin)])
@@ -648,11 +632,9 @@ mod tests {
         // Only `c`, never sent, is left, and still counted.
         assert_eq!(totals(&conn, &usage).expect("totals"), (1, 1));
         assert_eq!(usage.total_bytes(), 7);
-        let (kept, summed) = totals::tests::kept_and_summed(&conn);
-        assert_eq!(kept, vec![(Stream::alert("d", "c"), 7, 1)]);
-        assert_eq!(kept, summed);
         // What a start reads is what was left.
         let loaded = Usage::load(&conn, OutboxConfig::default()).expect("usage");
+        assert_eq!(loaded.snapshot().len(), 1);
         assert_eq!(loaded.total_bytes(), 7);
     }
 
@@ -893,10 +875,6 @@ mod tests {
                 .sum::<u64>(),
             4
         );
-        // So do the kept totals, appended-to rows and all.
-        let (kept, summed) = totals::tests::kept_and_summed(&conn);
-        assert_eq!(kept.iter().map(|k| k.1).sum::<u64>(), stored);
-        assert_eq!(kept, summed);
     }
 
     #[test]
@@ -970,39 +948,6 @@ mod tests {
         .expect("an old outbox");
         crate::store::migrate(&conn, &[]).expect("migrate");
         assert_eq!(next_rows(&conn, 10).expect("rows").len(), 1);
-    }
-
-    #[test]
-    fn a_database_of_schema_9_gets_its_streams_totals_summed_once() {
-        let (_dir, db) = database();
-        let conn = db.open().expect("open");
-        conn.execute_batch(
-            "DROP TABLE outbox_totals;
-             INSERT INTO outbox (kind, device, name, created_at, points, payload)
-                 VALUES ('telemetry', 'd', 's', 1, 2, X'5B302C315D'),
-                        ('telemetry', 'd', 's', 2, 1, X'5B325D'),
-                        ('alert', 'd', 'hot', 3, 1, X'7B7D'),
-                        ('twin', 'd', '', 4, 3, X'7B7D');
-             PRAGMA user_version = 9;",
-        )
-        .expect("a schema-9 database");
-        crate::store::migrate(&conn, &[]).expect("migrate");
-        let usage = Usage::load(&conn, OutboxConfig::default()).expect("usage");
-        assert_eq!(
-            totals::read(&conn).expect("kept totals"),
-            vec![
-                (Stream::alert("d", "hot"), 2, 1),
-                (Stream::telemetry("d", "s"), 8, 3)
-            ],
-            "telemetry and alerts are counted, twin reports are not"
-        );
-        assert_eq!(usage.total_bytes(), 10);
-        // Summed once: the next start keeps what the writers kept since.
-        conn.execute("UPDATE outbox_totals SET bytes = bytes + 1", [])
-            .expect("a change");
-        crate::store::migrate(&conn, &[]).expect("migrate again");
-        let usage = Usage::load(&conn, OutboxConfig::default()).expect("usage");
-        assert_eq!(usage.total_bytes(), 12);
     }
 
     #[test]
