@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::downlink::Reply;
-use crate::outbox::Lane;
+use crate::outbox::{Counted, Lane};
 
 /// Bytes of replies and statuses waiting to be sent past which the link
 /// takes no more replies from the apps' workers and services: they wait
@@ -55,6 +55,9 @@ pub enum Sent {
     Row {
         seq: i64,
         twin_device: Option<String>,
+        /// The stream and size of a telemetry or alert row, to count it out
+        /// of the outbox when it is delivered.
+        counted: Option<Counted>,
     },
     /// A reply or status (and whether it is retained): sent again after a
     /// reconnect if not acknowledged.
@@ -490,6 +493,7 @@ mod tests {
         Sent::Row {
             seq,
             twin_device: None,
+            counted: None,
         }
     }
 
@@ -497,6 +501,7 @@ mod tests {
         Sent::Row {
             seq,
             twin_device: Some(device.into()),
+            counted: None,
         }
     }
 

@@ -28,7 +28,7 @@ use super::protocol::{OutboxInfo, Status};
 use super::topics;
 use crate::config::{CloudConfig, OutboxConfig};
 use crate::mqtt::reconnect_backoff;
-use crate::outbox::{self, Lane, Usage};
+use crate::outbox::{self, Lane, Stream, Usage};
 use crate::report::Reporter;
 use crate::store::Database;
 use crate::value::now_ns;
@@ -676,6 +676,7 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: upto,
             twin_device: Some(device.to_string()),
+            counted: None,
         }))
     }
 
@@ -714,6 +715,11 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
+            counted: Some((
+                Stream::alert(&row.device, &row.name),
+                row.bytes,
+                u64::from(row.points),
+            )),
         }))
     }
 
@@ -734,6 +740,7 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
+            counted: None,
         }))
     }
 
@@ -776,6 +783,7 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
+            counted: None,
         }))
     }
 
@@ -808,6 +816,11 @@ impl Link {
         Ok(Some(Sent::Row {
             seq: row.seq,
             twin_device: None,
+            counted: Some((
+                Stream::telemetry(&row.device, &row.name),
+                row.bytes,
+                u64::from(row.points),
+            )),
         }))
     }
 
@@ -909,10 +922,15 @@ fn settle_or_defer(db: &rusqlite::Connection, usage: &Usage, sent: &[Sent], wait
     let mut rows = Vec::new();
     let mut twins = Vec::new();
     for sent in sent {
-        if let Sent::Row { seq, twin_device } = sent {
+        if let Sent::Row {
+            seq,
+            twin_device,
+            counted,
+        } = sent
+        {
             match twin_device {
                 Some(device) => twins.push((device.clone(), *seq)),
-                None => rows.push(*seq),
+                None => rows.push((*seq, counted.clone())),
             }
         }
     }
@@ -974,6 +992,7 @@ mod tests {
             .map(|row| Sent::Row {
                 seq: row.seq,
                 twin_device: None,
+                counted: None,
             })
             .collect();
         assert_eq!(sent.len(), 2);

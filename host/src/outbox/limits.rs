@@ -41,7 +41,7 @@ impl Stream {
         }
     }
 
-    pub(super) fn of(kind: &str, device: String, name: String) -> Option<Stream> {
+    fn of(kind: &str, device: String, name: String) -> Option<Stream> {
         let kind = match kind {
             "telemetry" => "telemetry",
             "alert" => "alert",
@@ -706,9 +706,8 @@ mod tests {
 
     #[test]
     fn a_start_sums_the_streams_from_an_index_without_reading_the_rows() {
-        let (_dir, conn, usage) = outbox_with(&[("s", "d", 30), ("s", "e", 20), ("s", "d", 10)], {
-            OutboxConfig::default()
-        });
+        let rows = [("s", "d", 30), ("s", "e", 20), ("s", "d", 10)];
+        let (_dir, conn, usage) = outbox_with(&rows, OutboxConfig::default());
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {STREAM_SUMS}"))
             .expect("plan")

@@ -38,7 +38,7 @@ use crate::cloud::topics;
 use crate::config::SparkplugIds;
 use crate::model::DeviceModel;
 use crate::mqtt::reconnect_backoff;
-use crate::outbox::{self, Usage};
+use crate::outbox::{self, Stream, Usage};
 use crate::value::now_ns;
 
 /// The node's own tables: its session counter and the devices it speaks for.
@@ -591,7 +591,8 @@ impl Node {
 
     /// Remove a row that has nothing to send.
     fn settle(&self, row: &outbox::Row) {
-        if let Err(e) = outbox::delete_delivered_all(&self.db, &self.usage, &[row.seq], &[]) {
+        if let Err(e) = outbox::delete_delivered_all(&self.db, &self.usage, &[(row.seq, None)], &[])
+        {
             tracing::error!(seq = row.seq, "cannot remove a row from the outbox: {e}");
         }
     }
@@ -660,6 +661,7 @@ impl Node {
                 Sent::Row {
                     seq: upto,
                     twin_device: Some(row.device.clone()),
+                    counted: None,
                 },
             ),
             None => {
@@ -678,16 +680,31 @@ impl Node {
         };
         let alert: serde_json::Value = serde_json::from_slice(&stored).unwrap_or_default();
         let time_ms = alert["time"].as_u64().unwrap_or_else(now_ns) / 1_000_000;
+        let counted = Some((
+            Stream::alert(&row.device, &row.name),
+            row.bytes,
+            u64::from(row.points),
+        ));
         let data = self
             .node
             .alert_data(&row.device, &row.name, &alert, time_ms, now_ms());
-        self.send_row(row, data, "an alert the device's model does not declare")
+        self.send_row(
+            row,
+            data,
+            counted,
+            "an alert the device's model does not declare",
+        )
     }
 
     fn telemetry_row(&mut self, row: &outbox::Row) -> Result<(), rumqttc::ClientError> {
         let Some(stored) = self.stored(row) else {
             return Ok(());
         };
+        let counted = Some((
+            Stream::telemetry(&row.device, &row.name),
+            row.bytes,
+            u64::from(row.points),
+        ));
         let points: Vec<Point> = serde_json::from_slice(&stored).unwrap_or_default();
         let data = self
             .node
@@ -695,6 +712,7 @@ impl Node {
         self.send_row(
             row,
             data,
+            counted,
             "a batch with no field the device's model declares",
         )
     }
@@ -705,6 +723,7 @@ impl Node {
         &mut self,
         row: &outbox::Row,
         data: Option<Payload>,
+        counted: Option<(Stream, u64, u64)>,
         unsendable: &str,
     ) -> Result<(), rumqttc::ClientError> {
         let Some(data) = data else {
@@ -712,6 +731,7 @@ impl Node {
             let sent = Sent::Row {
                 seq: row.seq,
                 twin_device: None,
+                counted,
             };
             crate::cloud::link::settle(&self.db, &self.usage, &[sent]);
             return Ok(());
@@ -722,6 +742,7 @@ impl Node {
             Sent::Row {
                 seq: row.seq,
                 twin_device: None,
+                counted,
             },
         )
     }
@@ -914,6 +935,7 @@ mod tests {
             ledger.submit(Sent::Row {
                 seq,
                 twin_device: (seq == 2).then(|| "d".to_string()),
+                counted: None,
             });
         }
         let mut skipping = Skipping::default();
