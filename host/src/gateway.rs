@@ -335,7 +335,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, watch: bool) -> an
         }
         Some(cloud) => {
             let (replies_tx, replies) = mpsc::channel(256);
-            let (trust, base) = crate::deploy::cloud::Trust::load(&config, &*pool.open()?)
+            let (trust, base) = pool
+                .open()
+                .map_err(anyhow::Error::from)
+                .and_then(|db| crate::deploy::cloud::Trust::load(&config, &db))
                 .context("reading the trusted deployment keys")?;
             let deployments = crate::deploy::cloud::spawn(
                 trust,

@@ -352,19 +352,24 @@ impl Deployer {
             log_load(&app.name, &loaded);
             loaded_now.insert(app.name.clone(), (loaded.pre, loaded.source));
             self.artifacts.put_hashed(&component, &component_digest)?;
-            let number =
-                registry::add(&*self.db()?, &app.name, &component_digest, &spec, "config")?;
-            registry::set_current(&*self.db()?, &app.name, number)?;
-            registry::set_config_digest(&*self.db()?, &app.name, &fingerprint)?;
-            registry::set_outcome(&*self.db()?, &app.name, number, &VersionOutcome::Running)?;
+            // The new version, current, running, and the one it replaces,
+            // in one transaction: a crash between them would leave a
+            // version recorded without the config that made it current.
+            let db = self.db()?;
+            let tx = rusqlite::Transaction::new_unchecked(
+                &db,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            let number = registry::add(&tx, &app.name, &component_digest, &spec, "config")?;
+            registry::set_current(&tx, &app.name, number)?;
+            registry::set_config_digest(&tx, &app.name, &fingerprint)?;
+            registry::set_outcome(&tx, &app.name, number, &VersionOutcome::Running)?;
+            if let Some(previous) = &current {
+                registry::set_outcome(&tx, &app.name, previous.version, &VersionOutcome::Replaced)?;
+            }
+            tx.commit()?;
             if let Some(previous) = current {
                 tracing::info!(app = %app.name, "gateway.toml changed the app: version {number} replaces {}", previous.version);
-                registry::set_outcome(
-                    &*self.db()?,
-                    &app.name,
-                    previous.version,
-                    &VersionOutcome::Replaced,
-                )?;
             }
         }
         let all = registry::all(&*self.db()?)?;
@@ -598,16 +603,14 @@ impl Deployer {
         let Some(entry) = self.directory.get(app) else {
             self.spawn_app(version, false)
                 .map_err(DeployError::CannotStart)?;
-            registry::set_current(&*self.db()?, app, number)?;
-            registry::set_outcome(&*self.db()?, app, number, &VersionOutcome::Running)?;
+            registry::make_current(&*self.db()?, app, number, &VersionOutcome::Running)?;
             self.tidy(app);
             return Ok(format!("app {app}: version {number} started"));
         };
         crate::store::claim_device(&*self.db()?, &device, app)?;
         match entry.handle.swap(version, self.probation).await {
             Ok(outcome) => {
-                registry::set_current(&*self.db()?, app, number)?;
-                registry::set_outcome(&*self.db()?, app, number, &VersionOutcome::OnProbation)?;
+                registry::make_current(&*self.db()?, app, number, &VersionOutcome::OnProbation)?;
                 self.directory.insert(Entry {
                     handle: entry.handle,
                     device,

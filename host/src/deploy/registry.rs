@@ -638,6 +638,20 @@ pub fn prune(conn: &Connection, app: &str, keep: usize) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// Make `version` the app's current one, with `outcome`, in one
+/// transaction: neither a reader nor a crash sees it current without it.
+pub fn make_current(
+    conn: &Connection,
+    app: &str,
+    version: i64,
+    outcome: &Outcome,
+) -> rusqlite::Result<()> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    set_current(&tx, app, version)?;
+    set_outcome(&tx, app, version, outcome)?;
+    tx.commit()
+}
+
 /// Record how a probation ended: a version kept runs and the one before it
 /// is replaced; a version rolled back is marked so, with its reason, and the
 /// previous one is current and running again. Returns the version rolled
@@ -777,6 +791,35 @@ mod tests {
         assert!(digests_in_use(&conn).expect("digests").contains("digest4"));
         remove(&conn, "a").expect("remove");
         assert!(all(&conn).expect("all").is_empty());
+    }
+
+    #[test]
+    fn a_version_made_current_has_its_outcome_or_is_not_current() {
+        let conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(SCHEMA).expect("schema");
+        let v = add(&conn, "a", "digest", &spec(), "cli").expect("add");
+        make_current(&conn, "a", v, &Outcome::OnProbation).expect("current");
+        assert_eq!(
+            current(&conn, "a").expect("read").expect("current").version,
+            v
+        );
+        assert_eq!(
+            versions(&conn, "a").expect("versions")[0].outcome,
+            Outcome::OnProbation
+        );
+        // Should recording the next version's outcome fail, it does not
+        // become current either.
+        let w = add(&conn, "a", "digest2", &spec(), "cli").expect("add");
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF outcome ON app_versions WHEN new.version = {w}
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+        ))
+        .expect("trigger");
+        assert!(make_current(&conn, "a", w, &Outcome::Running).is_err());
+        assert_eq!(
+            current(&conn, "a").expect("read").expect("current").version,
+            v
+        );
     }
 
     #[test]
