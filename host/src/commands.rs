@@ -41,12 +41,20 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How many malloc arenas the gateway's threads share (see
+/// [`limit_malloc_arenas`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS: i32 = 4;
+
 /// glibc's malloc gives threads that allocate at the same time arenas of
 /// their own, up to eight per core, and the pages freed in each stay
-/// resident. The gateway's threads (tokio's workers and blocking pool,
-/// SQLite's work on them) gain nothing from more than two: with ten apps
-/// idle, anonymous memory went from 16.3 to 12.3 MiB (BENCHMARKS.md, P6).
-/// A `MALLOC_ARENA_MAX` set in the environment is left as it is.
+/// resident: with ten apps idle, anonymous memory went from 16.3 MiB
+/// uncapped to 12.3 MiB with two (BENCHMARKS.md, P6). Two was too few under
+/// load, though: at 10,000 devices the link, the telemetry writer and the
+/// apps took turns on two arenas' locks, 23,000 to 39,000 futex calls a
+/// second, and four halved those and took a tenth off the gateway's CPU
+/// (BENCHMARKS.md, S2). A `MALLOC_ARENA_MAX` set in the environment is left
+/// as it is.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -55,7 +63,7 @@ fn limit_malloc_arenas() {
         // ours exists, and touches no memory of ours.
         #[allow(unsafe_code)]
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
         }
     }
 }

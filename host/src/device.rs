@@ -395,6 +395,12 @@ impl DeviceCtx {
     }
 
     /// Store reports in the twin and the outbox, in one transaction.
+    ///
+    /// The outbox gets one `twin` row per device, with no payload: the row
+    /// only marks that the device's state changed, and the link publishes
+    /// the whole state from `twin` (`Link::publish_twin`). The report's JSON
+    /// written into it too was encoded and stored for every report and never
+    /// read (BENCHMARKS.md, S2).
     fn store_reports(
         &mut self,
         reports: &[(String, Vec<(String, Value)>)],
@@ -405,8 +411,7 @@ impl DeviceCtx {
         let mut entries = Vec::with_capacity(reports.len());
         {
             let mut next_version = tx.prepare_cached(
-                "UPDATE devices SET reported_version = reported_version + 1 WHERE device = ?1
-                 RETURNING reported_version",
+                "UPDATE devices SET reported_version = reported_version + 1 WHERE device = ?1",
             )?;
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO twin (device, name, reported, reported_at) VALUES (?1, ?2, ?3, ?4)
@@ -414,23 +419,22 @@ impl DeviceCtx {
                  SET reported = excluded.reported, reported_at = excluded.reported_at",
             )?;
             for (device, attributes) in reports {
-                let version: i64 = next_version.query_row(params![device], |r| r.get(0))?;
+                // A device that is not in `devices` has no version to move
+                // on: its report is refused rather than kept unversioned.
+                if next_version.execute(params![device])? == 0 {
+                    return Err(rusqlite::Error::QueryReturnedNoRows);
+                }
                 outbox::replace_waiting_twin(&tx, device)?;
                 for (name, value) in attributes {
                     let json = crate::value::to_json(value).to_string();
                     upsert.execute(params![device, name, json, now as i64])?;
                 }
-                let payload = serde_json::json!({
-                    "version": version,
-                    "time": now,
-                    "attributes": fields_to_json(attributes),
-                });
                 entries.push(outbox::Entry {
                     kind: Kind::Twin,
                     device: device.clone(),
                     name: String::new(),
                     points: u32::try_from(attributes.len()).unwrap_or(u32::MAX),
-                    payload: payload.to_string().into_bytes(),
+                    payload: Vec::new(),
                 });
             }
         }

@@ -199,6 +199,45 @@ impl Gateway {
             .collect()
     }
 
+    /// The state each waiting twin row stands for, in the outbox's order:
+    /// `{"version", "attributes"}` as the link would publish it for that
+    /// row's device (a twin row is only a mark; the state is in `twin`).
+    pub fn waiting_twins(&self) -> Vec<serde_json::Value> {
+        let db = self.db();
+        let devices: Vec<String> = db
+            .prepare("SELECT device FROM outbox WHERE kind = 'twin' ORDER BY seq")
+            .expect("query the outbox")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("devices");
+        devices
+            .iter()
+            .map(|device| {
+                let version: i64 = db
+                    .query_row(
+                        "SELECT reported_version FROM devices WHERE device = ?1",
+                        [device],
+                        |r| r.get(0),
+                    )
+                    .expect("the device's version");
+                let attributes: serde_json::Map<String, serde_json::Value> = db
+                    .prepare("SELECT name, reported FROM twin WHERE device = ?1 AND reported IS NOT NULL")
+                    .expect("query the twin")
+                    .query_map([device], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .expect("attributes")
+                    .map(|a| {
+                        let (name, json) = a.expect("an attribute");
+                        (name, serde_json::from_str(&json).expect("stored JSON"))
+                    })
+                    .collect();
+                serde_json::json!({"version": version, "attributes": attributes})
+            })
+            .collect()
+    }
+
     /// The one integer a query over the gateway's database gives (a count).
     pub fn count(&self, sql: &str) -> i64 {
         self.db()

@@ -307,7 +307,8 @@ fn replay(
         .collect();
     // A report replaces its device's waiting twin row, so the outbox holds
     // the last one stored, whose version counts every report stored.
-    let levels = rows("twin")
+    let levels = gw
+        .waiting_twins()
         .iter()
         .map(|r| {
             (

@@ -174,7 +174,7 @@ fn reports_made_while_the_state_is_out_are_sent_once_it_is_acknowledged() {
     // the outbox, and the broker has seen none of them.
     let deadline = std::time::Instant::now() + T;
     loop {
-        let rows = gw.outbox_rows("twin", None);
+        let rows = gw.waiting_twins();
         if rows
             .last()
             .is_some_and(|r| r["attributes"]["level"] == 16.0)
@@ -189,7 +189,7 @@ fn reports_made_while_the_state_is_out_are_sent_once_it_is_acknowledged() {
     }
     // A report replaces the device's waiting row: the outbox holds one,
     // the newest, not a row per report the broker has not seen.
-    let rows = gw.outbox_rows("twin", None);
+    let rows = gw.waiting_twins();
     assert_eq!(rows.len(), 1, "one twin row for the device: {rows:?}");
     // The link's window shows what waits for the broker: the state out,
     // and rows of points, never more than `max_inflight` (32).

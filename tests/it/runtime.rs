@@ -63,7 +63,7 @@ fn ticks_produce_outbox_entries_with_the_right_values() {
     // One twin report per tick: the waiting row (a report replaces the one
     // before it) is the last tick's, and its version counts every tick.
     let waiting: Vec<(i64, i64)> = gw
-        .outbox_rows("twin", None)
+        .waiting_twins()
         .iter()
         .map(|json| {
             (
