@@ -708,15 +708,8 @@ mod tests {
     fn a_start_sums_the_streams_from_an_index_without_reading_the_rows() {
         let rows = [("s", "d", 30), ("s", "e", 20), ("s", "d", 10)];
         let (_dir, conn, usage) = outbox_with(&rows, OutboxConfig::default());
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {STREAM_SUMS}"))
-            .expect("plan")
-            .query_map([], |r| r.get(3))
-            .expect("plan")
-            .collect::<rusqlite::Result<_>>()
-            .expect("plan");
         assert_eq!(
-            plan,
+            crate::outbox::tests::query_plan(&conn, STREAM_SUMS, []),
             ["SEARCH outbox USING COVERING INDEX outbox_by_stream (kind=?)"]
         );
         let stats = |device: &str| usage.lock().streams[&Stream::telemetry(device, "s")].clone();

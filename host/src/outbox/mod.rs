@@ -521,6 +521,20 @@ mod tests {
         crate::store::temporary_database()
     }
 
+    /// What SQLite plans to do for `query`, one line a step.
+    pub(in crate::outbox) fn query_plan(
+        conn: &Connection,
+        query: &str,
+        params: impl rusqlite::Params,
+    ) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+            .expect("plan")
+            .query_map(params, |r| r.get(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan")
+    }
+
     #[test]
     fn the_links_read_is_compiled_once_whatever_limit_and_start_it_is_given() {
         let (_dir, db) = database();
@@ -596,14 +610,10 @@ mod tests {
                 ("telemetry".into(), "f".into(), 0, 0, 0, None, 4),
             ]
         );
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {STREAM_DEPTHS}"))
-            .expect("plan")
-            .query_map([], |r| r.get(3))
-            .expect("plan")
-            .collect::<rusqlite::Result<_>>()
-            .expect("plan");
-        assert_eq!(plan, ["SCAN outbox USING COVERING INDEX outbox_by_stream"]);
+        assert_eq!(
+            query_plan(&conn, STREAM_DEPTHS, []),
+            ["SCAN outbox USING COVERING INDEX outbox_by_stream"]
+        );
     }
 
     #[test]
@@ -764,15 +774,7 @@ mod tests {
     fn each_lane_is_read_through_an_index_not_by_sorting_the_outbox() {
         let (_dir, db) = database();
         let conn = db.open().expect("open");
-        let plan = |query: &str| -> String {
-            conn.prepare(&format!("EXPLAIN QUERY PLAN {query}"))
-                .expect("plan")
-                .query_map(params![10, 0], |r| r.get::<_, String>(3))
-                .expect("plan")
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .expect("plan")
-                .join("; ")
-        };
+        let plan = |query: &str| -> String { query_plan(&conn, query, params![10, 0]).join("; ") };
         let first = plan(FIRST_PAST);
         assert!(
             first
