@@ -52,8 +52,8 @@ const MALLOC_ARENAS: i32 = 4;
 /// uncapped to 12.3 MiB with two (BENCHMARKS.md, P6). Two was too few under
 /// load, though: at 10,000 devices the link, the telemetry writer and the
 /// apps took turns on two arenas' locks, 23,000 to 39,000 futex calls a
-/// second, and four halved those and took a tenth off the gateway's CPU
-/// (BENCHMARKS.md, S2). A `MALLOC_ARENA_MAX` set in the environment is left
+/// second; four cut those by 44 to 64 % and the gateway's CPU by 6 to 9
+/// points of a core (BENCHMARKS.md, S2). A `MALLOC_ARENA_MAX` set in the environment is left
 /// as it is.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
