@@ -44,7 +44,7 @@ pub fn main() -> ExitCode {
 /// How many malloc arenas the gateway's threads share (see
 /// [`limit_malloc_arenas`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MALLOC_ARENAS: i32 = 4;
+const MALLOC_ARENAS: i32 = 8;
 
 /// glibc's malloc gives threads that allocate at the same time arenas of
 /// their own, up to eight per core, and the pages freed in each stay
@@ -52,9 +52,10 @@ const MALLOC_ARENAS: i32 = 4;
 /// uncapped to 12.3 MiB with two (BENCHMARKS.md, P6). Two was too few under
 /// load, though: at 10,000 devices the link, the telemetry writer and the
 /// apps took turns on two arenas' locks, 23,000 to 39,000 futex calls a
-/// second; four cut those by 44 to 64 % and the gateway's CPU by 6 to 9
-/// points of a core (BENCHMARKS.md, S2). A `MALLOC_ARENA_MAX` set in the environment is left
-/// as it is.
+/// second; four cut those to 10,000 to 14,000 and the gateway's CPU by 6 to 9
+/// points of a core, and eight cut them again, to 6,200 to 8,100, for 0.1
+/// to 0.3 MiB more at rest (BENCHMARKS.md, S2 and P6). A `MALLOC_ARENA_MAX`
+/// set in the environment is left as it is.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
