@@ -214,24 +214,11 @@ impl Gateway {
         devices
             .iter()
             .map(|device| {
-                let version: i64 = db
-                    .query_row(
-                        "SELECT reported_version FROM devices WHERE device = ?1",
-                        [device],
-                        |r| r.get(0),
-                    )
-                    .expect("the device's version");
-                let attributes: serde_json::Map<String, serde_json::Value> = db
-                    .prepare("SELECT name, reported FROM twin WHERE device = ?1 AND reported IS NOT NULL")
-                    .expect("query the twin")
-                    .query_map([device], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                    })
-                    .expect("attributes")
-                    .map(|a| {
-                        let (name, json) = a.expect("an attribute");
-                        (name, serde_json::from_str(&json).expect("stored JSON"))
-                    })
+                let (version, attributes) =
+                    wasmgate::store::reported_state(&db, device).expect("the device's state");
+                let attributes: serde_json::Map<String, serde_json::Value> = attributes
+                    .into_iter()
+                    .map(|(name, json)| (name, serde_json::from_str(&json).expect("stored JSON")))
                     .collect();
                 serde_json::json!({"version": version, "attributes": attributes})
             })

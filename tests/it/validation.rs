@@ -44,24 +44,20 @@ fn values_outside_the_model_are_refused_with_clear_errors_and_never_stored() {
     // valid first report, 10, was not stored with its refused second, nor
     // the record batch's valid first point).
     let db = gw.db();
-    let twin: Vec<(String, String)> = db
-        .prepare("SELECT name, reported FROM twin WHERE device = 'level' ORDER BY name")
-        .expect("query")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("twin");
+    let pairs = |sql: &str| -> Vec<(String, String)> {
+        db.prepare(sql)
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect(sql)
+    };
+    let twin = pairs("SELECT name, reported FROM twin WHERE device = 'level' ORDER BY name");
     assert_eq!(twin, vec![("level".to_string(), "42.0".to_string())]);
     // The outbox holds the device's one waiting twin row (a mark: the
     // state it sends is the twin's, checked above) and no telemetry or
     // alert of the refused records and alerts.
-    let rows: Vec<(String, String)> = db
-        .prepare("SELECT kind, device FROM outbox WHERE kind != 'model' ORDER BY seq")
-        .expect("query")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("outbox");
+    let rows = pairs("SELECT kind, device FROM outbox WHERE kind != 'model' ORDER BY seq");
     assert_eq!(
         rows,
         vec![("twin".to_string(), "level".to_string())],

@@ -893,34 +893,37 @@ impl Link {
 
 /// A device's `twin/reported` message, `{"version":…,"time":…,"attributes":{…}}`,
 /// from the attributes' JSON as `twin` keeps it (ordered by name). The
-/// stored JSON goes in as it is, each value checked without being built:
+/// stored JSON goes in as it is (`RawValue`: checked, not built):
 /// parsing every value into a `serde_json::Value` and encoding it again
 /// took 1.8 % of the gateway's CPU at 10,000 devices (BENCHMARKS.md, S2).
 /// A value that is not JSON (a database written by hand) is left out, as
 /// it was.
 fn reported_payload(version: u64, time: u64, attributes: &[(String, String)]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut payload = Vec::with_capacity(64 + attributes.len() * 32);
-    // (Writing to a Vec cannot fail.)
-    let _ = write!(
-        payload,
-        "{{\"version\":{version},\"time\":{time},\"attributes\":{{"
-    );
-    let mut first = true;
-    for (name, json) in attributes {
-        if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
-            continue;
-        }
-        if !first {
-            payload.push(b',');
-        }
-        first = false;
-        let _ = serde_json::to_writer(&mut payload, name);
-        payload.push(b':');
-        payload.extend_from_slice(json.trim().as_bytes());
+    use serde_json::value::RawValue;
+    #[derive(serde::Serialize)]
+    struct Reported<'a> {
+        version: u64,
+        time: u64,
+        #[serde(serialize_with = "as_map")]
+        attributes: Vec<(&'a str, &'a RawValue)>,
     }
-    payload.extend_from_slice(b"}}");
-    payload
+    fn as_map<S: serde::Serializer>(
+        pairs: &[(&str, &RawValue)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(pairs.iter().copied())
+    }
+    let attributes = attributes
+        .iter()
+        .filter_map(|(name, json)| Some((name.as_str(), serde_json::from_str(json).ok()?)))
+        .collect();
+    let reported = Reported {
+        version,
+        time,
+        attributes,
+    };
+    // Serialising strings, numbers and raw JSON into a Vec cannot fail.
+    serde_json::to_vec(&reported).unwrap_or_default()
 }
 
 /// What acknowledged publishes carried is delivered: their outbox rows are
